@@ -1,0 +1,135 @@
+//! The admin socket: a unix stream socket, mode 0600, one JSON request and reply per line.
+
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+};
+
+use crate::stats::Snapshot;
+
+pub const DEFAULT_SOCKET: &str = "/run/xlb/admin.sock";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Request {
+    Stats,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reply {
+    Stats(Snapshot),
+    Error(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("admin socket {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "admin socket {path}: the agent sent a reply this client cannot read ({source}); are agent and CLI the same version?"
+    )]
+    Decode {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("the agent at {path} closed the connection without replying")]
+    NoReply { path: PathBuf },
+    #[error("the agent says: {0}")]
+    Agent(String),
+}
+
+/// Answers requests with `handle` until the task is dropped.
+pub async fn serve<F>(
+    path: &Path,
+    handle: Arc<F>,
+) -> Result<tokio::task::JoinHandle<()>, AdminError>
+where
+    F: Fn(Request) -> Reply + Send + Sync + 'static,
+{
+    let io = |source| AdminError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    // A socket file left by an agent that did not exit cleanly would make bind fail.
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    let listener = UnixListener::bind(path).map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let handle = Arc::clone(&handle);
+            tokio::spawn(async move {
+                if let Err(e) = answer(stream, &*handle).await {
+                    tracing::debug!(error = %e, "admin connection ended");
+                }
+            });
+        }
+    }))
+}
+
+async fn answer<F: Fn(Request) -> Reply>(stream: UnixStream, handle: &F) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    while let Some(line) = lines.next_line().await? {
+        let reply = match serde_json::from_str::<Request>(&line) {
+            Ok(request) => handle(request),
+            Err(e) => Reply::Error(format!("bad request {line:?}: {e}")),
+        };
+        let mut text = serde_json::to_string(&reply)
+            .unwrap_or_else(|e| format!("{{\"error\":\"encoding reply: {e}\"}}"));
+        text.push('\n');
+        write.write_all(text.as_bytes()).await?;
+    }
+    Ok(())
+}
+
+/// Sends one request to the agent listening at `path` and returns its reply.
+pub async fn request(path: &Path, request: Request) -> Result<Reply, AdminError> {
+    let io = |source| AdminError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let stream = UnixStream::connect(path).await.map_err(io)?;
+    let (read, mut write) = stream.into_split();
+    let mut text = serde_json::to_string(&request).map_err(|source| AdminError::Decode {
+        path: path.to_owned(),
+        source,
+    })?;
+    text.push('\n');
+    write.write_all(text.as_bytes()).await.map_err(io)?;
+    let line = BufReader::new(read)
+        .lines()
+        .next_line()
+        .await
+        .map_err(io)?
+        .ok_or_else(|| AdminError::NoReply {
+            path: path.to_owned(),
+        })?;
+    match serde_json::from_str(&line).map_err(|source| AdminError::Decode {
+        path: path.to_owned(),
+        source,
+    })? {
+        Reply::Error(message) => Err(AdminError::Agent(message)),
+        reply => Ok(reply),
+    }
+}

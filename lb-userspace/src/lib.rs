@@ -1,0 +1,14 @@
+//! xlb's agent as a library: the stages of the one-way data flow, one module each.
+//!
+//! config (YAML) → desired (desired state) → reconcile (map writes) → dataplane (BPF maps, XDP)
+//! and back out through stats and the admin socket. `testrun` runs the same XDP object under
+//! BPF_PROG_TEST_RUN for tests and benchmarks.
+
+pub mod admin;
+pub mod agent;
+pub mod config;
+pub mod dataplane;
+pub mod desired;
+pub mod reconcile;
+pub mod stats;
+pub mod testrun;

@@ -1,0 +1,112 @@
+//! `xlb`: the agent binary and its CLI.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use xlb::{admin, agent, config};
+
+#[derive(Parser)]
+#[command(name = "xlb", version, about = "XDP L4 load balancer")]
+struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load the data plane, fill it from the config, attach XDP and serve until SIGTERM.
+    /// SIGHUP reloads the config; an invalid file keeps the old one serving.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Interface to attach XDP to.
+        #[arg(long, short)]
+        iface: String,
+        #[arg(long, default_value = admin::DEFAULT_SOCKET)]
+        admin_socket: PathBuf,
+    },
+    /// Validate a config file; exit non-zero with the reason if it is invalid.
+    Check { file: PathBuf },
+    /// Print the running agent's counters.
+    Stats {
+        #[arg(long, default_value = admin::DEFAULT_SOCKET)]
+        admin_socket: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    match dispatch(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xlb: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Check { file } => {
+            let config = config::load(&file)?;
+            println!("{}: ok, {} VIPs", file.display(), config.vips.len());
+            Ok(())
+        }
+        Command::Run {
+            config,
+            iface,
+            admin_socket,
+        } => runtime()?.block_on(agent::run(agent::RunOptions {
+            config,
+            iface,
+            admin_socket,
+        })),
+        Command::Stats { admin_socket, json } => {
+            let reply =
+                runtime()?.block_on(admin::request(&admin_socket, admin::Request::Stats))?;
+            let admin::Reply::Stats(snapshot) = reply else {
+                anyhow::bail!("the agent answered a stats request with {reply:?}")
+            };
+            if json {
+                println!("{}", serde_json::to_string(&snapshot)?);
+            } else {
+                print!("{}", snapshot.render());
+            }
+            Ok(())
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("XLB_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
