@@ -45,9 +45,11 @@ pub enum DataplaneError {
     )]
     Attach {
         iface: String,
-        native: ProgramError,
-        generic: ProgramError,
+        native: Box<ProgramError>,
+        generic: Box<ProgramError>,
     },
+    #[error("`{0}` is not a usable interface name")]
+    InterfaceName(String),
 }
 
 /// Typed handles on the balancer's maps.
@@ -217,11 +219,7 @@ impl Loaded {
     /// Attaches natively, falling back to generic (skb) mode. The link lives as long as `self`
     /// unless detached.
     pub fn attach(&mut self, iface: &str) -> Result<(XdpLinkId, AttachMode), DataplaneError> {
-        let c_iface = std::ffi::CString::new(iface).map_err(|_| DataplaneError::Attach {
-            iface: iface.to_owned(),
-            native: ProgramError::UnexpectedProgramType,
-            generic: ProgramError::UnexpectedProgramType,
-        })?;
+        let c_iface = std::ffi::CString::new(iface).map_err(|_| DataplaneError::InterfaceName(iface.to_owned()))?;
         let xdp = self.xdp_mut()?;
         match xdp.attach(c_iface.as_c_str(), XdpMode::Driver) {
             Ok(link) => Ok((link, AttachMode::Native)),
@@ -229,8 +227,8 @@ impl Loaded {
                 Ok(link) => Ok((link, AttachMode::Generic)),
                 Err(generic) => Err(DataplaneError::Attach {
                     iface: iface.to_owned(),
-                    native,
-                    generic,
+                    native: Box::new(native),
+                    generic: Box::new(generic),
                 }),
             },
         }

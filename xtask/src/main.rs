@@ -1,1 +1,24 @@
-fn main() {}
+//! `cargo xtask`: project automation that is not plain cargo.
+
+mod bench;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Kernel-measured ns per packet of the XDP program under BPF_PROG_TEST_RUN (needs root).
+    Bench(bench::Options),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Bench(opts) => bench::run(&opts),
+    }
+}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The test command: setup, formatting, lints (host crates and the eBPF crate), build, all tests.
+# Data-plane tests need root; under CI (CI set) a skipped root-only test fails the run.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+./scripts/setup.sh
+
+step() { printf '\n== %s\n' "$*" >&2; }
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy (host crates)"
+cargo clippy --all-targets --locked -- -D warnings
+
+step "cargo clippy (lb-ebpf, bpfel-unknown-none)"
+RUSTC_BOOTSTRAP=1 cargo clippy --locked -p lb-ebpf --release --target bpfel-unknown-none -Z build-std=core -- -D warnings
+
+step "cargo build (the netns tests run the xlb binary)"
+cargo build --all-targets --locked
+
+step "cargo test"
+cargo test --all-targets --locked
+
+step "all tests passed"
