@@ -46,11 +46,13 @@ impl fmt::Display for Protocol {
 }
 
 impl Vip {
-    /// `address:port/protocol`, with brackets around IPv6 addresses.
+    /// `address:port/protocol`, with brackets around IPv6 addresses;
+    /// `address/icmp` for ICMP VIPs, which have no port.
     pub fn endpoint(&self) -> String {
-        match self.address {
-            IpAddr::V4(a) => format!("{a}:{}/{}", self.port, self.protocol),
-            IpAddr::V6(a) => format!("[{a}]:{}/{}", self.port, self.protocol),
+        match (self.address, self.protocol) {
+            (a, Protocol::Icmp) => format!("{a}/{}", self.protocol),
+            (IpAddr::V4(a), _) => format!("{a}:{}/{}", self.port, self.protocol),
+            (IpAddr::V6(a), _) => format!("[{a}]:{}/{}", self.port, self.protocol),
         }
     }
 }
@@ -236,7 +238,7 @@ mod tests {
         .unwrap();
         assert_eq!(config.vips.len(), 2);
         assert_eq!(config.vips[0].endpoint(), "192.0.2.10:80/tcp");
-        assert_eq!(config.vips[1].endpoint(), "[2001:db8::1]:0/icmp");
+        assert_eq!(config.vips[1].endpoint(), "2001:db8::1/icmp");
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub enum DataplaneError {
         name: &'static str,
         source: MapError,
     },
+    #[error("this xlb was built with AYA_BUILD_SKIP and holds no XDP object; rebuild without it")]
+    NotBuilt,
     #[error("cannot count the possible CPUs: {0}")]
     Cpus(std::io::Error),
     #[error(
