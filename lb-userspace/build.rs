@@ -33,7 +33,9 @@ fn main() -> anyhow::Result<()> {
     // Host-only builds (no bpf-linker, no rust-src): embed empty objects; loading then fails
     // with DataplaneError::NotBuilt instead of the build failing.
     println!("cargo::rerun-if-env-changed=AYA_BUILD_SKIP");
-    if std::env::var_os("AYA_BUILD_SKIP").is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true")) {
+    if std::env::var_os("AYA_BUILD_SKIP")
+        .is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+    {
         let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
         for object in ["xlb-balancer", "xlb-floor"] {
             std::fs::write(out_dir.join(object), [])?;

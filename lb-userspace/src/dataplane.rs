@@ -221,7 +221,8 @@ impl Loaded {
     /// Attaches natively, falling back to generic (skb) mode. The link lives as long as `self`
     /// unless detached.
     pub fn attach(&mut self, iface: &str) -> Result<(XdpLinkId, AttachMode), DataplaneError> {
-        let c_iface = std::ffi::CString::new(iface).map_err(|_| DataplaneError::InterfaceName(iface.to_owned()))?;
+        let c_iface = std::ffi::CString::new(iface)
+            .map_err(|_| DataplaneError::InterfaceName(iface.to_owned()))?;
         let xdp = self.xdp_mut()?;
         match xdp.attach(c_iface.as_c_str(), XdpMode::Driver) {
             Ok(link) => Ok((link, AttachMode::Native)),
