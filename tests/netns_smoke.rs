@@ -239,6 +239,36 @@ fn agent_counts_real_tcp_and_udp_through_a_veth_pair() {
         0
     );
 
+    // Reload: an invalid file keeps the running config; a valid one drops the removed VIP.
+    std::fs::write(
+        &config_path,
+        "vips:\n  - name: broken\n    address: not-an-ip\n",
+    )
+    .unwrap();
+    // SAFETY: kill with our own child's pid and a valid signal number.
+    unsafe { libc::kill(agent.child.id() as i32, libc::SIGHUP) };
+    std::thread::sleep(Duration::from_millis(300));
+    let kept = stats(&socket).expect("agent still serving after an invalid reload");
+    assert_eq!(kept.vips.len(), 4, "the old config keeps serving");
+    assert_eq!(
+        kept.vip("udp4").unwrap().packets,
+        UDP_DATAGRAMS as u64,
+        "counts survive the rejected reload"
+    );
+    let without_tcp6 = config().split("  - name: tcp6").next().unwrap().to_owned();
+    std::fs::write(&config_path, without_tcp6).unwrap();
+    // SAFETY: as above.
+    unsafe { libc::kill(agent.child.id() as i32, libc::SIGHUP) };
+    let reloaded = wait_for("the reload to drop tcp6", Duration::from_secs(5), || {
+        stats(&socket).filter(|s| s.vips.len() == 3)
+    });
+    assert!(reloaded.vip("tcp6").is_none());
+    assert_eq!(
+        reloaded.vip("udp4").unwrap().packets,
+        UDP_DATAGRAMS as u64,
+        "unchanged VIPs keep their counters"
+    );
+
     let status = agent.signal_and_wait(libc::SIGTERM, Duration::from_secs(10));
     assert!(status.success(), "xlb exits cleanly on SIGTERM: {status}");
     let link = String::from_utf8(lb.ip(&["link", "show", "eth0"]).stdout).unwrap();
