@@ -207,7 +207,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
 fn syntax_error(path: &Path, e: &serde_saphyr::Error) -> ConfigError {
     // The crate's Display embeds a rendered snippet; keep the first line as the message.
     let message = e.to_string();
-    let message = message.lines().next().unwrap_or_default().to_owned();
+    let first = message.lines().next().unwrap_or_default();
+    // Drop the crate's own "error: line L column C: " prefix; the location is printed once, ours.
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    let message = match first.split_once(": ") {
+        Some((head, rest)) if head.starts_with("line ") && head.contains(" column ") => rest,
+        _ => first,
+    }
+    .to_owned();
     match e.location() {
         Some(at) if at.line() > 0 => ConfigError::Syntax {
             path: path.to_owned(),
@@ -250,6 +257,7 @@ mod tests {
         let text = err.to_string();
         assert!(text.starts_with("test.yaml:3:"), "{text}");
         assert!(text.contains("adress"), "{text}");
+        assert!(!text.contains("line 3"), "location printed once: {text}");
     }
 
     #[test]
