@@ -7,11 +7,7 @@ use xlb_tests::netns::{unique_name, xlb_bin};
 fn check(yaml: &str) -> (bool, String, String) {
     let path = std::env::temp_dir().join(format!("{}.yaml", unique_name("check")));
     std::fs::write(&path, yaml).unwrap();
-    let out = Command::new(xlb_bin())
-        .arg("check")
-        .arg(&path)
-        .output()
-        .expect("run xlb check");
+    let out = Command::new(xlb_bin()).arg("check").arg(&path).output().expect("run xlb check");
     let _ = std::fs::remove_file(&path);
     let text = |b: &[u8]| String::from_utf8_lossy(b).replace(path.to_str().unwrap(), "FILE");
     (out.status.success(), text(&out.stdout), text(&out.stderr))
@@ -20,38 +16,22 @@ fn check(yaml: &str) -> (bool, String, String) {
 #[test]
 fn check_accepts_the_shipped_configs() {
     for file in ["config/example.yaml", "config/lab.yaml"] {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("..")
-            .join(file);
-        let out = Command::new(xlb_bin())
-            .arg("check")
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{file}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(file);
+        let out = Command::new(xlb_bin()).arg("check").arg(&path).output().unwrap();
+        assert!(out.status.success(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
 
 #[test]
 fn check_rejects_invalid_files_with_location_field_and_fix() {
-    let (ok, _, err) =
-        check("vips:\n  - name: a\n    address: 192.0.2.1\n    port: 80\n    protocol: sctp\n");
+    let (ok, _, err) = check("vips:\n  - name: a\n    address: 192.0.2.1\n    port: 80\n    protocol: sctp\n");
     assert!(!ok);
     assert!(err.starts_with("xlb: FILE:5:"), "{err}");
     assert!(err.contains("sctp"), "{err}");
 
     let (ok, _, err) = check("vips:\n  - name: a\n    address: 192.0.2.1\n    protocol: tcp\n");
     assert!(!ok);
-    assert!(
-        err.contains("FILE:2:")
-            && err.contains("vips[0].port")
-            && err.contains("between 1 and 65535"),
-        "{err}"
-    );
+    assert!(err.contains("FILE:2:") && err.contains("vips[0].port") && err.contains("between 1 and 65535"), "{err}");
 
     let (ok, _, err) = check("vips: [\n");
     assert!(!ok && err.contains("FILE:"), "{err}");
@@ -62,14 +42,8 @@ fn check_rejects_invalid_files_with_location_field_and_fix() {
 
 #[test]
 fn check_names_a_missing_file() {
-    let out = Command::new(xlb_bin())
-        .args(["check", "/nonexistent/xlb.yaml"])
-        .output()
-        .unwrap();
+    let out = Command::new(xlb_bin()).args(["check", "/nonexistent/xlb.yaml"]).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("/nonexistent/xlb.yaml") && err.contains("cannot read"),
-        "{err}"
-    );
+    assert!(err.contains("/nonexistent/xlb.yaml") && err.contains("cannot read"), "{err}");
 }

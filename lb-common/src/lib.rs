@@ -7,6 +7,16 @@
 
 /// Most VIPs one data plane serves. Also the length of the per-VIP counter array.
 pub const MAX_VIPS: u32 = 1024;
+/// Most backend slots (one per VIP and backend pair).
+pub const MAX_BACKENDS: u32 = 16384;
+/// Distinct VIP addresses (for the fragment/extension-header policy, which has no port to go by).
+pub const MAX_VIP_ADDRS: u32 = 1024;
+/// Connection-table entries (LRU: the least recently used flows are evicted first).
+pub const FLOW_TABLE_SIZE: u32 = 1 << 20;
+/// Largest Maglev table a VIP may have (the inner map template's size).
+pub const MAX_MAGLEV_TABLE_SIZE: u32 = 1_048_573;
+/// `BPF_F_INNER_MAP`: lets array maps of different sizes sit in one array of maps.
+pub const BPF_F_INNER_MAP: u32 = 1 << 12;
 
 /// Address family tag used in keys.
 pub const FAMILY_V4: u8 = 4;
@@ -33,21 +43,11 @@ pub struct VipKey {
 
 impl VipKey {
     pub const fn v4(addr_be: u32, port_be: u16, proto: u8) -> Self {
-        Self {
-            addr: [addr_be, 0, 0, 0],
-            port: port_be,
-            proto,
-            family: FAMILY_V4,
-        }
+        Self { addr: [addr_be, 0, 0, 0], port: port_be, proto, family: FAMILY_V4 }
     }
 
     pub const fn v6(addr_be: [u32; 4], port_be: u16, proto: u8) -> Self {
-        Self {
-            addr: addr_be,
-            port: port_be,
-            proto,
-            family: FAMILY_V6,
-        }
+        Self { addr: addr_be, port: port_be, proto, family: FAMILY_V6 }
     }
 }
 
@@ -55,11 +55,125 @@ impl VipKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct VipMeta {
-    /// Index into the per-VIP counter array; `< MAX_VIPS`, stable for the life of the VIP.
+    /// Index into the per-VIP counter array and the Maglev table array; `< MAX_VIPS`, stable
+    /// for the life of the VIP.
     pub id: u32,
     /// `VIP_FLAG_*` bits.
     pub flags: u32,
+    /// Entries in this VIP's Maglev table (a prime); 0 while the VIP has no backends.
+    pub table_size: u32,
+    /// `MODE_*`: how packets leave for the backend.
+    pub mode: u32,
 }
+
+/// Hash only the client address (sticky clients) instead of the 5-tuple.
+pub const VIP_FLAG_HASH_SOURCE_ONLY: u32 = 1;
+
+/// Direct server return by rewriting the destination MAC to the backend's (same L2 segment).
+pub const MODE_DSR_L2: u32 = 0;
+/// Direct server return through IPIP / IP6IP6 / IPv4-in-IPv6 encapsulation.
+pub const MODE_DSR_IPIP: u32 = 1;
+
+/// A backend slot: where one backend of one VIP is.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Backend {
+    /// Address in network byte order, IPv4 in word 0.
+    pub addr: [u32; 4],
+    /// Backend MAC (dsr-l2).
+    pub mac: [u8; 6],
+    pub family: u8,
+    pub flags: u8,
+    /// Bumped whenever the slot is given to another backend or retired; connection-table entries
+    /// carry the generation they were made with, so stale ones are re-hashed.
+    pub generation: u32,
+}
+
+/// The slot holds a live backend.
+pub const BACKEND_FLAG_ACTIVE: u8 = 1;
+
+/// Key of the connection table: the client-side 5-tuple, addresses and ports in network order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub saddr: [u32; 4],
+    pub daddr: [u32; 4],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub pad: u16,
+}
+
+/// Value of the connection table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Flow {
+    pub backend: u32,
+    pub generation: u32,
+}
+
+/// Key of the VIP-address map: fragments and extension headers are judged by address alone.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct VipAddrKey {
+    pub addr: [u32; 4],
+    pub family: u8,
+    pub pad: [u8; 3],
+}
+
+/// Value of the VIP-address map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct VipAddrPolicy {
+    /// `ADDR_FLAG_*` bits.
+    pub flags: u32,
+}
+
+/// Drop (rather than pass) IPv4 fragments and IPv6 packets with extension headers sent to the
+/// address.
+pub const ADDR_FLAG_DROP_UNHASHABLE: u32 = 1;
+
+/// Node-wide forwarding settings (index 0 of a one-entry array).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NodeConfig {
+    /// MAC of the interface the program is attached to: the source of forwarded frames.
+    pub iface_mac: [u8; 6],
+    /// MAC of the next hop toward dsr-ipip backends.
+    pub next_hop_mac: [u8; 6],
+    /// Largest IP packet the egress link carries (its MTU).
+    pub mtu: u32,
+    /// Outer IPv4 source: `tunnel_v4 | (flow hash & !tunnel_v4_mask)`; a full mask fixes it.
+    pub tunnel_v4: u32,
+    pub tunnel_v4_mask: u32,
+    /// Outer IPv6 source, likewise (the variable bits are in the last word).
+    pub tunnel_v6: [u32; 4],
+    pub tunnel_v6_mask: u32,
+    /// `NODE_FLAG_*`.
+    pub flags: u32,
+}
+
+/// An IPv4 tunnel source is configured.
+pub const NODE_FLAG_TUNNEL_V4: u32 = 1;
+/// An IPv6 tunnel source is configured.
+pub const NODE_FLAG_TUNNEL_V6: u32 = 2;
+
+/// Per-backend traffic counters (per-CPU; the agent sums them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BackendCounters {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+/// Outer header lengths the data plane adds.
+pub const IPV4_HDR_LEN: u32 = 20;
+pub const IPV6_HDR_LEN: u32 = 40;
+
+/// TTL / hop limit of outer headers and generated ICMP errors.
+pub const OUTER_TTL: u8 = 64;
 
 /// Per-VIP traffic counters (one slot per CPU in a per-CPU array; the agent sums them).
 #[repr(C)]
@@ -67,15 +181,17 @@ pub struct VipMeta {
 pub struct VipCounters {
     pub packets: u64,
     pub bytes: u64,
+    pub new_flows: u64,
 }
 
 /// Global per-CPU counters, indexed by `Stat as u32` in the `STATS` array.
 ///
-/// Every packet the program sees lands in exactly one of them, so their sum is the number of
-/// packets received.
+/// Every packet the program sees lands in exactly one *outcome* counter, so their sum is the
+/// number of packets received. The few *event* counters (`is_outcome() == false`) count things
+/// that happen on the way, like connection-table misses.
 ///
-/// Adding a reason: append it before `Count` and give it a name in [`Stat::name`]; the agent
-/// and the metrics pick it up from there.
+/// Adding a counter: append it before `Count`, add it to `ALL` and give it a name in
+/// [`Stat::name`]; the agent and the metrics pick it up from there.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stat {
@@ -83,12 +199,23 @@ pub enum Stat {
     PassNotVip = 0,
     /// Not IPv4/IPv6 (ARP, LLDP, ...): passed untouched.
     PassNotIp,
-    /// Packet for a VIP.
-    VipHit,
-    /// IPv4 fragment (first or later): L4 ports are not reliable, so it is never hashed.
-    Ipv4Fragment,
-    /// IPv6 packet whose next header is an extension header, so L4 was not parsed.
-    Ipv6ExtHeader,
+    /// VIP packet sent on to its backend (XDP_TX).
+    Forwarded,
+    /// VIP packet too big once encapsulated: answered with ICMP fragmentation-needed or ICMPv6
+    /// packet-too-big (XDP_TX back to the client).
+    IcmpTooBigSent,
+    /// IPv4 fragment or IPv6 packet with extension headers to a VIP address: its ports are not
+    /// reliable, so it is never hashed. Passed or dropped by the address's policy.
+    PassUnhashable,
+    DropUnhashable,
+    /// VIP without a usable backend (no backends, or its Maglev slot is empty).
+    DropNoBackend,
+    /// Too big once encapsulated, without DF: it cannot be forwarded and must not be fragmented.
+    DropTooBig,
+    /// dsr-ipip VIP, but no tunnel source of the backend's family is configured.
+    DropNoTunnelSource,
+    /// The kernel refused to grow or shrink the frame (bpf_xdp_adjust_head/tail).
+    DropAdjustFailed,
     /// Malformed: shorter than an Ethernet header.
     TruncatedEth,
     /// Malformed: 802.1Q tag cut short.
@@ -111,6 +238,12 @@ pub enum Stat {
     TruncatedUdp,
     /// Malformed: ICMP/ICMPv6 header cut short.
     TruncatedIcmp,
+    /// Event: the connection table had no entry for a VIP packet.
+    FlowMiss,
+    /// Event: the connection table pointed at a retired backend; the flow was re-hashed.
+    FlowStale,
+    /// Event: an ICMP error about a VIP flow was sent to the backend that owns the flow.
+    IcmpErrorToBackend,
     Count,
 }
 
@@ -120,9 +253,14 @@ impl Stat {
     pub const ALL: [Stat; STAT_COUNT as usize] = [
         Stat::PassNotVip,
         Stat::PassNotIp,
-        Stat::VipHit,
-        Stat::Ipv4Fragment,
-        Stat::Ipv6ExtHeader,
+        Stat::Forwarded,
+        Stat::IcmpTooBigSent,
+        Stat::PassUnhashable,
+        Stat::DropUnhashable,
+        Stat::DropNoBackend,
+        Stat::DropTooBig,
+        Stat::DropNoTunnelSource,
+        Stat::DropAdjustFailed,
         Stat::TruncatedEth,
         Stat::TruncatedVlan,
         Stat::TruncatedIpv4,
@@ -134,6 +272,9 @@ impl Stat {
         Stat::TruncatedTcp,
         Stat::TruncatedUdp,
         Stat::TruncatedIcmp,
+        Stat::FlowMiss,
+        Stat::FlowStale,
+        Stat::IcmpErrorToBackend,
     ];
 
     /// Stable snake_case name, used in `xlb stats` and as the metrics label.
@@ -141,9 +282,14 @@ impl Stat {
         match self {
             Stat::PassNotVip => "pass_not_vip",
             Stat::PassNotIp => "pass_not_ip",
-            Stat::VipHit => "vip_hit",
-            Stat::Ipv4Fragment => "ipv4_fragment",
-            Stat::Ipv6ExtHeader => "ipv6_ext_header",
+            Stat::Forwarded => "forwarded",
+            Stat::IcmpTooBigSent => "icmp_too_big_sent",
+            Stat::PassUnhashable => "pass_unhashable",
+            Stat::DropUnhashable => "drop_unhashable",
+            Stat::DropNoBackend => "drop_no_backend",
+            Stat::DropTooBig => "drop_too_big",
+            Stat::DropNoTunnelSource => "drop_no_tunnel_source",
+            Stat::DropAdjustFailed => "drop_adjust_failed",
             Stat::TruncatedEth => "truncated_eth",
             Stat::TruncatedVlan => "truncated_vlan",
             Stat::TruncatedIpv4 => "truncated_ipv4",
@@ -155,11 +301,15 @@ impl Stat {
             Stat::TruncatedTcp => "truncated_tcp",
             Stat::TruncatedUdp => "truncated_udp",
             Stat::TruncatedIcmp => "truncated_icmp",
+            Stat::FlowMiss => "flow_miss",
+            Stat::FlowStale => "flow_stale",
+            Stat::IcmpErrorToBackend => "icmp_error_to_backend",
             Stat::Count => "count",
         }
     }
 
-    /// Whether this counter records a malformed packet.
+    /// Whether this counter records a malformed packet (passed untouched to the kernel, which
+    /// is the authority on what is not provably ours).
     pub const fn is_malformed(self) -> bool {
         matches!(
             self,
@@ -176,30 +326,130 @@ impl Stat {
                 | Stat::TruncatedIcmp
         )
     }
+
+    /// Whether this counter is an outcome (each packet lands in exactly one).
+    pub const fn is_outcome(self) -> bool {
+        !matches!(self, Stat::FlowMiss | Stat::FlowStale | Stat::IcmpErrorToBackend | Stat::Count)
+    }
+
+    /// Whether this outcome is a drop (XDP_DROP).
+    pub const fn is_drop(self) -> bool {
+        matches!(
+            self,
+            Stat::DropUnhashable
+                | Stat::DropNoBackend
+                | Stat::DropTooBig
+                | Stat::DropNoTunnelSource
+                | Stat::DropAdjustFailed
+        )
+    }
+}
+
+/// The flow hash: murmur3's 32-bit mixing over the words of the tuple, shared by the XDP
+/// program and the agent's reference model so that both pick the same Maglev slot, on every
+/// node. Addresses and ports go in as they sit in the packet (network order).
+#[inline(always)]
+pub fn flow_hash(saddr: &[u32; 4], daddr: &[u32; 4], ports: u32, proto: u32) -> u32 {
+    let mut h = HASH_SEED;
+    let mut i = 0;
+    while i < 4 {
+        h = mix(h, saddr[i]);
+        h = mix(h, daddr[i]);
+        i += 1;
+    }
+    h = mix(h, ports);
+    h = mix(h, proto);
+    fmix(h ^ 40)
+}
+
+/// The hash of the client address alone (VIPs with `hash: source-ip`).
+#[inline(always)]
+pub fn source_hash(saddr: &[u32; 4], proto: u32) -> u32 {
+    let mut h = HASH_SEED;
+    let mut i = 0;
+    while i < 4 {
+        h = mix(h, saddr[i]);
+        i += 1;
+    }
+    fmix(mix(h, proto) ^ 20)
+}
+
+const HASH_SEED: u32 = 0x5851_f42d;
+
+#[inline(always)]
+const fn mix(h: u32, word: u32) -> u32 {
+    let k = word.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
+    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+}
+
+#[inline(always)]
+const fn fmix(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
 }
 
 /// Names of the maps in the XDP object, so both sides agree.
 pub mod maps {
     pub const VIPS: &str = "XLB_VIPS";
+    pub const VIP_ADDRS: &str = "XLB_VIP_ADDRS";
     pub const VIP_COUNTERS: &str = "XLB_VIP_COUNTERS";
+    pub const BACKENDS: &str = "XLB_BACKENDS";
+    pub const BACKEND_COUNTERS: &str = "XLB_BACKEND_COUNTERS";
+    pub const MAGLEV: &str = "XLB_MAGLEV";
+    pub const FLOWS: &str = "XLB_FLOWS";
+    pub const NODE: &str = "XLB_NODE";
     pub const STATS: &str = "XLB_STATS";
+    pub const DECAP_ADDRS: &str = "XLB_DECAP_ADDRS";
+    pub const DECAP_STATS: &str = "XLB_DECAP_STATS";
 }
 
 /// Names of the programs in the XDP objects.
 pub mod programs {
     pub const BALANCER: &str = "xlb_balancer";
+    pub const DECAP: &str = "xlb_decap";
     pub const FLOOR: &str = "xlb_floor";
 }
 
+/// Counters of the backend-side decapsulation program (`DECAP_STATS`).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecapStat {
+    /// Not a tunnel packet for this host: passed untouched.
+    Pass = 0,
+    /// Outer header stripped; the inner packet goes up the stack.
+    Decapsulated,
+    /// A tunnel packet for this host whose inner header is cut short: dropped.
+    DropMalformed,
+    Count,
+}
+
+pub const DECAP_STAT_COUNT: u32 = DecapStat::Count as u32;
+
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all are #[repr(C)] plain data of integer fields, valid for any bit pattern, with
-    // no padding (VipKey: 16 + 2 + 1 + 1 bytes; the others are all u32/u64 pairs).
-    unsafe impl aya::Pod for super::VipKey {}
-    // SAFETY: see above.
-    unsafe impl aya::Pod for super::VipMeta {}
-    // SAFETY: see above.
-    unsafe impl aya::Pod for super::VipCounters {}
+    // SAFETY (all below): #[repr(C)] plain data of integer fields and byte arrays, valid for any
+    // bit pattern, without padding (sizes checked in the tests below).
+    macro_rules! pod {
+        ($($t:ty),*) => { $(
+            // SAFETY: see above.
+            unsafe impl aya::Pod for $t {}
+        )* };
+    }
+    pod!(
+        super::VipKey,
+        super::VipMeta,
+        super::VipCounters,
+        super::Backend,
+        super::BackendCounters,
+        super::FlowKey,
+        super::Flow,
+        super::VipAddrKey,
+        super::VipAddrPolicy,
+        super::NodeConfig
+    );
 }
 
 #[cfg(test)]
@@ -208,15 +458,47 @@ mod tests {
 
     #[test]
     fn stat_table_is_complete_and_ordered() {
+        assert_eq!(Stat::ALL.len(), STAT_COUNT as usize);
         for (i, s) in Stat::ALL.iter().enumerate() {
             assert_eq!(*s as usize, i, "{} out of order", s.name());
         }
     }
 
     #[test]
-    fn key_has_no_padding() {
-        assert_eq!(core::mem::size_of::<VipKey>(), 20);
-        assert_eq!(core::mem::size_of::<VipMeta>(), 8);
-        assert_eq!(core::mem::size_of::<VipCounters>(), 16);
+    fn types_have_no_padding() {
+        use core::mem::size_of;
+        assert_eq!(size_of::<VipKey>(), 16 + 2 + 1 + 1);
+        assert_eq!(size_of::<VipMeta>(), 4 * 4);
+        assert_eq!(size_of::<VipCounters>(), 3 * 8);
+        assert_eq!(size_of::<Backend>(), 16 + 6 + 1 + 1 + 4);
+        assert_eq!(size_of::<BackendCounters>(), 3 * 8);
+        assert_eq!(size_of::<FlowKey>(), 16 + 16 + 2 + 2 + 1 + 1 + 2);
+        assert_eq!(size_of::<Flow>(), 8);
+        assert_eq!(size_of::<VipAddrKey>(), 16 + 4);
+        assert_eq!(size_of::<NodeConfig>(), 6 + 6 + 4 + 4 + 4 + 16 + 4 + 4);
+    }
+
+    #[test]
+    fn outcomes_and_events_partition_the_counters() {
+        for s in Stat::ALL {
+            assert!(!(s.is_drop() && !s.is_outcome()), "{} is a drop but not an outcome", s.name());
+            assert!(!(s.is_malformed() && !s.is_outcome()), "{}", s.name());
+        }
+    }
+
+    #[test]
+    fn flow_hash_spreads_and_depends_on_every_field() {
+        let base = flow_hash(&[1, 0, 0, 0], &[2, 0, 0, 0], 0x0050_1f90, 6);
+        assert_ne!(base, flow_hash(&[3, 0, 0, 0], &[2, 0, 0, 0], 0x0050_1f90, 6));
+        assert_ne!(base, flow_hash(&[1, 0, 0, 0], &[2, 0, 0, 1], 0x0050_1f90, 6));
+        assert_ne!(base, flow_hash(&[1, 0, 0, 0], &[2, 0, 0, 0], 0x0051_1f90, 6));
+        assert_ne!(base, flow_hash(&[1, 0, 0, 0], &[2, 0, 0, 0], 0x0050_1f90, 17));
+        assert_ne!(source_hash(&[1, 0, 0, 0], 6), source_hash(&[2, 0, 0, 0], 6));
+        // Sequential source ports fill 7 buckets evenly (within 10%).
+        let mut buckets = [0u32; 7];
+        for port in 0..7000u32 {
+            buckets[(flow_hash(&[1, 0, 0, 0], &[2, 0, 0, 0], port << 16 | 80, 6) % 7) as usize] += 1;
+        }
+        assert!(buckets.iter().all(|&b| (900..=1100).contains(&b)), "{buckets:?}");
     }
 }

@@ -52,10 +52,7 @@ pub struct Ipv6Hdr {
 /// shim6/experimental): the transport header is not where a plain parse would look.
 #[inline(always)]
 pub fn is_ipv6_extension(next_hdr: u8) -> bool {
-    matches!(
-        next_hdr,
-        0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 | 253 | 254
-    )
+    matches!(next_hdr, 0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 | 253 | 254)
 }
 
 #[repr(C, packed(2))]
@@ -87,4 +84,32 @@ pub struct IcmpHdr {
     pub code: u8,
     pub check: u16,
     pub rest: u32,
+}
+
+pub const IPPROTO_IPIP: u8 = 4;
+pub const IPPROTO_IPV6: u8 = 41;
+
+/// IPv4 "don't fragment" bit of `frag_off` (host order).
+pub const IPV4_DF: u16 = 0x4000;
+
+pub const TCP_FLAG_SYN: u8 = 0x02;
+pub const TCP_FLAG_ACK: u8 = 0x10;
+
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_FRAG_NEEDED: u8 = 4;
+pub const ICMPV6_PKT_TOOBIG: u8 = 2;
+
+/// Folds a 32-bit one's-complement sum into the 16-bit checksum field value.
+#[inline(always)]
+pub fn fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+/// One's-complement sum of a 32-bit word as two 16-bit halves (any byte order, applied
+/// consistently).
+#[inline(always)]
+pub fn sum32(word: u32) -> u32 {
+    (word & 0xffff) + (word >> 16)
 }

@@ -1,6 +1,6 @@
 //! Bounds-checked header parsing of one frame into a [`Packet`] summary.
 //!
-//! Every read goes through [`Frame::header`], which checks `offset + size_of::<T>()` against
+//! Every read goes through [`Frame::at`], which checks `offset + size_of::<T>()` against
 //! `data_end` in the form the verifier tracks. Offsets derived from packet fields (IHL, TCP data
 //! offset) are masked first, so they stay bounded.
 
@@ -11,7 +11,7 @@ use lb_common::{FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO
 
 use crate::headers::*;
 
-/// The frame being parsed.
+/// The frame being parsed or rewritten. Re-create it after any adjust_head/adjust_tail.
 pub struct Frame {
     start: usize,
     end: usize,
@@ -20,10 +20,7 @@ pub struct Frame {
 impl Frame {
     #[inline(always)]
     pub fn new(ctx: &XdpContext) -> Self {
-        Self {
-            start: ctx.data(),
-            end: ctx.data_end(),
-        }
+        Self { start: ctx.data(), end: ctx.data_end() }
     }
 
     #[inline(always)]
@@ -33,146 +30,237 @@ impl Frame {
 
     /// A pointer to a `T` at `offset`, or `None` if the frame is too short.
     #[inline(always)]
-    pub fn header<T>(&self, offset: usize) -> Option<*const T> {
+    pub fn at<T>(&self, offset: usize) -> Option<*mut T> {
         let at = self.start + offset;
         if at + size_of::<T>() > self.end {
             return None;
         }
-        Some(at as *const T)
+        Some(at as *mut T)
     }
+}
+
+/// Where an ICMP error's quoted packet came from.
+#[derive(Clone, Copy)]
+pub struct Quoted {
+    /// The quoted packet's source: a VIP (a backend sent it, with the VIP as source).
+    pub saddr: [u32; 4],
+    /// The quoted packet's destination: the client.
+    pub daddr: [u32; 4],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
 }
 
 /// What the balancer needs to know about a well-formed packet.
 pub struct Packet {
     pub family: u8,
     pub proto: u8,
-    /// Destination address; IPv4 in word 0, others zero. Network byte order.
+    /// Offset of the Ethernet payload (14, or 18 behind an 802.1Q tag).
+    pub l3: usize,
+    /// Length of the IP datagram (header included), as its header says.
+    pub ip_len: usize,
+    /// IPv4 header length (IHL·4); 40 for IPv6.
+    pub ip_header_len: usize,
+    /// The sender asked not to be fragmented (IPv4 DF; always for IPv6).
+    pub dont_fragment: bool,
+    /// Traffic class / TOS, copied to outer headers.
+    pub tos: u8,
+    /// Addresses as on the wire; IPv4 in word 0, others zero.
+    pub saddr: [u32; 4],
     pub daddr: [u32; 4],
-    /// Destination port in network byte order; 0 for ICMP.
+    /// Ports in network byte order; 0 for ICMP and protocols without ports.
+    pub sport: u16,
     pub dport: u16,
+    pub tcp_flags: u8,
+    /// For ICMP fragmentation-needed / ICMPv6 packet-too-big: the packet it quotes.
+    pub quoted: Option<Quoted>,
 }
 
-/// Why a frame is not a [`Packet`]: the counter to bump. Every variant means XDP_PASS.
-pub type Verdict = Stat;
+/// Why a frame is not a [`Packet`]: the counter to bump.
+pub enum NotParsed {
+    /// Count and pass.
+    Pass(Stat),
+    /// IPv4 fragment or IPv6 extension header: the address's policy decides (pass or drop).
+    Unhashable { family: u8, daddr: [u32; 4] },
+}
 
 /// Parses Ethernet (one optional 802.1Q tag), IPv4/IPv6 and TCP/UDP/ICMP headers.
 #[inline(always)]
-pub fn parse(frame: &Frame) -> Result<Packet, Verdict> {
-    let eth: *const EthHdr = frame.header(0).ok_or(Stat::TruncatedEth)?;
-    // SAFETY: `header` checked that the EthHdr lies inside the frame.
+pub fn parse(frame: &Frame) -> Result<Packet, NotParsed> {
+    let eth: *const EthHdr = frame.at(0).ok_or(NotParsed::Pass(Stat::TruncatedEth))?;
+    // SAFETY: `at` checked that the EthHdr lies inside the frame.
     let mut ether_type = u16::from_be(unsafe { (*eth).ether_type });
     let mut l3 = size_of::<EthHdr>();
     if ether_type == ETH_P_8021Q {
-        let vlan: *const VlanHdr = frame.header(l3).ok_or(Stat::TruncatedVlan)?;
-        // SAFETY: bounds checked by `header`.
+        let vlan: *const VlanHdr = frame.at(l3).ok_or(NotParsed::Pass(Stat::TruncatedVlan))?;
+        // SAFETY: bounds checked by `at`.
         ether_type = u16::from_be(unsafe { (*vlan).ether_type });
         l3 += size_of::<VlanHdr>();
     }
     match ether_type {
         ETH_P_IPV4 => parse_ipv4(frame, l3),
         ETH_P_IPV6 => parse_ipv6(frame, l3),
-        _ => Err(Stat::PassNotIp),
+        _ => Err(NotParsed::Pass(Stat::PassNotIp)),
     }
 }
 
 #[inline(always)]
-fn parse_ipv4(frame: &Frame, l3: usize) -> Result<Packet, Verdict> {
-    let ip: *const Ipv4Hdr = frame.header(l3).ok_or(Stat::TruncatedIpv4)?;
-    // SAFETY: bounds checked by `header`; all reads below stay inside the 20-byte header.
-    let (version_ihl, total_len, frag_off, proto, daddr) = unsafe {
+fn parse_ipv4(frame: &Frame, l3: usize) -> Result<Packet, NotParsed> {
+    let ip: *const Ipv4Hdr = frame.at(l3).ok_or(NotParsed::Pass(Stat::TruncatedIpv4))?;
+    // SAFETY: bounds checked by `at`; all reads below stay inside the 20-byte header.
+    let (version_ihl, tos, total_len, frag_off, proto, saddr, daddr) = unsafe {
         (
             (*ip).version_ihl,
+            (*ip).tos,
             u16::from_be((*ip).total_len),
             u16::from_be((*ip).frag_off),
             (*ip).proto,
+            (*ip).saddr,
             (*ip).daddr,
         )
     };
     let ihl = (version_ihl & 0x0F) as usize;
     if version_ihl >> 4 != 4 || ihl < 5 {
-        return Err(Stat::BadIpv4Header);
+        return Err(NotParsed::Pass(Stat::BadIpv4Header));
     }
     let header_len = ihl * 4;
     if l3 + header_len > frame.len() {
-        return Err(Stat::TruncatedIpv4);
+        return Err(NotParsed::Pass(Stat::TruncatedIpv4));
     }
     let total_len = total_len as usize;
     if total_len < header_len || l3 + total_len > frame.len() {
-        return Err(Stat::BadIpv4Length);
+        return Err(NotParsed::Pass(Stat::BadIpv4Length));
     }
+    let daddr = [daddr, 0, 0, 0];
     if frag_off & IPV4_MF_OFFSET_MASK != 0 {
         // Later fragments carry no L4 header; even the first must not be hashed on ports,
         // or its fragments would go elsewhere.
-        return Err(Stat::Ipv4Fragment);
+        return Err(NotParsed::Unhashable { family: FAMILY_V4, daddr });
     }
-    let dport = parse_l4(frame, l3 + header_len, l3 + total_len, proto, PROTO_ICMP)?;
-    Ok(Packet {
+    let mut packet = Packet {
         family: FAMILY_V4,
         proto,
-        daddr: [daddr, 0, 0, 0],
-        dport,
-    })
+        l3,
+        ip_len: total_len,
+        ip_header_len: header_len,
+        dont_fragment: frag_off & IPV4_DF != 0,
+        tos,
+        saddr: [saddr, 0, 0, 0],
+        daddr,
+        sport: 0,
+        dport: 0,
+        tcp_flags: 0,
+        quoted: None,
+    };
+    parse_l4(frame, l3 + header_len, l3 + total_len, &mut packet)?;
+    Ok(packet)
 }
 
 #[inline(always)]
-fn parse_ipv6(frame: &Frame, l3: usize) -> Result<Packet, Verdict> {
-    let ip: *const Ipv6Hdr = frame.header(l3).ok_or(Stat::TruncatedIpv6)?;
-    // SAFETY: bounds checked by `header`.
-    let (version_tc_flow, payload_len, next_hdr, daddr) = unsafe {
-        (
-            u32::from_be((*ip).version_tc_flow),
-            u16::from_be((*ip).payload_len),
-            (*ip).next_hdr,
-            (*ip).daddr,
-        )
+fn parse_ipv6(frame: &Frame, l3: usize) -> Result<Packet, NotParsed> {
+    let ip: *const Ipv6Hdr = frame.at(l3).ok_or(NotParsed::Pass(Stat::TruncatedIpv6))?;
+    // SAFETY: bounds checked by `at`.
+    let (version_tc_flow, payload_len, next_hdr, saddr, daddr) = unsafe {
+        (u32::from_be((*ip).version_tc_flow), u16::from_be((*ip).payload_len), (*ip).next_hdr, (*ip).saddr, (*ip).daddr)
     };
     if version_tc_flow >> 28 != 6 {
-        return Err(Stat::BadIpv6Header);
+        return Err(NotParsed::Pass(Stat::BadIpv6Header));
     }
     let l4 = l3 + size_of::<Ipv6Hdr>();
     let ip_end = l4 + payload_len as usize;
     if ip_end > frame.len() {
-        return Err(Stat::BadIpv6Length);
+        return Err(NotParsed::Pass(Stat::BadIpv6Length));
     }
     if is_ipv6_extension(next_hdr) {
-        return Err(Stat::Ipv6ExtHeader);
+        return Err(NotParsed::Unhashable { family: FAMILY_V6, daddr });
     }
-    let dport = parse_l4(frame, l4, ip_end, next_hdr, PROTO_ICMPV6)?;
-    Ok(Packet {
+    let mut packet = Packet {
         family: FAMILY_V6,
         proto: next_hdr,
+        l3,
+        ip_len: size_of::<Ipv6Hdr>() + payload_len as usize,
+        ip_header_len: size_of::<Ipv6Hdr>(),
+        dont_fragment: true,
+        tos: (version_tc_flow >> 20) as u8,
+        saddr,
         daddr,
-        dport,
-    })
+        sport: 0,
+        dport: 0,
+        tcp_flags: 0,
+        quoted: None,
+    };
+    parse_l4(frame, l4, ip_end, &mut packet)?;
+    Ok(packet)
 }
 
 /// Checks the transport header at `l4` lies within both the frame and the IP datagram ending at
-/// `ip_end`, and returns the destination port (0 for ICMP, and for protocols without ports).
+/// `ip_end`, and fills in ports and flags.
 #[inline(always)]
-fn parse_l4(frame: &Frame, l4: usize, ip_end: usize, proto: u8, icmp: u8) -> Result<u16, Verdict> {
+fn parse_l4(frame: &Frame, l4: usize, ip_end: usize, packet: &mut Packet) -> Result<(), NotParsed> {
+    let proto = packet.proto;
     if proto == PROTO_TCP {
-        let tcp: *const TcpHdr = frame.header(l4).ok_or(Stat::TruncatedTcp)?;
-        // SAFETY: bounds checked by `header`.
-        let (dest, doff_res) = unsafe { ((*tcp).dest, (*tcp).doff_res) };
+        let tcp: *const TcpHdr = frame.at(l4).ok_or(NotParsed::Pass(Stat::TruncatedTcp))?;
+        // SAFETY: bounds checked by `at`.
+        let (source, dest, doff_res, flags) = unsafe { ((*tcp).source, (*tcp).dest, (*tcp).doff_res, (*tcp).flags) };
         let header_len = ((doff_res >> 4) as usize) * 4;
         if header_len < size_of::<TcpHdr>() || l4 + header_len > ip_end {
-            return Err(Stat::TruncatedTcp);
+            return Err(NotParsed::Pass(Stat::TruncatedTcp));
         }
-        Ok(dest)
+        packet.sport = source;
+        packet.dport = dest;
+        packet.tcp_flags = flags;
     } else if proto == PROTO_UDP {
-        let udp: *const UdpHdr = frame.header(l4).ok_or(Stat::TruncatedUdp)?;
+        let udp: *const UdpHdr = frame.at(l4).ok_or(NotParsed::Pass(Stat::TruncatedUdp))?;
         if l4 + size_of::<UdpHdr>() > ip_end {
-            return Err(Stat::TruncatedUdp);
+            return Err(NotParsed::Pass(Stat::TruncatedUdp));
         }
-        // SAFETY: bounds checked by `header`.
-        Ok(unsafe { (*udp).dest })
-    } else if proto == icmp {
-        frame.header::<IcmpHdr>(l4).ok_or(Stat::TruncatedIcmp)?;
+        // SAFETY: bounds checked by `at`.
+        (packet.sport, packet.dport) = unsafe { ((*udp).source, (*udp).dest) };
+    } else if (packet.family == FAMILY_V4 && proto == PROTO_ICMP)
+        || (packet.family == FAMILY_V6 && proto == PROTO_ICMPV6)
+    {
+        let icmp: *const IcmpHdr = frame.at(l4).ok_or(NotParsed::Pass(Stat::TruncatedIcmp))?;
         if l4 + size_of::<IcmpHdr>() > ip_end {
-            return Err(Stat::TruncatedIcmp);
+            return Err(NotParsed::Pass(Stat::TruncatedIcmp));
         }
-        Ok(0)
-    } else {
-        Ok(0)
+        // SAFETY: bounds checked by `at`.
+        let (kind, code) = unsafe { ((*icmp).kind, (*icmp).code) };
+        let too_big = if packet.family == FAMILY_V4 {
+            kind == ICMP_DEST_UNREACH && code == ICMP_FRAG_NEEDED
+        } else {
+            kind == ICMPV6_PKT_TOOBIG
+        };
+        if too_big {
+            // A quote that cannot be read is just not about one of our flows.
+            packet.quoted = parse_quoted(frame, l4 + size_of::<IcmpHdr>(), packet.family);
+        }
     }
+    Ok(())
+}
+
+/// The IP header and the first 4 bytes of transport header that an ICMP error quotes.
+#[inline(always)]
+fn parse_quoted(frame: &Frame, at: usize, family: u8) -> Option<Quoted> {
+    let (saddr, daddr, proto, l4) = if family == FAMILY_V4 {
+        let ip: *const Ipv4Hdr = frame.at(at)?;
+        // SAFETY: bounds checked by `at`.
+        let (version_ihl, proto, saddr, daddr) = unsafe { ((*ip).version_ihl, (*ip).proto, (*ip).saddr, (*ip).daddr) };
+        let ihl = (version_ihl & 0x0F) as usize;
+        if version_ihl >> 4 != 4 || ihl < 5 {
+            return None;
+        }
+        ([saddr, 0, 0, 0], [daddr, 0, 0, 0], proto, at + ihl * 4)
+    } else {
+        let ip: *const Ipv6Hdr = frame.at(at)?;
+        // SAFETY: bounds checked by `at`.
+        let (next_hdr, saddr, daddr) = unsafe { ((*ip).next_hdr, (*ip).saddr, (*ip).daddr) };
+        (saddr, daddr, next_hdr, at + size_of::<Ipv6Hdr>())
+    };
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return None;
+    }
+    let ports: *const [u16; 2] = frame.at(l4)?;
+    // SAFETY: bounds checked by `at`.
+    let [sport, dport] = unsafe { *ports };
+    Some(Quoted { saddr, daddr, sport, dport, proto })
 }

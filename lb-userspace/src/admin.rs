@@ -32,17 +32,11 @@ pub enum Reply {
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     #[error("admin socket {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error(
         "admin socket {path}: the agent sent a reply this client cannot read ({source}); are agent and CLI the same version?"
     )]
-    Decode {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
+    Decode { path: PathBuf, source: serde_json::Error },
     #[error("the agent at {path} closed the connection without replying")]
     NoReply { path: PathBuf },
     #[error("the agent says: {0}")]
@@ -50,17 +44,11 @@ pub enum AdminError {
 }
 
 /// Answers requests with `handle` until the task is dropped.
-pub async fn serve<F>(
-    path: &Path,
-    handle: Arc<F>,
-) -> Result<tokio::task::JoinHandle<()>, AdminError>
+pub async fn serve<F>(path: &Path, handle: Arc<F>) -> Result<tokio::task::JoinHandle<()>, AdminError>
 where
     F: Fn(Request) -> Reply + Send + Sync + 'static,
 {
-    let io = |source| AdminError::Io {
-        path: path.to_owned(),
-        source,
-    };
+    let io = |source| AdminError::Io { path: path.to_owned(), source };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
@@ -95,8 +83,8 @@ async fn answer<F: Fn(Request) -> Reply>(stream: UnixStream, handle: &F) -> std:
             Ok(request) => handle(request),
             Err(e) => Reply::Error(format!("bad request {line:?}: {e}")),
         };
-        let mut text = serde_json::to_string(&reply)
-            .unwrap_or_else(|e| format!("{{\"error\":\"encoding reply: {e}\"}}"));
+        let mut text =
+            serde_json::to_string(&reply).unwrap_or_else(|e| format!("{{\"error\":\"encoding reply: {e}\"}}"));
         text.push('\n');
         write.write_all(text.as_bytes()).await?;
     }
@@ -105,16 +93,11 @@ async fn answer<F: Fn(Request) -> Reply>(stream: UnixStream, handle: &F) -> std:
 
 /// Sends one request to the agent listening at `path` and returns its reply.
 pub async fn request(path: &Path, request: Request) -> Result<Reply, AdminError> {
-    let io = |source| AdminError::Io {
-        path: path.to_owned(),
-        source,
-    };
+    let io = |source| AdminError::Io { path: path.to_owned(), source };
     let stream = UnixStream::connect(path).await.map_err(io)?;
     let (read, mut write) = stream.into_split();
-    let mut text = serde_json::to_string(&request).map_err(|source| AdminError::Decode {
-        path: path.to_owned(),
-        source,
-    })?;
+    let mut text =
+        serde_json::to_string(&request).map_err(|source| AdminError::Decode { path: path.to_owned(), source })?;
     text.push('\n');
     write.write_all(text.as_bytes()).await.map_err(io)?;
     let line = BufReader::new(read)
@@ -122,13 +105,8 @@ pub async fn request(path: &Path, request: Request) -> Result<Reply, AdminError>
         .next_line()
         .await
         .map_err(io)?
-        .ok_or_else(|| AdminError::NoReply {
-            path: path.to_owned(),
-        })?;
-    match serde_json::from_str(&line).map_err(|source| AdminError::Decode {
-        path: path.to_owned(),
-        source,
-    })? {
+        .ok_or_else(|| AdminError::NoReply { path: path.to_owned() })?;
+    match serde_json::from_str(&line).map_err(|source| AdminError::Decode { path: path.to_owned(), source })? {
         Reply::Error(message) => Err(AdminError::Agent(message)),
         reply => Ok(reply),
     }

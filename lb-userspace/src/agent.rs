@@ -1,4 +1,5 @@
-//! The running agent: config → desired state → reconciler → maps; attach; serve; reload.
+//! The running agent: config + interface facts → desired state → reconciler → maps; attach;
+//! serve the admin socket; reload on SIGHUP.
 
 use std::{
     path::PathBuf,
@@ -12,7 +13,8 @@ use crate::{
     admin::{self, Reply, Request},
     config,
     dataplane::{AttachMode, Loaded, Maps},
-    desired::DesiredState,
+    desired::{DesiredState, NodeFacts},
+    iface,
     reconcile::Reconciler,
     stats::Snapshot,
 };
@@ -28,19 +30,18 @@ pub struct RunOptions {
 struct State {
     maps: Maps,
     reconciler: Reconciler,
+    facts: NodeFacts,
+    flow_table_size: u32,
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let config = config::load(&opts.config)?;
-    let (mut program, maps) = Loaded::balancer().context("loading the XDP data plane")?;
-    let mut state = State {
-        maps,
-        reconciler: Reconciler::new(),
-    };
-    let changes = state
-        .reconciler
-        .apply(&DesiredState::from_config(&config), &mut state.maps)?;
-    tracing::info!(vips = changes.added.len(), "VIP map filled");
+    let facts = iface::facts(&opts.iface).with_context(|| format!("reading interface {}", opts.iface))?;
+    let flow_table_size = config.node.flow_table_size;
+    let (mut program, maps) = Loaded::balancer(flow_table_size).context("loading the XDP data plane")?;
+    let mut state = State { maps, reconciler: Reconciler::new(), facts, flow_table_size };
+    let changes = state.reconciler.apply(&DesiredState::new(&config, &facts), &mut state.maps)?;
+    tracing::info!(vips = changes.added.len(), mtu = facts.mtu, "data plane filled");
 
     let (link, mode) = program.attach(&opts.iface)?;
     match mode {
@@ -56,9 +57,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         &opts.admin_socket,
         Arc::new(move |request| match request {
             Request::Stats => {
-                let state = admin_state
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                let state = admin_state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                 match Snapshot::read(&state.maps, &state.reconciler) {
                     Ok(snapshot) => Reply::Stats(snapshot),
                     Err(e) => Reply::Error(e.to_string()),
@@ -96,14 +95,51 @@ fn reload(opts: &RunOptions, state: &Mutex<State>) {
             return;
         }
     };
-    let mut state = state
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let State { maps, reconciler } = &mut *state;
-    match reconciler.apply(&DesiredState::from_config(&config), maps) {
-        Ok(changes) => {
-            tracing::info!(added = ?changes.added, removed = ?changes.removed, unchanged = changes.unchanged, "reloaded")
-        }
+    let mut state = state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let State { maps, reconciler, facts, flow_table_size } = &mut *state;
+    if config.node.flow_table_size != *flow_table_size {
+        tracing::warn!(
+            running = *flow_table_size,
+            configured = config.node.flow_table_size,
+            "node.flow_table_size changes need a restart; keeping the running size"
+        );
+    }
+    match reconciler.apply(&DesiredState::new(&config, facts), maps) {
+        Ok(changes) => tracing::info!(
+            added = ?changes.added,
+            removed = ?changes.removed,
+            updated = ?changes.updated,
+            unchanged = changes.unchanged,
+            tables_rebuilt = changes.tables_rebuilt,
+            "reloaded"
+        ),
         Err(e) => tracing::error!(error = %e, "reload partly applied; the next reload retries"),
     }
+}
+
+/// `xlb decap`: strips tunnels addressed to this host on `iface` until SIGTERM/SIGINT.
+pub async fn decap(iface: &str, addresses: Vec<std::net::IpAddr>) -> anyhow::Result<()> {
+    let addresses = if addresses.is_empty() {
+        let all = iface::host_addresses().context("listing this host's addresses")?;
+        all.into_iter().filter(|(_, a)| !a.is_loopback()).map(|(_, a)| a).collect()
+    } else {
+        addresses
+    };
+    anyhow::ensure!(!addresses.is_empty(), "no addresses to accept tunnels for; pass --address");
+    let (mut program, mut maps) = Loaded::decap().context("loading the decapsulation program")?;
+    for addr in &addresses {
+        maps.add_address(*addr)?;
+    }
+    let (link, mode) = program.attach(iface)?;
+    tracing::info!(%iface, ?mode, addresses = ?addresses, "decapsulating IPIP, IP6IP6 and IPv4-in-IPv6 addressed to this host");
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    let counts: Vec<String> = maps.stats()?.into_iter().map(|(s, v)| format!("{s:?}={v}")).collect();
+    program.detach(link)?;
+    tracing::info!(%iface, counters = %counts.join(" "), "decap detached; exiting");
+    Ok(())
 }

@@ -1,83 +1,106 @@
 //! The XDP data plane as the agent sees it: the embedded objects, typed map wrappers, attach.
 
 use aya::{
-    Ebpf, EbpfError,
-    maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
+    Ebpf, EbpfError, EbpfLoader,
+    maps::{Array, ArrayOfMaps, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
     programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
     util::nr_cpus,
 };
-use lb_common::{MAX_VIPS, Stat, VipCounters, VipKey, VipMeta, maps, programs};
-
-use crate::reconcile::VipMaps;
+use lb_common::{
+    BPF_F_INNER_MAP, Backend, BackendCounters, DecapStat, Flow, FlowKey, NodeConfig, Stat, VipAddrKey, VipAddrPolicy,
+    VipCounters, VipKey, VipMeta, maps, programs,
+};
 
 /// The balancer object (lb-ebpf's `xlb-balancer` binary), built by build.rs.
-pub static BALANCER_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb-balancer"));
+pub static BALANCER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb-balancer"));
+/// The backend-side decapsulation object (`xlb decap`).
+pub static DECAP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb-decap"));
 /// An XDP program that only returns XDP_PASS: the harness floor benchmarks subtract.
-pub static FLOOR_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb-floor"));
+pub static FLOOR_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb-floor"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
     #[error("loading the XDP object failed (are you root, with bpffs and BTF available?): {0}")]
     Load(#[from] EbpfError),
-    #[error(
-        "the XDP object has no {kind} named `{name}`; the agent and lb-ebpf were built from different sources"
-    )]
-    Missing {
-        kind: &'static str,
-        name: &'static str,
-    },
+    #[error("the XDP object has no {kind} named `{name}`; the agent and lb-ebpf were built from different sources")]
+    Missing { kind: &'static str, name: &'static str },
     #[error("XDP program `{name}`: {source}")]
-    Program {
-        name: &'static str,
-        source: ProgramError,
-    },
+    Program { name: &'static str, source: Box<ProgramError> },
     #[error("map `{name}`: {source}")]
-    Map {
-        name: &'static str,
-        source: MapError,
-    },
+    Map { name: &'static str, source: Box<MapError> },
     #[error("this xlb was built with AYA_BUILD_SKIP and holds no XDP object; rebuild without it")]
     NotBuilt,
     #[error("cannot count the possible CPUs: {0}")]
     Cpus(std::io::Error),
+    #[error("`{0}` is not a usable interface name")]
+    InterfaceName(String),
     #[error(
         "attaching XDP to `{iface}` failed natively ({native}) and in generic mode ({generic}); check that the interface exists and has no other XDP program"
     )]
-    Attach {
-        iface: String,
-        native: Box<ProgramError>,
-        generic: Box<ProgramError>,
-    },
-    #[error("`{0}` is not a usable interface name")]
-    InterfaceName(String),
+    Attach { iface: String, native: Box<ProgramError>, generic: Box<ProgramError> },
 }
 
-/// Typed handles on the balancer's maps.
+fn map_err(name: &'static str) -> impl Fn(MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { name, source: Box::new(source) }
+}
+
+fn take<T: TryFrom<Map, Error = MapError>>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DataplaneError> {
+    let map = ebpf.take_map(name).ok_or(DataplaneError::Missing { kind: "map", name })?;
+    T::try_from(map).map_err(map_err(name))
+}
+
+fn cpu_count_mismatch(name: &'static str, e: std::io::Error) -> DataplaneError {
+    DataplaneError::Map { name, source: Box::new(MapError::IoError(e)) }
+}
+
+fn cpus() -> Result<usize, DataplaneError> {
+    Ok(nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?.get() as usize)
+}
+
+/// Sums a per-CPU array slot.
+fn sum_slot<V: aya::Pod + Default>(
+    map: &PerCpuArray<MapData, V>,
+    index: u32,
+    name: &'static str,
+    add: impl Fn(V, &V) -> V,
+) -> Result<V, DataplaneError> {
+    let values = map.get(&index, 0).map_err(map_err(name))?;
+    Ok(values.iter().fold(V::default(), add))
+}
+
+/// Typed handles on the balancer's maps. Only the reconciler writes them.
 pub struct Maps {
     vips: HashMap<MapData, VipKey, VipMeta>,
+    vip_addrs: HashMap<MapData, VipAddrKey, VipAddrPolicy>,
     vip_counters: PerCpuArray<MapData, VipCounters>,
+    backends: Array<MapData, Backend>,
+    backend_counters: PerCpuArray<MapData, BackendCounters>,
+    maglev: ArrayOfMaps<MapData, Array<MapData, u32>>,
+    flows: HashMap<MapData, FlowKey, Flow>,
+    node: Array<MapData, NodeConfig>,
     stats: PerCpuArray<MapData, u64>,
     cpus: usize,
 }
 
+impl std::fmt::Debug for Maps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Maps").field("cpus", &self.cpus).finish_non_exhaustive()
+    }
+}
+
 impl Maps {
     fn take(ebpf: &mut Ebpf) -> Result<Self, DataplaneError> {
-        fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
-            ebpf: &mut Ebpf,
-            name: &'static str,
-        ) -> Result<T, DataplaneError> {
-            let map = ebpf
-                .take_map(name)
-                .ok_or(DataplaneError::Missing { kind: "map", name })?;
-            T::try_from(map).map_err(|source| DataplaneError::Map { name, source })
-        }
         Ok(Self {
             vips: take(ebpf, maps::VIPS)?,
+            vip_addrs: take(ebpf, maps::VIP_ADDRS)?,
             vip_counters: take(ebpf, maps::VIP_COUNTERS)?,
+            backends: take(ebpf, maps::BACKENDS)?,
+            backend_counters: take(ebpf, maps::BACKEND_COUNTERS)?,
+            maglev: take(ebpf, maps::MAGLEV)?,
+            flows: take(ebpf, maps::FLOWS)?,
+            node: take(ebpf, maps::NODE)?,
             stats: take(ebpf, maps::STATS)?,
-            cpus: nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?.get() as usize,
+            cpus: cpus()?,
         })
     }
 
@@ -85,74 +108,148 @@ impl Maps {
     pub fn stats(&self) -> Result<Vec<(Stat, u64)>, DataplaneError> {
         Stat::ALL
             .iter()
-            .map(|&stat| {
-                let values =
-                    self.stats
-                        .get(&(stat as u32), 0)
-                        .map_err(|source| DataplaneError::Map {
-                            name: maps::STATS,
-                            source,
-                        })?;
-                Ok((stat, values.iter().sum()))
-            })
+            .map(|&stat| Ok((stat, sum_slot(&self.stats, stat as u32, maps::STATS, |a, b| a + b)?)))
             .collect()
     }
 
     /// One VIP's counters, summed over CPUs.
     pub fn vip_counters(&self, id: u32) -> Result<VipCounters, DataplaneError> {
-        let values = self
-            .vip_counters
-            .get(&id, 0)
-            .map_err(|source| DataplaneError::Map {
-                name: maps::VIP_COUNTERS,
-                source,
-            })?;
-        Ok(values
-            .iter()
-            .fold(VipCounters::default(), |sum, c| VipCounters {
-                packets: sum.packets + c.packets,
-                bytes: sum.bytes + c.bytes,
-            }))
+        sum_slot(&self.vip_counters, id, maps::VIP_COUNTERS, |a, c| VipCounters {
+            packets: a.packets + c.packets,
+            bytes: a.bytes + c.bytes,
+            new_flows: a.new_flows + c.new_flows,
+        })
+    }
+
+    /// One backend slot's counters, summed over CPUs.
+    pub fn backend_counters(&self, slot: u32) -> Result<BackendCounters, DataplaneError> {
+        sum_slot(&self.backend_counters, slot, maps::BACKEND_COUNTERS, |a, c| BackendCounters {
+            packets: a.packets + c.packets,
+            bytes: a.bytes + c.bytes,
+            new_flows: a.new_flows + c.new_flows,
+        })
     }
 
     /// The VIP map's contents, sorted by key.
     pub fn vips(&self) -> Result<Vec<(VipKey, VipMeta)>, DataplaneError> {
-        let mut all = self
-            .vips
-            .iter()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| DataplaneError::Map {
-                name: maps::VIPS,
-                source,
-            })?;
+        let mut all = self.vips.iter().collect::<Result<Vec<_>, _>>().map_err(map_err(maps::VIPS))?;
         all.sort_by_key(|(k, _)| *k);
         Ok(all)
     }
+
+    /// The VIP-address policy map's contents, sorted by key.
+    pub fn vip_addrs(&self) -> Result<Vec<(VipAddrKey, VipAddrPolicy)>, DataplaneError> {
+        let mut all = self.vip_addrs.iter().collect::<Result<Vec<_>, _>>().map_err(map_err(maps::VIP_ADDRS))?;
+        all.sort_by_key(|(k, _)| *k);
+        Ok(all)
+    }
+
+    pub fn backend(&self, slot: u32) -> Result<Backend, DataplaneError> {
+        self.backends.get(&slot, 0).map_err(map_err(maps::BACKENDS))
+    }
+
+    pub fn node(&self) -> Result<NodeConfig, DataplaneError> {
+        self.node.get(&0, 0).map_err(map_err(maps::NODE))
+    }
+
+    /// A VIP's Maglev table as the data plane reads it (backend slot per entry).
+    pub fn table(&self, vip_id: u32) -> Result<Vec<u32>, DataplaneError> {
+        let inner = self.maglev.get(&vip_id, 0).map_err(map_err(maps::MAGLEV))?;
+        (0..inner.len()).map(|i| inner.get(&i, 0).map_err(map_err(maps::MAGLEV))).collect()
+    }
+
+    /// The connection table's entry for a flow, if any.
+    pub fn flow(&self, key: &FlowKey) -> Result<Option<Flow>, DataplaneError> {
+        match self.flows.get(key, 0) {
+            Ok(flow) => Ok(Some(flow)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(maps::FLOWS)(e)),
+        }
+    }
+
+    /// Entries in the connection table.
+    pub fn flow_count(&self) -> usize {
+        self.flows.keys().filter(Result::is_ok).count()
+    }
+
+    pub(crate) fn set_node(&mut self, node: &NodeConfig) -> Result<(), DataplaneError> {
+        self.node.set(0, node, 0).map_err(map_err(maps::NODE))
+    }
+
+    pub(crate) fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), DataplaneError> {
+        self.vips.insert(key, meta, 0).map_err(map_err(maps::VIPS))
+    }
+
+    pub(crate) fn remove_vip(&mut self, key: &VipKey) -> Result<(), DataplaneError> {
+        self.vips.remove(key).map_err(map_err(maps::VIPS))
+    }
+
+    pub(crate) fn set_addr(&mut self, key: &VipAddrKey, policy: &VipAddrPolicy) -> Result<(), DataplaneError> {
+        self.vip_addrs.insert(key, policy, 0).map_err(map_err(maps::VIP_ADDRS))
+    }
+
+    pub(crate) fn remove_addr(&mut self, key: &VipAddrKey) -> Result<(), DataplaneError> {
+        self.vip_addrs.remove(key).map_err(map_err(maps::VIP_ADDRS))
+    }
+
+    pub(crate) fn set_backend(&mut self, slot: u32, backend: &Backend) -> Result<(), DataplaneError> {
+        self.backends.set(slot, backend, 0).map_err(map_err(maps::BACKENDS))
+    }
+
+    /// Zeroes a counter slot before a new VIP takes it, so it does not inherit counts.
+    pub(crate) fn reset_vip_counters(&mut self, id: u32) -> Result<(), DataplaneError> {
+        let zeros = PerCpuValues::try_from(vec![VipCounters::default(); self.cpus])
+            .map_err(|e| cpu_count_mismatch(maps::VIP_COUNTERS, e))?;
+        self.vip_counters.set(id, zeros, 0).map_err(map_err(maps::VIP_COUNTERS))
+    }
+
+    pub(crate) fn reset_backend_counters(&mut self, slot: u32) -> Result<(), DataplaneError> {
+        let zeros = PerCpuValues::try_from(vec![BackendCounters::default(); self.cpus])
+            .map_err(|e| cpu_count_mismatch(maps::BACKEND_COUNTERS, e))?;
+        self.backend_counters.set(slot, zeros, 0).map_err(map_err(maps::BACKEND_COUNTERS))
+    }
+
+    /// Writes a complete table into a new inner map, then points the VIP's entry at it: one
+    /// atomic update, so packets see either the old table or the new one.
+    pub(crate) fn set_table(&mut self, vip_id: u32, slots: &[u32]) -> Result<(), DataplaneError> {
+        let mut table =
+            Array::<MapData, u32>::create(slots.len() as u32, BPF_F_INNER_MAP).map_err(map_err(maps::MAGLEV))?;
+        for (i, slot) in slots.iter().enumerate() {
+            table.set(i as u32, slot, 0).map_err(map_err(maps::MAGLEV))?;
+        }
+        self.maglev.set(vip_id, &table, 0).map_err(map_err(maps::MAGLEV))
+    }
+
+    /// Replaces a VIP's table by an empty one (slot `u32::MAX`, no such backend).
+    pub(crate) fn clear_table(&mut self, vip_id: u32) -> Result<(), DataplaneError> {
+        self.set_table(vip_id, &[u32::MAX])
+    }
 }
 
-impl std::fmt::Debug for Maps {
+/// Typed handles on the decapsulation program's maps.
+pub struct DecapMaps {
+    addrs: HashMap<MapData, VipAddrKey, u32>,
+    stats: PerCpuArray<MapData, u64>,
+}
+
+impl std::fmt::Debug for DecapMaps {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Maps")
-            .field("cpus", &self.cpus)
-            .finish_non_exhaustive()
+        f.debug_struct("DecapMaps").finish_non_exhaustive()
     }
 }
 
-impl VipMaps for Maps {
-    type Error = MapError;
-
-    fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), MapError> {
-        self.vips.insert(key, meta, 0)
+impl DecapMaps {
+    /// Accept tunnels addressed to `addr`.
+    pub fn add_address(&mut self, addr: std::net::IpAddr) -> Result<(), DataplaneError> {
+        let (addr, family) = crate::desired::ip_words(addr);
+        self.addrs.insert(&VipAddrKey { addr, family, pad: [0; 3] }, &1, 0).map_err(map_err(maps::DECAP_ADDRS))
     }
 
-    fn remove_vip(&mut self, key: &VipKey) -> Result<(), MapError> {
-        self.vips.remove(key)
-    }
-
-    fn reset_vip_counters(&mut self, id: u32) -> Result<(), MapError> {
-        debug_assert!(id < MAX_VIPS);
-        let zeros = PerCpuValues::try_from(vec![VipCounters::default(); self.cpus])?;
-        self.vip_counters.set(id, zeros, 0)
+    pub fn stats(&self) -> Result<Vec<(DecapStat, u64)>, DataplaneError> {
+        [DecapStat::Pass, DecapStat::Decapsulated, DecapStat::DropMalformed]
+            .into_iter()
+            .map(|s| Ok((s, sum_slot(&self.stats, s as u32, maps::DECAP_STATS, |a, b| a + b)?)))
+            .collect()
     }
 }
 
@@ -163,7 +260,7 @@ pub enum AttachMode {
     Generic,
 }
 
-/// A loaded XDP object: one program plus (for the balancer) its maps.
+/// A loaded XDP object: one program plus (for the balancer and decap) its maps.
 #[derive(Debug)]
 pub struct Loaded {
     ebpf: Ebpf,
@@ -171,58 +268,61 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    /// Loads the balancer object and verifies its program; returns it with its maps.
-    pub fn balancer() -> Result<(Self, Maps), DataplaneError> {
-        let mut loaded = Self::load(BALANCER_OBJECT, programs::BALANCER)?;
+    /// Loads the balancer object with a connection table of `flow_table_size` entries and
+    /// verifies its program; returns it with its maps.
+    pub fn balancer(flow_table_size: u32) -> Result<(Self, Maps), DataplaneError> {
+        let mut loaded = Self::load(BALANCER_OBJECT, programs::BALANCER, &[(maps::FLOWS, flow_table_size)])?;
         let maps = Maps::take(&mut loaded.ebpf)?;
+        Ok((loaded, maps))
+    }
+
+    /// Loads the decapsulation program.
+    pub fn decap() -> Result<(Self, DecapMaps), DataplaneError> {
+        let mut loaded = Self::load(DECAP_OBJECT, programs::DECAP, &[])?;
+        let maps = DecapMaps {
+            addrs: take(&mut loaded.ebpf, maps::DECAP_ADDRS)?,
+            stats: take(&mut loaded.ebpf, maps::DECAP_STATS)?,
+        };
         Ok((loaded, maps))
     }
 
     /// Loads the empty floor program.
     pub fn floor() -> Result<Self, DataplaneError> {
-        Self::load(FLOOR_OBJECT, programs::FLOOR)
+        Self::load(FLOOR_OBJECT, programs::FLOOR, &[])
     }
 
-    fn load(object: &[u8], program: &'static str) -> Result<Self, DataplaneError> {
-        let mut loaded = Self {
-            ebpf: Ebpf::load(object)?,
-            program,
-        };
+    fn load(object: &[u8], program: &'static str, sizes: &[(&'static str, u32)]) -> Result<Self, DataplaneError> {
+        if object.is_empty() {
+            return Err(DataplaneError::NotBuilt);
+        }
+        let mut loader = EbpfLoader::new();
+        for (name, size) in sizes {
+            loader.map_max_entries(name, *size);
+        }
+        let mut loaded = Self { ebpf: loader.load(object)?, program };
         loaded
             .xdp_mut()?
             .load()
-            .map_err(|source| DataplaneError::Program {
-                name: program,
-                source,
-            })?;
+            .map_err(|source| DataplaneError::Program { name: program, source: Box::new(source) })?;
         Ok(loaded)
     }
 
     pub fn xdp(&self) -> Result<&Xdp, DataplaneError> {
         let name = self.program;
-        let prog = self.ebpf.program(name).ok_or(DataplaneError::Missing {
-            kind: "program",
-            name,
-        })?;
-        prog.try_into()
-            .map_err(|source| DataplaneError::Program { name, source })
+        let prog = self.ebpf.program(name).ok_or(DataplaneError::Missing { kind: "program", name })?;
+        prog.try_into().map_err(|source| DataplaneError::Program { name, source: Box::new(source) })
     }
 
     fn xdp_mut(&mut self) -> Result<&mut Xdp, DataplaneError> {
         let name = self.program;
-        let prog = self.ebpf.program_mut(name).ok_or(DataplaneError::Missing {
-            kind: "program",
-            name,
-        })?;
-        prog.try_into()
-            .map_err(|source| DataplaneError::Program { name, source })
+        let prog = self.ebpf.program_mut(name).ok_or(DataplaneError::Missing { kind: "program", name })?;
+        prog.try_into().map_err(|source| DataplaneError::Program { name, source: Box::new(source) })
     }
 
     /// Attaches natively, falling back to generic (skb) mode. The link lives as long as `self`
     /// unless detached.
     pub fn attach(&mut self, iface: &str) -> Result<(XdpLinkId, AttachMode), DataplaneError> {
-        let c_iface = std::ffi::CString::new(iface)
-            .map_err(|_| DataplaneError::InterfaceName(iface.to_owned()))?;
+        let c_iface = std::ffi::CString::new(iface).map_err(|_| DataplaneError::InterfaceName(iface.to_owned()))?;
         let xdp = self.xdp_mut()?;
         match xdp.attach(c_iface.as_c_str(), XdpMode::Driver) {
             Ok(link) => Ok((link, AttachMode::Native)),
@@ -239,8 +339,6 @@ impl Loaded {
 
     pub fn detach(&mut self, link: XdpLinkId) -> Result<(), DataplaneError> {
         let name = self.program;
-        self.xdp_mut()?
-            .detach(link)
-            .map_err(|source| DataplaneError::Program { name, source })
+        self.xdp_mut()?.detach(link).map_err(|source| DataplaneError::Program { name, source: Box::new(source) })
     }
 }

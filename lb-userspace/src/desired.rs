@@ -1,103 +1,219 @@
-//! Desired state: what the data plane should contain, derived from the configuration alone.
+//! Desired state: what the data plane should contain, derived from the configuration and the
+//! facts of the node it runs on (interface MAC and MTU).
 //!
 //! Sources (today the YAML file; later health checks) write this table; the reconciler turns it
-//! into map writes. Keys are exactly the keys of the XDP program's VIP map.
+//! into map writes. Keys are exactly the keys of the XDP program's maps.
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-use lb_common::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, VipKey};
+use lb_common::{
+    ADDR_FLAG_DROP_UNHASHABLE, FAMILY_V4, FAMILY_V6, MODE_DSR_IPIP, MODE_DSR_L2, NODE_FLAG_TUNNEL_V4,
+    NODE_FLAG_TUNNEL_V6, NodeConfig, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, VIP_FLAG_HASH_SOURCE_ONLY,
+    VipAddrKey, VipAddrPolicy, VipKey,
+};
 
-use crate::config::{Config, Protocol, Vip};
+use crate::config::{Config, HashFields, Mode, Prefix, Protocol, Unhashable, Vip};
+
+/// What the agent learns from the interface it attaches to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeFacts {
+    pub iface_mac: [u8; 6],
+    /// The interface's MTU; `node.mtu` in the config overrides it.
+    pub mtu: u32,
+}
+
+/// One backend of one VIP as the data plane should see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredBackend {
+    /// Stable identity: the address as text. Maglev hashes it; slots are kept per identity.
+    pub identity: String,
+    pub addr: [u32; 4],
+    pub family: u8,
+    /// Where frames for it go at L2: its own MAC, or the node's next hop (dsr-ipip).
+    pub mac: [u8; 6],
+    pub weight: u32,
+}
 
 /// One VIP as the data plane should serve it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DesiredVip {
     pub name: String,
     pub endpoint: String,
+    pub flags: u32,
+    pub mode: u32,
+    pub table_size: u32,
+    pub backends: Vec<DesiredBackend>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DesiredState {
+    pub node: NodeConfig,
     pub vips: BTreeMap<VipKey, DesiredVip>,
+    pub addrs: BTreeMap<VipAddrKey, VipAddrPolicy>,
 }
 
 impl DesiredState {
-    pub fn from_config(config: &Config) -> Self {
-        let vips = config
+    pub fn new(config: &Config, facts: &NodeFacts) -> Self {
+        let next_hop = config.node.next_hop_mac.map(|m| m.0).unwrap_or_default();
+        let vips = config.vips.iter().map(|vip| (vip_key(vip), desired_vip(vip, next_hop))).collect();
+        let addrs = config
             .vips
             .iter()
             .map(|vip| {
-                (
-                    vip_key(vip),
-                    DesiredVip {
-                        name: vip.name.clone(),
-                        endpoint: vip.endpoint(),
-                    },
-                )
+                let (addr, family) = ip_words(vip.address);
+                let flags = if vip.unhashable == Unhashable::Drop { ADDR_FLAG_DROP_UNHASHABLE } else { 0 };
+                (VipAddrKey { addr, family, pad: [0; 3] }, VipAddrPolicy { flags })
             })
             .collect();
-        Self { vips }
+        Self { node: node_config(config, facts), vips, addrs }
+    }
+}
+
+fn desired_vip(vip: &Vip, next_hop: [u8; 6]) -> DesiredVip {
+    let backends = vip
+        .backends
+        .iter()
+        .map(|b| {
+            let (addr, family) = ip_words(b.address);
+            DesiredBackend {
+                identity: b.address.to_string(),
+                addr,
+                family,
+                mac: b.mac.map_or(next_hop, |m| m.0),
+                weight: b.weight,
+            }
+        })
+        .collect();
+    DesiredVip {
+        name: vip.name.clone(),
+        endpoint: vip.endpoint(),
+        flags: if vip.hash == HashFields::SourceIp { VIP_FLAG_HASH_SOURCE_ONLY } else { 0 },
+        mode: match vip.mode {
+            Mode::DsrL2 => MODE_DSR_L2,
+            Mode::DsrIpip => MODE_DSR_IPIP,
+        },
+        table_size: vip.table_size,
+        backends,
+    }
+}
+
+fn node_config(config: &Config, facts: &NodeFacts) -> NodeConfig {
+    let mut node =
+        NodeConfig { iface_mac: facts.iface_mac, mtu: config.node.mtu.unwrap_or(facts.mtu), ..Default::default() };
+    if let Some(Prefix { address, len }) = config.node.tunnel_source_v4 {
+        let (addr, _) = ip_words(address);
+        node.tunnel_v4 = addr[0];
+        node.tunnel_v4_mask = prefix_mask(u32::from(len));
+        node.flags |= NODE_FLAG_TUNNEL_V4;
+    }
+    if let Some(Prefix { address, len }) = config.node.tunnel_source_v6 {
+        let (addr, _) = ip_words(address);
+        node.tunnel_v6 = addr;
+        // Only the last word varies per flow (the config asks for /96 or longer).
+        node.tunnel_v6_mask = prefix_mask(u32::from(len).saturating_sub(96));
+        node.flags |= NODE_FLAG_TUNNEL_V6;
+    }
+    // The data plane ORs the per-flow bits into the host part: keep only the network bits.
+    node.tunnel_v4 &= node.tunnel_v4_mask;
+    node.tunnel_v6[3] &= node.tunnel_v6_mask;
+    node
+}
+
+/// Network-order mask of the first `len` bits of a 32-bit word.
+fn prefix_mask(len: u32) -> u32 {
+    if len == 0 { 0 } else { (u32::MAX << (32 - len.min(32))).to_be() }
+}
+
+/// An address as the data plane keeps it: four network-order words, IPv4 in the first.
+pub fn ip_words(addr: IpAddr) -> ([u32; 4], u8) {
+    match addr {
+        IpAddr::V4(a) => ([u32::from_ne_bytes(a.octets()), 0, 0, 0], FAMILY_V4),
+        IpAddr::V6(a) => {
+            let o = a.octets();
+            let word = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+            ([word(0), word(4), word(8), word(12)], FAMILY_V6)
+        }
     }
 }
 
 /// The VIP map key for a configured VIP (address and port in network byte order).
 pub fn vip_key(vip: &Vip) -> VipKey {
-    let port = vip.port.to_be();
-    match vip.address {
-        IpAddr::V4(a) => VipKey::v4(
-            u32::from_ne_bytes(a.octets()),
-            port,
-            ip_proto(vip.protocol, false),
-        ),
-        IpAddr::V6(a) => {
-            let o = a.octets();
-            let word = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
-            VipKey::v6(
-                [word(0), word(4), word(8), word(12)],
-                port,
-                ip_proto(vip.protocol, true),
-            )
-        }
-    }
-}
-
-fn ip_proto(protocol: Protocol, v6: bool) -> u8 {
-    match (protocol, v6) {
+    let (addr, family) = ip_words(vip.address);
+    let proto = match (vip.protocol, family) {
         (Protocol::Tcp, _) => PROTO_TCP,
         (Protocol::Udp, _) => PROTO_UDP,
-        (Protocol::Icmp, false) => PROTO_ICMP,
-        (Protocol::Icmp, true) => PROTO_ICMPV6,
-    }
+        (Protocol::Icmp, FAMILY_V4) => PROTO_ICMP,
+        (Protocol::Icmp, _) => PROTO_ICMPV6,
+    };
+    VipKey { addr, port: vip.port.to_be(), proto, family }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Backend;
+
+    fn vip(address: &str, protocol: Protocol, port: u16) -> Vip {
+        Vip {
+            name: "v".into(),
+            address: address.parse().unwrap(),
+            port,
+            protocol,
+            mode: Mode::DsrL2,
+            hash: HashFields::FiveTuple,
+            table_size: 7,
+            unhashable: Unhashable::Pass,
+            backends: vec![],
+        }
+    }
 
     #[test]
     fn keys_are_in_network_byte_order() {
-        let vip = Vip {
-            name: "w".into(),
-            address: "192.0.2.10".parse().unwrap(),
-            port: 80,
-            protocol: Protocol::Tcp,
-        };
-        let key = vip_key(&vip);
+        let key = vip_key(&vip("192.0.2.10", Protocol::Tcp, 80));
         assert_eq!(key.addr[0].to_ne_bytes(), [192, 0, 2, 10]);
         assert_eq!(key.port.to_ne_bytes(), [0, 80]);
-        assert_eq!((key.proto, key.family), (PROTO_TCP, lb_common::FAMILY_V4));
-        let vip = Vip {
-            name: "p".into(),
-            address: "2001:db8::1".parse().unwrap(),
-            port: 0,
-            protocol: Protocol::Icmp,
-        };
-        let key = vip_key(&vip);
+        assert_eq!((key.proto, key.family), (PROTO_TCP, FAMILY_V4));
+        let key = vip_key(&vip("2001:db8::1", Protocol::Icmp, 0));
         assert_eq!(key.addr[0].to_ne_bytes(), [0x20, 0x01, 0x0d, 0xb8]);
         assert_eq!(key.addr[3].to_ne_bytes(), [0, 0, 0, 1]);
-        assert_eq!(
-            (key.proto, key.family),
-            (PROTO_ICMPV6, lb_common::FAMILY_V6)
-        );
+        assert_eq!((key.proto, key.family), (PROTO_ICMPV6, FAMILY_V6));
+    }
+
+    #[test]
+    fn node_config_from_prefixes_and_facts() {
+        let mut config = Config { node: Default::default(), vips: vec![] };
+        config.node.tunnel_source_v4 = Some("172.16.5.77/24".parse().unwrap());
+        config.node.tunnel_source_v6 = Some("fd00::1:0/112".parse().unwrap());
+        let facts = NodeFacts { iface_mac: [2, 0, 0, 0, 0, 1], mtu: 1500 };
+        let node = DesiredState::new(&config, &facts).node;
+        assert_eq!(node.tunnel_v4.to_ne_bytes(), [172, 16, 5, 0]);
+        assert_eq!(node.tunnel_v4_mask.to_ne_bytes(), [255, 255, 255, 0]);
+        assert_eq!(node.tunnel_v6_mask.to_ne_bytes(), [255, 255, 0, 0]);
+        assert_eq!(node.tunnel_v6[3].to_ne_bytes(), [0, 1, 0, 0]);
+        assert_eq!((node.mtu, node.flags), (1500, NODE_FLAG_TUNNEL_V4 | NODE_FLAG_TUNNEL_V6));
+        config.node.mtu = Some(9000);
+        config.node.tunnel_source_v4 = Some("172.16.5.77".parse().unwrap());
+        let node = DesiredState::new(&config, &facts).node;
+        assert_eq!((node.mtu, node.tunnel_v4_mask), (9000, u32::MAX));
+        assert_eq!(node.tunnel_v4.to_ne_bytes(), [172, 16, 5, 77]);
+    }
+
+    #[test]
+    fn backends_use_their_mac_or_the_next_hop() {
+        let mut config = Config { node: Default::default(), vips: vec![vip("192.0.2.1", Protocol::Udp, 53)] };
+        config.node.next_hop_mac = Some("02:00:00:00:00:fe".parse().unwrap());
+        config.vips[0].backends = vec![
+            Backend { address: "10.0.0.1".parse().unwrap(), weight: 2, mac: None },
+            Backend {
+                address: "10.0.0.2".parse().unwrap(),
+                weight: 1,
+                mac: Some("02:00:00:00:00:02".parse().unwrap()),
+            },
+        ];
+        let state = DesiredState::new(&config, &NodeFacts { iface_mac: [0; 6], mtu: 1500 });
+        let v = state.vips.values().next().unwrap();
+        assert_eq!(v.backends[0].mac, [2, 0, 0, 0, 0, 0xfe]);
+        assert_eq!(v.backends[1].mac, [2, 0, 0, 0, 0, 2]);
+        assert_eq!(v.backends[0].identity, "10.0.0.1");
     }
 }

@@ -9,6 +9,8 @@ pub mod agent;
 pub mod config;
 pub mod dataplane;
 pub mod desired;
+pub mod iface;
+pub mod maglev;
 pub mod reconcile;
 pub mod stats;
 pub mod testrun;

@@ -35,6 +35,17 @@ enum Command {
         #[arg(long, default_value = admin::DEFAULT_SOCKET)]
         admin_socket: PathBuf,
     },
+    /// Backend side of dsr-ipip: strip IPIP / IP6IP6 / IPv4-in-IPv6 addressed to this host and
+    /// pass the inner packet up the stack (for hosts without the ipip modules). Runs until
+    /// SIGTERM.
+    Decap {
+        #[arg(long, short)]
+        iface: String,
+        /// Outer destination to accept (repeatable); default: every non-loopback address of
+        /// this host.
+        #[arg(long = "address")]
+        addresses: Vec<std::net::IpAddr>,
+    },
     /// Validate a config file; exit non-zero with the reason if it is invalid.
     Check { file: PathBuf },
     /// Print the running agent's counters.
@@ -66,18 +77,12 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             println!("{}: ok, {} VIPs", file.display(), config.vips.len());
             Ok(())
         }
-        Command::Run {
-            config,
-            iface,
-            admin_socket,
-        } => runtime()?.block_on(agent::run(agent::RunOptions {
-            config,
-            iface,
-            admin_socket,
-        })),
+        Command::Run { config, iface, admin_socket } => {
+            runtime()?.block_on(agent::run(agent::RunOptions { config, iface, admin_socket }))
+        }
+        Command::Decap { iface, addresses } => runtime()?.block_on(agent::decap(&iface, addresses)),
         Command::Stats { admin_socket, json } => {
-            let reply =
-                runtime()?.block_on(admin::request(&admin_socket, admin::Request::Stats))?;
+            let reply = runtime()?.block_on(admin::request(&admin_socket, admin::Request::Stats))?;
             let admin::Reply::Stats(snapshot) = reply else {
                 anyhow::bail!("the agent answered a stats request with {reply:?}")
             };
@@ -100,8 +105,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn init_tracing(format: LogFormat) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("XLB_LOG").unwrap_or_else(|_| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_env("XLB_LOG").unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -1,32 +1,38 @@
 //! The one writer of the data plane's maps: desired state in, minimal map writes out.
 //!
-//! It remembers what it last wrote, so a reload touches only what changed and a VIP keeps its
-//! counter slot (and counts) for as long as its key is configured.
+//! It remembers what it last wrote, so a reload touches only what changed: a VIP keeps its id
+//! (counter slot, table slot) and each of its backends keeps its slot for as long as it is
+//! configured, so established flows stay where they are. Maglev tables are rebuilt only when a
+//! VIP's backend set, weights or table size change, and swapped in whole.
+//!
+//! Write order keeps every packet's view consistent: backends before the table that names
+//! them, the table before the VIP that uses it, and retirement of backends (generation bump,
+//! so their flows re-hash) after the new table is in.
 
 use std::collections::BTreeMap;
 
-use lb_common::{MAX_VIPS, VipKey, VipMeta};
+use lb_common::{
+    BACKEND_FLAG_ACTIVE, Backend, MAX_BACKENDS, MAX_VIPS, NodeConfig, VipAddrKey, VipAddrPolicy, VipKey, VipMeta,
+};
 
-use crate::desired::{DesiredState, DesiredVip};
-
-/// Map operations the reconciler needs; implemented by [`crate::dataplane::Maps`].
-pub trait VipMaps {
-    type Error: std::error::Error + Send + Sync + 'static;
-    fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), Self::Error>;
-    fn remove_vip(&mut self, key: &VipKey) -> Result<(), Self::Error>;
-    /// Zeroes a counter slot before a new VIP takes it, so it does not inherit counts.
-    fn reset_vip_counters(&mut self, id: u32) -> Result<(), Self::Error>;
-}
+use crate::{
+    dataplane::{DataplaneError, Maps},
+    desired::{DesiredBackend, DesiredState, DesiredVip},
+    maglev::{self, MaglevError, Member},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
     #[error("more than {MAX_VIPS} VIPs; remove some from the configuration")]
     TooManyVips,
-    #[error("writing VIP {endpoint} to the data plane failed: {source}")]
-    Write {
-        endpoint: String,
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    #[error("more than {MAX_BACKENDS} backends over all VIPs; remove some from the configuration")]
+    TooManyBackends,
+    #[error("VIP {endpoint}: {source}")]
+    Maglev { endpoint: String, source: MaglevError },
+    #[error("VIP {endpoint}: writing the data plane failed: {source}")]
+    Write { endpoint: String, source: DataplaneError },
+    #[error("writing the node settings failed: {0}")]
+    Node(DataplaneError),
 }
 
 /// A VIP as written to the maps.
@@ -34,6 +40,8 @@ pub enum ReconcileError {
 pub struct AppliedVip {
     pub meta: VipMeta,
     pub vip: DesiredVip,
+    /// Backend slot of `vip.backends[i]`.
+    pub slots: Vec<u32>,
 }
 
 /// What one reconcile pass changed.
@@ -41,12 +49,33 @@ pub struct AppliedVip {
 pub struct Changes {
     pub added: Vec<String>,
     pub removed: Vec<String>,
+    pub updated: Vec<String>,
     pub unchanged: usize,
+    /// VIPs whose Maglev table was rebuilt and swapped.
+    pub tables_rebuilt: usize,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Reconciler {
-    applied: BTreeMap<VipKey, AppliedVip>,
+    node: Option<NodeConfig>,
+    vips: BTreeMap<VipKey, AppliedVip>,
+    addrs: BTreeMap<VipAddrKey, VipAddrPolicy>,
+    free_slots: Vec<u32>,
+    /// Generation of every backend slot; bumped when a slot is retired or handed out again.
+    generations: Vec<u32>,
+}
+
+impl Default for Reconciler {
+    fn default() -> Self {
+        Self {
+            node: None,
+            vips: BTreeMap::new(),
+            addrs: BTreeMap::new(),
+            // Pop from the end: lowest slots first.
+            free_slots: (0..MAX_BACKENDS).rev().collect(),
+            generations: vec![0; MAX_BACKENDS as usize],
+        }
+    }
 }
 
 impl Reconciler {
@@ -56,74 +85,186 @@ impl Reconciler {
 
     /// What is in the maps now, by key.
     pub fn applied(&self) -> &BTreeMap<VipKey, AppliedVip> {
-        &self.applied
+        &self.vips
     }
 
-    /// Brings the maps to `desired`. On error the maps hold a mix of old and new entries, and
+    /// Brings the maps to `desired`. On error the maps hold a mix of old and new entries and
     /// `applied()` says exactly which; the next call converges.
-    pub fn apply<M: VipMaps>(
-        &mut self,
-        desired: &DesiredState,
-        maps: &mut M,
-    ) -> Result<Changes, ReconcileError> {
+    pub fn apply(&mut self, desired: &DesiredState, maps: &mut Maps) -> Result<Changes, ReconcileError> {
         let mut changes = Changes::default();
-        let stale: Vec<VipKey> = self
-            .applied
-            .keys()
-            .filter(|k| !desired.vips.contains_key(k))
-            .copied()
-            .collect();
+        if self.node != Some(desired.node) {
+            maps.set_node(&desired.node).map_err(ReconcileError::Node)?;
+            self.node = Some(desired.node);
+        }
+
+        let stale: Vec<VipKey> = self.vips.keys().filter(|k| !desired.vips.contains_key(k)).copied().collect();
         for key in stale {
-            let endpoint = self.applied[&key].vip.endpoint.clone();
-            maps.remove_vip(&key)
-                .map_err(|e| write_error(&endpoint, e))?;
-            let gone = self.applied.remove(&key).map(|a| a.vip.name);
-            changes.removed.extend(gone);
-        }
-        for (key, vip) in &desired.vips {
-            if let Some(applied) = self.applied.get_mut(key) {
-                // Same key: same slot and counters; only the agent-side name may change.
-                applied.vip = vip.clone();
-                changes.unchanged += 1;
-                continue;
+            let applied = &self.vips[&key];
+            let endpoint = applied.vip.endpoint.clone();
+            let write = |source| ReconcileError::Write { endpoint: endpoint.clone(), source };
+            maps.remove_vip(&key).map_err(write)?;
+            maps.clear_table(applied.meta.id).map_err(write)?;
+            let applied = self.vips.remove(&key).expect("present");
+            for slot in applied.slots {
+                self.retire(slot, maps).map_err(write)?;
             }
-            let id = self.free_id().ok_or(ReconcileError::TooManyVips)?;
-            let meta = VipMeta { id, flags: 0 };
-            maps.reset_vip_counters(id)
-                .map_err(|e| write_error(&vip.endpoint, e))?;
-            maps.set_vip(key, &meta)
-                .map_err(|e| write_error(&vip.endpoint, e))?;
-            self.applied.insert(
-                *key,
-                AppliedVip {
-                    meta,
-                    vip: vip.clone(),
-                },
-            );
-            changes.added.push(vip.name.clone());
+            changes.removed.push(applied.vip.name);
         }
+
+        for (key, vip) in &desired.vips {
+            match self.vips.get(key) {
+                Some(applied) if applied.vip == *vip => changes.unchanged += 1,
+                Some(_) => {
+                    let rebuilt = self.update_vip(key, vip, maps)?;
+                    changes.tables_rebuilt += usize::from(rebuilt);
+                    changes.updated.push(vip.name.clone());
+                }
+                None => {
+                    self.add_vip(key, vip, maps)?;
+                    changes.tables_rebuilt += 1;
+                    changes.added.push(vip.name.clone());
+                }
+            }
+        }
+
+        self.sync_addrs(&desired.addrs, maps)?;
         Ok(changes)
     }
 
-    fn free_id(&self) -> Option<u32> {
-        let mut used: Vec<u32> = self.applied.values().map(|a| a.meta.id).collect();
+    fn add_vip(&mut self, key: &VipKey, vip: &DesiredVip, maps: &mut Maps) -> Result<(), ReconcileError> {
+        let write = |source| ReconcileError::Write { endpoint: vip.endpoint.clone(), source };
+        let id = self.free_vip_id().ok_or(ReconcileError::TooManyVips)?;
+        maps.reset_vip_counters(id).map_err(write)?;
+        let mut slots = Vec::with_capacity(vip.backends.len());
+        for backend in &vip.backends {
+            let slot = self.free_slots.pop().ok_or(ReconcileError::TooManyBackends)?;
+            slots.push(slot);
+            self.activate(slot, backend, maps).map_err(write)?;
+        }
+        let table_size = self.write_table(id, vip, &slots, maps)?;
+        let meta = VipMeta { id, flags: vip.flags, table_size, mode: vip.mode };
+        maps.set_vip(key, &meta).map_err(write)?;
+        self.vips.insert(*key, AppliedVip { meta, vip: vip.clone(), slots });
+        Ok(())
+    }
+
+    /// Returns whether the Maglev table was rebuilt.
+    fn update_vip(&mut self, key: &VipKey, vip: &DesiredVip, maps: &mut Maps) -> Result<bool, ReconcileError> {
+        let write = |source| ReconcileError::Write { endpoint: vip.endpoint.clone(), source };
+        let old = self.vips.get(key).expect("present").clone();
+        // Keep the slot of every backend that stays (by identity); new ones get fresh slots.
+        let mut slots = Vec::with_capacity(vip.backends.len());
+        for backend in &vip.backends {
+            match old.vip.backends.iter().position(|b| b.identity == backend.identity) {
+                Some(i) => {
+                    let slot = old.slots[i];
+                    if old.vip.backends[i].mac != backend.mac {
+                        self.write_backend(slot, backend, maps).map_err(write)?;
+                    }
+                    slots.push(slot);
+                }
+                None => {
+                    let slot = self.free_slots.pop().ok_or(ReconcileError::TooManyBackends)?;
+                    self.activate(slot, backend, maps).map_err(write)?;
+                    slots.push(slot);
+                }
+            }
+        }
+        let members = |v: &DesiredVip| v.backends.iter().map(|b| (b.identity.clone(), b.weight)).collect::<Vec<_>>();
+        let rebuild = old.vip.table_size != vip.table_size || members(&old.vip) != members(vip);
+        let mut meta = VipMeta { id: old.meta.id, flags: vip.flags, table_size: old.meta.table_size, mode: vip.mode };
+        if rebuild {
+            // Index = hash % table_size must stay inside whichever table a packet sees: a growing
+            // table goes in before the VIP's size grows, a shrinking one after it shrinks.
+            let new_size = if vip.backends.iter().any(|b| b.weight > 0) { vip.table_size } else { 0 };
+            if new_size < old.meta.table_size {
+                meta.table_size = new_size;
+                maps.set_vip(key, &meta).map_err(write)?;
+            }
+            self.write_table(old.meta.id, vip, &slots, maps)?;
+            meta.table_size = new_size;
+        }
+        if meta != old.meta {
+            maps.set_vip(key, &meta).map_err(write)?;
+        }
+        for (i, backend) in old.vip.backends.iter().enumerate() {
+            if !vip.backends.iter().any(|b| b.identity == backend.identity) {
+                self.retire(old.slots[i], maps).map_err(write)?;
+            }
+        }
+        self.vips.insert(*key, AppliedVip { meta, vip: vip.clone(), slots });
+        Ok(rebuild)
+    }
+
+    /// Builds the VIP's Maglev table over backend slots and swaps it in; returns its size
+    /// (0 when no backend has weight, which the data plane treats as "no backend").
+    fn write_table(&self, id: u32, vip: &DesiredVip, slots: &[u32], maps: &mut Maps) -> Result<u32, ReconcileError> {
+        let members: Vec<Member<'_>> =
+            vip.backends.iter().map(|b| Member { identity: &b.identity, weight: b.weight }).collect();
+        let table = maglev::build(&members, vip.table_size)
+            .map_err(|source| ReconcileError::Maglev { endpoint: vip.endpoint.clone(), source })?;
+        let write = |source| ReconcileError::Write { endpoint: vip.endpoint.clone(), source };
+        if table.slots.is_empty() {
+            maps.clear_table(id).map_err(write)?;
+            return Ok(0);
+        }
+        let global: Vec<u32> = table.slots.iter().map(|&i| slots[i as usize]).collect();
+        maps.set_table(id, &global).map_err(write)?;
+        Ok(vip.table_size)
+    }
+
+    fn activate(&mut self, slot: u32, backend: &DesiredBackend, maps: &mut Maps) -> Result<(), DataplaneError> {
+        self.generations[slot as usize] = self.generations[slot as usize].wrapping_add(1);
+        maps.reset_backend_counters(slot)?;
+        self.write_backend(slot, backend, maps)
+    }
+
+    fn write_backend(&self, slot: u32, backend: &DesiredBackend, maps: &mut Maps) -> Result<(), DataplaneError> {
+        maps.set_backend(
+            slot,
+            &Backend {
+                addr: backend.addr,
+                mac: backend.mac,
+                family: backend.family,
+                flags: BACKEND_FLAG_ACTIVE,
+                generation: self.generations[slot as usize],
+            },
+        )
+    }
+
+    /// Marks a slot unused; flows still pointing at it see the generation change and re-hash.
+    fn retire(&mut self, slot: u32, maps: &mut Maps) -> Result<(), DataplaneError> {
+        self.generations[slot as usize] = self.generations[slot as usize].wrapping_add(1);
+        maps.set_backend(slot, &Backend { generation: self.generations[slot as usize], ..Default::default() })?;
+        self.free_slots.push(slot);
+        Ok(())
+    }
+
+    fn sync_addrs(
+        &mut self,
+        desired: &BTreeMap<VipAddrKey, VipAddrPolicy>,
+        maps: &mut Maps,
+    ) -> Result<(), ReconcileError> {
+        let write = |source| ReconcileError::Write { endpoint: "address policy".into(), source };
+        let stale: Vec<VipAddrKey> = self.addrs.keys().filter(|k| !desired.contains_key(k)).copied().collect();
+        for key in stale {
+            maps.remove_addr(&key).map_err(write)?;
+            self.addrs.remove(&key);
+        }
+        for (key, policy) in desired {
+            if self.addrs.get(key) != Some(policy) {
+                maps.set_addr(key, policy).map_err(write)?;
+                self.addrs.insert(*key, *policy);
+            }
+        }
+        Ok(())
+    }
+
+    fn free_vip_id(&self) -> Option<u32> {
+        let mut used: Vec<u32> = self.vips.values().map(|a| a.meta.id).collect();
         used.sort_unstable();
         // Lowest id not in use.
-        let id = used
-            .iter()
-            .enumerate()
-            .find(|(i, id)| **id != *i as u32)
-            .map_or(used.len() as u32, |(i, _)| i as u32);
+        let id = used.iter().enumerate().find(|(i, id)| **id != *i as u32).map_or(used.len() as u32, |(i, _)| i as u32);
         (id < MAX_VIPS).then_some(id)
-    }
-}
-
-fn write_error<E: std::error::Error + Send + Sync + 'static>(
-    endpoint: &str,
-    e: E,
-) -> ReconcileError {
-    ReconcileError::Write {
-        endpoint: endpoint.to_owned(),
-        source: Box::new(e),
     }
 }

@@ -11,7 +11,7 @@ use crate::{
 pub struct Snapshot {
     /// Packets the program has seen (the sum of the outcome counters).
     pub rx_packets: u64,
-    /// Outcome counters by name (`pass_not_vip`, `vip_hit`, `truncated_tcp`, ...).
+    /// Counters by name (`pass_not_vip`, `forwarded`, `truncated_tcp`, `flow_miss`, ...).
     pub counters: Vec<Counter>,
     pub vips: Vec<VipStats>,
 }
@@ -20,6 +20,9 @@ pub struct Snapshot {
 pub struct Counter {
     pub name: String,
     pub malformed: bool,
+    pub drop: bool,
+    /// Outcome counters sum to `rx_packets`; the others count events on the way.
+    pub outcome: bool,
     pub value: u64,
 }
 
@@ -29,6 +32,17 @@ pub struct VipStats {
     pub endpoint: String,
     pub packets: u64,
     pub bytes: u64,
+    pub new_flows: u64,
+    pub backends: Vec<BackendStats>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendStats {
+    pub address: String,
+    pub weight: u32,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
 }
 
 impl Snapshot {
@@ -39,73 +53,82 @@ impl Snapshot {
             .map(|(stat, value)| Counter {
                 name: stat.name().to_owned(),
                 malformed: stat.is_malformed(),
+                drop: stat.is_drop(),
+                outcome: stat.is_outcome(),
                 value,
             })
             .collect();
         let mut vips = Vec::new();
         for applied in reconciler.applied().values() {
             let c = maps.vip_counters(applied.meta.id)?;
+            let mut backends = Vec::new();
+            for (backend, &slot) in applied.vip.backends.iter().zip(&applied.slots) {
+                let b = maps.backend_counters(slot)?;
+                backends.push(BackendStats {
+                    address: backend.identity.clone(),
+                    weight: backend.weight,
+                    packets: b.packets,
+                    bytes: b.bytes,
+                    new_flows: b.new_flows,
+                });
+            }
             vips.push(VipStats {
                 name: applied.vip.name.clone(),
                 endpoint: applied.vip.endpoint.clone(),
                 packets: c.packets,
                 bytes: c.bytes,
+                new_flows: c.new_flows,
+                backends,
             });
         }
         vips.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(Self {
-            rx_packets: counters.iter().map(|c| c.value).sum(),
-            counters,
-            vips,
-        })
+        let rx_packets = counters.iter().filter(|c| c.outcome).map(|c| c.value).sum();
+        Ok(Self { rx_packets, counters, vips })
     }
 
     pub fn counter(&self, name: &str) -> Option<u64> {
-        self.counters
-            .iter()
-            .find(|c| c.name == name)
-            .map(|c| c.value)
+        self.counters.iter().find(|c| c.name == name).map(|c| c.value)
     }
 
     pub fn vip(&self, name: &str) -> Option<&VipStats> {
         self.vips.iter().find(|v| v.name == name)
     }
 
-    /// A human-readable table.
+    /// A human-readable table, `ipvsadm -Ln` style: each VIP, then its backends.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let width = self
-            .vips
-            .iter()
-            .map(|v| v.name.len())
-            .max()
-            .unwrap_or(0)
-            .max(4);
-        let ep_width = self
-            .vips
-            .iter()
-            .map(|v| v.endpoint.len())
-            .max()
-            .unwrap_or(0)
-            .max(8);
         out.push_str(&format!(
-            "{:<width$}  {:<ep_width$}  {:>12}  {:>14}\n",
-            "VIP", "ENDPOINT", "PACKETS", "BYTES"
+            "{:<34} {:>7} {:>12} {:>14} {:>10}\n",
+            "VIP / backend", "weight", "packets", "bytes", "new flows"
         ));
         for v in &self.vips {
             out.push_str(&format!(
-                "{:<width$}  {:<ep_width$}  {:>12}  {:>14}\n",
-                v.name, v.endpoint, v.packets, v.bytes
+                "{:<34} {:>7} {:>12} {:>14} {:>10}\n",
+                format!("{} {}", v.name, v.endpoint),
+                "",
+                v.packets,
+                v.bytes,
+                v.new_flows
             ));
+            for b in &v.backends {
+                out.push_str(&format!(
+                    "  -> {:<30} {:>7} {:>12} {:>14} {:>10}\n",
+                    b.address, b.weight, b.packets, b.bytes, b.new_flows
+                ));
+            }
         }
-        out.push_str(&format!("\n{:<20} {:>12}\n", "rx_packets", self.rx_packets));
-        for c in self.counters.iter().filter(|c| c.value > 0 || !c.malformed) {
-            let label = if c.malformed {
-                format!("{} (malformed)", c.name)
+        out.push_str(&format!("\n{:<24} {:>12}\n", "rx_packets", self.rx_packets));
+        for c in self.counters.iter().filter(|c| c.value > 0 || !(c.malformed || c.drop)) {
+            let kind = if c.malformed {
+                " (malformed, passed)"
+            } else if c.drop {
+                " (dropped)"
+            } else if !c.outcome {
+                " (event)"
             } else {
-                c.name.clone()
+                ""
             };
-            out.push_str(&format!("{label:<20} {:>12}\n", c.value));
+            out.push_str(&format!("{:<24} {:>12}{kind}\n", c.name, c.value));
         }
         out
     }

@@ -38,11 +38,7 @@ pub enum TestRunError {
     #[error("BPF_PROG_TEST_RUN failed: {0}")]
     Run(#[from] ProgramError),
     #[error("run {run}: expected {expected:?}, the program returned {got:?}")]
-    UnexpectedAction {
-        run: usize,
-        expected: XdpAction,
-        got: XdpAction,
-    },
+    UnexpectedAction { run: usize, expected: XdpAction, got: XdpAction },
     #[error("no packets to run")]
     Empty,
 }
@@ -65,32 +61,15 @@ pub fn run(prog: &Xdp, packet: &[u8]) -> Result<Outcome, TestRunError> {
         ..Default::default()
     })?;
     out.truncate(result.data_size_out as usize);
-    Ok(Outcome {
-        action: result.return_value.into(),
-        packet: out,
-        duration_ns: result.duration.as_nanos() as u64,
-    })
+    Ok(Outcome { action: result.return_value.into(), packet: out, duration_ns: result.duration.as_nanos() as u64 })
 }
 
 /// Kernel-measured ns per run with `repeat` iterations on the same buffer, checking the verdict.
-pub fn repeat(
-    prog: &Xdp,
-    packet: &[u8],
-    repeat: u32,
-    expected: XdpAction,
-) -> Result<f64, TestRunError> {
-    let result = prog.test_run(TestRunOptions {
-        data_in: Some(packet),
-        repeat,
-        ..Default::default()
-    })?;
+pub fn repeat(prog: &Xdp, packet: &[u8], repeat: u32, expected: XdpAction) -> Result<f64, TestRunError> {
+    let result = prog.test_run(TestRunOptions { data_in: Some(packet), repeat, ..Default::default() })?;
     let got = XdpAction::from(result.return_value);
     if got != expected {
-        return Err(TestRunError::UnexpectedAction {
-            run: 0,
-            expected,
-            got,
-        });
+        return Err(TestRunError::UnexpectedAction { run: 0, expected, got });
     }
     Ok(result.duration.as_nanos() as f64)
 }
@@ -104,18 +83,11 @@ pub fn run_loop<P: AsRef<[u8]>>(
 ) -> Result<f64, TestRunError> {
     let (mut total, mut runs) = (0u64, 0usize);
     for packet in packets {
-        let result = prog.test_run(TestRunOptions {
-            data_in: Some(packet.as_ref()),
-            repeat: 1,
-            ..Default::default()
-        })?;
+        let result =
+            prog.test_run(TestRunOptions { data_in: Some(packet.as_ref()), repeat: 1, ..Default::default() })?;
         let got = XdpAction::from(result.return_value);
         if got != expected {
-            return Err(TestRunError::UnexpectedAction {
-                run: runs,
-                expected,
-                got,
-            });
+            return Err(TestRunError::UnexpectedAction { run: runs, expected, got });
         }
         total += result.duration.as_nanos() as u64;
         runs += 1;

@@ -4,11 +4,11 @@
 pub mod netns;
 pub mod packets;
 
-use lb_common::{Stat, VipCounters};
+use lb_common::{BackendCounters, Stat, VipCounters};
 use xlb::{
-    config,
+    config::{self, Config},
     dataplane::{Loaded, Maps},
-    desired::DesiredState,
+    desired::{DesiredState, NodeFacts},
     reconcile::Reconciler,
     testrun::{self, Outcome},
 };
@@ -38,6 +38,12 @@ macro_rules! require_root {
     };
 }
 
+/// The node the harness pretends to be: the interface the program runs on.
+pub const FACTS: NodeFacts = NodeFacts { iface_mac: packets::LB_MAC, mtu: 1500 };
+
+/// Connection-table size for harness instances (tests load many objects in parallel).
+pub const TEST_FLOW_TABLE_SIZE: u32 = 65536;
+
 /// The real balancer object, loaded and verified, with its maps filled by the agent's reconciler
 /// from a YAML config.
 #[derive(Debug)]
@@ -45,22 +51,22 @@ pub struct Balancer {
     pub program: Loaded,
     pub maps: Maps,
     pub reconciler: Reconciler,
+    pub config: Config,
 }
 
 impl Balancer {
     pub fn with_config(yaml: &str) -> Self {
-        let config =
-            config::parse(std::path::Path::new("inline.yaml"), yaml).expect("test config is valid");
-        let (program, mut maps) = Loaded::balancer().expect("the XDP object loads and verifies");
+        let config = parse_config(yaml);
+        let (program, mut maps) = Loaded::balancer(TEST_FLOW_TABLE_SIZE).expect("the XDP object loads and verifies");
         let mut reconciler = Reconciler::new();
-        reconciler
-            .apply(&DesiredState::from_config(&config), &mut maps)
-            .expect("maps accept the config");
-        Self {
-            program,
-            maps,
-            reconciler,
-        }
+        reconciler.apply(&DesiredState::new(&config, &FACTS), &mut maps).expect("maps accept the config");
+        Self { program, maps, reconciler, config }
+    }
+
+    /// Reconciles to a new config, as a reload would.
+    pub fn reload(&mut self, yaml: &str) -> xlb::reconcile::Changes {
+        self.config = parse_config(yaml);
+        self.reconciler.apply(&DesiredState::new(&self.config, &FACTS), &mut self.maps).expect("reload applies")
     }
 
     pub fn run(&self, packet: &[u8]) -> Outcome {
@@ -68,13 +74,7 @@ impl Balancer {
     }
 
     pub fn stat(&self, stat: Stat) -> u64 {
-        self.maps
-            .stats()
-            .expect("read stats")
-            .into_iter()
-            .find(|(s, _)| *s == stat)
-            .map(|(_, v)| v)
-            .unwrap_or_default()
+        self.maps.stats().expect("read stats").into_iter().find(|(s, _)| *s == stat).map(|(_, v)| v).unwrap_or_default()
     }
 
     /// All outcome counters, to compare before and after a run.
@@ -83,14 +83,27 @@ impl Balancer {
     }
 
     pub fn vip(&self, name: &str) -> VipCounters {
-        let applied = self
-            .reconciler
-            .applied()
-            .values()
-            .find(|a| a.vip.name == name)
-            .unwrap_or_else(|| panic!("no VIP named {name}"));
-        self.maps
-            .vip_counters(applied.meta.id)
-            .expect("read VIP counters")
+        let applied = self.applied(name);
+        self.maps.vip_counters(applied.meta.id).expect("read VIP counters")
     }
+
+    /// Counters of backend `address` of VIP `name`.
+    pub fn backend(&self, name: &str, address: &str) -> BackendCounters {
+        let applied = self.applied(name);
+        let i = applied
+            .vip
+            .backends
+            .iter()
+            .position(|b| b.identity == address)
+            .unwrap_or_else(|| panic!("{name} has no backend {address}"));
+        self.maps.backend_counters(applied.slots[i]).expect("read backend counters")
+    }
+
+    pub fn applied(&self, name: &str) -> &xlb::reconcile::AppliedVip {
+        self.reconciler.applied().values().find(|a| a.vip.name == name).unwrap_or_else(|| panic!("no VIP named {name}"))
+    }
+}
+
+pub fn parse_config(yaml: &str) -> Config {
+    config::parse(std::path::Path::new("inline.yaml"), yaml).unwrap_or_else(|e| panic!("test config is invalid: {e}"))
 }

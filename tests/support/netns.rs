@@ -14,19 +14,12 @@ use std::{
 /// crashed run never collide with this one).
 pub fn unique_name(role: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "xlbt-{role}-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("xlbt-{role}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Runs a command and panics with its output if it fails.
 pub fn sh(program: &str, args: &[&str]) -> Output {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("spawning {program}: {e}"));
+    let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("spawning {program}: {e}"));
     assert!(
         out.status.success(),
         "{program} {} failed: {}\n{}",
@@ -67,10 +60,7 @@ impl Netns {
     }
 
     /// Runs `f` on a thread that has entered this namespace: sockets it opens live there.
-    pub fn run<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> std::thread::JoinHandle<T> {
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
         let path = format!("/run/netns/{}", self.name);
         std::thread::spawn(move || {
             let ns = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
@@ -86,17 +76,13 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         // Deleting the namespace also removes the veth ends inside it.
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
     }
 }
 
 /// Joins `a` and `b` with a veth pair named `a_if` / `b_if`.
 pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
-    a.ip(&[
-        "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.name,
-    ]);
+    a.ip(&["link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.name]);
     a.ip(&["link", "set", a_if, "up"]);
     b.ip(&["link", "set", b_if, "up"]);
 }
@@ -108,10 +94,7 @@ pub fn xlb_bin() -> PathBuf {
         return path.into();
     }
     let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test binary lives in target/<profile>/deps");
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("test binary lives in target/<profile>/deps");
     let bin = profile_dir.join("xlb");
     assert!(
         bin.exists(),
@@ -130,14 +113,8 @@ pub struct Process {
 
 impl Process {
     pub fn spawn(mut cmd: Command, what: &str) -> Self {
-        let child = cmd
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {what}: {e}"));
-        Self {
-            child,
-            what: what.to_owned(),
-        }
+        let child = cmd.stdin(Stdio::null()).spawn().unwrap_or_else(|e| panic!("spawning {what}: {e}"));
+        Self { child, what: what.to_owned() }
     }
 
     /// Sends `signal` and waits up to `timeout` for the exit status.
@@ -150,11 +127,7 @@ impl Process {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status;
             }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not exit within {timeout:?} of signal {signal}",
-                self.what
-            );
+            assert!(Instant::now() < deadline, "{} did not exit within {timeout:?} of signal {signal}", self.what);
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -176,10 +149,7 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
         if let Some(v) = f() {
             return v;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }

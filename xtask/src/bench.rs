@@ -96,11 +96,7 @@ impl Row {
     fn median(&self) -> f64 {
         let s = self.sorted();
         let n = s.len();
-        if n % 2 == 1 {
-            s[n / 2]
-        } else {
-            (s[n / 2 - 1] + s[n / 2]) / 2.0
-        }
+        if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 }
     }
     fn max(&self) -> f64 {
         *self.sorted().last().unwrap_or(&0.0)
@@ -110,10 +106,7 @@ impl Row {
 const BOTH: &[Method] = &[Method::Repeat, Method::Loop];
 
 fn cases() -> Vec<Case> {
-    let tcp = |dport| L4::TcpAck {
-        sport: 40000,
-        dport,
-    };
+    let tcp = |dport| L4::TcpAck { sport: 40000, dport };
     let one = |f: Frame| vec![f.build()];
     vec![
         Case {
@@ -167,13 +160,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     let cases = cases();
     let mut rows: Vec<Row> = cases
         .iter()
-        .flat_map(|c| {
-            c.methods.iter().map(|&method| Row {
-                case: c.name,
-                method,
-                samples: Vec::new(),
-            })
-        })
+        .flat_map(|c| c.methods.iter().map(|&method| Row { case: c.name, method, samples: Vec::new() }))
         .collect();
 
     for _ in 0..opts.runs {
@@ -185,20 +172,13 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             };
             for &method in case.methods {
                 let ns = match method {
-                    Method::Repeat => {
-                        testrun::repeat(prog, &case.packets[0], opts.repeat, case.expected)
+                    Method::Repeat => testrun::repeat(prog, &case.packets[0], opts.repeat, case.expected),
+                    Method::Loop => {
+                        testrun::run_loop(prog, case.packets.iter().cycle().take(opts.loop_count), case.expected)
                     }
-                    Method::Loop => testrun::run_loop(
-                        prog,
-                        case.packets.iter().cycle().take(opts.loop_count),
-                        case.expected,
-                    ),
                 }
                 .with_context(|| format!("case {} ({})", case.name, method.name()))?;
-                row.next()
-                    .expect("one row per case and method")
-                    .samples
-                    .push(ns);
+                row.next().expect("one row per case and method").samples.push(ns);
             }
         }
     }
@@ -217,26 +197,14 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
 }
 
 fn print_table(rows: &[Row], opts: &Options) {
-    let floor = |method| {
-        rows.iter()
-            .find(|r| r.case == "floor" && r.method == method)
-            .map(Row::median)
-            .unwrap_or(0.0)
-    };
+    let floor = |method| rows.iter().find(|r| r.case == "floor" && r.method == method).map(Row::median).unwrap_or(0.0);
     println!(
         "XDP cost per packet under BPF_PROG_TEST_RUN, ns ({} runs; repeat = {} iterations per run, loop = {} separate runs per run)",
         opts.runs, opts.repeat, opts.loop_count
     );
-    println!(
-        "{:<28} {:<7} {:>8} {:>8} {:>8} {:>16}",
-        "case", "method", "min", "median", "max", "net of floor"
-    );
+    println!("{:<28} {:<7} {:>8} {:>8} {:>8} {:>16}", "case", "method", "min", "median", "max", "net of floor");
     for r in rows {
-        let net = if r.case == "floor" {
-            "-".to_owned()
-        } else {
-            format!("{:.1}", r.median() - floor(r.method))
-        };
+        let net = if r.case == "floor" { "-".to_owned() } else { format!("{:.1}", r.median() - floor(r.method)) };
         println!(
             "{:<28} {:<7} {:>8.1} {:>8.1} {:>8.1} {:>16}",
             r.case,
