@@ -1,8 +1,8 @@
 //! The real XDP object under BPF_PROG_TEST_RUN: crafted frames in, verdict and bytes out.
 
 use lb_common::{
-    ADDR_FLAG_DROP_UNHASHABLE, BACKEND_FLAG_ACTIVE, Backend, FAMILY_V4, MODE_DSR_IPIP, MODE_DSR_L2, NODE_FLAG_TUNNEL_V4,
-    NODE_FLAG_TUNNEL_V6, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Stat, VipKey, VipMeta,
+    ADDR_FLAG_DROP_UNHASHABLE, BACKEND_FLAG_ACTIVE, Backend, FAMILY_V4, MODE_DSR_IPIP, MODE_DSR_L2,
+    NODE_FLAG_TUNNEL_V4, NODE_FLAG_TUNNEL_V6, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Stat, VipKey, VipMeta,
 };
 use xlb::testrun::XdpAction;
 use xlb_tests::{

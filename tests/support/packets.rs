@@ -34,6 +34,17 @@ pub struct Frame {
 }
 
 impl Frame {
+    /// Sets the payload to `len` bytes of a repeating pattern.
+    pub fn payload_len(mut self, len: usize) -> Self {
+        self.payload = (0..len).map(|i| (i % 251) as u8).collect();
+        self
+    }
+
+    pub fn ttl(mut self, ttl: u8) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
     pub fn new(ip: Ip, l4: L4) -> Self {
         Self { ip, l4, vlan: None, payload: b"xlb test payload".to_vec(), ttl: 64 }
     }
@@ -87,4 +98,47 @@ impl Frame {
 /// Offset of the IP header in a frame built by [`Frame`].
 pub fn l3_offset(frame: &[u8]) -> usize {
     if frame[12..14] == [0x81, 0x00] { 18 } else { 14 }
+}
+
+/// Clears IPv4 DF and fixes the header checksum.
+pub fn clear_df(frame: &mut [u8]) {
+    let l3 = l3_offset(frame);
+    frame[l3 + 6] &= !0x40;
+    fix_ipv4_checksum(frame);
+}
+
+/// Recomputes the IPv4 header checksum of a frame.
+pub fn fix_ipv4_checksum(frame: &mut [u8]) {
+    let l3 = l3_offset(frame);
+    let header = etherparse::Ipv4HeaderSlice::from_slice(&frame[l3..]).expect("IPv4 header").to_header();
+    frame[l3 + 10..l3 + 12].copy_from_slice(&header.calc_header_checksum().to_be_bytes());
+}
+
+/// The IPv4 header bytes of a frame (for quoting in ICMP errors).
+pub fn ip_and_8(frame: &[u8]) -> Vec<u8> {
+    let l3 = l3_offset(frame);
+    let len = if frame[l3] >> 4 == 4 { usize::from(frame[l3] & 0xf) * 4 } else { 40 };
+    frame[l3..l3 + len + 8].to_vec()
+}
+
+/// An ICMP fragmentation-needed (IPv4) or packet-too-big (IPv6) from `router` to `to`, quoting
+/// `quoted` (an IP header and at least 8 bytes of what followed).
+pub fn icmp_too_big(router: &str, to: &str, mtu: u32, quoted: &[u8]) -> Vec<u8> {
+    use etherparse::{Icmpv4Type, Icmpv6Type, icmpv4::DestUnreachableHeader};
+    let mut out = Vec::new();
+    let eth = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC);
+    match (router.parse::<std::net::IpAddr>().expect("addr"), to.parse::<std::net::IpAddr>().expect("addr")) {
+        (std::net::IpAddr::V4(r), std::net::IpAddr::V4(t)) => eth
+            .ipv4(r.octets(), t.octets(), 64)
+            .icmpv4(Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
+                next_hop_mtu: mtu as u16,
+            }))
+            .write(&mut out, quoted),
+        (std::net::IpAddr::V6(r), std::net::IpAddr::V6(t)) => {
+            eth.ipv6(r.octets(), t.octets(), 64).icmpv6(Icmpv6Type::PacketTooBig { mtu }).write(&mut out, quoted)
+        }
+        _ => panic!("mixed families"),
+    }
+    .expect("write");
+    out
 }
