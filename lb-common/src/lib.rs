@@ -17,6 +17,11 @@ pub const FLOW_TABLE_SIZE: u32 = 1 << 20;
 pub const MAX_MAGLEV_TABLE_SIZE: u32 = 1_048_573;
 /// `BPF_F_INNER_MAP`: lets array maps of different sizes sit in one array of maps.
 pub const BPF_F_INNER_MAP: u32 = 1 << 12;
+/// `BPF_F_MMAPABLE`: the agent writes a whole Maglev table through one mmap instead of one
+/// syscall per slot.
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
+/// Flags of every Maglev table (inner maps must match the template's flags exactly).
+pub const MAGLEV_TABLE_FLAGS: u32 = BPF_F_INNER_MAP | BPF_F_MMAPABLE;
 
 /// Address family tag used in keys.
 pub const FAMILY_V4: u8 = 4;

@@ -5,14 +5,14 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{BPF_F_INNER_MAP, BPF_NOEXIST, xdp_action},
+    bindings::{BPF_NOEXIST, xdp_action},
     btf_maps::{Array, ArrayOfMaps, HashMap, LruHashMap, PerCpuArray},
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
 use lb_common::{
     ADDR_FLAG_DROP_UNHASHABLE, BACKEND_FLAG_ACTIVE, Backend, BackendCounters, FLOW_TABLE_SIZE, Flow, FlowKey,
-    MAX_BACKENDS, MAX_MAGLEV_TABLE_SIZE, MAX_VIP_ADDRS, MAX_VIPS, MODE_DSR_IPIP, NodeConfig, PROTO_TCP, PROTO_UDP,
+    MAX_BACKENDS, MAX_MAGLEV_TABLE_SIZE, MAGLEV_TABLE_FLAGS, MAX_VIP_ADDRS, MAX_VIPS, MODE_DSR_IPIP, NodeConfig, PROTO_TCP, PROTO_UDP,
     STAT_COUNT, Stat, VIP_FLAG_HASH_SOURCE_ONLY, VipAddrKey, VipAddrPolicy, VipCounters, VipKey, VipMeta, flow_hash,
     source_hash,
 };
@@ -39,10 +39,11 @@ static XLB_BACKEND_COUNTERS: PerCpuArray<BackendCounters, { MAX_BACKENDS as usiz
 
 /// One Maglev table per VIP id, each an array of backend slots. Tables are built whole in
 /// userspace and swapped in with one update of this outer map, so a packet never sees a
-/// half-written table. BPF_F_INNER_MAP lets tables differ in size.
+/// half-written table. BPF_F_INNER_MAP lets tables differ in size; BPF_F_MMAPABLE lets the
+/// agent fill one with a single mmap.
 #[btf_map]
 static XLB_MAGLEV: ArrayOfMaps<
-    Array<u32, { MAX_MAGLEV_TABLE_SIZE as usize }, { BPF_F_INNER_MAP as usize }>,
+    Array<u32, { MAX_MAGLEV_TABLE_SIZE as usize }, { MAGLEV_TABLE_FLAGS as usize }>,
     { MAX_VIPS as usize },
 > = ArrayOfMaps::new();
 

@@ -7,7 +7,7 @@ use aya::{
     util::nr_cpus,
 };
 use lb_common::{
-    BPF_F_INNER_MAP, Backend, BackendCounters, DecapStat, Flow, FlowKey, NodeConfig, Stat, VipAddrKey, VipAddrPolicy,
+    MAGLEV_TABLE_FLAGS, Backend, BackendCounters, DecapStat, Flow, FlowKey, NodeConfig, Stat, VipAddrKey, VipAddrPolicy,
     VipCounters, VipKey, VipMeta, maps, programs,
 };
 
@@ -212,11 +212,7 @@ impl Maps {
     /// Writes a complete table into a new inner map, then points the VIP's entry at it: one
     /// atomic update, so packets see either the old table or the new one.
     pub(crate) fn set_table(&mut self, vip_id: u32, slots: &[u32]) -> Result<(), DataplaneError> {
-        let mut table =
-            Array::<MapData, u32>::create(slots.len() as u32, BPF_F_INNER_MAP).map_err(map_err(maps::MAGLEV))?;
-        for (i, slot) in slots.iter().enumerate() {
-            table.set(i as u32, slot, 0).map_err(map_err(maps::MAGLEV))?;
-        }
+        let table = new_table(slots).map_err(map_err(maps::MAGLEV))?;
         self.maglev.set(vip_id, &table, 0).map_err(map_err(maps::MAGLEV))
     }
 
@@ -224,6 +220,43 @@ impl Maps {
     pub(crate) fn clear_table(&mut self, vip_id: u32) -> Result<(), DataplaneError> {
         self.set_table(vip_id, &[u32::MAX])
     }
+}
+
+/// A Maglev table as a new mmapable array map holding `slots`.
+fn new_table(slots: &[u32]) -> Result<Array<MapData, u32>, MapError> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let def = aya_obj::Map::new_from_params(
+        aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
+        4,
+        4,
+        slots.len() as u32,
+        MAGLEV_TABLE_FLAGS,
+    );
+    let data = MapData::create(def, "xlb_maglev_table", None)?;
+    // Array elements are laid out at an 8-byte stride whatever their size.
+    const STRIDE: usize = 8;
+    let len = slots.len() * STRIDE;
+    // SAFETY: maps the array's value area (the kernel rounds it up to whole pages; we touch
+    // only the first `len` bytes) from a live map fd, shared and writable as BPF_F_MMAPABLE
+    // allows; unmapped before the fd can go away.
+    unsafe {
+        let area = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            data.fd().as_fd().as_raw_fd(),
+            0,
+        );
+        if area == libc::MAP_FAILED {
+            return Err(MapError::IoError(std::io::Error::last_os_error()));
+        }
+        for (i, slot) in slots.iter().enumerate() {
+            area.cast::<u8>().add(i * STRIDE).cast::<u32>().write(*slot);
+        }
+        libc::munmap(area, len);
+    }
+    Array::try_from(Map::Array(data))
 }
 
 /// Typed handles on the decapsulation program's maps.
