@@ -12,9 +12,9 @@ use aya_ebpf::{
 };
 use lb_common::{
     ADDR_FLAG_DROP_UNHASHABLE, BACKEND_FLAG_ACTIVE, Backend, BackendCounters, FLOW_TABLE_SIZE, Flow, FlowKey,
-    MAX_BACKENDS, MAX_MAGLEV_TABLE_SIZE, MAGLEV_TABLE_FLAGS, MAX_VIP_ADDRS, MAX_VIPS, MODE_DSR_IPIP, NodeConfig, PROTO_TCP, PROTO_UDP,
-    STAT_COUNT, Stat, VIP_FLAG_HASH_SOURCE_ONLY, VipAddrKey, VipAddrPolicy, VipCounters, VipKey, VipMeta, flow_hash,
-    source_hash,
+    MAGLEV_TABLE_FLAGS, MAX_BACKENDS, MAX_MAGLEV_TABLE_SIZE, MAX_VIP_ADDRS, MAX_VIPS, MODE_DSR_IPIP, NodeConfig,
+    PROTO_TCP, PROTO_UDP, STAT_COUNT, Stat, VIP_FLAG_HASH_SOURCE_ONLY, VipAddrKey, VipAddrPolicy, VipCounters, VipKey,
+    VipMeta, flow_hash, source_hash,
 };
 use lb_ebpf::{
     forward::{encapsulate, rewrite_macs},

@@ -7,8 +7,8 @@ use aya::{
     util::nr_cpus,
 };
 use lb_common::{
-    MAGLEV_TABLE_FLAGS, Backend, BackendCounters, DecapStat, Flow, FlowKey, NodeConfig, Stat, VipAddrKey, VipAddrPolicy,
-    VipCounters, VipKey, VipMeta, maps, programs,
+    Backend, BackendCounters, DecapStat, Flow, FlowKey, MAGLEV_TABLE_FLAGS, NodeConfig, Stat, VipAddrKey,
+    VipAddrPolicy, VipCounters, VipKey, VipMeta, maps, programs,
 };
 
 /// The balancer object (lb-ebpf's `xlb-balancer` binary), built by build.rs.

@@ -4,6 +4,7 @@
 pub mod model;
 pub mod netns;
 pub mod packets;
+pub mod rng;
 
 use lb_common::{BackendCounters, Stat, VipCounters};
 use xlb::{
@@ -38,6 +39,93 @@ macro_rules! require_root {
         }
     };
 }
+
+/// VIPs of every mode and family, with several backends: shared by the forwarding fixtures, the
+/// differential test and the benchmarks.
+pub const FORWARDING_CONFIG: &str = r#"
+node:
+  next_hop_mac: 02:00:00:00:00:fe
+  tunnel_source_v4: 172.16.0.0/24
+  tunnel_source_v6: fd00:ffff::/112
+vips:
+  - name: l2v4
+    address: 192.0.2.1
+    port: 80
+    protocol: tcp
+    mode: dsr-l2
+    backends:
+      - { address: 10.0.0.1, mac: "02:00:00:00:01:01", weight: 1 }
+      - { address: 10.0.0.2, mac: "02:00:00:00:01:02", weight: 2 }
+      - { address: 10.0.0.3, mac: "02:00:00:00:01:03", weight: 3 }
+  - name: l2v6
+    address: 2001:db8::1
+    port: 80
+    protocol: tcp
+    mode: dsr-l2
+    backends:
+      - { address: "fd00::1", mac: "02:00:00:00:01:01" }
+      - { address: "fd00::2", mac: "02:00:00:00:01:02" }
+  - name: dnsl2
+    address: 192.0.2.1
+    port: 53
+    protocol: udp
+    mode: dsr-l2
+    backends:
+      - { address: 10.0.0.1, mac: "02:00:00:00:01:01" }
+      - { address: 10.0.0.2, mac: "02:00:00:00:01:02" }
+  - name: ipip4
+    address: 192.0.2.2
+    port: 80
+    protocol: tcp
+    mode: dsr-ipip
+    backends:
+      - { address: 10.1.0.1 }
+      - { address: 10.1.0.2, mac: "02:00:00:00:02:02" }
+  - name: ipip6
+    address: 2001:db8::2
+    port: 80
+    protocol: tcp
+    mode: dsr-ipip
+    backends:
+      - { address: "fd00:1::1" }
+      - { address: "fd00:1::2" }
+  - name: ip4in6
+    address: 192.0.2.3
+    port: 80
+    protocol: tcp
+    mode: dsr-ipip
+    backends:
+      - { address: "fd00:2::1" }
+  - name: dnsipip4
+    address: 192.0.2.2
+    port: 53
+    protocol: udp
+    mode: dsr-ipip
+    backends:
+      - { address: 10.1.0.1 }
+  - name: dnsipip6
+    address: 2001:db8::2
+    port: 53
+    protocol: udp
+    mode: dsr-ipip
+    backends:
+      - { address: "fd00:1::1" }
+  - name: sticky
+    address: 192.0.2.4
+    port: 80
+    protocol: tcp
+    mode: dsr-l2
+    hash: source-ip
+    backends:
+      - { address: 10.0.0.1, mac: "02:00:00:00:01:01" }
+      - { address: 10.0.0.2, mac: "02:00:00:00:01:02" }
+      - { address: 10.0.0.3, mac: "02:00:00:00:01:03" }
+  - name: empty
+    address: 192.0.2.5
+    port: 80
+    protocol: tcp
+    mode: dsr-l2
+"#;
 
 /// The node the harness pretends to be: the interface the program runs on.
 pub const FACTS: NodeFacts = NodeFacts { iface_mac: packets::LB_MAC, mtu: 1500 };
