@@ -145,8 +145,12 @@ pub struct Balancer {
 
 impl Balancer {
     pub fn with_config(yaml: &str) -> Self {
+        Self::with_flow_table(yaml, TEST_FLOW_TABLE_SIZE)
+    }
+
+    pub fn with_flow_table(yaml: &str, flow_table_size: u32) -> Self {
         let config = parse_config(yaml);
-        let (program, mut maps) = Loaded::balancer(TEST_FLOW_TABLE_SIZE).expect("the XDP object loads and verifies");
+        let (program, mut maps) = Loaded::balancer(flow_table_size).expect("the XDP object loads and verifies");
         let mut reconciler = Reconciler::new();
         reconciler.apply(&DesiredState::new(&config, &FACTS), &mut maps).expect("maps accept the config");
         Self { program, maps, reconciler, config }
