@@ -254,6 +254,20 @@ pub enum Stat {
 
 pub const STAT_COUNT: u32 = Stat::Count as u32;
 
+/// All global counters of one CPU: the single value of the per-CPU `STATS` array, so the program
+/// looks it up once per packet and bumps fields with plain increments.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatCounters {
+    pub values: [u64; STAT_COUNT as usize],
+}
+
+impl Default for StatCounters {
+    fn default() -> Self {
+        Self { values: [0; STAT_COUNT as usize] }
+    }
+}
+
 impl Stat {
     pub const ALL: [Stat; STAT_COUNT as usize] = [
         Stat::PassNotVip,
@@ -453,7 +467,8 @@ mod pod {
         super::Flow,
         super::VipAddrKey,
         super::VipAddrPolicy,
-        super::NodeConfig
+        super::NodeConfig,
+        super::StatCounters
     );
 }
 

@@ -5,7 +5,7 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, xdp_action},
+    bindings::{BPF_F_NO_COMMON_LRU, BPF_NOEXIST, xdp_action},
     btf_maps::{Array, ArrayOfMaps, HashMap, LruHashMap, PerCpuArray},
     macros::{btf_map, xdp},
     programs::XdpContext,
@@ -13,7 +13,7 @@ use aya_ebpf::{
 use lb_common::{
     ADDR_FLAG_DROP_UNHASHABLE, BACKEND_FLAG_ACTIVE, Backend, BackendCounters, FLOW_TABLE_SIZE, Flow, FlowKey,
     MAGLEV_TABLE_FLAGS, MAX_BACKENDS, MAX_MAGLEV_TABLE_SIZE, MAX_VIP_ADDRS, MAX_VIPS, MODE_DSR_IPIP, NodeConfig,
-    PROTO_TCP, PROTO_UDP, STAT_COUNT, Stat, VIP_FLAG_HASH_SOURCE_ONLY, VipAddrKey, VipAddrPolicy, VipCounters, VipKey,
+    PROTO_TCP, PROTO_UDP, Stat, StatCounters, VIP_FLAG_HASH_SOURCE_ONLY, VipAddrKey, VipAddrPolicy, VipCounters, VipKey,
     VipMeta, flow_hash, source_hash,
 };
 use lb_ebpf::{
@@ -49,32 +49,64 @@ static XLB_MAGLEV: ArrayOfMaps<
 
 /// The connection table. Sized by the agent at load time (`FLOW_TABLE_SIZE` is the default).
 #[btf_map]
-static XLB_FLOWS: LruHashMap<FlowKey, Flow, { FLOW_TABLE_SIZE as usize }> = LruHashMap::new();
+static XLB_FLOWS: LruHashMap<FlowKey, Flow, { FLOW_TABLE_SIZE as usize }, { BPF_F_NO_COMMON_LRU as usize }> = LruHashMap::new();
 
 #[btf_map]
 static XLB_NODE: Array<NodeConfig, 1> = Array::new();
 
+/// The global counters: one `StatCounters` per CPU, looked up once per packet.
 #[btf_map]
-static XLB_STATS: PerCpuArray<u64, { STAT_COUNT as usize }> = PerCpuArray::new();
+static XLB_STATS: PerCpuArray<StatCounters, 1> = PerCpuArray::new();
+
+/// This packet's view of this CPU's counters.
+#[derive(Clone, Copy)]
+struct Counts(*mut StatCounters);
+
+impl Counts {
+    #[inline(always)]
+    fn bump(self, stat: Stat) {
+        // SAFETY: the pointer came from this CPU's slot of XLB_STATS; only this CPU writes it
+        // while the program runs. (`get_mut` rather than indexing: no panic path in eBPF.)
+        if let Some(value) = unsafe { (*self.0).values.get_mut(stat as usize) } {
+            *value += 1;
+        }
+    }
+
+    /// Counts an outcome and returns its verdict: drops drop, everything else passes.
+    #[inline(always)]
+    fn outcome(self, stat: Stat) -> u32 {
+        self.bump(stat);
+        if stat.is_drop() { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
+    }
+
+    /// Counts an outcome whose frame goes back out of the interface.
+    #[inline(always)]
+    fn sent(self, stat: Stat) -> u32 {
+        self.bump(stat);
+        xdp_action::XDP_TX
+    }
+}
 
 #[xdp]
 pub fn xlb_balancer(ctx: XdpContext) -> u32 {
+    let Some(stats) = XLB_STATS.get_ptr_mut(0) else { return xdp_action::XDP_PASS };
+    let counts = Counts(stats);
     let frame = Frame::new(&ctx);
     let frame_len = frame.len() as u64;
     let packet = match parse(&frame) {
         Ok(packet) => packet,
-        Err(NotParsed::Pass(stat)) => return count(stat),
-        Err(NotParsed::Unhashable { family, daddr }) => return unhashable(family, daddr),
+        Err(NotParsed::Pass(stat)) => return counts.outcome(stat),
+        Err(NotParsed::Unhashable { family, daddr }) => return counts.outcome(unhashable(family, daddr)),
     };
     if let Some(quoted) = packet.quoted {
-        if let Some(action) = icmp_error_to_backend(&ctx, &packet, &quoted, frame_len) {
+        if let Some(action) = icmp_error_to_backend(&ctx, counts, &packet, &quoted, frame_len) {
             return action;
         }
     }
     let key = VipKey { addr: packet.daddr, port: packet.dport, proto: packet.proto, family: packet.family };
     // SAFETY: the value is copied out; the agent replaces entries whole.
     let Some(&meta) = (unsafe { XLB_VIPS.get(&key) }) else {
-        return count(Stat::PassNotVip);
+        return counts.outcome(Stat::PassNotVip);
     };
     let flow = FlowKey {
         saddr: packet.saddr,
@@ -85,85 +117,114 @@ pub fn xlb_balancer(ctx: XdpContext) -> u32 {
         family: packet.family,
         pad: 0,
     };
-    let opens_flow = packet.proto == PROTO_UDP
-        || (packet.proto == PROTO_TCP && packet.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN);
-    forward(&ctx, &packet, &meta, &flow, opens_flow, frame_len)
-}
-
-/// Chooses the backend of `flow` and sends the packet there.
-#[inline(always)]
-fn forward(ctx: &XdpContext, packet: &Packet, meta: &VipMeta, flow: &FlowKey, opens_flow: bool, frame_len: u64) -> u32 {
-    let Some(node) = XLB_NODE.get(0) else { return count(Stat::DropNoBackend) };
-    let hash = flow_hash(
-        &flow.saddr,
-        &flow.daddr,
-        (u32::from(flow.sport) << 16) | u32::from(flow.dport),
-        u32::from(flow.proto),
-    );
-    let Some((id, backend)) = choose_backend(meta, flow, hash, opens_flow) else {
-        return count(Stat::DropNoBackend);
+    let opens = if packet.proto == PROTO_UDP {
+        Opens::Udp
+    } else if packet.proto == PROTO_TCP && packet.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN {
+        Opens::Syn
+    } else {
+        Opens::No
+    };
+    let Some(node) = XLB_NODE.get(0) else { return counts.outcome(Stat::DropNoBackend) };
+    let hash = tuple_hash(&flow);
+    let Some(choice) = choose_backend(counts, &meta, &flow, hash, opens) else {
+        return counts.outcome(Stat::DropNoBackend);
     };
     let sent = if meta.mode == MODE_DSR_IPIP {
-        encapsulate(ctx, packet, &backend, node, hash, true)
+        encapsulate(&ctx, &packet, &choice.backend, node, hash, true)
     } else {
-        rewrite_macs(ctx, &backend, node)
+        rewrite_macs(&ctx, &choice.backend, node)
     };
     match sent {
-        Ok(stat) => {
-            add_traffic(meta.id, id, frame_len);
-            count_tx(stat)
+        Ok(Stat::Forwarded) => {
+            add_traffic(meta.id, choice.slot, frame_len, choice.new_flow);
+            counts.sent(Stat::Forwarded)
         }
-        Err(stat) => count(stat),
+        Ok(stat) => counts.sent(stat),
+        Err(stat) => counts.outcome(stat),
     }
+}
+
+/// Whether a packet may open a flow in the connection table.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Opens {
+    No,
+    /// A TCP SYN (without ACK): almost always a new flow, so it is inserted first and looked up
+    /// only if the flow already exists (a retransmitted SYN).
+    Syn,
+    /// UDP: any packet of an unknown flow opens it.
+    Udp,
+}
+
+struct Choice {
+    slot: u32,
+    backend: Backend,
+    new_flow: bool,
+}
+
+#[inline(always)]
+fn tuple_hash(flow: &FlowKey) -> u32 {
+    flow_hash(&flow.saddr, &flow.daddr, (u32::from(flow.sport) << 16) | u32::from(flow.dport), u32::from(flow.proto))
 }
 
 /// Connection table first; on a miss (or a retired backend) the VIP's Maglev table. New flows
 /// (TCP SYN, UDP) and re-hashed flows are recorded; a TCP packet of an unknown flow is sent by
 /// the table without recording it, as Katran does, so stray packets cannot fill the table.
 #[inline(always)]
-fn choose_backend(meta: &VipMeta, flow: &FlowKey, hash: u32, opens_flow: bool) -> Option<(u32, Backend)> {
-    // SAFETY: copied out; entries are replaced whole.
-    let known = unsafe { XLB_FLOWS.get(flow) }.copied();
-    let mut stale = false;
-    if let Some(known) = known {
-        if let Some(backend) = XLB_BACKENDS.get(known.backend) {
-            if backend.flags & BACKEND_FLAG_ACTIVE != 0 && backend.generation == known.generation {
-                return Some((known.backend, *backend));
+fn choose_backend(counts: Counts, meta: &VipMeta, flow: &FlowKey, hash: u32, opens: Opens) -> Option<Choice> {
+    if opens == Opens::Syn {
+        // Insert-if-absent with the table's pick; only if the flow exists already does its
+        // entry decide (one hash-table operation for the common case instead of two).
+        if let Some((slot, backend)) = table_pick(meta, flow, hash) {
+            let entry = Flow { backend: slot, generation: backend.generation };
+            if XLB_FLOWS.insert(flow, &entry, u64::from(BPF_NOEXIST)).is_ok() {
+                counts.bump(Stat::FlowMiss);
+                return Some(Choice { slot, backend, new_flow: true });
             }
         }
-        stale = true;
-        bump(Stat::FlowStale);
-    } else {
-        bump(Stat::FlowMiss);
     }
+    // SAFETY: copied out; entries are replaced whole.
+    let known = unsafe { XLB_FLOWS.get(flow) }.copied();
+    let stale = match known {
+        Some(known) => {
+            if let Some(backend) = XLB_BACKENDS.get(known.backend) {
+                if backend.flags & BACKEND_FLAG_ACTIVE != 0 && backend.generation == known.generation {
+                    return Some(Choice { slot: known.backend, backend: *backend, new_flow: false });
+                }
+            }
+            counts.bump(Stat::FlowStale);
+            true
+        }
+        None => {
+            counts.bump(Stat::FlowMiss);
+            false
+        }
+    };
+    let (slot, backend) = table_pick(meta, flow, hash)?;
+    let new_flow = opens != Opens::No && !stale;
+    if new_flow || stale {
+        let entry = Flow { backend: slot, generation: backend.generation };
+        // A failed insert (the table busy with other updates) only costs the flow its pinning.
+        let _ = XLB_FLOWS.insert(flow, &entry, if stale { 0 } else { u64::from(BPF_NOEXIST) });
+    }
+    Some(Choice { slot, backend, new_flow })
+}
+
+/// The VIP's Maglev table entry for this flow: backend slot and backend, if live.
+#[inline(always)]
+fn table_pick(meta: &VipMeta, flow: &FlowKey, hash: u32) -> Option<(u32, Backend)> {
     if meta.table_size == 0 {
         return None;
     }
-    let pick = if meta.flags & VIP_FLAG_HASH_SOURCE_ONLY != 0 {
-        source_hash(&flow.saddr, u32::from(flow.proto))
-    } else {
-        hash
-    };
-    let id = *XLB_MAGLEV.get_value(meta.id, &(pick % meta.table_size))?;
-    let backend = *XLB_BACKENDS.get(id)?;
-    if backend.flags & BACKEND_FLAG_ACTIVE == 0 {
-        return None;
-    }
-    if opens_flow || stale {
-        let entry = Flow { backend: id, generation: backend.generation };
-        // A failed insert (table full of in-flight updates) only costs the flow its pinning.
-        let _ = XLB_FLOWS.insert(flow, &entry, if stale { 0 } else { u64::from(BPF_NOEXIST) });
-        if !stale {
-            count_new_flow(meta.id, id);
-        }
-    }
-    Some((id, backend))
+    let pick = if meta.flags & VIP_FLAG_HASH_SOURCE_ONLY != 0 { source_hash(&flow.saddr, u32::from(flow.proto)) } else { hash };
+    let slot = *XLB_MAGLEV.get_value(meta.id, &(pick % meta.table_size))?;
+    let backend = *XLB_BACKENDS.get(slot)?;
+    (backend.flags & BACKEND_FLAG_ACTIVE != 0).then_some((slot, backend))
 }
 
 /// An ICMP fragmentation-needed / packet-too-big about a packet a backend sent from a VIP: it
 /// belongs to the backend that owns the flow (the quoted tuple, reversed).
 #[inline(always)]
-fn icmp_error_to_backend(ctx: &XdpContext, packet: &Packet, quoted: &Quoted, frame_len: u64) -> Option<u32> {
+fn icmp_error_to_backend(ctx: &XdpContext, counts: Counts, packet: &Packet, quoted: &Quoted, frame_len: u64) -> Option<u32> {
     let key = VipKey { addr: quoted.saddr, port: quoted.sport, proto: quoted.proto, family: packet.family };
     // SAFETY: copied out; entries are replaced whole.
     let meta = *unsafe { XLB_VIPS.get(&key) }?;
@@ -177,51 +238,49 @@ fn icmp_error_to_backend(ctx: &XdpContext, packet: &Packet, quoted: &Quoted, fra
         pad: 0,
     };
     let node = XLB_NODE.get(0)?;
-    let hash = flow_hash(
-        &flow.saddr,
-        &flow.daddr,
-        (u32::from(flow.sport) << 16) | u32::from(flow.dport),
-        u32::from(flow.proto),
-    );
-    let Some((id, backend)) = choose_backend(&meta, &flow, hash, false) else {
-        return Some(count(Stat::DropNoBackend));
+    let hash = tuple_hash(&flow);
+    let Some(choice) = choose_backend(counts, &meta, &flow, hash, Opens::No) else {
+        return Some(counts.outcome(Stat::DropNoBackend));
     };
     let sent = if meta.mode == MODE_DSR_IPIP {
         // Never answer an ICMP error with another one.
-        encapsulate(ctx, packet, &backend, node, hash, false)
+        encapsulate(ctx, packet, &choice.backend, node, hash, false)
     } else {
-        rewrite_macs(ctx, &backend, node)
+        rewrite_macs(ctx, &choice.backend, node)
     };
     Some(match sent {
         Ok(stat) => {
-            bump(Stat::IcmpErrorToBackend);
-            add_traffic(meta.id, id, frame_len);
-            count_tx(stat)
+            counts.bump(Stat::IcmpErrorToBackend);
+            add_traffic(meta.id, choice.slot, frame_len, false);
+            counts.sent(stat)
         }
-        Err(stat) => count(stat),
+        Err(stat) => counts.outcome(stat),
     })
 }
 
 /// IPv4 fragments and IPv6 extension headers: not ours unless sent to a VIP address, whose
 /// policy then passes or drops them. Never hashed.
 #[inline(always)]
-fn unhashable(family: u8, daddr: [u32; 4]) -> u32 {
+fn unhashable(family: u8, daddr: [u32; 4]) -> Stat {
     let key = VipAddrKey { addr: daddr, family, pad: [0; 3] };
     // SAFETY: copied out.
     match unsafe { XLB_VIP_ADDRS.get(&key) } {
-        None => count(Stat::PassNotVip),
-        Some(policy) if policy.flags & ADDR_FLAG_DROP_UNHASHABLE != 0 => count(Stat::DropUnhashable),
-        Some(_) => count(Stat::PassUnhashable),
+        None => Stat::PassNotVip,
+        Some(policy) if policy.flags & ADDR_FLAG_DROP_UNHASHABLE != 0 => Stat::DropUnhashable,
+        Some(_) => Stat::PassUnhashable,
     }
 }
 
+/// One per-CPU lookup per counter array, whatever is counted.
 #[inline(always)]
-fn add_traffic(vip: u32, backend: u32, bytes: u64) {
+fn add_traffic(vip: u32, backend: u32, bytes: u64, new_flow: bool) {
+    let new = u64::from(new_flow);
     if let Some(c) = XLB_VIP_COUNTERS.get_ptr_mut(vip) {
         // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
         unsafe {
             (*c).packets += 1;
             (*c).bytes += bytes;
+            (*c).new_flows += new;
         }
     }
     if let Some(c) = XLB_BACKEND_COUNTERS.get_ptr_mut(backend) {
@@ -229,42 +288,9 @@ fn add_traffic(vip: u32, backend: u32, bytes: u64) {
         unsafe {
             (*c).packets += 1;
             (*c).bytes += bytes;
+            (*c).new_flows += new;
         }
     }
-}
-
-#[inline(always)]
-fn count_new_flow(vip: u32, backend: u32) {
-    if let Some(c) = XLB_VIP_COUNTERS.get_ptr_mut(vip) {
-        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
-        unsafe { (*c).new_flows += 1 };
-    }
-    if let Some(c) = XLB_BACKEND_COUNTERS.get_ptr_mut(backend) {
-        // SAFETY: as above.
-        unsafe { (*c).new_flows += 1 };
-    }
-}
-
-#[inline(always)]
-fn bump(stat: Stat) {
-    if let Some(slot) = XLB_STATS.get_ptr_mut(stat as u32) {
-        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
-        unsafe { *slot += 1 };
-    }
-}
-
-/// Counts an outcome and returns its verdict: drops drop, everything else passes.
-#[inline(always)]
-fn count(stat: Stat) -> u32 {
-    bump(stat);
-    if stat.is_drop() { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
-}
-
-/// Counts an outcome whose frame goes back out of the interface.
-#[inline(always)]
-fn count_tx(stat: Stat) -> u32 {
-    bump(stat);
-    xdp_action::XDP_TX
 }
 
 #[cfg(not(test))]

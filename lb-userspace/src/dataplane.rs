@@ -7,7 +7,7 @@ use aya::{
     util::nr_cpus,
 };
 use lb_common::{
-    Backend, BackendCounters, DecapStat, Flow, FlowKey, MAGLEV_TABLE_FLAGS, NodeConfig, Stat, VipAddrKey,
+    Backend, BackendCounters, DecapStat, Flow, FlowKey, MAGLEV_TABLE_FLAGS, NodeConfig, Stat, StatCounters, VipAddrKey,
     VipAddrPolicy, VipCounters, VipKey, VipMeta, maps, programs,
 };
 
@@ -78,7 +78,7 @@ pub struct Maps {
     maglev: ArrayOfMaps<MapData, Array<MapData, u32>>,
     flows: HashMap<MapData, FlowKey, Flow>,
     node: Array<MapData, NodeConfig>,
-    stats: PerCpuArray<MapData, u64>,
+    stats: PerCpuArray<MapData, StatCounters>,
     cpus: usize,
 }
 
@@ -106,10 +106,8 @@ impl Maps {
 
     /// Global counters, summed over CPUs, in `Stat` order.
     pub fn stats(&self) -> Result<Vec<(Stat, u64)>, DataplaneError> {
-        Stat::ALL
-            .iter()
-            .map(|&stat| Ok((stat, sum_slot(&self.stats, stat as u32, maps::STATS, |a, b| a + b)?)))
-            .collect()
+        let per_cpu = self.stats.get(&0, 0).map_err(map_err(maps::STATS))?;
+        Ok(Stat::ALL.iter().map(|&stat| (stat, per_cpu.iter().map(|c| c.values[stat as usize]).sum())).collect())
     }
 
     /// One VIP's counters, summed over CPUs.
