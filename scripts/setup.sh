@@ -10,7 +10,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
 BPF_LINKER_VERSION=0.13.0
-DEBIAN_PACKAGES=(iproute2 bird2 curl python3)
+DEBIAN_PACKAGES=(iproute2 bird2 curl python3 ethtool)
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 

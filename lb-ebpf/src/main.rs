@@ -13,8 +13,8 @@ use aya_ebpf::{
 use lb_common::{
     ADDR_FLAG_DROP_UNHASHABLE, BACKEND_FLAG_ACTIVE, Backend, BackendCounters, FLOW_TABLE_SIZE, Flow, FlowKey,
     MAGLEV_TABLE_FLAGS, MAX_BACKENDS, MAX_MAGLEV_TABLE_SIZE, MAX_VIP_ADDRS, MAX_VIPS, MODE_DSR_IPIP, NodeConfig,
-    PROTO_TCP, PROTO_UDP, Stat, StatCounters, VIP_FLAG_HASH_SOURCE_ONLY, VipAddrKey, VipAddrPolicy, VipCounters, VipKey,
-    VipMeta, flow_hash, source_hash,
+    PROTO_TCP, PROTO_UDP, Stat, StatCounters, VIP_FLAG_HASH_SOURCE_ONLY, VipAddrKey, VipAddrPolicy, VipCounters,
+    VipKey, VipMeta, flow_hash, source_hash,
 };
 use lb_ebpf::{
     forward::{encapsulate, rewrite_macs},
@@ -49,7 +49,8 @@ static XLB_MAGLEV: ArrayOfMaps<
 
 /// The connection table. Sized by the agent at load time (`FLOW_TABLE_SIZE` is the default).
 #[btf_map]
-static XLB_FLOWS: LruHashMap<FlowKey, Flow, { FLOW_TABLE_SIZE as usize }, { BPF_F_NO_COMMON_LRU as usize }> = LruHashMap::new();
+static XLB_FLOWS: LruHashMap<FlowKey, Flow, { FLOW_TABLE_SIZE as usize }, { BPF_F_NO_COMMON_LRU as usize }> =
+    LruHashMap::new();
 
 #[btf_map]
 static XLB_NODE: Array<NodeConfig, 1> = Array::new();
@@ -215,7 +216,11 @@ fn table_pick(meta: &VipMeta, flow: &FlowKey, hash: u32) -> Option<(u32, Backend
     if meta.table_size == 0 {
         return None;
     }
-    let pick = if meta.flags & VIP_FLAG_HASH_SOURCE_ONLY != 0 { source_hash(&flow.saddr, u32::from(flow.proto)) } else { hash };
+    let pick = if meta.flags & VIP_FLAG_HASH_SOURCE_ONLY != 0 {
+        source_hash(&flow.saddr, u32::from(flow.proto))
+    } else {
+        hash
+    };
     let slot = *XLB_MAGLEV.get_value(meta.id, &(pick % meta.table_size))?;
     let backend = *XLB_BACKENDS.get(slot)?;
     (backend.flags & BACKEND_FLAG_ACTIVE != 0).then_some((slot, backend))
@@ -224,7 +229,13 @@ fn table_pick(meta: &VipMeta, flow: &FlowKey, hash: u32) -> Option<(u32, Backend
 /// An ICMP fragmentation-needed / packet-too-big about a packet a backend sent from a VIP: it
 /// belongs to the backend that owns the flow (the quoted tuple, reversed).
 #[inline(always)]
-fn icmp_error_to_backend(ctx: &XdpContext, counts: Counts, packet: &Packet, quoted: &Quoted, frame_len: u64) -> Option<u32> {
+fn icmp_error_to_backend(
+    ctx: &XdpContext,
+    counts: Counts,
+    packet: &Packet,
+    quoted: &Quoted,
+    frame_len: u64,
+) -> Option<u32> {
     let key = VipKey { addr: quoted.saddr, port: quoted.sport, proto: quoted.proto, family: packet.family };
     // SAFETY: copied out; entries are replaced whole.
     let meta = *unsafe { XLB_VIPS.get(&key) }?;

@@ -5,6 +5,7 @@ pub mod model;
 pub mod netns;
 pub mod packets;
 pub mod rng;
+pub mod topology;
 
 use lb_common::{BackendCounters, Stat, VipCounters};
 use xlb::{

@@ -40,6 +40,9 @@ pub struct Options {
     /// Separate test runs in one `loop` sample.
     #[arg(long, default_value_t = 20_000)]
     loop_count: usize,
+    /// Only cases whose name contains this (the floor is always measured).
+    #[arg(long)]
+    only: Option<String>,
 }
 
 /// Katran's default shape: 16 reals per VIP, ring 65537.
@@ -199,7 +202,10 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     let floor = Loaded::floor().context("loading the floor program")?;
     // A connection table larger than every insert the run makes, as in production.
     let balancer = Balancer::with_flow_table(&config(), lb_common::FLOW_TABLE_SIZE);
-    let cases = cases();
+    let cases: Vec<Case> = cases()
+        .into_iter()
+        .filter(|c| c.name == "floor" || opts.only.as_deref().is_none_or(|only| c.name.contains(only)))
+        .collect();
     // Open the established flows once.
     for case in &cases {
         if let Traffic::Established(src, dst) = case.traffic {

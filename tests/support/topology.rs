@@ -1,0 +1,323 @@
+//! An edge in namespaces: a client, an xlb node and backends on one L2 segment (a bridge in a
+//! switch namespace), real servers on the backends, and the agent attached on the node.
+//!
+//! Addresses: 10.210.0.0/24 and fd00:210::/64 on the segment; client .1, node .2, backend i at
+//! .(11 + i); VIPs are configured on the backends' loopback (with arp_ignore/arp_announce so only
+//! the node answers for them) and routed by the client via the node.
+
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use xlb::{dataplane::Loaded, stats::Snapshot};
+
+use crate::netns::{Netns, Process, sh, unique_name, veth, wait_for, xlb_bin};
+
+/// Requests a client gives up after.
+const MAX_FAILURES: usize = 5;
+
+pub const CLIENT_V4: &str = "10.210.0.1";
+pub const NODE_V4: &str = "10.210.0.2";
+pub const CLIENT_V6: &str = "fd00:210::1";
+pub const NODE_V6: &str = "fd00:210::2";
+
+pub fn backend_v4(i: usize) -> String {
+    format!("10.210.0.{}", 11 + i)
+}
+pub fn backend_v6(i: usize) -> String {
+    format!("fd00:210::{}", 11 + i)
+}
+pub fn backend_mac(i: usize) -> String {
+    format!("02:00:00:21:00:{:02x}", 11 + i)
+}
+
+#[derive(Debug)]
+pub struct Topology {
+    pub client: Netns,
+    pub node: Netns,
+    pub backends: Vec<Netns>,
+    /// XDP_PASS on the switch side of the node's veth (detached on drop).
+    switch_xdp: Option<Loaded>,
+    // Dropped last: the segment the others hang off.
+    _switch: Netns,
+    pub dir: PathBuf,
+    stop: Arc<AtomicBool>,
+    servers: Vec<std::thread::JoinHandle<()>>,
+    processes: Vec<Process>,
+}
+
+impl Topology {
+    /// Builds the segment with `backends` backend namespaces, each holding `vips` on loopback.
+    pub fn new(backends: usize, vips: &[&str]) -> Self {
+        let switch = Netns::new("sw");
+        switch.ip(&["link", "add", "br0", "type", "bridge"]);
+        switch.ip(&["link", "set", "br0", "up"]);
+        let join = |ns: &Netns, port: &str, mac: Option<String>| {
+            veth(ns, "eth0", &switch, port);
+            if let Some(mac) = mac {
+                ns.ip(&["link", "set", "eth0", "address", &mac]);
+            }
+            switch.ip(&["link", "set", port, "master", "br0"]);
+            // Frames leaving through XDP carry no checksum-offload state: senders must put
+            // real checksums on the wire, as NICs do.
+            sh("ip", &["netns", "exec", &ns.name, "ethtool", "-K", "eth0", "tx", "off"]);
+            for sysctl in ["net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"] {
+                sh("ip", &["netns", "exec", &ns.name, "sysctl", "-qw", sysctl]);
+            }
+        };
+        let client = Netns::new("cl");
+        join(&client, "p-cl", None);
+        client.ip(&["addr", "add", &format!("{CLIENT_V4}/24"), "dev", "eth0"]);
+        client.ip(&["addr", "add", &format!("{CLIENT_V6}/64"), "dev", "eth0", "nodad"]);
+        let node = Netns::new("lb");
+        join(&node, "p-lb", Some("02:00:00:21:00:02".into()));
+        node.ip(&["addr", "add", &format!("{NODE_V4}/24"), "dev", "eth0"]);
+        node.ip(&["addr", "add", &format!("{NODE_V6}/64"), "dev", "eth0", "nodad"]);
+        for vip in vips {
+            let via = if vip.contains(':') { NODE_V6 } else { NODE_V4 };
+            let len = if vip.contains(':') { 128 } else { 32 };
+            client.ip(&["route", "add", &format!("{vip}/{len}"), "via", via]);
+        }
+        let mut all = Vec::new();
+        for i in 0..backends {
+            let ns = Netns::new(&format!("be{i}"));
+            join(&ns, &format!("p-be{i}"), Some(backend_mac(i)));
+            ns.ip(&["addr", "add", &format!("{}/24", backend_v4(i)), "dev", "eth0"]);
+            ns.ip(&["addr", "add", &format!("{}/64", backend_v6(i)), "dev", "eth0", "nodad"]);
+            for sysctl in [
+                "net.ipv4.conf.all.arp_ignore=1",
+                "net.ipv4.conf.all.arp_announce=2",
+                "net.ipv4.conf.eth0.arp_ignore=1",
+                "net.ipv4.conf.eth0.arp_announce=2",
+                "net.ipv4.conf.all.rp_filter=0",
+                "net.ipv4.conf.eth0.rp_filter=0",
+            ] {
+                sh("ip", &["netns", "exec", &ns.name, "sysctl", "-qw", sysctl]);
+            }
+            for vip in vips {
+                let len = if vip.contains(':') { 128 } else { 32 };
+                ns.ip(&["addr", "add", &format!("{vip}/{len}"), "dev", "lo"]);
+            }
+            all.push(ns);
+        }
+        let dir = std::env::temp_dir().join(unique_name("topo"));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        // The node answers with XDP_TX into its veth; the switch side of a veth only takes XDP
+        // frames while it runs XDP itself: give it the pass-everything program.
+        let switch_name = switch.name.clone();
+        let switch_xdp = switch
+            .run(move || {
+                let mut floor = Loaded::floor().expect("load the pass program");
+                floor.attach("p-lb").unwrap_or_else(|e| panic!("attach XDP to p-lb in {switch_name}: {e}"));
+                floor
+            })
+            .join()
+            .expect("attach thread");
+        Self {
+            client,
+            node,
+            backends: all,
+            switch_xdp: Some(switch_xdp),
+            _switch: switch,
+            dir,
+            stop: Arc::new(AtomicBool::new(false)),
+            servers: Vec::new(),
+            processes: Vec::new(),
+        }
+    }
+
+    /// Starts, on every backend, a TCP server and a UDP server on `vip:port` that answer each
+    /// request with the backend's name (`be<i>`).
+    pub fn serve(&mut self, vip: &str, port: u16) {
+        for (i, ns) in self.backends.iter().enumerate() {
+            let addr = SocketAddr::new(vip.parse().expect("VIP"), port);
+            let name = format!("be{i}");
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+            let stop = Arc::clone(&self.stop);
+            let tcp_name = name.clone();
+            let tcp_ready = ready_tx.clone();
+            self.servers.push(ns.run(move || {
+                let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+                listener.set_nonblocking(true).expect("nonblocking");
+                tcp_ready.send(()).expect("ready");
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((mut conn, _)) => {
+                            let _ = conn.set_nonblocking(false);
+                            let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+                            let mut buf = [0u8; 64];
+                            if conn.read(&mut buf).is_ok_and(|n| n > 0) {
+                                let _ = conn.write_all(tcp_name.as_bytes());
+                            }
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(1)),
+                    }
+                }
+            }));
+            let stop = Arc::clone(&self.stop);
+            self.servers.push(ns.run(move || {
+                let socket = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+                socket.set_read_timeout(Some(Duration::from_millis(20))).expect("timeout");
+                ready_tx.send(()).expect("ready");
+                let mut buf = [0u8; 64];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((_, peer)) = socket.recv_from(&mut buf) {
+                        let _ = socket.send_to(name.as_bytes(), peer);
+                    }
+                }
+            }));
+            for _ in 0..2 {
+                ready_rx.recv_timeout(Duration::from_secs(5)).expect("server started");
+            }
+        }
+    }
+
+    /// Runs `xlb decap` on every backend.
+    pub fn decap_on_backends(&mut self) {
+        for (i, ns) in self.backends.iter().enumerate() {
+            let mut cmd = ns.command(xlb_bin().to_str().expect("utf-8 path"));
+            cmd.args(["decap", "--iface", "eth0"]);
+            self.processes.push(Process::spawn(cmd, &format!("xlb decap on be{i}")));
+        }
+        for ns in &self.backends {
+            wait_for("decap attached", Duration::from_secs(10), || {
+                let link = String::from_utf8(ns.ip(&["link", "show", "eth0"]).stdout).ok()?;
+                link.contains("xdp").then_some(())
+            });
+        }
+    }
+
+    /// Writes `config` and starts `xlb run` on the node; waits until its admin socket answers.
+    pub fn start_agent(&mut self, config: &str) -> usize {
+        let path = self.config_path();
+        std::fs::write(&path, config).expect("write config");
+        let mut cmd = self.node.command(xlb_bin().to_str().expect("utf-8 path"));
+        cmd.args(["run", "--iface", "eth0", "--config"]).arg(&path).arg("--admin-socket").arg(self.socket());
+        self.processes.push(Process::spawn(cmd, "xlb run"));
+        wait_for("the agent's admin socket", Duration::from_secs(10), || self.stats());
+        self.processes.len() - 1
+    }
+
+    pub fn agent(&mut self, index: usize) -> &mut Process {
+        &mut self.processes[index]
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("xlb.yaml")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("admin.sock")
+    }
+
+    pub fn stats(&self) -> Option<Snapshot> {
+        let out = std::process::Command::new(xlb_bin())
+            .args(["stats", "--json", "--admin-socket"])
+            .arg(self.socket())
+            .output()
+            .ok()?;
+        out.status.success().then(|| serde_json::from_slice(&out.stdout).expect("stats --json is JSON"))
+    }
+
+    /// `count` TCP request/answer exchanges with `vip:port` from the client, each on a new
+    /// connection; returns how many answers each backend gave, and the failures.
+    pub fn tcp_requests(&self, vip: &str, port: u16, count: usize) -> (BTreeMap<String, usize>, usize) {
+        let addr = SocketAddr::new(vip.parse::<IpAddr>().expect("VIP"), port);
+        self.client
+            .run(move || {
+                let mut seen = BTreeMap::new();
+                let mut failed = 0;
+                for _ in 0..count {
+                    let answer = (|| -> std::io::Result<String> {
+                        let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+                        conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+                        conn.write_all(b"who")?;
+                        let mut buf = [0u8; 64];
+                        let n = conn.read(&mut buf)?;
+                        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+                    })();
+                    match answer {
+                        Ok(name) if !name.is_empty() => *seen.entry(name).or_insert(0) += 1,
+                        _ => failed += 1,
+                    }
+                    // Bounded in time too: a broken path fails fast instead of timing out
+                    // request after request.
+                    if failed >= MAX_FAILURES {
+                        break;
+                    }
+                }
+                (seen, failed)
+            })
+            .join()
+            .expect("client thread")
+    }
+
+    /// `count` UDP request/answer exchanges, each from a new source port.
+    pub fn udp_requests(&self, vip: &str, port: u16, count: usize) -> (BTreeMap<String, usize>, usize) {
+        let addr = SocketAddr::new(vip.parse::<IpAddr>().expect("VIP"), port);
+        self.client
+            .run(move || {
+                let mut seen = BTreeMap::new();
+                let mut failed = 0;
+                let any: IpAddr = if addr.is_ipv4() { "0.0.0.0".parse().unwrap() } else { "::".parse().unwrap() };
+                for _ in 0..count {
+                    let answer = (|| -> std::io::Result<String> {
+                        let socket = UdpSocket::bind(SocketAddr::new(any, 0))?;
+                        socket.set_read_timeout(Some(Duration::from_secs(1)))?;
+                        socket.send_to(b"who", addr)?;
+                        let mut buf = [0u8; 64];
+                        let n = socket.recv(&mut buf)?;
+                        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+                    })();
+                    match answer {
+                        Ok(name) if !name.is_empty() => *seen.entry(name).or_insert(0) += 1,
+                        _ => failed += 1,
+                    }
+                    // Bounded in time too: a broken path fails fast instead of timing out
+                    // request after request.
+                    if failed >= MAX_FAILURES {
+                        break;
+                    }
+                }
+                (seen, failed)
+            })
+            .join()
+            .expect("client thread")
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Processes first (they hold XDP links), then server threads, then namespaces.
+        self.processes.clear();
+        for server in self.servers.drain(..) {
+            let _ = server.join();
+        }
+        self.switch_xdp = None;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Asserts that `seen` spreads over backends in proportion to `weights` (by backend index),
+/// each share within `tolerance` (absolute) of its weight's share.
+pub fn assert_spread(seen: &BTreeMap<String, usize>, weights: &[u32], tolerance: f64, what: &str) {
+    let total: usize = seen.values().sum();
+    let weight_sum: u32 = weights.iter().sum();
+    for (i, w) in weights.iter().enumerate() {
+        let share = *seen.get(&format!("be{i}")).unwrap_or(&0) as f64 / total as f64;
+        let ideal = f64::from(*w) / f64::from(weight_sum);
+        assert!(
+            (share - ideal).abs() <= tolerance,
+            "{what}: be{i} got {share:.3} of {total}, weight share {ideal:.3}; all: {seen:?}"
+        );
+    }
+}
