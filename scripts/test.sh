@@ -5,6 +5,10 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 ./scripts/setup.sh
+# Namespaces a killed earlier run left behind would only collide by accident; remove them, and
+# whatever this run leaves if it is killed.
+./scripts/sweep-netns.sh
+trap ./scripts/sweep-netns.sh EXIT
 
 step() { printf '\n== %s\n' "$*" >&2; }
 

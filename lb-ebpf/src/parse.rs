@@ -28,6 +28,11 @@ impl Frame {
         self.end - self.start
     }
 
+    #[inline(always)]
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+
     /// A pointer to a `T` at `offset`, or `None` if the frame is too short.
     #[inline(always)]
     pub fn at<T>(&self, offset: usize) -> Option<*mut T> {

@@ -333,8 +333,10 @@ impl Checker<'_> {
                     format!("VIP `{}` has the same address, port and protocol as `{other}` (line {line}); change one of them", vip.name),
                 ));
             }
-            if let Some((policy, other)) = policies.insert(vip.address, (vip.unhashable, vip.name.clone())) {
-                if policy != vip.unhashable {
+            if let Some((policy, other)) = policies.insert(vip.address, (vip.unhashable, vip.name.clone()))
+                && policy != vip.unhashable
+            {
+                {
                     return Err(self.err(
                         &at,
                         format!("vips[{i}].unhashable"),
@@ -360,10 +362,10 @@ impl Checker<'_> {
     }
 
     fn check_node(&self, raw: RawNode, at: &serde_saphyr::Location) -> Result<Node, ConfigError> {
-        if let Some(p) = raw.tunnel_source_v4 {
-            if !p.address.is_ipv4() {
-                return Err(self.err(at, "node.tunnel_source_v4", "must be an IPv4 address or prefix"));
-            }
+        if let Some(p) = raw.tunnel_source_v4
+            && !p.address.is_ipv4()
+        {
+            return Err(self.err(at, "node.tunnel_source_v4", "must be an IPv4 address or prefix"));
         }
         if let Some(p) = raw.tunnel_source_v6 {
             if !p.address.is_ipv6() {
@@ -377,8 +379,10 @@ impl Checker<'_> {
                 ));
             }
         }
-        if let Some(mtu) = raw.mtu {
-            if !(576..=65535).contains(&mtu) {
+        if let Some(mtu) = raw.mtu
+            && !(576..=65535).contains(&mtu)
+        {
+            {
                 return Err(self.err(
                     at,
                     "node.mtu",
@@ -580,7 +584,7 @@ mod tests {
     fn bad_values_are_syntax_errors_with_location() {
         let err = check("vips:\n  - name: web\n    address: 192.0.2.300\n").unwrap_err();
         assert!(matches!(err, ConfigError::Syntax { line: 3, .. }), "{err}");
-        let err = check(&format!("node:\n  next_hop_mac: 02:00:00:00:00\n")).unwrap_err();
+        let err = check("node:\n  next_hop_mac: 02:00:00:00:00\n").unwrap_err();
         assert!(err.to_string().contains("not a MAC address"), "{err}");
     }
 
@@ -599,23 +603,17 @@ mod tests {
                 "scale",
             ),
             (
-                format!(
-                    "vips:\n  - name: l2\n    address: 192.0.2.1\n    port: 80\n    protocol: tcp\n    mode: dsr-l2\n    backends:\n      - address: 10.1.0.1\n"
-                ),
+                "vips:\n  - name: l2\n    address: 192.0.2.1\n    port: 80\n    protocol: tcp\n    mode: dsr-l2\n    backends:\n      - address: 10.1.0.1\n".to_string(),
                 "vips[0].backends[0].mac",
                 "MAC",
             ),
             (
-                format!(
-                    "vips:\n  - name: l2\n    address: 192.0.2.1\n    port: 80\n    protocol: tcp\n    mode: dsr-l2\n    backends:\n      - address: fd00::1\n        mac: 02:00:00:00:00:01\n"
-                ),
+                "vips:\n  - name: l2\n    address: 192.0.2.1\n    port: 80\n    protocol: tcp\n    mode: dsr-l2\n    backends:\n      - address: fd00::1\n        mac: 02:00:00:00:00:01\n".to_string(),
                 "vips[0].backends[0].address",
                 "family",
             ),
             (
-                format!(
-                    "vips:\n  - name: t\n    address: 192.0.2.1\n    port: 80\n    protocol: tcp\n    mode: dsr-ipip\n    backends:\n      - address: 10.1.0.1\n        mac: 02:00:00:00:00:01\n"
-                ),
+                "vips:\n  - name: t\n    address: 192.0.2.1\n    port: 80\n    protocol: tcp\n    mode: dsr-ipip\n    backends:\n      - address: 10.1.0.1\n        mac: 02:00:00:00:00:01\n".to_string(),
                 "vips[0].backends[0].address",
                 "node.tunnel_source_v4",
             ),

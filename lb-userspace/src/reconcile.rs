@@ -30,9 +30,9 @@ pub enum ReconcileError {
     #[error("VIP {endpoint}: {source}")]
     Maglev { endpoint: String, source: MaglevError },
     #[error("VIP {endpoint}: writing the data plane failed: {source}")]
-    Write { endpoint: String, source: DataplaneError },
+    Write { endpoint: String, source: Box<DataplaneError> },
     #[error("writing the node settings failed: {0}")]
-    Node(DataplaneError),
+    Node(Box<DataplaneError>),
 }
 
 /// A VIP as written to the maps.
@@ -93,7 +93,7 @@ impl Reconciler {
     pub fn apply(&mut self, desired: &DesiredState, maps: &mut Maps) -> Result<Changes, ReconcileError> {
         let mut changes = Changes::default();
         if self.node != Some(desired.node) {
-            maps.set_node(&desired.node).map_err(ReconcileError::Node)?;
+            maps.set_node(&desired.node).map_err(|e| ReconcileError::Node(Box::new(e)))?;
             self.node = Some(desired.node);
         }
 
@@ -101,7 +101,7 @@ impl Reconciler {
         for key in stale {
             let applied = &self.vips[&key];
             let endpoint = applied.vip.endpoint.clone();
-            let write = |source| ReconcileError::Write { endpoint: endpoint.clone(), source };
+            let write = |source| ReconcileError::Write { endpoint: endpoint.clone(), source: Box::new(source) };
             maps.remove_vip(&key).map_err(write)?;
             maps.clear_table(applied.meta.id).map_err(write)?;
             let applied = self.vips.remove(&key).expect("present");
@@ -132,7 +132,7 @@ impl Reconciler {
     }
 
     fn add_vip(&mut self, key: &VipKey, vip: &DesiredVip, maps: &mut Maps) -> Result<(), ReconcileError> {
-        let write = |source| ReconcileError::Write { endpoint: vip.endpoint.clone(), source };
+        let write = |source| ReconcileError::Write { endpoint: vip.endpoint.clone(), source: Box::new(source) };
         let id = self.free_vip_id().ok_or(ReconcileError::TooManyVips)?;
         maps.reset_vip_counters(id).map_err(write)?;
         let mut slots = Vec::with_capacity(vip.backends.len());
@@ -150,7 +150,7 @@ impl Reconciler {
 
     /// Returns whether the Maglev table was rebuilt.
     fn update_vip(&mut self, key: &VipKey, vip: &DesiredVip, maps: &mut Maps) -> Result<bool, ReconcileError> {
-        let write = |source| ReconcileError::Write { endpoint: vip.endpoint.clone(), source };
+        let write = |source| ReconcileError::Write { endpoint: vip.endpoint.clone(), source: Box::new(source) };
         let old = self.vips.get(key).expect("present").clone();
         // Keep the slot of every backend that stays (by identity); new ones get fresh slots.
         let mut slots = Vec::with_capacity(vip.backends.len());
@@ -203,7 +203,7 @@ impl Reconciler {
             vip.backends.iter().map(|b| Member { identity: &b.identity, weight: b.weight }).collect();
         let table = maglev::build(&members, vip.table_size)
             .map_err(|source| ReconcileError::Maglev { endpoint: vip.endpoint.clone(), source })?;
-        let write = |source| ReconcileError::Write { endpoint: vip.endpoint.clone(), source };
+        let write = |source| ReconcileError::Write { endpoint: vip.endpoint.clone(), source: Box::new(source) };
         if table.slots.is_empty() {
             maps.clear_table(id).map_err(write)?;
             return Ok(0);
@@ -245,7 +245,7 @@ impl Reconciler {
         desired: &BTreeMap<VipAddrKey, VipAddrPolicy>,
         maps: &mut Maps,
     ) -> Result<(), ReconcileError> {
-        let write = |source| ReconcileError::Write { endpoint: "address policy".into(), source };
+        let write = |source| ReconcileError::Write { endpoint: "address policy".into(), source: Box::new(source) };
         let stale: Vec<VipAddrKey> = self.addrs.keys().filter(|k| !desired.contains_key(k)).copied().collect();
         for key in stale {
             maps.remove_addr(&key).map_err(write)?;

@@ -53,6 +53,10 @@ pub struct Model {
     pub events: BTreeMap<&'static str, u64>,
 }
 
+/// The tuple an ICMP error quotes: source, destination, source port, destination port, protocol
+/// (addresses and ports as in memory).
+type Quoted = ([u32; 4], [u32; 4], u16, u16, u8);
+
 struct Parsed {
     l3: usize,
     family: u8,
@@ -66,7 +70,7 @@ struct Parsed {
     sport: u16,
     dport: u16,
     tcp_flags: u8,
-    quoted: Option<([u32; 4], [u32; 4], u16, u16, u8)>,
+    quoted: Option<Quoted>,
 }
 
 enum Early {
@@ -443,7 +447,7 @@ fn parse(b: &[u8]) -> Result<Parsed, Early> {
     Ok(p)
 }
 
-fn quoted(b: &[u8], at: usize, family: u8) -> Option<([u32; 4], [u32; 4], u16, u16, u8)> {
+fn quoted(b: &[u8], at: usize, family: u8) -> Option<Quoted> {
     let (saddr, daddr, proto, l4) = if family == FAMILY_V4 {
         if at + 20 > b.len() || b[at] >> 4 != 4 || (b[at] & 0xf) < 5 {
             return None;

@@ -1,6 +1,7 @@
 //! `cargo xtask`: project automation that is not plain cargo.
 
 mod bench;
+mod lab;
 
 use clap::{Parser, Subcommand};
 
@@ -15,10 +16,13 @@ struct Cli {
 enum Command {
     /// Kernel-measured ns per packet of the XDP program under BPF_PROG_TEST_RUN (needs root).
     Bench(bench::Options),
+    /// The lab: an edge in namespaces with xlb doing its job (needs root).
+    Lab(lab::Options),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Bench(opts) => bench::run(&opts),
+        Command::Lab(opts) => lab::run(&opts),
     }
 }
