@@ -99,10 +99,10 @@ pub fn xlb_balancer(ctx: XdpContext) -> u32 {
         Err(NotParsed::Pass(stat)) => return counts.outcome(stat),
         Err(NotParsed::Unhashable { family, daddr }) => return counts.outcome(unhashable(family, daddr)),
     };
-    if let Some(quoted) = packet.quoted {
-        if let Some(action) = icmp_error_to_backend(&ctx, counts, &packet, &quoted, frame_len) {
-            return action;
-        }
+    if let Some(quoted) = packet.quoted
+        && let Some(action) = icmp_error_to_backend(&ctx, counts, &packet, &quoted, frame_len)
+    {
+        return action;
     }
     let key = VipKey { addr: packet.daddr, port: packet.dport, proto: packet.proto, family: packet.family };
     // SAFETY: the value is copied out; the agent replaces entries whole.
@@ -187,10 +187,11 @@ fn choose_backend(counts: Counts, meta: &VipMeta, flow: &FlowKey, hash: u32, ope
     let known = unsafe { XLB_FLOWS.get(flow) }.copied();
     let stale = match known {
         Some(known) => {
-            if let Some(backend) = XLB_BACKENDS.get(known.backend) {
-                if backend.flags & BACKEND_FLAG_ACTIVE != 0 && backend.generation == known.generation {
-                    return Some(Choice { slot: known.backend, backend: *backend, new_flow: false });
-                }
+            if let Some(backend) = XLB_BACKENDS.get(known.backend)
+                && backend.flags & BACKEND_FLAG_ACTIVE != 0
+                && backend.generation == known.generation
+            {
+                return Some(Choice { slot: known.backend, backend: *backend, new_flow: false });
             }
             counts.bump(Stat::FlowStale);
             true
