@@ -29,9 +29,12 @@ fn check_rejects_invalid_files_with_location_field_and_fix() {
     assert!(err.starts_with("xlb: FILE:5:"), "{err}");
     assert!(err.contains("sctp"), "{err}");
 
-    let (ok, _, err) = check("vips:\n  - name: a\n    address: 192.0.2.1\n    protocol: tcp\n");
+    let (ok, _, err) = check("vips:\n  - name: a\n    address: 192.0.2.1\n    protocol: tcp\n    mode: dsr-l2\n");
     assert!(!ok);
     assert!(err.contains("FILE:2:") && err.contains("vips[0].port") && err.contains("between 1 and 65535"), "{err}");
+
+    let (ok, _, err) = check("vips:\n  - name: a\n    address: 192.0.2.1\n    port: 80\n    protocol: tcp\n");
+    assert!(!ok && err.contains("FILE:") && err.contains("missing field `mode`"), "a missing field is named: {err}");
 
     let (ok, _, err) = check("vips: [\n");
     assert!(!ok && err.contains("FILE:"), "{err}");
