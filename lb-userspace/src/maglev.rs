@@ -7,12 +7,9 @@
 //! weights, order-independent — so every xlb node builds the same one and sends a flow to the
 //! same backend without sharing state.
 //!
-//! Weights decide whose turn it is: the next claim goes to the backend with the highest
-//! `weight / (2·claimed + 1)` (Sainte-Laguë apportionment, ties to the lower identity), which
-//! keeps every backend within about one slot of `M · weight / Σweight`. Equal weights reduce
-//! to the paper's round robin.
-
-use std::{cmp::Ordering, collections::BinaryHeap};
+//! Weights decide how many turns each backend gets (its quota: the largest-remainder share of
+//! M, so within one slot of `M · weight / Σweight`) and the turns are spread evenly over the
+//! fill. Equal weights give the paper's round robin.
 
 /// One backend as Maglev sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,61 +59,101 @@ pub fn build(members: &[Member<'_>], size: u32) -> Result<Table, MaglevError> {
 
     let m = u64::from(size);
     // Per member: current position in its walk, and its skip.
-    let mut walk: Vec<(u64, u64)> = order
+    let mut walk: Vec<(u32, u32)> = order
         .iter()
         .map(|&i| {
             let id = members[i].identity.as_bytes();
-            (hash(id, 0x6d61_676c_6576_3031) % m, hash(id, 0x6d61_676c_6576_3032) % (m - 1) + 1)
+            ((hash(id, 0x6d61_676c_6576_3031) % m) as u32, (hash(id, 0x6d61_676c_6576_3032) % (m - 1) + 1) as u32)
         })
         .collect();
 
-    const EMPTY: u32 = u32::MAX;
-    let mut slots = vec![EMPTY; size as usize];
-    let mut turns: BinaryHeap<Turn> = order
-        .iter()
-        .enumerate()
-        .map(|(rank, &i)| Turn { weight: u64::from(members[i].weight), claimed: 0, rank })
-        .collect();
-    let mut filled = 0;
-    while filled < slots.len() {
-        let mut turn = turns.pop().expect("at least one weighted member");
-        let (pos, skip) = &mut walk[turn.rank];
-        while slots[*pos as usize] != EMPTY {
-            *pos += *skip;
-            if *pos >= m {
-                *pos -= m;
-            }
-        }
-        slots[*pos as usize] = order[turn.rank] as u32;
-        filled += 1;
-        turn.claimed += 1;
-        turns.push(turn);
+    let mut slots = vec![0u32; size as usize];
+    // Which slots are taken, one bit each: the walks probe this (8 KiB for 65537 slots, so it
+    // stays in L1) instead of the table itself.
+    let mut taken = vec![0u64; (size as usize).div_ceil(64)];
+    for rank in claim_order(&order.iter().map(|&i| members[i].weight).collect::<Vec<_>>(), size) {
+        let (pos, skip) = &mut walk[rank as usize];
+        *pos = first_free(&taken, *pos, *skip, size);
+        taken[(*pos >> 6) as usize] |= 1 << (*pos & 63);
+        slots[*pos as usize] = order[rank as usize] as u32;
     }
     Ok(Table { slots })
 }
 
-/// A member's claim on the next slot; the heap pops the highest `weight / (2·claimed + 1)`.
-#[derive(Debug, PartialEq, Eq)]
-struct Turn {
-    weight: u64,
-    claimed: u64,
-    /// Position in identity order: breaks ties deterministically (lower first).
-    rank: usize,
-}
-
-impl Ord for Turn {
-    fn cmp(&self, other: &Self) -> Ordering {
-        // a.w / (2a.c+1) vs b.w / (2b.c+1), without division.
-        (self.weight * (2 * other.claimed + 1))
-            .cmp(&(other.weight * (2 * self.claimed + 1)))
-            .then_with(|| other.rank.cmp(&self.rank))
+/// The first free slot of the walk `pos, pos + skip, …` (mod `size`). Early in the fill the
+/// first probe is usually free; near the end most probes hit taken slots, and checking four per
+/// step keeps the loop's one branch predictable.
+#[inline]
+fn first_free(taken: &[u64], pos: u32, skip: u32, size: u32) -> u32 {
+    let free = |p: u32| u32::from(taken[(p >> 6) as usize] & (1 << (p & 63)) == 0);
+    if free(pos) != 0 {
+        return pos;
+    }
+    // pos, skip < size ≤ 2^20: no overflow.
+    let step = |p: u32| if p + skip >= size { p + skip - size } else { p + skip };
+    let mut p0 = step(pos);
+    loop {
+        let p1 = step(p0);
+        let p2 = step(p1);
+        let p3 = step(p2);
+        let found = free(p0) | free(p1) << 1 | free(p2) << 2 | free(p3) << 3;
+        if found != 0 {
+            return [p0, p1, p2, p3][found.trailing_zeros() as usize];
+        }
+        p0 = step(p3);
     }
 }
 
-impl PartialOrd for Turn {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
+/// The order in which members claim slots: member `r` appears `quota[r]` times, its k-th turn
+/// at time (k + ½) / quota — spread evenly over the fill, whatever the weights. Quotas are the
+/// largest-remainder apportionment of `size` by weight (ties to the lower rank), so every member
+/// ends within one slot of `size · weight / Σweight`. A counting sort over `size` time buckets
+/// makes this O(size + members).
+fn claim_order(weights: &[u32], size: u32) -> Vec<u32> {
+    let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
+    let size64 = u64::from(size);
+    let mut quotas: Vec<u64> = weights.iter().map(|&w| size64 * u64::from(w) / total).collect();
+    let mut by_remainder: Vec<usize> = (0..weights.len()).collect();
+    by_remainder.sort_by_key(|&r| (std::cmp::Reverse(size64 * u64::from(weights[r]) % total), r));
+    let short = size64 - quotas.iter().sum::<u64>();
+    for &r in by_remainder.iter().take(short as usize) {
+        quotas[r] += 1;
     }
+    // Bucket of member r's k-th turn: floor((2k + 1) · size / (2 · quota)) < size, stepped
+    // without a division per turn.
+    let mut buckets = Vec::with_capacity(size as usize);
+    let mut starts = vec![0u32; size as usize + 1];
+    for &q in &quotas {
+        if q == 0 {
+            continue;
+        }
+        let d = 2 * q;
+        let (inc_b, inc_r) = (2 * size64 / d, 2 * size64 % d);
+        let (mut b, mut r) = (size64 / d, size64 % d);
+        for _ in 0..q {
+            buckets.push(b as u32);
+            starts[b as usize + 1] += 1;
+            b += inc_b;
+            r += inc_r;
+            if r >= d {
+                r -= d;
+                b += 1;
+            }
+        }
+    }
+    for b in 0..size as usize {
+        starts[b + 1] += starts[b];
+    }
+    let mut order = vec![0u32; size as usize];
+    let mut claims = buckets.iter();
+    for (rank, &q) in quotas.iter().enumerate() {
+        for _ in 0..q {
+            let b = *claims.next().expect("one bucket per turn") as usize;
+            order[starts[b] as usize] = rank as u32;
+            starts[b] += 1;
+        }
+    }
+    order
 }
 
 /// FNV-1a with a seed, finished with splitmix64: stable across builds, versions and machines.
