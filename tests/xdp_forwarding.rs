@@ -242,7 +242,9 @@ fn established_flows_stay_when_the_table_changes_and_removed_backends_rehash() {
 
     // Remove 10.0.0.3: its flows re-hash (counted), everyone else's stay.
     let removed = CONFIG.replace("      - { address: 10.0.0.3, mac: \"02:00:00:00:01:03\", weight: 3 }\n", "");
+    let totals = h.lb.vip("l2v4");
     h.lb.reload(&removed);
+    assert_eq!(h.lb.vip("l2v4"), totals, "the VIP keeps what its removed backend counted");
     let stale_before = h.lb.stat(Stat::FlowStale);
     let model = Model::new(&h.lb.config, &FACTS);
     let vip = VipKey::v4(u32::from_ne_bytes([192, 0, 2, 1]), 80u16.to_be(), PROTO_TCP);

@@ -164,7 +164,9 @@ pub const NODE_FLAG_TUNNEL_V4: u32 = 1;
 /// An IPv6 tunnel source is configured.
 pub const NODE_FLAG_TUNNEL_V6: u32 = 2;
 
-/// Per-backend traffic counters (per-CPU; the agent sums them).
+/// Per-backend-slot traffic counters (per-CPU; the agent sums them). A VIP's totals are the sum
+/// over its backends (the agent keeps what retired backends had counted), so the data plane
+/// updates one counter array per packet.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct BackendCounters {
@@ -173,21 +175,22 @@ pub struct BackendCounters {
     pub new_flows: u64,
 }
 
+impl BackendCounters {
+    pub const fn plus(&self, other: &Self) -> Self {
+        Self {
+            packets: self.packets + other.packets,
+            bytes: self.bytes + other.bytes,
+            new_flows: self.new_flows + other.new_flows,
+        }
+    }
+}
+
 /// Outer header lengths the data plane adds.
 pub const IPV4_HDR_LEN: u32 = 20;
 pub const IPV6_HDR_LEN: u32 = 40;
 
 /// TTL / hop limit of outer headers and generated ICMP errors.
 pub const OUTER_TTL: u8 = 64;
-
-/// Per-VIP traffic counters (one slot per CPU in a per-CPU array; the agent sums them).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct VipCounters {
-    pub packets: u64,
-    pub bytes: u64,
-    pub new_flows: u64,
-}
 
 /// Global per-CPU counters, indexed by `Stat as u32` in the `STATS` array.
 ///
@@ -414,7 +417,6 @@ const fn fmix(mut h: u32) -> u32 {
 pub mod maps {
     pub const VIPS: &str = "XLB_VIPS";
     pub const VIP_ADDRS: &str = "XLB_VIP_ADDRS";
-    pub const VIP_COUNTERS: &str = "XLB_VIP_COUNTERS";
     pub const BACKENDS: &str = "XLB_BACKENDS";
     pub const BACKEND_COUNTERS: &str = "XLB_BACKEND_COUNTERS";
     pub const MAGLEV: &str = "XLB_MAGLEV";
@@ -460,7 +462,6 @@ mod pod {
     pod!(
         super::VipKey,
         super::VipMeta,
-        super::VipCounters,
         super::Backend,
         super::BackendCounters,
         super::FlowKey,
@@ -489,7 +490,6 @@ mod tests {
         use core::mem::size_of;
         assert_eq!(size_of::<VipKey>(), 16 + 2 + 1 + 1);
         assert_eq!(size_of::<VipMeta>(), 4 * 4);
-        assert_eq!(size_of::<VipCounters>(), 3 * 8);
         assert_eq!(size_of::<Backend>(), 16 + 6 + 1 + 1 + 4);
         assert_eq!(size_of::<BackendCounters>(), 3 * 8);
         assert_eq!(size_of::<FlowKey>(), 16 + 16 + 2 + 2 + 1 + 1 + 2);

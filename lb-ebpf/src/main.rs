@@ -13,8 +13,8 @@ use aya_ebpf::{
 use lb_common::{
     ADDR_FLAG_DROP_UNHASHABLE, BACKEND_FLAG_ACTIVE, Backend, BackendCounters, FLOW_TABLE_SIZE, Flow, FlowKey,
     MAGLEV_TABLE_FLAGS, MAX_BACKENDS, MAX_MAGLEV_TABLE_SIZE, MAX_VIP_ADDRS, MAX_VIPS, MODE_DSR_IPIP, NodeConfig,
-    PROTO_TCP, PROTO_UDP, Stat, StatCounters, VIP_FLAG_HASH_SOURCE_ONLY, VipAddrKey, VipAddrPolicy, VipCounters,
-    VipKey, VipMeta, flow_hash, source_hash,
+    PROTO_TCP, PROTO_UDP, Stat, StatCounters, VIP_FLAG_HASH_SOURCE_ONLY, VipAddrKey, VipAddrPolicy, VipKey, VipMeta,
+    flow_hash, source_hash,
 };
 use lb_ebpf::{
     forward::{encapsulate, rewrite_macs},
@@ -27,9 +27,6 @@ static XLB_VIPS: HashMap<VipKey, VipMeta, { MAX_VIPS as usize }> = HashMap::new(
 
 #[btf_map]
 static XLB_VIP_ADDRS: HashMap<VipAddrKey, VipAddrPolicy, { MAX_VIP_ADDRS as usize }> = HashMap::new();
-
-#[btf_map]
-static XLB_VIP_COUNTERS: PerCpuArray<VipCounters, { MAX_VIPS as usize }> = PerCpuArray::new();
 
 #[btf_map]
 static XLB_BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new();
@@ -137,7 +134,7 @@ pub fn xlb_balancer(ctx: XdpContext) -> u32 {
     };
     match sent {
         Ok(Stat::Forwarded) => {
-            add_traffic(meta.id, choice.slot, frame_len, choice.new_flow);
+            add_traffic(choice.slot, frame_len, choice.new_flow);
             counts.sent(Stat::Forwarded)
         }
         Ok(stat) => counts.sent(stat),
@@ -263,7 +260,7 @@ fn icmp_error_to_backend(
     Some(match sent {
         Ok(stat) => {
             counts.bump(Stat::IcmpErrorToBackend);
-            add_traffic(meta.id, choice.slot, frame_len, false);
+            add_traffic(choice.slot, frame_len, false);
             counts.sent(stat)
         }
         Err(stat) => counts.outcome(stat),
@@ -283,24 +280,15 @@ fn unhashable(family: u8, daddr: [u32; 4]) -> Stat {
     }
 }
 
-/// One per-CPU lookup per counter array, whatever is counted.
+/// Counts the packet on its backend slot: one per-CPU lookup (VIP totals are sums over slots).
 #[inline(always)]
-fn add_traffic(vip: u32, backend: u32, bytes: u64, new_flow: bool) {
-    let new = u64::from(new_flow);
-    if let Some(c) = XLB_VIP_COUNTERS.get_ptr_mut(vip) {
+fn add_traffic(backend: u32, bytes: u64, new_flow: bool) {
+    if let Some(c) = XLB_BACKEND_COUNTERS.get_ptr_mut(backend) {
         // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
         unsafe {
             (*c).packets += 1;
             (*c).bytes += bytes;
-            (*c).new_flows += new;
-        }
-    }
-    if let Some(c) = XLB_BACKEND_COUNTERS.get_ptr_mut(backend) {
-        // SAFETY: as above.
-        unsafe {
-            (*c).packets += 1;
-            (*c).bytes += bytes;
-            (*c).new_flows += new;
+            (*c).new_flows += u64::from(new_flow);
         }
     }
 }

@@ -8,7 +8,7 @@ use aya::{
 };
 use lb_common::{
     Backend, BackendCounters, DecapStat, Flow, FlowKey, MAGLEV_TABLE_FLAGS, NodeConfig, Stat, StatCounters, VipAddrKey,
-    VipAddrPolicy, VipCounters, VipKey, VipMeta, maps, programs,
+    VipAddrPolicy, VipKey, VipMeta, maps, programs,
 };
 
 /// The balancer object (lb-ebpf's `xlb-balancer` binary), built by build.rs.
@@ -72,7 +72,6 @@ fn sum_slot<V: aya::Pod + Default>(
 pub struct Maps {
     vips: HashMap<MapData, VipKey, VipMeta>,
     vip_addrs: HashMap<MapData, VipAddrKey, VipAddrPolicy>,
-    vip_counters: PerCpuArray<MapData, VipCounters>,
     backends: Array<MapData, Backend>,
     backend_counters: PerCpuArray<MapData, BackendCounters>,
     maglev: ArrayOfMaps<MapData, Array<MapData, u32>>,
@@ -93,7 +92,6 @@ impl Maps {
         Ok(Self {
             vips: take(ebpf, maps::VIPS)?,
             vip_addrs: take(ebpf, maps::VIP_ADDRS)?,
-            vip_counters: take(ebpf, maps::VIP_COUNTERS)?,
             backends: take(ebpf, maps::BACKENDS)?,
             backend_counters: take(ebpf, maps::BACKEND_COUNTERS)?,
             maglev: take(ebpf, maps::MAGLEV)?,
@@ -110,22 +108,14 @@ impl Maps {
         Ok(Stat::ALL.iter().map(|&stat| (stat, per_cpu.iter().map(|c| c.values[stat as usize]).sum())).collect())
     }
 
-    /// One VIP's counters, summed over CPUs.
-    pub fn vip_counters(&self, id: u32) -> Result<VipCounters, DataplaneError> {
-        sum_slot(&self.vip_counters, id, maps::VIP_COUNTERS, |a, c| VipCounters {
-            packets: a.packets + c.packets,
-            bytes: a.bytes + c.bytes,
-            new_flows: a.new_flows + c.new_flows,
-        })
-    }
-
     /// One backend slot's counters, summed over CPUs.
     pub fn backend_counters(&self, slot: u32) -> Result<BackendCounters, DataplaneError> {
-        sum_slot(&self.backend_counters, slot, maps::BACKEND_COUNTERS, |a, c| BackendCounters {
-            packets: a.packets + c.packets,
-            bytes: a.bytes + c.bytes,
-            new_flows: a.new_flows + c.new_flows,
-        })
+        sum_slot(&self.backend_counters, slot, maps::BACKEND_COUNTERS, |a, c| a.plus(c))
+    }
+
+    /// A VIP's totals: its backends' counters plus what its removed backends had counted.
+    pub fn vip_traffic(&self, vip: &crate::reconcile::AppliedVip) -> Result<BackendCounters, DataplaneError> {
+        vip.slots.iter().try_fold(vip.retired, |sum, &slot| Ok(sum.plus(&self.backend_counters(slot)?)))
     }
 
     /// The VIP map's contents, sorted by key.
@@ -194,13 +184,7 @@ impl Maps {
         self.backends.set(slot, backend, 0).map_err(map_err(maps::BACKENDS))
     }
 
-    /// Zeroes a counter slot before a new VIP takes it, so it does not inherit counts.
-    pub(crate) fn reset_vip_counters(&mut self, id: u32) -> Result<(), DataplaneError> {
-        let zeros = PerCpuValues::try_from(vec![VipCounters::default(); self.cpus])
-            .map_err(|e| cpu_count_mismatch(maps::VIP_COUNTERS, e))?;
-        self.vip_counters.set(id, zeros, 0).map_err(map_err(maps::VIP_COUNTERS))
-    }
-
+    /// Zeroes a backend slot's counters before a new backend takes it.
     pub(crate) fn reset_backend_counters(&mut self, slot: u32) -> Result<(), DataplaneError> {
         let zeros = PerCpuValues::try_from(vec![BackendCounters::default(); self.cpus])
             .map_err(|e| cpu_count_mismatch(maps::BACKEND_COUNTERS, e))?;

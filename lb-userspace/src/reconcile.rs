@@ -12,7 +12,8 @@
 use std::collections::BTreeMap;
 
 use lb_common::{
-    BACKEND_FLAG_ACTIVE, Backend, MAX_BACKENDS, MAX_VIPS, NodeConfig, VipAddrKey, VipAddrPolicy, VipKey, VipMeta,
+    BACKEND_FLAG_ACTIVE, Backend, BackendCounters, MAX_BACKENDS, MAX_VIPS, NodeConfig, VipAddrKey, VipAddrPolicy,
+    VipKey, VipMeta,
 };
 
 use crate::{
@@ -42,6 +43,8 @@ pub struct AppliedVip {
     pub vip: DesiredVip,
     /// Backend slot of `vip.backends[i]`.
     pub slots: Vec<u32>,
+    /// What backends removed from this VIP had counted (the VIP's totals keep it).
+    pub retired: BackendCounters,
 }
 
 /// What one reconcile pass changed.
@@ -134,7 +137,6 @@ impl Reconciler {
     fn add_vip(&mut self, key: &VipKey, vip: &DesiredVip, maps: &mut Maps) -> Result<(), ReconcileError> {
         let write = |source| ReconcileError::Write { endpoint: vip.endpoint.clone(), source: Box::new(source) };
         let id = self.free_vip_id().ok_or(ReconcileError::TooManyVips)?;
-        maps.reset_vip_counters(id).map_err(write)?;
         let mut slots = Vec::with_capacity(vip.backends.len());
         for backend in &vip.backends {
             let slot = self.free_slots.pop().ok_or(ReconcileError::TooManyBackends)?;
@@ -144,7 +146,7 @@ impl Reconciler {
         let table_size = self.write_table(id, vip, &slots, maps)?;
         let meta = VipMeta { id, flags: vip.flags, table_size, mode: vip.mode };
         maps.set_vip(key, &meta).map_err(write)?;
-        self.vips.insert(*key, AppliedVip { meta, vip: vip.clone(), slots });
+        self.vips.insert(*key, AppliedVip { meta, vip: vip.clone(), slots, retired: BackendCounters::default() });
         Ok(())
     }
 
@@ -187,12 +189,15 @@ impl Reconciler {
         if meta != old.meta {
             maps.set_vip(key, &meta).map_err(write)?;
         }
+        let mut retired = old.retired;
         for (i, backend) in old.vip.backends.iter().enumerate() {
             if !vip.backends.iter().any(|b| b.identity == backend.identity) {
+                // Keep what it counted in the VIP's totals before the slot goes.
+                retired = retired.plus(&maps.backend_counters(old.slots[i]).map_err(write)?);
                 self.retire(old.slots[i], maps).map_err(write)?;
             }
         }
-        self.vips.insert(*key, AppliedVip { meta, vip: vip.clone(), slots });
+        self.vips.insert(*key, AppliedVip { meta, vip: vip.clone(), slots, retired });
         Ok(rebuild)
     }
 

@@ -60,7 +60,7 @@ impl Snapshot {
             .collect();
         let mut vips = Vec::new();
         for applied in reconciler.applied().values() {
-            let c = maps.vip_counters(applied.meta.id)?;
+            let c = maps.vip_traffic(applied)?;
             let mut backends = Vec::new();
             for (backend, &slot) in applied.vip.backends.iter().zip(&applied.slots) {
                 let b = maps.backend_counters(slot)?;

@@ -7,7 +7,7 @@ pub mod packets;
 pub mod rng;
 pub mod topology;
 
-use lb_common::{BackendCounters, Stat, VipCounters};
+use lb_common::{BackendCounters, Stat};
 use xlb::{
     config::{self, Config},
     dataplane::{Loaded, Maps},
@@ -176,9 +176,9 @@ impl Balancer {
         self.maps.stats().expect("read stats")
     }
 
-    pub fn vip(&self, name: &str) -> VipCounters {
-        let applied = self.applied(name);
-        self.maps.vip_counters(applied.meta.id).expect("read VIP counters")
+    /// A VIP's totals (the sum over its backends, as `xlb stats` shows them).
+    pub fn vip(&self, name: &str) -> BackendCounters {
+        self.maps.vip_traffic(self.applied(name)).expect("read VIP counters")
     }
 
     /// Counters of backend `address` of VIP `name`.

@@ -201,7 +201,10 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     }
     let floor = Loaded::floor().context("loading the floor program")?;
     // A connection table larger than every insert the run makes, as in production.
-    let balancer = Balancer::with_flow_table(&config(), lb_common::FLOW_TABLE_SIZE);
+    let balancer = Balancer::with_flow_table(
+        &config(),
+        std::env::var("XLB_BENCH_FLOWS").ok().and_then(|v| v.parse().ok()).unwrap_or(lb_common::FLOW_TABLE_SIZE),
+    );
     let cases: Vec<Case> = cases()
         .into_iter()
         .filter(|c| c.name == "floor" || opts.only.as_deref().is_none_or(|only| c.name.contains(only)))
