@@ -1,7 +1,7 @@
 //! The real XDP object under BPF_PROG_TEST_RUN: crafted frames in, verdict and bytes out.
 
 use lb_common::{
-    ADDR_FLAG_DROP_UNHASHABLE, BACKEND_FLAG_ACTIVE, Backend, FAMILY_V4, MODE_DSR_IPIP, MODE_DSR_L2,
+    ADDR_FLAG_DROP_UNHASHABLE, BACKEND_FLAG_ACTIVE, BACKEND_FLAG_IPIP, Backend, FAMILY_V4, MODE_DSR_IPIP, MODE_DSR_L2,
     NODE_FLAG_TUNNEL_V4, NODE_FLAG_TUNNEL_V6, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Stat, VipKey, VipMeta,
 };
 use xlb::testrun::XdpAction;
@@ -248,7 +248,9 @@ fn reconciler_writes_exactly_the_configured_state() {
 
     let backend = |addr: &str, mac: [u8; 6], generation| {
         let (addr, family) = xlb::desired::ip_words(addr.parse().unwrap());
-        Backend { addr, mac, family, flags: BACKEND_FLAG_ACTIVE, generation }
+        // Backends of dsr-ipip VIPs (here: the ones sent via the next hop) carry the IPIP flag.
+        let mode = if mac == [2, 0, 0, 0, 0, 0xfe] { BACKEND_FLAG_IPIP } else { 0 };
+        Backend { addr, mac, family, flags: BACKEND_FLAG_ACTIVE | mode, generation }
     };
     let l2_mac = [2, 0, 0, 0, 1, 1];
     let next_hop = [2, 0, 0, 0, 0, 0xfe];

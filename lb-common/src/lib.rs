@@ -96,6 +96,9 @@ pub struct Backend {
 
 /// The slot holds a live backend.
 pub const BACKEND_FLAG_ACTIVE: u8 = 1;
+/// Its VIP is dsr-ipip: encapsulate toward it (else dsr-l2: rewrite the MAC). Kept on the
+/// backend so that an established flow is sent from its connection-table entry alone.
+pub const BACKEND_FLAG_IPIP: u8 = 2;
 
 /// Key of the connection table: the client-side 5-tuple, addresses and ports in network order.
 #[repr(C)]

@@ -11,10 +11,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    ADDR_FLAG_DROP_UNHASHABLE, BACKEND_FLAG_ACTIVE, Backend, BackendCounters, FLOW_TABLE_SIZE, Flow, FlowKey,
-    MAGLEV_TABLE_FLAGS, MAX_BACKENDS, MAX_MAGLEV_TABLE_SIZE, MAX_VIP_ADDRS, MAX_VIPS, MODE_DSR_IPIP, NodeConfig,
-    PROTO_TCP, PROTO_UDP, Stat, StatCounters, VIP_FLAG_HASH_SOURCE_ONLY, VipAddrKey, VipAddrPolicy, VipKey, VipMeta,
-    flow_hash, source_hash,
+    ADDR_FLAG_DROP_UNHASHABLE, BACKEND_FLAG_ACTIVE, BACKEND_FLAG_IPIP, Backend, BackendCounters, FLOW_TABLE_SIZE, Flow, FlowKey,
+    MAGLEV_TABLE_FLAGS, MAX_BACKENDS, MAX_MAGLEV_TABLE_SIZE, MAX_VIP_ADDRS, MAX_VIPS, NodeConfig, PROTO_TCP, PROTO_UDP,
+    Stat, StatCounters, VIP_FLAG_HASH_SOURCE_ONLY, VipAddrKey, VipAddrPolicy, VipKey, VipMeta, flow_hash, source_hash,
 };
 use lb_ebpf::{
     forward::{encapsulate, rewrite_macs},
@@ -77,6 +76,13 @@ impl Counts {
         if stat.is_drop() { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
     }
 
+    /// The `Forwarded` counter, to tell whether a send went through.
+    #[inline(always)]
+    fn forwarded(self) -> u64 {
+        // SAFETY: as in `bump`; a plain read of this CPU's slot.
+        unsafe { (*self.0).values.get(Stat::Forwarded as usize).copied().unwrap_or(0) }
+    }
+
     /// Counts an outcome whose frame goes back out of the interface.
     #[inline(always)]
     fn sent(self, stat: Stat) -> u32 {
@@ -101,11 +107,6 @@ pub fn xlb_balancer(ctx: XdpContext) -> u32 {
     {
         return action;
     }
-    let key = VipKey { addr: packet.daddr, port: packet.dport, proto: packet.proto, family: packet.family };
-    // SAFETY: the value is copied out; the agent replaces entries whole.
-    let Some(&meta) = (unsafe { XLB_VIPS.get(&key) }) else {
-        return counts.outcome(Stat::PassNotVip);
-    };
     let flow = FlowKey {
         saddr: packet.saddr,
         daddr: packet.daddr,
@@ -122,24 +123,77 @@ pub fn xlb_balancer(ctx: XdpContext) -> u32 {
     } else {
         Opens::No
     };
-    let Some(node) = XLB_NODE.get(0) else { return counts.outcome(Stat::DropNoBackend) };
+    let Some(node) = XLB_NODE.get(0) else { return counts.outcome(Stat::PassNotVip) };
+    // An established flow needs only the connection table: its entry names a backend slot whose
+    // generation proves the VIP still has that backend (removing a VIP retires its slots), and
+    // the slot says how to send. SYNs skip this: they are almost always new.
+    let known = if opens != Opens::Syn && (packet.proto == PROTO_TCP || packet.proto == PROTO_UDP) {
+        // SAFETY: copied out; entries are replaced whole.
+        let known = unsafe { XLB_FLOWS.get(&flow) }.copied();
+        if let Some(entry) = known
+            && let Some(backend) = live_backend(entry)
+        {
+            let hash = tuple_hash(&flow);
+            return send(&ctx, counts, &packet, node, entry.backend, &backend, hash, false, true, frame_len);
+        }
+        Lookup::Done(known)
+    } else {
+        Lookup::NotYet
+    };
+    let key = VipKey { addr: packet.daddr, port: packet.dport, proto: packet.proto, family: packet.family };
+    // SAFETY: the value is copied out; the agent replaces entries whole.
+    let Some(&meta) = (unsafe { XLB_VIPS.get(&key) }) else {
+        return counts.outcome(Stat::PassNotVip);
+    };
     let hash = tuple_hash(&flow);
-    let Some(choice) = choose_backend(counts, &meta, &flow, hash, opens) else {
+    let Some(choice) = choose_backend(counts, &meta, &flow, hash, opens, known) else {
         return counts.outcome(Stat::DropNoBackend);
     };
-    let sent = if meta.mode == MODE_DSR_IPIP {
-        encapsulate(&ctx, &packet, &choice.backend, node, hash, true)
+    send(&ctx, counts, &packet, node, choice.slot, &choice.backend, hash, choice.new_flow, true, frame_len)
+}
+
+/// Sends the packet to `backend` (slot `slot`) by its VIP's mode and counts it.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn send(
+    ctx: &XdpContext,
+    counts: Counts,
+    packet: &Packet,
+    node: &NodeConfig,
+    slot: u32,
+    backend: &Backend,
+    hash: u32,
+    new_flow: bool,
+    answer_too_big: bool,
+    frame_len: u64,
+) -> u32 {
+    let sent = if backend.flags & BACKEND_FLAG_IPIP != 0 {
+        encapsulate(ctx, packet, backend, node, hash, answer_too_big)
     } else {
-        rewrite_macs(&ctx, &choice.backend, node)
+        rewrite_macs(ctx, backend, node)
     };
     match sent {
         Ok(Stat::Forwarded) => {
-            add_traffic(choice.slot, frame_len, choice.new_flow);
+            add_traffic(slot, frame_len, new_flow);
             counts.sent(Stat::Forwarded)
         }
         Ok(stat) => counts.sent(stat),
         Err(stat) => counts.outcome(stat),
     }
+}
+
+/// The backend of a connection-table entry, if its slot still holds the same live backend.
+#[inline(always)]
+fn live_backend(entry: Flow) -> Option<Backend> {
+    let backend = XLB_BACKENDS.get(entry.backend)?;
+    (backend.flags & BACKEND_FLAG_ACTIVE != 0 && backend.generation == entry.generation).then_some(*backend)
+}
+
+/// Whether the connection table was already consulted for this packet.
+#[derive(Clone, Copy)]
+enum Lookup {
+    NotYet,
+    Done(Option<Flow>),
 }
 
 /// Whether a packet may open a flow in the connection table.
@@ -168,7 +222,14 @@ fn tuple_hash(flow: &FlowKey) -> u32 {
 /// (TCP SYN, UDP) and re-hashed flows are recorded; a TCP packet of an unknown flow is sent by
 /// the table without recording it, as Katran does, so stray packets cannot fill the table.
 #[inline(always)]
-fn choose_backend(counts: Counts, meta: &VipMeta, flow: &FlowKey, hash: u32, opens: Opens) -> Option<Choice> {
+fn choose_backend(
+    counts: Counts,
+    meta: &VipMeta,
+    flow: &FlowKey,
+    hash: u32,
+    opens: Opens,
+    known: Lookup,
+) -> Option<Choice> {
     if opens == Opens::Syn {
         // Insert-if-absent with the table's pick; only if the flow exists already does its
         // entry decide (one hash-table operation for the common case instead of two).
@@ -180,15 +241,15 @@ fn choose_backend(counts: Counts, meta: &VipMeta, flow: &FlowKey, hash: u32, ope
             }
         }
     }
-    // SAFETY: copied out; entries are replaced whole.
-    let known = unsafe { XLB_FLOWS.get(flow) }.copied();
+    let known = match known {
+        Lookup::Done(known) => known,
+        // SAFETY: copied out; entries are replaced whole.
+        Lookup::NotYet => unsafe { XLB_FLOWS.get(flow) }.copied(),
+    };
     let stale = match known {
-        Some(known) => {
-            if let Some(backend) = XLB_BACKENDS.get(known.backend)
-                && backend.flags & BACKEND_FLAG_ACTIVE != 0
-                && backend.generation == known.generation
-            {
-                return Some(Choice { slot: known.backend, backend: *backend, new_flow: false });
+        Some(entry) => {
+            if let Some(backend) = live_backend(entry) {
+                return Some(Choice { slot: entry.backend, backend, new_flow: false });
             }
             counts.bump(Stat::FlowStale);
             true
@@ -248,23 +309,16 @@ fn icmp_error_to_backend(
     };
     let node = XLB_NODE.get(0)?;
     let hash = tuple_hash(&flow);
-    let Some(choice) = choose_backend(counts, &meta, &flow, hash, Opens::No) else {
+    let Some(choice) = choose_backend(counts, &meta, &flow, hash, Opens::No, Lookup::NotYet) else {
         return Some(counts.outcome(Stat::DropNoBackend));
     };
-    let sent = if meta.mode == MODE_DSR_IPIP {
-        // Never answer an ICMP error with another one.
-        encapsulate(ctx, packet, &choice.backend, node, hash, false)
-    } else {
-        rewrite_macs(ctx, &choice.backend, node)
-    };
-    Some(match sent {
-        Ok(stat) => {
-            counts.bump(Stat::IcmpErrorToBackend);
-            add_traffic(choice.slot, frame_len, false);
-            counts.sent(stat)
-        }
-        Err(stat) => counts.outcome(stat),
-    })
+    let before = counts.forwarded();
+    // Never answer an ICMP error with another one.
+    let action = send(ctx, counts, packet, node, choice.slot, &choice.backend, hash, false, false, frame_len);
+    if counts.forwarded() != before {
+        counts.bump(Stat::IcmpErrorToBackend);
+    }
+    Some(action)
 }
 
 /// IPv4 fragments and IPv6 extension headers: not ours unless sent to a VIP address, whose

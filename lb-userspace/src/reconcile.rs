@@ -12,8 +12,8 @@
 use std::collections::BTreeMap;
 
 use lb_common::{
-    BACKEND_FLAG_ACTIVE, Backend, BackendCounters, MAX_BACKENDS, MAX_VIPS, NodeConfig, VipAddrKey, VipAddrPolicy,
-    VipKey, VipMeta,
+    BACKEND_FLAG_ACTIVE, BACKEND_FLAG_IPIP, Backend, BackendCounters, MAX_BACKENDS, MAX_VIPS, MODE_DSR_IPIP,
+    NodeConfig, VipAddrKey, VipAddrPolicy, VipKey, VipMeta,
 };
 
 use crate::{
@@ -141,7 +141,7 @@ impl Reconciler {
         for backend in &vip.backends {
             let slot = self.free_slots.pop().ok_or(ReconcileError::TooManyBackends)?;
             slots.push(slot);
-            self.activate(slot, backend, maps).map_err(write)?;
+            self.activate(slot, backend, vip.mode, maps).map_err(write)?;
         }
         let table_size = self.write_table(id, vip, &slots, maps)?;
         let meta = VipMeta { id, flags: vip.flags, table_size, mode: vip.mode };
@@ -160,14 +160,14 @@ impl Reconciler {
             match old.vip.backends.iter().position(|b| b.identity == backend.identity) {
                 Some(i) => {
                     let slot = old.slots[i];
-                    if old.vip.backends[i].mac != backend.mac {
-                        self.write_backend(slot, backend, maps).map_err(write)?;
+                    if old.vip.backends[i].mac != backend.mac || old.vip.mode != vip.mode {
+                        self.write_backend(slot, backend, vip.mode, maps).map_err(write)?;
                     }
                     slots.push(slot);
                 }
                 None => {
                     let slot = self.free_slots.pop().ok_or(ReconcileError::TooManyBackends)?;
-                    self.activate(slot, backend, maps).map_err(write)?;
+                    self.activate(slot, backend, vip.mode, maps).map_err(write)?;
                     slots.push(slot);
                 }
             }
@@ -218,20 +218,35 @@ impl Reconciler {
         Ok(vip.table_size)
     }
 
-    fn activate(&mut self, slot: u32, backend: &DesiredBackend, maps: &mut Maps) -> Result<(), DataplaneError> {
+    fn activate(
+        &mut self,
+        slot: u32,
+        backend: &DesiredBackend,
+        mode: u32,
+        maps: &mut Maps,
+    ) -> Result<(), DataplaneError> {
         self.generations[slot as usize] = self.generations[slot as usize].wrapping_add(1);
         maps.reset_backend_counters(slot)?;
-        self.write_backend(slot, backend, maps)
+        self.write_backend(slot, backend, mode, maps)
     }
 
-    fn write_backend(&self, slot: u32, backend: &DesiredBackend, maps: &mut Maps) -> Result<(), DataplaneError> {
+    /// Writes a live backend slot; it carries its VIP's mode, so an established flow is sent
+    /// from its connection-table entry alone.
+    fn write_backend(
+        &self,
+        slot: u32,
+        backend: &DesiredBackend,
+        mode: u32,
+        maps: &mut Maps,
+    ) -> Result<(), DataplaneError> {
+        let mode_flag = if mode == MODE_DSR_IPIP { BACKEND_FLAG_IPIP } else { 0 };
         maps.set_backend(
             slot,
             &Backend {
                 addr: backend.addr,
                 mac: backend.mac,
                 family: backend.family,
-                flags: BACKEND_FLAG_ACTIVE,
+                flags: BACKEND_FLAG_ACTIVE | mode_flag,
                 generation: self.generations[slot as usize],
             },
         )
