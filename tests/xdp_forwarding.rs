@@ -452,3 +452,18 @@ fn weights_decide_the_spread_of_new_flows() {
         assert!((share - weight / 6.0).abs() < 0.03, "{backend}: {share:.3} of flows, weight {weight}/6");
     }
 }
+
+#[test]
+fn a_mode_change_applies_to_established_flows_too() {
+    require_root!();
+    let mut h = Harness::new();
+    let input = syn("198.51.100.7", "192.0.2.1", 53000);
+    let (backend, _) = h.forwarded(&input, "l2 SYN");
+    // The VIP turns dsr-ipip (same backends): its flows now go through the tunnel.
+    let ipip = CONFIG.replacen("    protocol: tcp\n    mode: dsr-l2\n", "    protocol: tcp\n    mode: dsr-ipip\n", 1);
+    assert_eq!(h.lb.reload(&ipip).updated, vec!["l2v4".to_owned()]);
+    let established = ack("198.51.100.7", "192.0.2.1", 53000);
+    let out = h.lb.run(&established);
+    assert_eq!(out.action, XdpAction::Tx);
+    assert_encapsulated(&out.packet, &backend, &established[14..], "after the mode change");
+}

@@ -11,9 +11,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    ADDR_FLAG_DROP_UNHASHABLE, BACKEND_FLAG_ACTIVE, BACKEND_FLAG_IPIP, Backend, BackendCounters, FLOW_TABLE_SIZE, Flow, FlowKey,
-    MAGLEV_TABLE_FLAGS, MAX_BACKENDS, MAX_MAGLEV_TABLE_SIZE, MAX_VIP_ADDRS, MAX_VIPS, NodeConfig, PROTO_TCP, PROTO_UDP,
-    Stat, StatCounters, VIP_FLAG_HASH_SOURCE_ONLY, VipAddrKey, VipAddrPolicy, VipKey, VipMeta, flow_hash, source_hash,
+    ADDR_FLAG_DROP_UNHASHABLE, BACKEND_FLAG_ACTIVE, BACKEND_FLAG_IPIP, Backend, BackendCounters, FLOW_TABLE_SIZE, Flow,
+    FlowKey, MAGLEV_TABLE_FLAGS, MAX_BACKENDS, MAX_MAGLEV_TABLE_SIZE, MAX_VIP_ADDRS, MAX_VIPS, NodeConfig, PROTO_TCP,
+    PROTO_UDP, Stat, StatCounters, VIP_FLAG_HASH_SOURCE_ONLY, VipAddrKey, VipAddrPolicy, VipKey, VipMeta, flow_hash,
+    source_hash,
 };
 use lb_ebpf::{
     forward::{encapsulate, rewrite_macs},
