@@ -6,3 +6,20 @@
 pub mod forward;
 pub mod headers;
 pub mod parse;
+
+/// What every xlb XDP object needs besides its programs: a panic handler (bounds checks must
+/// not panic in eBPF; the verifier rejects a program that could reach this) and the license.
+#[macro_export]
+macro_rules! xdp_object {
+    () => {
+        #[cfg(not(test))]
+        #[panic_handler]
+        fn panic(_info: &core::panic::PanicInfo) -> ! {
+            loop {}
+        }
+
+        #[unsafe(link_section = "license")]
+        #[unsafe(no_mangle)]
+        static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+    };
+}

@@ -230,54 +230,45 @@ impl Topology {
     /// `count` TCP request/answer exchanges with `vip:port` from the client, each on a new
     /// connection; returns how many answers each backend gave, and the failures.
     pub fn tcp_requests(&self, vip: &str, port: u16, count: usize) -> (BTreeMap<String, usize>, usize) {
-        let addr = SocketAddr::new(vip.parse::<IpAddr>().expect("VIP"), port);
-        self.client
-            .run(move || {
-                let mut seen = BTreeMap::new();
-                let mut failed = 0;
-                for _ in 0..count {
-                    let answer = (|| -> std::io::Result<String> {
-                        let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-                        conn.set_read_timeout(Some(Duration::from_secs(2)))?;
-                        conn.write_all(b"who")?;
-                        let mut buf = [0u8; 64];
-                        let n = conn.read(&mut buf)?;
-                        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
-                    })();
-                    match answer {
-                        Ok(name) if !name.is_empty() => *seen.entry(name).or_insert(0) += 1,
-                        _ => failed += 1,
-                    }
-                    // Bounded in time too: a broken path fails fast instead of timing out
-                    // request after request.
-                    if failed >= MAX_FAILURES {
-                        break;
-                    }
-                }
-                (seen, failed)
-            })
-            .join()
-            .expect("client thread")
+        self.requests(vip, port, count, |addr| {
+            let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+            conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+            conn.write_all(b"who")?;
+            let mut buf = [0u8; 64];
+            let n = conn.read(&mut buf)?;
+            Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+        })
     }
 
     /// `count` UDP request/answer exchanges, each from a new source port.
     pub fn udp_requests(&self, vip: &str, port: u16, count: usize) -> (BTreeMap<String, usize>, usize) {
+        self.requests(vip, port, count, |addr| {
+            let any: IpAddr = if addr.is_ipv4() { "0.0.0.0".parse().unwrap() } else { "::".parse().unwrap() };
+            let socket = UdpSocket::bind(SocketAddr::new(any, 0))?;
+            socket.set_read_timeout(Some(Duration::from_secs(1)))?;
+            socket.send_to(b"who", addr)?;
+            let mut buf = [0u8; 64];
+            let n = socket.recv(&mut buf)?;
+            Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+        })
+    }
+
+    /// Runs `exchange` `count` times from the client namespace, tallying the backend names it
+    /// returns; gives up after MAX_FAILURES failures.
+    fn requests(
+        &self,
+        vip: &str,
+        port: u16,
+        count: usize,
+        exchange: fn(SocketAddr) -> std::io::Result<String>,
+    ) -> (BTreeMap<String, usize>, usize) {
         let addr = SocketAddr::new(vip.parse::<IpAddr>().expect("VIP"), port);
         self.client
             .run(move || {
                 let mut seen = BTreeMap::new();
                 let mut failed = 0;
-                let any: IpAddr = if addr.is_ipv4() { "0.0.0.0".parse().unwrap() } else { "::".parse().unwrap() };
                 for _ in 0..count {
-                    let answer = (|| -> std::io::Result<String> {
-                        let socket = UdpSocket::bind(SocketAddr::new(any, 0))?;
-                        socket.set_read_timeout(Some(Duration::from_secs(1)))?;
-                        socket.send_to(b"who", addr)?;
-                        let mut buf = [0u8; 64];
-                        let n = socket.recv(&mut buf)?;
-                        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
-                    })();
-                    match answer {
+                    match exchange(addr) {
                         Ok(name) if !name.is_empty() => *seen.entry(name).or_insert(0) += 1,
                         _ => failed += 1,
                     }
