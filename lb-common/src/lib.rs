@@ -67,17 +67,10 @@ pub struct VipMeta {
     pub flags: u32,
     /// Entries in this VIP's Maglev table (a prime); 0 while the VIP has no backends.
     pub table_size: u32,
-    /// `MODE_*`: how packets leave for the backend.
-    pub mode: u32,
 }
 
 /// Hash only the client address (sticky clients) instead of the 5-tuple.
 pub const VIP_FLAG_HASH_SOURCE_ONLY: u32 = 1;
-
-/// Direct server return by rewriting the destination MAC to the backend's (same L2 segment).
-pub const MODE_DSR_L2: u32 = 0;
-/// Direct server return through IPIP / IP6IP6 / IPv4-in-IPv6 encapsulation.
-pub const MODE_DSR_IPIP: u32 = 1;
 
 /// A backend slot: where one backend of one VIP is.
 #[repr(C)]
@@ -492,7 +485,7 @@ mod tests {
     fn types_have_no_padding() {
         use core::mem::size_of;
         assert_eq!(size_of::<VipKey>(), 16 + 2 + 1 + 1);
-        assert_eq!(size_of::<VipMeta>(), 4 * 4);
+        assert_eq!(size_of::<VipMeta>(), 3 * 4);
         assert_eq!(size_of::<Backend>(), 16 + 6 + 1 + 1 + 4);
         assert_eq!(size_of::<BackendCounters>(), 3 * 8);
         assert_eq!(size_of::<FlowKey>(), 16 + 16 + 2 + 2 + 1 + 1 + 2);

@@ -77,13 +77,6 @@ impl Counts {
         if stat.is_drop() { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
     }
 
-    /// The `Forwarded` counter, to tell whether a send went through.
-    #[inline(always)]
-    fn forwarded(self) -> u64 {
-        // SAFETY: as in `bump`; a plain read of this CPU's slot.
-        unsafe { (*self.0).values.get(Stat::Forwarded as usize).copied().unwrap_or(0) }
-    }
-
     /// Counts an outcome whose frame goes back out of the interface.
     #[inline(always)]
     fn sent(self, stat: Stat) -> u32 {
@@ -313,10 +306,9 @@ fn icmp_error_to_backend(
     let Some(choice) = choose_backend(counts, &meta, &flow, hash, Opens::No, Lookup::NotYet) else {
         return Some(counts.outcome(Stat::DropNoBackend));
     };
-    let before = counts.forwarded();
-    // Never answer an ICMP error with another one.
+    // Never answer an ICMP error with another one: so XDP_TX here means forwarded.
     let action = send(ctx, counts, packet, node, choice.slot, &choice.backend, hash, false, false, frame_len);
-    if counts.forwarded() != before {
+    if action == xdp_action::XDP_TX {
         counts.bump(Stat::IcmpErrorToBackend);
     }
     Some(action)

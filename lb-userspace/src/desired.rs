@@ -7,9 +7,9 @@
 use std::{collections::BTreeMap, net::IpAddr};
 
 use lb_common::{
-    ADDR_FLAG_DROP_UNHASHABLE, FAMILY_V4, FAMILY_V6, MODE_DSR_IPIP, MODE_DSR_L2, NODE_FLAG_TUNNEL_V4,
-    NODE_FLAG_TUNNEL_V6, NodeConfig, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, VIP_FLAG_HASH_SOURCE_ONLY,
-    VipAddrKey, VipAddrPolicy, VipKey,
+    ADDR_FLAG_DROP_UNHASHABLE, BACKEND_FLAG_IPIP, FAMILY_V4, FAMILY_V6, NODE_FLAG_TUNNEL_V4, NODE_FLAG_TUNNEL_V6,
+    NodeConfig, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, VIP_FLAG_HASH_SOURCE_ONLY, VipAddrKey, VipAddrPolicy,
+    VipKey,
 };
 
 use crate::config::{Config, HashFields, Mode, Prefix, Protocol, Unhashable, Vip};
@@ -40,7 +40,8 @@ pub struct DesiredVip {
     pub name: String,
     pub endpoint: String,
     pub flags: u32,
-    pub mode: u32,
+    /// Flags every backend slot of this VIP carries (the mode: `BACKEND_FLAG_IPIP` or none).
+    pub backend_flags: u8,
     pub table_size: u32,
     pub backends: Vec<DesiredBackend>,
 }
@@ -88,9 +89,9 @@ fn desired_vip(vip: &Vip, next_hop: [u8; 6]) -> DesiredVip {
         name: vip.name.clone(),
         endpoint: vip.endpoint(),
         flags: if vip.hash == HashFields::SourceIp { VIP_FLAG_HASH_SOURCE_ONLY } else { 0 },
-        mode: match vip.mode {
-            Mode::DsrL2 => MODE_DSR_L2,
-            Mode::DsrIpip => MODE_DSR_IPIP,
+        backend_flags: match vip.mode {
+            Mode::DsrL2 => 0,
+            Mode::DsrIpip => BACKEND_FLAG_IPIP,
         },
         table_size: vip.table_size,
         backends,

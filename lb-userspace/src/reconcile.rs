@@ -12,8 +12,8 @@
 use std::collections::BTreeMap;
 
 use lb_common::{
-    BACKEND_FLAG_ACTIVE, BACKEND_FLAG_IPIP, Backend, BackendCounters, MAX_BACKENDS, MAX_VIPS, MODE_DSR_IPIP,
-    NodeConfig, VipAddrKey, VipAddrPolicy, VipKey, VipMeta,
+    BACKEND_FLAG_ACTIVE, Backend, BackendCounters, MAX_BACKENDS, MAX_VIPS, NodeConfig, VipAddrKey, VipAddrPolicy,
+    VipKey, VipMeta,
 };
 
 use crate::{
@@ -141,10 +141,10 @@ impl Reconciler {
         for backend in &vip.backends {
             let slot = self.free_slots.pop().ok_or(ReconcileError::TooManyBackends)?;
             slots.push(slot);
-            self.activate(slot, backend, vip.mode, maps).map_err(write)?;
+            self.activate(slot, backend, vip.backend_flags, maps).map_err(write)?;
         }
         let table_size = self.write_table(id, vip, &slots, maps)?;
-        let meta = VipMeta { id, flags: vip.flags, table_size, mode: vip.mode };
+        let meta = VipMeta { id, flags: vip.flags, table_size };
         maps.set_vip(key, &meta).map_err(write)?;
         self.vips.insert(*key, AppliedVip { meta, vip: vip.clone(), slots, retired: BackendCounters::default() });
         Ok(())
@@ -160,21 +160,21 @@ impl Reconciler {
             match old.vip.backends.iter().position(|b| b.identity == backend.identity) {
                 Some(i) => {
                     let slot = old.slots[i];
-                    if old.vip.backends[i].mac != backend.mac || old.vip.mode != vip.mode {
-                        self.write_backend(slot, backend, vip.mode, maps).map_err(write)?;
+                    if old.vip.backends[i].mac != backend.mac || old.vip.backend_flags != vip.backend_flags {
+                        self.write_backend(slot, backend, vip.backend_flags, maps).map_err(write)?;
                     }
                     slots.push(slot);
                 }
                 None => {
                     let slot = self.free_slots.pop().ok_or(ReconcileError::TooManyBackends)?;
-                    self.activate(slot, backend, vip.mode, maps).map_err(write)?;
+                    self.activate(slot, backend, vip.backend_flags, maps).map_err(write)?;
                     slots.push(slot);
                 }
             }
         }
         let members = |v: &DesiredVip| v.backends.iter().map(|b| (b.identity.clone(), b.weight)).collect::<Vec<_>>();
         let rebuild = old.vip.table_size != vip.table_size || members(&old.vip) != members(vip);
-        let mut meta = VipMeta { id: old.meta.id, flags: vip.flags, table_size: old.meta.table_size, mode: vip.mode };
+        let mut meta = VipMeta { id: old.meta.id, flags: vip.flags, table_size: old.meta.table_size };
         if rebuild {
             // Index = hash % table_size must stay inside whichever table a packet sees: a growing
             // table goes in before the VIP's size grows, a shrinking one after it shrinks.
@@ -222,12 +222,12 @@ impl Reconciler {
         &mut self,
         slot: u32,
         backend: &DesiredBackend,
-        mode: u32,
+        flags: u8,
         maps: &mut Maps,
     ) -> Result<(), DataplaneError> {
         self.generations[slot as usize] = self.generations[slot as usize].wrapping_add(1);
         maps.reset_backend_counters(slot)?;
-        self.write_backend(slot, backend, mode, maps)
+        self.write_backend(slot, backend, flags, maps)
     }
 
     /// Writes a live backend slot; it carries its VIP's mode, so an established flow is sent
@@ -236,17 +236,16 @@ impl Reconciler {
         &self,
         slot: u32,
         backend: &DesiredBackend,
-        mode: u32,
+        flags: u8,
         maps: &mut Maps,
     ) -> Result<(), DataplaneError> {
-        let mode_flag = if mode == MODE_DSR_IPIP { BACKEND_FLAG_IPIP } else { 0 };
         maps.set_backend(
             slot,
             &Backend {
                 addr: backend.addr,
                 mac: backend.mac,
                 family: backend.family,
-                flags: BACKEND_FLAG_ACTIVE | mode_flag,
+                flags: BACKEND_FLAG_ACTIVE | flags,
                 generation: self.generations[slot as usize],
             },
         )

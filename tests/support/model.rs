@@ -10,9 +10,9 @@ use etherparse::{
     icmpv4::DestUnreachableHeader,
 };
 use lb_common::{
-    ADDR_FLAG_DROP_UNHASHABLE, FAMILY_V4, FAMILY_V6, FlowKey, MODE_DSR_IPIP, NODE_FLAG_TUNNEL_V4, NODE_FLAG_TUNNEL_V6,
-    NodeConfig, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Stat, VIP_FLAG_HASH_SOURCE_ONLY, VipAddrKey, VipKey,
-    flow_hash, source_hash,
+    ADDR_FLAG_DROP_UNHASHABLE, BACKEND_FLAG_IPIP, FAMILY_V4, FAMILY_V6, FlowKey, NODE_FLAG_TUNNEL_V4,
+    NODE_FLAG_TUNNEL_V6, NodeConfig, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Stat, VIP_FLAG_HASH_SOURCE_ONLY,
+    VipAddrKey, VipKey, flow_hash, source_hash,
 };
 use xlb::{
     config::Config,
@@ -221,7 +221,7 @@ impl Model {
             out.extend_from_slice(&ether_type.to_be_bytes());
             out
         };
-        if meta.mode != MODE_DSR_IPIP {
+        if meta.backend_flags & BACKEND_FLAG_IPIP == 0 {
             let mut out = frame.to_vec();
             out[0..6].copy_from_slice(&backend.mac);
             out[6..12].copy_from_slice(&self.node.iface_mac);
