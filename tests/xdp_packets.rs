@@ -276,6 +276,10 @@ fn reconciler_writes_exactly_the_configured_state() {
 
     let addrs = lb.maps.vip_addrs().unwrap();
     assert_eq!(addrs.len(), 2);
+    let mut buckets: Vec<u32> = addrs.iter().map(|(k, _)| lb_common::addr_bucket(&k.addr)).collect();
+    buckets.sort_unstable();
+    buckets.dedup();
+    assert_eq!(lb.maps.filter_buckets().unwrap(), buckets, "the pre-filter holds exactly the VIP addresses");
     let (v6_addr, _) = xlb::desired::ip_words("2001:db8::10".parse().unwrap());
     assert!(addrs.iter().any(|(k, p)| k.addr == v6_addr && p.flags == ADDR_FLAG_DROP_UNHASHABLE));
     assert!(addrs.iter().any(|(k, p)| k.family == FAMILY_V4 && p.flags == 0));

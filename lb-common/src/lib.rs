@@ -9,6 +9,16 @@
 pub const MAX_VIPS: u32 = 1024;
 /// Most backend slots (one per VIP and backend pair).
 pub const MAX_BACKENDS: u32 = 16384;
+/// Buckets of the VIP-address pre-filter (a power of two).
+pub const VIP_FILTER_SIZE: u32 = 4096;
+
+/// The pre-filter bucket of a destination address: set by the agent for every VIP address, so
+/// the data plane sends most traffic that is not for a VIP on its way after one array read.
+#[inline(always)]
+pub fn addr_bucket(addr: &[u32; 4]) -> u32 {
+    fmix(addr[0] ^ addr[1] ^ addr[2] ^ addr[3]) & (VIP_FILTER_SIZE - 1)
+}
+
 /// Distinct VIP addresses (for the fragment/extension-header policy, which has no port to go by).
 pub const MAX_VIP_ADDRS: u32 = 1024;
 /// Connection-table entries (LRU: the least recently used flows are evicted first).
@@ -413,6 +423,7 @@ const fn fmix(mut h: u32) -> u32 {
 pub mod maps {
     pub const VIPS: &str = "XLB_VIPS";
     pub const VIP_ADDRS: &str = "XLB_VIP_ADDRS";
+    pub const VIP_FILTER: &str = "XLB_VIP_FILTER";
     pub const BACKENDS: &str = "XLB_BACKENDS";
     pub const BACKEND_COUNTERS: &str = "XLB_BACKEND_COUNTERS";
     pub const MAGLEV: &str = "XLB_MAGLEV";

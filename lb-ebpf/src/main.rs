@@ -13,8 +13,8 @@ use aya_ebpf::{
 use lb_common::{
     ADDR_FLAG_DROP_UNHASHABLE, BACKEND_FLAG_ACTIVE, BACKEND_FLAG_IPIP, Backend, BackendCounters, FLOW_TABLE_SIZE, Flow,
     FlowKey, MAGLEV_TABLE_FLAGS, MAX_BACKENDS, MAX_MAGLEV_TABLE_SIZE, MAX_VIP_ADDRS, MAX_VIPS, NodeConfig, PROTO_TCP,
-    PROTO_UDP, Stat, StatCounters, VIP_FLAG_HASH_SOURCE_ONLY, VipAddrKey, VipAddrPolicy, VipKey, VipMeta, flow_hash,
-    source_hash,
+    PROTO_UDP, Stat, StatCounters, VIP_FILTER_SIZE, VIP_FLAG_HASH_SOURCE_ONLY, VipAddrKey, VipAddrPolicy, VipKey,
+    VipMeta, addr_bucket, flow_hash, source_hash,
 };
 use lb_ebpf::{
     forward::{encapsulate, rewrite_macs},
@@ -27,6 +27,10 @@ static XLB_VIPS: HashMap<VipKey, VipMeta, { MAX_VIPS as usize }> = HashMap::new(
 
 #[btf_map]
 static XLB_VIP_ADDRS: HashMap<VipAddrKey, VipAddrPolicy, { MAX_VIP_ADDRS as usize }> = HashMap::new();
+
+/// Non-zero where some VIP address falls (`addr_bucket`): a cheap first test for "not ours".
+#[btf_map]
+static XLB_VIP_FILTER: Array<u32, { VIP_FILTER_SIZE as usize }> = Array::new();
 
 #[btf_map]
 static XLB_BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new();
@@ -100,6 +104,9 @@ pub fn xlb_balancer(ctx: XdpContext) -> u32 {
         && let Some(action) = icmp_error_to_backend(&ctx, counts, &packet, &quoted, frame_len)
     {
         return action;
+    }
+    if XLB_VIP_FILTER.get(addr_bucket(&packet.daddr)).is_none_or(|set| *set == 0) {
+        return counts.outcome(Stat::PassNotVip);
     }
     let flow = FlowKey {
         saddr: packet.saddr,

@@ -72,6 +72,7 @@ fn sum_slot<V: aya::Pod + Default>(
 pub struct Maps {
     vips: HashMap<MapData, VipKey, VipMeta>,
     vip_addrs: HashMap<MapData, VipAddrKey, VipAddrPolicy>,
+    vip_filter: Array<MapData, u32>,
     backends: Array<MapData, Backend>,
     backend_counters: PerCpuArray<MapData, BackendCounters>,
     maglev: ArrayOfMaps<MapData, Array<MapData, u32>>,
@@ -92,6 +93,7 @@ impl Maps {
         Ok(Self {
             vips: take(ebpf, maps::VIPS)?,
             vip_addrs: take(ebpf, maps::VIP_ADDRS)?,
+            vip_filter: take(ebpf, maps::VIP_FILTER)?,
             backends: take(ebpf, maps::BACKENDS)?,
             backend_counters: take(ebpf, maps::BACKEND_COUNTERS)?,
             maglev: take(ebpf, maps::MAGLEV)?,
@@ -178,6 +180,21 @@ impl Maps {
 
     pub(crate) fn remove_addr(&mut self, key: &VipAddrKey) -> Result<(), DataplaneError> {
         self.vip_addrs.remove(key).map_err(map_err(maps::VIP_ADDRS))
+    }
+
+    pub(crate) fn set_filter(&mut self, bucket: u32, set: bool) -> Result<(), DataplaneError> {
+        self.vip_filter.set(bucket, &u32::from(set), 0).map_err(map_err(maps::VIP_FILTER))
+    }
+
+    /// The pre-filter buckets that are set.
+    pub fn filter_buckets(&self) -> Result<Vec<u32>, DataplaneError> {
+        let mut set = Vec::new();
+        for bucket in 0..lb_common::VIP_FILTER_SIZE {
+            if self.vip_filter.get(&bucket, 0).map_err(map_err(maps::VIP_FILTER))? != 0 {
+                set.push(bucket);
+            }
+        }
+        Ok(set)
     }
 
     pub(crate) fn set_backend(&mut self, slot: u32, backend: &Backend) -> Result<(), DataplaneError> {

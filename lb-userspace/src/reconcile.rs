@@ -9,11 +9,11 @@
 //! them, the table before the VIP that uses it, and retirement of backends (generation bump,
 //! so their flows re-hash) after the new table is in.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use lb_common::{
     BACKEND_FLAG_ACTIVE, Backend, BackendCounters, MAX_BACKENDS, MAX_VIPS, NodeConfig, VipAddrKey, VipAddrPolicy,
-    VipKey, VipMeta,
+    VipKey, VipMeta, addr_bucket,
 };
 
 use crate::{
@@ -63,6 +63,8 @@ pub struct Reconciler {
     node: Option<NodeConfig>,
     vips: BTreeMap<VipKey, AppliedVip>,
     addrs: BTreeMap<VipAddrKey, VipAddrPolicy>,
+    /// Pre-filter buckets set for the VIP addresses in `addrs`.
+    filter: BTreeSet<u32>,
     free_slots: Vec<u32>,
     /// Generation of every backend slot; bumped when a slot is retired or handed out again.
     generations: Vec<u32>,
@@ -74,6 +76,7 @@ impl Default for Reconciler {
             node: None,
             vips: BTreeMap::new(),
             addrs: BTreeMap::new(),
+            filter: BTreeSet::new(),
             // Pop from the end: lowest slots first.
             free_slots: (0..MAX_BACKENDS).rev().collect(),
             generations: vec![0; MAX_BACKENDS as usize],
@@ -276,6 +279,16 @@ impl Reconciler {
                 self.addrs.insert(*key, *policy);
             }
         }
+        // The pre-filter follows the VIP addresses. (It is written after the VIP map, so a new
+        // VIP's very first packets may still go to the stack for an instant.)
+        let buckets: BTreeSet<u32> = desired.keys().map(|k| addr_bucket(&k.addr)).collect();
+        for &bucket in buckets.difference(&self.filter) {
+            maps.set_filter(bucket, true).map_err(write)?;
+        }
+        for &bucket in self.filter.difference(&buckets) {
+            maps.set_filter(bucket, false).map_err(write)?;
+        }
+        self.filter = buckets;
         Ok(())
     }
 
