@@ -103,6 +103,9 @@ impl Reconciler {
             self.node = Some(desired.node);
         }
 
+        // Addresses first: a new VIP's pre-filter bucket is set before its VIP entry appears.
+        self.sync_addrs(&desired.addrs, maps)?;
+
         let stale: Vec<VipKey> = self.vips.keys().filter(|k| !desired.vips.contains_key(k)).copied().collect();
         for key in stale {
             let applied = &self.vips[&key];
@@ -133,7 +136,6 @@ impl Reconciler {
             }
         }
 
-        self.sync_addrs(&desired.addrs, maps)?;
         Ok(changes)
     }
 
@@ -279,8 +281,7 @@ impl Reconciler {
                 self.addrs.insert(*key, *policy);
             }
         }
-        // The pre-filter follows the VIP addresses. (It is written after the VIP map, so a new
-        // VIP's very first packets may still go to the stack for an instant.)
+        // The pre-filter follows the VIP addresses.
         let buckets: BTreeSet<u32> = desired.keys().map(|k| addr_bucket(&k.addr)).collect();
         for &bucket in buckets.difference(&self.filter) {
             maps.set_filter(bucket, true).map_err(write)?;
