@@ -97,6 +97,13 @@ fn reload(opts: &RunOptions, state: &Mutex<State>) {
     };
     let mut state = state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let State { maps, reconciler, facts, flow_table_size } = &mut *state;
+    // The interface's MTU or MAC may have changed since the last pass.
+    match iface::facts(&opts.iface) {
+        Ok(now) => *facts = now,
+        Err(e) => {
+            tracing::warn!(error = %e, iface = %opts.iface, "cannot re-read the interface; keeping its last MAC and MTU")
+        }
+    }
     if config.node.flow_table_size != *flow_table_size {
         tracing::warn!(
             running = *flow_table_size,

@@ -362,10 +362,18 @@ impl Checker<'_> {
     }
 
     fn check_node(&self, raw: RawNode, at: &serde_saphyr::Location) -> Result<Node, ConfigError> {
-        if let Some(p) = raw.tunnel_source_v4
-            && !p.address.is_ipv4()
-        {
-            return Err(self.err(at, "node.tunnel_source_v4", "must be an IPv4 address or prefix"));
+        if let Some(p) = raw.tunnel_source_v4 {
+            if !p.address.is_ipv4() {
+                return Err(self.err(at, "node.tunnel_source_v4", "must be an IPv4 address or prefix"));
+            }
+            // The flow hash fills the host bits: a short prefix would make martian sources.
+            if p.len < 16 {
+                return Err(self.err(
+                    at,
+                    "node.tunnel_source_v4",
+                    "use a prefix of /16 or longer (e.g. 198.51.100.0/24)",
+                ));
+            }
         }
         if let Some(p) = raw.tunnel_source_v6 {
             if !p.address.is_ipv6() {
@@ -629,6 +637,14 @@ mod tests {
             let err = check(&text).unwrap_err().to_string();
             assert!(err.contains(field) && err.contains(hint), "expected {field} / {hint}: {err}");
         }
+    }
+
+    #[test]
+    fn short_tunnel_prefixes_are_rejected() {
+        let err = check("node:\n  tunnel_source_v4: 10.0.0.0/8\n").unwrap_err().to_string();
+        assert!(err.contains("node.tunnel_source_v4") && err.contains("/16"), "{err}");
+        let err = check("node:\n  tunnel_source_v6: fd00::/64\n").unwrap_err().to_string();
+        assert!(err.contains("node.tunnel_source_v6") && err.contains("/96"), "{err}");
     }
 
     #[test]

@@ -170,8 +170,12 @@ impl Maps {
         self.vips.insert(key, meta, 0).map_err(map_err(maps::VIPS))
     }
 
+    /// Removes a VIP; one already gone (an earlier pass failed after removing it) is fine.
     pub(crate) fn remove_vip(&mut self, key: &VipKey) -> Result<(), DataplaneError> {
-        self.vips.remove(key).map_err(map_err(maps::VIPS))
+        match self.vips.remove(key) {
+            Err(MapError::KeyNotFound) => Ok(()),
+            other => other.map_err(map_err(maps::VIPS)),
+        }
     }
 
     pub(crate) fn set_addr(&mut self, key: &VipAddrKey, policy: &VipAddrPolicy) -> Result<(), DataplaneError> {

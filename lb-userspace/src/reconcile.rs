@@ -65,6 +65,10 @@ pub struct Reconciler {
     addrs: BTreeMap<VipAddrKey, VipAddrPolicy>,
     /// Pre-filter buckets set for the VIP addresses in `addrs`.
     filter: BTreeSet<u32>,
+    /// Slots no VIP uses any more that are still to be marked retired in the map. A slot leaves
+    /// its VIP's record when it is queued here, so a failed pass retries it next time and never
+    /// retires it twice (by then it may belong to another backend).
+    to_retire: Vec<u32>,
     free_slots: Vec<u32>,
     /// Generation of every backend slot; bumped when a slot is retired or handed out again.
     generations: Vec<u32>,
@@ -77,6 +81,7 @@ impl Default for Reconciler {
             vips: BTreeMap::new(),
             addrs: BTreeMap::new(),
             filter: BTreeSet::new(),
+            to_retire: Vec::new(),
             // Pop from the end: lowest slots first.
             free_slots: (0..MAX_BACKENDS).rev().collect(),
             generations: vec![0; MAX_BACKENDS as usize],
@@ -106,6 +111,10 @@ impl Reconciler {
         // Addresses first: a new VIP's pre-filter bucket is set before its VIP entry appears.
         self.sync_addrs(&desired.addrs, maps)?;
 
+        // What an earlier, failed pass left to retire.
+        self.retire_queued(maps)
+            .map_err(|e| ReconcileError::Write { endpoint: "retired backends".into(), source: Box::new(e) })?;
+
         let stale: Vec<VipKey> = self.vips.keys().filter(|k| !desired.vips.contains_key(k)).copied().collect();
         for key in stale {
             let applied = &self.vips[&key];
@@ -114,10 +123,9 @@ impl Reconciler {
             maps.remove_vip(&key).map_err(write)?;
             maps.clear_table(applied.meta.id).map_err(write)?;
             let applied = self.vips.remove(&key).expect("present");
-            for slot in applied.slots {
-                self.retire(slot, maps).map_err(write)?;
-            }
+            self.to_retire.extend(&applied.slots);
             changes.removed.push(applied.vip.name);
+            self.retire_queued(maps).map_err(write)?;
         }
 
         for (key, vip) in &desired.vips {
@@ -195,14 +203,17 @@ impl Reconciler {
             maps.set_vip(key, &meta).map_err(write)?;
         }
         let mut retired = old.retired;
+        let mut gone = Vec::new();
         for (i, backend) in old.vip.backends.iter().enumerate() {
             if !vip.backends.iter().any(|b| b.identity == backend.identity) {
                 // Keep what it counted in the VIP's totals before the slot goes.
                 retired = retired.plus(&maps.backend_counters(old.slots[i]).map_err(write)?);
-                self.retire(old.slots[i], maps).map_err(write)?;
+                gone.push(old.slots[i]);
             }
         }
         self.vips.insert(*key, AppliedVip { meta, vip: vip.clone(), slots, retired });
+        self.to_retire.extend(gone);
+        self.retire_queued(maps).map_err(write)?;
         Ok(rebuild)
     }
 
@@ -257,10 +268,16 @@ impl Reconciler {
     }
 
     /// Marks a slot unused; flows still pointing at it see the generation change and re-hash.
-    fn retire(&mut self, slot: u32, maps: &mut Maps) -> Result<(), DataplaneError> {
-        self.generations[slot as usize] = self.generations[slot as usize].wrapping_add(1);
-        maps.set_backend(slot, &Backend { generation: self.generations[slot as usize], ..Default::default() })?;
-        self.free_slots.push(slot);
+    /// Marks queued slots unused; flows still pointing at them see the generation change and
+    /// re-hash. A slot returns to the free list only once the map says it is retired.
+    fn retire_queued(&mut self, maps: &mut Maps) -> Result<(), DataplaneError> {
+        while let Some(&slot) = self.to_retire.last() {
+            let generation = self.generations[slot as usize].wrapping_add(1);
+            maps.set_backend(slot, &Backend { generation, ..Default::default() })?;
+            self.generations[slot as usize] = generation;
+            self.to_retire.pop();
+            self.free_slots.push(slot);
+        }
         Ok(())
     }
 
@@ -283,13 +300,14 @@ impl Reconciler {
         }
         // The pre-filter follows the VIP addresses.
         let buckets: BTreeSet<u32> = desired.keys().map(|k| addr_bucket(&k.addr)).collect();
-        for &bucket in buckets.difference(&self.filter) {
+        for bucket in buckets.difference(&self.filter).copied().collect::<Vec<_>>() {
             maps.set_filter(bucket, true).map_err(write)?;
+            self.filter.insert(bucket);
         }
-        for &bucket in self.filter.difference(&buckets) {
+        for bucket in self.filter.difference(&buckets).copied().collect::<Vec<_>>() {
             maps.set_filter(bucket, false).map_err(write)?;
+            self.filter.remove(&bucket);
         }
-        self.filter = buckets;
         Ok(())
     }
 

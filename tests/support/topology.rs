@@ -156,6 +156,10 @@ impl Topology {
                             let mut buf = [0u8; 64];
                             if conn.read(&mut buf).is_ok_and(|n| n > 0) {
                                 let _ = conn.write_all(tcp_name.as_bytes());
+                                // Let the client close first: TIME_WAIT stays on its side, where
+                                // connect() avoids reusing the port, not on ours, where a reused
+                                // client port would meet it.
+                                let _ = conn.read(&mut buf);
                             }
                         }
                         Err(_) => std::thread::sleep(Duration::from_millis(1)),
