@@ -235,7 +235,9 @@ impl Topology {
     /// connection; returns how many answers each backend gave, and the failures.
     pub fn tcp_requests(&self, vip: &str, port: u16, count: usize) -> (BTreeMap<String, usize>, usize) {
         self.requests(vip, port, count, |addr| {
-            let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+            // Long enough for two SYN retransmissions (1 s, then 2 s): a client's TCP retries a
+            // lost SYN, and so does this one.
+            let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(4))?;
             conn.set_read_timeout(Some(Duration::from_secs(2)))?;
             conn.write_all(b"who")?;
             let mut buf = [0u8; 64];
@@ -274,7 +276,10 @@ impl Topology {
                 for _ in 0..count {
                     match exchange(addr) {
                         Ok(name) if !name.is_empty() => *seen.entry(name).or_insert(0) += 1,
-                        _ => failed += 1,
+                        other => {
+                            failed += 1;
+                            eprintln!("request to {addr} failed: {other:?}");
+                        }
                     }
                     // Bounded in time too: a broken path fails fast instead of timing out
                     // request after request.
