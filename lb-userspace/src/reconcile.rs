@@ -148,11 +148,28 @@ impl Reconciler {
     }
 
     fn add_vip(&mut self, key: &VipKey, vip: &DesiredVip, maps: &mut Maps) -> Result<(), ReconcileError> {
+        let mut fresh = Vec::new();
+        let result = self.try_add_vip(key, vip, maps, &mut fresh);
+        if result.is_err() {
+            // Slots handed out before the failure go back through retirement.
+            self.to_retire.extend(fresh);
+        }
+        result
+    }
+
+    fn try_add_vip(
+        &mut self,
+        key: &VipKey,
+        vip: &DesiredVip,
+        maps: &mut Maps,
+        fresh: &mut Vec<u32>,
+    ) -> Result<(), ReconcileError> {
         let write = |source| ReconcileError::Write { endpoint: vip.endpoint.clone(), source: Box::new(source) };
         let id = self.free_vip_id().ok_or(ReconcileError::TooManyVips)?;
         let mut slots = Vec::with_capacity(vip.backends.len());
         for backend in &vip.backends {
             let slot = self.free_slots.pop().ok_or(ReconcileError::TooManyBackends)?;
+            fresh.push(slot);
             slots.push(slot);
             self.activate(slot, backend, vip.backend_flags, maps).map_err(write)?;
         }
@@ -165,6 +182,22 @@ impl Reconciler {
 
     /// Returns whether the Maglev table was rebuilt.
     fn update_vip(&mut self, key: &VipKey, vip: &DesiredVip, maps: &mut Maps) -> Result<bool, ReconcileError> {
+        let mut fresh = Vec::new();
+        let result = self.try_update_vip(key, vip, maps, &mut fresh);
+        if result.is_err() {
+            // The VIP's record is still the old one: slots handed out for it go back.
+            self.to_retire.extend(fresh);
+        }
+        result
+    }
+
+    fn try_update_vip(
+        &mut self,
+        key: &VipKey,
+        vip: &DesiredVip,
+        maps: &mut Maps,
+        fresh: &mut Vec<u32>,
+    ) -> Result<bool, ReconcileError> {
         let write = |source| ReconcileError::Write { endpoint: vip.endpoint.clone(), source: Box::new(source) };
         let old = self.vips.get(key).expect("present").clone();
         // Keep the slot of every backend that stays (by identity); new ones get fresh slots.
@@ -180,6 +213,7 @@ impl Reconciler {
                 }
                 None => {
                     let slot = self.free_slots.pop().ok_or(ReconcileError::TooManyBackends)?;
+                    fresh.push(slot);
                     self.activate(slot, backend, vip.backend_flags, maps).map_err(write)?;
                     slots.push(slot);
                 }
@@ -212,6 +246,8 @@ impl Reconciler {
             }
         }
         self.vips.insert(*key, AppliedVip { meta, vip: vip.clone(), slots, retired });
+        // From here the new slots belong to the VIP's record.
+        fresh.clear();
         self.to_retire.extend(gone);
         self.retire_queued(maps).map_err(write)?;
         Ok(rebuild)
