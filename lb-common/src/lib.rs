@@ -191,10 +191,6 @@ impl BackendCounters {
     }
 }
 
-/// Outer header lengths the data plane adds.
-pub const IPV4_HDR_LEN: u32 = 20;
-pub const IPV6_HDR_LEN: u32 = 40;
-
 /// TTL / hop limit of outer headers and generated ICMP errors.
 pub const OUTER_TTL: u8 = 64;
 

@@ -148,13 +148,38 @@ impl Reconciler {
     }
 
     fn add_vip(&mut self, key: &VipKey, vip: &DesiredVip, maps: &mut Maps) -> Result<(), ReconcileError> {
+        self.returning_slots_on_error(|this, fresh| this.try_add_vip(key, vip, maps, fresh))
+    }
+
+    /// Runs a VIP write that takes slots from the pool into `fresh`; if it fails, the slots it
+    /// took and did not hand to a VIP record go back through retirement.
+    fn returning_slots_on_error<T>(
+        &mut self,
+        write: impl FnOnce(&mut Self, &mut Vec<u32>) -> Result<T, ReconcileError>,
+    ) -> Result<T, ReconcileError> {
         let mut fresh = Vec::new();
-        let result = self.try_add_vip(key, vip, maps, &mut fresh);
+        let result = write(self, &mut fresh);
         if result.is_err() {
-            // Slots handed out before the failure go back through retirement.
             self.to_retire.extend(fresh);
         }
         result
+    }
+
+    /// Takes a slot for a new backend of `vip` and writes it live.
+    fn take_slot(
+        &mut self,
+        vip: &DesiredVip,
+        backend: &DesiredBackend,
+        maps: &mut Maps,
+        fresh: &mut Vec<u32>,
+    ) -> Result<u32, ReconcileError> {
+        let slot = self.free_slots.pop().ok_or(ReconcileError::TooManyBackends)?;
+        fresh.push(slot);
+        self.generations[slot as usize] = self.generations[slot as usize].wrapping_add(1);
+        maps.reset_backend_counters(slot)
+            .and_then(|()| self.write_backend(slot, backend, vip.backend_flags, maps))
+            .map_err(|source| ReconcileError::Write { endpoint: vip.endpoint.clone(), source: Box::new(source) })?;
+        Ok(slot)
     }
 
     fn try_add_vip(
@@ -168,10 +193,7 @@ impl Reconciler {
         let id = self.free_vip_id().ok_or(ReconcileError::TooManyVips)?;
         let mut slots = Vec::with_capacity(vip.backends.len());
         for backend in &vip.backends {
-            let slot = self.free_slots.pop().ok_or(ReconcileError::TooManyBackends)?;
-            fresh.push(slot);
-            slots.push(slot);
-            self.activate(slot, backend, vip.backend_flags, maps).map_err(write)?;
+            slots.push(self.take_slot(vip, backend, maps, fresh)?);
         }
         let table_size = self.write_table(id, vip, &slots, maps)?;
         let meta = VipMeta { id, flags: vip.flags, table_size };
@@ -182,13 +204,7 @@ impl Reconciler {
 
     /// Returns whether the Maglev table was rebuilt.
     fn update_vip(&mut self, key: &VipKey, vip: &DesiredVip, maps: &mut Maps) -> Result<bool, ReconcileError> {
-        let mut fresh = Vec::new();
-        let result = self.try_update_vip(key, vip, maps, &mut fresh);
-        if result.is_err() {
-            // The VIP's record is still the old one: slots handed out for it go back.
-            self.to_retire.extend(fresh);
-        }
-        result
+        self.returning_slots_on_error(|this, fresh| this.try_update_vip(key, vip, maps, fresh))
     }
 
     fn try_update_vip(
@@ -211,12 +227,7 @@ impl Reconciler {
                     }
                     slots.push(slot);
                 }
-                None => {
-                    let slot = self.free_slots.pop().ok_or(ReconcileError::TooManyBackends)?;
-                    fresh.push(slot);
-                    self.activate(slot, backend, vip.backend_flags, maps).map_err(write)?;
-                    slots.push(slot);
-                }
+                None => slots.push(self.take_slot(vip, backend, maps, fresh)?),
             }
         }
         let members = |v: &DesiredVip| v.backends.iter().map(|b| (b.identity.clone(), b.weight)).collect::<Vec<_>>();
@@ -268,18 +279,6 @@ impl Reconciler {
         let global: Vec<u32> = table.slots.iter().map(|&i| slots[i as usize]).collect();
         maps.set_table(id, &global).map_err(write)?;
         Ok(vip.table_size)
-    }
-
-    fn activate(
-        &mut self,
-        slot: u32,
-        backend: &DesiredBackend,
-        flags: u8,
-        maps: &mut Maps,
-    ) -> Result<(), DataplaneError> {
-        self.generations[slot as usize] = self.generations[slot as usize].wrapping_add(1);
-        maps.reset_backend_counters(slot)?;
-        self.write_backend(slot, backend, flags, maps)
     }
 
     /// Writes a live backend slot; it carries its VIP's mode, so an established flow is sent
