@@ -23,8 +23,26 @@ pub fn addr_bucket(addr: &[u32; 4]) -> u32 {
 pub const MAX_VIP_ADDRS: u32 = 1024;
 /// Connection-table entries (LRU: the least recently used flows are evicted first).
 pub const FLOW_TABLE_SIZE: u32 = 1 << 20;
-/// Largest Maglev table a VIP may have (the inner map template's size).
+/// Largest Maglev table a VIP may have.
 pub const MAX_MAGLEV_TABLE_SIZE: u32 = 1_048_573;
+/// Table slots per array element. A table holds backend slot numbers as `u16`, four to an
+/// 8-byte element (array maps store every value at an 8-byte stride, so one `u32` per element
+/// would waste half and four `u16` none): a 65537-slot table takes 128 KiB instead of 512 KiB,
+/// and the random read a new flow makes is far more often a cache hit.
+pub const MAGLEV_GROUP: u32 = 4;
+/// Four table slots: the value type of a Maglev table's array map.
+pub type MaglevGroup = [u16; MAGLEV_GROUP as usize];
+/// Elements of the largest table (the inner map template's size).
+pub const MAX_MAGLEV_GROUPS: u32 = MAX_MAGLEV_TABLE_SIZE.div_ceil(MAGLEV_GROUP);
+/// A table slot that names no backend: the lanes after the last slot, and an emptied table.
+pub const MAGLEV_NO_BACKEND: u16 = u16::MAX;
+const _: () = assert!(MAX_BACKENDS < MAGLEV_NO_BACKEND as u32, "backend slots must fit a u16 table slot");
+
+/// The array element and lane of Maglev table slot `index`.
+#[inline(always)]
+pub const fn maglev_position(index: u32) -> (u32, usize) {
+    (index / MAGLEV_GROUP, (index % MAGLEV_GROUP) as usize)
+}
 /// `BPF_F_INNER_MAP`: lets array maps of different sizes sit in one array of maps.
 pub const BPF_F_INNER_MAP: u32 = 1 << 12;
 /// `BPF_F_MMAPABLE`: the agent writes a whole Maglev table through one mmap instead of one

@@ -12,9 +12,9 @@ use aya_ebpf::{
 };
 use lb_common::{
     ADDR_FLAG_DROP_UNHASHABLE, BACKEND_FLAG_ACTIVE, BACKEND_FLAG_IPIP, Backend, BackendCounters, FLOW_TABLE_SIZE, Flow,
-    FlowKey, MAGLEV_TABLE_FLAGS, MAX_BACKENDS, MAX_MAGLEV_TABLE_SIZE, MAX_VIP_ADDRS, MAX_VIPS, NodeConfig, PROTO_TCP,
-    PROTO_UDP, Stat, StatCounters, VIP_FILTER_SIZE, VIP_FLAG_HASH_SOURCE_ONLY, VipAddrKey, VipAddrPolicy, VipKey,
-    VipMeta, addr_bucket, flow_hash, source_hash,
+    FlowKey, MAGLEV_TABLE_FLAGS, MAX_BACKENDS, MAX_MAGLEV_GROUPS, MAX_VIP_ADDRS, MAX_VIPS, MaglevGroup, NodeConfig,
+    PROTO_TCP, PROTO_UDP, Stat, StatCounters, VIP_FILTER_SIZE, VIP_FLAG_HASH_SOURCE_ONLY, VipAddrKey, VipAddrPolicy,
+    VipKey, VipMeta, addr_bucket, flow_hash, maglev_position, source_hash,
 };
 use lb_ebpf::{
     forward::{encapsulate, rewrite_macs},
@@ -44,7 +44,7 @@ static XLB_BACKEND_COUNTERS: PerCpuArray<BackendCounters, { MAX_BACKENDS as usiz
 /// agent fill one with a single mmap.
 #[btf_map]
 static XLB_MAGLEV: ArrayOfMaps<
-    Array<u32, { MAX_MAGLEV_TABLE_SIZE as usize }, { MAGLEV_TABLE_FLAGS as usize }>,
+    Array<MaglevGroup, { MAX_MAGLEV_GROUPS as usize }, { MAGLEV_TABLE_FLAGS as usize }>,
     { MAX_VIPS as usize },
 > = ArrayOfMaps::new();
 
@@ -134,7 +134,8 @@ pub fn xlb_balancer(ctx: XdpContext) -> u32 {
         if let Some(entry) = known
             && let Some(backend) = live_backend(entry)
         {
-            let hash = tuple_hash(&flow);
+            // Only encapsulation uses the hash (outer source, flow label).
+            let hash = if backend.flags & BACKEND_FLAG_IPIP != 0 { tuple_hash(&flow) } else { 0 };
             return send(&ctx, counts, &packet, node, entry.backend, &backend, hash, false, true, frame_len);
         }
         Lookup::Done(known)
@@ -281,7 +282,8 @@ fn table_pick(meta: &VipMeta, flow: &FlowKey, hash: u32) -> Option<(u32, Backend
     } else {
         hash
     };
-    let slot = *XLB_MAGLEV.get_value(meta.id, &(pick % meta.table_size))?;
+    let (group, lane) = maglev_position(pick % meta.table_size);
+    let slot = u32::from(*XLB_MAGLEV.get_value(meta.id, &group)?.get(lane)?);
     let backend = *XLB_BACKENDS.get(slot)?;
     (backend.flags & BACKEND_FLAG_ACTIVE != 0).then_some((slot, backend))
 }

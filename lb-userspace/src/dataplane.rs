@@ -7,8 +7,8 @@ use aya::{
     util::nr_cpus,
 };
 use lb_common::{
-    Backend, BackendCounters, DecapStat, Flow, FlowKey, MAGLEV_TABLE_FLAGS, NodeConfig, Stat, StatCounters, VipAddrKey,
-    VipAddrPolicy, VipKey, VipMeta, maps, programs,
+    Backend, BackendCounters, DecapStat, Flow, FlowKey, MAGLEV_GROUP, MAGLEV_NO_BACKEND, MAGLEV_TABLE_FLAGS,
+    MaglevGroup, NodeConfig, Stat, StatCounters, VipAddrKey, VipAddrPolicy, VipKey, VipMeta, maps, programs,
 };
 
 /// The balancer object (lb-ebpf's `xlb-balancer` binary), built by build.rs.
@@ -75,7 +75,7 @@ pub struct Maps {
     vip_filter: Array<MapData, u32>,
     backends: Array<MapData, Backend>,
     backend_counters: PerCpuArray<MapData, BackendCounters>,
-    maglev: ArrayOfMaps<MapData, Array<MapData, u32>>,
+    maglev: ArrayOfMaps<MapData, Array<MapData, MaglevGroup>>,
     flows: HashMap<MapData, FlowKey, Flow>,
     node: Array<MapData, NodeConfig>,
     stats: PerCpuArray<MapData, StatCounters>,
@@ -142,10 +142,19 @@ impl Maps {
         self.node.get(&0, 0).map_err(map_err(maps::NODE))
     }
 
-    /// A VIP's Maglev table as the data plane reads it (backend slot per entry).
+    /// A VIP's Maglev table as the data plane reads it: the backend slot of every table entry
+    /// (an emptied table reads as no entries).
     pub fn table(&self, vip_id: u32) -> Result<Vec<u32>, DataplaneError> {
         let inner = self.maglev.get(&vip_id, 0).map_err(map_err(maps::MAGLEV))?;
-        (0..inner.len()).map(|i| inner.get(&i, 0).map_err(map_err(maps::MAGLEV))).collect()
+        let mut slots = Vec::with_capacity((inner.len() * MAGLEV_GROUP) as usize);
+        for i in 0..inner.len() {
+            slots.extend(inner.get(&i, 0).map_err(map_err(maps::MAGLEV))?.map(u32::from));
+        }
+        // The last element's unused lanes.
+        while slots.last() == Some(&u32::from(MAGLEV_NO_BACKEND)) {
+            slots.pop();
+        }
+        Ok(slots)
     }
 
     /// The connection table's entry for a flow, if any.
@@ -219,29 +228,35 @@ impl Maps {
         self.maglev.set(vip_id, &table, 0).map_err(map_err(maps::MAGLEV))
     }
 
-    /// Replaces a VIP's table by an empty one (slot `u32::MAX`, no such backend).
+    /// Replaces a VIP's table by an empty one (one element naming no backend).
     pub(crate) fn clear_table(&mut self, vip_id: u32) -> Result<(), DataplaneError> {
-        self.set_table(vip_id, &[u32::MAX])
+        self.set_table(vip_id, &[])
     }
 }
 
-/// A Maglev table as a new mmapable array map holding `slots`.
-fn new_table(slots: &[u32]) -> Result<Array<MapData, u32>, MapError> {
+/// A Maglev table as a new mmapable array map holding `slots` (backend slot numbers, each below
+/// `MAX_BACKENDS`), packed `MAGLEV_GROUP` to an element.
+fn new_table(slots: &[u32]) -> Result<Array<MapData, MaglevGroup>, MapError> {
     use std::os::fd::{AsFd as _, AsRawFd as _};
+    let groups = slots.len().div_ceil(MAGLEV_GROUP as usize).max(1);
     let def = aya_obj::Map::new_from_params(
         aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
         4,
-        4,
-        slots.len() as u32,
+        size_of::<MaglevGroup>() as u32,
+        groups as u32,
         MAGLEV_TABLE_FLAGS,
     );
     let data = MapData::create(def, "xlb_maglev_table", None)?;
-    // Array elements are laid out at an 8-byte stride whatever their size.
-    const STRIDE: usize = 8;
-    let len = slots.len() * STRIDE;
+    // An 8-byte value: elements sit back to back, which is what the mmap below relies on.
+    const _: () = assert!(size_of::<MaglevGroup>() == 8);
+    let mut packed = vec![MAGLEV_NO_BACKEND; groups * MAGLEV_GROUP as usize];
+    for (lane, slot) in packed.iter_mut().zip(slots) {
+        *lane = u16::try_from(*slot).unwrap_or(MAGLEV_NO_BACKEND);
+    }
+    let len = packed.len() * size_of::<u16>();
     // SAFETY: maps the array's value area (the kernel rounds it up to whole pages; we touch
-    // only the first `len` bytes) from a live map fd, shared and writable as BPF_F_MMAPABLE
-    // allows; unmapped before the fd can go away.
+    // only the first `len` bytes, exactly the elements) from a live map fd, shared and writable
+    // as BPF_F_MMAPABLE allows; unmapped before the fd can go away.
     unsafe {
         let area = libc::mmap(
             std::ptr::null_mut(),
@@ -254,9 +269,7 @@ fn new_table(slots: &[u32]) -> Result<Array<MapData, u32>, MapError> {
         if area == libc::MAP_FAILED {
             return Err(MapError::IoError(std::io::Error::last_os_error()));
         }
-        for (i, slot) in slots.iter().enumerate() {
-            area.cast::<u8>().add(i * STRIDE).cast::<u32>().write(*slot);
-        }
+        std::ptr::copy_nonoverlapping(packed.as_ptr(), area.cast::<u16>(), packed.len());
         libc::munmap(area, len);
     }
     Array::try_from(Map::Array(data))

@@ -199,6 +199,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     if opts.runs == 0 || opts.runs > 50 || opts.loop_count == 0 || opts.loop_count > 60_000 || opts.repeat < 2 {
         bail!("--runs must be 1..=50, --loop-count 1..=60000 (distinct new-flow tuples), --repeat at least 2");
     }
+    let cpu = pin_to_current_cpu()?;
     let floor = Loaded::floor().context("loading the floor program")?;
     // A connection table larger than every insert the run makes, as in production.
     let balancer = Balancer::with_flow_table(
@@ -253,7 +254,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             );
         }
     } else {
-        print_table(&rows, opts);
+        print_table(&rows, opts, cpu);
     }
     Ok(())
 }
@@ -273,10 +274,29 @@ fn maglev_build(runs: usize) -> anyhow::Result<Row> {
     Ok(Row { case: "maglev-build-m65537-n100", method: "wall", samples })
 }
 
-fn print_table(rows: &[Row], opts: &Options) {
+/// Keeps the whole bench on the CPU it started on. Moving between CPUs mid-run leaves the
+/// per-CPU connection-table lists and the caches cold and made runs swing by ±30–50 %; pinned,
+/// repeated runs agree within a few percent.
+fn pin_to_current_cpu() -> anyhow::Result<usize> {
+    // SAFETY: sched_getcpu has no preconditions.
+    let cpu = unsafe { libc::sched_getcpu() };
+    anyhow::ensure!(cpu >= 0, "sched_getcpu: {}", std::io::Error::last_os_error());
+    let cpu = cpu as usize;
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET writes inside it (cpu < CPU_SETSIZE,
+    // checked by the kernel's answer above being a real CPU); sched_setaffinity reads it.
+    let pinned = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set)
+    };
+    anyhow::ensure!(pinned == 0, "pinning the bench to CPU {cpu}: {}", std::io::Error::last_os_error());
+    Ok(cpu)
+}
+
+fn print_table(rows: &[Row], opts: &Options, cpu: usize) {
     let floor = |method| rows.iter().find(|r| r.case == "floor" && r.method == method).map(Row::median).unwrap_or(0.0);
     println!(
-        "XDP cost per packet under BPF_PROG_TEST_RUN, ns ({} runs; repeat = {} iterations per run, loop = {} separate runs per run)",
+        "XDP cost per packet under BPF_PROG_TEST_RUN, ns ({} runs; repeat = {} iterations per run, loop = {} separate runs per run; pinned to CPU {cpu})",
         opts.runs, opts.repeat, opts.loop_count
     );
     println!("{:<28} {:<7} {:>10} {:>10} {:>10} {:>14}", "case", "method", "min", "median", "max", "net of floor");
