@@ -246,19 +246,19 @@ fn reconciler_writes_exactly_the_configured_state() {
     expected.sort_by_key(|(k, _)| *k);
     assert_eq!(lb.maps.vips().unwrap(), expected);
 
-    let backend = |addr: &str, mac: [u8; 6], generation| {
+    let backend = |addr: &str, mac: [u8; 6], generation, vip_id| {
         let (addr, family) = xlb::desired::ip_words(addr.parse().unwrap());
         // Backends of dsr-ipip VIPs (here: the ones sent via the next hop) carry the IPIP flag.
         let mode = if mac == [2, 0, 0, 0, 0, 0xfe] { BACKEND_FLAG_IPIP } else { 0 };
-        Backend { addr, mac, family, flags: BACKEND_FLAG_ACTIVE | mode, generation }
+        Backend { addr, mac, family, flags: BACKEND_FLAG_ACTIVE | mode, generation, vip_id }
     };
     let l2_mac = [2, 0, 0, 0, 1, 1];
     let next_hop = [2, 0, 0, 0, 0, 0xfe];
-    assert_eq!(lb.maps.backend(0).unwrap(), backend("10.0.0.1", l2_mac, 1)); // ping4
-    assert_eq!(lb.maps.backend(1).unwrap(), backend("10.0.0.2", next_hop, 1)); // dns4
-    assert_eq!(lb.maps.backend(2).unwrap(), backend("10.0.0.1", l2_mac, 1)); // web4
-    assert_eq!(lb.maps.backend(3).unwrap(), backend("fd00::2", next_hop, 1)); // dns6
-    assert_eq!(lb.maps.backend(4).unwrap(), backend("fd00::1", l2_mac, 1)); // web6
+    assert_eq!(lb.maps.backend(0).unwrap(), backend("10.0.0.1", l2_mac, 1, 0)); // ping4
+    assert_eq!(lb.maps.backend(1).unwrap(), backend("10.0.0.2", next_hop, 1, 1)); // dns4
+    assert_eq!(lb.maps.backend(2).unwrap(), backend("10.0.0.1", l2_mac, 1, 2)); // web4
+    assert_eq!(lb.maps.backend(3).unwrap(), backend("fd00::2", next_hop, 1, 3)); // dns6
+    assert_eq!(lb.maps.backend(4).unwrap(), backend("fd00::1", l2_mac, 1, 4)); // web6
     assert_eq!(lb.maps.backend(5).unwrap(), Backend::default(), "unused slots stay empty");
 
     // One backend per VIP: every table slot names it.
@@ -304,10 +304,10 @@ fn reconciler_writes_exactly_the_configured_state() {
     // backend takes dns4's retired slot 1 (generation 1 → 2 retired → 3 active), ntp4's take
     // fresh slots 5 and 6.
     assert_eq!(lb.applied("web4").slots, vec![2, 1], "web4's existing backend keeps its slot");
-    assert_eq!(lb.maps.backend(1).unwrap(), backend("10.0.0.9", [2, 0, 0, 0, 1, 9], 3));
+    assert_eq!(lb.maps.backend(1).unwrap(), backend("10.0.0.9", [2, 0, 0, 0, 1, 9], 3, 2));
     assert_eq!(ntp4.slots, vec![5, 6]);
-    assert_eq!(lb.maps.backend(5).unwrap(), backend("10.0.0.2", next_hop, 1));
-    assert_eq!(lb.maps.backend(6).unwrap(), backend("10.0.0.3", next_hop, 1));
+    assert_eq!(lb.maps.backend(5).unwrap(), backend("10.0.0.2", next_hop, 1, 1));
+    assert_eq!(lb.maps.backend(6).unwrap(), backend("10.0.0.3", next_hop, 1, 1));
     let table = lb.maps.table(1).unwrap();
     let share3 = table.iter().filter(|&&s| s == 6).count() as f64 / table.len() as f64;
     assert!((share3 - 0.75).abs() < 0.001, "weight 3 of 4: {share3}");

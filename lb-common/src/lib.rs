@@ -113,6 +113,9 @@ pub struct Backend {
     /// Bumped whenever the slot is given to another backend or retired; connection-table entries
     /// carry the generation they were made with, so stale ones are re-hashed.
     pub generation: u32,
+    /// The id of the VIP the slot serves. The data plane does not read it; a restarted agent
+    /// does, to adopt the pinned maps as they are.
+    pub vip_id: u32,
 }
 
 /// The slot holds a live backend.
@@ -444,6 +447,9 @@ pub mod maps {
     pub const FLOWS: &str = "XLB_FLOWS";
     pub const NODE: &str = "XLB_NODE";
     pub const STATS: &str = "XLB_STATS";
+    /// Every map of the balancer object (the ones the agent pins).
+    pub const BALANCER: [&str; 9] =
+        [VIPS, VIP_ADDRS, VIP_FILTER, BACKENDS, BACKEND_COUNTERS, MAGLEV, FLOWS, NODE, STATS];
     pub const DECAP_ADDRS: &str = "XLB_DECAP_ADDRS";
     pub const DECAP_STATS: &str = "XLB_DECAP_STATS";
 }

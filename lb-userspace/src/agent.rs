@@ -12,7 +12,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     admin::{self, Reply, Request},
     config,
-    dataplane::{AttachMode, Loaded, Maps},
+    dataplane::{self, AttachMode, Attached, Loaded, Maps},
     desired::{DesiredState, NodeFacts},
     iface,
     reconcile::Reconciler,
@@ -24,6 +24,23 @@ pub struct RunOptions {
     pub config: PathBuf,
     pub iface: String,
     pub admin_socket: PathBuf,
+    /// bpffs directory under which each interface's maps and link are pinned.
+    pub pin_dir: PathBuf,
+    /// Detach XDP on SIGTERM/SIGINT. Off by default: an edge node wants forwarding to outlive
+    /// the agent (a restarted agent adopts the pinned data plane).
+    pub detach_on_exit: bool,
+}
+
+impl RunOptions {
+    /// Where this interface's data plane is pinned.
+    pub fn iface_pin_dir(&self) -> PathBuf {
+        self.pin_dir.join(&self.iface)
+    }
+}
+
+/// The pinned link's file in an interface's pin directory.
+pub fn link_pin(iface_dir: &std::path::Path) -> PathBuf {
+    iface_dir.join("link")
 }
 
 /// Everything the reconciler owns, behind one lock: only it writes the maps.
@@ -38,17 +55,33 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let config = config::load(&opts.config)?;
     let facts = iface::facts(&opts.iface).with_context(|| format!("reading interface {}", opts.iface))?;
     let flow_table_size = config.node.flow_table_size;
-    let (mut program, maps) = Loaded::balancer(flow_table_size).context("loading the XDP data plane")?;
-    let mut state = State { maps, reconciler: Reconciler::new(), facts, flow_table_size };
+    let pin_dir = opts.iface_pin_dir();
+    let (mut program, maps, adopted) =
+        Loaded::balancer_pinned(flow_table_size, &pin_dir).context("loading the XDP data plane")?;
+    let reconciler = if adopted {
+        let reconciler = Reconciler::adopt(&maps).context("reading the pinned data plane")?;
+        tracing::info!(dir = %pin_dir.display(), vips = reconciler.applied().len(), "adopted the pinned data plane; established flows keep their backends");
+        reconciler
+    } else {
+        Reconciler::new()
+    };
+    let mut state = State { maps, reconciler, facts, flow_table_size };
     let changes = state.reconciler.apply(&DesiredState::new(&config, &facts), &mut state.maps)?;
-    tracing::info!(vips = changes.added.len(), mtu = facts.mtu, "data plane filled");
+    tracing::info!(
+        added = changes.added.len(),
+        updated = changes.updated.len(),
+        removed = changes.removed.len(),
+        mtu = facts.mtu,
+        "data plane filled"
+    );
 
-    let (link, mode) = program.attach(&opts.iface)?;
-    match mode {
-        AttachMode::Native => tracing::info!(iface = %opts.iface, "XDP attached in native mode"),
-        AttachMode::Generic => {
+    let link = link_pin(&pin_dir);
+    match program.attach_pinned(&opts.iface, &link)? {
+        Attached::New(AttachMode::Native) => tracing::info!(iface = %opts.iface, "XDP attached in native mode"),
+        Attached::New(AttachMode::Generic) => {
             tracing::warn!(iface = %opts.iface, "the driver refused native XDP; attached in generic (skb) mode, which is much slower")
         }
+        Attached::Replaced => tracing::info!(iface = %opts.iface, "replaced the running XDP program in place"),
     }
 
     let state = Arc::new(Mutex::new(state));
@@ -81,8 +114,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 
     server.abort();
     let _ = std::fs::remove_file(&opts.admin_socket);
-    program.detach(link)?;
-    tracing::info!(iface = %opts.iface, "XDP detached; exiting");
+    if opts.detach_on_exit {
+        dataplane::detach_pinned(&link)?;
+        tracing::info!(iface = %opts.iface, "XDP detached; exiting");
+    } else {
+        tracing::info!(iface = %opts.iface, pinned = %pin_dir.display(), "exiting; XDP stays attached and keeps forwarding");
+    }
+    drop(program);
     Ok(())
 }
 

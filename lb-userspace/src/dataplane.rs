@@ -1,9 +1,15 @@
 //! The XDP data plane as the agent sees it: the embedded objects, typed map wrappers, attach.
 
+use std::path::{Path, PathBuf};
+
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
     maps::{Array, ArrayOfMaps, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
-    programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{
+        ProgramError, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
     util::nr_cpus,
 };
 use lb_common::{
@@ -32,6 +38,12 @@ pub enum DataplaneError {
     NotBuilt,
     #[error("cannot count the possible CPUs: {0}")]
     Cpus(std::io::Error),
+    #[error(
+        "the maps pinned under {dir} do not fit this agent ({source}); they were made by another xlb version or with another node.flow_table_size. To start over — this forgets every established flow — stop xlb and remove {dir}"
+    )]
+    PinnedIncompatible { dir: std::path::PathBuf, source: Box<EbpfError> },
+    #[error("pinning under {path}: {source} (is bpffs mounted at /sys/fs/bpf?)")]
+    Pin { path: std::path::PathBuf, source: std::io::Error },
     #[error("`{0}` is not a usable interface name")]
     InterfaceName(String),
     #[error(
@@ -309,6 +321,61 @@ pub enum AttachMode {
     Generic,
 }
 
+/// The conventional bpffs mount point.
+const BPFFS: &str = "/sys/fs/bpf";
+
+/// Mounts bpffs at /sys/fs/bpf when `dir` is under it and nothing is mounted there yet (as
+/// systemd would at boot; minimal hosts and containers often lack it).
+fn mount_bpffs_if_missing(dir: &Path) -> Result<(), DataplaneError> {
+    let root = Path::new(BPFFS);
+    if !dir.starts_with(root) || !root.is_dir() || is_bpffs(root) {
+        return Ok(());
+    }
+    let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
+    let (source, target, fstype) = (c("bpf"), c(BPFFS), c("bpf"));
+    // SAFETY: mount(2) with NUL-terminated strings that outlive the call and no data.
+    let rc = unsafe { libc::mount(source.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    if rc != 0 {
+        return Err(DataplaneError::Pin { path: root.to_owned(), source: std::io::Error::last_os_error() });
+    }
+    // Pins live as long as this mount does: in a private mount namespace (`ip netns exec`
+    // makes one) that is only as long as the agent's process tree.
+    tracing::info!("mounted bpffs at {BPFFS}");
+    Ok(())
+}
+
+/// Whether `path` is on a bpf filesystem (where pins live).
+fn is_bpffs(path: &Path) -> bool {
+    const BPF_FS_MAGIC: libc::c_long = 0xcafe_4a11;
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
+    // SAFETY: statfs writes into a zeroed plain-data struct and reads a NUL-terminated path.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    (unsafe { libc::statfs(c_path.as_ptr(), &mut fs) }) == 0 && fs.f_type as libc::c_long == BPF_FS_MAGIC
+}
+
+/// How `attach_pinned` attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attached {
+    /// A new link, pinned.
+    New(AttachMode),
+    /// The program behind a pinned link was swapped for this one.
+    Replaced,
+}
+
+/// Removes the link pinned at `link_path`, which detaches the program. Returns whether there
+/// was one.
+pub fn detach_pinned(link_path: &Path) -> Result<bool, DataplaneError> {
+    if !link_path.exists() {
+        return Ok(false);
+    }
+    let pinned = PinnedLink::from_pin(link_path)
+        .map_err(|e| DataplaneError::Program { name: programs::BALANCER, source: Box::new(e.into()) })?;
+    // Unpinned and closed: the kernel drops the link and with it the attachment.
+    drop(pinned.unpin().map_err(|source| DataplaneError::Pin { path: link_path.to_owned(), source })?);
+    Ok(true)
+}
+
 /// A loaded XDP object: one program plus (for the balancer and decap) its maps.
 #[derive(Debug)]
 pub struct Loaded {
@@ -323,6 +390,38 @@ impl Loaded {
         let mut loaded = Self::load(BALANCER_OBJECT, programs::BALANCER, &[(maps::FLOWS, flow_table_size)])?;
         let maps = Maps::take(&mut loaded.ebpf)?;
         Ok((loaded, maps))
+    }
+
+    /// Loads the balancer with its maps pinned under `dir` (one directory per interface): maps a
+    /// previous agent pinned there are reused as they are — connection table, counters, tables
+    /// — and the rest are created and pinned. Returns whether maps were adopted.
+    pub fn balancer_pinned(flow_table_size: u32, dir: &Path) -> Result<(Self, Maps, bool), DataplaneError> {
+        mount_bpffs_if_missing(dir)?;
+        std::fs::create_dir_all(dir).map_err(|source| DataplaneError::Pin { path: dir.to_owned(), source })?;
+        if !is_bpffs(dir) {
+            return Err(DataplaneError::Pin {
+                path: dir.to_owned(),
+                source: std::io::Error::other(
+                    "not on a bpf filesystem, so pins would not outlive the agent (`ip netns exec` remounts /sys: run the agent in the namespace without it, or mount bpffs there)",
+                ),
+            });
+        }
+        let adopted = dir.join(maps::FLOWS).exists();
+        let paths: Vec<(&'static str, PathBuf)> = maps::BALANCER.iter().map(|name| (*name, dir.join(name))).collect();
+        let mut loaded = Self::load_with(BALANCER_OBJECT, programs::BALANCER, |loader| {
+            loader.map_max_entries(maps::FLOWS, flow_table_size);
+            for (name, path) in &paths {
+                loader.map_pin_path(name, path.as_path());
+            }
+        })
+        .map_err(|e| match e {
+            DataplaneError::Load(source @ EbpfError::MapError(_)) if adopted => {
+                DataplaneError::PinnedIncompatible { dir: dir.to_owned(), source: Box::new(source) }
+            }
+            other => other,
+        })?;
+        let maps = Maps::take(&mut loaded.ebpf)?;
+        Ok((loaded, maps, adopted))
     }
 
     /// Loads the decapsulation program.
@@ -341,13 +440,23 @@ impl Loaded {
     }
 
     fn load(object: &[u8], program: &'static str, sizes: &[(&'static str, u32)]) -> Result<Self, DataplaneError> {
+        Self::load_with(object, program, |loader| {
+            for (name, size) in sizes {
+                loader.map_max_entries(name, *size);
+            }
+        })
+    }
+
+    fn load_with<'a>(
+        object: &[u8],
+        program: &'static str,
+        configure: impl FnOnce(&mut EbpfLoader<'a>),
+    ) -> Result<Self, DataplaneError> {
         if object.is_empty() {
             return Err(DataplaneError::NotBuilt);
         }
         let mut loader = EbpfLoader::new();
-        for (name, size) in sizes {
-            loader.map_max_entries(name, *size);
-        }
+        configure(&mut loader);
         let mut loaded = Self { ebpf: loader.load(object)?, program };
         loaded
             .xdp_mut()?
@@ -384,6 +493,30 @@ impl Loaded {
                 }),
             },
         }
+    }
+
+    /// Attaches through a bpf link pinned at `link_path`, so the program keeps forwarding after
+    /// the agent exits or is killed. If a previous agent left such a link, the program behind
+    /// it is replaced atomically (no packet sees neither program); otherwise a new link is made
+    /// and pinned.
+    pub fn attach_pinned(&mut self, iface: &str, link_path: &Path) -> Result<Attached, DataplaneError> {
+        let name = self.program;
+        let program = |source| DataplaneError::Program { name, source: Box::new(source) };
+        let pin = |source| DataplaneError::Pin { path: link_path.to_owned(), source };
+        if link_path.exists() {
+            let pinned = PinnedLink::from_pin(link_path).map_err(|e| program(e.into()))?;
+            let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| program(e.into()))?;
+            let xdp = self.xdp_mut()?;
+            let id = xdp.attach_to_link(link).map_err(program)?;
+            // The pin holds the link now; our handle may go.
+            drop(xdp.take_link(id).map_err(program)?);
+            return Ok(Attached::Replaced);
+        }
+        let (id, mode) = self.attach(iface)?;
+        let xdp = self.xdp_mut()?;
+        let link = FdLink::try_from(xdp.take_link(id).map_err(program)?).map_err(|e| program(e.into()))?;
+        link.pin(link_path).map_err(|e| pin(std::io::Error::other(e)))?;
+        Ok(Attached::New(mode))
     }
 
     pub fn detach(&mut self, link: XdpLinkId) -> Result<(), DataplaneError> {

@@ -87,7 +87,7 @@ fn desired_vip(vip: &Vip, next_hop: [u8; 6]) -> DesiredVip {
         .collect();
     DesiredVip {
         name: vip.name.clone(),
-        endpoint: vip.endpoint(),
+        endpoint: endpoint(&vip_key(vip)),
         flags: if vip.hash == HashFields::SourceIp { VIP_FLAG_HASH_SOURCE_ONLY } else { 0 },
         backend_flags: match vip.mode {
             Mode::DsrL2 => 0,
@@ -134,6 +134,33 @@ pub fn ip_words(addr: IpAddr) -> ([u32; 4], u8) {
             let word = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
             ([word(0), word(4), word(8), word(12)], FAMILY_V6)
         }
+    }
+}
+
+/// The address `ip_words` made (for reading the maps back).
+pub fn ip_from_words(addr: [u32; 4], family: u8) -> IpAddr {
+    if family == FAMILY_V4 {
+        IpAddr::from(addr[0].to_ne_bytes())
+    } else {
+        let mut octets = [0u8; 16];
+        for (chunk, word) in octets.as_chunks_mut::<4>().0.iter_mut().zip(addr) {
+            chunk.copy_from_slice(&word.to_ne_bytes());
+        }
+        IpAddr::from(octets)
+    }
+}
+
+/// `address:port/protocol` (brackets around IPv6); `address/icmp` for ICMP VIPs.
+pub fn endpoint(key: &VipKey) -> String {
+    let protocol = match key.proto {
+        PROTO_TCP => "tcp",
+        PROTO_UDP => "udp",
+        _ => "icmp",
+    };
+    match ip_from_words(key.addr, key.family) {
+        a if protocol == "icmp" => format!("{a}/icmp"),
+        IpAddr::V4(a) => format!("{a}:{}/{protocol}", u16::from_be(key.port)),
+        IpAddr::V6(a) => format!("[{a}]:{}/{protocol}", u16::from_be(key.port)),
     }
 }
 

@@ -1,29 +1,54 @@
-//! Facts about a network interface: MAC and MTU from sysfs, addresses from getifaddrs(3).
+//! Facts about a network interface: MAC and MTU by ioctl, addresses from getifaddrs(3).
 
 use std::{
     ffi::CStr,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    path::Path,
+    os::fd::{AsRawFd as _, FromRawFd as _},
 };
 
-use crate::{config::Mac, desired::NodeFacts};
+use crate::desired::NodeFacts;
 
-/// The interface's MAC and MTU.
+/// The interface's MAC and MTU, asked of the kernel for this network namespace (sysfs may show
+/// another namespace's view, e.g. in a process that entered the namespace with setns).
 pub fn facts(iface: &str) -> std::io::Result<NodeFacts> {
-    let dir = Path::new("/sys/class/net").join(iface);
-    let read = |name: &str| {
-        std::fs::read_to_string(dir.join(name))
-            .map(|s| s.trim().to_owned())
-            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", dir.join(name).display())))
+    let invalid =
+        |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("interface `{iface}`: {why}"));
+    let name = iface.as_bytes();
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(&0) {
+        return Err(invalid("not a valid interface name"));
+    }
+    // SAFETY: plain socket(2); the fd is owned (and closed) by `socket` below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh socket nobody else owns.
+    let socket = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let request = |op: libc::Ioctl| -> std::io::Result<libc::ifreq> {
+        // SAFETY: ifreq is plain data; all zeroes is a valid value.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (dst, src) in req.ifr_name.iter_mut().zip(name) {
+            *dst = *src as libc::c_char;
+        }
+        // SAFETY: SIOCGIFHWADDR / SIOCGIFMTU read the NUL-terminated name and write into `req`.
+        if unsafe { libc::ioctl(socket.as_raw_fd(), op, &mut req) } != 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(std::io::Error::new(e.kind(), format!("interface `{iface}`: {e}")));
+        }
+        Ok(req)
     };
-    let invalid = |what: &str, v: &str| {
-        std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{iface}: unreadable {what} `{v}`"))
-    };
-    let mac_text = read("address")?;
-    let mac: Mac = mac_text.parse().map_err(|_| invalid("MAC", &mac_text))?;
-    let mtu_text = read("mtu")?;
-    let mtu = mtu_text.parse().map_err(|_| invalid("MTU", &mtu_text))?;
-    Ok(NodeFacts { iface_mac: mac.0, mtu })
+    let hw = request(libc::SIOCGIFHWADDR)?;
+    // SAFETY: SIOCGIFHWADDR filled the hwaddr member of the union.
+    let data = unsafe { hw.ifr_ifru.ifru_hwaddr.sa_data };
+    let mut mac = [0u8; 6];
+    for (dst, src) in mac.iter_mut().zip(data) {
+        *dst = src as u8;
+    }
+    let mtu = request(libc::SIOCGIFMTU)?;
+    // SAFETY: SIOCGIFMTU filled the mtu member of the union.
+    let mtu = unsafe { mtu.ifr_ifru.ifru_mtu };
+    let mtu = u32::try_from(mtu).map_err(|_| invalid("negative MTU"))?;
+    Ok(NodeFacts { iface_mac: mac, mtu })
 }
 
 /// Every address configured on any interface of this network namespace (the host's own

@@ -6,6 +6,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use xlb::{admin, agent, config};
 
+const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xlb";
+
 #[derive(Parser)]
 #[command(name = "xlb", version, about = "XDP L4 load balancer")]
 struct Cli {
@@ -34,6 +36,23 @@ enum Command {
         iface: String,
         #[arg(long, default_value = admin::DEFAULT_SOCKET)]
         admin_socket: PathBuf,
+        /// bpffs directory for the pinned maps and link (one subdirectory per interface).
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        /// Detach XDP when the agent exits on SIGTERM/SIGINT. Without it XDP keeps forwarding
+        /// and the next `xlb run` adopts the pinned maps (connection table included).
+        #[arg(long)]
+        detach_on_exit: bool,
+    },
+    /// Detach xlb from an interface whose agent is gone (or was told not to detach).
+    Detach {
+        #[arg(long, short)]
+        iface: String,
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        /// Also remove the pinned maps: the next agent starts with an empty connection table.
+        #[arg(long)]
+        forget_flows: bool,
     },
     /// Backend side of dsr-ipip: strip IPIP / IP6IP6 / IPv4-in-IPv6 addressed to this host and
     /// pass the inner packet up the stack (for hosts without the ipip modules). Runs until
@@ -77,8 +96,18 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             println!("{}: ok, {} VIPs", file.display(), config.vips.len());
             Ok(())
         }
-        Command::Run { config, iface, admin_socket } => {
-            runtime()?.block_on(agent::run(agent::RunOptions { config, iface, admin_socket }))
+        Command::Run { config, iface, admin_socket, pin_dir, detach_on_exit } => {
+            runtime()?.block_on(agent::run(agent::RunOptions { config, iface, admin_socket, pin_dir, detach_on_exit }))
+        }
+        Command::Detach { iface, pin_dir, forget_flows } => {
+            let dir = pin_dir.join(&iface);
+            let detached = xlb::dataplane::detach_pinned(&agent::link_pin(&dir))?;
+            println!("{iface}: {}", if detached { "XDP detached" } else { "no pinned xlb link" });
+            if forget_flows && dir.exists() {
+                std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+                println!("{iface}: removed the pinned maps under {}", dir.display());
+            }
+            Ok(())
         }
         Command::Decap { iface, addresses } => runtime()?.block_on(agent::decap(&iface, addresses)),
         Command::Stats { admin_socket, json } => {

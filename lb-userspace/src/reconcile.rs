@@ -18,7 +18,7 @@ use lb_common::{
 
 use crate::{
     dataplane::{DataplaneError, Maps},
-    desired::{DesiredBackend, DesiredState, DesiredVip},
+    desired::{DesiredBackend, DesiredState, DesiredVip, endpoint, ip_from_words},
     maglev::{self, MaglevError, Member},
 };
 
@@ -92,6 +92,58 @@ impl Default for Reconciler {
 impl Reconciler {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Takes over maps a previous agent filled (pinned, and still serving): VIP ids, backend
+    /// slots and their generations are kept exactly, so the connection table's entries stay
+    /// valid. What the maps do not record (VIP names, weights) is left unknown; the first
+    /// `apply` fills it in, rebuilding each table — Maglev is deterministic, so an unchanged
+    /// configuration yields the very same tables. Counters of backends removed before the
+    /// restart are no longer part of their VIP's totals.
+    pub fn adopt(maps: &Maps) -> Result<Self, DataplaneError> {
+        let mut this =
+            Self { node: Some(maps.node()?), addrs: maps.vip_addrs()?.into_iter().collect(), ..Self::default() };
+        this.filter = maps.filter_buckets()?.into_iter().collect();
+        let mut by_vip: BTreeMap<u32, Vec<(u32, Backend)>> = BTreeMap::new();
+        this.free_slots.clear();
+        for slot in (0..MAX_BACKENDS).rev() {
+            let backend = maps.backend(slot)?;
+            this.generations[slot as usize] = backend.generation;
+            if backend.flags & BACKEND_FLAG_ACTIVE != 0 {
+                by_vip.entry(backend.vip_id).or_default().push((slot, backend));
+            } else {
+                this.free_slots.push(slot);
+            }
+        }
+        for (key, meta) in maps.vips()? {
+            let mut members = by_vip.remove(&meta.id).unwrap_or_default();
+            members.sort_by_key(|(slot, _)| *slot);
+            let backend_flags = members.first().map_or(0, |(_, b)| b.flags & !BACKEND_FLAG_ACTIVE);
+            let backends = members
+                .iter()
+                .map(|(_, b)| DesiredBackend {
+                    identity: ip_from_words(b.addr, b.family).to_string(),
+                    addr: b.addr,
+                    family: b.family,
+                    mac: b.mac,
+                    // Unknown: differs from every configured weight, so the first pass rebuilds.
+                    weight: u32::MAX,
+                })
+                .collect();
+            let vip = DesiredVip {
+                name: String::new(),
+                endpoint: endpoint(&key),
+                flags: meta.flags,
+                backend_flags,
+                table_size: meta.table_size,
+                backends,
+            };
+            let slots = members.iter().map(|(slot, _)| *slot).collect();
+            this.vips.insert(key, AppliedVip { meta, vip, slots, retired: BackendCounters::default() });
+        }
+        // Live slots of a VIP that is gone (the previous agent died between writes): retire them.
+        this.to_retire.extend(by_vip.into_values().flatten().map(|(slot, _)| slot));
+        Ok(this)
     }
 
     /// What is in the maps now, by key.
@@ -168,6 +220,7 @@ impl Reconciler {
     /// Takes a slot for a new backend of `vip` and writes it live.
     fn take_slot(
         &mut self,
+        vip_id: u32,
         vip: &DesiredVip,
         backend: &DesiredBackend,
         maps: &mut Maps,
@@ -177,7 +230,7 @@ impl Reconciler {
         fresh.push(slot);
         self.generations[slot as usize] = self.generations[slot as usize].wrapping_add(1);
         maps.reset_backend_counters(slot)
-            .and_then(|()| self.write_backend(slot, backend, vip.backend_flags, maps))
+            .and_then(|()| self.write_backend(slot, vip_id, backend, vip.backend_flags, maps))
             .map_err(|source| ReconcileError::Write { endpoint: vip.endpoint.clone(), source: Box::new(source) })?;
         Ok(slot)
     }
@@ -193,7 +246,7 @@ impl Reconciler {
         let id = self.free_vip_id().ok_or(ReconcileError::TooManyVips)?;
         let mut slots = Vec::with_capacity(vip.backends.len());
         for backend in &vip.backends {
-            slots.push(self.take_slot(vip, backend, maps, fresh)?);
+            slots.push(self.take_slot(id, vip, backend, maps, fresh)?);
         }
         let table_size = self.write_table(id, vip, &slots, maps)?;
         let meta = VipMeta { id, flags: vip.flags, table_size };
@@ -223,11 +276,11 @@ impl Reconciler {
                 Some(i) => {
                     let slot = old.slots[i];
                     if old.vip.backends[i].mac != backend.mac || old.vip.backend_flags != vip.backend_flags {
-                        self.write_backend(slot, backend, vip.backend_flags, maps).map_err(write)?;
+                        self.write_backend(slot, old.meta.id, backend, vip.backend_flags, maps).map_err(write)?;
                     }
                     slots.push(slot);
                 }
-                None => slots.push(self.take_slot(vip, backend, maps, fresh)?),
+                None => slots.push(self.take_slot(old.meta.id, vip, backend, maps, fresh)?),
             }
         }
         let members = |v: &DesiredVip| v.backends.iter().map(|b| (b.identity.clone(), b.weight)).collect::<Vec<_>>();
@@ -286,6 +339,7 @@ impl Reconciler {
     fn write_backend(
         &self,
         slot: u32,
+        vip_id: u32,
         backend: &DesiredBackend,
         flags: u8,
         maps: &mut Maps,
@@ -298,11 +352,11 @@ impl Reconciler {
                 family: backend.family,
                 flags: BACKEND_FLAG_ACTIVE | flags,
                 generation: self.generations[slot as usize],
+                vip_id,
             },
         )
     }
 
-    /// Marks a slot unused; flows still pointing at it see the generation change and re-hash.
     /// Marks queued slots unused; flows still pointing at them see the generation change and
     /// re-hash. A slot returns to the free list only once the map says it is retired.
     fn retire_queued(&mut self, maps: &mut Maps) -> Result<(), DataplaneError> {

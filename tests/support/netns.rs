@@ -59,6 +59,27 @@ impl Netns {
         cmd
     }
 
+    /// A command that enters only this network namespace (setns before exec) and keeps the
+    /// host's mounts — unlike `ip netns exec`, which remounts /sys and so hides /sys/fs/bpf,
+    /// where the agent pins its data plane.
+    pub fn command_keep_mounts(&self, program: &str) -> Command {
+        use std::os::unix::process::CommandExt as _;
+        let path = format!("/run/netns/{}", self.name);
+        let ns = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+        let mut cmd = Command::new(program);
+        // SAFETY: the closure runs between fork and exec and only calls setns, which is
+        // async-signal-safe; `ns` stays open (moved into the closure) until then.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd
+    }
+
     /// Runs `f` on a thread that has entered this namespace: sockets it opens live there.
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
         let path = format!("/run/netns/{}", self.name);
@@ -119,7 +140,8 @@ impl Process {
 
     /// Sends `signal` and waits up to `timeout` for the exit status.
     pub fn signal_and_wait(&mut self, signal: i32, timeout: Duration) -> std::process::ExitStatus {
-        // The agent runs under `ip netns exec`, which execs it: the pid is the agent's.
+        // Processes run under `ip netns exec` (which execs them) or enter the namespace before
+        // exec: either way the pid is the process's own.
         // SAFETY: kill with a valid pid of our own child and a valid signal number.
         unsafe { libc::kill(self.child.id() as i32, signal) };
         let deadline = Instant::now() + timeout;

@@ -49,6 +49,8 @@ pub struct Topology {
     // Dropped last: the segment the others hang off.
     _switch: Netns,
     pub dir: PathBuf,
+    /// The agent's bpffs pin directory (unique per topology, removed on drop).
+    pub pin_dir: PathBuf,
     stop: Arc<AtomicBool>,
     servers: Vec<std::thread::JoinHandle<()>>,
     processes: Vec<Process>,
@@ -128,6 +130,7 @@ impl Topology {
             switch_xdp: Some(switch_xdp),
             _switch: switch,
             dir,
+            pin_dir: PathBuf::from("/sys/fs/bpf").join(unique_name("pins")),
             stop: Arc::new(AtomicBool::new(false)),
             servers: Vec::new(),
             processes: Vec::new(),
@@ -184,6 +187,102 @@ impl Topology {
         }
     }
 
+    /// Starts, on every backend, a TCP server on `vip:port` that answers every line it reads on
+    /// a connection with the backend's name and a newline, until the client closes.
+    pub fn serve_streams(&mut self, vip: &str, port: u16) {
+        for (i, ns) in self.backends.iter().enumerate() {
+            let addr = SocketAddr::new(vip.parse().expect("VIP"), port);
+            let name = format!("be{i}\n");
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+            let stop = Arc::clone(&self.stop);
+            self.servers.push(ns.run(move || {
+                let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+                listener.set_nonblocking(true).expect("nonblocking");
+                ready_tx.send(()).expect("ready");
+                let mut conns = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((conn, _)) = listener.accept() {
+                        let name = name.clone();
+                        let stop = Arc::clone(&stop);
+                        conns.push(std::thread::spawn(move || {
+                            let _ = conn.set_nonblocking(false);
+                            let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
+                            let mut conn = std::io::BufReader::new(conn);
+                            let mut line = String::new();
+                            while !stop.load(Ordering::Relaxed) {
+                                line.clear();
+                                match std::io::BufRead::read_line(&mut conn, &mut line) {
+                                    Ok(0) => break,
+                                    Ok(_) => {
+                                        if conn.get_mut().write_all(name.as_bytes()).is_err() {
+                                            break;
+                                        }
+                                    }
+                                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                                    Err(_) => break,
+                                }
+                            }
+                        }));
+                    } else {
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                }
+                for conn in conns {
+                    let _ = conn.join();
+                }
+            }));
+            ready_rx.recv_timeout(Duration::from_secs(5)).expect("server started");
+        }
+    }
+
+    /// Opens `count` long TCP streams to `vip:port` from the client (see `serve_streams`);
+    /// each exchanges a line every 50 ms until the returned `Streams` is finished.
+    pub fn open_streams(&self, vip: &str, port: u16, count: usize) -> Streams {
+        let addr = SocketAddr::new(vip.parse::<IpAddr>().expect("VIP"), port);
+        let stop = Arc::new(AtomicBool::new(false));
+        let exchanges: Arc<Vec<std::sync::atomic::AtomicUsize>> =
+            Arc::new((0..count).map(|_| std::sync::atomic::AtomicUsize::new(0)).collect());
+        let threads = (0..count)
+            .map(|i| {
+                let stop = Arc::clone(&stop);
+                let exchanges = Arc::clone(&exchanges);
+                self.client.run(move || -> Result<String, String> {
+                    let conn = TcpStream::connect_timeout(&addr, Duration::from_secs(4)).map_err(|e| e.to_string())?;
+                    conn.set_read_timeout(Some(Duration::from_secs(3))).map_err(|e| e.to_string())?;
+                    let mut reader = std::io::BufReader::new(conn.try_clone().map_err(|e| e.to_string())?);
+                    let mut writer = conn;
+                    let mut first: Option<String> = None;
+                    // Bounded: at most 60 s of exchanges even if nobody says stop.
+                    for n in 0..1200 {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        writer.write_all(b"x\n").map_err(|e| format!("exchange {n}: {e}"))?;
+                        let mut line = String::new();
+                        std::io::BufRead::read_line(&mut reader, &mut line)
+                            .map_err(|e| format!("exchange {n}: {e}"))?;
+                        let name = line.trim().to_owned();
+                        if name.is_empty() {
+                            return Err(format!("exchange {n}: connection closed"));
+                        }
+                        match &first {
+                            None => first = Some(name),
+                            Some(f) if *f != name => {
+                                return Err(format!("exchange {n}: answered by {name}, began on {f}"));
+                            }
+                            Some(_) => {}
+                        }
+                        exchanges[i].fetch_add(1, Ordering::Relaxed);
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    first.ok_or_else(|| "no exchange".to_owned())
+                })
+            })
+            .collect();
+        Streams { stop, exchanges, threads }
+    }
+
     /// Runs `xlb decap` on every backend.
     pub fn decap_on_backends(&mut self) {
         for (i, ns) in self.backends.iter().enumerate() {
@@ -201,10 +300,16 @@ impl Topology {
 
     /// Writes `config` and starts `xlb run` on the node; waits until its admin socket answers.
     pub fn start_agent(&mut self, config: &str) -> usize {
+        self.start_agent_with(config, &[])
+    }
+
+    /// `start_agent` with more `xlb run` arguments.
+    pub fn start_agent_with(&mut self, config: &str, args: &[&str]) -> usize {
         let path = self.config_path();
         std::fs::write(&path, config).expect("write config");
-        let mut cmd = self.node.command(xlb_bin().to_str().expect("utf-8 path"));
+        let mut cmd = self.node.command_keep_mounts(xlb_bin().to_str().expect("utf-8 path"));
         cmd.args(["run", "--iface", "eth0", "--config"]).arg(&path).arg("--admin-socket").arg(self.socket());
+        cmd.arg("--pin-dir").arg(&self.pin_dir).args(args);
         self.processes.push(Process::spawn(cmd, "xlb run"));
         wait_for("the agent's admin socket", Duration::from_secs(10), || self.stats());
         self.processes.len() - 1
@@ -239,10 +344,11 @@ impl Topology {
             // lost SYN, and so does this one.
             let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(4))?;
             conn.set_read_timeout(Some(Duration::from_secs(2)))?;
-            conn.write_all(b"who")?;
+            // A line: the stream servers answer lines, the others any bytes.
+            conn.write_all(b"who\n")?;
             let mut buf = [0u8; 64];
             let n = conn.read(&mut buf)?;
-            Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+            Ok(String::from_utf8_lossy(&buf[..n]).trim().to_owned())
         })
     }
 
@@ -304,6 +410,8 @@ impl Drop for Topology {
         }
         self.switch_xdp = None;
         let _ = std::fs::remove_dir_all(&self.dir);
+        // Pins (the link's among them) would keep the program and maps alive.
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
     }
 }
 
@@ -319,5 +427,44 @@ pub fn assert_spread(seen: &BTreeMap<String, usize>, weights: &[u32], tolerance:
             (share - ideal).abs() <= tolerance,
             "{what}: be{i} got {share:.3} of {total}, weight share {ideal:.3}; all: {seen:?}"
         );
+    }
+}
+
+/// Long TCP streams in flight (`Topology::open_streams`).
+#[derive(Debug)]
+pub struct Streams {
+    stop: Arc<AtomicBool>,
+    exchanges: Arc<Vec<std::sync::atomic::AtomicUsize>>,
+    threads: Vec<std::thread::JoinHandle<Result<String, String>>>,
+}
+
+impl Streams {
+    /// Exchanges each stream has completed so far.
+    pub fn exchanges(&self) -> Vec<usize> {
+        self.exchanges.iter().map(|e| e.load(Ordering::Relaxed)).collect()
+    }
+
+    /// Waits until every stream has completed `more` exchanges beyond what it had now, or one
+    /// has ended; bounded by `timeout`. Returns whether all made that progress.
+    pub fn progress(&self, more: usize, timeout: Duration) -> bool {
+        let start = self.exchanges();
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            let now = self.exchanges();
+            if now.iter().zip(&start).all(|(n, s)| *n >= s + more) {
+                return true;
+            }
+            if self.threads.iter().any(|t| t.is_finished()) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Stops the streams; returns each one's backend, or why it broke.
+    pub fn finish(self) -> Vec<Result<String, String>> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads.into_iter().map(|t| t.join().unwrap_or_else(|_| Err("stream thread panicked".into()))).collect()
     }
 }
