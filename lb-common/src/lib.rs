@@ -517,7 +517,8 @@ mod tests {
         use core::mem::size_of;
         assert_eq!(size_of::<VipKey>(), 16 + 2 + 1 + 1);
         assert_eq!(size_of::<VipMeta>(), 3 * 4);
-        assert_eq!(size_of::<Backend>(), 16 + 6 + 1 + 1 + 4);
+        assert_eq!(size_of::<Backend>(), 16 + 6 + 1 + 1 + 4 + 4);
+        assert_eq!(size_of::<MaglevGroup>(), 8);
         assert_eq!(size_of::<BackendCounters>(), 3 * 8);
         assert_eq!(size_of::<FlowKey>(), 16 + 16 + 2 + 2 + 1 + 1 + 2);
         assert_eq!(size_of::<Flow>(), 8);

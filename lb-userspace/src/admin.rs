@@ -16,17 +16,62 @@ use crate::stats::Snapshot;
 
 pub const DEFAULT_SOCKET: &str = "/run/xlb/admin.sock";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Request {
+    /// Counters and backend states.
     Stats,
+    /// Configuration state (generation, last reload) with the VIP table.
+    Status,
+    /// Stop (or with `undo`, resume) sending new flows of `vip` to `backend`; its established
+    /// flows finish where they are.
+    Drain { vip: String, backend: String, undo: bool },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reply {
     Stats(Snapshot),
+    Status(Status),
+    Done(String),
     Error(String),
+}
+
+/// What `xlb status` shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub config_path: String,
+    /// Configurations applied since the agent started (1 = the one it started with).
+    pub config_generation: u64,
+    pub last_reload: Option<ReloadOutcome>,
+    pub snapshot: Snapshot,
+}
+
+/// The result of the latest reload attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadOutcome {
+    pub ok: bool,
+    /// What changed, or why the file was rejected (the old configuration keeps serving).
+    pub message: String,
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+}
+
+impl Status {
+    pub fn render(&self) -> String {
+        let mut out = format!("config {} (generation {})\n", self.config_path, self.config_generation);
+        match &self.last_reload {
+            None => out.push_str("last reload: none since start\n"),
+            Some(r) if r.ok => out.push_str(&format!("last reload: ok at {} — {}\n", r.at, r.message)),
+            Some(r) => out.push_str(&format!(
+                "last reload: REJECTED at {} — the previous configuration keeps serving\n  {}\n",
+                r.at, r.message
+            )),
+        }
+        out.push('\n');
+        out.push_str(&self.snapshot.render_vips());
+        out
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

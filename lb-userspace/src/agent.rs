@@ -2,20 +2,23 @@
 //! serve the admin socket; reload on SIGHUP.
 
 use std::{
+    collections::BTreeSet,
     path::PathBuf,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    admin::{self, Reply, Request},
-    config,
-    dataplane::{self, AttachMode, Attached, Loaded, Maps},
-    desired::{DesiredState, NodeFacts},
-    iface,
-    reconcile::Reconciler,
+    admin::{self, ReloadOutcome, Reply, Request, Status},
+    config::{self, Config},
+    dataplane::{self, AttachMode, Attached, DataplaneError, Loaded, Maps},
+    desired::{BackendRef, BackendStates, DesiredState, NodeFacts},
+    health::{Checker, HealthMap, Target},
+    iface, metrics,
+    reconcile::{Changes, ReconcileError, Reconciler},
     stats::Snapshot,
 };
 
@@ -29,6 +32,10 @@ pub struct RunOptions {
     /// Detach XDP on SIGTERM/SIGINT. Off by default: an edge node wants forwarding to outlive
     /// the agent (a restarted agent adopts the pinned data plane).
     pub detach_on_exit: bool,
+    /// Reload when the config file changes (besides SIGHUP).
+    pub watch_config: bool,
+    /// Where to serve Prometheus `/metrics`.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl RunOptions {
@@ -43,12 +50,54 @@ pub fn link_pin(iface_dir: &std::path::Path) -> PathBuf {
     iface_dir.join("link")
 }
 
-/// Everything the reconciler owns, behind one lock: only it writes the maps.
+/// Everything the reconciler owns, behind one lock: only it writes the maps. The sources of
+/// desired state — the file (`config`), health checks and drains (`states`) — live here too, so
+/// every change goes through `reconcile`.
 struct State {
     maps: Maps,
     reconciler: Reconciler,
     facts: NodeFacts,
     flow_table_size: u32,
+    config: Config,
+    states: BackendStates,
+    health: HealthMap,
+    config_generation: u64,
+    last_reload: Option<ReloadOutcome>,
+}
+
+impl State {
+    /// Desired state from every source, into the maps.
+    fn reconcile(&mut self) -> Result<Changes, ReconcileError> {
+        let desired = DesiredState::with_states(&self.config, &self.facts, &self.states);
+        self.reconciler.apply(&desired, &mut self.maps)
+    }
+
+    fn snapshot(&self) -> Result<Snapshot, DataplaneError> {
+        Snapshot::read(&self.maps, &self.reconciler, &self.health)
+    }
+}
+
+/// The backends `config` asks to health-check.
+fn health_targets(config: &Config) -> Vec<Target> {
+    config
+        .vips
+        .iter()
+        .flat_map(|vip| {
+            vip.backends.iter().filter_map(move |backend| {
+                Some(Target {
+                    vip: vip.name.clone(),
+                    backend: backend.address.to_string(),
+                    addr: backend.address,
+                    check: vip.check_for(backend)?.clone(),
+                })
+            })
+        })
+        .collect()
+}
+
+/// The backends `health` says are down.
+fn down(health: &HealthMap) -> BTreeSet<BackendRef> {
+    health.iter().filter(|(_, h)| !h.up).map(|(key, _)| key.clone()).collect()
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
@@ -65,8 +114,20 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     } else {
         Reconciler::new()
     };
-    let mut state = State { maps, reconciler, facts, flow_table_size };
-    let changes = state.reconciler.apply(&DesiredState::new(&config, &facts), &mut state.maps)?;
+    // Backends start up (a restart must not drop traffic while the first checks run).
+    let (mut checker, mut health_rx) = Checker::start(health_targets(&config));
+    let mut state = State {
+        maps,
+        reconciler,
+        facts,
+        flow_table_size,
+        config,
+        states: BackendStates::default(),
+        health: health_rx.borrow_and_update().clone(),
+        config_generation: 1,
+        last_reload: None,
+    };
+    let changes = state.reconcile()?;
     tracing::info!(
         added = changes.added.len(),
         updated = changes.updated.len(),
@@ -86,33 +147,74 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 
     let state = Arc::new(Mutex::new(state));
     let admin_state = Arc::clone(&state);
+    let config_path = opts.config.display().to_string();
     let server = admin::serve(
         &opts.admin_socket,
-        Arc::new(move |request| match request {
-            Request::Stats => {
-                let state = admin_state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                match Snapshot::read(&state.maps, &state.reconciler) {
-                    Ok(snapshot) => Reply::Stats(snapshot),
-                    Err(e) => Reply::Error(e.to_string()),
-                }
-            }
-        }),
+        Arc::new(move |request| answer(&mut lock(&admin_state), &config_path, request)),
     )
     .await?;
     tracing::info!(socket = %opts.admin_socket.display(), "admin socket listening");
+    let metrics = match opts.metrics_listen {
+        Some(addr) => {
+            let metrics_state = Arc::clone(&state);
+            let server = metrics::serve(
+                addr,
+                Arc::new(move || {
+                    let state = lock(&metrics_state);
+                    let snapshot = state.snapshot().map_err(|e| e.to_string())?;
+                    Ok(metrics::render(
+                        &snapshot,
+                        &metrics::AgentInfo {
+                            config_generation: state.config_generation,
+                            last_reload: state.last_reload.clone(),
+                        },
+                    ))
+                }),
+            )
+            .await?;
+            tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+            Some(server)
+        }
+        None => None,
+    };
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    let mut watch = FileWatch::new(&opts.config);
+    let mut poll = tokio::time::interval(Duration::from_secs(1));
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => reload(&opts, &state),
+            _ = hup.recv() => reload(&opts, &mut lock(&state), &mut checker),
+            _ = poll.tick(), if opts.watch_config => {
+                if watch.changed() {
+                    tracing::info!(config = %opts.config.display(), "configuration file changed");
+                    reload(&opts, &mut lock(&state), &mut checker);
+                }
+            }
+            changed = health_rx.changed() => {
+                if changed.is_err() {
+                    continue;
+                }
+                let health = health_rx.borrow_and_update().clone();
+                let mut state = lock(&state);
+                state.states.down = down(&health);
+                state.health = health;
+                if let Err(e) = state.reconcile() {
+                    tracing::error!(error = %e, "applying health changes failed; retried on the next change");
+                }
+            }
         }
     }
 
     server.abort();
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
+    drop(checker);
     let _ = std::fs::remove_file(&opts.admin_socket);
     if opts.detach_on_exit {
         dataplane::detach_pinned(&link)?;
@@ -124,41 +226,137 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn answer(state: &mut State, config_path: &str, request: Request) -> Reply {
+    match request {
+        Request::Stats => state.snapshot().map_or_else(|e| Reply::Error(e.to_string()), Reply::Stats),
+        Request::Status => match state.snapshot() {
+            Ok(snapshot) => Reply::Status(Status {
+                config_path: config_path.to_owned(),
+                config_generation: state.config_generation,
+                last_reload: state.last_reload.clone(),
+                snapshot,
+            }),
+            Err(e) => Reply::Error(e.to_string()),
+        },
+        Request::Drain { vip, backend, undo } => {
+            let Some(configured) = state.config.vips.iter().find(|v| v.name == vip) else {
+                let names: Vec<&str> = state.config.vips.iter().map(|v| v.name.as_str()).collect();
+                return Reply::Error(format!("no VIP named `{vip}`; configured: {}", names.join(", ")));
+            };
+            let Some(address) = configured.backends.iter().map(|b| b.address.to_string()).find(|a| *a == backend)
+            else {
+                let addresses: Vec<String> = configured.backends.iter().map(|b| b.address.to_string()).collect();
+                return Reply::Error(format!(
+                    "VIP `{vip}` has no backend `{backend}`; its backends: {}",
+                    addresses.join(", ")
+                ));
+            };
+            let at = (vip.clone(), address);
+            let changed = if undo { state.states.drained.remove(&at) } else { state.states.drained.insert(at) };
+            if let Err(e) = state.reconcile() {
+                return Reply::Error(format!("applying the drain failed: {e}"));
+            }
+            let what = if undo { "takes new flows again" } else { "drained: no new flows, established ones finish" };
+            tracing::info!(%vip, %backend, undo, "drain");
+            Reply::Done(format!("{vip} {backend}: {what}{}", if changed { "" } else { " (already so)" }))
+        }
+    }
+}
+
 /// Re-reads the config; an invalid file leaves the running state as it is.
-fn reload(opts: &RunOptions, state: &Mutex<State>) {
+fn reload(opts: &RunOptions, state: &mut State, checker: &mut Checker) {
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let config = match config::load(&opts.config) {
         Ok(config) => config,
         Err(e) => {
             tracing::error!(error = %e, "reload rejected; the previous configuration keeps serving");
+            state.last_reload = Some(ReloadOutcome { ok: false, message: e.to_string(), at: now() });
             return;
         }
     };
-    let mut state = state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let State { maps, reconciler, facts, flow_table_size } = &mut *state;
     // The interface's MTU or MAC may have changed since the last pass.
     match iface::facts(&opts.iface) {
-        Ok(now) => *facts = now,
+        Ok(now) => state.facts = now,
         Err(e) => {
             tracing::warn!(error = %e, iface = %opts.iface, "cannot re-read the interface; keeping its last MAC and MTU")
         }
     }
-    if config.node.flow_table_size != *flow_table_size {
+    if config.node.flow_table_size != state.flow_table_size {
         tracing::warn!(
-            running = *flow_table_size,
+            running = state.flow_table_size,
             configured = config.node.flow_table_size,
-            "node.flow_table_size changes need a restart; keeping the running size"
+            "node.flow_table_size changes need a restart with the pinned maps removed (`xlb detach --forget-flows`); keeping the running size"
         );
     }
-    match reconciler.apply(&DesiredState::new(&config, facts), maps) {
-        Ok(changes) => tracing::info!(
-            added = ?changes.added,
-            removed = ?changes.removed,
-            updated = ?changes.updated,
-            unchanged = changes.unchanged,
-            tables_rebuilt = changes.tables_rebuilt,
-            "reloaded"
-        ),
-        Err(e) => tracing::error!(error = %e, "reload partly applied; the next reload retries"),
+    checker.replace(health_targets(&config));
+    // Drains of backends that are gone go with them.
+    state.states.drained.retain(|(vip, backend)| {
+        config.vips.iter().any(|v| v.name == *vip && v.backends.iter().any(|b| b.address.to_string() == *backend))
+    });
+    state.config = config;
+    state.config_generation += 1;
+    let outcome = match state.reconcile() {
+        Ok(changes) => {
+            tracing::info!(
+                added = ?changes.added,
+                removed = ?changes.removed,
+                updated = ?changes.updated,
+                unchanged = changes.unchanged,
+                tables_rebuilt = changes.tables_rebuilt,
+                "reloaded"
+            );
+            ReloadOutcome {
+                ok: true,
+                message: format!(
+                    "{} added, {} removed, {} updated, {} unchanged",
+                    changes.added.len(),
+                    changes.removed.len(),
+                    changes.updated.len(),
+                    changes.unchanged
+                ),
+                at: now(),
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "reload partly applied; the next change retries");
+            ReloadOutcome { ok: false, message: format!("partly applied: {e}"), at: now() }
+        }
+    };
+    state.last_reload = Some(outcome);
+}
+
+/// Notices when the config file is replaced or rewritten (editors do either).
+struct FileWatch {
+    path: PathBuf,
+    seen: Option<(std::time::SystemTime, u64, u64)>,
+}
+
+impl FileWatch {
+    fn new(path: &std::path::Path) -> Self {
+        let mut watch = Self { path: path.to_owned(), seen: None };
+        watch.seen = watch.stamp();
+        watch
+    }
+
+    fn stamp(&self) -> Option<(std::time::SystemTime, u64, u64)> {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = std::fs::metadata(&self.path).ok()?;
+        Some((meta.modified().ok()?, meta.len(), meta.ino()))
+    }
+
+    /// Whether the file changed since the last call. A vanished file is no change: the running
+    /// configuration stays until a readable one appears.
+    fn changed(&mut self) -> bool {
+        let now = self.stamp();
+        if now.is_none() || now == self.seen {
+            return false;
+        }
+        self.seen = now;
+        true
     }
 }
 

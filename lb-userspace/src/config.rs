@@ -8,6 +8,7 @@ use std::{
     net::IpAddr,
     path::{Path, PathBuf},
     str::FromStr,
+    time::Duration,
 };
 
 use serde::{Deserialize, Deserializer};
@@ -50,6 +51,11 @@ pub struct Vip {
     pub table_size: u32,
     pub unhashable: Unhashable,
     pub backends: Vec<Backend>,
+    /// The check of every backend that has none of its own; backends with no check at all are
+    /// always healthy.
+    pub health_check: Option<HealthCheck>,
+    /// With fewer healthy backends than this the VIP counts as down.
+    pub min_healthy: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +63,42 @@ pub struct Backend {
     pub address: IpAddr,
     pub weight: u32,
     pub mac: Option<Mac>,
+    /// Replaces the VIP's check for this backend (typically to probe another port).
+    pub health_check: Option<HealthCheck>,
+}
+
+/// How a backend's health is probed, and how many results it takes to change its state.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HealthCheck {
+    pub kind: CheckKind,
+    /// Time between probes (each probe is jittered by up to ±10%).
+    pub interval: Duration,
+    /// Bound on one probe; shorter than `interval`.
+    pub timeout: Duration,
+    /// Consecutive successes that bring a down backend up.
+    pub rise: u32,
+    /// Consecutive failures that take an up backend down.
+    pub fall: u32,
+}
+
+/// One probe. Ports are resolved when the configuration is checked (the VIP's by default).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CheckKind {
+    /// Succeeds when a TCP connection is established.
+    Tcp { port: u16 },
+    /// HTTP/1.1 GET: succeeds on `expect_status` with a body containing `expect_body`, if set.
+    Http { port: u16, path: String, host: Option<String>, expect_status: u16, expect_body: Option<String> },
+    /// Sends `send` on a connected UDP socket: succeeds on a reply containing `expect` (any reply
+    /// without it); an ICMP port-unreachable fails.
+    Udp { port: u16, send: Vec<u8>, expect: Option<Vec<u8>> },
+}
+
+impl CheckKind {
+    pub fn port(&self) -> u16 {
+        match self {
+            CheckKind::Tcp { port } | CheckKind::Http { port, .. } | CheckKind::Udp { port, .. } => *port,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
@@ -189,7 +231,43 @@ impl<'de> Deserialize<'de> for Prefix {
     }
 }
 
+/// The accepted duration forms, for error messages.
+const DURATION_FORMS: &str = "write a whole number with a unit: 500ms, 2s or 1m";
+
+/// Parses `500ms`, `2s` or `1m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("`{s}` is not a duration; {DURATION_FORMS}");
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(digits);
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => n.checked_mul(60).map(Duration::from_secs).ok_or_else(bad),
+        _ => Err(bad()),
+    }
+}
+
+/// Writes a duration the way [`parse_duration`] reads it (`1m`, `2s`, `500ms`).
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if !d.subsec_nanos().is_multiple_of(1_000_000) {
+        format!("{d:?}")
+    } else if ms != 0 && ms.is_multiple_of(60_000) {
+        format!("{}m", ms / 60_000)
+    } else if ms != 0 && ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
 impl Vip {
+    /// The check that applies to `backend`: its own, else the VIP's; `None` means always healthy.
+    pub fn check_for<'a>(&'a self, backend: &'a Backend) -> Option<&'a HealthCheck> {
+        backend.health_check.as_ref().or(self.health_check.as_ref())
+    }
+
     /// `address:port/protocol` (brackets around IPv6); `address/icmp` for ICMP VIPs.
     pub fn endpoint(&self) -> String {
         match (self.address, self.protocol) {
@@ -248,6 +326,8 @@ struct RawVip {
     unhashable: Unhashable,
     #[serde(default)]
     backends: Vec<Spanned<RawBackend>>,
+    health_check: Option<Spanned<RawHealthCheck>>,
+    min_healthy: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -256,12 +336,79 @@ struct RawBackend {
     address: IpAddr,
     weight: Option<u32>,
     mac: Option<Mac>,
+    health_check: Option<Spanned<RawHealthCheck>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealthCheck {
+    #[serde(rename = "type")]
+    kind: CheckType,
+    port: Option<u16>,
+    interval: Option<RawScalar>,
+    timeout: Option<RawScalar>,
+    rise: Option<u32>,
+    fall: Option<u32>,
+    path: Option<String>,
+    host: Option<String>,
+    expect_status: Option<u16>,
+    expect_body: Option<String>,
+    send: Option<String>,
+    expect: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum CheckType {
+    Tcp,
+    Http,
+    Udp,
+}
+
+/// Any scalar as text, so that `interval: 2` gets the duration message (with the accepted
+/// forms) rather than a type error.
+#[derive(Debug)]
+struct RawScalar(String);
+
+impl<'de> Deserialize<'de> for RawScalar {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = RawScalar;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "a duration ({DURATION_FORMS})")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawScalar, E> {
+                Ok(RawScalar(v.to_owned()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawScalar, E> {
+                Ok(RawScalar(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RawScalar, E> {
+                Ok(RawScalar(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<RawScalar, E> {
+                Ok(RawScalar(v.to_string()))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 /// Most connection-table entries (the LRU map is preallocated: ~100 bytes each).
 const MAX_FLOW_TABLE_SIZE: u32 = 1 << 24;
 /// Largest backend weight; weights are relative, so this only bounds arithmetic.
 const MAX_WEIGHT: u32 = 65535;
+/// Health-check defaults.
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+const DEFAULT_RISE: u32 = 2;
+const DEFAULT_FALL: u32 = 3;
+/// Probing more often than this only loads the backends; less often is no check at all.
+const MIN_INTERVAL: Duration = Duration::from_millis(100);
+const MAX_INTERVAL: Duration = Duration::from_secs(3600);
+/// Bound on rise and fall: beyond it a state change takes unreasonably long to notice.
+const MAX_THRESHOLD: u32 = 100;
 
 /// Reads and validates the configuration file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -509,7 +656,43 @@ impl Checker<'_> {
                     }
                 }
             }
-            backends.push(Backend { address: b.address, weight, mac: b.mac });
+            let health_check = match b.health_check {
+                Some(hc) => Some(self.check_health(
+                    hc.value,
+                    &hc.referenced,
+                    &bfield("health_check"),
+                    raw.protocol,
+                    raw.port,
+                )?),
+                None => None,
+            };
+            backends.push(Backend { address: b.address, weight, mac: b.mac, health_check });
+        }
+        let health_check = match raw.health_check {
+            Some(hc) => {
+                Some(self.check_health(hc.value, &hc.referenced, &field("health_check"), raw.protocol, raw.port)?)
+            }
+            None => None,
+        };
+        let min_healthy = raw.min_healthy.unwrap_or(1);
+        if min_healthy == 0 {
+            return Err(self.err(
+                at,
+                field("min_healthy"),
+                "must be at least 1: a VIP with no healthy backend is down whatever this says",
+            ));
+        }
+        // Only an explicit value is held to the backend count: a VIP with no backends is valid
+        // (and down) with the default.
+        if raw.min_healthy.is_some() && min_healthy as usize > backends.len() {
+            return Err(self.err(
+                at,
+                field("min_healthy"),
+                format!(
+                    "{min_healthy} is more than the VIP's {} backends, so it could never be up; lower it",
+                    backends.len()
+                ),
+            ));
         }
         Ok(Vip {
             name: raw.name,
@@ -521,7 +704,165 @@ impl Checker<'_> {
             table_size,
             unhashable: raw.unhashable,
             backends,
+            health_check,
+            min_healthy,
         })
+    }
+
+    /// Validates a `health_check` block; `prefix` is its field path, and the VIP's protocol and
+    /// port supply the default port.
+    fn check_health(
+        &self,
+        raw: RawHealthCheck,
+        at: &serde_saphyr::Location,
+        prefix: &str,
+        protocol: Protocol,
+        vip_port: u16,
+    ) -> Result<HealthCheck, ConfigError> {
+        let field = |name: &str| format!("{prefix}.{name}");
+        let type_name = match raw.kind {
+            CheckType::Tcp => "tcp",
+            CheckType::Http => "http",
+            CheckType::Udp => "udp",
+        };
+        // Fields of another check type are mistakes (a `path` on a tcp check checks nothing).
+        let only = [
+            ("path", raw.path.is_some(), CheckType::Http),
+            ("host", raw.host.is_some(), CheckType::Http),
+            ("expect_status", raw.expect_status.is_some(), CheckType::Http),
+            ("expect_body", raw.expect_body.is_some(), CheckType::Http),
+            ("send", raw.send.is_some(), CheckType::Udp),
+            ("expect", raw.expect.is_some(), CheckType::Udp),
+        ];
+        for (name, present, kind) in only {
+            if present && raw.kind != kind {
+                let owner = if kind == CheckType::Http { "http" } else { "udp" };
+                return Err(self.err(
+                    at,
+                    field(name),
+                    format!("only {owner} checks have `{name}`; remove it from this {type_name} check"),
+                ));
+            }
+        }
+        let port = match (raw.port, protocol) {
+            (Some(0), _) => {
+                return Err(self.err(at, field("port"), "must be 1..=65535, or left out to check the VIP's port"));
+            }
+            (Some(p), _) => p,
+            (None, Protocol::Icmp) => {
+                return Err(self.err(
+                    at,
+                    field("port"),
+                    "an icmp VIP has no port to check by default; set the port the backends' service listens on",
+                ));
+            }
+            (None, _) => vip_port,
+        };
+        let duration = |name: &str, raw: Option<RawScalar>, default: Duration| match raw {
+            None => Ok(default),
+            Some(RawScalar(text)) => parse_duration(&text).map_err(|m| self.err(at, field(name), m)),
+        };
+        let interval = duration("interval", raw.interval, DEFAULT_INTERVAL)?;
+        if !(MIN_INTERVAL..=MAX_INTERVAL).contains(&interval) {
+            return Err(self.err(
+                at,
+                field("interval"),
+                format!(
+                    "{} is out of range; use {} to {}",
+                    format_duration(interval),
+                    format_duration(MIN_INTERVAL),
+                    format_duration(MAX_INTERVAL)
+                ),
+            ));
+        }
+        let timeout = duration("timeout", raw.timeout, DEFAULT_TIMEOUT)?;
+        if timeout.is_zero() || timeout >= interval {
+            return Err(self.err(
+                at,
+                field("timeout"),
+                format!(
+                    "{} must be above 0 and shorter than the interval ({}), so probes never overlap",
+                    format_duration(timeout),
+                    format_duration(interval)
+                ),
+            ));
+        }
+        let threshold = |name: &str, raw: Option<u32>, default: u32| {
+            let n = raw.unwrap_or(default);
+            if (1..=MAX_THRESHOLD).contains(&n) {
+                Ok(n)
+            } else {
+                Err(self.err(
+                    at,
+                    field(name),
+                    format!("{n} consecutive results: use 1..={MAX_THRESHOLD} (1 reacts to a single probe)"),
+                ))
+            }
+        };
+        let rise = threshold("rise", raw.rise, DEFAULT_RISE)?;
+        let fall = threshold("fall", raw.fall, DEFAULT_FALL)?;
+        let kind = match raw.kind {
+            CheckType::Tcp => CheckKind::Tcp { port },
+            CheckType::Http => {
+                let path = raw.path.unwrap_or_else(|| "/".to_owned());
+                // The path and host go into the request line and a header verbatim.
+                if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    return Err(self.err(
+                        at,
+                        field("path"),
+                        format!("`{path}` must start with `/` and have no spaces (e.g. /healthz)"),
+                    ));
+                }
+                if let Some(host) = &raw.host
+                    && (host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()))
+                {
+                    return Err(self.err(
+                        at,
+                        field("host"),
+                        format!(
+                            "`{host}` is not a host name; write it as it goes in the Host header (e.g. www.example.com)"
+                        ),
+                    ));
+                }
+                let expect_status = raw.expect_status.unwrap_or(200);
+                if !(100..=599).contains(&expect_status) {
+                    return Err(self.err(
+                        at,
+                        field("expect_status"),
+                        format!("{expect_status} is not an HTTP status; use 100..=599"),
+                    ));
+                }
+                if raw.expect_body.as_deref() == Some("") {
+                    return Err(self.err(
+                        at,
+                        field("expect_body"),
+                        "an empty string matches every body; remove it or give the text to look for",
+                    ));
+                }
+                CheckKind::Http { port, path, host: raw.host, expect_status, expect_body: raw.expect_body }
+            }
+            CheckType::Udp => {
+                let send = match raw.send {
+                    Some(s) if !s.is_empty() => s.into_bytes(),
+                    _ => {
+                        return Err(self.err(
+                            at,
+                            field("send"),
+                            "a udp check needs a payload that the service answers (e.g. send: \"ping\")",
+                        ));
+                    }
+                };
+                if raw.expect.as_deref() == Some("") {
+                    return Err(self.err(
+                        at,
+                        field("expect"),
+                        "an empty string matches every reply; remove it to accept any reply",
+                    ));
+                }
+                CheckKind::Udp { port, send, expect: raw.expect.map(String::into_bytes) }
+            }
+        };
+        Ok(HealthCheck { kind, interval, timeout, rise, fall })
     }
 }
 
@@ -673,6 +1014,218 @@ mod tests {
             check("vips:\n  - name: a\n    address: 192.0.2.10\n    port: 7\n    protocol: icmp\n    mode: dsr-l2\n")
                 .unwrap_err();
         assert!(err.to_string().contains("no port"), "{err}");
+    }
+
+    fn checked(extra: &str) -> String {
+        vip(&format!(
+            "    backends:\n      - address: 10.1.0.1\n      - address: 10.1.0.2\n        health_check: {{ type: tcp, port: 8080 }}\n{extra}"
+        ))
+    }
+
+    #[test]
+    fn health_checks_default_and_resolve_ports() {
+        let config = check(&checked("    health_check:\n      type: tcp\n")).unwrap();
+        let v = &config.vips[0];
+        let default = HealthCheck {
+            kind: CheckKind::Tcp { port: 80 },
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+        };
+        assert_eq!(v.health_check, Some(default.clone()));
+        assert_eq!(v.min_healthy, 1);
+        assert_eq!(v.check_for(&v.backends[0]), Some(&default));
+        let own = v.check_for(&v.backends[1]).unwrap();
+        assert_eq!(own, &HealthCheck { kind: CheckKind::Tcp { port: 8080 }, ..default });
+
+        // No VIP check: only the backend with its own is checked.
+        let config = check(&checked("")).unwrap();
+        let v = &config.vips[0];
+        assert_eq!((v.check_for(&v.backends[0]), v.check_for(&v.backends[1]).is_some()), (None, true));
+    }
+
+    #[test]
+    fn http_and_udp_checks_parse() {
+        let config = check(&checked(
+            "    min_healthy: 2\n    health_check:\n      type: http\n      port: 8443\n      interval: 500ms\n      timeout: 250ms\n      rise: 1\n      fall: 1\n      path: /healthz?full=1\n      host: www.example.com\n      expect_status: 204\n      expect_body: ready\n",
+        ))
+        .unwrap();
+        let v = &config.vips[0];
+        assert_eq!(v.min_healthy, 2);
+        assert_eq!(
+            v.health_check,
+            Some(HealthCheck {
+                kind: CheckKind::Http {
+                    port: 8443,
+                    path: "/healthz?full=1".into(),
+                    host: Some("www.example.com".into()),
+                    expect_status: 204,
+                    expect_body: Some("ready".into()),
+                },
+                interval: Duration::from_millis(500),
+                timeout: Duration::from_millis(250),
+                rise: 1,
+                fall: 1,
+            })
+        );
+        let config = check(
+            "vips:\n  - name: ping\n    address: 192.0.2.1\n    protocol: icmp\n    mode: dsr-l2\n    health_check:\n      type: udp\n      port: 53\n      interval: 1m\n      send: \"\\x00ping\"\n      expect: pong\n",
+        )
+        .unwrap();
+        let udp = config.vips[0].health_check.as_ref().unwrap();
+        assert_eq!(udp.kind, CheckKind::Udp { port: 53, send: b"\0ping".to_vec(), expect: Some(b"pong".to_vec()) });
+        assert_eq!(udp.interval, Duration::from_secs(60));
+        let config = check(&vip("    health_check: { type: http }\n")).unwrap();
+        assert_eq!(
+            config.vips[0].health_check.as_ref().unwrap().kind,
+            CheckKind::Http { port: 80, path: "/".into(), host: None, expect_status: 200, expect_body: None }
+        );
+    }
+
+    #[test]
+    fn durations_parse_and_print() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        for bad in ["", "2", "s", "1.5s", "-1s", "2 s", "1h", "5us"] {
+            assert_eq!(
+                parse_duration(bad),
+                Err(format!("`{bad}` is not a duration; write a whole number with a unit: 500ms, 2s or 1m"))
+            );
+        }
+        for text in ["0ms", "1ms", "1500ms", "2s", "90s", "1m", "60m"] {
+            assert_eq!(format_duration(parse_duration(text).unwrap()), text);
+        }
+    }
+
+    #[test]
+    fn bad_health_checks_name_the_field_and_the_fix() {
+        let vip_check = |body: &str| checked(&format!("    health_check:\n{body}"));
+        let cases = [
+            (
+                vip_check("      type: tcp\n      interval: 2\n"),
+                "vips[0].health_check.interval",
+                "`2` is not a duration; write a whole number with a unit: 500ms, 2s or 1m",
+            ),
+            (
+                vip_check("      type: tcp\n      timeout: 1.5s\n"),
+                "vips[0].health_check.timeout",
+                "`1.5s` is not a duration; write a whole number with a unit: 500ms, 2s or 1m",
+            ),
+            (
+                vip_check("      type: tcp\n      interval: 50ms\n"),
+                "vips[0].health_check.interval",
+                "50ms is out of range; use 100ms to 60m",
+            ),
+            (
+                vip_check("      type: tcp\n      interval: 1s\n"),
+                "vips[0].health_check.timeout",
+                "1s must be above 0 and shorter than the interval (1s), so probes never overlap",
+            ),
+            (
+                vip_check("      type: tcp\n      timeout: 0ms\n"),
+                "vips[0].health_check.timeout",
+                "0ms must be above 0 and shorter than the interval (2s), so probes never overlap",
+            ),
+            (
+                vip_check("      type: tcp\n      rise: 0\n"),
+                "vips[0].health_check.rise",
+                "0 consecutive results: use 1..=100 (1 reacts to a single probe)",
+            ),
+            (
+                vip_check("      type: tcp\n      fall: 101\n"),
+                "vips[0].health_check.fall",
+                "101 consecutive results: use 1..=100 (1 reacts to a single probe)",
+            ),
+            (
+                vip_check("      type: tcp\n      port: 0\n"),
+                "vips[0].health_check.port",
+                "must be 1..=65535, or left out to check the VIP's port",
+            ),
+            (
+                vip_check("      type: tcp\n      path: /\n"),
+                "vips[0].health_check.path",
+                "only http checks have `path`; remove it from this tcp check",
+            ),
+            (
+                vip_check("      type: http\n      send: x\n"),
+                "vips[0].health_check.send",
+                "only udp checks have `send`; remove it from this http check",
+            ),
+            (
+                vip_check("      type: http\n      path: healthz\n"),
+                "vips[0].health_check.path",
+                "`healthz` must start with `/` and have no spaces (e.g. /healthz)",
+            ),
+            (
+                vip_check("      type: http\n      host: a b\n"),
+                "vips[0].health_check.host",
+                "`a b` is not a host name; write it as it goes in the Host header (e.g. www.example.com)",
+            ),
+            (
+                vip_check("      type: http\n      expect_status: 600\n"),
+                "vips[0].health_check.expect_status",
+                "600 is not an HTTP status; use 100..=599",
+            ),
+            (
+                vip_check("      type: http\n      expect_body: \"\"\n"),
+                "vips[0].health_check.expect_body",
+                "an empty string matches every body; remove it or give the text to look for",
+            ),
+            (
+                vip_check("      type: udp\n"),
+                "vips[0].health_check.send",
+                "a udp check needs a payload that the service answers (e.g. send: \"ping\")",
+            ),
+            (
+                vip_check("      type: udp\n      send: ping\n      expect: \"\"\n"),
+                "vips[0].health_check.expect",
+                "an empty string matches every reply; remove it to accept any reply",
+            ),
+            (
+                checked("").replace("port: 8080", "rise: 0"),
+                "vips[0].backends[1].health_check.rise",
+                "0 consecutive results: use 1..=100 (1 reacts to a single probe)",
+            ),
+            (
+                checked("    min_healthy: 3\n"),
+                "vips[0].min_healthy",
+                "3 is more than the VIP's 2 backends, so it could never be up; lower it",
+            ),
+            (
+                checked("    min_healthy: 0\n"),
+                "vips[0].min_healthy",
+                "must be at least 1: a VIP with no healthy backend is down whatever this says",
+            ),
+            (
+                "vips:\n  - name: ping\n    address: 192.0.2.1\n    protocol: icmp\n    mode: dsr-l2\n    health_check: { type: tcp }\n".into(),
+                "vips[0].health_check.port",
+                "an icmp VIP has no port to check by default; set the port the backends' service listens on",
+            ),
+        ];
+        for (text, want_field, want_message) in cases {
+            match check(&text) {
+                Err(ConfigError::Invalid { field, message, .. }) => {
+                    assert_eq!((field.as_str(), message.as_str()), (want_field, want_message), "{text}")
+                }
+                other => panic!("{want_field}: expected a validation error, got {other:?}\n{text}"),
+            }
+        }
+    }
+
+    #[test]
+    fn health_check_errors_point_at_the_block() {
+        let err = check(&checked("    health_check:\n      type: tcp\n      rise: 0\n")).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "test.yaml:16:7: vips[0].health_check.rise: 0 consecutive results: use 1..=100 (1 reacts to a single probe)"
+        );
+        let err = check(&checked("    health_check:\n      type: tcp\n      intreval: 2s\n")).unwrap_err().to_string();
+        assert!(err.starts_with("test.yaml:"), "{err}");
+        assert!(err.contains("intreval"), "{err}");
+        let err = check(&checked("    health_check:\n      type: icmp\n")).unwrap_err().to_string();
+        assert_eq!(err, "test.yaml:16:13: unknown variant `icmp`, expected one of tcp, http, udp");
     }
 
     #[test]

@@ -1,10 +1,14 @@
 //! Desired state: what the data plane should contain, derived from the configuration and the
 //! facts of the node it runs on (interface MAC and MTU).
 //!
-//! Sources (today the YAML file; later health checks) write this table; the reconciler turns it
-//! into map writes. Keys are exactly the keys of the XDP program's maps.
+//! Sources write this table — the YAML file, health checks and operator drains
+//! (`BackendStates`) — and the reconciler turns it into map writes. Keys are exactly the keys of
+//! the XDP program's maps.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
 
 use lb_common::{
     ADDR_FLAG_DROP_UNHASHABLE, BACKEND_FLAG_IPIP, FAMILY_V4, FAMILY_V6, NODE_FLAG_TUNNEL_V4, NODE_FLAG_TUNNEL_V6,
@@ -22,6 +26,18 @@ pub struct NodeFacts {
     pub mtu: u32,
 }
 
+/// A backend as its VIP and health name it: (VIP name, backend identity).
+pub type BackendRef = (String, String);
+
+/// What sources other than the file say about backends.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BackendStates {
+    /// Failing their health check (a backend without a check is never here).
+    pub down: BTreeSet<BackendRef>,
+    /// Drained by the operator (`xlb drain`): no new flows, established ones finish.
+    pub drained: BTreeSet<BackendRef>,
+}
+
 /// One backend of one VIP as the data plane should see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DesiredBackend {
@@ -31,7 +47,12 @@ pub struct DesiredBackend {
     pub family: u8,
     /// Where frames for it go at L2: its own MAC, or the node's next hop (dsr-ipip).
     pub mac: [u8; 6],
+    /// Its share of new flows: the configured weight, or 0 while down or drained. A slot with
+    /// weight 0 stays live, so its established flows keep going to it.
     pub weight: u32,
+    pub configured_weight: u32,
+    pub up: bool,
+    pub drained: bool,
 }
 
 /// One VIP as the data plane should serve it.
@@ -44,6 +65,22 @@ pub struct DesiredVip {
     pub backend_flags: u8,
     pub table_size: u32,
     pub backends: Vec<DesiredBackend>,
+    /// Healthy, undrained backends below this count make the VIP down (withdrawn from BGP);
+    /// the data plane keeps serving it with whatever is left.
+    pub min_healthy: u32,
+}
+
+impl DesiredVip {
+    /// Backends taking new flows.
+    pub fn serving(&self) -> usize {
+        self.backends.iter().filter(|b| b.weight > 0).count()
+    }
+
+    /// Whether the VIP should be announced.
+    pub fn is_up(&self) -> bool {
+        let serving = self.serving();
+        serving > 0 && serving >= self.min_healthy as usize
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,9 +91,14 @@ pub struct DesiredState {
 }
 
 impl DesiredState {
+    /// The configuration alone: every backend up and undrained.
     pub fn new(config: &Config, facts: &NodeFacts) -> Self {
+        Self::with_states(config, facts, &BackendStates::default())
+    }
+
+    pub fn with_states(config: &Config, facts: &NodeFacts, states: &BackendStates) -> Self {
         let next_hop = config.node.next_hop_mac.map(|m| m.0).unwrap_or_default();
-        let vips = config.vips.iter().map(|vip| (vip_key(vip), desired_vip(vip, next_hop))).collect();
+        let vips = config.vips.iter().map(|vip| (vip_key(vip), desired_vip(vip, next_hop, states))).collect();
         let addrs = config
             .vips
             .iter()
@@ -70,18 +112,24 @@ impl DesiredState {
     }
 }
 
-fn desired_vip(vip: &Vip, next_hop: [u8; 6]) -> DesiredVip {
+fn desired_vip(vip: &Vip, next_hop: [u8; 6], states: &BackendStates) -> DesiredVip {
     let backends = vip
         .backends
         .iter()
         .map(|b| {
             let (addr, family) = ip_words(b.address);
+            let identity = b.address.to_string();
+            let at = (vip.name.clone(), identity.clone());
+            let (up, drained) = (!states.down.contains(&at), states.drained.contains(&at));
             DesiredBackend {
-                identity: b.address.to_string(),
+                identity,
                 addr,
                 family,
                 mac: b.mac.map_or(next_hop, |m| m.0),
-                weight: b.weight,
+                weight: if up && !drained { b.weight } else { 0 },
+                configured_weight: b.weight,
+                up,
+                drained,
             }
         })
         .collect();
@@ -95,6 +143,7 @@ fn desired_vip(vip: &Vip, next_hop: [u8; 6]) -> DesiredVip {
         },
         table_size: vip.table_size,
         backends,
+        min_healthy: vip.min_healthy,
     }
 }
 
@@ -192,6 +241,8 @@ mod tests {
             table_size: 7,
             unhashable: Unhashable::Pass,
             backends: vec![],
+            health_check: None,
+            min_healthy: 1,
         }
     }
 
@@ -231,11 +282,12 @@ mod tests {
         let mut config = Config { node: Default::default(), vips: vec![vip("192.0.2.1", Protocol::Udp, 53)] };
         config.node.next_hop_mac = Some("02:00:00:00:00:fe".parse().unwrap());
         config.vips[0].backends = vec![
-            Backend { address: "10.0.0.1".parse().unwrap(), weight: 2, mac: None },
+            Backend { address: "10.0.0.1".parse().unwrap(), weight: 2, mac: None, health_check: None },
             Backend {
                 address: "10.0.0.2".parse().unwrap(),
                 weight: 1,
                 mac: Some("02:00:00:00:00:02".parse().unwrap()),
+                health_check: None,
             },
         ];
         let state = DesiredState::new(&config, &NodeFacts { iface_mac: [0; 6], mtu: 1500 });
@@ -243,5 +295,45 @@ mod tests {
         assert_eq!(v.backends[0].mac, [2, 0, 0, 0, 0, 0xfe]);
         assert_eq!(v.backends[1].mac, [2, 0, 0, 0, 0, 2]);
         assert_eq!(v.backends[0].identity, "10.0.0.1");
+    }
+
+    #[test]
+    fn down_and_drained_backends_take_no_new_flows_and_min_healthy_decides_up() {
+        let mut config = Config { node: Default::default(), vips: vec![vip("192.0.2.1", Protocol::Tcp, 80)] };
+        let backend = |a: &str, weight| Backend { address: a.parse().unwrap(), weight, mac: None, health_check: None };
+        config.vips[0].backends = vec![backend("10.0.0.1", 2), backend("10.0.0.2", 1), backend("10.0.0.3", 1)];
+        config.vips[0].min_healthy = 2;
+        let facts = NodeFacts { iface_mac: [0; 6], mtu: 1500 };
+        let at = |a: &str| ("v".to_owned(), a.to_owned());
+        let weights = |states: &BackendStates| {
+            let state = DesiredState::with_states(&config, &facts, states);
+            let v = state.vips.values().next().unwrap().clone();
+            (v.backends.iter().map(|b| b.weight).collect::<Vec<_>>(), v.is_up())
+        };
+        assert_eq!(weights(&BackendStates::default()), (vec![2, 1, 1], true));
+        let mut states = BackendStates::default();
+        states.down.insert(at("10.0.0.1"));
+        assert_eq!(weights(&states), (vec![0, 1, 1], true), "down: weight 0, two still serve");
+        states.drained.insert(at("10.0.0.2"));
+        assert_eq!(weights(&states), (vec![0, 0, 1], false), "one left: below min_healthy");
+        states.down.insert(at("10.0.0.3"));
+        assert_eq!(weights(&states), (vec![0, 0, 0], false));
+        let state = DesiredState::with_states(&config, &facts, &states);
+        let b = &state.vips.values().next().unwrap().backends[1];
+        assert_eq!((b.configured_weight, b.up, b.drained), (1, true, true));
+    }
+
+    #[test]
+    fn endpoints_and_addresses_read_back_from_keys() {
+        for (address, protocol, port, text) in [
+            ("192.0.2.10", Protocol::Tcp, 443, "192.0.2.10:443/tcp"),
+            ("2001:db8::53", Protocol::Udp, 53, "[2001:db8::53]:53/udp"),
+            ("192.0.2.1", Protocol::Icmp, 0, "192.0.2.1/icmp"),
+            ("2001:db8::1", Protocol::Icmp, 0, "2001:db8::1/icmp"),
+        ] {
+            let key = vip_key(&vip(address, protocol, port));
+            assert_eq!(endpoint(&key), text);
+            assert_eq!(ip_from_words(key.addr, key.family), address.parse::<IpAddr>().unwrap());
+        }
     }
 }

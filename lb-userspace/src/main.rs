@@ -43,6 +43,33 @@ enum Command {
         /// and the next `xlb run` adopts the pinned maps (connection table included).
         #[arg(long)]
         detach_on_exit: bool,
+        /// Reload only on SIGHUP, not when the config file changes.
+        #[arg(long)]
+        no_watch: bool,
+        /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9842).
+        #[arg(long)]
+        metrics_listen: Option<std::net::SocketAddr>,
+    },
+    /// The running agent's VIPs and backends (weight, health, drain, traffic) and its
+    /// configuration state, like `ipvsadm -Ln`.
+    Status {
+        #[arg(long, default_value = admin::DEFAULT_SOCKET)]
+        admin_socket: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop sending new flows of VIP to BACKEND; its established flows finish there.
+    Drain {
+        /// VIP name (as in the config).
+        vip: String,
+        /// Backend address (as in the config).
+        backend: String,
+        /// Take new flows again.
+        #[arg(long)]
+        undo: bool,
+        #[arg(long, default_value = admin::DEFAULT_SOCKET)]
+        admin_socket: PathBuf,
     },
     /// Detach xlb from an interface whose agent is gone (or was told not to detach).
     Detach {
@@ -96,8 +123,36 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             println!("{}: ok, {} VIPs", file.display(), config.vips.len());
             Ok(())
         }
-        Command::Run { config, iface, admin_socket, pin_dir, detach_on_exit } => {
-            runtime()?.block_on(agent::run(agent::RunOptions { config, iface, admin_socket, pin_dir, detach_on_exit }))
+        Command::Run { config, iface, admin_socket, pin_dir, detach_on_exit, no_watch, metrics_listen } => runtime()?
+            .block_on(agent::run(agent::RunOptions {
+                config,
+                iface,
+                admin_socket,
+                pin_dir,
+                detach_on_exit,
+                watch_config: !no_watch,
+                metrics_listen,
+            })),
+        Command::Status { admin_socket, json } => {
+            let reply = runtime()?.block_on(admin::request(&admin_socket, admin::Request::Status))?;
+            let admin::Reply::Status(status) = reply else {
+                anyhow::bail!("the agent answered a status request with {reply:?}")
+            };
+            if json {
+                println!("{}", serde_json::to_string(&status)?);
+            } else {
+                print!("{}", status.render());
+            }
+            Ok(())
+        }
+        Command::Drain { vip, backend, undo, admin_socket } => {
+            let request = admin::Request::Drain { vip, backend, undo };
+            let reply = runtime()?.block_on(admin::request(&admin_socket, request))?;
+            let admin::Reply::Done(message) = reply else {
+                anyhow::bail!("the agent answered a drain request with {reply:?}")
+            };
+            println!("{message}");
+            Ok(())
         }
         Command::Detach { iface, pin_dir, forget_flows } => {
             let dir = pin_dir.join(&iface);

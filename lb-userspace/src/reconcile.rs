@@ -128,6 +128,9 @@ impl Reconciler {
                     mac: b.mac,
                     // Unknown: differs from every configured weight, so the first pass rebuilds.
                     weight: u32::MAX,
+                    configured_weight: u32::MAX,
+                    up: true,
+                    drained: false,
                 })
                 .collect();
             let vip = DesiredVip {
@@ -137,6 +140,7 @@ impl Reconciler {
                 backend_flags,
                 table_size: meta.table_size,
                 backends,
+                min_healthy: 0,
             };
             let slots = members.iter().map(|(slot, _)| *slot).collect();
             this.vips.insert(key, AppliedVip { meta, vip, slots, retired: BackendCounters::default() });

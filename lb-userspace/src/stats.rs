@@ -1,9 +1,11 @@
-//! Counter snapshots read from the data plane, as served to `xlb stats`.
+//! Snapshots of the data plane's counters and each backend's state, as served to `xlb stats`,
+//! `xlb status` and `/metrics`.
 
 use serde::{Deserialize, Serialize};
 
 use crate::{
     dataplane::{DataplaneError, Maps},
+    health::HealthMap,
     reconcile::Reconciler,
 };
 
@@ -30,6 +32,11 @@ pub struct Counter {
 pub struct VipStats {
     pub name: String,
     pub endpoint: String,
+    /// Enough backends serve it (`min_healthy`): announced.
+    pub up: bool,
+    /// Backends taking new flows.
+    pub serving: usize,
+    pub min_healthy: u32,
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
@@ -39,14 +46,21 @@ pub struct VipStats {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackendStats {
     pub address: String,
+    /// Effective weight: 0 while down or drained.
     pub weight: u32,
+    pub configured_weight: u32,
+    /// Passing its health check (always, without one).
+    pub up: bool,
+    pub drained: bool,
+    /// Why the last health check failed, if it did.
+    pub health_error: Option<String>,
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
 }
 
 impl Snapshot {
-    pub fn read(maps: &Maps, reconciler: &Reconciler) -> Result<Self, DataplaneError> {
+    pub fn read(maps: &Maps, reconciler: &Reconciler, health: &HealthMap) -> Result<Self, DataplaneError> {
         let counters: Vec<Counter> = maps
             .stats()?
             .into_iter()
@@ -64,9 +78,14 @@ impl Snapshot {
             let mut backends = Vec::new();
             for (backend, &slot) in applied.vip.backends.iter().zip(&applied.slots) {
                 let b = maps.backend_counters(slot)?;
+                let checked = health.get(&(applied.vip.name.clone(), backend.identity.clone()));
                 backends.push(BackendStats {
                     address: backend.identity.clone(),
                     weight: backend.weight,
+                    configured_weight: backend.configured_weight,
+                    up: backend.up,
+                    drained: backend.drained,
+                    health_error: checked.and_then(|h| h.last_error.clone()),
                     packets: b.packets,
                     bytes: b.bytes,
                     new_flows: b.new_flows,
@@ -75,6 +94,9 @@ impl Snapshot {
             vips.push(VipStats {
                 name: applied.vip.name.clone(),
                 endpoint: applied.vip.endpoint.clone(),
+                up: applied.vip.is_up(),
+                serving: applied.vip.serving(),
+                min_healthy: applied.vip.min_healthy,
                 packets: c.packets,
                 bytes: c.bytes,
                 new_flows: c.new_flows,
@@ -94,29 +116,51 @@ impl Snapshot {
         self.vips.iter().find(|v| v.name == name)
     }
 
-    /// A human-readable table, `ipvsadm -Ln` style: each VIP, then its backends.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        out.push_str(&format!(
-            "{:<34} {:>7} {:>12} {:>14} {:>10}\n",
-            "VIP / backend", "weight", "packets", "bytes", "new flows"
-        ));
+    /// The VIP table, `ipvsadm -Ln` style: each VIP with its state, then its backends with
+    /// weight (configured, and effective when it differs), health and traffic.
+    pub fn render_vips(&self) -> String {
+        let mut out = format!(
+            "{:<40} {:>9} {:<10} {:>12} {:>14} {:>10}\n",
+            "VIP / backend", "weight", "state", "packets", "bytes", "new flows"
+        );
         for v in &self.vips {
+            let state = format!("{} {}/{}", if v.up { "up" } else { "DOWN" }, v.serving, v.backends.len());
             out.push_str(&format!(
-                "{:<34} {:>7} {:>12} {:>14} {:>10}\n",
+                "{:<40} {:>9} {:<10} {:>12} {:>14} {:>10}\n",
                 format!("{} {}", v.name, v.endpoint),
                 "",
+                state,
                 v.packets,
                 v.bytes,
                 v.new_flows
             ));
             for b in &v.backends {
+                let weight = if b.weight == b.configured_weight {
+                    b.weight.to_string()
+                } else {
+                    format!("{}→{}", b.configured_weight, b.weight)
+                };
+                let state = match (b.up, b.drained) {
+                    (true, false) => "up",
+                    (true, true) => "drained",
+                    (false, false) => "DOWN",
+                    (false, true) => "DOWN,drained",
+                };
                 out.push_str(&format!(
-                    "  -> {:<30} {:>7} {:>12} {:>14} {:>10}\n",
-                    b.address, b.weight, b.packets, b.bytes, b.new_flows
+                    "  -> {:<36} {:>9} {:<10} {:>12} {:>14} {:>10}\n",
+                    b.address, weight, state, b.packets, b.bytes, b.new_flows
                 ));
+                if let Some(error) = b.health_error.as_ref().filter(|_| !b.up) {
+                    out.push_str(&format!("       health check: {error}\n"));
+                }
             }
         }
+        out
+    }
+
+    /// The VIP table, then the global counters.
+    pub fn render(&self) -> String {
+        let mut out = self.render_vips();
         out.push_str(&format!("\n{:<24} {:>12}\n", "rx_packets", self.rx_packets));
         for c in self.counters.iter().filter(|c| c.value > 0 || !(c.malformed || c.drop)) {
             let kind = if c.malformed {

@@ -1,0 +1,930 @@
+//! Backend health checks: the probes, the rise/fall state machine, and a task per backend.
+//!
+//! A backend that stops answering must stop receiving new flows (weight 0 in its VIP's Maglev
+//! table) without anyone editing the configuration, and come back by itself. This module only
+//! observes: it publishes a [`HealthMap`] on a `watch` channel, and the desired-state stage turns
+//! it into weights and VIP state, so the data flow stays one-way. The channel is woken only when
+//! a backend flips or its error changes, so a healthy fleet costs the reconciler nothing.
+
+use std::{
+    collections::BTreeMap,
+    hash::{DefaultHasher, Hash, Hasher},
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpStream, UdpSocket},
+    sync::watch,
+    task::AbortHandle,
+    time::Instant,
+};
+
+use crate::config::{CheckKind, HealthCheck, format_duration};
+
+/// Most of an HTTP body searched for `expect_body`: health pages are small, and a huge one
+/// must not cost the agent memory.
+const MAX_BODY: usize = 64 * 1024;
+/// Most bytes of HTTP status line and headers.
+const MAX_HEAD: usize = 16 * 1024;
+/// Most raw body bytes read (chunked framing adds overhead to the decoded body).
+const MAX_RAW_BODY: usize = 2 * MAX_BODY;
+/// Largest UDP reply.
+const MAX_DATAGRAM: usize = 65535;
+
+/// Why one probe failed. Messages avoid per-attempt details (byte counts, reply text) so that
+/// a backend failing the same way keeps the same `last_error` and does not wake the reconciler.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeError {
+    #[error("connect: {0}")]
+    Connect(String),
+    #[error("connect: no answer within {0}")]
+    ConnectTimeout(String),
+    /// A socket operation other than connect failed (`op` says which).
+    #[error("{op}: {message}")]
+    Io { op: &'static str, message: String },
+    #[error("no HTTP response within {0}")]
+    HttpTimeout(String),
+    #[error("bad HTTP response: {0}")]
+    BadResponse(String),
+    #[error("HTTP status {got}, expected {expected}")]
+    Status { got: u16, expected: u16 },
+    #[error("HTTP body does not contain {expected:?}")]
+    Body { expected: String },
+    #[error("no reply within {0}")]
+    NoReply(String),
+    #[error("reply does not contain {expected:?}")]
+    Reply { expected: String },
+}
+
+/// Runs one check of `kind` against `addr`, bounded by `timeout` as a whole.
+pub async fn probe(addr: IpAddr, kind: &CheckKind, timeout: Duration) -> Result<(), ProbeError> {
+    let deadline = Instant::now() + timeout;
+    let target = SocketAddr::new(addr, kind.port());
+    match kind {
+        CheckKind::Tcp { .. } => connect(target, deadline, timeout).await.map(drop),
+        CheckKind::Http { path, host, expect_status, expect_body, .. } => {
+            let mut stream = connect(target, deadline, timeout).await?;
+            let host = host.clone().unwrap_or_else(|| host_header(target));
+            let request = format!(
+                "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: xlb-health-check\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+            );
+            let exchange = http_exchange(&mut stream, &request, *expect_status, expect_body.as_deref());
+            tokio::time::timeout_at(deadline, exchange)
+                .await
+                .map_err(|_| ProbeError::HttpTimeout(format_duration(timeout)))?
+        }
+        CheckKind::Udp { send, expect, .. } => tokio::time::timeout_at(deadline, udp_exchange(target, send, expect))
+            .await
+            .map_err(|_| ProbeError::NoReply(format_duration(timeout)))?,
+    }
+}
+
+async fn connect(target: SocketAddr, deadline: Instant, timeout: Duration) -> Result<TcpStream, ProbeError> {
+    match tokio::time::timeout_at(deadline, TcpStream::connect(target)).await {
+        Err(_) => Err(ProbeError::ConnectTimeout(format_duration(timeout))),
+        Ok(Err(e)) => Err(ProbeError::Connect(describe(&e))),
+        Ok(Ok(stream)) => Ok(stream),
+    }
+}
+
+/// `Connection refused (os error 111)` → `connection refused`: the errno adds nothing for an
+/// operator, and a stable text keeps `last_error` stable.
+fn describe(e: &io::Error) -> String {
+    let text = e.to_string();
+    let text = match text.find(" (os error ") {
+        Some(i) => &text[..i],
+        None => &text,
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+fn io_error(op: &'static str, e: &io::Error) -> ProbeError {
+    ProbeError::Io { op, message: describe(e) }
+}
+
+/// The default Host header: the backend's address, with the port unless it is 80.
+fn host_header(target: SocketAddr) -> String {
+    match (target.ip(), target.port()) {
+        (IpAddr::V4(a), 80) => a.to_string(),
+        (IpAddr::V6(a), 80) => format!("[{a}]"),
+        _ => target.to_string(),
+    }
+}
+
+async fn http_exchange(
+    stream: &mut TcpStream,
+    request: &str,
+    expect_status: u16,
+    expect_body: Option<&str>,
+) -> Result<(), ProbeError> {
+    stream.write_all(request.as_bytes()).await.map_err(|e| io_error("send request", &e))?;
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = vec![0u8; 8192];
+    let head = loop {
+        if let Some(head) = parse_head(&buf)? {
+            break head;
+        }
+        let n = stream.read(&mut chunk).await.map_err(|e| io_error("read response", &e))?;
+        if n == 0 {
+            let what = if buf.is_empty() { "connection closed without a response" } else { "truncated headers" };
+            return Err(ProbeError::BadResponse(what.to_owned()));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    if head.status != expect_status {
+        return Err(ProbeError::Status { got: head.status, expected: expect_status });
+    }
+    let Some(expected) = expect_body else {
+        return Ok(());
+    };
+    let body = loop {
+        let raw = &buf[head.len..];
+        let (body, complete) = decode_body(head.framing, raw)?;
+        if complete || body.len() >= MAX_BODY || raw.len() >= MAX_RAW_BODY {
+            break body;
+        }
+        let n = stream.read(&mut chunk).await.map_err(|e| io_error("read response", &e))?;
+        if n == 0 {
+            // A short body is still searched: the text may well be in what arrived.
+            break body;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let body = &body[..body.len().min(MAX_BODY)];
+    if contains(body, expected.as_bytes()) { Ok(()) } else { Err(ProbeError::Body { expected: expected.to_owned() }) }
+}
+
+/// How the end of an HTTP body is found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Length(usize),
+    Chunked,
+    /// Until the server closes the connection.
+    Close,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Head {
+    status: u16,
+    framing: Framing,
+    /// Bytes of status line and headers, with the blank line.
+    len: usize,
+}
+
+/// Parses the status line and headers once they have all arrived; `None` while incomplete.
+fn parse_head(buf: &[u8]) -> Result<Option<Head>, ProbeError> {
+    let bad = |what: &str| ProbeError::BadResponse(what.to_owned());
+    let Some(end) = find(buf, b"\r\n\r\n") else {
+        return if buf.len() > MAX_HEAD { Err(bad("headers longer than 16 KiB")) } else { Ok(None) };
+    };
+    let text = String::from_utf8_lossy(&buf[..end]);
+    let mut lines = text.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let mut parts = status_line.splitn(3, ' ');
+    let version = parts.next().unwrap_or_default();
+    let code = parts.next().unwrap_or_default();
+    if !version.starts_with("HTTP/1.") {
+        return Err(bad("not HTTP/1.x"));
+    }
+    let status = match code.parse::<u16>() {
+        Ok(s) if code.len() == 3 => s,
+        _ => return Err(bad("no status code")),
+    };
+    let mut framing = Framing::Close;
+    let mut chunked = false;
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else { continue };
+        let (name, value) = (name.trim(), value.trim());
+        if name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked |= value.to_ascii_lowercase().contains("chunked");
+        } else if name.eq_ignore_ascii_case("content-length") {
+            framing = Framing::Length(value.parse().map_err(|_| bad("bad Content-Length"))?);
+        }
+    }
+    // Chunked wins over Content-Length (RFC 9112 §6.3).
+    if chunked {
+        framing = Framing::Chunked;
+    }
+    Ok(Some(Head { status, framing, len: end + 4 }))
+}
+
+/// The body in `raw` so far, and whether it is complete.
+fn decode_body(framing: Framing, raw: &[u8]) -> Result<(Vec<u8>, bool), ProbeError> {
+    match framing {
+        Framing::Length(n) => Ok((raw[..raw.len().min(n)].to_vec(), raw.len() >= n)),
+        Framing::Close => Ok((raw.to_vec(), false)),
+        Framing::Chunked => dechunk(raw),
+    }
+}
+
+/// Decodes chunked transfer coding as far as it has arrived (a partial chunk counts).
+fn dechunk(mut raw: &[u8]) -> Result<(Vec<u8>, bool), ProbeError> {
+    let mut body = Vec::new();
+    loop {
+        let Some(eol) = find(raw, b"\r\n") else { return Ok((body, false)) };
+        let line = String::from_utf8_lossy(&raw[..eol]);
+        let size = line.split(';').next().unwrap_or_default().trim();
+        let size =
+            usize::from_str_radix(size, 16).map_err(|_| ProbeError::BadResponse(format!("bad chunk size {size:?}")))?;
+        if size == 0 {
+            return Ok((body, true));
+        }
+        let data = &raw[eol + 2..];
+        if data.len() < size + 2 {
+            body.extend_from_slice(&data[..data.len().min(size)]);
+            return Ok((body, false));
+        }
+        body.extend_from_slice(&data[..size]);
+        raw = &data[size + 2..];
+    }
+}
+
+async fn udp_exchange(target: SocketAddr, send: &[u8], expect: &Option<Vec<u8>>) -> Result<(), ProbeError> {
+    let local: SocketAddr = match target {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let socket = UdpSocket::bind(local).await.map_err(|e| io_error("bind", &e))?;
+    // Connected, so that the kernel reports an ICMP port-unreachable as ECONNREFUSED.
+    socket.connect(target).await.map_err(|e| io_error("connect", &e))?;
+    socket.send(send).await.map_err(|e| udp_error("send", &e))?;
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let n = socket.recv(&mut buf).await.map_err(|e| udp_error("receive", &e))?;
+    match expect {
+        Some(expected) if !contains(&buf[..n], expected) => {
+            Err(ProbeError::Reply { expected: String::from_utf8_lossy(expected).into_owned() })
+        }
+        _ => Ok(()),
+    }
+}
+
+fn udp_error(op: &'static str, e: &io::Error) -> ProbeError {
+    if e.kind() == io::ErrorKind::ConnectionRefused {
+        ProbeError::Io { op, message: "connection refused (ICMP port unreachable)".to_owned() }
+    } else {
+        io_error(op, e)
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || find(haystack, needle).is_some()
+}
+
+/// Up/down with hysteresis: `rise` consecutive successes bring a down backend up, `fall`
+/// consecutive failures take an up backend down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthState {
+    up: bool,
+    rise: u32,
+    fall: u32,
+    /// Consecutive results that disagree with `up`.
+    streak: u32,
+}
+
+impl HealthState {
+    /// Starts up: an agent restart must not drop traffic while the first checks run.
+    /// Thresholds below 1 count as 1.
+    pub fn new(rise: u32, fall: u32) -> Self {
+        HealthState { up: true, rise: rise.max(1), fall: fall.max(1), streak: 0 }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up
+    }
+
+    /// Records one probe result; returns the new state when it flips.
+    pub fn record(&mut self, ok: bool) -> Option<bool> {
+        if ok == self.up {
+            self.streak = 0;
+            return None;
+        }
+        self.streak += 1;
+        let threshold = if self.up { self.fall } else { self.rise };
+        if self.streak < threshold {
+            return None;
+        }
+        self.up = ok;
+        self.streak = 0;
+        Some(ok)
+    }
+}
+
+/// One backend of one VIP to check.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Target {
+    pub vip: String,
+    /// The backend's identity: its address as text.
+    pub backend: String,
+    pub addr: IpAddr,
+    pub check: HealthCheck,
+}
+
+impl Target {
+    fn key(&self) -> (String, String) {
+        (self.vip.clone(), self.backend.clone())
+    }
+}
+
+/// The latest health of one backend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendHealth {
+    pub up: bool,
+    /// The most recent failure, kept after recovery so an operator can see why it flapped.
+    pub last_error: Option<String>,
+    /// Probes run, and how many of them failed.
+    pub checks: u64,
+    pub failures: u64,
+}
+
+impl Default for BackendHealth {
+    fn default() -> Self {
+        BackendHealth { up: true, last_error: None, checks: 0, failures: 0 }
+    }
+}
+
+/// Health by (VIP name, backend identity). Backends without a check are absent (always healthy).
+pub type HealthMap = BTreeMap<(String, String), BackendHealth>;
+
+/// Runs one task per target and publishes their results.
+///
+/// Counters in the published map are updated in place on every probe, but receivers are woken
+/// only when a backend flips or its `last_error` changes.
+#[derive(Debug)]
+pub struct Checker {
+    tx: watch::Sender<HealthMap>,
+    running: BTreeMap<(String, String), Running>,
+}
+
+#[derive(Debug)]
+struct Running {
+    target: Target,
+    task: AbortHandle,
+    /// Set under the channel's lock when the target is removed: a task that is aborted while
+    /// running finishes its current poll, and must not write into a successor's entry.
+    stopped: Arc<AtomicBool>,
+}
+
+impl Checker {
+    /// Starts checking `targets` (must be called within a tokio runtime). The receiver starts
+    /// with every target up; targets share no (vip, backend) key (a later duplicate wins).
+    pub fn start(targets: Vec<Target>) -> (Checker, watch::Receiver<HealthMap>) {
+        let targets = dedup(targets);
+        let map = targets.keys().map(|key| (key.clone(), BackendHealth::default())).collect();
+        let (tx, rx) = watch::channel(map);
+        let mut checker = Checker { tx, running: BTreeMap::new() };
+        for (key, target) in targets {
+            checker.spawn(key, target);
+        }
+        (checker, rx)
+    }
+
+    /// Switches to a new set of targets (a reload). Targets whose (vip, backend, addr, check)
+    /// is unchanged keep their task and state; changed and new ones start afresh (up); removed
+    /// ones stop. Receivers are woken if the set changed.
+    pub fn replace(&mut self, targets: Vec<Target>) {
+        let mut targets = dedup(targets);
+        let removed: Vec<(String, String)> = self
+            .running
+            .iter()
+            .filter(|(key, running)| targets.get(*key) != Some(&running.target))
+            .map(|(key, _)| key.clone())
+            .collect();
+        let stopped: Vec<Running> = removed.iter().filter_map(|key| self.running.remove(key)).collect();
+        targets.retain(|key, _| !self.running.contains_key(key));
+        self.tx.send_if_modified(|map| {
+            for running in &stopped {
+                running.stopped.store(true, Ordering::Relaxed);
+                map.remove(&running.target.key());
+            }
+            for key in targets.keys() {
+                map.insert(key.clone(), BackendHealth::default());
+            }
+            !stopped.is_empty() || !targets.is_empty()
+        });
+        for running in stopped {
+            running.task.abort();
+        }
+        for (key, target) in targets {
+            self.spawn(key, target);
+        }
+    }
+
+    /// The targets being checked.
+    pub fn targets(&self) -> impl Iterator<Item = &Target> {
+        self.running.values().map(|r| &r.target)
+    }
+
+    fn spawn(&mut self, key: (String, String), target: Target) {
+        let stopped = Arc::new(AtomicBool::new(false));
+        // Different per target and per agent start, so checks of many backends (and of many
+        // agents checking the same backend) spread over the interval.
+        let mut hasher = DefaultHasher::new();
+        (&target.vip, &target.backend, SystemTime::now()).hash(&mut hasher);
+        let jitter = Jitter(hasher.finish());
+        let task = tokio::spawn(run(target.clone(), key.clone(), self.tx.clone(), Arc::clone(&stopped), jitter))
+            .abort_handle();
+        self.running.insert(key, Running { target, task, stopped });
+    }
+}
+
+impl Drop for Checker {
+    fn drop(&mut self) {
+        for running in self.running.values() {
+            running.task.abort();
+        }
+    }
+}
+
+fn dedup(targets: Vec<Target>) -> BTreeMap<(String, String), Target> {
+    targets.into_iter().map(|t| (t.key(), t)).collect()
+}
+
+/// The probe loop of one target.
+async fn run(
+    target: Target,
+    key: (String, String),
+    tx: watch::Sender<HealthMap>,
+    stopped: Arc<AtomicBool>,
+    mut jitter: Jitter,
+) {
+    let check = &target.check;
+    tokio::time::sleep(check.interval.mul_f64(jitter.unit())).await;
+    let mut state = HealthState::new(check.rise, check.fall);
+    let mut next = Instant::now();
+    loop {
+        let result = probe(target.addr, &check.kind, check.timeout).await;
+        let flip = state.record(result.is_ok());
+        let error = result.err().map(|e| e.to_string());
+        let mut live = true;
+        tx.send_if_modified(|map| {
+            // The channel's lock orders this against `replace`, which sets the flag under it.
+            let entry = if stopped.load(Ordering::Relaxed) { None } else { map.get_mut(&key) };
+            let Some(health) = entry else {
+                live = false;
+                return false;
+            };
+            health.checks += 1;
+            let mut changed = false;
+            if let Some(up) = flip {
+                health.up = up;
+                changed = true;
+            }
+            if let Some(e) = &error {
+                health.failures += 1;
+                if health.last_error.as_ref() != Some(e) {
+                    health.last_error = Some(e.clone());
+                    changed = true;
+                }
+            }
+            changed
+        });
+        if !live {
+            return;
+        }
+        let (vip, backend) = (&target.vip, &target.backend);
+        let error = error.as_deref().unwrap_or_default();
+        match flip {
+            Some(false) => tracing::warn!(vip, backend, error, fall = check.fall, "backend down: health check failing"),
+            Some(true) => tracing::info!(vip, backend, rise = check.rise, "backend up: health check passing"),
+            None if !error.is_empty() => tracing::debug!(vip, backend, error, "health check failed"),
+            None => {}
+        }
+        next += check.interval.mul_f64(0.9 + 0.2 * jitter.unit());
+        // A probe ends within its timeout, shorter than the interval; only a stalled runtime
+        // leaves `next` behind, and then checking now beats a burst of catch-up probes.
+        next = next.max(Instant::now());
+        tokio::time::sleep_until(next).await;
+    }
+}
+
+/// SplitMix64: a few bits of randomness per probe without a `rand` dependency.
+#[derive(Debug, Clone)]
+struct Jitter(u64);
+
+impl Jitter {
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Mutex, atomic::AtomicU16};
+
+    use tokio::{net::TcpListener, time::timeout};
+
+    use super::*;
+
+    const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    /// Bound on every wait for something that should happen soon.
+    const PATIENCE: Duration = Duration::from_secs(5);
+
+    /// Accepts and immediately drops connections.
+    async fn tcp_server() -> u16 {
+        let listener = TcpListener::bind((LOCALHOST, 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                drop(stream);
+            }
+        });
+        port
+    }
+
+    /// Ports with nothing bound to them.
+    async fn closed_tcp_port() -> u16 {
+        TcpListener::bind((LOCALHOST, 0)).await.unwrap().local_addr().unwrap().port()
+    }
+
+    async fn closed_udp_port() -> u16 {
+        UdpSocket::bind((LOCALHOST, 0)).await.unwrap().local_addr().unwrap().port()
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Reply {
+        Normal,
+        Chunked,
+        Never,
+    }
+
+    /// A hand-written HTTP/1.1 server whose status can be switched while it runs.
+    struct HttpServer {
+        port: u16,
+        status: Arc<AtomicU16>,
+        requests: Arc<Mutex<Vec<String>>>,
+    }
+
+    async fn http_server(body: &'static str, reply: Reply) -> HttpServer {
+        let listener = TcpListener::bind((LOCALHOST, 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let status = Arc::new(AtomicU16::new(200));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (s, r) = (status.clone(), requests.clone());
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let (status, requests) = (s.clone(), r.clone());
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while find(&request, b"\r\n\r\n").is_none() {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    requests.lock().unwrap().push(String::from_utf8_lossy(&request).into_owned());
+                    let code = status.load(Ordering::SeqCst);
+                    let response = match reply {
+                        Reply::Never => {
+                            // Hold the connection open without answering.
+                            let _ = stream.read(&mut buf).await;
+                            return;
+                        }
+                        Reply::Normal => format!(
+                            "HTTP/1.1 {code} Whatever\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        ),
+                        Reply::Chunked => {
+                            let (a, b) = body.split_at(body.len() / 2);
+                            format!(
+                                "HTTP/1.1 {code} Whatever\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{a}\r\n{:x};ext=1\r\n{b}\r\n0\r\n\r\n",
+                                a.len(),
+                                b.len()
+                            )
+                        }
+                    };
+                    let _ = stream.write_all(response.as_bytes()).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        HttpServer { port, status, requests }
+    }
+
+    /// Echoes every datagram back; the socket is returned to keep it open.
+    async fn udp_echo() -> u16 {
+        let socket = UdpSocket::bind((LOCALHOST, 0)).await.unwrap();
+        let port = socket.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+                let _ = socket.send_to(&buf[..n], from).await;
+            }
+        });
+        port
+    }
+
+    fn http(port: u16, status: u16, body: Option<&str>) -> CheckKind {
+        CheckKind::Http {
+            port,
+            path: "/healthz".into(),
+            host: None,
+            expect_status: status,
+            expect_body: body.map(Into::into),
+        }
+    }
+
+    fn udp(port: u16, send: &str, expect: Option<&str>) -> CheckKind {
+        CheckKind::Udp { port, send: send.into(), expect: expect.map(|e| e.as_bytes().to_vec()) }
+    }
+
+    const T: Duration = Duration::from_millis(500);
+
+    #[tokio::test]
+    async fn tcp_probe() {
+        let port = tcp_server().await;
+        assert_eq!(probe(LOCALHOST, &CheckKind::Tcp { port }, T).await, Ok(()));
+        let err = probe(LOCALHOST, &CheckKind::Tcp { port: closed_tcp_port().await }, T).await.unwrap_err();
+        assert_eq!(err.to_string(), "connect: connection refused");
+    }
+
+    #[tokio::test]
+    async fn http_probe_checks_status_and_body() {
+        let server = http_server("all good", Reply::Normal).await;
+        assert_eq!(probe(LOCALHOST, &http(server.port, 200, None), T).await, Ok(()));
+        assert_eq!(probe(LOCALHOST, &http(server.port, 200, Some("good")), T).await, Ok(()));
+        let request = server.requests.lock().unwrap()[0].clone();
+        assert!(request.starts_with("GET /healthz HTTP/1.1\r\n"), "{request}");
+        assert!(request.contains(&format!("\r\nHost: 127.0.0.1:{}\r\n", server.port)), "{request}");
+        assert!(request.contains("\r\nConnection: close\r\n"), "{request}");
+
+        let err = probe(LOCALHOST, &http(server.port, 200, Some("bad")), T).await.unwrap_err();
+        assert_eq!(err.to_string(), r#"HTTP body does not contain "bad""#);
+        server.status.store(503, Ordering::SeqCst);
+        let err = probe(LOCALHOST, &http(server.port, 200, Some("good")), T).await.unwrap_err();
+        assert_eq!(err.to_string(), "HTTP status 503, expected 200");
+        assert_eq!(probe(LOCALHOST, &http(server.port, 503, None), T).await, Ok(()));
+
+        let err = probe(LOCALHOST, &http(closed_tcp_port().await, 200, None), T).await.unwrap_err();
+        assert_eq!(err.to_string(), "connect: connection refused");
+    }
+
+    #[tokio::test]
+    async fn http_probe_sends_the_configured_host_and_reads_chunked_bodies() {
+        let server = http_server("0123456789 ready", Reply::Chunked).await;
+        let kind = CheckKind::Http {
+            port: server.port,
+            path: "/".into(),
+            host: Some("www.example.com".into()),
+            expect_status: 200,
+            expect_body: Some("89 rea".into()), // spans the two chunks
+        };
+        assert_eq!(probe(LOCALHOST, &kind, T).await, Ok(()));
+        let request = server.requests.lock().unwrap()[0].clone();
+        assert!(request.contains("\r\nHost: www.example.com\r\n"), "{request}");
+    }
+
+    #[tokio::test]
+    async fn http_probe_times_out_on_a_silent_server() {
+        let server = http_server("", Reply::Never).await;
+        let err = probe(LOCALHOST, &http(server.port, 200, None), Duration::from_millis(200)).await.unwrap_err();
+        assert_eq!(err, ProbeError::HttpTimeout("200ms".into()));
+        assert_eq!(err.to_string(), "no HTTP response within 200ms");
+    }
+
+    #[tokio::test]
+    async fn udp_probe() {
+        let port = udp_echo().await;
+        assert_eq!(probe(LOCALHOST, &udp(port, "ping", None), T).await, Ok(()));
+        assert_eq!(probe(LOCALHOST, &udp(port, "ping", Some("in")), T).await, Ok(()));
+        let err = probe(LOCALHOST, &udp(port, "ping", Some("pong")), T).await.unwrap_err();
+        assert_eq!(err.to_string(), r#"reply does not contain "pong""#);
+
+        // Bound but never answering: the probe waits out its timeout.
+        let silent = UdpSocket::bind((LOCALHOST, 0)).await.unwrap();
+        let port = silent.local_addr().unwrap().port();
+        let err = probe(LOCALHOST, &udp(port, "ping", None), Duration::from_millis(200)).await.unwrap_err();
+        assert_eq!(err.to_string(), "no reply within 200ms");
+
+        let err = probe(LOCALHOST, &udp(closed_udp_port().await, "ping", None), T).await.unwrap_err();
+        assert_eq!(err.to_string(), "receive: connection refused (ICMP port unreachable)");
+    }
+
+    #[test]
+    fn parses_heads_and_bodies() {
+        assert_eq!(parse_head(b"HTTP/1.1 200 OK\r\nContent-Le").unwrap(), None);
+        let head = parse_head(b"HTTP/1.0 404 Not Found\r\ncontent-length: 3\r\n\r\nabc").unwrap().unwrap();
+        assert_eq!(head, Head { status: 404, framing: Framing::Length(3), len: 45 });
+        let head =
+            parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\nTransfer-Encoding: Chunked\r\n\r\n").unwrap().unwrap();
+        assert_eq!(head.framing, Framing::Chunked);
+        assert!(parse_head(b"SSH-2.0-OpenSSH\r\n\r\n").is_err());
+        assert!(parse_head(b"HTTP/1.1 2000 OK\r\n\r\n").is_err());
+        assert!(parse_head(&[b'x'; MAX_HEAD + 1]).is_err());
+
+        assert_eq!(dechunk(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap(), (b"abcde".to_vec(), true));
+        assert_eq!(dechunk(b"3\r\nabc\r\n5\r\nde").unwrap(), (b"abcde".to_vec(), false));
+        assert!(dechunk(b"zz\r\n").is_err());
+        assert_eq!(decode_body(Framing::Length(2), b"abc").unwrap(), (b"ab".to_vec(), true));
+        assert_eq!(decode_body(Framing::Length(5), b"abc").unwrap(), (b"abc".to_vec(), false));
+    }
+
+    #[test]
+    fn host_header_defaults_to_the_address() {
+        assert_eq!(host_header("10.0.0.1:80".parse().unwrap()), "10.0.0.1");
+        assert_eq!(host_header("[fd00::1]:80".parse().unwrap()), "[fd00::1]");
+        assert_eq!(host_header("[fd00::1]:8080".parse().unwrap()), "[fd00::1]:8080");
+    }
+
+    #[test]
+    fn state_starts_up_and_needs_consecutive_failures_to_fall() {
+        let mut s = HealthState::new(2, 3);
+        assert!(s.is_up());
+        assert_eq!(s.record(true), None);
+        assert_eq!(s.record(false), None);
+        assert_eq!(s.record(false), None);
+        assert_eq!(s.record(true), None, "a success resets the failure count");
+        assert_eq!(s.record(false), None);
+        assert_eq!(s.record(false), None);
+        assert_eq!(s.record(false), Some(false), "third consecutive failure");
+        assert!(!s.is_up());
+        assert_eq!(s.record(false), None, "already down: no new flip");
+        assert_eq!(s.record(true), None);
+        assert_eq!(s.record(false), None, "a failure resets the success count");
+        assert_eq!(s.record(true), None);
+        assert_eq!(s.record(true), Some(true), "second consecutive success");
+        assert!(s.is_up());
+    }
+
+    #[test]
+    fn flapping_never_flips_with_thresholds_above_one() {
+        let mut s = HealthState::new(2, 2);
+        // Fail, succeed, ... ending on a success.
+        for i in 0..100 {
+            assert_eq!(s.record(i % 2 == 1), None);
+        }
+        assert!(s.is_up());
+        assert_eq!(s.record(false), None);
+        assert_eq!(s.record(false), Some(false));
+        for i in 0..100 {
+            assert_eq!(s.record(i % 2 == 0), None);
+        }
+        assert!(!s.is_up());
+    }
+
+    #[test]
+    fn thresholds_of_one_follow_every_result() {
+        let mut s = HealthState::new(1, 1);
+        assert_eq!(s.record(false), Some(false));
+        assert_eq!(s.record(false), None);
+        assert_eq!(s.record(true), Some(true));
+        assert_eq!(s.record(false), Some(false));
+        // Zero is treated as one rather than flipping without a result.
+        let mut s = HealthState::new(0, 0);
+        assert_eq!(s.record(true), None);
+        assert_eq!(s.record(false), Some(false));
+    }
+
+    #[test]
+    fn transitions_take_exactly_rise_and_fall_results() {
+        for rise in 1..6 {
+            for fall in 1..6 {
+                let mut s = HealthState::new(rise, fall);
+                let flips: Vec<u32> = (1..=fall).filter(|_| s.record(false).is_some()).collect();
+                assert_eq!(flips, [fall], "rise {rise} fall {fall}");
+                let flips: Vec<u32> = (1..=rise).filter(|_| s.record(true).is_some()).collect();
+                assert_eq!(flips, [rise], "rise {rise} fall {fall}");
+            }
+        }
+    }
+
+    #[test]
+    fn jitter_stays_in_range() {
+        let mut j = Jitter(42);
+        let samples: Vec<f64> = (0..10_000).map(|_| j.unit()).collect();
+        assert!(samples.iter().all(|u| (0.0..1.0).contains(u)));
+        let mean = samples.iter().sum::<f64>() / samples.len() as f64;
+        assert!((0.45..0.55).contains(&mean), "{mean}");
+        assert_ne!(Jitter(1).unit(), Jitter(2).unit());
+    }
+
+    fn target(vip: &str, kind: CheckKind) -> Target {
+        Target {
+            vip: vip.into(),
+            backend: "127.0.0.1".into(),
+            addr: LOCALHOST,
+            check: HealthCheck {
+                kind,
+                interval: Duration::from_millis(100),
+                timeout: Duration::from_millis(80),
+                rise: 2,
+                fall: 2,
+            },
+        }
+    }
+
+    /// Waits (boundedly) until the published health of `key` satisfies `pred`.
+    async fn wait_for(
+        rx: &mut watch::Receiver<HealthMap>,
+        key: &(String, String),
+        pred: impl Fn(&BackendHealth) -> bool,
+    ) -> BackendHealth {
+        timeout(PATIENCE, async {
+            loop {
+                if let Some(h) = rx.borrow_and_update().get(key).filter(|h| pred(h)) {
+                    return h.clone();
+                }
+                rx.changed().await.unwrap();
+            }
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Polls the map (counters change without waking receivers).
+    async fn poll_for(rx: &watch::Receiver<HealthMap>, key: &(String, String), pred: impl Fn(&BackendHealth) -> bool) {
+        timeout(PATIENCE, async {
+            while !rx.borrow().get(key).is_some_and(&pred) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn checker_follows_the_backend_down_and_up() {
+        let server = http_server("ok", Reply::Normal).await;
+        let t = target("web", http(server.port, 200, Some("ok")));
+        let key = t.key();
+        let (checker, mut rx) = Checker::start(vec![t]);
+        assert_eq!(rx.borrow()[&key], BackendHealth::default(), "starts up");
+
+        // Healthy probes update the counters without waking the receiver (a probe that timed
+        // out on a loaded machine would rightly wake it: only assert when none failed).
+        poll_for(&rx, &key, |h| h.checks >= 3).await;
+        if rx.borrow()[&key].failures == 0 {
+            assert!(!rx.has_changed().unwrap());
+        }
+
+        server.status.store(503, Ordering::SeqCst);
+        let down = wait_for(&mut rx, &key, |h| !h.up).await;
+        assert_eq!(down.last_error.as_deref(), Some("HTTP status 503, expected 200"));
+        assert!(down.failures >= 2, "{down:?}");
+
+        server.status.store(200, Ordering::SeqCst);
+        let up = wait_for(&mut rx, &key, |h| h.up).await;
+        assert_eq!(up.last_error.as_deref(), Some("HTTP status 503, expected 200"), "kept after recovery");
+        assert!(up.checks > up.failures, "{up:?}");
+
+        drop(checker);
+        // Every task (each holds a sender) is gone: the channel closes.
+        timeout(PATIENCE, async { while rx.changed().await.is_ok() {} }).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn replace_keeps_unchanged_targets_and_restarts_changed_ones() {
+        let port = tcp_server().await;
+        let refused = closed_tcp_port().await;
+        let a = target("a", CheckKind::Tcp { port });
+        let b = target("b", CheckKind::Tcp { port });
+        let (mut checker, mut rx) = Checker::start(vec![a.clone()]);
+        poll_for(&rx, &a.key(), |h| h.checks >= 2).await;
+
+        // Unchanged `a` keeps its counters; `b` starts at zero.
+        checker.replace(vec![a.clone(), b.clone()]);
+        assert!(rx.has_changed().unwrap());
+        let map = rx.borrow_and_update().clone();
+        assert!(map[&a.key()].checks >= 2, "{map:?}");
+        assert_eq!(map[&b.key()], BackendHealth::default());
+        assert_eq!(checker.targets().count(), 2);
+
+        // The same set again wakes nobody.
+        checker.replace(vec![b.clone(), a.clone()]);
+        assert!(!rx.has_changed().unwrap());
+
+        // `a` removed; `b`'s check changed to a refused port: it restarts (the test runtime is
+        // single-threaded, so the new task has not run yet) and goes down.
+        poll_for(&rx, &b.key(), |h| h.checks >= 1).await;
+        let b2 = target("b", CheckKind::Tcp { port: refused });
+        checker.replace(vec![b2.clone()]);
+        let map = rx.borrow_and_update().clone();
+        assert_eq!(map.keys().collect::<Vec<_>>(), [&b2.key()]);
+        assert_eq!(map[&b2.key()], BackendHealth::default());
+        let down = wait_for(&mut rx, &b2.key(), |h| !h.up).await;
+        assert_eq!(down.last_error.as_deref(), Some("connect: connection refused"));
+        assert_eq!(checker.targets().collect::<Vec<_>>(), [&b2]);
+    }
+}
