@@ -336,20 +336,26 @@ impl Topology {
         out.status.success().then(|| serde_json::from_slice(&out.stdout).expect("stats --json is JSON"))
     }
 
+    /// The agent's `xlb status --json`, if it answers.
+    pub fn status(&self) -> Option<xlb::admin::Status> {
+        let out = self.xlb(&["status", "--json"]);
+        out.status.success().then(|| serde_json::from_slice(&out.stdout).expect("status --json is JSON"))
+    }
+
+    /// Runs an `xlb` CLI command against this topology's agent (admin socket appended).
+    pub fn xlb(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(xlb_bin())
+            .args(args)
+            .arg("--admin-socket")
+            .arg(self.socket())
+            .output()
+            .expect("run xlb")
+    }
+
     /// `count` TCP request/answer exchanges with `vip:port` from the client, each on a new
     /// connection; returns how many answers each backend gave, and the failures.
     pub fn tcp_requests(&self, vip: &str, port: u16, count: usize) -> (BTreeMap<String, usize>, usize) {
-        self.requests(vip, port, count, |addr| {
-            // Long enough for two SYN retransmissions (1 s, then 2 s): a client's TCP retries a
-            // lost SYN, and so does this one.
-            let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(4))?;
-            conn.set_read_timeout(Some(Duration::from_secs(2)))?;
-            // A line: the stream servers answer lines, the others any bytes.
-            conn.write_all(b"who\n")?;
-            let mut buf = [0u8; 64];
-            let n = conn.read(&mut buf)?;
-            Ok(String::from_utf8_lossy(&buf[..n]).trim().to_owned())
-        })
+        self.requests(vip, port, count, tcp_exchange)
     }
 
     /// `count` UDP request/answer exchanges, each from a new source port.
@@ -374,29 +380,117 @@ impl Topology {
         count: usize,
         exchange: fn(SocketAddr) -> std::io::Result<String>,
     ) -> (BTreeMap<String, usize>, usize) {
+        let never = Arc::new(AtomicBool::new(false));
+        self.spawn_requests(vip, port, count, exchange, never).join().expect("client thread")
+    }
+
+    /// TCP requests (as `tcp_requests`) one after another in the background until `Load::finish`
+    /// (at most `max` of them).
+    pub fn tcp_load(&self, vip: &str, port: u16, max: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = self.spawn_requests(vip, port, max, tcp_exchange, Arc::clone(&stop));
+        Load { stop, thread }
+    }
+
+    fn spawn_requests(
+        &self,
+        vip: &str,
+        port: u16,
+        count: usize,
+        exchange: fn(SocketAddr) -> std::io::Result<String>,
+        stop: Arc<AtomicBool>,
+    ) -> std::thread::JoinHandle<(BTreeMap<String, usize>, usize)> {
         let addr = SocketAddr::new(vip.parse::<IpAddr>().expect("VIP"), port);
-        self.client
-            .run(move || {
-                let mut seen = BTreeMap::new();
-                let mut failed = 0;
-                for _ in 0..count {
-                    match exchange(addr) {
-                        Ok(name) if !name.is_empty() => *seen.entry(name).or_insert(0) += 1,
-                        other => {
-                            failed += 1;
-                            eprintln!("request to {addr} failed: {other:?}");
-                        }
-                    }
-                    // Bounded in time too: a broken path fails fast instead of timing out
-                    // request after request.
-                    if failed >= MAX_FAILURES {
-                        break;
+        self.client.run(move || {
+            let mut seen = BTreeMap::new();
+            let mut failed = 0;
+            for _ in 0..count {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                match exchange(addr) {
+                    Ok(name) if !name.is_empty() => *seen.entry(name).or_insert(0) += 1,
+                    other => {
+                        failed += 1;
+                        eprintln!("request to {addr} failed: {other:?}");
                     }
                 }
-                (seen, failed)
-            })
-            .join()
-            .expect("client thread")
+                // Bounded in time too: a broken path fails fast instead of timing out
+                // request after request.
+                if failed >= MAX_FAILURES {
+                    break;
+                }
+            }
+            (seen, failed)
+        })
+    }
+
+    /// Starts, on every backend, a TCP listener on its own address and `port` for health
+    /// checks; `HealthSwitches::set` opens or closes each one.
+    pub fn serve_health(&mut self, port: u16) -> HealthSwitches {
+        let switches: Arc<Vec<AtomicBool>> =
+            Arc::new((0..self.backends.len()).map(|_| AtomicBool::new(true)).collect());
+        for (i, ns) in self.backends.iter().enumerate() {
+            let addr = SocketAddr::new(backend_v4(i).parse().expect("address"), port);
+            let stop = Arc::clone(&self.stop);
+            let switches = Arc::clone(&switches);
+            self.servers.push(ns.run(move || {
+                let mut listener: Option<TcpListener> = None;
+                while !stop.load(Ordering::Relaxed) {
+                    if !switches[i].load(Ordering::Relaxed) {
+                        // Closed: connects are refused.
+                        listener = None;
+                    } else if listener.is_none() {
+                        let l = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+                        l.set_nonblocking(true).expect("nonblocking");
+                        listener = Some(l);
+                    }
+                    if let Some(l) = &listener {
+                        while l.accept().is_ok() {}
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }));
+        }
+        HealthSwitches(switches)
+    }
+}
+
+/// One TCP request/answer exchange on a new connection.
+fn tcp_exchange(addr: SocketAddr) -> std::io::Result<String> {
+    // Long enough for two SYN retransmissions (1 s, then 2 s): a client's TCP retries a lost
+    // SYN, and so does this one.
+    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(4))?;
+    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+    // A line: the stream servers answer lines, the others any bytes.
+    conn.write_all(b"who\n")?;
+    let mut buf = [0u8; 64];
+    let n = conn.read(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).trim().to_owned())
+}
+
+/// Requests running in the background (`Topology::tcp_load`).
+#[derive(Debug)]
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<(BTreeMap<String, usize>, usize)>,
+}
+
+impl Load {
+    /// Stops the load; returns the answers by backend and the failures.
+    pub fn finish(self) -> (BTreeMap<String, usize>, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("load thread")
+    }
+}
+
+/// The health listeners of `Topology::serve_health`, by backend index.
+#[derive(Debug, Clone)]
+pub struct HealthSwitches(Arc<Vec<AtomicBool>>);
+
+impl HealthSwitches {
+    pub fn set(&self, backend: usize, healthy: bool) {
+        self.0[backend].store(healthy, Ordering::Relaxed);
     }
 }
 

@@ -1,0 +1,182 @@
+//! The agent end to end in namespaces: health checks against real listeners, drains, status,
+//! Prometheus metrics, and reloads under continuous traffic.
+
+use std::{
+    io::{Read as _, Write as _},
+    time::Duration,
+};
+
+use xlb::admin::Status;
+use xlb_tests::{
+    netns::wait_for,
+    require_root,
+    topology::{Topology, backend_mac, backend_v4},
+};
+
+const VIP: &str = "10.210.100.1";
+const METRICS: &str = "127.0.0.1:9842";
+
+fn backends(weights: &[u32]) -> String {
+    weights
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            format!("      - {{ address: \"{}\", mac: \"{}\", weight: {w} }}\n", backend_v4(i), backend_mac(i))
+        })
+        .collect()
+}
+
+fn vip(name: &str, port: u16, extra: &str, weights: &[u32]) -> String {
+    format!(
+        "  - name: {name}\n    address: {VIP}\n    port: {port}\n    protocol: tcp\n    mode: dsr-l2\n{extra}    backends:\n{}",
+        backends(weights)
+    )
+}
+
+fn backend_of<'a>(status: &'a Status, vip: &str, backend: usize) -> &'a xlb::stats::BackendStats {
+    let v = status.snapshot.vip(vip).unwrap_or_else(|| panic!("VIP {vip} in status"));
+    v.backends.iter().find(|b| b.address == backend_v4(backend)).expect("backend in status")
+}
+
+/// `GET /metrics` from inside the node namespace.
+fn metrics(topo: &Topology) -> String {
+    topo.node
+        .run(|| {
+            let mut conn = std::net::TcpStream::connect(METRICS).expect("metrics listener");
+            conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: xlb\r\n\r\n").unwrap();
+            let mut text = String::new();
+            conn.read_to_string(&mut text).unwrap();
+            text
+        })
+        .join()
+        .expect("metrics thread")
+}
+
+#[test]
+fn health_checks_and_drains_steer_new_flows_and_spare_established_ones() {
+    require_root!();
+    let mut topo = Topology::new(3, &[VIP]);
+    topo.serve(VIP, 8080);
+    topo.serve_streams(VIP, 9000);
+    let health = topo.serve_health(9100);
+    let check = "    health_check: { type: tcp, port: 9100, interval: 200ms, timeout: 100ms, rise: 2, fall: 2 }\n    min_healthy: 3\n";
+    let config = format!("vips:\n{}{}", vip("web", 8080, check, &[1, 1, 1]), vip("streams", 9000, "", &[1, 1, 1]));
+    topo.start_agent_with(&config, &["--metrics-listen", METRICS]);
+    let status = topo.status().expect("status");
+    assert!(status.snapshot.vip("web").unwrap().up, "every backend starts up");
+
+    // be1's health listener closes: after `fall` failed checks it takes no new flows, and with
+    // min_healthy 3 the VIP is down (for BGP) while the two others keep serving it.
+    health.set(1, false);
+    let status =
+        wait_for("be1 marked down", Duration::from_secs(10), || topo.status().filter(|s| !backend_of(s, "web", 1).up));
+    let be1 = backend_of(&status, "web", 1);
+    assert_eq!((be1.weight, be1.configured_weight), (0, 1));
+    assert!(be1.health_error.as_deref().is_some_and(|e| e.contains("refused")), "{be1:?}");
+    let web = status.snapshot.vip("web").unwrap();
+    assert!(!web.up && web.serving == 2, "{web:?}");
+    let (seen, failed) = topo.tcp_requests(VIP, 8080, 200);
+    assert_eq!(failed, 0, "{seen:?}");
+    assert_eq!(seen.get("be1"), None, "a down backend gets no new flows: {seen:?}");
+    let text = metrics(&topo);
+    for line in [
+        format!("xlb_backend_up{{backend=\"{}\",vip=\"web\"}} 0", backend_v4(1)),
+        format!("xlb_backend_up{{backend=\"{}\",vip=\"web\"}} 1", backend_v4(0)),
+        "xlb_vip_up{vip=\"web\"} 0".to_owned(),
+        "xlb_vip_serving_backends{vip=\"web\"} 2".to_owned(),
+    ] {
+        assert!(text.lines().any(|l| l == line), "metrics lack `{line}`:\n{text}");
+    }
+    let rendered = String::from_utf8(topo.xlb(&["status"]).stdout).unwrap();
+    assert!(rendered.contains("DOWN") && rendered.contains("refused"), "{rendered}");
+
+    health.set(1, true);
+    wait_for("be1 up again", Duration::from_secs(10), || topo.status().filter(|s| backend_of(s, "web", 1).up));
+    let (seen, failed) = topo.tcp_requests(VIP, 8080, 200);
+    assert_eq!(failed, 0);
+    assert!(seen.get("be1").copied().unwrap_or(0) > 20, "be1 takes new flows again: {seen:?}");
+
+    // Drain be1 of `streams` while long streams run: those on be1 finish there, new ones avoid it.
+    let streams = topo.open_streams(VIP, 9000, 24);
+    assert!(streams.progress(3, Duration::from_secs(10)), "streams started");
+    let out = topo.xlb(&["drain", "streams", &backend_v4(1)]);
+    assert!(out.status.success(), "drain: {}", String::from_utf8_lossy(&out.stderr));
+    let (seen, failed) = topo.tcp_requests(VIP, 9000, 200);
+    assert_eq!(failed, 0);
+    assert_eq!(seen.get("be1"), None, "a drained backend gets no new flows: {seen:?}");
+    assert!(streams.progress(5, Duration::from_secs(10)), "streams go on while drained");
+    let ended = streams.finish();
+    assert!(ended.iter().all(Result::is_ok), "{ended:?}");
+    assert!(ended.iter().any(|r| r.as_deref() == Ok("be1")), "some streams ran on be1: {ended:?}");
+    let status = topo.status().unwrap();
+    assert!(backend_of(&status, "streams", 1).drained);
+    let out = topo.xlb(&["drain", "streams", "10.9.9.9"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("has no backend"));
+    let out = topo.xlb(&["drain", "--undo", "streams", &backend_v4(1)]);
+    assert!(out.status.success());
+    let (seen, _) = topo.tcp_requests(VIP, 9000, 200);
+    assert!(seen.get("be1").copied().unwrap_or(0) > 20, "undrained: {seen:?}");
+}
+
+#[test]
+fn twenty_reloads_under_traffic_fail_no_request() {
+    require_root!();
+    let mut topo = Topology::new(3, &[VIP]);
+    topo.serve(VIP, 8080);
+    topo.serve(VIP, 8081);
+    // Weights change every time (be2 between 3 and 0, which drains it), and a second VIP comes
+    // and goes: every reload rebuilds tables while connections are open.
+    let config = |n: usize| {
+        let weights: &[u32] = if n % 2 == 0 { &[1, 2, 3] } else { &[3, 2, 0] };
+        let mut yaml = format!("vips:\n{}", vip("web", 8080, "", weights));
+        if n % 3 == 0 {
+            yaml.push_str(&vip("extra", 8081, "", &[1, 1, 1]));
+        }
+        yaml
+    };
+    let agent = topo.start_agent_with(&config(0), &["--no-watch"]);
+    let pid = topo.agent(agent).child.id() as i32;
+    let load = topo.tcp_load(VIP, 8080, 50_000);
+    for n in 1..=20u64 {
+        std::fs::write(topo.config_path(), config(n as usize)).unwrap();
+        // SAFETY: kill with our own child's pid and a valid signal number.
+        unsafe { libc::kill(pid, libc::SIGHUP) };
+        wait_for("the reload", Duration::from_secs(5), || {
+            topo.status().filter(|s| s.config_generation == n + 1 && s.last_reload.as_ref().is_some_and(|r| r.ok))
+        });
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // An invalid file is rejected: the status says why, traffic goes on.
+    std::fs::write(topo.config_path(), "vips:\n  - name: web\n    port: 8080\n").unwrap();
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    let status = wait_for("the rejected reload", Duration::from_secs(5), || {
+        topo.status().filter(|s| s.last_reload.as_ref().is_some_and(|r| !r.ok))
+    });
+    assert_eq!(status.config_generation, 21, "a rejected file is no new generation");
+    let message = status.last_reload.unwrap().message;
+    assert!(
+        message.contains("xlb.yaml:3:5: missing field `address`"),
+        "the error names file, line and field: {message}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let (seen, failed) = load.finish();
+    let total: usize = seen.values().sum();
+    assert_eq!(failed, 0, "requests failed during reloads: {seen:?}");
+    assert!(total > 100, "the load kept running: {seen:?}");
+    assert_eq!(topo.status().unwrap().snapshot.vip("web").unwrap().backends.len(), 3);
+}
+
+#[test]
+fn the_config_file_is_watched() {
+    require_root!();
+    let mut topo = Topology::new(1, &[VIP]);
+    topo.start_agent(&format!("vips:\n{}", vip("web", 8080, "", &[1])));
+    std::fs::write(topo.config_path(), format!("vips:\n{}{}", vip("web", 8080, "", &[1]), vip("more", 8081, "", &[1])))
+        .unwrap();
+    let status = wait_for("the watched file to reload", Duration::from_secs(5), || {
+        topo.status().filter(|s| s.config_generation == 2)
+    });
+    assert!(status.snapshot.vip("more").is_some());
+}
