@@ -128,9 +128,9 @@ fn twenty_reloads_under_traffic_fail_no_request() {
     // Weights change every time (be2 between 3 and 0, which drains it), and a second VIP comes
     // and goes: every reload rebuilds tables while connections are open.
     let config = |n: usize| {
-        let weights: &[u32] = if n % 2 == 0 { &[1, 2, 3] } else { &[3, 2, 0] };
+        let weights: &[u32] = if n.is_multiple_of(2) { &[1, 2, 3] } else { &[3, 2, 0] };
         let mut yaml = format!("vips:\n{}", vip("web", 8080, "", weights));
-        if n % 3 == 0 {
+        if n.is_multiple_of(3) {
             yaml.push_str(&vip("extra", 8081, "", &[1, 1, 1]));
         }
         yaml
