@@ -173,6 +173,18 @@ fn the_config_file_is_watched() {
     require_root!();
     let mut topo = Topology::new(1, &[VIP]);
     topo.start_agent(&format!("vips:\n{}", vip("web", 8080, "", &[1])));
+    // `xlb plan` against the running agent first: nothing applied.
+    let planned = topo.dir.join("plan.yaml");
+    std::fs::write(&planned, format!("vips:\n{}", vip("web", 8080, "", &[1, 1]))).unwrap();
+    let out = topo.xlb(&["plan", planned.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "plan: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains(&format!("~ web 10.210.100.1:8080/tcp: +{}", backend_v4(1))), "{text}");
+    assert!(text.contains("% of new flows land elsewhere"), "{text}");
+    std::fs::write(&planned, "vips: [").unwrap();
+    let out = topo.xlb(&["plan", planned.to_str().unwrap()]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("plan.yaml:1"));
+    assert_eq!(topo.status().unwrap().config_generation, 1, "planning changes nothing");
     std::fs::write(topo.config_path(), format!("vips:\n{}{}", vip("web", 8080, "", &[1]), vip("more", 8081, "", &[1])))
         .unwrap();
     let status = wait_for("the watched file to reload", Duration::from_secs(5), || {

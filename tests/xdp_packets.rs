@@ -314,3 +314,87 @@ fn reconciler_writes_exactly_the_configured_state() {
     assert!(lb.maps.vips().unwrap().iter().all(|(k, _)| *k != v4(53, PROTO_UDP)), "dns4 is gone");
     assert_eq!(lb.vip("ntp4"), Default::default(), "the reused VIP slot starts from zero");
 }
+
+const PLAN_CONFIG: &str = r#"
+vips:
+  - name: web
+    address: 192.0.2.10
+    port: 80
+    protocol: tcp
+    mode: dsr-l2
+    backends:
+      - { address: 10.0.0.1, mac: "02:00:00:00:01:01" }
+      - { address: 10.0.0.2, mac: "02:00:00:00:01:02" }
+      - { address: 10.0.0.3, mac: "02:00:00:00:01:03" }
+  - name: old
+    address: 192.0.2.11
+    port: 80
+    protocol: tcp
+    mode: dsr-l2
+    backends:
+      - { address: 10.0.0.1, mac: "02:00:00:00:01:01" }
+"#;
+
+#[test]
+fn plan_predicts_exactly_what_the_reload_changes() {
+    require_root!();
+    let mut lb = Balancer::with_config(PLAN_CONFIG);
+    let next = PLAN_CONFIG
+        .replace(
+            "      - { address: 10.0.0.3, mac: \"02:00:00:00:01:03\" }\n",
+            "      - { address: 10.0.0.3, mac: \"02:00:00:00:01:03\" }\n      - { address: 10.0.0.4, mac: \"02:00:00:00:01:04\" }\n",
+        )
+        .replace("name: old\n    address: 192.0.2.11", "name: new\n    address: 192.0.2.12");
+    let config = xlb::config::parse(std::path::Path::new("next.yaml"), &next).expect("valid");
+    let desired = xlb::desired::DesiredState::new(&config, &xlb_tests::FACTS);
+    let plan = xlb::plan::plan(&lb.reconciler, &lb.maps, &desired).expect("plan");
+    assert_eq!(plan.added.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), ["new"]);
+    assert_eq!(plan.removed.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), ["old"]);
+    assert_eq!(plan.updated.len(), 1);
+    let web = &plan.updated[0];
+    assert_eq!(web.backends_added, ["10.0.0.4"]);
+    assert!(web.table_rebuilt);
+    let predicted = web.remapped.expect("rebuilt table has a share");
+
+    let web_id = lb.applied("web").meta.id;
+    let before = lb.maps.table(web_id).unwrap();
+    lb.reload(&next);
+    let after = lb.maps.table(web_id).unwrap();
+    let slot4 = lb.applied("web").slots[3];
+    let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
+    assert_eq!(predicted, moved as f64 / before.len() as f64, "the plan's share is the reload's");
+    // Maglev: nearly every slot that moves goes to the new backend (a few hundred others
+    // shuffle), and the share stays within the ≤ 1.1/N bound.
+    let to_new = before.iter().zip(&after).filter(|(a, b)| a != b && **b == slot4).count();
+    assert!(to_new as f64 >= 0.95 * moved as f64, "{to_new} of {moved} moved slots went to the new backend");
+    assert!((0.23..=0.25 * 1.1).contains(&predicted), "{predicted}");
+
+    let again = xlb::plan::plan(&lb.reconciler, &lb.maps, &desired).expect("plan");
+    assert!(again.is_empty() && again.unchanged == 2, "{}", again.render());
+}
+
+#[test]
+fn an_adopting_reconciler_keeps_ids_slots_and_tables() {
+    require_root!();
+    let mut lb = Balancer::with_config(PLAN_CONFIG);
+    // Churn first, so slots and generations are not just 0, 1, 2.
+    lb.reload(&PLAN_CONFIG.replace("      - { address: 10.0.0.2, mac: \"02:00:00:00:01:02\" }\n", ""));
+    lb.reload(PLAN_CONFIG);
+    let tables: Vec<Vec<u32>> = lb.reconciler.applied().values().map(|a| lb.maps.table(a.meta.id).unwrap()).collect();
+    let backends: Vec<Backend> = (0..8).map(|slot| lb.maps.backend(slot).unwrap()).collect();
+
+    let mut adopted = xlb::reconcile::Reconciler::adopt(&lb.maps).expect("adopt");
+    for (key, old) in lb.reconciler.applied() {
+        let new = &adopted.applied()[key];
+        assert_eq!((new.meta, &new.slots), (old.meta, &old.slots), "{}", old.vip.name);
+        let ids =
+            |a: &xlb::reconcile::AppliedVip| a.vip.backends.iter().map(|b| b.identity.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(new), ids(old));
+    }
+    let changes = adopted.apply(&xlb::desired::DesiredState::new(&lb.config, &xlb_tests::FACTS), &mut lb.maps).unwrap();
+    assert_eq!((changes.added.len(), changes.removed.len()), (0, 0), "{changes:?}");
+    let after: Vec<Vec<u32>> = adopted.applied().values().map(|a| lb.maps.table(a.meta.id).unwrap()).collect();
+    assert_eq!(after, tables, "the same configuration rebuilds the very same tables");
+    assert_eq!((0..8).map(|slot| lb.maps.backend(slot).unwrap()).collect::<Vec<_>>(), backends, "slots untouched");
+    assert_eq!(adopted.applied().values().map(|a| a.vip.name.as_str()).collect::<Vec<_>>(), ["web", "old"]);
+}

@@ -12,7 +12,7 @@ use tokio::{
     net::{UnixListener, UnixStream},
 };
 
-use crate::stats::Snapshot;
+use crate::{plan::Plan, stats::Snapshot};
 
 pub const DEFAULT_SOCKET: &str = "/run/xlb/admin.sock";
 
@@ -26,6 +26,8 @@ pub enum Request {
     /// Stop (or with `undo`, resume) sending new flows of `vip` to `backend`; its established
     /// flows finish where they are.
     Drain { vip: String, backend: String, undo: bool },
+    /// What applying `config` (YAML text read from `path`) would change.
+    Plan { path: String, config: String },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,6 +36,7 @@ pub enum Reply {
     Stats(Snapshot),
     Status(Status),
     Done(String),
+    Plan(Plan),
     Error(String),
 }
 

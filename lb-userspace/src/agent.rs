@@ -17,7 +17,7 @@ use crate::{
     dataplane::{self, AttachMode, Attached, DataplaneError, Loaded, Maps},
     desired::{BackendRef, BackendStates, DesiredState, NodeFacts},
     health::{Checker, HealthMap, Target},
-    iface, metrics,
+    iface, metrics, plan,
     reconcile::{Changes, ReconcileError, Reconciler},
     stats::Snapshot,
 };
@@ -242,6 +242,17 @@ fn answer(state: &mut State, config_path: &str, request: Request) -> Reply {
             }),
             Err(e) => Reply::Error(e.to_string()),
         },
+        Request::Plan { path, config } => {
+            let config = match config::parse(std::path::Path::new(&path), &config) {
+                Ok(config) => config,
+                Err(e) => return Reply::Error(e.to_string()),
+            };
+            let mut states = state.states.clone();
+            prune_drains(&mut states, &config);
+            let desired = DesiredState::with_states(&config, &state.facts, &states);
+            plan::plan(&state.reconciler, &state.maps, &desired)
+                .map_or_else(|e| Reply::Error(e.to_string()), Reply::Plan)
+        }
         Request::Drain { vip, backend, undo } => {
             let Some(configured) = state.config.vips.iter().find(|v| v.name == vip) else {
                 let names: Vec<&str> = state.config.vips.iter().map(|v| v.name.as_str()).collect();
@@ -293,10 +304,7 @@ fn reload(opts: &RunOptions, state: &mut State, checker: &mut Checker) {
         );
     }
     checker.replace(health_targets(&config));
-    // Drains of backends that are gone go with them.
-    state.states.drained.retain(|(vip, backend)| {
-        config.vips.iter().any(|v| v.name == *vip && v.backends.iter().any(|b| b.address.to_string() == *backend))
-    });
+    prune_drains(&mut state.states, &config);
     state.config = config;
     state.config_generation += 1;
     let outcome = match state.reconcile() {
@@ -327,6 +335,13 @@ fn reload(opts: &RunOptions, state: &mut State, checker: &mut Checker) {
         }
     };
     state.last_reload = Some(outcome);
+}
+
+/// Drains of backends that are no longer configured go with them.
+fn prune_drains(states: &mut BackendStates, config: &Config) {
+    states.drained.retain(|(vip, backend)| {
+        config.vips.iter().any(|v| v.name == *vip && v.backends.iter().any(|b| b.address.to_string() == *backend))
+    });
 }
 
 /// Notices when the config file is replaced or rewritten (editors do either).

@@ -13,6 +13,7 @@ pub mod health;
 pub mod iface;
 pub mod maglev;
 pub mod metrics;
+pub mod plan;
 pub mod reconcile;
 pub mod stats;
 pub mod testrun;

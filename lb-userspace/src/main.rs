@@ -59,6 +59,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show what loading FILE into the running agent would change: VIPs and backends added,
+    /// removed and reweighted, and per VIP the share of new flows Maglev would send elsewhere.
+    Plan {
+        file: PathBuf,
+        #[arg(long, default_value = admin::DEFAULT_SOCKET)]
+        admin_socket: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop sending new flows of VIP to BACKEND; its established flows finish there.
     Drain {
         /// VIP name (as in the config).
@@ -142,6 +152,22 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&status)?);
             } else {
                 print!("{}", status.render());
+            }
+            Ok(())
+        }
+        Command::Plan { file, admin_socket, json } => {
+            // Checked here first: a file the agent would reject gets the same message, locally.
+            config::load(&file)?;
+            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let request = admin::Request::Plan { path: file.display().to_string(), config: text };
+            let reply = runtime()?.block_on(admin::request(&admin_socket, request))?;
+            let admin::Reply::Plan(plan) = reply else {
+                anyhow::bail!("the agent answered a plan request with {reply:?}")
+            };
+            if json {
+                println!("{}", serde_json::to_string(&plan)?);
+            } else {
+                print!("{}", plan.render());
             }
             Ok(())
         }

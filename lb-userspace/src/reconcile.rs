@@ -155,6 +155,16 @@ impl Reconciler {
         &self.vips
     }
 
+    /// The node settings last written.
+    pub fn node(&self) -> Option<NodeConfig> {
+        self.node
+    }
+
+    /// The address policies last written.
+    pub fn addrs(&self) -> &BTreeMap<VipAddrKey, VipAddrPolicy> {
+        &self.addrs
+    }
+
     /// Brings the maps to `desired`. On error the maps hold a mix of old and new entries and
     /// `applied()` says exactly which; the next call converges.
     pub fn apply(&mut self, desired: &DesiredState, maps: &mut Maps) -> Result<Changes, ReconcileError> {
