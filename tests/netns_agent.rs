@@ -40,7 +40,7 @@ fn backend_of<'a>(status: &'a Status, vip: &str, backend: usize) -> &'a xlb::sta
 
 /// `GET /metrics` from inside the node namespace.
 fn metrics(topo: &Topology) -> String {
-    topo.node
+    topo.node()
         .run(|| {
             let mut conn = std::net::TcpStream::connect(METRICS).expect("metrics listener");
             conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -191,4 +191,24 @@ fn the_config_file_is_watched() {
         topo.status().filter(|s| s.config_generation == 2)
     });
     assert!(status.snapshot.vip("more").is_some());
+}
+
+#[test]
+fn backends_without_a_mac_get_theirs_from_the_neighbour_table() {
+    require_root!();
+    let mut topo = Topology::new(3, &[VIP]);
+    topo.serve(VIP, 8080);
+    let backends: String = (0..3).map(|i| format!("      - {{ address: \"{}\" }}\n", backend_v4(i))).collect();
+    let config = format!(
+        "vips:\n  - name: web\n    address: {VIP}\n    port: 8080\n    protocol: tcp\n    mode: dsr-l2\n    backends:\n{backends}"
+    );
+    topo.start_agent(&config);
+    let status = wait_for("every backend's MAC resolved", Duration::from_secs(10), || {
+        topo.status().filter(|s| s.snapshot.vip("web").is_some_and(|v| v.backends.iter().all(|b| b.mac_known)))
+    });
+    assert_eq!(status.snapshot.vip("web").unwrap().serving, 3);
+    let (seen, failed) = topo.tcp_requests(VIP, 8080, 300);
+    assert_eq!(failed, 0, "{seen:?}");
+    // dsr-l2 frames reach a backend only with its real MAC: every backend answering proves it.
+    assert_eq!(seen.len(), 3, "every backend answers: {seen:?}");
 }

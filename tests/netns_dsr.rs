@@ -95,7 +95,7 @@ fn dsr_l2_tcp_and_udp_over_ipv4_and_ipv6() {
 
     let status = topo.agent(agent).signal_and_wait(libc::SIGTERM, Duration::from_secs(10));
     assert!(status.success(), "xlb exits cleanly on SIGTERM: {status}");
-    let link = String::from_utf8(topo.node.ip(&["link", "show", "eth0"]).stdout).unwrap();
+    let link = String::from_utf8(topo.node().ip(&["link", "show", "eth0"]).stdout).unwrap();
     assert!(!link.contains("xdp"), "XDP detached on SIGTERM: {link}");
     assert!(!topo.socket().exists(), "admin socket removed on exit");
 }

@@ -27,7 +27,7 @@ fn config(backends: usize) -> String {
 }
 
 fn xdp_attached(topo: &Topology) -> bool {
-    String::from_utf8(topo.node.ip(&["link", "show", "eth0"]).stdout).unwrap().contains("xdp")
+    String::from_utf8(topo.node().ip(&["link", "show", "eth0"]).stdout).unwrap().contains("xdp")
 }
 
 #[test]
@@ -70,7 +70,7 @@ fn sigkilled_agent_keeps_forwarding_and_a_new_one_adopts_every_flow() {
     topo.agent(second).signal_and_wait(libc::SIGKILL, Duration::from_secs(5));
     let out = std::process::Command::new(xlb_bin())
         .args(["detach", "--iface", "eth0", "--forget-flows", "--pin-dir"])
-        .arg(&topo.pin_dir)
+        .arg(topo.pin_dir_of(0))
         .output()
         .expect("xlb detach");
     assert!(out.status.success(), "xlb detach: {}", String::from_utf8_lossy(&out.stderr));

@@ -398,3 +398,34 @@ fn an_adopting_reconciler_keeps_ids_slots_and_tables() {
     assert_eq!((0..8).map(|slot| lb.maps.backend(slot).unwrap()).collect::<Vec<_>>(), backends, "slots untouched");
     assert_eq!(adopted.applied().values().map(|a| a.vip.name.as_str()).collect::<Vec<_>>(), ["web", "old"]);
 }
+
+#[test]
+fn health_and_drain_states_shape_the_maps_exactly() {
+    require_root!();
+    let mut lb = Balancer::with_config(PLAN_CONFIG);
+    let web = lb.applied("web").clone();
+    let mut states = xlb::desired::BackendStates::default();
+    states.down.insert(("web".to_owned(), "10.0.0.2".to_owned()));
+    states.drained.insert(("web".to_owned(), "10.0.0.3".to_owned()));
+    let desired = xlb::desired::DesiredState::with_states(&lb.config, &xlb_tests::FACTS, &states);
+    let changes = lb.reconciler.apply(&desired, &mut lb.maps).unwrap();
+    assert_eq!((changes.updated.clone(), changes.tables_rebuilt), (vec!["web".to_owned()], 1));
+    // Only 10.0.0.1 is in the table; the other two keep live slots (same generation), so
+    // their established flows go on.
+    let table = lb.maps.table(web.meta.id).unwrap();
+    assert_eq!(table.len(), 65537);
+    assert!(table.iter().all(|&slot| slot == web.slots[0]), "only the healthy, undrained backend");
+    for &slot in &web.slots {
+        let backend = lb.maps.backend(slot).unwrap();
+        assert_eq!((backend.flags & BACKEND_FLAG_ACTIVE, backend.generation), (BACKEND_FLAG_ACTIVE, 1), "slot {slot}");
+    }
+    // All three out: the VIP keeps its entry with an empty table (no backend: counted drop).
+    states.down.insert(("web".to_owned(), "10.0.0.1".to_owned()));
+    let desired = xlb::desired::DesiredState::with_states(&lb.config, &xlb_tests::FACTS, &states);
+    lb.reconciler.apply(&desired, &mut lb.maps).unwrap();
+    assert_eq!(lb.applied("web").meta.table_size, 0);
+    assert!(lb.maps.table(web.meta.id).unwrap().is_empty());
+    let syn = Frame::v4("198.51.100.1", "192.0.2.10", L4::TcpSyn { sport: 40000, dport: 80 }).build();
+    assert_eq!(lb.run(&syn).action, XdpAction::Drop);
+    assert_eq!(lb.stat(Stat::DropNoBackend), 1);
+}

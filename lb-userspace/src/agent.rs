@@ -15,9 +15,11 @@ use crate::{
     admin::{self, ReloadOutcome, Reply, Request, Status},
     config::{self, Config},
     dataplane::{self, AttachMode, Attached, DataplaneError, Loaded, Maps},
-    desired::{BackendRef, BackendStates, DesiredState, NodeFacts},
+    desired::{self, BackendRef, BackendStates, DesiredState, NodeFacts},
     health::{Checker, HealthMap, Target},
-    iface, metrics, plan,
+    iface, metrics,
+    neighbor::Resolver,
+    plan,
     reconcile::{Changes, ReconcileError, Reconciler},
     stats::Snapshot,
 };
@@ -95,6 +97,23 @@ fn health_targets(config: &Config) -> Vec<Target> {
         .collect()
 }
 
+/// The MACs an adopted data plane holds for backends the configuration leaves to resolution
+/// (by the address resolution would ask for).
+fn adopted_macs(reconciler: &Reconciler, config: &Config) -> std::collections::BTreeMap<std::net::IpAddr, [u8; 6]> {
+    let mut macs = std::collections::BTreeMap::new();
+    for vip in &config.vips {
+        let Some(applied) = reconciler.applied().get(&desired::vip_key(vip)) else { continue };
+        for backend in &vip.backends {
+            let Some(source) = desired::mac_source(vip, backend, config) else { continue };
+            let identity = backend.address.to_string();
+            if let Some(b) = applied.vip.backends.iter().find(|b| b.identity == identity && b.mac != [0; 6]) {
+                macs.insert(source, b.mac);
+            }
+        }
+    }
+    macs
+}
+
 /// The backends `health` says are down.
 fn down(health: &HealthMap) -> BTreeSet<BackendRef> {
     health.iter().filter(|(_, h)| !h.up).map(|(key, _)| key.clone()).collect()
@@ -116,13 +135,18 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     };
     // Backends start up (a restart must not drop traffic while the first checks run).
     let (mut checker, mut health_rx) = Checker::start(health_targets(&config));
+    let (mut resolver, mut neighbors_rx) = Resolver::start(opts.iface.clone(), desired::neighbor_targets(&config));
+    // A restart keeps the MACs the previous agent wrote until the kernel confirms or replaces
+    // them, so its flows keep going while the first resolution runs.
+    let mut states = BackendStates { neighbors: adopted_macs(&reconciler, &config), ..Default::default() };
+    states.neighbors.extend(neighbors_rx.borrow_and_update().iter().map(|(a, m)| (*a, *m)));
     let mut state = State {
         maps,
         reconciler,
         facts,
         flow_table_size,
         config,
-        states: BackendStates::default(),
+        states,
         health: health_rx.borrow_and_update().clone(),
         config_generation: 1,
         last_reload: None,
@@ -188,11 +212,23 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => reload(&opts, &mut lock(&state), &mut checker),
+            _ = hup.recv() => reload(&opts, &mut lock(&state), &mut checker, &mut resolver),
             _ = poll.tick(), if opts.watch_config => {
                 if watch.changed() {
                     tracing::info!(config = %opts.config.display(), "configuration file changed");
-                    reload(&opts, &mut lock(&state), &mut checker);
+                    reload(&opts, &mut lock(&state), &mut checker, &mut resolver);
+                }
+            }
+            changed = neighbors_rx.changed() => {
+                if changed.is_err() {
+                    continue;
+                }
+                let learned = neighbors_rx.borrow_and_update().clone();
+                let mut state = lock(&state);
+                // Last known wins: an entry that stops resolving keeps its MAC.
+                state.states.neighbors.extend(learned);
+                if let Err(e) = state.reconcile() {
+                    tracing::error!(error = %e, "applying neighbour changes failed; retried on the next change");
                 }
             }
             changed = health_rx.changed() => {
@@ -215,6 +251,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         metrics.abort();
     }
     drop(checker);
+    drop(resolver);
     let _ = std::fs::remove_file(&opts.admin_socket);
     if opts.detach_on_exit {
         dataplane::detach_pinned(&link)?;
@@ -279,7 +316,7 @@ fn answer(state: &mut State, config_path: &str, request: Request) -> Reply {
 }
 
 /// Re-reads the config; an invalid file leaves the running state as it is.
-fn reload(opts: &RunOptions, state: &mut State, checker: &mut Checker) {
+fn reload(opts: &RunOptions, state: &mut State, checker: &mut Checker, resolver: &mut Resolver) {
     let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let config = match config::load(&opts.config) {
         Ok(config) => config,
@@ -304,6 +341,7 @@ fn reload(opts: &RunOptions, state: &mut State, checker: &mut Checker) {
         );
     }
     checker.replace(health_targets(&config));
+    resolver.replace(desired::neighbor_targets(&config));
     prune_drains(&mut state.states, &config);
     state.config = config;
     state.config_generation += 1;

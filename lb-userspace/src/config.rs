@@ -5,7 +5,7 @@
 use std::{
     collections::BTreeMap,
     fmt,
-    net::IpAddr,
+    net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
     str::FromStr,
     time::Duration,
@@ -24,6 +24,122 @@ pub const DEFAULT_TABLE_SIZE: u32 = 65537;
 pub struct Config {
     pub node: Node,
     pub vips: Vec<Vip>,
+    /// The BGP speaker that announces the VIPs; none without a `bgp:` section.
+    pub bgp: Option<BgpConfig>,
+}
+
+/// The BGP speaker (`bgp:`): every VIP that is up is announced to every peer as a host route
+/// (/32, /128) with this node as next hop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BgpConfig {
+    pub local_as: u32,
+    pub router_id: Ipv4Addr,
+    /// Proposed in OPEN; the session uses the smaller of both sides' (0: no keepalives at all).
+    pub hold_time: Duration,
+    /// Ceiling of the exponential backoff between connection attempts.
+    pub connect_retry: Duration,
+    /// Advertised restart time (RFC 4724): how long peers keep our routes while we restart;
+    /// zero leaves graceful restart out of OPEN.
+    pub graceful_restart_time: Duration,
+    /// How long a drain or shutdown waits after withdrawing before it closes the sessions.
+    pub withdraw_grace: Duration,
+    pub communities: Vec<Community>,
+    pub med: Option<u32>,
+    /// Sent to iBGP peers only.
+    pub local_pref: Option<u32>,
+    pub peers: Vec<BgpPeer>,
+}
+
+/// A BGP neighbour.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BgpPeer {
+    pub address: IpAddr,
+    pub remote_as: u32,
+    pub port: u16,
+    /// TCP MD5 signature key (RFC 2385).
+    pub password: Option<String>,
+    pub bfd: BfdConfig,
+    /// Local address to connect from; the kernel's choice (by route) when absent.
+    pub source_address: Option<IpAddr>,
+}
+
+/// BFD (RFC 5880/5881) with a peer: single hop, asynchronous mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BfdConfig {
+    pub enabled: bool,
+    /// Desired minimum transmit interval once the session is up (1 s before, as RFC 5880 asks).
+    pub min_tx: Duration,
+    /// Required minimum receive interval.
+    pub min_rx: Duration,
+    /// Packets the peer may miss before it counts us as down (our detect multiplier).
+    pub multiplier: u8,
+}
+
+impl Default for BfdConfig {
+    fn default() -> Self {
+        BfdConfig {
+            enabled: false,
+            min_tx: Duration::from_millis(100),
+            min_rx: Duration::from_millis(100),
+            multiplier: 3,
+        }
+    }
+}
+
+impl fmt::Debug for BgpPeer {
+    // The password stays out of logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BgpPeer")
+            .field("address", &self.address)
+            .field("remote_as", &self.remote_as)
+            .field("port", &self.port)
+            .field("password", &self.password.as_ref().map(|_| "<set>"))
+            .field("bfd", &self.bfd)
+            .field("source_address", &self.source_address)
+            .finish()
+    }
+}
+
+impl BgpPeer {
+    /// Internal BGP: the peer is in our own AS.
+    pub fn is_ibgp(&self, local_as: u32) -> bool {
+        self.remote_as == local_as
+    }
+}
+
+/// A standard community (RFC 1997), written `AS:VALUE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Community {
+    pub asn: u16,
+    pub value: u16,
+}
+
+impl Community {
+    /// The 32-bit wire value.
+    pub fn to_u32(self) -> u32 {
+        (u32::from(self.asn) << 16) | u32::from(self.value)
+    }
+}
+
+impl fmt::Display for Community {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.asn, self.value)
+    }
+}
+
+impl FromStr for Community {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("`{s}` is not a community; write AS:VALUE with both parts 0..=65535 (e.g. 65010:100)");
+        let (asn, value) = s.split_once(':').ok_or_else(bad)?;
+        let part = |p: &str| {
+            if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad());
+            }
+            p.parse::<u16>().map_err(|_| bad())
+        };
+        Ok(Community { asn: part(asn)?, value: part(value)? })
+    }
 }
 
 /// Node-wide forwarding settings.
@@ -31,6 +147,10 @@ pub struct Config {
 pub struct Node {
     /// L2 next hop toward dsr-ipip backends that have no `mac` of their own.
     pub next_hop_mac: Option<Mac>,
+    /// Router addresses whose MACs the agent resolves (ARP / neighbour discovery) for dsr-ipip
+    /// backends without a `mac`, when `next_hop_mac` is not given.
+    pub next_hop_v4: Option<IpAddr>,
+    pub next_hop_v6: Option<IpAddr>,
     /// Outer source of IPv4 tunnels: one address, or a prefix whose host bits vary per flow.
     pub tunnel_source_v4: Option<Prefix>,
     pub tunnel_source_v6: Option<Prefix>,
@@ -298,12 +418,53 @@ struct RawConfig {
     node: Option<Spanned<RawNode>>,
     #[serde(default)]
     vips: Vec<Spanned<RawVip>>,
+    #[serde(default)]
+    bgp: Option<Spanned<RawBgp>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBgp {
+    local_as: Option<u32>,
+    router_id: Option<IpAddr>,
+    hold_time: Option<RawScalar>,
+    connect_retry: Option<RawScalar>,
+    graceful_restart_time: Option<RawScalar>,
+    withdraw_grace: Option<RawScalar>,
+    #[serde(default)]
+    communities: Vec<Spanned<RawScalar>>,
+    med: Option<u32>,
+    local_pref: Option<u32>,
+    #[serde(default)]
+    peers: Vec<Spanned<RawPeer>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    address: IpAddr,
+    remote_as: u32,
+    port: Option<u16>,
+    password: Option<String>,
+    bfd: Option<Spanned<RawBfd>>,
+    source_address: Option<IpAddr>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBfd {
+    enabled: Option<bool>,
+    min_tx: Option<RawScalar>,
+    min_rx: Option<RawScalar>,
+    multiplier: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawNode {
     next_hop_mac: Option<Mac>,
+    next_hop_v4: Option<IpAddr>,
+    next_hop_v6: Option<IpAddr>,
     tunnel_source_v4: Option<Prefix>,
     tunnel_source_v6: Option<Prefix>,
     mtu: Option<u32>,
@@ -409,6 +570,23 @@ const MIN_INTERVAL: Duration = Duration::from_millis(100);
 const MAX_INTERVAL: Duration = Duration::from_secs(3600);
 /// Bound on rise and fall: beyond it a state change takes unreasonably long to notice.
 const MAX_THRESHOLD: u32 = 100;
+/// BGP defaults.
+const DEFAULT_HOLD_TIME: Duration = Duration::from_secs(9);
+const DEFAULT_CONNECT_RETRY: Duration = Duration::from_secs(5);
+const DEFAULT_RESTART_TIME: Duration = Duration::from_secs(120);
+const DEFAULT_WITHDRAW_GRACE: Duration = Duration::from_secs(5);
+const BGP_PORT: u16 = 179;
+/// 4-octet AS numbers are carried as this in 2-octet fields (RFC 6793); no one may use it.
+const AS_TRANS: u32 = 23456;
+/// The graceful restart capability carries the restart time in 12 bits.
+const MAX_RESTART_TIME: Duration = Duration::from_secs(4095);
+const MIN_CONNECT_RETRY: Duration = Duration::from_millis(100);
+const MAX_CONNECT_RETRY: Duration = Duration::from_secs(3600);
+const MAX_WITHDRAW_GRACE: Duration = Duration::from_secs(600);
+const MIN_BFD_INTERVAL: Duration = Duration::from_millis(10);
+const MAX_BFD_INTERVAL: Duration = Duration::from_secs(60);
+/// Longest TCP MD5 key Linux takes (TCP_MD5SIG_MAXKEYLEN).
+const MAX_MD5_KEY: usize = 80;
 
 /// Reads and validates the configuration file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -505,7 +683,251 @@ impl Checker<'_> {
             }
             vips.push(vip);
         }
-        Ok(Config { node, vips })
+        let bgp = match raw.bgp {
+            Some(b) => Some(self.check_bgp(b.value, &b.referenced)?),
+            None => None,
+        };
+        Ok(Config { node, vips, bgp })
+    }
+
+    fn check_as(&self, at: &serde_saphyr::Location, field: &str, asn: u32) -> Result<u32, ConfigError> {
+        match asn {
+            0 => Err(self.err(at, field, "AS 0 is reserved (RFC 7607); use the real AS number (e.g. 65010)")),
+            AS_TRANS => Err(self.err(
+                at,
+                field,
+                "23456 is AS_TRANS, the stand-in for 4-octet AS numbers (RFC 6793); use the real AS number",
+            )),
+            n => Ok(n),
+        }
+    }
+
+    fn check_bgp(&self, raw: RawBgp, at: &serde_saphyr::Location) -> Result<BgpConfig, ConfigError> {
+        let local_as = match raw.local_as {
+            Some(n) => self.check_as(at, "bgp.local_as", n)?,
+            None => return Err(self.err(at, "bgp.local_as", "required: this node's AS number (e.g. local_as: 65010)")),
+        };
+        let router_id = match raw.router_id {
+            None => {
+                return Err(self.err(
+                    at,
+                    "bgp.router_id",
+                    "required: an IPv4 address unique among the routers, usually the node's own (e.g. router_id: 192.0.2.21)",
+                ));
+            }
+            Some(IpAddr::V6(_)) => {
+                return Err(self.err(
+                    at,
+                    "bgp.router_id",
+                    "must be an IPv4 address (BGP identifiers are 32 bits, also on IPv6-only nodes), e.g. 192.0.2.21",
+                ));
+            }
+            Some(IpAddr::V4(id)) => {
+                if id.is_unspecified() || id.is_broadcast() || id.is_multicast() {
+                    return Err(self.err(
+                        at,
+                        "bgp.router_id",
+                        format!("{id} is not a valid BGP identifier; use a unicast IPv4 address (e.g. the node's own)"),
+                    ));
+                }
+                id
+            }
+        };
+        let duration = |name: &str, raw: Option<RawScalar>, default: Duration| match raw {
+            None => Ok(default),
+            Some(RawScalar(text)) => parse_duration(&text).map_err(|m| self.err(at, format!("bgp.{name}"), m)),
+        };
+        let hold_time = duration("hold_time", raw.hold_time, DEFAULT_HOLD_TIME)?;
+        let secs = hold_time.as_secs();
+        if hold_time.subsec_nanos() != 0 || secs == 1 || secs == 2 || secs > 65535 {
+            return Err(self.err(
+                at,
+                "bgp.hold_time",
+                format!(
+                    "{} is not a usable hold time; use 0 (no keepalives) or 3s to 65535s, in whole seconds",
+                    format_duration(hold_time)
+                ),
+            ));
+        }
+        let connect_retry = duration("connect_retry", raw.connect_retry, DEFAULT_CONNECT_RETRY)?;
+        if !(MIN_CONNECT_RETRY..=MAX_CONNECT_RETRY).contains(&connect_retry) {
+            return Err(self.err(
+                at,
+                "bgp.connect_retry",
+                format!(
+                    "{} is out of range; use {} to {}",
+                    format_duration(connect_retry),
+                    format_duration(MIN_CONNECT_RETRY),
+                    format_duration(MAX_CONNECT_RETRY)
+                ),
+            ));
+        }
+        let graceful_restart_time = duration("graceful_restart_time", raw.graceful_restart_time, DEFAULT_RESTART_TIME)?;
+        if graceful_restart_time.subsec_nanos() != 0 || graceful_restart_time > MAX_RESTART_TIME {
+            return Err(self.err(
+                at,
+                "bgp.graceful_restart_time",
+                format!(
+                    "{} is out of range; use 0 (no graceful restart) to 4095s, in whole seconds",
+                    format_duration(graceful_restart_time)
+                ),
+            ));
+        }
+        let withdraw_grace = duration("withdraw_grace", raw.withdraw_grace, DEFAULT_WITHDRAW_GRACE)?;
+        if withdraw_grace > MAX_WITHDRAW_GRACE {
+            return Err(self.err(
+                at,
+                "bgp.withdraw_grace",
+                format!(
+                    "{} is out of range; use 0 to {}",
+                    format_duration(withdraw_grace),
+                    format_duration(MAX_WITHDRAW_GRACE)
+                ),
+            ));
+        }
+        let mut communities = Vec::with_capacity(raw.communities.len());
+        for (i, c) in raw.communities.into_iter().enumerate() {
+            let community: Community =
+                c.value.0.parse().map_err(|m| self.err(&c.referenced, format!("bgp.communities[{i}]"), m))?;
+            if !communities.contains(&community) {
+                communities.push(community);
+            }
+        }
+        if raw.peers.is_empty() {
+            return Err(self.err(
+                at,
+                "bgp.peers",
+                "list at least one peer (address and remote_as), or remove the bgp section",
+            ));
+        }
+        let mut peers: Vec<BgpPeer> = Vec::with_capacity(raw.peers.len());
+        for (i, spanned) in raw.peers.into_iter().enumerate() {
+            let peer = self.check_peer(i, spanned.value, &spanned.referenced)?;
+            if let Some(j) = peers.iter().position(|p| p.address == peer.address) {
+                return Err(self.err(
+                    &spanned.referenced,
+                    format!("bgp.peers[{i}].address"),
+                    format!("{} is already bgp.peers[{j}]; list each neighbour once", peer.address),
+                ));
+            }
+            peers.push(peer);
+        }
+        if raw.local_pref.is_some() && !peers.iter().any(|p| p.is_ibgp(local_as)) {
+            return Err(self.err(
+                at,
+                "bgp.local_pref",
+                format!(
+                    "LOCAL_PREF is only sent to iBGP peers (remote_as {local_as}) and none is configured; remove it, or use med toward eBGP peers"
+                ),
+            ));
+        }
+        Ok(BgpConfig {
+            local_as,
+            router_id,
+            hold_time,
+            connect_retry,
+            graceful_restart_time,
+            withdraw_grace,
+            communities,
+            med: raw.med,
+            local_pref: raw.local_pref,
+            peers,
+        })
+    }
+
+    fn check_peer(&self, i: usize, raw: RawPeer, at: &serde_saphyr::Location) -> Result<BgpPeer, ConfigError> {
+        let field = |name: &str| format!("bgp.peers[{i}].{name}");
+        let unusable = |a: &IpAddr| a.is_unspecified() || a.is_multicast() || a.is_loopback();
+        if unusable(&raw.address) {
+            return Err(self.err(
+                at,
+                field("address"),
+                format!("{} cannot be a BGP neighbour; use the router's unicast address on the link", raw.address),
+            ));
+        }
+        let remote_as = self.check_as(at, &field("remote_as"), raw.remote_as)?;
+        let port = raw.port.unwrap_or(BGP_PORT);
+        if port == 0 {
+            return Err(self.err(at, field("port"), "must be 1..=65535; leave it out for BGP's port, 179"));
+        }
+        if let Some(password) = &raw.password {
+            if password.is_empty() {
+                return Err(self.err(
+                    at,
+                    field("password"),
+                    "an empty password signs nothing; remove it, or give the TCP MD5 key the router has",
+                ));
+            }
+            if password.len() > MAX_MD5_KEY {
+                return Err(self.err(
+                    at,
+                    field("password"),
+                    format!("{} bytes is longer than the {MAX_MD5_KEY} Linux takes for a TCP MD5 key", password.len()),
+                ));
+            }
+        }
+        if let Some(source) = raw.source_address {
+            if source.is_ipv4() != raw.address.is_ipv4() {
+                return Err(self.err(
+                    at,
+                    field("source_address"),
+                    format!(
+                        "{source} is not of the peer's address family; use this node's {} address on the link",
+                        if raw.address.is_ipv4() { "IPv4" } else { "IPv6" }
+                    ),
+                ));
+            }
+            if unusable(&source) {
+                return Err(self.err(
+                    at,
+                    field("source_address"),
+                    format!("{source} cannot be a session's source; use one of this node's unicast addresses"),
+                ));
+            }
+        }
+        let bfd = match raw.bfd {
+            Some(b) => self.check_bfd(&field("bfd"), b.value, &b.referenced)?,
+            None => BfdConfig::default(),
+        };
+        Ok(BgpPeer { address: raw.address, remote_as, port, password: raw.password, bfd, source_address: raw.source_address })
+    }
+
+    fn check_bfd(&self, prefix: &str, raw: RawBfd, at: &serde_saphyr::Location) -> Result<BfdConfig, ConfigError> {
+        let defaults = BfdConfig::default();
+        let interval = |name: &str, raw: Option<RawScalar>, default: Duration| {
+            let value = match raw {
+                None => default,
+                Some(RawScalar(text)) => {
+                    parse_duration(&text).map_err(|m| self.err(at, format!("{prefix}.{name}"), m))?
+                }
+            };
+            if !(MIN_BFD_INTERVAL..=MAX_BFD_INTERVAL).contains(&value) {
+                return Err(self.err(
+                    at,
+                    format!("{prefix}.{name}"),
+                    format!(
+                        "{} is out of range; use {} to {}",
+                        format_duration(value),
+                        format_duration(MIN_BFD_INTERVAL),
+                        format_duration(MAX_BFD_INTERVAL)
+                    ),
+                ));
+            }
+            Ok(value)
+        };
+        let min_tx = interval("min_tx", raw.min_tx, defaults.min_tx)?;
+        let min_rx = interval("min_rx", raw.min_rx, defaults.min_rx)?;
+        let multiplier = match raw.multiplier {
+            None => defaults.multiplier,
+            Some(n) => u8::try_from(n).ok().filter(|n| *n >= 1).ok_or_else(|| {
+                self.err(
+                    at,
+                    format!("{prefix}.multiplier"),
+                    format!("{n}: use 1..=255, the packets the peer may miss before it counts us as down (3 is usual)"),
+                )
+            })?,
+        };
+        Ok(BfdConfig { enabled: raw.enabled.unwrap_or(defaults.enabled), min_tx, min_rx, multiplier })
     }
 
     fn check_node(&self, raw: RawNode, at: &serde_saphyr::Location) -> Result<Node, ConfigError> {
@@ -549,8 +971,16 @@ impl Checker<'_> {
         if !(1024..=MAX_FLOW_TABLE_SIZE).contains(&flow_table_size) {
             return Err(self.err(at, "node.flow_table_size", format!("must be 1024..={MAX_FLOW_TABLE_SIZE}")));
         }
+        if raw.next_hop_v4.is_some_and(|a| !a.is_ipv4()) {
+            return Err(self.err(at, "node.next_hop_v4", "must be an IPv4 address (the router's, on this link)"));
+        }
+        if raw.next_hop_v6.is_some_and(|a| !a.is_ipv6()) {
+            return Err(self.err(at, "node.next_hop_v6", "must be an IPv6 address (the router's, on this link)"));
+        }
         Ok(Node {
             next_hop_mac: raw.next_hop_mac,
+            next_hop_v4: raw.next_hop_v4,
+            next_hop_v6: raw.next_hop_v6,
             tunnel_source_v4: raw.tunnel_source_v4,
             tunnel_source_v6: raw.tunnel_source_v6,
             mtu: raw.mtu,
@@ -616,13 +1046,7 @@ impl Checker<'_> {
                             "dsr-l2 leaves the IP header alone: the backend must have the VIP's address family",
                         ));
                     }
-                    if b.mac.is_none() {
-                        return Err(self.err(
-                            &bat,
-                            bfield("mac"),
-                            "dsr-l2 needs the backend's MAC address (e.g. mac: 02:00:5e:00:53:01)",
-                        ));
-                    }
+                    // Without `mac`, the agent resolves the backend's address on the interface.
                 }
                 Mode::DsrIpip => {
                     if raw.address.is_ipv6() && b.address.is_ipv4() {
@@ -632,13 +1056,8 @@ impl Checker<'_> {
                             "an IPv6 VIP cannot be carried in IPv4 here; give it IPv6 backends",
                         ));
                     }
-                    if b.mac.is_none() && node.next_hop_mac.is_none() {
-                        return Err(self.err(
-                            &bat,
-                            bfield("mac"),
-                            "set the backend's `mac` (on-link backend) or node.next_hop_mac (routed backends)",
-                        ));
-                    }
+                    // Without `mac`: node.next_hop_mac, else the MAC of node.next_hop_v4/v6, else
+                    // of the backend itself (on-link), resolved by the agent.
                     let (tunnel, name) = if b.address.is_ipv4() {
                         (node.tunnel_source_v4, "node.tunnel_source_v4")
                     } else {
@@ -952,9 +1371,9 @@ mod tests {
                 "scale",
             ),
             (
-                "vips:\n  - name: l2\n    address: 192.0.2.1\n    port: 80\n    protocol: tcp\n    mode: dsr-l2\n    backends:\n      - address: 10.1.0.1\n".to_string(),
-                "vips[0].backends[0].mac",
-                "MAC",
+                "node:\n  next_hop_v4: fd00::1\n".to_string(),
+                "node.next_hop_v4",
+                "IPv4 address",
             ),
             (
                 "vips:\n  - name: l2\n    address: 192.0.2.1\n    port: 80\n    protocol: tcp\n    mode: dsr-l2\n    backends:\n      - address: fd00::1\n        mac: 02:00:00:00:00:01\n".to_string(),
@@ -1226,6 +1645,224 @@ mod tests {
         assert!(err.contains("intreval"), "{err}");
         let err = check(&checked("    health_check:\n      type: icmp\n")).unwrap_err().to_string();
         assert_eq!(err, "test.yaml:16:13: unknown variant `icmp`, expected one of tcp, http, udp");
+    }
+
+    const BGP: &str = "bgp:\n  local_as: 65010\n  router_id: 192.0.2.21\n";
+
+    #[test]
+    fn bgp_parses_with_defaults_and_every_field() {
+        let config = check(&format!("{BGP}  peers:\n    - {{ address: 10.0.0.1, remote_as: 65000 }}\n")).unwrap();
+        let bgp = config.bgp.unwrap();
+        assert_eq!(
+            bgp,
+            BgpConfig {
+                local_as: 65010,
+                router_id: Ipv4Addr::new(192, 0, 2, 21),
+                hold_time: Duration::from_secs(9),
+                connect_retry: Duration::from_secs(5),
+                graceful_restart_time: Duration::from_secs(120),
+                withdraw_grace: Duration::from_secs(5),
+                communities: vec![],
+                med: None,
+                local_pref: None,
+                peers: vec![BgpPeer {
+                    address: "10.0.0.1".parse().unwrap(),
+                    remote_as: 65000,
+                    port: 179,
+                    password: None,
+                    bfd: BfdConfig {
+                        enabled: false,
+                        min_tx: Duration::from_millis(100),
+                        min_rx: Duration::from_millis(100),
+                        multiplier: 3
+                    },
+                    source_address: None,
+                }],
+            }
+        );
+        let config = check(
+            "bgp:\n  local_as: 4200000001\n  router_id: 10.0.0.2\n  hold_time: 0s\n  connect_retry: 500ms\n  graceful_restart_time: 0s\n  withdraw_grace: 1m\n  communities: [\"65010:100\", \"0:65535\", \"65010:100\"]\n  med: 20\n  local_pref: 200\n  peers:\n    - address: fd00::1\n      remote_as: 4200000001\n      port: 1179\n      password: s3cret\n      source_address: fd00::2\n      bfd: { enabled: true, min_tx: 50ms, min_rx: 1s, multiplier: 5 }\n",
+        )
+        .unwrap();
+        let bgp = config.bgp.unwrap();
+        assert_eq!(
+            (bgp.local_as, bgp.hold_time, bgp.connect_retry, bgp.graceful_restart_time, bgp.withdraw_grace),
+            (4200000001, Duration::ZERO, Duration::from_millis(500), Duration::ZERO, Duration::from_secs(60))
+        );
+        assert_eq!(bgp.communities, vec![Community { asn: 65010, value: 100 }, Community { asn: 0, value: 65535 }]);
+        assert_eq!(bgp.communities[0].to_u32(), 0xfdf2_0064);
+        assert_eq!(bgp.communities[0].to_string(), "65010:100");
+        assert_eq!((bgp.med, bgp.local_pref), (Some(20), Some(200)));
+        let peer = &bgp.peers[0];
+        assert_eq!((peer.port, peer.password.as_deref(), peer.is_ibgp(bgp.local_as)), (1179, Some("s3cret"), true));
+        assert_eq!(peer.source_address, Some("fd00::2".parse().unwrap()));
+        assert_eq!(
+            peer.bfd,
+            BfdConfig { enabled: true, min_tx: Duration::from_millis(50), min_rx: Duration::from_secs(1), multiplier: 5 }
+        );
+        assert!(!format!("{peer:?}").contains("s3cret"), "the password stays out of Debug output");
+        assert_eq!(check("vips: []\n").unwrap().bgp, None);
+    }
+
+    #[test]
+    fn bad_bgp_sections_name_the_field_and_the_fix() {
+        let peer = "  peers:\n    - { address: 10.0.0.1, remote_as: 65000 }\n";
+        let with = |extra: &str| format!("{BGP}{extra}{peer}");
+        let peer_with = |fields: &str| format!("{BGP}  peers:\n    - {{ address: 10.0.0.1, remote_as: 65000, {fields} }}\n");
+        let cases = [
+            (
+                format!("bgp:\n  router_id: 192.0.2.21\n{peer}"),
+                "bgp.local_as",
+                "required: this node's AS number (e.g. local_as: 65010)".to_string(),
+            ),
+            (
+                format!("bgp:\n  local_as: 0\n  router_id: 192.0.2.21\n{peer}"),
+                "bgp.local_as",
+                "AS 0 is reserved (RFC 7607); use the real AS number (e.g. 65010)".into(),
+            ),
+            (
+                format!("bgp:\n  local_as: 65010\n{peer}"),
+                "bgp.router_id",
+                "required: an IPv4 address unique among the routers, usually the node's own (e.g. router_id: 192.0.2.21)".into(),
+            ),
+            (
+                format!("bgp:\n  local_as: 65010\n  router_id: fd00::1\n{peer}"),
+                "bgp.router_id",
+                "must be an IPv4 address (BGP identifiers are 32 bits, also on IPv6-only nodes), e.g. 192.0.2.21".into(),
+            ),
+            (
+                format!("bgp:\n  local_as: 65010\n  router_id: 0.0.0.0\n{peer}"),
+                "bgp.router_id",
+                "0.0.0.0 is not a valid BGP identifier; use a unicast IPv4 address (e.g. the node's own)".into(),
+            ),
+            (
+                with("  hold_time: 2s\n"),
+                "bgp.hold_time",
+                "2s is not a usable hold time; use 0 (no keepalives) or 3s to 65535s, in whole seconds".into(),
+            ),
+            (
+                with("  hold_time: 3500ms\n"),
+                "bgp.hold_time",
+                "3500ms is not a usable hold time; use 0 (no keepalives) or 3s to 65535s, in whole seconds".into(),
+            ),
+            (
+                with("  hold_time: 9\n"),
+                "bgp.hold_time",
+                "`9` is not a duration; write a whole number with a unit: 500ms, 2s or 1m".into(),
+            ),
+            (with("  connect_retry: 0s\n"), "bgp.connect_retry", "0ms is out of range; use 100ms to 60m".into()),
+            (
+                with("  graceful_restart_time: 2h\n"),
+                "bgp.graceful_restart_time",
+                "`2h` is not a duration; write a whole number with a unit: 500ms, 2s or 1m".into(),
+            ),
+            (
+                with("  graceful_restart_time: 70m\n"),
+                "bgp.graceful_restart_time",
+                "70m is out of range; use 0 (no graceful restart) to 4095s, in whole seconds".into(),
+            ),
+            (with("  withdraw_grace: 11m\n"), "bgp.withdraw_grace", "11m is out of range; use 0 to 10m".into()),
+            (
+                with("  communities: [\"65010:1\", \"65010\"]\n"),
+                "bgp.communities[1]",
+                "`65010` is not a community; write AS:VALUE with both parts 0..=65535 (e.g. 65010:100)".into(),
+            ),
+            (
+                with("  communities: [\"70000:1\"]\n"),
+                "bgp.communities[0]",
+                "`70000:1` is not a community; write AS:VALUE with both parts 0..=65535 (e.g. 65010:100)".into(),
+            ),
+            (
+                with("  local_pref: 200\n"),
+                "bgp.local_pref",
+                "LOCAL_PREF is only sent to iBGP peers (remote_as 65010) and none is configured; remove it, or use med toward eBGP peers".into(),
+            ),
+            (
+                format!("{BGP}  peers: []\n"),
+                "bgp.peers",
+                "list at least one peer (address and remote_as), or remove the bgp section".into(),
+            ),
+            (
+                format!("{BGP}  peers:\n    - {{ address: 0.0.0.0, remote_as: 65000 }}\n"),
+                "bgp.peers[0].address",
+                "0.0.0.0 cannot be a BGP neighbour; use the router's unicast address on the link".into(),
+            ),
+            (
+                format!("{BGP}{peer}    - {{ address: 10.0.0.1, remote_as: 65001 }}\n"),
+                "bgp.peers[1].address",
+                "10.0.0.1 is already bgp.peers[0]; list each neighbour once".into(),
+            ),
+            (
+                format!("{BGP}  peers:\n    - {{ address: 10.0.0.1, remote_as: 23456 }}\n"),
+                "bgp.peers[0].remote_as",
+                "23456 is AS_TRANS, the stand-in for 4-octet AS numbers (RFC 6793); use the real AS number".into(),
+            ),
+            (
+                peer_with("port: 0"),
+                "bgp.peers[0].port",
+                "must be 1..=65535; leave it out for BGP's port, 179".into(),
+            ),
+            (
+                peer_with("password: \"\""),
+                "bgp.peers[0].password",
+                "an empty password signs nothing; remove it, or give the TCP MD5 key the router has".into(),
+            ),
+            (
+                peer_with(&format!("password: {}", "x".repeat(81))),
+                "bgp.peers[0].password",
+                "81 bytes is longer than the 80 Linux takes for a TCP MD5 key".into(),
+            ),
+            (
+                peer_with("source_address: fd00::2"),
+                "bgp.peers[0].source_address",
+                "fd00::2 is not of the peer's address family; use this node's IPv4 address on the link".into(),
+            ),
+            (
+                peer_with("bfd: { enabled: true, min_tx: 5ms }"),
+                "bgp.peers[0].bfd.min_tx",
+                "5ms is out of range; use 10ms to 60s".into(),
+            ),
+            (
+                peer_with("bfd: { min_rx: fast }"),
+                "bgp.peers[0].bfd.min_rx",
+                "`fast` is not a duration; write a whole number with a unit: 500ms, 2s or 1m".into(),
+            ),
+            (
+                peer_with("bfd: { multiplier: 0 }"),
+                "bgp.peers[0].bfd.multiplier",
+                "0: use 1..=255, the packets the peer may miss before it counts us as down (3 is usual)".into(),
+            ),
+        ];
+        for (text, want_field, want_message) in cases {
+            match check(&text) {
+                Err(ConfigError::Invalid { field, message, .. }) => {
+                    assert_eq!((field.as_str(), message.as_str()), (want_field, want_message.as_str()), "{text}")
+                }
+                other => panic!("{want_field}: expected a validation error, got {other:?}\n{text}"),
+            }
+        }
+    }
+
+    #[test]
+    fn bgp_errors_point_at_the_entry() {
+        let err = check(&format!("{BGP}  peers:\n    - address: 10.0.0.1\n      remote_as: 65000\n      port: 0\n"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "test.yaml:5:7: bgp.peers[0].port: must be 1..=65535; leave it out for BGP's port, 179");
+        let err = check(&format!("{BGP}  peers:\n    - address: 10.0.0.1\n      remote_as: 65000\n      md5: x\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("test.yaml:6:") && err.contains("md5"), "{err}");
+        let err = check(&format!("{BGP}  peers:\n    - address: 10.0.0.1\n")).unwrap_err().to_string();
+        assert!(err.starts_with("test.yaml:") && err.contains("remote_as"), "{err}");
+    }
+
+    #[test]
+    fn the_example_file_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/example.yaml");
+        let config = load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let bgp = config.bgp.expect("the example has a bgp section");
+        assert!(!bgp.peers.is_empty());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use lb_common::{
     VipKey,
 };
 
-use crate::config::{Config, HashFields, Mode, Prefix, Protocol, Unhashable, Vip};
+use crate::config::{Backend, Config, HashFields, Mode, Prefix, Protocol, Unhashable, Vip};
 
 /// What the agent learns from the interface it attaches to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +36,9 @@ pub struct BackendStates {
     pub down: BTreeSet<BackendRef>,
     /// Drained by the operator (`xlb drain`): no new flows, established ones finish.
     pub drained: BTreeSet<BackendRef>,
+    /// MACs learned from the kernel's neighbour table (last known: a MAC that stops resolving
+    /// is kept, since its established flows have nowhere better to go).
+    pub neighbors: BTreeMap<IpAddr, [u8; 6]>,
 }
 
 /// One backend of one VIP as the data plane should see it.
@@ -53,6 +56,8 @@ pub struct DesiredBackend {
     pub configured_weight: u32,
     pub up: bool,
     pub drained: bool,
+    /// Whether `mac` is known (configured or resolved); a backend without one takes no flows.
+    pub mac_known: bool,
 }
 
 /// One VIP as the data plane should serve it.
@@ -97,8 +102,7 @@ impl DesiredState {
     }
 
     pub fn with_states(config: &Config, facts: &NodeFacts, states: &BackendStates) -> Self {
-        let next_hop = config.node.next_hop_mac.map(|m| m.0).unwrap_or_default();
-        let vips = config.vips.iter().map(|vip| (vip_key(vip), desired_vip(vip, next_hop, states))).collect();
+        let vips = config.vips.iter().map(|vip| (vip_key(vip), desired_vip(vip, config, states))).collect();
         let addrs = config
             .vips
             .iter()
@@ -112,7 +116,29 @@ impl DesiredState {
     }
 }
 
-fn desired_vip(vip: &Vip, next_hop: [u8; 6], states: &BackendStates) -> DesiredVip {
+/// Where frames for `backend` go at L2, when it has no `mac` of its own: the address whose
+/// MAC the agent resolves (the backend itself on-link, or the configured router), or `None`
+/// when `node.next_hop_mac` says it outright.
+pub fn mac_source(vip: &Vip, backend: &Backend, config: &Config) -> Option<IpAddr> {
+    if backend.mac.is_some() {
+        return None;
+    }
+    match vip.mode {
+        Mode::DsrL2 => Some(backend.address),
+        Mode::DsrIpip if config.node.next_hop_mac.is_some() => None,
+        Mode::DsrIpip => {
+            let router = if backend.address.is_ipv4() { config.node.next_hop_v4 } else { config.node.next_hop_v6 };
+            Some(router.unwrap_or(backend.address))
+        }
+    }
+}
+
+/// Every address whose MAC the configuration leaves to neighbour resolution.
+pub fn neighbor_targets(config: &Config) -> BTreeSet<IpAddr> {
+    config.vips.iter().flat_map(|vip| vip.backends.iter().filter_map(|b| mac_source(vip, b, config))).collect()
+}
+
+fn desired_vip(vip: &Vip, config: &Config, states: &BackendStates) -> DesiredVip {
     let backends = vip
         .backends
         .iter()
@@ -121,15 +147,21 @@ fn desired_vip(vip: &Vip, next_hop: [u8; 6], states: &BackendStates) -> DesiredV
             let identity = b.address.to_string();
             let at = (vip.name.clone(), identity.clone());
             let (up, drained) = (!states.down.contains(&at), states.drained.contains(&at));
+            let mac = match (b.mac, mac_source(vip, b, config)) {
+                (Some(mac), _) => Some(mac.0),
+                (None, Some(source)) => states.neighbors.get(&source).copied(),
+                (None, None) => config.node.next_hop_mac.map(|m| m.0),
+            };
             DesiredBackend {
                 identity,
                 addr,
                 family,
-                mac: b.mac.map_or(next_hop, |m| m.0),
-                weight: if up && !drained { b.weight } else { 0 },
+                mac: mac.unwrap_or_default(),
+                weight: if up && !drained && mac.is_some() { b.weight } else { 0 },
                 configured_weight: b.weight,
                 up,
                 drained,
+                mac_known: mac.is_some(),
             }
         })
         .collect();
@@ -228,7 +260,6 @@ pub fn vip_key(vip: &Vip) -> VipKey {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Backend;
 
     fn vip(address: &str, protocol: Protocol, port: u16) -> Vip {
         Vip {
@@ -260,7 +291,7 @@ mod tests {
 
     #[test]
     fn node_config_from_prefixes_and_facts() {
-        let mut config = Config { node: Default::default(), vips: vec![] };
+        let mut config = Config { node: Default::default(), vips: vec![], bgp: None };
         config.node.tunnel_source_v4 = Some("172.16.5.77/24".parse().unwrap());
         config.node.tunnel_source_v6 = Some("fd00::1:0/112".parse().unwrap());
         let facts = NodeFacts { iface_mac: [2, 0, 0, 0, 0, 1], mtu: 1500 };
@@ -279,7 +310,8 @@ mod tests {
 
     #[test]
     fn backends_use_their_mac_or_the_next_hop() {
-        let mut config = Config { node: Default::default(), vips: vec![vip("192.0.2.1", Protocol::Udp, 53)] };
+        let mut config = Config { node: Default::default(), vips: vec![vip("192.0.2.1", Protocol::Udp, 53)], bgp: None };
+        config.vips[0].mode = Mode::DsrIpip;
         config.node.next_hop_mac = Some("02:00:00:00:00:fe".parse().unwrap());
         config.vips[0].backends = vec![
             Backend { address: "10.0.0.1".parse().unwrap(), weight: 2, mac: None, health_check: None },
@@ -299,8 +331,13 @@ mod tests {
 
     #[test]
     fn down_and_drained_backends_take_no_new_flows_and_min_healthy_decides_up() {
-        let mut config = Config { node: Default::default(), vips: vec![vip("192.0.2.1", Protocol::Tcp, 80)] };
-        let backend = |a: &str, weight| Backend { address: a.parse().unwrap(), weight, mac: None, health_check: None };
+        let mut config = Config { node: Default::default(), vips: vec![vip("192.0.2.1", Protocol::Tcp, 80)], bgp: None };
+        let backend = |a: &str, weight| Backend {
+            address: a.parse().unwrap(),
+            weight,
+            mac: Some("02:00:00:00:00:01".parse().unwrap()),
+            health_check: None,
+        };
         config.vips[0].backends = vec![backend("10.0.0.1", 2), backend("10.0.0.2", 1), backend("10.0.0.3", 1)];
         config.vips[0].min_healthy = 2;
         let facts = NodeFacts { iface_mac: [0; 6], mtu: 1500 };
@@ -335,5 +372,39 @@ mod tests {
             assert_eq!(endpoint(&key), text);
             assert_eq!(ip_from_words(key.addr, key.family), address.parse::<IpAddr>().unwrap());
         }
+    }
+
+    #[test]
+    fn backends_without_a_mac_take_the_resolved_one_or_no_flows() {
+        let backend = |a: &str| Backend { address: a.parse().unwrap(), weight: 1, mac: None, health_check: None };
+        let mut l2 = vip("192.0.2.1", Protocol::Tcp, 80);
+        l2.backends = vec![backend("10.0.0.1"), backend("10.0.0.2")];
+        let mut ipip = vip("192.0.2.2", Protocol::Tcp, 80);
+        ipip.name = "t".into();
+        ipip.mode = Mode::DsrIpip;
+        ipip.backends = vec![backend("10.1.0.1"), backend("fd00:1::1")];
+        let mut config = Config { node: Default::default(), vips: vec![l2, ipip], bgp: None };
+        config.node.next_hop_v4 = Some("10.0.0.254".parse().unwrap());
+        let targets: Vec<String> = neighbor_targets(&config).iter().map(ToString::to_string).collect();
+        assert_eq!(targets, ["10.0.0.1", "10.0.0.2", "10.0.0.254", "fd00:1::1"], "router for v4, the backend for v6");
+
+        let mut states = BackendStates::default();
+        states.neighbors.insert("10.0.0.1".parse().unwrap(), [2, 0, 0, 0, 0, 1]);
+        states.neighbors.insert("10.0.0.254".parse().unwrap(), [2, 0, 0, 0, 0, 0xfe]);
+        let facts = NodeFacts { iface_mac: [0; 6], mtu: 1500 };
+        let state = DesiredState::with_states(&config, &facts, &states);
+        let backends: Vec<([u8; 6], u32, bool)> =
+            state.vips.values().flat_map(|v| v.backends.iter().map(|b| (b.mac, b.weight, b.mac_known))).collect();
+        assert_eq!(
+            backends,
+            [
+                ([2, 0, 0, 0, 0, 1], 1, true),
+                ([0; 6], 0, false),
+                ([2, 0, 0, 0, 0, 0xfe], 1, true),
+                ([0; 6], 0, false),
+            ]
+        );
+        config.node.next_hop_mac = Some("02:00:00:00:00:aa".parse().unwrap());
+        assert_eq!(neighbor_targets(&config).len(), 2, "a configured next-hop MAC needs no resolution");
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod bgp;
 pub mod config;
 pub mod dataplane;
 pub mod desired;
@@ -13,6 +14,7 @@ pub mod health;
 pub mod iface;
 pub mod maglev;
 pub mod metrics;
+pub mod neighbor;
 pub mod plan;
 pub mod reconcile;
 pub mod stats;

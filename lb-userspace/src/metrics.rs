@@ -67,6 +67,7 @@ fn build(snapshot: &Snapshot, agent: &AgentInfo) -> prometheus::Result<Registry>
     let be_up = gauge(&registry, "xlb_backend_up", "1 while the backend passes its health check.", &labels)?;
     let be_drained = gauge(&registry, "xlb_backend_drained", "1 while the backend is drained.", &labels)?;
     let be_weight = gauge(&registry, "xlb_backend_weight", "Effective weight (0 while down or drained).", &labels)?;
+    let be_mac = gauge(&registry, "xlb_backend_mac_known", "1 when the backend's L2 next hop is known.", &labels)?;
     for v in &snapshot.vips {
         let vip = [v.name.as_str()];
         vip_packets.with_label_values(&vip).inc_by(v.packets);
@@ -82,6 +83,7 @@ fn build(snapshot: &Snapshot, agent: &AgentInfo) -> prometheus::Result<Registry>
             be_up.with_label_values(&at).set(i64::from(b.up));
             be_drained.with_label_values(&at).set(i64::from(b.drained));
             be_weight.with_label_values(&at).set(i64::from(b.weight));
+            be_mac.with_label_values(&at).set(i64::from(b.mac_known));
         }
     }
 
@@ -214,6 +216,7 @@ mod tests {
                         configured_weight: 3,
                         up: true,
                         drained: false,
+                        mac_known: true,
                         health_error: None,
                         packets: 7,
                         bytes: 700,
@@ -225,6 +228,7 @@ mod tests {
                         configured_weight: 1,
                         up: false,
                         drained: false,
+                        mac_known: true,
                         health_error: Some("connect: connection refused".into()),
                         packets: 3,
                         bytes: 300,

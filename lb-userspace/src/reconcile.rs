@@ -131,6 +131,7 @@ impl Reconciler {
                     configured_weight: u32::MAX,
                     up: true,
                     drained: false,
+                    mac_known: true,
                 })
                 .collect();
             let vip = DesiredVip {

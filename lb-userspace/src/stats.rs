@@ -52,6 +52,8 @@ pub struct BackendStats {
     /// Passing its health check (always, without one).
     pub up: bool,
     pub drained: bool,
+    /// Its MAC is known (configured or resolved); without one it takes no flows.
+    pub mac_known: bool,
     /// Why the last health check failed, if it did.
     pub health_error: Option<String>,
     pub packets: u64,
@@ -85,6 +87,7 @@ impl Snapshot {
                     configured_weight: backend.configured_weight,
                     up: backend.up,
                     drained: backend.drained,
+                    mac_known: backend.mac_known,
                     health_error: checked.and_then(|h| h.last_error.clone()),
                     packets: b.packets,
                     bytes: b.bytes,
@@ -140,11 +143,12 @@ impl Snapshot {
                 } else {
                     format!("{}→{}", b.configured_weight, b.weight)
                 };
-                let state = match (b.up, b.drained) {
-                    (true, false) => "up",
-                    (true, true) => "drained",
-                    (false, false) => "DOWN",
-                    (false, true) => "DOWN,drained",
+                let state = match (b.up, b.drained, b.mac_known) {
+                    (_, _, false) => "NO-MAC",
+                    (true, false, _) => "up",
+                    (true, true, _) => "drained",
+                    (false, false, _) => "DOWN",
+                    (false, true, _) => "DOWN,drained",
                 };
                 out.push_str(&format!(
                     "  -> {:<36} {:>9} {:<10} {:>12} {:>14} {:>10}\n",

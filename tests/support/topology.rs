@@ -21,6 +21,11 @@ use xlb::{dataplane::Loaded, stats::Snapshot};
 
 use crate::netns::{Netns, Process, sh, unique_name, veth, wait_for, xlb_bin};
 
+/// The switch-side veth port of node `i`.
+fn node_port(i: usize) -> String {
+    if i == 0 { "p-lb".to_owned() } else { format!("p-lb{i}") }
+}
+
 /// Requests a client gives up after.
 const MAX_FAILURES: usize = 5;
 
@@ -41,99 +46,225 @@ pub fn backend_mac(i: usize) -> String {
 
 #[derive(Debug)]
 pub struct Topology {
-    pub client: Netns,
-    pub node: Netns,
+    /// Clients: on the segment (no router), or each behind the router on its own link.
+    pub clients: Vec<Netns>,
+    /// xlb nodes on the segment, node i at 10.210.0.(2 + i).
+    pub nodes: Vec<Netns>,
+    /// The router (BGP/ECMP) between clients and the segment, in an edge topology.
+    pub router: Option<Netns>,
     pub backends: Vec<Netns>,
-    /// XDP_PASS on the switch side of the node's veth (detached on drop).
-    switch_xdp: Option<Loaded>,
+    /// XDP_PASS on the switch side of each node's veth (detached on drop).
+    switch_xdp: Vec<Loaded>,
     // Dropped last: the segment the others hang off.
     _switch: Netns,
     pub dir: PathBuf,
-    /// The agent's bpffs pin directory (unique per topology, removed on drop).
+    /// The agents' bpffs pin directories live under here (unique per topology, removed on drop).
     pub pin_dir: PathBuf,
     stop: Arc<AtomicBool>,
     servers: Vec<std::thread::JoinHandle<()>>,
     processes: Vec<Process>,
 }
 
+/// The router's address on the segment.
+pub const ROUTER_V4: &str = "10.210.0.254";
+pub const ROUTER_V6: &str = "fd00:210::254";
+
+pub fn node_v4(i: usize) -> String {
+    format!("10.210.0.{}", 2 + i)
+}
+pub fn node_v6(i: usize) -> String {
+    format!("fd00:210::{}", 2 + i)
+}
+/// Client `c` behind the router (edge topology).
+pub fn edge_client_v4(c: usize) -> String {
+    format!("10.220.{c}.2")
+}
+pub fn edge_client_v6(c: usize) -> String {
+    format!("fd00:220:{c}::2")
+}
+
 impl Topology {
-    /// Builds the segment with `backends` backend namespaces, each holding `vips` on loopback.
+    /// One client and one xlb node on the segment, `backends` backend namespaces each holding
+    /// `vips` on loopback; the client routes the VIPs via the node.
     pub fn new(backends: usize, vips: &[&str]) -> Self {
+        let topo = Self::build(1, 0, backends, vips);
+        for vip in vips {
+            let (via, len) = if vip.contains(':') { (NODE_V6, 128) } else { (NODE_V4, 32) };
+            topo.clients[0].ip(&["route", "add", &format!("{vip}/{len}"), "via", via]);
+        }
+        topo
+    }
+
+    /// The edge: `clients` client namespaces behind a router (forwarding, L4 multipath hash),
+    /// `nodes` xlb nodes and `backends` backends on the segment behind it. The router has no
+    /// route to the VIPs until BGP (or `route_vips_statically`) gives it one.
+    pub fn edge(nodes: usize, clients: usize, backends: usize, vips: &[&str]) -> Self {
+        Self::build(nodes, clients, backends, vips)
+    }
+
+    fn build(nodes: usize, routed_clients: usize, backends: usize, vips: &[&str]) -> Self {
         let switch = Netns::new("sw");
         switch.ip(&["link", "add", "br0", "type", "bridge"]);
         switch.ip(&["link", "set", "br0", "up"]);
+        let sysctls = |ns: &Netns, list: &[&str]| {
+            for sysctl in list {
+                sh("ip", &["netns", "exec", &ns.name, "sysctl", "-qw", sysctl]);
+            }
+        };
+        let no_offload = |ns: &Netns, dev: &str| {
+            // Frames leaving through XDP carry no checksum-offload state: senders must put
+            // real checksums on the wire, as NICs do.
+            sh("ip", &["netns", "exec", &ns.name, "ethtool", "-K", dev, "tx", "off"]);
+        };
         let join = |ns: &Netns, port: &str, mac: Option<String>| {
             veth(ns, "eth0", &switch, port);
             if let Some(mac) = mac {
                 ns.ip(&["link", "set", "eth0", "address", &mac]);
             }
             switch.ip(&["link", "set", port, "master", "br0"]);
-            // Frames leaving through XDP carry no checksum-offload state: senders must put
-            // real checksums on the wire, as NICs do.
-            sh("ip", &["netns", "exec", &ns.name, "ethtool", "-K", "eth0", "tx", "off"]);
-            for sysctl in ["net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"] {
-                sh("ip", &["netns", "exec", &ns.name, "sysctl", "-qw", sysctl]);
+            no_offload(ns, "eth0");
+            sysctls(ns, &["net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"]);
+        };
+        let addr = |ns: &Netns, dev: &str, v4: &str, v6: &str| {
+            ns.ip(&["addr", "add", v4, "dev", dev]);
+            ns.ip(&["addr", "add", v6, "dev", dev, "nodad"]);
+        };
+
+        let mut clients = Vec::new();
+        let router = if routed_clients == 0 {
+            let client = Netns::new("cl");
+            join(&client, "p-cl", None);
+            addr(&client, "eth0", &format!("{CLIENT_V4}/24"), &format!("{CLIENT_V6}/64"));
+            clients.push(client);
+            None
+        } else {
+            let router = Netns::new("rt");
+            join(&router, "p-rt", None);
+            addr(&router, "eth0", &format!("{ROUTER_V4}/24"), &format!("{ROUTER_V6}/64"));
+            sysctls(
+                &router,
+                &[
+                    "net.ipv4.ip_forward=1",
+                    "net.ipv6.conf.all.forwarding=1",
+                    // Spread flows over ECMP nexthops by L4 ports, not just addresses.
+                    "net.ipv4.fib_multipath_hash_policy=1",
+                    "net.ipv6.fib_multipath_hash_policy=1",
+                ],
+            );
+            for c in 0..routed_clients {
+                let client = Netns::new(&format!("cl{c}"));
+                sysctls(&client, &["net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"]);
+                let port = format!("c{c}");
+                veth(&client, "eth0", &router, &port);
+                no_offload(&client, "eth0");
+                no_offload(&router, &port);
+                addr(&client, "eth0", &format!("{}/24", edge_client_v4(c)), &format!("{}/64", edge_client_v6(c)));
+                addr(&router, &port, &format!("10.220.{c}.1/24"), &format!("fd00:220:{c}::1/64"));
+                client.ip(&["route", "add", "default", "via", &format!("10.220.{c}.1")]);
+                client.ip(&["-6", "route", "add", "default", "via", &format!("fd00:220:{c}::1")]);
+                clients.push(client);
+            }
+            Some(router)
+        };
+        let default_routes = |ns: &Netns| {
+            if router.is_some() {
+                ns.ip(&["route", "add", "default", "via", ROUTER_V4]);
+                ns.ip(&["-6", "route", "add", "default", "via", ROUTER_V6]);
             }
         };
-        let client = Netns::new("cl");
-        join(&client, "p-cl", None);
-        client.ip(&["addr", "add", &format!("{CLIENT_V4}/24"), "dev", "eth0"]);
-        client.ip(&["addr", "add", &format!("{CLIENT_V6}/64"), "dev", "eth0", "nodad"]);
-        let node = Netns::new("lb");
-        join(&node, "p-lb", Some("02:00:00:21:00:02".into()));
-        node.ip(&["addr", "add", &format!("{NODE_V4}/24"), "dev", "eth0"]);
-        node.ip(&["addr", "add", &format!("{NODE_V6}/64"), "dev", "eth0", "nodad"]);
-        for vip in vips {
-            let via = if vip.contains(':') { NODE_V6 } else { NODE_V4 };
-            let len = if vip.contains(':') { 128 } else { 32 };
-            client.ip(&["route", "add", &format!("{vip}/{len}"), "via", via]);
-        }
+
+        let node_list: Vec<Netns> = (0..nodes)
+            .map(|i| {
+                let node = Netns::new(if i == 0 { "lb".to_owned() } else { format!("lb{i}") }.as_str());
+                join(&node, &node_port(i), Some(format!("02:00:00:21:00:{:02x}", 2 + i)));
+                addr(&node, "eth0", &format!("{}/24", node_v4(i)), &format!("{}/64", node_v6(i)));
+                default_routes(&node);
+                node
+            })
+            .collect();
+
         let mut all = Vec::new();
         for i in 0..backends {
             let ns = Netns::new(&format!("be{i}"));
             join(&ns, &format!("p-be{i}"), Some(backend_mac(i)));
-            ns.ip(&["addr", "add", &format!("{}/24", backend_v4(i)), "dev", "eth0"]);
-            ns.ip(&["addr", "add", &format!("{}/64", backend_v6(i)), "dev", "eth0", "nodad"]);
-            for sysctl in [
-                "net.ipv4.conf.all.arp_ignore=1",
-                "net.ipv4.conf.all.arp_announce=2",
-                "net.ipv4.conf.eth0.arp_ignore=1",
-                "net.ipv4.conf.eth0.arp_announce=2",
-                "net.ipv4.conf.all.rp_filter=0",
-                "net.ipv4.conf.eth0.rp_filter=0",
-            ] {
-                sh("ip", &["netns", "exec", &ns.name, "sysctl", "-qw", sysctl]);
-            }
+            addr(&ns, "eth0", &format!("{}/24", backend_v4(i)), &format!("{}/64", backend_v6(i)));
+            sysctls(
+                &ns,
+                &[
+                    "net.ipv4.conf.all.arp_ignore=1",
+                    "net.ipv4.conf.all.arp_announce=2",
+                    "net.ipv4.conf.eth0.arp_ignore=1",
+                    "net.ipv4.conf.eth0.arp_announce=2",
+                    "net.ipv4.conf.all.rp_filter=0",
+                    "net.ipv4.conf.eth0.rp_filter=0",
+                ],
+            );
             for vip in vips {
                 let len = if vip.contains(':') { 128 } else { 32 };
                 ns.ip(&["addr", "add", &format!("{vip}/{len}"), "dev", "lo"]);
             }
+            // DSR: answers go from the backend to the client directly (via the router, if any).
+            default_routes(&ns);
             all.push(ns);
         }
         let dir = std::env::temp_dir().join(unique_name("topo"));
         std::fs::create_dir_all(&dir).expect("temp dir");
-        // The node answers with XDP_TX into its veth; the switch side of a veth only takes XDP
+        // Nodes answer with XDP_TX into their veth; the switch side of a veth only takes XDP
         // frames while it runs XDP itself: give it the pass-everything program.
-        let switch_name = switch.name.clone();
-        let switch_xdp = switch
-            .run(move || {
-                let mut floor = Loaded::floor().expect("load the pass program");
-                floor.attach("p-lb").unwrap_or_else(|e| panic!("attach XDP to p-lb in {switch_name}: {e}"));
-                floor
+        let switch_xdp = (0..nodes)
+            .map(|i| {
+                let (switch_name, port) = (switch.name.clone(), node_port(i));
+                switch
+                    .run(move || {
+                        let mut floor = Loaded::floor().expect("load the pass program");
+                        floor.attach(&port).unwrap_or_else(|e| panic!("attach XDP to {port} in {switch_name}: {e}"));
+                        floor
+                    })
+                    .join()
+                    .expect("attach thread")
             })
-            .join()
-            .expect("attach thread");
+            .collect();
         Self {
-            client,
-            node,
+            clients,
+            nodes: node_list,
+            router,
             backends: all,
-            switch_xdp: Some(switch_xdp),
+            switch_xdp,
             _switch: switch,
             dir,
             pin_dir: PathBuf::from("/sys/fs/bpf").join(unique_name("pins")),
             stop: Arc::new(AtomicBool::new(false)),
             servers: Vec::new(),
             processes: Vec::new(),
+        }
+    }
+
+    /// The first (or only) xlb node.
+    pub fn node(&self) -> &Netns {
+        &self.nodes[0]
+    }
+
+    /// The first (or only) client.
+    pub fn client(&self) -> &Netns {
+        &self.clients[0]
+    }
+
+    /// Where node `i`'s agent pins its data plane.
+    pub fn pin_dir_of(&self, i: usize) -> PathBuf {
+        self.pin_dir.join(format!("node{i}"))
+    }
+
+    /// Routes the VIPs on the router over every node (ECMP), as BGP would.
+    pub fn route_vips_statically(&self, vips: &[&str]) {
+        let router = self.router.as_ref().expect("an edge topology");
+        for vip in vips {
+            let v6 = vip.contains(':');
+            let mut args: Vec<String> = if v6 { vec!["-6".into()] } else { vec![] };
+            args.extend(["route".into(), "add".into(), format!("{vip}/{}", if v6 { 128 } else { 32 })]);
+            for i in 0..self.nodes.len() {
+                args.extend(["nexthop".into(), "via".into(), if v6 { node_v6(i) } else { node_v4(i) }]);
+            }
+            router.ip(&args.iter().map(String::as_str).collect::<Vec<_>>());
         }
     }
 
@@ -247,7 +378,7 @@ impl Topology {
             .map(|i| {
                 let stop = Arc::clone(&stop);
                 let exchanges = Arc::clone(&exchanges);
-                self.client.run(move || -> Result<String, String> {
+                self.clients[0].run(move || -> Result<String, String> {
                     let conn = TcpStream::connect_timeout(&addr, Duration::from_secs(4)).map_err(|e| e.to_string())?;
                     conn.set_read_timeout(Some(Duration::from_secs(3))).map_err(|e| e.to_string())?;
                     let mut reader = std::io::BufReader::new(conn.try_clone().map_err(|e| e.to_string())?);
@@ -305,13 +436,18 @@ impl Topology {
 
     /// `start_agent` with more `xlb run` arguments.
     pub fn start_agent_with(&mut self, config: &str, args: &[&str]) -> usize {
-        let path = self.config_path();
+        self.start_agent_on(0, config, args)
+    }
+
+    /// Writes `config` and starts `xlb run` on node `i`; waits until its admin socket answers.
+    pub fn start_agent_on(&mut self, i: usize, config: &str, args: &[&str]) -> usize {
+        let path = self.config_path_of(i);
         std::fs::write(&path, config).expect("write config");
-        let mut cmd = self.node.command_keep_mounts(xlb_bin().to_str().expect("utf-8 path"));
-        cmd.args(["run", "--iface", "eth0", "--config"]).arg(&path).arg("--admin-socket").arg(self.socket());
-        cmd.arg("--pin-dir").arg(&self.pin_dir).args(args);
-        self.processes.push(Process::spawn(cmd, "xlb run"));
-        wait_for("the agent's admin socket", Duration::from_secs(10), || self.stats());
+        let mut cmd = self.nodes[i].command_keep_mounts(xlb_bin().to_str().expect("utf-8 path"));
+        cmd.args(["run", "--iface", "eth0", "--config"]).arg(&path).arg("--admin-socket").arg(self.socket_of(i));
+        cmd.arg("--pin-dir").arg(self.pin_dir_of(i)).args(args);
+        self.processes.push(Process::spawn(cmd, &format!("xlb run on node {i}")));
+        wait_for("the agent's admin socket", Duration::from_secs(10), || self.stats_of(i));
         self.processes.len() - 1
     }
 
@@ -320,34 +456,50 @@ impl Topology {
     }
 
     pub fn config_path(&self) -> PathBuf {
-        self.dir.join("xlb.yaml")
+        self.config_path_of(0)
+    }
+
+    pub fn config_path_of(&self, i: usize) -> PathBuf {
+        self.dir.join(if i == 0 { "xlb.yaml".to_owned() } else { format!("xlb{i}.yaml") })
     }
 
     pub fn socket(&self) -> PathBuf {
-        self.dir.join("admin.sock")
+        self.socket_of(0)
+    }
+
+    pub fn socket_of(&self, i: usize) -> PathBuf {
+        self.dir.join(if i == 0 { "admin.sock".to_owned() } else { format!("admin{i}.sock") })
     }
 
     pub fn stats(&self) -> Option<Snapshot> {
-        let out = std::process::Command::new(xlb_bin())
-            .args(["stats", "--json", "--admin-socket"])
-            .arg(self.socket())
-            .output()
-            .ok()?;
+        self.stats_of(0)
+    }
+
+    pub fn stats_of(&self, i: usize) -> Option<Snapshot> {
+        let out = self.xlb_on(i, &["stats", "--json"]);
         out.status.success().then(|| serde_json::from_slice(&out.stdout).expect("stats --json is JSON"))
     }
 
     /// The agent's `xlb status --json`, if it answers.
     pub fn status(&self) -> Option<xlb::admin::Status> {
-        let out = self.xlb(&["status", "--json"]);
+        self.status_of(0)
+    }
+
+    pub fn status_of(&self, i: usize) -> Option<xlb::admin::Status> {
+        let out = self.xlb_on(i, &["status", "--json"]);
         out.status.success().then(|| serde_json::from_slice(&out.stdout).expect("status --json is JSON"))
     }
 
-    /// Runs an `xlb` CLI command against this topology's agent (admin socket appended).
+    /// Runs an `xlb` CLI command against node 0's agent (admin socket appended).
     pub fn xlb(&self, args: &[&str]) -> std::process::Output {
+        self.xlb_on(0, args)
+    }
+
+    pub fn xlb_on(&self, i: usize, args: &[&str]) -> std::process::Output {
         std::process::Command::new(xlb_bin())
             .args(args)
             .arg("--admin-socket")
-            .arg(self.socket())
+            .arg(self.socket_of(i))
             .output()
             .expect("run xlb")
     }
@@ -358,17 +510,38 @@ impl Topology {
         self.requests(vip, port, count, tcp_exchange)
     }
 
+    /// `tcp_requests` from client `c`.
+    pub fn tcp_requests_from(&self, c: usize, vip: &str, port: u16, count: usize) -> (BTreeMap<String, usize>, usize) {
+        let never = Arc::new(AtomicBool::new(false));
+        self.spawn_requests_from(c, vip, port, count, tcp_exchange, never).join().expect("client thread")
+    }
+
+    /// `udp_requests` from client `c`.
+    pub fn udp_requests_from(&self, c: usize, vip: &str, port: u16, count: usize) -> (BTreeMap<String, usize>, usize) {
+        let never = Arc::new(AtomicBool::new(false));
+        self.spawn_requests_from(c, vip, port, count, udp_exchange, never).join().expect("client thread")
+    }
+
+    /// One UDP exchange from client `c`'s source port `sport`: which backend answered.
+    pub fn udp_from_port(&self, c: usize, vip: &str, port: u16, sport: u16) -> std::io::Result<String> {
+        let addr = SocketAddr::new(vip.parse::<IpAddr>().expect("VIP"), port);
+        self.clients[c]
+            .run(move || {
+                let any: IpAddr = if addr.is_ipv4() { "0.0.0.0".parse().unwrap() } else { "::".parse().unwrap() };
+                let socket = UdpSocket::bind(SocketAddr::new(any, sport))?;
+                socket.set_read_timeout(Some(Duration::from_secs(1)))?;
+                socket.send_to(b"who", addr)?;
+                let mut buf = [0u8; 64];
+                let n = socket.recv(&mut buf)?;
+                Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+            })
+            .join()
+            .expect("client thread")
+    }
+
     /// `count` UDP request/answer exchanges, each from a new source port.
     pub fn udp_requests(&self, vip: &str, port: u16, count: usize) -> (BTreeMap<String, usize>, usize) {
-        self.requests(vip, port, count, |addr| {
-            let any: IpAddr = if addr.is_ipv4() { "0.0.0.0".parse().unwrap() } else { "::".parse().unwrap() };
-            let socket = UdpSocket::bind(SocketAddr::new(any, 0))?;
-            socket.set_read_timeout(Some(Duration::from_secs(1)))?;
-            socket.send_to(b"who", addr)?;
-            let mut buf = [0u8; 64];
-            let n = socket.recv(&mut buf)?;
-            Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
-        })
+        self.requests(vip, port, count, udp_exchange)
     }
 
     /// Runs `exchange` `count` times from the client namespace, tallying the backend names it
@@ -400,8 +573,20 @@ impl Topology {
         exchange: fn(SocketAddr) -> std::io::Result<String>,
         stop: Arc<AtomicBool>,
     ) -> std::thread::JoinHandle<(BTreeMap<String, usize>, usize)> {
+        self.spawn_requests_from(0, vip, port, count, exchange, stop)
+    }
+
+    fn spawn_requests_from(
+        &self,
+        client: usize,
+        vip: &str,
+        port: u16,
+        count: usize,
+        exchange: fn(SocketAddr) -> std::io::Result<String>,
+        stop: Arc<AtomicBool>,
+    ) -> std::thread::JoinHandle<(BTreeMap<String, usize>, usize)> {
         let addr = SocketAddr::new(vip.parse::<IpAddr>().expect("VIP"), port);
-        self.client.run(move || {
+        self.clients[client].run(move || {
             let mut seen = BTreeMap::new();
             let mut failed = 0;
             for _ in 0..count {
@@ -469,6 +654,17 @@ fn tcp_exchange(addr: SocketAddr) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&buf[..n]).trim().to_owned())
 }
 
+/// One UDP request/answer exchange from a new source port.
+fn udp_exchange(addr: SocketAddr) -> std::io::Result<String> {
+    let any: IpAddr = if addr.is_ipv4() { "0.0.0.0".parse().unwrap() } else { "::".parse().unwrap() };
+    let socket = UdpSocket::bind(SocketAddr::new(any, 0))?;
+    socket.set_read_timeout(Some(Duration::from_secs(1)))?;
+    socket.send_to(b"who", addr)?;
+    let mut buf = [0u8; 64];
+    let n = socket.recv(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
 /// Requests running in the background (`Topology::tcp_load`).
 #[derive(Debug)]
 pub struct Load {
@@ -502,7 +698,7 @@ impl Drop for Topology {
         for server in self.servers.drain(..) {
             let _ = server.join();
         }
-        self.switch_xdp = None;
+        self.switch_xdp.clear();
         let _ = std::fs::remove_dir_all(&self.dir);
         // Pins (the link's among them) would keep the program and maps alive.
         let _ = std::fs::remove_dir_all(&self.pin_dir);

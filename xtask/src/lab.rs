@@ -103,8 +103,8 @@ fn print_keep(topo: &Topology) {
   ip -n {lb} link show eth0                                            # the attached XDP program
   ip netns exec {be0} ip -s link show eth0                            # a backend (xlb decap attached)
 Press Ctrl-C here to tear it down.",
-        cl = topo.client.name,
-        lb = topo.node.name,
+        cl = topo.client().name,
+        lb = topo.node().name,
         be0 = topo.backends[0].name,
         sock = topo.socket().display(),
     );
