@@ -105,3 +105,94 @@ fn two_nodes_behind_an_ecmp_router_serve_every_mode_and_agree_on_backends() {
     assert_eq!(via0, via1, "the same flows reach the same backends through either node");
     assert!(via0.iter().collect::<BTreeSet<_>>().len() > 1, "the flows spread: {via0:?}");
 }
+
+/// The route the router's kernel has for `vip`: the nodes it goes through.
+fn nexthops(topo: &Topology, vip: &str) -> BTreeSet<String> {
+    let router = topo.router.as_ref().unwrap();
+    let out = String::from_utf8(router.ip(&["route", "show", vip]).stdout).unwrap();
+    (0..topo.nodes.len())
+        .map(xlb_tests::topology::node_v4)
+        .filter(|node| out.split_whitespace().collect::<Vec<_>>().windows(2).any(|w| w[0] == "via" && w[1] == node))
+        .collect()
+}
+
+fn wait_nexthops(topo: &Topology, vip: &str, want: &[usize], what: &str) -> std::time::Duration {
+    let want: BTreeSet<String> = want.iter().map(|&i| xlb_tests::topology::node_v4(i)).collect();
+    let start = std::time::Instant::now();
+    xlb_tests::netns::wait_for(what, std::time::Duration::from_secs(15), || {
+        (nexthops(topo, vip) == want).then_some(())
+    });
+    start.elapsed()
+}
+
+fn bgp_config(node: usize, health: bool) -> String {
+    let check = if health {
+        "    health_check: { type: tcp, port: 9100, interval: 200ms, timeout: 100ms, rise: 1, fall: 2 }\n"
+    } else {
+        ""
+    };
+    format!(
+        "bgp:\n  local_as: 65001\n  router_id: {}\n  hold_time: 9s\n  withdraw_grace: 1s\n  peers:\n    - {{ address: {}, remote_as: 65000 }}\nvips:\n  - name: web\n    address: {VIP4}\n    port: 8080\n    protocol: tcp\n    mode: dsr-l2\n{check}    backends:\n{}",
+        xlb_tests::topology::node_v4(node),
+        xlb_tests::topology::ROUTER_V4,
+        backends(false)
+    )
+}
+
+#[test]
+fn bgp_announces_from_both_nodes_and_withdraws_on_drain_health_and_shutdown() {
+    require_root!();
+    use xlb_tests::bird::{Bird, Neighbor, config};
+    let mut topo = Topology::edge(2, 1, 3, &[VIP4]);
+    topo.serve(VIP4, 8080);
+    let health = topo.serve_health(9100);
+    let router = topo.router.as_ref().unwrap();
+    let neighbors: Vec<Neighbor> = (0..2)
+        .map(|i| {
+            Neighbor::new(&format!("node{i}"), xlb_tests::topology::ROUTER_V4, &xlb_tests::topology::node_v4(i), 65001)
+        })
+        .collect();
+    let dir = Bird::temp_dir();
+    let bird = Bird::start(router, dir.clone(), &config("10.210.0.254", &neighbors, false, &Bird::log_path(&dir)));
+    let agents: Vec<usize> = (0..2).map(|i| topo.start_agent_on(i, &bgp_config(i, true), &[])).collect();
+
+    let took = wait_nexthops(&topo, VIP4, &[0, 1], "both nodes as nexthops");
+    eprintln!("ECMP route with both nodes after {took:?}");
+    let (seen, failed) = topo.tcp_requests(VIP4, 8080, 200);
+    assert_eq!(failed, 0, "{seen:?}");
+    let status = topo.status_of(0).unwrap();
+    assert_eq!(status.announced, [VIP4.to_owned()]);
+    assert!(status.peers.iter().all(|p| p.state == "established" && p.prefixes_sent == 1), "{:?}", status.peers);
+
+    // Drain node 0: withdrawn; new flows all go through node 1; undo brings it back.
+    let out = topo.xlb_on(0, &["drain", "node"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_nexthops(&topo, VIP4, &[1], "node 0 withdrawn by the drain");
+    let before = topo.stats_of(0).unwrap().counter("forwarded").unwrap();
+    let (seen, failed) = topo.tcp_requests(VIP4, 8080, 100);
+    assert_eq!(failed, 0, "{seen:?}");
+    assert_eq!(topo.stats_of(0).unwrap().counter("forwarded").unwrap(), before, "no new flows via the drained node");
+    assert!(topo.status_of(0).unwrap().node_drained);
+    assert!(topo.xlb_on(0, &["drain", "node", "--undo"]).status.success());
+    wait_nexthops(&topo, VIP4, &[0, 1], "node 0 back after the undrain");
+
+    // Every backend fails its health check: the VIP is down on both nodes and withdrawn; they
+    // recover: announced again.
+    for i in 0..3 {
+        health.set(i, false);
+    }
+    let took = wait_nexthops(&topo, VIP4, &[], "the VIP withdrawn when no backend is healthy");
+    eprintln!("withdrawn {took:?} after the backends failed (interval 200 ms x fall 2)");
+    for i in 0..3 {
+        health.set(i, true);
+    }
+    wait_nexthops(&topo, VIP4, &[0, 1], "the VIP announced again");
+
+    // SIGTERM: node 1 withdraws before it exits.
+    let status = topo.agent(agents[1]).signal_and_wait(libc::SIGTERM, std::time::Duration::from_secs(10));
+    assert!(status.success());
+    assert_eq!(nexthops(&topo, VIP4), BTreeSet::from([xlb_tests::topology::node_v4(0)]), "withdrawn before exit");
+    assert!(bird.protocol("node1").contains("Cease") || bird.bgp_state("node1").as_deref() != Some("Established"));
+    let (seen, failed) = topo.tcp_requests(VIP4, 8080, 100);
+    assert_eq!(failed, 0, "traffic through the remaining node: {seen:?}");
+}

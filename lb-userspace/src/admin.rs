@@ -12,7 +12,7 @@ use tokio::{
     net::{UnixListener, UnixStream},
 };
 
-use crate::{plan::Plan, stats::Snapshot};
+use crate::{bgp::PeerStatus, plan::Plan, stats::Snapshot};
 
 pub const DEFAULT_SOCKET: &str = "/run/xlb/admin.sock";
 
@@ -26,6 +26,8 @@ pub enum Request {
     /// Stop (or with `undo`, resume) sending new flows of `vip` to `backend`; its established
     /// flows finish where they are.
     Drain { vip: String, backend: String, undo: bool },
+    /// Withdraw (or with `undo`, announce again) every VIP from BGP; forwarding goes on.
+    DrainNode { undo: bool },
     /// What applying `config` (YAML text read from `path`) would change.
     Plan { path: String, config: String },
 }
@@ -47,6 +49,11 @@ pub struct Status {
     /// Configurations applied since the agent started (1 = the one it started with).
     pub config_generation: u64,
     pub last_reload: Option<ReloadOutcome>,
+    /// `xlb drain node` in effect.
+    pub node_drained: bool,
+    /// VIP addresses announced over BGP.
+    pub announced: Vec<String>,
+    pub peers: Vec<PeerStatus>,
     pub snapshot: Snapshot,
 }
 
@@ -70,6 +77,31 @@ impl Status {
                 "last reload: REJECTED at {} — the previous configuration keeps serving\n  {}\n",
                 r.at, r.message
             )),
+        }
+        if self.node_drained {
+            out.push_str("node DRAINED: every route withdrawn (`xlb drain node --undo` to announce again)\n");
+        }
+        if !self.peers.is_empty() {
+            out.push_str(&format!(
+                "announced: {}\n",
+                if self.announced.is_empty() { "nothing".to_owned() } else { self.announced.join(", ") }
+            ));
+            out.push_str(&format!(
+                "{:<28} {:>10} {:<13} {:>9} {:>6} {:>7}  {}\n",
+                "BGP peer", "AS", "state", "prefixes", "flaps", "bfd", "last error"
+            ));
+            for p in &self.peers {
+                out.push_str(&format!(
+                    "{:<28} {:>10} {:<13} {:>9} {:>6} {:>7}  {}\n",
+                    p.address,
+                    p.remote_as,
+                    p.state,
+                    p.prefixes_sent,
+                    p.flaps,
+                    p.bfd.as_deref().unwrap_or("-"),
+                    p.last_error.as_deref().unwrap_or("")
+                ));
+            }
         }
         out.push('\n');
         out.push_str(&self.snapshot.render_vips());

@@ -9,10 +9,14 @@ use std::{
 };
 
 use anyhow::Context as _;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::watch,
+};
 
 use crate::{
     admin::{self, ReloadOutcome, Reply, Request, Status},
+    bgp::{Announce, PeerStatus, Speaker},
     config::{self, Config},
     dataplane::{self, AttachMode, Attached, DataplaneError, Loaded, Maps},
     desired::{self, BackendRef, BackendStates, DesiredState, NodeFacts},
@@ -65,13 +69,50 @@ struct State {
     health: HealthMap,
     config_generation: u64,
     last_reload: Option<ReloadOutcome>,
+    /// The BGP speaker, when the config has a `bgp:` section.
+    speaker: Option<Speaker>,
+    /// What the speaker announces: the addresses of VIPs that are up, while the data plane is
+    /// attached and the node is not drained.
+    announce: watch::Sender<Announce>,
+    /// `xlb drain node`: everything withdrawn, forwarding goes on for flows that still come.
+    node_drained: bool,
 }
 
 impl State {
-    /// Desired state from every source, into the maps.
+    /// Desired state from every source, into the maps; then the announcements follow what
+    /// the maps now serve.
     fn reconcile(&mut self) -> Result<Changes, ReconcileError> {
         let desired = DesiredState::with_states(&self.config, &self.facts, &self.states);
-        self.reconciler.apply(&desired, &mut self.maps)
+        let result = self.reconciler.apply(&desired, &mut self.maps);
+        self.announce_up_vips();
+        result
+    }
+
+    /// Announces every VIP address with at least one VIP up (its port's backends serving, at
+    /// least `min_healthy`): withdrawing an address would take down its healthy ports too.
+    fn announce_up_vips(&self) {
+        let up: Announce = if self.node_drained {
+            Announce::new()
+        } else {
+            self.reconciler
+                .applied()
+                .iter()
+                .filter(|(_, applied)| applied.vip.is_up())
+                .map(|(key, _)| desired::ip_from_words(key.addr, key.family))
+                .collect()
+        };
+        self.announce.send_if_modified(|current| {
+            if *current == up {
+                return false;
+            }
+            tracing::info!(announced = ?up, "BGP announcements change");
+            *current = up;
+            true
+        });
+    }
+
+    fn peers(&self) -> Vec<PeerStatus> {
+        self.speaker.as_ref().map(Speaker::status).unwrap_or_default()
     }
 
     fn snapshot(&self) -> Result<Snapshot, DataplaneError> {
@@ -150,6 +191,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         health: health_rx.borrow_and_update().clone(),
         config_generation: 1,
         last_reload: None,
+        speaker: None,
+        // Nothing until XDP is attached.
+        announce: watch::Sender::new(Announce::new()),
+        node_drained: false,
     };
     let changes = state.reconcile()?;
     tracing::info!(
@@ -167,6 +212,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             tracing::warn!(iface = %opts.iface, "the driver refused native XDP; attached in generic (skb) mode, which is much slower")
         }
         Attached::Replaced => tracing::info!(iface = %opts.iface, "replaced the running XDP program in place"),
+    }
+    // Attached: from here the VIPs that are up may be announced.
+    state.announce_up_vips();
+    if let Some(bgp) = state.config.bgp.clone() {
+        state.speaker = Some(Speaker::start(bgp, state.announce.subscribe()));
     }
 
     let state = Arc::new(Mutex::new(state));
@@ -191,6 +241,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                         &metrics::AgentInfo {
                             config_generation: state.config_generation,
                             last_reload: state.last_reload.clone(),
+                            peers: state.peers(),
                         },
                     ))
                 }),
@@ -246,6 +297,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         }
     }
 
+    // Withdraw everything and give the routers `withdraw_grace` to move traffic elsewhere
+    // before anything else goes.
+    let speaker = lock(&state).speaker.take();
+    if let Some(speaker) = speaker {
+        tracing::info!("withdrawing every route before exiting");
+        speaker.shutdown().await;
+    }
     server.abort();
     if let Some(metrics) = metrics {
         metrics.abort();
@@ -275,6 +333,9 @@ fn answer(state: &mut State, config_path: &str, request: Request) -> Reply {
                 config_path: config_path.to_owned(),
                 config_generation: state.config_generation,
                 last_reload: state.last_reload.clone(),
+                node_drained: state.node_drained,
+                announced: state.announce.borrow().iter().map(ToString::to_string).collect(),
+                peers: state.peers(),
                 snapshot,
             }),
             Err(e) => Reply::Error(e.to_string()),
@@ -289,6 +350,19 @@ fn answer(state: &mut State, config_path: &str, request: Request) -> Reply {
             let desired = DesiredState::with_states(&config, &state.facts, &states);
             plan::plan(&state.reconciler, &state.maps, &desired)
                 .map_or_else(|e| Reply::Error(e.to_string()), Reply::Plan)
+        }
+        Request::DrainNode { undo } => {
+            state.node_drained = !undo;
+            state.announce_up_vips();
+            let peers = state.peers().len();
+            tracing::info!(undo, peers, "node drain");
+            Reply::Done(if undo {
+                format!("node undrained: VIPs that are up are announced again to {peers} peers")
+            } else {
+                format!(
+                    "node drained: every route withdrawn from {peers} peers; flows the routers still send here are forwarded"
+                )
+            })
         }
         Request::Drain { vip, backend, undo } => {
             let Some(configured) = state.config.vips.iter().find(|v| v.name == vip) else {
@@ -341,6 +415,17 @@ fn reload(opts: &RunOptions, state: &mut State, checker: &mut Checker, resolver:
         );
     }
     checker.replace(health_targets(&config));
+    match (state.speaker.as_mut(), config.bgp.clone()) {
+        (Some(speaker), Some(bgp)) => speaker.replace(bgp),
+        (None, Some(bgp)) => state.speaker = Some(Speaker::start(bgp, state.announce.subscribe())),
+        (Some(_), None) => {
+            if let Some(speaker) = state.speaker.take() {
+                tracing::info!("the bgp section is gone: withdrawing and closing every session");
+                tokio::spawn(speaker.shutdown());
+            }
+        }
+        (None, None) => {}
+    }
     resolver.replace(desired::neighbor_targets(&config));
     prune_drains(&mut state.states, &config);
     state.config = config;

@@ -889,7 +889,14 @@ impl Checker<'_> {
             Some(b) => self.check_bfd(&field("bfd"), b.value, &b.referenced)?,
             None => BfdConfig::default(),
         };
-        Ok(BgpPeer { address: raw.address, remote_as, port, password: raw.password, bfd, source_address: raw.source_address })
+        Ok(BgpPeer {
+            address: raw.address,
+            remote_as,
+            port,
+            password: raw.password,
+            bfd,
+            source_address: raw.source_address,
+        })
     }
 
     fn check_bfd(&self, prefix: &str, raw: RawBfd, at: &serde_saphyr::Location) -> Result<BfdConfig, ConfigError> {
@@ -1698,7 +1705,12 @@ mod tests {
         assert_eq!(peer.source_address, Some("fd00::2".parse().unwrap()));
         assert_eq!(
             peer.bfd,
-            BfdConfig { enabled: true, min_tx: Duration::from_millis(50), min_rx: Duration::from_secs(1), multiplier: 5 }
+            BfdConfig {
+                enabled: true,
+                min_tx: Duration::from_millis(50),
+                min_rx: Duration::from_secs(1),
+                multiplier: 5
+            }
         );
         assert!(!format!("{peer:?}").contains("s3cret"), "the password stays out of Debug output");
         assert_eq!(check("vips: []\n").unwrap().bgp, None);
@@ -1708,7 +1720,8 @@ mod tests {
     fn bad_bgp_sections_name_the_field_and_the_fix() {
         let peer = "  peers:\n    - { address: 10.0.0.1, remote_as: 65000 }\n";
         let with = |extra: &str| format!("{BGP}{extra}{peer}");
-        let peer_with = |fields: &str| format!("{BGP}  peers:\n    - {{ address: 10.0.0.1, remote_as: 65000, {fields} }}\n");
+        let peer_with =
+            |fields: &str| format!("{BGP}  peers:\n    - {{ address: 10.0.0.1, remote_as: 65000, {fields} }}\n");
         let cases = [
             (
                 format!("bgp:\n  router_id: 192.0.2.21\n{peer}"),
@@ -1820,7 +1833,7 @@ mod tests {
             (
                 peer_with("bfd: { enabled: true, min_tx: 5ms }"),
                 "bgp.peers[0].bfd.min_tx",
-                "5ms is out of range; use 10ms to 60s".into(),
+                "5ms is out of range; use 10ms to 1m".into(),
             ),
             (
                 peer_with("bfd: { min_rx: fast }"),
@@ -1852,7 +1865,7 @@ mod tests {
         let err = check(&format!("{BGP}  peers:\n    - address: 10.0.0.1\n      remote_as: 65000\n      md5: x\n"))
             .unwrap_err()
             .to_string();
-        assert!(err.starts_with("test.yaml:6:") && err.contains("md5"), "{err}");
+        assert!(err.starts_with("test.yaml:7:") && err.contains("md5"), "{err}");
         let err = check(&format!("{BGP}  peers:\n    - address: 10.0.0.1\n")).unwrap_err().to_string();
         assert!(err.starts_with("test.yaml:") && err.contains("remote_as"), "{err}");
     }

@@ -310,7 +310,8 @@ mod tests {
 
     #[test]
     fn backends_use_their_mac_or_the_next_hop() {
-        let mut config = Config { node: Default::default(), vips: vec![vip("192.0.2.1", Protocol::Udp, 53)], bgp: None };
+        let mut config =
+            Config { node: Default::default(), vips: vec![vip("192.0.2.1", Protocol::Udp, 53)], bgp: None };
         config.vips[0].mode = Mode::DsrIpip;
         config.node.next_hop_mac = Some("02:00:00:00:00:fe".parse().unwrap());
         config.vips[0].backends = vec![
@@ -331,7 +332,8 @@ mod tests {
 
     #[test]
     fn down_and_drained_backends_take_no_new_flows_and_min_healthy_decides_up() {
-        let mut config = Config { node: Default::default(), vips: vec![vip("192.0.2.1", Protocol::Tcp, 80)], bgp: None };
+        let mut config =
+            Config { node: Default::default(), vips: vec![vip("192.0.2.1", Protocol::Tcp, 80)], bgp: None };
         let backend = |a: &str, weight| Backend {
             address: a.parse().unwrap(),
             weight,

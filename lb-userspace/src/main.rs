@@ -69,12 +69,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Stop sending new flows of VIP to BACKEND; its established flows finish there.
+    /// Stop sending new flows of VIP to BACKEND; its established flows finish there. `xlb drain
+    /// node` withdraws every VIP from BGP instead (the routers send new flows to other nodes).
     Drain {
-        /// VIP name (as in the config).
+        /// VIP name (as in the config), or `node`.
         vip: String,
-        /// Backend address (as in the config).
-        backend: String,
+        /// Backend address (as in the config); none for `node`.
+        backend: Option<String>,
         /// Take new flows again.
         #[arg(long)]
         undo: bool,
@@ -143,42 +144,35 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 watch_config: !no_watch,
                 metrics_listen,
             })),
-        Command::Status { admin_socket, json } => {
-            let reply = runtime()?.block_on(admin::request(&admin_socket, admin::Request::Status))?;
-            let admin::Reply::Status(status) = reply else {
-                anyhow::bail!("the agent answered a status request with {reply:?}")
-            };
-            if json {
-                println!("{}", serde_json::to_string(&status)?);
-            } else {
-                print!("{}", status.render());
-            }
-            Ok(())
-        }
+        Command::Status { admin_socket, json } => match ask(&admin_socket, admin::Request::Status)? {
+            admin::Reply::Status(status) => show(json, &status, admin::Status::render),
+            reply => anyhow::bail!("the agent answered a status request with {reply:?}"),
+        },
         Command::Plan { file, admin_socket, json } => {
             // Checked here first: a file the agent would reject gets the same message, locally.
             config::load(&file)?;
             let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
             let request = admin::Request::Plan { path: file.display().to_string(), config: text };
-            let reply = runtime()?.block_on(admin::request(&admin_socket, request))?;
-            let admin::Reply::Plan(plan) = reply else {
-                anyhow::bail!("the agent answered a plan request with {reply:?}")
-            };
-            if json {
-                println!("{}", serde_json::to_string(&plan)?);
-            } else {
-                print!("{}", plan.render());
+            match ask(&admin_socket, request)? {
+                admin::Reply::Plan(plan) => show(json, &plan, xlb::plan::Plan::render),
+                reply => anyhow::bail!("the agent answered a plan request with {reply:?}"),
             }
-            Ok(())
         }
         Command::Drain { vip, backend, undo, admin_socket } => {
-            let request = admin::Request::Drain { vip, backend, undo };
-            let reply = runtime()?.block_on(admin::request(&admin_socket, request))?;
-            let admin::Reply::Done(message) = reply else {
-                anyhow::bail!("the agent answered a drain request with {reply:?}")
+            let request = match backend {
+                None if vip == "node" => admin::Request::DrainNode { undo },
+                None => anyhow::bail!(
+                    "say which backend of `{vip}` to drain: xlb drain {vip} ADDRESS (or `xlb drain node`)"
+                ),
+                Some(backend) => admin::Request::Drain { vip, backend, undo },
             };
-            println!("{message}");
-            Ok(())
+            match ask(&admin_socket, request)? {
+                admin::Reply::Done(message) => {
+                    println!("{message}");
+                    Ok(())
+                }
+                reply => anyhow::bail!("the agent answered a drain request with {reply:?}"),
+            }
         }
         Command::Detach { iface, pin_dir, forget_flows } => {
             let dir = pin_dir.join(&iface);
@@ -191,19 +185,26 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Decap { iface, addresses } => runtime()?.block_on(agent::decap(&iface, addresses)),
-        Command::Stats { admin_socket, json } => {
-            let reply = runtime()?.block_on(admin::request(&admin_socket, admin::Request::Stats))?;
-            let admin::Reply::Stats(snapshot) = reply else {
-                anyhow::bail!("the agent answered a stats request with {reply:?}")
-            };
-            if json {
-                println!("{}", serde_json::to_string(&snapshot)?);
-            } else {
-                print!("{}", snapshot.render());
-            }
-            Ok(())
-        }
+        Command::Stats { admin_socket, json } => match ask(&admin_socket, admin::Request::Stats)? {
+            admin::Reply::Stats(snapshot) => show(json, &snapshot, xlb::stats::Snapshot::render),
+            reply => anyhow::bail!("the agent answered a stats request with {reply:?}"),
+        },
     }
+}
+
+/// One request to the running agent.
+fn ask(admin_socket: &std::path::Path, request: admin::Request) -> anyhow::Result<admin::Reply> {
+    Ok(runtime()?.block_on(admin::request(admin_socket, request))?)
+}
+
+/// Prints `value` as one JSON line, or as `render` makes it for people.
+fn show<T: serde::Serialize>(json: bool, value: &T, render: impl FnOnce(&T) -> String) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(value)?);
+    } else {
+        print!("{}", render(value));
+    }
+    Ok(())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

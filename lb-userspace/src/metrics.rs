@@ -12,13 +12,14 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-use crate::{admin::ReloadOutcome, stats::Snapshot};
+use crate::{admin::ReloadOutcome, bgp::PeerStatus, stats::Snapshot};
 
 /// Agent facts exported next to the data plane's counters.
 #[derive(Debug, Clone)]
 pub struct AgentInfo {
     pub config_generation: u64,
     pub last_reload: Option<ReloadOutcome>,
+    pub peers: Vec<PeerStatus>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +111,18 @@ fn build(snapshot: &Snapshot, agent: &AgentInfo) -> prometheus::Result<Registry>
         if c.malformed {
             malformed.with_label_values(&name).inc_by(c.value);
         }
+    }
+
+    let peer = ["peer"];
+    let session_up = gauge(&registry, "xlb_bgp_session_up", "1 while the BGP session is established.", &peer)?;
+    let prefixes = gauge(&registry, "xlb_bgp_prefixes_sent", "Prefixes announced to the peer.", &peer)?;
+    let flaps = counter(&registry, "xlb_bgp_session_flaps_total", "Times the session went down.", &peer)?;
+    for p in &agent.peers {
+        let at = [p.address.to_string()];
+        let at = [at[0].as_str()];
+        session_up.with_label_values(&at).set(i64::from(p.state == "established"));
+        prefixes.with_label_values(&at).set(p.prefixes_sent as i64);
+        flaps.with_label_values(&at).inc_by(p.flaps);
     }
 
     let generation = IntGauge::new("xlb_config_generation", "Configurations applied since the agent started.")?;
@@ -246,6 +259,16 @@ mod tests {
             &AgentInfo {
                 config_generation: 3,
                 last_reload: Some(ReloadOutcome { ok: false, message: "bad".into(), at: 1700000000 }),
+                peers: vec![PeerStatus {
+                    address: "10.0.0.254".parse().unwrap(),
+                    remote_as: 65000,
+                    state: "established".into(),
+                    established_for_secs: Some(5),
+                    prefixes_sent: 2,
+                    flaps: 1,
+                    last_error: None,
+                    bfd: Some("up".into()),
+                }],
             },
         );
         for line in [
@@ -260,6 +283,9 @@ mod tests {
             "xlb_malformed_total{reason=\"truncated_tcp\"} 0",
             "xlb_flow_events_total{event=\"flow_miss\"} 4",
             "xlb_config_generation 3",
+            "xlb_bgp_session_up{peer=\"10.0.0.254\"} 1",
+            "xlb_bgp_prefixes_sent{peer=\"10.0.0.254\"} 2",
+            "xlb_bgp_session_flaps_total{peer=\"10.0.0.254\"} 1",
             "xlb_config_last_reload_successful 0",
             "xlb_config_last_reload_timestamp_seconds 1700000000",
             "# TYPE xlb_vip_packets_total counter",

@@ -308,6 +308,13 @@ impl Reconciler {
             if new_size < old.meta.table_size {
                 meta.table_size = new_size;
                 maps.set_vip(key, &meta).map_err(write)?;
+                // The map now says the smaller size. If the table write below fails, the record
+                // must say so too, and must differ from every desired state (no table size is
+                // 0), so the next pass redoes the update even if the config went back.
+                if let Some(applied) = self.vips.get_mut(key) {
+                    applied.meta.table_size = new_size;
+                    applied.vip.table_size = 0;
+                }
             }
             self.write_table(old.meta.id, vip, &slots, maps)?;
             meta.table_size = new_size;

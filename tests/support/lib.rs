@@ -1,6 +1,7 @@
 //! Helpers for xlb's integration tests: root gating, the XDP test harness, packet builders and
 //! network namespaces that clean up after themselves.
 
+pub mod bird;
 pub mod model;
 pub mod netns;
 pub mod packets;

@@ -190,6 +190,8 @@ fn micros(d: Duration) -> u32 {
 pub struct Status {
     pub state: State,
     pub diag: u8,
+    /// The peer said AdminDown: it turned BFD off, which is no failure (RFC 5882 §3.2).
+    pub peer_admin_down: bool,
 }
 
 /// One BFD session's state variables (RFC 5880 §6.8.1) and timers.
@@ -233,7 +235,7 @@ impl Session {
     }
 
     pub fn status(&self) -> Status {
-        Status { state: self.state, diag: self.diag }
+        Status { state: self.state, diag: self.diag, peer_admin_down: self.remote_state == State::AdminDown }
     }
 
     /// A control packet as the session would send it now.
@@ -529,7 +531,7 @@ pub(crate) async fn run(
                 tracing::debug!(%peer, error = %e, "BFD: no transmit socket yet");
                 tokio::select! {
                     _ = tokio::time::sleep(SLOW_TX) => {}
-                    _ = stop.wait_for(|s| *s) => return,
+                    _ = stop.changed() => return,
                 }
             }
         }
@@ -562,7 +564,7 @@ pub(crate) async fn run(
                 }
             }
             _ = tokio::time::sleep_until(session.next_deadline()) => {}
-            _ = stop.wait_for(|s| *s) => break,
+            _ = stop.changed() => break,
         }
         if let Some(p) = session.tick(Instant::now(), random_unit()) {
             // Send errors (no route, link down) are what BFD is there to notice.
@@ -584,14 +586,19 @@ mod tests {
     use super::*;
 
     fn config() -> BfdConfig {
-        BfdConfig { enabled: true, min_tx: Duration::from_millis(100), min_rx: Duration::from_millis(100), multiplier: 3 }
+        BfdConfig {
+            enabled: true,
+            min_tx: Duration::from_millis(100),
+            min_rx: Duration::from_millis(100),
+            multiplier: 3,
+        }
     }
 
-    /// A packet BIRD 2.0.12 sent (captured on this machine): Down, no diagnostic, multiplier 3,
-    /// My Discriminator set, Your Discriminator 0, desired TX 1 s (slow rate while down),
-    /// required RX 100 ms.
+    /// A packet BIRD 2.0.12 sent to a speaker here (`bfd on`, 100 ms × 3): Down, no
+    /// diagnostic, multiplier 3, Your Discriminator 0, desired TX 1 s (the slow rate while
+    /// down), required RX 100 ms.
     const BIRD_DOWN: [u8; 24] = [
-        0x20, 0x40, 0x03, 0x18, 0x9c, 0x2d, 0x5e, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x0f, 0x42, 0x40, 0x00, 0x01,
+        0x20, 0x40, 0x03, 0x18, 0x67, 0x95, 0x1b, 0x4c, 0x00, 0x00, 0x00, 0x00, 0x00, 0x0f, 0x42, 0x40, 0x00, 0x01,
         0x86, 0xa0, 0x00, 0x00, 0x00, 0x00,
     ];
 
@@ -607,7 +614,7 @@ mod tests {
                 fin: false,
                 demand: false,
                 detect_mult: 3,
-                my_disc: 0x9c2d_5e01,
+                my_disc: 0x6795_1b4c,
                 your_disc: 0,
                 desired_min_tx: 1_000_000,
                 required_min_rx: 100_000,

@@ -120,7 +120,10 @@ impl Notification {
                 _ => UpdateMessageError::Unspecific { value },
             }),
             (HOLD_TIMER_EXPIRED, sub) => {
-                BgpNotificationMessage::HoldTimerExpiredError(HoldTimerExpiredError::Unspecific { sub_code: sub, value })
+                BgpNotificationMessage::HoldTimerExpiredError(HoldTimerExpiredError::Unspecific {
+                    sub_code: sub,
+                    value,
+                })
             }
             (FSM_ERROR, sub) => BgpNotificationMessage::FiniteStateMachineError(match sub {
                 1 => FiniteStateMachineError::ReceiveUnexpectedMessageInOpenSentState { value },
@@ -315,7 +318,13 @@ pub(crate) fn family_of(address: IpAddr) -> AddressType {
 /// Our OPEN: multiprotocol IPv4 and IPv6 unicast, route refresh, 4-octet AS, and graceful
 /// restart when `restart_time` is set (forwarding preserved for both families: the data plane
 /// keeps forwarding while the agent is away; `restarted` sets the R bit).
-pub(crate) fn open(local_as: u32, hold_time: u16, router_id: Ipv4Addr, restart_time: u16, restarted: bool) -> BgpMessage {
+pub(crate) fn open(
+    local_as: u32,
+    hold_time: u16,
+    router_id: Ipv4Addr,
+    restart_time: u16,
+    restarted: bool,
+) -> BgpMessage {
     let mut caps: Vec<BgpCapability> = FAMILIES
         .iter()
         .map(|f| BgpCapability::MultiProtocolExtensions(MultiProtocolExtensionsCapability::new(*f)))
@@ -370,7 +379,12 @@ impl RouteAttrs {
             }
         };
         if self.asn4 {
-            attrs.push(attr(false, true, false, PathAttributeValue::AsPath(AsPath::As4PathSegments(seq(&self.as_path).into())))); 
+            attrs.push(attr(
+                false,
+                true,
+                false,
+                PathAttributeValue::AsPath(AsPath::As4PathSegments(seq(&self.as_path).into())),
+            ));
         } else {
             let two: Vec<u16> = self.as_path.iter().map(|a| u16::try_from(*a).unwrap_or(AS_TRANS)).collect();
             let segments =
@@ -381,7 +395,12 @@ impl RouteAttrs {
             }
         }
         if let Some(med) = self.med {
-            attrs.push(attr(true, false, false, PathAttributeValue::MultiExitDiscriminator(MultiExitDiscriminator::new(med))));
+            attrs.push(attr(
+                true,
+                false,
+                false,
+                PathAttributeValue::MultiExitDiscriminator(MultiExitDiscriminator::new(med)),
+            ));
         }
         if let Some(pref) = self.local_pref {
             attrs.push(attr(false, true, false, PathAttributeValue::LocalPreference(LocalPreference::new(pref))));
@@ -421,7 +440,8 @@ pub(crate) fn announce_v4(prefixes: &[Ipv4Addr], next_hop: Ipv4Addr, attrs: &Rou
 /// Host routes (/128) in MP_REACH_NLRI with global next hop `next_hop`.
 pub(crate) fn announce_v6(prefixes: &[Ipv6Addr], next_hop: Ipv6Addr, attrs: &RouteAttrs) -> BgpMessage {
     let mut path = attrs.common();
-    let reach = MpReach::Ipv6Unicast { next_hop_global: next_hop, next_hop_local: None, nlri: v6_nlri(prefixes).into() };
+    let reach =
+        MpReach::Ipv6Unicast { next_hop_global: next_hop, next_hop_local: None, nlri: v6_nlri(prefixes).into() };
     path.push(attr(true, false, true, PathAttributeValue::MpReach(reach)));
     BgpMessage::Update(BgpUpdateMessage::new(vec![], path, vec![]))
 }
@@ -432,7 +452,11 @@ pub(crate) fn withdraw_v4(prefixes: &[Ipv4Addr]) -> BgpMessage {
 
 pub(crate) fn withdraw_v6(prefixes: &[Ipv6Addr]) -> BgpMessage {
     let unreach = MpUnreach::Ipv6Unicast { nlri: v6_nlri(prefixes).into() };
-    BgpMessage::Update(BgpUpdateMessage::new(vec![], vec![attr(true, false, true, PathAttributeValue::MpUnreach(unreach))], vec![]))
+    BgpMessage::Update(BgpUpdateMessage::new(
+        vec![],
+        vec![attr(true, false, true, PathAttributeValue::MpUnreach(unreach))],
+        vec![],
+    ))
 }
 
 /// The End-of-RIB marker (RFC 4724): an empty UPDATE for IPv4 unicast, an empty MP_UNREACH for
@@ -509,11 +533,10 @@ mod tests {
         assert!(!o.capabilities().iter().any(|c| matches!(c, BgpCapability::GracefulRestartCapability(_))));
     }
 
-    /// An OPEN BIRD 2.0.12 sent (captured on this machine): AS 65000, hold 9, id 10.0.0.1,
-    /// multiprotocol IPv4, route refresh, graceful restart, 4-octet AS, enhanced route refresh,
-    /// long-lived graceful restart.
-    const BIRD_OPEN: &str = "ffffffffffffffffffffffffffffffff 0041 01 04 fde8 0009 0a000001 24
-        02 22 0104 0001 0001 0200 4006 0078 0001 0100 4104 0000fde8 4600 4700";
+    /// The OPEN BIRD 2.0.12 sent to a speaker here (`local 10.0.0.1 as 65000`, hold time 9,
+    /// graceful restart on): multiprotocol IPv4 unicast, route refresh, graceful restart (120 s,
+    /// IPv4 unicast), 4-octet AS, enhanced route refresh, long-lived graceful restart (empty).
+    const BIRD_OPEN: &str = "ffffffffffffffffffffffffffffffff00390104fde800090a0000011c021a0104000100010200400600780001010041040000fde846004700";
 
     #[test]
     fn parses_what_bird_sends() {
@@ -524,7 +547,14 @@ mod tests {
         assert_eq!(next_frame(&mut buf), Ok(None));
         let Ok(BgpMessage::Open(o)) = parse(&open, &mut parsing_context(false)) else { panic!("OPEN") };
         assert_eq!((o.my_asn4(), o.hold_time(), o.bgp_id()), (65000, 9, Ipv4Addr::new(10, 0, 0, 1)));
-        assert!(o.capabilities().iter().any(|c| matches!(c, BgpCapability::GracefulRestartCapability(_))));
+        let caps = o.capabilities();
+        assert!(caps.iter().any(|c| matches!(c, BgpCapability::FourOctetAs(a) if a.asn4() == 65000)));
+        assert!(caps.iter().any(
+            |c| matches!(c, BgpCapability::MultiProtocolExtensions(m) if m.address_type() == AddressType::Ipv4Unicast)
+        ));
+        assert!(caps.iter().any(|c| matches!(c, BgpCapability::GracefulRestartCapability(g) if g.time() == 120)));
+        // Re-encoded by netgauze, the same bytes.
+        assert_eq!(encode(&BgpMessage::Open(o)).unwrap(), hex(BIRD_OPEN));
         assert_eq!(parse(&keepalive, &mut parsing_context(true)), Ok(BgpMessage::KeepAlive));
     }
 
@@ -551,7 +581,9 @@ mod tests {
         let bytes = roundtrip(&withdraw_v6(&v6), true);
         assert_eq!(
             bytes,
-            hex("ffffffffffffffffffffffffffffffff 002f 02 0000 0018 90 0f 0014 0002 01 80 20010db8000000000000000000000010")
+            hex(
+                "ffffffffffffffffffffffffffffffff 002f 02 0000 0018 90 0f 0014 0002 01 80 20010db8000000000000000000000010"
+            )
         );
         // iBGP: empty AS_PATH, LOCAL_PREF. 2-octet peers: AS_TRANS and AS4_PATH.
         let ibgp = RouteAttrs { as_path: vec![], local_pref: Some(200), ..a.clone() };
@@ -571,7 +603,10 @@ mod tests {
             let BgpMessage::Update(u) = message else { unreachable!() };
             assert_eq!(u.end_of_rib(), Some(family));
         }
-        assert_eq!(encode(&end_of_rib(AddressType::Ipv4Unicast)).unwrap(), hex("ffffffffffffffffffffffffffffffff 0017 02 0000 0000"));
+        assert_eq!(
+            encode(&end_of_rib(AddressType::Ipv4Unicast)).unwrap(),
+            hex("ffffffffffffffffffffffffffffffff 0017 02 0000 0000")
+        );
     }
 
     #[test]
@@ -625,11 +660,20 @@ mod tests {
             parse(&frame, &mut parsing_context(true)).map(|_| ()).map_err(|(n, _)| (n.code, n.subcode, n.data))
         };
         // OPEN version 3: unsupported version, data = the version we speak.
-        assert_eq!(parse_hex("ffffffffffffffffffffffffffffffff 001d 01 03 fde8 0009 0a000001 00"), Err((2, 1, vec![0, 4])));
+        assert_eq!(
+            parse_hex("ffffffffffffffffffffffffffffffff 001d 01 03 fde8 0009 0a000001 00"),
+            Err((2, 1, vec![0, 4]))
+        );
         // Hold time 1.
-        assert_eq!(parse_hex("ffffffffffffffffffffffffffffffff 001d 01 04 fde8 0001 0a000001 00"), Err((2, 6, vec![0, 1])));
+        assert_eq!(
+            parse_hex("ffffffffffffffffffffffffffffffff 001d 01 04 fde8 0001 0a000001 00"),
+            Err((2, 6, vec![0, 1]))
+        );
         // BGP identifier 0.0.0.0.
-        assert_eq!(parse_hex("ffffffffffffffffffffffffffffffff 001d 01 04 fde8 0009 00000000 00"), Err((2, 3, vec![0, 0, 0, 0])));
+        assert_eq!(
+            parse_hex("ffffffffffffffffffffffffffffffff 001d 01 04 fde8 0009 00000000 00"),
+            Err((2, 3, vec![0, 0, 0, 0]))
+        );
         // ORIGIN 5.
         assert_eq!(
             parse_hex("ffffffffffffffffffffffffffffffff 001e 02 0000 0007 40 01 01 05 40 02 00"),
