@@ -132,10 +132,12 @@ fn bgp_config(node: usize, health: bool) -> String {
         ""
     };
     format!(
-        "bgp:\n  local_as: 65001\n  router_id: {}\n  hold_time: 9s\n  withdraw_grace: 1s\n  peers:\n    - {{ address: {}, remote_as: 65000 }}\nvips:\n  - name: web\n    address: {VIP4}\n    port: 8080\n    protocol: tcp\n    mode: dsr-l2\n{check}    backends:\n{}",
+        "bgp:\n  local_as: 65001\n  router_id: {}\n  hold_time: 9s\n  withdraw_grace: 1s\n  peers:\n    - {{ address: {}, remote_as: 65000 }}\nvips:\n  - name: web\n    address: {VIP4}\n    port: 8080\n    protocol: tcp\n    mode: dsr-l2\n{check}    backends:\n{}{}",
         xlb_tests::topology::node_v4(node),
         xlb_tests::topology::ROUTER_V4,
-        backends(false)
+        backends(false),
+        // The same check: an address is withdrawn only when none of its VIPs is up.
+        vip("streams", VIP4, 9000, "tcp", "dsr-l2").replace("    backends:\n", &format!("{check}    backends:\n")),
     )
 }
 
@@ -145,6 +147,7 @@ fn bgp_announces_from_both_nodes_and_withdraws_on_drain_health_and_shutdown() {
     use xlb_tests::bird::{Bird, Neighbor, config};
     let mut topo = Topology::edge(2, 1, 3, &[VIP4]);
     topo.serve(VIP4, 8080);
+    topo.serve_streams(VIP4, 9000);
     let health = topo.serve_health(9100);
     let router = topo.router.as_ref().unwrap();
     let neighbors: Vec<Neighbor> = (0..2)
@@ -164,10 +167,19 @@ fn bgp_announces_from_both_nodes_and_withdraws_on_drain_health_and_shutdown() {
     assert_eq!(status.announced, [VIP4.to_owned()]);
     assert!(status.peers.iter().all(|p| p.state == "established" && p.prefixes_sent == 1), "{:?}", status.peers);
 
-    // Drain node 0: withdrawn; new flows all go through node 1; undo brings it back.
+    // Drain node 0 while long streams run through both nodes: withdrawn; new flows all go
+    // through node 1; the streams that went through node 0 now reach node 1, which picks the
+    // same backend (Maglev, same config), so they finish; undo brings node 0 back.
+    let streams = topo.open_streams(VIP4, 9000, 24);
+    assert!(streams.progress(3, std::time::Duration::from_secs(10)), "streams started");
+    let via0 = topo.stats_of(0).unwrap().vip("streams").unwrap().new_flows;
+    assert!(via0 > 0, "some streams run through node 0");
     let out = topo.xlb_on(0, &["drain", "node"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     wait_nexthops(&topo, VIP4, &[1], "node 0 withdrawn by the drain");
+    assert!(streams.progress(5, std::time::Duration::from_secs(10)), "streams go on through node 1");
+    let ended = streams.finish();
+    assert!(ended.iter().all(Result::is_ok), "no stream broke when node 0 was drained: {ended:?}");
     let before = topo.stats_of(0).unwrap().counter("forwarded").unwrap();
     let (seen, failed) = topo.tcp_requests(VIP4, 8080, 100);
     assert_eq!(failed, 0, "{seen:?}");
@@ -175,6 +187,23 @@ fn bgp_announces_from_both_nodes_and_withdraws_on_drain_health_and_shutdown() {
     assert!(topo.status_of(0).unwrap().node_drained);
     assert!(topo.xlb_on(0, &["drain", "node", "--undo"]).status.success());
     wait_nexthops(&topo, VIP4, &[0, 1], "node 0 back after the undrain");
+
+    // One backend fails: within interval x fall (+1 s) new flows avoid it; established
+    // streams to the others are untouched.
+    let streams = topo.open_streams(VIP4, 9000, 12);
+    assert!(streams.progress(3, std::time::Duration::from_secs(10)), "streams started");
+    health.set(0, false);
+    let failed_at = std::time::Instant::now();
+    xlb_tests::netns::wait_for("be0 out on both nodes", std::time::Duration::from_secs(5), || {
+        (0..2).all(|i| topo.status_of(i).is_some_and(|s| !s.snapshot.vip("web").unwrap().backends[0].up)).then_some(())
+    });
+    let took = failed_at.elapsed();
+    assert!(took < std::time::Duration::from_millis(200 * 2 + 1000), "be0 taken out after {took:?}");
+    let (seen, failed) = topo.tcp_requests(VIP4, 8080, 100);
+    assert_eq!((failed, seen.get("be0")), (0, None), "{seen:?}");
+    assert!(streams.progress(3, std::time::Duration::from_secs(10)));
+    assert!(streams.finish().iter().all(Result::is_ok), "streams to other backends untouched");
+    health.set(0, true);
 
     // Every backend fails its health check: the VIP is down on both nodes and withdrawn; they
     // recover: announced again.

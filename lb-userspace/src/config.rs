@@ -390,11 +390,7 @@ impl Vip {
 
     /// `address:port/protocol` (brackets around IPv6); `address/icmp` for ICMP VIPs.
     pub fn endpoint(&self) -> String {
-        match (self.address, self.protocol) {
-            (a, Protocol::Icmp) => format!("{a}/{}", self.protocol),
-            (IpAddr::V4(a), _) => format!("{a}:{}/{}", self.port, self.protocol),
-            (IpAddr::V6(a), _) => format!("[{a}]:{}/{}", self.port, self.protocol),
-        }
+        crate::desired::endpoint(&crate::desired::vip_key(self))
     }
 }
 

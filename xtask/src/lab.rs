@@ -1,17 +1,29 @@
-//! `cargo xtask lab`: the lab. Builds the edge of config/lab.yaml in namespaces (client, this
-//! xlb node, three backends with real servers and `xlb decap`), drives TCP and UDP through every
-//! VIP, prints what got through and where, and the agent's counters; then tears it all down
-//! (or, with --keep, waits for Ctrl-C and prints how to poke at it).
+//! `cargo xtask lab`: the lab. Builds the edge of config/lab.yaml in namespaces — two clients
+//! behind a BIRD router that spreads VIP traffic over two xlb nodes by ECMP, three backends with
+//! real servers and `xlb decap` — waits for both nodes' BGP announcements, drives TCP and UDP
+//! through every VIP from both clients, prints what got through, on which backend and through
+//! which node, and the agents' state; then tears it all down (or, with --keep, waits for Ctrl-C
+//! and prints how to poke at it).
 
-use std::{collections::BTreeMap, path::PathBuf};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, bail};
-use xlb_tests::topology::Topology;
+use xlb_tests::{
+    bird::{Bird, Neighbor},
+    topology::{ROUTER_V4, ROUTER_V6, Topology, node_v4, node_v6},
+};
+
+const NODES: usize = 2;
+const CLIENTS: usize = 2;
 
 #[derive(clap::Args)]
 pub struct Options {
-    /// Requests per VIP (TCP connections or UDP exchanges).
-    #[arg(long, default_value_t = 300)]
+    /// Requests per VIP and client (TCP connections or UDP exchanges).
+    #[arg(long, default_value_t = 150)]
     requests: usize,
     /// Leave the lab running until Ctrl-C, printing how to reach it.
     #[arg(long)]
@@ -35,53 +47,100 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     }
     let text = std::fs::read_to_string(&opts.config).with_context(|| format!("reading {}", opts.config.display()))?;
     let config = xlb::config::parse(&opts.config, &text)?;
+    let bgp = config.bgp.as_ref().context("the lab needs a bgp: section (the router learns the VIPs from it)")?;
+    let router_as = bgp.peers.first().context("bgp.peers is empty")?.remote_as;
     let addresses: Vec<String> = dedup(config.vips.iter().map(|v| v.address.to_string()));
     let vip_refs: Vec<&str> = addresses.iter().map(String::as_str).collect();
 
-    println!("== building the lab: client, xlb node, 3 backends on one segment; VIPs {}", addresses.join(" "));
-    let mut topo = Topology::new(3, &vip_refs);
+    println!(
+        "== building the lab: {CLIENTS} clients → router (BIRD, ECMP) → {NODES} xlb nodes → 3 backends; VIPs {}",
+        addresses.join(" ")
+    );
+    let mut topo = Topology::edge(NODES, CLIENTS, 3, &vip_refs);
     topo.decap_on_backends();
-    topo.start_agent(&text);
     for (address, port) in dedup(config.vips.iter().map(|v| (v.address.to_string(), v.port))) {
         topo.serve(&address, port);
     }
-
-    println!("== traffic: {} requests per VIP\n", opts.requests);
+    let router = topo.router.as_ref().context("edge topology")?;
+    let mut neighbors = Vec::new();
+    for i in 0..NODES {
+        let mut v4 = Neighbor::new(&format!("node{i}_v4"), ROUTER_V4, &node_v4(i), bgp.local_as);
+        let mut v6 = Neighbor::new(&format!("node{i}_v6"), ROUTER_V6, &node_v6(i), bgp.local_as);
+        v4.local_as = router_as;
+        v6.local_as = router_as;
+        neighbors.extend([v4, v6]);
+    }
+    let dir = Bird::temp_dir();
+    let bird =
+        Bird::start(router, dir.clone(), &xlb_tests::bird::config(ROUTER_V4, &neighbors, false, &Bird::log_path(&dir)));
+    let start = Instant::now();
+    for i in 0..NODES {
+        // Same file on every node but for its BGP router id.
+        let node_text = text.replace(&format!("router_id: {}", bgp.router_id), &format!("router_id: {}", node_v4(i)));
+        topo.start_agent_on(i, &node_text, &[]);
+    }
+    for address in &addresses {
+        wait_for_ecmp(&topo, address, Duration::from_secs(20))?;
+    }
     println!(
-        "{:<12} {:<9} {:<24} {:>9}  {:>6} {:>6} {:>6}   weights",
-        "VIP", "mode", "endpoint", "ok", "be0", "be1", "be2"
+        "== BGP: every VIP routed over both nodes {:.1} s after the agents started\n",
+        start.elapsed().as_secs_f64()
+    );
+
+    println!("== traffic: {} requests per VIP from each of {CLIENTS} clients\n", opts.requests);
+    println!(
+        "{:<12} {:<10} {:<28} {:>9}  {:>5} {:>5} {:>5}  {:>6} {:>6}   weights",
+        "VIP", "mode", "endpoint", "ok", "be0", "be1", "be2", "node0", "node1"
     );
     let mut all_ok = true;
     for vip in &config.vips {
         let address = vip.address.to_string();
-        let (seen, failed) = match vip.protocol {
-            xlb::config::Protocol::Tcp => topo.tcp_requests(&address, vip.port, opts.requests),
-            xlb::config::Protocol::Udp => topo.udp_requests(&address, vip.port, opts.requests),
-            xlb::config::Protocol::Icmp => continue,
-        };
+        let before = node_packets(&topo, &vip.name)?;
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        let mut failed = 0;
+        for c in 0..CLIENTS {
+            let (answers, fails) = match vip.protocol {
+                xlb::config::Protocol::Tcp => topo.tcp_requests_from(c, &address, vip.port, opts.requests),
+                xlb::config::Protocol::Udp => topo.udp_requests_from(c, &address, vip.port, opts.requests),
+                xlb::config::Protocol::Icmp => continue,
+            };
+            failed += fails;
+            for (k, v) in answers {
+                *seen.entry(k).or_insert(0) += v;
+            }
+        }
+        let after = node_packets(&topo, &vip.name)?;
+        let through: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
         let ok: usize = seen.values().sum();
         all_ok &= failed == 0;
         let share =
             |i: usize| format!("{:.0}%", 100.0 * *seen.get(&format!("be{i}")).unwrap_or(&0) as f64 / ok.max(1) as f64);
+        let total: u64 = through.iter().sum();
+        let node_share = |i: usize| format!("{:.0}%", 100.0 * through[i] as f64 / total.max(1) as f64);
         let weights: Vec<String> = vip.backends.iter().map(|b| b.weight.to_string()).collect();
         println!(
-            "{:<12} {:<9} {:<24} {:>9}  {:>6} {:>6} {:>6}   {}",
+            "{:<12} {:<10} {:<28} {:>9}  {:>5} {:>5} {:>5}  {:>6} {:>6}   {}",
             vip.name,
             match vip.hash {
                 xlb::config::HashFields::SourceIp => format!("{}*", vip.mode),
                 xlb::config::HashFields::FiveTuple => vip.mode.to_string(),
             },
-            vip.endpoint(),
+            xlb::desired::endpoint(&xlb::desired::vip_key(vip)),
             format!("{ok}/{}", ok + failed),
             share(0),
             share(1),
             share(2),
+            node_share(0),
+            node_share(1),
             weights.join(":")
         );
     }
-    println!("(* hash: source-ip — one client, so one backend)");
-    let stats = topo.stats().context("reading the agent's counters")?;
-    println!("\n== xlb stats (the XDP program's counters on the node)\n{}", stats.render());
+    println!("(* hash: source-ip — each client sticks to one backend; node shares count packets the node forwarded)");
+    for i in 0..NODES {
+        let status = topo.status_of(i).context("reading an agent's status")?;
+        println!("\n== node {i} ({}): xlb status\n{}", node_v4(i), status.render());
+    }
+    println!("== router: {}", bird.birdc(&["show", "protocols"]).trim_end());
 
     if opts.keep {
         print_keep(&topo);
@@ -90,8 +149,39 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     if !all_ok {
         bail!("some requests failed");
     }
-    println!("lab: every request succeeded");
+    println!("\nlab: every request succeeded");
     Ok(())
+}
+
+/// Packets each node forwarded for VIP `name` so far.
+fn node_packets(topo: &Topology, name: &str) -> anyhow::Result<Vec<u64>> {
+    (0..NODES)
+        .map(|i| {
+            let stats = topo.stats_of(i).context("reading an agent's counters")?;
+            Ok(stats.vip(name).map_or(0, |v| v.packets))
+        })
+        .collect()
+}
+
+/// Waits until the router's kernel routes `address` over every node.
+fn wait_for_ecmp(topo: &Topology, address: &str, timeout: Duration) -> anyhow::Result<()> {
+    let router = topo.router.as_ref().context("edge topology")?;
+    let want: BTreeSet<String> =
+        (0..NODES).map(|i| if address.contains(':') { node_v6(i) } else { node_v4(i) }).collect();
+    let deadline = Instant::now() + timeout;
+    loop {
+        let family = if address.contains(':') { "-6" } else { "-4" };
+        let out = String::from_utf8_lossy(&router.ip(&[family, "route", "show", address]).stdout).into_owned();
+        let words: Vec<&str> = out.split_whitespace().collect();
+        let have: BTreeSet<String> = words.windows(2).filter(|w| w[0] == "via").map(|w| w[1].to_owned()).collect();
+        if have == want {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the router has no ECMP route for {address} over both nodes after {timeout:?}: {out}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn print_keep(topo: &Topology) {
@@ -99,13 +189,14 @@ fn print_keep(topo: &Topology) {
     println!(
         "The lab is up. In another shell:
   ip netns exec {cl} curl -s http://10.210.100.1:8080/ ; echo     # answers with the backend's name
-  {xlb} stats --admin-socket {sock}
-  ip -n {lb} link show eth0                                            # the attached XDP program
-  ip netns exec {be0} ip -s link show eth0                            # a backend (xlb decap attached)
+  ip -n {rt} route show 10.210.100.1                                  # the router's ECMP route over both nodes
+  {xlb} status --admin-socket {sock}                                  # node 0: VIPs, backends, BGP peers
+  {xlb} drain node --admin-socket {sock}                              # withdraw node 0 (--undo to return)
+  ip -n {lb} link show eth0                                           # the attached XDP program
 Press Ctrl-C here to tear it down.",
         cl = topo.client().name,
+        rt = topo.router.as_ref().map_or("", |r| r.name.as_str()),
         lb = topo.node().name,
-        be0 = topo.backends[0].name,
         sock = topo.socket().display(),
     );
 }
