@@ -32,7 +32,8 @@ use crate::{
 pub struct RunOptions {
     pub config: PathBuf,
     pub iface: String,
-    pub admin_socket: PathBuf,
+    /// Overrides `agent.admin_socket` from the config.
+    pub admin_socket: Option<PathBuf>,
     /// bpffs directory under which each interface's maps and link are pinned.
     pub pin_dir: PathBuf,
     /// Detach XDP on SIGTERM/SIGINT. Off by default: an edge node wants forwarding to outlive
@@ -40,7 +41,7 @@ pub struct RunOptions {
     pub detach_on_exit: bool,
     /// Reload when the config file changes (besides SIGHUP).
     pub watch_config: bool,
-    /// Where to serve Prometheus `/metrics`.
+    /// Where to serve Prometheus `/metrics`; overrides `agent.metrics_listen` from the config.
     pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
@@ -162,6 +163,13 @@ fn down(health: &HealthMap) -> BTreeSet<BackendRef> {
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let config = config::load(&opts.config)?;
+    // Flags win over the file; listeners are fixed for the agent's life.
+    let admin_socket = opts
+        .admin_socket
+        .clone()
+        .or_else(|| config.agent.admin_socket.clone())
+        .unwrap_or_else(|| PathBuf::from(admin::DEFAULT_SOCKET));
+    let metrics_listen = opts.metrics_listen.or(config.agent.metrics_listen);
     let facts = iface::facts(&opts.iface).with_context(|| format!("reading interface {}", opts.iface))?;
     let flow_table_size = config.node.flow_table_size;
     let pin_dir = opts.iface_pin_dir();
@@ -222,13 +230,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let state = Arc::new(Mutex::new(state));
     let admin_state = Arc::clone(&state);
     let config_path = opts.config.display().to_string();
-    let server = admin::serve(
-        &opts.admin_socket,
-        Arc::new(move |request| answer(&mut lock(&admin_state), &config_path, request)),
-    )
-    .await?;
-    tracing::info!(socket = %opts.admin_socket.display(), "admin socket listening");
-    let metrics = match opts.metrics_listen {
+    let server =
+        admin::serve(&admin_socket, Arc::new(move |request| answer(&mut lock(&admin_state), &config_path, request)))
+            .await?;
+    tracing::info!(socket = %admin_socket.display(), "admin socket listening");
+    let metrics = match metrics_listen {
         Some(addr) => {
             let metrics_state = Arc::clone(&state);
             let server = metrics::serve(
@@ -310,7 +316,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     }
     drop(checker);
     drop(resolver);
-    let _ = std::fs::remove_file(&opts.admin_socket);
+    let _ = std::fs::remove_file(&admin_socket);
     if opts.detach_on_exit {
         dataplane::detach_pinned(&link)?;
         tracing::info!(iface = %opts.iface, "XDP detached; exiting");
@@ -406,6 +412,9 @@ fn reload(opts: &RunOptions, state: &mut State, checker: &mut Checker, resolver:
         Err(e) => {
             tracing::warn!(error = %e, iface = %opts.iface, "cannot re-read the interface; keeping its last MAC and MTU")
         }
+    }
+    if config.agent != state.config.agent {
+        tracing::warn!("agent.admin_socket / agent.metrics_listen changes take effect at the next start");
     }
     if config.node.flow_table_size != state.flow_table_size {
         tracing::warn!(

@@ -20,12 +20,24 @@ use crate::maglev;
 pub const DEFAULT_TABLE_SIZE: u32 = 65537;
 
 /// A validated configuration.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Config {
     pub node: Node,
     pub vips: Vec<Vip>,
     /// The BGP speaker that announces the VIPs; none without a `bgp:` section.
     pub bgp: Option<BgpConfig>,
+    /// The agent's own listeners; command-line flags override them.
+    pub agent: AgentListeners,
+}
+
+/// `agent:`: where the agent listens. Read at start (changing them needs a restart).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentListeners {
+    /// The admin socket (`xlb status`, `drain`, `plan`); /run/xlb/admin.sock when absent.
+    pub admin_socket: Option<PathBuf>,
+    /// Prometheus `/metrics` (e.g. 127.0.0.1:9842); none when absent.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// The BGP speaker (`bgp:`): every VIP that is up is announced to every peer as a host route
@@ -416,6 +428,8 @@ struct RawConfig {
     vips: Vec<Spanned<RawVip>>,
     #[serde(default)]
     bgp: Option<Spanned<RawBgp>>,
+    #[serde(default)]
+    agent: AgentListeners,
 }
 
 #[derive(Debug, Deserialize)]
@@ -683,7 +697,7 @@ impl Checker<'_> {
             Some(b) => Some(self.check_bgp(b.value, &b.referenced)?),
             None => None,
         };
-        Ok(Config { node, vips, bgp })
+        Ok(Config { node, vips, bgp, agent: raw.agent })
     }
 
     fn check_as(&self, at: &serde_saphyr::Location, field: &str, asn: u32) -> Result<u32, ConfigError> {
@@ -1400,6 +1414,18 @@ mod tests {
             let err = check(&text).unwrap_err().to_string();
             assert!(err.contains(field) && err.contains(hint), "expected {field} / {hint}: {err}");
         }
+    }
+
+    #[test]
+    fn agent_listeners_are_read_and_checked() {
+        let config = check("agent:\n  admin_socket: /run/xlb/edge.sock\n  metrics_listen: 127.0.0.1:9842\n").unwrap();
+        assert_eq!(config.agent.admin_socket, Some(PathBuf::from("/run/xlb/edge.sock")));
+        assert_eq!(config.agent.metrics_listen, Some("127.0.0.1:9842".parse().unwrap()));
+        assert_eq!(check("vips: []\n").unwrap().agent, AgentListeners::default());
+        let err = check("agent:\n  metrics_listen: localhost\n").unwrap_err().to_string();
+        assert!(err.contains(":2:") && err.contains("socket address"), "{err}");
+        let err = check("agent:\n  metrics: 127.0.0.1:1\n").unwrap_err().to_string();
+        assert!(err.contains("unknown field `metrics`"), "{err}");
     }
 
     #[test]

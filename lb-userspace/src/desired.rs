@@ -291,7 +291,7 @@ mod tests {
 
     #[test]
     fn node_config_from_prefixes_and_facts() {
-        let mut config = Config { node: Default::default(), vips: vec![], bgp: None };
+        let mut config = Config { node: Default::default(), vips: vec![], ..Default::default() };
         config.node.tunnel_source_v4 = Some("172.16.5.77/24".parse().unwrap());
         config.node.tunnel_source_v6 = Some("fd00::1:0/112".parse().unwrap());
         let facts = NodeFacts { iface_mac: [2, 0, 0, 0, 0, 1], mtu: 1500 };
@@ -311,7 +311,7 @@ mod tests {
     #[test]
     fn backends_use_their_mac_or_the_next_hop() {
         let mut config =
-            Config { node: Default::default(), vips: vec![vip("192.0.2.1", Protocol::Udp, 53)], bgp: None };
+            Config { node: Default::default(), vips: vec![vip("192.0.2.1", Protocol::Udp, 53)], ..Default::default() };
         config.vips[0].mode = Mode::DsrIpip;
         config.node.next_hop_mac = Some("02:00:00:00:00:fe".parse().unwrap());
         config.vips[0].backends = vec![
@@ -333,7 +333,7 @@ mod tests {
     #[test]
     fn down_and_drained_backends_take_no_new_flows_and_min_healthy_decides_up() {
         let mut config =
-            Config { node: Default::default(), vips: vec![vip("192.0.2.1", Protocol::Tcp, 80)], bgp: None };
+            Config { node: Default::default(), vips: vec![vip("192.0.2.1", Protocol::Tcp, 80)], ..Default::default() };
         let backend = |a: &str, weight| Backend {
             address: a.parse().unwrap(),
             weight,
@@ -385,7 +385,7 @@ mod tests {
         ipip.name = "t".into();
         ipip.mode = Mode::DsrIpip;
         ipip.backends = vec![backend("10.1.0.1"), backend("fd00:1::1")];
-        let mut config = Config { node: Default::default(), vips: vec![l2, ipip], bgp: None };
+        let mut config = Config { node: Default::default(), vips: vec![l2, ipip], ..Default::default() };
         config.node.next_hop_v4 = Some("10.0.0.254".parse().unwrap());
         let targets: Vec<String> = neighbor_targets(&config).iter().map(ToString::to_string).collect();
         assert_eq!(targets, ["10.0.0.1", "10.0.0.2", "10.0.0.254", "fd00:1::1"], "router for v4, the backend for v6");
@@ -399,12 +399,7 @@ mod tests {
             state.vips.values().flat_map(|v| v.backends.iter().map(|b| (b.mac, b.weight, b.mac_known))).collect();
         assert_eq!(
             backends,
-            [
-                ([2, 0, 0, 0, 0, 1], 1, true),
-                ([0; 6], 0, false),
-                ([2, 0, 0, 0, 0, 0xfe], 1, true),
-                ([0; 6], 0, false),
-            ]
+            [([2, 0, 0, 0, 0, 1], 1, true), ([0; 6], 0, false), ([2, 0, 0, 0, 0, 0xfe], 1, true), ([0; 6], 0, false),]
         );
         config.node.next_hop_mac = Some("02:00:00:00:00:aa".parse().unwrap());
         assert_eq!(neighbor_targets(&config).len(), 2, "a configured next-hop MAC needs no resolution");

@@ -34,8 +34,9 @@ enum Command {
         /// Interface to attach XDP to.
         #[arg(long, short)]
         iface: String,
-        #[arg(long, default_value = admin::DEFAULT_SOCKET)]
-        admin_socket: PathBuf,
+        /// Admin socket [default: `agent.admin_socket` from the config, else /run/xlb/admin.sock].
+        #[arg(long)]
+        admin_socket: Option<PathBuf>,
         /// bpffs directory for the pinned maps and link (one subdirectory per interface).
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
@@ -46,7 +47,8 @@ enum Command {
         /// Reload only on SIGHUP, not when the config file changes.
         #[arg(long)]
         no_watch: bool,
-        /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9842).
+        /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9842) [default:
+        /// `agent.metrics_listen` from the config].
         #[arg(long)]
         metrics_listen: Option<std::net::SocketAddr>,
     },
