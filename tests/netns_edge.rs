@@ -225,3 +225,49 @@ fn bgp_announces_from_both_nodes_and_withdraws_on_drain_health_and_shutdown() {
     let (seen, failed) = topo.tcp_requests(VIP4, 8080, 100);
     assert_eq!(failed, 0, "traffic through the remaining node: {seen:?}");
 }
+
+#[test]
+fn a_killed_agent_restarts_without_the_router_or_the_streams_noticing() {
+    require_root!();
+    use xlb_tests::bird::{Bird, Neighbor, config};
+    let mut topo = Topology::edge(2, 1, 3, &[VIP4]);
+    topo.serve(VIP4, 8080);
+    topo.serve_streams(VIP4, 9000);
+    let router = topo.router.as_ref().unwrap();
+    // Graceful restart: BIRD keeps a restarting speaker's routes for its restart time.
+    let neighbors: Vec<Neighbor> = (0..2)
+        .map(|i| {
+            Neighbor::new(&format!("node{i}"), xlb_tests::topology::ROUTER_V4, &xlb_tests::topology::node_v4(i), 65001)
+                .with("graceful restart on;")
+        })
+        .collect();
+    let dir = Bird::temp_dir();
+    let _bird = Bird::start(router, dir.clone(), &config("10.210.0.254", &neighbors, false, &Bird::log_path(&dir)));
+    let first = topo.start_agent_on(0, &bgp_config(0, false), &[]);
+    topo.start_agent_on(1, &bgp_config(1, false), &[]);
+    wait_nexthops(&topo, VIP4, &[0, 1], "both nodes as nexthops");
+    let streams = topo.open_streams(VIP4, 9000, 24);
+    assert!(streams.progress(3, std::time::Duration::from_secs(10)), "streams started");
+
+    // SIGKILL node 0's agent; watch the router's route every 20 ms until the new agent is up.
+    topo.agent(first).signal_and_wait(libc::SIGKILL, std::time::Duration::from_secs(5));
+    let mut missing = 0;
+    let mut polls = 0;
+    let watch_until = std::time::Instant::now() + std::time::Duration::from_millis(600);
+    while std::time::Instant::now() < watch_until {
+        polls += 1;
+        missing += usize::from(nexthops(&topo, VIP4).len() != 2);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    topo.start_agent_on(0, &bgp_config(0, false), &[]);
+    for _ in 0..50 {
+        polls += 1;
+        missing += usize::from(nexthops(&topo, VIP4).len() != 2);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(missing, 0, "the route lost node 0 in {missing} of {polls} polls across the restart");
+    wait_nexthops(&topo, VIP4, &[0, 1], "node 0 re-established");
+    assert!(streams.progress(5, std::time::Duration::from_secs(10)), "streams go on after the restart");
+    let ended = streams.finish();
+    assert!(ended.iter().all(Result::is_ok), "streams broken by the restart: {ended:?}");
+}
