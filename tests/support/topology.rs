@@ -34,11 +34,19 @@ pub const NODE_V4: &str = "10.210.0.2";
 pub const CLIENT_V6: &str = "fd00:210::1";
 pub const NODE_V6: &str = "fd00:210::2";
 
+/// Host `host` of the segment, IPv4 and IPv6 (node i is host 2 + i, backend i host 11 + i).
+fn segment_v4(host: usize) -> String {
+    format!("10.210.0.{host}")
+}
+fn segment_v6(host: usize) -> String {
+    format!("fd00:210::{host}")
+}
+
 pub fn backend_v4(i: usize) -> String {
-    format!("10.210.0.{}", 11 + i)
+    segment_v4(11 + i)
 }
 pub fn backend_v6(i: usize) -> String {
-    format!("fd00:210::{}", 11 + i)
+    segment_v6(11 + i)
 }
 pub fn backend_mac(i: usize) -> String {
     format!("02:00:00:21:00:{:02x}", 11 + i)
@@ -70,10 +78,10 @@ pub const ROUTER_V4: &str = "10.210.0.254";
 pub const ROUTER_V6: &str = "fd00:210::254";
 
 pub fn node_v4(i: usize) -> String {
-    format!("10.210.0.{}", 2 + i)
+    segment_v4(2 + i)
 }
 pub fn node_v6(i: usize) -> String {
-    format!("fd00:210::{}", 2 + i)
+    segment_v6(2 + i)
 }
 /// Client `c` behind the router (edge topology).
 pub fn edge_client_v4(c: usize) -> String {
