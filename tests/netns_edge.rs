@@ -271,3 +271,48 @@ fn a_killed_agent_restarts_without_the_router_or_the_streams_noticing() {
     let ended = streams.finish();
     assert!(ended.iter().all(Result::is_ok), "streams broken by the restart: {ended:?}");
 }
+
+#[test]
+fn reloads_on_both_nodes_under_load_through_the_router_fail_no_request() {
+    require_root!();
+    use xlb_tests::bird::{Bird, Neighbor, config};
+    let mut topo = Topology::edge(2, 1, 3, &[VIP4]);
+    topo.serve(VIP4, 8080);
+    topo.serve(VIP4, 9000);
+    let router = topo.router.as_ref().unwrap();
+    let neighbors: Vec<Neighbor> = (0..2)
+        .map(|i| {
+            Neighbor::new(&format!("node{i}"), xlb_tests::topology::ROUTER_V4, &xlb_tests::topology::node_v4(i), 65001)
+        })
+        .collect();
+    let dir = Bird::temp_dir();
+    let _bird = Bird::start(router, dir.clone(), &config("10.210.0.254", &neighbors, false, &Bird::log_path(&dir)));
+    let agents: Vec<usize> = (0..2).map(|i| topo.start_agent_on(i, &bgp_config(i, false), &["--no-watch"])).collect();
+    wait_nexthops(&topo, VIP4, &[0, 1], "both nodes as nexthops");
+    let load = topo.tcp_load(VIP4, 8080, 20_000);
+    // Both nodes change together, as a config rollout would: weights change, the streams VIP goes
+    // and comes back.
+    for n in 1..=10u64 {
+        for (i, &agent) in agents.iter().enumerate() {
+            let mut text = bgp_config(i, false);
+            if n % 2 == 1 {
+                text = text.replace("weight: 1 }", "weight: 3 }").replace("weight: 3 }\n", "weight: 1 }\n");
+                text = text.split("  - name: streams").next().unwrap().to_owned();
+            }
+            std::fs::write(topo.config_path_of(i), text).unwrap();
+            let pid = topo.agent(agent).child.id() as i32;
+            // SAFETY: kill with our own child's pid and a valid signal number.
+            unsafe { libc::kill(pid, libc::SIGHUP) };
+        }
+        for i in 0..2 {
+            xlb_tests::netns::wait_for("the reload", std::time::Duration::from_secs(5), || {
+                topo.status_of(i)
+                    .filter(|s| s.config_generation == n + 1 && s.last_reload.as_ref().is_some_and(|r| r.ok))
+            });
+        }
+    }
+    let (seen, failed) = load.finish();
+    assert_eq!(failed, 0, "requests failed during reloads through the router: {seen:?}");
+    assert!(seen.values().sum::<usize>() > 50, "the load kept running: {seen:?}");
+    assert_eq!(nexthops(&topo, VIP4).len(), 2, "the VIP stayed announced by both nodes");
+}
