@@ -265,6 +265,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut watch = FileWatch::new(&opts.config);
     let mut poll = tokio::time::interval(Duration::from_secs(1));
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut health_alive, mut neighbors_alive) = (true, true);
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -276,8 +277,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     reload(&opts, &mut lock(&state), &mut checker, &mut resolver);
                 }
             }
-            changed = neighbors_rx.changed() => {
+            changed = neighbors_rx.changed(), if neighbors_alive => {
                 if changed.is_err() {
+                    // The resolver is gone: stop polling it (an error would be ready forever).
+                    tracing::error!("the neighbour resolver stopped; MACs stay as last learned");
+                    neighbors_alive = false;
                     continue;
                 }
                 let learned = neighbors_rx.borrow_and_update().clone();
@@ -288,8 +292,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     tracing::error!(error = %e, "applying neighbour changes failed; retried on the next change");
                 }
             }
-            changed = health_rx.changed() => {
+            changed = health_rx.changed(), if health_alive => {
                 if changed.is_err() {
+                    tracing::error!("the health checker stopped; backend health stays as last seen");
+                    health_alive = false;
                     continue;
                 }
                 let health = health_rx.borrow_and_update().clone();
