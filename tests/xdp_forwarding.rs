@@ -467,3 +467,36 @@ fn a_mode_change_applies_to_established_flows_too() {
     assert_eq!(out.action, XdpAction::Tx);
     assert_encapsulated(&out.packet, &backend, &established[14..], "after the mode change");
 }
+
+#[test]
+fn a_port_range_vip_serves_its_ports_and_leaves_the_exact_port_vip_alone() {
+    require_root!();
+    let lb = Balancer::with_config(CONFIG);
+    let range_backend = [2, 0, 0, 0, 1, 4];
+    for (dport, tcp, expect) in [
+        (440, true, Some(range_backend)),
+        (445, true, Some(range_backend)),
+        (450, true, Some(range_backend)),
+        (439, true, None),
+        (451, true, None),
+        (445, false, None),
+    ] {
+        let l4 = if tcp { L4::TcpSyn { sport: 40000, dport } } else { L4::Udp { sport: 40000, dport } };
+        let frame = Frame::v4("198.51.100.7", "192.0.2.1", l4).build();
+        let out = lb.run(&frame);
+        match expect {
+            Some(mac) => {
+                assert_eq!(out.action, XdpAction::Tx, "port {dport}");
+                assert_eq!(out.packet[0..6], mac, "port {dport} goes to the range's backend");
+            }
+            None => {
+                assert_eq!((out.action, out.packet), (XdpAction::Pass, frame), "port {dport} (tcp {tcp}) is not ours")
+            }
+        }
+    }
+    // Port 80 of the same address is its own VIP (l2v4, backends 10.0.0.1-3), not the range's.
+    let out = lb.run(&Frame::v4("198.51.100.7", "192.0.2.1", L4::TcpSyn { sport: 40001, dport: 80 }).build());
+    assert_eq!(out.action, XdpAction::Tx);
+    assert_ne!(out.packet[0..6], range_backend);
+    assert_eq!(lb.applied("range4").vip.endpoint, "192.0.2.1:440-450/tcp");
+}

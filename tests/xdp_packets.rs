@@ -234,14 +234,14 @@ fn reconciler_writes_exactly_the_configured_state() {
         let (addr, _) = xlb::desired::ip_words("2001:db8::10".parse().unwrap());
         VipKey::v6(addr, port.to_be(), proto)
     };
-    let meta = |id| VipMeta { id, flags: 0, table_size: 65537 };
+    let meta = |id, port: u16| VipMeta { id, flags: 0, table_size: 65537, port_first: port, port_last: port };
     // New VIPs take the lowest free id in key order; backends the lowest free slot in that order.
     let mut expected = vec![
-        (v4(0, PROTO_ICMP), meta(0)),
-        (v4(53, PROTO_UDP), meta(1)),
-        (v4(80, PROTO_TCP), meta(2)),
-        (v6(53, PROTO_UDP), meta(3)),
-        (v6(80, PROTO_TCP), meta(4)),
+        (v4(0, PROTO_ICMP), meta(0, 0)),
+        (v4(53, PROTO_UDP), meta(1, 53)),
+        (v4(80, PROTO_TCP), meta(2, 80)),
+        (v6(53, PROTO_UDP), meta(3, 53)),
+        (v6(80, PROTO_TCP), meta(4, 80)),
     ];
     expected.sort_by_key(|(k, _)| *k);
     assert_eq!(lb.maps.vips().unwrap(), expected);

@@ -95,6 +95,10 @@ pub struct VipMeta {
     pub flags: u32,
     /// Entries in this VIP's Maglev table (a prime); 0 while the VIP has no backends.
     pub table_size: u32,
+    /// The destination ports it serves, host order. A port-range VIP sits under port 0 of its
+    /// key (looked up when the exact port has no VIP) and serves `port_first..=port_last`.
+    pub port_first: u16,
+    pub port_last: u16,
 }
 
 /// Hash only the client address (sticky clients) instead of the 5-tuple.
@@ -516,7 +520,7 @@ mod tests {
     fn types_have_no_padding() {
         use core::mem::size_of;
         assert_eq!(size_of::<VipKey>(), 16 + 2 + 1 + 1);
-        assert_eq!(size_of::<VipMeta>(), 3 * 4);
+        assert_eq!(size_of::<VipMeta>(), 3 * 4 + 2 * 2);
         assert_eq!(size_of::<Backend>(), 16 + 6 + 1 + 1 + 4 + 4);
         assert_eq!(size_of::<MaglevGroup>(), 8);
         assert_eq!(size_of::<BackendCounters>(), 3 * 8);

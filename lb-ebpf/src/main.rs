@@ -142,9 +142,7 @@ pub fn xlb_balancer(ctx: XdpContext) -> u32 {
     } else {
         Lookup::NotYet
     };
-    let key = VipKey { addr: packet.daddr, port: packet.dport, proto: packet.proto, family: packet.family };
-    // SAFETY: the value is copied out; the agent replaces entries whole.
-    let Some(&meta) = (unsafe { XLB_VIPS.get(&key) }) else {
+    let Some(meta) = find_vip(packet.daddr, packet.dport, packet.proto, packet.family) else {
         return counts.outcome(Stat::PassNotVip);
     };
     let hash = tuple_hash(&flow);
@@ -152,6 +150,24 @@ pub fn xlb_balancer(ctx: XdpContext) -> u32 {
         return counts.outcome(Stat::DropNoBackend);
     };
     send(&ctx, counts, &packet, node, choice.slot, &choice.backend, hash, choice.new_flow, true, frame_len)
+}
+
+/// The VIP serving `addr`, `port` (network order), `proto`: the exact port's, else a port-range
+/// VIP on that address (kept under port 0) whose range holds the port.
+#[inline(always)]
+fn find_vip(addr: [u32; 4], port: u16, proto: u8, family: u8) -> Option<VipMeta> {
+    let key = VipKey { addr, port, proto, family };
+    // SAFETY: the value is copied out; the agent replaces entries whole.
+    if let Some(meta) = unsafe { XLB_VIPS.get(&key) } {
+        return Some(*meta);
+    }
+    if port == 0 || (proto != PROTO_TCP && proto != PROTO_UDP) {
+        return None;
+    }
+    // SAFETY: as above.
+    let meta = *unsafe { XLB_VIPS.get(&VipKey { port: 0, ..key }) }?;
+    let port = u16::from_be(port);
+    (meta.port_first <= port && port <= meta.port_last).then_some(meta)
 }
 
 /// Sends the packet to `backend` (slot `slot`) by its VIP's mode and counts it.
@@ -298,9 +314,7 @@ fn icmp_error_to_backend(
     quoted: &Quoted,
     frame_len: u64,
 ) -> Option<u32> {
-    let key = VipKey { addr: quoted.saddr, port: quoted.sport, proto: quoted.proto, family: packet.family };
-    // SAFETY: copied out; entries are replaced whole.
-    let meta = *unsafe { XLB_VIPS.get(&key) }?;
+    let meta = find_vip(quoted.saddr, quoted.sport, quoted.proto, packet.family)?;
     let flow = FlowKey {
         saddr: quoted.daddr,
         daddr: quoted.saddr,

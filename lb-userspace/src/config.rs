@@ -176,7 +176,10 @@ pub struct Node {
 pub struct Vip {
     pub name: String,
     pub address: IpAddr,
+    /// The first port (the only one unless `port_last` is larger).
     pub port: u16,
+    /// The last port of a port range (`port: 8000-8099`); equal to `port` for one port.
+    pub port_last: u16,
     pub protocol: Protocol,
     pub mode: Mode,
     pub hash: HashFields,
@@ -270,6 +273,30 @@ pub enum Unhashable {
     #[default]
     Pass,
     Drop,
+}
+
+/// `port:` as written: one port (`443`) or an inclusive range (`8000-8099`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Ports(u16, u16);
+
+impl<'de> Deserialize<'de> for Ports {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            One(u16),
+            Range(String),
+        }
+        let bad = |s: &str| format!("`{s}` is not a port or a port range; write 443 or 8000-8099");
+        match Written::deserialize(d)? {
+            Written::One(p) => Ok(Ports(p, p)),
+            Written::Range(s) => {
+                let (a, b) = s.split_once('-').ok_or_else(|| serde::de::Error::custom(bad(&s)))?;
+                let port = |t: &str| t.trim().parse::<u16>().map_err(|_| serde::de::Error::custom(bad(&s)));
+                Ok(Ports(port(a)?, port(b)?))
+            }
+        }
+    }
 }
 
 /// An Ethernet address, written `02:00:00:00:00:01`.
@@ -402,7 +429,12 @@ impl Vip {
 
     /// `address:port/protocol` (brackets around IPv6); `address/icmp` for ICMP VIPs.
     pub fn endpoint(&self) -> String {
-        crate::desired::endpoint(&crate::desired::vip_key(self))
+        crate::desired::endpoint(&crate::desired::vip_key(self), self.port, self.port_last)
+    }
+
+    /// Serves a range of ports (kept in the data plane under port 0 of its address).
+    pub fn is_port_range(&self) -> bool {
+        self.port_last > self.port
     }
 }
 
@@ -487,7 +519,7 @@ struct RawVip {
     name: String,
     address: IpAddr,
     #[serde(default)]
-    port: u16,
+    port: Ports,
     protocol: Protocol,
     mode: Mode,
     #[serde(default)]
@@ -659,13 +691,20 @@ impl Checker<'_> {
                     format!("`{}` is already the name of the VIP at line {line}; VIP names must be unique", vip.name),
                 ));
             }
+            // Port ranges share one key per address and protocol (see `desired::vip_key`).
+            let key_port = if vip.is_port_range() { 0 } else { vip.port };
             if let Some((line, other)) =
-                endpoints.insert((vip.address, vip.port, vip.protocol), (at.line(), vip.name.clone()))
+                endpoints.insert((vip.address, key_port, vip.protocol), (at.line(), vip.name.clone()))
             {
+                let what = if key_port == 0 && vip.protocol != Protocol::Icmp {
+                    "is a second port range on the same address and protocol as"
+                } else {
+                    "has the same address, port and protocol as"
+                };
                 return Err(self.err(
                     &at,
                     format!("vips[{i}].address"),
-                    format!("VIP `{}` has the same address, port and protocol as `{other}` (line {line}); change one of them", vip.name),
+                    format!("VIP `{}` {what} `{other}` (line {line}); change one of them", vip.name),
                 ));
             }
             if let Some((policy, other)) = policies.insert(vip.address, (vip.unhashable, vip.name.clone()))
@@ -1014,7 +1053,15 @@ impl Checker<'_> {
                 "must not be empty; give the VIP a short unique name such as `web`",
             ));
         }
-        match (raw.protocol, raw.port) {
+        let Ports(port, port_last) = raw.port;
+        if port_last < port {
+            return Err(self.err(
+                at,
+                field("port"),
+                format!("the range {port}-{port_last} is empty; write the lower port first (e.g. 8000-8099)"),
+            ));
+        }
+        match (raw.protocol, port) {
             (Protocol::Tcp | Protocol::Udp, 0) => {
                 return Err(self.err(
                     at,
@@ -1022,7 +1069,7 @@ impl Checker<'_> {
                     format!("a {} VIP needs a port between 1 and 65535", raw.protocol),
                 ));
             }
-            (Protocol::Icmp, p) if p != 0 => {
+            (Protocol::Icmp, p) if p != 0 || port_last != 0 => {
                 return Err(self.err(at, field("port"), "an icmp VIP has no port; remove `port` or set it to 0"));
             }
             _ => {}
@@ -1093,20 +1140,16 @@ impl Checker<'_> {
                 }
             }
             let health_check = match b.health_check {
-                Some(hc) => Some(self.check_health(
-                    hc.value,
-                    &hc.referenced,
-                    &bfield("health_check"),
-                    raw.protocol,
-                    raw.port,
-                )?),
+                Some(hc) => {
+                    Some(self.check_health(hc.value, &hc.referenced, &bfield("health_check"), raw.protocol, port)?)
+                }
                 None => None,
             };
             backends.push(Backend { address: b.address, weight, mac: b.mac, health_check });
         }
         let health_check = match raw.health_check {
             Some(hc) => {
-                Some(self.check_health(hc.value, &hc.referenced, &field("health_check"), raw.protocol, raw.port)?)
+                Some(self.check_health(hc.value, &hc.referenced, &field("health_check"), raw.protocol, port)?)
             }
             None => None,
         };
@@ -1133,7 +1176,8 @@ impl Checker<'_> {
         Ok(Vip {
             name: raw.name,
             address: raw.address,
-            port: raw.port,
+            port,
+            port_last,
             protocol: raw.protocol,
             mode: raw.mode,
             hash: raw.hash,
@@ -1414,6 +1458,42 @@ mod tests {
             let err = check(&text).unwrap_err().to_string();
             assert!(err.contains(field) && err.contains(hint), "expected {field} / {hint}: {err}");
         }
+    }
+
+    #[test]
+    fn port_ranges_parse_and_are_checked() {
+        let vip = |port: &str, protocol: &str| {
+            format!(
+                "vips:\n  - name: r\n    address: 192.0.2.1\n    port: {port}\n    protocol: {protocol}\n    mode: dsr-l2\n"
+            )
+        };
+        let config = check(&vip("8000-8099", "tcp")).unwrap();
+        let v = &config.vips[0];
+        assert_eq!((v.port, v.port_last, v.is_port_range()), (8000, 8099, true));
+        assert_eq!(v.endpoint(), "192.0.2.1:8000-8099/tcp");
+        let one = check(&vip("443", "tcp")).unwrap();
+        assert_eq!((one.vips[0].port, one.vips[0].port_last, one.vips[0].is_port_range()), (443, 443, false));
+        for (text, hint) in [
+            (vip("8099-8000", "tcp"), "vips[0].port: the range 8099-8000 is empty"),
+            (vip("80-x", "tcp"), "`80-x` is not a port or a port range"),
+            (vip("1-2", "icmp"), "an icmp VIP has no port"),
+        ] {
+            let err = check(&text).unwrap_err().to_string();
+            assert!(err.contains(hint), "expected {hint}: {err}");
+        }
+        let two = format!(
+            "{}{}",
+            vip("8000-8099", "udp"),
+            vip("9000-9099", "udp").replace("vips:\n", "").replace("name: r", "name: s")
+        );
+        let err = check(&two).unwrap_err().to_string();
+        assert!(err.contains("a second port range on the same address and protocol"), "{err}");
+        let mixed = format!(
+            "{}{}",
+            vip("8000-8099", "tcp"),
+            vip("8080", "tcp").replace("vips:\n", "").replace("name: r", "name: s")
+        );
+        assert!(check(&mixed).is_ok(), "a single port inside a range is allowed: it takes precedence");
     }
 
     #[test]

@@ -69,6 +69,8 @@ pub struct DesiredVip {
     /// Flags every backend slot of this VIP carries (the mode: `BACKEND_FLAG_IPIP` or none).
     pub backend_flags: u8,
     pub table_size: u32,
+    /// First and last destination port served (equal for one port).
+    pub ports: (u16, u16),
     pub backends: Vec<DesiredBackend>,
     /// Healthy, undrained backends below this count make the VIP down (withdrawn from BGP);
     /// the data plane keeps serving it with whatever is left.
@@ -167,7 +169,8 @@ fn desired_vip(vip: &Vip, config: &Config, states: &BackendStates) -> DesiredVip
         .collect();
     DesiredVip {
         name: vip.name.clone(),
-        endpoint: endpoint(&vip_key(vip)),
+        endpoint: vip.endpoint(),
+        ports: (vip.port, vip.port_last),
         flags: if vip.hash == HashFields::SourceIp { VIP_FLAG_HASH_SOURCE_ONLY } else { 0 },
         backend_flags: match vip.mode {
             Mode::DsrL2 => 0,
@@ -231,17 +234,20 @@ pub fn ip_from_words(addr: [u32; 4], family: u8) -> IpAddr {
     }
 }
 
-/// `address:port/protocol` (brackets around IPv6); `address/icmp` for ICMP VIPs.
-pub fn endpoint(key: &VipKey) -> String {
+/// `address:port/protocol` (brackets around IPv6), `address:first-last/protocol` for a port
+/// range, `address/icmp` for ICMP VIPs.
+pub fn endpoint(key: &VipKey, port_first: u16, port_last: u16) -> String {
     let protocol = match key.proto {
         PROTO_TCP => "tcp",
         PROTO_UDP => "udp",
         _ => "icmp",
     };
+    let ports =
+        if port_last > port_first { format!("{port_first}-{port_last}") } else { u16::from_be(key.port).to_string() };
     match ip_from_words(key.addr, key.family) {
         a if protocol == "icmp" => format!("{a}/icmp"),
-        IpAddr::V4(a) => format!("{a}:{}/{protocol}", u16::from_be(key.port)),
-        IpAddr::V6(a) => format!("[{a}]:{}/{protocol}", u16::from_be(key.port)),
+        IpAddr::V4(a) => format!("{a}:{ports}/{protocol}"),
+        IpAddr::V6(a) => format!("[{a}]:{ports}/{protocol}"),
     }
 }
 
@@ -254,7 +260,9 @@ pub fn vip_key(vip: &Vip) -> VipKey {
         (Protocol::Icmp, FAMILY_V4) => PROTO_ICMP,
         (Protocol::Icmp, _) => PROTO_ICMPV6,
     };
-    VipKey { addr, port: vip.port.to_be(), proto, family }
+    // A port range sits under port 0: the data plane looks there when the exact port has no VIP.
+    let port = if vip.is_port_range() { 0 } else { vip.port.to_be() };
+    VipKey { addr, port, proto, family }
 }
 
 #[cfg(test)]
@@ -271,6 +279,7 @@ mod tests {
             hash: HashFields::FiveTuple,
             table_size: 7,
             unhashable: Unhashable::Pass,
+            port_last: port,
             backends: vec![],
             health_check: None,
             min_healthy: 1,
@@ -371,7 +380,7 @@ mod tests {
             ("2001:db8::1", Protocol::Icmp, 0, "2001:db8::1/icmp"),
         ] {
             let key = vip_key(&vip(address, protocol, port));
-            assert_eq!(endpoint(&key), text);
+            assert_eq!(endpoint(&key, port, port), text);
             assert_eq!(ip_from_words(key.addr, key.family), address.parse::<IpAddr>().unwrap());
         }
     }

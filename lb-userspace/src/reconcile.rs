@@ -136,7 +136,8 @@ impl Reconciler {
                 .collect();
             let vip = DesiredVip {
                 name: String::new(),
-                endpoint: endpoint(&key),
+                endpoint: endpoint(&key, meta.port_first, meta.port_last),
+                ports: (meta.port_first, meta.port_last),
                 flags: meta.flags,
                 backend_flags,
                 table_size: meta.table_size,
@@ -264,7 +265,7 @@ impl Reconciler {
             slots.push(self.take_slot(id, vip, backend, maps, fresh)?);
         }
         let table_size = self.write_table(id, vip, &slots, maps)?;
-        let meta = VipMeta { id, flags: vip.flags, table_size };
+        let meta = VipMeta { id, flags: vip.flags, table_size, port_first: vip.ports.0, port_last: vip.ports.1 };
         maps.set_vip(key, &meta).map_err(write)?;
         self.vips.insert(*key, AppliedVip { meta, vip: vip.clone(), slots, retired: BackendCounters::default() });
         Ok(())
@@ -300,7 +301,13 @@ impl Reconciler {
         }
         let members = |v: &DesiredVip| v.backends.iter().map(|b| (b.identity.clone(), b.weight)).collect::<Vec<_>>();
         let rebuild = old.vip.table_size != vip.table_size || members(&old.vip) != members(vip);
-        let mut meta = VipMeta { id: old.meta.id, flags: vip.flags, table_size: old.meta.table_size };
+        let mut meta = VipMeta {
+            id: old.meta.id,
+            flags: vip.flags,
+            table_size: old.meta.table_size,
+            port_first: vip.ports.0,
+            port_last: vip.ports.1,
+        };
         if rebuild {
             // Index = hash % table_size must stay inside whichever table a packet sees: a growing
             // table goes in before the VIP's size grows, a shrinking one after it shrinks.

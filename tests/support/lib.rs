@@ -127,6 +127,13 @@ vips:
     port: 80
     protocol: tcp
     mode: dsr-l2
+  - name: range4
+    address: 192.0.2.1
+    port: 440-450
+    protocol: tcp
+    mode: dsr-l2
+    backends:
+      - { address: 10.0.0.4, mac: "02:00:00:00:01:04" }
 "#;
 
 /// The node the harness pretends to be: the interface the program runs on.

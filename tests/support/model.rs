@@ -143,22 +143,20 @@ impl Model {
                 };
             }
         };
-        if let Some((qs, qd, qsp, qdp, qproto)) = p.quoted {
-            let key = VipKey { addr: qs, port: qsp, proto: qproto, family: p.family };
-            if self.vips.contains_key(&key) {
-                let flow =
-                    FlowKey { saddr: qd, daddr: qs, sport: qdp, dport: qsp, proto: qproto, family: p.family, pad: 0 };
-                let verdict = self.forward(frame, &p, &key, &flow, false, false);
-                if matches!(verdict, Verdict::Tx { .. }) {
-                    *self.events.entry("icmp_error_to_backend").or_default() += 1;
-                }
-                return verdict;
+        if let Some((qs, qd, qsp, qdp, qproto)) = p.quoted
+            && let Some(key) = self.find_vip(qs, qsp, qproto, p.family)
+        {
+            let flow =
+                FlowKey { saddr: qd, daddr: qs, sport: qdp, dport: qsp, proto: qproto, family: p.family, pad: 0 };
+            let verdict = self.forward(frame, &p, &key, &flow, false, false);
+            if matches!(verdict, Verdict::Tx { .. }) {
+                *self.events.entry("icmp_error_to_backend").or_default() += 1;
             }
+            return verdict;
         }
-        let key = VipKey { addr: p.daddr, port: p.dport, proto: p.proto, family: p.family };
-        if !self.vips.contains_key(&key) {
+        let Some(key) = self.find_vip(p.daddr, p.dport, p.proto, p.family) else {
             return Verdict::Pass(Stat::PassNotVip);
-        }
+        };
         let flow = FlowKey {
             saddr: p.saddr,
             daddr: p.daddr,
@@ -170,6 +168,19 @@ impl Model {
         };
         let opens = p.proto == PROTO_UDP || (p.proto == PROTO_TCP && p.tcp_flags & 0x12 == 0x02);
         self.forward(frame, &p, &key, &flow, opens, true)
+    }
+
+    /// The key of the VIP serving a destination: the exact port's, else the address's port
+    /// range (kept under port 0) if it holds the port.
+    fn find_vip(&self, addr: [u32; 4], port_be: u16, proto: u8, family: u8) -> Option<VipKey> {
+        let exact = VipKey { addr, port: port_be, proto, family };
+        if self.vips.contains_key(&exact) {
+            return Some(exact);
+        }
+        let range = VipKey { port: 0, ..exact };
+        let vip = self.vips.get(&range).filter(|_| port_be != 0 && (proto == PROTO_TCP || proto == PROTO_UDP))?;
+        let port = u16::from_be(port_be);
+        (vip.ports.0 <= port && port <= vip.ports.1).then_some(range)
     }
 
     fn table_pick(&self, vip: &VipKey, flow: &FlowKey) -> Option<usize> {

@@ -125,7 +125,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
                 xlb::config::HashFields::SourceIp => format!("{}*", vip.mode),
                 xlb::config::HashFields::FiveTuple => vip.mode.to_string(),
             },
-            xlb::desired::endpoint(&xlb::desired::vip_key(vip)),
+            vip.endpoint(),
             format!("{ok}/{}", ok + failed),
             share(0),
             share(1),
