@@ -106,21 +106,25 @@ fn two_nodes_behind_an_ecmp_router_serve_every_mode_and_agree_on_backends() {
     assert!(via0.iter().collect::<BTreeSet<_>>().len() > 1, "the flows spread: {via0:?}");
 }
 
-/// The route the router's kernel has for `vip`: the nodes it goes through.
-fn nexthops(topo: &Topology, vip: &str) -> BTreeSet<String> {
-    let router = topo.router.as_ref().unwrap();
-    let out = String::from_utf8(router.ip(&["route", "show", vip]).stdout).unwrap();
-    (0..topo.nodes.len())
-        .map(xlb_tests::topology::node_v4)
-        .filter(|node| out.split_whitespace().collect::<Vec<_>>().windows(2).any(|w| w[0] == "via" && w[1] == node))
-        .collect()
+/// BIRD on the router with one eBGP session per node (AS 65001), each with `statements` added.
+fn start_router(topo: &Topology, statements: &str) -> xlb_tests::bird::Bird {
+    use xlb_tests::bird::{Bird, Neighbor, config};
+    let neighbors: Vec<Neighbor> = (0..topo.nodes.len())
+        .map(|i| {
+            Neighbor::new(&format!("node{i}"), xlb_tests::topology::ROUTER_V4, &xlb_tests::topology::node_v4(i), 65001)
+                .with(statements)
+        })
+        .collect();
+    let dir = Bird::temp_dir();
+    let router = topo.router.as_ref().expect("an edge topology");
+    Bird::start(router, dir.clone(), &config(xlb_tests::topology::ROUTER_V4, &neighbors, false, &Bird::log_path(&dir)))
 }
 
 fn wait_nexthops(topo: &Topology, vip: &str, want: &[usize], what: &str) -> std::time::Duration {
     let want: BTreeSet<String> = want.iter().map(|&i| xlb_tests::topology::node_v4(i)).collect();
     let start = std::time::Instant::now();
     xlb_tests::netns::wait_for(what, std::time::Duration::from_secs(15), || {
-        (nexthops(topo, vip) == want).then_some(())
+        (topo.router_nexthops(vip) == want).then_some(())
     });
     start.elapsed()
 }
@@ -144,19 +148,11 @@ fn bgp_config(node: usize, health: bool) -> String {
 #[test]
 fn bgp_announces_from_both_nodes_and_withdraws_on_drain_health_and_shutdown() {
     require_root!();
-    use xlb_tests::bird::{Bird, Neighbor, config};
     let mut topo = Topology::edge(2, 1, 3, &[VIP4]);
     topo.serve(VIP4, 8080);
     topo.serve_streams(VIP4, 9000);
     let health = topo.serve_health(9100);
-    let router = topo.router.as_ref().unwrap();
-    let neighbors: Vec<Neighbor> = (0..2)
-        .map(|i| {
-            Neighbor::new(&format!("node{i}"), xlb_tests::topology::ROUTER_V4, &xlb_tests::topology::node_v4(i), 65001)
-        })
-        .collect();
-    let dir = Bird::temp_dir();
-    let bird = Bird::start(router, dir.clone(), &config("10.210.0.254", &neighbors, false, &Bird::log_path(&dir)));
+    let bird = start_router(&topo, "");
     let agents: Vec<usize> = (0..2).map(|i| topo.start_agent_on(i, &bgp_config(i, true), &[])).collect();
 
     let took = wait_nexthops(&topo, VIP4, &[0, 1], "both nodes as nexthops");
@@ -220,7 +216,7 @@ fn bgp_announces_from_both_nodes_and_withdraws_on_drain_health_and_shutdown() {
     // SIGTERM: node 1 withdraws before it exits.
     let status = topo.agent(agents[1]).signal_and_wait(libc::SIGTERM, std::time::Duration::from_secs(10));
     assert!(status.success());
-    assert_eq!(nexthops(&topo, VIP4), BTreeSet::from([xlb_tests::topology::node_v4(0)]), "withdrawn before exit");
+    assert_eq!(topo.router_nexthops(VIP4), BTreeSet::from([xlb_tests::topology::node_v4(0)]), "withdrawn before exit");
     assert!(bird.protocol("node1").contains("Cease") || bird.bgp_state("node1").as_deref() != Some("Established"));
     let (seen, failed) = topo.tcp_requests(VIP4, 8080, 100);
     assert_eq!(failed, 0, "traffic through the remaining node: {seen:?}");
@@ -229,20 +225,11 @@ fn bgp_announces_from_both_nodes_and_withdraws_on_drain_health_and_shutdown() {
 #[test]
 fn a_killed_agent_restarts_without_the_router_or_the_streams_noticing() {
     require_root!();
-    use xlb_tests::bird::{Bird, Neighbor, config};
     let mut topo = Topology::edge(2, 1, 3, &[VIP4]);
     topo.serve(VIP4, 8080);
     topo.serve_streams(VIP4, 9000);
-    let router = topo.router.as_ref().unwrap();
     // Graceful restart: BIRD keeps a restarting speaker's routes for its restart time.
-    let neighbors: Vec<Neighbor> = (0..2)
-        .map(|i| {
-            Neighbor::new(&format!("node{i}"), xlb_tests::topology::ROUTER_V4, &xlb_tests::topology::node_v4(i), 65001)
-                .with("graceful restart on;")
-        })
-        .collect();
-    let dir = Bird::temp_dir();
-    let _bird = Bird::start(router, dir.clone(), &config("10.210.0.254", &neighbors, false, &Bird::log_path(&dir)));
+    let _bird = start_router(&topo, "graceful restart on;");
     let first = topo.start_agent_on(0, &bgp_config(0, false), &[]);
     topo.start_agent_on(1, &bgp_config(1, false), &[]);
     wait_nexthops(&topo, VIP4, &[0, 1], "both nodes as nexthops");
@@ -251,19 +238,19 @@ fn a_killed_agent_restarts_without_the_router_or_the_streams_noticing() {
 
     // SIGKILL node 0's agent; watch the router's route every 20 ms until the new agent is up.
     topo.agent(first).signal_and_wait(libc::SIGKILL, std::time::Duration::from_secs(5));
-    let mut missing = 0;
-    let mut polls = 0;
+    let (mut missing, mut polls) = (0, 0);
+    let mut poll = |topo: &Topology| {
+        polls += 1;
+        missing += usize::from(topo.router_nexthops(VIP4).len() != 2);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     let watch_until = std::time::Instant::now() + std::time::Duration::from_millis(600);
     while std::time::Instant::now() < watch_until {
-        polls += 1;
-        missing += usize::from(nexthops(&topo, VIP4).len() != 2);
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        poll(&topo);
     }
     topo.start_agent_on(0, &bgp_config(0, false), &[]);
     for _ in 0..50 {
-        polls += 1;
-        missing += usize::from(nexthops(&topo, VIP4).len() != 2);
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        poll(&topo);
     }
     assert_eq!(missing, 0, "the route lost node 0 in {missing} of {polls} polls across the restart");
     wait_nexthops(&topo, VIP4, &[0, 1], "node 0 re-established");
@@ -275,18 +262,10 @@ fn a_killed_agent_restarts_without_the_router_or_the_streams_noticing() {
 #[test]
 fn reloads_on_both_nodes_under_load_through_the_router_fail_no_request() {
     require_root!();
-    use xlb_tests::bird::{Bird, Neighbor, config};
     let mut topo = Topology::edge(2, 1, 3, &[VIP4]);
     topo.serve(VIP4, 8080);
     topo.serve(VIP4, 9000);
-    let router = topo.router.as_ref().unwrap();
-    let neighbors: Vec<Neighbor> = (0..2)
-        .map(|i| {
-            Neighbor::new(&format!("node{i}"), xlb_tests::topology::ROUTER_V4, &xlb_tests::topology::node_v4(i), 65001)
-        })
-        .collect();
-    let dir = Bird::temp_dir();
-    let _bird = Bird::start(router, dir.clone(), &config("10.210.0.254", &neighbors, false, &Bird::log_path(&dir)));
+    let _bird = start_router(&topo, "");
     let agents: Vec<usize> = (0..2).map(|i| topo.start_agent_on(i, &bgp_config(i, false), &["--no-watch"])).collect();
     wait_nexthops(&topo, VIP4, &[0, 1], "both nodes as nexthops");
     let load = topo.tcp_load(VIP4, 8080, 20_000);
@@ -314,5 +293,5 @@ fn reloads_on_both_nodes_under_load_through_the_router_fail_no_request() {
     let (seen, failed) = load.finish();
     assert_eq!(failed, 0, "requests failed during reloads through the router: {seen:?}");
     assert!(seen.values().sum::<usize>() > 50, "the load kept running: {seen:?}");
-    assert_eq!(nexthops(&topo, VIP4).len(), 2, "the VIP stayed announced by both nodes");
+    assert_eq!(topo.router_nexthops(VIP4).len(), 2, "the VIP stayed announced by both nodes");
 }

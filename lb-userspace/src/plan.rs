@@ -12,8 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     dataplane::Maps,
     desired::{DesiredState, DesiredVip},
-    maglev::{self, Member},
-    reconcile::{AppliedVip, ReconcileError, Reconciler},
+    reconcile::{self, AppliedVip, ReconcileError, Reconciler},
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -154,8 +153,7 @@ fn update(old: &AppliedVip, new: &DesiredVip, maps: &Maps) -> Result<VipPlan, Re
             (weight != b.weight).then(|| (b.identity.clone(), b.weight, weight))
         })
         .collect();
-    let members = |vip: &DesiredVip| vip.backends.iter().map(|b| (b.identity.clone(), b.weight)).collect::<Vec<_>>();
-    v.table_rebuilt = old.vip.table_size != new.table_size || members(&old.vip) != members(new);
+    v.table_rebuilt = reconcile::table_changes(&old.vip, new);
     if v.table_rebuilt {
         let running = running_table(old, maps)?;
         let next = table(new)?;
@@ -177,10 +175,7 @@ fn running_table(old: &AppliedVip, maps: &Maps) -> Result<Vec<Option<String>>, R
 
 /// The table `vip` would get, as backend identities.
 fn table(vip: &DesiredVip) -> Result<Vec<Option<String>>, ReconcileError> {
-    let members: Vec<Member<'_>> =
-        vip.backends.iter().map(|b| Member { identity: &b.identity, weight: b.weight }).collect();
-    let table = maglev::build(&members, vip.table_size)
-        .map_err(|source| ReconcileError::Maglev { endpoint: vip.endpoint.clone(), source })?;
+    let table = reconcile::build_table(vip)?;
     Ok(table.slots.iter().map(|&i| Some(vip.backends[i as usize].identity.clone())).collect())
 }
 

@@ -299,8 +299,7 @@ impl Reconciler {
                 None => slots.push(self.take_slot(old.meta.id, vip, backend, maps, fresh)?),
             }
         }
-        let members = |v: &DesiredVip| v.backends.iter().map(|b| (b.identity.clone(), b.weight)).collect::<Vec<_>>();
-        let rebuild = old.vip.table_size != vip.table_size || members(&old.vip) != members(vip);
+        let rebuild = table_changes(&old.vip, vip);
         let mut meta = VipMeta {
             id: old.meta.id,
             flags: vip.flags,
@@ -349,10 +348,7 @@ impl Reconciler {
     /// Builds the VIP's Maglev table over backend slots and swaps it in; returns its size
     /// (0 when no backend has weight, which the data plane treats as "no backend").
     fn write_table(&self, id: u32, vip: &DesiredVip, slots: &[u32], maps: &mut Maps) -> Result<u32, ReconcileError> {
-        let members: Vec<Member<'_>> =
-            vip.backends.iter().map(|b| Member { identity: &b.identity, weight: b.weight }).collect();
-        let table = maglev::build(&members, vip.table_size)
-            .map_err(|source| ReconcileError::Maglev { endpoint: vip.endpoint.clone(), source })?;
+        let table = build_table(vip)?;
         let write = |source| ReconcileError::Write { endpoint: vip.endpoint.clone(), source: Box::new(source) };
         if table.slots.is_empty() {
             maps.clear_table(id).map_err(write)?;
@@ -436,4 +432,23 @@ impl Reconciler {
         let id = used.iter().enumerate().find(|(i, id)| **id != *i as u32).map_or(used.len() as u32, |(i, _)| i as u32);
         (id < MAX_VIPS).then_some(id)
     }
+}
+
+/// Whether going from `old` to `new` changes the VIP's Maglev table: its size, or its backends
+/// and their (effective) weights.
+pub(crate) fn table_changes(old: &DesiredVip, new: &DesiredVip) -> bool {
+    old.table_size != new.table_size
+        || !old
+            .backends
+            .iter()
+            .map(|b| (&b.identity, b.weight))
+            .eq(new.backends.iter().map(|b| (&b.identity, b.weight)))
+}
+
+/// The VIP's Maglev table, as indexes into `vip.backends` (empty when no backend has weight).
+pub(crate) fn build_table(vip: &DesiredVip) -> Result<maglev::Table, ReconcileError> {
+    let members: Vec<Member<'_>> =
+        vip.backends.iter().map(|b| Member { identity: &b.identity, weight: b.weight }).collect();
+    maglev::build(&members, vip.table_size)
+        .map_err(|source| ReconcileError::Maglev { endpoint: vip.endpoint.clone(), source })
 }

@@ -6,7 +6,7 @@
 //! the node answers for them) and routed by the client via the node.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     io::{Read, Write},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     path::PathBuf,
@@ -260,6 +260,15 @@ impl Topology {
     /// Where node `i`'s agent pins its data plane.
     pub fn pin_dir_of(&self, i: usize) -> PathBuf {
         self.pin_dir.join(format!("node{i}"))
+    }
+
+    /// The nexthops (`via` addresses) of the router's kernel route to `address`.
+    pub fn router_nexthops(&self, address: &str) -> BTreeSet<String> {
+        let router = self.router.as_ref().expect("an edge topology");
+        let family = if address.contains(':') { "-6" } else { "-4" };
+        let out = String::from_utf8_lossy(&router.ip(&[family, "route", "show", address]).stdout).into_owned();
+        let words: Vec<&str> = out.split_whitespace().collect();
+        words.windows(2).filter(|w| w[0] == "via").map(|w| w[1].to_owned()).collect()
     }
 
     /// Routes the VIPs on the router over every node (ECMP), as BGP would.
@@ -533,18 +542,7 @@ impl Topology {
     /// One UDP exchange from client `c`'s source port `sport`: which backend answered.
     pub fn udp_from_port(&self, c: usize, vip: &str, port: u16, sport: u16) -> std::io::Result<String> {
         let addr = SocketAddr::new(vip.parse::<IpAddr>().expect("VIP"), port);
-        self.clients[c]
-            .run(move || {
-                let any: IpAddr = if addr.is_ipv4() { "0.0.0.0".parse().unwrap() } else { "::".parse().unwrap() };
-                let socket = UdpSocket::bind(SocketAddr::new(any, sport))?;
-                socket.set_read_timeout(Some(Duration::from_secs(1)))?;
-                socket.send_to(b"who", addr)?;
-                let mut buf = [0u8; 64];
-                let n = socket.recv(&mut buf)?;
-                Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
-            })
-            .join()
-            .expect("client thread")
+        self.clients[c].run(move || udp_exchange_from(addr, sport)).join().expect("client thread")
     }
 
     /// `count` UDP request/answer exchanges, each from a new source port.
@@ -664,8 +662,13 @@ fn tcp_exchange(addr: SocketAddr) -> std::io::Result<String> {
 
 /// One UDP request/answer exchange from a new source port.
 fn udp_exchange(addr: SocketAddr) -> std::io::Result<String> {
+    udp_exchange_from(addr, 0)
+}
+
+/// One UDP request/answer exchange from source port `sport` (0: any).
+fn udp_exchange_from(addr: SocketAddr, sport: u16) -> std::io::Result<String> {
     let any: IpAddr = if addr.is_ipv4() { "0.0.0.0".parse().unwrap() } else { "::".parse().unwrap() };
-    let socket = UdpSocket::bind(SocketAddr::new(any, 0))?;
+    let socket = UdpSocket::bind(SocketAddr::new(any, sport))?;
     socket.set_read_timeout(Some(Duration::from_secs(1)))?;
     socket.send_to(b"who", addr)?;
     let mut buf = [0u8; 64];

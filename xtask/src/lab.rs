@@ -165,20 +165,16 @@ fn node_packets(topo: &Topology, name: &str) -> anyhow::Result<Vec<u64>> {
 
 /// Waits until the router's kernel routes `address` over every node.
 fn wait_for_ecmp(topo: &Topology, address: &str, timeout: Duration) -> anyhow::Result<()> {
-    let router = topo.router.as_ref().context("edge topology")?;
     let want: BTreeSet<String> =
         (0..NODES).map(|i| if address.contains(':') { node_v6(i) } else { node_v4(i) }).collect();
     let deadline = Instant::now() + timeout;
     loop {
-        let family = if address.contains(':') { "-6" } else { "-4" };
-        let out = String::from_utf8_lossy(&router.ip(&[family, "route", "show", address]).stdout).into_owned();
-        let words: Vec<&str> = out.split_whitespace().collect();
-        let have: BTreeSet<String> = words.windows(2).filter(|w| w[0] == "via").map(|w| w[1].to_owned()).collect();
+        let have = topo.router_nexthops(address);
         if have == want {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("the router has no ECMP route for {address} over both nodes after {timeout:?}: {out}");
+            bail!("the router has no ECMP route for {address} over both nodes after {timeout:?}: via {have:?}");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
