@@ -2,7 +2,7 @@
 
 use lb_common::{
     ADDR_FLAG_DROP_UNHASHABLE, BACKEND_FLAG_ACTIVE, BACKEND_FLAG_IPIP, Backend, FAMILY_V4, NODE_FLAG_TUNNEL_V4,
-    NODE_FLAG_TUNNEL_V6, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Stat, VipKey, VipMeta,
+    NAT_NO_POOL, NODE_FLAG_TUNNEL_V6, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Stat, VipKey, VipMeta,
 };
 use xlb::testrun::XdpAction;
 use xlb_tests::{
@@ -234,7 +234,7 @@ fn reconciler_writes_exactly_the_configured_state() {
         let (addr, _) = xlb::desired::ip_words("2001:db8::10".parse().unwrap());
         VipKey::v6(addr, port.to_be(), proto)
     };
-    let meta = |id, port: u16| VipMeta { id, flags: 0, table_size: 65537, port_first: port, port_last: port };
+    let meta = |id, port: u16| VipMeta { id, flags: 0, table_size: 65537, port_first: port, port_last: port, pool: NAT_NO_POOL };
     // New VIPs take the lowest free id in key order; backends the lowest free slot in that order.
     let mut expected = vec![
         (v4(0, PROTO_ICMP), meta(0, 0)),
@@ -250,7 +250,7 @@ fn reconciler_writes_exactly_the_configured_state() {
         let (addr, family) = xlb::desired::ip_words(addr.parse().unwrap());
         // Backends of dsr-ipip VIPs (here: the ones sent via the next hop) carry the IPIP flag.
         let mode = if mac == [2, 0, 0, 0, 0, 0xfe] { BACKEND_FLAG_IPIP } else { 0 };
-        Backend { addr, mac, family, flags: BACKEND_FLAG_ACTIVE | mode, generation, vip_id }
+        Backend { addr, mac, family, flags: BACKEND_FLAG_ACTIVE | mode, generation, vip_id, port: 0, pad: 0 }
     };
     let l2_mac = [2, 0, 0, 0, 1, 1];
     let next_hop = [2, 0, 0, 0, 0, 0xfe];
@@ -276,7 +276,8 @@ fn reconciler_writes_exactly_the_configured_state() {
 
     let addrs = lb.maps.vip_addrs().unwrap();
     assert_eq!(addrs.len(), 2);
-    let mut buckets: Vec<u32> = addrs.iter().map(|(k, _)| lb_common::addr_bucket(&k.addr)).collect();
+    let mut buckets: Vec<(u32, u32)> =
+        addrs.iter().map(|(k, _)| (lb_common::addr_bucket(&k.addr), lb_common::FILTER_VIP)).collect();
     buckets.sort_unstable();
     buckets.dedup();
     assert_eq!(lb.maps.filter_buckets().unwrap(), buckets, "the pre-filter holds exactly the VIP addresses");

@@ -99,10 +99,14 @@ pub struct VipMeta {
     /// key (looked up when the exact port has no VIP) and serves `port_first..=port_last`.
     pub port_first: u16,
     pub port_last: u16,
+    /// `mode: nat`: the id of its source-address pool, or `NAT_NO_POOL` (DNAT only).
+    pub pool: u32,
 }
 
 /// Hash only the client address (sticky clients) instead of the 5-tuple.
 pub const VIP_FLAG_HASH_SOURCE_ONLY: u32 = 1;
+/// `mode: nat`: translate both directions instead of direct server return.
+pub const VIP_FLAG_NAT: u32 = 2;
 
 /// A backend slot: where one backend of one VIP is.
 #[repr(C)]
@@ -120,6 +124,9 @@ pub struct Backend {
     /// The id of the VIP the slot serves. The data plane does not read it; a restarted agent
     /// does, to adopt the pinned maps as they are.
     pub vip_id: u32,
+    /// NAT: the backend's port (network order); 0 keeps the client's destination port.
+    pub port: u16,
+    pub pad: u16,
 }
 
 /// The slot holds a live backend.
@@ -127,6 +134,130 @@ pub const BACKEND_FLAG_ACTIVE: u8 = 1;
 /// Its VIP is dsr-ipip: encapsulate toward it (else dsr-l2: rewrite the MAC). Kept on the
 /// backend so that an established flow is sent from its connection-table entry alone.
 pub const BACKEND_FLAG_IPIP: u8 = 2;
+
+/// Buckets of the pre-filter (`VIP_FILTER`) hold these bits: what kind of address falls there.
+/// A VIP address (destination).
+pub const FILTER_VIP: u32 = 1;
+/// The address of a `mode: nat` VIP (destination): its flows are looked up in the NAT table.
+pub const FILTER_NAT_VIP: u32 = 2;
+/// A NAT pool address (destination): replies from backends are looked up in the reverse table.
+pub const FILTER_NAT_POOL: u32 = 4;
+/// A backend of a DNAT-only VIP (source): its replies go to the client's own address.
+pub const FILTER_NAT_BACKEND: u32 = 8;
+
+/// Most NAT source-address pools, and addresses in one pool.
+pub const MAX_NAT_POOLS: u32 = 64;
+pub const MAX_POOL_ADDRS: usize = 8;
+/// `VipMeta::pool` of a NAT VIP without a pool: only the destination is translated.
+pub const NAT_NO_POOL: u32 = u32::MAX;
+/// Entries of each NAT table (forward and reverse), unless the node says otherwise.
+pub const NAT_TABLE_SIZE: u32 = 1 << 18;
+
+/// A source-address pool for full NAT: connections to a backend leave from one of `addrs` and a
+/// port in `port_first..port_first + port_count`. Every (address, port) is a candidate; a
+/// flow's candidates are scanned from a hashed start, so load spreads over all addresses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NatPool {
+    pub addrs: [[u32; 4]; MAX_POOL_ADDRS],
+    pub addr_count: u32,
+    /// Host order.
+    pub port_first: u32,
+    pub port_count: u32,
+    pub family: u32,
+}
+
+impl NatPool {
+    /// (address, port) candidates of one backend endpoint.
+    pub const fn size(&self) -> u32 {
+        self.addr_count * self.port_count
+    }
+
+    /// Candidate `index` (`< size()`): consecutive indexes alternate over the addresses.
+    #[inline(always)]
+    pub fn candidate(&self, index: u32) -> Option<([u32; 4], u16)> {
+        if self.addr_count == 0 {
+            return None;
+        }
+        let addr = *self.addrs.get((index % self.addr_count) as usize)?;
+        let port = self.port_first + index / self.addr_count;
+        Some((addr, (port as u16).to_be()))
+    }
+}
+
+/// A NAT flow as the client sees it (key: the client's 5-tuple, a `FlowKey`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NatFlow {
+    /// Backend slot and the generation it had.
+    pub backend: u32,
+    pub generation: u32,
+    /// Source address and port toward the backend (the client's own for DNAT only).
+    pub source: [u32; 4],
+    pub source_port: u16,
+    /// Destination port at the backend (network order).
+    pub backend_port: u16,
+    /// `NAT_FLAG_*`.
+    pub flags: u32,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the last packet this way, refreshed at most
+    /// every `NAT_TOUCH_NS` so a busy flow does not write its entry on every packet.
+    pub last_seen: u64,
+}
+
+/// A NAT flow as the backend sees it (key: the backend's reply 5-tuple, a `FlowKey` whose
+/// destination is the pool address and port).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NatReverse {
+    pub client: [u32; 4],
+    pub vip: [u32; 4],
+    pub client_port: u16,
+    pub vip_port: u16,
+    pub backend: u32,
+    /// Where replies go at L2: the hop the client's packets came from.
+    pub client_mac: [u8; 6],
+    pub pad: u16,
+    pub flags: u32,
+    pub pad2: u32,
+    pub last_seen: u64,
+}
+
+impl NatReverse {
+    /// The client-side key of the same flow.
+    pub const fn forward_key(&self, proto: u8, family: u8) -> FlowKey {
+        FlowKey {
+            saddr: self.client,
+            daddr: self.vip,
+            sport: self.client_port,
+            dport: self.vip_port,
+            proto,
+            family,
+            pad: 0,
+        }
+    }
+}
+
+/// A FIN or RST was seen: the flow expires after `NodeConfig::nat_closing_timeout`.
+pub const NAT_FLAG_CLOSING: u32 = 1;
+/// The backend answered: a TCP flow expires after the established timeout, not the SYN one.
+pub const NAT_FLAG_REPLIED: u32 = 2;
+/// `last_seen` is refreshed when older than this.
+pub const NAT_TOUCH_NS: u64 = 1_000_000_000;
+
+/// Seconds a NAT flow may stay idle: `last` is the later `last_seen` of both directions,
+/// `flags` both directions' flags. The data plane reclaims a port whose flow is expired; the
+/// agent sweeps expired entries.
+#[inline(always)]
+pub fn nat_expired(now: u64, last: u64, flags: u32, proto: u8, node: &NodeConfig) -> bool {
+    let timeout = if proto == PROTO_UDP {
+        node.nat_udp_timeout
+    } else if flags & NAT_FLAG_CLOSING != 0 || flags & NAT_FLAG_REPLIED == 0 {
+        node.nat_closing_timeout
+    } else {
+        node.nat_tcp_timeout
+    };
+    now.saturating_sub(last) > u64::from(timeout) * 1_000_000_000
+}
 
 /// Key of the connection table: the client-side 5-tuple, addresses and ports in network order.
 #[repr(C)]
@@ -188,12 +319,19 @@ pub struct NodeConfig {
     pub tunnel_v6_mask: u32,
     /// `NODE_FLAG_*`.
     pub flags: u32,
+    /// NAT idle timeouts, seconds: established TCP, TCP after FIN/RST or before any reply, UDP.
+    pub nat_tcp_timeout: u32,
+    pub nat_closing_timeout: u32,
+    pub nat_udp_timeout: u32,
+    pub pad: u32,
 }
 
 /// An IPv4 tunnel source is configured.
 pub const NODE_FLAG_TUNNEL_V4: u32 = 1;
 /// An IPv6 tunnel source is configured.
 pub const NODE_FLAG_TUNNEL_V6: u32 = 2;
+/// Some VIP is DNAT only: replies from its backends are recognised by their source.
+pub const NODE_FLAG_DNAT_ONLY: u32 = 4;
 
 /// Per-backend-slot traffic counters (per-CPU; the agent sums them). A VIP's totals are the sum
 /// over its backends (the agent keeps what retired backends had counted), so the data plane
@@ -279,6 +417,22 @@ pub enum Stat {
     FlowStale,
     /// Event: an ICMP error about a VIP flow was sent to the backend that owns the flow.
     IcmpErrorToBackend,
+    /// NAT: a client packet translated and sent to its backend.
+    NatForwarded,
+    /// NAT: a backend's reply translated and sent to the client.
+    NatReplied,
+    /// NAT: an ICMP error about a NAT flow translated and sent on (either direction).
+    NatIcmpTranslated,
+    /// NAT: every (address, port) of the pool is taken toward this backend.
+    DropPoolExhausted,
+    /// NAT: the NAT table is full (`node.nat_table_size`).
+    DropNatTableFull,
+    /// NAT: a TCP packet that is not a SYN, of no known flow (its state is gone or expired).
+    DropNatNoFlow,
+    /// NAT: the TTL / hop limit would reach 0.
+    DropTtlExceeded,
+    /// Event: a NAT port of an expired flow was taken over by a new flow.
+    NatPortReclaimed,
     Count,
 }
 
@@ -324,6 +478,14 @@ impl Stat {
         Stat::FlowMiss,
         Stat::FlowStale,
         Stat::IcmpErrorToBackend,
+        Stat::NatForwarded,
+        Stat::NatReplied,
+        Stat::NatIcmpTranslated,
+        Stat::DropPoolExhausted,
+        Stat::DropNatTableFull,
+        Stat::DropNatNoFlow,
+        Stat::DropTtlExceeded,
+        Stat::NatPortReclaimed,
     ];
 
     /// Stable snake_case name, used in `xlb stats` and as the metrics label.
@@ -353,6 +515,14 @@ impl Stat {
             Stat::FlowMiss => "flow_miss",
             Stat::FlowStale => "flow_stale",
             Stat::IcmpErrorToBackend => "icmp_error_to_backend",
+            Stat::NatForwarded => "nat_forwarded",
+            Stat::NatReplied => "nat_replied",
+            Stat::NatIcmpTranslated => "nat_icmp_translated",
+            Stat::DropPoolExhausted => "drop_pool_exhausted",
+            Stat::DropNatTableFull => "drop_nat_table_full",
+            Stat::DropNatNoFlow => "drop_nat_no_flow",
+            Stat::DropTtlExceeded => "drop_ttl_exceeded",
+            Stat::NatPortReclaimed => "nat_port_reclaimed",
             Stat::Count => "count",
         }
     }
@@ -378,7 +548,10 @@ impl Stat {
 
     /// Whether this counter is an outcome (each packet lands in exactly one).
     pub const fn is_outcome(self) -> bool {
-        !matches!(self, Stat::FlowMiss | Stat::FlowStale | Stat::IcmpErrorToBackend | Stat::Count)
+        !matches!(
+            self,
+            Stat::FlowMiss | Stat::FlowStale | Stat::IcmpErrorToBackend | Stat::NatPortReclaimed | Stat::Count
+        )
     }
 
     /// Whether this outcome is a drop (XDP_DROP).
@@ -390,6 +563,10 @@ impl Stat {
                 | Stat::DropTooBig
                 | Stat::DropNoTunnelSource
                 | Stat::DropAdjustFailed
+                | Stat::DropPoolExhausted
+                | Stat::DropNatTableFull
+                | Stat::DropNatNoFlow
+                | Stat::DropTtlExceeded
         )
     }
 }
@@ -451,9 +628,24 @@ pub mod maps {
     pub const FLOWS: &str = "XLB_FLOWS";
     pub const NODE: &str = "XLB_NODE";
     pub const STATS: &str = "XLB_STATS";
+    pub const NAT_POOLS: &str = "XLB_NAT_POOLS";
+    pub const NAT_FLOWS: &str = "XLB_NAT_FLOWS";
+    pub const NAT_REVERSE: &str = "XLB_NAT_REVERSE";
     /// Every map of the balancer object (the ones the agent pins).
-    pub const BALANCER: [&str; 9] =
-        [VIPS, VIP_ADDRS, VIP_FILTER, BACKENDS, BACKEND_COUNTERS, MAGLEV, FLOWS, NODE, STATS];
+    pub const BALANCER: [&str; 12] = [
+        VIPS,
+        VIP_ADDRS,
+        VIP_FILTER,
+        BACKENDS,
+        BACKEND_COUNTERS,
+        MAGLEV,
+        FLOWS,
+        NODE,
+        STATS,
+        NAT_POOLS,
+        NAT_FLOWS,
+        NAT_REVERSE,
+    ];
     pub const DECAP_ADDRS: &str = "XLB_DECAP_ADDRS";
     pub const DECAP_STATS: &str = "XLB_DECAP_STATS";
 }
@@ -500,7 +692,10 @@ mod pod {
         super::VipAddrKey,
         super::VipAddrPolicy,
         super::NodeConfig,
-        super::StatCounters
+        super::StatCounters,
+        super::NatPool,
+        super::NatFlow,
+        super::NatReverse
     );
 }
 
@@ -520,14 +715,17 @@ mod tests {
     fn types_have_no_padding() {
         use core::mem::size_of;
         assert_eq!(size_of::<VipKey>(), 16 + 2 + 1 + 1);
-        assert_eq!(size_of::<VipMeta>(), 3 * 4 + 2 * 2);
-        assert_eq!(size_of::<Backend>(), 16 + 6 + 1 + 1 + 4 + 4);
+        assert_eq!(size_of::<VipMeta>(), 3 * 4 + 2 * 2 + 4);
+        assert_eq!(size_of::<Backend>(), 16 + 6 + 1 + 1 + 4 + 4 + 2 + 2);
         assert_eq!(size_of::<MaglevGroup>(), 8);
         assert_eq!(size_of::<BackendCounters>(), 3 * 8);
         assert_eq!(size_of::<FlowKey>(), 16 + 16 + 2 + 2 + 1 + 1 + 2);
         assert_eq!(size_of::<Flow>(), 8);
         assert_eq!(size_of::<VipAddrKey>(), 16 + 4);
-        assert_eq!(size_of::<NodeConfig>(), 6 + 6 + 4 + 4 + 4 + 16 + 4 + 4);
+        assert_eq!(size_of::<NodeConfig>(), 6 + 6 + 4 + 4 + 4 + 16 + 4 + 4 + 4 * 4);
+        assert_eq!(size_of::<NatPool>(), 16 * MAX_POOL_ADDRS + 4 * 4);
+        assert_eq!(size_of::<NatFlow>(), 8 + 16 + 2 + 2 + 4 + 8);
+        assert_eq!(size_of::<NatReverse>(), 16 + 16 + 2 + 2 + 4 + 6 + 2 + 4 + 4 + 8);
     }
 
     #[test]

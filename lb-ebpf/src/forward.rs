@@ -62,7 +62,7 @@ pub fn encapsulate(
         return too_big(ctx, packet, node.mtu - outer_len as u32);
     }
 
-    let l2_len = packet.l3;
+    let l2_len = packet.l3();
     let vlan_tci = read_vlan_tci(ctx, l2_len)?;
     // SAFETY: ctx.ctx is the live xdp_md of this invocation.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(outer_len as i32)) } != 0 {
@@ -95,7 +95,7 @@ pub fn encapsulate(
 /// the packet, for a path MTU of `mtu`. The frame becomes the answer.
 #[inline(always)]
 fn too_big(ctx: &XdpContext, packet: &Packet, mtu: u32) -> Result<Sent, Stat> {
-    let l2_len = packet.l3;
+    let l2_len = packet.l3();
     let frame = Frame::new(ctx);
     let eth: *const EthHdr = frame.at(0).ok_or(Stat::TruncatedEth)?;
     // SAFETY: bounds checked by `at`.

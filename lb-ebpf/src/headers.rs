@@ -92,7 +92,9 @@ pub const IPPROTO_IPV6: u8 = 41;
 /// IPv4 "don't fragment" bit of `frag_off` (host order).
 pub const IPV4_DF: u16 = 0x4000;
 
+pub const TCP_FLAG_FIN: u8 = 0x01;
 pub const TCP_FLAG_SYN: u8 = 0x02;
+pub const TCP_FLAG_RST: u8 = 0x04;
 pub const TCP_FLAG_ACK: u8 = 0x10;
 
 pub const ICMP_DEST_UNREACH: u8 = 3;

@@ -5,6 +5,7 @@
 
 pub mod forward;
 pub mod headers;
+pub mod nat;
 pub mod parse;
 
 /// What every xlb XDP object needs besides its programs: a panic handler (bounds checks must

@@ -11,10 +11,11 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    ADDR_FLAG_DROP_UNHASHABLE, BACKEND_FLAG_ACTIVE, BACKEND_FLAG_IPIP, Backend, BackendCounters, FLOW_TABLE_SIZE, Flow,
-    FlowKey, MAGLEV_TABLE_FLAGS, MAX_BACKENDS, MAX_MAGLEV_GROUPS, MAX_VIP_ADDRS, MAX_VIPS, MaglevGroup, NodeConfig,
-    PROTO_TCP, PROTO_UDP, Stat, StatCounters, VIP_FILTER_SIZE, VIP_FLAG_HASH_SOURCE_ONLY, VipAddrKey, VipAddrPolicy,
-    VipKey, VipMeta, addr_bucket, flow_hash, maglev_position, source_hash,
+    ADDR_FLAG_DROP_UNHASHABLE, BACKEND_FLAG_ACTIVE, BACKEND_FLAG_IPIP, Backend, BackendCounters, FILTER_NAT_BACKEND,
+    FILTER_NAT_POOL, FILTER_NAT_VIP, FILTER_VIP, FLOW_TABLE_SIZE, Flow, FlowKey, MAGLEV_TABLE_FLAGS, MAX_BACKENDS,
+    MAX_MAGLEV_GROUPS, MAX_VIP_ADDRS, MAX_VIPS, MaglevGroup, NODE_FLAG_DNAT_ONLY, NodeConfig, PROTO_TCP, PROTO_UDP,
+    Stat, StatCounters, VIP_FILTER_SIZE, VIP_FLAG_HASH_SOURCE_ONLY, VIP_FLAG_NAT, VipAddrKey, VipAddrPolicy, VipKey,
+    VipMeta, addr_bucket, flow_hash, maglev_position, source_hash,
 };
 use lb_ebpf::{
     forward::{encapsulate, rewrite_macs},
@@ -22,13 +23,16 @@ use lb_ebpf::{
     parse::{Frame, NotParsed, Packet, Quoted, parse},
 };
 
+mod nat_flows;
+
 #[btf_map]
 static XLB_VIPS: HashMap<VipKey, VipMeta, { MAX_VIPS as usize }> = HashMap::new();
 
 #[btf_map]
 static XLB_VIP_ADDRS: HashMap<VipAddrKey, VipAddrPolicy, { MAX_VIP_ADDRS as usize }> = HashMap::new();
 
-/// Non-zero where some VIP address falls (`addr_bucket`): a cheap first test for "not ours".
+/// `FILTER_*` bits where some VIP, pool or DNAT backend address falls (`addr_bucket`): a cheap
+/// first test for "not ours".
 #[btf_map]
 static XLB_VIP_FILTER: Array<u32, { VIP_FILTER_SIZE as usize }> = Array::new();
 
@@ -59,6 +63,21 @@ static XLB_NODE: Array<NodeConfig, 1> = Array::new();
 /// The global counters: one `StatCounters` per CPU, looked up once per packet.
 #[btf_map]
 static XLB_STATS: PerCpuArray<StatCounters, 1> = PerCpuArray::new();
+
+/// The packet being handled and its flow key: per-CPU scratch, because the BPF stack (512
+/// bytes over all nested calls) cannot hold them beside the NAT and DSR paths' own state.
+struct Scratch {
+    packet: Packet,
+    flow: FlowKey,
+}
+
+#[btf_map]
+static XLB_SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
+
+/// What a separately compiled path returns when the packet is not its business. (Those paths
+/// return a plain `u32`: an `Option` would come back through a stack pointer, which the
+/// verifier refuses.)
+const NOT_HANDLED: u32 = u32::MAX;
 
 /// This packet's view of this CPU's counters.
 #[derive(Clone, Copy)]
@@ -93,22 +112,40 @@ impl Counts {
 pub fn xlb_balancer(ctx: XdpContext) -> u32 {
     let Some(stats) = XLB_STATS.get_ptr_mut(0) else { return xdp_action::XDP_PASS };
     let counts = Counts(stats);
+    let Some(scratch) = XLB_SCRATCH.get_ptr_mut(0) else { return xdp_action::XDP_PASS };
+    // SAFETY: this CPU's scratch slot; XDP runs to completion, so only this packet uses it.
+    let Scratch { packet, flow } = unsafe { &mut *scratch };
     let frame = Frame::new(&ctx);
-    let frame_len = frame.len() as u64;
-    let packet = match parse(&frame) {
-        Ok(packet) => packet,
+    match parse(&frame, packet) {
+        Ok(()) => {}
         Err(NotParsed::Pass(stat)) => return counts.outcome(stat),
         Err(NotParsed::Unhashable { family, daddr }) => return counts.outcome(unhashable(family, daddr)),
-    };
-    if let Some(quoted) = packet.quoted
-        && let Some(action) = icmp_error_to_backend(&ctx, counts, &packet, &quoted, frame_len)
-    {
-        return action;
     }
-    if XLB_VIP_FILTER.get(addr_bucket(&packet.daddr)).is_none_or(|set| *set == 0) {
+    let packet = &*packet;
+    if let Some(quoted) = packet.quoted {
+        let action = icmp_error_to_backend(&ctx, counts, packet, &quoted);
+        if action != NOT_HANDLED {
+            return action;
+        }
+    }
+    let Some(node) = XLB_NODE.get(0) else { return counts.outcome(Stat::PassNotVip) };
+    let bits = XLB_VIP_FILTER.get(addr_bucket(&packet.daddr)).copied().unwrap_or(0);
+    let has_ports = packet.proto == PROTO_TCP || packet.proto == PROTO_UDP;
+    // NAT replies: to a pool address, or (DNAT only) from a backend to the client's address.
+    if has_ports
+        && (bits & FILTER_NAT_POOL != 0
+            || (node.flags & NODE_FLAG_DNAT_ONLY != 0
+                && XLB_VIP_FILTER.get(addr_bucket(&packet.saddr)).is_some_and(|b| b & FILTER_NAT_BACKEND != 0)))
+    {
+        let action = nat_flows::reply(&ctx, counts, packet);
+        if action != NOT_HANDLED {
+            return action;
+        }
+    }
+    if bits & (FILTER_VIP | FILTER_NAT_VIP) == 0 {
         return counts.outcome(Stat::PassNotVip);
     }
-    let flow = FlowKey {
+    *flow = FlowKey {
         saddr: packet.saddr,
         daddr: packet.daddr,
         sport: packet.sport,
@@ -117,6 +154,27 @@ pub fn xlb_balancer(ctx: XdpContext) -> u32 {
         family: packet.family,
         pad: 0,
     };
+    let flow = &*flow;
+    if bits & FILTER_NAT_VIP != 0 && has_ports {
+        let action = nat_flows::forward_known(&ctx, counts, packet, flow);
+        if action != NOT_HANDLED {
+            return action;
+        }
+        if let Some(meta) = find_vip(packet.daddr, packet.dport, packet.proto, packet.family)
+            && meta.flags & VIP_FLAG_NAT != 0
+        {
+            return nat_flows::forward_new(&ctx, counts, packet, flow, &meta);
+        }
+    }
+    direct(&ctx, counts, packet, flow, node)
+}
+
+/// Direct server return (dsr-l2, dsr-ipip): connection table, else the VIP's Maglev table. A
+/// separate BPF function so that its frame and NAT's never add up on the 512-byte stack.
+#[inline(never)]
+fn direct(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &FlowKey, node: &NodeConfig) -> u32 {
+    let frame_len = Frame::new(ctx).len() as u64;
+    let has_ports = packet.proto == PROTO_TCP || packet.proto == PROTO_UDP;
     let opens = if packet.proto == PROTO_UDP {
         Opens::Udp
     } else if packet.proto == PROTO_TCP && packet.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN {
@@ -124,19 +182,18 @@ pub fn xlb_balancer(ctx: XdpContext) -> u32 {
     } else {
         Opens::No
     };
-    let Some(node) = XLB_NODE.get(0) else { return counts.outcome(Stat::PassNotVip) };
     // An established flow needs only the connection table: its entry names a backend slot whose
     // generation proves the VIP still has that backend (removing a VIP retires its slots), and
     // the slot says how to send. SYNs skip this: they are almost always new.
-    let known = if opens != Opens::Syn && (packet.proto == PROTO_TCP || packet.proto == PROTO_UDP) {
+    let known = if opens != Opens::Syn && has_ports {
         // SAFETY: copied out; entries are replaced whole.
-        let known = unsafe { XLB_FLOWS.get(&flow) }.copied();
+        let known = unsafe { XLB_FLOWS.get(flow) }.copied();
         if let Some(entry) = known
             && let Some(backend) = live_backend(entry)
         {
             // Only encapsulation uses the hash (outer source, flow label).
-            let hash = if backend.flags & BACKEND_FLAG_IPIP != 0 { tuple_hash(&flow) } else { 0 };
-            return send(&ctx, counts, &packet, node, entry.backend, &backend, hash, false, true, frame_len);
+            let hash = if backend.flags & BACKEND_FLAG_IPIP != 0 { tuple_hash(flow) } else { 0 };
+            return send(ctx, counts, packet, node, entry.backend, &backend, hash, false, true, frame_len);
         }
         Lookup::Done(known)
     } else {
@@ -145,11 +202,11 @@ pub fn xlb_balancer(ctx: XdpContext) -> u32 {
     let Some(meta) = find_vip(packet.daddr, packet.dport, packet.proto, packet.family) else {
         return counts.outcome(Stat::PassNotVip);
     };
-    let hash = tuple_hash(&flow);
-    let Some(choice) = choose_backend(counts, &meta, &flow, hash, opens, known) else {
+    let hash = tuple_hash(flow);
+    let Some(choice) = choose_backend(counts, &meta, flow, hash, opens, known) else {
         return counts.outcome(Stat::DropNoBackend);
     };
-    send(&ctx, counts, &packet, node, choice.slot, &choice.backend, hash, choice.new_flow, true, frame_len)
+    send(ctx, counts, packet, node, choice.slot, &choice.backend, hash, choice.new_flow, true, frame_len)
 }
 
 /// The VIP serving `addr`, `port` (network order), `proto`: the exact port's, else a port-range
@@ -305,15 +362,16 @@ fn table_pick(meta: &VipMeta, flow: &FlowKey, hash: u32) -> Option<(u32, Backend
 }
 
 /// An ICMP fragmentation-needed / packet-too-big about a packet a backend sent from a VIP: it
-/// belongs to the backend that owns the flow (the quoted tuple, reversed).
+/// belongs to the backend that owns the flow (the quoted tuple, reversed). Rare, so not inlined:
+/// its locals stay off the balancer's frame.
+#[inline(never)]
+fn icmp_error_to_backend(ctx: &XdpContext, counts: Counts, packet: &Packet, quoted: &Quoted) -> u32 {
+    icmp_error_to_backend_inner(ctx, counts, packet, quoted).unwrap_or(NOT_HANDLED)
+}
+
 #[inline(always)]
-fn icmp_error_to_backend(
-    ctx: &XdpContext,
-    counts: Counts,
-    packet: &Packet,
-    quoted: &Quoted,
-    frame_len: u64,
-) -> Option<u32> {
+fn icmp_error_to_backend_inner(ctx: &XdpContext, counts: Counts, packet: &Packet, quoted: &Quoted) -> Option<u32> {
+    let frame_len = Frame::new(ctx).len() as u64;
     let meta = find_vip(quoted.saddr, quoted.sport, quoted.proto, packet.family)?;
     let flow = FlowKey {
         saddr: quoted.daddr,

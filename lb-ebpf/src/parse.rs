@@ -81,6 +81,15 @@ pub struct Packet {
     pub quoted: Option<Quoted>,
 }
 
+impl Packet {
+    /// `l3`, bounded for the verifier: a packet kept in map memory loses what the verifier knew
+    /// of its fields, and a packet offset must be provably small.
+    #[inline(always)]
+    pub fn l3(&self) -> usize {
+        self.l3 & 0x1f
+    }
+}
+
 /// Why a frame is not a [`Packet`]: the counter to bump.
 pub enum NotParsed {
     /// Count and pass.
@@ -89,9 +98,12 @@ pub enum NotParsed {
     Unhashable { family: u8, daddr: [u32; 4] },
 }
 
-/// Parses Ethernet (one optional 802.1Q tag), IPv4/IPv6 and TCP/UDP/ICMP headers.
-#[inline(always)]
-pub fn parse(frame: &Frame) -> Result<Packet, NotParsed> {
+/// Parses Ethernet (one optional 802.1Q tag), IPv4/IPv6 and TCP/UDP/ICMP headers into `out`
+/// (which may be scratch memory: the balancer keeps its packet in a per-CPU map, off its
+/// 512-byte stack). Not inlined: its many live values would otherwise stay on the balancer's
+/// frame below every nested call.
+#[inline(never)]
+pub fn parse(frame: &Frame, out: &mut Packet) -> Result<(), NotParsed> {
     let eth: *const EthHdr = frame.at(0).ok_or(NotParsed::Pass(Stat::TruncatedEth))?;
     // SAFETY: `at` checked that the EthHdr lies inside the frame.
     let mut ether_type = u16::from_be(unsafe { (*eth).ether_type });
@@ -103,14 +115,14 @@ pub fn parse(frame: &Frame) -> Result<Packet, NotParsed> {
         l3 += size_of::<VlanHdr>();
     }
     match ether_type {
-        ETH_P_IPV4 => parse_ipv4(frame, l3),
-        ETH_P_IPV6 => parse_ipv6(frame, l3),
+        ETH_P_IPV4 => parse_ipv4(frame, l3, out),
+        ETH_P_IPV6 => parse_ipv6(frame, l3, out),
         _ => Err(NotParsed::Pass(Stat::PassNotIp)),
     }
 }
 
 #[inline(always)]
-fn parse_ipv4(frame: &Frame, l3: usize) -> Result<Packet, NotParsed> {
+fn parse_ipv4(frame: &Frame, l3: usize, out: &mut Packet) -> Result<(), NotParsed> {
     let ip: *const Ipv4Hdr = frame.at(l3).ok_or(NotParsed::Pass(Stat::TruncatedIpv4))?;
     // SAFETY: bounds checked by `at`; all reads below stay inside the 20-byte header.
     let (version_ihl, tos, total_len, frag_off, proto, saddr, daddr) = unsafe {
@@ -142,7 +154,7 @@ fn parse_ipv4(frame: &Frame, l3: usize) -> Result<Packet, NotParsed> {
         // or its fragments would go elsewhere.
         return Err(NotParsed::Unhashable { family: FAMILY_V4, daddr });
     }
-    let mut packet = Packet {
+    *out = Packet {
         family: FAMILY_V4,
         proto,
         l3,
@@ -157,12 +169,11 @@ fn parse_ipv4(frame: &Frame, l3: usize) -> Result<Packet, NotParsed> {
         tcp_flags: 0,
         quoted: None,
     };
-    parse_l4(frame, l3 + header_len, l3 + total_len, &mut packet)?;
-    Ok(packet)
+    parse_l4(frame, l3 + header_len, l3 + total_len, out)
 }
 
 #[inline(always)]
-fn parse_ipv6(frame: &Frame, l3: usize) -> Result<Packet, NotParsed> {
+fn parse_ipv6(frame: &Frame, l3: usize, out: &mut Packet) -> Result<(), NotParsed> {
     let ip: *const Ipv6Hdr = frame.at(l3).ok_or(NotParsed::Pass(Stat::TruncatedIpv6))?;
     // SAFETY: bounds checked by `at`.
     let (version_tc_flow, payload_len, next_hdr, saddr, daddr) = unsafe {
@@ -179,7 +190,7 @@ fn parse_ipv6(frame: &Frame, l3: usize) -> Result<Packet, NotParsed> {
     if is_ipv6_extension(next_hdr) {
         return Err(NotParsed::Unhashable { family: FAMILY_V6, daddr });
     }
-    let mut packet = Packet {
+    *out = Packet {
         family: FAMILY_V6,
         proto: next_hdr,
         l3,
@@ -194,8 +205,7 @@ fn parse_ipv6(frame: &Frame, l3: usize) -> Result<Packet, NotParsed> {
         tcp_flags: 0,
         quoted: None,
     };
-    parse_l4(frame, l4, ip_end, &mut packet)?;
-    Ok(packet)
+    parse_l4(frame, l4, ip_end, out)
 }
 
 /// Checks the transport header at `l4` lies within both the frame and the IP datagram ending at

@@ -18,7 +18,7 @@ use crate::{
     admin::{self, ReloadOutcome, Reply, Request, Status},
     bgp::{Announce, PeerStatus, Speaker},
     config::{self, Config},
-    dataplane::{self, AttachMode, Attached, DataplaneError, Loaded, Maps},
+    dataplane::{self, AttachMode, Attached, DataplaneError, Loaded, Maps, TableSizes},
     desired::{self, BackendRef, BackendStates, DesiredState, NodeFacts},
     health::{Checker, HealthMap, Target},
     iface, metrics,
@@ -64,7 +64,7 @@ struct State {
     maps: Maps,
     reconciler: Reconciler,
     facts: NodeFacts,
-    flow_table_size: u32,
+    sizes: TableSizes,
     config: Config,
     states: BackendStates,
     health: HealthMap,
@@ -171,10 +171,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .unwrap_or_else(|| PathBuf::from(admin::DEFAULT_SOCKET));
     let metrics_listen = opts.metrics_listen.or(config.agent.metrics_listen);
     let facts = iface::facts(&opts.iface).with_context(|| format!("reading interface {}", opts.iface))?;
-    let flow_table_size = config.node.flow_table_size;
+    let sizes = TableSizes::of(&config.node);
     let pin_dir = opts.iface_pin_dir();
     let (mut program, maps, adopted) =
-        Loaded::balancer_pinned(flow_table_size, &pin_dir).context("loading the XDP data plane")?;
+        Loaded::balancer_pinned(sizes, &pin_dir).context("loading the XDP data plane")?;
     let reconciler = if adopted {
         let reconciler = Reconciler::adopt(&maps).context("reading the pinned data plane")?;
         tracing::info!(dir = %pin_dir.display(), vips = reconciler.applied().len(), "adopted the pinned data plane; established flows keep their backends");
@@ -193,7 +193,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         maps,
         reconciler,
         facts,
-        flow_table_size,
+        sizes,
         config,
         states,
         health: health_rx.borrow_and_update().clone(),
@@ -422,11 +422,11 @@ fn reload(opts: &RunOptions, state: &mut State, checker: &mut Checker, resolver:
     if config.agent != state.config.agent {
         tracing::warn!("agent.admin_socket / agent.metrics_listen changes take effect at the next start");
     }
-    if config.node.flow_table_size != state.flow_table_size {
+    if TableSizes::of(&config.node) != state.sizes {
         tracing::warn!(
-            running = state.flow_table_size,
-            configured = config.node.flow_table_size,
-            "node.flow_table_size changes need a restart with the pinned maps removed (`xlb detach --forget-flows`); keeping the running size"
+            running = ?state.sizes,
+            configured = ?TableSizes::of(&config.node),
+            "node.flow_table_size / nat_table_size changes need a restart with the pinned maps removed (`xlb detach --forget-flows`); keeping the running sizes"
         );
     }
     checker.replace(health_targets(&config));

@@ -28,6 +28,26 @@ pub struct Config {
     pub bgp: Option<BgpConfig>,
     /// The agent's own listeners; command-line flags override them.
     pub agent: AgentListeners,
+    /// Source-address pools of `mode: nat` VIPs, sorted by name (the index is the pool's id).
+    pub nat_pools: Vec<NatPool>,
+}
+
+/// `nat_pools:` entry: connections that a NAT VIP opens to its backends leave from one of
+/// `addresses` and a port in `ports`. The node must receive traffic for these addresses (they
+/// are usually assigned to its interface).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatPool {
+    pub name: String,
+    pub addresses: Vec<IpAddr>,
+    pub port_first: u16,
+    pub port_last: u16,
+}
+
+impl NatPool {
+    /// Concurrent flows the pool holds toward one backend address and port.
+    pub fn capacity(&self) -> u64 {
+        self.addresses.len() as u64 * (u64::from(self.port_last) - u64::from(self.port_first) + 1)
+    }
 }
 
 /// `agent:`: where the agent listens. Read at start (changing them needs a restart).
@@ -170,6 +190,13 @@ pub struct Node {
     pub mtu: Option<u32>,
     /// Connection-table entries.
     pub flow_table_size: u32,
+    /// Entries of each NAT table (forward and reverse): concurrent NAT flows.
+    pub nat_table_size: u32,
+    /// NAT flows idle this long expire: established TCP, TCP after FIN/RST or before the
+    /// backend answered, UDP.
+    pub nat_tcp_timeout: Duration,
+    pub nat_closing_timeout: Duration,
+    pub nat_udp_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -191,11 +218,16 @@ pub struct Vip {
     pub health_check: Option<HealthCheck>,
     /// With fewer healthy backends than this the VIP counts as down.
     pub min_healthy: u32,
+    /// `mode: nat`: the name of its source-address pool; none for DNAT only (the client's
+    /// address reaches the backend, which must route its replies through this node).
+    pub snat_pool: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Backend {
     pub address: IpAddr,
+    /// `mode: nat`: the port at the backend; the client's destination port when absent.
+    pub port: Option<u16>,
     pub weight: u32,
     pub mac: Option<Mac>,
     /// Replaces the VIP's check for this backend (typically to probe another port).
@@ -252,6 +284,8 @@ pub enum Mode {
     DsrL2,
     /// Encapsulate (IPIP, IP6IP6, IPv4-in-IPv6) toward the backend.
     DsrIpip,
+    /// Translate addresses and ports both ways: full NAT through `snat_pool`, or DNAT only.
+    Nat,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -325,6 +359,7 @@ impl fmt::Display for Mode {
         f.write_str(match self {
             Mode::DsrL2 => "dsr-l2",
             Mode::DsrIpip => "dsr-ipip",
+            Mode::Nat => "nat",
         })
     }
 }
@@ -403,6 +438,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
         "m" => n.checked_mul(60).map(Duration::from_secs).ok_or_else(bad),
+        "h" => n.checked_mul(3600).map(Duration::from_secs).ok_or_else(bad),
         _ => Err(bad()),
     }
 }
@@ -462,6 +498,17 @@ struct RawConfig {
     bgp: Option<Spanned<RawBgp>>,
     #[serde(default)]
     agent: AgentListeners,
+    #[serde(default)]
+    nat_pools: Vec<Spanned<RawNatPool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNatPool {
+    name: String,
+    #[serde(default)]
+    addresses: Vec<IpAddr>,
+    ports: Option<Ports>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -511,6 +558,10 @@ struct RawNode {
     tunnel_source_v6: Option<Prefix>,
     mtu: Option<u32>,
     flow_table_size: Option<u32>,
+    nat_table_size: Option<u32>,
+    nat_tcp_timeout: Option<RawScalar>,
+    nat_closing_timeout: Option<RawScalar>,
+    nat_udp_timeout: Option<RawScalar>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -531,12 +582,14 @@ struct RawVip {
     backends: Vec<Spanned<RawBackend>>,
     health_check: Option<Spanned<RawHealthCheck>>,
     min_healthy: Option<u32>,
+    snat_pool: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawBackend {
     address: IpAddr,
+    port: Option<u16>,
     weight: Option<u32>,
     mac: Option<Mac>,
     health_check: Option<Spanned<RawHealthCheck>>,
@@ -618,6 +671,11 @@ const DEFAULT_CONNECT_RETRY: Duration = Duration::from_secs(5);
 const DEFAULT_RESTART_TIME: Duration = Duration::from_secs(120);
 const DEFAULT_WITHDRAW_GRACE: Duration = Duration::from_secs(5);
 const BGP_PORT: u16 = 179;
+/// NAT idle timeouts (like conntrack's, shorter for established TCP: an L4 balancer's flows
+/// are usually short, and a dead flow holds a pool port).
+const DEFAULT_NAT_TCP_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+const DEFAULT_NAT_CLOSING_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_NAT_UDP_TIMEOUT: Duration = Duration::from_secs(60);
 /// 4-octet AS numbers are carried as this in 2-octet fields (RFC 6793); no one may use it.
 const AS_TRANS: u32 = 23456;
 /// The graceful restart capability carries the restart time in 12 bits.
@@ -663,6 +721,7 @@ impl Checker<'_> {
             None => (RawNode::default(), serde_saphyr::Location::UNKNOWN),
         };
         let node = self.check_node(raw_node, &node_at)?;
+        let nat_pools = self.check_pools(raw.nat_pools)?;
 
         if raw.vips.len() > lb_common::MAX_VIPS as usize {
             let at = raw.vips[lb_common::MAX_VIPS as usize].referenced;
@@ -683,7 +742,7 @@ impl Checker<'_> {
         let mut vips = Vec::with_capacity(raw.vips.len());
         for (i, spanned) in raw.vips.into_iter().enumerate() {
             let at = spanned.referenced;
-            let vip = self.check_vip(i, spanned.value, &at, &node)?;
+            let vip = self.check_vip(i, spanned.value, &at, &node, &nat_pools)?;
             if let Some(line) = names.insert(vip.name.clone(), at.line()) {
                 return Err(self.err(
                     &at,
@@ -736,7 +795,8 @@ impl Checker<'_> {
             Some(b) => Some(self.check_bgp(b.value, &b.referenced)?),
             None => None,
         };
-        Ok(Config { node, vips, bgp, agent: raw.agent })
+        self.check_pool_addresses(&nat_pools, &vips)?;
+        Ok(Config { node, vips, bgp, agent: raw.agent, nat_pools })
     }
 
     fn check_as(&self, at: &serde_saphyr::Location, field: &str, asn: u32) -> Result<u32, ConfigError> {
@@ -1027,6 +1087,24 @@ impl Checker<'_> {
         if !(1024..=MAX_FLOW_TABLE_SIZE).contains(&flow_table_size) {
             return Err(self.err(at, "node.flow_table_size", format!("must be 1024..={MAX_FLOW_TABLE_SIZE}")));
         }
+        let nat_table_size = raw.nat_table_size.unwrap_or(lb_common::NAT_TABLE_SIZE);
+        if !(1024..=MAX_FLOW_TABLE_SIZE).contains(&nat_table_size) {
+            return Err(self.err(at, "node.nat_table_size", format!("must be 1024..={MAX_FLOW_TABLE_SIZE}")));
+        }
+        let timeout = |name: &str, value: Option<RawScalar>, default: Duration| -> Result<Duration, ConfigError> {
+            let field = format!("node.{name}");
+            let d = match value {
+                None => return Ok(default),
+                Some(RawScalar(text)) => parse_duration(&text).map_err(|m| self.err(at, &field, m))?,
+            };
+            if d < Duration::from_secs(1) || d > Duration::from_secs(u64::from(u32::MAX)) {
+                return Err(self.err(at, &field, "NAT timeouts count whole seconds: use 1s or more (e.g. 30s, 15m, 2h)"));
+            }
+            Ok(d)
+        };
+        let nat_tcp_timeout = timeout("nat_tcp_timeout", raw.nat_tcp_timeout, DEFAULT_NAT_TCP_TIMEOUT)?;
+        let nat_closing_timeout = timeout("nat_closing_timeout", raw.nat_closing_timeout, DEFAULT_NAT_CLOSING_TIMEOUT)?;
+        let nat_udp_timeout = timeout("nat_udp_timeout", raw.nat_udp_timeout, DEFAULT_NAT_UDP_TIMEOUT)?;
         if raw.next_hop_v4.is_some_and(|a| !a.is_ipv4()) {
             return Err(self.err(at, "node.next_hop_v4", "must be an IPv4 address (the router's, on this link)"));
         }
@@ -1041,10 +1119,21 @@ impl Checker<'_> {
             tunnel_source_v6: raw.tunnel_source_v6,
             mtu: raw.mtu,
             flow_table_size,
+            nat_table_size,
+            nat_tcp_timeout,
+            nat_closing_timeout,
+            nat_udp_timeout,
         })
     }
 
-    fn check_vip(&self, i: usize, raw: RawVip, at: &serde_saphyr::Location, node: &Node) -> Result<Vip, ConfigError> {
+    fn check_vip(
+        &self,
+        i: usize,
+        raw: RawVip,
+        at: &serde_saphyr::Location,
+        node: &Node,
+        pools: &[NatPool],
+    ) -> Result<Vip, ConfigError> {
         let field = |name: &str| format!("vips[{i}].{name}");
         if raw.name.trim().is_empty() {
             return Err(self.err(
@@ -1074,6 +1163,7 @@ impl Checker<'_> {
             }
             _ => {}
         }
+        let pool = self.check_nat_mode(&raw, at, &field, pools)?;
         let table_size = raw.maglev_table_size.unwrap_or(DEFAULT_TABLE_SIZE);
         if table_size > lb_common::MAX_MAGLEV_TABLE_SIZE || !maglev::is_prime(table_size) {
             return Err(self.err(
@@ -1101,6 +1191,16 @@ impl Checker<'_> {
             if backends.iter().any(|o| o.address == b.address) {
                 return Err(self.err(&bat, bfield("address"), format!("{} is listed twice for this VIP", b.address)));
             }
+            if b.port.is_some() && raw.mode != Mode::Nat {
+                return Err(self.err(
+                    &bat,
+                    bfield("port"),
+                    "only mode: nat translates ports; direct server return keeps the VIP's port, so remove `port`",
+                ));
+            }
+            if b.port == Some(0) {
+                return Err(self.err(&bat, bfield("port"), "must be 1..=65535 (or absent: the client's destination port)"));
+            }
             match raw.mode {
                 Mode::DsrL2 => {
                     if b.address.is_ipv4() != raw.address.is_ipv4() {
@@ -1111,6 +1211,24 @@ impl Checker<'_> {
                         ));
                     }
                     // Without `mac`, the agent resolves the backend's address on the interface.
+                }
+                Mode::Nat => {
+                    if b.address.is_ipv4() != raw.address.is_ipv4() {
+                        return Err(self.err(
+                            &bat,
+                            bfield("address"),
+                            "NAT between address families is not supported: give the VIP backends of its own family",
+                        ));
+                    }
+                    if let Some(pool) = pool
+                        && pool.addresses[0].is_ipv4() != b.address.is_ipv4()
+                    {
+                        return Err(self.err(
+                            &bat,
+                            bfield("address"),
+                            format!("the pool `{}` has addresses of the other family than this backend", pool.name),
+                        ));
+                    }
                 }
                 Mode::DsrIpip => {
                     if raw.address.is_ipv6() && b.address.is_ipv4() {
@@ -1145,7 +1263,7 @@ impl Checker<'_> {
                 }
                 None => None,
             };
-            backends.push(Backend { address: b.address, weight, mac: b.mac, health_check });
+            backends.push(Backend { address: b.address, port: b.port, weight, mac: b.mac, health_check });
         }
         let health_check = match raw.health_check {
             Some(hc) => {
@@ -1186,7 +1304,100 @@ impl Checker<'_> {
             backends,
             health_check,
             min_healthy,
+            snat_pool: raw.snat_pool,
         })
+    }
+
+    /// `mode: nat` needs TCP or UDP; `snat_pool` needs `mode: nat` and a pool of that name.
+    fn check_nat_mode<'p>(
+        &self,
+        raw: &RawVip,
+        at: &serde_saphyr::Location,
+        field: &dyn Fn(&str) -> String,
+        pools: &'p [NatPool],
+    ) -> Result<Option<&'p NatPool>, ConfigError> {
+        if raw.mode != Mode::Nat {
+            if raw.snat_pool.is_some() {
+                return Err(self.err(at, field("snat_pool"), "only mode: nat uses a source pool; remove it or set mode: nat"));
+            }
+            return Ok(None);
+        }
+        if raw.protocol == Protocol::Icmp {
+            return Err(self.err(at, field("mode"), "NAT translates ports: use it with tcp or udp VIPs"));
+        }
+        let Some(name) = &raw.snat_pool else { return Ok(None) };
+        match pools.iter().find(|p| &p.name == name) {
+            Some(pool) => Ok(Some(pool)),
+            None => {
+                let known: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
+                Err(self.err(
+                    at,
+                    field("snat_pool"),
+                    format!(
+                        "no pool named `{name}` under nat_pools (known: {}); add it or fix the name",
+                        if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                    ),
+                ))
+            }
+        }
+    }
+
+    fn check_pools(&self, raw: Vec<Spanned<RawNatPool>>) -> Result<Vec<NatPool>, ConfigError> {
+        if raw.len() > lb_common::MAX_NAT_POOLS as usize {
+            return Err(self.err(
+                &raw[0].referenced,
+                "nat_pools",
+                format!("at most {} pools are supported", lb_common::MAX_NAT_POOLS),
+            ));
+        }
+        let mut pools: Vec<NatPool> = Vec::with_capacity(raw.len());
+        for (i, spanned) in raw.into_iter().enumerate() {
+            let (p, at) = (spanned.value, spanned.referenced);
+            let field = |name: &str| format!("nat_pools[{i}].{name}");
+            if p.name.trim().is_empty() || pools.iter().any(|o| o.name == p.name) {
+                return Err(self.err(&at, field("name"), "give every pool a unique, non-empty name"));
+            }
+            if p.addresses.is_empty() || p.addresses.len() > lb_common::MAX_POOL_ADDRS {
+                return Err(self.err(
+                    &at,
+                    field("addresses"),
+                    format!("list 1 to {} addresses of one family", lb_common::MAX_POOL_ADDRS),
+                ));
+            }
+            if p.addresses.iter().any(|a| a.is_ipv4() != p.addresses[0].is_ipv4()) {
+                return Err(self.err(&at, field("addresses"), "mixes IPv4 and IPv6; make one pool per family"));
+            }
+            if let Some((k, a)) = p.addresses.iter().enumerate().find(|(k, a)| p.addresses[..*k].contains(a)) {
+                return Err(self.err(&at, field(&format!("addresses[{k}]")), format!("{a} is listed twice")));
+            }
+            let Some(Ports(port_first, port_last)) = p.ports else {
+                return Err(self.err(&at, field("ports"), "required: the source ports to use, e.g. ports: 20000-59999"));
+            };
+            if port_first == 0 || port_last < port_first {
+                return Err(self.err(
+                    &at,
+                    field("ports"),
+                    format!("{port_first}-{port_last} is not a usable range; write first-last within 1..=65535, e.g. 20000-59999"),
+                ));
+            }
+            pools.push(NatPool { name: p.name, addresses: p.addresses, port_first, port_last });
+        }
+        pools.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(pools)
+    }
+
+    /// A pool address must not be a VIP's: replies to it are looked up as NAT replies first.
+    fn check_pool_addresses(&self, pools: &[NatPool], vips: &[Vip]) -> Result<(), ConfigError> {
+        for pool in pools {
+            if let Some(vip) = vips.iter().find(|v| pool.addresses.contains(&v.address)) {
+                return Err(self.err(
+                    &serde_saphyr::Location::UNKNOWN,
+                    format!("nat_pools.{}.addresses", pool.name),
+                    format!("{} is also the address of VIP `{}`; give the pool addresses of its own", vip.address, vip.name),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Validates a `health_check` block; `prefix` is its field path, and the VIP's protocol and

@@ -14,7 +14,8 @@ use aya::{
 };
 use lb_common::{
     Backend, BackendCounters, DecapStat, Flow, FlowKey, MAGLEV_GROUP, MAGLEV_NO_BACKEND, MAGLEV_TABLE_FLAGS,
-    MaglevGroup, NodeConfig, Stat, StatCounters, VipAddrKey, VipAddrPolicy, VipKey, VipMeta, maps, programs,
+    MaglevGroup, NatFlow, NatPool, NatReverse, NodeConfig, Stat, StatCounters, VipAddrKey, VipAddrPolicy, VipKey,
+    VipMeta, maps, programs,
 };
 
 /// The balancer object (lb-ebpf's `xlb-balancer` binary), built by build.rs.
@@ -91,6 +92,9 @@ pub struct Maps {
     flows: HashMap<MapData, FlowKey, Flow>,
     node: Array<MapData, NodeConfig>,
     stats: PerCpuArray<MapData, StatCounters>,
+    nat_pools: Array<MapData, NatPool>,
+    nat_flows: HashMap<MapData, FlowKey, NatFlow>,
+    nat_reverse: HashMap<MapData, FlowKey, NatReverse>,
     cpus: usize,
 }
 
@@ -112,6 +116,9 @@ impl Maps {
             flows: take(ebpf, maps::FLOWS)?,
             node: take(ebpf, maps::NODE)?,
             stats: take(ebpf, maps::STATS)?,
+            nat_pools: take(ebpf, maps::NAT_POOLS)?,
+            nat_flows: take(ebpf, maps::NAT_FLOWS)?,
+            nat_reverse: take(ebpf, maps::NAT_REVERSE)?,
             cpus: cpus()?,
         })
     }
@@ -207,19 +214,52 @@ impl Maps {
         self.vip_addrs.remove(key).map_err(map_err(maps::VIP_ADDRS))
     }
 
-    pub(crate) fn set_filter(&mut self, bucket: u32, set: bool) -> Result<(), DataplaneError> {
-        self.vip_filter.set(bucket, &u32::from(set), 0).map_err(map_err(maps::VIP_FILTER))
+    pub(crate) fn set_filter(&mut self, bucket: u32, bits: u32) -> Result<(), DataplaneError> {
+        self.vip_filter.set(bucket, &bits, 0).map_err(map_err(maps::VIP_FILTER))
     }
 
-    /// The pre-filter buckets that are set.
-    pub fn filter_buckets(&self) -> Result<Vec<u32>, DataplaneError> {
+    /// The pre-filter buckets that are set, with their bits.
+    pub fn filter_buckets(&self) -> Result<Vec<(u32, u32)>, DataplaneError> {
         let mut set = Vec::new();
         for bucket in 0..lb_common::VIP_FILTER_SIZE {
-            if self.vip_filter.get(&bucket, 0).map_err(map_err(maps::VIP_FILTER))? != 0 {
-                set.push(bucket);
+            let bits = self.vip_filter.get(&bucket, 0).map_err(map_err(maps::VIP_FILTER))?;
+            if bits != 0 {
+                set.push((bucket, bits));
             }
         }
         Ok(set)
+    }
+
+    pub(crate) fn set_nat_pool(&mut self, id: u32, pool: &NatPool) -> Result<(), DataplaneError> {
+        self.nat_pools.set(id, pool, 0).map_err(map_err(maps::NAT_POOLS))
+    }
+
+    /// The NAT pools that have addresses, by id.
+    pub fn nat_pools(&self) -> Result<Vec<(u32, NatPool)>, DataplaneError> {
+        let mut pools = Vec::new();
+        for id in 0..lb_common::MAX_NAT_POOLS {
+            let pool = self.nat_pools.get(&id, 0).map_err(map_err(maps::NAT_POOLS))?;
+            if pool.addr_count != 0 {
+                pools.push((id, pool));
+            }
+        }
+        Ok(pools)
+    }
+
+    /// The NAT reverse table: one entry per NAT flow, keyed by the backend's side.
+    pub fn nat_reverse_entries(&self) -> Vec<(FlowKey, NatReverse)> {
+        self.nat_reverse.iter().filter_map(Result::ok).collect()
+    }
+
+    /// A NAT flow by its client-side key.
+    pub fn nat_flow(&self, key: &FlowKey) -> Option<NatFlow> {
+        self.nat_flows.get(key, 0).ok()
+    }
+
+    /// Removes both entries of an expired NAT flow (either may be gone already).
+    pub(crate) fn remove_nat_flow(&mut self, forward: &FlowKey, reverse: &FlowKey) {
+        let _ = self.nat_flows.remove(forward);
+        let _ = self.nat_reverse.remove(reverse);
     }
 
     pub(crate) fn set_backend(&mut self, slot: u32, backend: &Backend) -> Result<(), DataplaneError> {
@@ -377,6 +417,26 @@ pub fn detach_pinned(link_path: &Path) -> Result<bool, DataplaneError> {
 }
 
 /// A loaded XDP object: one program plus (for the balancer and decap) its maps.
+/// Sizes of the balancer's tables, fixed when it is loaded (`node.flow_table_size`,
+/// `node.nat_table_size`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableSizes {
+    pub flows: u32,
+    pub nat: u32,
+}
+
+impl TableSizes {
+    pub fn of(node: &crate::config::Node) -> Self {
+        Self { flows: node.flow_table_size, nat: node.nat_table_size }
+    }
+}
+
+impl Default for TableSizes {
+    fn default() -> Self {
+        Self { flows: lb_common::FLOW_TABLE_SIZE, nat: lb_common::NAT_TABLE_SIZE }
+    }
+}
+
 #[derive(Debug)]
 pub struct Loaded {
     ebpf: Ebpf,
@@ -384,10 +444,14 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    /// Loads the balancer object with a connection table of `flow_table_size` entries and
-    /// verifies its program; returns it with its maps.
-    pub fn balancer(flow_table_size: u32) -> Result<(Self, Maps), DataplaneError> {
-        let mut loaded = Self::load(BALANCER_OBJECT, programs::BALANCER, &[(maps::FLOWS, flow_table_size)])?;
+    /// Loads the balancer object with tables of the given sizes and verifies its program;
+    /// returns it with its maps.
+    pub fn balancer(sizes: TableSizes) -> Result<(Self, Maps), DataplaneError> {
+        let mut loaded = Self::load(
+            BALANCER_OBJECT,
+            programs::BALANCER,
+            &[(maps::FLOWS, sizes.flows), (maps::NAT_FLOWS, sizes.nat), (maps::NAT_REVERSE, sizes.nat)],
+        )?;
         let maps = Maps::take(&mut loaded.ebpf)?;
         Ok((loaded, maps))
     }
@@ -395,7 +459,7 @@ impl Loaded {
     /// Loads the balancer with its maps pinned under `dir` (one directory per interface): maps a
     /// previous agent pinned there are reused as they are — connection table, counters, tables
     /// — and the rest are created and pinned. Returns whether maps were adopted.
-    pub fn balancer_pinned(flow_table_size: u32, dir: &Path) -> Result<(Self, Maps, bool), DataplaneError> {
+    pub fn balancer_pinned(sizes: TableSizes, dir: &Path) -> Result<(Self, Maps, bool), DataplaneError> {
         mount_bpffs_if_missing(dir)?;
         std::fs::create_dir_all(dir).map_err(|source| DataplaneError::Pin { path: dir.to_owned(), source })?;
         if !is_bpffs(dir) {
@@ -409,7 +473,9 @@ impl Loaded {
         let adopted = dir.join(maps::FLOWS).exists();
         let paths: Vec<(&'static str, PathBuf)> = maps::BALANCER.iter().map(|name| (*name, dir.join(name))).collect();
         let mut loaded = Self::load_with(BALANCER_OBJECT, programs::BALANCER, |loader| {
-            loader.map_max_entries(maps::FLOWS, flow_table_size);
+            loader.map_max_entries(maps::FLOWS, sizes.flows);
+            loader.map_max_entries(maps::NAT_FLOWS, sizes.nat);
+            loader.map_max_entries(maps::NAT_REVERSE, sizes.nat);
             for (name, path) in &paths {
                 loader.map_pin_path(name, path.as_path());
             }

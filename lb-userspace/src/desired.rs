@@ -11,9 +11,10 @@ use std::{
 };
 
 use lb_common::{
-    ADDR_FLAG_DROP_UNHASHABLE, BACKEND_FLAG_IPIP, FAMILY_V4, FAMILY_V6, NODE_FLAG_TUNNEL_V4, NODE_FLAG_TUNNEL_V6,
-    NodeConfig, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, VIP_FLAG_HASH_SOURCE_ONLY, VipAddrKey, VipAddrPolicy,
-    VipKey,
+    ADDR_FLAG_DROP_UNHASHABLE, BACKEND_FLAG_IPIP, FAMILY_V4, FAMILY_V6, FILTER_NAT_BACKEND, FILTER_NAT_POOL,
+    FILTER_NAT_VIP, FILTER_VIP, MAX_POOL_ADDRS, NAT_NO_POOL, NODE_FLAG_DNAT_ONLY, NODE_FLAG_TUNNEL_V4,
+    NODE_FLAG_TUNNEL_V6, NatPool, NodeConfig, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+    VIP_FLAG_HASH_SOURCE_ONLY, VIP_FLAG_NAT, VipAddrKey, VipAddrPolicy, VipKey, addr_bucket,
 };
 
 use crate::config::{Backend, Config, HashFields, Mode, Prefix, Protocol, Unhashable, Vip};
@@ -58,6 +59,8 @@ pub struct DesiredBackend {
     pub drained: bool,
     /// Whether `mac` is known (configured or resolved); a backend without one takes no flows.
     pub mac_known: bool,
+    /// NAT: the port at the backend (network order); 0 keeps the client's destination port.
+    pub port: u16,
 }
 
 /// One VIP as the data plane should serve it.
@@ -75,6 +78,8 @@ pub struct DesiredVip {
     /// Healthy, undrained backends below this count make the VIP down (withdrawn from BGP);
     /// the data plane keeps serving it with whatever is left.
     pub min_healthy: u32,
+    /// NAT: the id of its source pool (`NAT_NO_POOL`: DNAT only, or not NAT).
+    pub pool: u32,
 }
 
 impl DesiredVip {
@@ -95,6 +100,10 @@ pub struct DesiredState {
     pub node: NodeConfig,
     pub vips: BTreeMap<VipKey, DesiredVip>,
     pub addrs: BTreeMap<VipAddrKey, VipAddrPolicy>,
+    /// NAT pools by id (the index in `Config::nat_pools`).
+    pub pools: BTreeMap<u32, NatPool>,
+    /// Pre-filter buckets and their `FILTER_*` bits.
+    pub filter: BTreeMap<u32, u32>,
 }
 
 impl DesiredState {
@@ -114,8 +123,44 @@ impl DesiredState {
                 (VipAddrKey { addr, family, pad: [0; 3] }, VipAddrPolicy { flags })
             })
             .collect();
-        Self { node: node_config(config, facts), vips, addrs }
+        let pools = config.nat_pools.iter().enumerate().map(|(id, pool)| (id as u32, nat_pool(pool))).collect();
+        Self { node: node_config(config, facts), vips, addrs, pools, filter: filter(config) }
     }
+}
+
+/// A configured pool as the data plane keeps it.
+fn nat_pool(pool: &crate::config::NatPool) -> NatPool {
+    let mut out = NatPool {
+        addr_count: pool.addresses.len().min(MAX_POOL_ADDRS) as u32,
+        port_first: u32::from(pool.port_first),
+        port_count: u32::from(pool.port_last) - u32::from(pool.port_first) + 1,
+        ..Default::default()
+    };
+    for (slot, addr) in out.addrs.iter_mut().zip(&pool.addresses) {
+        (*slot, _) = ip_words(*addr);
+        out.family = u32::from(ip_words(*addr).1);
+    }
+    out
+}
+
+/// The pre-filter: which kinds of address fall in each bucket.
+fn filter(config: &Config) -> BTreeMap<u32, u32> {
+    let mut filter = BTreeMap::new();
+    let mut mark = |addr: IpAddr, bit: u32| *filter.entry(addr_bucket(&ip_words(addr).0)).or_insert(0) |= bit;
+    for vip in &config.vips {
+        mark(vip.address, if vip.mode == Mode::Nat { FILTER_NAT_VIP } else { FILTER_VIP });
+        if vip.mode == Mode::Nat && vip.snat_pool.is_none() {
+            for backend in &vip.backends {
+                mark(backend.address, FILTER_NAT_BACKEND);
+            }
+        }
+    }
+    for pool in &config.nat_pools {
+        for addr in &pool.addresses {
+            mark(*addr, FILTER_NAT_POOL);
+        }
+    }
+    filter
 }
 
 /// Where frames for `backend` go at L2, when it has no `mac` of its own: the address whose
@@ -127,8 +172,8 @@ pub fn mac_source(vip: &Vip, backend: &Backend, config: &Config) -> Option<IpAdd
     }
     match vip.mode {
         Mode::DsrL2 => Some(backend.address),
-        Mode::DsrIpip if config.node.next_hop_mac.is_some() => None,
-        Mode::DsrIpip => {
+        Mode::DsrIpip | Mode::Nat if config.node.next_hop_mac.is_some() => None,
+        Mode::DsrIpip | Mode::Nat => {
             let router = if backend.address.is_ipv4() { config.node.next_hop_v4 } else { config.node.next_hop_v6 };
             Some(router.unwrap_or(backend.address))
         }
@@ -164,6 +209,7 @@ fn desired_vip(vip: &Vip, config: &Config, states: &BackendStates) -> DesiredVip
                 up,
                 drained,
                 mac_known: mac.is_some(),
+                port: b.port.unwrap_or(0).to_be(),
             }
         })
         .collect();
@@ -171,11 +217,17 @@ fn desired_vip(vip: &Vip, config: &Config, states: &BackendStates) -> DesiredVip
         name: vip.name.clone(),
         endpoint: vip.endpoint(),
         ports: (vip.port, vip.port_last),
-        flags: if vip.hash == HashFields::SourceIp { VIP_FLAG_HASH_SOURCE_ONLY } else { 0 },
+        flags: if vip.hash == HashFields::SourceIp { VIP_FLAG_HASH_SOURCE_ONLY } else { 0 }
+            | if vip.mode == Mode::Nat { VIP_FLAG_NAT } else { 0 },
         backend_flags: match vip.mode {
-            Mode::DsrL2 => 0,
+            Mode::DsrL2 | Mode::Nat => 0,
             Mode::DsrIpip => BACKEND_FLAG_IPIP,
         },
+        pool: vip
+            .snat_pool
+            .as_ref()
+            .and_then(|name| config.nat_pools.iter().position(|p| &p.name == name))
+            .map_or(NAT_NO_POOL, |id| id as u32),
         table_size: vip.table_size,
         backends,
         min_healthy: vip.min_healthy,
@@ -183,8 +235,18 @@ fn desired_vip(vip: &Vip, config: &Config, states: &BackendStates) -> DesiredVip
 }
 
 fn node_config(config: &Config, facts: &NodeFacts) -> NodeConfig {
-    let mut node =
-        NodeConfig { iface_mac: facts.iface_mac, mtu: config.node.mtu.unwrap_or(facts.mtu), ..Default::default() };
+    let seconds = |d: std::time::Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+    let mut node = NodeConfig {
+        iface_mac: facts.iface_mac,
+        mtu: config.node.mtu.unwrap_or(facts.mtu),
+        nat_tcp_timeout: seconds(config.node.nat_tcp_timeout),
+        nat_closing_timeout: seconds(config.node.nat_closing_timeout),
+        nat_udp_timeout: seconds(config.node.nat_udp_timeout),
+        ..Default::default()
+    };
+    if config.vips.iter().any(|v| v.mode == Mode::Nat && v.snat_pool.is_none()) {
+        node.flags |= NODE_FLAG_DNAT_ONLY;
+    }
     if let Some(Prefix { address, len }) = config.node.tunnel_source_v4 {
         let (addr, _) = ip_words(address);
         node.tunnel_v4 = addr[0];
@@ -280,6 +342,7 @@ mod tests {
             table_size: 7,
             unhashable: Unhashable::Pass,
             port_last: port,
+            snat_pool: None,
             backends: vec![],
             health_check: None,
             min_healthy: 1,
@@ -324,9 +387,10 @@ mod tests {
         config.vips[0].mode = Mode::DsrIpip;
         config.node.next_hop_mac = Some("02:00:00:00:00:fe".parse().unwrap());
         config.vips[0].backends = vec![
-            Backend { address: "10.0.0.1".parse().unwrap(), weight: 2, mac: None, health_check: None },
+            Backend { address: "10.0.0.1".parse().unwrap(), weight: 2, mac: None, health_check: None, port: None },
             Backend {
                 address: "10.0.0.2".parse().unwrap(),
+                port: None,
                 weight: 1,
                 mac: Some("02:00:00:00:00:02".parse().unwrap()),
                 health_check: None,
@@ -345,6 +409,7 @@ mod tests {
             Config { node: Default::default(), vips: vec![vip("192.0.2.1", Protocol::Tcp, 80)], ..Default::default() };
         let backend = |a: &str, weight| Backend {
             address: a.parse().unwrap(),
+            port: None,
             weight,
             mac: Some("02:00:00:00:00:01".parse().unwrap()),
             health_check: None,
@@ -387,7 +452,7 @@ mod tests {
 
     #[test]
     fn backends_without_a_mac_take_the_resolved_one_or_no_flows() {
-        let backend = |a: &str| Backend { address: a.parse().unwrap(), weight: 1, mac: None, health_check: None };
+        let backend = |a: &str| Backend { address: a.parse().unwrap(), weight: 1, mac: None, health_check: None, port: None };
         let mut l2 = vip("192.0.2.1", Protocol::Tcp, 80);
         l2.backends = vec![backend("10.0.0.1"), backend("10.0.0.2")];
         let mut ipip = vip("192.0.2.2", Protocol::Tcp, 80);

@@ -9,11 +9,11 @@
 //! them, the table before the VIP that uses it, and retirement of backends (generation bump,
 //! so their flows re-hash) after the new table is in.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use lb_common::{
-    BACKEND_FLAG_ACTIVE, Backend, BackendCounters, MAX_BACKENDS, MAX_VIPS, NodeConfig, VipAddrKey, VipAddrPolicy,
-    VipKey, VipMeta, addr_bucket,
+    BACKEND_FLAG_ACTIVE, Backend, BackendCounters, MAX_BACKENDS, MAX_VIPS, NatPool, NodeConfig, VipAddrKey,
+    VipAddrPolicy, VipKey, VipMeta,
 };
 
 use crate::{
@@ -63,8 +63,10 @@ pub struct Reconciler {
     node: Option<NodeConfig>,
     vips: BTreeMap<VipKey, AppliedVip>,
     addrs: BTreeMap<VipAddrKey, VipAddrPolicy>,
-    /// Pre-filter buckets set for the VIP addresses in `addrs`.
-    filter: BTreeSet<u32>,
+    /// Pre-filter buckets and their bits.
+    filter: BTreeMap<u32, u32>,
+    /// NAT pools by id.
+    pools: BTreeMap<u32, NatPool>,
     /// Slots no VIP uses any more that are still to be marked retired in the map. A slot leaves
     /// its VIP's record when it is queued here, so a failed pass retries it next time and never
     /// retires it twice (by then it may belong to another backend).
@@ -80,7 +82,8 @@ impl Default for Reconciler {
             node: None,
             vips: BTreeMap::new(),
             addrs: BTreeMap::new(),
-            filter: BTreeSet::new(),
+            filter: BTreeMap::new(),
+            pools: BTreeMap::new(),
             to_retire: Vec::new(),
             // Pop from the end: lowest slots first.
             free_slots: (0..MAX_BACKENDS).rev().collect(),
@@ -104,6 +107,7 @@ impl Reconciler {
         let mut this =
             Self { node: Some(maps.node()?), addrs: maps.vip_addrs()?.into_iter().collect(), ..Self::default() };
         this.filter = maps.filter_buckets()?.into_iter().collect();
+        this.pools = maps.nat_pools()?.into_iter().collect();
         let mut by_vip: BTreeMap<u32, Vec<(u32, Backend)>> = BTreeMap::new();
         this.free_slots.clear();
         for slot in (0..MAX_BACKENDS).rev() {
@@ -132,6 +136,7 @@ impl Reconciler {
                     up: true,
                     drained: false,
                     mac_known: true,
+                    port: b.port,
                 })
                 .collect();
             let vip = DesiredVip {
@@ -143,6 +148,7 @@ impl Reconciler {
                 table_size: meta.table_size,
                 backends,
                 min_healthy: 0,
+                pool: meta.pool,
             };
             let slots = members.iter().map(|(slot, _)| *slot).collect();
             this.vips.insert(key, AppliedVip { meta, vip, slots, retired: BackendCounters::default() });
@@ -176,8 +182,10 @@ impl Reconciler {
             self.node = Some(desired.node);
         }
 
-        // Addresses first: a new VIP's pre-filter bucket is set before its VIP entry appears.
-        self.sync_addrs(&desired.addrs, maps)?;
+        // Addresses and pools first: a new VIP's pre-filter bucket and pool are in place before
+        // its VIP entry appears.
+        self.sync_addrs(desired, maps)?;
+        self.sync_pools(&desired.pools, maps)?;
 
         // What an earlier, failed pass left to retire.
         self.retire_queued(maps)
@@ -265,7 +273,14 @@ impl Reconciler {
             slots.push(self.take_slot(id, vip, backend, maps, fresh)?);
         }
         let table_size = self.write_table(id, vip, &slots, maps)?;
-        let meta = VipMeta { id, flags: vip.flags, table_size, port_first: vip.ports.0, port_last: vip.ports.1 };
+        let meta = VipMeta {
+            id,
+            flags: vip.flags,
+            table_size,
+            port_first: vip.ports.0,
+            port_last: vip.ports.1,
+            pool: vip.pool,
+        };
         maps.set_vip(key, &meta).map_err(write)?;
         self.vips.insert(*key, AppliedVip { meta, vip: vip.clone(), slots, retired: BackendCounters::default() });
         Ok(())
@@ -291,7 +306,8 @@ impl Reconciler {
             match old.vip.backends.iter().position(|b| b.identity == backend.identity) {
                 Some(i) => {
                     let slot = old.slots[i];
-                    if old.vip.backends[i].mac != backend.mac || old.vip.backend_flags != vip.backend_flags {
+                    let was = &old.vip.backends[i];
+                    if was.mac != backend.mac || was.port != backend.port || old.vip.backend_flags != vip.backend_flags {
                         self.write_backend(slot, old.meta.id, backend, vip.backend_flags, maps).map_err(write)?;
                     }
                     slots.push(slot);
@@ -306,6 +322,7 @@ impl Reconciler {
             table_size: old.meta.table_size,
             port_first: vip.ports.0,
             port_last: vip.ports.1,
+            pool: vip.pool,
         };
         if rebuild {
             // Index = hash % table_size must stay inside whichever table a packet sees: a growing
@@ -378,6 +395,8 @@ impl Reconciler {
                 flags: BACKEND_FLAG_ACTIVE | flags,
                 generation: self.generations[slot as usize],
                 vip_id,
+                port: backend.port,
+                pad: 0,
             },
         )
     }
@@ -395,11 +414,8 @@ impl Reconciler {
         Ok(())
     }
 
-    fn sync_addrs(
-        &mut self,
-        desired: &BTreeMap<VipAddrKey, VipAddrPolicy>,
-        maps: &mut Maps,
-    ) -> Result<(), ReconcileError> {
+    fn sync_addrs(&mut self, state: &DesiredState, maps: &mut Maps) -> Result<(), ReconcileError> {
+        let desired = &state.addrs;
         let write = |source| ReconcileError::Write { endpoint: "address policy".into(), source: Box::new(source) };
         let stale: Vec<VipAddrKey> = self.addrs.keys().filter(|k| !desired.contains_key(k)).copied().collect();
         for key in stale {
@@ -412,15 +428,34 @@ impl Reconciler {
                 self.addrs.insert(*key, *policy);
             }
         }
-        // The pre-filter follows the VIP addresses.
-        let buckets: BTreeSet<u32> = desired.keys().map(|k| addr_bucket(&k.addr)).collect();
-        for bucket in buckets.difference(&self.filter).copied().collect::<Vec<_>>() {
-            maps.set_filter(bucket, true).map_err(write)?;
-            self.filter.insert(bucket);
+        // The pre-filter follows the VIP, pool and DNAT backend addresses.
+        for (&bucket, &bits) in &state.filter {
+            if self.filter.get(&bucket) != Some(&bits) {
+                maps.set_filter(bucket, bits).map_err(write)?;
+                self.filter.insert(bucket, bits);
+            }
         }
-        for bucket in self.filter.difference(&buckets).copied().collect::<Vec<_>>() {
-            maps.set_filter(bucket, false).map_err(write)?;
+        let stale: Vec<u32> = self.filter.keys().filter(|b| !state.filter.contains_key(b)).copied().collect();
+        for bucket in stale {
+            maps.set_filter(bucket, 0).map_err(write)?;
             self.filter.remove(&bucket);
+        }
+        Ok(())
+    }
+
+    fn sync_pools(&mut self, desired: &BTreeMap<u32, NatPool>, maps: &mut Maps) -> Result<(), ReconcileError> {
+        let write = |source| ReconcileError::Write { endpoint: "NAT pools".into(), source: Box::new(source) };
+        for (&id, pool) in desired {
+            if self.pools.get(&id) != Some(pool) {
+                maps.set_nat_pool(id, pool).map_err(write)?;
+                self.pools.insert(id, *pool);
+            }
+        }
+        // A pool no VIP can name any more is emptied (its flows keep their sources).
+        let stale: Vec<u32> = self.pools.keys().filter(|id| !desired.contains_key(id)).copied().collect();
+        for id in stale {
+            maps.set_nat_pool(id, &NatPool::default()).map_err(write)?;
+            self.pools.remove(&id);
         }
         Ok(())
     }

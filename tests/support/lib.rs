@@ -11,7 +11,7 @@ pub mod topology;
 use lb_common::{BackendCounters, Stat};
 use xlb::{
     config::{self, Config},
-    dataplane::{Loaded, Maps},
+    dataplane::{Loaded, Maps, TableSizes},
     desired::{DesiredState, NodeFacts},
     reconcile::Reconciler,
     testrun::{self, Outcome},
@@ -141,6 +141,8 @@ pub const FACTS: NodeFacts = NodeFacts { iface_mac: packets::LB_MAC, mtu: 1500 }
 
 /// Connection-table size for harness instances (tests load many objects in parallel).
 pub const TEST_FLOW_TABLE_SIZE: u32 = 65536;
+/// NAT table size for harness instances.
+pub const TEST_NAT_TABLE_SIZE: u32 = 16384;
 
 /// The real balancer object, loaded and verified, with its maps filled by the agent's reconciler
 /// from a YAML config.
@@ -159,7 +161,8 @@ impl Balancer {
 
     pub fn with_flow_table(yaml: &str, flow_table_size: u32) -> Self {
         let config = parse_config(yaml);
-        let (program, mut maps) = Loaded::balancer(flow_table_size).expect("the XDP object loads and verifies");
+        let sizes = TableSizes { flows: flow_table_size, nat: TEST_NAT_TABLE_SIZE };
+        let (program, mut maps) = Loaded::balancer(sizes).expect("the XDP object loads and verifies");
         let mut reconciler = Reconciler::new();
         reconciler.apply(&DesiredState::new(&config, &FACTS), &mut maps).expect("maps accept the config");
         Self { program, maps, reconciler, config }

@@ -1,0 +1,397 @@
+//! NAT mode's flow state: the forward table (client 5-tuple → backend and source port), the
+//! reverse table (the backend's reply 5-tuple → client), and the claim of a source (address,
+//! port) from the VIP's pool — in XDP, without the agent on the path.
+//!
+//! A claim is an insert-if-absent on the reverse table: the reverse key is unique per (pool
+//! address, pool port, backend address, backend port, protocol), so two flows can never share a
+//! source toward one backend. Candidates are scanned from a hashed start over every (address,
+//! port) of the pool (alternating addresses), so the pool runs out exactly when it is full; a
+//! candidate held by an expired flow is taken over.
+
+use aya_ebpf::{
+    bindings::{BPF_EXIST, BPF_NOEXIST},
+    btf_maps::{Array, HashMap, PerCpuArray},
+    cty::c_void,
+    helpers::generated::{bpf_ktime_get_ns, bpf_loop},
+    macros::btf_map,
+    programs::XdpContext,
+};
+use lb_common::{
+    BACKEND_FLAG_ACTIVE, Backend, FlowKey, MAX_NAT_POOLS, NAT_FLAG_CLOSING, NAT_FLAG_REPLIED, NAT_NO_POOL,
+    NAT_TABLE_SIZE, NAT_TOUCH_NS, NatFlow, NatPool, NatReverse, NodeConfig, PROTO_TCP, PROTO_UDP, Stat, VipMeta,
+    nat_expired,
+};
+use lb_ebpf::{
+    headers::{EthHdr, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN},
+    nat::{Translation, translate},
+    parse::{Frame, Packet},
+};
+
+use crate::{Counts, NOT_HANDLED, XLB_BACKENDS, XLB_NODE, add_traffic, table_pick, tuple_hash};
+
+#[btf_map]
+static XLB_NAT_POOLS: Array<NatPool, { MAX_NAT_POOLS as usize }> = Array::new();
+
+/// Client 5-tuple → the flow's backend and source. Plain hash maps (sized by the agent), not
+/// LRU: an evicted entry would strand its port and break its flow; a full table is a counted
+/// drop of new flows instead, and expired entries are taken over or swept by the agent.
+#[btf_map]
+static XLB_NAT_FLOWS: HashMap<FlowKey, NatFlow, { NAT_TABLE_SIZE as usize }> = HashMap::new();
+
+/// Backend reply 5-tuple (backend → pool address and port) → the client side.
+#[btf_map]
+static XLB_NAT_REVERSE: HashMap<FlowKey, NatReverse, { NAT_TABLE_SIZE as usize }> = HashMap::new();
+
+/// Scratch space of the source claim (see `Claim`).
+#[btf_map]
+static XLB_NAT_CLAIM: PerCpuArray<Claim, 1> = PerCpuArray::new();
+
+const EEXIST: i32 = 17;
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: no arguments, no preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// `NAT_FLAG_CLOSING` for a TCP FIN or RST.
+#[inline(always)]
+fn closing(packet: &Packet) -> u32 {
+    if packet.proto == PROTO_TCP && packet.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0 { NAT_FLAG_CLOSING } else { 0 }
+}
+
+/// The source MAC of the frame: where replies to it go.
+#[inline(always)]
+fn sender_mac(ctx: &XdpContext) -> Option<[u8; 6]> {
+    let eth: *const EthHdr = Frame::new(ctx).at(0)?;
+    // SAFETY: bounds checked by `at`.
+    Some(unsafe { (*eth).src })
+}
+
+/// A client packet of a NAT flow the forward table knows: translated toward its backend.
+/// `None`: not a known, live flow (the caller goes on to the VIP lookup). Not inlined, like
+/// `forward_new`.
+#[inline(never)]
+pub fn forward_known(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &FlowKey) -> u32 {
+    forward_known_inner(ctx, counts, packet, flow).unwrap_or(NOT_HANDLED)
+}
+
+#[inline(always)]
+fn forward_known_inner(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &FlowKey) -> Option<u32> {
+    let entry = XLB_NAT_FLOWS.get_ptr_mut(flow)?;
+    let node = XLB_NODE.get(0)?;
+    let frame_len = Frame::new(ctx).len() as u64;
+    // SAFETY: a pointer into the map's value; copied out, fields written one at a time below.
+    let known = unsafe { *entry };
+    let backend = *XLB_BACKENDS.get(known.backend)?;
+    if backend.flags & BACKEND_FLAG_ACTIVE == 0 || backend.generation != known.generation {
+        return None;
+    }
+    let now = now();
+    let flags = closing(packet);
+    if now.saturating_sub(known.last_seen) > NAT_TOUCH_NS || flags & !known.flags != 0 {
+        if flow_expired(now, &known, flow, node) {
+            return None;
+        }
+        // SAFETY: as above; a racing writer on another CPU writes the same kind of value.
+        unsafe {
+            (*entry).last_seen = now;
+            (*entry).flags = known.flags | flags;
+        }
+    }
+    let to = Translation {
+        saddr: known.source,
+        daddr: backend.addr,
+        sport: known.source_port,
+        dport: known.backend_port,
+        dst_mac: backend.mac,
+        src_mac: node.iface_mac,
+    };
+    Some(send(ctx, counts, packet, &to, Some((known.backend, frame_len, false)), Stat::NatForwarded))
+}
+
+/// A client packet of a NAT VIP that the forward table does not know (or knows as expired or
+/// sent to a backend that is gone): opens the flow — TCP SYN or UDP only.
+///
+/// Not inlined (a BPF-to-BPF call, so at most five arguments): its locals would push the
+/// balancer's frame over the 512-byte stack.
+#[inline(never)]
+pub fn forward_new(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &FlowKey, meta: &VipMeta) -> u32 {
+    let Some(node) = XLB_NODE.get(0) else { return counts.outcome(Stat::PassNotVip) };
+    let frame_len = Frame::new(ctx).len() as u64;
+    let hash = tuple_hash(flow);
+    let opens = packet.proto == PROTO_UDP
+        || (packet.proto == PROTO_TCP && packet.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN);
+    // A flow whose entry is still here but dead: free its source first.
+    if let Some(old) = XLB_NAT_FLOWS.get_ptr(flow) {
+        release(flow, old);
+    }
+    if !opens {
+        return counts.outcome(Stat::DropNatNoFlow);
+    }
+    counts.bump(Stat::FlowMiss);
+    let Some((slot, backend)) = table_pick(meta, flow, hash) else { return counts.outcome(Stat::DropNoBackend) };
+    let backend_port = if backend.port != 0 { backend.port } else { flow.dport };
+    let Some(client_mac) = sender_mac(ctx) else { return counts.outcome(Stat::TruncatedEth) };
+    let now = now();
+    let Some(claim) = XLB_NAT_CLAIM.get_ptr_mut(0) else { return counts.outcome(Stat::DropPoolExhausted) };
+    // SAFETY: this CPU's scratch slot, used by this packet only (XDP runs to completion).
+    let claim = unsafe { &mut *claim };
+    claim.key = FlowKey {
+        saddr: backend.addr,
+        daddr: flow.saddr,
+        sport: backend_port,
+        dport: flow.sport,
+        proto: flow.proto,
+        family: flow.family,
+        pad: 0,
+    };
+    claim.value = NatReverse {
+        client: flow.saddr,
+        vip: flow.daddr,
+        client_port: flow.sport,
+        vip_port: flow.dport,
+        backend: slot,
+        client_mac,
+        pad: 0,
+        flags: 0,
+        pad2: 0,
+        last_seen: now,
+    };
+    claim.pool = meta.pool;
+    claim.outcome = Claimed::No;
+    if meta.pool == NAT_NO_POOL {
+        // DNAT only: the client's own address and port are the source.
+        try_claim(claim);
+    } else {
+        let Some(pool) = XLB_NAT_POOLS.get(meta.pool) else { return counts.outcome(Stat::DropPoolExhausted) };
+        claim.size = pool.size();
+        if claim.size == 0 {
+            return counts.outcome(Stat::DropPoolExhausted);
+        }
+        // Another hash than the Maglev pick's, so one backend's flows still cover the pool.
+        claim.start = hash.rotate_left(16) % claim.size;
+        // SAFETY: `claim_step` is a static function of the bpf_loop callback type; it takes its
+        // state from this CPU's scratch slot, not from the (null) context.
+        unsafe {
+            bpf_loop(claim.size, claim_step as *mut c_void, core::ptr::null_mut(), 0);
+        }
+    }
+    match claim.outcome {
+        Claimed::No => return counts.outcome(Stat::DropPoolExhausted),
+        Claimed::TableFull => return counts.outcome(Stat::DropNatTableFull),
+        Claimed::Reclaimed => counts.bump(Stat::NatPortReclaimed),
+        Claimed::Free => {}
+    }
+    claim.entry = NatFlow {
+        backend: slot,
+        generation: backend.generation,
+        source: claim.key.daddr,
+        source_port: claim.key.dport,
+        backend_port,
+        flags: closing(packet),
+        last_seen: now,
+    };
+    if XLB_NAT_FLOWS.insert(flow, &claim.entry, 0).is_err() {
+        let _ = XLB_NAT_REVERSE.remove(&claim.key);
+        return counts.outcome(Stat::DropNatTableFull);
+    }
+    claim.to = Translation {
+        saddr: claim.key.daddr,
+        daddr: backend.addr,
+        sport: claim.key.dport,
+        dport: backend_port,
+        dst_mac: backend.mac,
+        src_mac: node.iface_mac,
+    };
+    send(ctx, counts, packet, &claim.to, Some((slot, frame_len, true)), Stat::NatForwarded)
+}
+
+/// A backend's reply (its 5-tuple is in the reverse table): translated back to VIP → client.
+/// `None`: not a NAT reply. Not inlined, like `forward_new`.
+#[inline(never)]
+pub fn reply(ctx: &XdpContext, counts: Counts, packet: &Packet) -> u32 {
+    reply_inner(ctx, counts, packet).unwrap_or(NOT_HANDLED)
+}
+
+#[inline(always)]
+fn reply_inner(ctx: &XdpContext, counts: Counts, packet: &Packet) -> Option<u32> {
+    let node = XLB_NODE.get(0)?;
+    let key = FlowKey {
+        saddr: packet.saddr,
+        daddr: packet.daddr,
+        sport: packet.sport,
+        dport: packet.dport,
+        proto: packet.proto,
+        family: packet.family,
+        pad: 0,
+    };
+    let entry = XLB_NAT_REVERSE.get_ptr_mut(&key)?;
+    // SAFETY: a pointer into the map's value; copied out, fields written one at a time below.
+    let known = unsafe { *entry };
+    let flags = closing(packet) | NAT_FLAG_REPLIED;
+    let now = now();
+    if now.saturating_sub(known.last_seen) > NAT_TOUCH_NS || flags & !known.flags != 0 {
+        // SAFETY: as above.
+        unsafe {
+            (*entry).last_seen = now;
+            (*entry).flags = known.flags | flags;
+        }
+    }
+    let to = Translation {
+        saddr: known.vip,
+        daddr: known.client,
+        sport: known.vip_port,
+        dport: known.client_port,
+        dst_mac: known.client_mac,
+        src_mac: node.iface_mac,
+    };
+    Some(send(ctx, counts, packet, &to, None, Stat::NatReplied))
+}
+
+/// Translates and sends back out (XDP_TX); `traffic` counts it on a backend slot.
+#[inline(always)]
+fn send(
+    ctx: &XdpContext,
+    counts: Counts,
+    packet: &Packet,
+    to: &Translation,
+    traffic: Option<(u32, u64, bool)>,
+    stat: Stat,
+) -> u32 {
+    match translate(ctx, packet, to) {
+        Ok(()) => {
+            if let Some((slot, bytes, new_flow)) = traffic {
+                add_traffic(slot, bytes, new_flow);
+            }
+            counts.sent(stat)
+        }
+        Err(drop) => counts.outcome(drop),
+    }
+}
+
+/// Whether a flow is past its timeout, judged by both directions.
+#[inline(always)]
+fn flow_expired(now: u64, entry: &NatFlow, flow: &FlowKey, node: &NodeConfig) -> bool {
+    let (mut last, mut flags) = (entry.last_seen, entry.flags);
+    // SAFETY: copied out.
+    if let Some(rev) = unsafe { XLB_NAT_REVERSE.get(&reverse_key(flow, entry)) } {
+        last = last.max(rev.last_seen);
+        flags |= rev.flags;
+    }
+    nat_expired(now, last, flags, flow.proto, node)
+}
+
+/// The reverse-table key of a forward entry.
+#[inline(always)]
+fn reverse_key(flow: &FlowKey, entry: &NatFlow) -> FlowKey {
+    let backend = XLB_BACKENDS.get(entry.backend).copied().unwrap_or(Backend::default());
+    FlowKey {
+        saddr: backend.addr,
+        daddr: entry.source,
+        sport: entry.backend_port,
+        dport: entry.source_port,
+        proto: flow.proto,
+        family: flow.family,
+        pad: 0,
+    }
+}
+
+/// Frees a dead flow's source (if still its own) and its forward entry. Not inlined: it runs
+/// before the claim, so its frame never nests with the claim's.
+#[inline(never)]
+fn release(flow: &FlowKey, entry: *const NatFlow) {
+    // SAFETY: a pointer to a live value of the map, copied out.
+    let entry = unsafe { *entry };
+    let key = reverse_key(flow, &entry);
+    // SAFETY: copied out.
+    if let Some(rev) = unsafe { XLB_NAT_REVERSE.get(&key) }
+        && rev.client == flow.saddr
+        && rev.client_port == flow.sport
+        && rev.vip == flow.daddr
+        && rev.vip_port == flow.dport
+    {
+        let _ = XLB_NAT_REVERSE.remove(&key);
+    }
+    let _ = XLB_NAT_FLOWS.remove(flow);
+}
+
+#[repr(u32)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Claimed {
+    No,
+    Free,
+    Reclaimed,
+    TableFull,
+}
+
+/// The state of one claim, shared with the bpf_loop callback (in a per-CPU map: it does not
+/// fit the 512-byte BPF stack beside the rest of the packet's work).
+#[repr(C)]
+pub struct Claim {
+    /// The reverse key being claimed; the scan fills in `daddr`/`dport` (the source).
+    key: FlowKey,
+    value: NatReverse,
+    /// The forward entry and the translation made from the claim.
+    entry: NatFlow,
+    to: Translation,
+    pool: u32,
+    start: u32,
+    size: u32,
+    outcome: Claimed,
+}
+
+/// bpf_loop callback: tries candidate `index` of the scan; 1 stops the loop.
+#[inline(never)]
+extern "C" fn claim_step(index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(claim) = XLB_NAT_CLAIM.get_ptr_mut(0) else { return 1 };
+    // SAFETY: this CPU's scratch slot, filled by `forward_new` for this packet.
+    let claim = unsafe { &mut *claim };
+    let Some(pool) = XLB_NAT_POOLS.get(claim.pool) else { return 1 };
+    let at = claim.start as u64 + index;
+    let at = if at >= claim.size as u64 { at - claim.size as u64 } else { at };
+    let Some((addr, port)) = pool.candidate(at as u32) else { return 1 };
+    claim.key.daddr = addr;
+    claim.key.dport = port;
+    try_claim(claim);
+    i64::from(claim.outcome != Claimed::No)
+}
+
+/// Claims `claim.key` for `claim.value`: free, or held by an expired flow.
+#[inline(always)]
+fn try_claim(claim: &mut Claim) {
+    match XLB_NAT_REVERSE.insert(&claim.key, &claim.value, u64::from(BPF_NOEXIST)) {
+        Ok(()) => {
+            claim.outcome = Claimed::Free;
+            return;
+        }
+        Err(e) if e != -EEXIST => {
+            claim.outcome = Claimed::TableFull;
+            return;
+        }
+        Err(_) => {}
+    }
+    // SAFETY: copied out.
+    let Some(held) = (unsafe { XLB_NAT_REVERSE.get(&claim.key) }).copied() else { return };
+    let owner = held.forward_key(claim.key.proto, claim.key.family);
+    let (mut last, mut flags) = (held.last_seen, held.flags);
+    // The owner's forward entry, if it still uses this source (it may have moved on).
+    // SAFETY: copied out.
+    let owner_entry = unsafe { XLB_NAT_FLOWS.get(&owner) }
+        .copied()
+        .filter(|e| e.source == claim.key.daddr && e.source_port == claim.key.dport);
+    if let Some(entry) = owner_entry {
+        last = last.max(entry.last_seen);
+        flags |= entry.flags;
+    }
+    let Some(node) = XLB_NODE.get(0) else { return };
+    if !nat_expired(claim.value.last_seen, last, flags, claim.key.proto, node) {
+        return;
+    }
+    if XLB_NAT_REVERSE.insert(&claim.key, &claim.value, u64::from(BPF_EXIST)).is_ok() {
+        if owner_entry.is_some() {
+            let _ = XLB_NAT_FLOWS.remove(&owner);
+        }
+        claim.outcome = Claimed::Reclaimed;
+    }
+}
