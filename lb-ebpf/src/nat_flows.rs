@@ -129,6 +129,10 @@ pub fn forward_new(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &Flo
     if !opens {
         return counts.outcome(Stat::DropNatNoFlow);
     }
+    // Checked before a source is claimed for a packet that could not be sent.
+    if packet.ttl <= 1 {
+        return counts.outcome(Stat::DropTtlExceeded);
+    }
     counts.bump(Stat::FlowMiss);
     let Some((slot, backend)) = table_pick(meta, flow, hash) else { return counts.outcome(Stat::DropNoBackend) };
     let backend_port = if backend.port != 0 { backend.port } else { flow.dport };

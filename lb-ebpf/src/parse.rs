@@ -70,6 +70,8 @@ pub struct Packet {
     pub dont_fragment: bool,
     /// Traffic class / TOS, copied to outer headers.
     pub tos: u8,
+    /// TTL / hop limit.
+    pub ttl: u8,
     /// Addresses as on the wire; IPv4 in word 0, others zero.
     pub saddr: [u32; 4],
     pub daddr: [u32; 4],
@@ -125,12 +127,13 @@ pub fn parse(frame: &Frame, out: &mut Packet) -> Result<(), NotParsed> {
 fn parse_ipv4(frame: &Frame, l3: usize, out: &mut Packet) -> Result<(), NotParsed> {
     let ip: *const Ipv4Hdr = frame.at(l3).ok_or(NotParsed::Pass(Stat::TruncatedIpv4))?;
     // SAFETY: bounds checked by `at`; all reads below stay inside the 20-byte header.
-    let (version_ihl, tos, total_len, frag_off, proto, saddr, daddr) = unsafe {
+    let (version_ihl, tos, total_len, frag_off, ttl, proto, saddr, daddr) = unsafe {
         (
             (*ip).version_ihl,
             (*ip).tos,
             u16::from_be((*ip).total_len),
             u16::from_be((*ip).frag_off),
+            (*ip).ttl,
             (*ip).proto,
             (*ip).saddr,
             (*ip).daddr,
@@ -162,6 +165,7 @@ fn parse_ipv4(frame: &Frame, l3: usize, out: &mut Packet) -> Result<(), NotParse
         ip_header_len: header_len,
         dont_fragment: frag_off & IPV4_DF != 0,
         tos,
+        ttl,
         saddr: [saddr, 0, 0, 0],
         daddr,
         sport: 0,
@@ -176,8 +180,15 @@ fn parse_ipv4(frame: &Frame, l3: usize, out: &mut Packet) -> Result<(), NotParse
 fn parse_ipv6(frame: &Frame, l3: usize, out: &mut Packet) -> Result<(), NotParsed> {
     let ip: *const Ipv6Hdr = frame.at(l3).ok_or(NotParsed::Pass(Stat::TruncatedIpv6))?;
     // SAFETY: bounds checked by `at`.
-    let (version_tc_flow, payload_len, next_hdr, saddr, daddr) = unsafe {
-        (u32::from_be((*ip).version_tc_flow), u16::from_be((*ip).payload_len), (*ip).next_hdr, (*ip).saddr, (*ip).daddr)
+    let (version_tc_flow, payload_len, next_hdr, ttl, saddr, daddr) = unsafe {
+        (
+            u32::from_be((*ip).version_tc_flow),
+            u16::from_be((*ip).payload_len),
+            (*ip).next_hdr,
+            (*ip).hop_limit,
+            (*ip).saddr,
+            (*ip).daddr,
+        )
     };
     if version_tc_flow >> 28 != 6 {
         return Err(NotParsed::Pass(Stat::BadIpv6Header));
@@ -198,6 +209,7 @@ fn parse_ipv6(frame: &Frame, l3: usize, out: &mut Packet) -> Result<(), NotParse
         ip_header_len: size_of::<Ipv6Hdr>(),
         dont_fragment: true,
         tos: (version_tc_flow >> 20) as u8,
+        ttl,
         saddr,
         daddr,
         sport: 0,

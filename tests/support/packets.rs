@@ -114,6 +114,18 @@ pub fn fix_ipv4_checksum(frame: &mut [u8]) {
     frame[l3 + 10..l3 + 12].copy_from_slice(&header.calc_header_checksum().to_be_bytes());
 }
 
+/// Recomputes the TCP checksum of an IPv4 frame (after editing its TCP header).
+pub fn fix_tcp_checksum(frame: &mut [u8]) {
+    let l3 = l3_offset(frame);
+    let ip = etherparse::Ipv4HeaderSlice::from_slice(&frame[l3..]).expect("IPv4 header");
+    let tcp_start = l3 + ip.slice().len();
+    let header = ip.to_header();
+    let tcp = etherparse::TcpHeaderSlice::from_slice(&frame[tcp_start..]).expect("TCP header").to_header();
+    let payload = &frame[tcp_start + tcp.header_len()..l3 + usize::from(header.total_len)];
+    let sum = tcp.calc_checksum_ipv4(&header, payload).expect("checksum");
+    frame[tcp_start + 16..tcp_start + 18].copy_from_slice(&sum.to_be_bytes());
+}
+
 /// The IPv4 header bytes of a frame (for quoting in ICMP errors).
 pub fn ip_and_8(frame: &[u8]) -> Vec<u8> {
     let l3 = l3_offset(frame);
