@@ -22,6 +22,7 @@ use crate::{
     desired::{self, BackendRef, BackendStates, DesiredState, NodeFacts},
     health::{Checker, HealthMap, Target},
     iface, metrics,
+    nat::{self, NatUsage},
     neighbor::Resolver,
     plan,
     reconcile::{Changes, ReconcileError, Reconciler},
@@ -57,6 +58,9 @@ pub fn link_pin(iface_dir: &std::path::Path) -> PathBuf {
     iface_dir.join("link")
 }
 
+/// How often expired NAT flows are swept and pool usage recounted.
+const NAT_SWEEP_INTERVAL: Duration = Duration::from_secs(2);
+
 /// Everything the reconciler owns, behind one lock: only it writes the maps. The sources of
 /// desired state — the file (`config`), health checks and drains (`states`) — live here too, so
 /// every change goes through `reconcile`.
@@ -77,6 +81,8 @@ struct State {
     announce: watch::Sender<Announce>,
     /// `xlb drain node`: everything withdrawn, forwarding goes on for flows that still come.
     node_drained: bool,
+    /// NAT flows and pool usage as of the last sweep.
+    nat: NatUsage,
 }
 
 impl State {
@@ -117,7 +123,15 @@ impl State {
     }
 
     fn snapshot(&self) -> Result<Snapshot, DataplaneError> {
-        Snapshot::read(&self.maps, &self.reconciler, &self.health)
+        let mut snapshot = Snapshot::read(&self.maps, &self.reconciler, &self.health)?;
+        snapshot.nat = self.nat.clone();
+        Ok(snapshot)
+    }
+
+    /// Removes expired NAT flows and recounts pool usage.
+    fn sweep_nat(&mut self) {
+        let Some(node) = self.reconciler.node() else { return };
+        self.nat = nat::sweep(&mut self.maps, &self.config, &node, nat::monotonic_ns(), self.nat.swept);
     }
 }
 
@@ -203,6 +217,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         // Nothing until XDP is attached.
         announce: watch::Sender::new(Announce::new()),
         node_drained: false,
+        nat: NatUsage::default(),
     };
     let changes = state.reconcile()?;
     tracing::info!(
@@ -266,9 +281,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut poll = tokio::time::interval(Duration::from_secs(1));
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut health_alive, mut neighbors_alive) = (true, true);
+    let mut sweep = tokio::time::interval(NAT_SWEEP_INTERVAL);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = term.recv() => break,
+            _ = sweep.tick() => lock(&state).sweep_nat(),
             _ = int.recv() => break,
             _ = hup.recv() => reload(&opts, &mut lock(&state), &mut checker, &mut resolver),
             _ = poll.tick(), if opts.watch_config => {

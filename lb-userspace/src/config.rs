@@ -426,7 +426,7 @@ impl<'de> Deserialize<'de> for Prefix {
 }
 
 /// The accepted duration forms, for error messages.
-const DURATION_FORMS: &str = "write a whole number with a unit: 500ms, 2s or 1m";
+const DURATION_FORMS: &str = "write a whole number with a unit: 500ms, 2s, 1m or 1h";
 
 /// Parses `500ms`, `2s` or `1m`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -448,6 +448,8 @@ pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
     if !d.subsec_nanos().is_multiple_of(1_000_000) {
         format!("{d:?}")
+    } else if ms != 0 && ms.is_multiple_of(3_600_000) {
+        format!("{}h", ms / 3_600_000)
     } else if ms != 0 && ms.is_multiple_of(60_000) {
         format!("{}m", ms / 60_000)
     } else if ms != 0 && ms.is_multiple_of(1000) {
@@ -1822,18 +1824,110 @@ mod tests {
         );
     }
 
+    const NAT: &str = "nat_pools:\n  - name: edge\n    addresses: [198.51.100.1, 198.51.100.2]\n    ports: 20000-20999\nvips:\n  - name: web\n    address: 192.0.2.10\n    port: 80\n    protocol: tcp\n    mode: nat\n";
+
+    #[test]
+    fn nat_vips_and_pools_parse_with_defaults() {
+        let config = check(&format!(
+            "{NAT}    snat_pool: edge\n    backends:\n      - {{ address: 10.1.0.1, port: 8080 }}\n      - {{ address: 10.1.0.2 }}\n"
+        ))
+        .unwrap();
+        let vip = &config.vips[0];
+        assert_eq!(vip.mode, Mode::Nat);
+        assert_eq!(vip.snat_pool.as_deref(), Some("edge"));
+        assert_eq!(vip.backends[0].port, Some(8080));
+        assert_eq!(vip.backends[1].port, None);
+        assert_eq!(config.nat_pools[0].capacity(), 2000);
+        assert_eq!(config.node.nat_table_size, lb_common::NAT_TABLE_SIZE);
+        assert_eq!(config.node.nat_tcp_timeout, Duration::from_secs(900));
+        assert_eq!(config.node.nat_closing_timeout, Duration::from_secs(10));
+        assert_eq!(config.node.nat_udp_timeout, Duration::from_secs(60));
+        let dnat = check(&format!("{NAT}    backends:\n      - {{ address: 10.1.0.1 }}\n")).unwrap();
+        assert_eq!(dnat.vips[0].snat_pool, None, "no pool: DNAT only");
+    }
+
+    #[test]
+    fn bad_nat_config_names_the_field_and_the_fix() {
+        let cases = [
+            (
+                format!("{NAT}    snat_pool: edgy\n"),
+                "vips[0].snat_pool",
+                "no pool named `edgy` under nat_pools (known: edge); add it or fix the name",
+            ),
+            (
+                vip("    snat_pool: edge\n"),
+                "vips[0].snat_pool",
+                "only mode: nat uses a source pool; remove it or set mode: nat",
+            ),
+            (
+                vip("    backends:\n      - { address: 10.1.0.1, port: 8080 }\n"),
+                "vips[0].backends[0].port",
+                "only mode: nat translates ports; direct server return keeps the VIP's port, so remove `port`",
+            ),
+            (
+                NAT.replace("protocol: tcp", "protocol: icmp").replace("    port: 80\n", ""),
+                "vips[0].mode",
+                "NAT translates ports: use it with tcp or udp VIPs",
+            ),
+            (
+                format!("{NAT}    backends:\n      - {{ address: \"fd00::1\" }}\n"),
+                "vips[0].backends[0].address",
+                "NAT between address families is not supported: give the VIP backends of its own family",
+            ),
+            (
+                NAT.replace("ports: 20000-20999", "ports: 0-10"),
+                "nat_pools[0].ports",
+                "0-10 is not a usable range; write first-last within 1..=65535, e.g. 20000-59999",
+            ),
+            (
+                NAT.replace("    ports: 20000-20999\n", ""),
+                "nat_pools[0].ports",
+                "required: the source ports to use, e.g. ports: 20000-59999",
+            ),
+            (
+                NAT.replace("198.51.100.2", "\"2001:db8::1\""),
+                "nat_pools[0].addresses",
+                "mixes IPv4 and IPv6; make one pool per family",
+            ),
+            (
+                NAT.replace("198.51.100.2", "198.51.100.1"),
+                "nat_pools[0].addresses[1]",
+                "198.51.100.1 is listed twice",
+            ),
+            (
+                NAT.replace("198.51.100.2", "192.0.2.10"),
+                "nat_pools.edge.addresses",
+                "192.0.2.10 is also the address of VIP `web`; give the pool addresses of its own",
+            ),
+            (
+                format!("node:\n  nat_udp_timeout: 500ms\n{NAT}"),
+                "node.nat_udp_timeout",
+                "NAT timeouts count whole seconds: use 1s or more (e.g. 30s, 15m, 2h)",
+            ),
+        ];
+        for (text, field, message) in cases {
+            match check(&text) {
+                Err(ConfigError::Invalid { field: f, message: m, .. }) => {
+                    assert_eq!((f.as_str(), m.as_str()), (field, message), "{text}")
+                }
+                other => panic!("{text}: expected an error on {field}, got {other:?}"),
+            }
+        }
+    }
+
     #[test]
     fn durations_parse_and_print() {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
-        for bad in ["", "2", "s", "1.5s", "-1s", "2 s", "1h", "5us"] {
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        for bad in ["", "2", "s", "1.5s", "-1s", "2 s", "1d", "5us"] {
             assert_eq!(
                 parse_duration(bad),
-                Err(format!("`{bad}` is not a duration; write a whole number with a unit: 500ms, 2s or 1m"))
+                Err(format!("`{bad}` is not a duration; write a whole number with a unit: 500ms, 2s, 1m or 1h"))
             );
         }
-        for text in ["0ms", "1ms", "1500ms", "2s", "90s", "1m", "60m"] {
+        for text in ["0ms", "1ms", "1500ms", "2s", "90s", "1m", "90m", "1h"] {
             assert_eq!(format_duration(parse_duration(text).unwrap()), text);
         }
     }
@@ -1845,17 +1939,17 @@ mod tests {
             (
                 vip_check("      type: tcp\n      interval: 2\n"),
                 "vips[0].health_check.interval",
-                "`2` is not a duration; write a whole number with a unit: 500ms, 2s or 1m",
+                "`2` is not a duration; write a whole number with a unit: 500ms, 2s, 1m or 1h",
             ),
             (
                 vip_check("      type: tcp\n      timeout: 1.5s\n"),
                 "vips[0].health_check.timeout",
-                "`1.5s` is not a duration; write a whole number with a unit: 500ms, 2s or 1m",
+                "`1.5s` is not a duration; write a whole number with a unit: 500ms, 2s, 1m or 1h",
             ),
             (
                 vip_check("      type: tcp\n      interval: 50ms\n"),
                 "vips[0].health_check.interval",
-                "50ms is out of range; use 100ms to 60m",
+                "50ms is out of range; use 100ms to 1h",
             ),
             (
                 vip_check("      type: tcp\n      interval: 1s\n"),
@@ -2074,13 +2168,13 @@ mod tests {
             (
                 with("  hold_time: 9\n"),
                 "bgp.hold_time",
-                "`9` is not a duration; write a whole number with a unit: 500ms, 2s or 1m".into(),
+                "`9` is not a duration; write a whole number with a unit: 500ms, 2s, 1m or 1h".into(),
             ),
-            (with("  connect_retry: 0s\n"), "bgp.connect_retry", "0ms is out of range; use 100ms to 60m".into()),
+            (with("  connect_retry: 0s\n"), "bgp.connect_retry", "0ms is out of range; use 100ms to 1h".into()),
             (
-                with("  graceful_restart_time: 2h\n"),
+                with("  graceful_restart_time: 2d\n"),
                 "bgp.graceful_restart_time",
-                "`2h` is not a duration; write a whole number with a unit: 500ms, 2s or 1m".into(),
+                "`2d` is not a duration; write a whole number with a unit: 500ms, 2s, 1m or 1h".into(),
             ),
             (
                 with("  graceful_restart_time: 70m\n"),
@@ -2151,7 +2245,7 @@ mod tests {
             (
                 peer_with("bfd: { min_rx: fast }"),
                 "bgp.peers[0].bfd.min_rx",
-                "`fast` is not a duration; write a whole number with a unit: 500ms, 2s or 1m".into(),
+                "`fast` is not a duration; write a whole number with a unit: 500ms, 2s, 1m or 1h".into(),
             ),
             (
                 peer_with("bfd: { multiplier: 0 }"),

@@ -257,8 +257,10 @@ impl Maps {
     }
 
     /// Removes both entries of an expired NAT flow (either may be gone already).
-    pub(crate) fn remove_nat_flow(&mut self, forward: &FlowKey, reverse: &FlowKey) {
-        let _ = self.nat_flows.remove(forward);
+    pub(crate) fn remove_nat_flow(&mut self, forward: Option<&FlowKey>, reverse: &FlowKey) {
+        if let Some(forward) = forward {
+            let _ = self.nat_flows.remove(forward);
+        }
         let _ = self.nat_reverse.remove(reverse);
     }
 

@@ -14,6 +14,7 @@ pub mod health;
 pub mod iface;
 pub mod maglev;
 pub mod metrics;
+pub mod nat;
 pub mod neighbor;
 pub mod plan;
 pub mod reconcile;

@@ -113,6 +113,26 @@ fn build(snapshot: &Snapshot, agent: &AgentInfo) -> prometheus::Result<Registry>
         }
     }
 
+    let nat_flows = IntGauge::new("xlb_nat_flows", "NAT flows in the tables (as of the last sweep).")?;
+    nat_flows.set(snapshot.nat.flows as i64);
+    registry.register(Box::new(nat_flows))?;
+    let swept = IntCounterVec::new(Opts::new("xlb_nat_swept_total", "Expired NAT flows removed by the agent."), &[])?;
+    registry.register(Box::new(swept.clone()))?;
+    swept.with_label_values(&[] as &[&str]).inc_by(snapshot.nat.swept);
+    let pool_flows =
+        gauge(&registry, "xlb_nat_pool_flows", "NAT flows leaving from the pool address.", &["pool", "address"])?;
+    let pool_ports = gauge(
+        &registry,
+        "xlb_nat_pool_ports",
+        "Ports of the pool: flows one address carries to one backend address and port.",
+        &["pool", "address"],
+    )?;
+    for p in &snapshot.nat.pools {
+        let at = [p.pool.as_str(), p.address.as_str()];
+        pool_flows.with_label_values(&at).set(p.flows as i64);
+        pool_ports.with_label_values(&at).set(p.ports as i64);
+    }
+
     let peer = ["peer"];
     let session_up = gauge(&registry, "xlb_bgp_session_up", "1 while the BGP session is established.", &peer)?;
     let prefixes = gauge(&registry, "xlb_bgp_prefixes_sent", "Prefixes announced to the peer.", &peer)?;
@@ -249,6 +269,16 @@ mod tests {
                     },
                 ],
             }],
+            nat: crate::nat::NatUsage {
+                flows: 5,
+                swept: 2,
+                pools: vec![crate::nat::PoolUsage {
+                    pool: "edge".into(),
+                    address: "198.51.100.1".into(),
+                    flows: 5,
+                    ports: 100,
+                }],
+            },
         }
     }
 
@@ -273,6 +303,10 @@ mod tests {
         );
         for line in [
             "xlb_vip_packets_total{vip=\"web\"} 10",
+            "xlb_nat_flows 5",
+            "xlb_nat_swept_total 2",
+            "xlb_nat_pool_flows{address=\"198.51.100.1\",pool=\"edge\"} 5",
+            "xlb_nat_pool_ports{address=\"198.51.100.1\",pool=\"edge\"} 100",
             "xlb_vip_bytes_total{vip=\"web\"} 1000",
             "xlb_vip_up{vip=\"web\"} 1",
             "xlb_backend_packets_total{backend=\"10.0.0.1\",vip=\"web\"} 7",

@@ -16,6 +16,9 @@ pub struct Snapshot {
     /// Counters by name (`pass_not_vip`, `forwarded`, `truncated_tcp`, `flow_miss`, ...).
     pub counters: Vec<Counter>,
     pub vips: Vec<VipStats>,
+    /// NAT flows and pool usage, as of the agent's last sweep.
+    #[serde(default)]
+    pub nat: crate::nat::NatUsage,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,7 +111,7 @@ impl Snapshot {
         }
         vips.sort_by(|a, b| a.name.cmp(&b.name));
         let rx_packets = counters.iter().filter(|c| c.outcome).map(|c| c.value).sum();
-        Ok(Self { rx_packets, counters, vips })
+        Ok(Self { rx_packets, counters, vips, nat: Default::default() })
     }
 
     pub fn counter(&self, name: &str) -> Option<u64> {
@@ -159,6 +162,7 @@ impl Snapshot {
                 }
             }
         }
+        out.push_str(&self.nat.render());
         out
     }
 
