@@ -1,8 +1,8 @@
 //! The real XDP object under BPF_PROG_TEST_RUN: crafted frames in, verdict and bytes out.
 
 use lb_common::{
-    ADDR_FLAG_DROP_UNHASHABLE, BACKEND_FLAG_ACTIVE, BACKEND_FLAG_IPIP, Backend, FAMILY_V4, NODE_FLAG_TUNNEL_V4,
-    NAT_NO_POOL, NODE_FLAG_TUNNEL_V6, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Stat, VipKey, VipMeta,
+    ADDR_FLAG_DROP_UNHASHABLE, BACKEND_FLAG_ACTIVE, BACKEND_FLAG_IPIP, Backend, FAMILY_V4, NAT_NO_POOL,
+    NODE_FLAG_TUNNEL_V4, NODE_FLAG_TUNNEL_V6, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Stat, VipKey, VipMeta,
 };
 use xlb::testrun::XdpAction;
 use xlb_tests::{
@@ -234,7 +234,14 @@ fn reconciler_writes_exactly_the_configured_state() {
         let (addr, _) = xlb::desired::ip_words("2001:db8::10".parse().unwrap());
         VipKey::v6(addr, port.to_be(), proto)
     };
-    let meta = |id, port: u16| VipMeta { id, flags: 0, table_size: 65537, port_first: port, port_last: port, pool: NAT_NO_POOL };
+    let meta = |id, port: u16| VipMeta {
+        id,
+        flags: 0,
+        table_size: 65537,
+        port_first: port,
+        port_last: port,
+        pool: NAT_NO_POOL,
+    };
     // New VIPs take the lowest free id in key order; backends the lowest free slot in that order.
     let mut expected = vec![
         (v4(0, PROTO_ICMP), meta(0, 0)),

@@ -57,7 +57,11 @@ fn now() -> u64 {
 /// `NAT_FLAG_CLOSING` for a TCP FIN or RST.
 #[inline(always)]
 fn closing(packet: &Packet) -> u32 {
-    if packet.proto == PROTO_TCP && packet.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0 { NAT_FLAG_CLOSING } else { 0 }
+    if packet.proto == PROTO_TCP && packet.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0 {
+        NAT_FLAG_CLOSING
+    } else {
+        0
+    }
 }
 
 /// The source MAC of the frame: where replies to it go.

@@ -1100,7 +1100,11 @@ impl Checker<'_> {
                 Some(RawScalar(text)) => parse_duration(&text).map_err(|m| self.err(at, &field, m))?,
             };
             if d < Duration::from_secs(1) || d > Duration::from_secs(u64::from(u32::MAX)) {
-                return Err(self.err(at, &field, "NAT timeouts count whole seconds: use 1s or more (e.g. 30s, 15m, 2h)"));
+                return Err(self.err(
+                    at,
+                    &field,
+                    "NAT timeouts count whole seconds: use 1s or more (e.g. 30s, 15m, 2h)",
+                ));
             }
             Ok(d)
         };
@@ -1201,7 +1205,11 @@ impl Checker<'_> {
                 ));
             }
             if b.port == Some(0) {
-                return Err(self.err(&bat, bfield("port"), "must be 1..=65535 (or absent: the client's destination port)"));
+                return Err(self.err(
+                    &bat,
+                    bfield("port"),
+                    "must be 1..=65535 (or absent: the client's destination port)",
+                ));
             }
             match raw.mode {
                 Mode::DsrL2 => {
@@ -1320,7 +1328,11 @@ impl Checker<'_> {
     ) -> Result<Option<&'p NatPool>, ConfigError> {
         if raw.mode != Mode::Nat {
             if raw.snat_pool.is_some() {
-                return Err(self.err(at, field("snat_pool"), "only mode: nat uses a source pool; remove it or set mode: nat"));
+                return Err(self.err(
+                    at,
+                    field("snat_pool"),
+                    "only mode: nat uses a source pool; remove it or set mode: nat",
+                ));
             }
             return Ok(None);
         }
@@ -1373,7 +1385,11 @@ impl Checker<'_> {
                 return Err(self.err(&at, field(&format!("addresses[{k}]")), format!("{a} is listed twice")));
             }
             let Some(Ports(port_first, port_last)) = p.ports else {
-                return Err(self.err(&at, field("ports"), "required: the source ports to use, e.g. ports: 20000-59999"));
+                return Err(self.err(
+                    &at,
+                    field("ports"),
+                    "required: the source ports to use, e.g. ports: 20000-59999",
+                ));
             };
             if port_first == 0 || port_last < port_first {
                 return Err(self.err(
@@ -1395,7 +1411,10 @@ impl Checker<'_> {
                 return Err(self.err(
                     &serde_saphyr::Location::UNKNOWN,
                     format!("nat_pools.{}.addresses", pool.name),
-                    format!("{} is also the address of VIP `{}`; give the pool addresses of its own", vip.address, vip.name),
+                    format!(
+                        "{} is also the address of VIP `{}`; give the pool addresses of its own",
+                        vip.address, vip.name
+                    ),
                 ));
             }
         }
@@ -1889,11 +1908,7 @@ mod tests {
                 "nat_pools[0].addresses",
                 "mixes IPv4 and IPv6; make one pool per family",
             ),
-            (
-                NAT.replace("198.51.100.2", "198.51.100.1"),
-                "nat_pools[0].addresses[1]",
-                "198.51.100.1 is listed twice",
-            ),
+            (NAT.replace("198.51.100.2", "198.51.100.1"), "nat_pools[0].addresses[1]", "198.51.100.1 is listed twice"),
             (
                 NAT.replace("198.51.100.2", "192.0.2.10"),
                 "nat_pools.edge.addresses",

@@ -452,7 +452,8 @@ mod tests {
 
     #[test]
     fn backends_without_a_mac_take_the_resolved_one_or_no_flows() {
-        let backend = |a: &str| Backend { address: a.parse().unwrap(), weight: 1, mac: None, health_check: None, port: None };
+        let backend =
+            |a: &str| Backend { address: a.parse().unwrap(), weight: 1, mac: None, health_check: None, port: None };
         let mut l2 = vip("192.0.2.1", Protocol::Tcp, 80);
         l2.backends = vec![backend("10.0.0.1"), backend("10.0.0.2")];
         let mut ipip = vip("192.0.2.2", Protocol::Tcp, 80);

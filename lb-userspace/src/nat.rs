@@ -51,9 +51,8 @@ pub fn sweep(maps: &mut Maps, config: &Config, node: &NodeConfig, now: u64, swep
     for (key, rev) in maps.nat_reverse_entries() {
         let forward_key = rev.forward_key(key.proto, key.family);
         let forward = maps.nat_flow(&forward_key).filter(|f| owns(f, &key));
-        let (last, flags) = forward.map_or((rev.last_seen, rev.flags), |f| {
-            (rev.last_seen.max(f.last_seen), rev.flags | f.flags)
-        });
+        let (last, flags) =
+            forward.map_or((rev.last_seen, rev.flags), |f| (rev.last_seen.max(f.last_seen), rev.flags | f.flags));
         if nat_expired(now, last, flags, key.proto, node) {
             expired.push((forward.map(|_| forward_key), key));
         } else {

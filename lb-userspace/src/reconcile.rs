@@ -307,7 +307,8 @@ impl Reconciler {
                 Some(i) => {
                     let slot = old.slots[i];
                     let was = &old.vip.backends[i];
-                    if was.mac != backend.mac || was.port != backend.port || old.vip.backend_flags != vip.backend_flags {
+                    if was.mac != backend.mac || was.port != backend.port || old.vip.backend_flags != vip.backend_flags
+                    {
                         self.write_backend(slot, old.meta.id, backend, vip.backend_flags, maps).map_err(write)?;
                     }
                     slots.push(slot);
