@@ -8,7 +8,7 @@ use lb_common::{FlowKey, NAT_FLAG_CLOSING, PROTO_TCP, Stat};
 use xlb::testrun::XdpAction;
 use xlb_tests::{
     Balancer,
-    packets::{CLIENT_MAC, Frame, L4, LB_MAC},
+    packets::{CLIENT_MAC, Frame, L4, LB_MAC, icmp_too_big, icmp_too_big_with_ttl, ip_and_8},
     require_root,
 };
 
@@ -272,4 +272,46 @@ fn bad_cases_are_counted_drops() {
     dropped(&lb, &syn.build(), Stat::DropTtlExceeded, "TTL 1");
     let syn = Frame::v6("2001:db8:c::7", "2001:db8::10", L4::TcpSyn { sport: 9, dport: 80 }).ttl(1);
     dropped(&lb, &syn.build(), Stat::DropTtlExceeded, "hop limit 1");
+}
+
+#[test]
+fn icmp_errors_about_nat_flows_are_translated_both_ways() {
+    require_root!();
+    let lb = Balancer::with_config(CONFIG);
+    let client_syn = Frame::v4("203.0.113.7", "192.0.2.10", L4::TcpSyn { sport: 51000, dport: 80 });
+    let forwarded = sent(&lb, &client_syn.build(), Stat::NatForwarded, "SYN");
+    let (pool, pool_port) = source(&forwarded);
+
+    // The backend cannot take the SYN (say, too big on its side): its ICMP error quotes the
+    // packet it got and goes to the pool address. The client gets it from the VIP, quoting its
+    // own SYN as it left xlb (TTL 63).
+    let from_backend = icmp_too_big("10.1.0.1", &pool, 1400, &ip_and_8(&forwarded));
+    let out = sent(&lb, &from_backend, Stat::NatIcmpTranslated, "backend-side error");
+    let quoted = ip_and_8(&client_syn.clone().ttl(63).build());
+    let expected = icmp_too_big_with_ttl("192.0.2.10", "203.0.113.7", 63, 1400, &quoted);
+    assert_eq!(hex(&out), hex(&with_macs(expected, CLIENT_MAC, LB_MAC)), "to the client, quote translated");
+
+    // A router on the client's side cannot carry a reply (VIP → client): its error goes to the
+    // VIP; the backend gets it from the pool address, quoting the reply as the backend sent it.
+    let reply_as_sent = Frame::v4("192.0.2.10", "203.0.113.7", L4::TcpAck { sport: 80, dport: 51000 }).ttl(50);
+    let from_router = icmp_too_big("198.51.100.99", "192.0.2.10", 1280, &ip_and_8(&reply_as_sent.build()));
+    let out = sent(&lb, &from_router, Stat::NatIcmpTranslated, "client-side error");
+    let backend_view = Frame::v4("10.1.0.1", &pool, L4::TcpAck { sport: 8080, dport: pool_port }).ttl(50);
+    let expected = icmp_too_big_with_ttl(&pool, "10.1.0.1", 63, 1280, &ip_and_8(&backend_view.build()));
+    assert_eq!(hex(&out), hex(&with_macs(expected, BACKEND_MAC, LB_MAC)), "to the backend, quote translated");
+
+    // IPv6: the ICMPv6 checksum also covers the new outer addresses.
+    let syn6 = Frame::v6("2001:db8:c::7", "2001:db8::10", L4::TcpSyn { sport: 51000, dport: 80 });
+    let forwarded6 = sent(&lb, &syn6.build(), Stat::NatForwarded, "v6 SYN");
+    let (pool6, _) = source(&forwarded6);
+    let from_backend = icmp_too_big("fd00::1", &pool6, 1400, &ip_and_8(&forwarded6));
+    let out = sent(&lb, &from_backend, Stat::NatIcmpTranslated, "v6 backend-side error");
+    let quoted = ip_and_8(&syn6.clone().ttl(63).build());
+    let expected = icmp_too_big_with_ttl("2001:db8::10", "2001:db8:c::7", 63, 1400, &quoted);
+    assert_eq!(hex(&out), hex(&with_macs(expected, CLIENT_MAC, LB_MAC)));
+
+    // An error about no flow of ours passes untouched.
+    let stray = Frame::v4("192.0.2.10", "203.0.113.8", L4::TcpAck { sport: 80, dport: 1 });
+    let frame = icmp_too_big("198.51.100.99", "192.0.2.10", 1280, &ip_and_8(&stray.build()));
+    assert_eq!(lb.run(&frame).action, XdpAction::Pass);
 }

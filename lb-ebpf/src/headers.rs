@@ -99,6 +99,8 @@ pub const TCP_FLAG_ACK: u8 = 0x10;
 
 pub const ICMP_DEST_UNREACH: u8 = 3;
 pub const ICMP_FRAG_NEEDED: u8 = 4;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+pub const ICMP_PARAMETER_PROBLEM: u8 = 12;
 pub const ICMPV6_PKT_TOOBIG: u8 = 2;
 
 /// Folds a 32-bit one's-complement sum into the 16-bit checksum field value.

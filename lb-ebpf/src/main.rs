@@ -123,7 +123,12 @@ pub fn xlb_balancer(ctx: XdpContext) -> u32 {
     }
     let packet = &*packet;
     if let Some(quoted) = packet.quoted {
-        let action = icmp_error_to_backend(&ctx, counts, packet, &quoted);
+        let action =
+            if quoted.too_big != 0 { icmp_error_to_backend(&ctx, counts, packet, &quoted) } else { NOT_HANDLED };
+        if action != NOT_HANDLED {
+            return action;
+        }
+        let action = nat_flows::icmp_error(&ctx, counts, packet);
         if action != NOT_HANDLED {
             return action;
         }
@@ -373,6 +378,10 @@ fn icmp_error_to_backend(ctx: &XdpContext, counts: Counts, packet: &Packet, quot
 fn icmp_error_to_backend_inner(ctx: &XdpContext, counts: Counts, packet: &Packet, quoted: &Quoted) -> Option<u32> {
     let frame_len = Frame::new(ctx).len() as u64;
     let meta = find_vip(quoted.saddr, quoted.sport, quoted.proto, packet.family)?;
+    if meta.flags & VIP_FLAG_NAT != 0 {
+        // NAT flows have their own tables (nat_flows::icmp_error).
+        return None;
+    }
     let flow = FlowKey {
         saddr: quoted.daddr,
         daddr: quoted.saddr,

@@ -2,12 +2,12 @@
 //! updated incrementally (RFC 1624), new MACs. The flow tables that decide the new values live
 //! in the balancer.
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{helpers::generated::bpf_csum_diff, programs::XdpContext};
 use lb_common::{FAMILY_V4, PROTO_TCP, PROTO_UDP, Stat};
 
 use crate::{
     headers::*,
-    parse::{Frame, Packet},
+    parse::{Frame, Packet, Quoted},
 };
 
 /// Where a translated packet goes: its new addresses and ports (network order) and the hop that
@@ -54,6 +54,12 @@ impl Csum {
         }
     }
 
+    /// Adds a 32-bit partial sum (as `bpf_csum_diff` returns).
+    #[inline(always)]
+    pub fn add(&mut self, wsum: u32) {
+        self.0 += (wsum & 0xffff) + (wsum >> 16);
+    }
+
     #[inline(always)]
     pub fn finish(self) -> u16 {
         let mut sum = self.0;
@@ -64,9 +70,32 @@ impl Csum {
 }
 
 /// Rewrites the packet's addresses and ports and sends it one hop on. `Err` names the drop.
+///
+/// A separate BPF function (returning a plain `u32`, as an `Option` or `Result` would come back
+/// through a stack pointer the verifier refuses): inlined into each NAT path, its spills pushed
+/// those paths' frames past the 512-byte stack.
 #[inline(always)]
 pub fn translate(ctx: &XdpContext, packet: &Packet, to: &Translation) -> Result<(), Stat> {
-    let frame = Frame::new(ctx);
+    // The frame, not the context: the callee must get packet pointers, which the verifier
+    // tracks, not the context's 32-bit fields.
+    match translate_call(&Frame::new(ctx), packet, to) {
+        TRANSLATED => Ok(()),
+        stat => Err(Stat::ALL.get(stat as usize).copied().unwrap_or(Stat::DropAdjustFailed)),
+    }
+}
+
+const TRANSLATED: u32 = u32::MAX;
+
+#[inline(never)]
+fn translate_call(frame: &Frame, packet: &Packet, to: &Translation) -> u32 {
+    match translate_inline(frame, packet, to) {
+        Ok(()) => TRANSLATED,
+        Err(stat) => stat as u32,
+    }
+}
+
+#[inline(always)]
+fn translate_inline(frame: &Frame, packet: &Packet, to: &Translation) -> Result<(), Stat> {
     let l3 = packet.l3();
     let l4 = l3 + (packet.ip_header_len & 0x7c);
     if packet.family == FAMILY_V4 {
@@ -140,4 +169,102 @@ pub fn translate(ctx: &XdpContext, packet: &Packet, to: &Translation) -> Result<
         (*eth).src = to.src_mac;
     }
     Ok(())
+}
+
+/// The new addresses and ports of an ICMP error's quoted packet.
+pub struct QuoteTranslation {
+    pub saddr: [u32; 4],
+    pub daddr: [u32; 4],
+    pub sport: u16,
+    pub dport: u16,
+}
+
+/// Rewrites the packet an ICMP error quotes (its IP addresses and ports, and the IPv4 header
+/// checksum of the quote) and updates the ICMP checksum for that and, for ICMPv6, for the new
+/// outer addresses `to` (its pseudo-header). The outer header is left to [`translate`].
+#[inline(always)]
+pub fn translate_quote(
+    ctx: &XdpContext,
+    packet: &Packet,
+    inner: &QuoteTranslation,
+    to: &Translation,
+) -> Result<(), Stat> {
+    // A separate BPF function, like `translate`; the quote is `packet.quoted`.
+    match translate_quote_call(&Frame::new(ctx), packet, inner, to) {
+        TRANSLATED => Ok(()),
+        stat => Err(Stat::ALL.get(stat as usize).copied().unwrap_or(Stat::DropAdjustFailed)),
+    }
+}
+
+/// (At most five arguments, and LLVM may split the frame into two: the quote comes from
+/// `packet`.)
+#[inline(never)]
+fn translate_quote_call(frame: &Frame, packet: &Packet, inner: &QuoteTranslation, to: &Translation) -> u32 {
+    let Some(quote) = packet.quoted.as_ref() else { return Stat::TruncatedIcmp as u32 };
+    match translate_quote_inline(frame, packet, quote, inner, to) {
+        Ok(()) => TRANSLATED,
+        Err(stat) => stat as u32,
+    }
+}
+
+#[inline(always)]
+fn translate_quote_inline(
+    frame: &Frame,
+    packet: &Packet,
+    quote: &Quoted,
+    inner: &QuoteTranslation,
+    to: &Translation,
+) -> Result<(), Stat> {
+    let l3 = packet.l3();
+    let icmp_at = l3 + if packet.family == FAMILY_V4 { packet.ip_header_len & 0x3c } else { 40 };
+    let icmp: *mut IcmpHdr = frame.at(icmp_at).ok_or(Stat::TruncatedIcmp)?;
+    let (ip_at, l4_at) = quote.offsets();
+    let ports: *mut [u16; 2] = frame.at(l4_at).ok_or(Stat::TruncatedIcmp)?;
+    // SAFETY: bounds checked by `at`; plain integer fields of the packet.
+    unsafe {
+        let mut sum = Csum::of((*icmp).check);
+        if packet.family == FAMILY_V4 {
+            let ip: *mut Ipv4Hdr = frame.at(ip_at).ok_or(Stat::TruncatedIcmp)?;
+            let mut ip_sum = Csum::of((*ip).check);
+            ip_sum.replace32((*ip).saddr, inner.saddr[0]);
+            ip_sum.replace32((*ip).daddr, inner.daddr[0]);
+            let check = ip_sum.finish();
+            sum.replace32((*ip).saddr, inner.saddr[0]);
+            sum.replace32((*ip).daddr, inner.daddr[0]);
+            sum.replace16((*ip).check, check);
+            (*ip).saddr = inner.saddr[0];
+            (*ip).daddr = inner.daddr[0];
+            (*ip).check = check;
+        } else {
+            let ip: *mut Ipv6Hdr = frame.at(ip_at).ok_or(Stat::TruncatedIcmp)?;
+            // The kernel sums the address changes (bpf_csum_diff): done inline, the 32 words
+            // would be spilled to the stack.
+            let mut wsum = 0u32;
+            wsum = csum_diff(core::ptr::addr_of_mut!((*ip).saddr).cast(), &inner.saddr, wsum);
+            wsum = csum_diff(core::ptr::addr_of_mut!((*ip).daddr).cast(), &inner.daddr, wsum);
+            // ICMPv6 sums the outer addresses too (RFC 4443 §2.3).
+            wsum = csum_diff(packet.saddr.as_ptr().cast_mut(), &to.saddr, wsum);
+            wsum = csum_diff(packet.daddr.as_ptr().cast_mut(), &to.daddr, wsum);
+            sum.add(wsum);
+            (*ip).saddr = inner.saddr;
+            (*ip).daddr = inner.daddr;
+        }
+        let [sport, dport] = *ports;
+        sum.replace16(sport, inner.sport);
+        sum.replace16(dport, inner.dport);
+        *ports = [inner.sport, inner.dport];
+        (*icmp).check = sum.finish();
+    }
+    Ok(())
+}
+
+/// `seed` plus the one's-complement difference from the 16 bytes at `old` to `new`.
+///
+/// # Safety
+/// `old` must point to 16 readable bytes (packet or map memory).
+#[inline(always)]
+unsafe fn csum_diff(old: *mut u32, new: &[u32; 4], seed: u32) -> u32 {
+    // SAFETY: both buffers hold 16 bytes (the caller's promise, and the array); the helper only
+    // reads them.
+    unsafe { bpf_csum_diff(old, 16, new.as_ptr().cast_mut(), 16, seed) as u32 }
 }

@@ -23,7 +23,7 @@ use lb_common::{
 };
 use lb_ebpf::{
     headers::{EthHdr, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN},
-    nat::{Translation, translate},
+    nat::{QuoteTranslation, Translation, translate, translate_quote},
     parse::{Frame, Packet},
 };
 
@@ -343,6 +343,8 @@ pub struct Claim {
     /// The forward entry and the translation made from the claim.
     entry: NatFlow,
     to: Translation,
+    /// An ICMP error's quote translation (`icmp_error`).
+    quote: QuoteTranslation,
     pool: u32,
     start: u32,
     size: u32,
@@ -402,4 +404,69 @@ fn try_claim(claim: &mut Claim) {
         }
         claim.outcome = Claimed::Reclaimed;
     }
+}
+
+/// An ICMP error about a NAT flow, from either side: sent on to the other side with its outer
+/// and its quoted headers translated. The quote is a packet that went the other way: the client
+/// side quotes VIP → client (look it up reversed in the forward table), the backend side quotes
+/// source → backend (reversed, it is the reverse table's key). Not inlined, like `forward_new`.
+#[inline(never)]
+pub fn icmp_error(ctx: &XdpContext, counts: Counts, packet: &Packet) -> u32 {
+    icmp_error_inner(ctx, counts, packet).unwrap_or(NOT_HANDLED)
+}
+
+#[inline(always)]
+fn icmp_error_inner(ctx: &XdpContext, counts: Counts, packet: &Packet) -> Option<u32> {
+    let quote = packet.quoted.as_ref()?;
+    let node = XLB_NODE.get(0)?;
+    // The translations live in the per-CPU scratch: this path's frame must stay small.
+    let scratch = XLB_NAT_CLAIM.get_ptr_mut(0)?;
+    // SAFETY: this CPU's scratch slot, used by this packet only.
+    let scratch = unsafe { &mut *scratch };
+    scratch.key = FlowKey {
+        saddr: quote.daddr,
+        daddr: quote.saddr,
+        sport: quote.dport,
+        dport: quote.sport,
+        proto: quote.proto,
+        family: packet.family,
+        pad: 0,
+    };
+    if let Some(entry) = XLB_NAT_FLOWS.get_ptr(&scratch.key) {
+        // SAFETY: a live value of the map; fields read one at a time.
+        let entry = unsafe { &*entry };
+        let backend = XLB_BACKENDS.get(entry.backend)?;
+        scratch.to = Translation {
+            saddr: entry.source,
+            daddr: backend.addr,
+            sport: 0,
+            dport: 0,
+            dst_mac: backend.mac,
+            src_mac: node.iface_mac,
+        };
+        scratch.quote = QuoteTranslation {
+            saddr: backend.addr,
+            daddr: entry.source,
+            sport: entry.backend_port,
+            dport: entry.source_port,
+        };
+    } else {
+        let rev = XLB_NAT_REVERSE.get_ptr(&scratch.key)?;
+        // SAFETY: as above.
+        let rev = unsafe { &*rev };
+        scratch.to = Translation {
+            saddr: rev.vip,
+            daddr: rev.client,
+            sport: 0,
+            dport: 0,
+            dst_mac: rev.client_mac,
+            src_mac: node.iface_mac,
+        };
+        scratch.quote =
+            QuoteTranslation { saddr: rev.client, daddr: rev.vip, sport: rev.client_port, dport: rev.vip_port };
+    }
+    if let Err(drop) = translate_quote(ctx, packet, &scratch.quote, &scratch.to) {
+        return Some(counts.outcome(drop));
+    }
+    Some(send(ctx, counts, packet, &scratch.to, None, Stat::NatIcmpTranslated))
 }

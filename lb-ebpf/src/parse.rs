@@ -54,6 +54,22 @@ pub struct Quoted {
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
+    /// Fragmentation-needed / packet-too-big (the only errors direct server return forwards):
+    /// 1, else 0. (Not a `bool`: the `Option` around would keep its discriminant in the bool's
+    /// spare values, a layout whose BTF the kernel refuses for the scratch map.)
+    pub too_big: u8,
+    /// Offsets of the quoted IP header and of its transport header in the frame.
+    pub ip_at: usize,
+    pub l4_at: usize,
+}
+
+impl Quoted {
+    /// `ip_at` and `l4_at` bounded for the verifier (a packet kept in map memory loses what the
+    /// verifier knew of its fields): an ICMP error's quote starts within the first 256 bytes.
+    #[inline(always)]
+    pub fn offsets(&self) -> (usize, usize) {
+        (self.ip_at & 0xff, self.l4_at & 0xff)
+    }
 }
 
 /// What the balancer needs to know about a well-formed packet.
@@ -252,14 +268,18 @@ fn parse_l4(frame: &Frame, l4: usize, ip_end: usize, packet: &mut Packet) -> Res
         }
         // SAFETY: bounds checked by `at`.
         let (kind, code) = unsafe { ((*icmp).kind, (*icmp).code) };
-        let too_big = if packet.family == FAMILY_V4 {
-            kind == ICMP_DEST_UNREACH && code == ICMP_FRAG_NEEDED
+        let (too_big, error) = if packet.family == FAMILY_V4 {
+            (
+                kind == ICMP_DEST_UNREACH && code == ICMP_FRAG_NEEDED,
+                matches!(kind, ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM),
+            )
         } else {
-            kind == ICMPV6_PKT_TOOBIG
+            // Destination unreachable, packet too big, time exceeded, parameter problem.
+            (kind == ICMPV6_PKT_TOOBIG, (1..=4).contains(&kind))
         };
-        if too_big {
+        if error {
             // A quote that cannot be read is just not about one of our flows.
-            packet.quoted = parse_quoted(frame, l4 + size_of::<IcmpHdr>(), packet.family);
+            packet.quoted = parse_quoted(frame, l4 + size_of::<IcmpHdr>(), packet.family, too_big);
         }
     }
     Ok(())
@@ -267,7 +287,7 @@ fn parse_l4(frame: &Frame, l4: usize, ip_end: usize, packet: &mut Packet) -> Res
 
 /// The IP header and the first 4 bytes of transport header that an ICMP error quotes.
 #[inline(always)]
-fn parse_quoted(frame: &Frame, at: usize, family: u8) -> Option<Quoted> {
+fn parse_quoted(frame: &Frame, at: usize, family: u8, too_big: bool) -> Option<Quoted> {
     let (saddr, daddr, proto, l4) = if family == FAMILY_V4 {
         let ip: *const Ipv4Hdr = frame.at(at)?;
         // SAFETY: bounds checked by `at`.
@@ -289,5 +309,5 @@ fn parse_quoted(frame: &Frame, at: usize, family: u8) -> Option<Quoted> {
     let ports: *const [u16; 2] = frame.at(l4)?;
     // SAFETY: bounds checked by `at`.
     let [sport, dport] = unsafe { *ports };
-    Some(Quoted { saddr, daddr, sport, dport, proto })
+    Some(Quoted { saddr, daddr, sport, dport, proto, too_big: u8::from(too_big), ip_at: at, l4_at: l4 })
 }

@@ -160,8 +160,11 @@ impl Balancer {
     }
 
     pub fn with_flow_table(yaml: &str, flow_table_size: u32) -> Self {
+        Self::with_sizes(yaml, TableSizes { flows: flow_table_size, nat: TEST_NAT_TABLE_SIZE })
+    }
+
+    pub fn with_sizes(yaml: &str, sizes: TableSizes) -> Self {
         let config = parse_config(yaml);
-        let sizes = TableSizes { flows: flow_table_size, nat: TEST_NAT_TABLE_SIZE };
         let (program, mut maps) = Loaded::balancer(sizes).expect("the XDP object loads and verifies");
         let mut reconciler = Reconciler::new();
         reconciler.apply(&DesiredState::new(&config, &FACTS), &mut maps).expect("maps accept the config");

@@ -136,18 +136,23 @@ pub fn ip_and_8(frame: &[u8]) -> Vec<u8> {
 /// An ICMP fragmentation-needed (IPv4) or packet-too-big (IPv6) from `router` to `to`, quoting
 /// `quoted` (an IP header and at least 8 bytes of what followed).
 pub fn icmp_too_big(router: &str, to: &str, mtu: u32, quoted: &[u8]) -> Vec<u8> {
+    icmp_too_big_with_ttl(router, to, 64, mtu, quoted)
+}
+
+/// [`icmp_too_big`] with the outer TTL / hop limit `ttl`.
+pub fn icmp_too_big_with_ttl(router: &str, to: &str, ttl: u8, mtu: u32, quoted: &[u8]) -> Vec<u8> {
     use etherparse::{Icmpv4Type, Icmpv6Type, icmpv4::DestUnreachableHeader};
     let mut out = Vec::new();
     let eth = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC);
     match (router.parse::<std::net::IpAddr>().expect("addr"), to.parse::<std::net::IpAddr>().expect("addr")) {
         (std::net::IpAddr::V4(r), std::net::IpAddr::V4(t)) => eth
-            .ipv4(r.octets(), t.octets(), 64)
+            .ipv4(r.octets(), t.octets(), ttl)
             .icmpv4(Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
                 next_hop_mtu: mtu as u16,
             }))
             .write(&mut out, quoted),
         (std::net::IpAddr::V6(r), std::net::IpAddr::V6(t)) => {
-            eth.ipv6(r.octets(), t.octets(), 64).icmpv6(Icmpv6Type::PacketTooBig { mtu }).write(&mut out, quoted)
+            eth.ipv6(r.octets(), t.octets(), ttl).icmpv6(Icmpv6Type::PacketTooBig { mtu }).write(&mut out, quoted)
         }
         _ => panic!("mixed families"),
     }

@@ -13,11 +13,13 @@
 //! machine hits all of them alike. "new" cases send a SYN of a distinct 5-tuple in every call,
 //! so every call really inserts into the connection table.
 
-use std::time::Instant;
+use std::{collections::BTreeMap, time::Instant};
 
 use anyhow::{Context as _, bail};
+use lb_common::FlowKey;
 use xlb::{
-    dataplane::Loaded,
+    dataplane::{Loaded, TableSizes},
+    desired::ip_from_words,
     maglev::{self, Member},
     testrun::{self, XdpAction},
 };
@@ -59,6 +61,14 @@ fn config() -> String {
     vip("ipip4", "192.0.2.10", "dsr-ipip", &|i| format!("10.1.0.{}", i + 1));
     vip("ipip6", "2001:db8::10", "dsr-ipip", &|i| format!("fd00:1::{}", i + 1));
     vip("l2v4", "192.0.2.20", "dsr-l2", &|i| format!("10.2.0.{}", i + 1));
+    vip("nat4", "192.0.2.30", "nat\n    snat_pool: pool4", &|i| format!("10.3.0.{}", i + 1));
+    vip("nat6", "2001:db8::30", "nat\n    snat_pool: pool6", &|i| format!("fd00:3::{}", i + 1));
+    // Room for every new-flow call of a run without reuse: 8 × 50 000 sources per backend.
+    yaml.push_str("nat_pools:\n  - name: pool4\n    addresses: [");
+    yaml.push_str(&(1..=8).map(|i| format!("198.18.0.{i}")).collect::<Vec<_>>().join(", "));
+    yaml.push_str("]\n    ports: 10000-59999\n  - name: pool6\n    addresses: [");
+    yaml.push_str(&(1..=8).map(|i| format!("\"fd00:18::{i}\"")).collect::<Vec<_>>().join(", "));
+    yaml.push_str("]\n    ports: 10000-59999\n");
     yaml
 }
 
@@ -91,6 +101,8 @@ enum Traffic {
     Same(&'static str, &'static str),
     Established(&'static str, &'static str),
     New(&'static str),
+    /// The backends' replies to the flows of this established case (NAT).
+    Replies(&'static str),
 }
 
 struct Case {
@@ -160,6 +172,18 @@ fn cases() -> Vec<Case> {
             XdpAction::Tx,
         ),
         case("dsr-l2-v4-new", Program::Balancer, LOOP, New("192.0.2.20"), XdpAction::Tx),
+        case("nat-v4-established", Program::Balancer, LOOP, Established("198.51.100.1", "192.0.2.30"), XdpAction::Tx),
+        case("nat-v4-new", Program::Balancer, LOOP, New("192.0.2.30"), XdpAction::Tx),
+        case("nat-v4-reply", Program::Balancer, LOOP, Replies("nat-v4-established"), XdpAction::Tx),
+        case(
+            "nat-v6-established",
+            Program::Balancer,
+            LOOP,
+            Established("2001:db8:ff::1", "2001:db8::30"),
+            XdpAction::Tx,
+        ),
+        case("nat-v6-new", Program::Balancer, LOOP, New("2001:db8::30"), XdpAction::Tx),
+        case("nat-v6-reply", Program::Balancer, LOOP, Replies("nat-v6-established"), XdpAction::Tx),
     ]
 }
 
@@ -170,8 +194,9 @@ fn frame(src: &str, dst: &str, l4: L4) -> Vec<u8> {
 /// Flows of an established case: 16 tuples from one client.
 const ESTABLISHED_FLOWS: u16 = 16;
 
-fn packets(traffic: Traffic, run: usize, count: usize) -> Vec<Vec<u8>> {
+fn packets(traffic: Traffic, run: usize, count: usize, replies: &BTreeMap<&str, Vec<Vec<u8>>>) -> Vec<Vec<u8>> {
     match traffic {
+        Traffic::Replies(of) => replies.get(of).cloned().unwrap_or_default(),
         Traffic::Same(src, dst) => vec![frame(src, dst, L4::TcpAck { sport: 40000, dport: 80 })],
         Traffic::Established(src, dst) => {
             (0..ESTABLISHED_FLOWS).map(|i| frame(src, dst, L4::TcpAck { sport: 40000 + i, dport: 80 })).collect()
@@ -201,11 +226,11 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     }
     let cpu = pin_to_current_cpu()?;
     let floor = Loaded::floor().context("loading the floor program")?;
-    // A connection table larger than every insert the run makes, as in production.
-    let balancer = Balancer::with_flow_table(
-        &config(),
-        std::env::var("XLB_BENCH_FLOWS").ok().and_then(|v| v.parse().ok()).unwrap_or(lb_common::FLOW_TABLE_SIZE),
-    );
+    // Tables larger than every insert the run makes, as in production.
+    let flows =
+        std::env::var("XLB_BENCH_FLOWS").ok().and_then(|v| v.parse().ok()).unwrap_or(lb_common::FLOW_TABLE_SIZE);
+    let nat = (opts.runs * opts.loop_count + 1024).next_power_of_two() as u32;
+    let balancer = Balancer::with_sizes(&config(), TableSizes { flows, nat });
     let cases: Vec<Case> = cases()
         .into_iter()
         .filter(|c| c.name == "floor" || opts.only.as_deref().is_none_or(|only| c.name.contains(only)))
@@ -217,6 +242,16 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
                 (0..ESTABLISHED_FLOWS).map(|i| frame(src, dst, L4::TcpSyn { sport: 40000 + i, dport: 80 })).collect();
             testrun::run_loop(balancer.program.xdp()?, &syns, XdpAction::Tx)
                 .with_context(|| format!("opening flows of {}", case.name))?;
+        }
+    }
+    // The backends' answers to the established NAT flows, to the sources those flows got.
+    let mut replies: BTreeMap<&str, Vec<Vec<u8>>> = BTreeMap::new();
+    for case in &cases {
+        if let Traffic::Replies(of) = case.traffic {
+            let Some(Case { traffic: Traffic::Established(src, dst), .. }) = cases.iter().find(|c| c.name == of) else {
+                bail!("{}: run it together with {of} (its flows are the ones answered)", case.name);
+            };
+            replies.insert(of, nat_replies(&balancer, src, dst)?);
         }
     }
     let mut rows: Vec<Row> = cases
@@ -231,7 +266,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
                 Program::Floor => floor.xdp()?,
                 Program::Balancer => balancer.program.xdp()?,
             };
-            let packets = packets(case.traffic, run, opts.loop_count);
+            let packets = packets(case.traffic, run, opts.loop_count, &replies);
             for &method in case.methods {
                 let ns = match method {
                     Method::Repeat => testrun::repeat(prog, &packets[0], opts.repeat, case.expected),
@@ -257,6 +292,32 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         print_table(&rows, opts, cpu);
     }
     Ok(())
+}
+
+/// For each established flow from `src` to the NAT VIP `dst`: the backend's reply to the source
+/// the flow was given.
+fn nat_replies(balancer: &Balancer, src: &str, dst: &str) -> anyhow::Result<Vec<Vec<u8>>> {
+    let words = |a: &str| xlb::desired::ip_words(a.parse().expect("address"));
+    let ((saddr, family), (daddr, _)) = (words(src), words(dst));
+    (0..ESTABLISHED_FLOWS)
+        .map(|i| {
+            let key = FlowKey {
+                saddr,
+                daddr,
+                sport: (40000 + i).to_be(),
+                dport: 80u16.to_be(),
+                proto: lb_common::PROTO_TCP,
+                family,
+                pad: 0,
+            };
+            let flow = balancer.maps.nat_flow(&key).context("an established NAT flow is in the table")?;
+            let backend = balancer.maps.backend(flow.backend)?;
+            let backend_addr = ip_from_words(backend.addr, backend.family).to_string();
+            let source = ip_from_words(flow.source, family).to_string();
+            let l4 = L4::TcpAck { sport: u16::from_be(flow.backend_port), dport: u16::from_be(flow.source_port) };
+            Ok(frame(&backend_addr, &source, l4))
+        })
+        .collect()
 }
 
 /// Wall time of building a 65537-slot table over 100 weighted backends.
@@ -303,6 +364,15 @@ fn print_table(rows: &[Row], opts: &Options, cpu: usize) {
     for r in rows.iter().filter(|r| r.method != "wall") {
         let net = if r.case == "floor" { "-".to_owned() } else { format!("{:.1}", r.median() - floor(r.method)) };
         println!("{:<28} {:<7} {:>10.1} {:>10.1} {:>10.1} {:>14}", r.case, r.method, r.min(), r.median(), r.max(), net);
+    }
+    let net =
+        |case: &str| rows.iter().find(|r| r.case == case && r.method == "loop").map(|r| r.median() - floor("loop"));
+    for (nat, dsr) in
+        [("nat-v4-established", "dsr-ipip-v4-established"), ("nat-v6-established", "dsr-ipip-v6-established")]
+    {
+        if let (Some(a), Some(b)) = (net(nat), net(dsr)) {
+            println!("{nat} / {dsr} (net): {:.2} (target ≤ 1.2)", a / b);
+        }
     }
     println!("\nUserspace, µs (target ≤ 2000)");
     for r in rows.iter().filter(|r| r.method == "wall") {
