@@ -229,7 +229,8 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     // Tables larger than every insert the run makes, as in production.
     let flows =
         std::env::var("XLB_BENCH_FLOWS").ok().and_then(|v| v.parse().ok()).unwrap_or(lb_common::FLOW_TABLE_SIZE);
-    let nat = (opts.runs * opts.loop_count + 1024).next_power_of_two() as u32;
+    // Both families' new-flow cases fill the one NAT table.
+    let nat = (2 * opts.runs * opts.loop_count + 1024).next_power_of_two() as u32;
     let balancer = Balancer::with_sizes(&config(), TableSizes { flows, nat });
     let cases: Vec<Case> = cases()
         .into_iter()
@@ -274,7 +275,16 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
                         testrun::run_loop(prog, packets.iter().cycle().take(opts.loop_count), case.expected)
                     }
                 }
-                .with_context(|| format!("case {} ({})", case.name, method.name()))?;
+                .with_context(|| {
+                    // What the program counted says why a verdict was unexpected.
+                    let counted: Vec<String> = balancer
+                        .stats()
+                        .into_iter()
+                        .filter(|(s, v)| *v > 0 && (s.is_drop() || !s.is_outcome()))
+                        .map(|(s, v)| format!("{}={v}", s.name()))
+                        .collect();
+                    format!("case {} ({}); drops and events so far: {}", case.name, method.name(), counted.join(" "))
+                })?;
                 row.next().expect("one row per case and method").samples.push(ns);
             }
         }

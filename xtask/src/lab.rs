@@ -58,7 +58,16 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     );
     let mut topo = Topology::edge(NODES, CLIENTS, 3, &vip_refs);
     topo.decap_on_backends();
-    for (address, port) in dedup(config.vips.iter().map(|v| (v.address.to_string(), v.port))) {
+    // DSR backends answer on the VIP; NAT backends on their own address and port.
+    let served = config.vips.iter().flat_map(|v| match v.mode {
+        xlb::config::Mode::Nat => v
+            .backends
+            .iter()
+            .map(|b| (if b.address.is_ipv4() { "0.0.0.0" } else { "::" }.to_owned(), b.port.unwrap_or(v.port)))
+            .collect::<Vec<_>>(),
+        _ => vec![(v.address.to_string(), v.port)],
+    });
+    for (address, port) in dedup(served) {
         topo.serve(&address, port);
     }
     let router = topo.router.as_ref().context("edge topology")?;
@@ -75,8 +84,21 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         Bird::start(router, dir.clone(), &xlb_tests::bird::config(ROUTER_V4, &neighbors, false, &Bird::log_path(&dir)));
     let start = Instant::now();
     for i in 0..NODES {
-        // Same file on every node but for its BGP router id.
-        let node_text = text.replace(&format!("router_id: {}", bgp.router_id), &format!("router_id: {}", node_v4(i)));
+        // Same file on every node but for its BGP router id and its own NAT pool addresses
+        // (which it holds on its interface, so backends resolve them to it).
+        let mut node_text =
+            text.replace(&format!("router_id: {}", bgp.router_id), &format!("router_id: {}", node_v4(i)));
+        for pool in &config.nat_pools {
+            for address in &pool.addresses {
+                let own = nth_after(*address, i);
+                node_text = node_text.replace(&address.to_string(), &own.to_string());
+                let (len, nodad) = if own.is_ipv4() { (24, None) } else { (64, Some("nodad")) };
+                let cidr = format!("{own}/{len}");
+                let mut args = vec!["addr", "add", cidr.as_str(), "dev", "eth0"];
+                args.extend(nodad);
+                topo.nodes[i].ip(&args);
+            }
+        }
         topo.start_agent_on(i, &node_text, &[]);
     }
     for address in &addresses {
@@ -208,6 +230,14 @@ fn wait_for_signal() {
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         let mut signal = 0;
         libc::sigwait(&set, &mut signal);
+    }
+}
+
+/// The address `n` after `address` (the lab's per-node NAT pool addresses).
+fn nth_after(address: std::net::IpAddr, n: usize) -> std::net::IpAddr {
+    match address {
+        std::net::IpAddr::V4(a) => std::net::Ipv4Addr::from(u32::from(a) + n as u32).into(),
+        std::net::IpAddr::V6(a) => std::net::Ipv6Addr::from(u128::from(a) + n as u128).into(),
     }
 }
 
