@@ -145,6 +145,9 @@ pub const FILTER_NAT_POOL: u32 = 4;
 /// A backend of a DNAT-only VIP (source): its replies go to the client's own address.
 pub const FILTER_NAT_BACKEND: u32 = 8;
 
+/// Index of the NAT program in the balancer's program array (`maps::PROGS`).
+pub const PROG_INDEX_NAT: u32 = 0;
+
 /// Most NAT source-address pools, and addresses in one pool.
 pub const MAX_NAT_POOLS: u32 = 64;
 pub const MAX_POOL_ADDRS: usize = 8;
@@ -199,7 +202,7 @@ pub struct NatFlow {
     pub backend_port: u16,
     /// `NAT_FLAG_*`.
     pub flags: u32,
-    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the last packet this way, refreshed at most
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE) of the last packet this way, refreshed at most
     /// every `NAT_TOUCH_NS` so a busy flow does not write its entry on every packet.
     pub last_seen: u64,
 }
@@ -431,6 +434,8 @@ pub enum Stat {
     DropNatNoFlow,
     /// NAT: the TTL / hop limit would reach 0.
     DropTtlExceeded,
+    /// A packet for a NAT address, but the NAT program is not loaded (the agent sets it).
+    DropNatUnavailable,
     /// Event: a NAT port of an expired flow was taken over by a new flow.
     NatPortReclaimed,
     Count,
@@ -485,6 +490,7 @@ impl Stat {
         Stat::DropNatTableFull,
         Stat::DropNatNoFlow,
         Stat::DropTtlExceeded,
+        Stat::DropNatUnavailable,
         Stat::NatPortReclaimed,
     ];
 
@@ -522,6 +528,7 @@ impl Stat {
             Stat::DropNatTableFull => "drop_nat_table_full",
             Stat::DropNatNoFlow => "drop_nat_no_flow",
             Stat::DropTtlExceeded => "drop_ttl_exceeded",
+            Stat::DropNatUnavailable => "drop_nat_unavailable",
             Stat::NatPortReclaimed => "nat_port_reclaimed",
             Stat::Count => "count",
         }
@@ -567,6 +574,7 @@ impl Stat {
                 | Stat::DropNatTableFull
                 | Stat::DropNatNoFlow
                 | Stat::DropTtlExceeded
+                | Stat::DropNatUnavailable
         )
     }
 }
@@ -631,8 +639,9 @@ pub mod maps {
     pub const NAT_POOLS: &str = "XLB_NAT_POOLS";
     pub const NAT_FLOWS: &str = "XLB_NAT_FLOWS";
     pub const NAT_REVERSE: &str = "XLB_NAT_REVERSE";
+    pub const PROGS: &str = "XLB_PROGS";
     /// Every map of the balancer object (the ones the agent pins).
-    pub const BALANCER: [&str; 12] = [
+    pub const BALANCER: [&str; 13] = [
         VIPS,
         VIP_ADDRS,
         VIP_FILTER,
@@ -645,6 +654,7 @@ pub mod maps {
         NAT_POOLS,
         NAT_FLOWS,
         NAT_REVERSE,
+        PROGS,
     ];
     pub const DECAP_ADDRS: &str = "XLB_DECAP_ADDRS";
     pub const DECAP_STATS: &str = "XLB_DECAP_STATS";
@@ -653,6 +663,8 @@ pub mod maps {
 /// Names of the programs in the XDP objects.
 pub mod programs {
     pub const BALANCER: &str = "xlb_balancer";
+    /// Tail-called by the balancer for NAT (at `PROG_INDEX_NAT` of `maps::PROGS`).
+    pub const NAT: &str = "xlb_nat";
     pub const DECAP: &str = "xlb_decap";
     pub const FLOOR: &str = "xlb_floor";
 }

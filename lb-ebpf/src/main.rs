@@ -6,7 +6,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_COMMON_LRU, BPF_NOEXIST, xdp_action},
-    btf_maps::{Array, ArrayOfMaps, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, ArrayOfMaps, HashMap, LruHashMap, PerCpuArray, ProgramArray},
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
@@ -64,8 +64,9 @@ static XLB_NODE: Array<NodeConfig, 1> = Array::new();
 #[btf_map]
 static XLB_STATS: PerCpuArray<StatCounters, 1> = PerCpuArray::new();
 
-/// The packet being handled and its flow key: per-CPU scratch, because the BPF stack (512
-/// bytes over all nested calls) cannot hold them beside the NAT and DSR paths' own state.
+/// The NAT program's packet and flow key: per-CPU scratch, because the BPF stack (512 bytes over
+/// all nested calls) cannot hold them beside the NAT paths' own state; and how the parsed packet
+/// crosses the tail call.
 struct Scratch {
     packet: Packet,
     flow: FlowKey,
@@ -73,6 +74,12 @@ struct Scratch {
 
 #[btf_map]
 static XLB_SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
+
+/// The NAT program (`PROG_NAT`), set by the agent. Pinned with the maps: a prog array forgets
+/// its programs when no user holds it, and forwarding must outlive the agent.
+#[btf_map]
+static XLB_PROGS: ProgramArray<1> = ProgramArray::new();
+const PROG_NAT: u32 = lb_common::PROG_INDEX_NAT;
 
 /// What a separately compiled path returns when the packet is not its business. (Those paths
 /// return a plain `u32`: an `Option` would come back through a stack pointer, which the
@@ -108,19 +115,70 @@ impl Counts {
     }
 }
 
+/// The entry program: direct server return inline (the hot paths, on one BPF frame); anything
+/// that concerns a NAT address goes on to `xlb_nat` by tail call, with the parsed packet in the
+/// per-CPU scratch (NAT's flow state does not fit this frame's 512-byte stack beside DSR's).
 #[xdp]
 pub fn xlb_balancer(ctx: XdpContext) -> u32 {
     let Some(stats) = XLB_STATS.get_ptr_mut(0) else { return xdp_action::XDP_PASS };
     let counts = Counts(stats);
-    let Some(scratch) = XLB_SCRATCH.get_ptr_mut(0) else { return xdp_action::XDP_PASS };
-    // SAFETY: this CPU's scratch slot; XDP runs to completion, so only this packet uses it.
-    let Scratch { packet, flow } = unsafe { &mut *scratch };
     let frame = Frame::new(&ctx);
-    match parse(&frame, packet) {
+    let mut packet = Packet::EMPTY;
+    match parse(&frame, &mut packet) {
         Ok(()) => {}
         Err(NotParsed::Pass(stat)) => return counts.outcome(stat),
         Err(NotParsed::Unhashable { family, daddr }) => return counts.outcome(unhashable(family, daddr)),
     }
+    let Some(node) = XLB_NODE.get(0) else { return counts.outcome(Stat::PassNotVip) };
+    let bits = XLB_VIP_FILTER.get(addr_bucket(&packet.daddr)).copied().unwrap_or(0);
+    // NAT VIPs and pool addresses (destination), DNAT backends (source): the NAT program.
+    if bits & (FILTER_NAT_VIP | FILTER_NAT_POOL) != 0
+        || (node.flags & NODE_FLAG_DNAT_ONLY != 0
+            && XLB_VIP_FILTER.get(addr_bucket(&packet.saddr)).is_some_and(|b| b & FILTER_NAT_BACKEND != 0))
+    {
+        if let Some(scratch) = XLB_SCRATCH.get_ptr_mut(0) {
+            // SAFETY: this CPU's scratch slot; XDP runs to completion, so only this packet uses
+            // it until the NAT program has read it.
+            unsafe {
+                (*scratch).packet = packet;
+                XLB_PROGS.tail_call(&ctx, PROG_NAT);
+            }
+        }
+        // Only if the NAT program is not loaded.
+        return counts.outcome(Stat::DropNatUnavailable);
+    }
+    if let Some(quoted) = packet.quoted
+        && quoted.too_big != 0
+        && let Some(action) = icmp_error_to_backend_inner(&ctx, counts, &packet, &quoted)
+    {
+        return action;
+    }
+    if bits & FILTER_VIP == 0 {
+        return counts.outcome(Stat::PassNotVip);
+    }
+    let flow = FlowKey {
+        saddr: packet.saddr,
+        daddr: packet.daddr,
+        sport: packet.sport,
+        dport: packet.dport,
+        proto: packet.proto,
+        family: packet.family,
+        pad: 0,
+    };
+    direct_inline(&ctx, counts, &packet, &flow, node)
+}
+
+/// NAT: replies, known flows, new flows, ICMP errors — and direct server return for a DSR VIP
+/// whose address shares a pre-filter bucket with a NAT address. Entered by tail call from
+/// `xlb_balancer`, which left the parsed packet in the scratch. Its paths are separate BPF
+/// functions with their state in per-CPU maps, so that nested calls stay within 512 bytes.
+#[xdp]
+pub fn xlb_nat(ctx: XdpContext) -> u32 {
+    let Some(stats) = XLB_STATS.get_ptr_mut(0) else { return xdp_action::XDP_PASS };
+    let counts = Counts(stats);
+    let Some(scratch) = XLB_SCRATCH.get_ptr_mut(0) else { return xdp_action::XDP_PASS };
+    // SAFETY: this CPU's scratch slot, filled by `xlb_balancer` for this very packet.
+    let Scratch { packet, flow } = unsafe { &mut *scratch };
     let packet = &*packet;
     if let Some(quoted) = packet.quoted {
         let action =
@@ -174,10 +232,16 @@ pub fn xlb_balancer(ctx: XdpContext) -> u32 {
     direct(&ctx, counts, packet, flow, node)
 }
 
-/// Direct server return (dsr-l2, dsr-ipip): connection table, else the VIP's Maglev table. A
-/// separate BPF function so that its frame and NAT's never add up on the 512-byte stack.
+/// `direct_inline` as a separate BPF function, for the NAT program (its frame and NAT's must
+/// never add up on the 512-byte stack).
 #[inline(never)]
 fn direct(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &FlowKey, node: &NodeConfig) -> u32 {
+    direct_inline(ctx, counts, packet, flow, node)
+}
+
+/// Direct server return (dsr-l2, dsr-ipip): connection table, else the VIP's Maglev table.
+#[inline(always)]
+fn direct_inline(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &FlowKey, node: &NodeConfig) -> u32 {
     let frame_len = Frame::new(ctx).len() as u64;
     let has_ports = packet.proto == PROTO_TCP || packet.proto == PROTO_UDP;
     let opens = if packet.proto == PROTO_UDP {

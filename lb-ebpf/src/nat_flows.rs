@@ -12,7 +12,7 @@ use aya_ebpf::{
     bindings::{BPF_EXIST, BPF_NOEXIST},
     btf_maps::{Array, HashMap, PerCpuArray},
     cty::c_void,
-    helpers::generated::{bpf_ktime_get_ns, bpf_loop},
+    helpers::generated::{bpf_ktime_get_coarse_ns, bpf_loop},
     macros::btf_map,
     programs::XdpContext,
 };
@@ -48,10 +48,12 @@ static XLB_NAT_CLAIM: PerCpuArray<Claim, 1> = PerCpuArray::new();
 
 const EEXIST: i32 = 17;
 
+/// CLOCK_MONOTONIC_COARSE: a tick's resolution is plenty for idle timeouts of seconds, and it
+/// costs a fraction of the precise clock on every packet.
 #[inline(always)]
 fn now() -> u64 {
     // SAFETY: no arguments, no preconditions.
-    unsafe { bpf_ktime_get_ns() }
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 /// `NAT_FLAG_CLOSING` for a TCP FIN or RST.

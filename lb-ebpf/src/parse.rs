@@ -73,6 +73,7 @@ impl Quoted {
 }
 
 /// What the balancer needs to know about a well-formed packet.
+#[derive(Clone, Copy)]
 pub struct Packet {
     pub family: u8,
     pub proto: u8,
@@ -100,6 +101,24 @@ pub struct Packet {
 }
 
 impl Packet {
+    /// Filled in by [`parse`].
+    pub const EMPTY: Self = Self {
+        family: 0,
+        proto: 0,
+        l3: 0,
+        ip_len: 0,
+        ip_header_len: 0,
+        dont_fragment: false,
+        tos: 0,
+        ttl: 0,
+        saddr: [0; 4],
+        daddr: [0; 4],
+        sport: 0,
+        dport: 0,
+        tcp_flags: 0,
+        quoted: None,
+    };
+
     /// `l3`, bounded for the verifier: a packet kept in map memory loses what the verifier knew
     /// of its fields, and a packet offset must be provably small.
     #[inline(always)]
@@ -116,11 +135,8 @@ pub enum NotParsed {
     Unhashable { family: u8, daddr: [u32; 4] },
 }
 
-/// Parses Ethernet (one optional 802.1Q tag), IPv4/IPv6 and TCP/UDP/ICMP headers into `out`
-/// (which may be scratch memory: the balancer keeps its packet in a per-CPU map, off its
-/// 512-byte stack). Not inlined: its many live values would otherwise stay on the balancer's
-/// frame below every nested call.
-#[inline(never)]
+/// Parses Ethernet (one optional 802.1Q tag), IPv4/IPv6 and TCP/UDP/ICMP headers into `out`.
+#[inline(always)]
 pub fn parse(frame: &Frame, out: &mut Packet) -> Result<(), NotParsed> {
     let eth: *const EthHdr = frame.at(0).ok_or(NotParsed::Pass(Stat::TruncatedEth))?;
     // SAFETY: `at` checked that the EthHdr lies inside the frame.

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
-    maps::{Array, ArrayOfMaps, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{Array, ArrayOfMaps, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues, ProgramArray},
     programs::{
         ProgramError, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -454,6 +454,7 @@ impl Loaded {
             programs::BALANCER,
             &[(maps::FLOWS, sizes.flows), (maps::NAT_FLOWS, sizes.nat), (maps::NAT_REVERSE, sizes.nat)],
         )?;
+        loaded.load_nat()?;
         let maps = Maps::take(&mut loaded.ebpf)?;
         Ok((loaded, maps))
     }
@@ -488,8 +489,27 @@ impl Loaded {
             }
             other => other,
         })?;
+        loaded.load_nat()?;
         let maps = Maps::take(&mut loaded.ebpf)?;
         Ok((loaded, maps, adopted))
+    }
+
+    /// Loads the balancer's NAT program and puts it where the balancer tail-calls it (replacing
+    /// a previous agent's in a pinned program array).
+    fn load_nat(&mut self) -> Result<(), DataplaneError> {
+        let name = programs::NAT;
+        let program = |source| DataplaneError::Program { name, source: Box::new(source) };
+        let nat: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(DataplaneError::Missing { kind: "program", name })?
+            .try_into()
+            .map_err(program)?;
+        nat.load().map_err(program)?;
+        let fd = nat.fd().map_err(program)?.try_clone().map_err(|e| program(ProgramError::IOError(e)))?;
+        let map = self.ebpf.map_mut(maps::PROGS).ok_or(DataplaneError::Missing { kind: "map", name: maps::PROGS })?;
+        let mut progs = ProgramArray::try_from(map).map_err(map_err(maps::PROGS))?;
+        progs.set(lb_common::PROG_INDEX_NAT, &fd, 0).map_err(map_err(maps::PROGS))
     }
 
     /// Loads the decapsulation program.
