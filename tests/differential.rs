@@ -35,6 +35,10 @@ const VIPS: &[(&str, u16, bool)] = &[
     ("192.0.2.5", 80, true),
     ("192.0.2.1", 443, true),
     ("192.0.2.1", 450, true),
+    ("192.0.2.6", 80, true),
+    ("192.0.2.6", 53, false),
+    ("2001:db8::6", 80, true),
+    ("192.0.2.7", 80, true),
 ];
 
 fn client_v4(rng: &mut Rng) -> [u8; 4] {
@@ -46,8 +50,72 @@ fn client_v6(rng: &mut Rng) -> [u8; 16] {
     a
 }
 
+/// An address as it sits in a key (network order in memory).
+fn ip_of(words: &[u32; 4], family: u8) -> std::net::IpAddr {
+    xlb::desired::ip_from_words(*words, family)
+}
+
+/// Something from a backend about a NAT flow the model knows: a reply (or a reply to a source
+/// nobody holds), or an ICMP error from either side quoting the flow.
+fn nat_traffic(rng: &mut Rng, model: &Model) -> Option<Vec<u8>> {
+    let keys = &model.nat.reply_keys;
+    if keys.is_empty() {
+        return None;
+    }
+    let key = keys[rng.below(keys.len() as u64) as usize];
+    let (backend, source) = (ip_of(&key.saddr, key.family), ip_of(&key.daddr, key.family));
+    let (bport, mut sport) = (u16::from_be(key.sport), u16::from_be(key.dport));
+    if rng.chance(10) {
+        sport = sport.wrapping_add(1);
+    }
+    let tcp = key.proto == lb_common::PROTO_TCP;
+    let step = |src: std::net::IpAddr, dst: std::net::IpAddr, ttl: u8, vlan: bool| match (src, dst) {
+        (std::net::IpAddr::V4(s), std::net::IpAddr::V4(d)) => ip4(s.octets(), d.octets(), ttl, vlan),
+        (std::net::IpAddr::V6(s), std::net::IpAddr::V6(d)) => ip6(s.octets(), d.octets(), ttl, vlan),
+        _ => unreachable!("one family"),
+    };
+    let v6 = key.family == lb_common::FAMILY_V6;
+    let quote_len = if v6 { 48 } else { 28 };
+    Some(match rng.below(10) {
+        // The backend cannot deliver to the pool side (ICMP from the backend).
+        0 => {
+            let sent = build(step(source, backend, 64, false), tcp, sport, bport, 0x10, &[]);
+            icmp_too_big(&backend.to_string(), &source.to_string(), 1400, &sent[14..14 + quote_len])
+        }
+        // A router on the client side cannot carry a reply (ICMP to the VIP).
+        1 => {
+            let Some(flow) = model.nat.flow_keys.get(rng.below(model.nat.flow_keys.len() as u64) as usize) else {
+                return None;
+            };
+            let (vip, client) = (ip_of(&flow.daddr, flow.family), ip_of(&flow.saddr, flow.family));
+            let reply = build(
+                step(vip, client, 50, false),
+                flow.proto == lb_common::PROTO_TCP,
+                u16::from_be(flow.dport),
+                u16::from_be(flow.sport),
+                0x10,
+                &[],
+            );
+            let len = if flow.family == lb_common::FAMILY_V6 { 48 } else { 28 };
+            let router = if flow.family == lb_common::FAMILY_V6 { "2001:db8:aa::1" } else { "203.0.113.1" };
+            icmp_too_big(router, &vip.to_string(), 1280, &reply[14..14 + len])
+        }
+        _ => {
+            let flags = *rng.pick(&[0x10u8, 0x12, 0x11, 0x04, 0x18]);
+            let ttl = if rng.chance(5) { 1 } else { 64 };
+            let payload: Vec<u8> = (0..rng.below(64)).map(|i| i as u8).collect();
+            build(step(backend, source, ttl, rng.chance(15)), tcp, bport, sport, flags, &payload)
+        }
+    })
+}
+
 /// One well-formed frame of a random kind.
-fn generate(rng: &mut Rng) -> Vec<u8> {
+fn generate(rng: &mut Rng, model: &Model) -> Vec<u8> {
+    if rng.chance(15)
+        && let Some(frame) = nat_traffic(rng, model)
+    {
+        return frame;
+    }
     // Mostly VIP traffic; the rest to other addresses and ports.
     let (dst, dport, tcp) = if rng.chance(75) {
         *rng.pick(VIPS)
@@ -187,7 +255,7 @@ fn xdp_program_matches_the_reference_model() {
     let mut rng = Rng::new(seed);
     let mut outcomes = std::collections::BTreeMap::<&str, u64>::new();
     for i in 0..count {
-        let mut frame = generate(&mut rng);
+        let mut frame = generate(&mut rng, &model);
         if rng.chance(35) {
             mutate(&mut rng, &mut frame);
         }
@@ -214,8 +282,20 @@ fn xdp_program_matches_the_reference_model() {
     assert_eq!(lb.stat(Stat::FlowMiss), model.events.get("flow_miss").copied().unwrap_or(0), "flow_miss");
     assert_eq!(lb.stat(Stat::IcmpErrorToBackend), model.events.get("icmp_error_to_backend").copied().unwrap_or(0));
     // The run exercised what it is meant to.
-    for must in ["forwarded", "icmp_too_big_sent", "pass_not_vip", "drop_no_backend", "drop_too_big", "pass_unhashable"]
-    {
+    for must in [
+        "forwarded",
+        "icmp_too_big_sent",
+        "pass_not_vip",
+        "drop_no_backend",
+        "drop_too_big",
+        "pass_unhashable",
+        "nat_forwarded",
+        "nat_replied",
+        "nat_icmp_translated",
+        "drop_pool_exhausted",
+        "drop_nat_no_flow",
+        "drop_ttl_exceeded",
+    ] {
         assert!(outcomes.get(must).copied().unwrap_or(0) > 0, "no packet ended as {must}: {outcomes:?}");
     }
     assert!(

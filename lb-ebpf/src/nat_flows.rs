@@ -420,6 +420,10 @@ pub fn icmp_error(ctx: &XdpContext, counts: Counts, packet: &Packet) -> u32 {
 #[inline(always)]
 fn icmp_error_inner(ctx: &XdpContext, counts: Counts, packet: &Packet) -> Option<u32> {
     let quote = packet.quoted.as_ref()?;
+    // An error about a packet we sent comes back to the address we sent it from.
+    if packet.daddr != quote.saddr {
+        return None;
+    }
     let node = XLB_NODE.get(0)?;
     // The translations live in the per-CPU scratch: this path's frame must stay small.
     let scratch = XLB_NAT_CLAIM.get_ptr_mut(0)?;

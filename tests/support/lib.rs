@@ -3,6 +3,7 @@
 
 pub mod bird;
 pub mod model;
+mod model_nat;
 pub mod netns;
 pub mod packets;
 pub mod rng;
@@ -134,6 +135,46 @@ vips:
     mode: dsr-l2
     backends:
       - { address: 10.0.0.4, mac: "02:00:00:00:01:04" }
+  - name: nat4
+    address: 192.0.2.6
+    port: 80
+    protocol: tcp
+    mode: nat
+    snat_pool: np4
+    backends:
+      - { address: 10.2.0.1, port: 8080, mac: "02:00:00:00:03:01" }
+      - { address: 10.2.0.2, mac: "02:00:00:00:03:02" }
+  - name: natudp4
+    address: 192.0.2.6
+    port: 53
+    protocol: udp
+    mode: nat
+    snat_pool: np4
+    backends:
+      - { address: 10.2.0.3, port: 5353, mac: "02:00:00:00:03:03" }
+  - name: nat6
+    address: 2001:db8::6
+    port: 80
+    protocol: tcp
+    mode: nat
+    snat_pool: np6
+    backends:
+      - { address: "fd00:3::1", port: 8080, mac: "02:00:00:00:03:01" }
+  - name: dnat4
+    address: 192.0.2.7
+    port: 80
+    protocol: tcp
+    mode: nat
+    backends:
+      - { address: 10.2.0.4, mac: "02:00:00:00:03:04" }
+nat_pools:
+  # Small, so that the differential run also exhausts them.
+  - name: np4
+    addresses: [198.18.0.1, 198.18.0.2]
+    ports: 30000-30099
+  - name: np6
+    addresses: ["2001:db8:18::1"]
+    ports: 30000-30049
 "#;
 
 /// The node the harness pretends to be: the interface the program runs on.

@@ -42,8 +42,8 @@ impl Verdict {
 
 #[derive(Debug)]
 pub struct Model {
-    node: NodeConfig,
-    vips: BTreeMap<VipKey, DesiredVip>,
+    pub(crate) node: NodeConfig,
+    pub(crate) vips: BTreeMap<VipKey, DesiredVip>,
     addr_flags: BTreeMap<VipAddrKey, u32>,
     /// Per VIP: Maglev table as indices into its backends.
     tables: BTreeMap<VipKey, Vec<u32>>,
@@ -51,25 +51,38 @@ pub struct Model {
     flows: HashMap<FlowKey, usize>,
     /// Event counters the model predicts (flow_miss, icmp_error_to_backend).
     pub events: BTreeMap<&'static str, u64>,
+    /// NAT pools and flow tables.
+    pub nat: crate::model_nat::NatState,
 }
 
-/// The tuple an ICMP error quotes: source, destination, source port, destination port, protocol
-/// (addresses and ports as in memory).
-type Quoted = ([u32; 4], [u32; 4], u16, u16, u8);
+/// What an ICMP error quotes (addresses and ports as in memory), where, and whether it is a
+/// fragmentation-needed / packet-too-big.
+#[derive(Clone, Copy)]
+pub(crate) struct Quoted {
+    pub(crate) saddr: [u32; 4],
+    pub(crate) daddr: [u32; 4],
+    pub(crate) sport: u16,
+    pub(crate) dport: u16,
+    pub(crate) proto: u8,
+    pub(crate) too_big: bool,
+    pub(crate) ip_at: usize,
+    pub(crate) l4_at: usize,
+}
 
-struct Parsed {
-    l3: usize,
-    family: u8,
-    proto: u8,
+pub(crate) struct Parsed {
+    pub(crate) l3: usize,
+    pub(crate) family: u8,
+    pub(crate) proto: u8,
     ip_len: usize,
-    ip_header_len: usize,
+    pub(crate) ip_header_len: usize,
     dont_fragment: bool,
     tos: u8,
-    saddr: [u32; 4],
-    daddr: [u32; 4],
-    sport: u16,
-    dport: u16,
-    tcp_flags: u8,
+    pub(crate) ttl: u8,
+    pub(crate) saddr: [u32; 4],
+    pub(crate) daddr: [u32; 4],
+    pub(crate) sport: u16,
+    pub(crate) dport: u16,
+    pub(crate) tcp_flags: u8,
     quoted: Option<Quoted>,
 }
 
@@ -78,14 +91,14 @@ enum Early {
     Unhashable(u8, [u32; 4]),
 }
 
-fn be16(b: &[u8], at: usize) -> u16 {
+pub(crate) fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
 }
 /// A 16-bit field as it sits in memory (what the program compares and hashes).
-fn raw16(b: &[u8], at: usize) -> u16 {
+pub(crate) fn raw16(b: &[u8], at: usize) -> u16 {
     u16::from_ne_bytes([b[at], b[at + 1]])
 }
-fn raw32(b: &[u8], at: usize) -> u32 {
+pub(crate) fn raw32(b: &[u8], at: usize) -> u32 {
     u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 fn addr(b: &[u8], at: usize, family: u8) -> [u32; 4] {
@@ -122,6 +135,7 @@ impl Model {
             tables,
             flows: HashMap::new(),
             events: BTreeMap::new(),
+            nat: crate::model_nat::NatState::new(&desired.pools, &desired.filter),
         }
     }
 
@@ -143,20 +157,41 @@ impl Model {
                 };
             }
         };
-        if let Some((qs, qd, qsp, qdp, qproto)) = p.quoted
-            && let Some(key) = self.find_vip(qs, qsp, qproto, p.family)
-        {
-            let flow =
-                FlowKey { saddr: qd, daddr: qs, sport: qdp, dport: qsp, proto: qproto, family: p.family, pad: 0 };
-            let verdict = self.forward(frame, &p, &key, &flow, false, false);
-            if matches!(verdict, Verdict::Tx { .. }) {
-                *self.events.entry("icmp_error_to_backend").or_default() += 1;
+        if let Some(q) = p.quoted {
+            if q.too_big
+                && let Some(key) = self.find_vip(q.saddr, q.sport, q.proto, p.family)
+                && !self.is_nat(&key)
+            {
+                let flow = FlowKey {
+                    saddr: q.daddr,
+                    daddr: q.saddr,
+                    sport: q.dport,
+                    dport: q.sport,
+                    proto: q.proto,
+                    family: p.family,
+                    pad: 0,
+                };
+                let verdict = self.forward(frame, &p, &key, &flow, false, false);
+                if matches!(verdict, Verdict::Tx { .. }) {
+                    *self.events.entry("icmp_error_to_backend").or_default() += 1;
+                }
+                return verdict;
             }
+            if let Some(verdict) = self.nat_icmp(frame, &p, &q) {
+                return verdict;
+            }
+        }
+        if (p.proto == PROTO_TCP || p.proto == PROTO_UDP)
+            && let Some(verdict) = self.nat_reply(frame, &p)
+        {
             return verdict;
         }
         let Some(key) = self.find_vip(p.daddr, p.dport, p.proto, p.family) else {
             return Verdict::Pass(Stat::PassNotVip);
         };
+        if self.is_nat(&key) {
+            return self.nat_forward(frame, &p, &key);
+        }
         let flow = FlowKey {
             saddr: p.saddr,
             daddr: p.daddr,
@@ -183,7 +218,7 @@ impl Model {
         (vip.ports.0 <= port && port <= vip.ports.1).then_some(range)
     }
 
-    fn table_pick(&self, vip: &VipKey, flow: &FlowKey) -> Option<usize> {
+    pub(crate) fn table_pick(&self, vip: &VipKey, flow: &FlowKey) -> Option<usize> {
         let meta = &self.vips[vip];
         let table = &self.tables[vip];
         if table.is_empty() {
@@ -383,6 +418,7 @@ fn parse(b: &[u8]) -> Result<Parsed, Early> {
                 ip_header_len: ihl * 4,
                 dont_fragment: frag & 0x4000 != 0,
                 tos: b[l3 + 1],
+                ttl: b[l3 + 8],
                 saddr: addr(b, l3 + 12, FAMILY_V4),
                 daddr,
                 sport: 0,
@@ -415,6 +451,7 @@ fn parse(b: &[u8]) -> Result<Parsed, Early> {
                 ip_header_len: 40,
                 dont_fragment: true,
                 tos: ((u32::from(be16(b, l3)) >> 4) & 0xff) as u8,
+                ttl: b[l3 + 7],
                 saddr: addr(b, l3 + 8, FAMILY_V6),
                 daddr,
                 sport: 0,
@@ -448,9 +485,13 @@ fn parse(b: &[u8]) -> Result<Parsed, Early> {
             if l4 + 8 > b.len() || l4 + 8 > ip_end {
                 return Err(Early::Pass(Stat::TruncatedIcmp));
             }
-            let too_big = if p.family == FAMILY_V4 { b[l4] == 3 && b[l4 + 1] == 4 } else { b[l4] == 2 };
-            if too_big {
-                p.quoted = quoted(b, l4 + 8, p.family);
+            let (too_big, error) = if p.family == FAMILY_V4 {
+                (b[l4] == 3 && b[l4 + 1] == 4, matches!(b[l4], 3 | 11 | 12))
+            } else {
+                (b[l4] == 2, (1..=4).contains(&b[l4]))
+            };
+            if error {
+                p.quoted = quoted(b, l4 + 8, p.family, too_big);
             }
         }
         _ => {}
@@ -458,7 +499,7 @@ fn parse(b: &[u8]) -> Result<Parsed, Early> {
     Ok(p)
 }
 
-fn quoted(b: &[u8], at: usize, family: u8) -> Option<Quoted> {
+fn quoted(b: &[u8], at: usize, family: u8, too_big: bool) -> Option<Quoted> {
     let (saddr, daddr, proto, l4) = if family == FAMILY_V4 {
         if at + 20 > b.len() || b[at] >> 4 != 4 || (b[at] & 0xf) < 5 {
             return None;
@@ -473,5 +514,5 @@ fn quoted(b: &[u8], at: usize, family: u8) -> Option<Quoted> {
     if (proto != PROTO_TCP && proto != PROTO_UDP) || l4 + 4 > b.len() {
         return None;
     }
-    Some((saddr, daddr, raw16(b, l4), raw16(b, l4 + 2), proto))
+    Some(Quoted { saddr, daddr, sport: raw16(b, l4), dport: raw16(b, l4 + 2), proto, too_big, ip_at: at, l4_at: l4 })
 }
