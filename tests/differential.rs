@@ -84,9 +84,7 @@ fn nat_traffic(rng: &mut Rng, model: &Model) -> Option<Vec<u8>> {
         }
         // A router on the client side cannot carry a reply (ICMP to the VIP).
         1 => {
-            let Some(flow) = model.nat.flow_keys.get(rng.below(model.nat.flow_keys.len() as u64) as usize) else {
-                return None;
-            };
+            let flow = model.nat.flow_keys.get(rng.below(model.nat.flow_keys.len() as u64) as usize)?;
             let (vip, client) = (ip_of(&flow.daddr, flow.family), ip_of(&flow.saddr, flow.family));
             let reply = build(
                 step(vip, client, 50, false),
