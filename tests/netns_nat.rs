@@ -277,3 +277,41 @@ fn client_address_stays_hidden_behind_full_nat() {
     stop.store(true, Ordering::Relaxed);
     peers.join().unwrap();
 }
+
+#[test]
+fn nat_flows_survive_an_agent_sigkill_and_restart() {
+    require_root!();
+    let mut topo = nat_topology();
+    // Stream servers on every backend's own address, port 9100; a NAT VIP in front of them.
+    topo.serve_streams("0.0.0.0", 9100);
+    let config = config().replace(
+        "  - name: full4\n",
+        &format!(
+            "  - name: streams\n    address: {FULL4}\n    port: 9100\n    protocol: tcp\n    mode: nat\n    snat_pool: edge4\n    backends:\n{}  - name: full4\n",
+            backends(false, 9100)
+        ),
+    );
+    let config = config
+        .replace(&format!("    address: {FULL4}\n    port: 80\n"), &format!("    address: {FULL4}\n    port: 81\n"));
+    let first = topo.start_agent(&config);
+    let streams = topo.open_streams(FULL4, 9100, 24);
+    assert!(streams.progress(3, Duration::from_secs(10)), "streams started: {:?}", streams.exchanges());
+
+    // SIGKILL: the pinned program, program array and NAT tables keep translating both ways.
+    topo.agent(first).signal_and_wait(libc::SIGKILL, Duration::from_secs(5));
+    assert!(streams.progress(5, Duration::from_secs(5)), "streams go on without an agent: {:?}", streams.exchanges());
+
+    // A new agent adopts the pinned maps; the streams keep their sources and backends.
+    topo.start_agent(&config);
+    assert!(
+        streams.progress(10, Duration::from_secs(10)),
+        "streams go on after the restart: {:?}",
+        streams.exchanges()
+    );
+    let results = streams.finish();
+    let broken: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(broken.is_empty(), "NAT streams broken by the restart: {broken:?}");
+    let stats = topo.stats().expect("the new agent answers");
+    assert_eq!(stats.counter("drop_nat_unavailable"), Some(0));
+    assert_eq!(stats.counter("drop_nat_no_flow"), Some(0), "no flow lost its NAT state");
+}
