@@ -84,7 +84,7 @@ fn nat_topology() -> Topology {
     for addr in POOL4.iter().chain(&SMALL_POOL) {
         topo.node().ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
     }
-    topo.node().ip(&["addr", "add", &format!("{POOL6}/64"), "dev", "eth0", "nodad"]);
+    topo.node().ip(&["addr", "add", &format!("{POOL6}/64"), "dev", "eth0", "nodad", "preferred_lft", "0"]);
     topo.serve("0.0.0.0", 8080);
     topo.serve("::", 8081);
     topo.route_vips_statically(&[VIP4, VIP6, DNAT4, FULL4]);

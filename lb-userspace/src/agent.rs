@@ -356,6 +356,10 @@ fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
 }
 
 fn answer(state: &mut State, config_path: &str, request: Request) -> Reply {
+    if matches!(request, Request::Stats | Request::Status) {
+        // NAT usage as of now, not of the last periodic sweep.
+        state.sweep_nat();
+    }
     match request {
         Request::Stats => state.snapshot().map_or_else(|e| Reply::Error(e.to_string()), Reply::Stats),
         Request::Status => match state.snapshot() {

@@ -92,10 +92,14 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             for address in &pool.addresses {
                 let own = nth_after(*address, i);
                 node_text = node_text.replace(&address.to_string(), &own.to_string());
-                let (len, nodad) = if own.is_ipv4() { (24, None) } else { (64, Some("nodad")) };
+                // IPv6: deprecated (preferred_lft 0), so the node never picks a pool address
+                // as the source of its own connections (its BGP session, say); it still
+                // answers neighbour solicitations for it.
+                let (len, v6_flags) =
+                    if own.is_ipv4() { (24, &[][..]) } else { (64, &["nodad", "preferred_lft", "0"][..]) };
                 let cidr = format!("{own}/{len}");
                 let mut args = vec!["addr", "add", cidr.as_str(), "dev", "eth0"];
-                args.extend(nodad);
+                args.extend(v6_flags);
                 topo.nodes[i].ip(&args);
             }
         }
