@@ -156,15 +156,7 @@ pub fn xlb_balancer(ctx: XdpContext) -> u32 {
     if bits & FILTER_VIP == 0 {
         return counts.outcome(Stat::PassNotVip);
     }
-    let flow = FlowKey {
-        saddr: packet.saddr,
-        daddr: packet.daddr,
-        sport: packet.sport,
-        dport: packet.dport,
-        proto: packet.proto,
-        family: packet.family,
-        pad: 0,
-    };
+    let flow = packet.flow_key();
     direct_inline(&ctx, counts, &packet, &flow, node)
 }
 
@@ -208,15 +200,7 @@ pub fn xlb_nat(ctx: XdpContext) -> u32 {
     if bits & (FILTER_VIP | FILTER_NAT_VIP) == 0 {
         return counts.outcome(Stat::PassNotVip);
     }
-    *flow = FlowKey {
-        saddr: packet.saddr,
-        daddr: packet.daddr,
-        sport: packet.sport,
-        dport: packet.dport,
-        proto: packet.proto,
-        family: packet.family,
-        pad: 0,
-    };
+    *flow = packet.flow_key();
     let flow = &*flow;
     if bits & FILTER_NAT_VIP != 0 && has_ports {
         let action = nat_flows::forward_known(&ctx, counts, packet, flow);
@@ -446,15 +430,7 @@ fn icmp_error_to_backend_inner(ctx: &XdpContext, counts: Counts, packet: &Packet
         // NAT flows have their own tables (nat_flows::icmp_error).
         return None;
     }
-    let flow = FlowKey {
-        saddr: quoted.daddr,
-        daddr: quoted.saddr,
-        sport: quoted.dport,
-        dport: quoted.sport,
-        proto: quoted.proto,
-        family: packet.family,
-        pad: 0,
-    };
+    let flow = quoted.flow_key(packet.family);
     let node = XLB_NODE.get(0)?;
     let hash = tuple_hash(&flow);
     let Some(choice) = choose_backend(counts, &meta, &flow, hash, Opens::No, Lookup::NotYet) else {

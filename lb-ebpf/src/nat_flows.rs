@@ -227,15 +227,7 @@ pub fn reply(ctx: &XdpContext, counts: Counts, packet: &Packet) -> u32 {
 #[inline(always)]
 fn reply_inner(ctx: &XdpContext, counts: Counts, packet: &Packet) -> Option<u32> {
     let node = XLB_NODE.get(0)?;
-    let key = FlowKey {
-        saddr: packet.saddr,
-        daddr: packet.daddr,
-        sport: packet.sport,
-        dport: packet.dport,
-        proto: packet.proto,
-        family: packet.family,
-        pad: 0,
-    };
+    let key = packet.flow_key();
     let entry = XLB_NAT_REVERSE.get_ptr_mut(&key)?;
     // SAFETY: a pointer into the map's value; copied out, fields written one at a time below.
     let known = unsafe { *entry };
@@ -429,15 +421,7 @@ fn icmp_error_inner(ctx: &XdpContext, counts: Counts, packet: &Packet) -> Option
     let scratch = XLB_NAT_CLAIM.get_ptr_mut(0)?;
     // SAFETY: this CPU's scratch slot, used by this packet only.
     let scratch = unsafe { &mut *scratch };
-    scratch.key = FlowKey {
-        saddr: quote.daddr,
-        daddr: quote.saddr,
-        sport: quote.dport,
-        dport: quote.sport,
-        proto: quote.proto,
-        family: packet.family,
-        pad: 0,
-    };
+    scratch.key = quote.flow_key(packet.family);
     if let Some(entry) = XLB_NAT_FLOWS.get_ptr(&scratch.key) {
         // SAFETY: a live value of the map; fields read one at a time.
         let entry = unsafe { &*entry };

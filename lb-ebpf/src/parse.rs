@@ -7,7 +7,7 @@
 use core::mem::size_of;
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Stat};
+use lb_common::{FAMILY_V4, FAMILY_V6, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Stat};
 
 use crate::headers::*;
 
@@ -64,6 +64,21 @@ pub struct Quoted {
 }
 
 impl Quoted {
+    /// The flow the quoted packet belongs to, as its other end sends: source and destination
+    /// swapped (the quote is a packet that went back toward that end).
+    #[inline(always)]
+    pub fn flow_key(&self, family: u8) -> FlowKey {
+        FlowKey {
+            saddr: self.daddr,
+            daddr: self.saddr,
+            sport: self.dport,
+            dport: self.sport,
+            proto: self.proto,
+            family,
+            pad: 0,
+        }
+    }
+
     /// `ip_at` and `l4_at` bounded for the verifier (a packet kept in map memory loses what the
     /// verifier knew of its fields): an ICMP error's quote starts within the first 256 bytes.
     #[inline(always)]
@@ -101,6 +116,20 @@ pub struct Packet {
 }
 
 impl Packet {
+    /// The packet's 5-tuple as the flow tables key it.
+    #[inline(always)]
+    pub fn flow_key(&self) -> FlowKey {
+        FlowKey {
+            saddr: self.saddr,
+            daddr: self.daddr,
+            sport: self.sport,
+            dport: self.dport,
+            proto: self.proto,
+            family: self.family,
+            pad: 0,
+        }
+    }
+
     /// Filled in by [`parse`].
     pub const EMPTY: Self = Self {
         family: 0,

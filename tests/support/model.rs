@@ -69,6 +69,35 @@ pub(crate) struct Quoted {
     pub(crate) l4_at: usize,
 }
 
+impl Quoted {
+    /// The flow the quote belongs to, keyed as its other end sends.
+    pub(crate) fn flow_key(&self, family: u8) -> FlowKey {
+        FlowKey {
+            saddr: self.daddr,
+            daddr: self.saddr,
+            sport: self.dport,
+            dport: self.sport,
+            proto: self.proto,
+            family,
+            pad: 0,
+        }
+    }
+}
+
+impl Parsed {
+    pub(crate) fn flow_key(&self) -> FlowKey {
+        FlowKey {
+            saddr: self.saddr,
+            daddr: self.daddr,
+            sport: self.sport,
+            dport: self.dport,
+            proto: self.proto,
+            family: self.family,
+            pad: 0,
+        }
+    }
+}
+
 pub(crate) struct Parsed {
     pub(crate) l3: usize,
     pub(crate) family: u8,
@@ -162,15 +191,7 @@ impl Model {
                 && let Some(key) = self.find_vip(q.saddr, q.sport, q.proto, p.family)
                 && !self.is_nat(&key)
             {
-                let flow = FlowKey {
-                    saddr: q.daddr,
-                    daddr: q.saddr,
-                    sport: q.dport,
-                    dport: q.sport,
-                    proto: q.proto,
-                    family: p.family,
-                    pad: 0,
-                };
+                let flow = q.flow_key(p.family);
                 let verdict = self.forward(frame, &p, &key, &flow, false, false);
                 if matches!(verdict, Verdict::Tx { .. }) {
                     *self.events.entry("icmp_error_to_backend").or_default() += 1;
@@ -192,15 +213,7 @@ impl Model {
         if self.is_nat(&key) {
             return self.nat_forward(frame, &p, &key);
         }
-        let flow = FlowKey {
-            saddr: p.saddr,
-            daddr: p.daddr,
-            sport: p.sport,
-            dport: p.dport,
-            proto: p.proto,
-            family: p.family,
-            pad: 0,
-        };
+        let flow = p.flow_key();
         let opens = p.proto == PROTO_UDP || (p.proto == PROTO_TCP && p.tcp_flags & 0x12 == 0x02);
         self.forward(frame, &p, &key, &flow, opens, true)
     }

@@ -174,15 +174,7 @@ impl Model {
 
     /// A client packet to a NAT VIP.
     pub(crate) fn nat_forward(&mut self, frame: &[u8], p: &Parsed, vip: &VipKey) -> Verdict {
-        let flow = FlowKey {
-            saddr: p.saddr,
-            daddr: p.daddr,
-            sport: p.sport,
-            dport: p.dport,
-            proto: p.proto,
-            family: p.family,
-            pad: 0,
-        };
+        let flow = p.flow_key();
         if let Some(f) = self.nat.flows.get(&flow).copied() {
             let backend = &self.vips[&f.vip].backends[f.backend];
             let to = To { saddr: f.source, daddr: backend.addr, sport: f.source_port, dport: f.backend_port };
@@ -244,15 +236,7 @@ impl Model {
 
     /// A backend's reply to a NAT flow, if this is one.
     pub(crate) fn nat_reply(&self, frame: &[u8], p: &Parsed) -> Option<Verdict> {
-        let key = FlowKey {
-            saddr: p.saddr,
-            daddr: p.daddr,
-            sport: p.sport,
-            dport: p.dport,
-            proto: p.proto,
-            family: p.family,
-            pad: 0,
-        };
+        let key = p.flow_key();
         let r = self.nat.reverse.get(&key)?;
         let to = To { saddr: r.vip, daddr: r.client, sport: r.vip_port, dport: r.client_port };
         Some(self.nat_send(frame, p, &to, r.client_mac, Stat::NatReplied, None))
@@ -264,15 +248,7 @@ impl Model {
         if p.daddr != q.saddr || !self.enters_nat(p) {
             return None;
         }
-        let swapped = FlowKey {
-            saddr: q.daddr,
-            daddr: q.saddr,
-            sport: q.dport,
-            dport: q.sport,
-            proto: q.proto,
-            family: p.family,
-            pad: 0,
-        };
+        let swapped = q.flow_key(p.family);
         let (outer, inner, mac) = if let Some(f) = self.nat.flows.get(&swapped) {
             let backend = &self.vips[&f.vip].backends[f.backend];
             (
