@@ -16,6 +16,10 @@ use serde_saphyr::Spanned;
 
 use crate::maglev;
 
+// The `l7:` section of `mode: l7` VIPs: its types and checks, kept in the L7 tier's directory.
+#[path = "l7/config.rs"]
+pub mod l7;
+
 /// Default Maglev table size: prime, and ≥ 100 × backends for up to 655 backends.
 pub const DEFAULT_TABLE_SIZE: u32 = 65537;
 
@@ -191,6 +195,8 @@ pub struct Vip {
     pub health_check: Option<HealthCheck>,
     /// With fewer healthy backends than this the VIP counts as down.
     pub min_healthy: u32,
+    /// The HTTP proxy's listener and routes (`mode: l7` only; its backends are the routes').
+    pub l7: Option<l7::L7Vip>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -234,6 +240,12 @@ impl CheckKind {
             CheckKind::Tcp { port } | CheckKind::Http { port, .. } | CheckKind::Udp { port, .. } => *port,
         }
     }
+
+    pub fn set_port(&mut self, to: u16) {
+        match self {
+            CheckKind::Tcp { port } | CheckKind::Http { port, .. } | CheckKind::Udp { port, .. } => *port = to,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
@@ -252,6 +264,8 @@ pub enum Mode {
     DsrL2,
     /// Encapsulate (IPIP, IP6IP6, IPv4-in-IPv6) toward the backend.
     DsrIpip,
+    /// Terminated by the agent's HTTP proxy (the `l7:` section); XDP leaves it to the stack.
+    L7,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -325,6 +339,7 @@ impl fmt::Display for Mode {
         f.write_str(match self {
             Mode::DsrL2 => "dsr-l2",
             Mode::DsrIpip => "dsr-ipip",
+            Mode::L7 => "l7",
         })
     }
 }
@@ -531,6 +546,7 @@ struct RawVip {
     backends: Vec<Spanned<RawBackend>>,
     health_check: Option<Spanned<RawHealthCheck>>,
     min_healthy: Option<u32>,
+    l7: Option<Spanned<l7::RawL7>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1085,6 +1101,7 @@ impl Checker<'_> {
                 ),
             ));
         }
+        self.check_l7_mode(i, &raw, at)?;
         let mut backends: Vec<Backend> = Vec::with_capacity(raw.backends.len());
         for (j, spanned) in raw.backends.into_iter().enumerate() {
             let b = spanned.value;
@@ -1138,6 +1155,8 @@ impl Checker<'_> {
                         ));
                     }
                 }
+                // check_l7_mode refuses VIP-level backends on l7 VIPs.
+                Mode::L7 => {}
             }
             let health_check = match b.health_check {
                 Some(hc) => {
@@ -1147,12 +1166,19 @@ impl Checker<'_> {
             };
             backends.push(Backend { address: b.address, weight, mac: b.mac, health_check });
         }
+        // An l7 VIP's check probes each backend's own port unless it names one (port 0 here).
+        let check_port = if raw.mode == Mode::L7 { 0 } else { port };
         let health_check = match raw.health_check {
             Some(hc) => {
-                Some(self.check_health(hc.value, &hc.referenced, &field("health_check"), raw.protocol, port)?)
+                Some(self.check_health(hc.value, &hc.referenced, &field("health_check"), raw.protocol, check_port)?)
             }
             None => None,
         };
+        let l7 = match raw.l7 {
+            Some(l7) => Some(self.check_l7(i, l7.value, &l7.referenced, raw.protocol)?),
+            None => None,
+        };
+        let backend_count = l7.as_ref().map_or(backends.len(), |l7| l7.backends().count());
         let min_healthy = raw.min_healthy.unwrap_or(1);
         if min_healthy == 0 {
             return Err(self.err(
@@ -1163,13 +1189,12 @@ impl Checker<'_> {
         }
         // Only an explicit value is held to the backend count: a VIP with no backends is valid
         // (and down) with the default.
-        if raw.min_healthy.is_some() && min_healthy as usize > backends.len() {
+        if raw.min_healthy.is_some() && min_healthy as usize > backend_count {
             return Err(self.err(
                 at,
                 field("min_healthy"),
                 format!(
-                    "{min_healthy} is more than the VIP's {} backends, so it could never be up; lower it",
-                    backends.len()
+                    "{min_healthy} is more than the VIP's {backend_count} backends, so it could never be up; lower it",
                 ),
             ));
         }
@@ -1186,6 +1211,7 @@ impl Checker<'_> {
             backends,
             health_check,
             min_healthy,
+            l7,
         })
     }
 

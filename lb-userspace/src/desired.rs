@@ -104,10 +104,11 @@ impl DesiredState {
     }
 
     pub fn with_states(config: &Config, facts: &NodeFacts, states: &BackendStates) -> Self {
-        let vips = config.vips.iter().map(|vip| (vip_key(vip), desired_vip(vip, config, states))).collect();
-        let addrs = config
-            .vips
-            .iter()
+        // `mode: l7` VIPs are not the data plane's: their packets pass to the local stack, where
+        // the agent's proxy listens (see `l7`), and they are announced from there.
+        let l4 = || config.vips.iter().filter(|vip| vip.mode != Mode::L7);
+        let vips = l4().map(|vip| (vip_key(vip), desired_vip(vip, config, states))).collect();
+        let addrs = l4()
             .map(|vip| {
                 let (addr, family) = ip_words(vip.address);
                 let flags = if vip.unhashable == Unhashable::Drop { ADDR_FLAG_DROP_UNHASHABLE } else { 0 };
@@ -127,6 +128,8 @@ pub fn mac_source(vip: &Vip, backend: &Backend, config: &Config) -> Option<IpAdd
     }
     match vip.mode {
         Mode::DsrL2 => Some(backend.address),
+        // The proxy connects through the kernel's stack.
+        Mode::L7 => None,
         Mode::DsrIpip if config.node.next_hop_mac.is_some() => None,
         Mode::DsrIpip => {
             let router = if backend.address.is_ipv4() { config.node.next_hop_v4 } else { config.node.next_hop_v6 };
@@ -173,7 +176,7 @@ fn desired_vip(vip: &Vip, config: &Config, states: &BackendStates) -> DesiredVip
         ports: (vip.port, vip.port_last),
         flags: if vip.hash == HashFields::SourceIp { VIP_FLAG_HASH_SOURCE_ONLY } else { 0 },
         backend_flags: match vip.mode {
-            Mode::DsrL2 => 0,
+            Mode::DsrL2 | Mode::L7 => 0,
             Mode::DsrIpip => BACKEND_FLAG_IPIP,
         },
         table_size: vip.table_size,
@@ -283,6 +286,7 @@ mod tests {
             backends: vec![],
             health_check: None,
             min_healthy: 1,
+            l7: None,
         }
     }
 
