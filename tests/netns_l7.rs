@@ -473,7 +473,7 @@ fn a_websocket_survives_reloads_and_the_rate_limit_answers_429() {
             let _ = back_tx.send(echo(&mut ws, &text));
         }
     });
-    let mut say = |text: &str| {
+    let say = |text: &str| {
         tx.send(text.to_owned()).unwrap();
         back_rx.recv_timeout(Duration::from_secs(10)).expect("the WebSocket thread answers")
     };
@@ -541,7 +541,7 @@ fn proxy_protocol_tls_and_h2c() {
         l7_vip("proxied", 8000, "      proxy_protocol: true\n", &routes),
         l7_vip("tls", 443, &format!("      tls: {{ cert: {}, key: {} }}\n", cert.display(), key.display()), &routes),
     );
-    let _agent = start_agent(&topo, &config);
+    let mut agent = start_agent(&topo, &config);
 
     // PROXY v2 from an L4 tier: the header's client reaches the backend and the access log.
     let header = xlb::l7::proxy_protocol::encode("203.0.113.7:4242".parse().unwrap(), vip_addr(8000));
@@ -585,4 +585,11 @@ fn proxy_protocol_tls_and_h2c() {
     assert!(h1.contains("GET /secure1") && h1.ends_with(" 1.1"), "{h1}");
     let h2c = curl(&["--http2-prior-knowledge", &format!("http://{VIP}/h2c")]);
     assert!(h2c.contains("GET /h2c") && h2c.contains(&format!("host={VIP}")) && h2c.ends_with(" 2"), "{h2c}");
+
+    // The agent added the VIP to lo; it takes it away when it exits.
+    let on_lo = || String::from_utf8_lossy(&topo.node().ip(&["-4", "addr", "show", "dev", "lo"]).stdout).contains(VIP);
+    assert!(on_lo());
+    let status = agent.signal_and_wait(libc::SIGTERM, Duration::from_secs(15));
+    assert!(status.success(), "{status:?}");
+    assert!(!on_lo(), "the VIP address is gone from lo");
 }

@@ -246,10 +246,10 @@ impl Tier {
         endpoint: SocketAddr,
         runtime: VipRuntime,
     ) -> Result<(JoinHandle<()>, Arc<ArcSwap<VipRuntime>>), L7Error> {
-        if !self.addresses.contains_key(&endpoint.ip()) {
+        if let std::collections::btree_map::Entry::Vacant(entry) = self.addresses.entry(endpoint.ip()) {
             let local = LocalAddress::add(endpoint.ip())
                 .map_err(|source| L7Error::Address { vip: vip.name.clone(), source })?;
-            self.addresses.insert(endpoint.ip(), local);
+            entry.insert(local);
         }
         let listen_err = |source| L7Error::Listen { vip: vip.name.clone(), endpoint, source };
         let listener = bind(endpoint).map_err(listen_err)?;
