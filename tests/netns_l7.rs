@@ -399,6 +399,14 @@ fn routes_by_host_and_path_and_retries_hide_a_failing_backend() {
     wait_for("be1 serving again", Duration::from_secs(10), || {
         (0..6).any(|_| get(&topo, "x", "/back").backend() == "be1").then_some(())
     });
+    // Drains name an l7 backend by address:port.
+    let be1 = format!("{}:{BACKEND_PORT}", backend_v4(1));
+    let out = topo.xlb(&["drain", "web", &be1]);
+    assert!(out.status.success(), "drain: {}", String::from_utf8_lossy(&out.stderr));
+    for _ in 0..12 {
+        assert_ne!(get(&topo, "x", "/drained").backend(), "be1", "a drained backend takes no requests");
+    }
+    assert!(topo.xlb(&["drain", "--undo", "web", &be1]).status.success());
     let access = agent_log(&topo);
     let line = access.lines().find(|l| l.contains("\"path\":\"/api/who\"")).expect("an access log line");
     let json: serde_json::Value = serde_json::from_str(line).expect("JSON log line");
@@ -479,7 +487,21 @@ fn a_websocket_survives_reloads_and_the_rate_limit_answers_429() {
     };
     assert_eq!(say("hello").unwrap(), "be0: hello");
 
-    // Reloads that change the routes: the listener and the upgraded stream stay.
+    // Reloads that change the routes under a load of GETs: the listener, the requests and the
+    // upgraded stream stay.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load_stop = Arc::clone(&stop);
+    let load = topo.client().run(move || {
+        let (mut ok, mut failures) = (0usize, Vec::new());
+        let start = Instant::now();
+        while !load_stop.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(60) {
+            match request_with(vip_addr(80), &[], "GET", "x", "/during-reload", "") {
+                Ok(r) if r.status == 200 => ok += 1,
+                other => failures.push(format!("{other:?}")),
+            }
+        }
+        (ok, failures)
+    });
     for (round, default) in [[2usize].as_slice(), &[1, 2], &[2]].into_iter().enumerate() {
         reload(&topo, &agent, &config(default));
         assert_eq!(say(&format!("after reload {round}")).unwrap(), format!("be0: after reload {round}"));
@@ -488,6 +510,9 @@ fn a_websocket_survives_reloads_and_the_rate_limit_answers_429() {
             assert!(default.iter().any(|i| b == format!("be{i}")), "new routes serve: {b} not in {default:?}");
         }
     }
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failures) = load.join().expect("load thread");
+    assert!(failures.is_empty() && ok > 50, "{ok} requests answered during the reloads, failures: {failures:?}");
     drop(tx);
     ws.join().expect("WebSocket thread");
 
@@ -592,4 +617,46 @@ fn proxy_protocol_tls_and_h2c() {
     let status = agent.signal_and_wait(libc::SIGTERM, Duration::from_secs(15));
     assert!(status.success(), "{status:?}");
     assert!(!on_lo(), "the VIP address is gone from lo");
+}
+
+/// The router's nexthops for the VIP become `want` (node indexes) within 15 s.
+fn wait_nexthops(topo: &Topology, want: &[usize], what: &str) {
+    let want: std::collections::BTreeSet<String> = want.iter().map(|&i| xlb_tests::topology::node_v4(i)).collect();
+    wait_for(what, Duration::from_secs(15), || (topo.router_nexthops(VIP) == want).then_some(()));
+}
+
+#[test]
+fn an_l7_vip_is_announced_over_bgp_while_its_backends_are_up() {
+    require_root!();
+    use xlb_tests::{
+        bird::{Bird, Neighbor, config},
+        topology::{ROUTER_V4, node_v4},
+    };
+    let topo = Topology::edge(1, 1, 2, &[VIP]);
+    let servers = Servers::start(&topo);
+    let neighbors = [Neighbor::new("node0", ROUTER_V4, &node_v4(0), 65001)];
+    let dir = Bird::temp_dir();
+    let router = topo.router.as_ref().expect("an edge topology");
+    let _bird = Bird::start(router, dir.clone(), &config(ROUTER_V4, &neighbors, false, &Bird::log_path(&dir)));
+    let routes = format!("        - {{ path_prefix: /, backends: {} }}\n", backends(&[0, 1]));
+    let config = format!(
+        "bgp:\n  local_as: 65001\n  router_id: {}\n  withdraw_grace: 1s\n  peers:\n    - {{ address: {ROUTER_V4}, remote_as: 65000 }}\nvips:\n{}",
+        node_v4(0),
+        l7_vip("web", 80, "", &routes)
+    );
+    let _agent = start_agent(&topo, &config);
+    wait_nexthops(&topo, &[0], "the l7 VIP announced");
+    assert_eq!(topo.status().unwrap().announced, [VIP.to_owned()]);
+    // Through the router: client → router → node (XDP passes it) → proxy → backends.
+    let r = get(&topo, "x", "/via-router");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains(&format!("xff={} ", xlb_tests::topology::edge_client_v4(0))), "{r:?}");
+
+    // Every backend fails its health check: the VIP is down and withdrawn; one back: announced.
+    servers.set_alive(0, false);
+    servers.set_alive(1, false);
+    wait_nexthops(&topo, &[], "the l7 VIP withdrawn with no backend up");
+    servers.set_alive(1, true);
+    wait_nexthops(&topo, &[0], "the l7 VIP announced again");
+    assert_eq!(get(&topo, "x", "/back").backend(), "be1");
 }
