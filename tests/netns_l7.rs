@@ -512,7 +512,7 @@ fn a_websocket_survives_reloads_and_the_rate_limit_answers_429() {
     }
     stop.store(true, Ordering::Relaxed);
     let (ok, failures) = load.join().expect("load thread");
-    assert!(failures.is_empty() && ok > 50, "{ok} requests answered during the reloads, failures: {failures:?}");
+    assert!(failures.is_empty() && ok > 10, "{ok} requests answered during the reloads, failures: {failures:?}");
     drop(tx);
     ws.join().expect("WebSocket thread");
 

@@ -215,6 +215,7 @@ impl Tier {
             });
             routes.push(RouteRuntime {
                 name: route.name.clone(),
+                stats: self.metrics.route(&vip.name, &route.name),
                 pool: Pool::new(pool, route.balance.clone()),
                 limiter,
             });
@@ -235,7 +236,7 @@ impl Tier {
             request_timeout: l7.request_timeout,
             idle_timeout: l7.idle_timeout,
             retries: l7.retries,
-            metrics: self.metrics.clone(),
+            unrouted: self.metrics.route(&vip.name, "-"),
         };
         Ok((runtime, all))
     }

@@ -24,7 +24,7 @@ use hyper_util::{
 use super::{
     balance::Pool,
     config::Balance,
-    metrics::{Metrics, class},
+    metrics::RouteStats,
     ratelimit::{TokenBucket, retry_after_secs},
     route::Matcher,
 };
@@ -45,7 +45,8 @@ pub struct VipRuntime {
     pub request_timeout: Duration,
     pub idle_timeout: Duration,
     pub retries: u32,
-    pub metrics: Metrics,
+    /// The series of requests no route matched (route `-`).
+    pub unrouted: RouteStats,
 }
 
 impl std::fmt::Debug for VipRuntime {
@@ -62,6 +63,7 @@ impl std::fmt::Debug for VipRuntime {
 #[derive(Debug)]
 pub struct RouteRuntime {
     pub name: String,
+    pub stats: RouteStats,
     pub pool: Pool,
     pub limiter: Option<Arc<TokenBucket>>,
 }
@@ -182,14 +184,22 @@ fn hash_key<'a>(balance: &Balance, headers: &'a HeaderMap) -> Option<&'a [u8]> {
 /// What the access log line says about one request.
 struct Outcome<'a> {
     route: &'a str,
+    stats: &'a RouteStats,
     status: u16,
     backend: Option<SocketAddr>,
     attempts: u32,
     error: Option<String>,
 }
 
-fn done(status: u16, route: &str, backend: Option<SocketAddr>, attempts: u32, error: Option<String>) -> Outcome<'_> {
-    Outcome { route, status, backend, attempts, error }
+fn done<'a>(
+    status: u16,
+    route: &'a str,
+    stats: &'a RouteStats,
+    backend: Option<SocketAddr>,
+    attempts: u32,
+    error: Option<String>,
+) -> Outcome<'a> {
+    Outcome { route, stats, status, backend, attempts, error }
 }
 
 fn finish(
@@ -202,8 +212,7 @@ fn finish(
     o: Outcome<'_>,
 ) {
     let elapsed = start.elapsed();
-    rt.metrics.requests.with_label_values(&[&rt.name, o.route, class(o.status)]).inc();
-    rt.metrics.latency.with_label_values(&[&rt.name, o.route]).observe(elapsed.as_secs_f64());
+    o.stats.answered(o.status, elapsed.as_secs_f64());
     tracing::info!(
         target: "xlb::access",
         vip = %rt.name,
@@ -232,17 +241,17 @@ pub async fn handle(rt: Arc<VipRuntime>, conn: Conn, mut req: Request<Incoming>)
         .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()).map(str::to_owned));
     let path = req.uri().path().to_owned();
     let Some(index) = rt.matcher.find(host.as_deref(), &path) else {
-        finish(&rt, conn, &method, host.as_deref(), &path, start, done(404, "-", None, 0, None));
+        finish(&rt, conn, &method, host.as_deref(), &path, start, done(404, "-", &rt.unrouted, None, 0, None));
         return Ok(text(StatusCode::NOT_FOUND, "no route for this host and path\n"));
     };
     let route = &rt.routes[index];
     if let Some(limiter) = &route.limiter
         && let Err(wait) = limiter.take(Instant::now())
     {
-        rt.metrics.rate_limited.with_label_values(&[&rt.name, &route.name]).inc();
+        route.stats.rate_limited.inc();
         let mut response = text(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded\n");
         response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(retry_after_secs(wait)));
-        finish(&rt, conn, &method, host.as_deref(), &path, start, done(429, &route.name, None, 0, None));
+        finish(&rt, conn, &method, host.as_deref(), &path, start, done(429, &route.name, &route.stats, None, 0, None));
         return Ok(response);
     }
     let upgrade = is_upgrade(&req);
@@ -271,24 +280,34 @@ pub async fn handle(rt: Arc<VipRuntime>, conn: Conn, mut req: Request<Incoming>)
         let Some(backend) = route.pool.pick(key, &tried) else { break };
         tried.push(backend.address);
         if attempt > 0 {
-            rt.metrics.retries.with_label_values(&[&rt.name, &route.name]).inc();
+            route.stats.retries.inc();
         }
         let Ok(uri) = format!("http://{}{path_and_query}", backend.address).parse::<Uri>() else {
-            finish(&rt, conn, &method, host.as_deref(), &path, start, done(400, &route.name, None, 0, None));
+            finish(
+                &rt,
+                conn,
+                &method,
+                host.as_deref(),
+                &path,
+                start,
+                done(400, &route.name, &route.stats, None, 0, None),
+            );
             return Ok(text(StatusCode::BAD_REQUEST, "bad request target\n"));
         };
         let mut upstream = Request::new(body.take().unwrap_or_else(empty));
         *upstream.method_mut() = method.clone();
         *upstream.uri_mut() = uri;
         *upstream.version_mut() = Version::HTTP_11;
-        *upstream.headers_mut() = parts.headers.clone();
+        // The last attempt takes the headers; earlier ones copy them for the next.
+        *upstream.headers_mut() =
+            if attempt + 1 == attempts { std::mem::take(&mut parts.headers) } else { parts.headers.clone() };
         let in_flight = backend.begin();
         let result = tokio::time::timeout_at(deadline, rt.client.request(upstream)).await;
         drop(in_flight);
         let n = attempt + 1;
         match result {
             Err(_) => {
-                rt.metrics.upstream_errors.with_label_values(&[&rt.name, &route.name, "timeout"]).inc();
+                route.stats.timeouts.inc();
                 let error = Some(format!("no response within {:?}", rt.request_timeout));
                 finish(
                     &rt,
@@ -297,13 +316,13 @@ pub async fn handle(rt: Arc<VipRuntime>, conn: Conn, mut req: Request<Incoming>)
                     host.as_deref(),
                     &path,
                     start,
-                    done(504, &route.name, Some(backend.address), n, error),
+                    done(504, &route.name, &route.stats, Some(backend.address), n, error),
                 );
                 return Ok(text(StatusCode::GATEWAY_TIMEOUT, "the backend did not answer in time\n"));
             }
             Ok(Err(e)) => {
                 let kind = if e.is_connect() { "connect" } else { "transport" };
-                rt.metrics.upstream_errors.with_label_values(&[&rt.name, &route.name, kind]).inc();
+                if e.is_connect() { &route.stats.connect_errors } else { &route.stats.transport_errors }.inc();
                 let source = std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default();
                 last_error = Some(format!("{}: {e} {source}", backend.address));
                 tracing::debug!(vip = %rt.name, route = %route.name, backend = %backend.address, error = %e, kind, "backend attempt failed");
@@ -335,7 +354,7 @@ pub async fn handle(rt: Arc<VipRuntime>, conn: Conn, mut req: Request<Incoming>)
                     host.as_deref(),
                     &path,
                     start,
-                    done(status.as_u16(), &route.name, backend_address, n, None),
+                    done(status.as_u16(), &route.name, &route.stats, backend_address, n, None),
                 );
                 return Ok(response.map(|b| b.boxed_unsync()));
             }
@@ -354,7 +373,7 @@ pub async fn handle(rt: Arc<VipRuntime>, conn: Conn, mut req: Request<Incoming>)
         host.as_deref(),
         &path,
         start,
-        done(status.as_u16(), &route.name, tried.last().copied(), n, last_error),
+        done(status.as_u16(), &route.name, &route.stats, tried.last().copied(), n, last_error),
     );
     Ok(text(status, message))
 }
