@@ -69,12 +69,14 @@ impl Drop for InFlight {
 pub struct Pool {
     backends: Vec<(Arc<BackendState>, u32)>,
     balance: Balance,
+    /// Requests in flight a backend may have (0: no limit).
+    max_in_flight: usize,
     next: AtomicUsize,
 }
 
 impl Pool {
-    pub fn new(backends: Vec<(Arc<BackendState>, u32)>, balance: Balance) -> Self {
-        Pool { backends, balance, next: AtomicUsize::new(0) }
+    pub fn new(backends: Vec<(Arc<BackendState>, u32)>, balance: Balance, max_in_flight: usize) -> Self {
+        Pool { backends, balance, max_in_flight, next: AtomicUsize::new(0) }
     }
 
     pub fn balance(&self) -> &Balance {
@@ -84,8 +86,12 @@ impl Pool {
     /// Picks a serving backend not in `exclude`; `key` is the hashed header or cookie value
     /// (a hash route without one falls back to round robin).
     pub fn pick(&self, key: Option<&[u8]>, exclude: &[SocketAddr]) -> Option<Arc<BackendState>> {
-        let mut candidates: Vec<&(Arc<BackendState>, u32)> =
-            self.backends.iter().filter(|(b, _)| b.is_serving() && !exclude.contains(&b.address)).collect();
+        let below_limit = |b: &BackendState| self.max_in_flight == 0 || b.outstanding() < self.max_in_flight;
+        let mut candidates: Vec<&(Arc<BackendState>, u32)> = self
+            .backends
+            .iter()
+            .filter(|(b, _)| b.is_serving() && below_limit(b) && !exclude.contains(&b.address))
+            .collect();
         if candidates.is_empty() {
             return None;
         }
@@ -174,7 +180,7 @@ mod tests {
 
     #[test]
     fn round_robin_follows_weights_and_skips_down_and_excluded() {
-        let pool = Pool::new(backends(&[1, 2, 1]), Balance::RoundRobin);
+        let pool = Pool::new(backends(&[1, 2, 1]), Balance::RoundRobin, 0);
         let seen = spread(&pool, 400, |_| None);
         assert_eq!(seen.values().copied().collect::<Vec<_>>(), vec![100, 200, 100]);
         pool.backends[1].0.set_serving(false);
@@ -190,7 +196,7 @@ mod tests {
 
     #[test]
     fn least_outstanding_prefers_idle_backends_by_weight() {
-        let pool = Pool::new(backends(&[1, 1, 2]), Balance::LeastOutstanding);
+        let pool = Pool::new(backends(&[1, 1, 2]), Balance::LeastOutstanding, 0);
         let mut held = Vec::new();
         for _ in 0..8 {
             let b = pool.pick(None, &[]).unwrap();
@@ -205,8 +211,17 @@ mod tests {
     }
 
     #[test]
+    fn backends_at_their_in_flight_limit_are_skipped() {
+        let pool = Pool::new(backends(&[1, 1]), Balance::RoundRobin, 2);
+        let held: Vec<InFlight> = (0..4).map(|_| pool.pick(None, &[]).expect("below the limit").begin()).collect();
+        assert!(pool.pick(None, &[]).is_none(), "both at 2 in flight");
+        drop(held);
+        assert!(pool.pick(None, &[]).is_some());
+    }
+
+    #[test]
     fn consistent_hash_keeps_keys_and_moves_few() {
-        let pool = Pool::new(backends(&[1, 1, 1, 1]), Balance::HashHeader("x-user".into()));
+        let pool = Pool::new(backends(&[1, 1, 1, 1]), Balance::HashHeader("x-user".into()), 0);
         let key = |i: usize| Some(format!("user-{i}").into_bytes());
         let before: Vec<SocketAddr> = (0..1000).map(|i| pool.pick(key(i).as_deref(), &[]).unwrap().address).collect();
         let again: Vec<SocketAddr> = (0..1000).map(|i| pool.pick(key(i).as_deref(), &[]).unwrap().address).collect();

@@ -29,6 +29,9 @@ pub struct L7Vip {
     pub idle_timeout: Duration,
     /// Idle pooled connections kept per backend.
     pub max_idle_per_backend: u32,
+    /// Requests a backend may have awaiting its response at once (0: no limit); a backend at
+    /// the limit is skipped, and a route whose backends all are answers 503.
+    pub max_requests_per_backend: u32,
     /// Other backends an idempotent request is retried on when its backend fails it before
     /// answering (connection refused, reset).
     pub retries: u32,
@@ -123,6 +126,7 @@ pub(super) struct RawL7 {
     request_timeout: Option<RawScalar>,
     idle_timeout: Option<RawScalar>,
     max_idle_per_backend: Option<u32>,
+    max_requests_per_backend: Option<u32>,
     retries: Option<u32>,
     #[serde(default)]
     routes: Vec<Spanned<RawRoute>>,
@@ -182,6 +186,7 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 const DEFAULT_MAX_IDLE: u32 = 64;
 const MAX_IDLE: u32 = 10_000;
 const DEFAULT_RETRIES: u32 = 2;
+const MAX_IN_FLIGHT: u32 = 1_000_000;
 const MAX_RETRIES: u32 = 10;
 const MAX_RATE: u32 = 1_000_000;
 
@@ -253,6 +258,14 @@ impl Checker<'_> {
         if max_idle_per_backend > MAX_IDLE {
             return Err(self.err(at, field("max_idle_per_backend"), format!("use 0..={MAX_IDLE}")));
         }
+        let max_requests_per_backend = raw.max_requests_per_backend.unwrap_or(0);
+        if max_requests_per_backend > MAX_IN_FLIGHT {
+            return Err(self.err(
+                at,
+                field("max_requests_per_backend"),
+                format!("use 1..={MAX_IN_FLIGHT}, or 0 for no limit"),
+            ));
+        }
         let retries = raw.retries.unwrap_or(DEFAULT_RETRIES);
         if retries > MAX_RETRIES {
             return Err(self.err(at, field("retries"), format!("{retries}: use 0..={MAX_RETRIES}")));
@@ -308,6 +321,7 @@ impl Checker<'_> {
             request_timeout,
             idle_timeout,
             max_idle_per_backend,
+            max_requests_per_backend,
             retries,
         })
     }
@@ -504,6 +518,10 @@ mod tests {
             (
                 "    l7:\n      retries: 11\n      routes:\n        - backends: [{ address: 10.0.0.1, port: 80 }]\n",
                 "vips[0].l7.retries: 11: use 0..=10",
+            ),
+            (
+                "    l7:\n      max_requests_per_backend: 1000001\n      routes:\n        - backends: [{ address: 10.0.0.1, port: 80 }]\n",
+                "vips[0].l7.max_requests_per_backend: use 1..=1000000, or 0 for no limit",
             ),
             (
                 "    l7:\n      idle_timeout: 5\n      routes:\n        - backends: [{ address: 10.0.0.1, port: 80 }]\n",

@@ -216,7 +216,7 @@ impl Tier {
             routes.push(RouteRuntime {
                 name: route.name.clone(),
                 stats: self.metrics.route(&vip.name, &route.name),
-                pool: Pool::new(pool, route.balance.clone()),
+                pool: Pool::new(pool, route.balance.clone(), l7.max_requests_per_backend as usize),
                 limiter,
             });
         }

@@ -361,7 +361,10 @@ pub async fn handle(rt: Arc<VipRuntime>, conn: Conn, mut req: Request<Incoming>)
         }
     }
     let (status, message) = if tried.is_empty() {
-        (StatusCode::SERVICE_UNAVAILABLE, "no healthy backend for this route\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no backend available for this route (down, drained or at its request limit)\n",
+        )
     } else {
         (StatusCode::BAD_GATEWAY, "the backend failed the request\n")
     };
