@@ -257,15 +257,21 @@ fn agent_log(topo: &Topology) -> String {
     std::fs::read_to_string(topo.dir.join("agent.log")).unwrap_or_default()
 }
 
-/// Rewrites the config and SIGHUPs the agent; waits until the reload is applied.
-fn reload(topo: &Topology, agent: &Process, config: &str) {
+/// Rewrites the config and SIGHUPs the agent; waits until the reload is applied and returns
+/// its outcome.
+fn reload_outcome(topo: &Topology, agent: &Process, config: &str) -> xlb::admin::ReloadOutcome {
     let before = topo.status().expect("status").config_generation;
     std::fs::write(topo.config_path(), config).expect("write config");
     // SAFETY: kill with our own child's pid and a valid signal.
     unsafe { libc::kill(agent.child.id() as i32, libc::SIGHUP) };
     let status =
         wait_for("the reload", Duration::from_secs(10), || topo.status().filter(|s| s.config_generation > before));
-    let outcome = status.last_reload.expect("a reload outcome");
+    status.last_reload.expect("a reload outcome")
+}
+
+/// `reload_outcome`, which must succeed.
+fn reload(topo: &Topology, agent: &Process, config: &str) {
+    let outcome = reload_outcome(topo, agent, config);
     assert!(outcome.ok, "reload: {}", outcome.message);
 }
 
@@ -610,6 +616,14 @@ fn proxy_protocol_tls_and_h2c() {
     assert!(h1.contains("GET /secure1") && h1.ends_with(" 1.1"), "{h1}");
     let h2c = curl(&["--http2-prior-knowledge", &format!("http://{VIP}/h2c")]);
     assert!(h2c.contains("GET /h2c") && h2c.contains(&format!("host={VIP}")) && h2c.ends_with(" 2"), "{h2c}");
+
+    // A reload whose certificate cannot be read is reported failed, and that VIP keeps serving
+    // with its previous configuration.
+    let broken = config.replace(&cert.display().to_string(), "/nonexistent/cert.pem");
+    let outcome = reload_outcome(&topo, &agent, &broken);
+    assert!(!outcome.ok && outcome.message.contains("/nonexistent/cert.pem"), "{outcome:?}");
+    let again = curl(&["--cacert", &cafile, "--resolve", &resolve, "https://tls.test/still"]);
+    assert!(again.contains("GET /still"), "{again}");
 
     // The agent added the VIP to lo; it takes it away when it exits.
     let on_lo = || String::from_utf8_lossy(&topo.node().ip(&["-4", "addr", "show", "dev", "lo"]).stdout).contains(VIP);

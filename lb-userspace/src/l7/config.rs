@@ -29,8 +29,8 @@ pub struct L7Vip {
     pub idle_timeout: Duration,
     /// Idle pooled connections kept per backend.
     pub max_idle_per_backend: u32,
-    /// Requests a backend may have awaiting its response at once (0: no limit); a backend at
-    /// the limit is skipped, and a route whose backends all are answers 503.
+    /// Requests a backend may have in flight (until its response ends; 0: no limit); a backend
+    /// at the limit is skipped, and a route whose backends all are answers 503.
     pub max_requests_per_backend: u32,
     /// Other backends an idempotent request is retried on when its backend fails it before
     /// answering (connection refused, reset).

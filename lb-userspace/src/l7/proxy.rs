@@ -22,7 +22,7 @@ use hyper_util::{
 };
 
 use super::{
-    balance::Pool,
+    balance::{InFlight, Pool},
     config::Balance,
     metrics::RouteStats,
     ratelimit::{TokenBucket, retry_after_secs},
@@ -181,6 +181,32 @@ fn hash_key<'a>(balance: &Balance, headers: &'a HeaderMap) -> Option<&'a [u8]> {
     }
 }
 
+/// A response body that keeps its request counted in flight at the backend until it ends.
+struct Tracked {
+    body: Incoming,
+    _guard: Option<InFlight>,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// What the access log line says about one request.
 struct Outcome<'a> {
     route: &'a str,
@@ -301,9 +327,9 @@ pub async fn handle(rt: Arc<VipRuntime>, conn: Conn, mut req: Request<Incoming>)
         // The last attempt takes the headers; earlier ones copy them for the next.
         *upstream.headers_mut() =
             if attempt + 1 == attempts { std::mem::take(&mut parts.headers) } else { parts.headers.clone() };
+        // Counts until the response body ends (or the attempt fails).
         let in_flight = backend.begin();
         let result = tokio::time::timeout_at(deadline, rt.client.request(upstream)).await;
-        drop(in_flight);
         let n = attempt + 1;
         match result {
             Err(_) => {
@@ -356,7 +382,9 @@ pub async fn handle(rt: Arc<VipRuntime>, conn: Conn, mut req: Request<Incoming>)
                     start,
                     done(status.as_u16(), &route.name, &route.stats, backend_address, n, None),
                 );
-                return Ok(response.map(|b| b.boxed_unsync()));
+                // An upgraded stream no longer counts as a request in flight.
+                let guard = (status != StatusCode::SWITCHING_PROTOCOLS).then_some(in_flight);
+                return Ok(response.map(|body| Tracked { body, _guard: guard }.boxed_unsync()));
             }
         }
     }
