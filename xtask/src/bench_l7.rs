@@ -5,7 +5,7 @@
 
 use std::{
     process::{Command, Stdio},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
@@ -65,7 +65,8 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         unsafe { std::env::set_var("XLB_BIN", std::env::current_exe()?.with_file_name("xlb")) };
     }
     let topo = Topology::new(2, &[VIP]);
-    let mut processes = Vec::new();
+    // Dropped before the topology (declared after it): every nginx stopped, then the agent.
+    let mut processes: Vec<Nginx> = Vec::new();
     for (i, ns) in topo.backends.iter().enumerate() {
         let conf = nginx_conf(
             &topo,
@@ -103,7 +104,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         .arg("--pin-dir")
         .arg(topo.pin_dir_of(0))
         .env("XLB_LOG", "warn");
-    processes.push(Process::spawn(cmd, "xlb run"));
+    let agent = Process::spawn(cmd, "xlb run");
     wait_for("the agent's admin socket", Duration::from_secs(10), || topo.stats());
 
     let xlb_url = format!("http://{VIP}/");
@@ -147,8 +148,30 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         median(&xlb_runs, |r| r.p99_ms) / median(&nginx_runs, |r| r.p99_ms)
     );
     println!("(medians; requests/s: higher is better, p99: lower is better)");
+    drop(agent);
     drop(processes);
     Ok(())
+}
+
+/// An nginx master whose drop stops it with SIGTERM, so that it takes its workers along (the
+/// SIGKILL of `Process`'s drop would leave them running without it).
+struct Nginx(Process);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        if !matches!(self.0.child.try_wait(), Ok(None)) {
+            return;
+        }
+        // SAFETY: kill with our own child's pid (`ip netns exec` execs nginx) and a valid signal.
+        unsafe { libc::kill(self.0.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 fn nginx_conf(topo: &Topology, name: &str, http: &str) -> anyhow::Result<std::path::PathBuf> {
@@ -163,12 +186,15 @@ fn nginx_conf(topo: &Topology, name: &str, http: &str) -> anyhow::Result<std::pa
     Ok(path)
 }
 
-fn nginx(ns: &Netns, conf: &std::path::Path, what: &str) -> anyhow::Result<Process> {
+fn nginx(ns: &Netns, conf: &std::path::Path, what: &str) -> anyhow::Result<Nginx> {
     let mut cmd = ns.command("nginx");
     cmd.arg("-c").arg(conf).args(["-g", "daemon off;"]).stdout(Stdio::null());
-    let process = Process::spawn(cmd, what);
+    let mut nginx = Nginx(Process::spawn(cmd, what));
     std::thread::sleep(Duration::from_millis(300));
-    Ok(process)
+    if let Some(status) = nginx.0.child.try_wait()? {
+        bail!("{what} exited at start ({status}); see {}", conf.with_file_name("error.log").display());
+    }
+    Ok(nginx)
 }
 
 fn wrk(client: &Netns, opts: &Options, url: &str) -> anyhow::Result<Run> {
