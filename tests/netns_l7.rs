@@ -674,3 +674,32 @@ fn an_l7_vip_is_announced_over_bgp_while_its_backends_are_up() {
     wait_nexthops(&topo, &[0], "the l7 VIP announced again");
     assert_eq!(get(&topo, "x", "/back").backend(), "be1");
 }
+
+#[test]
+fn an_ipv6_l7_vip_serves_and_leaves_lo_when_removed() {
+    require_root!();
+    const VIP6: &str = "fd00:210:100::1";
+    let topo = Topology::new(1, &[VIP6, VIP]);
+    let _servers = Servers::start(&topo);
+    let routes = format!("        - {{ path_prefix: /, backends: {} }}\n", backends(&[0]));
+    let v6 = l7_vip("web6", 80, "", &routes).replace(&format!("address: {VIP}"), &format!("address: \"{VIP6}\""));
+    let v4 = l7_vip("web4", 80, "", &routes);
+    let agent = start_agent(&topo, &format!("vips:\n{v6}{v4}"));
+    let on_lo = |address: &str| {
+        String::from_utf8_lossy(&topo.node().ip(&["addr", "show", "dev", "lo"]).stdout).contains(&format!("{address}/"))
+    };
+    assert!(on_lo(VIP6) && on_lo(VIP));
+    let addr = SocketAddr::new(VIP6.parse().unwrap(), 80);
+    let reply = topo
+        .client()
+        .run(move || request_with(addr, &[], "GET", "[fd00:210:100::1]", "/six", ""))
+        .join()
+        .unwrap()
+        .expect("request over IPv6");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(reply.body.contains("xff=fd00:210::1 ") && reply.body.contains("for=\"[fd00:210::1]\""), "{reply:?}");
+    // The IPv6 VIP goes: its listener and its address with it; the IPv4 one stays.
+    reload(&topo, &agent, &format!("vips:\n{v4}"));
+    assert!(!on_lo(VIP6) && on_lo(VIP), "only the removed VIP's address left lo");
+    assert_eq!(get(&topo, "x", "/four").status, 200);
+}
