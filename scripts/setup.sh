@@ -10,7 +10,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
 BPF_LINKER_VERSION=0.13.0
-DEBIAN_PACKAGES=(iproute2 bird2 curl python3 ethtool)
+DEBIAN_PACKAGES=(iproute2 bird2 curl python3 ethtool openssl wrk nginx-light)
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
@@ -63,6 +63,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # bird2's package starts a system daemon; the lab and tests run their own instances.
   systemctl disable --now bird 2>/dev/null || true
+  # Likewise nginx (the L7 bench runs its own).
+  systemctl disable --now nginx 2>/dev/null || true
 fi
 
 log "ready: Rust $toolchain (LLVM $llvm_major), $(bpf-linker --version)"

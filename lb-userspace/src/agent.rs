@@ -21,7 +21,7 @@ use crate::{
     dataplane::{self, AttachMode, Attached, DataplaneError, Loaded, Maps, TableSizes},
     desired::{self, BackendRef, BackendStates, DesiredState, NodeFacts},
     health::{Checker, HealthMap, Target},
-    iface, metrics,
+    iface, l7, metrics,
     nat::{self, NatUsage},
     neighbor::Resolver,
     plan,
@@ -83,6 +83,8 @@ struct State {
     node_drained: bool,
     /// NAT flows and pool usage as of the last sweep.
     nat: NatUsage,
+    /// The HTTP proxy of `mode: l7` VIPs (not in the maps: XDP passes their packets to it).
+    l7: l7::Tier,
 }
 
 impl State {
@@ -91,6 +93,7 @@ impl State {
     fn reconcile(&mut self) -> Result<Changes, ReconcileError> {
         let desired = DesiredState::with_states(&self.config, &self.facts, &self.states);
         let result = self.reconciler.apply(&desired, &mut self.maps);
+        self.l7.set_not_serving(self.states.down.union(&self.states.drained).cloned().collect());
         self.announce_up_vips();
         result
     }
@@ -106,6 +109,7 @@ impl State {
                 .iter()
                 .filter(|(_, applied)| applied.vip.is_up())
                 .map(|(key, _)| desired::ip_from_words(key.addr, key.family))
+                .chain(self.l7.up_addresses())
                 .collect()
         };
         self.announce.send_if_modified(|current| {
@@ -137,6 +141,7 @@ impl State {
 
 /// The backends `config` asks to health-check.
 fn health_targets(config: &Config) -> Vec<Target> {
+    let l7 = l7::health_targets(config);
     config
         .vips
         .iter()
@@ -150,7 +155,17 @@ fn health_targets(config: &Config) -> Vec<Target> {
                 })
             })
         })
+        .chain(l7)
         .collect()
+}
+
+/// A VIP's backends as health checks and drains name them: addresses, or `address:port` for
+/// an l7 VIP's.
+fn backend_identities(vip: &config::Vip) -> Vec<String> {
+    match &vip.l7 {
+        Some(l7) => l7.backends().map(l7::config::L7Backend::identity).collect(),
+        None => vip.backends.iter().map(|b| b.address.to_string()).collect(),
+    }
 }
 
 /// The MACs an adopted data plane holds for backends the configuration leaves to resolution
@@ -218,7 +233,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         announce: watch::Sender::new(Announce::new()),
         node_drained: false,
         nat: NatUsage::default(),
+        l7: l7::Tier::new()?,
     };
+    if let Some(e) = state.l7.apply(&state.config).into_iter().next() {
+        return Err(e.into());
+    }
     let changes = state.reconcile()?;
     tracing::info!(
         added = changes.added.len(),
@@ -263,6 +282,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                             config_generation: state.config_generation,
                             last_reload: state.last_reload.clone(),
                             peers: state.peers(),
+                            l7: state.l7.metrics().gather(),
                         },
                     ))
                 }),
@@ -334,6 +354,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         tracing::info!("withdrawing every route before exiting");
         speaker.shutdown().await;
     }
+    lock(&state).l7.shutdown();
     server.abort();
     if let Some(metrics) = metrics {
         metrics.abort();
@@ -403,9 +424,8 @@ fn answer(state: &mut State, config_path: &str, request: Request) -> Reply {
                 let names: Vec<&str> = state.config.vips.iter().map(|v| v.name.as_str()).collect();
                 return Reply::Error(format!("no VIP named `{vip}`; configured: {}", names.join(", ")));
             };
-            let Some(address) = configured.backends.iter().map(|b| b.address.to_string()).find(|a| *a == backend)
-            else {
-                let addresses: Vec<String> = configured.backends.iter().map(|b| b.address.to_string()).collect();
+            let Some(address) = backend_identities(configured).into_iter().find(|a| *a == backend) else {
+                let addresses = backend_identities(configured);
                 return Reply::Error(format!(
                     "VIP `{vip}` has no backend `{backend}`; its backends: {}",
                     addresses.join(", ")
@@ -467,6 +487,10 @@ fn reload(opts: &RunOptions, state: &mut State, checker: &mut Checker, resolver:
     prune_drains(&mut state.states, &config);
     state.config = config;
     state.config_generation += 1;
+    let l7_errors: Vec<String> = state.l7.apply(&state.config).iter().map(ToString::to_string).collect();
+    for e in &l7_errors {
+        tracing::error!(error = %e, "l7 part of the reload failed; that VIP keeps its previous routes");
+    }
     let outcome = match state.reconcile() {
         Ok(changes) => {
             tracing::info!(
@@ -494,14 +518,19 @@ fn reload(opts: &RunOptions, state: &mut State, checker: &mut Checker, resolver:
             ReloadOutcome { ok: false, message: format!("partly applied: {e}"), at: now() }
         }
     };
+    let outcome = if l7_errors.is_empty() {
+        outcome
+    } else {
+        ReloadOutcome { ok: false, message: format!("{}; l7: {}", outcome.message, l7_errors.join("; ")), at: now() }
+    };
     state.last_reload = Some(outcome);
 }
 
 /// Drains of backends that are no longer configured go with them.
 fn prune_drains(states: &mut BackendStates, config: &Config) {
-    states.drained.retain(|(vip, backend)| {
-        config.vips.iter().any(|v| v.name == *vip && v.backends.iter().any(|b| b.address.to_string() == *backend))
-    });
+    states
+        .drained
+        .retain(|(vip, backend)| config.vips.iter().any(|v| v.name == *vip && backend_identities(v).contains(backend)));
 }
 
 /// Notices when the config file is replaced or rewritten (editors do either).

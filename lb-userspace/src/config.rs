@@ -16,6 +16,10 @@ use serde_saphyr::Spanned;
 
 use crate::maglev;
 
+// The `l7:` section of `mode: l7` VIPs: its types and checks, kept in the L7 tier's directory.
+#[path = "l7/config.rs"]
+pub mod l7;
+
 /// Default Maglev table size: prime, and ≥ 100 × backends for up to 655 backends.
 pub const DEFAULT_TABLE_SIZE: u32 = 65537;
 
@@ -221,6 +225,8 @@ pub struct Vip {
     /// `mode: nat`: the name of its source-address pool; none for DNAT only (the client's
     /// address reaches the backend, which must route its replies through this node).
     pub snat_pool: Option<String>,
+    /// The HTTP proxy's listener and routes (`mode: l7` only; its backends are the routes').
+    pub l7: Option<l7::L7Vip>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -266,6 +272,12 @@ impl CheckKind {
             CheckKind::Tcp { port } | CheckKind::Http { port, .. } | CheckKind::Udp { port, .. } => *port,
         }
     }
+
+    pub fn set_port(&mut self, to: u16) {
+        match self {
+            CheckKind::Tcp { port } | CheckKind::Http { port, .. } | CheckKind::Udp { port, .. } => *port = to,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
@@ -286,6 +298,8 @@ pub enum Mode {
     DsrIpip,
     /// Translate addresses and ports both ways: full NAT through `snat_pool`, or DNAT only.
     Nat,
+    /// Terminated by the agent's HTTP proxy (the `l7:` section); XDP leaves it to the stack.
+    L7,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -360,6 +374,7 @@ impl fmt::Display for Mode {
             Mode::DsrL2 => "dsr-l2",
             Mode::DsrIpip => "dsr-ipip",
             Mode::Nat => "nat",
+            Mode::L7 => "l7",
         })
     }
 }
@@ -585,6 +600,7 @@ struct RawVip {
     health_check: Option<Spanned<RawHealthCheck>>,
     min_healthy: Option<u32>,
     snat_pool: Option<String>,
+    l7: Option<Spanned<l7::RawL7>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1181,6 +1197,7 @@ impl Checker<'_> {
                 ),
             ));
         }
+        self.check_l7_mode(i, &raw, at)?;
         let mut backends: Vec<Backend> = Vec::with_capacity(raw.backends.len());
         for (j, spanned) in raw.backends.into_iter().enumerate() {
             let b = spanned.value;
@@ -1266,6 +1283,8 @@ impl Checker<'_> {
                         ));
                     }
                 }
+                // check_l7_mode refuses VIP-level backends on l7 VIPs.
+                Mode::L7 => {}
             }
             let health_check = match b.health_check {
                 Some(hc) => {
@@ -1275,12 +1294,19 @@ impl Checker<'_> {
             };
             backends.push(Backend { address: b.address, port: b.port, weight, mac: b.mac, health_check });
         }
+        // An l7 VIP's check probes each backend's own port unless it names one (port 0 here).
+        let check_port = if raw.mode == Mode::L7 { 0 } else { port };
         let health_check = match raw.health_check {
             Some(hc) => {
-                Some(self.check_health(hc.value, &hc.referenced, &field("health_check"), raw.protocol, port)?)
+                Some(self.check_health(hc.value, &hc.referenced, &field("health_check"), raw.protocol, check_port)?)
             }
             None => None,
         };
+        let l7 = match raw.l7 {
+            Some(l7) => Some(self.check_l7(i, l7.value, &l7.referenced, raw.protocol)?),
+            None => None,
+        };
+        let backend_count = l7.as_ref().map_or(backends.len(), |l7| l7.backends().count());
         let min_healthy = raw.min_healthy.unwrap_or(1);
         if min_healthy == 0 {
             return Err(self.err(
@@ -1291,13 +1317,12 @@ impl Checker<'_> {
         }
         // Only an explicit value is held to the backend count: a VIP with no backends is valid
         // (and down) with the default.
-        if raw.min_healthy.is_some() && min_healthy as usize > backends.len() {
+        if raw.min_healthy.is_some() && min_healthy as usize > backend_count {
             return Err(self.err(
                 at,
                 field("min_healthy"),
                 format!(
-                    "{min_healthy} is more than the VIP's {} backends, so it could never be up; lower it",
-                    backends.len()
+                    "{min_healthy} is more than the VIP's {backend_count} backends, so it could never be up; lower it",
                 ),
             ));
         }
@@ -1315,6 +1340,7 @@ impl Checker<'_> {
             health_check,
             min_healthy,
             snat_pool: raw.snat_pool,
+            l7,
         })
     }
 

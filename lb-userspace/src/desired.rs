@@ -113,10 +113,11 @@ impl DesiredState {
     }
 
     pub fn with_states(config: &Config, facts: &NodeFacts, states: &BackendStates) -> Self {
-        let vips = config.vips.iter().map(|vip| (vip_key(vip), desired_vip(vip, config, states))).collect();
-        let addrs = config
-            .vips
-            .iter()
+        // `mode: l7` VIPs are not the data plane's: their packets pass to the local stack, where
+        // the agent's proxy listens (see `l7`), and they are announced from there.
+        let l4 = || config.vips.iter().filter(|vip| vip.mode != Mode::L7);
+        let vips = l4().map(|vip| (vip_key(vip), desired_vip(vip, config, states))).collect();
+        let addrs = l4()
             .map(|vip| {
                 let (addr, family) = ip_words(vip.address);
                 let flags = if vip.unhashable == Unhashable::Drop { ADDR_FLAG_DROP_UNHASHABLE } else { 0 };
@@ -147,7 +148,8 @@ fn nat_pool(pool: &crate::config::NatPool) -> NatPool {
 fn filter(config: &Config) -> BTreeMap<u32, u32> {
     let mut filter = BTreeMap::new();
     let mut mark = |addr: IpAddr, bit: u32| *filter.entry(addr_bucket(&ip_words(addr).0)).or_insert(0) |= bit;
-    for vip in &config.vips {
+    // l7 VIPs are the kernel's (the proxy listens on them): not in the filter.
+    for vip in config.vips.iter().filter(|vip| vip.mode != Mode::L7) {
         mark(vip.address, if vip.mode == Mode::Nat { FILTER_NAT_VIP } else { FILTER_VIP });
         if vip.mode == Mode::Nat && vip.snat_pool.is_none() {
             for backend in &vip.backends {
@@ -172,6 +174,8 @@ pub fn mac_source(vip: &Vip, backend: &Backend, config: &Config) -> Option<IpAdd
     }
     match vip.mode {
         Mode::DsrL2 => Some(backend.address),
+        // The proxy connects through the kernel's stack.
+        Mode::L7 => None,
         Mode::DsrIpip | Mode::Nat if config.node.next_hop_mac.is_some() => None,
         Mode::DsrIpip | Mode::Nat => {
             let router = if backend.address.is_ipv4() { config.node.next_hop_v4 } else { config.node.next_hop_v6 };
@@ -220,7 +224,7 @@ fn desired_vip(vip: &Vip, config: &Config, states: &BackendStates) -> DesiredVip
         flags: if vip.hash == HashFields::SourceIp { VIP_FLAG_HASH_SOURCE_ONLY } else { 0 }
             | if vip.mode == Mode::Nat { VIP_FLAG_NAT } else { 0 },
         backend_flags: match vip.mode {
-            Mode::DsrL2 | Mode::Nat => 0,
+            Mode::DsrL2 | Mode::Nat | Mode::L7 => 0,
             Mode::DsrIpip => BACKEND_FLAG_IPIP,
         },
         pool: vip
@@ -346,6 +350,7 @@ mod tests {
             backends: vec![],
             health_check: None,
             min_healthy: 1,
+            l7: None,
         }
     }
 

@@ -12,6 +12,7 @@ pub mod dataplane;
 pub mod desired;
 pub mod health;
 pub mod iface;
+pub mod l7;
 pub mod maglev;
 pub mod metrics;
 pub mod nat;

@@ -20,6 +20,8 @@ pub struct AgentInfo {
     pub config_generation: u64,
     pub last_reload: Option<ReloadOutcome>,
     pub peers: Vec<PeerStatus>,
+    /// The L7 tier's per-route families (kept by the tier, appended as they are).
+    pub l7: Vec<prometheus::proto::MetricFamily>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -33,7 +35,9 @@ pub fn render(snapshot: &Snapshot, agent: &AgentInfo) -> String {
     match build(snapshot, agent) {
         Ok(registry) => {
             let mut out = Vec::new();
-            match TextEncoder::new().encode(&registry.gather(), &mut out) {
+            let mut families = registry.gather();
+            families.extend(agent.l7.iter().cloned());
+            match TextEncoder::new().encode(&families, &mut out) {
                 Ok(()) => String::from_utf8_lossy(&out).into_owned(),
                 Err(e) => format!("# encoding metrics failed: {e}\n"),
             }
@@ -299,6 +303,7 @@ mod tests {
                     last_error: None,
                     bfd: Some("up".into()),
                 }],
+                l7: vec![],
             },
         );
         for line in [

@@ -1,0 +1,363 @@
+//! The optional L7 tier: an HTTP reverse proxy (HTTP/1.1, h2c, TLS with rustls, WebSocket
+//! pass-through) for `mode: l7` VIPs.
+//!
+//! XDP leaves an l7 VIP's packets to the local stack (the VIP is not in its maps); the agent
+//! puts the VIP's address on `lo` ([`addr`]) and listens on it. Each listener holds its VIP's
+//! runtime (routes, pools, TLS, client) in an `ArcSwap`: a reload swaps it, and requests take
+//! the current one, while the listener, its connections and upgraded streams stay.
+
+pub mod addr;
+pub mod balance;
+pub mod metrics;
+pub mod proxy;
+pub mod proxy_protocol;
+pub mod ratelimit;
+pub mod route;
+pub mod tls;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use arc_swap::ArcSwap;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+};
+use tokio::{net::TcpListener, sync::Semaphore, task::JoinHandle};
+
+pub use crate::config::l7 as config;
+use crate::{
+    config::{Config, Mode, Vip},
+    desired::BackendRef,
+    health::Target,
+};
+use addr::LocalAddress;
+use balance::{BackendState, Pool};
+use metrics::Metrics;
+use proxy::{Conn, RouteRuntime, VipRuntime};
+use ratelimit::TokenBucket;
+
+/// Connections one listener serves at once; more wait in the kernel's backlog.
+const MAX_CONNECTIONS: usize = 16_384;
+/// Bound on a PROXY header and a TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const BACKLOG: i32 = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum L7Error {
+    #[error("l7 VIP `{vip}`: {message}")]
+    Vip { vip: String, message: String },
+    #[error("l7 VIP `{vip}`: listening on {endpoint}: {source}")]
+    Listen { vip: String, endpoint: SocketAddr, source: std::io::Error },
+    #[error("l7 VIP `{vip}`: {source}")]
+    Address { vip: String, source: std::io::Error },
+    #[error("l7 metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// The l7 VIPs of `config`.
+pub fn l7_vips(config: &Config) -> impl Iterator<Item = (&Vip, &config::L7Vip)> {
+    config.vips.iter().filter(|v| v.mode == Mode::L7).filter_map(|v| Some((v, v.l7.as_ref()?)))
+}
+
+/// The l7 backends `config` asks to health-check.
+pub fn health_targets(config: &Config) -> Vec<Target> {
+    l7_vips(config)
+        .flat_map(|(vip, l7)| {
+            l7.backends().filter_map(move |b| {
+                Some(Target {
+                    vip: vip.name.clone(),
+                    backend: b.identity(),
+                    addr: b.address.ip(),
+                    check: config::check_for(vip, b)?,
+                })
+            })
+        })
+        .collect()
+}
+
+#[derive(Debug)]
+struct Listener {
+    vip: String,
+    runtime: Arc<ArcSwap<VipRuntime>>,
+    accept: JoinHandle<()>,
+    min_healthy: u32,
+    backends: Vec<Arc<BackendState>>,
+}
+
+/// The listeners of every l7 VIP, their runtimes and the backends' shared state.
+#[derive(Debug)]
+pub struct Tier {
+    listeners: BTreeMap<SocketAddr, Listener>,
+    addresses: BTreeMap<IpAddr, LocalAddress>,
+    backends: BTreeMap<(String, SocketAddr), Arc<BackendState>>,
+    /// Down or drained (vip, identity), as the agent last said.
+    not_serving: BTreeSet<BackendRef>,
+    metrics: Metrics,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        // Connections already accepted run on: they hold the runtime they need.
+        self.accept.abort();
+    }
+}
+
+impl Tier {
+    pub fn new() -> Result<Self, L7Error> {
+        Ok(Tier {
+            listeners: BTreeMap::new(),
+            addresses: BTreeMap::new(),
+            backends: BTreeMap::new(),
+            not_serving: BTreeSet::new(),
+            metrics: Metrics::new()?,
+        })
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Makes the listeners and routes those of `config` (within a tokio runtime): existing
+    /// listeners get the new runtime, new VIPs get a listener (and their address on `lo`),
+    /// removed VIPs lose theirs. A VIP whose runtime cannot be built (a TLS file, say) keeps
+    /// its previous one; the errors are returned.
+    pub fn apply(&mut self, config: &Config) -> Vec<L7Error> {
+        let mut errors = Vec::new();
+        let mut wanted: BTreeSet<SocketAddr> = BTreeSet::new();
+        let mut used: BTreeSet<(String, SocketAddr)> = BTreeSet::new();
+        for (vip, l7) in l7_vips(config) {
+            let endpoint = SocketAddr::new(vip.address, vip.port);
+            wanted.insert(endpoint);
+            let previous = self.listeners.get(&endpoint).map(|l| l.runtime.load_full());
+            let (runtime, backends) = match self.build(vip, l7, previous.as_deref()) {
+                Ok(built) => built,
+                Err(e) => {
+                    errors.push(e);
+                    // Keep serving what it served.
+                    if let Some(l) = self.listeners.get(&endpoint) {
+                        used.extend(l.backends.iter().map(|b| (l.vip.clone(), b.address)));
+                    }
+                    continue;
+                }
+            };
+            used.extend(backends.iter().map(|b| (vip.name.clone(), b.address)));
+            if let Some(listener) = self.listeners.get_mut(&endpoint) {
+                listener.runtime.store(Arc::new(runtime));
+                listener.vip = vip.name.clone();
+                listener.min_healthy = vip.min_healthy;
+                listener.backends = backends;
+                continue;
+            }
+            match self.listen(vip, endpoint, runtime) {
+                Ok((accept, runtime)) => {
+                    tracing::info!(vip = %vip.name, %endpoint, tls = l7.tls.is_some(), proxy_protocol = l7.proxy_protocol, "l7 listener started");
+                    let listener =
+                        Listener { vip: vip.name.clone(), runtime, accept, min_healthy: vip.min_healthy, backends };
+                    self.listeners.insert(endpoint, listener);
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        self.listeners.retain(|endpoint, listener| {
+            let keep = wanted.contains(endpoint);
+            if !keep {
+                tracing::info!(vip = %listener.vip, %endpoint, "l7 listener stopped");
+            }
+            keep
+        });
+        let in_use: BTreeSet<IpAddr> = self.listeners.keys().map(SocketAddr::ip).collect();
+        self.addresses.retain(|address, _| in_use.contains(address));
+        self.backends.retain(|key, _| used.contains(key));
+        self.refresh_serving();
+        errors
+    }
+
+    /// Builds a VIP's runtime, reusing the previous one's client (and its pooled connections)
+    /// and rate-limit buckets where their settings are unchanged.
+    fn build(
+        &mut self,
+        vip: &Vip,
+        l7: &config::L7Vip,
+        previous: Option<&VipRuntime>,
+    ) -> Result<(VipRuntime, Vec<Arc<BackendState>>), L7Error> {
+        let vip_err = |message: String| L7Error::Vip { vip: vip.name.clone(), message };
+        let matcher = route::Matcher::new(&l7.routes).map_err(|e| vip_err(e.to_string()))?;
+        let tls = match &l7.tls {
+            Some(files) => Some(tls::acceptor(files).map_err(|e| vip_err(e.to_string()))?),
+            None => None,
+        };
+        let mut all: Vec<Arc<BackendState>> = Vec::new();
+        let mut routes = Vec::with_capacity(l7.routes.len());
+        for route in &l7.routes {
+            let mut pool = Vec::with_capacity(route.backends.len());
+            for b in &route.backends {
+                let state = Arc::clone(
+                    self.backends
+                        .entry((vip.name.clone(), b.address))
+                        .or_insert_with(|| Arc::new(BackendState::new(b.address))),
+                );
+                if !all.iter().any(|s| Arc::ptr_eq(s, &state)) {
+                    all.push(Arc::clone(&state));
+                }
+                pool.push((state, b.weight));
+            }
+            let old = previous.and_then(|p| p.routes.iter().find(|r| r.name == route.name));
+            let limiter = route.rate_limit.map(|limit| {
+                match old.and_then(|r| r.limiter.as_ref()).filter(|bucket| bucket.limit() == limit) {
+                    Some(bucket) => Arc::clone(bucket),
+                    None => Arc::new(TokenBucket::new(limit, Instant::now())),
+                }
+            });
+            routes.push(RouteRuntime {
+                name: route.name.clone(),
+                stats: self.metrics.route(&vip.name, &route.name),
+                pool: Pool::new(pool, route.balance.clone(), l7.max_requests_per_backend as usize),
+                limiter,
+            });
+        }
+        let client_settings = (l7.connect_timeout, l7.idle_timeout, l7.max_idle_per_backend);
+        let client = match previous.filter(|p| p.client_settings == client_settings) {
+            Some(p) => p.client.clone(),
+            None => proxy::client(l7.connect_timeout, l7.idle_timeout, l7.max_idle_per_backend),
+        };
+        let runtime = VipRuntime {
+            name: vip.name.clone(),
+            routes,
+            matcher,
+            client,
+            client_settings,
+            tls,
+            proxy_protocol: l7.proxy_protocol,
+            request_timeout: l7.request_timeout,
+            idle_timeout: l7.idle_timeout,
+            retries: l7.retries,
+            unrouted: self.metrics.route(&vip.name, "-"),
+        };
+        Ok((runtime, all))
+    }
+
+    fn listen(
+        &mut self,
+        vip: &Vip,
+        endpoint: SocketAddr,
+        runtime: VipRuntime,
+    ) -> Result<(JoinHandle<()>, Arc<ArcSwap<VipRuntime>>), L7Error> {
+        if let std::collections::btree_map::Entry::Vacant(entry) = self.addresses.entry(endpoint.ip()) {
+            let local = LocalAddress::add(endpoint.ip())
+                .map_err(|source| L7Error::Address { vip: vip.name.clone(), source })?;
+            entry.insert(local);
+        }
+        let listen_err = |source| L7Error::Listen { vip: vip.name.clone(), endpoint, source };
+        let listener = bind(endpoint).map_err(listen_err)?;
+        let runtime = Arc::new(ArcSwap::from_pointee(runtime));
+        let accept = tokio::spawn(accept_loop(listener, Arc::clone(&runtime)));
+        Ok((accept, runtime))
+    }
+
+    /// Backends down (health) or drained take no requests.
+    pub fn set_not_serving(&mut self, not_serving: BTreeSet<BackendRef>) {
+        self.not_serving = not_serving;
+        self.refresh_serving();
+    }
+
+    fn refresh_serving(&self) {
+        for ((vip, address), state) in &self.backends {
+            state.set_serving(!self.not_serving.contains(&(vip.clone(), address.to_string())));
+        }
+    }
+
+    /// Addresses with an l7 VIP that is up: listening, with at least `min_healthy` (and one)
+    /// serving backends.
+    pub fn up_addresses(&self) -> BTreeSet<IpAddr> {
+        self.listeners
+            .iter()
+            .filter(|(_, l)| {
+                let serving = l.backends.iter().filter(|b| b.is_serving()).count();
+                serving > 0 && serving >= l.min_healthy as usize
+            })
+            .map(|(endpoint, _)| endpoint.ip())
+            .collect()
+    }
+
+    /// Stops every listener and removes the addresses this agent added.
+    pub fn shutdown(&mut self) {
+        self.listeners.clear();
+        self.addresses.clear();
+    }
+}
+
+fn bind(endpoint: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(endpoint), socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&endpoint.into())?;
+    socket.listen(BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
+async fn accept_loop(listener: TcpListener, runtime: Arc<ArcSwap<VipRuntime>>) {
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = Arc::clone(&limit).acquire_owned().await else { return };
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                tokio::spawn(serve_connection(Arc::clone(&runtime), stream, peer, permit));
+            }
+            Err(e) => {
+                // Out of descriptors, mostly: wait instead of spinning.
+                tracing::warn!(error = %e, "l7 accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve_connection(
+    swap: Arc<ArcSwap<VipRuntime>>,
+    mut stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let _ = stream.set_nodelay(true);
+    let rt = swap.load_full();
+    let client = if rt.proxy_protocol {
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, proxy_protocol::read(&mut stream)).await {
+            Ok(Ok(header)) => header.source().unwrap_or(peer),
+            Ok(Err(e)) => {
+                tracing::debug!(vip = %rt.name, %peer, error = %e, "connection without a valid PROXY header dropped");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(vip = %rt.name, %peer, "no PROXY header in time");
+                return;
+            }
+        }
+    } else {
+        peer
+    };
+    let conn = Conn { client, tls: rt.tls.is_some() };
+    let service_swap = Arc::clone(&swap);
+    let service = hyper::service::service_fn(move |req| proxy::handle(service_swap.load_full(), conn, req));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(rt.idle_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let result = match &rt.tls {
+        Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await,
+            Ok(Err(e)) => {
+                tracing::debug!(vip = %rt.name, %peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => return,
+        },
+        None => builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await,
+    };
+    if let Err(e) = result {
+        tracing::debug!(vip = %rt.name, %client, error = %e, "l7 connection ended with an error");
+    }
+}

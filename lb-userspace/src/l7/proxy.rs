@@ -1,0 +1,456 @@
+//! One request through the proxy: route, rate limit, pick a backend, forward with
+//! X-Forwarded-For / Forwarded, retry idempotent requests on another backend when one fails
+//! before answering, pass upgrades (WebSocket) through, count and log.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
+    header::{CONNECTION, COOKIE, HOST, RETRY_AFTER, UPGRADE},
+};
+use http_body_util::{BodyExt as _, Empty, Full, combinators::UnsyncBoxBody};
+use hyper::body::{Body as _, Incoming};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioIo,
+};
+
+use super::{
+    balance::{InFlight, Pool},
+    config::Balance,
+    metrics::RouteStats,
+    ratelimit::{TokenBucket, retry_after_secs},
+    route::Matcher,
+};
+
+pub type Body = UnsyncBoxBody<Bytes, hyper::Error>;
+
+/// What a VIP's proxy does, swapped whole on reload (requests take the current one).
+pub struct VipRuntime {
+    pub name: String,
+    pub routes: Vec<RouteRuntime>,
+    pub matcher: Matcher,
+    pub client: Client<HttpConnector, Body>,
+    /// connect timeout, idle timeout, idle connections per backend: a reload that keeps them
+    /// keeps the client and its pooled connections.
+    pub client_settings: (Duration, Duration, u32),
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub proxy_protocol: bool,
+    pub request_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub retries: u32,
+    /// The series of requests no route matched (route `-`).
+    pub unrouted: RouteStats,
+}
+
+impl std::fmt::Debug for VipRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VipRuntime")
+            .field("name", &self.name)
+            .field("routes", &self.routes)
+            .field("tls", &self.tls.is_some())
+            .field("proxy_protocol", &self.proxy_protocol)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug)]
+pub struct RouteRuntime {
+    pub name: String,
+    pub stats: RouteStats,
+    pub pool: Pool,
+    pub limiter: Option<Arc<TokenBucket>>,
+}
+
+/// The client side of a connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Conn {
+    /// The client's address: the PROXY header's source, else the peer's.
+    pub client: SocketAddr,
+    pub tls: bool,
+}
+
+pub fn client(connect_timeout: Duration, idle_timeout: Duration, max_idle: u32) -> Client<HttpConnector, Body> {
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_nodelay(true);
+    Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_idle_timeout(idle_timeout)
+        .pool_max_idle_per_host(max_idle as usize)
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .build(http)
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut response =
+        Response::new(Full::new(Bytes::from_static(body.as_bytes())).map_err(|n| match n {}).boxed_unsync());
+    *response.status_mut() = status;
+    response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
+}
+
+fn empty() -> Body {
+    Empty::new().map_err(|n| match n {}).boxed_unsync()
+}
+
+/// Safe to send twice (RFC 9110 §9.2.2).
+fn idempotent(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
+}
+
+/// An HTTP/1.1 upgrade request (WebSocket and the like).
+fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(UPGRADE)
+        && req
+            .headers()
+            .get_all(CONNECTION)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1): those named in Connection and the fixed
+/// list. An upgrade keeps `Connection: upgrade` and `Upgrade`.
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"] {
+        headers.remove(name);
+    }
+    if keep_upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// X-Forwarded-For (appended), X-Forwarded-Proto, X-Forwarded-Host and Forwarded (RFC 7239,
+/// appended).
+fn add_forwarded(headers: &mut HeaderMap, conn: Conn, host: Option<&str>) {
+    let ip = conn.client.ip();
+    let proto = if conn.tls { "https" } else { "http" };
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(previous) => format!("{previous}, {ip}"),
+        None => ip.to_string(),
+    };
+    let for_ = if ip.is_ipv6() { format!("\"[{ip}]\"") } else { ip.to_string() };
+    let mut forwarded = format!("for={for_};proto={proto}");
+    if let Some(host) = host.filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')) {
+        forwarded.push_str(&format!(";host=\"{host}\""));
+    }
+    if let Some(previous) = headers.get(http::header::FORWARDED).and_then(|v| v.to_str().ok()) {
+        forwarded = format!("{previous}, {forwarded}");
+    }
+    for (name, value) in [("x-forwarded-for", xff), ("forwarded", forwarded), ("x-forwarded-proto", proto.to_owned())] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    }
+    if let Some(host) = host
+        && !headers.contains_key("x-forwarded-host")
+        && let Ok(value) = HeaderValue::from_str(host)
+    {
+        headers.insert("x-forwarded-host", value);
+    }
+}
+
+/// The value a consistent-hash route hashes.
+fn hash_key<'a>(balance: &Balance, headers: &'a HeaderMap) -> Option<&'a [u8]> {
+    match balance {
+        Balance::HashHeader(name) => headers.get(name.as_str()).map(HeaderValue::as_bytes),
+        Balance::HashCookie(name) => headers.get_all(COOKIE).iter().find_map(|v| {
+            v.as_bytes().split(|b| *b == b';').find_map(|pair| {
+                let pair = pair.trim_ascii();
+                let eq = pair.iter().position(|b| *b == b'=')?;
+                (&pair[..eq] == name.as_bytes()).then_some(&pair[eq + 1..])
+            })
+        }),
+        _ => None,
+    }
+}
+
+/// A response body that keeps its request counted in flight at the backend until it ends.
+struct Tracked {
+    body: Incoming,
+    _guard: Option<InFlight>,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// What the access log line says about one request.
+struct Outcome<'a> {
+    route: &'a str,
+    stats: &'a RouteStats,
+    status: u16,
+    backend: Option<SocketAddr>,
+    attempts: u32,
+    error: Option<String>,
+}
+
+fn done<'a>(
+    status: u16,
+    route: &'a str,
+    stats: &'a RouteStats,
+    backend: Option<SocketAddr>,
+    attempts: u32,
+    error: Option<String>,
+) -> Outcome<'a> {
+    Outcome { route, stats, status, backend, attempts, error }
+}
+
+fn finish(
+    rt: &VipRuntime,
+    conn: Conn,
+    method: &Method,
+    host: Option<&str>,
+    path: &str,
+    start: Instant,
+    o: Outcome<'_>,
+) {
+    let elapsed = start.elapsed();
+    o.stats.answered(o.status, elapsed.as_secs_f64());
+    tracing::info!(
+        target: "xlb::access",
+        vip = %rt.name,
+        route = o.route,
+        client = %conn.client,
+        method = %method,
+        host = host.unwrap_or(""),
+        path,
+        status = o.status,
+        backend = %o.backend.map(|b| b.to_string()).unwrap_or_default(),
+        attempts = o.attempts,
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        error = o.error.as_deref().unwrap_or(""),
+        "request"
+    );
+}
+
+/// Serves one request with the VIP's current runtime.
+pub async fn handle(rt: Arc<VipRuntime>, conn: Conn, mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let host: Option<String> = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()).map(str::to_owned));
+    let path = req.uri().path().to_owned();
+    let Some(index) = rt.matcher.find(host.as_deref(), &path) else {
+        finish(&rt, conn, &method, host.as_deref(), &path, start, done(404, "-", &rt.unrouted, None, 0, None));
+        return Ok(text(StatusCode::NOT_FOUND, "no route for this host and path\n"));
+    };
+    let route = &rt.routes[index];
+    if let Some(limiter) = &route.limiter
+        && let Err(wait) = limiter.take(Instant::now())
+    {
+        route.stats.rate_limited.inc();
+        let mut response = text(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded\n");
+        response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(retry_after_secs(wait)));
+        finish(&rt, conn, &method, host.as_deref(), &path, start, done(429, &route.name, &route.stats, None, 0, None));
+        return Ok(response);
+    }
+    let upgrade = is_upgrade(&req);
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let upgrade_to = upgrade.then(|| parts.headers.get(UPGRADE).cloned()).flatten();
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    if let Some(upgrade_to) = upgrade_to {
+        parts.headers.insert(UPGRADE, upgrade_to);
+    }
+    if !parts.headers.contains_key(HOST)
+        && let Some(value) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok())
+    {
+        parts.headers.insert(HOST, value);
+    }
+    add_forwarded(&mut parts.headers, conn, host.as_deref());
+    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    let replayable = idempotent(&method) && body.is_end_stream() && !upgrade;
+    let attempts = if replayable { 1 + rt.retries } else { 1 };
+    let mut body = Some(body.boxed_unsync());
+    let deadline = tokio::time::Instant::from_std(start + rt.request_timeout);
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut last_error: Option<String> = None;
+    for attempt in 0..attempts {
+        let key = hash_key(route.pool.balance(), &parts.headers);
+        let Some(backend) = route.pool.pick(key, &tried) else { break };
+        tried.push(backend.address);
+        if attempt > 0 {
+            route.stats.retries.inc();
+        }
+        let Ok(uri) = format!("http://{}{path_and_query}", backend.address).parse::<Uri>() else {
+            finish(
+                &rt,
+                conn,
+                &method,
+                host.as_deref(),
+                &path,
+                start,
+                done(400, &route.name, &route.stats, None, 0, None),
+            );
+            return Ok(text(StatusCode::BAD_REQUEST, "bad request target\n"));
+        };
+        let mut upstream = Request::new(body.take().unwrap_or_else(empty));
+        *upstream.method_mut() = method.clone();
+        *upstream.uri_mut() = uri;
+        *upstream.version_mut() = Version::HTTP_11;
+        // The last attempt takes the headers; earlier ones copy them for the next.
+        *upstream.headers_mut() =
+            if attempt + 1 == attempts { std::mem::take(&mut parts.headers) } else { parts.headers.clone() };
+        // Counts until the response body ends (or the attempt fails).
+        let in_flight = backend.begin();
+        let result = tokio::time::timeout_at(deadline, rt.client.request(upstream)).await;
+        let n = attempt + 1;
+        match result {
+            Err(_) => {
+                route.stats.timeouts.inc();
+                let error = Some(format!("no response within {:?}", rt.request_timeout));
+                finish(
+                    &rt,
+                    conn,
+                    &method,
+                    host.as_deref(),
+                    &path,
+                    start,
+                    done(504, &route.name, &route.stats, Some(backend.address), n, error),
+                );
+                return Ok(text(StatusCode::GATEWAY_TIMEOUT, "the backend did not answer in time\n"));
+            }
+            Ok(Err(e)) => {
+                let kind = if e.is_connect() { "connect" } else { "transport" };
+                if e.is_connect() { &route.stats.connect_errors } else { &route.stats.transport_errors }.inc();
+                let source = std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default();
+                last_error = Some(format!("{}: {e} {source}", backend.address));
+                tracing::debug!(vip = %rt.name, route = %route.name, backend = %backend.address, error = %e, kind, "backend attempt failed");
+            }
+            Ok(Ok(mut response)) => {
+                let status = response.status();
+                if status == StatusCode::SWITCHING_PROTOCOLS
+                    && let Some(client_side) = client_upgrade
+                {
+                    let backend_side = hyper::upgrade::on(&mut response);
+                    let (vip, route_name) = (rt.name.clone(), route.name.clone());
+                    tokio::spawn(async move {
+                        match tokio::try_join!(client_side, backend_side) {
+                            Ok((client_io, backend_io)) => {
+                                let (mut c, mut b) = (TokioIo::new(client_io), TokioIo::new(backend_io));
+                                let _ = tokio::io::copy_bidirectional(&mut c, &mut b).await;
+                            }
+                            Err(e) => tracing::debug!(%vip, route = %route_name, error = %e, "upgrade failed"),
+                        }
+                    });
+                } else {
+                    strip_hop_by_hop(response.headers_mut(), false);
+                }
+                let backend_address = Some(backend.address);
+                finish(
+                    &rt,
+                    conn,
+                    &method,
+                    host.as_deref(),
+                    &path,
+                    start,
+                    done(status.as_u16(), &route.name, &route.stats, backend_address, n, None),
+                );
+                // An upgraded stream no longer counts as a request in flight.
+                let guard = (status != StatusCode::SWITCHING_PROTOCOLS).then_some(in_flight);
+                return Ok(response.map(|body| Tracked { body, _guard: guard }.boxed_unsync()));
+            }
+        }
+    }
+    let (status, message) = if tried.is_empty() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no backend available for this route (down, drained or at its request limit)\n",
+        )
+    } else {
+        (StatusCode::BAD_GATEWAY, "the backend failed the request\n")
+    };
+    let n = tried.len() as u32;
+    finish(
+        &rt,
+        conn,
+        &method,
+        host.as_deref(),
+        &path,
+        start,
+        done(status.as_u16(), &route.name, &route.stats, tried.last().copied(), n, last_error),
+    );
+    Ok(text(status, message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go_and_forwarded_headers_are_appended() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.1"));
+        h.insert("x-kept", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(!h.contains_key("x-secret") && !h.contains_key(CONNECTION) && !h.contains_key("keep-alive"));
+        add_forwarded(&mut h, Conn { client: "198.51.100.7:4000".parse().unwrap(), tls: false }, Some("example.com"));
+        assert_eq!(h["x-forwarded-for"], "203.0.113.1, 198.51.100.7");
+        assert_eq!(h["forwarded"], "for=198.51.100.7;proto=http;host=\"example.com\"");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-kept"], "yes");
+        let mut h = HeaderMap::new();
+        add_forwarded(&mut h, Conn { client: "[2001:db8::7]:4000".parse().unwrap(), tls: true }, None);
+        assert_eq!(h["forwarded"], "for=\"[2001:db8::7]\";proto=https");
+    }
+
+    #[test]
+    fn hash_keys_come_from_headers_and_cookies() {
+        let mut h = HeaderMap::new();
+        h.insert("x-user", HeaderValue::from_static("alice"));
+        h.append(COOKIE, HeaderValue::from_static("a=1; sid=abc; b=2"));
+        assert_eq!(hash_key(&Balance::HashHeader("x-user".into()), &h), Some(&b"alice"[..]));
+        assert_eq!(hash_key(&Balance::HashCookie("sid".into()), &h), Some(&b"abc"[..]));
+        assert_eq!(hash_key(&Balance::HashCookie("si".into()), &h), None);
+        assert_eq!(hash_key(&Balance::RoundRobin, &h), None);
+    }
+
+    #[test]
+    fn upgrades_and_idempotent_methods() {
+        let req =
+            Request::builder().header(CONNECTION, "keep-alive, Upgrade").header(UPGRADE, "websocket").body(()).unwrap();
+        assert!(is_upgrade(&req));
+        let req = Request::builder().header(UPGRADE, "websocket").body(()).unwrap();
+        assert!(!is_upgrade(&req), "Upgrade without Connection: upgrade is not one");
+        assert!(idempotent(&Method::GET) && idempotent(&Method::PUT) && !idempotent(&Method::POST));
+    }
+}

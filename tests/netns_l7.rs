@@ -1,0 +1,705 @@
+//! The L7 tier end to end in namespaces: real HTTP through an l7 VIP on the node (XDP passes
+//! it to the stack, the agent's proxy serves it) to HTTP servers on the backends. Host/path
+//! routing, balancing, X-Forwarded-For, a backend failing under load, a WebSocket that lives
+//! through a reload, the rate limit, PROXY protocol v2 into the access log, TLS, h2c and the
+//! per-route metrics.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    process::{Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use xlb_tests::{
+    netns::{Process, wait_for, xlb_bin},
+    require_root,
+    topology::{CLIENT_V4, Topology, backend_v4},
+};
+
+const VIP: &str = "10.210.100.1";
+const METRICS: &str = "127.0.0.1:9843";
+const BACKEND_PORT: u16 = 8080;
+
+/// HTTP servers on the backends (`be<i>` answers every request with its name, method, path
+/// and forwarding headers; an upgrade request switches to a line echo). Stopped on drop.
+struct Servers {
+    stop: Arc<AtomicBool>,
+    /// Per backend: while false the listener is closed (connects refused) and open
+    /// connections are closed.
+    alive: Arc<Vec<AtomicBool>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Servers {
+    fn start(topo: &Topology) -> Servers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let alive: Arc<Vec<AtomicBool>> = Arc::new((0..topo.backends.len()).map(|_| AtomicBool::new(true)).collect());
+        let mut threads = Vec::new();
+        for (i, ns) in topo.backends.iter().enumerate() {
+            let (stop, alive) = (Arc::clone(&stop), Arc::clone(&alive));
+            let addr = SocketAddr::new(backend_v4(i).parse().unwrap(), BACKEND_PORT);
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+            threads.push(ns.run(move || {
+                let mut listener: Option<TcpListener> = None;
+                let mut conns = Vec::new();
+                let _ = ready_tx.send(());
+                while !stop.load(Ordering::Relaxed) {
+                    if !alive[i].load(Ordering::Relaxed) {
+                        listener = None;
+                    } else if listener.is_none() {
+                        let l = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+                        l.set_nonblocking(true).unwrap();
+                        listener = Some(l);
+                    }
+                    match listener.as_ref().map(TcpListener::accept) {
+                        Some(Ok((conn, _))) => {
+                            let (stop, alive) = (Arc::clone(&stop), Arc::clone(&alive));
+                            conns.push(std::thread::spawn(move || serve_http(conn, i, &stop, &alive[i])));
+                        }
+                        _ => std::thread::sleep(Duration::from_millis(1)),
+                    }
+                    conns.retain(|c: &std::thread::JoinHandle<()>| !c.is_finished());
+                }
+                for c in conns {
+                    let _ = c.join();
+                }
+            }));
+            ready_rx.recv_timeout(Duration::from_secs(5)).expect("server started");
+        }
+        Servers { stop, alive, threads }
+    }
+
+    fn set_alive(&self, backend: usize, alive: bool) {
+        self.alive[backend].store(alive, Ordering::Relaxed);
+    }
+}
+
+/// Reads a request head; `None` at EOF, on timeout while stopping, or on garbage.
+fn read_head(reader: &mut BufReader<TcpStream>, stop: &AtomicBool, alive: &AtomicBool) -> Option<Vec<String>> {
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) => return None,
+            Ok(_) => {
+                let line = line.trim_end().to_owned();
+                if line.is_empty() {
+                    if lines.is_empty() {
+                        continue;
+                    }
+                    return Some(lines);
+                }
+                lines.push(line);
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                if stop.load(Ordering::Relaxed) || !alive.load(Ordering::Relaxed) || !line.is_empty() {
+                    return None;
+                }
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+fn header<'a>(head: &'a [String], name: &str) -> Option<&'a str> {
+    head.iter().skip(1).find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+fn serve_http(conn: TcpStream, i: usize, stop: &AtomicBool, alive: &AtomicBool) {
+    conn.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let mut writer = conn.try_clone().unwrap();
+    let mut reader = BufReader::new(conn);
+    while let Some(head) = read_head(&mut reader, stop, alive) {
+        if !alive.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut parts = head[0].split(' ');
+        let (method, path) = (parts.next().unwrap_or("").to_owned(), parts.next().unwrap_or("").to_owned());
+        let length: usize = header(&head, "content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let mut body = vec![0u8; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        if header(&head, "upgrade").is_some() {
+            let _ = writer
+                .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
+            // Echo lines until the client closes (or the test ends).
+            loop {
+                let mut line = String::new();
+                match reader.read_line(&mut line) {
+                    Ok(0) => return,
+                    Ok(_) => {
+                        if writer.write_all(format!("be{i}: {line}").as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                    }
+                    Err(_) => return,
+                }
+            }
+        }
+        let text = format!(
+            "be{i} {method} {path} xff={} fwd={} host={}\n",
+            header(&head, "x-forwarded-for").unwrap_or("-"),
+            header(&head, "forwarded").unwrap_or("-"),
+            header(&head, "host").unwrap_or("-"),
+        );
+        let response =
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: text/plain\r\n\r\n{text}", text.len());
+        if writer.write_all(response.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Reply {
+    status: u16,
+    head: Vec<String>,
+    body: String,
+}
+
+impl Reply {
+    fn backend(&self) -> &str {
+        self.body.split(' ').next().unwrap_or("")
+    }
+}
+
+/// One request on a new connection (`Connection: close`), with `prefix` bytes (a PROXY header)
+/// before it.
+fn request_with(
+    addr: SocketAddr,
+    prefix: &[u8],
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &str,
+) -> std::io::Result<Reply> {
+    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(4))?;
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut bytes = prefix.to_vec();
+    bytes.extend_from_slice(
+        format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n{headers}Connection: close\r\nContent-Length: 0\r\n\r\n")
+            .as_bytes(),
+    );
+    conn.write_all(&bytes)?;
+    let mut raw = Vec::new();
+    conn.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) =
+        text.split_once("\r\n\r\n").ok_or_else(|| std::io::Error::other(format!("no head in {text:?}")))?;
+    let head: Vec<String> = head.split("\r\n").map(str::to_owned).collect();
+    let status =
+        head[0].split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| std::io::Error::other("no status"))?;
+    Ok(Reply { status, head, body: body.to_owned() })
+}
+
+fn vip_addr(port: u16) -> SocketAddr {
+    SocketAddr::new(VIP.parse().unwrap(), port)
+}
+
+/// `requests` (method, host, path, headers) from the client namespace, in order.
+fn requests(
+    topo: &Topology,
+    port: u16,
+    list: Vec<(&'static str, String, String, String)>,
+) -> Vec<std::io::Result<Reply>> {
+    topo.client()
+        .run(move || list.iter().map(|(m, h, p, x)| request_with(vip_addr(port), &[], m, h, p, x)).collect())
+        .join()
+        .expect("client thread")
+}
+
+fn get(topo: &Topology, host: &str, path: &str) -> Reply {
+    requests(topo, 80, vec![("GET", host.into(), path.into(), String::new())]).remove(0).expect("request")
+}
+
+/// Starts the agent with JSON logs into `<dir>/agent.log`; waits for its admin socket.
+fn start_agent(topo: &Topology, config: &str) -> Process {
+    std::fs::write(topo.config_path(), config).expect("write config");
+    let log = std::fs::File::create(topo.dir.join("agent.log")).expect("log file");
+    let mut cmd = topo.node().command_keep_mounts(xlb_bin().to_str().unwrap());
+    cmd.args(["run", "--iface", "eth0", "--log-format", "json", "--metrics-listen", METRICS, "--config"])
+        .arg(topo.config_path())
+        .arg("--admin-socket")
+        .arg(topo.socket())
+        .arg("--pin-dir")
+        .arg(topo.pin_dir_of(0))
+        .stderr(Stdio::from(log));
+    let agent = Process::spawn(cmd, "xlb run");
+    wait_for("the agent's admin socket", Duration::from_secs(10), || topo.stats());
+    agent
+}
+
+fn agent_log(topo: &Topology) -> String {
+    std::fs::read_to_string(topo.dir.join("agent.log")).unwrap_or_default()
+}
+
+/// Rewrites the config and SIGHUPs the agent; waits until the reload is applied and returns
+/// its outcome.
+fn reload_outcome(topo: &Topology, agent: &Process, config: &str) -> xlb::admin::ReloadOutcome {
+    let before = topo.status().expect("status").config_generation;
+    std::fs::write(topo.config_path(), config).expect("write config");
+    // SAFETY: kill with our own child's pid and a valid signal.
+    unsafe { libc::kill(agent.child.id() as i32, libc::SIGHUP) };
+    let status =
+        wait_for("the reload", Duration::from_secs(10), || topo.status().filter(|s| s.config_generation > before));
+    status.last_reload.expect("a reload outcome")
+}
+
+/// `reload_outcome`, which must succeed.
+fn reload(topo: &Topology, agent: &Process, config: &str) {
+    let outcome = reload_outcome(topo, agent, config);
+    assert!(outcome.ok, "reload: {}", outcome.message);
+}
+
+fn metrics(topo: &Topology) -> String {
+    topo.node()
+        .run(|| {
+            let mut conn = TcpStream::connect(METRICS).expect("metrics listener");
+            conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: xlb\r\n\r\n").unwrap();
+            let mut text = String::new();
+            let _ = conn.read_to_string(&mut text);
+            text
+        })
+        .join()
+        .expect("metrics thread")
+}
+
+/// The value of the sample `line_prefix` (a metric name with its labels), 0 when absent.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
+}
+
+fn backend(i: usize) -> String {
+    format!("{{ address: {}, port: {BACKEND_PORT} }}", backend_v4(i))
+}
+
+fn backends(list: &[usize]) -> String {
+    format!("[{}]", list.iter().map(|i| backend(*i)).collect::<Vec<_>>().join(", "))
+}
+
+fn l7_vip(name: &str, port: u16, options: &str, routes: &str) -> String {
+    format!(
+        "  - name: {name}\n    address: {VIP}\n    port: {port}\n    protocol: tcp\n    mode: l7\n    health_check: {{ type: http, path: /health, interval: 200ms, timeout: 100ms, rise: 2, fall: 2 }}\n    l7:\n{options}      routes:\n{routes}"
+    )
+}
+
+#[test]
+fn routes_by_host_and_path_and_retries_hide_a_failing_backend() {
+    require_root!();
+    let topo = Topology::new(3, &[VIP]);
+    let servers = Servers::start(&topo);
+    let routes = format!(
+        "        - {{ name: api, host: api.test, path_prefix: /api/, backends: {} }}\n        - {{ name: exact, path_exact: /exact, backends: {} }}\n        - {{ name: users, path_regex: \"^/users/[0-9]+$\", backends: {} }}\n        - {{ name: sticky, path_prefix: /sticky, balance: consistent-hash, hash_header: x-user, backends: {} }}\n        - {{ name: least, path_prefix: /least, balance: least-outstanding, backends: {} }}\n        - {{ name: default, path_prefix: /, backends: {} }}\n",
+        backends(&[0, 1]),
+        backends(&[2]),
+        backends(&[2]),
+        backends(&[0, 1, 2]),
+        backends(&[0, 1, 2]),
+        backends(&[0, 1, 2]),
+    );
+    let config = format!("vips:\n{}", l7_vip("web", 80, "      connect_timeout: 500ms\n", &routes));
+    let _agent = start_agent(&topo, &config);
+    let addr = topo.node().ip(&["-4", "addr", "show", "dev", "lo"]);
+    assert!(String::from_utf8_lossy(&addr.stdout).contains(&format!("{VIP}/32")), "the VIP is local on the node");
+
+    // Host and path pick the route; the balancing spreads within it.
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..20 {
+        let r = get(&topo, "API.test:80", "/api/v1");
+        assert_eq!(r.status, 200, "{r:?}");
+        *seen.entry(r.backend().to_owned()).or_default() += 1;
+    }
+    assert_eq!(seen.keys().map(String::as_str).collect::<Vec<_>>(), ["be0", "be1"], "{seen:?}");
+    assert_eq!(seen["be0"], 10, "round robin alternates: {seen:?}");
+    assert_eq!(get(&topo, "api.test", "/exact").backend(), "be2");
+    assert_eq!(get(&topo, "other.test", "/users/42").backend(), "be2");
+    let spread: std::collections::BTreeSet<String> =
+        (0..12).map(|_| get(&topo, "other.test", "/users/4x2").backend().to_owned()).collect();
+    assert_eq!(spread.len(), 3, "a regex miss falls to the default route: {spread:?}");
+    let spread: std::collections::BTreeSet<String> =
+        (0..12).map(|_| get(&topo, "x", "/least").backend().to_owned()).collect();
+    assert_eq!(spread.len(), 3, "idle least-outstanding ties rotate: {spread:?}");
+    let sticky: Vec<String> = requests(
+        &topo,
+        80,
+        (0..10).map(|_| ("GET", "x".to_owned(), "/sticky".to_owned(), "X-User: alice\r\n".to_owned())).collect(),
+    )
+    .into_iter()
+    .map(|r| r.unwrap().backend().to_owned())
+    .collect();
+    assert!(sticky.iter().all(|b| *b == sticky[0]), "consistent hash on x-user: {sticky:?}");
+
+    // The backend learns the client's address.
+    let r = get(&topo, "api.test", "/api/who");
+    assert!(r.body.contains(&format!("xff={CLIENT_V4} ")), "{r:?}");
+    assert!(r.body.contains(&format!("fwd=for={CLIENT_V4};proto=http;host=\"api.test\"")), "{r:?}");
+
+    // be1 fails in the middle of a load of GETs: connects are refused and its open connections
+    // close. Retries on another backend hide it; the health check then takes it out.
+    let done = Arc::new(AtomicUsize::new(0));
+    let load_done = Arc::clone(&done);
+    let load = topo.client().run(move || {
+        let mut failures = Vec::new();
+        let start = Instant::now();
+        for i in 0..600 {
+            if start.elapsed() > Duration::from_secs(60) {
+                break;
+            }
+            match request_with(vip_addr(80), &[], "GET", "x", &format!("/load/{i}"), "") {
+                Ok(r) if r.status == 200 => {}
+                other => failures.push(format!("{i}: {other:?}")),
+            }
+            load_done.fetch_add(1, Ordering::Relaxed);
+        }
+        failures
+    });
+    wait_for("load under way", Duration::from_secs(20), || (done.load(Ordering::Relaxed) >= 100).then_some(()));
+    servers.set_alive(1, false);
+    let failures = load.join().expect("load thread");
+    let completed = done.load(Ordering::Relaxed);
+    assert!(failures.is_empty(), "{} of {completed} requests failed: {failures:?}", failures.len());
+    assert_eq!(completed, 600);
+    let text = metrics(&topo);
+    let retries = sample(&text, "xlb_l7_retries_total{route=\"default\",vip=\"web\"}");
+    let refused = sample(&text, "xlb_l7_upstream_errors_total{kind=\"connect\",route=\"default\",vip=\"web\"}");
+    assert!(retries > 0.0 && refused > 0.0, "retries {retries}, connect errors {refused}:\n{text}");
+    let ok = sample(&text, "xlb_l7_requests_total{class=\"2xx\",route=\"default\",vip=\"web\"}");
+    assert!(ok >= 600.0, "2xx of the default route: {ok}");
+    assert!(text.contains("xlb_l7_request_duration_seconds_bucket{route=\"api\",vip=\"web\",le=\"0.5\"}"), "{text}");
+    // Down by its health check: no more attempts on be1.
+    std::thread::sleep(Duration::from_secs(1));
+    let before =
+        sample(&metrics(&topo), "xlb_l7_upstream_errors_total{kind=\"connect\",route=\"default\",vip=\"web\"}");
+    for _ in 0..30 {
+        assert_eq!(get(&topo, "x", "/after").status, 200);
+    }
+    let after = sample(&metrics(&topo), "xlb_l7_upstream_errors_total{kind=\"connect\",route=\"default\",vip=\"web\"}");
+    assert_eq!(before, after, "a backend down by health check is skipped");
+    // A non-idempotent request to it is not retried; nothing else is hurt either. be1 back:
+    servers.set_alive(1, true);
+    wait_for("be1 serving again", Duration::from_secs(10), || {
+        (0..6).any(|_| get(&topo, "x", "/back").backend() == "be1").then_some(())
+    });
+    // Drains name an l7 backend by address:port.
+    let be1 = format!("{}:{BACKEND_PORT}", backend_v4(1));
+    let out = topo.xlb(&["drain", "web", &be1]);
+    assert!(out.status.success(), "drain: {}", String::from_utf8_lossy(&out.stderr));
+    for _ in 0..12 {
+        assert_ne!(get(&topo, "x", "/drained").backend(), "be1", "a drained backend takes no requests");
+    }
+    assert!(topo.xlb(&["drain", "--undo", "web", &be1]).status.success());
+    let access = agent_log(&topo);
+    let line = access.lines().find(|l| l.contains("\"path\":\"/api/who\"")).expect("an access log line");
+    let json: serde_json::Value = serde_json::from_str(line).expect("JSON log line");
+    assert_eq!(json["fields"]["client"].as_str().unwrap().split(':').next(), Some(CLIENT_V4), "{line}");
+    assert_eq!(json["fields"]["status"], 200, "{line}");
+    assert_eq!(json["fields"]["route"], "api", "{line}");
+}
+
+/// Opens a WebSocket-style upgrade through the VIP; returns the connection after the 101.
+fn open_upgrade(addr: SocketAddr) -> std::io::Result<BufReader<TcpStream>> {
+    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(4))?;
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    conn.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )?;
+    let mut reader = BufReader::new(conn);
+    let mut status = String::new();
+    reader.read_line(&mut status)?;
+    if !status.contains(" 101 ") {
+        return Err(std::io::Error::other(format!("no upgrade: {status}")));
+    }
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        if line.trim().is_empty() {
+            return Ok(reader);
+        }
+    }
+}
+
+fn echo(ws: &mut BufReader<TcpStream>, text: &str) -> std::io::Result<String> {
+    ws.get_mut().write_all(format!("{text}\n").as_bytes())?;
+    let mut line = String::new();
+    ws.read_line(&mut line)?;
+    Ok(line.trim().to_owned())
+}
+
+#[test]
+fn a_websocket_survives_reloads_and_the_rate_limit_answers_429() {
+    require_root!();
+    let topo = Topology::new(3, &[VIP]);
+    let _servers = Servers::start(&topo);
+    let config = |default: &[usize]| {
+        format!(
+            "vips:\n{}",
+            l7_vip(
+                "web",
+                80,
+                "",
+                &format!(
+                    "        - {{ name: ws, path_prefix: /ws, backends: {} }}\n        - {{ name: limited, path_prefix: /limited, rate_limit: {{ requests_per_second: 10, burst: 5 }}, backends: {} }}\n        - {{ name: default, path_prefix: /, backends: {} }}\n",
+                    backends(&[0]),
+                    backends(&[1]),
+                    backends(default)
+                )
+            )
+        )
+    };
+    let agent = start_agent(&topo, &config(&[0, 1, 2]));
+
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let (back_tx, back_rx) = std::sync::mpsc::channel::<std::io::Result<String>>();
+    let ws = topo.client().run(move || {
+        let mut ws = match open_upgrade(vip_addr(80)) {
+            Ok(ws) => ws,
+            Err(e) => {
+                let _ = back_tx.send(Err(e));
+                return;
+            }
+        };
+        while let Ok(text) = rx.recv() {
+            let _ = back_tx.send(echo(&mut ws, &text));
+        }
+    });
+    let say = |text: &str| {
+        tx.send(text.to_owned()).unwrap();
+        back_rx.recv_timeout(Duration::from_secs(10)).expect("the WebSocket thread answers")
+    };
+    assert_eq!(say("hello").unwrap(), "be0: hello");
+
+    // Reloads that change the routes under a load of GETs: the listener, the requests and the
+    // upgraded stream stay.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load_stop = Arc::clone(&stop);
+    let load = topo.client().run(move || {
+        let (mut ok, mut failures) = (0usize, Vec::new());
+        let start = Instant::now();
+        while !load_stop.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(60) {
+            match request_with(vip_addr(80), &[], "GET", "x", "/during-reload", "") {
+                Ok(r) if r.status == 200 => ok += 1,
+                other => failures.push(format!("{other:?}")),
+            }
+        }
+        (ok, failures)
+    });
+    for (round, default) in [[2usize].as_slice(), &[1, 2], &[2]].into_iter().enumerate() {
+        reload(&topo, &agent, &config(default));
+        assert_eq!(say(&format!("after reload {round}")).unwrap(), format!("be0: after reload {round}"));
+        for _ in 0..4 {
+            let b = get(&topo, "x", "/new").backend().to_owned();
+            assert!(default.iter().any(|i| b == format!("be{i}")), "new routes serve: {b} not in {default:?}");
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failures) = load.join().expect("load thread");
+    assert!(failures.is_empty() && ok > 10, "{ok} requests answered during the reloads, failures: {failures:?}");
+    drop(tx);
+    ws.join().expect("WebSocket thread");
+
+    // The limited route: a burst of 5, then 10 a second; the rest get 429 with Retry-After.
+    let results = topo
+        .client()
+        .run(|| {
+            let start = Instant::now();
+            let mut out = Vec::new();
+            while start.elapsed() < Duration::from_secs(2) {
+                out.push(request_with(vip_addr(80), &[], "GET", "x", "/limited", "").expect("request"));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (out, start.elapsed())
+        })
+        .join()
+        .unwrap();
+    let (replies, elapsed) = results;
+    let ok = replies.iter().filter(|r| r.status == 200).count();
+    let limited: Vec<&Reply> = replies.iter().filter(|r| r.status == 429).collect();
+    assert_eq!(ok + limited.len(), replies.len(), "only 200 and 429");
+    let expected = 5.0 + 10.0 * elapsed.as_secs_f64();
+    assert!((ok as f64 - expected).abs() <= 3.0, "{ok} passed in {elapsed:?}, expected ≈{expected:.0}");
+    assert!(limited.len() > 50, "{} refused", limited.len());
+    assert!(limited.iter().all(|r| header(&r.head, "retry-after") == Some("1")), "{:?}", limited[0]);
+    let text = metrics(&topo);
+    let counted = sample(&text, "xlb_l7_rate_limited_total{route=\"limited\",vip=\"web\"}");
+    assert_eq!(counted as usize, limited.len());
+}
+
+#[test]
+fn proxy_protocol_tls_and_h2c() {
+    require_root!();
+    let topo = Topology::new(2, &[VIP]);
+    let _servers = Servers::start(&topo);
+    // A certificate for tls.test, made here.
+    let (cert, key) = (topo.dir.join("cert.pem"), topo.dir.join("key.pem"));
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=tls.test"])
+        .args(["-addext", "subjectAltName=DNS:tls.test", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+    let routes = format!("        - {{ path_prefix: /, backends: {} }}\n", backends(&[0, 1]));
+    let config = format!(
+        "vips:\n{}{}{}",
+        l7_vip("plain", 80, "", &routes),
+        l7_vip("proxied", 8000, "      proxy_protocol: true\n", &routes),
+        l7_vip("tls", 443, &format!("      tls: {{ cert: {}, key: {} }}\n", cert.display(), key.display()), &routes),
+    );
+    let mut agent = start_agent(&topo, &config);
+
+    // PROXY v2 from an L4 tier: the header's client reaches the backend and the access log.
+    let header = xlb::l7::proxy_protocol::encode("203.0.113.7:4242".parse().unwrap(), vip_addr(8000));
+    let replies = topo
+        .client()
+        .run(move || {
+            let with = request_with(vip_addr(8000), &header, "GET", "pp.test", "/proxied", "");
+            let without = request_with(vip_addr(8000), &[], "GET", "pp.test", "/no-header", "");
+            (with, without)
+        })
+        .join()
+        .unwrap();
+    let with = replies.0.expect("request with a PROXY header");
+    assert_eq!(with.status, 200);
+    assert!(with.body.contains("xff=203.0.113.7 "), "{with:?}");
+    assert!(replies.1.is_err(), "a connection without the header is dropped: {:?}", replies.1);
+    let log = wait_for("the access log line", Duration::from_secs(5), || {
+        agent_log(&topo).lines().find(|l| l.contains("\"path\":\"/proxied\"")).map(str::to_owned)
+    });
+    let json: serde_json::Value = serde_json::from_str(&log).expect("JSON");
+    assert_eq!(json["fields"]["client"], "203.0.113.7:4242", "{log}");
+    assert_eq!(json["fields"]["vip"], "proxied", "{log}");
+
+    // TLS (h2 by ALPN, and HTTP/1.1) and h2c with prior knowledge, by curl.
+    let curl = |args: &[&str]| {
+        let out = topo
+            .client()
+            .command("curl")
+            .args(["-sS", "--max-time", "10", "-w", " %{http_version}"])
+            .args(args)
+            .output()
+            .expect("curl");
+        assert!(out.status.success(), "curl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let resolve = format!("tls.test:443:{VIP}");
+    let cafile = cert.display().to_string();
+    let h2 = curl(&["--cacert", &cafile, "--resolve", &resolve, "https://tls.test/secure"]);
+    assert!(h2.starts_with("be") && h2.contains("GET /secure") && h2.ends_with(" 2"), "{h2}");
+    let h1 = curl(&["--http1.1", "--cacert", &cafile, "--resolve", &resolve, "https://tls.test/secure1"]);
+    assert!(h1.contains("GET /secure1") && h1.ends_with(" 1.1"), "{h1}");
+    let h2c = curl(&["--http2-prior-knowledge", &format!("http://{VIP}/h2c")]);
+    assert!(h2c.contains("GET /h2c") && h2c.contains(&format!("host={VIP}")) && h2c.ends_with(" 2"), "{h2c}");
+
+    // A reload whose certificate cannot be read is reported failed, and that VIP keeps serving
+    // with its previous configuration.
+    let broken = config.replace(&cert.display().to_string(), "/nonexistent/cert.pem");
+    let outcome = reload_outcome(&topo, &agent, &broken);
+    assert!(!outcome.ok && outcome.message.contains("/nonexistent/cert.pem"), "{outcome:?}");
+    let again = curl(&["--cacert", &cafile, "--resolve", &resolve, "https://tls.test/still"]);
+    assert!(again.contains("GET /still"), "{again}");
+
+    // The agent added the VIP to lo; it takes it away when it exits.
+    let on_lo = || String::from_utf8_lossy(&topo.node().ip(&["-4", "addr", "show", "dev", "lo"]).stdout).contains(VIP);
+    assert!(on_lo());
+    let status = agent.signal_and_wait(libc::SIGTERM, Duration::from_secs(15));
+    assert!(status.success(), "{status:?}");
+    assert!(!on_lo(), "the VIP address is gone from lo");
+}
+
+/// The router's nexthops for the VIP become `want` (node indexes) within 15 s.
+fn wait_nexthops(topo: &Topology, want: &[usize], what: &str) {
+    let want: std::collections::BTreeSet<String> = want.iter().map(|&i| xlb_tests::topology::node_v4(i)).collect();
+    wait_for(what, Duration::from_secs(15), || (topo.router_nexthops(VIP) == want).then_some(()));
+}
+
+#[test]
+fn an_l7_vip_is_announced_over_bgp_while_its_backends_are_up() {
+    require_root!();
+    use xlb_tests::{
+        bird::{Bird, Neighbor, config},
+        topology::{ROUTER_V4, node_v4},
+    };
+    let topo = Topology::edge(1, 1, 2, &[VIP]);
+    let servers = Servers::start(&topo);
+    let neighbors = [Neighbor::new("node0", ROUTER_V4, &node_v4(0), 65001)];
+    let dir = Bird::temp_dir();
+    let router = topo.router.as_ref().expect("an edge topology");
+    let _bird = Bird::start(router, dir.clone(), &config(ROUTER_V4, &neighbors, false, &Bird::log_path(&dir)));
+    let routes = format!("        - {{ path_prefix: /, backends: {} }}\n", backends(&[0, 1]));
+    let config = format!(
+        "bgp:\n  local_as: 65001\n  router_id: {}\n  withdraw_grace: 1s\n  peers:\n    - {{ address: {ROUTER_V4}, remote_as: 65000 }}\nvips:\n{}",
+        node_v4(0),
+        l7_vip("web", 80, "", &routes)
+    );
+    let _agent = start_agent(&topo, &config);
+    wait_nexthops(&topo, &[0], "the l7 VIP announced");
+    assert_eq!(topo.status().unwrap().announced, [VIP.to_owned()]);
+    // Through the router: client → router → node (XDP passes it) → proxy → backends.
+    let r = get(&topo, "x", "/via-router");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains(&format!("xff={} ", xlb_tests::topology::edge_client_v4(0))), "{r:?}");
+
+    // Every backend fails its health check: the VIP is down and withdrawn; one back: announced.
+    servers.set_alive(0, false);
+    servers.set_alive(1, false);
+    wait_nexthops(&topo, &[], "the l7 VIP withdrawn with no backend up");
+    servers.set_alive(1, true);
+    wait_nexthops(&topo, &[0], "the l7 VIP announced again");
+    assert_eq!(get(&topo, "x", "/back").backend(), "be1");
+}
+
+#[test]
+fn an_ipv6_l7_vip_serves_and_leaves_lo_when_removed() {
+    require_root!();
+    const VIP6: &str = "fd00:210:100::1";
+    let topo = Topology::new(1, &[VIP6, VIP]);
+    let _servers = Servers::start(&topo);
+    let routes = format!("        - {{ path_prefix: /, backends: {} }}\n", backends(&[0]));
+    let v6 = l7_vip("web6", 80, "", &routes).replace(&format!("address: {VIP}"), &format!("address: \"{VIP6}\""));
+    let v4 = l7_vip("web4", 80, "", &routes);
+    let agent = start_agent(&topo, &format!("vips:\n{v6}{v4}"));
+    let on_lo = |address: &str| {
+        String::from_utf8_lossy(&topo.node().ip(&["addr", "show", "dev", "lo"]).stdout).contains(&format!("{address}/"))
+    };
+    assert!(on_lo(VIP6) && on_lo(VIP));
+    let addr = SocketAddr::new(VIP6.parse().unwrap(), 80);
+    let reply = topo
+        .client()
+        .run(move || request_with(addr, &[], "GET", "[fd00:210:100::1]", "/six", ""))
+        .join()
+        .unwrap()
+        .expect("request over IPv6");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(reply.body.contains("xff=fd00:210::1 ") && reply.body.contains("for=\"[fd00:210::1]\""), "{reply:?}");
+    // The IPv6 VIP goes: its listener and its address with it; the IPv4 one stays.
+    reload(&topo, &agent, &format!("vips:\n{v4}"));
+    assert!(!on_lo(VIP6) && on_lo(VIP), "only the removed VIP's address left lo");
+    assert_eq!(get(&topo, "x", "/four").status, 200);
+}
