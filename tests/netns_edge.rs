@@ -295,3 +295,58 @@ fn reloads_on_both_nodes_under_load_through_the_router_fail_no_request() {
     assert!(seen.values().sum::<usize>() > 50, "the load kept running: {seen:?}");
     assert_eq!(topo.router_nexthops(VIP4).len(), 2, "the VIP stayed announced by both nodes");
 }
+
+/// NAT and L7 through both nodes: the router spreads clients over the nodes; each node has its
+/// own pool address (its replies come back to it) and its own L7 proxy.
+#[test]
+fn nat_and_l7_vips_through_two_nodes() {
+    require_root!();
+    const NAT4: &str = "10.210.100.4";
+    const L7: &str = "10.210.100.5";
+    let mut topo = Topology::edge(2, 2, 3, &[]);
+    topo.serve("0.0.0.0", 9000);
+    topo.serve_http("0.0.0.0", 8000);
+    let backends = |port: u16| -> String {
+        (0..3)
+            .map(|i| format!("      - {{ address: {}, port: {port}, weight: {} }}\n", backend_v4(i), WEIGHTS[i]))
+            .collect()
+    };
+    for i in 0..2 {
+        let pool = format!("10.210.0.{}", 201 + i);
+        topo.nodes[i].ip(&["addr", "add", &format!("{pool}/24"), "dev", "eth0"]);
+        let config = format!(
+            "nat_pools:\n  - {{ name: p, addresses: [{pool}], ports: 20000-29999 }}\nvips:\n  - name: nat-tcp\n    address: {NAT4}\n    port: 80\n    protocol: tcp\n    mode: nat\n    snat_pool: p\n    backends:\n{b}  - name: nat-udp\n    address: {NAT4}\n    port: 80\n    protocol: udp\n    mode: nat\n    snat_pool: p\n    backends:\n{b}  - name: web-l7\n    address: {L7}\n    port: 80\n    protocol: tcp\n    mode: l7\n    l7:\n      routes:\n        - name: all\n          backends:\n{h}",
+            b = backends(9000),
+            h = backends(8000).replace("      - ", "            - "),
+        );
+        topo.start_agent_on(i, &config, &[]);
+    }
+    topo.route_vips_statically(&[NAT4, L7]);
+
+    for (what, port, udp) in [("NAT TCP", 80, false), ("NAT UDP", 80, true)] {
+        let mut seen = BTreeMap::new();
+        for c in 0..2 {
+            let (answers, failed) = if udp {
+                topo.udp_requests_from(c, NAT4, port, REQUESTS)
+            } else {
+                topo.tcp_requests_from(c, NAT4, port, REQUESTS)
+            };
+            assert_eq!(failed, 0, "{what} from client {c}: {answers:?}");
+            merge(&mut seen, answers);
+        }
+        assert_spread(&seen, &WEIGHTS, TOLERANCE, what);
+    }
+    let per_node: Vec<u64> = (0..2).map(|i| topo.stats_of(i).unwrap().counter("nat_forwarded").unwrap()).collect();
+    let total: u64 = per_node.iter().sum();
+    for (i, n) in per_node.iter().enumerate() {
+        assert!(*n as f64 > 0.2 * total as f64, "node {i} translated {n} of {total}: ECMP spreads over both");
+    }
+
+    let mut seen = BTreeMap::new();
+    for c in 0..2 {
+        let (answers, failed) = topo.http_requests_from(c, L7, 80, REQUESTS);
+        assert_eq!(failed, 0, "L7 from client {c}: {answers:?}");
+        merge(&mut seen, answers);
+    }
+    assert_spread(&seen, &WEIGHTS, TOLERANCE, "L7 HTTP");
+}

@@ -296,26 +296,16 @@ impl Topology {
             let tcp_name = name.clone();
             let tcp_ready = ready_tx.clone();
             self.servers.push(ns.run(move || {
-                let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
-                listener.set_nonblocking(true).expect("nonblocking");
-                tcp_ready.send(()).expect("ready");
-                while !stop.load(Ordering::Relaxed) {
-                    match listener.accept() {
-                        Ok((mut conn, _)) => {
-                            let _ = conn.set_nonblocking(false);
-                            let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-                            let mut buf = [0u8; 64];
-                            if conn.read(&mut buf).is_ok_and(|n| n > 0) {
-                                let _ = conn.write_all(tcp_name.as_bytes());
-                                // Let the client close first: TIME_WAIT stays on its side, where
-                                // connect() avoids reusing the port, not on ours, where a reused
-                                // client port would meet it.
-                                let _ = conn.read(&mut buf);
-                            }
-                        }
-                        Err(_) => std::thread::sleep(Duration::from_millis(1)),
+                accept_loop(addr, &stop, &tcp_ready, |mut conn| {
+                    let mut buf = [0u8; 64];
+                    if conn.read(&mut buf).is_ok_and(|n| n > 0) {
+                        let _ = conn.write_all(tcp_name.as_bytes());
+                        // Let the client close first: TIME_WAIT stays on its side, where
+                        // connect() avoids reusing the port, not on ours, where a reused
+                        // client port would meet it.
+                        let _ = conn.read(&mut buf);
                     }
-                }
+                });
             }));
             let stop = Arc::clone(&self.stop);
             self.servers.push(ns.run(move || {
@@ -333,6 +323,43 @@ impl Topology {
                 ready_rx.recv_timeout(Duration::from_secs(5)).expect("server started");
             }
         }
+    }
+
+    /// Starts, on every backend, an HTTP/1.1 server on `addr:port` that answers every request
+    /// with 200 and the backend's name as the body, one request per connection.
+    pub fn serve_http(&mut self, addr: &str, port: u16) {
+        for (i, ns) in self.backends.iter().enumerate() {
+            let addr = SocketAddr::new(addr.parse().expect("address"), port);
+            let name = format!("be{i}");
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+            let stop = Arc::clone(&self.stop);
+            self.servers.push(ns.run(move || {
+                accept_loop(addr, &stop, &ready_tx, |mut conn| {
+                    // The request head, then the answer.
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+                        match conn.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{name}",
+                        name.len()
+                    );
+                    let _ = conn.write_all(answer.as_bytes());
+                });
+            }));
+            ready_rx.recv_timeout(Duration::from_secs(5)).expect("server started");
+        }
+    }
+
+    /// `count` HTTP GETs of `vip:port` from client `c`, each on a new connection; returns how
+    /// many answers (200, body = the backend's name) each backend gave, and the failures.
+    pub fn http_requests_from(&self, c: usize, vip: &str, port: u16, count: usize) -> (BTreeMap<String, usize>, usize) {
+        let never = Arc::new(AtomicBool::new(false));
+        self.spawn_requests_from(c, vip, port, count, http_exchange, never).join().expect("client thread")
     }
 
     /// Starts, on every backend, a TCP server on `vip:port` that answers every line it reads on
@@ -658,6 +685,42 @@ fn tcp_exchange(addr: SocketAddr) -> std::io::Result<String> {
     let mut buf = [0u8; 64];
     let n = conn.read(&mut buf)?;
     Ok(String::from_utf8_lossy(&buf[..n]).trim().to_owned())
+}
+
+/// One HTTP/1.1 GET on a new connection: the body of a 200 answer.
+fn http_exchange(addr: SocketAddr) -> std::io::Result<String> {
+    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(4))?;
+    conn.set_read_timeout(Some(Duration::from_secs(4)))?;
+    conn.write_all(format!("GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())?;
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer)?;
+    match answer.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_owned()),
+        _ => Err(std::io::Error::other(format!("not a 200 answer: {answer:?}"))),
+    }
+}
+
+/// Runs a listener on `addr` until `stop`, handing each accepted connection (blocking, with a
+/// 2 s read timeout) to `handle`; signals `ready` once bound.
+fn accept_loop(
+    addr: SocketAddr,
+    stop: &AtomicBool,
+    ready: &std::sync::mpsc::Sender<()>,
+    mut handle: impl FnMut(TcpStream),
+) {
+    let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+    listener.set_nonblocking(true).expect("nonblocking");
+    ready.send(()).expect("ready");
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((conn, _)) => {
+                let _ = conn.set_nonblocking(false);
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+                handle(conn);
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
 }
 
 /// One UDP request/answer exchange from a new source port.

@@ -70,6 +70,14 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     for (address, port) in dedup(served) {
         topo.serve(&address, port);
     }
+    // L7 backends answer HTTP on their own address.
+    let http_ports =
+        config.vips.iter().filter_map(|v| v.l7.as_ref()).flat_map(|l7| {
+            l7.routes.iter().flat_map(|r| r.backends.iter().map(|b| b.address.port())).collect::<Vec<_>>()
+        });
+    for port in dedup(http_ports) {
+        topo.serve_http("0.0.0.0", port);
+    }
     let router = topo.router.as_ref().context("edge topology")?;
     let mut neighbors = Vec::new();
     for i in 0..NODES {
@@ -126,6 +134,9 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         let mut failed = 0;
         for c in 0..CLIENTS {
             let (answers, fails) = match vip.protocol {
+                xlb::config::Protocol::Tcp if vip.mode == xlb::config::Mode::L7 => {
+                    topo.http_requests_from(c, &address, vip.port, opts.requests)
+                }
                 xlb::config::Protocol::Tcp => topo.tcp_requests_from(c, &address, vip.port, opts.requests),
                 xlb::config::Protocol::Udp => topo.udp_requests_from(c, &address, vip.port, opts.requests),
                 xlb::config::Protocol::Icmp => continue,
@@ -142,8 +153,18 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         let share =
             |i: usize| format!("{:.0}%", 100.0 * *seen.get(&format!("be{i}")).unwrap_or(&0) as f64 / ok.max(1) as f64);
         let total: u64 = through.iter().sum();
-        let node_share = |i: usize| format!("{:.0}%", 100.0 * through[i] as f64 / total.max(1) as f64);
-        let weights: Vec<String> = vip.backends.iter().map(|b| b.weight.to_string()).collect();
+        // L7 requests are proxied by the kernel's stack, not counted by XDP.
+        let node_share = |i: usize| {
+            if vip.mode == xlb::config::Mode::L7 {
+                "-".to_owned()
+            } else {
+                format!("{:.0}%", 100.0 * through[i] as f64 / total.max(1) as f64)
+            }
+        };
+        let weights: Vec<String> = match &vip.l7 {
+            Some(l7) => l7.routes.iter().flat_map(|r| r.backends.iter().map(|b| b.weight.to_string())).collect(),
+            None => vip.backends.iter().map(|b| b.weight.to_string()).collect(),
+        };
         println!(
             "{:<12} {:<10} {:<28} {:>9}  {:>5} {:>5} {:>5}  {:>6} {:>6}   {}",
             vip.name,
