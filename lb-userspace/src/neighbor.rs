@@ -158,8 +158,8 @@ fn dump_once() -> io::Result<(Vec<Neighbor>, bool)> {
     }
 }
 
-/// A NETLINK_ROUTE socket with a receive timeout.
-fn route_socket() -> io::Result<OwnedFd> {
+/// A NETLINK_ROUTE socket with a receive timeout (also the L7 tier's, for its VIP addresses).
+pub(crate) fn route_socket() -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2); the descriptor is owned by the OwnedFd below.
     let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
     if fd < 0 {

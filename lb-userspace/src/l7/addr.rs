@@ -6,14 +6,12 @@
 use std::{
     io,
     net::IpAddr,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::AsRawFd as _,
     sync::atomic::{AtomicU32, Ordering},
-    time::Duration,
 };
 
 const NLMSG_HDRLEN: usize = 16;
 const IFADDRMSG_LEN: usize = 8;
-const RECV_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// An address on `lo` for as long as this lives.
 #[derive(Debug)]
@@ -96,27 +94,7 @@ fn ack_errno(reply: &[u8], seq: u32) -> Option<i32> {
 fn request(kind: u16, flags: i32, ifindex: u32, address: IpAddr) -> io::Result<()> {
     static SEQ: AtomicU32 = AtomicU32::new(1);
     let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-    // SAFETY: plain socket(2); the descriptor is owned by the OwnedFd below.
-    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh descriptor nobody else owns.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    let timeout = libc::timeval { tv_sec: RECV_TIMEOUT.as_secs() as libc::time_t, tv_usec: 0 };
-    // SAFETY: setsockopt reads a timeval of the given size from a live local.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&raw const timeout).cast(),
-            size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let socket = crate::neighbor::route_socket()?;
     let msg = message(kind, flags, seq, ifindex, address);
     // SAFETY: send reads `msg.len()` bytes from a live buffer; an unconnected netlink socket
     // sends to the kernel.
@@ -124,7 +102,7 @@ fn request(kind: u16, flags: i32, ifindex: u32, address: IpAddr) -> io::Result<(
         return Err(io::Error::last_os_error());
     }
     let mut buf = [0u8; 1024];
-    // Bounded: every recv waits at most RECV_TIMEOUT, and a few stray datagrams at most.
+    // Bounded: every recv waits at most the socket's receive timeout, and a few stray datagrams at most.
     for _ in 0..8 {
         // SAFETY: recv writes at most `buf.len()` bytes into `buf`, which lives across the call.
         let n = unsafe { libc::recv(socket.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
