@@ -400,6 +400,13 @@ fn routes_by_host_and_path_and_retries_hide_a_failing_backend() {
     }
     let after = sample(&metrics(&topo), "xlb_l7_upstream_errors_total{kind=\"connect\",route=\"default\",vip=\"web\"}");
     assert_eq!(before, after, "a backend down by health check is skipped");
+    // `xlb status` shows the l7 VIP, up, with be1 not serving.
+    let status = topo.stats().expect("stats");
+    let web = status.l7.iter().find(|v| v.name == "web").expect("the l7 VIP in the status");
+    assert!(web.up, "{web:?}");
+    let be1 = format!("{}:{BACKEND_PORT}", backend_v4(1));
+    assert!(web.backends.iter().any(|b| b.address == be1 && !b.serving), "{web:?}");
+    assert!(web.backends.iter().filter(|b| b.serving).count() >= 2, "{web:?}");
     // A non-idempotent request to it is not retried; nothing else is hurt either. be1 back:
     servers.set_alive(1, true);
     wait_for("be1 serving again", Duration::from_secs(10), || {

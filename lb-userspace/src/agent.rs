@@ -129,6 +129,7 @@ impl State {
     fn snapshot(&self) -> Result<Snapshot, DataplaneError> {
         let mut snapshot = Snapshot::read(&self.maps, &self.reconciler, &self.health)?;
         snapshot.nat = self.nat.clone();
+        snapshot.l7 = self.l7.status();
         Ok(snapshot)
     }
 

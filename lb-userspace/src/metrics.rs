@@ -283,6 +283,7 @@ mod tests {
                     ports: 100,
                 }],
             },
+            l7: Vec::new(),
         }
     }
 

@@ -19,6 +19,9 @@ pub struct Snapshot {
     /// NAT flows and pool usage, as of the agent's last sweep.
     #[serde(default)]
     pub nat: crate::nat::NatUsage,
+    /// The L7 tier's VIPs (served by the agent's proxy, not counted by XDP).
+    #[serde(default)]
+    pub l7: Vec<crate::l7::L7VipStatus>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,7 +114,7 @@ impl Snapshot {
         }
         vips.sort_by(|a, b| a.name.cmp(&b.name));
         let rx_packets = counters.iter().filter(|c| c.outcome).map(|c| c.value).sum();
-        Ok(Self { rx_packets, counters, vips, nat: Default::default() })
+        Ok(Self { rx_packets, counters, vips, nat: Default::default(), l7: Vec::new() })
     }
 
     pub fn counter(&self, name: &str) -> Option<u64> {
@@ -160,6 +163,20 @@ impl Snapshot {
                 if let Some(error) = b.health_error.as_ref().filter(|_| !b.up) {
                     out.push_str(&format!("       health check: {error}\n"));
                 }
+            }
+        }
+        for v in &self.l7 {
+            let serving = v.backends.iter().filter(|b| b.serving).count();
+            let state = format!("{} {serving}/{}", if v.up { "up" } else { "DOWN" }, v.backends.len());
+            out.push_str(&format!(
+                "{:<40} {:>9} {:<10} (l7: requests in /metrics)\n",
+                format!("{} {}/http", v.name, v.endpoint),
+                "",
+                state
+            ));
+            for b in &v.backends {
+                let state = if b.serving { "up" } else { "DOWN" };
+                out.push_str(&format!("  -> {:<36} {:>9} {:<10} {} in flight\n", b.address, "", state, b.in_flight));
             }
         }
         out.push_str(&self.nat.render());

@@ -80,6 +80,26 @@ pub fn health_targets(config: &Config) -> Vec<Target> {
         .collect()
 }
 
+/// An l7 VIP as `xlb status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct L7VipStatus {
+    pub name: String,
+    pub endpoint: String,
+    /// Listening, with at least `min_healthy` (and one) serving backends: announced.
+    pub up: bool,
+    pub backends: Vec<L7BackendStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct L7BackendStatus {
+    /// `address:port`.
+    pub address: String,
+    /// Up and not drained.
+    pub serving: bool,
+    /// Requests awaiting it now.
+    pub in_flight: u64,
+}
+
 #[derive(Debug)]
 struct Listener {
     vip: String,
@@ -281,6 +301,30 @@ impl Tier {
                 serving > 0 && serving >= l.min_healthy as usize
             })
             .map(|(endpoint, _)| endpoint.ip())
+            .collect()
+    }
+
+    /// Every l7 VIP's listener and backends, for `xlb status`.
+    pub fn status(&self) -> Vec<L7VipStatus> {
+        self.listeners
+            .iter()
+            .map(|(endpoint, l)| {
+                let serving = l.backends.iter().filter(|b| b.is_serving()).count();
+                L7VipStatus {
+                    name: l.vip.clone(),
+                    endpoint: endpoint.to_string(),
+                    up: serving > 0 && serving >= l.min_healthy as usize,
+                    backends: l
+                        .backends
+                        .iter()
+                        .map(|b| L7BackendStatus {
+                            address: b.identity.clone(),
+                            serving: b.is_serving(),
+                            in_flight: b.outstanding() as u64,
+                        })
+                        .collect(),
+                }
+            })
             .collect()
     }
 
