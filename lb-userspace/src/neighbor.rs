@@ -46,7 +46,7 @@ const DUMP_ATTEMPTS: usize = 3;
 /// UDP discard: the port of the datagram that makes the kernel resolve a neighbour.
 const DISCARD_PORT: u16 = 9;
 
-const NLMSG_HDRLEN: usize = 16;
+pub(crate) const NLMSG_HDRLEN: usize = 16;
 /// `struct ndmsg`: family u8, 3 bytes padding, ifindex i32, state u16, flags u8, type u8.
 const NDMSG_LEN: usize = 12;
 const RTA_HDRLEN: usize = 4;
@@ -300,15 +300,15 @@ fn align4(len: usize) -> usize {
     len.saturating_add(3) & !3
 }
 
-fn u16_at(buf: &[u8], at: usize) -> Option<u16> {
+pub(crate) fn u16_at(buf: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_ne_bytes(buf.get(at..at.checked_add(2)?)?.try_into().ok()?))
 }
 
-fn u32_at(buf: &[u8], at: usize) -> Option<u32> {
+pub(crate) fn u32_at(buf: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_ne_bytes(buf.get(at..at.checked_add(4)?)?.try_into().ok()?))
 }
 
-fn i32_at(buf: &[u8], at: usize) -> Option<i32> {
+pub(crate) fn i32_at(buf: &[u8], at: usize) -> Option<i32> {
     u32_at(buf, at).map(|v| v as i32)
 }
 

@@ -10,7 +10,8 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
-const NLMSG_HDRLEN: usize = 16;
+use crate::neighbor::{NLMSG_HDRLEN, i32_at, u16_at, u32_at};
+
 const IFADDRMSG_LEN: usize = 8;
 
 /// An address on `lo` for as long as this lives.
@@ -83,12 +84,10 @@ fn message(kind: u16, flags: i32, seq: u32, ifindex: u32, address: IpAddr) -> Ve
 
 /// The errno of an NLMSG_ERROR acknowledging `seq` (0: success); `None` for anything else.
 fn ack_errno(reply: &[u8], seq: u32) -> Option<i32> {
-    let get = |at: usize| -> Option<[u8; 4]> { reply.get(at..at + 4)?.try_into().ok() };
-    let kind = u16::from_ne_bytes(reply.get(4..6)?.try_into().ok()?);
-    if kind != libc::NLMSG_ERROR as u16 || u32::from_ne_bytes(get(8)?) != seq {
+    if u16_at(reply, 4)? != libc::NLMSG_ERROR as u16 || u32_at(reply, 8)? != seq {
         return None;
     }
-    Some(i32::from_ne_bytes(get(NLMSG_HDRLEN)?))
+    i32_at(reply, NLMSG_HDRLEN)
 }
 
 fn request(kind: u16, flags: i32, ifindex: u32, address: IpAddr) -> io::Result<()> {

@@ -266,8 +266,10 @@ pub async fn handle(rt: Arc<VipRuntime>, conn: Conn, mut req: Request<Incoming>)
         .map(|a| a.as_str().to_owned())
         .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()).map(str::to_owned));
     let path = req.uri().path().to_owned();
+    // Every way out of here is counted and logged once, with what is known of the request.
+    let log = |outcome: Outcome<'_>| finish(&rt, conn, &method, host.as_deref(), &path, start, outcome);
     let Some(index) = rt.matcher.find(host.as_deref(), &path) else {
-        finish(&rt, conn, &method, host.as_deref(), &path, start, done(404, "-", &rt.unrouted, None, 0, None));
+        log(done(404, "-", &rt.unrouted, None, 0, None));
         return Ok(text(StatusCode::NOT_FOUND, "no route for this host and path\n"));
     };
     let route = &rt.routes[index];
@@ -277,7 +279,7 @@ pub async fn handle(rt: Arc<VipRuntime>, conn: Conn, mut req: Request<Incoming>)
         route.stats.rate_limited.inc();
         let mut response = text(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded\n");
         response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(retry_after_secs(wait)));
-        finish(&rt, conn, &method, host.as_deref(), &path, start, done(429, &route.name, &route.stats, None, 0, None));
+        log(done(429, &route.name, &route.stats, None, 0, None));
         return Ok(response);
     }
     let upgrade = is_upgrade(&req);
@@ -309,15 +311,7 @@ pub async fn handle(rt: Arc<VipRuntime>, conn: Conn, mut req: Request<Incoming>)
             route.stats.retries.inc();
         }
         let Ok(uri) = format!("http://{}{path_and_query}", backend.address).parse::<Uri>() else {
-            finish(
-                &rt,
-                conn,
-                &method,
-                host.as_deref(),
-                &path,
-                start,
-                done(400, &route.name, &route.stats, None, 0, None),
-            );
+            log(done(400, &route.name, &route.stats, None, 0, None));
             return Ok(text(StatusCode::BAD_REQUEST, "bad request target\n"));
         };
         let mut upstream = Request::new(body.take().unwrap_or_else(empty));
@@ -335,15 +329,7 @@ pub async fn handle(rt: Arc<VipRuntime>, conn: Conn, mut req: Request<Incoming>)
             Err(_) => {
                 route.stats.timeouts.inc();
                 let error = Some(format!("no response within {:?}", rt.request_timeout));
-                finish(
-                    &rt,
-                    conn,
-                    &method,
-                    host.as_deref(),
-                    &path,
-                    start,
-                    done(504, &route.name, &route.stats, Some(backend.address), n, error),
-                );
+                log(done(504, &route.name, &route.stats, Some(backend.address), n, error));
                 return Ok(text(StatusCode::GATEWAY_TIMEOUT, "the backend did not answer in time\n"));
             }
             Ok(Err(e)) => {
@@ -373,15 +359,7 @@ pub async fn handle(rt: Arc<VipRuntime>, conn: Conn, mut req: Request<Incoming>)
                     strip_hop_by_hop(response.headers_mut(), false);
                 }
                 let backend_address = Some(backend.address);
-                finish(
-                    &rt,
-                    conn,
-                    &method,
-                    host.as_deref(),
-                    &path,
-                    start,
-                    done(status.as_u16(), &route.name, &route.stats, backend_address, n, None),
-                );
+                log(done(status.as_u16(), &route.name, &route.stats, backend_address, n, None));
                 // An upgraded stream no longer counts as a request in flight.
                 let guard = (status != StatusCode::SWITCHING_PROTOCOLS).then_some(in_flight);
                 return Ok(response.map(|body| Tracked { body, _guard: guard }.boxed_unsync()));
@@ -397,15 +375,7 @@ pub async fn handle(rt: Arc<VipRuntime>, conn: Conn, mut req: Request<Incoming>)
         (StatusCode::BAD_GATEWAY, "the backend failed the request\n")
     };
     let n = tried.len() as u32;
-    finish(
-        &rt,
-        conn,
-        &method,
-        host.as_deref(),
-        &path,
-        start,
-        done(status.as_u16(), &route.name, &route.stats, tried.last().copied(), n, last_error),
-    );
+    log(done(status.as_u16(), &route.name, &route.stats, tried.last().copied(), n, last_error));
     Ok(text(status, message))
 }
 
