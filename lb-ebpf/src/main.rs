@@ -70,6 +70,10 @@ static XLB_STATS: PerCpuArray<StatCounters, 1> = PerCpuArray::new();
 struct Scratch {
     packet: Packet,
     flow: FlowKey,
+    /// What `xlb_balancer` found in the pre-filter for this packet: the destination bucket's
+    /// bits, and whether the source is a DNAT-only backend (1) — not looked up again.
+    bits: u32,
+    from_dnat_backend: u32,
 }
 
 #[btf_map]
@@ -131,16 +135,17 @@ pub fn xlb_balancer(ctx: XdpContext) -> u32 {
     }
     let Some(node) = XLB_NODE.get(0) else { return counts.outcome(Stat::PassNotVip) };
     let bits = XLB_VIP_FILTER.get(addr_bucket(&packet.daddr)).copied().unwrap_or(0);
+    let from_dnat_backend = node.flags & NODE_FLAG_DNAT_ONLY != 0
+        && XLB_VIP_FILTER.get(addr_bucket(&packet.saddr)).is_some_and(|b| b & FILTER_NAT_BACKEND != 0);
     // NAT VIPs and pool addresses (destination), DNAT backends (source): the NAT program.
-    if bits & (FILTER_NAT_VIP | FILTER_NAT_POOL) != 0
-        || (node.flags & NODE_FLAG_DNAT_ONLY != 0
-            && XLB_VIP_FILTER.get(addr_bucket(&packet.saddr)).is_some_and(|b| b & FILTER_NAT_BACKEND != 0))
-    {
+    if bits & (FILTER_NAT_VIP | FILTER_NAT_POOL) != 0 || from_dnat_backend {
         if let Some(scratch) = XLB_SCRATCH.get_ptr_mut(0) {
             // SAFETY: this CPU's scratch slot; XDP runs to completion, so only this packet uses
             // it until the NAT program has read it.
             unsafe {
                 (*scratch).packet = packet;
+                (*scratch).bits = bits;
+                (*scratch).from_dnat_backend = u32::from(from_dnat_backend);
                 XLB_PROGS.tail_call(&ctx, PROG_NAT);
             }
         }
@@ -170,8 +175,8 @@ pub fn xlb_nat(ctx: XdpContext) -> u32 {
     let counts = Counts(stats);
     let Some(scratch) = XLB_SCRATCH.get_ptr_mut(0) else { return xdp_action::XDP_PASS };
     // SAFETY: this CPU's scratch slot, filled by `xlb_balancer` for this very packet.
-    let Scratch { packet, flow } = unsafe { &mut *scratch };
-    let packet = &*packet;
+    let Scratch { packet, flow, bits, from_dnat_backend } = unsafe { &mut *scratch };
+    let (packet, bits) = (&*packet, *bits);
     if let Some(quoted) = packet.quoted {
         let action =
             if quoted.too_big != 0 { icmp_error_to_backend(&ctx, counts, packet, &quoted) } else { NOT_HANDLED };
@@ -184,14 +189,9 @@ pub fn xlb_nat(ctx: XdpContext) -> u32 {
         }
     }
     let Some(node) = XLB_NODE.get(0) else { return counts.outcome(Stat::PassNotVip) };
-    let bits = XLB_VIP_FILTER.get(addr_bucket(&packet.daddr)).copied().unwrap_or(0);
     let has_ports = packet.proto == PROTO_TCP || packet.proto == PROTO_UDP;
     // NAT replies: to a pool address, or (DNAT only) from a backend to the client's address.
-    if has_ports
-        && (bits & FILTER_NAT_POOL != 0
-            || (node.flags & NODE_FLAG_DNAT_ONLY != 0
-                && XLB_VIP_FILTER.get(addr_bucket(&packet.saddr)).is_some_and(|b| b & FILTER_NAT_BACKEND != 0)))
-    {
+    if has_ports && (bits & FILTER_NAT_POOL != 0 || *from_dnat_backend != 0) {
         let action = nat_flows::reply(&ctx, counts, packet);
         if action != NOT_HANDLED {
             return action;

@@ -78,20 +78,28 @@ impl Csum {
 pub fn translate(ctx: &XdpContext, packet: &Packet, to: &Translation) -> Result<(), Stat> {
     // The frame, not the context: the callee must get packet pointers, which the verifier
     // tracks, not the context's 32-bit fields.
-    match translate_call(&Frame::new(ctx), packet, to) {
+    from_code(translate_call(&Frame::new(ctx), packet, to))
+}
+
+/// How the separately compiled rewrites report: `TRANSLATED`, else the drop's `Stat`.
+const TRANSLATED: u32 = u32::MAX;
+
+#[inline(always)]
+fn to_code(result: Result<(), Stat>) -> u32 {
+    result.map_or_else(|stat| stat as u32, |()| TRANSLATED)
+}
+
+#[inline(always)]
+fn from_code(code: u32) -> Result<(), Stat> {
+    match code {
         TRANSLATED => Ok(()),
         stat => Err(Stat::ALL.get(stat as usize).copied().unwrap_or(Stat::DropAdjustFailed)),
     }
 }
 
-const TRANSLATED: u32 = u32::MAX;
-
 #[inline(never)]
 fn translate_call(frame: &Frame, packet: &Packet, to: &Translation) -> u32 {
-    match translate_inline(frame, packet, to) {
-        Ok(()) => TRANSLATED,
-        Err(stat) => stat as u32,
-    }
+    to_code(translate_inline(frame, packet, to))
 }
 
 #[inline(always)]
@@ -190,10 +198,7 @@ pub fn translate_quote(
     to: &Translation,
 ) -> Result<(), Stat> {
     // A separate BPF function, like `translate`; the quote is `packet.quoted`.
-    match translate_quote_call(&Frame::new(ctx), packet, inner, to) {
-        TRANSLATED => Ok(()),
-        stat => Err(Stat::ALL.get(stat as usize).copied().unwrap_or(Stat::DropAdjustFailed)),
-    }
+    from_code(translate_quote_call(&Frame::new(ctx), packet, inner, to))
 }
 
 /// (At most five arguments, and LLVM may split the frame into two: the quote comes from
@@ -201,10 +206,7 @@ pub fn translate_quote(
 #[inline(never)]
 fn translate_quote_call(frame: &Frame, packet: &Packet, inner: &QuoteTranslation, to: &Translation) -> u32 {
     let Some(quote) = packet.quoted.as_ref() else { return Stat::TruncatedIcmp as u32 };
-    match translate_quote_inline(frame, packet, quote, inner, to) {
-        Ok(()) => TRANSLATED,
-        Err(stat) => stat as u32,
-    }
+    to_code(translate_quote_inline(frame, packet, quote, inner, to))
 }
 
 #[inline(always)]

@@ -138,8 +138,9 @@ fn nat_pool(pool: &crate::config::NatPool) -> NatPool {
         ..Default::default()
     };
     for (slot, addr) in out.addrs.iter_mut().zip(&pool.addresses) {
-        (*slot, _) = ip_words(*addr);
-        out.family = u32::from(ip_words(*addr).1);
+        let (words, family) = ip_words(*addr);
+        *slot = words;
+        out.family = u32::from(family);
     }
     out
 }
