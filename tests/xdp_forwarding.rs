@@ -10,7 +10,7 @@ use xlb::testrun::XdpAction;
 use xlb_tests::{
     Balancer, FACTS,
     model::{Model, Verdict},
-    packets::{Frame, L4, LB_MAC, clear_df, icmp_too_big, ip_and_8, l3_offset},
+    packets::{Frame, L4, LB_MAC, clear_df, hex, icmp_too_big, ip_and_8, l3_offset},
     require_root,
 };
 
@@ -75,16 +75,6 @@ impl Harness {
             .find_map(|a| a.slots.iter().position(|&s| s == entry.backend).map(|i| (a, i)))?;
         Some(vip.vip.backends[i].identity.clone())
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter()
-        .map(|x| format!("{x:02x}"))
-        .collect::<Vec<_>>()
-        .chunks(16)
-        .map(|c| c.join(" "))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// The connection-table key of a frame built by `Frame` (no VLAN).

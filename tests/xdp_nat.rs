@@ -8,7 +8,7 @@ use lb_common::{FlowKey, NAT_FLAG_CLOSING, PROTO_TCP, Stat};
 use xlb::testrun::XdpAction;
 use xlb_tests::{
     Balancer,
-    packets::{CLIENT_MAC, Frame, L4, LB_MAC, icmp_too_big, icmp_too_big_with_ttl, ip_and_8},
+    packets::{CLIENT_MAC, Frame, L4, LB_MAC, hex, icmp_too_big, icmp_too_big_with_ttl, ip_and_8},
     require_root,
 };
 
@@ -81,10 +81,6 @@ fn source(frame: &[u8]) -> (String, u16) {
     (addr, port)
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// Runs `frame`; it must be sent (XDP_TX) with exactly one outcome counted, `stat`.
 fn sent(lb: &Balancer, frame: &[u8], stat: Stat, case: &str) -> Vec<u8> {
     let before = lb.stat(stat);
@@ -113,13 +109,11 @@ fn forward_checked(lb: &Balancer, input: &Frame, backend: (&str, u16), stat: Sta
         L4::Udp { .. } => L4::Udp { sport, dport: backend.1 },
         L4::IcmpEcho => unreachable!(),
     };
-    let expected = Frame { l4, ..input.clone() }.ttl(input.ttl - 1);
     let expected = match input.ip {
         xlb_tests::packets::Ip::V4 { .. } => Frame::v4(&src, backend.0, l4),
         xlb_tests::packets::Ip::V6 { .. } => Frame::v6(&src, backend.0, l4),
-    }
-    .ttl(expected.ttl);
-    let expected = Frame { payload: input.payload.clone(), ..expected };
+    };
+    let expected = Frame { payload: input.payload.clone(), ..expected }.ttl(input.ttl - 1);
     assert_eq!(hex(&out), hex(&with_macs(expected.build(), BACKEND_MAC, LB_MAC)), "{case}: output bytes");
     (src, sport)
 }

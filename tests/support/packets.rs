@@ -95,6 +95,17 @@ impl Frame {
     }
 }
 
+/// Bytes as hex, 16 to a line: frame comparisons whose failures can be read.
+pub fn hex(b: &[u8]) -> String {
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .chunks(16)
+        .map(|c| c.join(" "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Offset of the IP header in a frame built by [`Frame`].
 pub fn l3_offset(frame: &[u8]) -> usize {
     if frame[12..14] == [0x81, 0x00] { 18 } else { 14 }
