@@ -425,14 +425,14 @@ fn answer(state: &mut State, config_path: &str, request: Request) -> Reply {
                 let names: Vec<&str> = state.config.vips.iter().map(|v| v.name.as_str()).collect();
                 return Reply::Error(format!("no VIP named `{vip}`; configured: {}", names.join(", ")));
             };
-            let Some(address) = backend_identities(configured).into_iter().find(|a| *a == backend) else {
-                let addresses = backend_identities(configured);
+            let identities = backend_identities(configured);
+            if !identities.contains(&backend) {
                 return Reply::Error(format!(
                     "VIP `{vip}` has no backend `{backend}`; its backends: {}",
-                    addresses.join(", ")
+                    identities.join(", ")
                 ));
-            };
-            let at = (vip.clone(), address);
+            }
+            let at = (vip.clone(), backend.clone());
             let changed = if undo { state.states.drained.remove(&at) } else { state.states.drained.insert(at) };
             if let Err(e) = state.reconcile() {
                 return Reply::Error(format!("applying the drain failed: {e}"));
