@@ -55,7 +55,7 @@ pub fn encapsulate(
     if node.flags & tunnel_flag == 0 {
         return Err(Stat::DropNoTunnelSource);
     }
-    if packet.ip_len + outer_len > node.mtu as usize {
+    if packet.ip_len() + outer_len > node.mtu as usize {
         if !(answer_too_big && packet.dont_fragment) {
             return Err(Stat::DropTooBig);
         }
@@ -77,7 +77,7 @@ pub fn encapsulate(
         // SAFETY: bounds checked by `at`; plain integer fields.
         unsafe {
             (*ip).version_tc_flow = ((6 << 28) | (u32::from(packet.tos) << 20) | (flow_hash & 0x000f_ffff)).to_be();
-            (*ip).payload_len = (packet.ip_len as u16).to_be();
+            (*ip).payload_len = (packet.ip_len() as u16).to_be();
             (*ip).next_hdr = if packet.family == FAMILY_V4 { IPPROTO_IPIP } else { IPPROTO_IPV6 };
             (*ip).hop_limit = OUTER_TTL;
             (*ip).saddr = saddr;
@@ -86,7 +86,7 @@ pub fn encapsulate(
     } else {
         let ip: *mut Ipv4Hdr = frame.at(l2_len).ok_or(Stat::DropAdjustFailed)?;
         let saddr = (node.tunnel_v4 & node.tunnel_v4_mask) | (flow_hash & !node.tunnel_v4_mask);
-        write_ipv4(ip, packet.tos, (packet.ip_len + outer_len) as u16, IPV4_DF, IPPROTO_IPIP, saddr, backend.addr[0]);
+        write_ipv4(ip, packet.tos, (packet.ip_len() + outer_len) as u16, IPV4_DF, IPPROTO_IPIP, saddr, backend.addr[0]);
     }
     Ok(Stat::Forwarded)
 }
@@ -106,7 +106,7 @@ fn too_big(ctx: &XdpContext, packet: &Packet, mtu: u32) -> Result<Sent, Stat> {
         // IPv4 header + ICMP header in front of the quote: the original IP header and the
         // first 8 bytes of its payload (RFC 792).
         let added = size_of::<Ipv4Hdr>() + size_of::<IcmpHdr>();
-        let quote_len = (packet.ip_header_len & 0x3c) + 8;
+        let quote_len = (packet.ip_header_len() & 0x3c) + 8;
         resize(ctx, added, l2_len + added + quote_len)?;
         let frame = Frame::new(ctx);
         write_l2(&frame, l2_len, &client_mac, &our_mac, vlan_tci, ETH_P_IPV4)?;

@@ -4,6 +4,8 @@
 #![no_std]
 #![no_main]
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
     bindings::{BPF_F_NO_COMMON_LRU, BPF_NOEXIST, xdp_action},
     btf_maps::{Array, ArrayOfMaps, HashMap, LruHashMap, PerCpuArray, ProgramArray},
@@ -70,10 +72,9 @@ static XLB_STATS: PerCpuArray<StatCounters, 1> = PerCpuArray::new();
 struct Scratch {
     packet: Packet,
     flow: FlowKey,
-    /// What `xlb_balancer` found in the pre-filter for this packet: the destination bucket's
-    /// bits, and whether the source is a DNAT-only backend (1) — not looked up again.
+    /// What `xlb_balancer` found in the pre-filter for this packet's destination: not looked
+    /// up again.
     bits: u32,
-    from_dnat_backend: u32,
 }
 
 #[btf_map]
@@ -119,33 +120,47 @@ impl Counts {
     }
 }
 
-/// The entry program: direct server return inline (the hot paths, on one BPF frame); anything
-/// that concerns a NAT address goes on to `xlb_nat` by tail call, with the parsed packet in the
-/// per-CPU scratch (NAT's flow state does not fit this frame's 512-byte stack beside DSR's).
+/// The entry program: the hot paths inline on one BPF frame — direct server return, and NAT
+/// replies and known NAT flows; anything else that concerns a NAT address (new flows, ICMP
+/// errors) goes on to `xlb_nat` by tail call, with the parsed packet in the per-CPU scratch
+/// (opening a NAT flow does not fit this frame's 512-byte stack beside the rest).
 #[xdp]
 pub fn xlb_balancer(ctx: XdpContext) -> u32 {
     let Some(stats) = XLB_STATS.get_ptr_mut(0) else { return xdp_action::XDP_PASS };
     let counts = Counts(stats);
     let frame = Frame::new(&ctx);
-    let mut packet = Packet::EMPTY;
-    match parse(&frame, &mut packet) {
-        Ok(()) => {}
+    let mut packet = MaybeUninit::uninit();
+    let packet = match parse(&frame, &mut packet) {
+        Ok(packet) => packet,
         Err(NotParsed::Pass(stat)) => return counts.outcome(stat),
         Err(NotParsed::Unhashable { family, daddr }) => return counts.outcome(unhashable(family, daddr)),
-    }
+    };
     let Some(node) = XLB_NODE.get(0) else { return counts.outcome(Stat::PassNotVip) };
     let bits = XLB_VIP_FILTER.get(addr_bucket(&packet.daddr)).copied().unwrap_or(0);
     let from_dnat_backend = node.flags & NODE_FLAG_DNAT_ONLY != 0
         && XLB_VIP_FILTER.get(addr_bucket(&packet.saddr)).is_some_and(|b| b & FILTER_NAT_BACKEND != 0);
-    // NAT VIPs and pool addresses (destination), DNAT backends (source): the NAT program.
+    // NAT VIPs and pool addresses (destination), DNAT backends (source): replies and known
+    // flows here, everything else in the NAT program.
     if bits & (FILTER_NAT_VIP | FILTER_NAT_POOL) != 0 || from_dnat_backend {
+        if packet.proto == PROTO_TCP || packet.proto == PROTO_UDP {
+            if (bits & FILTER_NAT_POOL != 0 || from_dnat_backend)
+                && let Some(action) = nat_flows::reply(&ctx, counts, packet)
+            {
+                return action;
+            }
+            if bits & FILTER_NAT_VIP != 0
+                && let Some(action) = nat_flows::forward_known(&ctx, counts, packet, &packet.flow_key())
+            {
+                return action;
+            }
+        }
         if let Some(scratch) = XLB_SCRATCH.get_ptr_mut(0) {
             // SAFETY: this CPU's scratch slot; XDP runs to completion, so only this packet uses
             // it until the NAT program has read it.
             unsafe {
-                (*scratch).packet = packet;
+                // (A copy LLVM expands inline; an assignment became a `memmove` call.)
+                core::ptr::copy_nonoverlapping(packet, core::ptr::addr_of_mut!((*scratch).packet), 1);
                 (*scratch).bits = bits;
-                (*scratch).from_dnat_backend = u32::from(from_dnat_backend);
                 XLB_PROGS.tail_call(&ctx, PROG_NAT);
             }
         }
@@ -154,7 +169,7 @@ pub fn xlb_balancer(ctx: XdpContext) -> u32 {
     }
     if let Some(quoted) = packet.quoted
         && quoted.too_big != 0
-        && let Some(action) = icmp_error_to_backend_inner(&ctx, counts, &packet, &quoted)
+        && let Some(action) = icmp_error_to_backend_inner(&ctx, counts, packet, &quoted)
     {
         return action;
     }
@@ -162,10 +177,10 @@ pub fn xlb_balancer(ctx: XdpContext) -> u32 {
         return counts.outcome(Stat::PassNotVip);
     }
     let flow = packet.flow_key();
-    direct_inline(&ctx, counts, &packet, &flow, node)
+    direct_inline(&ctx, counts, packet, &flow, node)
 }
 
-/// NAT: replies, known flows, new flows, ICMP errors — and direct server return for a DSR VIP
+/// NAT: new flows, ICMP errors — and direct server return for a DSR VIP
 /// whose address shares a pre-filter bucket with a NAT address. Entered by tail call from
 /// `xlb_balancer`, which left the parsed packet in the scratch. Its paths are separate BPF
 /// functions with their state in per-CPU maps, so that nested calls stay within 512 bytes.
@@ -175,7 +190,7 @@ pub fn xlb_nat(ctx: XdpContext) -> u32 {
     let counts = Counts(stats);
     let Some(scratch) = XLB_SCRATCH.get_ptr_mut(0) else { return xdp_action::XDP_PASS };
     // SAFETY: this CPU's scratch slot, filled by `xlb_balancer` for this very packet.
-    let Scratch { packet, flow, bits, from_dnat_backend } = unsafe { &mut *scratch };
+    let Scratch { packet, flow, bits } = unsafe { &mut *scratch };
     let (packet, bits) = (&*packet, *bits);
     if let Some(quoted) = packet.quoted {
         let action =
@@ -190,28 +205,18 @@ pub fn xlb_nat(ctx: XdpContext) -> u32 {
     }
     let Some(node) = XLB_NODE.get(0) else { return counts.outcome(Stat::PassNotVip) };
     let has_ports = packet.proto == PROTO_TCP || packet.proto == PROTO_UDP;
-    // NAT replies: to a pool address, or (DNAT only) from a backend to the client's address.
-    if has_ports && (bits & FILTER_NAT_POOL != 0 || *from_dnat_backend != 0) {
-        let action = nat_flows::reply(&ctx, counts, packet);
-        if action != NOT_HANDLED {
-            return action;
-        }
-    }
     if bits & (FILTER_VIP | FILTER_NAT_VIP) == 0 {
         return counts.outcome(Stat::PassNotVip);
     }
     *flow = packet.flow_key();
     let flow = &*flow;
-    if bits & FILTER_NAT_VIP != 0 && has_ports {
-        let action = nat_flows::forward_known(&ctx, counts, packet, flow);
-        if action != NOT_HANDLED {
-            return action;
-        }
-        if let Some(meta) = find_vip(packet.daddr, packet.dport, packet.proto, packet.family)
-            && meta.flags & VIP_FLAG_NAT != 0
-        {
-            return nat_flows::forward_new(&ctx, counts, packet, flow, &meta);
-        }
+    // Not a known flow (`xlb_balancer` tried): a new one, or one whose entry is dead.
+    if bits & FILTER_NAT_VIP != 0
+        && has_ports
+        && let Some(meta) = find_vip(packet.daddr, packet.dport, packet.proto, packet.family)
+        && meta.flags & VIP_FLAG_NAT != 0
+    {
+        return nat_flows::forward_new(&ctx, counts, packet, flow, &meta);
     }
     direct(&ctx, counts, packet, flow, node)
 }

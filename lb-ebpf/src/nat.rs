@@ -102,10 +102,11 @@ fn translate_call(frame: &Frame, packet: &Packet, to: &Translation) -> u32 {
     to_code(translate_inline(frame, packet, to))
 }
 
+/// [`translate`] compiled into the caller: for the hot paths of a frame with room for it.
 #[inline(always)]
-fn translate_inline(frame: &Frame, packet: &Packet, to: &Translation) -> Result<(), Stat> {
+pub fn translate_inline(frame: &Frame, packet: &Packet, to: &Translation) -> Result<(), Stat> {
     let l3 = packet.l3();
-    let l4 = l3 + (packet.ip_header_len & 0x7c);
+    let l4 = l3 + packet.ip_header_len();
     if packet.family == FAMILY_V4 {
         let ip: *mut Ipv4Hdr = frame.at(l3).ok_or(Stat::TruncatedIpv4)?;
         // SAFETY: bounds checked by `at`; plain integer fields of the packet.
@@ -218,7 +219,7 @@ fn translate_quote_inline(
     to: &Translation,
 ) -> Result<(), Stat> {
     let l3 = packet.l3();
-    let icmp_at = l3 + if packet.family == FAMILY_V4 { packet.ip_header_len & 0x3c } else { 40 };
+    let icmp_at = l3 + if packet.family == FAMILY_V4 { packet.ip_header_len() & 0x3c } else { 40 };
     let icmp: *mut IcmpHdr = frame.at(icmp_at).ok_or(Stat::TruncatedIcmp)?;
     let (ip_at, l4_at) = quote.offsets();
     let ports: *mut [u16; 2] = frame.at(l4_at).ok_or(Stat::TruncatedIcmp)?;

@@ -23,7 +23,7 @@ use lb_common::{
 };
 use lb_ebpf::{
     headers::{EthHdr, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN},
-    nat::{QuoteTranslation, Translation, translate, translate_quote},
+    nat::{QuoteTranslation, Translation, translate, translate_inline, translate_quote},
     parse::{Frame, Packet},
 };
 
@@ -75,15 +75,10 @@ fn sender_mac(ctx: &XdpContext) -> Option<[u8; 6]> {
 }
 
 /// A client packet of a NAT flow the forward table knows: translated toward its backend.
-/// `None`: not a known, live flow (the caller goes on to the VIP lookup). Not inlined, like
-/// `forward_new`.
-#[inline(never)]
-pub fn forward_known(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &FlowKey) -> u32 {
-    forward_known_inner(ctx, counts, packet, flow).unwrap_or(NOT_HANDLED)
-}
-
+/// `None`: not a known, live flow (the caller goes on to the VIP lookup). Inlined into the
+/// entry program: the established path must not pay a tail call.
 #[inline(always)]
-fn forward_known_inner(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &FlowKey) -> Option<u32> {
+pub fn forward_known(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &FlowKey) -> Option<u32> {
     let entry = XLB_NAT_FLOWS.get_ptr_mut(flow)?;
     let node = XLB_NODE.get(0)?;
     let frame_len = Frame::new(ctx).len() as u64;
@@ -113,7 +108,8 @@ fn forward_known_inner(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: 
         dst_mac: backend.mac,
         src_mac: node.iface_mac,
     };
-    Some(send(ctx, counts, packet, &to, Some((known.backend, frame_len, false)), Stat::NatForwarded))
+    let result = translate_inline(&Frame::new(ctx), packet, &to);
+    Some(finish(counts, result, Some((known.backend, frame_len, false)), Stat::NatForwarded))
 }
 
 /// A client packet of a NAT VIP that the forward table does not know (or knows as expired or
@@ -214,18 +210,13 @@ pub fn forward_new(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &Flo
         dst_mac: backend.mac,
         src_mac: node.iface_mac,
     };
-    send(ctx, counts, packet, &claim.to, Some((slot, frame_len, true)), Stat::NatForwarded)
+    finish(counts, translate(ctx, packet, &claim.to), Some((slot, frame_len, true)), Stat::NatForwarded)
 }
 
 /// A backend's reply (its 5-tuple is in the reverse table): translated back to VIP → client.
-/// `None`: not a NAT reply. Not inlined, like `forward_new`.
-#[inline(never)]
-pub fn reply(ctx: &XdpContext, counts: Counts, packet: &Packet) -> u32 {
-    reply_inner(ctx, counts, packet).unwrap_or(NOT_HANDLED)
-}
-
+/// `None`: not a NAT reply. Inlined into the entry program, like `forward_known`.
 #[inline(always)]
-fn reply_inner(ctx: &XdpContext, counts: Counts, packet: &Packet) -> Option<u32> {
+pub fn reply(ctx: &XdpContext, counts: Counts, packet: &Packet) -> Option<u32> {
     let node = XLB_NODE.get(0)?;
     let key = packet.flow_key();
     let entry = XLB_NAT_REVERSE.get_ptr_mut(&key)?;
@@ -248,20 +239,14 @@ fn reply_inner(ctx: &XdpContext, counts: Counts, packet: &Packet) -> Option<u32>
         dst_mac: known.client_mac,
         src_mac: node.iface_mac,
     };
-    Some(send(ctx, counts, packet, &to, None, Stat::NatReplied))
+    Some(finish(counts, translate_inline(&Frame::new(ctx), packet, &to), None, Stat::NatReplied))
 }
 
-/// Translates and sends back out (XDP_TX); `traffic` counts it on a backend slot.
+/// The verdict on a translated packet: sent back out (XDP_TX) and counted as `stat`, and on a
+/// backend slot if `traffic` names one; or the translation's drop.
 #[inline(always)]
-fn send(
-    ctx: &XdpContext,
-    counts: Counts,
-    packet: &Packet,
-    to: &Translation,
-    traffic: Option<(u32, u64, bool)>,
-    stat: Stat,
-) -> u32 {
-    match translate(ctx, packet, to) {
+fn finish(counts: Counts, translated: Result<(), Stat>, traffic: Option<(u32, u64, bool)>, stat: Stat) -> u32 {
+    match translated {
         Ok(()) => {
             if let Some((slot, bytes, new_flow)) = traffic {
                 add_traffic(slot, bytes, new_flow);
@@ -458,5 +443,5 @@ fn icmp_error_inner(ctx: &XdpContext, counts: Counts, packet: &Packet) -> Option
     if let Err(drop) = translate_quote(ctx, packet, &scratch.quote, &scratch.to) {
         return Some(counts.outcome(drop));
     }
-    Some(send(ctx, counts, packet, &scratch.to, None, Stat::NatIcmpTranslated))
+    Some(finish(counts, translate(ctx, packet, &scratch.to), None, Stat::NatIcmpTranslated))
 }

@@ -4,7 +4,7 @@
 //! `data_end` in the form the verifier tracks. Offsets derived from packet fields (IHL, TCP data
 //! offset) are masked first, so they stay bounded.
 
-use core::mem::size_of;
+use core::mem::{MaybeUninit, size_of};
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{FAMILY_V4, FAMILY_V6, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Stat};
@@ -58,9 +58,10 @@ pub struct Quoted {
     /// 1, else 0. (Not a `bool`: the `Option` around would keep its discriminant in the bool's
     /// spare values, a layout whose BTF the kernel refuses for the scratch map.)
     pub too_big: u8,
-    /// Offsets of the quoted IP header and of its transport header in the frame.
-    pub ip_at: usize,
-    pub l4_at: usize,
+    /// Offsets of the quoted IP header and of its transport header in the frame. (Narrow
+    /// fields keep `Packet` small: the BPF stack is 512 bytes and large copies become calls.)
+    pub ip_at: u16,
+    pub l4_at: u16,
 }
 
 impl Quoted {
@@ -83,21 +84,22 @@ impl Quoted {
     /// verifier knew of its fields): an ICMP error's quote starts within the first 256 bytes.
     #[inline(always)]
     pub fn offsets(&self) -> (usize, usize) {
-        (self.ip_at & 0xff, self.l4_at & 0xff)
+        (usize::from(self.ip_at) & 0xff, usize::from(self.l4_at) & 0xff)
     }
 }
 
-/// What the balancer needs to know about a well-formed packet.
+/// What the balancer needs to know about a well-formed packet. (Offsets and lengths in narrow
+/// fields, read through the methods: this lives on the 512-byte BPF stack.)
 #[derive(Clone, Copy)]
 pub struct Packet {
     pub family: u8,
     pub proto: u8,
     /// Offset of the Ethernet payload (14, or 18 behind an 802.1Q tag).
-    pub l3: usize,
-    /// Length of the IP datagram (header included), as its header says.
-    pub ip_len: usize,
+    l3: u16,
     /// IPv4 header length (IHL·4); 40 for IPv6.
-    pub ip_header_len: usize,
+    ip_header_len: u16,
+    /// Length of the IP datagram (header included), as its header says.
+    ip_len: u32,
     /// The sender asked not to be fragmented (IPv4 DF; always for IPv6).
     pub dont_fragment: bool,
     /// Traffic class / TOS, copied to outer headers.
@@ -130,29 +132,23 @@ impl Packet {
         }
     }
 
-    /// Filled in by [`parse`].
-    pub const EMPTY: Self = Self {
-        family: 0,
-        proto: 0,
-        l3: 0,
-        ip_len: 0,
-        ip_header_len: 0,
-        dont_fragment: false,
-        tos: 0,
-        ttl: 0,
-        saddr: [0; 4],
-        daddr: [0; 4],
-        sport: 0,
-        dport: 0,
-        tcp_flags: 0,
-        quoted: None,
-    };
-
     /// `l3`, bounded for the verifier: a packet kept in map memory loses what the verifier knew
     /// of its fields, and a packet offset must be provably small.
     #[inline(always)]
     pub fn l3(&self) -> usize {
-        self.l3 & 0x1f
+        usize::from(self.l3) & 0x1f
+    }
+
+    /// IPv4 header length (IHL·4, at most 60); 40 for IPv6.
+    #[inline(always)]
+    pub fn ip_header_len(&self) -> usize {
+        usize::from(self.ip_header_len) & 0x7c
+    }
+
+    /// Length of the IP datagram (header included), as its header says.
+    #[inline(always)]
+    pub fn ip_len(&self) -> usize {
+        self.ip_len as usize
     }
 }
 
@@ -164,9 +160,14 @@ pub enum NotParsed {
     Unhashable { family: u8, daddr: [u32; 4] },
 }
 
-/// Parses Ethernet (one optional 802.1Q tag), IPv4/IPv6 and TCP/UDP/ICMP headers into `out`.
+/// Parses Ethernet (one optional 802.1Q tag), IPv4/IPv6 and TCP/UDP/ICMP headers into `out`,
+/// which is written whole on success.
+///
+/// (An out-parameter left uninitialised until then: zeroing the packet first compiled to a call
+/// of the byte-by-byte `memset`, most of a forwarded packet's cost; returning it by value
+/// doubled its stack space.)
 #[inline(always)]
-pub fn parse(frame: &Frame, out: &mut Packet) -> Result<(), NotParsed> {
+pub fn parse<'p>(frame: &Frame, out: &'p mut MaybeUninit<Packet>) -> Result<&'p Packet, NotParsed> {
     let eth: *const EthHdr = frame.at(0).ok_or(NotParsed::Pass(Stat::TruncatedEth))?;
     // SAFETY: `at` checked that the EthHdr lies inside the frame.
     let mut ether_type = u16::from_be(unsafe { (*eth).ether_type });
@@ -185,7 +186,7 @@ pub fn parse(frame: &Frame, out: &mut Packet) -> Result<(), NotParsed> {
 }
 
 #[inline(always)]
-fn parse_ipv4(frame: &Frame, l3: usize, out: &mut Packet) -> Result<(), NotParsed> {
+fn parse_ipv4<'p>(frame: &Frame, l3: usize, out: &'p mut MaybeUninit<Packet>) -> Result<&'p Packet, NotParsed> {
     let ip: *const Ipv4Hdr = frame.at(l3).ok_or(NotParsed::Pass(Stat::TruncatedIpv4))?;
     // SAFETY: bounds checked by `at`; all reads below stay inside the 20-byte header.
     let (version_ihl, tos, total_len, frag_off, ttl, proto, saddr, daddr) = unsafe {
@@ -218,12 +219,12 @@ fn parse_ipv4(frame: &Frame, l3: usize, out: &mut Packet) -> Result<(), NotParse
         // or its fragments would go elsewhere.
         return Err(NotParsed::Unhashable { family: FAMILY_V4, daddr });
     }
-    *out = Packet {
+    let packet = out.write(Packet {
         family: FAMILY_V4,
         proto,
-        l3,
-        ip_len: total_len,
-        ip_header_len: header_len,
+        l3: l3 as u16,
+        ip_len: total_len as u32,
+        ip_header_len: header_len as u16,
         dont_fragment: frag_off & IPV4_DF != 0,
         tos,
         ttl,
@@ -233,12 +234,13 @@ fn parse_ipv4(frame: &Frame, l3: usize, out: &mut Packet) -> Result<(), NotParse
         dport: 0,
         tcp_flags: 0,
         quoted: None,
-    };
-    parse_l4(frame, l3 + header_len, l3 + total_len, out)
+    });
+    parse_l4(frame, l3 + header_len, l3 + total_len, packet)?;
+    Ok(packet)
 }
 
 #[inline(always)]
-fn parse_ipv6(frame: &Frame, l3: usize, out: &mut Packet) -> Result<(), NotParsed> {
+fn parse_ipv6<'p>(frame: &Frame, l3: usize, out: &'p mut MaybeUninit<Packet>) -> Result<&'p Packet, NotParsed> {
     let ip: *const Ipv6Hdr = frame.at(l3).ok_or(NotParsed::Pass(Stat::TruncatedIpv6))?;
     // SAFETY: bounds checked by `at`.
     let (version_tc_flow, payload_len, next_hdr, ttl, saddr, daddr) = unsafe {
@@ -262,12 +264,12 @@ fn parse_ipv6(frame: &Frame, l3: usize, out: &mut Packet) -> Result<(), NotParse
     if is_ipv6_extension(next_hdr) {
         return Err(NotParsed::Unhashable { family: FAMILY_V6, daddr });
     }
-    *out = Packet {
+    let packet = out.write(Packet {
         family: FAMILY_V6,
         proto: next_hdr,
-        l3,
-        ip_len: size_of::<Ipv6Hdr>() + payload_len as usize,
-        ip_header_len: size_of::<Ipv6Hdr>(),
+        l3: l3 as u16,
+        ip_len: (size_of::<Ipv6Hdr>() + payload_len as usize) as u32,
+        ip_header_len: size_of::<Ipv6Hdr>() as u16,
         dont_fragment: true,
         tos: (version_tc_flow >> 20) as u8,
         ttl,
@@ -277,8 +279,9 @@ fn parse_ipv6(frame: &Frame, l3: usize, out: &mut Packet) -> Result<(), NotParse
         dport: 0,
         tcp_flags: 0,
         quoted: None,
-    };
-    parse_l4(frame, l4, ip_end, out)
+    });
+    parse_l4(frame, l4, ip_end, packet)?;
+    Ok(packet)
 }
 
 /// Checks the transport header at `l4` lies within both the frame and the IP datagram ending at
@@ -322,9 +325,11 @@ fn parse_l4(frame: &Frame, l4: usize, ip_end: usize, packet: &mut Packet) -> Res
             // Destination unreachable, packet too big, time exceeded, parameter problem.
             (kind == ICMPV6_PKT_TOOBIG, (1..=4).contains(&kind))
         };
-        if error {
-            // A quote that cannot be read is just not about one of our flows.
-            packet.quoted = parse_quoted(frame, l4 + size_of::<IcmpHdr>(), packet.family, too_big);
+        // A quote that cannot be read is just not about one of our flows. (Only a quote is
+        // stored: storing a `None` let LLVM fill the rest of the slot with whatever register was
+        // at hand, once a context pointer, which the verifier refuses to spill as a byte.)
+        if error && let Some(quoted) = parse_quoted(frame, l4 + size_of::<IcmpHdr>(), packet.family, too_big) {
+            packet.quoted = Some(quoted);
         }
     }
     Ok(())
@@ -354,5 +359,5 @@ fn parse_quoted(frame: &Frame, at: usize, family: u8, too_big: bool) -> Option<Q
     let ports: *const [u16; 2] = frame.at(l4)?;
     // SAFETY: bounds checked by `at`.
     let [sport, dport] = unsafe { *ports };
-    Some(Quoted { saddr, daddr, sport, dport, proto, too_big: u8::from(too_big), ip_at: at, l4_at: l4 })
+    Some(Quoted { saddr, daddr, sport, dport, proto, too_big: u8::from(too_big), ip_at: at as u16, l4_at: l4 as u16 })
 }

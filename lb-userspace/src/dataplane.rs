@@ -449,8 +449,13 @@ impl Loaded {
     /// Loads the balancer object with tables of the given sizes and verifies its program;
     /// returns it with its maps.
     pub fn balancer(sizes: TableSizes) -> Result<(Self, Maps), DataplaneError> {
+        Self::balancer_from(BALANCER_OBJECT, sizes)
+    }
+
+    /// [`Loaded::balancer`] from another build of the balancer object (the bench compares two).
+    pub fn balancer_from(object: &[u8], sizes: TableSizes) -> Result<(Self, Maps), DataplaneError> {
         let mut loaded = Self::load(
-            BALANCER_OBJECT,
+            object,
             programs::BALANCER,
             &[(maps::FLOWS, sizes.flows), (maps::NAT_FLOWS, sizes.nat), (maps::NAT_REVERSE, sizes.nat)],
         )?;

@@ -205,8 +205,13 @@ impl Balancer {
     }
 
     pub fn with_sizes(yaml: &str, sizes: TableSizes) -> Self {
+        Self::from_object(yaml, sizes, xlb::dataplane::BALANCER_OBJECT)
+    }
+
+    /// A balancer from another build of the XDP object (an ELF file's bytes).
+    pub fn from_object(yaml: &str, sizes: TableSizes, object: &[u8]) -> Self {
         let config = parse_config(yaml);
-        let (program, mut maps) = Loaded::balancer(sizes).expect("the XDP object loads and verifies");
+        let (program, mut maps) = Loaded::balancer_from(object, sizes).expect("the XDP object loads and verifies");
         let mut reconciler = Reconciler::new();
         reconciler.apply(&DesiredState::new(&config, &FACTS), &mut maps).expect("maps accept the config");
         Self { program, maps, reconciler, config }

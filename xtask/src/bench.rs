@@ -45,6 +45,12 @@ pub struct Options {
     /// Only cases whose name contains this (the floor is always measured).
     #[arg(long)]
     only: Option<String>,
+    /// Also run every balancer case on this other build of the balancer object (an ELF file,
+    /// e.g. a copy of `xlb-balancer` from before a change), interleaved with this build's runs,
+    /// and print each case's ratio B / this build (net of the floor). Rows of that build are
+    /// marked `[B]`.
+    #[arg(long, value_name = "OBJECT")]
+    compare: Option<std::path::PathBuf>,
 }
 
 /// Katran's default shape: 16 reals per VIP, ring 65537.
@@ -116,10 +122,18 @@ struct Case {
 struct Row {
     case: &'static str,
     method: &'static str,
+    /// Which balancer build: 0 this one, 1 the `--compare` object.
+    build: usize,
     samples: Vec<f64>,
 }
 
 impl Row {
+    fn build_name(&self) -> &'static str {
+        if self.build == 0 { "this" } else { "B" }
+    }
+    fn label(&self) -> String {
+        if self.build == 0 { self.case.to_owned() } else { format!("{} [B]", self.case) }
+    }
     fn sorted(&self) -> Vec<f64> {
         let mut s = self.samples.clone();
         s.sort_by(f64::total_cmp);
@@ -194,9 +208,15 @@ fn frame(src: &str, dst: &str, l4: L4) -> Vec<u8> {
 /// Flows of an established case: 16 tuples from one client.
 const ESTABLISHED_FLOWS: u16 = 16;
 
-fn packets(traffic: Traffic, run: usize, count: usize, replies: &BTreeMap<&str, Vec<Vec<u8>>>) -> Vec<Vec<u8>> {
+fn packets(
+    traffic: Traffic,
+    run: usize,
+    count: usize,
+    build: usize,
+    replies: &BTreeMap<(usize, &str), Vec<Vec<u8>>>,
+) -> Vec<Vec<u8>> {
     match traffic {
-        Traffic::Replies(of) => replies.get(of).cloned().unwrap_or_default(),
+        Traffic::Replies(of) => replies.get(&(build, of)).cloned().unwrap_or_default(),
         Traffic::Same(src, dst) => vec![frame(src, dst, L4::TcpAck { sport: 40000, dport: 80 })],
         Traffic::Established(src, dst) => {
             (0..ESTABLISHED_FLOWS).map(|i| frame(src, dst, L4::TcpAck { sport: 40000 + i, dport: 80 })).collect()
@@ -231,43 +251,65 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         std::env::var("XLB_BENCH_FLOWS").ok().and_then(|v| v.parse().ok()).unwrap_or(lb_common::FLOW_TABLE_SIZE);
     // Both families' new-flow cases fill the one NAT table.
     let nat = (2 * opts.runs * opts.loop_count + 1024).next_power_of_two() as u32;
-    let balancer = Balancer::with_sizes(&config(), TableSizes { flows, nat });
+    let sizes = TableSizes { flows, nat };
+    let mut balancers = vec![Balancer::with_sizes(&config(), sizes)];
+    if let Some(path) = &opts.compare {
+        let object = std::fs::read(path).with_context(|| format!("--compare: reading {}", path.display()))?;
+        balancers.push(Balancer::from_object(&config(), sizes, &object));
+    }
     let cases: Vec<Case> = cases()
         .into_iter()
         .filter(|c| c.name == "floor" || opts.only.as_deref().is_none_or(|only| c.name.contains(only)))
         .collect();
     // Open the established flows once.
-    for case in &cases {
-        if let Traffic::Established(src, dst) = case.traffic {
-            let syns: Vec<Vec<u8>> =
-                (0..ESTABLISHED_FLOWS).map(|i| frame(src, dst, L4::TcpSyn { sport: 40000 + i, dport: 80 })).collect();
-            testrun::run_loop(balancer.program.xdp()?, &syns, XdpAction::Tx)
-                .with_context(|| format!("opening flows of {}", case.name))?;
+    for balancer in &balancers {
+        for case in &cases {
+            if let Traffic::Established(src, dst) = case.traffic {
+                let syns: Vec<Vec<u8>> = (0..ESTABLISHED_FLOWS)
+                    .map(|i| frame(src, dst, L4::TcpSyn { sport: 40000 + i, dport: 80 }))
+                    .collect();
+                testrun::run_loop(balancer.program.xdp()?, &syns, XdpAction::Tx)
+                    .with_context(|| format!("opening flows of {}", case.name))?;
+            }
         }
     }
     // The backends' answers to the established NAT flows, to the sources those flows got.
-    let mut replies: BTreeMap<&str, Vec<Vec<u8>>> = BTreeMap::new();
+    let mut replies: BTreeMap<(usize, &str), Vec<Vec<u8>>> = BTreeMap::new();
     for case in &cases {
         if let Traffic::Replies(of) = case.traffic {
             let Some(Case { traffic: Traffic::Established(src, dst), .. }) = cases.iter().find(|c| c.name == of) else {
                 bail!("{}: run it together with {of} (its flows are the ones answered)", case.name);
             };
-            replies.insert(of, nat_replies(&balancer, src, dst)?);
+            for (build, balancer) in balancers.iter().enumerate() {
+                replies.insert((build, of), nat_replies(balancer, src, dst)?);
+            }
         }
     }
+    // The builds a case runs on: the floor once, balancer cases on each build.
+    let builds = |case: &Case| if case.program == Program::Floor { 0..1 } else { 0..balancers.len() };
     let mut rows: Vec<Row> = cases
         .iter()
-        .flat_map(|c| c.methods.iter().map(|&method| Row { case: c.name, method: method.name(), samples: Vec::new() }))
+        .flat_map(|c| {
+            builds(c).flat_map(move |build| {
+                c.methods.iter().map(move |&method| Row {
+                    case: c.name,
+                    method: method.name(),
+                    build,
+                    samples: Vec::new(),
+                })
+            })
+        })
         .collect();
 
     for run in 0..opts.runs {
         let mut row = rows.iter_mut();
-        for case in &cases {
+        for (case, build) in cases.iter().flat_map(|c| builds(c).map(move |build| (c, build))) {
+            let balancer = &balancers[build];
             let prog = match case.program {
                 Program::Floor => floor.xdp()?,
                 Program::Balancer => balancer.program.xdp()?,
             };
-            let packets = packets(case.traffic, run, opts.loop_count, &replies);
+            let packets = packets(case.traffic, run, opts.loop_count, build, &replies);
             for &method in case.methods {
                 let ns = match method {
                     Method::Repeat => testrun::repeat(prog, &packets[0], opts.repeat, case.expected),
@@ -295,7 +337,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         for r in &rows {
             println!(
                 "{}",
-                serde_json::json!({"case": r.case, "method": r.method, "runs": r.samples.len(), "min_ns": r.min(), "median_ns": r.median(), "max_ns": r.max()})
+                serde_json::json!({"case": r.case, "build": r.build_name(), "method": r.method, "runs": r.samples.len(), "min_ns": r.min(), "median_ns": r.median(), "max_ns": r.max()})
             );
         }
     } else {
@@ -342,7 +384,7 @@ fn maglev_build(runs: usize) -> anyhow::Result<Row> {
         samples.push(start.elapsed().as_nanos() as f64);
         anyhow::ensure!(table.slots.len() == 65537);
     }
-    Ok(Row { case: "maglev-build-m65537-n100", method: "wall", samples })
+    Ok(Row { case: "maglev-build-m65537-n100", method: "wall", build: 0, samples })
 }
 
 /// Keeps the whole bench on the CPU it started on. Moving between CPUs mid-run leaves the
@@ -370,18 +412,38 @@ fn print_table(rows: &[Row], opts: &Options, cpu: usize) {
         "XDP cost per packet under BPF_PROG_TEST_RUN, ns ({} runs; repeat = {} iterations per run, loop = {} separate runs per run; pinned to CPU {cpu})",
         opts.runs, opts.repeat, opts.loop_count
     );
-    println!("{:<28} {:<7} {:>10} {:>10} {:>10} {:>14}", "case", "method", "min", "median", "max", "net of floor");
+    println!("{:<32} {:<7} {:>10} {:>10} {:>10} {:>14}", "case", "method", "min", "median", "max", "net of floor");
     for r in rows.iter().filter(|r| r.method != "wall") {
         let net = if r.case == "floor" { "-".to_owned() } else { format!("{:.1}", r.median() - floor(r.method)) };
-        println!("{:<28} {:<7} {:>10.1} {:>10.1} {:>10.1} {:>14}", r.case, r.method, r.min(), r.median(), r.max(), net);
+        println!(
+            "{:<32} {:<7} {:>10.1} {:>10.1} {:>10.1} {:>14}",
+            r.label(),
+            r.method,
+            r.min(),
+            r.median(),
+            r.max(),
+            net
+        );
     }
-    let net =
-        |case: &str| rows.iter().find(|r| r.case == case && r.method == "loop").map(|r| r.median() - floor("loop"));
+    let net_of = |case: &str, build: usize| {
+        rows.iter()
+            .find(|r| r.case == case && r.method == "loop" && r.build == build)
+            .map(|r| r.median() - floor("loop"))
+    };
+    let net = |case: &str| net_of(case, 0);
     for (nat, dsr) in
         [("nat-v4-established", "dsr-ipip-v4-established"), ("nat-v6-established", "dsr-ipip-v6-established")]
     {
         if let (Some(a), Some(b)) = (net(nat), net(dsr)) {
             println!("{nat} / {dsr} (net): {:.2} (target ≤ 1.2)", a / b);
+        }
+    }
+    if opts.compare.is_some() {
+        println!("\nB / this build, net of the floor (loop), medians of the same runs:");
+        for r in rows.iter().filter(|r| r.build == 1 && r.method == "loop") {
+            if let (Some(this), Some(b)) = (net_of(r.case, 0), net_of(r.case, 1)) {
+                println!("{:<32} {:>6.2}", r.case, b / this);
+            }
         }
     }
     println!("\nUserspace, µs (target ≤ 2000)");
