@@ -3,7 +3,7 @@
 //! addresses. Needs root.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     net::IpAddr,
     time::{Duration, Instant},
 };
@@ -161,7 +161,8 @@ fn resolver_publishes_and_follows_mac_changes() {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
         runtime.block_on(async move {
             let (v4, v6, silent) = (ip(B_V4), ip(B_V6), ip(SILENT_V4));
-            let (mut resolver, rx) = Resolver::start(A_IF.to_owned(), BTreeSet::from([v4, v6, silent]));
+            let on_a = |addrs: &[IpAddr]| addrs.iter().map(|a| (*a, A_IF.to_owned())).collect();
+            let (mut resolver, rx) = Resolver::start(on_a(&[v4, v6, silent]));
             let mut watcher = Watcher { rx, last: MacMap::new(), wakeups: 0 };
             assert!(watcher.rx.borrow().is_empty(), "the map starts empty");
 
@@ -196,7 +197,7 @@ fn resolver_publishes_and_follows_mac_changes() {
             assert!(!watcher.last.contains_key(&silent));
 
             // A reload that drops a target takes it out of the map at once; kept ones stay.
-            resolver.replace(BTreeSet::from([v4, silent]));
+            resolver.replace(on_a(&[v4, silent]));
             let took = watcher
                 .until("the dropped target to leave the map", Duration::from_secs(3), |m| {
                     *m == BTreeMap::from([(v4, NEW_B_MAC)])

@@ -257,7 +257,7 @@ fn reconciler_writes_exactly_the_configured_state() {
         let (addr, family) = xlb::desired::ip_words(addr.parse().unwrap());
         // Backends of dsr-ipip VIPs (here: the ones sent via the next hop) carry the IPIP flag.
         let mode = if mac == [2, 0, 0, 0, 0, 0xfe] { BACKEND_FLAG_IPIP } else { 0 };
-        Backend { addr, mac, family, flags: BACKEND_FLAG_ACTIVE | mode, generation, vip_id, port: 0, pad: 0 }
+        Backend { addr, mac, family, flags: BACKEND_FLAG_ACTIVE | mode, generation, vip_id, port: 0, egress: 0 }
     };
     let l2_mac = [2, 0, 0, 0, 1, 1];
     let next_hop = [2, 0, 0, 0, 0, 0xfe];

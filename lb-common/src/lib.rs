@@ -126,7 +126,9 @@ pub struct Backend {
     pub vip_id: u32,
     /// NAT: the backend's port (network order); 0 keeps the client's destination port.
     pub port: u16,
-    pub pad: u16,
+    /// NAT: the interface toward the backend, an index into `maps::IFACES`; 0: the one the
+    /// client's packet came in on.
+    pub egress: u16,
 }
 
 /// The slot holds a live backend.
@@ -221,7 +223,9 @@ pub struct NatReverse {
     pub client_mac: [u8; 6],
     pub pad: u16,
     pub flags: u32,
-    pub pad2: u32,
+    /// The interface the client's packets come in on (replies leave by it), an index into
+    /// `maps::IFACES`; 0 when the agent runs on one interface (replies leave where they came).
+    pub client_iface: u32,
     pub last_seen: u64,
 }
 
@@ -326,8 +330,24 @@ pub struct NodeConfig {
     pub nat_tcp_timeout: u32,
     pub nat_closing_timeout: u32,
     pub nat_udp_timeout: u32,
-    pub pad: u32,
+    /// The ifindex of the interface whose MAC is `iface_mac` (the agent's first `--iface`).
+    pub ifindex: u32,
 }
+
+/// One interface the agent runs on, at its index in `maps::IFACES` (from 1; 0 means "the
+/// interface the packet came in on"). `maps::DEVS` holds the same interfaces at the same
+/// indexes, for the redirect.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Iface {
+    pub ifindex: u32,
+    /// Source MAC of frames that leave by it.
+    pub mac: [u8; 6],
+    pub pad: u16,
+}
+
+/// Interfaces one agent can run on (index 0 is never used).
+pub const MAX_IFACES: u32 = 8;
 
 /// An IPv4 tunnel source is configured.
 pub const NODE_FLAG_TUNNEL_V4: u32 = 1;
@@ -335,6 +355,9 @@ pub const NODE_FLAG_TUNNEL_V4: u32 = 1;
 pub const NODE_FLAG_TUNNEL_V6: u32 = 2;
 /// Some VIP is DNAT only: replies from its backends are recognised by their source.
 pub const NODE_FLAG_DNAT_ONLY: u32 = 4;
+/// The agent runs on more than one interface (`maps::IFACES` is filled): NAT packets may leave
+/// by another interface than they came in on.
+pub const NODE_FLAG_MULTI_IFACE: u32 = 8;
 
 /// Per-backend-slot traffic counters (per-CPU; the agent sums them). A VIP's totals are the sum
 /// over its backends (the agent keeps what retired backends had counted), so the data plane
@@ -438,6 +461,10 @@ pub enum Stat {
     DropNatUnavailable,
     /// Event: a NAT port of an expired flow was taken over by a new flow.
     NatPortReclaimed,
+    /// Event: a NAT packet left by another interface than it came in on (devmap redirect).
+    NatRedirected,
+    /// NAT: the packet must leave by an interface the redirect map does not hold.
+    DropNoEgress,
     Count,
 }
 
@@ -492,6 +519,8 @@ impl Stat {
         Stat::DropTtlExceeded,
         Stat::DropNatUnavailable,
         Stat::NatPortReclaimed,
+        Stat::NatRedirected,
+        Stat::DropNoEgress,
     ];
 
     /// Stable snake_case name, used in `xlb stats` and as the metrics label.
@@ -530,6 +559,8 @@ impl Stat {
             Stat::DropTtlExceeded => "drop_ttl_exceeded",
             Stat::DropNatUnavailable => "drop_nat_unavailable",
             Stat::NatPortReclaimed => "nat_port_reclaimed",
+            Stat::NatRedirected => "nat_redirected",
+            Stat::DropNoEgress => "drop_no_egress",
             Stat::Count => "count",
         }
     }
@@ -557,7 +588,12 @@ impl Stat {
     pub const fn is_outcome(self) -> bool {
         !matches!(
             self,
-            Stat::FlowMiss | Stat::FlowStale | Stat::IcmpErrorToBackend | Stat::NatPortReclaimed | Stat::Count
+            Stat::FlowMiss
+                | Stat::FlowStale
+                | Stat::IcmpErrorToBackend
+                | Stat::NatPortReclaimed
+                | Stat::NatRedirected
+                | Stat::Count
         )
     }
 
@@ -575,6 +611,7 @@ impl Stat {
                 | Stat::DropNatNoFlow
                 | Stat::DropTtlExceeded
                 | Stat::DropNatUnavailable
+                | Stat::DropNoEgress
         )
     }
 }
@@ -640,8 +677,11 @@ pub mod maps {
     pub const NAT_FLOWS: &str = "XLB_NAT_FLOWS";
     pub const NAT_REVERSE: &str = "XLB_NAT_REVERSE";
     pub const PROGS: &str = "XLB_PROGS";
+    /// The interfaces the agent runs on (`Iface` by index) and the redirect map over them.
+    pub const IFACES: &str = "XLB_IFACES";
+    pub const DEVS: &str = "XLB_DEVS";
     /// Every map of the balancer object (the ones the agent pins).
-    pub const BALANCER: [&str; 13] = [
+    pub const BALANCER: [&str; 15] = [
         VIPS,
         VIP_ADDRS,
         VIP_FILTER,
@@ -655,6 +695,8 @@ pub mod maps {
         NAT_FLOWS,
         NAT_REVERSE,
         PROGS,
+        IFACES,
+        DEVS,
     ];
     pub const DECAP_ADDRS: &str = "XLB_DECAP_ADDRS";
     pub const DECAP_STATS: &str = "XLB_DECAP_STATS";
@@ -707,7 +749,8 @@ mod pod {
         super::StatCounters,
         super::NatPool,
         super::NatFlow,
-        super::NatReverse
+        super::NatReverse,
+        super::Iface
     );
 }
 
@@ -738,6 +781,7 @@ mod tests {
         assert_eq!(size_of::<NatPool>(), 16 * MAX_POOL_ADDRS + 4 * 4);
         assert_eq!(size_of::<NatFlow>(), 8 + 16 + 2 + 2 + 4 + 8);
         assert_eq!(size_of::<NatReverse>(), 16 + 16 + 2 + 2 + 4 + 6 + 2 + 4 + 4 + 8);
+        assert_eq!(size_of::<Iface>(), 4 + 6 + 2);
     }
 
     #[test]

@@ -10,16 +10,16 @@
 
 use aya_ebpf::{
     bindings::{BPF_EXIST, BPF_NOEXIST},
-    btf_maps::{Array, HashMap, PerCpuArray},
+    btf_maps::{Array, DevMap, HashMap, PerCpuArray},
     cty::c_void,
     helpers::generated::{bpf_ktime_get_coarse_ns, bpf_loop},
     macros::btf_map,
     programs::XdpContext,
 };
 use lb_common::{
-    BACKEND_FLAG_ACTIVE, Backend, FlowKey, MAX_NAT_POOLS, NAT_FLAG_CLOSING, NAT_FLAG_REPLIED, NAT_NO_POOL,
-    NAT_TABLE_SIZE, NAT_TOUCH_NS, NatFlow, NatPool, NatReverse, NodeConfig, PROTO_TCP, PROTO_UDP, Stat, VipMeta,
-    nat_expired,
+    BACKEND_FLAG_ACTIVE, Backend, FlowKey, Iface, MAX_IFACES, MAX_NAT_POOLS, NAT_FLAG_CLOSING, NAT_FLAG_REPLIED,
+    NAT_NO_POOL, NAT_TABLE_SIZE, NAT_TOUCH_NS, NODE_FLAG_MULTI_IFACE, NatFlow, NatPool, NatReverse, NodeConfig,
+    PROTO_TCP, PROTO_UDP, Stat, VipMeta, nat_expired,
 };
 use lb_ebpf::{
     headers::{EthHdr, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN},
@@ -41,6 +41,14 @@ static XLB_NAT_FLOWS: HashMap<FlowKey, NatFlow, { NAT_TABLE_SIZE as usize }> = H
 /// Backend reply 5-tuple (backend → pool address and port) → the client side.
 #[btf_map]
 static XLB_NAT_REVERSE: HashMap<FlowKey, NatReverse, { NAT_TABLE_SIZE as usize }> = HashMap::new();
+
+/// The interfaces the agent runs on, by index (from 1), and the redirect map over the same
+/// indexes: a NAT packet leaves by another interface than it came in on through these.
+#[btf_map]
+static XLB_IFACES: Array<Iface, { MAX_IFACES as usize }> = Array::new();
+
+#[btf_map]
+static XLB_DEVS: DevMap<{ MAX_IFACES as usize }> = DevMap::new();
 
 /// Scratch space of the source claim (see `Claim`).
 #[btf_map]
@@ -74,6 +82,52 @@ fn sender_mac(ctx: &XdpContext) -> Option<[u8; 6]> {
     Some(unsafe { (*eth).src })
 }
 
+/// How a translated packet leaves: `iface` 0 back out of the interface it came in on (XDP_TX),
+/// else redirected to that index of `XLB_DEVS`; `mac` is the source MAC of that interface.
+pub struct Egress {
+    iface: u32,
+    mac: [u8; 6],
+}
+
+/// Where a packet that must leave by interface index `iface` (0: the one it came in on) goes.
+/// `None`: `iface` is not an interface the agent runs on.
+#[inline(always)]
+fn egress(ctx: &XdpContext, node: &NodeConfig, iface: u32) -> Option<Egress> {
+    let ingress = ctx.ingress_ifindex() as u32;
+    let iface = if iface != 0 {
+        iface
+    } else if node.flags & NODE_FLAG_MULTI_IFACE == 0 || ingress == node.ifindex {
+        // One interface (or its first): the common case, without a lookup.
+        return Some(Egress { iface: 0, mac: node.iface_mac });
+    } else {
+        iface_index(ingress)
+    };
+    let entry = XLB_IFACES.get(iface)?;
+    if entry.ifindex == 0 {
+        return None;
+    }
+    Some(Egress { iface: if entry.ifindex == ingress { 0 } else { iface }, mac: entry.mac })
+}
+
+/// The index in `XLB_IFACES` of the interface a packet came in on (0 if the agent runs on one
+/// interface, or it is not one of them).
+#[inline(always)]
+fn ingress_iface(ctx: &XdpContext, node: &NodeConfig) -> u32 {
+    if node.flags & NODE_FLAG_MULTI_IFACE == 0 { 0 } else { iface_index(ctx.ingress_ifindex() as u32) }
+}
+
+#[inline(always)]
+fn iface_index(ifindex: u32) -> u32 {
+    let mut index = 1;
+    while index < MAX_IFACES {
+        if XLB_IFACES.get(index).is_some_and(|e| e.ifindex == ifindex) {
+            return index;
+        }
+        index += 1;
+    }
+    0
+}
+
 /// A client packet of a NAT flow the forward table knows: translated toward its backend.
 /// `None`: not a known, live flow (the caller goes on to the VIP lookup). Inlined into the
 /// entry program: the established path must not pay a tail call.
@@ -100,16 +154,19 @@ pub fn forward_known(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &F
             (*entry).flags = known.flags | flags;
         }
     }
+    let Some(out) = egress(ctx, node, u32::from(backend.egress)) else {
+        return Some(counts.outcome(Stat::DropNoEgress));
+    };
     let to = Translation {
         saddr: known.source,
         daddr: backend.addr,
         sport: known.source_port,
         dport: known.backend_port,
         dst_mac: backend.mac,
-        src_mac: node.iface_mac,
+        src_mac: out.mac,
     };
     let result = translate_inline(&Frame::new(ctx), packet, &to);
-    Some(finish(counts, result, Some((known.backend, frame_len, false)), Stat::NatForwarded))
+    Some(finish(counts, result, &out, Some((known.backend, frame_len, false)), Stat::NatForwarded))
 }
 
 /// A client packet of a NAT VIP that the forward table does not know (or knows as expired or
@@ -139,6 +196,7 @@ pub fn forward_new(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &Flo
     let Some((slot, backend)) = table_pick(meta, flow, hash) else { return counts.outcome(Stat::DropNoBackend) };
     let backend_port = if backend.port != 0 { backend.port } else { flow.dport };
     let Some(client_mac) = sender_mac(ctx) else { return counts.outcome(Stat::TruncatedEth) };
+    let Some(out) = egress(ctx, node, u32::from(backend.egress)) else { return counts.outcome(Stat::DropNoEgress) };
     let now = now();
     let Some(claim) = XLB_NAT_CLAIM.get_ptr_mut(0) else { return counts.outcome(Stat::DropPoolExhausted) };
     // SAFETY: this CPU's scratch slot, used by this packet only (XDP runs to completion).
@@ -161,7 +219,7 @@ pub fn forward_new(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &Flo
         client_mac,
         pad: 0,
         flags: 0,
-        pad2: 0,
+        client_iface: ingress_iface(ctx, node),
         last_seen: now,
     };
     claim.pool = meta.pool;
@@ -208,9 +266,9 @@ pub fn forward_new(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &Flo
         sport: claim.key.dport,
         dport: backend_port,
         dst_mac: backend.mac,
-        src_mac: node.iface_mac,
+        src_mac: out.mac,
     };
-    finish(counts, translate(ctx, packet, &claim.to), Some((slot, frame_len, true)), Stat::NatForwarded)
+    finish(counts, translate(ctx, packet, &claim.to), &out, Some((slot, frame_len, true)), Stat::NatForwarded)
 }
 
 /// A backend's reply (its 5-tuple is in the reverse table): translated back to VIP → client.
@@ -231,30 +289,48 @@ pub fn reply(ctx: &XdpContext, counts: Counts, packet: &Packet) -> Option<u32> {
             (*entry).flags = known.flags | flags;
         }
     }
+    let Some(out) = egress(ctx, node, known.client_iface) else { return Some(counts.outcome(Stat::DropNoEgress)) };
     let to = Translation {
         saddr: known.vip,
         daddr: known.client,
         sport: known.vip_port,
         dport: known.client_port,
         dst_mac: known.client_mac,
-        src_mac: node.iface_mac,
+        src_mac: out.mac,
     };
-    Some(finish(counts, translate_inline(&Frame::new(ctx), packet, &to), None, Stat::NatReplied))
+    Some(finish(counts, translate_inline(&Frame::new(ctx), packet, &to), &out, None, Stat::NatReplied))
 }
 
-/// The verdict on a translated packet: sent back out (XDP_TX) and counted as `stat`, and on a
-/// backend slot if `traffic` names one; or the translation's drop.
+/// The verdict on a translated packet: sent out by `out` (back out, XDP_TX, or redirected to
+/// another interface) and counted as `stat`, and on a backend slot if `traffic` names one; or
+/// the translation's drop.
 #[inline(always)]
-fn finish(counts: Counts, translated: Result<(), Stat>, traffic: Option<(u32, u64, bool)>, stat: Stat) -> u32 {
-    match translated {
-        Ok(()) => {
-            if let Some((slot, bytes, new_flow)) = traffic {
-                add_traffic(slot, bytes, new_flow);
-            }
-            counts.sent(stat)
-        }
-        Err(drop) => counts.outcome(drop),
+fn finish(
+    counts: Counts,
+    translated: Result<(), Stat>,
+    out: &Egress,
+    traffic: Option<(u32, u64, bool)>,
+    stat: Stat,
+) -> u32 {
+    if let Err(drop) = translated {
+        return counts.outcome(drop);
     }
+    let action = if out.iface == 0 {
+        counts.sent(stat)
+    } else {
+        match XLB_DEVS.redirect(out.iface, 0) {
+            Ok(action) => {
+                counts.bump(Stat::NatRedirected);
+                counts.bump(stat);
+                action
+            }
+            Err(_) => return counts.outcome(Stat::DropNoEgress),
+        }
+    };
+    if let Some((slot, bytes, new_flow)) = traffic {
+        add_traffic(slot, bytes, new_flow);
+    }
+    action
 }
 
 /// Whether a flow is past its timeout, judged by both directions.
@@ -407,7 +483,8 @@ fn icmp_error_inner(ctx: &XdpContext, counts: Counts, packet: &Packet) -> Option
     // SAFETY: this CPU's scratch slot, used by this packet only.
     let scratch = unsafe { &mut *scratch };
     scratch.key = quote.flow_key(packet.family);
-    if let Some(entry) = XLB_NAT_FLOWS.get_ptr(&scratch.key) {
+    // The interface the error leaves by: toward the backend, or the client's.
+    let iface = if let Some(entry) = XLB_NAT_FLOWS.get_ptr(&scratch.key) {
         // SAFETY: a live value of the map; fields read one at a time.
         let entry = unsafe { &*entry };
         let backend = XLB_BACKENDS.get(entry.backend)?;
@@ -417,7 +494,7 @@ fn icmp_error_inner(ctx: &XdpContext, counts: Counts, packet: &Packet) -> Option
             sport: 0,
             dport: 0,
             dst_mac: backend.mac,
-            src_mac: node.iface_mac,
+            src_mac: [0; 6],
         };
         scratch.quote = QuoteTranslation {
             saddr: backend.addr,
@@ -425,6 +502,7 @@ fn icmp_error_inner(ctx: &XdpContext, counts: Counts, packet: &Packet) -> Option
             sport: entry.backend_port,
             dport: entry.source_port,
         };
+        u32::from(backend.egress)
     } else {
         let rev = XLB_NAT_REVERSE.get_ptr(&scratch.key)?;
         // SAFETY: as above.
@@ -435,13 +513,16 @@ fn icmp_error_inner(ctx: &XdpContext, counts: Counts, packet: &Packet) -> Option
             sport: 0,
             dport: 0,
             dst_mac: rev.client_mac,
-            src_mac: node.iface_mac,
+            src_mac: [0; 6],
         };
         scratch.quote =
             QuoteTranslation { saddr: rev.client, daddr: rev.vip, sport: rev.client_port, dport: rev.vip_port };
-    }
+        rev.client_iface
+    };
+    let Some(out) = egress(ctx, node, iface) else { return Some(counts.outcome(Stat::DropNoEgress)) };
+    scratch.to.src_mac = out.mac;
     if let Err(drop) = translate_quote(ctx, packet, &scratch.quote, &scratch.to) {
         return Some(counts.outcome(drop));
     }
-    Some(finish(counts, translate(ctx, packet, &scratch.to), None, Stat::NatIcmpTranslated))
+    Some(finish(counts, translate(ctx, packet, &scratch.to), &out, None, Stat::NatIcmpTranslated))
 }

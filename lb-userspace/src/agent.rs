@@ -32,7 +32,12 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub config: PathBuf,
+    /// The first interface XDP runs on: it names the pin directory, and its MAC is the source of
+    /// frames sent back out (single-armed).
     pub iface: String,
+    /// More interfaces the same program and maps run on (NAT backends name theirs; packets
+    /// leave by another interface through a redirect).
+    pub other_ifaces: Vec<String>,
     /// Overrides `agent.admin_socket` from the config.
     pub admin_socket: Option<PathBuf>,
     /// bpffs directory under which each interface's maps and link are pinned.
@@ -56,6 +61,29 @@ impl RunOptions {
 /// The pinned link's file in an interface's pin directory.
 pub fn link_pin(iface_dir: &std::path::Path) -> PathBuf {
     iface_dir.join("link")
+}
+
+/// The pinned link of another interface the same data plane runs on (`--iface` after the first).
+pub fn other_link_pin(iface_dir: &std::path::Path, iface: &str) -> PathBuf {
+    iface_dir.join(format!("link-{iface}"))
+}
+
+/// Every pinned link in an interface's pin directory: its own and those of other interfaces.
+pub fn link_pins(iface_dir: &std::path::Path) -> Vec<PathBuf> {
+    let others = std::fs::read_dir(iface_dir).into_iter().flatten().flatten().map(|e| e.path());
+    std::iter::once(link_pin(iface_dir))
+        .chain(others.filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("link-"))))
+        .collect()
+}
+
+/// The facts of every interface the agent runs on, the first one's as the node's.
+fn node_facts(opts: &RunOptions) -> anyhow::Result<NodeFacts> {
+    let read = |name: &String| iface::facts(name).with_context(|| format!("reading interface {name}"));
+    let mut facts = read(&opts.iface)?;
+    for name in &opts.other_ifaces {
+        facts.interfaces.extend(read(name)?.interfaces);
+    }
+    Ok(facts)
 }
 
 /// How often expired NAT flows are swept and pool usage recounted.
@@ -200,7 +228,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .or_else(|| config.agent.admin_socket.clone())
         .unwrap_or_else(|| PathBuf::from(admin::DEFAULT_SOCKET));
     let metrics_listen = opts.metrics_listen.or(config.agent.metrics_listen);
-    let facts = iface::facts(&opts.iface).with_context(|| format!("reading interface {}", opts.iface))?;
+    let facts = node_facts(&opts)?;
+    desired::check_interfaces(&config, &facts).map_err(|e| anyhow::anyhow!("{}: {e}", opts.config.display()))?;
     let sizes = TableSizes::of(&config.node);
     let pin_dir = opts.iface_pin_dir();
     let (mut program, maps, adopted) =
@@ -214,7 +243,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     };
     // Backends start up (a restart must not drop traffic while the first checks run).
     let (mut checker, mut health_rx) = Checker::start(health_targets(&config));
-    let (mut resolver, mut neighbors_rx) = Resolver::start(opts.iface.clone(), desired::neighbor_targets(&config));
+    let (mut resolver, mut neighbors_rx) = Resolver::start(desired::neighbor_targets(&config, &opts.iface));
     // A restart keeps the MACs the previous agent wrote until the kernel confirms or replaces
     // them, so its flows keep going while the first resolution runs.
     let mut states = BackendStates { neighbors: adopted_macs(&reconciler, &config), ..Default::default() };
@@ -244,7 +273,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         added = changes.added.len(),
         updated = changes.updated.len(),
         removed = changes.removed.len(),
-        mtu = facts.mtu,
+        mtu = state.facts.mtu,
         "data plane filled"
     );
 
@@ -255,6 +284,15 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             tracing::warn!(iface = %opts.iface, "the driver refused native XDP; attached in generic (skb) mode, which is much slower")
         }
         Attached::Replaced => tracing::info!(iface = %opts.iface, "replaced the running XDP program in place"),
+    }
+    for other in &opts.other_ifaces {
+        match program.attach_pinned(other, &other_link_pin(&pin_dir, other))? {
+            Attached::New(AttachMode::Native) => tracing::info!(iface = %other, "XDP attached in native mode"),
+            Attached::New(AttachMode::Generic) => {
+                tracing::warn!(iface = %other, "the driver refused native XDP; attached in generic (skb) mode, which is much slower, and redirects into it may fail")
+            }
+            Attached::Replaced => tracing::info!(iface = %other, "replaced the running XDP program in place"),
+        }
     }
     // Attached: from here the VIPs that are up may be announced.
     state.announce_up_vips();
@@ -364,8 +402,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     drop(resolver);
     let _ = std::fs::remove_file(&admin_socket);
     if opts.detach_on_exit {
-        dataplane::detach_pinned(&link)?;
-        tracing::info!(iface = %opts.iface, "XDP detached; exiting");
+        for link in link_pins(&pin_dir) {
+            dataplane::detach_pinned(&link)?;
+        }
+        tracing::info!(iface = %opts.iface, others = ?opts.other_ifaces, "XDP detached; exiting");
     } else {
         tracing::info!(iface = %opts.iface, pinned = %pin_dir.display(), "exiting; XDP stays attached and keeps forwarding");
     }
@@ -455,12 +495,16 @@ fn reload(opts: &RunOptions, state: &mut State, checker: &mut Checker, resolver:
             return;
         }
     };
-    // The interface's MTU or MAC may have changed since the last pass.
-    match iface::facts(&opts.iface) {
+    // The interfaces' MTU or MAC may have changed since the last pass.
+    match node_facts(opts) {
         Ok(now) => state.facts = now,
-        Err(e) => {
-            tracing::warn!(error = %e, iface = %opts.iface, "cannot re-read the interface; keeping its last MAC and MTU")
-        }
+        Err(e) => tracing::warn!(error = %e, "cannot re-read the interfaces; keeping their last MAC and MTU"),
+    }
+    if let Err(e) = desired::check_interfaces(&config, &state.facts) {
+        let message = format!("{}: {e}", opts.config.display());
+        tracing::error!(error = %message, "reload rejected; the previous configuration keeps serving");
+        state.last_reload = Some(ReloadOutcome { ok: false, message, at: now() });
+        return;
     }
     if config.agent != state.config.agent {
         tracing::warn!("agent.admin_socket / agent.metrics_listen changes take effect at the next start");
@@ -484,7 +528,7 @@ fn reload(opts: &RunOptions, state: &mut State, checker: &mut Checker, resolver:
         }
         (None, None) => {}
     }
-    resolver.replace(desired::neighbor_targets(&config));
+    resolver.replace(desired::neighbor_targets(&config, &opts.iface));
     prune_drains(&mut state.states, &config);
     state.config = config;
     state.config_generation += 1;

@@ -234,6 +234,9 @@ pub struct Backend {
     pub address: IpAddr,
     /// `mode: nat`: the port at the backend; the client's destination port when absent.
     pub port: Option<u16>,
+    /// `mode: nat`: the interface (one the agent runs on, `--iface`) that leads to the backend;
+    /// when absent, packets toward it leave by the interface they came in on.
+    pub interface: Option<String>,
     pub weight: u32,
     pub mac: Option<Mac>,
     /// Replaces the VIP's check for this backend (typically to probe another port).
@@ -608,6 +611,7 @@ struct RawVip {
 struct RawBackend {
     address: IpAddr,
     port: Option<u16>,
+    interface: Option<String>,
     weight: Option<u32>,
     mac: Option<Mac>,
     health_check: Option<Spanned<RawHealthCheck>>,
@@ -1221,6 +1225,18 @@ impl Checker<'_> {
                     "only mode: nat translates ports; direct server return keeps the VIP's port, so remove `port`",
                 ));
             }
+            if b.interface.is_some() && raw.mode != Mode::Nat {
+                return Err(self.err(
+                    &bat,
+                    bfield("interface"),
+                    "only mode: nat sends to backends by another interface; direct server return answers by the one the packet came in on, so remove `interface`",
+                ));
+            }
+            if let Some(name) = &b.interface
+                && (name.is_empty() || name.len() >= 16 || name.contains(['/', ' ']))
+            {
+                return Err(self.err(&bat, bfield("interface"), format!("`{name}` is not an interface name")));
+            }
             if b.port == Some(0) {
                 return Err(self.err(
                     &bat,
@@ -1292,7 +1308,14 @@ impl Checker<'_> {
                 }
                 None => None,
             };
-            backends.push(Backend { address: b.address, port: b.port, weight, mac: b.mac, health_check });
+            backends.push(Backend {
+                address: b.address,
+                port: b.port,
+                interface: b.interface,
+                weight,
+                mac: b.mac,
+                health_check,
+            });
         }
         // An l7 VIP's check probes each backend's own port unless it names one (port 0 here).
         let check_port = if raw.mode == Mode::L7 { 0 } else { port };

@@ -4,7 +4,10 @@ use std::path::{Path, PathBuf};
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
-    maps::{Array, ArrayOfMaps, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues, ProgramArray},
+    maps::{
+        Array, ArrayOfMaps, DevMap, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues, ProgramArray,
+        xdp::XdpMapError,
+    },
     programs::{
         ProgramError, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -14,7 +17,7 @@ use aya::{
 };
 use lb_common::{
     Backend, BackendCounters, DecapStat, Flow, FlowKey, MAGLEV_GROUP, MAGLEV_NO_BACKEND, MAGLEV_TABLE_FLAGS,
-    MaglevGroup, NatFlow, NatPool, NatReverse, NodeConfig, Stat, StatCounters, VipAddrKey, VipAddrPolicy, VipKey,
+    Iface, MaglevGroup, NatFlow, NatPool, NatReverse, NodeConfig, Stat, StatCounters, VipAddrKey, VipAddrPolicy, VipKey,
     VipMeta, maps, programs,
 };
 
@@ -95,6 +98,8 @@ pub struct Maps {
     nat_pools: Array<MapData, NatPool>,
     nat_flows: HashMap<MapData, FlowKey, NatFlow>,
     nat_reverse: HashMap<MapData, FlowKey, NatReverse>,
+    ifaces: Array<MapData, Iface>,
+    devs: DevMap<MapData>,
     cpus: usize,
 }
 
@@ -119,6 +124,8 @@ impl Maps {
             nat_pools: take(ebpf, maps::NAT_POOLS)?,
             nat_flows: take(ebpf, maps::NAT_FLOWS)?,
             nat_reverse: take(ebpf, maps::NAT_REVERSE)?,
+            ifaces: take(ebpf, maps::IFACES)?,
+            devs: take(ebpf, maps::DEVS)?,
             cpus: cpus()?,
         })
     }
@@ -192,6 +199,19 @@ impl Maps {
 
     pub(crate) fn set_node(&mut self, node: &NodeConfig) -> Result<(), DataplaneError> {
         self.node.set(0, node, 0).map_err(map_err(maps::NODE))
+    }
+
+    /// Interface `index` (from 1) of `maps::IFACES` and its redirect entry; `Iface::default()`
+    /// clears it (the data plane then drops what would leave by it; the stale redirect entry
+    /// is never used).
+    pub(crate) fn set_iface(&mut self, index: u32, iface: &Iface) -> Result<(), DataplaneError> {
+        if iface.ifindex != 0 {
+            self.devs.set(index, iface.ifindex, None, 0).map_err(|e| match e {
+                XdpMapError::MapError(e) => map_err(maps::DEVS)(e),
+                other => DataplaneError::Map { name: maps::DEVS, source: Box::new(MapError::IoError(std::io::Error::other(other))) },
+            })?;
+        }
+        self.ifaces.set(index, iface, 0).map_err(map_err(maps::IFACES))
     }
 
     pub(crate) fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), DataplaneError> {

@@ -12,19 +12,31 @@ use std::{
 
 use lb_common::{
     ADDR_FLAG_DROP_UNHASHABLE, BACKEND_FLAG_IPIP, FAMILY_V4, FAMILY_V6, FILTER_NAT_BACKEND, FILTER_NAT_POOL,
-    FILTER_NAT_VIP, FILTER_VIP, MAX_POOL_ADDRS, NAT_NO_POOL, NODE_FLAG_DNAT_ONLY, NODE_FLAG_TUNNEL_V4,
-    NODE_FLAG_TUNNEL_V6, NatPool, NodeConfig, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+    FILTER_NAT_VIP, FILTER_VIP, MAX_POOL_ADDRS, NAT_NO_POOL, NODE_FLAG_DNAT_ONLY, NODE_FLAG_MULTI_IFACE, NODE_FLAG_TUNNEL_V4,
+    NODE_FLAG_TUNNEL_V6, Iface, NatPool, NodeConfig, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
     VIP_FLAG_HASH_SOURCE_ONLY, VIP_FLAG_NAT, VipAddrKey, VipAddrPolicy, VipKey, addr_bucket,
 };
 
 use crate::config::{Backend, Config, HashFields, Mode, Prefix, Protocol, Unhashable, Vip};
 
 /// What the agent learns from the interface it attaches to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeFacts {
     pub iface_mac: [u8; 6],
     /// The interface's MTU; `node.mtu` in the config overrides it.
     pub mtu: u32,
+    /// The interface's index (0 when unknown).
+    pub ifindex: u32,
+    /// Every interface the agent runs on, the first one included, in `--iface` order: entry `i`
+    /// is index `i + 1` of `maps::IFACES`. Empty or one: xlb is one-armed.
+    pub interfaces: Vec<(String, Iface)>,
+}
+
+impl NodeFacts {
+    /// The `maps::IFACES` index of interface `name` (from 1), if the agent runs on it.
+    pub fn iface_index(&self, name: &str) -> Option<u16> {
+        self.interfaces.iter().position(|(n, _)| n == name).map(|i| i as u16 + 1)
+    }
 }
 
 /// A backend as its VIP and health name it: (VIP name, backend identity).
@@ -61,6 +73,8 @@ pub struct DesiredBackend {
     pub mac_known: bool,
     /// NAT: the port at the backend (network order); 0 keeps the client's destination port.
     pub port: u16,
+    /// NAT: the `maps::IFACES` index of its interface; 0: the one packets come in on.
+    pub egress: u16,
 }
 
 /// One VIP as the data plane should serve it.
@@ -104,6 +118,8 @@ pub struct DesiredState {
     pub pools: BTreeMap<u32, NatPool>,
     /// Pre-filter buckets and their `FILTER_*` bits.
     pub filter: BTreeMap<u32, u32>,
+    /// `maps::IFACES` from index 1 (the interfaces the agent runs on, when more than one).
+    pub ifaces: Vec<Iface>,
 }
 
 impl DesiredState {
@@ -116,7 +132,7 @@ impl DesiredState {
         // `mode: l7` VIPs are not the data plane's: their packets pass to the local stack, where
         // the agent's proxy listens (see `l7`), and they are announced from there.
         let l4 = || config.vips.iter().filter(|vip| vip.mode != Mode::L7);
-        let vips = l4().map(|vip| (vip_key(vip), desired_vip(vip, config, states))).collect();
+        let vips = l4().map(|vip| (vip_key(vip), desired_vip(vip, config, facts, states))).collect();
         let addrs = l4()
             .map(|vip| {
                 let (addr, family) = ip_words(vip.address);
@@ -125,8 +141,29 @@ impl DesiredState {
             })
             .collect();
         let pools = config.nat_pools.iter().enumerate().map(|(id, pool)| (id as u32, nat_pool(pool))).collect();
-        Self { node: node_config(config, facts), vips, addrs, pools, filter: filter(config) }
+        let ifaces = if facts.interfaces.len() > 1 { facts.interfaces.iter().map(|(_, i)| *i).collect() } else { Vec::new() };
+        Self { node: node_config(config, facts), vips, addrs, pools, filter: filter(config), ifaces }
     }
+}
+
+/// Every backend `interface:` must be one the agent runs on.
+pub fn check_interfaces(config: &Config, facts: &NodeFacts) -> Result<(), String> {
+    for vip in &config.vips {
+        for b in &vip.backends {
+            if let Some(name) = &b.interface
+                && facts.iface_index(name).is_none()
+            {
+                let running: Vec<&str> = facts.interfaces.iter().map(|(n, _)| n.as_str()).collect();
+                return Err(format!(
+                    "VIP `{}`, backend {}: interface `{name}` is not one the agent runs on ({}); add `--iface {name}` to `xlb run` or fix the name",
+                    vip.name,
+                    b.address,
+                    running.iter().map(|n| format!("--iface {n}")).collect::<Vec<_>>().join(" ")
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A configured pool as the data plane keeps it.
@@ -185,12 +222,22 @@ pub fn mac_source(vip: &Vip, backend: &Backend, config: &Config) -> Option<IpAdd
     }
 }
 
-/// Every address whose MAC the configuration leaves to neighbour resolution.
-pub fn neighbor_targets(config: &Config) -> BTreeSet<IpAddr> {
-    config.vips.iter().flat_map(|vip| vip.backends.iter().filter_map(|b| mac_source(vip, b, config))).collect()
+/// Every address whose MAC the configuration leaves to neighbour resolution, with the interface
+/// to resolve it on: the backend's `interface`, else `first` (the agent's first `--iface`).
+pub fn neighbor_targets(config: &Config, first: &str) -> BTreeMap<IpAddr, String> {
+    config
+        .vips
+        .iter()
+        .flat_map(|vip| {
+            vip.backends.iter().filter_map(|b| {
+                let iface = b.interface.clone().unwrap_or_else(|| first.to_owned());
+                mac_source(vip, b, config).map(|addr| (addr, iface))
+            })
+        })
+        .collect()
 }
 
-fn desired_vip(vip: &Vip, config: &Config, states: &BackendStates) -> DesiredVip {
+fn desired_vip(vip: &Vip, config: &Config, facts: &NodeFacts, states: &BackendStates) -> DesiredVip {
     let backends = vip
         .backends
         .iter()
@@ -215,6 +262,7 @@ fn desired_vip(vip: &Vip, config: &Config, states: &BackendStates) -> DesiredVip
                 drained,
                 mac_known: mac.is_some(),
                 port: b.port.unwrap_or(0).to_be(),
+                egress: b.interface.as_deref().and_then(|name| facts.iface_index(name)).unwrap_or(0),
             }
         })
         .collect();
@@ -243,6 +291,7 @@ fn node_config(config: &Config, facts: &NodeFacts) -> NodeConfig {
     let seconds = |d: std::time::Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
     let mut node = NodeConfig {
         iface_mac: facts.iface_mac,
+        ifindex: facts.ifindex,
         mtu: config.node.mtu.unwrap_or(facts.mtu),
         nat_tcp_timeout: seconds(config.node.nat_tcp_timeout),
         nat_closing_timeout: seconds(config.node.nat_closing_timeout),
@@ -251,6 +300,9 @@ fn node_config(config: &Config, facts: &NodeFacts) -> NodeConfig {
     };
     if config.vips.iter().any(|v| v.mode == Mode::Nat && v.snat_pool.is_none()) {
         node.flags |= NODE_FLAG_DNAT_ONLY;
+    }
+    if facts.interfaces.len() > 1 {
+        node.flags |= NODE_FLAG_MULTI_IFACE;
     }
     if let Some(Prefix { address, len }) = config.node.tunnel_source_v4 {
         let (addr, _) = ip_words(address);
@@ -372,7 +424,7 @@ mod tests {
         let mut config = Config { node: Default::default(), vips: vec![], ..Default::default() };
         config.node.tunnel_source_v4 = Some("172.16.5.77/24".parse().unwrap());
         config.node.tunnel_source_v6 = Some("fd00::1:0/112".parse().unwrap());
-        let facts = NodeFacts { iface_mac: [2, 0, 0, 0, 0, 1], mtu: 1500 };
+        let facts = NodeFacts { iface_mac: [2, 0, 0, 0, 0, 1], mtu: 1500, ifindex: 0, interfaces: Vec::new() };
         let node = DesiredState::new(&config, &facts).node;
         assert_eq!(node.tunnel_v4.to_ne_bytes(), [172, 16, 5, 0]);
         assert_eq!(node.tunnel_v4_mask.to_ne_bytes(), [255, 255, 255, 0]);
@@ -393,16 +445,17 @@ mod tests {
         config.vips[0].mode = Mode::DsrIpip;
         config.node.next_hop_mac = Some("02:00:00:00:00:fe".parse().unwrap());
         config.vips[0].backends = vec![
-            Backend { address: "10.0.0.1".parse().unwrap(), weight: 2, mac: None, health_check: None, port: None },
+            Backend { address: "10.0.0.1".parse().unwrap(), weight: 2, mac: None, health_check: None, port: None, interface: None },
             Backend {
                 address: "10.0.0.2".parse().unwrap(),
                 port: None,
+                interface: None,
                 weight: 1,
                 mac: Some("02:00:00:00:00:02".parse().unwrap()),
                 health_check: None,
             },
         ];
-        let state = DesiredState::new(&config, &NodeFacts { iface_mac: [0; 6], mtu: 1500 });
+        let state = DesiredState::new(&config, &NodeFacts { iface_mac: [0; 6], mtu: 1500, ifindex: 0, interfaces: Vec::new() });
         let v = state.vips.values().next().unwrap();
         assert_eq!(v.backends[0].mac, [2, 0, 0, 0, 0, 0xfe]);
         assert_eq!(v.backends[1].mac, [2, 0, 0, 0, 0, 2]);
@@ -416,13 +469,14 @@ mod tests {
         let backend = |a: &str, weight| Backend {
             address: a.parse().unwrap(),
             port: None,
+            interface: None,
             weight,
             mac: Some("02:00:00:00:00:01".parse().unwrap()),
             health_check: None,
         };
         config.vips[0].backends = vec![backend("10.0.0.1", 2), backend("10.0.0.2", 1), backend("10.0.0.3", 1)];
         config.vips[0].min_healthy = 2;
-        let facts = NodeFacts { iface_mac: [0; 6], mtu: 1500 };
+        let facts = NodeFacts { iface_mac: [0; 6], mtu: 1500, ifindex: 0, interfaces: Vec::new() };
         let at = |a: &str| ("v".to_owned(), a.to_owned());
         let weights = |states: &BackendStates| {
             let state = DesiredState::with_states(&config, &facts, states);
@@ -459,7 +513,7 @@ mod tests {
     #[test]
     fn backends_without_a_mac_take_the_resolved_one_or_no_flows() {
         let backend =
-            |a: &str| Backend { address: a.parse().unwrap(), weight: 1, mac: None, health_check: None, port: None };
+            |a: &str| Backend { address: a.parse().unwrap(), weight: 1, mac: None, health_check: None, port: None, interface: None };
         let mut l2 = vip("192.0.2.1", Protocol::Tcp, 80);
         l2.backends = vec![backend("10.0.0.1"), backend("10.0.0.2")];
         let mut ipip = vip("192.0.2.2", Protocol::Tcp, 80);
@@ -468,13 +522,18 @@ mod tests {
         ipip.backends = vec![backend("10.1.0.1"), backend("fd00:1::1")];
         let mut config = Config { node: Default::default(), vips: vec![l2, ipip], ..Default::default() };
         config.node.next_hop_v4 = Some("10.0.0.254".parse().unwrap());
-        let targets: Vec<String> = neighbor_targets(&config).iter().map(ToString::to_string).collect();
-        assert_eq!(targets, ["10.0.0.1", "10.0.0.2", "10.0.0.254", "fd00:1::1"], "router for v4, the backend for v6");
+        let targets: Vec<String> =
+            neighbor_targets(&config, "eth0").iter().map(|(a, iface)| format!("{a}@{iface}")).collect();
+        assert_eq!(
+            targets,
+            ["10.0.0.1@eth0", "10.0.0.2@eth0", "10.0.0.254@eth0", "fd00:1::1@eth0"],
+            "router for v4, the backend for v6"
+        );
 
         let mut states = BackendStates::default();
         states.neighbors.insert("10.0.0.1".parse().unwrap(), [2, 0, 0, 0, 0, 1]);
         states.neighbors.insert("10.0.0.254".parse().unwrap(), [2, 0, 0, 0, 0, 0xfe]);
-        let facts = NodeFacts { iface_mac: [0; 6], mtu: 1500 };
+        let facts = NodeFacts { iface_mac: [0; 6], mtu: 1500, ifindex: 0, interfaces: Vec::new() };
         let state = DesiredState::with_states(&config, &facts, &states);
         let backends: Vec<([u8; 6], u32, bool)> =
             state.vips.values().flat_map(|v| v.backends.iter().map(|b| (b.mac, b.weight, b.mac_known))).collect();
@@ -483,6 +542,6 @@ mod tests {
             [([2, 0, 0, 0, 0, 1], 1, true), ([0; 6], 0, false), ([2, 0, 0, 0, 0, 0xfe], 1, true), ([0; 6], 0, false),]
         );
         config.node.next_hop_mac = Some("02:00:00:00:00:aa".parse().unwrap());
-        assert_eq!(neighbor_targets(&config).len(), 2, "a configured next-hop MAC needs no resolution");
+        assert_eq!(neighbor_targets(&config, "eth0").len(), 2, "a configured next-hop MAC needs no resolution");
     }
 }

@@ -31,9 +31,10 @@ enum Command {
     Run {
         #[arg(long, short)]
         config: PathBuf,
-        /// Interface to attach XDP to.
-        #[arg(long, short)]
-        iface: String,
+        /// Interface to attach XDP to. Repeat it to run one data plane on several interfaces
+        /// (NAT backends then name theirs with `interface:`); the first names the pin directory.
+        #[arg(long, short, required = true)]
+        iface: Vec<String>,
         /// Admin socket [default: `agent.admin_socket` from the config, else /run/xlb/admin.sock].
         #[arg(long)]
         admin_socket: Option<PathBuf>,
@@ -139,7 +140,8 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Run { config, iface, admin_socket, pin_dir, detach_on_exit, no_watch, metrics_listen } => runtime()?
             .block_on(agent::run(agent::RunOptions {
                 config,
-                iface,
+                iface: iface[0].clone(),
+                other_ifaces: iface[1..].to_vec(),
                 admin_socket,
                 pin_dir,
                 detach_on_exit,
@@ -178,7 +180,10 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         }
         Command::Detach { iface, pin_dir, forget_flows } => {
             let dir = pin_dir.join(&iface);
-            let detached = xlb::dataplane::detach_pinned(&agent::link_pin(&dir))?;
+            let mut detached = false;
+            for link in agent::link_pins(&dir) {
+                detached |= xlb::dataplane::detach_pinned(&link)?;
+            }
             println!("{iface}: {}", if detached { "XDP detached" } else { "no pinned xlb link" });
             if forget_flows && dir.exists() {
                 std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;

@@ -13,7 +13,7 @@
 //! `base_reachable_time` (30 s by default).
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     ffi::CString,
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket},
@@ -378,34 +378,37 @@ pub fn solicit(iface: &str, addr: IpAddr) -> io::Result<()> {
     }
 }
 
-/// Keeps the MACs of a set of target addresses on one interface current.
+/// Addresses to resolve, each with the interface it is on-link on.
+pub type Targets = BTreeMap<IpAddr, String>;
+
+/// Keeps the MACs of a set of target addresses, each on its interface, current.
 ///
 /// One background task reads the neighbour table every second (the first time at once, and again
 /// at once after [`Resolver::replace`], and 100 ms after soliciting a target that had no entry),
 /// publishes the MAC of every target that has a usable
-/// entry on the interface, and solicits targets without one (and targets whose entry is stale,
+/// entry on its interface, and solicits targets without one (and targets whose entry is stale,
 /// so that the kernel re-verifies it) at most once a second each. The table dump and the
 /// solicitations are a handful of short syscalls; they run on tokio's blocking pool
 /// (`spawn_blocking`) anyway so that a slow dump of a very large table never holds up a runtime
 /// worker.
 ///
-/// Targets must be on-link on the interface (dsr-l2 backends, the dsr-ipip gateway): the kernel
+/// Targets must be on-link on their interface (dsr-l2 backends, the dsr-ipip gateway): the kernel
 /// resolves the next hop towards an address, and the table is keyed by that next hop.
 ///
 /// Dropping the resolver stops the task; receivers keep the last map and see the channel close.
 #[derive(Debug)]
 pub struct Resolver {
-    targets: watch::Sender<BTreeSet<IpAddr>>,
+    targets: watch::Sender<Targets>,
     task: AbortHandle,
 }
 
 impl Resolver {
-    /// Starts resolving `targets` on interface `iface`. Must be called within a tokio runtime.
-    /// The receiver starts with an empty map and is woken only when the map changes.
-    pub fn start(iface: String, targets: BTreeSet<IpAddr>) -> (Resolver, watch::Receiver<MacMap>) {
+    /// Starts resolving `targets`. Must be called within a tokio runtime. The receiver starts
+    /// with an empty map and is woken only when the map changes.
+    pub fn start(targets: Targets) -> (Resolver, watch::Receiver<MacMap>) {
         let (macs_tx, macs_rx) = watch::channel(MacMap::new());
         let (targets_tx, targets_rx) = watch::channel(targets.clone());
-        let mut tracker = Tracker { iface, targets: BTreeMap::new(), macs: macs_tx, last_error: None };
+        let mut tracker = Tracker { targets: BTreeMap::new(), macs: macs_tx, last_error: None };
         tracker.set_targets(targets, Instant::now());
         let task = tokio::spawn(run(tracker, targets_rx)).abort_handle();
         (Resolver { targets: targets_tx, task }, macs_rx)
@@ -413,7 +416,7 @@ impl Resolver {
 
     /// Resolves `targets` from now on (a reload). Removed targets leave the published map at the
     /// next pass, which runs at once; targets kept keep their MAC without a gap.
-    pub fn replace(&mut self, targets: BTreeSet<IpAddr>) {
+    pub fn replace(&mut self, targets: Targets) {
         self.targets.send_if_modified(|current| {
             if *current == targets {
                 return false;
@@ -430,7 +433,7 @@ impl Drop for Resolver {
     }
 }
 
-async fn run(mut tracker: Tracker, mut targets: watch::Receiver<BTreeSet<IpAddr>>) {
+async fn run(mut tracker: Tracker, mut targets: watch::Receiver<Targets>) {
     let mut tick = tokio::time::interval(PERIOD);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut follow_up = false;
@@ -470,7 +473,6 @@ async fn run(mut tracker: Tracker, mut targets: watch::Receiver<BTreeSet<IpAddr>
 /// The resolver's state, moved into the blocking pool for each pass.
 #[derive(Debug)]
 struct Tracker {
-    iface: String,
     targets: BTreeMap<IpAddr, Target>,
     macs: watch::Sender<MacMap>,
     /// The last error reading the table, logged once until it changes or clears.
@@ -479,6 +481,8 @@ struct Tracker {
 
 #[derive(Debug, Default)]
 struct Target {
+    /// The interface it is on-link on.
+    iface: String,
     /// Since when the target has had no usable entry (`None` while it has one).
     unresolved_since: Option<Instant>,
     /// Whether the warning about this unresolved episode was logged.
@@ -489,30 +493,30 @@ struct Target {
 }
 
 impl Tracker {
-    fn set_targets(&mut self, targets: BTreeSet<IpAddr>, now: Instant) {
-        self.targets.retain(|addr, _| targets.contains(addr));
-        for addr in targets {
-            self.targets.entry(addr).or_insert_with(|| Target { unresolved_since: Some(now), ..Target::default() });
+    fn set_targets(&mut self, targets: Targets, now: Instant) {
+        // A target that moved to another interface starts over.
+        self.targets.retain(|addr, target| targets.get(addr) == Some(&target.iface));
+        for (addr, iface) in targets {
+            self.targets.entry(addr).or_insert_with(|| Target { iface, unresolved_since: Some(now), ..Target::default() });
         }
     }
 
     /// Reads the table, publishes, solicits. Says whether it solicited a target that had no
     /// usable entry (one whose answer is worth looking for soon).
     fn pass(&mut self, now: Instant) -> bool {
-        let iface = self.iface.as_str();
-        let observed = ifindex(iface).and_then(|index| Ok((index, dump()?)));
+        let observed = self.indexes().and_then(|indexes| Ok((indexes, dump()?)));
         let entries = match observed {
-            Ok((index, neighbors)) => {
+            Ok((indexes, neighbors)) => {
                 if let Some(error) = self.last_error.take() {
-                    tracing::info!(iface, %error, "neighbour table readable again");
+                    tracing::info!(%error, "neighbour table readable again");
                 }
-                usable_entries(&neighbors, index, &self.targets)
+                usable_entries(&neighbors, &indexes)
             }
             Err(e) => {
                 // Keep publishing the last MACs: a transient error must not take backends away.
                 let error = e.to_string();
                 if self.last_error.as_ref() != Some(&error) {
-                    tracing::warn!(iface, %error, "cannot read the neighbour table; keeping the last known MACs");
+                    tracing::warn!(%error, "cannot read the neighbour table; keeping the last known MACs");
                     self.last_error = Some(error);
                 }
                 return false;
@@ -521,6 +525,7 @@ impl Tracker {
         self.publish(entries.iter().map(|(addr, (mac, _))| (*addr, *mac)).collect());
         let mut solicited_unresolved = false;
         for (addr, target) in &mut self.targets {
+            let iface = target.iface.as_str();
             let (resolved, stale) = match entries.get(addr) {
                 Some((_, state)) => {
                     if target.warned
@@ -565,25 +570,40 @@ impl Tracker {
         solicited_unresolved
     }
 
+    /// Each target's interface index (an interface that is gone fails the whole pass: the last
+    /// MACs stay published).
+    fn indexes(&self) -> io::Result<BTreeMap<IpAddr, u32>> {
+        let mut by_name: BTreeMap<&str, u32> = BTreeMap::new();
+        let mut out = BTreeMap::new();
+        for (addr, target) in &self.targets {
+            let index = match by_name.get(target.iface.as_str()) {
+                Some(index) => *index,
+                None => *by_name.entry(&target.iface).or_insert(ifindex(&target.iface)?),
+            };
+            out.insert(*addr, index);
+        }
+        Ok(out)
+    }
+
     /// Publishes `macs` if it differs from the current map, logging what changed.
     fn publish(&self, macs: MacMap) {
-        let iface = self.iface.as_str();
+        let iface = |addr: &IpAddr| self.targets.get(addr).map_or("", |t| t.iface.as_str());
         self.macs.send_if_modified(|current| {
             if *current == macs {
                 return false;
             }
             for (addr, mac) in &macs {
                 match current.get(addr) {
-                    None => tracing::info!(iface, %addr, mac = %format_mac(mac), "neighbour MAC learned"),
+                    None => tracing::info!(iface = iface(addr), %addr, mac = %format_mac(mac), "neighbour MAC learned"),
                     Some(old) if old != mac => {
-                        tracing::info!(iface, %addr, old = %format_mac(old), mac = %format_mac(mac), "neighbour MAC changed");
+                        tracing::info!(iface = iface(addr), %addr, old = %format_mac(old), mac = %format_mac(mac), "neighbour MAC changed");
                     }
                     Some(_) => {}
                 }
             }
             for (addr, old) in current.iter() {
                 if !macs.contains_key(addr) && self.targets.contains_key(addr) {
-                    tracing::info!(iface, %addr, old = %format_mac(old), "neighbour MAC lost; soliciting");
+                    tracing::info!(iface = iface(addr), %addr, old = %format_mac(old), "neighbour MAC lost; soliciting");
                 }
             }
             *current = macs;
@@ -592,16 +612,12 @@ impl Tracker {
     }
 }
 
-/// MAC and state of each target with a usable entry on interface `index`. All-zero MACs (some
-/// NOARP devices) are not usable for forwarding.
-fn usable_entries<V>(
-    neighbors: &[Neighbor],
-    index: u32,
-    targets: &BTreeMap<IpAddr, V>,
-) -> BTreeMap<IpAddr, ([u8; 6], u16)> {
+/// MAC and state of each target (address → the index of its interface) with a usable entry on
+/// its interface. All-zero MACs (some NOARP devices) are not usable for forwarding.
+fn usable_entries(neighbors: &[Neighbor], targets: &BTreeMap<IpAddr, u32>) -> BTreeMap<IpAddr, ([u8; 6], u16)> {
     neighbors
         .iter()
-        .filter(|n| n.ifindex == index && is_usable(n.state) && targets.contains_key(&n.addr))
+        .filter(|n| targets.get(&n.addr) == Some(&n.ifindex) && is_usable(n.state))
         .filter_map(|n| n.mac.filter(|mac| *mac != [0; 6]).map(|mac| (n.addr, (mac, n.state))))
         .collect()
 }
@@ -852,7 +868,9 @@ mod tests {
         let b: IpAddr = "10.213.0.3".parse().unwrap();
         let c: IpAddr = "10.213.0.4".parse().unwrap();
         let d: IpAddr = "10.213.0.5".parse().unwrap();
-        let targets: BTreeMap<IpAddr, ()> = [a, b, c, d].into_iter().map(|x| (x, ())).collect();
+        let e: IpAddr = "10.213.0.6".parse().unwrap();
+        let mut targets: BTreeMap<IpAddr, u32> = [a, b, c, d].into_iter().map(|x| (x, 3)).collect();
+        targets.insert(e, 4);
         let n = |ifindex, addr, mac, state| Neighbor { ifindex, addr, mac, state };
         let neighbors = [
             n(3, a, Some(MAC), libc::NUD_STALE),
@@ -861,9 +879,11 @@ mod tests {
             n(3, c, Some(MAC), libc::NUD_FAILED),
             n(3, d, Some([0; 6]), libc::NUD_NOARP),
             n(3, "10.213.0.9".parse().unwrap(), Some(MAC), libc::NUD_REACHABLE), // not a target
+            n(3, e, Some(MAC), libc::NUD_REACHABLE), // e is a target on interface 4
+            n(4, e, Some([2; 6]), libc::NUD_REACHABLE),
         ];
-        let usable = usable_entries(&neighbors, 3, &targets);
-        assert_eq!(usable, BTreeMap::from([(a, (MAC, libc::NUD_STALE))]));
+        let usable = usable_entries(&neighbors, &targets);
+        assert_eq!(usable, BTreeMap::from([(a, (MAC, libc::NUD_STALE)), (e, ([2; 6], libc::NUD_REACHABLE))]));
     }
 
     #[test]

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 
 use lb_common::{
-    BACKEND_FLAG_ACTIVE, Backend, BackendCounters, MAX_BACKENDS, MAX_VIPS, NatPool, NodeConfig, VipAddrKey,
+    BACKEND_FLAG_ACTIVE, Backend, BackendCounters, Iface, MAX_BACKENDS, MAX_VIPS, NatPool, NodeConfig, VipAddrKey,
     VipAddrPolicy, VipKey, VipMeta,
 };
 
@@ -67,6 +67,8 @@ pub struct Reconciler {
     filter: BTreeMap<u32, u32>,
     /// NAT pools by id.
     pools: BTreeMap<u32, NatPool>,
+    /// `maps::IFACES` from index 1.
+    ifaces: Vec<Iface>,
     /// Slots no VIP uses any more that are still to be marked retired in the map. A slot leaves
     /// its VIP's record when it is queued here, so a failed pass retries it next time and never
     /// retires it twice (by then it may belong to another backend).
@@ -84,6 +86,7 @@ impl Default for Reconciler {
             addrs: BTreeMap::new(),
             filter: BTreeMap::new(),
             pools: BTreeMap::new(),
+            ifaces: Vec::new(),
             to_retire: Vec::new(),
             // Pop from the end: lowest slots first.
             free_slots: (0..MAX_BACKENDS).rev().collect(),
@@ -137,6 +140,7 @@ impl Reconciler {
                     drained: false,
                     mac_known: true,
                     port: b.port,
+                    egress: b.egress,
                 })
                 .collect();
             let vip = DesiredVip {
@@ -186,6 +190,7 @@ impl Reconciler {
         // its VIP entry appears.
         self.sync_addrs(desired, maps)?;
         self.sync_pools(&desired.pools, maps)?;
+        self.sync_ifaces(&desired.ifaces, maps)?;
 
         // What an earlier, failed pass left to retire.
         self.retire_queued(maps)
@@ -397,7 +402,7 @@ impl Reconciler {
                 generation: self.generations[slot as usize],
                 vip_id,
                 port: backend.port,
-                pad: 0,
+                egress: backend.egress,
             },
         )
     }
@@ -458,6 +463,20 @@ impl Reconciler {
             maps.set_nat_pool(id, &NatPool::default()).map_err(write)?;
             self.pools.remove(&id);
         }
+        Ok(())
+    }
+
+    /// The interfaces (before any backend names one): entries written where they differ, the
+    /// rest of a shorter list cleared.
+    fn sync_ifaces(&mut self, desired: &[Iface], maps: &mut Maps) -> Result<(), ReconcileError> {
+        let write = |source| ReconcileError::Write { endpoint: "interfaces".into(), source: Box::new(source) };
+        for i in 0..desired.len().max(self.ifaces.len()) {
+            let want = desired.get(i).copied().unwrap_or_default();
+            if self.ifaces.get(i).copied().unwrap_or_default() != want {
+                maps.set_iface(i as u32 + 1, &want).map_err(write)?;
+            }
+        }
+        self.ifaces = desired.to_vec();
         Ok(())
     }
 

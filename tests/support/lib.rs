@@ -178,7 +178,7 @@ nat_pools:
 "#;
 
 /// The node the harness pretends to be: the interface the program runs on.
-pub const FACTS: NodeFacts = NodeFacts { iface_mac: packets::LB_MAC, mtu: 1500 };
+pub const FACTS: NodeFacts = NodeFacts { iface_mac: packets::LB_MAC, mtu: 1500, ifindex: 0, interfaces: Vec::new() };
 
 /// Connection-table size for harness instances (tests load many objects in parallel).
 pub const TEST_FLOW_TABLE_SIZE: u32 = 65536;
