@@ -15,7 +15,7 @@ use std::{
 use xlb_tests::{
     netns::Process,
     require_root,
-    topology::{Topology, assert_spread, backend_v4, backend_v6, edge_client_v4, node_v4},
+    topology::{FAR_V4, FAR_V6, Topology, assert_spread, backend_v4, backend_v6, edge_client_v4, node_v4},
 };
 
 const VIP4: &str = "10.210.100.1";
@@ -314,4 +314,53 @@ fn nat_flows_survive_an_agent_sigkill_and_restart() {
     let stats = topo.stats().expect("the new agent answers");
     assert_eq!(stats.counter("drop_nat_unavailable"), Some(0));
     assert_eq!(stats.counter("drop_nat_no_flow"), Some(0), "no flow lost its NAT state");
+}
+
+/// A two-armed node: clients on `eth0`, the backend behind `eth1` (its own link, no route to
+/// anything else). One data plane runs on both interfaces; packets to the backend leave by
+/// `eth1` and its replies by `eth0`, both through the XDP redirect — every NAT packet of the
+/// test is counted as redirected, none as sent back out of its own interface.
+#[test]
+fn nat_through_a_second_interface_redirects_both_ways() {
+    require_root!();
+    let mut topo = Topology::edge(1, 1, 0, &[]);
+    let far = topo.add_far_backend();
+    topo.node().ip(&["addr", "add", "10.230.0.100/24", "dev", "eth1"]);
+    topo.node().ip(&["addr", "add", "fd00:230::100/64", "dev", "eth1", "nodad", "preferred_lft", "0"]);
+    topo.serve("0.0.0.0", 8080);
+    topo.serve("::", 8081);
+    topo.route_vips_statically(&[VIP4, VIP6]);
+    let mut config = String::from(
+        "nat_pools:\n  - name: far4\n    addresses: [10.230.0.100]\n    ports: 20000-29999\n  - name: far6\n    addresses: [\"fd00:230::100\"]\n    ports: 20000-29999\nvips:\n",
+    );
+    for (protocol, v6) in [("tcp", false), ("udp", false), ("tcp", true), ("udp", true)] {
+        let (address, pool, backend, port) =
+            if v6 { (VIP6, "far6", FAR_V6, 8081) } else { (VIP4, "far4", FAR_V4, 8080) };
+        config.push_str(&format!(
+            "  - name: {protocol}{}\n    address: {address}\n    port: 80\n    protocol: {protocol}\n    mode: nat\n    snat_pool: {pool}\n    backends:\n      - {{ address: \"{backend}\", port: {port}, interface: eth1 }}\n",
+            if v6 { 6 } else { 4 }
+        ));
+    }
+    topo.start_agent_with(&config, &["--iface", "eth1"]);
+
+    let name = format!("be{far}");
+    for (vip, what) in [(VIP4, "IPv4"), (VIP6, "IPv6")] {
+        let (seen, failed) = topo.tcp_requests(vip, 80, 100);
+        assert_eq!((failed, seen.get(&name)), (0, Some(&100)), "{what} TCP: {seen:?}");
+        let (seen, failed) = topo.udp_requests(vip, 80, 100);
+        assert_eq!((failed, seen.get(&name)), (0, Some(&100)), "{what} UDP: {seen:?}");
+    }
+    let stats = topo.stats().unwrap();
+    let count = |name: &str| stats.counter(name).unwrap_or_else(|| panic!("{name} counted"));
+    let (forwarded, replied, redirected) = (count("nat_forwarded"), count("nat_replied"), count("nat_redirected"));
+    // 200 TCP connections (SYN, ACK, data, FIN, ACK at least) and 200 UDP exchanges each way.
+    assert!(forwarded >= 200 * 4 + 200 && replied >= 200 * 3 + 200, "forwarded {forwarded}, replied {replied}");
+    eprintln!("forwarded {forwarded}, replied {replied}, redirected {redirected}");
+    assert_eq!(redirected, forwarded + replied, "every NAT packet left by the other interface");
+    assert_eq!(count("drop_no_egress"), 0);
+
+    // The client has no route to the backend's link: only the node connects them.
+    let direct = SocketAddr::new(FAR_V4.parse().unwrap(), 8080);
+    let reached = topo.client().run(move || TcpStream::connect_timeout(&direct, Duration::from_millis(500)).is_ok());
+    assert!(!reached.join().unwrap(), "no path from the client to the far backend except through xlb");
 }

@@ -1933,6 +1933,16 @@ mod tests {
                 "only mode: nat translates ports; direct server return keeps the VIP's port, so remove `port`",
             ),
             (
+                vip("    backends:\n      - { address: 10.1.0.1, interface: eth1 }\n"),
+                "vips[0].backends[0].interface",
+                "only mode: nat sends to backends by another interface; direct server return answers by the one the packet came in on, so remove `interface`",
+            ),
+            (
+                format!("{NAT}    backends:\n      - {{ address: 10.1.0.1, interface: \"a/b\" }}\n"),
+                "vips[0].backends[0].interface",
+                "`a/b` is not an interface name",
+            ),
+            (
                 NAT.replace("protocol: tcp", "protocol: icmp").replace("    port: 80\n", ""),
                 "vips[0].mode",
                 "NAT translates ports: use it with tcp or udp VIPs",

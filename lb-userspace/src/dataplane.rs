@@ -16,8 +16,8 @@ use aya::{
     util::nr_cpus,
 };
 use lb_common::{
-    Backend, BackendCounters, DecapStat, Flow, FlowKey, MAGLEV_GROUP, MAGLEV_NO_BACKEND, MAGLEV_TABLE_FLAGS,
-    Iface, MaglevGroup, NatFlow, NatPool, NatReverse, NodeConfig, Stat, StatCounters, VipAddrKey, VipAddrPolicy, VipKey,
+    Backend, BackendCounters, DecapStat, Flow, FlowKey, Iface, MAGLEV_GROUP, MAGLEV_NO_BACKEND, MAGLEV_TABLE_FLAGS,
+    MaglevGroup, NatFlow, NatPool, NatReverse, NodeConfig, Stat, StatCounters, VipAddrKey, VipAddrPolicy, VipKey,
     VipMeta, maps, programs,
 };
 
@@ -208,7 +208,10 @@ impl Maps {
         if iface.ifindex != 0 {
             self.devs.set(index, iface.ifindex, None, 0).map_err(|e| match e {
                 XdpMapError::MapError(e) => map_err(maps::DEVS)(e),
-                other => DataplaneError::Map { name: maps::DEVS, source: Box::new(MapError::IoError(std::io::Error::other(other))) },
+                other => DataplaneError::Map {
+                    name: maps::DEVS,
+                    source: Box::new(MapError::IoError(std::io::Error::other(other))),
+                },
             })?;
         }
         self.ifaces.set(index, iface, 0).map_err(map_err(maps::IFACES))

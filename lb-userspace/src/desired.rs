@@ -12,8 +12,8 @@ use std::{
 
 use lb_common::{
     ADDR_FLAG_DROP_UNHASHABLE, BACKEND_FLAG_IPIP, FAMILY_V4, FAMILY_V6, FILTER_NAT_BACKEND, FILTER_NAT_POOL,
-    FILTER_NAT_VIP, FILTER_VIP, MAX_POOL_ADDRS, NAT_NO_POOL, NODE_FLAG_DNAT_ONLY, NODE_FLAG_MULTI_IFACE, NODE_FLAG_TUNNEL_V4,
-    NODE_FLAG_TUNNEL_V6, Iface, NatPool, NodeConfig, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+    FILTER_NAT_VIP, FILTER_VIP, Iface, MAX_POOL_ADDRS, NAT_NO_POOL, NODE_FLAG_DNAT_ONLY, NODE_FLAG_MULTI_IFACE,
+    NODE_FLAG_TUNNEL_V4, NODE_FLAG_TUNNEL_V6, NatPool, NodeConfig, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
     VIP_FLAG_HASH_SOURCE_ONLY, VIP_FLAG_NAT, VipAddrKey, VipAddrPolicy, VipKey, addr_bucket,
 };
 
@@ -141,7 +141,8 @@ impl DesiredState {
             })
             .collect();
         let pools = config.nat_pools.iter().enumerate().map(|(id, pool)| (id as u32, nat_pool(pool))).collect();
-        let ifaces = if facts.interfaces.len() > 1 { facts.interfaces.iter().map(|(_, i)| *i).collect() } else { Vec::new() };
+        let ifaces =
+            if facts.interfaces.len() > 1 { facts.interfaces.iter().map(|(_, i)| *i).collect() } else { Vec::new() };
         Self { node: node_config(config, facts), vips, addrs, pools, filter: filter(config), ifaces }
     }
 }
@@ -445,7 +446,14 @@ mod tests {
         config.vips[0].mode = Mode::DsrIpip;
         config.node.next_hop_mac = Some("02:00:00:00:00:fe".parse().unwrap());
         config.vips[0].backends = vec![
-            Backend { address: "10.0.0.1".parse().unwrap(), weight: 2, mac: None, health_check: None, port: None, interface: None },
+            Backend {
+                address: "10.0.0.1".parse().unwrap(),
+                weight: 2,
+                mac: None,
+                health_check: None,
+                port: None,
+                interface: None,
+            },
             Backend {
                 address: "10.0.0.2".parse().unwrap(),
                 port: None,
@@ -455,7 +463,8 @@ mod tests {
                 health_check: None,
             },
         ];
-        let state = DesiredState::new(&config, &NodeFacts { iface_mac: [0; 6], mtu: 1500, ifindex: 0, interfaces: Vec::new() });
+        let state =
+            DesiredState::new(&config, &NodeFacts { iface_mac: [0; 6], mtu: 1500, ifindex: 0, interfaces: Vec::new() });
         let v = state.vips.values().next().unwrap();
         assert_eq!(v.backends[0].mac, [2, 0, 0, 0, 0, 0xfe]);
         assert_eq!(v.backends[1].mac, [2, 0, 0, 0, 0, 2]);
@@ -512,8 +521,14 @@ mod tests {
 
     #[test]
     fn backends_without_a_mac_take_the_resolved_one_or_no_flows() {
-        let backend =
-            |a: &str| Backend { address: a.parse().unwrap(), weight: 1, mac: None, health_check: None, port: None, interface: None };
+        let backend = |a: &str| Backend {
+            address: a.parse().unwrap(),
+            weight: 1,
+            mac: None,
+            health_check: None,
+            port: None,
+            interface: None,
+        };
         let mut l2 = vip("192.0.2.1", Protocol::Tcp, 80);
         l2.backends = vec![backend("10.0.0.1"), backend("10.0.0.2")];
         let mut ipip = vip("192.0.2.2", Protocol::Tcp, 80);
@@ -543,5 +558,54 @@ mod tests {
         );
         config.node.next_hop_mac = Some("02:00:00:00:00:aa".parse().unwrap());
         assert_eq!(neighbor_targets(&config, "eth0").len(), 2, "a configured next-hop MAC needs no resolution");
+    }
+
+    #[test]
+    fn nat_backends_leave_by_their_interface_and_unknown_interfaces_are_refused() {
+        let mut config = Config {
+            node: Default::default(),
+            vips: vec![vip("192.0.2.1", Protocol::Tcp, 80), vip("192.0.2.2", Protocol::Tcp, 80)],
+            ..Default::default()
+        };
+        config.vips[1].name = "near".into();
+        for v in &mut config.vips {
+            v.mode = Mode::Nat;
+        }
+        let backend = |a: &str, interface: Option<&str>| Backend {
+            address: a.parse().unwrap(),
+            port: None,
+            interface: interface.map(str::to_owned),
+            weight: 1,
+            mac: Some("02:00:00:00:00:01".parse().unwrap()),
+            health_check: None,
+        };
+        config.vips[0].backends = vec![backend("10.1.0.1", Some("eth1"))];
+        config.vips[1].backends = vec![backend("10.0.0.1", None)];
+        let iface = |ifindex, last| Iface { ifindex, mac: [2, 0, 0, 0, 0, last], pad: 0 };
+        let mut facts = NodeFacts {
+            iface_mac: [2, 0, 0, 0, 0, 1],
+            mtu: 1500,
+            ifindex: 4,
+            interfaces: vec![("eth0".into(), iface(4, 1)), ("eth1".into(), iface(7, 2))],
+        };
+        assert_eq!(check_interfaces(&config, &facts), Ok(()));
+        let state = DesiredState::new(&config, &facts);
+        let egress: Vec<u16> = state.vips.values().map(|v| v.backends[0].egress).collect();
+        assert_eq!(egress, [2, 0], "eth1 is index 2; no interface: the one packets come in on");
+        assert_eq!(state.ifaces, [iface(4, 1), iface(7, 2)]);
+        assert_ne!(state.node.flags & NODE_FLAG_MULTI_IFACE, 0);
+        assert_eq!(state.node.ifindex, 4);
+        let targets = neighbor_targets(&config, "eth0");
+        assert_eq!(targets.get(&"10.1.0.1".parse().unwrap()), None, "configured MACs need no resolution");
+
+        facts.interfaces.truncate(1);
+        let err = check_interfaces(&config, &facts).unwrap_err();
+        assert_eq!(
+            err,
+            "VIP `v`, backend 10.1.0.1: interface `eth1` is not one the agent runs on (--iface eth0); add `--iface eth1` to `xlb run` or fix the name"
+        );
+        let one_armed = DesiredState::new(&config, &facts);
+        assert!(one_armed.ifaces.is_empty());
+        assert_eq!(one_armed.node.flags & NODE_FLAG_MULTI_IFACE, 0);
     }
 }

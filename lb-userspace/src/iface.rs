@@ -49,7 +49,9 @@ pub fn facts(iface: &str) -> std::io::Result<NodeFacts> {
     let mtu = unsafe { mtu.ifr_ifru.ifru_mtu };
     let mtu = u32::try_from(mtu).map_err(|_| invalid("negative MTU"))?;
     // SAFETY: the name is NUL-free and shorter than IFNAMSIZ (checked above).
-    let ifindex = unsafe { libc::if_nametoindex(std::ffi::CString::new(name).map_err(|_| invalid("not a valid interface name"))?.as_ptr()) };
+    let ifindex = unsafe {
+        libc::if_nametoindex(std::ffi::CString::new(name).map_err(|_| invalid("not a valid interface name"))?.as_ptr())
+    };
     if ifindex == 0 {
         return Err(std::io::Error::last_os_error());
     }

@@ -497,7 +497,11 @@ impl Tracker {
         // A target that moved to another interface starts over.
         self.targets.retain(|addr, target| targets.get(addr) == Some(&target.iface));
         for (addr, iface) in targets {
-            self.targets.entry(addr).or_insert_with(|| Target { iface, unresolved_since: Some(now), ..Target::default() });
+            self.targets.entry(addr).or_insert_with(|| Target {
+                iface,
+                unresolved_since: Some(now),
+                ..Target::default()
+            });
         }
     }
 
@@ -879,7 +883,7 @@ mod tests {
             n(3, c, Some(MAC), libc::NUD_FAILED),
             n(3, d, Some([0; 6]), libc::NUD_NOARP),
             n(3, "10.213.0.9".parse().unwrap(), Some(MAC), libc::NUD_REACHABLE), // not a target
-            n(3, e, Some(MAC), libc::NUD_REACHABLE), // e is a target on interface 4
+            n(3, e, Some(MAC), libc::NUD_REACHABLE),                             // e is a target on interface 4
             n(4, e, Some([2; 6]), libc::NUD_REACHABLE),
         ];
         let usable = usable_entries(&neighbors, &targets);

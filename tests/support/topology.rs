@@ -73,6 +73,10 @@ pub struct Topology {
     processes: Vec<Process>,
 }
 
+/// The backend of `add_far_backend`, behind node 0's second interface.
+pub const FAR_V4: &str = "10.230.0.2";
+pub const FAR_V6: &str = "fd00:230::2";
+
 /// The router's address on the segment.
 pub const ROUTER_V4: &str = "10.210.0.254";
 pub const ROUTER_V6: &str = "fd00:210::254";
@@ -283,6 +287,38 @@ impl Topology {
             }
             router.ip(&args.iter().map(String::as_str).collect::<Vec<_>>());
         }
+    }
+
+    /// A backend on a link of its own to node 0's second interface, `eth1` (10.230.0.1,
+    /// fd00:230::1 on the node; the backend at `FAR_V4` / `FAR_V6`, without a default route):
+    /// only a two-armed node reaches it. Joins `backends` (its name is `be<index>`). The
+    /// backend's side runs the pass program, as the switch side does, to take XDP frames.
+    pub fn add_far_backend(&mut self) -> usize {
+        let index = self.backends.len();
+        let ns = Netns::new(&format!("bf{index}"));
+        let node = &self.nodes[0];
+        veth(node, "eth1", &ns, "eth0");
+        node.ip(&["addr", "add", "10.230.0.1/24", "dev", "eth1"]);
+        node.ip(&["addr", "add", "fd00:230::1/64", "dev", "eth1", "nodad"]);
+        ns.ip(&["addr", "add", &format!("{FAR_V4}/24"), "dev", "eth0"]);
+        ns.ip(&["addr", "add", &format!("{FAR_V6}/64"), "dev", "eth0", "nodad"]);
+        for (netns, dev) in [(node, "eth1"), (&ns, "eth0")] {
+            sh("ip", &["netns", "exec", &netns.name, "ethtool", "-K", dev, "tx", "off"]);
+        }
+        // Connection-per-request loads through a NAT meet TIME_WAIT on reused sources.
+        sh("ip", &["netns", "exec", &ns.name, "sysctl", "-qw", "net.ipv4.tcp_max_tw_buckets=0"]);
+        let name = ns.name.clone();
+        let pass = ns
+            .run(move || {
+                let mut floor = Loaded::floor().expect("load the pass program");
+                floor.attach("eth0").unwrap_or_else(|e| panic!("attach XDP to eth0 in {name}: {e}"));
+                floor
+            })
+            .join()
+            .expect("attach thread");
+        self.switch_xdp.push(pass);
+        self.backends.push(ns);
+        index
     }
 
     /// Starts, on every backend, a TCP server and a UDP server on `vip:port` that answer each
