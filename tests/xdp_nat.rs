@@ -5,9 +5,10 @@
 
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use lb_common::{FlowKey, NAT_FLAG_CLOSING, PROTO_TCP, Stat};
-use xlb::testrun::XdpAction;
+use xlb::{desired::NodeFacts, testrun::XdpAction};
 use xlb_tests::{
     Balancer,
+    netns::Netns,
     packets::{CLIENT_MAC, Frame, L4, LB_MAC, hex, icmp_too_big, icmp_too_big_with_ttl, ip_and_8},
     require_root,
 };
@@ -308,4 +309,62 @@ fn icmp_errors_about_nat_flows_are_translated_both_ways() {
     let stray = Frame::v4("192.0.2.10", "203.0.113.8", L4::TcpAck { sport: 80, dport: 1 });
     let frame = icmp_too_big("198.51.100.99", "192.0.2.10", 1280, &ip_and_8(&stray.build()));
     assert_eq!(lb.run(&frame).action, XdpAction::Pass);
+}
+
+/// The ifindex of `dev` in namespace `ns` (from `ip -o link`: "N: name@peer: ...").
+fn ifindex_in(ns: &Netns, dev: &str) -> u32 {
+    let out = ns.ip(&["-o", "link", "show", dev]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split(':').next().and_then(|n| n.trim().parse().ok()).unwrap_or_else(|| panic!("ifindex of {dev}: {text}"))
+}
+
+/// Two interfaces, one data plane: a client packet that comes in on `xa` toward a backend behind
+/// `xb` is redirected (XDP_REDIRECT into `XLB_DEVS`) with `xb`'s MAC as source, the backend's
+/// reply coming in on `xb` is redirected back toward the client with `xa`'s; a reply that comes
+/// in on the client's own interface is sent straight back out (XDP_TX). Byte for byte.
+#[test]
+fn two_armed_nat_redirects_toward_the_backend_and_back_to_the_client() {
+    require_root!();
+    const XB_MAC: [u8; 6] = [2, 0, 0, 0, 0xb, 0xb];
+    // The redirect map takes only interfaces that exist where the agent runs: make two.
+    let ns = Netns::new("xr");
+    ns.ip(&["link", "add", "xa", "type", "veth", "peer", "name", "xb"]);
+    let (xa, xb) = (ifindex_in(&ns, "xa"), ifindex_in(&ns, "xb"));
+    let run = ns.run(move || {
+        let iface = |ifindex, mac| lb_common::Iface { ifindex, mac, pad: 0 };
+        let facts = NodeFacts {
+            iface_mac: LB_MAC,
+            mtu: 1500,
+            ifindex: xa,
+            interfaces: vec![("xa".into(), iface(xa, LB_MAC)), ("xb".into(), iface(xb, XB_MAC))],
+        };
+        let config = CONFIG.replace(
+            "      - { address: 10.1.0.1, port: 8080, mac: \"02:00:00:00:01:01\" }",
+            "      - { address: 10.1.0.1, port: 8080, mac: \"02:00:00:00:01:01\", interface: xb }",
+        );
+        let lb = Balancer::with_facts(&config, &facts);
+
+        let syn = Frame::v4("203.0.113.7", "192.0.2.10", L4::TcpSyn { sport: 51000, dport: 80 });
+        let out = lb.run_on(&syn.build(), xa);
+        assert_eq!(out.action, XdpAction::Redirect, "toward the backend's interface");
+        let (src, sport) = source(&out.packet);
+        let expected = Frame::v4(&src, "10.1.0.1", L4::TcpSyn { sport, dport: 8080 }).ttl(63);
+        assert_eq!(hex(&out.packet), hex(&with_macs(expected.build(), BACKEND_MAC, XB_MAC)), "forward bytes");
+
+        let reply = Frame::v4("10.1.0.1", &src, L4::TcpAck { sport: 8080, dport: sport });
+        let back = Frame::v4("192.0.2.10", "203.0.113.7", L4::TcpAck { sport: 80, dport: 51000 }).ttl(63);
+        let out = lb.run_on(&reply.build(), xb);
+        assert_eq!(out.action, XdpAction::Redirect, "back toward the client's interface");
+        assert_eq!(hex(&out.packet), hex(&with_macs(back.build(), CLIENT_MAC, LB_MAC)), "reply bytes");
+
+        // Coming in on the client's interface already, the reply goes straight back out.
+        let out = lb.run_on(&reply.build(), xa);
+        assert_eq!(out.action, XdpAction::Tx);
+        assert_eq!(hex(&out.packet), hex(&with_macs(back.build(), CLIENT_MAC, LB_MAC)));
+
+        assert_eq!(lb.stat(Stat::NatRedirected), 2);
+        assert_eq!((lb.stat(Stat::NatForwarded), lb.stat(Stat::NatReplied)), (1, 2));
+        assert_eq!(lb.stat(Stat::DropNoEgress), 0);
+    });
+    run.join().expect("the two-armed fixture");
 }

@@ -53,10 +53,20 @@ pub struct Outcome {
 
 /// Runs `packet` through `prog` once.
 pub fn run(prog: &Xdp, packet: &[u8]) -> Result<Outcome, TestRunError> {
+    run_on(prog, packet, 0)
+}
+
+/// `run` as if the frame came in on interface `ingress_ifindex` (of the caller's network
+/// namespace; 0: the kernel's default, the loopback device).
+pub fn run_on(prog: &Xdp, packet: &[u8], ingress_ifindex: u32) -> Result<Outcome, TestRunError> {
     let mut out = vec![0u8; packet.len() + OUTPUT_HEADROOM];
+    // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
+    let ctx: Vec<u8> =
+        [0, packet.len() as u32, 0, ingress_ifindex, 0, 0].iter().flat_map(|v| v.to_ne_bytes()).collect();
     let result = prog.test_run(TestRunOptions {
         data_in: Some(packet),
         data_out: Some(&mut out),
+        ctx_in: (ingress_ifindex != 0).then_some(ctx.as_slice()),
         repeat: 1,
         ..Default::default()
     })?;

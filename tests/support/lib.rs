@@ -210,10 +210,25 @@ impl Balancer {
 
     /// A balancer from another build of the XDP object (an ELF file's bytes).
     pub fn from_object(yaml: &str, sizes: TableSizes, object: &[u8]) -> Self {
+        Self::build(yaml, sizes, object, &FACTS)
+    }
+
+    /// A balancer on the interfaces `facts` describes (they must exist in the caller's network
+    /// namespace: the redirect map takes only real interfaces).
+    pub fn with_facts(yaml: &str, facts: &NodeFacts) -> Self {
+        Self::build(
+            yaml,
+            TableSizes { flows: TEST_FLOW_TABLE_SIZE, nat: TEST_NAT_TABLE_SIZE },
+            xlb::dataplane::BALANCER_OBJECT,
+            facts,
+        )
+    }
+
+    fn build(yaml: &str, sizes: TableSizes, object: &[u8], facts: &NodeFacts) -> Self {
         let config = parse_config(yaml);
         let (program, mut maps) = Loaded::balancer_from(object, sizes).expect("the XDP object loads and verifies");
         let mut reconciler = Reconciler::new();
-        reconciler.apply(&DesiredState::new(&config, &FACTS), &mut maps).expect("maps accept the config");
+        reconciler.apply(&DesiredState::new(&config, facts), &mut maps).expect("maps accept the config");
         Self { program, maps, reconciler, config }
     }
 
@@ -224,7 +239,12 @@ impl Balancer {
     }
 
     pub fn run(&self, packet: &[u8]) -> Outcome {
-        testrun::run(self.program.xdp().expect("program"), packet).expect("BPF_PROG_TEST_RUN")
+        self.run_on(packet, 0)
+    }
+
+    /// `run` as if the frame came in on interface `ifindex`.
+    pub fn run_on(&self, packet: &[u8], ifindex: u32) -> Outcome {
+        testrun::run_on(self.program.xdp().expect("program"), packet, ifindex).expect("BPF_PROG_TEST_RUN")
     }
 
     pub fn stat(&self, stat: Stat) -> u64 {
