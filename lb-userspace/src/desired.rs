@@ -149,6 +149,10 @@ impl DesiredState {
 
 /// Every backend `interface:` must be one the agent runs on.
 pub fn check_interfaces(config: &Config, facts: &NodeFacts) -> Result<(), String> {
+    let most = lb_common::MAX_IFACES as usize - 1;
+    if facts.interfaces.len() > most {
+        return Err(format!("xlb runs on at most {most} interfaces; give fewer `--iface`"));
+    }
     for vip in &config.vips {
         for b in &vip.backends {
             if let Some(name) = &b.interface

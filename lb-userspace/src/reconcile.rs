@@ -12,8 +12,8 @@
 use std::collections::BTreeMap;
 
 use lb_common::{
-    BACKEND_FLAG_ACTIVE, Backend, BackendCounters, Iface, MAX_BACKENDS, MAX_VIPS, NatPool, NodeConfig, VipAddrKey,
-    VipAddrPolicy, VipKey, VipMeta,
+    BACKEND_FLAG_ACTIVE, Backend, BackendCounters, Iface, MAX_BACKENDS, MAX_IFACES, MAX_VIPS, NatPool, NodeConfig,
+    VipAddrKey, VipAddrPolicy, VipKey, VipMeta,
 };
 
 use crate::{
@@ -67,8 +67,9 @@ pub struct Reconciler {
     filter: BTreeMap<u32, u32>,
     /// NAT pools by id.
     pools: BTreeMap<u32, NatPool>,
-    /// `maps::IFACES` from index 1.
-    ifaces: Vec<Iface>,
+    /// `maps::IFACES` from index 1, as written; `None` until the first pass, which writes every
+    /// slot (a pinned map may hold a previous agent's interfaces).
+    ifaces: Option<Vec<Iface>>,
     /// Slots no VIP uses any more that are still to be marked retired in the map. A slot leaves
     /// its VIP's record when it is queued here, so a failed pass retries it next time and never
     /// retires it twice (by then it may belong to another backend).
@@ -86,7 +87,7 @@ impl Default for Reconciler {
             addrs: BTreeMap::new(),
             filter: BTreeMap::new(),
             pools: BTreeMap::new(),
-            ifaces: Vec::new(),
+            ifaces: None,
             to_retire: Vec::new(),
             // Pop from the end: lowest slots first.
             free_slots: (0..MAX_BACKENDS).rev().collect(),
@@ -467,16 +468,17 @@ impl Reconciler {
     }
 
     /// The interfaces (before any backend names one): entries written where they differ, the
-    /// rest of a shorter list cleared.
+    /// rest cleared.
     fn sync_ifaces(&mut self, desired: &[Iface], maps: &mut Maps) -> Result<(), ReconcileError> {
         let write = |source| ReconcileError::Write { endpoint: "interfaces".into(), source: Box::new(source) };
-        for i in 0..desired.len().max(self.ifaces.len()) {
+        let slots = MAX_IFACES as usize - 1;
+        for i in 0..slots {
             let want = desired.get(i).copied().unwrap_or_default();
-            if self.ifaces.get(i).copied().unwrap_or_default() != want {
+            if self.ifaces.as_ref().is_none_or(|written| written.get(i).copied().unwrap_or_default() != want) {
                 maps.set_iface(i as u32 + 1, &want).map_err(write)?;
             }
         }
-        self.ifaces = desired.to_vec();
+        self.ifaces = Some(desired.to_vec());
         Ok(())
     }
 
