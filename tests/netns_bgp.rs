@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use xlb::bgp::{Announce, BfdConfig, BgpConfig, BgpPeer, PeerStatus, Speaker};
 use xlb_tests::{
     bird::{self, Bird, Neighbor},
-    netns::{Netns, sh, veth},
+    netns::{Netns, veth},
 };
 
 const ROUTER_V4: &str = "10.211.0.1";
@@ -148,19 +148,17 @@ impl Lab {
         let join = |ns: &Netns, port: &str, v4: &str, v6: &str| {
             veth(ns, "eth0", &switch, port);
             switch.ip(&["link", "set", port, "master", "br0"]);
-            for sysctl in ["net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"] {
-                sh("ip", &["netns", "exec", &ns.name, "sysctl", "-qw", sysctl]);
-            }
+            ns.sysctl(&["net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"]);
             ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", "eth0"]);
             ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"]);
         };
         let router = Netns::new("brt");
         join(&router, "p-rt", ROUTER_V4, ROUTER_V6);
-        for sysctl in
-            ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1", "net.ipv4.fib_multipath_hash_policy=1"]
-        {
-            sh("ip", &["netns", "exec", &router.name, "sysctl", "-qw", sysctl]);
-        }
+        router.sysctl(&[
+            "net.ipv4.ip_forward=1",
+            "net.ipv6.conf.all.forwarding=1",
+            "net.ipv4.fib_multipath_hash_policy=1",
+        ]);
         let nodes = (0..nodes)
             .map(|i| {
                 let ns = Netns::new(&format!("bn{i}"));

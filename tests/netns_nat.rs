@@ -79,7 +79,7 @@ fn nat_topology() -> Topology {
         be.ip(&["route", "del", "default"]);
         be.ip(&["-6", "route", "del", "default"]);
         // Connection-per-request loads through a NAT meet TIME_WAIT on reused sources.
-        xlb_tests::netns::sh("ip", &["netns", "exec", &be.name, "sysctl", "-qw", "net.ipv4.tcp_max_tw_buckets=0"]);
+        be.sysctl(&["net.ipv4.tcp_max_tw_buckets=0"]);
     }
     for addr in POOL4.iter().chain(&SMALL_POOL) {
         topo.node().ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
@@ -182,7 +182,7 @@ fn a_two_address_pool_fills_at_exactly_its_capacity() {
     // A backend whose listener never accepts: established connections wait in its accept
     // queue (sized for all of them), costing this process no file descriptors.
     let backend = &topo.backends[0];
-    xlb_tests::netns::sh("ip", &["netns", "exec", &backend.name, "sysctl", "-qw", "net.core.somaxconn=65535"]);
+    backend.sysctl(&["net.core.somaxconn=65535"]);
     let listener = backend
         .run(|| {
             let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");

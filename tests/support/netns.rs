@@ -52,6 +52,13 @@ impl Netns {
         sh("ip", &all)
     }
 
+    /// `sysctl -w` each `key=value` inside the namespace.
+    pub fn sysctl(&self, settings: &[&str]) {
+        for setting in settings {
+            sh("ip", &["netns", "exec", &self.name, "sysctl", "-qw", setting]);
+        }
+    }
+
     /// A command to run inside the namespace (`ip netns exec`).
     pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new("ip");

@@ -73,6 +73,25 @@ pub struct Topology {
     processes: Vec<Process>,
 }
 
+/// Frames leaving through XDP carry no checksum-offload state: senders must put real checksums
+/// on the wire, as NICs do.
+fn no_tx_offload(ns: &Netns, dev: &str) {
+    sh("ip", &["netns", "exec", &ns.name, "ethtool", "-K", dev, "tx", "off"]);
+}
+
+/// The pass-everything XDP program on `dev` in `ns` (detached when dropped): the receiving side
+/// of a veth takes XDP frames (XDP_TX, redirects) only while it runs XDP itself.
+fn attach_pass(ns: &Netns, dev: &str) -> Loaded {
+    let (name, dev) = (ns.name.clone(), dev.to_owned());
+    ns.run(move || {
+        let mut floor = Loaded::floor().expect("load the pass program");
+        floor.attach(&dev).unwrap_or_else(|e| panic!("attach XDP to {dev} in {name}: {e}"));
+        floor
+    })
+    .join()
+    .expect("attach thread")
+}
+
 /// The backend of `add_far_backend`, behind node 0's second interface.
 pub const FAR_V4: &str = "10.230.0.2";
 pub const FAR_V6: &str = "fd00:230::2";
@@ -118,24 +137,14 @@ impl Topology {
         let switch = Netns::new("sw");
         switch.ip(&["link", "add", "br0", "type", "bridge"]);
         switch.ip(&["link", "set", "br0", "up"]);
-        let sysctls = |ns: &Netns, list: &[&str]| {
-            for sysctl in list {
-                sh("ip", &["netns", "exec", &ns.name, "sysctl", "-qw", sysctl]);
-            }
-        };
-        let no_offload = |ns: &Netns, dev: &str| {
-            // Frames leaving through XDP carry no checksum-offload state: senders must put
-            // real checksums on the wire, as NICs do.
-            sh("ip", &["netns", "exec", &ns.name, "ethtool", "-K", dev, "tx", "off"]);
-        };
         let join = |ns: &Netns, port: &str, mac: Option<String>| {
             veth(ns, "eth0", &switch, port);
             if let Some(mac) = mac {
                 ns.ip(&["link", "set", "eth0", "address", &mac]);
             }
             switch.ip(&["link", "set", port, "master", "br0"]);
-            no_offload(ns, "eth0");
-            sysctls(ns, &["net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"]);
+            no_tx_offload(ns, "eth0");
+            ns.sysctl(&["net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"]);
         };
         let addr = |ns: &Netns, dev: &str, v4: &str, v6: &str| {
             ns.ip(&["addr", "add", v4, "dev", dev]);
@@ -153,23 +162,20 @@ impl Topology {
             let router = Netns::new("rt");
             join(&router, "p-rt", None);
             addr(&router, "eth0", &format!("{ROUTER_V4}/24"), &format!("{ROUTER_V6}/64"));
-            sysctls(
-                &router,
-                &[
-                    "net.ipv4.ip_forward=1",
-                    "net.ipv6.conf.all.forwarding=1",
-                    // Spread flows over ECMP nexthops by L4 ports, not just addresses.
-                    "net.ipv4.fib_multipath_hash_policy=1",
-                    "net.ipv6.fib_multipath_hash_policy=1",
-                ],
-            );
+            router.sysctl(&[
+                "net.ipv4.ip_forward=1",
+                "net.ipv6.conf.all.forwarding=1",
+                // Spread flows over ECMP nexthops by L4 ports, not just addresses.
+                "net.ipv4.fib_multipath_hash_policy=1",
+                "net.ipv6.fib_multipath_hash_policy=1",
+            ]);
             for c in 0..routed_clients {
                 let client = Netns::new(&format!("cl{c}"));
-                sysctls(&client, &["net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"]);
+                client.sysctl(&["net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"]);
                 let port = format!("c{c}");
                 veth(&client, "eth0", &router, &port);
-                no_offload(&client, "eth0");
-                no_offload(&router, &port);
+                no_tx_offload(&client, "eth0");
+                no_tx_offload(&router, &port);
                 addr(&client, "eth0", &format!("{}/24", edge_client_v4(c)), &format!("{}/64", edge_client_v6(c)));
                 addr(&router, &port, &format!("10.220.{c}.1/24"), &format!("fd00:220:{c}::1/64"));
                 client.ip(&["route", "add", "default", "via", &format!("10.220.{c}.1")]);
@@ -200,17 +206,14 @@ impl Topology {
             let ns = Netns::new(&format!("be{i}"));
             join(&ns, &format!("p-be{i}"), Some(backend_mac(i)));
             addr(&ns, "eth0", &format!("{}/24", backend_v4(i)), &format!("{}/64", backend_v6(i)));
-            sysctls(
-                &ns,
-                &[
-                    "net.ipv4.conf.all.arp_ignore=1",
-                    "net.ipv4.conf.all.arp_announce=2",
-                    "net.ipv4.conf.eth0.arp_ignore=1",
-                    "net.ipv4.conf.eth0.arp_announce=2",
-                    "net.ipv4.conf.all.rp_filter=0",
-                    "net.ipv4.conf.eth0.rp_filter=0",
-                ],
-            );
+            ns.sysctl(&[
+                "net.ipv4.conf.all.arp_ignore=1",
+                "net.ipv4.conf.all.arp_announce=2",
+                "net.ipv4.conf.eth0.arp_ignore=1",
+                "net.ipv4.conf.eth0.arp_announce=2",
+                "net.ipv4.conf.all.rp_filter=0",
+                "net.ipv4.conf.eth0.rp_filter=0",
+            ]);
             for vip in vips {
                 let len = if vip.contains(':') { 128 } else { 32 };
                 ns.ip(&["addr", "add", &format!("{vip}/{len}"), "dev", "lo"]);
@@ -223,19 +226,7 @@ impl Topology {
         std::fs::create_dir_all(&dir).expect("temp dir");
         // Nodes answer with XDP_TX into their veth; the switch side of a veth only takes XDP
         // frames while it runs XDP itself: give it the pass-everything program.
-        let switch_xdp = (0..nodes)
-            .map(|i| {
-                let (switch_name, port) = (switch.name.clone(), node_port(i));
-                switch
-                    .run(move || {
-                        let mut floor = Loaded::floor().expect("load the pass program");
-                        floor.attach(&port).unwrap_or_else(|e| panic!("attach XDP to {port} in {switch_name}: {e}"));
-                        floor
-                    })
-                    .join()
-                    .expect("attach thread")
-            })
-            .collect();
+        let switch_xdp = (0..nodes).map(|i| attach_pass(&switch, &node_port(i))).collect();
         Self {
             clients,
             nodes: node_list,
@@ -302,21 +293,11 @@ impl Topology {
         node.ip(&["addr", "add", "fd00:230::1/64", "dev", "eth1", "nodad"]);
         ns.ip(&["addr", "add", &format!("{FAR_V4}/24"), "dev", "eth0"]);
         ns.ip(&["addr", "add", &format!("{FAR_V6}/64"), "dev", "eth0", "nodad"]);
-        for (netns, dev) in [(node, "eth1"), (&ns, "eth0")] {
-            sh("ip", &["netns", "exec", &netns.name, "ethtool", "-K", dev, "tx", "off"]);
-        }
+        no_tx_offload(node, "eth1");
+        no_tx_offload(&ns, "eth0");
         // Connection-per-request loads through a NAT meet TIME_WAIT on reused sources.
-        sh("ip", &["netns", "exec", &ns.name, "sysctl", "-qw", "net.ipv4.tcp_max_tw_buckets=0"]);
-        let name = ns.name.clone();
-        let pass = ns
-            .run(move || {
-                let mut floor = Loaded::floor().expect("load the pass program");
-                floor.attach("eth0").unwrap_or_else(|e| panic!("attach XDP to eth0 in {name}: {e}"));
-                floor
-            })
-            .join()
-            .expect("attach thread");
-        self.switch_xdp.push(pass);
+        ns.sysctl(&["net.ipv4.tcp_max_tw_buckets=0"]);
+        self.switch_xdp.push(attach_pass(&ns, "eth0"));
         self.backends.push(ns);
         index
     }
