@@ -98,6 +98,13 @@ fn dropped(lb: &Balancer, frame: &[u8], stat: Stat, case: &str) {
     assert_eq!(lb.stat(stat), before + 1, "{case}: counted as {}", stat.name());
 }
 
+/// Backend → pool address: the output is exactly `expected` (built fresh: VIP → client, TTL one
+/// less), sent to the MAC the client's packets came from.
+fn reply_checked(lb: &Balancer, reply: &Frame, expected: &Frame, case: &str) {
+    let out = sent(lb, &reply.build(), Stat::NatReplied, case);
+    assert_eq!(hex(&out), hex(&with_macs(expected.build(), CLIENT_MAC, LB_MAC)), "{case}: output bytes");
+}
+
 /// Client → VIP: the output is the same packet from a pool address and port to the backend's
 /// address and port, TTL one less, to the backend's MAC — checked byte for byte against a
 /// frame built fresh with those fields. Returns the source (address, port) the flow got.
@@ -137,10 +144,9 @@ fn tcp_v4_both_directions_with_port_translation() {
     // The backend's reply goes back from the VIP to the client, to the MAC the client's
     // packets came from.
     let reply = Frame::v4("10.1.0.1", &src, L4::TcpAck { sport: 8080, dport: sport }).payload_len(300);
-    let out = sent(&lb, &reply.build(), Stat::NatReplied, "reply");
     let expected =
         Frame::v4("192.0.2.10", "203.0.113.7", L4::TcpAck { sport: 80, dport: 51000 }).payload_len(300).ttl(63);
-    assert_eq!(hex(&out), hex(&with_macs(expected.build(), CLIENT_MAC, LB_MAC)), "reply bytes");
+    reply_checked(&lb, &reply, &expected, "reply");
 
     // A reply to a source nobody holds is not ours.
     let stray = Frame::v4("10.1.0.1", &src, L4::TcpAck { sport: 8080, dport: 1 }).build();
@@ -161,9 +167,8 @@ fn tcp_v6_both_directions() {
     assert_eq!(hex(&out), hex(&with_macs(expected.build(), BACKEND_MAC, LB_MAC)));
 
     let reply = Frame::v6("fd00::1", &src, L4::TcpAck { sport: 8080, dport: sport });
-    let out = sent(&lb, &reply.build(), Stat::NatReplied, "v6 reply");
     let expected = Frame::v6("2001:db8::10", "2001:db8:c::7", L4::TcpAck { sport: 80, dport: 51000 }).ttl(63);
-    assert_eq!(hex(&out), hex(&with_macs(expected.build(), CLIENT_MAC, LB_MAC)));
+    reply_checked(&lb, &reply, &expected, "v6 reply");
 }
 
 #[test]
@@ -181,9 +186,8 @@ fn udp_keeps_the_port_and_a_zero_ipv4_checksum() {
     assert_eq!(&out[14 + 20 + 6..14 + 20 + 8], &[0, 0], "no checksum stays no checksum");
 
     let reply = Frame::v4("10.1.0.2", &src, L4::Udp { sport: 53, dport: sport });
-    let out = sent(&lb, &reply.build(), Stat::NatReplied, "UDP reply");
     let expected = Frame::v4("192.0.2.10", "203.0.113.8", L4::Udp { sport: 53, dport: 5353 }).ttl(63);
-    assert_eq!(hex(&out), hex(&with_macs(expected.build(), CLIENT_MAC, LB_MAC)));
+    reply_checked(&lb, &reply, &expected, "UDP reply");
 }
 
 #[test]
@@ -195,9 +199,8 @@ fn dnat_only_keeps_the_client_address() {
     assert_eq!((src.as_str(), sport), ("203.0.113.9", 52000), "the client's own address and port");
 
     let reply = Frame::v4("10.1.0.3", "203.0.113.9", L4::TcpAck { sport: 80, dport: 52000 });
-    let out = sent(&lb, &reply.build(), Stat::NatReplied, "DNAT reply");
     let expected = Frame::v4("192.0.2.20", "203.0.113.9", L4::TcpAck { sport: 80, dport: 52000 }).ttl(63);
-    assert_eq!(hex(&out), hex(&with_macs(expected.build(), CLIENT_MAC, LB_MAC)));
+    reply_checked(&lb, &reply, &expected, "DNAT reply");
 }
 
 #[test]
