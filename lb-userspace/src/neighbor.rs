@@ -580,9 +580,14 @@ impl Tracker {
         let mut by_name: BTreeMap<&str, u32> = BTreeMap::new();
         let mut out = BTreeMap::new();
         for (addr, target) in &self.targets {
-            let index = match by_name.get(target.iface.as_str()) {
+            let iface = target.iface.as_str();
+            let index = match by_name.get(iface) {
                 Some(index) => *index,
-                None => *by_name.entry(&target.iface).or_insert(ifindex(&target.iface)?),
+                None => {
+                    let index = ifindex(iface)?;
+                    by_name.insert(iface, index);
+                    index
+                }
             };
             out.insert(*addr, index);
         }
