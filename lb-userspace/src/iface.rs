@@ -48,13 +48,7 @@ pub fn facts(iface: &str) -> std::io::Result<NodeFacts> {
     // SAFETY: SIOCGIFMTU filled the mtu member of the union.
     let mtu = unsafe { mtu.ifr_ifru.ifru_mtu };
     let mtu = u32::try_from(mtu).map_err(|_| invalid("negative MTU"))?;
-    // SAFETY: the name is NUL-free and shorter than IFNAMSIZ (checked above).
-    let ifindex = unsafe {
-        libc::if_nametoindex(std::ffi::CString::new(name).map_err(|_| invalid("not a valid interface name"))?.as_ptr())
-    };
-    if ifindex == 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let ifindex = crate::neighbor::ifindex(iface)?;
     let interfaces = vec![(iface.to_owned(), lb_common::Iface { ifindex, mac, pad: 0 })];
     Ok(NodeFacts { iface_mac: mac, mtu, ifindex, interfaces })
 }
