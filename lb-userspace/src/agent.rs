@@ -277,21 +277,15 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         "data plane filled"
     );
 
-    let link = link_pin(&pin_dir);
-    match program.attach_pinned(&opts.iface, &link)? {
-        Attached::New(AttachMode::Native) => tracing::info!(iface = %opts.iface, "XDP attached in native mode"),
-        Attached::New(AttachMode::Generic) => {
-            tracing::warn!(iface = %opts.iface, "the driver refused native XDP; attached in generic (skb) mode, which is much slower")
-        }
-        Attached::Replaced => tracing::info!(iface = %opts.iface, "replaced the running XDP program in place"),
-    }
-    for other in &opts.other_ifaces {
-        match program.attach_pinned(other, &other_link_pin(&pin_dir, other))? {
-            Attached::New(AttachMode::Native) => tracing::info!(iface = %other, "XDP attached in native mode"),
+    let links = std::iter::once((&opts.iface, link_pin(&pin_dir)))
+        .chain(opts.other_ifaces.iter().map(|other| (other, other_link_pin(&pin_dir, other))));
+    for (iface, link) in links {
+        match program.attach_pinned(iface, &link)? {
+            Attached::New(AttachMode::Native) => tracing::info!(%iface, "XDP attached in native mode"),
             Attached::New(AttachMode::Generic) => {
-                tracing::warn!(iface = %other, "the driver refused native XDP; attached in generic (skb) mode, which is much slower, and redirects into it may fail")
+                tracing::warn!(%iface, "the driver refused native XDP; attached in generic (skb) mode, which is much slower, and redirects into it may fail")
             }
-            Attached::Replaced => tracing::info!(iface = %other, "replaced the running XDP program in place"),
+            Attached::Replaced => tracing::info!(%iface, "replaced the running XDP program in place"),
         }
     }
     // Attached: from here the VIPs that are up may be announced.
