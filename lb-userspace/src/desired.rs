@@ -158,12 +158,12 @@ pub fn check_interfaces(config: &Config, facts: &NodeFacts) -> Result<(), String
             if let Some(name) = &b.interface
                 && facts.iface_index(name).is_none()
             {
-                let running: Vec<&str> = facts.interfaces.iter().map(|(n, _)| n.as_str()).collect();
+                let running: Vec<String> = facts.interfaces.iter().map(|(n, _)| format!("--iface {n}")).collect();
                 return Err(format!(
                     "VIP `{}`, backend {}: interface `{name}` is not one the agent runs on ({}); add `--iface {name}` to `xlb run` or fix the name",
                     vip.name,
                     b.address,
-                    running.iter().map(|n| format!("--iface {n}")).collect::<Vec<_>>().join(" ")
+                    running.join(" ")
                 ));
             }
         }
