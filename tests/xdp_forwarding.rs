@@ -5,7 +5,7 @@
 use etherparse::{
     Icmpv4Type, Icmpv6Type, IpNumber, NetSlice, SlicedPacket, TransportSlice, icmpv4::DestUnreachableHeader,
 };
-use lb_common::{FAMILY_V4, FlowKey, PROTO_TCP, Stat, VipKey};
+use lb_common::{FAMILY_V4, FLOW_WAYS, FlowKey, PROTO_TCP, Stat, VipKey, flow_set, flow_sets};
 use xlb::testrun::XdpAction;
 use xlb_tests::{
     Balancer, FACTS,
@@ -266,7 +266,36 @@ fn tcp_without_syn_is_forwarded_by_the_table_but_not_recorded() {
     // The same packet again goes to the same backend (the table is deterministic).
     assert_eq!(h.forwarded(&input, "again").0, backend);
     // SYN-ACK-shaped packets (SYN with ACK) do not open flows either.
-    assert_eq!(h.lb.maps.flow_count(), 0);
+    assert_eq!(h.lb.maps.flow_count().unwrap(), 0);
+}
+
+#[test]
+fn a_full_set_gives_its_least_recently_used_entry_to_a_new_flow() {
+    require_root!();
+    // The smallest table: 128 sets of FLOW_WAYS entries.
+    let lb = Balancer::with_flow_table(CONFIG, 1024);
+    let sets = flow_sets(1024);
+    let key = |port| flow_key(&syn("198.51.100.12", "192.0.2.1", port));
+    let target = flow_set(key(50000).hash(), sets);
+    let ports: Vec<u16> =
+        (50000..60000).filter(|&p| flow_set(key(p).hash(), sets) == target).take(FLOW_WAYS + 1).collect();
+    assert_eq!(ports.len(), FLOW_WAYS + 1, "enough client ports fall in one set");
+    // Entries remember their last packet to the tick (jiffies, at least 100 Hz): apart by more.
+    let tick = || std::thread::sleep(std::time::Duration::from_millis(25));
+    for &p in &ports[..FLOW_WAYS] {
+        assert_eq!(lb.run(&syn("198.51.100.12", "192.0.2.1", p)).action, XdpAction::Tx);
+        tick();
+    }
+    assert!(ports[..FLOW_WAYS].iter().all(|&p| lb.maps.flow(&key(p)).unwrap().is_some()), "the set is full");
+    // The oldest flow sees a packet again, so the second oldest is now the least recently used.
+    assert_eq!(lb.run(&ack("198.51.100.12", "192.0.2.1", ports[0])).action, XdpAction::Tx);
+    tick();
+    assert_eq!(lb.run(&syn("198.51.100.12", "192.0.2.1", ports[FLOW_WAYS])).action, XdpAction::Tx);
+    let held: Vec<bool> = ports.iter().map(|&p| lb.maps.flow(&key(p)).unwrap().is_some()).collect();
+    let mut expected = vec![true; FLOW_WAYS + 1];
+    expected[1] = false;
+    assert_eq!(held, expected, "only the least recently used flow ({}) gave way", ports[1]);
+    assert_eq!(lb.maps.flow_count().unwrap(), FLOW_WAYS);
 }
 
 #[test]

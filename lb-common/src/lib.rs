@@ -21,8 +21,11 @@ pub fn addr_bucket(addr: &[u32; 4]) -> u32 {
 
 /// Distinct VIP addresses (for the fragment/extension-header policy, which has no port to go by).
 pub const MAX_VIP_ADDRS: u32 = 1024;
-/// Connection-table entries (LRU: the least recently used flows are evicted first).
+/// Connection-table entries by default (`node.flow_table_size`).
 pub const FLOW_TABLE_SIZE: u32 = 1 << 20;
+/// Entries of one connection-table set: a flow lives in one of the `FLOW_WAYS` entries of the set
+/// its hash names, and a new flow replaces the set's least recently used entry.
+pub const FLOW_WAYS: usize = 8;
 /// Largest Maglev table a VIP may have.
 pub const MAX_MAGLEV_TABLE_SIZE: u32 = 1_048_573;
 /// Table slots per array element. A table holds backend slot numbers as `u16`, four to an
@@ -279,12 +282,112 @@ pub struct FlowKey {
     pub pad: u16,
 }
 
-/// Value of the connection table.
+impl FlowKey {
+    /// The flow's hash: picks its connection-table set, its Maglev table entry and its
+    /// encapsulation's outer source.
+    #[inline(always)]
+    pub fn hash(&self) -> u32 {
+        flow_hash(
+            &self.saddr,
+            &self.daddr,
+            (u32::from(self.sport) << 16) | u32::from(self.dport),
+            u32::from(self.proto),
+        )
+    }
+}
+
+/// What the connection table records for a flow: its backend slot, and that slot's generation
+/// when the flow was recorded (a slot reused for another backend has a new one).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Flow {
     pub backend: u32,
     pub generation: u32,
+}
+
+/// One set of the connection table (an array map of `node.flow_table_size / FLOW_WAYS` sets,
+/// shared by all CPUs). A set-associative table instead of a kernel LRU hash map: the XDP program
+/// reads and writes it in place, with no helper call — on this kind of machine the LRU map's
+/// insert alone cost more than the rest of a new flow's path.
+///
+/// Laid out in cache lines (the map is mmapable, so its values start page-aligned): the first
+/// holds every entry's hash and last use, which is all that telling a new flow from a known one
+/// reads; each entry then has a line of its own, so recording a flow writes two lines.
+/// Two CPUs may write one entry at once; `FlowEntry::check` makes an entry torn that way read as
+/// absent (the flow is then looked up in the Maglev table again), never as another flow's backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowSet {
+    /// Each entry's `FlowKey::hash`.
+    pub hashes: [u32; FLOW_WAYS],
+    /// When each entry last saw a packet: the low 32 bits of jiffies, made odd, 0 for a free entry.
+    pub used: [u32; FLOW_WAYS],
+    pub entries: [FlowEntry; FLOW_WAYS],
+}
+
+/// An entry of a `FlowSet`: one cache line.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowEntry {
+    pub key: FlowKey,
+    pub flow: Flow,
+    /// `flow_check` of the entry's hash and flow.
+    pub check: u32,
+    pub pad: [u32; 3],
+}
+
+impl FlowSet {
+    pub const EMPTY: Self = Self {
+        hashes: [0; FLOW_WAYS],
+        used: [0; FLOW_WAYS],
+        entries: [FlowEntry {
+            key: FlowKey { saddr: [0; 4], daddr: [0; 4], sport: 0, dport: 0, proto: 0, family: 0, pad: 0 },
+            flow: Flow { backend: 0, generation: 0 },
+            check: 0,
+            pad: [0; 3],
+        }; FLOW_WAYS],
+    };
+
+    /// The entry `way` if it holds `key` (whose hash is `hash`) whole.
+    #[inline(always)]
+    pub fn holds(&self, way: usize, key: &FlowKey, hash: u32) -> Option<Flow> {
+        let entry = self.entries.get(way)?;
+        let flow = entry.flow;
+        (*self.used.get(way)? != 0
+            && *self.hashes.get(way)? == hash
+            && entry.check == flow_check(hash, &flow)
+            && entry.key == *key)
+            .then_some(flow)
+    }
+
+    /// The entry holding `key`, if any.
+    pub fn find(&self, key: &FlowKey) -> Option<Flow> {
+        let hash = key.hash();
+        (0..FLOW_WAYS).find_map(|way| self.holds(way, key, hash))
+    }
+
+    /// Entries in use.
+    pub fn occupied(&self) -> usize {
+        self.used.iter().filter(|&&u| u != 0).count()
+    }
+}
+
+/// Sets of a connection table of `entries` entries.
+pub const fn flow_sets(entries: u32) -> u32 {
+    entries.div_ceil(FLOW_WAYS as u32)
+}
+
+/// The set a flow's hash falls in, of `sets` (multiply-shift: uniform for any count, no division).
+#[inline(always)]
+pub const fn flow_set(hash: u32, sets: u32) -> u32 {
+    ((hash as u64 * sets as u64) >> 32) as u32
+}
+
+/// Binds an entry's hash to its flow: a reader whose key, hash and flow came from different
+/// writers finds this does not match.
+#[inline(always)]
+pub const fn flow_check(hash: u32, flow: &Flow) -> u32 {
+    hash ^ flow.backend.wrapping_mul(0x9e37_79b9) ^ flow.generation.rotate_left(16)
 }
 
 /// Key of the VIP-address map: fragments and extension headers are judged by address alone.
@@ -671,6 +774,8 @@ pub mod maps {
     pub const BACKEND_COUNTERS: &str = "XLB_BACKEND_COUNTERS";
     pub const MAGLEV: &str = "XLB_MAGLEV";
     pub const FLOWS: &str = "XLB_FLOWS";
+    /// The global that tells the program how many sets `FLOWS` has.
+    pub const FLOW_SETS: &str = "XLB_FLOW_SETS";
     pub const NODE: &str = "XLB_NODE";
     pub const STATS: &str = "XLB_STATS";
     pub const NAT_POOLS: &str = "XLB_NAT_POOLS";
@@ -743,6 +848,8 @@ mod pod {
         super::BackendCounters,
         super::FlowKey,
         super::Flow,
+        super::FlowSet,
+        super::FlowEntry,
         super::VipAddrKey,
         super::VipAddrPolicy,
         super::NodeConfig,
@@ -776,6 +883,8 @@ mod tests {
         assert_eq!(size_of::<BackendCounters>(), 3 * 8);
         assert_eq!(size_of::<FlowKey>(), 16 + 16 + 2 + 2 + 1 + 1 + 2);
         assert_eq!(size_of::<Flow>(), 8);
+        assert_eq!(size_of::<FlowEntry>(), 64);
+        assert_eq!(size_of::<FlowSet>(), 64 + FLOW_WAYS * 64);
         assert_eq!(size_of::<VipAddrKey>(), 16 + 4);
         assert_eq!(size_of::<NodeConfig>(), 6 + 6 + 4 + 4 + 4 + 16 + 4 + 4 + 4 * 4);
         assert_eq!(size_of::<NatPool>(), 16 * MAX_POOL_ADDRS + 4 * 4);
@@ -790,6 +899,68 @@ mod tests {
             assert!(!(s.is_drop() && !s.is_outcome()), "{} is a drop but not an outcome", s.name());
             assert!(!(s.is_malformed() && !s.is_outcome()), "{}", s.name());
         }
+    }
+
+    fn flow_key(sport: u16) -> FlowKey {
+        FlowKey {
+            saddr: [1, 0, 0, 0],
+            daddr: [2, 0, 0, 0],
+            sport,
+            dport: 80,
+            proto: PROTO_TCP,
+            family: FAMILY_V4,
+            pad: 0,
+        }
+    }
+
+    /// Writes `key` → `flow` into entry `way` as the data plane does.
+    fn record(set: &mut FlowSet, way: usize, key: &FlowKey, flow: Flow) {
+        let hash = key.hash();
+        set.hashes[way] = hash;
+        set.used[way] = 1;
+        set.entries[way].key = *key;
+        set.entries[way].flow = flow;
+        set.entries[way].check = flow_check(hash, &flow);
+    }
+
+    #[test]
+    fn a_flow_set_finds_whole_entries_and_not_torn_ones() {
+        let mut set = FlowSet::EMPTY;
+        let (a, b) = (flow_key(1000), flow_key(1001));
+        assert_eq!(set.find(&a), None);
+        record(&mut set, 3, &a, Flow { backend: 7, generation: 2 });
+        record(&mut set, 5, &b, Flow { backend: 9, generation: 1 });
+        assert_eq!(set.find(&a), Some(Flow { backend: 7, generation: 2 }));
+        assert_eq!(set.find(&b), Some(Flow { backend: 9, generation: 1 }));
+        assert_eq!(set.occupied(), 2);
+        // Two writers interleaved: a's key and hash with b's flow (or a's flow, another generation).
+        let mut torn = set;
+        torn.entries[3].flow = Flow { backend: 9, generation: 1 };
+        assert_eq!(torn.find(&a), None, "a torn entry reads as absent");
+        let mut torn = set;
+        torn.entries[3].flow.generation = 3;
+        assert_eq!(torn.find(&a), None);
+        let mut torn = set;
+        torn.hashes[3] = b.hash();
+        torn.entries[3].check = flow_check(b.hash(), &Flow { backend: 7, generation: 2 });
+        assert_eq!(torn.find(&a), None, "another flow's hash and check");
+        // A free entry holds nothing even if its bytes are a's.
+        let mut freed = set;
+        freed.used[3] = 0;
+        assert_eq!(freed.find(&a), None);
+    }
+
+    #[test]
+    fn flow_sets_cover_the_table_evenly() {
+        assert_eq!(flow_sets(1024), 128);
+        assert_eq!(flow_sets(1025), 129);
+        assert_eq!(flow_set(0, 129), 0);
+        assert_eq!(flow_set(u32::MAX, 129), 128);
+        let mut counts = [0u32; 129];
+        for port in 0..12900u16 {
+            counts[flow_set(flow_key(port).hash(), 129) as usize] += 1;
+        }
+        assert!(counts.iter().all(|&c| (50..=160).contains(&c)), "{counts:?}");
     }
 
     #[test]

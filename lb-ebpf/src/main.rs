@@ -7,17 +7,17 @@
 use core::mem::MaybeUninit;
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_COMMON_LRU, BPF_NOEXIST, xdp_action},
-    btf_maps::{Array, ArrayOfMaps, HashMap, LruHashMap, PerCpuArray, ProgramArray},
+    bindings::xdp_action,
+    btf_maps::{Array, ArrayOfMaps, HashMap, PerCpuArray, ProgramArray},
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
 use lb_common::{
     ADDR_FLAG_DROP_UNHASHABLE, BACKEND_FLAG_ACTIVE, BACKEND_FLAG_IPIP, Backend, BackendCounters, FILTER_NAT_BACKEND,
-    FILTER_NAT_POOL, FILTER_NAT_VIP, FILTER_VIP, FLOW_TABLE_SIZE, Flow, FlowKey, MAGLEV_TABLE_FLAGS, MAX_BACKENDS,
-    MAX_MAGLEV_GROUPS, MAX_VIP_ADDRS, MAX_VIPS, MaglevGroup, NODE_FLAG_DNAT_ONLY, NodeConfig, PROTO_TCP, PROTO_UDP,
-    Stat, StatCounters, VIP_FILTER_SIZE, VIP_FLAG_HASH_SOURCE_ONLY, VIP_FLAG_NAT, VipAddrKey, VipAddrPolicy, VipKey,
-    VipMeta, addr_bucket, flow_hash, maglev_position, source_hash,
+    FILTER_NAT_POOL, FILTER_NAT_VIP, FILTER_VIP, Flow, FlowKey, MAGLEV_TABLE_FLAGS, MAX_BACKENDS, MAX_MAGLEV_GROUPS,
+    MAX_VIP_ADDRS, MAX_VIPS, MaglevGroup, NODE_FLAG_DNAT_ONLY, NodeConfig, PROTO_TCP, PROTO_UDP, Stat, StatCounters,
+    VIP_FILTER_SIZE, VIP_FLAG_HASH_SOURCE_ONLY, VIP_FLAG_NAT, VipAddrKey, VipAddrPolicy, VipKey, VipMeta, addr_bucket,
+    maglev_position, source_hash,
 };
 use lb_ebpf::{
     forward::{encapsulate, rewrite_macs},
@@ -25,6 +25,7 @@ use lb_ebpf::{
     parse::{Frame, NotParsed, Packet, Quoted, parse},
 };
 
+mod flow_table;
 mod nat_flows;
 
 #[btf_map]
@@ -53,11 +54,6 @@ static XLB_MAGLEV: ArrayOfMaps<
     Array<MaglevGroup, { MAX_MAGLEV_GROUPS as usize }, { MAGLEV_TABLE_FLAGS as usize }>,
     { MAX_VIPS as usize },
 > = ArrayOfMaps::new();
-
-/// The connection table. Sized by the agent at load time (`FLOW_TABLE_SIZE` is the default).
-#[btf_map]
-static XLB_FLOWS: LruHashMap<FlowKey, Flow, { FLOW_TABLE_SIZE as usize }, { BPF_F_NO_COMMON_LRU as usize }> =
-    LruHashMap::new();
 
 #[btf_map]
 static XLB_NODE: Array<NodeConfig, 1> = Array::new();
@@ -232,7 +228,6 @@ fn direct(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &FlowKey, nod
 #[inline(always)]
 fn direct_inline(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &FlowKey, node: &NodeConfig) -> u32 {
     let frame_len = Frame::new(ctx).len() as u64;
-    let has_ports = packet.proto == PROTO_TCP || packet.proto == PROTO_UDP;
     let opens = if packet.proto == PROTO_UDP {
         Opens::Udp
     } else if packet.proto == PROTO_TCP && packet.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN {
@@ -240,28 +235,20 @@ fn direct_inline(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &FlowK
     } else {
         Opens::No
     };
+    let hash = flow.hash();
     // An established flow needs only the connection table: its entry names a backend slot whose
     // generation proves the VIP still has that backend (removing a VIP retires its slots), and
-    // the slot says how to send. SYNs skip this: they are almost always new.
-    let known = if opens != Opens::Syn && has_ports {
-        // SAFETY: copied out; entries are replaced whole.
-        let known = unsafe { XLB_FLOWS.get(flow) }.copied();
-        if let Some(entry) = known
-            && let Some(backend) = live_backend(entry)
-        {
-            // Only encapsulation uses the hash (outer source, flow label).
-            let hash = if backend.flags & BACKEND_FLAG_IPIP != 0 { tuple_hash(flow) } else { 0 };
-            return send(ctx, counts, packet, node, entry.backend, &backend, hash, false, true, frame_len);
-        }
-        Lookup::Done(known)
-    } else {
-        Lookup::NotYet
-    };
+    // the slot says how to send.
+    let entry = flow_table::find(flow, hash);
+    if let Some(known) = entry.and_then(|e| e.flow)
+        && let Some(backend) = live_backend(known)
+    {
+        return send(ctx, counts, packet, node, known.backend, &backend, hash, false, true, frame_len);
+    }
     let Some(meta) = find_vip(packet.daddr, packet.dport, packet.proto, packet.family) else {
         return counts.outcome(Stat::PassNotVip);
     };
-    let hash = tuple_hash(flow);
-    let Some(choice) = choose_backend(counts, &meta, flow, hash, opens, known) else {
+    let Some(choice) = choose_backend(counts, &meta, flow, hash, opens, entry) else {
         return counts.outcome(Stat::DropNoBackend);
     };
     send(ctx, counts, packet, node, choice.slot, &choice.backend, hash, choice.new_flow, true, frame_len)
@@ -322,19 +309,11 @@ fn live_backend(entry: Flow) -> Option<Backend> {
     (backend.flags & BACKEND_FLAG_ACTIVE != 0 && backend.generation == entry.generation).then_some(*backend)
 }
 
-/// Whether the connection table was already consulted for this packet.
-#[derive(Clone, Copy)]
-enum Lookup {
-    NotYet,
-    Done(Option<Flow>),
-}
-
 /// Whether a packet may open a flow in the connection table.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Opens {
     No,
-    /// A TCP SYN (without ACK): almost always a new flow, so it is inserted first and looked up
-    /// only if the flow already exists (a retransmitted SYN).
+    /// A TCP SYN (without ACK).
     Syn,
     /// UDP: any packet of an unknown flow opens it.
     Udp,
@@ -346,14 +325,9 @@ struct Choice {
     new_flow: bool,
 }
 
-#[inline(always)]
-fn tuple_hash(flow: &FlowKey) -> u32 {
-    flow_hash(&flow.saddr, &flow.daddr, (u32::from(flow.sport) << 16) | u32::from(flow.dport), u32::from(flow.proto))
-}
-
-/// Connection table first; on a miss (or a retired backend) the VIP's Maglev table. New flows
-/// (TCP SYN, UDP) and re-hashed flows are recorded; a TCP packet of an unknown flow is sent by
-/// the table without recording it, as Katran does, so stray packets cannot fill the table.
+/// After the connection table (`entry`, as `flow_table::find` left it): the VIP's Maglev table.
+/// New flows (TCP SYN, UDP) and re-hashed flows are recorded; a TCP packet of an unknown flow is
+/// sent by the table without recording it, as Katran does, so stray packets cannot fill the table.
 #[inline(always)]
 fn choose_backend(
     counts: Counts,
@@ -361,28 +335,12 @@ fn choose_backend(
     flow: &FlowKey,
     hash: u32,
     opens: Opens,
-    known: Lookup,
+    entry: Option<flow_table::Entry>,
 ) -> Option<Choice> {
-    if opens == Opens::Syn {
-        // Insert-if-absent with the table's pick; only if the flow exists already does its
-        // entry decide (one hash-table operation for the common case instead of two).
-        if let Some((slot, backend)) = table_pick(meta, flow, hash) {
-            let entry = Flow { backend: slot, generation: backend.generation };
-            if XLB_FLOWS.insert(flow, &entry, u64::from(BPF_NOEXIST)).is_ok() {
-                counts.bump(Stat::FlowMiss);
-                return Some(Choice { slot, backend, new_flow: true });
-            }
-        }
-    }
-    let known = match known {
-        Lookup::Done(known) => known,
-        // SAFETY: copied out; entries are replaced whole.
-        Lookup::NotYet => unsafe { XLB_FLOWS.get(flow) }.copied(),
-    };
-    let stale = match known {
-        Some(entry) => {
-            if let Some(backend) = live_backend(entry) {
-                return Some(Choice { slot: entry.backend, backend, new_flow: false });
+    let stale = match entry.and_then(|e| e.flow) {
+        Some(known) => {
+            if let Some(backend) = live_backend(known) {
+                return Some(Choice { slot: known.backend, backend, new_flow: false });
             }
             counts.bump(Stat::FlowStale);
             true
@@ -394,10 +352,10 @@ fn choose_backend(
     };
     let (slot, backend) = table_pick(meta, flow, hash)?;
     let new_flow = opens != Opens::No && !stale;
-    if new_flow || stale {
-        let entry = Flow { backend: slot, generation: backend.generation };
-        // A failed insert (the table busy with other updates) only costs the flow its pinning.
-        let _ = XLB_FLOWS.insert(flow, &entry, if stale { 0 } else { u64::from(BPF_NOEXIST) });
+    if (new_flow || stale)
+        && let Some(entry) = entry
+    {
+        entry.record(flow, hash, Flow { backend: slot, generation: backend.generation });
     }
     Some(Choice { slot, backend, new_flow })
 }
@@ -437,8 +395,8 @@ fn icmp_error_to_backend_inner(ctx: &XdpContext, counts: Counts, packet: &Packet
     }
     let flow = quoted.flow_key(packet.family);
     let node = XLB_NODE.get(0)?;
-    let hash = tuple_hash(&flow);
-    let Some(choice) = choose_backend(counts, &meta, &flow, hash, Opens::No, Lookup::NotYet) else {
+    let hash = flow.hash();
+    let Some(choice) = choose_backend(counts, &meta, &flow, hash, Opens::No, flow_table::find(&flow, hash)) else {
         return Some(counts.outcome(Stat::DropNoBackend));
     };
     // Never answer an ICMP error with another one: so XDP_TX here means forwarded.

@@ -27,7 +27,7 @@ use lb_ebpf::{
     parse::{Frame, Packet},
 };
 
-use crate::{Counts, NOT_HANDLED, XLB_BACKENDS, XLB_NODE, add_traffic, table_pick, tuple_hash};
+use crate::{Counts, NOT_HANDLED, XLB_BACKENDS, XLB_NODE, add_traffic, table_pick};
 
 #[btf_map]
 static XLB_NAT_POOLS: Array<NatPool, { MAX_NAT_POOLS as usize }> = Array::new();
@@ -202,7 +202,7 @@ pub fn forward_known(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &F
 pub fn forward_new(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &FlowKey, meta: &VipMeta) -> u32 {
     let Some(node) = XLB_NODE.get(0) else { return counts.outcome(Stat::PassNotVip) };
     let frame_len = Frame::new(ctx).len() as u64;
-    let hash = tuple_hash(flow);
+    let hash = flow.hash();
     let opens = packet.proto == PROTO_UDP
         || (packet.proto == PROTO_TCP && packet.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN);
     // A flow whose entry is still here but dead: free its source first.

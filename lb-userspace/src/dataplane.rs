@@ -16,9 +16,9 @@ use aya::{
     util::nr_cpus,
 };
 use lb_common::{
-    Backend, BackendCounters, DecapStat, Flow, FlowKey, Iface, MAGLEV_GROUP, MAGLEV_NO_BACKEND, MAGLEV_TABLE_FLAGS,
-    MaglevGroup, NatFlow, NatPool, NatReverse, NodeConfig, Stat, StatCounters, VipAddrKey, VipAddrPolicy, VipKey,
-    VipMeta, maps, programs,
+    Backend, BackendCounters, DecapStat, Flow, FlowKey, FlowSet, Iface, MAGLEV_GROUP, MAGLEV_NO_BACKEND,
+    MAGLEV_TABLE_FLAGS, MaglevGroup, NatFlow, NatPool, NatReverse, NodeConfig, Stat, StatCounters, VipAddrKey,
+    VipAddrPolicy, VipKey, VipMeta, flow_set, flow_sets, maps, programs,
 };
 
 /// The balancer object (lb-ebpf's `xlb-balancer` binary), built by build.rs.
@@ -92,7 +92,9 @@ pub struct Maps {
     backends: Array<MapData, Backend>,
     backend_counters: PerCpuArray<MapData, BackendCounters>,
     maglev: ArrayOfMaps<MapData, Array<MapData, MaglevGroup>>,
-    flows: HashMap<MapData, FlowKey, Flow>,
+    /// Typed on use (`flow_table`): so that the bench can load older builds whose connection
+    /// table had another layout beside this one.
+    flows: Map,
     node: Array<MapData, NodeConfig>,
     stats: PerCpuArray<MapData, StatCounters>,
     nat_pools: Array<MapData, NatPool>,
@@ -118,7 +120,7 @@ impl Maps {
             backends: take(ebpf, maps::BACKENDS)?,
             backend_counters: take(ebpf, maps::BACKEND_COUNTERS)?,
             maglev: take(ebpf, maps::MAGLEV)?,
-            flows: take(ebpf, maps::FLOWS)?,
+            flows: ebpf.take_map(maps::FLOWS).ok_or(DataplaneError::Missing { kind: "map", name: maps::FLOWS })?,
             node: take(ebpf, maps::NODE)?,
             stats: take(ebpf, maps::STATS)?,
             nat_pools: take(ebpf, maps::NAT_POOLS)?,
@@ -183,18 +185,21 @@ impl Maps {
         Ok(slots)
     }
 
+    fn flow_table(&self) -> Result<Array<&MapData, FlowSet>, DataplaneError> {
+        Array::try_from(&self.flows).map_err(map_err(maps::FLOWS))
+    }
+
     /// The connection table's entry for a flow, if any.
     pub fn flow(&self, key: &FlowKey) -> Result<Option<Flow>, DataplaneError> {
-        match self.flows.get(key, 0) {
-            Ok(flow) => Ok(Some(flow)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(map_err(maps::FLOWS)(e)),
-        }
+        let table = self.flow_table()?;
+        let set = flow_set(key.hash(), table.len());
+        Ok(table.get(&set, 0).map_err(map_err(maps::FLOWS))?.find(key))
     }
 
     /// Entries in the connection table.
-    pub fn flow_count(&self) -> usize {
-        self.flows.keys().filter(Result::is_ok).count()
+    pub fn flow_count(&self) -> Result<usize, DataplaneError> {
+        let table = self.flow_table()?;
+        (0..table.len()).try_fold(0, |sum, set| Ok(sum + table.get(&set, 0).map_err(map_err(maps::FLOWS))?.occupied()))
     }
 
     pub(crate) fn set_node(&mut self, node: &NodeConfig) -> Result<(), DataplaneError> {
@@ -454,6 +459,16 @@ impl TableSizes {
     pub fn of(node: &crate::config::Node) -> Self {
         Self { flows: node.flow_table_size, nat: node.nat_table_size }
     }
+
+    /// Sizes the balancer's tables in `loader`; `flow_sets` is `flow_sets(self.flows)`, which
+    /// the loader borrows for the program's global (which only older builds, loaded by the
+    /// bench to compare, may lack: `global_required`).
+    fn apply<'a>(&self, loader: &mut EbpfLoader<'a>, flow_sets: &'a u32, global_required: bool) {
+        loader.map_max_entries(maps::FLOWS, *flow_sets);
+        loader.override_global(maps::FLOW_SETS, flow_sets, global_required);
+        loader.map_max_entries(maps::NAT_FLOWS, self.nat);
+        loader.map_max_entries(maps::NAT_REVERSE, self.nat);
+    }
 }
 
 impl Default for TableSizes {
@@ -477,11 +492,9 @@ impl Loaded {
 
     /// [`Loaded::balancer`] from another build of the balancer object (the bench compares two).
     pub fn balancer_from(object: &[u8], sizes: TableSizes) -> Result<(Self, Maps), DataplaneError> {
-        let mut loaded = Self::load(
-            object,
-            programs::BALANCER,
-            &[(maps::FLOWS, sizes.flows), (maps::NAT_FLOWS, sizes.nat), (maps::NAT_REVERSE, sizes.nat)],
-        )?;
+        let sets = flow_sets(sizes.flows);
+        let required = object == BALANCER_OBJECT;
+        let mut loaded = Self::load_with(object, programs::BALANCER, |loader| sizes.apply(loader, &sets, required))?;
         loaded.load_nat()?;
         let maps = Maps::take(&mut loaded.ebpf)?;
         Ok((loaded, maps))
@@ -503,10 +516,9 @@ impl Loaded {
         }
         let adopted = dir.join(maps::FLOWS).exists();
         let paths: Vec<(&'static str, PathBuf)> = maps::BALANCER.iter().map(|name| (*name, dir.join(name))).collect();
+        let sets = flow_sets(sizes.flows);
         let mut loaded = Self::load_with(BALANCER_OBJECT, programs::BALANCER, |loader| {
-            loader.map_max_entries(maps::FLOWS, sizes.flows);
-            loader.map_max_entries(maps::NAT_FLOWS, sizes.nat);
-            loader.map_max_entries(maps::NAT_REVERSE, sizes.nat);
+            sizes.apply(loader, &sets, true);
             for (name, path) in &paths {
                 loader.map_pin_path(name, path.as_path());
             }
@@ -542,7 +554,7 @@ impl Loaded {
 
     /// Loads the decapsulation program.
     pub fn decap() -> Result<(Self, DecapMaps), DataplaneError> {
-        let mut loaded = Self::load(DECAP_OBJECT, programs::DECAP, &[])?;
+        let mut loaded = Self::load(DECAP_OBJECT, programs::DECAP)?;
         let maps = DecapMaps {
             addrs: take(&mut loaded.ebpf, maps::DECAP_ADDRS)?,
             stats: take(&mut loaded.ebpf, maps::DECAP_STATS)?,
@@ -552,15 +564,11 @@ impl Loaded {
 
     /// Loads the empty floor program.
     pub fn floor() -> Result<Self, DataplaneError> {
-        Self::load(FLOOR_OBJECT, programs::FLOOR, &[])
+        Self::load(FLOOR_OBJECT, programs::FLOOR)
     }
 
-    fn load(object: &[u8], program: &'static str, sizes: &[(&'static str, u32)]) -> Result<Self, DataplaneError> {
-        Self::load_with(object, program, |loader| {
-            for (name, size) in sizes {
-                loader.map_max_entries(name, *size);
-            }
-        })
+    fn load(object: &[u8], program: &'static str) -> Result<Self, DataplaneError> {
+        Self::load_with(object, program, |_| {})
     }
 
     fn load_with<'a>(
