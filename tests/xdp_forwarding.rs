@@ -5,7 +5,10 @@
 use etherparse::{
     Icmpv4Type, Icmpv6Type, IpNumber, NetSlice, SlicedPacket, TransportSlice, icmpv4::DestUnreachableHeader,
 };
-use lb_common::{FAMILY_V4, FLOW_WAYS, FlowKey, PROTO_TCP, Stat, VipKey, flow_set, flow_sets};
+use lb_common::{
+    FAMILY_V4, FLOW_WAYS, FlowKey, PROTO_TCP, Stat, VIP_INDEX_PROBES, VIP_INDEX_SIZE, VipKey, VipMeta, flow_set,
+    flow_sets,
+};
 use xlb::testrun::XdpAction;
 use xlb_tests::{
     Balancer, FACTS,
@@ -296,6 +299,61 @@ fn a_full_set_gives_its_least_recently_used_entry_to_a_new_flow() {
     expected[1] = false;
     assert_eq!(held, expected, "only the least recently used flow ({}) gave way", ports[1]);
     assert_eq!(lb.maps.flow_count().unwrap(), FLOW_WAYS);
+}
+
+#[test]
+fn the_vip_index_mirrors_the_vip_map_through_reloads() {
+    require_root!();
+    let mut lb = Balancer::with_config(CONFIG);
+    let indexed = |lb: &Balancer| {
+        let mut entries: Vec<(VipKey, VipMeta)> =
+            lb.maps.vip_index().unwrap().into_iter().map(|(_, key, meta)| (key, meta)).collect();
+        entries.sort_by_key(|(key, _)| *key);
+        entries
+    };
+    let vips = lb.maps.vips().unwrap();
+    assert!(vips.len() >= 5, "{vips:?}");
+    assert_eq!(indexed(&lb), vips);
+    let removed = CONFIG.replace("    port: 53\n", "    port: 54\n");
+    assert_ne!(removed, CONFIG);
+    lb.reload(&removed);
+    let vips = lb.maps.vips().unwrap();
+    assert!(vips.iter().any(|(key, _)| key.port == 54u16.to_be()));
+    assert!(!vips.iter().any(|(key, _)| key.port == 53u16.to_be()));
+    assert_eq!(indexed(&lb), vips, "the index follows a reload");
+}
+
+#[test]
+fn vips_the_index_cannot_hold_are_found_in_the_vip_map() {
+    require_root!();
+    // Seven VIP addresses whose keys share one home slot: the index holds VIP_INDEX_PROBES of
+    // them, the map all.
+    let key = |addr: u32| VipKey::v4(addr.to_be(), 80u16.to_be(), PROTO_TCP);
+    let base = u32::from_be_bytes([198, 18, 0, 0]);
+    let home = key(base).index_hash() & (VIP_INDEX_SIZE - 1);
+    let addrs: Vec<std::net::Ipv4Addr> = (base..base + (1 << 17))
+        .filter(|&a| key(a).index_hash() & (VIP_INDEX_SIZE - 1) == home)
+        .take(7)
+        .map(std::net::Ipv4Addr::from)
+        .collect();
+    assert_eq!(addrs.len(), 7);
+    let mut config = String::from("vips:\n");
+    for (i, addr) in addrs.iter().enumerate() {
+        config.push_str(&format!(
+            "  - name: v{i}\n    address: {addr}\n    port: 80\n    protocol: tcp\n    mode: dsr-l2\n    backends:\n      - {{ address: 10.0.0.{}, mac: \"02:00:00:00:01:{:02x}\" }}\n",
+            i + 1,
+            i + 1
+        ));
+    }
+    let lb = Balancer::with_config(&config);
+    let index = lb.maps.vip_index().unwrap();
+    assert_eq!(index.len(), VIP_INDEX_PROBES as usize, "{index:?}");
+    assert_eq!(lb.maps.vips().unwrap().len(), 7);
+    for (i, addr) in addrs.iter().enumerate() {
+        let out = lb.run(&syn("198.51.100.13", &addr.to_string(), 40000));
+        assert_eq!(out.action, XdpAction::Tx, "{addr}");
+        assert_eq!(out.packet[5], i as u8 + 1, "{addr} goes to its own backend");
+    }
 }
 
 #[test]

@@ -69,7 +69,7 @@ pub const PROTO_ICMPV6: u8 = 58;
 /// IPv4 addresses sit in `addr[0]` with the other words zero. `addr` and `port` are in network
 /// byte order (as on the wire). ICMP/ICMPv6 VIPs use port 0.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct VipKey {
     pub addr: [u32; 4],
     pub port: u16,
@@ -85,6 +85,72 @@ impl VipKey {
     pub const fn v6(addr_be: [u32; 4], port_be: u16, proto: u8) -> Self {
         Self { addr: addr_be, port: port_be, proto, family: FAMILY_V6 }
     }
+
+    /// The key's hash in the VIP index; its home slot is the low bits.
+    #[inline(always)]
+    pub const fn index_hash(&self) -> u32 {
+        let rest = ((self.port as u32) << 16) | ((self.proto as u32) << 8) | self.family as u32;
+        fmix(
+            self.addr[0]
+                ^ self.addr[1].rotate_left(8)
+                ^ self.addr[2].rotate_left(16)
+                ^ self.addr[3].rotate_left(24)
+                ^ rest,
+        )
+    }
+}
+
+/// Slots of the VIP index: a power of two, eight per VIP, so that keys rarely share a home.
+pub const VIP_INDEX_SIZE: u32 = 8 * MAX_VIPS;
+/// Slots a lookup tries from a key's home slot before it asks the VIP map.
+pub const VIP_INDEX_PROBES: u32 = 4;
+const _: () = assert!(VIP_INDEX_SIZE.is_power_of_two());
+
+/// The VIP index slot `probe` places after `hash`'s home.
+#[inline(always)]
+pub const fn vip_index_slot(hash: u32, probe: u32) -> u32 {
+    hash.wrapping_add(probe) & (VIP_INDEX_SIZE - 1)
+}
+
+/// A slot of the VIP index (`XLB_VIP_INDEX`): a copy of one entry of the VIP map (`XLB_VIPS`)
+/// that the XDP program reads in place — an array read the verifier inlines — instead of a
+/// hash-map lookup, a call into the kernel that cost a new flow ~25–40 ns here. The map stays the
+/// truth: a key the index does not hold (no free slot within `VIP_INDEX_PROBES` of its home, or
+/// a slot caught half-written, which `check` reveals) is looked up there.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct VipSlot {
+    pub key: VipKey,
+    /// `vip_check(key.index_hash(), meta)`; 0 in a free slot (a check is never 0).
+    pub check: u32,
+    pub meta: VipMeta,
+    pub pad: u32,
+}
+
+impl VipSlot {
+    pub fn new(key: VipKey, meta: VipMeta) -> Self {
+        Self { key, check: vip_check(key.index_hash(), &meta), meta, pad: 0 }
+    }
+
+    /// The meta this slot holds for `key` (whose `index_hash` is `hash`), if it holds `key` whole.
+    #[inline(always)]
+    pub fn holds(&self, key: &VipKey, hash: u32) -> Option<VipMeta> {
+        let meta = self.meta;
+        (self.key == *key && self.check == vip_check(hash, &meta)).then_some(meta)
+    }
+}
+
+/// Binds a VIP index slot's key (by its hash) to every field of its meta: a reader that got
+/// fields of two writes finds this does not match.
+#[inline(always)]
+pub const fn vip_check(hash: u32, meta: &VipMeta) -> u32 {
+    (hash
+        ^ meta.id.wrapping_mul(0x9e37_79b9)
+        ^ meta.flags.wrapping_mul(0x85eb_ca6b)
+        ^ meta.table_size.wrapping_mul(0xc2b2_ae35)
+        ^ (((meta.port_first as u32) << 16) | meta.port_last as u32).wrapping_mul(0x27d4_eb2f)
+        ^ meta.pool.wrapping_mul(0x1656_67b1))
+        | 1
 }
 
 /// Value of the VIP map.
@@ -768,6 +834,7 @@ const fn fmix(mut h: u32) -> u32 {
 /// Names of the maps in the XDP object, so both sides agree.
 pub mod maps {
     pub const VIPS: &str = "XLB_VIPS";
+    pub const VIP_INDEX: &str = "XLB_VIP_INDEX";
     pub const VIP_ADDRS: &str = "XLB_VIP_ADDRS";
     pub const VIP_FILTER: &str = "XLB_VIP_FILTER";
     pub const BACKENDS: &str = "XLB_BACKENDS";
@@ -786,8 +853,9 @@ pub mod maps {
     pub const IFACES: &str = "XLB_IFACES";
     pub const DEVS: &str = "XLB_DEVS";
     /// Every map of the balancer object (the ones the agent pins).
-    pub const BALANCER: [&str; 15] = [
+    pub const BALANCER: [&str; 16] = [
         VIPS,
+        VIP_INDEX,
         VIP_ADDRS,
         VIP_FILTER,
         BACKENDS,
@@ -844,6 +912,7 @@ mod pod {
     pod!(
         super::VipKey,
         super::VipMeta,
+        super::VipSlot,
         super::Backend,
         super::BackendCounters,
         super::FlowKey,
@@ -878,6 +947,7 @@ mod tests {
         use core::mem::size_of;
         assert_eq!(size_of::<VipKey>(), 16 + 2 + 1 + 1);
         assert_eq!(size_of::<VipMeta>(), 3 * 4 + 2 * 2 + 4);
+        assert_eq!(size_of::<VipSlot>(), 20 + 4 + 20 + 4);
         assert_eq!(size_of::<Backend>(), 16 + 6 + 1 + 1 + 4 + 4 + 2 + 2);
         assert_eq!(size_of::<MaglevGroup>(), 8);
         assert_eq!(size_of::<BackendCounters>(), 3 * 8);
@@ -948,6 +1018,31 @@ mod tests {
         let mut freed = set;
         freed.used[3] = 0;
         assert_eq!(freed.find(&a), None);
+    }
+
+    #[test]
+    fn a_vip_slot_holds_only_its_own_whole_write() {
+        let key = VipKey::v4(0x0102_0304, 80u16.to_be(), PROTO_TCP);
+        let other = VipKey::v4(0x0102_0305, 80u16.to_be(), PROTO_TCP);
+        let meta = VipMeta { id: 3, flags: 0, table_size: 65537, port_first: 0, port_last: 0, pool: 0 };
+        let slot = VipSlot::new(key, meta);
+        assert_eq!(slot.holds(&key, key.index_hash()), Some(meta));
+        assert_eq!(slot.holds(&other, other.index_hash()), None);
+        assert_eq!(VipSlot::default().holds(&VipKey::default(), VipKey::default().index_hash()), None, "a free slot");
+        // Each meta field from another write makes the slot read as not holding the key.
+        let torn: [fn(&mut VipMeta); 6] = [
+            |m| m.id = 4,
+            |m| m.flags = VIP_FLAG_NAT,
+            |m| m.table_size = 251,
+            |m| m.port_first = 1,
+            |m| m.port_last = 9,
+            |m| m.pool = 1,
+        ];
+        for change in torn {
+            let mut half = slot;
+            change(&mut half.meta);
+            assert_eq!(half.holds(&key, key.index_hash()), None, "{:?}", half.meta);
+        }
     }
 
     #[test]

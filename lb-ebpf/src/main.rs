@@ -16,8 +16,8 @@ use lb_common::{
     ADDR_FLAG_DROP_UNHASHABLE, BACKEND_FLAG_ACTIVE, BACKEND_FLAG_IPIP, Backend, BackendCounters, FILTER_NAT_BACKEND,
     FILTER_NAT_POOL, FILTER_NAT_VIP, FILTER_VIP, Flow, FlowKey, MAGLEV_TABLE_FLAGS, MAX_BACKENDS, MAX_MAGLEV_GROUPS,
     MAX_VIP_ADDRS, MAX_VIPS, MaglevGroup, NODE_FLAG_DNAT_ONLY, NodeConfig, PROTO_TCP, PROTO_UDP, Stat, StatCounters,
-    VIP_FILTER_SIZE, VIP_FLAG_HASH_SOURCE_ONLY, VIP_FLAG_NAT, VipAddrKey, VipAddrPolicy, VipKey, VipMeta, addr_bucket,
-    maglev_position, source_hash,
+    VIP_FILTER_SIZE, VIP_FLAG_HASH_SOURCE_ONLY, VIP_FLAG_NAT, VIP_INDEX_PROBES, VIP_INDEX_SIZE, VipAddrKey,
+    VipAddrPolicy, VipKey, VipMeta, VipSlot, addr_bucket, maglev_position, source_hash, vip_index_slot,
 };
 use lb_ebpf::{
     forward::{encapsulate, rewrite_macs},
@@ -28,8 +28,13 @@ use lb_ebpf::{
 mod flow_table;
 mod nat_flows;
 
+/// The VIPs: the truth, which the agent mirrors into `XLB_VIP_INDEX`.
 #[btf_map]
 static XLB_VIPS: HashMap<VipKey, VipMeta, { MAX_VIPS as usize }> = HashMap::new();
+
+/// The VIP map's entries in an array, read in place (see `VipSlot`).
+#[btf_map]
+static XLB_VIP_INDEX: Array<VipSlot, { VIP_INDEX_SIZE as usize }> = Array::new();
 
 #[btf_map]
 static XLB_VIP_ADDRS: HashMap<VipAddrKey, VipAddrPolicy, { MAX_VIP_ADDRS as usize }> = HashMap::new();
@@ -71,6 +76,8 @@ struct Scratch {
     /// What `xlb_balancer` found in the pre-filter for this packet's destination: not looked
     /// up again.
     bits: u32,
+    /// Whether the packet concerns a NAT address (else it came for its ICMP too-big alone).
+    nat: bool,
 }
 
 #[btf_map]
@@ -118,7 +125,7 @@ impl Counts {
 
 /// The entry program: the hot paths inline on one BPF frame — direct server return, and NAT
 /// replies and known NAT flows; anything else that concerns a NAT address (new flows, ICMP
-/// errors) goes on to `xlb_nat` by tail call, with the parsed packet in the per-CPU scratch
+/// errors), and the rare ICMP too-big about a flow, goes on to `xlb_nat` by tail call, with the parsed packet in the per-CPU scratch
 /// (opening a NAT flow does not fit this frame's 512-byte stack beside the rest).
 #[xdp]
 pub fn xlb_balancer(ctx: XdpContext) -> u32 {
@@ -136,8 +143,9 @@ pub fn xlb_balancer(ctx: XdpContext) -> u32 {
     let from_dnat_backend = node.flags & NODE_FLAG_DNAT_ONLY != 0
         && XLB_VIP_FILTER.get(addr_bucket(&packet.saddr)).is_some_and(|b| b & FILTER_NAT_BACKEND != 0);
     // NAT VIPs and pool addresses (destination), DNAT backends (source): replies and known
-    // flows here, everything else in the NAT program.
-    if bits & (FILTER_NAT_VIP | FILTER_NAT_POOL) != 0 || from_dnat_backend {
+    // flows here, everything else in the NAT program; so are ICMP too-big errors.
+    let nat = bits & (FILTER_NAT_VIP | FILTER_NAT_POOL) != 0 || from_dnat_backend;
+    if nat || packet.quoted.is_some_and(|quoted| quoted.too_big != 0) {
         if packet.proto == PROTO_TCP || packet.proto == PROTO_UDP {
             if (bits & FILTER_NAT_POOL != 0 || from_dnat_backend)
                 && let Some(action) = nat_flows::reply(&ctx, counts, packet)
@@ -157,17 +165,12 @@ pub fn xlb_balancer(ctx: XdpContext) -> u32 {
                 // (A copy LLVM expands inline; an assignment became a `memmove` call.)
                 core::ptr::copy_nonoverlapping(packet, core::ptr::addr_of_mut!((*scratch).packet), 1);
                 (*scratch).bits = bits;
+                (*scratch).nat = nat;
                 XLB_PROGS.tail_call(&ctx, PROG_NAT);
             }
         }
         // Only if the NAT program is not loaded.
         return counts.outcome(Stat::DropNatUnavailable);
-    }
-    if let Some(quoted) = packet.quoted
-        && quoted.too_big != 0
-        && let Some(action) = icmp_error_to_backend_inner(&ctx, counts, packet, &quoted)
-    {
-        return action;
     }
     if bits & FILTER_VIP == 0 {
         return counts.outcome(Stat::PassNotVip);
@@ -186,15 +189,15 @@ pub fn xlb_nat(ctx: XdpContext) -> u32 {
     let counts = Counts(stats);
     let Some(scratch) = XLB_SCRATCH.get_ptr_mut(0) else { return xdp_action::XDP_PASS };
     // SAFETY: this CPU's scratch slot, filled by `xlb_balancer` for this very packet.
-    let Scratch { packet, flow, bits } = unsafe { &mut *scratch };
-    let (packet, bits) = (&*packet, *bits);
+    let Scratch { packet, flow, bits, nat } = unsafe { &mut *scratch };
+    let (packet, bits, nat) = (&*packet, *bits, *nat);
     if let Some(quoted) = packet.quoted {
         let action =
             if quoted.too_big != 0 { icmp_error_to_backend(&ctx, counts, packet, &quoted) } else { NOT_HANDLED };
         if action != NOT_HANDLED {
             return action;
         }
-        let action = nat_flows::icmp_error(&ctx, counts, packet);
+        let action = if nat { nat_flows::icmp_error(&ctx, counts, packet) } else { NOT_HANDLED };
         if action != NOT_HANDLED {
             return action;
         }
@@ -209,7 +212,7 @@ pub fn xlb_nat(ctx: XdpContext) -> u32 {
     // Not a known flow (`xlb_balancer` tried): a new one, or one whose entry is dead.
     if bits & FILTER_NAT_VIP != 0
         && has_ports
-        && let Some(meta) = find_vip(packet.daddr, packet.dport, packet.proto, packet.family)
+        && let Some(meta) = find_vip(packet.daddr, packet.dport, packet.proto, packet.family, VipLookup::MapOnly)
         && meta.flags & VIP_FLAG_NAT != 0
     {
         return nat_flows::forward_new(&ctx, counts, packet, flow, &meta);
@@ -245,7 +248,7 @@ fn direct_inline(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &FlowK
     {
         return send(ctx, counts, packet, node, known.backend, &backend, hash, false, true, frame_len);
     }
-    let Some(meta) = find_vip(packet.daddr, packet.dport, packet.proto, packet.family) else {
+    let Some(meta) = find_vip(packet.daddr, packet.dport, packet.proto, packet.family, VipLookup::Indexed) else {
         return counts.outcome(Stat::PassNotVip);
     };
     let Some(choice) = choose_backend(counts, &meta, flow, hash, opens, entry) else {
@@ -257,19 +260,45 @@ fn direct_inline(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &FlowK
 /// The VIP serving `addr`, `port` (network order), `proto`: the exact port's, else a port-range
 /// VIP on that address (kept under port 0) whose range holds the port.
 #[inline(always)]
-fn find_vip(addr: [u32; 4], port: u16, proto: u8, family: u8) -> Option<VipMeta> {
+fn find_vip(addr: [u32; 4], port: u16, proto: u8, family: u8, lookup: VipLookup) -> Option<VipMeta> {
     let key = VipKey { addr, port, proto, family };
-    // SAFETY: the value is copied out; the agent replaces entries whole.
-    if let Some(meta) = unsafe { XLB_VIPS.get(&key) } {
-        return Some(*meta);
+    if let Some(meta) = lookup.get(&key) {
+        return Some(meta);
     }
     if port == 0 || (proto != PROTO_TCP && proto != PROTO_UDP) {
         return None;
     }
-    // SAFETY: as above.
-    let meta = *unsafe { XLB_VIPS.get(&VipKey { port: 0, ..key }) }?;
+    let meta = lookup.get(&VipKey { port: 0, ..key })?;
     let port = u16::from_be(port);
     (meta.port_first <= port && port <= meta.port_last).then_some(meta)
+}
+
+/// Where `find_vip` looks for a key.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum VipLookup {
+    /// The index when it holds the key, else the map.
+    Indexed,
+    /// Only the map: for the NAT program's new flows, whose frame the index's probes would push
+    /// past the stack its deepest call chain may use.
+    MapOnly,
+}
+
+impl VipLookup {
+    #[inline(always)]
+    fn get(self, key: &VipKey) -> Option<VipMeta> {
+        if self == VipLookup::Indexed {
+            let hash = key.index_hash();
+            for probe in 0..VIP_INDEX_PROBES {
+                if let Some(slot) = XLB_VIP_INDEX.get(vip_index_slot(hash, probe))
+                    && let Some(meta) = slot.holds(key, hash)
+                {
+                    return Some(meta);
+                }
+            }
+        }
+        // SAFETY: the value is copied out; the agent replaces entries whole.
+        unsafe { XLB_VIPS.get(key) }.copied()
+    }
 }
 
 /// Sends the packet to `backend` (slot `slot`) by its VIP's mode and counts it.
@@ -379,7 +408,7 @@ fn table_pick(meta: &VipMeta, flow: &FlowKey, hash: u32) -> Option<(u32, Backend
 
 /// An ICMP fragmentation-needed / packet-too-big about a packet a backend sent from a VIP: it
 /// belongs to the backend that owns the flow (the quoted tuple, reversed). Rare, so not inlined:
-/// its locals stay off the balancer's frame.
+/// its locals stay off the NAT program's frame.
 #[inline(never)]
 fn icmp_error_to_backend(ctx: &XdpContext, counts: Counts, packet: &Packet, quoted: &Quoted) -> u32 {
     icmp_error_to_backend_inner(ctx, counts, packet, quoted).unwrap_or(NOT_HANDLED)
@@ -388,7 +417,7 @@ fn icmp_error_to_backend(ctx: &XdpContext, counts: Counts, packet: &Packet, quot
 #[inline(always)]
 fn icmp_error_to_backend_inner(ctx: &XdpContext, counts: Counts, packet: &Packet, quoted: &Quoted) -> Option<u32> {
     let frame_len = Frame::new(ctx).len() as u64;
-    let meta = find_vip(quoted.saddr, quoted.sport, quoted.proto, packet.family)?;
+    let meta = find_vip(quoted.saddr, quoted.sport, quoted.proto, packet.family, VipLookup::Indexed)?;
     if meta.flags & VIP_FLAG_NAT != 0 {
         // NAT flows have their own tables (nat_flows::icmp_error).
         return None;

@@ -56,6 +56,8 @@ pub enum DataplaneError {
     Attach { iface: String, native: Box<ProgramError>, generic: Box<ProgramError> },
 }
 
+mod vip_index;
+
 fn map_err(name: &'static str) -> impl Fn(MapError) -> DataplaneError {
     move |source| DataplaneError::Map { name, source: Box::new(source) }
 }
@@ -87,6 +89,8 @@ fn sum_slot<V: aya::Pod + Default>(
 /// Typed handles on the balancer's maps. Only the reconciler writes them.
 pub struct Maps {
     vips: HashMap<MapData, VipKey, VipMeta>,
+    /// `None` only in older builds of the object, which the bench loads to compare.
+    vip_index: Option<vip_index::VipIndex>,
     vip_addrs: HashMap<MapData, VipAddrKey, VipAddrPolicy>,
     vip_filter: Array<MapData, u32>,
     backends: Array<MapData, Backend>,
@@ -113,8 +117,18 @@ impl std::fmt::Debug for Maps {
 
 impl Maps {
     fn take(ebpf: &mut Ebpf) -> Result<Self, DataplaneError> {
+        let vips: HashMap<MapData, VipKey, VipMeta> = take(ebpf, maps::VIPS)?;
+        let vip_index = match ebpf.take_map(maps::VIP_INDEX) {
+            Some(map) => {
+                let entries = vips.iter().collect::<Result<Vec<_>, _>>().map_err(map_err(maps::VIPS))?;
+                let map = Array::try_from(map).map_err(map_err(maps::VIP_INDEX))?;
+                Some(vip_index::VipIndex::adopt(map, &entries)?)
+            }
+            None => None,
+        };
         Ok(Self {
-            vips: take(ebpf, maps::VIPS)?,
+            vips,
+            vip_index,
             vip_addrs: take(ebpf, maps::VIP_ADDRS)?,
             vip_filter: take(ebpf, maps::VIP_FILTER)?,
             backends: take(ebpf, maps::BACKENDS)?,
@@ -153,6 +167,12 @@ impl Maps {
         let mut all = self.vips.iter().collect::<Result<Vec<_>, _>>().map_err(map_err(maps::VIPS))?;
         all.sort_by_key(|(k, _)| *k);
         Ok(all)
+    }
+
+    /// The VIP index's slots in use: (slot, key, meta), in slot order.
+    pub fn vip_index(&self) -> Result<Vec<(u32, VipKey, VipMeta)>, DataplaneError> {
+        let Some(index) = &self.vip_index else { return Ok(Vec::new()) };
+        Ok(index.entries()?.into_iter().map(|(slot, held)| (slot, held.key, held.meta)).collect())
     }
 
     /// The VIP-address policy map's contents, sorted by key.
@@ -222,12 +242,18 @@ impl Maps {
         self.ifaces.set(index, iface, 0).map_err(map_err(maps::IFACES))
     }
 
+    /// Sets a VIP: in the map, then in the index.
     pub(crate) fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), DataplaneError> {
-        self.vips.insert(key, meta, 0).map_err(map_err(maps::VIPS))
+        self.vips.insert(key, meta, 0).map_err(map_err(maps::VIPS))?;
+        self.vip_index.as_mut().map_or(Ok(()), |index| index.put(key, meta))
     }
 
-    /// Removes a VIP; one already gone (an earlier pass failed after removing it) is fine.
+    /// Removes a VIP — from the index, then from the map; one already gone (an earlier pass
+    /// failed after removing it) is fine.
     pub(crate) fn remove_vip(&mut self, key: &VipKey) -> Result<(), DataplaneError> {
+        if let Some(index) = self.vip_index.as_mut() {
+            index.remove(key)?;
+        }
         match self.vips.remove(key) {
             Err(MapError::KeyNotFound) => Ok(()),
             other => other.map_err(map_err(maps::VIPS)),
