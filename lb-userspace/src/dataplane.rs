@@ -487,13 +487,39 @@ impl TableSizes {
     }
 
     /// Sizes the balancer's tables in `loader`; `flow_sets` is `flow_sets(self.flows)`, which
-    /// the loader borrows for the program's global (which only older builds, loaded by the
-    /// bench to compare, may lack: `global_required`).
-    fn apply<'a>(&self, loader: &mut EbpfLoader<'a>, flow_sets: &'a u32, global_required: bool) {
-        loader.map_max_entries(maps::FLOWS, *flow_sets);
-        loader.override_global(maps::FLOW_SETS, flow_sets, global_required);
+    /// the loader borrows for the program's global. `FlowTable::Lru`: an older build's
+    /// connection table (the bench loads such builds to compare), sized by entries.
+    fn apply<'a>(&self, loader: &mut EbpfLoader<'a>, flow_sets: &'a u32, table: FlowTable) {
+        match table {
+            FlowTable::Sets => {
+                loader.map_max_entries(maps::FLOWS, *flow_sets);
+                loader.override_global(maps::FLOW_SETS, flow_sets, true);
+            }
+            FlowTable::Lru => {
+                loader.map_max_entries(maps::FLOWS, self.flows);
+            }
+        }
         loader.map_max_entries(maps::NAT_FLOWS, self.nat);
         loader.map_max_entries(maps::NAT_REVERSE, self.nat);
+    }
+}
+
+/// The kind of connection table a build of the balancer object has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FlowTable {
+    /// This build's set array (`FlowSet`).
+    Sets,
+    /// Older builds' LRU hash map.
+    Lru,
+}
+
+impl FlowTable {
+    fn of(object: &[u8]) -> Self {
+        let array = aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32;
+        match aya_obj::Object::parse(object).ok().and_then(|o| o.maps.get(maps::FLOWS).map(|m| m.map_type())) {
+            Some(kind) if kind != array => FlowTable::Lru,
+            _ => FlowTable::Sets,
+        }
     }
 }
 
@@ -519,8 +545,8 @@ impl Loaded {
     /// [`Loaded::balancer`] from another build of the balancer object (the bench compares two).
     pub fn balancer_from(object: &[u8], sizes: TableSizes) -> Result<(Self, Maps), DataplaneError> {
         let sets = flow_sets(sizes.flows);
-        let required = object == BALANCER_OBJECT;
-        let mut loaded = Self::load_with(object, programs::BALANCER, |loader| sizes.apply(loader, &sets, required))?;
+        let table = FlowTable::of(object);
+        let mut loaded = Self::load_with(object, programs::BALANCER, |loader| sizes.apply(loader, &sets, table))?;
         loaded.load_nat()?;
         let maps = Maps::take(&mut loaded.ebpf)?;
         Ok((loaded, maps))
@@ -544,7 +570,7 @@ impl Loaded {
         let paths: Vec<(&'static str, PathBuf)> = maps::BALANCER.iter().map(|name| (*name, dir.join(name))).collect();
         let sets = flow_sets(sizes.flows);
         let mut loaded = Self::load_with(BALANCER_OBJECT, programs::BALANCER, |loader| {
-            sizes.apply(loader, &sets, true);
+            sizes.apply(loader, &sets, FlowTable::Sets);
             for (name, path) in &paths {
                 loader.map_pin_path(name, path.as_path());
             }
