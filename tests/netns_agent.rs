@@ -88,8 +88,18 @@ fn health_checks_and_drains_steer_new_flows_and_spare_established_ones() {
     ] {
         assert!(text.lines().any(|l| l == line), "metrics lack `{line}`:\n{text}");
     }
+    // Every request above opened a flow of its own (a fresh client port), each recorded.
+    let entries = text
+        .lines()
+        .find_map(|l| l.strip_prefix("xlb_flow_table_entries "))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("metrics lack xlb_flow_table_entries:\n{text}"));
+    assert!(entries >= 200, "{entries} connection-table entries after 200 connections");
+    let size = format!("xlb_flow_table_size {}", lb_common::FLOW_TABLE_SIZE);
+    assert!(text.lines().any(|l| l == size), "metrics lack `{size}`:\n{text}");
     let rendered = String::from_utf8(topo.xlb(&["status"]).stdout).unwrap();
     assert!(rendered.contains("DOWN") && rendered.contains("refused"), "{rendered}");
+    assert!(rendered.contains("connection table: ") && rendered.contains(" entries in use"), "{rendered}");
 
     health.set(1, true);
     wait_for("be1 up again", Duration::from_secs(10), || topo.status().filter(|s| backend_of(s, "web", 1).up));

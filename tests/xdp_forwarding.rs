@@ -9,7 +9,7 @@ use lb_common::{
     FAMILY_V4, FLOW_WAYS, FlowKey, PROTO_TCP, Stat, VIP_INDEX_PROBES, VIP_INDEX_SIZE, VipKey, VipMeta, flow_set,
     flow_sets,
 };
-use xlb::testrun::XdpAction;
+use xlb::{dataplane::FlowTableUsage, testrun::XdpAction};
 use xlb_tests::{
     Balancer, FACTS,
     model::{Model, Verdict},
@@ -269,7 +269,7 @@ fn tcp_without_syn_is_forwarded_by_the_table_but_not_recorded() {
     // The same packet again goes to the same backend (the table is deterministic).
     assert_eq!(h.forwarded(&input, "again").0, backend);
     // SYN-ACK-shaped packets (SYN with ACK) do not open flows either.
-    assert_eq!(h.lb.maps.flow_count().unwrap(), 0);
+    assert_eq!(h.lb.maps.flow_table_usage().unwrap().entries, 0);
 }
 
 #[test]
@@ -298,7 +298,7 @@ fn a_full_set_gives_its_least_recently_used_entry_to_a_new_flow() {
     let mut expected = vec![true; FLOW_WAYS + 1];
     expected[1] = false;
     assert_eq!(held, expected, "only the least recently used flow ({}) gave way", ports[1]);
-    assert_eq!(lb.maps.flow_count().unwrap(), FLOW_WAYS);
+    assert_eq!(lb.maps.flow_table_usage().unwrap(), FlowTableUsage { entries: FLOW_WAYS as u64, size: 1024 });
 }
 
 #[test]

@@ -431,11 +431,6 @@ impl FlowSet {
         let hash = key.hash();
         (0..FLOW_WAYS).find_map(|way| self.holds(way, key, hash))
     }
-
-    /// Entries in use.
-    pub fn occupied(&self) -> usize {
-        self.used.iter().filter(|&&u| u != 0).count()
-    }
 }
 
 /// Sets of a connection table of `entries` entries.
@@ -1002,7 +997,6 @@ mod tests {
         record(&mut set, 5, &b, Flow { backend: 9, generation: 1 });
         assert_eq!(set.find(&a), Some(Flow { backend: 7, generation: 2 }));
         assert_eq!(set.find(&b), Some(Flow { backend: 9, generation: 1 }));
-        assert_eq!(set.occupied(), 2);
         // Two writers interleaved: a's key and hash with b's flow (or a's flow, another generation).
         let mut torn = set;
         torn.entries[3].flow = Flow { backend: 9, generation: 1 };

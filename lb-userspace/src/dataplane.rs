@@ -56,6 +56,7 @@ pub enum DataplaneError {
     Attach { iface: String, native: Box<ProgramError>, generic: Box<ProgramError> },
 }
 
+mod flow_view;
 mod vip_index;
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> DataplaneError {
@@ -99,6 +100,9 @@ pub struct Maps {
     /// Typed on use (`flow_table`): so that the bench can load older builds whose connection
     /// table had another layout beside this one.
     flows: Map,
+    /// The connection table mapped read-only, for counting entries without a syscall per set
+    /// (`None` for older builds' tables).
+    flow_view: Option<flow_view::FlowView>,
     node: Array<MapData, NodeConfig>,
     stats: PerCpuArray<MapData, StatCounters>,
     nat_pools: Array<MapData, NatPool>,
@@ -126,6 +130,13 @@ impl Maps {
             }
             None => None,
         };
+        let flows = ebpf.take_map(maps::FLOWS).ok_or(DataplaneError::Missing { kind: "map", name: maps::FLOWS })?;
+        let flow_view = match (&flows, Array::<&MapData, FlowSet>::try_from(&flows)) {
+            (Map::Array(data), Ok(table)) => {
+                Some(flow_view::FlowView::map(data, table.len()).map_err(map_err(maps::FLOWS))?)
+            }
+            _ => None,
+        };
         Ok(Self {
             vips,
             vip_index,
@@ -134,7 +145,8 @@ impl Maps {
             backends: take(ebpf, maps::BACKENDS)?,
             backend_counters: take(ebpf, maps::BACKEND_COUNTERS)?,
             maglev: take(ebpf, maps::MAGLEV)?,
-            flows: ebpf.take_map(maps::FLOWS).ok_or(DataplaneError::Missing { kind: "map", name: maps::FLOWS })?,
+            flows,
+            flow_view,
             node: take(ebpf, maps::NODE)?,
             stats: take(ebpf, maps::STATS)?,
             nat_pools: take(ebpf, maps::NAT_POOLS)?,
@@ -216,10 +228,12 @@ impl Maps {
         Ok(table.get(&set, 0).map_err(map_err(maps::FLOWS))?.find(key))
     }
 
-    /// Entries in the connection table.
-    pub fn flow_count(&self) -> Result<usize, DataplaneError> {
-        let table = self.flow_table()?;
-        (0..table.len()).try_fold(0, |sum, set| Ok(sum + table.get(&set, 0).map_err(map_err(maps::FLOWS))?.occupied()))
+    /// Entries in use in the connection table, and its size in entries.
+    pub fn flow_table_usage(&self) -> Result<FlowTableUsage, DataplaneError> {
+        let view = self.flow_view.as_ref().ok_or_else(|| {
+            map_err(maps::FLOWS)(MapError::IoError(std::io::Error::other("not a connection table of sets")))
+        })?;
+        Ok(FlowTableUsage { entries: view.occupied() as u64, size: view.size() as u64 })
     }
 
     pub(crate) fn set_node(&mut self, node: &NodeConfig) -> Result<(), DataplaneError> {
@@ -502,6 +516,14 @@ impl TableSizes {
         loader.map_max_entries(maps::NAT_FLOWS, self.nat);
         loader.map_max_entries(maps::NAT_REVERSE, self.nat);
     }
+}
+
+/// How full the connection table is: entries in use (flows recorded and not yet replaced by
+/// newer ones, idle or not) of `size`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FlowTableUsage {
+    pub entries: u64,
+    pub size: u64,
 }
 
 /// The kind of connection table a build of the balancer object has.

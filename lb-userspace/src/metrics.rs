@@ -117,6 +117,15 @@ fn build(snapshot: &Snapshot, agent: &AgentInfo) -> prometheus::Result<Registry>
         }
     }
 
+    let flow_entries = IntGauge::new(
+        "xlb_flow_table_entries",
+        "Connection-table entries in use (flows recorded and not yet replaced, idle or not).",
+    )?;
+    flow_entries.set(snapshot.flow_table.entries as i64);
+    registry.register(Box::new(flow_entries))?;
+    let flow_size = IntGauge::new("xlb_flow_table_size", "Connection-table entries (node.flow_table_size).")?;
+    flow_size.set(snapshot.flow_table.size as i64);
+    registry.register(Box::new(flow_size))?;
     let nat_flows = IntGauge::new("xlb_nat_flows", "NAT flows in the tables (as of the last sweep).")?;
     nat_flows.set(snapshot.nat.flows as i64);
     registry.register(Box::new(nat_flows))?;
@@ -273,6 +282,7 @@ mod tests {
                     },
                 ],
             }],
+            flow_table: crate::dataplane::FlowTableUsage { entries: 6, size: 1024 },
             nat: crate::nat::NatUsage {
                 flows: 5,
                 swept: 2,
@@ -309,6 +319,8 @@ mod tests {
         );
         for line in [
             "xlb_vip_packets_total{vip=\"web\"} 10",
+            "xlb_flow_table_entries 6",
+            "xlb_flow_table_size 1024",
             "xlb_nat_flows 5",
             "xlb_nat_swept_total 2",
             "xlb_nat_pool_flows{address=\"198.51.100.1\",pool=\"edge\"} 5",

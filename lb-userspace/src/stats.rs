@@ -16,6 +16,9 @@ pub struct Snapshot {
     /// Counters by name (`pass_not_vip`, `forwarded`, `truncated_tcp`, `flow_miss`, ...).
     pub counters: Vec<Counter>,
     pub vips: Vec<VipStats>,
+    /// How full the connection table is.
+    #[serde(default)]
+    pub flow_table: crate::dataplane::FlowTableUsage,
     /// NAT flows and pool usage, as of the agent's last sweep.
     #[serde(default)]
     pub nat: crate::nat::NatUsage,
@@ -114,7 +117,8 @@ impl Snapshot {
         }
         vips.sort_by(|a, b| a.name.cmp(&b.name));
         let rx_packets = counters.iter().filter(|c| c.outcome).map(|c| c.value).sum();
-        Ok(Self { rx_packets, counters, vips, nat: Default::default(), l7: Vec::new() })
+        let flow_table = maps.flow_table_usage()?;
+        Ok(Self { rx_packets, counters, vips, flow_table, nat: Default::default(), l7: Vec::new() })
     }
 
     pub fn counter(&self, name: &str) -> Option<u64> {
@@ -179,6 +183,10 @@ impl Snapshot {
                 out.push_str(&format!("  -> {:<36} {:>9} {:<10} {} in flight\n", b.address, "", state, b.in_flight));
             }
         }
+        out.push_str(&format!(
+            "\nconnection table: {} of {} entries in use\n",
+            self.flow_table.entries, self.flow_table.size
+        ));
         out.push_str(&self.nat.render());
         out
     }

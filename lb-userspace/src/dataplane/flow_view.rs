@@ -1,0 +1,68 @@
+//! The connection table (`FlowSet`s in a mmapable array) mapped read-only into the agent, so that
+//! counting its entries reads memory instead of making a syscall per set.
+
+use std::os::fd::{AsFd as _, AsRawFd as _};
+
+use aya::maps::{MapData, MapError};
+use lb_common::{FLOW_WAYS, FlowSet};
+
+pub(super) struct FlowView {
+    area: *const u8,
+    len: usize,
+    sets: u32,
+}
+
+// SAFETY: the mapping is read-only and owned by this value alone; reading it from another thread
+// is as sound as from this one.
+unsafe impl Send for FlowView {}
+// SAFETY: as above: shared references only read.
+unsafe impl Sync for FlowView {}
+
+/// Array maps keep values at an 8-byte stride.
+const STRIDE: usize = size_of::<FlowSet>().next_multiple_of(8);
+
+impl FlowView {
+    pub(super) fn map(data: &MapData, sets: u32) -> Result<Self, MapError> {
+        let len = STRIDE * sets as usize;
+        // SAFETY: maps the array's value area (the kernel lays values from offset 0, page
+        // aligned, `STRIDE` apart) of a live BPF_F_MMAPABLE map, read-only and shared; the
+        // mapping keeps the map alive and is unmapped on drop.
+        let area = unsafe {
+            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, data.fd().as_fd().as_raw_fd(), 0)
+        };
+        if area == libc::MAP_FAILED {
+            return Err(MapError::IoError(std::io::Error::last_os_error()));
+        }
+        Ok(Self { area: area.cast::<u8>().cast_const(), len, sets })
+    }
+
+    /// Entries in use: those whose last-use time is set.
+    pub(super) fn occupied(&self) -> usize {
+        let used = std::mem::offset_of!(FlowSet, used);
+        (0..self.sets as usize)
+            .map(|set| {
+                (0..FLOW_WAYS)
+                    .filter(|way| {
+                        // SAFETY: inside the mapping (`set < sets`, `used` lies within a value);
+                        // aligned (values are 8-byte aligned, `used` at a multiple of 4). The
+                        // data plane writes these words concurrently: a volatile read of a whole
+                        // u32 sees either value.
+                        unsafe { self.area.add(set * STRIDE + used + way * 4).cast::<u32>().read_volatile() != 0 }
+                    })
+                    .count()
+            })
+            .sum()
+    }
+
+    /// The table's size in entries.
+    pub(super) fn size(&self) -> usize {
+        self.sets as usize * FLOW_WAYS
+    }
+}
+
+impl Drop for FlowView {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the area `map` mapped, which nothing borrows past `self`.
+        unsafe { libc::munmap(self.area.cast_mut().cast(), self.len) };
+    }
+}
