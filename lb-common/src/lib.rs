@@ -135,7 +135,10 @@ impl VipSlot {
     /// The meta this slot holds for `key` (whose `index_hash` is `hash`), if it holds `key` whole.
     #[inline(always)]
     pub fn holds(&self, key: &VipKey, hash: u32) -> Option<VipMeta> {
-        let meta = self.meta;
+        // Read once, volatile: in the data plane the agent may rewrite this slot meanwhile, and
+        // the meta checked must be the very bytes returned, not a second load of them.
+        // SAFETY: a valid, aligned reference to plain data.
+        let meta = unsafe { core::ptr::read_volatile(&self.meta) };
         (self.key == *key && self.check == vip_check(hash, &meta)).then_some(meta)
     }
 }
@@ -418,7 +421,10 @@ impl FlowSet {
     #[inline(always)]
     pub fn holds(&self, way: usize, key: &FlowKey, hash: u32) -> Option<Flow> {
         let entry = self.entries.get(way)?;
-        let flow = entry.flow;
+        // Read once, volatile: in the data plane other CPUs may write this entry meanwhile, and
+        // the flow checked must be the very bytes returned, not a second load of them.
+        // SAFETY: a valid, aligned reference to plain data.
+        let flow = unsafe { core::ptr::read_volatile(&entry.flow) };
         (*self.used.get(way)? != 0
             && *self.hashes.get(way)? == hash
             && entry.check == flow_check(hash, &flow)

@@ -36,8 +36,10 @@ pub(crate) fn find(key: &FlowKey, hash: u32) -> Option<Entry> {
     // Odd, so that 0 always means free. (The verifier turns this helper into a plain load.)
     // SAFETY: no arguments, no preconditions.
     let now = unsafe { bpf_jiffies64() } as u32 | 1;
-    // SAFETY: `set` points into the map's value area, valid while the program runs; other CPUs
-    // may write it concurrently, which `FlowSet::holds` detects.
+    // SAFETY: `set` points into the map's value area, valid while the program runs. Other CPUs
+    // may write the same set at the same time (plain loads and stores, as eBPF programs share
+    // maps); `FlowSet::holds` reads each value once and checks it, so a torn entry reads as
+    // absent.
     let set_ref = unsafe { &mut *set };
     let mut victim = 0;
     let mut victim_age = 0;
@@ -57,7 +59,9 @@ pub(crate) fn find(key: &FlowKey, hash: u32) -> Option<Entry> {
             }
             return Some(Entry { set, way, flow: Some(flow), now });
         }
-        let age = now.wrapping_sub(used);
+        // Another CPU may have stamped the entry a tick later than this CPU's `now`: that is
+        // the newest, not (wrapping) the oldest.
+        let age = if (now.wrapping_sub(used) as i32) < 0 { 0 } else { now.wrapping_sub(used) };
         if age >= victim_age && victim_age != u32::MAX {
             (victim, victim_age) = (way, age);
         }

@@ -169,8 +169,11 @@ pub fn xlb_balancer(ctx: XdpContext) -> u32 {
                 XLB_PROGS.tail_call(&ctx, PROG_NAT);
             }
         }
-        // Only if the NAT program is not loaded.
-        return counts.outcome(Stat::DropNatUnavailable);
+        // Only if the NAT program is not loaded. A too-big error for no NAT address goes on
+        // as any other packet (it is then not forwarded to a backend).
+        if nat {
+            return counts.outcome(Stat::DropNatUnavailable);
+        }
     }
     if bits & FILTER_VIP == 0 {
         return counts.outcome(Stat::PassNotVip);

@@ -259,7 +259,11 @@ impl Maps {
     /// Sets a VIP: in the map, then in the index.
     pub(crate) fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), DataplaneError> {
         self.vips.insert(key, meta, 0).map_err(map_err(maps::VIPS))?;
-        self.vip_index.as_mut().map_or(Ok(()), |index| index.put(key, meta))
+        let Some(index) = self.vip_index.as_mut() else { return Ok(()) };
+        index.put(key, meta).inspect_err(|_| {
+            // The index must not keep an older meta than the map: the data plane prefers it.
+            let _ = index.remove(key);
+        })
     }
 
     /// Removes a VIP — from the index, then from the map; one already gone (an earlier pass
