@@ -324,6 +324,60 @@ fn the_vip_index_mirrors_the_vip_map_through_reloads() {
 }
 
 #[test]
+fn an_adopted_vip_index_is_repaired_from_the_vip_map() {
+    require_root!();
+    use aya::maps::{Array, Map, MapData};
+    use lb_common::VipSlot;
+    use xlb::{dataplane::Loaded, desired::DesiredState, reconcile::Reconciler};
+    let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/xlb-test-adopt-{}", std::process::id()));
+    struct Unpin(std::path::PathBuf);
+    impl Drop for Unpin {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _unpin = Unpin(dir.clone());
+    let sizes = xlb::dataplane::TableSizes { flows: 1024, nat: 1024 };
+    let config = xlb_tests::parse_config(CONFIG);
+    {
+        let (_program, mut maps, adopted) = Loaded::balancer_pinned(sizes, &dir).expect("pinned load");
+        assert!(!adopted);
+        Reconciler::new().apply(&DesiredState::new(&config, &FACTS), &mut maps).expect("reconcile");
+    }
+    // A previous agent's index gone wrong: one VIP's slot with another meta, one slot of a VIP
+    // the map does not have, and one VIP's slot cleared.
+    let vips = {
+        let (_program, maps, _) = Loaded::balancer_pinned(sizes, &dir).expect("pinned load");
+        maps.vips().unwrap()
+    };
+    let map = MapData::from_pin(dir.join(lb_common::maps::VIP_INDEX)).expect("the pinned index");
+    let mut index: Array<MapData, VipSlot> = Array::try_from(Map::Array(map)).unwrap();
+    let slot_of = |index: &Array<MapData, VipSlot>, key: &VipKey| {
+        (0..VIP_INDEX_SIZE).find(|&s| index.get(&s, 0).is_ok_and(|held| held.check != 0 && held.key == *key))
+    };
+    let (changed, changed_meta) = vips[0];
+    let (cleared, _) = vips[1];
+    let slot = slot_of(&index, &changed).expect("indexed");
+    index.set(slot, &VipSlot::new(changed, VipMeta { table_size: 7, ..changed_meta }), 0).unwrap();
+    let slot = slot_of(&index, &cleared).expect("indexed");
+    index.set(slot, &VipSlot::default(), 0).unwrap();
+    let ghost = VipKey::v4(u32::from_be_bytes([203, 0, 113, 99]).to_be(), 80u16.to_be(), PROTO_TCP);
+    let home = ghost.index_hash() & (VIP_INDEX_SIZE - 1);
+    index.set(home, &VipSlot::new(ghost, changed_meta), 0).unwrap();
+    drop(index);
+
+    let (_program, maps, adopted) = Loaded::balancer_pinned(sizes, &dir).expect("pinned load");
+    assert!(adopted);
+    let mut indexed: Vec<(VipKey, VipMeta)> =
+        maps.vip_index().unwrap().into_iter().map(|(_, key, meta)| (key, meta)).collect();
+    indexed.sort_by_key(|(key, _)| *key);
+    assert_eq!(indexed, maps.vips().unwrap(), "the index holds exactly the map again");
+    let map = MapData::from_pin(dir.join(lb_common::maps::VIP_INDEX)).expect("the pinned index");
+    let index: Array<MapData, VipSlot> = Array::try_from(Map::Array(map)).unwrap();
+    assert_eq!(slot_of(&index, &ghost), None, "the ghost's slot is cleared");
+}
+
+#[test]
 fn vips_the_index_cannot_hold_are_found_in_the_vip_map() {
     require_root!();
     // Seven VIP addresses whose keys share one home slot: the index holds VIP_INDEX_PROBES of
