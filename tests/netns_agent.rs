@@ -88,13 +88,21 @@ fn health_checks_and_drains_steer_new_flows_and_spare_established_ones() {
     ] {
         assert!(text.lines().any(|l| l == line), "metrics lack `{line}`:\n{text}");
     }
-    // Every request above opened a flow of its own (a fresh client port), each recorded.
-    let entries = text
-        .lines()
-        .find_map(|l| l.strip_prefix("xlb_flow_table_entries "))
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or_else(|| panic!("metrics lack xlb_flow_table_entries:\n{text}"));
-    assert!(entries >= 200, "{entries} connection-table entries after 200 connections");
+    // Every request above opened a flow of its own (a fresh client port), each recorded; the
+    // agent counts the table every 2 s.
+    let entries = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("xlb_flow_table_entries "))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("metrics lack xlb_flow_table_entries:\n{text}"))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(6);
+    let mut counted = entries(&text);
+    while counted < 200 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        counted = entries(&metrics(&topo));
+    }
+    assert!(counted >= 200, "{counted} connection-table entries after 200 connections");
     let size = format!("xlb_flow_table_size {}", lb_common::FLOW_TABLE_SIZE);
     assert!(text.lines().any(|l| l == size), "metrics lack `{size}`:\n{text}");
     let rendered = String::from_utf8(topo.xlb(&["status"]).stdout).unwrap();

@@ -111,6 +111,9 @@ struct State {
     node_drained: bool,
     /// NAT flows and pool usage as of the last sweep.
     nat: NatUsage,
+    /// How full the connection table was at its last count (every `NAT_SWEEP_INTERVAL`, done
+    /// without holding this state).
+    flow_table: crate::dataplane::FlowTableUsage,
     /// The HTTP proxy of `mode: l7` VIPs (not in the maps: XDP passes their packets to it).
     l7: l7::Tier,
 }
@@ -157,6 +160,7 @@ impl State {
     fn snapshot(&self) -> Result<Snapshot, DataplaneError> {
         let mut snapshot = Snapshot::read(&self.maps, &self.reconciler, &self.health)?;
         snapshot.nat = self.nat.clone();
+        snapshot.flow_table = self.flow_table;
         snapshot.l7 = self.l7.status();
         Ok(snapshot)
     }
@@ -263,6 +267,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         announce: watch::Sender::new(Announce::new()),
         node_drained: false,
         nat: NatUsage::default(),
+        flow_table: Default::default(),
         l7: l7::Tier::new()?,
     };
     if let Some(e) = state.l7.apply(&state.config).into_iter().next() {
@@ -336,10 +341,24 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let (mut health_alive, mut neighbors_alive) = (true, true);
     let mut sweep = tokio::time::interval(NAT_SWEEP_INTERVAL);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let flow_counter = lock(&state)
+        .maps
+        .flow_table_counter()
+        .inspect_err(|e| tracing::warn!(error = %e, "connection-table occupancy will not be counted"))
+        .ok();
     loop {
         tokio::select! {
             _ = term.recv() => break,
-            _ = sweep.tick() => lock(&state).sweep_nat(),
+            _ = sweep.tick() => {
+                lock(&state).sweep_nat();
+                if let Some(counter) = flow_counter.clone() {
+                    let state = Arc::clone(&state);
+                    tokio::task::spawn_blocking(move || {
+                        let usage = counter.count();
+                        lock(&state).flow_table = usage;
+                    });
+                }
+            }
             _ = int.recv() => break,
             _ = hup.recv() => reload(&opts, &mut lock(&state), &mut checker, &mut resolver),
             _ = poll.tick(), if opts.watch_config => {

@@ -102,7 +102,7 @@ pub struct Maps {
     flows: Map,
     /// The connection table mapped read-only, for counting entries without a syscall per set
     /// (`None` for older builds' tables).
-    flow_view: Option<flow_view::FlowView>,
+    flow_view: Option<std::sync::Arc<flow_view::FlowView>>,
     node: Array<MapData, NodeConfig>,
     stats: PerCpuArray<MapData, StatCounters>,
     nat_pools: Array<MapData, NatPool>,
@@ -133,7 +133,7 @@ impl Maps {
         let flows = ebpf.take_map(maps::FLOWS).ok_or(DataplaneError::Missing { kind: "map", name: maps::FLOWS })?;
         let flow_view = match (&flows, Array::<&MapData, FlowSet>::try_from(&flows)) {
             (Map::Array(data), Ok(table)) => {
-                Some(flow_view::FlowView::map(data, table.len()).map_err(map_err(maps::FLOWS))?)
+                Some(std::sync::Arc::new(flow_view::FlowView::map(data, table.len()).map_err(map_err(maps::FLOWS))?))
             }
             _ => None,
         };
@@ -230,10 +230,16 @@ impl Maps {
 
     /// Entries in use in the connection table, and its size in entries.
     pub fn flow_table_usage(&self) -> Result<FlowTableUsage, DataplaneError> {
+        Ok(self.flow_table_counter()?.count())
+    }
+
+    /// What counts the connection table's entries, apart from the maps: the scan reads every
+    /// set (8 MB at the default size), so the agent runs it without holding its state.
+    pub fn flow_table_counter(&self) -> Result<FlowTableCounter, DataplaneError> {
         let view = self.flow_view.as_ref().ok_or_else(|| {
             map_err(maps::FLOWS)(MapError::IoError(std::io::Error::other("not a connection table of sets")))
         })?;
-        Ok(FlowTableUsage { entries: view.occupied() as u64, size: view.size() as u64 })
+        Ok(FlowTableCounter(std::sync::Arc::clone(view)))
     }
 
     pub(crate) fn set_node(&mut self, node: &NodeConfig) -> Result<(), DataplaneError> {
@@ -528,6 +534,22 @@ impl TableSizes {
 pub struct FlowTableUsage {
     pub entries: u64,
     pub size: u64,
+}
+
+/// Counts the connection table's entries in use (see [`Maps::flow_table_counter`]).
+#[derive(Clone)]
+pub struct FlowTableCounter(std::sync::Arc<flow_view::FlowView>);
+
+impl FlowTableCounter {
+    pub fn count(&self) -> FlowTableUsage {
+        FlowTableUsage { entries: self.0.occupied() as u64, size: self.0.size() as u64 }
+    }
+}
+
+impl std::fmt::Debug for FlowTableCounter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlowTableCounter").field("size", &self.0.size()).finish()
+    }
 }
 
 /// The kind of connection table a build of the balancer object has.

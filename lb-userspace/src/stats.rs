@@ -16,7 +16,7 @@ pub struct Snapshot {
     /// Counters by name (`pass_not_vip`, `forwarded`, `truncated_tcp`, `flow_miss`, ...).
     pub counters: Vec<Counter>,
     pub vips: Vec<VipStats>,
-    /// How full the connection table is.
+    /// How full the connection table is (the agent's: as of its last count).
     #[serde(default)]
     pub flow_table: crate::dataplane::FlowTableUsage,
     /// NAT flows and pool usage, as of the agent's last sweep.
@@ -117,8 +117,7 @@ impl Snapshot {
         }
         vips.sort_by(|a, b| a.name.cmp(&b.name));
         let rx_packets = counters.iter().filter(|c| c.outcome).map(|c| c.value).sum();
-        let flow_table = maps.flow_table_usage()?;
-        Ok(Self { rx_packets, counters, vips, flow_table, nat: Default::default(), l7: Vec::new() })
+        Ok(Self { rx_packets, counters, vips, flow_table: Default::default(), nat: Default::default(), l7: Vec::new() })
     }
 
     pub fn counter(&self, name: &str) -> Option<u64> {
