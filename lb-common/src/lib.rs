@@ -406,17 +406,6 @@ pub struct FlowEntry {
 }
 
 impl FlowSet {
-    pub const EMPTY: Self = Self {
-        hashes: [0; FLOW_WAYS],
-        used: [0; FLOW_WAYS],
-        entries: [FlowEntry {
-            key: FlowKey { saddr: [0; 4], daddr: [0; 4], sport: 0, dport: 0, proto: 0, family: 0, pad: 0 },
-            flow: Flow { backend: 0, generation: 0 },
-            check: 0,
-            pad: [0; 3],
-        }; FLOW_WAYS],
-    };
-
     /// The entry `way` if it holds `key` (whose hash is `hash`) whole.
     #[inline(always)]
     pub fn holds(&self, way: usize, key: &FlowKey, hash: u32) -> Option<Flow> {
@@ -996,7 +985,8 @@ mod tests {
 
     #[test]
     fn a_flow_set_finds_whole_entries_and_not_torn_ones() {
-        let mut set = FlowSet::EMPTY;
+        let entry = FlowEntry { key: FlowKey::default(), flow: Flow::default(), check: 0, pad: [0; 3] };
+        let mut set = FlowSet { hashes: [0; FLOW_WAYS], used: [0; FLOW_WAYS], entries: [entry; FLOW_WAYS] };
         let (a, b) = (flow_key(1000), flow_key(1001));
         assert_eq!(set.find(&a), None);
         record(&mut set, 3, &a, Flow { backend: 7, generation: 2 });

@@ -61,7 +61,8 @@ pub(crate) fn find(key: &FlowKey, hash: u32) -> Option<Entry> {
         }
         // Another CPU may have stamped the entry a tick later than this CPU's `now`: that is
         // the newest, not (wrapping) the oldest.
-        let age = if (now.wrapping_sub(used) as i32) < 0 { 0 } else { now.wrapping_sub(used) };
+        let age = now.wrapping_sub(used);
+        let age = if (age as i32) < 0 { 0 } else { age };
         if age >= victim_age && victim_age != u32::MAX {
             (victim, victim_age) = (way, age);
         }

@@ -125,8 +125,9 @@ impl Counts {
 
 /// The entry program: the hot paths inline on one BPF frame — direct server return, and NAT
 /// replies and known NAT flows; anything else that concerns a NAT address (new flows, ICMP
-/// errors), and the rare ICMP too-big about a flow, goes on to `xlb_nat` by tail call, with the parsed packet in the per-CPU scratch
-/// (opening a NAT flow does not fit this frame's 512-byte stack beside the rest).
+/// errors), and the rare ICMP too-big about a flow, goes on to `xlb_nat` by tail call, with the
+/// parsed packet in the per-CPU scratch (opening a NAT flow does not fit this frame's 512-byte
+/// stack beside the rest).
 #[xdp]
 pub fn xlb_balancer(ctx: XdpContext) -> u32 {
     let Some(stats) = XLB_STATS.get_ptr_mut(0) else { return xdp_action::XDP_PASS };
