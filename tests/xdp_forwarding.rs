@@ -385,7 +385,7 @@ fn vips_the_index_cannot_hold_are_found_in_the_vip_map() {
     let key = |addr: u32| VipKey::v4(addr.to_be(), 80u16.to_be(), PROTO_TCP);
     let base = u32::from_be_bytes([198, 18, 0, 0]);
     let home = key(base).index_hash() & (VIP_INDEX_SIZE - 1);
-    let addrs: Vec<std::net::Ipv4Addr> = (base..base + (1 << 17))
+    let addrs: Vec<std::net::Ipv4Addr> = (base..base + (1 << 23))
         .filter(|&a| key(a).index_hash() & (VIP_INDEX_SIZE - 1) == home)
         .take(7)
         .map(std::net::Ipv4Addr::from)

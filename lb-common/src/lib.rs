@@ -5,10 +5,11 @@
 //! order so the data plane compares them without swapping.
 #![no_std]
 
-/// Most VIPs one data plane serves. Also the length of the per-VIP counter array.
-pub const MAX_VIPS: u32 = 1024;
-/// Most backend slots (one per VIP and backend pair).
-pub const MAX_BACKENDS: u32 = 16384;
+/// Most VIPs one data plane serves (the per-node limit). Also the length of the per-VIP counter
+/// array and of the Maglev table array.
+pub const MAX_VIPS: u32 = 10_000;
+/// Most backend slots (one per VIP and backend pair): the per-node limit of backends.
+pub const MAX_BACKENDS: u32 = 100_000;
 /// Buckets of the VIP-address pre-filter (a power of two).
 pub const VIP_FILTER_SIZE: u32 = 4096;
 
@@ -20,7 +21,7 @@ pub fn addr_bucket(addr: &[u32; 4]) -> u32 {
 }
 
 /// Distinct VIP addresses (for the fragment/extension-header policy, which has no port to go by).
-pub const MAX_VIP_ADDRS: u32 = 1024;
+pub const MAX_VIP_ADDRS: u32 = MAX_VIPS;
 /// Connection-table entries by default (`node.flow_table_size`).
 pub const FLOW_TABLE_SIZE: u32 = 1 << 20;
 /// Entries of one connection-table set: a flow lives in one of the `FLOW_WAYS` entries of the set
@@ -28,18 +29,17 @@ pub const FLOW_TABLE_SIZE: u32 = 1 << 20;
 pub const FLOW_WAYS: usize = 8;
 /// Largest Maglev table a VIP may have.
 pub const MAX_MAGLEV_TABLE_SIZE: u32 = 1_048_573;
-/// Table slots per array element. A table holds backend slot numbers as `u16`, four to an
-/// 8-byte element (array maps store every value at an 8-byte stride, so one `u32` per element
-/// would waste half and four `u16` none): a 65537-slot table takes 128 KiB instead of 512 KiB,
-/// and the random read a new flow makes is far more often a cache hit.
-pub const MAGLEV_GROUP: u32 = 4;
-/// Four table slots: the value type of a Maglev table's array map.
-pub type MaglevGroup = [u16; MAGLEV_GROUP as usize];
+/// Table slots per array element. A table holds backend slot numbers as `u32` (`MAX_BACKENDS`
+/// does not fit a `u16`), two to an 8-byte element (array maps store every value at an 8-byte
+/// stride, so one `u32` per element would waste half): a 16381-slot table takes 64 KiB.
+pub const MAGLEV_GROUP: u32 = 2;
+/// Two table slots: the value type of a Maglev table's array map.
+pub type MaglevGroup = [u32; MAGLEV_GROUP as usize];
 /// Elements of the largest table (the inner map template's size).
 pub const MAX_MAGLEV_GROUPS: u32 = MAX_MAGLEV_TABLE_SIZE.div_ceil(MAGLEV_GROUP);
 /// A table slot that names no backend: the lanes after the last slot, and an emptied table.
-pub const MAGLEV_NO_BACKEND: u16 = u16::MAX;
-const _: () = assert!(MAX_BACKENDS < MAGLEV_NO_BACKEND as u32, "backend slots must fit a u16 table slot");
+pub const MAGLEV_NO_BACKEND: u32 = u32::MAX;
+const _: () = assert!(MAX_BACKENDS < MAGLEV_NO_BACKEND, "a backend slot must differ from MAGLEV_NO_BACKEND");
 
 /// The array element and lane of Maglev table slot `index`.
 #[inline(always)]
@@ -100,8 +100,8 @@ impl VipKey {
     }
 }
 
-/// Slots of the VIP index: a power of two, eight per VIP, so that keys rarely share a home.
-pub const VIP_INDEX_SIZE: u32 = 8 * MAX_VIPS;
+/// Slots of the VIP index: a power of two, at least eight per VIP, so that keys rarely share a home.
+pub const VIP_INDEX_SIZE: u32 = (8 * MAX_VIPS).next_power_of_two();
 /// Slots a lookup tries from a key's home slot before it asks the VIP map.
 pub const VIP_INDEX_PROBES: u32 = 4;
 const _: () = assert!(VIP_INDEX_SIZE.is_power_of_two());

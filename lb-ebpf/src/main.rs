@@ -405,7 +405,7 @@ fn table_pick(meta: &VipMeta, flow: &FlowKey, hash: u32) -> Option<(u32, Backend
         hash
     };
     let (group, lane) = maglev_position(pick % meta.table_size);
-    let slot = u32::from(*XLB_MAGLEV.get_value(meta.id, &group)?.get(lane)?);
+    let slot = *XLB_MAGLEV.get_value(meta.id, &group)?.get(lane)?;
     let backend = *XLB_BACKENDS.get(slot)?;
     (backend.flags & BACKEND_FLAG_ACTIVE != 0).then_some((slot, backend))
 }

@@ -56,6 +56,7 @@ pub enum DataplaneError {
     Attach { iface: String, native: Box<ProgramError>, generic: Box<ProgramError> },
 }
 
+mod batch;
 mod flow_view;
 mod vip_index;
 
@@ -97,6 +98,8 @@ pub struct Maps {
     backends: Array<MapData, Backend>,
     backend_counters: PerCpuArray<MapData, BackendCounters>,
     maglev: ArrayOfMaps<MapData, Array<MapData, MaglevGroup>>,
+    /// The same outer map, for batch swaps (aya's wrapper does not lend its fd).
+    maglev_fd: std::os::fd::OwnedFd,
     /// Typed on use (`flow_table`): so that the bench can load older builds whose connection
     /// table had another layout beside this one.
     flows: Map,
@@ -137,6 +140,14 @@ impl Maps {
             }
             _ => None,
         };
+        let maglev = ebpf.take_map(maps::MAGLEV).ok_or(DataplaneError::Missing { kind: "map", name: maps::MAGLEV })?;
+        let maglev_fd = match &maglev {
+            Map::ArrayOfMaps(data) => {
+                use std::os::fd::AsFd as _;
+                data.fd().as_fd().try_clone_to_owned().map_err(|e| map_err(maps::MAGLEV)(MapError::IoError(e)))?
+            }
+            _ => return Err(map_err(maps::MAGLEV)(MapError::IoError(std::io::Error::other("not an array of maps")))),
+        };
         Ok(Self {
             vips,
             vip_index,
@@ -144,7 +155,8 @@ impl Maps {
             vip_filter: take(ebpf, maps::VIP_FILTER)?,
             backends: take(ebpf, maps::BACKENDS)?,
             backend_counters: take(ebpf, maps::BACKEND_COUNTERS)?,
-            maglev: take(ebpf, maps::MAGLEV)?,
+            maglev: ArrayOfMaps::try_from(maglev).map_err(map_err(maps::MAGLEV))?,
+            maglev_fd,
             flows,
             flow_view,
             node: take(ebpf, maps::NODE)?,
@@ -208,10 +220,10 @@ impl Maps {
         let inner = self.maglev.get(&vip_id, 0).map_err(map_err(maps::MAGLEV))?;
         let mut slots = Vec::with_capacity((inner.len() * MAGLEV_GROUP) as usize);
         for i in 0..inner.len() {
-            slots.extend(inner.get(&i, 0).map_err(map_err(maps::MAGLEV))?.map(u32::from));
+            slots.extend(inner.get(&i, 0).map_err(map_err(maps::MAGLEV))?);
         }
         // The last element's unused lanes.
-        while slots.last() == Some(&u32::from(MAGLEV_NO_BACKEND)) {
+        while slots.last() == Some(&MAGLEV_NO_BACKEND) {
             slots.pop();
         }
         Ok(slots)
@@ -353,22 +365,28 @@ impl Maps {
         self.backend_counters.set(slot, zeros, 0).map_err(map_err(maps::BACKEND_COUNTERS))
     }
 
-    /// Writes a complete table into a new inner map, then points the VIP's entry at it: one
-    /// atomic update, so packets see either the old table or the new one.
-    pub(crate) fn set_table(&mut self, vip_id: u32, slots: &[u32]) -> Result<(), DataplaneError> {
-        let table = new_table(slots).map_err(map_err(maps::MAGLEV))?;
-        self.maglev.set(vip_id, &table, 0).map_err(map_err(maps::MAGLEV))
-    }
-
-    /// Replaces a VIP's table by an empty one (one element naming no backend).
-    pub(crate) fn clear_table(&mut self, vip_id: u32) -> Result<(), DataplaneError> {
-        self.set_table(vip_id, &[])
+    /// Writes each VIP's complete table into a new inner map, then points the VIPs' entries at
+    /// them with one batch update: each entry swaps atomically (packets see either the old
+    /// table or the new one), and the kernel's RCU wait is paid once for the batch instead of
+    /// once per VIP.
+    /// An empty `slots` empties the VIP's table (one element naming no backend).
+    pub(crate) fn set_tables(&mut self, tables: &[(u32, &[u32])]) -> Result<(), DataplaneError> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let inner: Vec<MapData> =
+            tables.iter().map(|(_, slots)| new_table(slots)).collect::<Result<_, _>>().map_err(map_err(maps::MAGLEV))?;
+        let keys: Vec<u32> = tables.iter().map(|(id, _)| *id).collect();
+        let fds: Vec<u8> = inner
+            .iter()
+            .flat_map(|table| (table.fd().as_fd().as_raw_fd() as u32).to_ne_bytes())
+            .collect();
+        batch::update(self.maglev_fd.as_fd(), &keys, &fds, size_of::<u32>())
+            .map_err(|e| map_err(maps::MAGLEV)(MapError::IoError(std::io::Error::other(e.to_string()))))
     }
 }
 
 /// A Maglev table as a new mmapable array map holding `slots` (backend slot numbers, each below
 /// `MAX_BACKENDS`), packed `MAGLEV_GROUP` to an element.
-fn new_table(slots: &[u32]) -> Result<Array<MapData, MaglevGroup>, MapError> {
+fn new_table(slots: &[u32]) -> Result<MapData, MapError> {
     use std::os::fd::{AsFd as _, AsRawFd as _};
     let groups = slots.len().div_ceil(MAGLEV_GROUP as usize).max(1);
     let def = aya_obj::Map::new_from_params(
@@ -382,10 +400,8 @@ fn new_table(slots: &[u32]) -> Result<Array<MapData, MaglevGroup>, MapError> {
     // An 8-byte value: elements sit back to back, which is what the mmap below relies on.
     const _: () = assert!(size_of::<MaglevGroup>() == 8);
     let mut packed = vec![MAGLEV_NO_BACKEND; groups * MAGLEV_GROUP as usize];
-    for (lane, slot) in packed.iter_mut().zip(slots) {
-        *lane = u16::try_from(*slot).unwrap_or(MAGLEV_NO_BACKEND);
-    }
-    let len = packed.len() * size_of::<u16>();
+    packed[..slots.len()].copy_from_slice(slots);
+    let len = packed.len() * size_of::<u32>();
     // SAFETY: maps the array's value area (the kernel rounds it up to whole pages; we touch
     // only the first `len` bytes, exactly the elements) from a live map fd, shared and writable
     // as BPF_F_MMAPABLE allows; unmapped before the fd can go away.
@@ -401,10 +417,10 @@ fn new_table(slots: &[u32]) -> Result<Array<MapData, MaglevGroup>, MapError> {
         if area == libc::MAP_FAILED {
             return Err(MapError::IoError(std::io::Error::last_os_error()));
         }
-        std::ptr::copy_nonoverlapping(packed.as_ptr(), area.cast::<u16>(), packed.len());
+        std::ptr::copy_nonoverlapping(packed.as_ptr(), area.cast::<u32>(), packed.len());
         libc::munmap(area, len);
     }
-    Array::try_from(Map::Array(data))
+    Ok(data)
 }
 
 /// Typed handles on the decapsulation program's maps.

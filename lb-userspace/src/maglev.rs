@@ -20,7 +20,7 @@ pub struct Member<'a> {
     pub weight: u32,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum MaglevError {
     #[error("Maglev table size {0} is not a prime; pick one such as 65537, 131071 or 1048573")]
     NotPrime(u32),

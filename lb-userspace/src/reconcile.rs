@@ -47,6 +47,67 @@ pub struct AppliedVip {
     pub retired: BackendCounters,
 }
 
+/// VIPs one step writes at most: bounds how long a step holds back a health change (a step's
+/// Maglev builds, map writes and its one RCU wait), while a full reload still pays that wait
+/// only once per this many VIPs.
+pub const STEP_VIPS: usize = 128;
+
+/// What one step did, and how many differing VIPs it left for the next.
+#[derive(Debug, Default)]
+pub struct Step {
+    pub changes: Changes,
+    pub remaining: usize,
+}
+
+/// Tables to swap in one batch (VIP id → backend slots, empty to clear) and the slots to retire
+/// once they are in.
+#[derive(Debug, Default)]
+struct TableBatch {
+    tables: BTreeMap<u32, Vec<u32>>,
+    retire: Vec<u32>,
+}
+
+impl TableBatch {
+    /// Puts VIP `id`'s table, built over `slots`, into the batch; returns its size (0 when no
+    /// backend has weight, which the data plane treats as "no backend").
+    fn put(
+        &mut self,
+        id: u32,
+        vip: &DesiredVip,
+        table: Option<&Result<maglev::Table, MaglevError>>,
+        slots: &[u32],
+    ) -> Result<u32, ReconcileError> {
+        let built;
+        let table = match table {
+            Some(Ok(table)) => table,
+            Some(Err(source)) => {
+                return Err(ReconcileError::Maglev { endpoint: vip.endpoint.clone(), source: source.clone() });
+            }
+            None => {
+                built = build_table(vip)?;
+                &built
+            }
+        };
+        let global: Vec<u32> = table.slots.iter().map(|&i| slots[i as usize]).collect();
+        let size = if global.is_empty() { 0 } else { vip.table_size };
+        self.tables.insert(id, global);
+        Ok(size)
+    }
+}
+
+/// A VIP written up to its table, waiting for the batch.
+#[derive(Debug)]
+struct Staged {
+    key: VipKey,
+    vip: DesiredVip,
+    meta: VipMeta,
+    slots: Vec<u32>,
+    /// Slots claimed for it in this step.
+    fresh: Vec<u32>,
+    /// Indexes into the old record's backends that it dropped.
+    gone: Vec<usize>,
+}
+
 /// What one reconcile pass changed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Changes {
@@ -93,6 +154,15 @@ impl Default for Reconciler {
             free_slots: (0..MAX_BACKENDS).rev().collect(),
             generations: vec![0; MAX_BACKENDS as usize],
         }
+    }
+}
+
+impl Changes {
+    fn absorb(&mut self, step: Changes) {
+        self.added.extend(step.added);
+        self.removed.extend(step.removed);
+        self.updated.extend(step.updated);
+        self.tables_rebuilt += step.tables_rebuilt;
     }
 }
 
@@ -178,9 +248,32 @@ impl Reconciler {
         &self.addrs
     }
 
-    /// Brings the maps to `desired`. On error the maps hold a mix of old and new entries and
-    /// `applied()` says exactly which; the next call converges.
+    /// Brings the maps to `desired`, in steps of at most `STEP_VIPS` VIPs. On error the maps
+    /// hold a mix of old and new entries and `applied()` says exactly which; the next call
+    /// converges.
     pub fn apply(&mut self, desired: &DesiredState, maps: &mut Maps) -> Result<Changes, ReconcileError> {
+        let mut changes = Changes::default();
+        loop {
+            let step = self.apply_step(desired, maps, STEP_VIPS)?;
+            changes.absorb(step.changes);
+            if step.remaining == 0 {
+                break;
+            }
+        }
+        changes.unchanged = desired.vips.len() - changes.added.len() - changes.updated.len();
+        Ok(changes)
+    }
+
+    /// One step toward `desired`: node settings, addresses, pools and interfaces; every VIP
+    /// that is gone; then at most `budget` of the VIPs that differ — those losing a serving
+    /// backend first, so a health failure is never queued behind a big reload. Their Maglev
+    /// tables are built in parallel and swapped in one batch (one RCU wait for the step).
+    pub fn apply_step(
+        &mut self,
+        desired: &DesiredState,
+        maps: &mut Maps,
+        budget: usize,
+    ) -> Result<Step, ReconcileError> {
         let mut changes = Changes::default();
         if self.node != Some(desired.node) {
             maps.set_node(&desired.node).map_err(|e| ReconcileError::Node(Box::new(e)))?;
@@ -193,58 +286,221 @@ impl Reconciler {
         self.sync_pools(&desired.pools, maps)?;
         self.sync_ifaces(&desired.ifaces, maps)?;
 
-        // What an earlier, failed pass left to retire.
+        // What an earlier, failed step left to retire.
         self.retire_queued(maps)
             .map_err(|e| ReconcileError::Write { endpoint: "retired backends".into(), source: Box::new(e) })?;
 
+        let mut batch = TableBatch::default();
         let stale: Vec<VipKey> = self.vips.keys().filter(|k| !desired.vips.contains_key(k)).copied().collect();
         for key in stale {
             let applied = &self.vips[&key];
             let endpoint = applied.vip.endpoint.clone();
-            let write = |source| ReconcileError::Write { endpoint: endpoint.clone(), source: Box::new(source) };
-            maps.remove_vip(&key).map_err(write)?;
-            maps.clear_table(applied.meta.id).map_err(write)?;
+            maps.remove_vip(&key).map_err(|source| ReconcileError::Write { endpoint, source: Box::new(source) })?;
             let applied = self.vips.remove(&key).expect("present");
-            self.to_retire.extend(&applied.slots);
+            // Its table is emptied with the batch; its slots retire after it.
+            batch.tables.insert(applied.meta.id, Vec::new());
+            batch.retire.extend(&applied.slots);
             changes.removed.push(applied.vip.name);
-            self.retire_queued(maps).map_err(write)?;
         }
 
-        for (key, vip) in &desired.vips {
-            match self.vips.get(key) {
-                Some(applied) if applied.vip == *vip => changes.unchanged += 1,
-                Some(_) => {
-                    let rebuilt = self.update_vip(key, vip, maps)?;
-                    changes.tables_rebuilt += usize::from(rebuilt);
-                    changes.updated.push(vip.name.clone());
-                }
-                None => {
-                    self.add_vip(key, vip, maps)?;
-                    changes.tables_rebuilt += 1;
-                    changes.added.push(vip.name.clone());
+        let mut pending: Vec<(&VipKey, &DesiredVip)> =
+            desired.vips.iter().filter(|(key, vip)| self.vips.get(key).is_none_or(|a| a.vip != **vip)).collect();
+        let remaining = pending.len().saturating_sub(budget);
+        pending.sort_by_key(|(key, vip)| (!self.vips.get(key).is_some_and(|a| loses_serving(&a.vip, vip)), **key));
+        pending.truncate(budget);
+        let tables = build_tables(
+            pending.iter().filter(|(key, vip)| self.vips.get(key).is_none_or(|a| table_changes(&a.vip, vip))).map(|(key, vip)| (*key, *vip)),
+        );
+
+        // Backends first, tables into the batch; VIP entries wait for the batch.
+        let mut free_ids = self.free_vip_ids();
+        let mut staged = Vec::with_capacity(pending.len());
+        let mut first_error = None;
+        for (key, vip) in pending {
+            let table = tables.get(key);
+            let result = match self.vips.contains_key(key) {
+                true => self.stage_update(key, vip, table, maps, &mut batch),
+                false => self.stage_add(key, vip, table, &mut free_ids, maps, &mut batch),
+            };
+            match result {
+                Ok(stage) => staged.push(stage),
+                Err(e) => {
+                    first_error.get_or_insert(e);
                 }
             }
         }
 
-        Ok(changes)
-    }
-
-    fn add_vip(&mut self, key: &VipKey, vip: &DesiredVip, maps: &mut Maps) -> Result<(), ReconcileError> {
-        self.returning_slots_on_error(|this, fresh| this.try_add_vip(key, vip, maps, fresh))
-    }
-
-    /// Runs a VIP write that takes slots from the pool into `fresh`; if it fails, the slots it
-    /// took and did not hand to a VIP record go back through retirement.
-    fn returning_slots_on_error<T>(
-        &mut self,
-        write: impl FnOnce(&mut Self, &mut Vec<u32>) -> Result<T, ReconcileError>,
-    ) -> Result<T, ReconcileError> {
-        let mut fresh = Vec::new();
-        let result = write(self, &mut fresh);
-        if result.is_err() {
-            self.to_retire.extend(fresh);
+        // One swap for every table of the step.
+        let slots: Vec<(u32, &[u32])> = batch.tables.iter().map(|(id, slots)| (*id, slots.as_slice())).collect();
+        if let Err(e) = maps.set_tables(&slots) {
+            // No VIP entry was written for a new table: undo the step's claims; updated VIPs are
+            // marked so the next step redoes them.
+            for stage in staged {
+                self.to_retire.extend(stage.fresh);
+                if let Some(applied) = self.vips.get_mut(&stage.key) {
+                    applied.vip.table_size = 0;
+                }
+            }
+            self.to_retire.extend(batch.retire);
+            return Err(ReconcileError::Write { endpoint: "Maglev tables".into(), source: Box::new(e) });
         }
-        result
+        self.to_retire.extend(batch.retire);
+
+        for stage in staged {
+            match self.commit(stage, maps) {
+                Ok((name, added, rebuilt)) => {
+                    changes.tables_rebuilt += usize::from(rebuilt);
+                    if added { changes.added.push(name) } else { changes.updated.push(name) }
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        self.retire_queued(maps)
+            .map_err(|e| ReconcileError::Write { endpoint: "retired backends".into(), source: Box::new(e) })?;
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(Step { changes, remaining }),
+        }
+    }
+
+    /// Claims an id and backend slots for a new VIP and puts its table into the batch.
+    fn stage_add(
+        &mut self,
+        key: &VipKey,
+        vip: &DesiredVip,
+        table: Option<&Result<maglev::Table, MaglevError>>,
+        free_ids: &mut Vec<u32>,
+        maps: &mut Maps,
+        batch: &mut TableBatch,
+    ) -> Result<Staged, ReconcileError> {
+        let id = free_ids.pop().ok_or(ReconcileError::TooManyVips)?;
+        let mut fresh = Vec::with_capacity(vip.backends.len());
+        let claimed = (|| {
+            let mut slots = Vec::with_capacity(vip.backends.len());
+            for backend in &vip.backends {
+                slots.push(self.take_slot(id, vip, backend, maps, &mut fresh)?);
+            }
+            let table_size = batch.put(id, vip, table, &slots)?;
+            Ok::<_, ReconcileError>((slots, table_size))
+        })();
+        match claimed {
+            Ok((slots, table_size)) => {
+                let meta = VipMeta {
+                    id,
+                    flags: vip.flags,
+                    table_size,
+                    port_first: vip.ports.0,
+                    port_last: vip.ports.1,
+                    pool: vip.pool,
+                };
+                Ok(Staged { key: *key, vip: vip.clone(), meta, slots, fresh, gone: Vec::new() })
+            }
+            Err(e) => {
+                free_ids.push(id);
+                self.to_retire.extend(fresh);
+                Err(e)
+            }
+        }
+    }
+
+    /// Rewrites a VIP's changed backends, claims slots for its new ones and, when its table
+    /// changes, puts the new table into the batch. A table that shrinks has the VIP's size
+    /// lowered first: index = hash % table_size must stay inside whichever table a packet sees.
+    fn stage_update(
+        &mut self,
+        key: &VipKey,
+        vip: &DesiredVip,
+        table: Option<&Result<maglev::Table, MaglevError>>,
+        maps: &mut Maps,
+        batch: &mut TableBatch,
+    ) -> Result<Staged, ReconcileError> {
+        let write = |source| ReconcileError::Write { endpoint: vip.endpoint.clone(), source: Box::new(source) };
+        let old = self.vips.get(key).expect("present").clone();
+        let mut fresh = Vec::new();
+        let staged = (|| {
+            // Keep the slot of every backend that stays (by identity); new ones get fresh slots.
+            let mut slots = Vec::with_capacity(vip.backends.len());
+            for backend in &vip.backends {
+                match old.vip.backends.iter().position(|b| b.identity == backend.identity) {
+                    Some(i) => {
+                        let slot = old.slots[i];
+                        let was = &old.vip.backends[i];
+                        if was.mac != backend.mac
+                            || was.port != backend.port
+                            || old.vip.backend_flags != vip.backend_flags
+                        {
+                            self.write_backend(slot, old.meta.id, backend, vip.backend_flags, maps).map_err(write)?;
+                        }
+                        slots.push(slot);
+                    }
+                    None => slots.push(self.take_slot(old.meta.id, vip, backend, maps, &mut fresh)?),
+                }
+            }
+            let mut meta = VipMeta {
+                id: old.meta.id,
+                flags: vip.flags,
+                table_size: old.meta.table_size,
+                port_first: vip.ports.0,
+                port_last: vip.ports.1,
+                pool: vip.pool,
+            };
+            if table_changes(&old.vip, vip) {
+                let new_size = batch.put(old.meta.id, vip, table, &slots)?;
+                if new_size < old.meta.table_size {
+                    let shrunk = VipMeta { table_size: new_size, ..old.meta };
+                    maps.set_vip(key, &shrunk).map_err(write)?;
+                    // The map now says the smaller size. If the swap fails, the record must say
+                    // so too, and must differ from every desired state (no table size is 0), so
+                    // the next step redoes the update even if the config went back.
+                    if let Some(applied) = self.vips.get_mut(key) {
+                        applied.meta.table_size = new_size;
+                        applied.vip.table_size = 0;
+                    }
+                }
+                meta.table_size = new_size;
+            }
+            let gone: Vec<usize> = (0..old.vip.backends.len())
+                .filter(|&i| !vip.backends.iter().any(|b| b.identity == old.vip.backends[i].identity))
+                .collect();
+            Ok::<_, ReconcileError>((slots, meta, gone))
+        })();
+        match staged {
+            Ok((slots, meta, gone)) => Ok(Staged { key: *key, vip: vip.clone(), meta, slots, fresh, gone }),
+            Err(e) => {
+                self.to_retire.extend(fresh);
+                Err(e)
+            }
+        }
+    }
+
+    /// After the batch: the VIP entry (new, or with a size that grew or other settings), the
+    /// record, and retirement of the backends it dropped (their flows re-hash).
+    fn commit(&mut self, stage: Staged, maps: &mut Maps) -> Result<(String, bool, bool), ReconcileError> {
+        let write = |source| ReconcileError::Write { endpoint: stage.vip.endpoint.clone(), source: Box::new(source) };
+        let old = self.vips.get(&stage.key).cloned();
+        if old.as_ref().is_none_or(|o| o.meta != stage.meta) {
+            if let Err(e) = maps.set_vip(&stage.key, &stage.meta) {
+                match self.vips.get_mut(&stage.key) {
+                    Some(applied) => applied.vip.table_size = 0,
+                    None => self.to_retire.extend(&stage.fresh),
+                }
+                return Err(write(e));
+            }
+        }
+        let rebuilt = old.as_ref().is_none_or(|o| table_changes(&o.vip, &stage.vip));
+        let mut retired = old.as_ref().map_or_else(BackendCounters::default, |o| o.retired);
+        if let Some(old) = &old {
+            for &i in &stage.gone {
+                // Keep what it counted in the VIP's totals before the slot goes.
+                retired = retired.plus(&maps.backend_counters(old.slots[i]).unwrap_or_default());
+                self.to_retire.push(old.slots[i]);
+            }
+        }
+        let name = stage.vip.name.clone();
+        self.vips.insert(stage.key, AppliedVip { meta: stage.meta, vip: stage.vip, slots: stage.slots, retired });
+        Ok((name, old.is_none(), rebuilt))
     }
 
     /// Takes a slot for a new backend of `vip` and writes it live.
@@ -263,124 +519,6 @@ impl Reconciler {
             .and_then(|()| self.write_backend(slot, vip_id, backend, vip.backend_flags, maps))
             .map_err(|source| ReconcileError::Write { endpoint: vip.endpoint.clone(), source: Box::new(source) })?;
         Ok(slot)
-    }
-
-    fn try_add_vip(
-        &mut self,
-        key: &VipKey,
-        vip: &DesiredVip,
-        maps: &mut Maps,
-        fresh: &mut Vec<u32>,
-    ) -> Result<(), ReconcileError> {
-        let write = |source| ReconcileError::Write { endpoint: vip.endpoint.clone(), source: Box::new(source) };
-        let id = self.free_vip_id().ok_or(ReconcileError::TooManyVips)?;
-        let mut slots = Vec::with_capacity(vip.backends.len());
-        for backend in &vip.backends {
-            slots.push(self.take_slot(id, vip, backend, maps, fresh)?);
-        }
-        let table_size = self.write_table(id, vip, &slots, maps)?;
-        let meta = VipMeta {
-            id,
-            flags: vip.flags,
-            table_size,
-            port_first: vip.ports.0,
-            port_last: vip.ports.1,
-            pool: vip.pool,
-        };
-        maps.set_vip(key, &meta).map_err(write)?;
-        self.vips.insert(*key, AppliedVip { meta, vip: vip.clone(), slots, retired: BackendCounters::default() });
-        Ok(())
-    }
-
-    /// Returns whether the Maglev table was rebuilt.
-    fn update_vip(&mut self, key: &VipKey, vip: &DesiredVip, maps: &mut Maps) -> Result<bool, ReconcileError> {
-        self.returning_slots_on_error(|this, fresh| this.try_update_vip(key, vip, maps, fresh))
-    }
-
-    fn try_update_vip(
-        &mut self,
-        key: &VipKey,
-        vip: &DesiredVip,
-        maps: &mut Maps,
-        fresh: &mut Vec<u32>,
-    ) -> Result<bool, ReconcileError> {
-        let write = |source| ReconcileError::Write { endpoint: vip.endpoint.clone(), source: Box::new(source) };
-        let old = self.vips.get(key).expect("present").clone();
-        // Keep the slot of every backend that stays (by identity); new ones get fresh slots.
-        let mut slots = Vec::with_capacity(vip.backends.len());
-        for backend in &vip.backends {
-            match old.vip.backends.iter().position(|b| b.identity == backend.identity) {
-                Some(i) => {
-                    let slot = old.slots[i];
-                    let was = &old.vip.backends[i];
-                    if was.mac != backend.mac || was.port != backend.port || old.vip.backend_flags != vip.backend_flags
-                    {
-                        self.write_backend(slot, old.meta.id, backend, vip.backend_flags, maps).map_err(write)?;
-                    }
-                    slots.push(slot);
-                }
-                None => slots.push(self.take_slot(old.meta.id, vip, backend, maps, fresh)?),
-            }
-        }
-        let rebuild = table_changes(&old.vip, vip);
-        let mut meta = VipMeta {
-            id: old.meta.id,
-            flags: vip.flags,
-            table_size: old.meta.table_size,
-            port_first: vip.ports.0,
-            port_last: vip.ports.1,
-            pool: vip.pool,
-        };
-        if rebuild {
-            // Index = hash % table_size must stay inside whichever table a packet sees: a growing
-            // table goes in before the VIP's size grows, a shrinking one after it shrinks.
-            let new_size = if vip.backends.iter().any(|b| b.weight > 0) { vip.table_size } else { 0 };
-            if new_size < old.meta.table_size {
-                meta.table_size = new_size;
-                maps.set_vip(key, &meta).map_err(write)?;
-                // The map now says the smaller size. If the table write below fails, the record
-                // must say so too, and must differ from every desired state (no table size is
-                // 0), so the next pass redoes the update even if the config went back.
-                if let Some(applied) = self.vips.get_mut(key) {
-                    applied.meta.table_size = new_size;
-                    applied.vip.table_size = 0;
-                }
-            }
-            self.write_table(old.meta.id, vip, &slots, maps)?;
-            meta.table_size = new_size;
-        }
-        if meta != old.meta {
-            maps.set_vip(key, &meta).map_err(write)?;
-        }
-        let mut retired = old.retired;
-        let mut gone = Vec::new();
-        for (i, backend) in old.vip.backends.iter().enumerate() {
-            if !vip.backends.iter().any(|b| b.identity == backend.identity) {
-                // Keep what it counted in the VIP's totals before the slot goes.
-                retired = retired.plus(&maps.backend_counters(old.slots[i]).map_err(write)?);
-                gone.push(old.slots[i]);
-            }
-        }
-        self.vips.insert(*key, AppliedVip { meta, vip: vip.clone(), slots, retired });
-        // From here the new slots belong to the VIP's record.
-        fresh.clear();
-        self.to_retire.extend(gone);
-        self.retire_queued(maps).map_err(write)?;
-        Ok(rebuild)
-    }
-
-    /// Builds the VIP's Maglev table over backend slots and swaps it in; returns its size
-    /// (0 when no backend has weight, which the data plane treats as "no backend").
-    fn write_table(&self, id: u32, vip: &DesiredVip, slots: &[u32], maps: &mut Maps) -> Result<u32, ReconcileError> {
-        let table = build_table(vip)?;
-        let write = |source| ReconcileError::Write { endpoint: vip.endpoint.clone(), source: Box::new(source) };
-        if table.slots.is_empty() {
-            maps.clear_table(id).map_err(write)?;
-            return Ok(0);
-        }
-        let global: Vec<u32> = table.slots.iter().map(|&i| slots[i as usize]).collect();
-        maps.set_table(id, &global).map_err(write)?;
-        Ok(vip.table_size)
     }
 
     /// Writes a live backend slot; it carries its VIP's mode, so an established flow is sent
@@ -482,13 +620,40 @@ impl Reconciler {
         Ok(())
     }
 
-    fn free_vip_id(&self) -> Option<u32> {
-        let mut used: Vec<u32> = self.vips.values().map(|a| a.meta.id).collect();
-        used.sort_unstable();
-        // Lowest id not in use.
-        let id = used.iter().enumerate().find(|(i, id)| **id != *i as u32).map_or(used.len() as u32, |(i, _)| i as u32);
-        (id < MAX_VIPS).then_some(id)
+    /// VIP ids not in use, lowest last (popped first).
+    fn free_vip_ids(&self) -> Vec<u32> {
+        let used: std::collections::BTreeSet<u32> = self.vips.values().map(|a| a.meta.id).collect();
+        (0..MAX_VIPS).rev().filter(|id| !used.contains(id)).collect()
     }
+}
+
+/// Whether `new` takes new flows away from a backend that `old` sends them to: such a change
+/// goes first.
+fn loses_serving(old: &DesiredVip, new: &DesiredVip) -> bool {
+    old.backends.iter().any(|b| b.weight > 0 && new.backends.iter().all(|n| n.identity != b.identity || n.weight == 0))
+}
+
+/// The Maglev tables of `vips`, by endpoint, built on every CPU (the builds are independent and
+/// a reload may rebuild thousands).
+fn build_tables<'a>(
+    vips: impl Iterator<Item = (&'a VipKey, &'a DesiredVip)>,
+) -> BTreeMap<VipKey, Result<maglev::Table, MaglevError>> {
+    let vips: Vec<(&VipKey, &DesiredVip)> = vips.collect();
+    let build = |(key, vip): &(&VipKey, &DesiredVip)| (**key, maglev::build(&members(vip), vip.table_size));
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get).min(vips.len().max(1));
+    if threads <= 1 {
+        return vips.iter().map(build).collect();
+    }
+    let chunk = vips.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = vips
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || part.iter().map(build).collect::<Vec<_>>())
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
+    })
 }
 
 /// Whether going from `old` to `new` changes the VIP's Maglev table: its size, or its backends
@@ -502,10 +667,12 @@ pub(crate) fn table_changes(old: &DesiredVip, new: &DesiredVip) -> bool {
             .eq(new.backends.iter().map(|b| (&b.identity, b.weight)))
 }
 
+fn members(vip: &DesiredVip) -> Vec<Member<'_>> {
+    vip.backends.iter().map(|b| Member { identity: &b.identity, weight: b.weight }).collect()
+}
+
 /// The VIP's Maglev table, as indexes into `vip.backends` (empty when no backend has weight).
 pub(crate) fn build_table(vip: &DesiredVip) -> Result<maglev::Table, ReconcileError> {
-    let members: Vec<Member<'_>> =
-        vip.backends.iter().map(|b| Member { identity: &b.identity, weight: b.weight }).collect();
-    maglev::build(&members, vip.table_size)
+    maglev::build(&members(vip), vip.table_size)
         .map_err(|source| ReconcileError::Maglev { endpoint: vip.endpoint.clone(), source })
 }
