@@ -249,7 +249,7 @@ fn the_pool_runs_out_exactly_when_full_and_expired_ports_come_back() {
         family: lb_common::FAMILY_V4,
         pad: 0,
     };
-    let entry = lb.maps.nat_flow(&key).expect("flow 2 is in the table");
+    let entry = lb.maps.nat_tables().expect("NAT tables").flow(&key).expect("flow 2 is in the table");
     assert_ne!(entry.flags & NAT_FLAG_CLOSING, 0, "the RST marked it closing");
     dropped(&lb, &syn(7), Stat::DropPoolExhausted, "not expired yet");
     std::thread::sleep(std::time::Duration::from_millis(2100));
@@ -257,7 +257,10 @@ fn the_pool_runs_out_exactly_when_full_and_expired_ports_come_back() {
     let out = sent(&lb, &syn(7), Stat::NatForwarded, "after expiry");
     assert_eq!(source(&out), held[1].1, "flow 7 took flow 2's source");
     assert_eq!(lb.stat(Stat::NatPortReclaimed), reclaimed + 1);
-    assert!(lb.maps.nat_flow(&key).is_none(), "the expired flow's entry went with its port");
+    assert!(
+        lb.maps.nat_tables().expect("NAT tables").flow(&key).is_none(),
+        "the expired flow's entry went with its port"
+    );
 }
 
 #[test]

@@ -54,6 +54,12 @@ pub struct Status {
     /// VIP addresses announced over BGP.
     pub announced: Vec<String>,
     pub peers: Vec<PeerStatus>,
+    /// VIPs a pass in progress has still to write.
+    #[serde(default)]
+    pub pending_vips: usize,
+    /// Why the last pass stopped short (it is retried).
+    #[serde(default)]
+    pub reconcile_error: Option<String>,
     pub snapshot: Snapshot,
 }
 
@@ -77,6 +83,12 @@ impl Status {
                 "last reload: REJECTED at {} — the previous configuration keeps serving\n  {}\n",
                 r.at, r.message
             )),
+        }
+        if self.pending_vips > 0 {
+            out.push_str(&format!("applying the configuration: {} VIPs to go\n", self.pending_vips));
+        }
+        if let Some(e) = &self.reconcile_error {
+            out.push_str(&format!("map writes FAILING (retried): {e}\n"));
         }
         if self.node_drained {
             out.push_str("node DRAINED: every route withdrawn (`xlb drain node --undo` to announce again)\n");
@@ -123,10 +135,14 @@ pub enum AdminError {
     Agent(String),
 }
 
+/// A reply the agent works out asynchronously (reads on a blocking thread, changes by the
+/// control thread).
+pub type ReplyFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Reply> + Send>>;
+
 /// Answers requests with `handle` until the task is dropped.
 pub async fn serve<F>(path: &Path, handle: Arc<F>) -> Result<tokio::task::JoinHandle<()>, AdminError>
 where
-    F: Fn(Request) -> Reply + Send + Sync + 'static,
+    F: Fn(Request) -> ReplyFuture + Send + Sync + 'static,
 {
     let io = |source| AdminError::Io { path: path.to_owned(), source };
     if let Some(dir) = path.parent() {
@@ -155,12 +171,12 @@ where
     }))
 }
 
-async fn answer<F: Fn(Request) -> Reply>(stream: UnixStream, handle: &F) -> std::io::Result<()> {
+async fn answer<F: Fn(Request) -> ReplyFuture>(stream: UnixStream, handle: &F) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
     while let Some(line) = lines.next_line().await? {
         let reply = match serde_json::from_str::<Request>(&line) {
-            Ok(request) => handle(request),
+            Ok(request) => handle(request).await,
             Err(e) => Reply::Error(format!("bad request {line:?}: {e}")),
         };
         let mut text =

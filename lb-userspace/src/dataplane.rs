@@ -58,6 +58,8 @@ pub enum DataplaneError {
 
 mod batch;
 mod flow_view;
+mod readers;
+pub use readers::{Counters, NatTables};
 mod vip_index;
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> DataplaneError {
@@ -67,6 +69,22 @@ fn map_err(name: &'static str) -> impl Fn(MapError) -> DataplaneError {
 fn take<T: TryFrom<Map, Error = MapError>>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DataplaneError> {
     let map = ebpf.take_map(name).ok_or(DataplaneError::Missing { kind: "map", name })?;
     T::try_from(map).map_err(map_err(name))
+}
+
+/// Takes a map like [`take`], keeping a second fd on it for a reader handle (aya's typed maps do
+/// not lend theirs).
+fn take_shared<T: TryFrom<Map, Error = MapError>>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<(T, std::os::fd::OwnedFd), DataplaneError> {
+    use std::os::fd::AsFd as _;
+    let map = ebpf.take_map(name).ok_or(DataplaneError::Missing { kind: "map", name })?;
+    let data = match &map {
+        Map::Array(d) | Map::PerCpuArray(d) | Map::HashMap(d) | Map::ArrayOfMaps(d) => d,
+        _ => return Err(map_err(name)(MapError::IoError(std::io::Error::other("unexpected map type")))),
+    };
+    let fd = data.fd().as_fd().try_clone_to_owned().map_err(|e| map_err(name)(MapError::IoError(e)))?;
+    Ok((T::try_from(map).map_err(map_err(name))?, fd))
 }
 
 fn cpu_count_mismatch(name: &'static str, e: std::io::Error) -> DataplaneError {
@@ -96,6 +114,8 @@ pub struct Maps {
     vip_addrs: HashMap<MapData, VipAddrKey, VipAddrPolicy>,
     vip_filter: Array<MapData, u32>,
     backends: Array<MapData, Backend>,
+    /// The same map, for reading every slot in one batch.
+    backends_fd: std::os::fd::OwnedFd,
     backend_counters: PerCpuArray<MapData, BackendCounters>,
     maglev: ArrayOfMaps<MapData, Array<MapData, MaglevGroup>>,
     /// The same outer map, for batch swaps (aya's wrapper does not lend its fd).
@@ -109,11 +129,11 @@ pub struct Maps {
     node: Array<MapData, NodeConfig>,
     stats: PerCpuArray<MapData, StatCounters>,
     nat_pools: Array<MapData, NatPool>,
-    nat_flows: HashMap<MapData, FlowKey, NatFlow>,
-    nat_reverse: HashMap<MapData, FlowKey, NatReverse>,
     ifaces: Array<MapData, Iface>,
     devs: DevMap<MapData>,
     cpus: usize,
+    /// Second fds on the maps that readers on other threads use (counters, NAT housekeeping).
+    readers: readers::Fds,
 }
 
 impl std::fmt::Debug for Maps {
@@ -140,33 +160,39 @@ impl Maps {
             }
             _ => None,
         };
-        let maglev = ebpf.take_map(maps::MAGLEV).ok_or(DataplaneError::Missing { kind: "map", name: maps::MAGLEV })?;
-        let maglev_fd = match &maglev {
-            Map::ArrayOfMaps(data) => {
-                use std::os::fd::AsFd as _;
-                data.fd().as_fd().try_clone_to_owned().map_err(|e| map_err(maps::MAGLEV)(MapError::IoError(e)))?
-            }
-            _ => return Err(map_err(maps::MAGLEV)(MapError::IoError(std::io::Error::other("not an array of maps")))),
+        let (maglev, maglev_fd) = take_shared(ebpf, maps::MAGLEV)?;
+        let (stats, stats_fd) = take_shared(ebpf, maps::STATS)?;
+        let (backends, backends_fd) = take_shared(ebpf, maps::BACKENDS)?;
+        let (backend_counters, backend_counters_fd) = take_shared(ebpf, maps::BACKEND_COUNTERS)?;
+        let (_, nat_flows_fd) = take_shared::<HashMap<MapData, FlowKey, NatFlow>>(ebpf, maps::NAT_FLOWS)?;
+        let (_, nat_reverse_fd) = take_shared::<HashMap<MapData, FlowKey, NatReverse>>(ebpf, maps::NAT_REVERSE)?;
+        let cpus = cpus()?;
+        let readers = readers::Fds {
+            stats: stats_fd,
+            backend_counters: backend_counters_fd,
+            nat_flows: nat_flows_fd,
+            nat_reverse: nat_reverse_fd,
+            cpus,
         };
         Ok(Self {
             vips,
             vip_index,
             vip_addrs: take(ebpf, maps::VIP_ADDRS)?,
             vip_filter: take(ebpf, maps::VIP_FILTER)?,
-            backends: take(ebpf, maps::BACKENDS)?,
-            backend_counters: take(ebpf, maps::BACKEND_COUNTERS)?,
-            maglev: ArrayOfMaps::try_from(maglev).map_err(map_err(maps::MAGLEV))?,
+            backends,
+            backends_fd,
+            backend_counters,
+            maglev,
             maglev_fd,
             flows,
             flow_view,
             node: take(ebpf, maps::NODE)?,
-            stats: take(ebpf, maps::STATS)?,
+            stats,
             nat_pools: take(ebpf, maps::NAT_POOLS)?,
-            nat_flows: take(ebpf, maps::NAT_FLOWS)?,
-            nat_reverse: take(ebpf, maps::NAT_REVERSE)?,
             ifaces: take(ebpf, maps::IFACES)?,
             devs: take(ebpf, maps::DEVS)?,
-            cpus: cpus()?,
+            cpus,
+            readers,
         })
     }
 
@@ -204,6 +230,23 @@ impl Maps {
         let mut all = self.vip_addrs.iter().collect::<Result<Vec<_>, _>>().map_err(map_err(maps::VIP_ADDRS))?;
         all.sort_by_key(|(k, _)| *k);
         Ok(all)
+    }
+
+    /// Every backend slot, in slot order: one batch read instead of a syscall per slot (an
+    /// adopting agent reads all `MAX_BACKENDS`).
+    pub fn backends(&self) -> Result<Vec<Backend>, DataplaneError> {
+        use std::os::fd::AsFd as _;
+        // A plain array's batch values are packed at the value size (per-CPU ones are not).
+        let stride = size_of::<Backend>();
+        let mut raw = vec![0u8; lb_common::MAX_BACKENDS as usize * stride];
+        batch::lookup_array(self.backends_fd.as_fd(), lb_common::MAX_BACKENDS, &mut raw, stride)
+            .map_err(|e| map_err(maps::BACKENDS)(MapError::IoError(std::io::Error::other(e.to_string()))))?;
+        Ok(raw
+            .chunks_exact(stride)
+            // SAFETY: each chunk holds a `Backend` (plain data, any bit pattern valid) as the
+            // kernel copied it out of the map; read unaligned.
+            .map(|chunk| unsafe { std::ptr::read_unaligned(chunk.as_ptr().cast::<Backend>()) })
+            .collect())
     }
 
     pub fn backend(&self, slot: u32) -> Result<Backend, DataplaneError> {
@@ -336,22 +379,15 @@ impl Maps {
         Ok(pools)
     }
 
-    /// The NAT reverse table: one entry per NAT flow, keyed by the backend's side.
-    pub fn nat_reverse_entries(&self) -> Vec<(FlowKey, NatReverse)> {
-        self.nat_reverse.iter().filter_map(Result::ok).collect()
+    /// A handle for reading the counters from another thread: it never waits on the writer.
+    pub fn counters(&self) -> Result<Counters, DataplaneError> {
+        self.readers.counters()
     }
 
-    /// A NAT flow by its client-side key.
-    pub fn nat_flow(&self, key: &FlowKey) -> Option<NatFlow> {
-        self.nat_flows.get(key, 0).ok()
-    }
-
-    /// Removes both entries of an expired NAT flow (either may be gone already).
-    pub(crate) fn remove_nat_flow(&mut self, forward: Option<&FlowKey>, reverse: &FlowKey) {
-        if let Some(forward) = forward {
-            let _ = self.nat_flows.remove(forward);
-        }
-        let _ = self.nat_reverse.remove(reverse);
+    /// A handle on the NAT tables for the housekeeping thread (it removes expired flows, which
+    /// the data plane would otherwise take over one by one).
+    pub fn nat_tables(&self) -> Result<NatTables, DataplaneError> {
+        self.readers.nat_tables()
     }
 
     pub(crate) fn set_backend(&mut self, slot: u32, backend: &Backend) -> Result<(), DataplaneError> {
@@ -372,13 +408,14 @@ impl Maps {
     /// An empty `slots` empties the VIP's table (one element naming no backend).
     pub(crate) fn set_tables(&mut self, tables: &[(u32, &[u32])]) -> Result<(), DataplaneError> {
         use std::os::fd::{AsFd as _, AsRawFd as _};
-        let inner: Vec<MapData> =
-            tables.iter().map(|(_, slots)| new_table(slots)).collect::<Result<_, _>>().map_err(map_err(maps::MAGLEV))?;
-        let keys: Vec<u32> = tables.iter().map(|(id, _)| *id).collect();
-        let fds: Vec<u8> = inner
+        let inner: Vec<MapData> = tables
             .iter()
-            .flat_map(|table| (table.fd().as_fd().as_raw_fd() as u32).to_ne_bytes())
-            .collect();
+            .map(|(_, slots)| new_table(slots))
+            .collect::<Result<_, _>>()
+            .map_err(map_err(maps::MAGLEV))?;
+        let keys: Vec<u32> = tables.iter().map(|(id, _)| *id).collect();
+        let fds: Vec<u8> =
+            inner.iter().flat_map(|table| (table.fd().as_fd().as_raw_fd() as u32).to_ne_bytes()).collect();
         batch::update(self.maglev_fd.as_fd(), &keys, &fds, size_of::<u32>())
             .map_err(|e| map_err(maps::MAGLEV)(MapError::IoError(std::io::Error::other(e.to_string()))))
     }
@@ -557,6 +594,11 @@ pub struct FlowTableUsage {
 pub struct FlowTableCounter(std::sync::Arc<flow_view::FlowView>);
 
 impl FlowTableCounter {
+    /// The table's size in entries (known without a scan).
+    pub fn size(&self) -> u64 {
+        self.0.size() as u64
+    }
+
     pub fn count(&self) -> FlowTableUsage {
         FlowTableUsage { entries: self.0.occupied() as u64, size: self.0.size() as u64 }
     }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use lb_common::{FlowKey, NatFlow, NodeConfig, nat_expired};
 use serde::{Deserialize, Serialize};
 
-use crate::{config::Config, dataplane::Maps, desired::ip_from_words};
+use crate::{config::Config, dataplane::NatTables, desired::ip_from_words};
 
 /// Flows per pool address, as `xlb status` and `/metrics` show them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,13 +45,13 @@ fn owns(entry: &NatFlow, reverse: &FlowKey) -> bool {
 
 /// Removes every expired NAT flow (judged by both directions, like the data plane) and counts
 /// the live ones per pool address. `swept_before` carries the running total.
-pub fn sweep(maps: &mut Maps, config: &Config, node: &NodeConfig, now: u64, swept_before: u64) -> NatUsage {
+pub fn sweep(tables: &mut NatTables, config: &Config, node: &NodeConfig, now: u64, swept_before: u64) -> NatUsage {
     let mut per_addr: BTreeMap<std::net::IpAddr, u64> = BTreeMap::new();
     let mut expired = Vec::new();
     let mut live = 0u64;
-    for (key, rev) in maps.nat_reverse_entries() {
+    for (key, rev) in tables.reverse_entries() {
         let forward_key = rev.forward_key(key.proto, key.family);
-        let forward = maps.nat_flow(&forward_key).filter(|f| owns(f, &key));
+        let forward = tables.flow(&forward_key).filter(|f| owns(f, &key));
         let (last, flags) =
             forward.map_or((rev.last_seen, rev.flags), |f| (rev.last_seen.max(f.last_seen), rev.flags | f.flags));
         if nat_expired(now, last, flags, key.proto, node) {
@@ -63,7 +63,7 @@ pub fn sweep(maps: &mut Maps, config: &Config, node: &NodeConfig, now: u64, swep
     }
     let swept = expired.len() as u64;
     for (forward, reverse) in expired {
-        maps.remove_nat_flow(forward.as_ref(), &reverse);
+        tables.remove(forward.as_ref(), &reverse);
     }
     let pools = config
         .nat_pools

@@ -158,7 +158,7 @@ impl Default for Reconciler {
 }
 
 impl Changes {
-    fn absorb(&mut self, step: Changes) {
+    pub fn absorb(&mut self, step: Changes) {
         self.added.extend(step.added);
         self.removed.extend(step.removed);
         self.updated.extend(step.updated);
@@ -184,8 +184,9 @@ impl Reconciler {
         this.pools = maps.nat_pools()?.into_iter().collect();
         let mut by_vip: BTreeMap<u32, Vec<(u32, Backend)>> = BTreeMap::new();
         this.free_slots.clear();
+        let backends = maps.backends()?;
         for slot in (0..MAX_BACKENDS).rev() {
-            let backend = maps.backend(slot)?;
+            let backend = backends[slot as usize];
             this.generations[slot as usize] = backend.generation;
             if backend.flags & BACKEND_FLAG_ACTIVE != 0 {
                 by_vip.entry(backend.vip_id).or_default().push((slot, backend));
@@ -309,7 +310,10 @@ impl Reconciler {
         pending.sort_by_key(|(key, vip)| (!self.vips.get(key).is_some_and(|a| loses_serving(&a.vip, vip)), **key));
         pending.truncate(budget);
         let tables = build_tables(
-            pending.iter().filter(|(key, vip)| self.vips.get(key).is_none_or(|a| table_changes(&a.vip, vip))).map(|(key, vip)| (*key, *vip)),
+            pending
+                .iter()
+                .filter(|(key, vip)| self.vips.get(key).is_none_or(|a| table_changes(&a.vip, vip)))
+                .map(|(key, vip)| (*key, *vip)),
         );
 
         // Backends first, tables into the batch; VIP entries wait for the batch.
@@ -627,10 +631,11 @@ impl Reconciler {
     }
 }
 
-/// Whether `new` takes new flows away from a backend that `old` sends them to: such a change
-/// goes first.
+/// Whether `new` stops sending new flows to a backend that stays configured and that `old`
+/// sends them to — a health failure or a drain, which goes before the rest of a pass (a backend
+/// a reload removes goes with the reload).
 fn loses_serving(old: &DesiredVip, new: &DesiredVip) -> bool {
-    old.backends.iter().any(|b| b.weight > 0 && new.backends.iter().all(|n| n.identity != b.identity || n.weight == 0))
+    old.backends.iter().any(|b| b.weight > 0 && new.backends.iter().any(|n| n.identity == b.identity && n.weight == 0))
 }
 
 /// The Maglev tables of `vips`, by endpoint, built on every CPU (the builds are independent and
@@ -646,12 +651,8 @@ fn build_tables<'a>(
     }
     let chunk = vips.len().div_ceil(threads);
     std::thread::scope(|scope| {
-        let workers: Vec<_> = vips
-            .chunks(chunk)
-            .map(|part| {
-                scope.spawn(move || part.iter().map(build).collect::<Vec<_>>())
-            })
-            .collect();
+        let workers: Vec<_> =
+            vips.chunks(chunk).map(|part| scope.spawn(move || part.iter().map(build).collect::<Vec<_>>())).collect();
         workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
     })
 }

@@ -3,10 +3,14 @@
 
 use serde::{Deserialize, Serialize};
 
+use std::collections::BTreeMap;
+
+use lb_common::{BackendCounters, VipKey};
+
 use crate::{
-    dataplane::{DataplaneError, Maps},
+    dataplane::{Counters, DataplaneError},
     health::HealthMap,
-    reconcile::Reconciler,
+    reconcile::AppliedVip,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,8 +75,15 @@ pub struct BackendStats {
 }
 
 impl Snapshot {
-    pub fn read(maps: &Maps, reconciler: &Reconciler, health: &HealthMap) -> Result<Self, DataplaneError> {
-        let counters: Vec<Counter> = maps
+    /// The counters as of now for the VIPs `applied` holds: two syscalls whatever the size.
+    pub fn read(
+        counters: &Counters,
+        applied: &BTreeMap<VipKey, AppliedVip>,
+        health: &HealthMap,
+    ) -> Result<Self, DataplaneError> {
+        let slots = counters.backends()?;
+        let slot = |s: u32| slots.get(s as usize).copied().unwrap_or_default();
+        let counters: Vec<Counter> = counters
             .stats()?
             .into_iter()
             .map(|(stat, value)| Counter {
@@ -84,11 +95,11 @@ impl Snapshot {
             })
             .collect();
         let mut vips = Vec::new();
-        for applied in reconciler.applied().values() {
-            let c = maps.vip_traffic(applied)?;
+        for applied in applied.values() {
+            let c = applied.slots.iter().fold(applied.retired, |sum: BackendCounters, &s| sum.plus(&slot(s)));
             let mut backends = Vec::new();
-            for (backend, &slot) in applied.vip.backends.iter().zip(&applied.slots) {
-                let b = maps.backend_counters(slot)?;
+            for (backend, &slot_id) in applied.vip.backends.iter().zip(&applied.slots) {
+                let b = slot(slot_id);
                 let checked = health.get(&(applied.vip.name.clone(), backend.identity.clone()));
                 backends.push(BackendStats {
                     address: backend.identity.clone(),

@@ -362,7 +362,7 @@ fn nat_replies(balancer: &Balancer, src: &str, dst: &str) -> anyhow::Result<Vec<
                 family,
                 pad: 0,
             };
-            let flow = balancer.maps.nat_flow(&key).context("an established NAT flow is in the table")?;
+            let flow = balancer.maps.nat_tables()?.flow(&key).context("an established NAT flow is in the table")?;
             let backend = balancer.maps.backend(flow.backend)?;
             let backend_addr = ip_from_words(backend.addr, backend.family).to_string();
             let source = ip_from_words(flow.source, family).to_string();

@@ -1,33 +1,31 @@
 //! The running agent: config + interface facts → desired state → reconciler → maps; attach;
 //! serve the admin socket; reload on SIGHUP.
 
-use std::{
-    collections::BTreeSet,
-    path::PathBuf,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use tokio::{
     signal::unix::{SignalKind, signal},
-    sync::watch,
+    sync::{mpsc, oneshot},
 };
 
 use crate::{
-    admin::{self, ReloadOutcome, Reply, Request, Status},
-    bgp::{Announce, PeerStatus, Speaker},
+    admin::{self, Reply, Request},
     config::{self, Config},
-    dataplane::{self, AttachMode, Attached, DataplaneError, Loaded, Maps, TableSizes},
-    desired::{self, BackendRef, BackendStates, DesiredState, NodeFacts},
-    health::{Checker, HealthMap, Target},
-    iface, l7, metrics,
-    nat::{self, NatUsage},
+    dataplane::{self, AttachMode, Attached, FlowTableCounter, Loaded, NatTables, TableSizes},
+    desired::{self, BackendStates, NodeFacts},
+    health::Checker,
+    iface, l7, metrics, nat,
     neighbor::Resolver,
-    plan,
-    reconcile::{Changes, ReconcileError, Reconciler},
-    stats::Snapshot,
+    reconcile::Reconciler,
 };
+
+mod control;
+mod view;
+
+use control::{Command, Control};
+use view::lock;
+pub use view::{AgentView, Shared};
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -86,120 +84,9 @@ fn node_facts(opts: &RunOptions) -> anyhow::Result<NodeFacts> {
     Ok(facts)
 }
 
-/// How often expired NAT flows are swept and pool usage recounted.
-const NAT_SWEEP_INTERVAL: Duration = Duration::from_secs(2);
-
-/// Everything the reconciler owns, behind one lock: only it writes the maps. The sources of
-/// desired state — the file (`config`), health checks and drains (`states`) — live here too, so
-/// every change goes through `reconcile`.
-struct State {
-    maps: Maps,
-    reconciler: Reconciler,
-    facts: NodeFacts,
-    sizes: TableSizes,
-    config: Config,
-    states: BackendStates,
-    health: HealthMap,
-    config_generation: u64,
-    last_reload: Option<ReloadOutcome>,
-    /// The BGP speaker, when the config has a `bgp:` section.
-    speaker: Option<Speaker>,
-    /// What the speaker announces: the addresses of VIPs that are up, while the data plane is
-    /// attached and the node is not drained.
-    announce: watch::Sender<Announce>,
-    /// `xlb drain node`: everything withdrawn, forwarding goes on for flows that still come.
-    node_drained: bool,
-    /// NAT flows and pool usage as of the last sweep.
-    nat: NatUsage,
-    /// How full the connection table was at its last count (every `NAT_SWEEP_INTERVAL`, done
-    /// without holding this state).
-    flow_table: crate::dataplane::FlowTableUsage,
-    /// The HTTP proxy of `mode: l7` VIPs (not in the maps: XDP passes their packets to it).
-    l7: l7::Tier,
-}
-
-impl State {
-    /// Desired state from every source, into the maps; then the announcements follow what
-    /// the maps now serve.
-    fn reconcile(&mut self) -> Result<Changes, ReconcileError> {
-        let desired = DesiredState::with_states(&self.config, &self.facts, &self.states);
-        let result = self.reconciler.apply(&desired, &mut self.maps);
-        self.l7.set_not_serving(self.states.down.union(&self.states.drained).cloned().collect());
-        self.announce_up_vips();
-        result
-    }
-
-    /// Announces every VIP address with at least one VIP up (its port's backends serving, at
-    /// least `min_healthy`): withdrawing an address would take down its healthy ports too.
-    fn announce_up_vips(&self) {
-        let up: Announce = if self.node_drained {
-            Announce::new()
-        } else {
-            self.reconciler
-                .applied()
-                .iter()
-                .filter(|(_, applied)| applied.vip.is_up())
-                .map(|(key, _)| desired::ip_from_words(key.addr, key.family))
-                .chain(self.l7.up_addresses())
-                .collect()
-        };
-        self.announce.send_if_modified(|current| {
-            if *current == up {
-                return false;
-            }
-            tracing::info!(announced = ?up, "BGP announcements change");
-            *current = up;
-            true
-        });
-    }
-
-    fn peers(&self) -> Vec<PeerStatus> {
-        self.speaker.as_ref().map(Speaker::status).unwrap_or_default()
-    }
-
-    fn snapshot(&self) -> Result<Snapshot, DataplaneError> {
-        let mut snapshot = Snapshot::read(&self.maps, &self.reconciler, &self.health)?;
-        snapshot.nat = self.nat.clone();
-        snapshot.flow_table = self.flow_table;
-        snapshot.l7 = self.l7.status();
-        Ok(snapshot)
-    }
-
-    /// Removes expired NAT flows and recounts pool usage.
-    fn sweep_nat(&mut self) {
-        let Some(node) = self.reconciler.node() else { return };
-        self.nat = nat::sweep(&mut self.maps, &self.config, &node, nat::monotonic_ns(), self.nat.swept);
-    }
-}
-
-/// The backends `config` asks to health-check.
-fn health_targets(config: &Config) -> Vec<Target> {
-    let l7 = l7::health_targets(config);
-    config
-        .vips
-        .iter()
-        .flat_map(|vip| {
-            vip.backends.iter().filter_map(move |backend| {
-                Some(Target {
-                    vip: vip.name.clone(),
-                    backend: backend.address.to_string(),
-                    addr: backend.address,
-                    check: vip.check_for(backend)?.clone(),
-                })
-            })
-        })
-        .chain(l7)
-        .collect()
-}
-
-/// A VIP's backends as health checks and drains name them: addresses, or `address:port` for
-/// an l7 VIP's.
-fn backend_identities(vip: &config::Vip) -> Vec<String> {
-    match &vip.l7 {
-        Some(l7) => l7.backends().map(l7::config::L7Backend::identity).collect(),
-        None => vip.backends.iter().map(|b| b.address.to_string()).collect(),
-    }
-}
+/// How often expired NAT flows are swept, pool usage recounted and connection-table entries
+/// counted.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The MACs an adopted data plane holds for backends the configuration leaves to resolution
 /// (by the address resolution would ask for).
@@ -216,11 +103,6 @@ fn adopted_macs(reconciler: &Reconciler, config: &Config) -> std::collections::B
         }
     }
     macs
-}
-
-/// The backends `health` says are down.
-fn down(health: &HealthMap) -> BTreeSet<BackendRef> {
-    health.iter().filter(|(_, h)| !h.up).map(|(key, _)| key.clone()).collect()
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
@@ -246,39 +128,67 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         Reconciler::new()
     };
     // Backends start up (a restart must not drop traffic while the first checks run).
-    let (mut checker, mut health_rx) = Checker::start(health_targets(&config));
-    let (mut resolver, mut neighbors_rx) = Resolver::start(desired::neighbor_targets(&config, &opts.iface));
+    let (checker, mut health_rx) = Checker::start(control::health_targets(&config));
+    let (resolver, mut neighbors_rx) = Resolver::start(desired::neighbor_targets(&config, &opts.iface));
     // A restart keeps the MACs the previous agent wrote until the kernel confirms or replaces
     // them, so its flows keep going while the first resolution runs.
     let mut states = BackendStates { neighbors: adopted_macs(&reconciler, &config), ..Default::default() };
     states.neighbors.extend(neighbors_rx.borrow_and_update().iter().map(|(a, m)| (*a, *m)));
-    let mut state = State {
+    states.down = control::down(&health_rx.borrow_and_update());
+    let mut l7 = l7::Tier::new()?;
+    if let Some(e) = l7.apply(&config).into_iter().next() {
+        return Err(e.into());
+    }
+    let counters = maps.counters().context("opening the counters for readers")?;
+    let nat_tables = maps.nat_tables().context("opening the NAT tables for housekeeping")?;
+    let flow_counter = maps
+        .flow_table_counter()
+        .inspect_err(|e| tracing::warn!(error = %e, "connection-table occupancy will not be counted"))
+        .ok();
+    let config = Arc::new(config);
+    let shared = Arc::new(Shared::new(
+        AgentView::empty(Arc::clone(&config)),
+        l7,
+        health_rx.clone(),
+        counters,
+        opts.config.display().to_string(),
+    ));
+    let mut control = Control {
+        opts: opts.clone(),
         maps,
         reconciler,
         facts,
         sizes,
         config,
         states,
-        health: health_rx.borrow_and_update().clone(),
+        checker,
+        health_rx,
+        resolver,
+        neighbors_rx,
+        shared: Arc::clone(&shared),
         config_generation: 1,
         last_reload: None,
-        speaker: None,
-        // Nothing until XDP is attached.
-        announce: watch::Sender::new(Announce::new()),
         node_drained: false,
-        nat: NatUsage::default(),
-        flow_table: Default::default(),
-        l7: l7::Tier::new()?,
+        attached: false,
+        dirty: true,
+        failure: None,
     };
-    if let Some(e) = state.l7.apply(&state.config).into_iter().next() {
-        return Err(e.into());
-    }
-    let changes = state.reconcile()?;
+
+    // The first fill, on a blocking thread: health checks and the resolver go on meanwhile.
+    let started = std::time::Instant::now();
+    let (control, changes) = tokio::task::spawn_blocking(move || {
+        let changes = control.converge();
+        (control, changes)
+    })
+    .await
+    .context("the first reconcile pass panicked")?;
+    let changes = changes?;
     tracing::info!(
         added = changes.added.len(),
         updated = changes.updated.len(),
         removed = changes.removed.len(),
-        mtu = state.facts.mtu,
+        mtu = control.facts.mtu,
+        ms = started.elapsed().as_millis() as u64,
         "data plane filled"
     );
 
@@ -293,39 +203,23 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             Attached::Replaced => tracing::info!(%iface, "replaced the running XDP program in place"),
         }
     }
-    // Attached: from here the VIPs that are up may be announced.
-    state.announce_up_vips();
-    if let Some(bgp) = state.config.bgp.clone() {
-        state.speaker = Some(Speaker::start(bgp, state.announce.subscribe()));
-    }
 
-    let state = Arc::new(Mutex::new(state));
-    let admin_state = Arc::clone(&state);
-    let config_path = opts.config.display().to_string();
-    let server =
-        admin::serve(&admin_socket, Arc::new(move |request| answer(&mut lock(&admin_state), &config_path, request)))
-            .await?;
+    let (commands, commands_rx) = mpsc::unbounded_channel();
+    let runtime = tokio::runtime::Handle::current();
+    let control_thread = std::thread::Builder::new()
+        .name("xlb-control".into())
+        .spawn(move || control.run(commands_rx, runtime))
+        .context("starting the control thread")?;
+    // Attached: from here the VIPs that are up may be announced.
+    let _ = commands.send(Command::Attached);
+    let (housekeeping_stop, housekeeping) = housekeeping(Arc::clone(&shared), nat_tables, flow_counter)?;
+
+    let server = admin::serve(&admin_socket, Arc::new(answerer(Arc::clone(&shared), commands.clone()))).await?;
     tracing::info!(socket = %admin_socket.display(), "admin socket listening");
     let metrics = match metrics_listen {
         Some(addr) => {
-            let metrics_state = Arc::clone(&state);
-            let server = metrics::serve(
-                addr,
-                Arc::new(move || {
-                    let state = lock(&metrics_state);
-                    let snapshot = state.snapshot().map_err(|e| e.to_string())?;
-                    Ok(metrics::render(
-                        &snapshot,
-                        &metrics::AgentInfo {
-                            config_generation: state.config_generation,
-                            last_reload: state.last_reload.clone(),
-                            peers: state.peers(),
-                            l7: state.l7.metrics().gather(),
-                        },
-                    ))
-                }),
-            )
-            .await?;
+            let shared = Arc::clone(&shared);
+            let server = metrics::serve(addr, Arc::new(move || shared.metrics())).await?;
             tracing::info!(%addr, "serving Prometheus metrics at /metrics");
             Some(server)
         }
@@ -336,64 +230,17 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     let mut watch = FileWatch::new(&opts.config);
-    let mut poll = tokio::time::interval(Duration::from_secs(1));
+    let mut poll = tokio::time::interval(Duration::from_millis(500));
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let (mut health_alive, mut neighbors_alive) = (true, true);
-    let mut sweep = tokio::time::interval(NAT_SWEEP_INTERVAL);
-    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let flow_counter = lock(&state)
-        .maps
-        .flow_table_counter()
-        .inspect_err(|e| tracing::warn!(error = %e, "connection-table occupancy will not be counted"))
-        .ok();
     loop {
         tokio::select! {
             _ = term.recv() => break,
-            _ = sweep.tick() => {
-                lock(&state).sweep_nat();
-                if let Some(counter) = flow_counter.clone() {
-                    let state = Arc::clone(&state);
-                    tokio::task::spawn_blocking(move || {
-                        let usage = counter.count();
-                        lock(&state).flow_table = usage;
-                    });
-                }
-            }
             _ = int.recv() => break,
-            _ = hup.recv() => reload(&opts, &mut lock(&state), &mut checker, &mut resolver),
+            _ = hup.recv() => { let _ = commands.send(Command::Reload); }
             _ = poll.tick(), if opts.watch_config => {
                 if watch.changed() {
                     tracing::info!(config = %opts.config.display(), "configuration file changed");
-                    reload(&opts, &mut lock(&state), &mut checker, &mut resolver);
-                }
-            }
-            changed = neighbors_rx.changed(), if neighbors_alive => {
-                if changed.is_err() {
-                    // The resolver is gone: stop polling it (an error would be ready forever).
-                    tracing::error!("the neighbour resolver stopped; MACs stay as last learned");
-                    neighbors_alive = false;
-                    continue;
-                }
-                let learned = neighbors_rx.borrow_and_update().clone();
-                let mut state = lock(&state);
-                // Last known wins: an entry that stops resolving keeps its MAC.
-                state.states.neighbors.extend(learned);
-                if let Err(e) = state.reconcile() {
-                    tracing::error!(error = %e, "applying neighbour changes failed; retried on the next change");
-                }
-            }
-            changed = health_rx.changed(), if health_alive => {
-                if changed.is_err() {
-                    tracing::error!("the health checker stopped; backend health stays as last seen");
-                    health_alive = false;
-                    continue;
-                }
-                let health = health_rx.borrow_and_update().clone();
-                let mut state = lock(&state);
-                state.states.down = down(&health);
-                state.health = health;
-                if let Err(e) = state.reconcile() {
-                    tracing::error!(error = %e, "applying health changes failed; retried on the next change");
+                    let _ = commands.send(Command::Reload);
                 }
             }
         }
@@ -401,18 +248,24 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 
     // Withdraw everything and give the routers `withdraw_grace` to move traffic elsewhere
     // before anything else goes.
-    let speaker = lock(&state).speaker.take();
+    let speaker = lock(&shared.speaker).take();
     if let Some(speaker) = speaker {
         tracing::info!("withdrawing every route before exiting");
         speaker.shutdown().await;
     }
-    lock(&state).l7.shutdown();
+    lock(&shared.l7).shutdown();
     server.abort();
     if let Some(metrics) = metrics {
         metrics.abort();
     }
-    drop(checker);
-    drop(resolver);
+    // The control thread ends when its last sender goes (after any pass in progress).
+    drop(commands);
+    drop(housekeeping_stop);
+    let _ = tokio::task::spawn_blocking(move || {
+        let _ = control_thread.join();
+        let _ = housekeeping.join();
+    })
+    .await;
     let _ = std::fs::remove_file(&admin_socket);
     if opts.detach_on_exit {
         for link in link_pins(&pin_dir) {
@@ -426,198 +279,131 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
-    state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn answer(state: &mut State, config_path: &str, request: Request) -> Reply {
-    if matches!(request, Request::Stats | Request::Status) {
-        // NAT usage as of now, not of the last periodic sweep.
-        state.sweep_nat();
-    }
-    match request {
-        Request::Stats => state.snapshot().map_or_else(|e| Reply::Error(e.to_string()), Reply::Stats),
-        Request::Status => match state.snapshot() {
-            Ok(snapshot) => Reply::Status(Status {
-                config_path: config_path.to_owned(),
-                config_generation: state.config_generation,
-                last_reload: state.last_reload.clone(),
-                node_drained: state.node_drained,
-                announced: state.announce.borrow().iter().map(ToString::to_string).collect(),
-                peers: state.peers(),
-                snapshot,
-            }),
-            Err(e) => Reply::Error(e.to_string()),
-        },
-        Request::Plan { path, config } => {
-            let config = match config::parse(std::path::Path::new(&path), &config) {
-                Ok(config) => config,
-                Err(e) => return Reply::Error(e.to_string()),
+/// The admin socket's handler: reads are answered from the published view on a blocking
+/// thread (never waiting on a pass); changes go to the control thread.
+fn answerer(
+    shared: Arc<Shared>,
+    commands: mpsc::UnboundedSender<Command>,
+) -> impl Fn(Request) -> admin::ReplyFuture + Send + Sync + 'static {
+    move |request| {
+        let shared = Arc::clone(&shared);
+        let commands = commands.clone();
+        Box::pin(async move {
+            let ask = |command: Command, reply: oneshot::Receiver<Reply>| async move {
+                if commands.send(command).is_err() {
+                    return Reply::Error("the agent is shutting down".into());
+                }
+                reply.await.unwrap_or_else(|_| Reply::Error("the agent is shutting down".into()))
             };
-            let mut states = state.states.clone();
-            prune_drains(&mut states, &config);
-            let desired = DesiredState::with_states(&config, &state.facts, &states);
-            plan::plan(&state.reconciler, &state.maps, &desired)
-                .map_or_else(|e| Reply::Error(e.to_string()), Reply::Plan)
-        }
-        Request::DrainNode { undo } => {
-            state.node_drained = !undo;
-            state.announce_up_vips();
-            let peers = state.peers().len();
-            tracing::info!(undo, peers, "node drain");
-            Reply::Done(if undo {
-                format!("node undrained: VIPs that are up are announced again to {peers} peers")
-            } else {
-                format!(
-                    "node drained: every route withdrawn from {peers} peers; flows the routers still send here are forwarded"
-                )
-            })
-        }
-        Request::Drain { vip, backend, undo } => {
-            let Some(configured) = state.config.vips.iter().find(|v| v.name == vip) else {
-                let names: Vec<&str> = state.config.vips.iter().map(|v| v.name.as_str()).collect();
-                return Reply::Error(format!("no VIP named `{vip}`; configured: {}", names.join(", ")));
-            };
-            let identities = backend_identities(configured);
-            if !identities.contains(&backend) {
-                return Reply::Error(format!(
-                    "VIP `{vip}` has no backend `{backend}`; its backends: {}",
-                    identities.join(", ")
-                ));
+            match request {
+                Request::Stats => {
+                    read(shared, |s| s.snapshot().map_or_else(|e| Reply::Error(e.to_string()), Reply::Stats)).await
+                }
+                Request::Status => {
+                    read(shared, |s| s.status().map_or_else(|e| Reply::Error(e.to_string()), Reply::Status)).await
+                }
+                Request::Plan { path, config } => {
+                    let (reply, rx) = oneshot::channel();
+                    ask(Command::Plan { path, config, reply }, rx).await
+                }
+                Request::DrainNode { undo } => {
+                    let (reply, rx) = oneshot::channel();
+                    ask(Command::DrainNode { undo, reply }, rx).await
+                }
+                Request::Drain { vip, backend, undo } => {
+                    let (reply, rx) = oneshot::channel();
+                    ask(Command::Drain { vip, backend, undo, reply }, rx).await
+                }
             }
-            let at = (vip.clone(), backend.clone());
-            let changed = if undo { state.states.drained.remove(&at) } else { state.states.drained.insert(at) };
-            if let Err(e) = state.reconcile() {
-                return Reply::Error(format!("applying the drain failed: {e}"));
-            }
-            let what = if undo { "takes new flows again" } else { "drained: no new flows, established ones finish" };
-            tracing::info!(%vip, %backend, undo, "drain");
-            Reply::Done(format!("{vip} {backend}: {what}{}", if changed { "" } else { " (already so)" }))
-        }
+        })
     }
 }
 
-/// Re-reads the config; an invalid file leaves the running state as it is.
-fn reload(opts: &RunOptions, state: &mut State, checker: &mut Checker, resolver: &mut Resolver) {
-    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let config = match config::load(&opts.config) {
-        Ok(config) => config,
-        Err(e) => {
-            tracing::error!(error = %e, "reload rejected; the previous configuration keeps serving");
-            state.last_reload = Some(ReloadOutcome { ok: false, message: e.to_string(), at: now() });
-            return;
-        }
-    };
-    // The interfaces' MTU or MAC may have changed since the last pass.
-    match node_facts(opts) {
-        Ok(now) => state.facts = now,
-        Err(e) => tracing::warn!(error = %e, "cannot re-read the interfaces; keeping their last MAC and MTU"),
-    }
-    if let Err(e) = desired::check_interfaces(&config, &state.facts) {
-        let message = format!("{}: {e}", opts.config.display());
-        tracing::error!(error = %message, "reload rejected; the previous configuration keeps serving");
-        state.last_reload = Some(ReloadOutcome { ok: false, message, at: now() });
-        return;
-    }
-    if config.agent != state.config.agent {
-        tracing::warn!("agent.admin_socket / agent.metrics_listen changes take effect at the next start");
-    }
-    if TableSizes::of(&config.node) != state.sizes {
-        tracing::warn!(
-            running = ?state.sizes,
-            configured = ?TableSizes::of(&config.node),
-            "node.flow_table_size / nat_table_size changes need a restart with the pinned maps removed (`xlb detach --forget-flows`); keeping the running sizes"
-        );
-    }
-    checker.replace(health_targets(&config));
-    match (state.speaker.as_mut(), config.bgp.clone()) {
-        (Some(speaker), Some(bgp)) => speaker.replace(bgp),
-        (None, Some(bgp)) => state.speaker = Some(Speaker::start(bgp, state.announce.subscribe())),
-        (Some(_), None) => {
-            if let Some(speaker) = state.speaker.take() {
-                tracing::info!("the bgp section is gone: withdrawing and closing every session");
-                tokio::spawn(speaker.shutdown());
-            }
-        }
-        (None, None) => {}
-    }
-    resolver.replace(desired::neighbor_targets(&config, &opts.iface));
-    prune_drains(&mut state.states, &config);
-    state.config = config;
-    state.config_generation += 1;
-    let l7_errors: Vec<String> = state.l7.apply(&state.config).iter().map(ToString::to_string).collect();
-    for e in &l7_errors {
-        tracing::error!(error = %e, "l7 part of the reload failed; that VIP keeps its previous routes");
-    }
-    let outcome = match state.reconcile() {
-        Ok(changes) => {
-            tracing::info!(
-                added = ?changes.added,
-                removed = ?changes.removed,
-                updated = ?changes.updated,
-                unchanged = changes.unchanged,
-                tables_rebuilt = changes.tables_rebuilt,
-                "reloaded"
-            );
-            ReloadOutcome {
-                ok: true,
-                message: format!(
-                    "{} added, {} removed, {} updated, {} unchanged",
-                    changes.added.len(),
-                    changes.removed.len(),
-                    changes.updated.len(),
-                    changes.unchanged
-                ),
-                at: now(),
-            }
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "reload partly applied; the next change retries");
-            ReloadOutcome { ok: false, message: format!("partly applied: {e}"), at: now() }
-        }
-    };
-    let outcome = if l7_errors.is_empty() {
-        outcome
-    } else {
-        ReloadOutcome { ok: false, message: format!("{}; l7: {}", outcome.message, l7_errors.join("; ")), at: now() }
-    };
-    state.last_reload = Some(outcome);
+/// Answers a read from the published state on a blocking thread (reading the counters is a
+/// few syscalls and, at 10 000 VIPs, some milliseconds of work: not for a runtime worker).
+async fn read(shared: Arc<Shared>, f: fn(&Shared) -> Reply) -> Reply {
+    tokio::task::spawn_blocking(move || f(&shared))
+        .await
+        .unwrap_or_else(|e| Reply::Error(format!("reading the agent's state failed: {e}")))
 }
 
-/// Drains of backends that are no longer configured go with them.
-fn prune_drains(states: &mut BackendStates, config: &Config) {
-    states
-        .drained
-        .retain(|(vip, backend)| config.vips.iter().any(|v| v.name == *vip && backend_identities(v).contains(backend)));
+/// The housekeeping thread: every `HOUSEKEEPING_INTERVAL`, expired NAT flows are swept, pool
+/// usage recounted and connection-table entries counted — through its own map handles, off
+/// the runtime and the control thread. It stops when the returned sender is dropped.
+fn housekeeping(
+    shared: Arc<Shared>,
+    mut nat_tables: NatTables,
+    flow_counter: Option<FlowTableCounter>,
+) -> anyhow::Result<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)> {
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    if let Some(counter) = &flow_counter {
+        lock(&shared.usage).flow_table.size = counter.size();
+    }
+    let thread = std::thread::Builder::new()
+        .name("xlb-housekeeping".into())
+        .spawn(move || {
+            let mut swept = 0;
+            // At once, then every interval until stopped.
+            let mut wait = Duration::ZERO;
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(wait) {
+                wait = HOUSEKEEPING_INTERVAL;
+                let view = shared.view.load();
+                let nat =
+                    view.node.map(|node| nat::sweep(&mut nat_tables, &view.config, &node, nat::monotonic_ns(), swept));
+                let flow_table = flow_counter.as_ref().map(FlowTableCounter::count);
+                let mut usage = lock(&shared.usage);
+                if let Some(nat) = nat {
+                    swept = nat.swept;
+                    usage.nat = nat;
+                }
+                if let Some(flow_table) = flow_table {
+                    usage.flow_table = flow_table;
+                }
+            }
+        })
+        .context("starting the housekeeping thread")?;
+    Ok((stop, thread))
 }
 
-/// Notices when the config file is replaced or rewritten (editors do either).
+/// Notices when the config file is replaced or rewritten (editors do either), once it has
+/// settled: a change is reported when two polls in a row see the same new stamp, so a file
+/// caught half-written is not loaded.
 struct FileWatch {
     path: PathBuf,
-    seen: Option<(std::time::SystemTime, u64, u64)>,
+    seen: Option<Stamp>,
+    /// A new stamp seen at the last poll, not yet reported.
+    settling: Option<Stamp>,
 }
+
+type Stamp = (std::time::SystemTime, u64, u64);
 
 impl FileWatch {
     fn new(path: &std::path::Path) -> Self {
-        let mut watch = Self { path: path.to_owned(), seen: None };
+        let mut watch = Self { path: path.to_owned(), seen: None, settling: None };
         watch.seen = watch.stamp();
         watch
     }
 
-    fn stamp(&self) -> Option<(std::time::SystemTime, u64, u64)> {
+    fn stamp(&self) -> Option<Stamp> {
         use std::os::unix::fs::MetadataExt as _;
         let meta = std::fs::metadata(&self.path).ok()?;
         Some((meta.modified().ok()?, meta.len(), meta.ino()))
     }
 
-    /// Whether the file changed since the last call. A vanished file is no change: the running
-    /// configuration stays until a readable one appears.
+    /// Whether the file changed and has settled since the last report. A vanished file is no
+    /// change: the running configuration stays until a readable one appears.
     fn changed(&mut self) -> bool {
         let now = self.stamp();
         if now.is_none() || now == self.seen {
+            self.settling = None;
+            return false;
+        }
+        if now != self.settling {
+            self.settling = now;
             return false;
         }
         self.seen = now;
+        self.settling = None;
         true
     }
 }

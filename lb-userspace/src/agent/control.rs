@@ -1,0 +1,482 @@
+//! The control thread: the one owner of the agent's sources of desired state (config, health,
+//! neighbours, drains) and of the maps' writer. It runs on its own OS thread, at a lower CPU
+//! priority than the runtime that serves BGP, health checks, admin and metrics, so neither a
+//! reload of thousands of VIPs nor its Maglev builds can hold those up.
+//!
+//! A pass goes in steps (`reconcile::STEP_VIPS` VIPs each, one RCU wait per step); between
+//! steps it takes in whatever health and neighbour changes arrived, and VIPs losing a serving
+//! backend go first — so a backend going down is out within a step of the news, reload or not.
+
+use std::{
+    collections::BTreeSet,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{RunOptions, node_facts, view::AgentView, view::Shared, view::lock};
+use crate::{
+    admin::{ReloadOutcome, Reply},
+    bgp::{Announce, Speaker},
+    config::{self, Config},
+    dataplane::{Maps, TableSizes},
+    desired::{self, BackendRef, BackendStates, DesiredState, NodeFacts},
+    health::{Checker, HealthMap, Target},
+    l7,
+    neighbor::{MacMap, Resolver},
+    plan,
+    reconcile::{Changes, ReconcileError, Reconciler, STEP_VIPS},
+};
+
+/// How often readers see a long pass's progress.
+const PUBLISH_EVERY: Duration = Duration::from_millis(250);
+/// A failed pass is retried after this, doubling up to `RETRY_MAX`.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// What the rest of the agent asks of the control thread.
+#[derive(Debug)]
+pub enum Command {
+    /// XDP is attached: VIPs that are up may be announced (and the BGP speaker starts).
+    Attached,
+    /// Re-read the config file (SIGHUP, or the file changed).
+    Reload,
+    Drain {
+        vip: String,
+        backend: String,
+        undo: bool,
+        reply: oneshot::Sender<Reply>,
+    },
+    DrainNode {
+        undo: bool,
+        reply: oneshot::Sender<Reply>,
+    },
+    Plan {
+        path: String,
+        config: String,
+        reply: oneshot::Sender<Reply>,
+    },
+}
+
+/// Everything the control thread owns.
+pub struct Control {
+    pub opts: RunOptions,
+    pub maps: Maps,
+    pub reconciler: Reconciler,
+    pub facts: NodeFacts,
+    pub sizes: TableSizes,
+    pub config: Arc<Config>,
+    pub states: BackendStates,
+    pub checker: Checker,
+    pub health_rx: watch::Receiver<HealthMap>,
+    pub resolver: Resolver,
+    pub neighbors_rx: watch::Receiver<MacMap>,
+    pub shared: Arc<Shared>,
+    pub config_generation: u64,
+    pub last_reload: Option<ReloadOutcome>,
+    pub node_drained: bool,
+    pub attached: bool,
+    /// The sources changed since desired state was last computed.
+    pub dirty: bool,
+    pub failure: Option<(String, Duration)>,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control").field("config_generation", &self.config_generation).finish_non_exhaustive()
+    }
+}
+
+enum Event {
+    Command(Option<Command>),
+    Health,
+    Neighbors,
+    Retry,
+}
+
+impl Control {
+    /// The view readers see of the current state.
+    pub fn view(&self, pending_vips: usize) -> AgentView {
+        AgentView {
+            config: Arc::clone(&self.config),
+            config_generation: self.config_generation,
+            last_reload: self.last_reload.clone(),
+            node_drained: self.node_drained,
+            applied: self.reconciler.applied().clone(),
+            node: self.reconciler.node(),
+            pending_vips,
+            reconcile_error: self.failure.as_ref().map(|(e, _)| e.clone()),
+        }
+    }
+
+    fn publish(&self, pending_vips: usize) {
+        self.shared.view.store(Arc::new(self.view(pending_vips)));
+    }
+
+    /// Lowers this thread's CPU priority (the Maglev builders it spawns inherit it): under
+    /// load, the runtime's BGP keepalives, health checks and admin replies run first.
+    fn yield_to_the_runtime() {
+        // SAFETY: plain syscalls on this thread's own id; no memory is passed.
+        let result = unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::setpriority(libc::PRIO_PROCESS, tid, 5)
+        };
+        if result != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower the control thread's priority");
+        }
+    }
+
+    /// Takes in health and neighbour news that arrived since the last look, without waiting.
+    fn absorb_sources(&mut self) {
+        if self.health_rx.has_changed().unwrap_or(false) {
+            let health = self.health_rx.borrow_and_update();
+            let down = down(&health);
+            drop(health);
+            if down != self.states.down {
+                self.states.down = down;
+                self.dirty = true;
+            }
+        }
+        if self.neighbors_rx.has_changed().unwrap_or(false) {
+            let learned = self.neighbors_rx.borrow_and_update().clone();
+            // Last known wins: an entry that stops resolving keeps its MAC.
+            let before = self.states.neighbors.len();
+            for (addr, mac) in learned {
+                if self.states.neighbors.insert(addr, mac) != Some(mac) {
+                    self.dirty = true;
+                }
+            }
+            self.dirty |= before != self.states.neighbors.len();
+        }
+    }
+
+    /// Brings the maps to desired state, step by step, taking in source changes between steps;
+    /// then the announcements follow what the maps now serve.
+    pub fn converge(&mut self) -> Result<Changes, ReconcileError> {
+        let mut changes = Changes::default();
+        let mut published = Instant::now();
+        let mut desired = None;
+        let result = loop {
+            self.absorb_sources();
+            if self.dirty || desired.is_none() {
+                desired = Some(DesiredState::with_states(&self.config, &self.facts, &self.states));
+                self.dirty = false;
+            }
+            let Some(desired) = desired.as_ref() else { unreachable!("set above") };
+            match self.reconciler.apply_step(desired, &mut self.maps, STEP_VIPS) {
+                Ok(step) => {
+                    changes.absorb(step.changes);
+                    if step.remaining == 0 {
+                        changes.unchanged =
+                            desired.vips.len().saturating_sub(changes.added.len() + changes.updated.len());
+                        break Ok(changes);
+                    }
+                    if published.elapsed() >= PUBLISH_EVERY {
+                        self.announce_up_vips();
+                        self.publish(step.remaining);
+                        published = Instant::now();
+                    }
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        match &result {
+            Ok(_) => self.failure = None,
+            Err(e) => {
+                let wait = self.failure.as_ref().map_or(RETRY_FIRST, |(_, w)| (*w * 2).min(RETRY_MAX));
+                tracing::error!(error = %e, retry_in = ?wait, "applying desired state failed; retrying");
+                self.failure = Some((e.to_string(), wait));
+            }
+        }
+        lock(&self.shared.l7).set_not_serving(self.states.down.union(&self.states.drained).cloned().collect());
+        self.announce_up_vips();
+        self.publish(0);
+        result
+    }
+
+    /// Announces every VIP address with at least one VIP up (its port's backends serving, at
+    /// least `min_healthy`): withdrawing an address would take down its healthy ports too.
+    fn announce_up_vips(&self) {
+        let up: Announce = if self.node_drained || !self.attached {
+            Announce::new()
+        } else {
+            let l7 = lock(&self.shared.l7).up_addresses();
+            self.reconciler
+                .applied()
+                .iter()
+                .filter(|(_, applied)| applied.vip.is_up())
+                .map(|(key, _)| desired::ip_from_words(key.addr, key.family))
+                .chain(l7)
+                .collect()
+        };
+        self.shared.announce.send_if_modified(|current| {
+            if *current == up {
+                return false;
+            }
+            tracing::info!(count = up.len(), "BGP announcements change");
+            tracing::debug!(announced = ?up, "BGP announcements");
+            *current = up;
+            true
+        });
+    }
+
+    /// Runs until every sender of `commands` is gone.
+    pub fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>, runtime: tokio::runtime::Handle) {
+        // Health checks, the resolver and the speaker spawn tasks on the agent's runtime.
+        let _runtime = runtime.enter();
+        Self::yield_to_the_runtime();
+        let (mut health_alive, mut neighbors_alive) = (true, true);
+        loop {
+            let retry = self.failure.as_ref().map(|(_, wait)| *wait);
+            let event = runtime.block_on(async {
+                tokio::select! {
+                    biased;
+                    changed = self.health_rx.changed(), if health_alive => {
+                        if changed.is_err() {
+                            tracing::error!("the health checker stopped; backend health stays as last seen");
+                            health_alive = false;
+                        }
+                        Event::Health
+                    }
+                    changed = self.neighbors_rx.changed(), if neighbors_alive => {
+                        if changed.is_err() {
+                            tracing::error!("the neighbour resolver stopped; MACs stay as last learned");
+                            neighbors_alive = false;
+                        }
+                        Event::Neighbors
+                    }
+                    command = commands.recv() => Event::Command(command),
+                    () = tokio::time::sleep(retry.unwrap_or(RETRY_MAX)), if retry.is_some() => Event::Retry,
+                }
+            });
+            match event {
+                Event::Command(None) => break,
+                Event::Command(Some(command)) => self.handle(command),
+                // `changed()` marked the news seen; `absorb_sources` must still take it in.
+                Event::Health => {
+                    self.dirty = true;
+                    self.states.down = down(&self.health_rx.borrow());
+                    let _ = self.converge();
+                }
+                Event::Neighbors => {
+                    let learned = self.neighbors_rx.borrow().clone();
+                    self.states.neighbors.extend(learned);
+                    self.dirty = true;
+                    let _ = self.converge();
+                }
+                Event::Retry => {
+                    let _ = self.converge();
+                }
+            }
+        }
+        if let Some(speaker) = lock(&self.shared.speaker).take() {
+            speaker.abort();
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Attached => {
+                self.attached = true;
+                self.announce_up_vips();
+                if let Some(bgp) = self.config.bgp.clone() {
+                    *lock(&self.shared.speaker) = Some(Speaker::start(bgp, self.shared.announce.subscribe()));
+                }
+            }
+            Command::Reload => self.reload(),
+            Command::Drain { vip, backend, undo, reply } => {
+                let _ = reply.send(self.drain(vip, backend, undo));
+            }
+            Command::DrainNode { undo, reply } => {
+                self.node_drained = !undo;
+                self.announce_up_vips();
+                self.publish(0);
+                let peers = self.shared.peers().len();
+                tracing::info!(undo, peers, "node drain");
+                let _ = reply.send(Reply::Done(if undo {
+                    format!("node undrained: VIPs that are up are announced again to {peers} peers")
+                } else {
+                    format!(
+                        "node drained: every route withdrawn from {peers} peers; flows the routers still send here are forwarded"
+                    )
+                }));
+            }
+            Command::Plan { path, config, reply } => {
+                let _ = reply.send(self.plan(&path, &config));
+            }
+        }
+    }
+
+    fn plan(&self, path: &str, text: &str) -> Reply {
+        let config = match config::parse(std::path::Path::new(path), text) {
+            Ok(config) => config,
+            Err(e) => return Reply::Error(e.to_string()),
+        };
+        let mut states = self.states.clone();
+        prune_drains(&mut states, &config);
+        let desired = DesiredState::with_states(&config, &self.facts, &states);
+        plan::plan(&self.reconciler, &self.maps, &desired).map_or_else(|e| Reply::Error(e.to_string()), Reply::Plan)
+    }
+
+    fn drain(&mut self, vip: String, backend: String, undo: bool) -> Reply {
+        let Some(configured) = self.config.vips.iter().find(|v| v.name == vip) else {
+            let names: Vec<&str> = self.config.vips.iter().map(|v| v.name.as_str()).collect();
+            return Reply::Error(format!("no VIP named `{vip}`; configured: {}", names.join(", ")));
+        };
+        let identities = backend_identities(configured);
+        if !identities.contains(&backend) {
+            return Reply::Error(format!(
+                "VIP `{vip}` has no backend `{backend}`; its backends: {}",
+                identities.join(", ")
+            ));
+        }
+        let at = (vip.clone(), backend.clone());
+        let changed = if undo { self.states.drained.remove(&at) } else { self.states.drained.insert(at) };
+        self.dirty = true;
+        if let Err(e) = self.converge() {
+            return Reply::Error(format!("applying the drain failed: {e}"));
+        }
+        let what = if undo { "takes new flows again" } else { "drained: no new flows, established ones finish" };
+        tracing::info!(%vip, %backend, undo, "drain");
+        Reply::Done(format!("{vip} {backend}: {what}{}", if changed { "" } else { " (already so)" }))
+    }
+
+    /// Re-reads the config; an invalid file leaves the running state as it is.
+    fn reload(&mut self) {
+        let started = Instant::now();
+        let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let reject = |this: &mut Self, message: String| {
+            tracing::error!(error = %message, "reload rejected; the previous configuration keeps serving");
+            this.last_reload = Some(ReloadOutcome { ok: false, message, at: now() });
+            this.publish(0);
+        };
+        let config = match config::load(&self.opts.config) {
+            Ok(config) => config,
+            Err(e) => return reject(self, e.to_string()),
+        };
+        // The interfaces' MTU or MAC may have changed since the last pass.
+        match node_facts(&self.opts) {
+            Ok(now) => self.facts = now,
+            Err(e) => tracing::warn!(error = %e, "cannot re-read the interfaces; keeping their last MAC and MTU"),
+        }
+        if let Err(e) = desired::check_interfaces(&config, &self.facts) {
+            return reject(self, format!("{}: {e}", self.opts.config.display()));
+        }
+        if config.agent != self.config.agent {
+            tracing::warn!("agent.admin_socket / agent.metrics_listen changes take effect at the next start");
+        }
+        if TableSizes::of(&config.node) != self.sizes {
+            tracing::warn!(
+                running = ?self.sizes,
+                configured = ?TableSizes::of(&config.node),
+                "node.flow_table_size / nat_table_size changes need a restart with the pinned maps removed (`xlb detach --forget-flows`); keeping the running sizes"
+            );
+        }
+        self.checker.replace(health_targets(&config));
+        self.replace_speaker(&config);
+        self.resolver.replace(desired::neighbor_targets(&config, &self.opts.iface));
+        prune_drains(&mut self.states, &config);
+        self.config = Arc::new(config);
+        self.config_generation += 1;
+        self.dirty = true;
+        let l7_errors: Vec<String> =
+            lock(&self.shared.l7).apply(&self.config).iter().map(ToString::to_string).collect();
+        for e in &l7_errors {
+            tracing::error!(error = %e, "l7 part of the reload failed; that VIP keeps its previous routes");
+        }
+        let mut outcome = match self.converge() {
+            Ok(changes) => {
+                tracing::info!(
+                    added = changes.added.len(),
+                    removed = changes.removed.len(),
+                    updated = changes.updated.len(),
+                    unchanged = changes.unchanged,
+                    tables_rebuilt = changes.tables_rebuilt,
+                    ms = started.elapsed().as_millis() as u64,
+                    "reloaded"
+                );
+                tracing::debug!(added = ?changes.added, removed = ?changes.removed, updated = ?changes.updated, "reloaded VIPs");
+                ReloadOutcome {
+                    ok: true,
+                    message: format!(
+                        "{} added, {} removed, {} updated, {} unchanged",
+                        changes.added.len(),
+                        changes.removed.len(),
+                        changes.updated.len(),
+                        changes.unchanged
+                    ),
+                    at: now(),
+                }
+            }
+            Err(e) => ReloadOutcome { ok: false, message: format!("partly applied, retrying: {e}"), at: now() },
+        };
+        if !l7_errors.is_empty() {
+            outcome = ReloadOutcome {
+                ok: false,
+                message: format!("{}; l7: {}", outcome.message, l7_errors.join("; ")),
+                ..outcome
+            };
+        }
+        self.last_reload = Some(outcome);
+        self.publish(0);
+    }
+
+    fn replace_speaker(&mut self, config: &Config) {
+        let mut speaker = lock(&self.shared.speaker);
+        match (speaker.as_mut(), config.bgp.clone()) {
+            (Some(running), Some(bgp)) => running.replace(bgp),
+            (None, Some(bgp)) if self.attached => {
+                *speaker = Some(Speaker::start(bgp, self.shared.announce.subscribe()));
+            }
+            (Some(_), None) => {
+                if let Some(running) = speaker.take() {
+                    tracing::info!("the bgp section is gone: withdrawing and closing every session");
+                    tokio::spawn(running.shutdown());
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The backends `config` asks to health-check.
+pub fn health_targets(config: &Config) -> Vec<Target> {
+    let l7 = l7::health_targets(config);
+    config
+        .vips
+        .iter()
+        .flat_map(|vip| {
+            vip.backends.iter().filter_map(move |backend| {
+                Some(Target {
+                    vip: vip.name.clone(),
+                    backend: backend.address.to_string(),
+                    addr: backend.address,
+                    check: vip.check_for(backend)?.clone(),
+                })
+            })
+        })
+        .chain(l7)
+        .collect()
+}
+
+/// A VIP's backends as health checks and drains name them: addresses, or `address:port` for
+/// an l7 VIP's.
+fn backend_identities(vip: &config::Vip) -> Vec<String> {
+    match &vip.l7 {
+        Some(l7) => l7.backends().map(l7::config::L7Backend::identity).collect(),
+        None => vip.backends.iter().map(|b| b.address.to_string()).collect(),
+    }
+}
+
+/// The backends `health` says are down.
+pub fn down(health: &HealthMap) -> BTreeSet<BackendRef> {
+    health.iter().filter(|(_, h)| !h.up).map(|(key, _)| key.clone()).collect()
+}
+
+/// Drains of backends that are no longer configured go with them.
+fn prune_drains(states: &mut BackendStates, config: &Config) {
+    states
+        .drained
+        .retain(|(vip, backend)| config.vips.iter().any(|v| v.name == *vip && backend_identities(v).contains(backend)));
+}

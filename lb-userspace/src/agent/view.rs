@@ -1,0 +1,162 @@
+//! What the agent publishes for its readers — the admin socket, `/metrics`, the housekeeping
+//! thread. The control thread swaps in a new [`AgentView`] after each pass (and every
+//! `PUBLISH_EVERY` during a long one); readers load it without a lock and read the counters
+//! through their own map handles, so no reader ever waits on a reconcile pass.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+};
+
+use arc_swap::ArcSwap;
+use lb_common::{NodeConfig, VipKey};
+use tokio::sync::watch;
+
+use crate::{
+    admin::{ReloadOutcome, Status},
+    bgp::{Announce, PeerStatus, Speaker},
+    config::Config,
+    dataplane::{Counters, DataplaneError, FlowTableUsage},
+    health::HealthMap,
+    l7, metrics,
+    nat::NatUsage,
+    reconcile::AppliedVip,
+    stats::Snapshot,
+};
+
+/// The agent's state as of its last published pass.
+#[derive(Debug, Clone)]
+pub struct AgentView {
+    pub config: Arc<Config>,
+    pub config_generation: u64,
+    pub last_reload: Option<ReloadOutcome>,
+    /// `xlb drain node` in effect.
+    pub node_drained: bool,
+    /// What the maps hold, VIP by VIP.
+    pub applied: BTreeMap<VipKey, AppliedVip>,
+    /// The node settings last written (`None` before the first pass).
+    pub node: Option<NodeConfig>,
+    /// VIPs still to write: a pass in progress.
+    pub pending_vips: usize,
+    /// Why the last pass stopped short, while it is being retried.
+    pub reconcile_error: Option<String>,
+}
+
+impl AgentView {
+    /// Before the first pass.
+    pub fn empty(config: Arc<Config>) -> Self {
+        AgentView {
+            config,
+            config_generation: 1,
+            last_reload: None,
+            node_drained: false,
+            applied: BTreeMap::new(),
+            node: None,
+            pending_vips: 0,
+            reconcile_error: None,
+        }
+    }
+}
+
+/// Counts the housekeeping thread keeps (each a copy under a lock held only to copy it).
+#[derive(Debug, Clone, Default)]
+pub struct Usage {
+    pub flow_table: FlowTableUsage,
+    pub nat: NatUsage,
+}
+
+/// Everything readers share with the control thread.
+#[derive(Debug)]
+pub struct Shared {
+    pub view: ArcSwap<AgentView>,
+    pub usage: Mutex<Usage>,
+    /// The BGP speaker (when configured): started, replaced and stopped by the control thread
+    /// under this lock, which is never held during a pass.
+    pub speaker: Mutex<Option<Speaker>>,
+    /// The L7 tier (its own listeners and routes); locked only for its own short operations.
+    pub l7: Mutex<l7::Tier>,
+    /// What the speaker announces.
+    pub announce: watch::Sender<Announce>,
+    pub health: watch::Receiver<HealthMap>,
+    pub config_path: String,
+    counters: Counters,
+}
+
+/// Locks a mutex whose holder may have panicked: the data behind it stays usable.
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Shared {
+    pub fn new(
+        view: AgentView,
+        l7: l7::Tier,
+        health: watch::Receiver<HealthMap>,
+        counters: Counters,
+        config_path: String,
+    ) -> Self {
+        Shared {
+            view: ArcSwap::from_pointee(view),
+            usage: Mutex::new(Usage::default()),
+            speaker: Mutex::new(None),
+            l7: Mutex::new(l7),
+            // Nothing until XDP is attached.
+            announce: watch::Sender::new(Announce::new()),
+            health,
+            config_path,
+            counters,
+        }
+    }
+
+    pub fn peers(&self) -> Vec<PeerStatus> {
+        lock(&self.speaker).as_ref().map(Speaker::status).unwrap_or_default()
+    }
+
+    /// Counters as of now, with the VIPs and health as of the last published pass.
+    pub fn snapshot(&self) -> Result<Snapshot, DataplaneError> {
+        self.snapshot_of(&self.view.load())
+    }
+
+    /// The snapshot of one loaded view (a reply built from two loads could mix two passes).
+    fn snapshot_of(&self, view: &AgentView) -> Result<Snapshot, DataplaneError> {
+        let health = self.health.borrow().clone();
+        let mut snapshot = Snapshot::read(&self.counters, &view.applied, &health)?;
+        let usage = lock(&self.usage).clone();
+        snapshot.nat = usage.nat;
+        snapshot.flow_table = usage.flow_table;
+        snapshot.l7 = lock(&self.l7).status();
+        Ok(snapshot)
+    }
+
+    pub fn status(&self) -> Result<Status, DataplaneError> {
+        let view = self.view.load();
+        let snapshot = self.snapshot_of(&view)?;
+        Ok(Status {
+            config_path: self.config_path.clone(),
+            config_generation: view.config_generation,
+            last_reload: view.last_reload.clone(),
+            node_drained: view.node_drained,
+            announced: self.announce.borrow().iter().map(ToString::to_string).collect(),
+            peers: self.peers(),
+            pending_vips: view.pending_vips,
+            reconcile_error: view.reconcile_error.clone(),
+            snapshot,
+        })
+    }
+
+    /// The `/metrics` text.
+    pub fn metrics(&self) -> Result<String, String> {
+        let view = self.view.load();
+        let snapshot = self.snapshot_of(&view).map_err(|e| e.to_string())?;
+        let l7 = lock(&self.l7).metrics().gather();
+        Ok(metrics::render(
+            &snapshot,
+            &metrics::AgentInfo {
+                config_generation: view.config_generation,
+                last_reload: view.last_reload.clone(),
+                peers: self.peers(),
+                l7,
+            },
+        ))
+    }
+}
