@@ -281,6 +281,7 @@ impl Control {
                 self.attached = true;
                 self.announce_up_vips();
                 if let Some(bgp) = self.config.bgp.clone() {
+                    let _bgp = self.shared.bgp_runtime.enter();
                     *lock(&self.shared.speaker) = Some(Speaker::start(bgp, self.shared.announce.subscribe()));
                 }
             }
@@ -423,6 +424,8 @@ impl Control {
     }
 
     fn replace_speaker(&mut self, config: &Config) {
+        // The speaker's tasks run on the BGP runtime.
+        let _bgp = self.shared.bgp_runtime.enter();
         let mut speaker = lock(&self.shared.speaker);
         match (speaker.as_mut(), config.bgp.clone()) {
             (Some(running), Some(bgp)) => running.replace(bgp),

@@ -146,12 +146,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .inspect_err(|e| tracing::warn!(error = %e, "connection-table occupancy will not be counted"))
         .ok();
     let config = Arc::new(config);
+    let bgp_runtime = bgp_runtime()?;
     let shared = Arc::new(Shared::new(
         AgentView::empty(Arc::clone(&config)),
         l7,
         health_rx.clone(),
         counters,
         opts.config.display().to_string(),
+        bgp_runtime,
     ));
     let mut control = Control {
         opts: opts.clone(),
@@ -277,6 +279,20 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     }
     drop(program);
     Ok(())
+}
+
+/// A runtime on a thread of its own for the BGP speaker: a keepalive is due every few seconds
+/// whatever the agent's main runtime is busy with (thousands of health checks, big scrapes).
+/// The thread lives as long as the process.
+fn bgp_runtime() -> anyhow::Result<tokio::runtime::Handle> {
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("building the BGP runtime")?;
+    let handle = runtime.handle().clone();
+    std::thread::Builder::new()
+        .name("xlb-bgp".into())
+        .spawn(move || runtime.block_on(std::future::pending::<()>()))
+        .context("starting the BGP thread")?;
+    Ok(handle)
 }
 
 /// The admin socket's handler: reads are answered from the published view on a blocking

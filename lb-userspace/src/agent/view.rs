@@ -79,6 +79,9 @@ pub struct Shared {
     pub announce: watch::Sender<Announce>,
     pub health: watch::Receiver<HealthMap>,
     pub config_path: String,
+    /// The runtime the BGP sessions and BFD run on: a thread of their own, so neither health
+    /// checks nor readers on the agent's runtime can delay a keepalive.
+    pub bgp_runtime: tokio::runtime::Handle,
     counters: Counters,
 }
 
@@ -94,6 +97,7 @@ impl Shared {
         health: watch::Receiver<HealthMap>,
         counters: Counters,
         config_path: String,
+        bgp_runtime: tokio::runtime::Handle,
     ) -> Self {
         Shared {
             view: ArcSwap::from_pointee(view),
@@ -104,6 +108,7 @@ impl Shared {
             announce: watch::Sender::new(Announce::new()),
             health,
             config_path,
+            bgp_runtime,
             counters,
         }
     }
