@@ -484,14 +484,14 @@ impl Reconciler {
     fn commit(&mut self, stage: Staged, maps: &mut Maps) -> Result<(String, bool, bool), ReconcileError> {
         let write = |source| ReconcileError::Write { endpoint: stage.vip.endpoint.clone(), source: Box::new(source) };
         let old = self.vips.get(&stage.key).cloned();
-        if old.as_ref().is_none_or(|o| o.meta != stage.meta) {
-            if let Err(e) = maps.set_vip(&stage.key, &stage.meta) {
-                match self.vips.get_mut(&stage.key) {
-                    Some(applied) => applied.vip.table_size = 0,
-                    None => self.to_retire.extend(&stage.fresh),
-                }
-                return Err(write(e));
+        if old.as_ref().is_none_or(|o| o.meta != stage.meta)
+            && let Err(e) = maps.set_vip(&stage.key, &stage.meta)
+        {
+            match self.vips.get_mut(&stage.key) {
+                Some(applied) => applied.vip.table_size = 0,
+                None => self.to_retire.extend(&stage.fresh),
             }
+            return Err(write(e));
         }
         let rebuilt = old.as_ref().is_none_or(|o| table_changes(&o.vip, &stage.vip));
         let mut retired = old.as_ref().map_or_else(BackendCounters::default, |o| o.retired);
