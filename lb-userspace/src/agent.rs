@@ -302,9 +302,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let state = Arc::new(Mutex::new(state));
     let admin_state = Arc::clone(&state);
     let config_path = opts.config.display().to_string();
-    let server =
-        admin::serve(&admin_socket, Arc::new(move |request| answer(&mut lock(&admin_state), &config_path, request)))
-            .await?;
+    let server = admin::serve(
+        &admin_socket,
+        Arc::new(move |request| {
+            let reply = answer(&mut lock(&admin_state), &config_path, request);
+            Box::pin(async move { reply }) as admin::ReplyFuture
+        }),
+    )
+    .await?;
     tracing::info!(socket = %admin_socket.display(), "admin socket listening");
     let metrics = match metrics_listen {
         Some(addr) => {
