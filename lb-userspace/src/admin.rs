@@ -433,8 +433,8 @@ mod tests {
         }
     }
 
-    /// Answers `stats` with `Done("stats")` after a pause (the handler is async) and counts
-    /// the requests it sees.
+    /// An agent whose async handler answers a plan with its config's size and anything else
+    /// with `Done("stats")`, after a pause; the requests it was handed are kept.
     async fn agent(socket: &TempSocket, limits: Limits) -> (JoinHandle<()>, Arc<std::sync::Mutex<Vec<Request>>>) {
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let log = Arc::clone(&seen);
