@@ -4,6 +4,7 @@
 //! and back out through stats and the admin socket. `testrun` runs the same XDP object under
 //! BPF_PROG_TEST_RUN for tests and benchmarks.
 
+mod accept;
 pub mod admin;
 pub mod agent;
 pub mod bgp;

@@ -4,15 +4,22 @@
 //! a fresh registry from one snapshot (counters set with `inc_by` from zero) instead of keeping
 //! registered counters in step with the maps.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
+use bytes::Bytes;
 use prometheus::{Encoder as _, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
+    sync::{Mutex, Semaphore},
+    task::JoinHandle,
 };
 
-use crate::{admin::ReloadOutcome, bgp::PeerStatus, stats::Snapshot};
+use crate::{accept::AcceptErrors, admin::ReloadOutcome, bgp::PeerStatus, stats::Snapshot};
 
 /// Agent facts exported next to the data plane's counters.
 #[derive(Debug, Clone)]
@@ -175,61 +182,211 @@ fn build(snapshot: &Snapshot, agent: &AgentInfo) -> prometheus::Result<Registry>
     Ok(registry)
 }
 
+/// Bounds on what `/metrics` clients may cost the agent.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Connections served at once. Beyond it a connection is accepted, told 503 and closed: the
+    /// client learns at once instead of queueing in the kernel behind stuck clients, and its
+    /// retry after the next scrape interval finds slots that the deadlines below have freed.
+    pub max_connections: usize,
+    /// Time to receive the request head.
+    pub head_timeout: Duration,
+    /// Largest request head read.
+    pub head_max: usize,
+    /// Time to deliver the whole response (until the client closes its side); a client that
+    /// reads slower is disconnected with a reset, which frees what the kernel still queues.
+    pub write_timeout: Duration,
+    /// A body rendered less than this long ago is served again instead of rendering another.
+    pub reuse_for: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            // A few Prometheus servers and curls, with plenty to spare.
+            max_connections: 64,
+            head_timeout: Duration::from_secs(5),
+            head_max: 8 * 1024,
+            // Prometheus' default scrape timeout is 10 s: past it nobody reads the answer.
+            write_timeout: Duration::from_secs(10),
+            // Scrapers a second apart see the same counters; renders stay one per second.
+            reuse_for: Duration::from_secs(1),
+        }
+    }
+}
+
 /// Serves `GET /metrics` on `addr` with whatever `scrape` returns, until the task is aborted.
-pub async fn serve<F>(addr: SocketAddr, scrape: Arc<F>) -> Result<tokio::task::JoinHandle<()>, MetricsError>
+pub async fn serve<F>(addr: SocketAddr, scrape: Arc<F>) -> Result<JoinHandle<()>, MetricsError>
+where
+    F: Fn() -> Result<String, String> + Send + Sync + 'static,
+{
+    serve_with(addr, scrape, Limits::default()).await
+}
+
+/// [`serve`] with other limits.
+pub async fn serve_with<F>(addr: SocketAddr, scrape: Arc<F>, limits: Limits) -> Result<JoinHandle<()>, MetricsError>
 where
     F: Fn() -> Result<String, String> + Send + Sync + 'static,
 {
     let listener = TcpListener::bind(addr).await.map_err(|source| MetricsError::Bind { addr, source })?;
-    Ok(tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
-            let scrape = Arc::clone(&scrape);
-            tokio::spawn(async move {
-                if let Err(e) = respond(stream, &*scrape).await {
-                    tracing::debug!(error = %e, "metrics connection ended");
-                }
-            });
-        }
-    }))
+    let server = Arc::new(Server { body: Body::new(scrape, limits.reuse_for), limits });
+    Ok(tokio::spawn(accept_loop(listener, server)))
 }
 
-/// One request per connection: enough for Prometheus and curl.
-async fn respond<F: Fn() -> Result<String, String>>(mut stream: TcpStream, scrape: &F) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(512);
-    let mut buf = [0u8; 512];
-    // The request head, bounded in size and time.
-    let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
-            let n = stream.read(&mut buf).await?;
-            if n == 0 {
-                break;
+struct Server<F> {
+    body: Body<F>,
+    limits: Limits,
+}
+
+async fn accept_loop<F>(listener: TcpListener, server: Arc<Server<F>>)
+where
+    F: Fn() -> Result<String, String> + Send + Sync + 'static,
+{
+    let slots = Arc::new(Semaphore::new(server.limits.max_connections));
+    let mut errors = AcceptErrors::default();
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                errors.after("metrics", &e).await;
+                continue;
             }
-            head.extend_from_slice(&buf[..n]);
-        }
-        Ok::<(), std::io::Error>(())
-    })
-    .await;
-    if !matches!(read, Ok(Ok(()))) {
-        return Ok(());
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            // Best effort, never waits: a fresh socket's send buffer takes these few bytes.
+            let _ = stream.try_write(BUSY);
+            continue;
+        };
+        let server = Arc::clone(&server);
+        tokio::spawn(async move {
+            if let Err(e) = respond(stream, &server).await {
+                tracing::debug!(error = %e, "metrics connection ended");
+            }
+            drop(slot);
+        });
     }
+}
+
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 40\r\n\
+Connection: close\r\n\r\ntoo many metrics connections; try again\n";
+
+/// One request per connection: enough for Prometheus and curl.
+async fn respond<F>(mut stream: TcpStream, server: &Server<F>) -> std::io::Result<()>
+where
+    F: Fn() -> Result<String, String> + Send + Sync + 'static,
+{
+    let limits = &server.limits;
+    let Ok(head) = tokio::time::timeout(limits.head_timeout, read_head(&mut stream, limits.head_max)).await else {
+        return Ok(());
+    };
+    let head = head?;
     let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
     let mut parts = line.split(|&b| b == b' ');
     let (method, path) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
     let (status, content_type, body) = match (method, path) {
-        (b"GET", b"/metrics") => match scrape() {
+        (b"GET", b"/metrics") => match server.body.current().await {
             Ok(text) => ("200 OK", "text/plain; version=0.0.4", text),
-            Err(e) => ("500 Internal Server Error", "text/plain", format!("reading the data plane failed: {e}\n")),
+            Err(e) => {
+                ("500 Internal Server Error", "text/plain", format!("reading the data plane failed: {e}\n").into())
+            }
         },
-        (b"GET", _) => ("404 Not Found", "text/plain", "metrics are at /metrics\n".to_owned()),
-        _ => ("405 Method Not Allowed", "text/plain", "GET /metrics\n".to_owned()),
+        (b"GET", _) => ("404 Not Found", "text/plain", Bytes::from_static(b"metrics are at /metrics\n")),
+        _ => ("405 Method Not Allowed", "text/plain", Bytes::from_static(b"GET /metrics\n")),
     };
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
+    // The body is the shared render, written from where it lies: a client that does not read
+    // holds a reference to it and a socket, no copy.
+    let write = async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(&body).await?;
+        stream.shutdown().await?;
+        // Written is only queued: the kernel may take megabytes for a client that reads
+        // nothing and would keep them after our close. The client's own close says it has read
+        // the response (it was told `Connection: close`); until then the deadline holds.
+        let mut rest = [0u8; 512];
+        while stream.read(&mut rest).await? != 0 {}
+        Ok(())
+    };
+    match tokio::time::timeout(limits.write_timeout, write).await {
+        Ok(written) => written,
+        Err(_) => {
+            tracing::debug!("a metrics client read too slowly; disconnected");
+            reset(&stream);
+            Ok(())
+        }
+    }
+}
+
+/// The request head: up to the blank line, `max` bytes or the end of the stream, whichever
+/// comes first.
+async fn read_head(stream: &mut TcpStream, max: usize) -> std::io::Result<Vec<u8>> {
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 512];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < max {
+        let room = buf.len().min(max - head.len());
+        let n = stream.read(&mut buf[..room]).await?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    Ok(head)
+}
+
+/// Makes the coming close a reset, so the kernel drops what is still queued for the client at
+/// once instead of holding it for a peer that does not read.
+fn reset(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+}
+
+/// The rendered exposition text, shared by the scrapes that come while it is fresh.
+struct Body<F> {
+    scrape: Arc<F>,
+    /// The last render: taken by one scrape at a time, so at most one render runs.
+    last: Arc<Mutex<Option<Rendered>>>,
+    reuse_for: Duration,
+}
+
+#[derive(Clone)]
+struct Rendered {
+    /// When the render finished: reusing it for `reuse_for` after that bounds renders to one
+    /// per `reuse_for` however long each takes.
+    at: Instant,
+    text: Result<Bytes, String>,
+}
+
+impl<F> Body<F>
+where
+    F: Fn() -> Result<String, String> + Send + Sync + 'static,
+{
+    fn new(scrape: Arc<F>, reuse_for: Duration) -> Self {
+        Body { scrape, last: Arc::new(Mutex::new(None)), reuse_for }
+    }
+
+    /// The last render if it is fresh, else a new one (failures are reused alike).
+    async fn current(&self) -> Result<Bytes, String> {
+        let mut last = Arc::clone(&self.last).lock_owned().await;
+        if let Some(rendered) = last.as_ref().filter(|r| r.at.elapsed() < self.reuse_for) {
+            return rendered.text.clone();
+        }
+        let scrape = Arc::clone(&self.scrape);
+        // Its own task, holding the lock: a scrape whose client goes away mid-render must not
+        // let the next one start a second render beside this one.
+        let render = tokio::spawn(async move {
+            // Tens of milliseconds at 10 000 VIPs: off the runtime's workers.
+            let text = match tokio::task::spawn_blocking(move || scrape()).await {
+                Ok(Ok(text)) => Ok(Bytes::from(text)),
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(format!("rendering the metrics failed: {e}")),
+            };
+            *last = Some(Rendered { at: Instant::now(), text: text.clone() });
+            text
+        });
+        render.await.unwrap_or_else(|e| Err(format!("rendering the metrics failed: {e}")))
+    }
 }
 
 #[cfg(test)]
@@ -348,23 +505,176 @@ mod tests {
         assert!(!text.contains("xlb_drops_total{reason=\"forwarded\"}"), "only drops are drops");
     }
 
+    /// An address nothing listens on (for `serve_with`, which binds it itself).
+    fn free_addr() -> SocketAddr {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    }
+
+    /// Everything the server sends until it closes or resets the connection; `None` if that
+    /// takes longer than `patience`.
+    async fn read_until_closed(stream: &mut TcpStream, patience: Duration) -> Option<Vec<u8>> {
+        let mut received = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        tokio::time::timeout(patience, async {
+            // A reset (the server gave up on the client) ends the stream like a close.
+            while let Ok(n @ 1..) = stream.read(&mut buf).await {
+                received.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await
+        .ok()?;
+        Some(received)
+    }
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+        let reply = read_until_closed(&mut stream, Duration::from_secs(10)).await.expect("a reply in time");
+        String::from_utf8(reply).unwrap()
+    }
+
     #[tokio::test]
     async fn serves_metrics_over_http_and_404_elsewhere() {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = probe.local_addr().unwrap();
-        drop(probe);
+        let addr = free_addr();
         let server = serve(addr, Arc::new(|| Ok("xlb_up 1\n".to_owned()))).await.unwrap();
-        let get = |path: &'static str| async move {
-            let mut stream = TcpStream::connect(addr).await.unwrap();
-            stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
-            let mut reply = String::new();
-            stream.read_to_string(&mut reply).await.unwrap();
-            reply
-        };
-        let reply = get("/metrics").await;
+        let reply = get(addr, "/metrics").await;
         assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
-        assert!(reply.ends_with("\r\n\r\nxlb_up 1\n"), "{reply}");
-        assert!(get("/").await.starts_with("HTTP/1.1 404"));
+        assert!(reply.ends_with("\r\nContent-Length: 9\r\nConnection: close\r\n\r\nxlb_up 1\n"), "{reply}");
+        assert!(get(addr, "/").await.starts_with("HTTP/1.1 404"));
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_scrape_error_is_a_500() {
+        let addr = free_addr();
+        let server = serve(addr, Arc::new(|| Err("map read failed".to_owned()))).await.unwrap();
+        let reply = get(addr, "/metrics").await;
+        assert!(reply.starts_with("HTTP/1.1 500 "), "{reply}");
+        assert!(reply.ends_with("\r\n\r\nreading the data plane failed: map read failed\n"), "{reply}");
+        server.abort();
+    }
+
+    /// A current-thread runtime: were the render on it, nothing else would be served meanwhile.
+    #[tokio::test]
+    async fn one_render_off_the_runtime_serves_concurrent_scrapes() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let calls = Arc::new(AtomicUsize::new(0));
+        let release = Arc::new(AtomicBool::new(false));
+        let released_in_time = Arc::new(AtomicBool::new(false));
+        let scrape = {
+            let (calls, release, released_in_time) =
+                (Arc::clone(&calls), Arc::clone(&release), Arc::clone(&released_in_time));
+            move || {
+                calls.fetch_add(1, Ordering::SeqCst);
+                let until = Instant::now() + Duration::from_secs(5);
+                while !release.load(Ordering::SeqCst) && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                released_in_time.store(release.load(Ordering::SeqCst), Ordering::SeqCst);
+                Ok("xlb_up 1\n".to_owned())
+            }
+        };
+        let addr = free_addr();
+        let limits = Limits { reuse_for: Duration::from_secs(60), ..Limits::default() };
+        let server = serve_with(addr, Arc::new(scrape), limits).await.unwrap();
+        let scrapers: Vec<_> = (0..20).map(|_| tokio::spawn(get(addr, "/metrics"))).collect();
+        while calls.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The render is blocked; this runtime's only thread still answers.
+        assert!(get(addr, "/").await.starts_with("HTTP/1.1 404"));
+        release.store(true, Ordering::SeqCst);
+        for scraper in scrapers {
+            let reply = scraper.await.unwrap();
+            assert!(reply.starts_with("HTTP/1.1 200 OK\r\n") && reply.ends_with("\r\n\r\nxlb_up 1\n"), "{reply}");
+        }
+        assert!(released_in_time.load(Ordering::SeqCst), "the render ran on the runtime's thread");
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "one render for every scrape within reuse_for");
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_stale_render_is_rendered_again() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&calls);
+        let scrape = move || Ok(format!("xlb_renders {}\n", counted.fetch_add(1, Ordering::SeqCst) + 1));
+        let addr = free_addr();
+        let limits = Limits { reuse_for: Duration::from_millis(50), ..Limits::default() };
+        let server = serve_with(addr, Arc::new(scrape), limits).await.unwrap();
+        assert!(get(addr, "/metrics").await.ends_with("xlb_renders 1\n"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(get(addr, "/metrics").await.ends_with("xlb_renders 2\n"));
+        server.abort();
+    }
+
+    /// Connects with a tiny receive buffer, asks for the metrics and reads nothing.
+    async fn slow_reader(addr: SocketAddr) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut stream = socket.connect(addr).await.unwrap();
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        stream
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn clients_that_do_not_read_neither_block_others_nor_stay() {
+        const BODY: usize = 4_000_000;
+        let body = format!("{}\n", "x".repeat(BODY - 1));
+        let addr = free_addr();
+        // Generous: on a loaded machine the server may start on a stuck client late, and a
+        // stuck client read before its deadline would just be drained.
+        let write_timeout = Duration::from_secs(3);
+        let limits =
+            Limits { max_connections: 256, write_timeout, reuse_for: Duration::from_secs(60), ..Limits::default() };
+        let server = serve_with(addr, Arc::new(move || Ok(body.clone())), limits).await.unwrap();
+        let mut stuck = Vec::new();
+        for _ in 0..200 {
+            stuck.push(slow_reader(addr).await);
+        }
+        let all_asked = Instant::now();
+
+        let reply = get(addr, "/metrics").await;
+        assert!(all_asked.elapsed() < write_timeout, "a reading client waited for the stuck ones");
+        let (head, got) = reply.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n") && head.contains(&format!("Content-Length: {BODY}\r\n")));
+        assert_eq!(got.len(), BODY, "the whole body");
+
+        // Reading earlier would drain them in time: only once every deadline has passed.
+        tokio::time::sleep_until((all_asked + write_timeout + Duration::from_secs(2)).into()).await;
+        for stream in &mut stuck {
+            let received =
+                read_until_closed(stream, Duration::from_secs(10)).await.expect("dropped after the deadline");
+            assert!(received.len() < BODY, "a client that did not read in time was not cut off");
+        }
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn beyond_max_connections_a_client_is_told_503_at_once() {
+        let addr = free_addr();
+        let limits = Limits { max_connections: 1, head_timeout: Duration::from_secs(60), ..Limits::default() };
+        let server = serve_with(addr, Arc::new(|| Ok("xlb_up 1\n".to_owned())), limits).await.unwrap();
+        // Holds the only slot: connected, silent.
+        let silent = TcpStream::connect(addr).await.unwrap();
+        let reply = get(addr, "/metrics").await;
+        assert_eq!(
+            reply,
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 40\r\n\
+             Connection: close\r\n\r\ntoo many metrics connections; try again\n"
+        );
+        drop(silent);
+        // The slot comes back once the server sees the close.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let reply = get(addr, "/metrics").await;
+            if reply.starts_with("HTTP/1.1 200 OK\r\n") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the slot was not released: {reply}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         server.abort();
     }
 }
