@@ -621,7 +621,9 @@ struct RawBackend {
     interface: Option<String>,
     weight: Option<u32>,
     mac: Option<Mac>,
-    health_check: Option<Spanned<RawHealthCheck>>,
+    // Boxed: a backend's own check is rare, and inline it would triple every backend's size
+    // (100 000 of them at the limit, more in a file the YAML budget stops).
+    health_check: Option<Box<Spanned<RawHealthCheck>>>,
 }
 
 #[derive(Debug, Deserialize)]
