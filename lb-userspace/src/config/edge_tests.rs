@@ -18,7 +18,7 @@ fn backend_address(k: usize) -> String {
 
 /// VIP `i` — dsr-l2 or nat, alternately, with a health check — with backends numbered `backends`.
 fn write_vip(out: &mut String, i: usize, backends: Range<usize>) {
-    let mode = if i % 2 == 0 { "dsr-l2" } else { "nat" };
+    let mode = if i.is_multiple_of(2) { "dsr-l2" } else { "nat" };
     // One check template for every VIP, as a hand-kept file would have it.
     let check = if i == 0 { "&check\n      type: tcp\n      interval: 5s" } else { "*check" };
     let _ = write!(
@@ -30,7 +30,7 @@ fn write_vip(out: &mut String, i: usize, backends: Range<usize>) {
     );
     for k in backends {
         let _ = write!(out, "      - address: {}\n        weight: {}\n", backend_address(k), 1 + k % 3);
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             let _ = writeln!(out, "        mac: 02:00:00:{:02x}:{:02x}:{:02x}", k >> 16, (k >> 8) & 255, k & 255);
         } else {
             out.push_str("        port: 8080\n");
@@ -113,7 +113,7 @@ fn vip_with_port(value: &str) -> String {
 #[test]
 fn a_billion_laughs_is_stopped_in_xlbs_words() {
     // Nine anchors, each ten aliases of the one before: 10^9 nodes from a few hundred bytes.
-    let mut value = format!("[&l0 [{}]", vec!["lol"; 10].join(", "));
+    let mut value = format!("[&l0 [{}]", ["lol"; 10].join(", "));
     for k in 1..9 {
         let _ = write!(value, ", &l{k} [{}]", vec![format!("*l{}", k - 1); 10].join(", "));
     }
