@@ -23,6 +23,24 @@ fn check_accepts_the_shipped_configs() {
 }
 
 #[test]
+fn check_prints_the_bpf_memory_estimate() {
+    let (ok, out, err) = check(
+        "node:\n  flow_table_size: 65536\nvips:\n  - { name: a, address: 192.0.2.1, port: 80, protocol: tcp, mode: dsr-l2 }\n",
+    );
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert_eq!(lines[0], "FILE: ok, 1 VIPs");
+    // The parts the file sizes; `other` depends on this machine's CPUs.
+    assert!(
+        lines[1].starts_with("BPF memory: ~")
+            && lines[1].contains("(Maglev tables 0.1 MiB for 1 VIPs, connection table 4.5 MiB, NAT 78 MiB, other "),
+        "{out}"
+    );
+    assert!(err.is_empty(), "no warning under 2 GiB: {err}");
+}
+
+#[test]
 fn check_rejects_invalid_files_with_location_field_and_fix() {
     let (ok, _, err) = check("vips:\n  - name: a\n    address: 192.0.2.1\n    port: 80\n    protocol: sctp\n");
     assert!(!ok);

@@ -237,7 +237,7 @@ fn reconciler_writes_exactly_the_configured_state() {
     let meta = |id, port: u16| VipMeta {
         id,
         flags: 0,
-        table_size: 65537,
+        table_size: xlb::config::DEFAULT_TABLE_SIZE,
         port_first: port,
         port_last: port,
         pool: NAT_NO_POOL,
@@ -271,7 +271,7 @@ fn reconciler_writes_exactly_the_configured_state() {
     // One backend per VIP: every table slot names it.
     for (name, slot) in [("ping4", 0), ("dns4", 1), ("web4", 2), ("dns6", 3), ("web6", 4)] {
         let table = lb.maps.table(lb.applied(name).meta.id).unwrap();
-        assert_eq!(table.len(), 65537);
+        assert_eq!(table.len(), xlb::config::DEFAULT_TABLE_SIZE as usize);
         assert!(table.iter().all(|&s| s == slot), "{name}");
     }
 
@@ -421,7 +421,7 @@ fn health_and_drain_states_shape_the_maps_exactly() {
     // Only 10.0.0.1 is in the table; the other two keep live slots (same generation), so
     // their established flows go on.
     let table = lb.maps.table(web.meta.id).unwrap();
-    assert_eq!(table.len(), 65537);
+    assert_eq!(table.len(), xlb::config::DEFAULT_TABLE_SIZE as usize);
     assert!(table.iter().all(|&slot| slot == web.slots[0]), "only the healthy, undrained backend");
     for &slot in &web.slots {
         let backend = lb.maps.backend(slot).unwrap();

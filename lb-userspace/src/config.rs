@@ -3,8 +3,9 @@
 //! Errors name the file, the line and column, the field path, and what to do about it.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     fmt,
+    io::Read as _,
     net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
     str::FromStr,
@@ -19,9 +20,15 @@ use crate::maglev;
 // The `l7:` section of `mode: l7` VIPs: its types and checks, kept in the L7 tier's directory.
 #[path = "l7/config.rs"]
 pub mod l7;
+// serde-saphyr's budgets, derived from the per-node limits.
+#[cfg(test)]
+mod edge_tests;
+mod yaml_budget;
 
-/// Default Maglev table size: prime, and ≥ 100 × backends for up to 655 backends.
-pub const DEFAULT_TABLE_SIZE: u32 = 65537;
+/// Default Maglev table size: prime, and ≥ 100 slots a backend (shares within ~1%) for VIPs of up
+/// to 163 backends. Not larger: at 4 bytes a slot it takes 64 KiB a VIP, 640 MiB of BPF memory
+/// for 10 000 VIPs (65537 would take 2.5 GiB).
+pub const DEFAULT_TABLE_SIZE: u32 = 16381;
 
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -614,7 +621,9 @@ struct RawBackend {
     interface: Option<String>,
     weight: Option<u32>,
     mac: Option<Mac>,
-    health_check: Option<Spanned<RawHealthCheck>>,
+    // Boxed: a backend's own check is rare, and inline it would triple every backend's size
+    // (100 000 of them at the limit, more in a file the YAML budget stops).
+    health_check: Option<Box<Spanned<RawHealthCheck>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -712,13 +721,33 @@ const MAX_MD5_KEY: usize = 80;
 
 /// Reads and validates the configuration file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    let read_err = |source| ConfigError::Read { path: path.to_owned(), source };
+    // Read one byte past the budget, no more: a huge file is refused without being read whole.
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(yaml_budget::MAX_FILE_BYTES as u64 + 1).read_to_end(&mut bytes))
+        .map_err(read_err)?;
+    if bytes.len() > yaml_budget::MAX_FILE_BYTES {
+        return Err(ConfigError::SyntaxNoLocation {
+            path: path.to_owned(),
+            message: yaml_budget::too_large(bytes.len()),
+        });
+    }
+    let text = String::from_utf8(bytes)
+        .map_err(|e| read_err(std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error())))?;
     parse(path, &text)
 }
 
 /// Parses and validates `text`; `path` only names the source in errors.
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-    let raw: RawConfig = serde_saphyr::from_str(text).map_err(|e| syntax_error(path, &e))?;
+    if text.len() > yaml_budget::MAX_FILE_BYTES {
+        return Err(ConfigError::SyntaxNoLocation {
+            path: path.to_owned(),
+            message: yaml_budget::too_large(text.len()),
+        });
+    }
+    let raw: RawConfig =
+        serde_saphyr::from_str_with_options(text, yaml_budget::options()).map_err(|e| syntax_error(path, &e))?;
     Checker { path }.check(raw)
 }
 
@@ -745,15 +774,15 @@ impl Checker<'_> {
         let node = self.check_node(raw_node, &node_at)?;
         let nat_pools = self.check_pools(raw.nat_pools)?;
 
-        if raw.vips.len() > lb_common::MAX_VIPS as usize {
-            let at = raw.vips[lb_common::MAX_VIPS as usize].referenced;
+        // At the first VIP over the limit.
+        let max_vips = lb_common::MAX_VIPS as usize;
+        if let Some(over) = raw.vips.get(max_vips) {
             return Err(self.err(
-                &at,
-                "vips",
+                &over.referenced,
+                format!("vips[{max_vips}]"),
                 format!(
-                    "{} VIPs configured, at most {} are supported; split them over more nodes",
-                    raw.vips.len(),
-                    lb_common::MAX_VIPS
+                    "more than {max_vips} VIPs (the per-node limit; the file has {}); split them over more nodes",
+                    raw.vips.len()
                 ),
             ));
         }
@@ -764,6 +793,22 @@ impl Checker<'_> {
         let mut vips = Vec::with_capacity(raw.vips.len());
         for (i, spanned) in raw.vips.into_iter().enumerate() {
             let at = spanned.referenced;
+            // Each backend of an L4 VIP takes a backend slot (an l7 VIP's are proxied by the
+            // agent); refused at the backend that crosses the limit.
+            if spanned.value.mode != Mode::L7 {
+                let max = lb_common::MAX_BACKENDS as usize;
+                let room = max.saturating_sub(backend_slots);
+                if let Some(over) = spanned.value.backends.get(room) {
+                    return Err(self.err(
+                        &over.referenced,
+                        format!("vips[{i}].backends[{room}]"),
+                        format!(
+                            "more than {max} backends over all VIPs (the per-node limit); split the VIPs over more nodes"
+                        ),
+                    ));
+                }
+                backend_slots += spanned.value.backends.len();
+            }
             let vip = self.check_vip(i, spanned.value, &at, &node, &nat_pools)?;
             if let Some(line) = names.insert(vip.name.clone(), at.line()) {
                 return Err(self.err(
@@ -802,14 +847,6 @@ impl Checker<'_> {
                         .to_lowercase(),
                     ));
                 }
-            }
-            backend_slots += vip.backends.len();
-            if backend_slots > lb_common::MAX_BACKENDS as usize {
-                return Err(self.err(
-                    &at,
-                    format!("vips[{i}].backends"),
-                    format!("more than {} backends over all VIPs", lb_common::MAX_BACKENDS),
-                ));
             }
             vips.push(vip);
         }
@@ -1196,13 +1233,15 @@ impl Checker<'_> {
                 at,
                 field("maglev_table_size"),
                 format!(
-                    "{table_size} must be a prime no larger than {} (e.g. 65537, 131071)",
+                    "{table_size} must be a prime no larger than {} (e.g. 16381, the default, or 65537)",
                     lb_common::MAX_MAGLEV_TABLE_SIZE
                 ),
             ));
         }
         self.check_l7_mode(i, &raw, at)?;
         let mut backends: Vec<Backend> = Vec::with_capacity(raw.backends.len());
+        // A set, not a scan of `backends`: a VIP may have tens of thousands.
+        let mut addresses = HashSet::with_capacity(raw.backends.len());
         for (j, spanned) in raw.backends.into_iter().enumerate() {
             let b = spanned.value;
             let bat = spanned.referenced;
@@ -1215,7 +1254,7 @@ impl Checker<'_> {
                     format!("{weight} is above {MAX_WEIGHT}; weights are relative, scale them down"),
                 ));
             }
-            if backends.iter().any(|o| o.address == b.address) {
+            if !addresses.insert(b.address) {
                 return Err(self.err(&bat, bfield("address"), format!("{} is listed twice for this VIP", b.address)));
             }
             if b.port.is_some() && raw.mode != Mode::Nat {
@@ -1628,6 +1667,15 @@ impl Checker<'_> {
 }
 
 fn syntax_error(path: &Path, e: &serde_saphyr::Error) -> ConfigError {
+    // A budget stops the reader: say which, in xlb's words, where it was crossed.
+    if let Some(message) = yaml_budget::breach_message(e) {
+        return match e.location() {
+            Some(at) if at.line() > 0 => {
+                ConfigError::Syntax { path: path.to_owned(), line: at.line(), column: at.column(), message }
+            }
+            _ => ConfigError::SyntaxNoLocation { path: path.to_owned(), message },
+        };
+    }
     // The crate's Display embeds a rendered snippet; keep the first line as the message.
     let message = e.to_string();
     let first = message.lines().next().unwrap_or_default();
@@ -1673,7 +1721,7 @@ mod tests {
         assert_eq!(v.endpoint(), "192.0.2.10:80/tcp");
         assert_eq!(
             (v.mode, v.hash, v.unhashable, v.table_size),
-            (Mode::DsrIpip, HashFields::SourceIp, Unhashable::Drop, 65537)
+            (Mode::DsrIpip, HashFields::SourceIp, Unhashable::Drop, 16381)
         );
         assert_eq!(v.backends[0].weight, 3);
         assert_eq!(v.backends[1].mac, Some(Mac([2, 0, 0, 0, 1, 1])));

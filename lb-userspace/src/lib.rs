@@ -9,6 +9,7 @@ pub mod admin;
 pub mod agent;
 pub mod bgp;
 pub mod config;
+pub mod config_memory;
 pub mod dataplane;
 pub mod desired;
 pub mod health;

@@ -135,6 +135,13 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Check { file } => {
             let config = config::load(&file)?;
             println!("{}: ok, {} VIPs", file.display(), config.vips.len());
+            // Per-CPU maps hold a value for every possible CPU of this machine.
+            let cpus = aya::util::nr_cpus().map_or(1, |n| n.get());
+            let estimate = xlb::config_memory::memory_estimate(&config, cpus);
+            println!("{estimate}");
+            if let Some(warning) = estimate.warning(&config) {
+                eprintln!("xlb: warning: {warning}");
+            }
             Ok(())
         }
         Command::Run { config, iface, admin_socket, pin_dir, detach_on_exit, no_watch, metrics_listen } => runtime()?
