@@ -308,16 +308,18 @@ fn reconciler_writes_exactly_the_configured_state() {
     assert_eq!((changes.unchanged, changes.tables_rebuilt), (3, 2));
     let ntp4 = lb.applied("ntp4");
     assert_eq!(ntp4.meta.id, 1, "the freed VIP id is reused");
-    // Keys sort by network-order port, so web4 (80) is reconciled before ntp4 (123): web4's new
-    // backend takes dns4's retired slot 1 (generation 1 → 2 retired → 3 active), ntp4's take
-    // fresh slots 5 and 6.
-    assert_eq!(lb.applied("web4").slots, vec![2, 1], "web4's existing backend keeps its slot");
-    assert_eq!(lb.maps.backend(1).unwrap(), backend("10.0.0.9", [2, 0, 0, 0, 1, 9], 3, 2));
-    assert_eq!(ntp4.slots, vec![5, 6]);
-    assert_eq!(lb.maps.backend(5).unwrap(), backend("10.0.0.2", next_hop, 1, 1));
-    assert_eq!(lb.maps.backend(6).unwrap(), backend("10.0.0.3", next_hop, 1, 1));
+    // Keys sort by network-order port, so web4 (80) is reconciled before ntp4 (123). dns4's
+    // slot 1 retires only once the step's tables are swapped (generation 1 → 2, free again), so
+    // web4's new backend takes fresh slot 5 and ntp4's take 6 and 7.
+    assert_eq!(lb.applied("web4").slots, vec![2, 5], "web4's existing backend keeps its slot");
+    assert_eq!(lb.maps.backend(5).unwrap(), backend("10.0.0.9", [2, 0, 0, 0, 1, 9], 1, 2));
+    assert_eq!(lb.maps.backend(1).unwrap().generation, 2, "dns4's slot is retired");
+    assert_eq!(lb.maps.backend(1).unwrap().flags & lb_common::BACKEND_FLAG_ACTIVE, 0);
+    assert_eq!(ntp4.slots, vec![6, 7]);
+    assert_eq!(lb.maps.backend(6).unwrap(), backend("10.0.0.2", next_hop, 1, 1));
+    assert_eq!(lb.maps.backend(7).unwrap(), backend("10.0.0.3", next_hop, 1, 1));
     let table = lb.maps.table(1).unwrap();
-    let share3 = table.iter().filter(|&&s| s == 6).count() as f64 / table.len() as f64;
+    let share3 = table.iter().filter(|&&s| s == 7).count() as f64 / table.len() as f64;
     assert!((share3 - 0.75).abs() < 0.001, "weight 3 of 4: {share3}");
     assert!(lb.maps.vips().unwrap().iter().all(|(k, _)| *k != v4(53, PROTO_UDP)), "dns4 is gone");
     assert_eq!(lb.vip("ntp4"), Default::default(), "the reused VIP slot starts from zero");
