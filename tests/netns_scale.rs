@@ -34,7 +34,7 @@ fn a_full_reload_of_1000_vips_keeps_bgp_and_routes_and_drops_a_dead_backend_in_t
     let spawned = scale.start_agent();
     let started =
         scale.wait_started(spawned, PATIENCE).unwrap_or_else(|e| panic!("agent start: {e}\n{}", scale.agent_log()));
-    eprintln!("1 000 VIPs applied {:?} after `xlb run`", started.took);
+    eprintln!("{} VIPs applied {:?} after `xlb run`", scale.spec().vips, started.took);
     scale.bird.wait_established(BGP_PROTOCOL, Duration::from_secs(20));
     let routed = scale.wait_routes(Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e}"));
     eprintln!("every VIP routed on the router {routed:?} later");
@@ -108,7 +108,10 @@ fn a_full_reload_of_1000_vips_keeps_bgp_and_routes_and_drops_a_dead_backend_in_t
     // The figure holds only while traffic reaches the node: a session or route lost would also
     // stop new flows to the victim.
     if let Err(e) = h.valid() {
-        problems.push(format!("no health measurement: {e}"));
+        problems.push(format!(
+            "no health measurement: {e} (its last new flow came {:?} after its death; status showed it down after {:?})",
+            h.last_new_flow, full.victim_down
+        ));
     } else if h.last_new_flow > bound {
         problems.push(format!(
             "the dead backend got new flows for {:?} after its server died ({} of them); bound: fall {} × \

@@ -1020,10 +1020,11 @@ impl Drop for Servers {
 
 /// A client load over some VIPs (round robin), one connection after another, every connection
 /// from a source port no other has used (so every SYN is a new flow for the data plane).
+/// Stopped on drop too.
 #[derive(Debug)]
 pub struct Load {
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<LoadResult>,
+    thread: Option<JoinHandle<LoadResult>>,
 }
 
 /// What a load saw, by wall time.
@@ -1080,12 +1081,21 @@ impl Load {
             }
             result
         });
-        Load { stop, thread }
+        Load { stop, thread: Some(thread) }
     }
 
-    pub fn finish(self) -> LoadResult {
+    pub fn finish(mut self) -> LoadResult {
         self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().expect("load thread")
+        self.thread.take().map(|t| t.join().expect("load thread")).unwrap_or_default()
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -1201,10 +1211,10 @@ impl Drop for Capture {
     }
 }
 
-/// An AF_PACKET socket for IPv4 on `dev` (in the calling thread's namespace), reads time out
-/// every 50 ms, receive time stamps on.
+/// An AF_PACKET socket on `dev` (in the calling thread's namespace) for frames both ways (only
+/// ETH_P_ALL sockets see outgoing ones), reads time out every 50 ms, receive time stamps on.
 fn packet_socket(dev: &str) -> std::io::Result<OwnedFd> {
-    let proto = (libc::ETH_P_IP as u16).to_be();
+    let proto = (libc::ETH_P_ALL as u16).to_be();
     // SAFETY: plain socket creation; the fd is owned right after.
     let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, i32::from(proto)) };
     if raw < 0 {
