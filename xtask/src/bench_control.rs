@@ -161,7 +161,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         for r in &rows {
             println!(
                 "{}",
-                serde_json::json!({"case": r.case, "value": r.value, "unit": r.unit, "target": r.target, "verdict": r.verdict(), "note": r.note})
+                serde_json::json!({"case": r.case, "value": r.value.map(|v| (v * 10.0).round() / 10.0), "unit": r.unit, "target": r.target, "verdict": r.verdict(), "note": r.note})
             );
         }
     } else {
