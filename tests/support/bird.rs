@@ -23,6 +23,9 @@ pub struct Neighbor {
     pub remote_as: u32,
     /// More statements for the block: `bfd on;`, `graceful restart on;`, `password "x";`.
     pub extra: String,
+    /// Hold and keepalive timers, seconds (9 and 3 unless [`Neighbor::timers`] says otherwise).
+    pub hold: u32,
+    pub keepalive: u32,
 }
 
 impl Neighbor {
@@ -34,7 +37,15 @@ impl Neighbor {
             address: address.to_owned(),
             remote_as,
             extra: String::new(),
+            hold: 9,
+            keepalive: 3,
         }
+    }
+
+    /// Hold time and keepalive interval, seconds.
+    pub fn timers(mut self, hold: u32, keepalive: u32) -> Self {
+        (self.hold, self.keepalive) = (hold, keepalive);
+        self
     }
 
     pub fn with(mut self, statements: &str) -> Self {
@@ -46,7 +57,8 @@ impl Neighbor {
 
 /// A BIRD configuration: device and kernel protocols that install BGP routes (ECMP merged, up to
 /// 16 paths) into the namespace's IPv4 and IPv6 tables, BFD when asked, one BGP protocol per
-/// neighbor with short timers (connect delay 1 s, hold 9 s, keepalive 3 s).
+/// neighbor with short timers (connect delay 1 s; hold 9 s, keepalive 3 s unless the neighbor
+/// says otherwise).
 pub fn config(router_id: &str, neighbors: &[Neighbor], bfd: bool, log: &std::path::Path) -> String {
     let mut c = format!(
         "log \"{}\" all;\nrouter id {router_id};\nprotocol device {{ scan time 1; }}\n\
@@ -64,9 +76,9 @@ pub fn config(router_id: &str, neighbors: &[Neighbor], bfd: bool, log: &std::pat
         let _ = write!(
             c,
             "protocol bgp {} {{\n  local {} as {};\n  neighbor {} as {};\n  connect delay time 1;\n  \
-             connect retry time 2;\n  error wait time 1, 2;\n  hold time 9;\n  keepalive time 3;\n  \
+             connect retry time 2;\n  error wait time 1, 2;\n  hold time {};\n  keepalive time {};\n  \
              {family} {{ import all; export none; }};\n{}}}\n",
-            n.name, n.local, n.local_as, n.address, n.remote_as, n.extra
+            n.name, n.local, n.local_as, n.address, n.remote_as, n.hold, n.keepalive, n.extra
         );
     }
     c

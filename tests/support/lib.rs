@@ -7,6 +7,7 @@ mod model_nat;
 pub mod netns;
 pub mod packets;
 pub mod rng;
+pub mod scale;
 pub mod topology;
 
 use lb_common::{BackendCounters, Stat};

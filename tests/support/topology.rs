@@ -500,6 +500,26 @@ impl Topology {
         self.start_agent_on(0, config, args)
     }
 
+    /// Writes `config` and starts `xlb run` on node `i` with its stderr (the log) going to
+    /// [`Topology::agent_log_path`]; does not wait for anything. Returns the agent's index and
+    /// the instant it was spawned (after the config was written).
+    pub fn spawn_agent_logged(&mut self, i: usize, config: &str, args: &[&str]) -> (usize, std::time::Instant) {
+        let path = self.config_path_of(i);
+        std::fs::write(&path, config).expect("write config");
+        let log = std::fs::File::create(self.agent_log_path(i)).expect("agent log file");
+        let mut cmd = self.nodes[i].command_keep_mounts(xlb_bin().to_str().expect("utf-8 path"));
+        cmd.args(["run", "--iface", "eth0", "--config"]).arg(&path).arg("--admin-socket").arg(self.socket_of(i));
+        cmd.arg("--pin-dir").arg(self.pin_dir_of(i)).args(args).stderr(log);
+        let spawned = std::time::Instant::now();
+        self.processes.push(Process::spawn(cmd, &format!("xlb run on node {i}")));
+        (self.processes.len() - 1, spawned)
+    }
+
+    /// Where `spawn_agent_logged` sends node `i`'s agent log.
+    pub fn agent_log_path(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("agent{i}.log"))
+    }
+
     /// Writes `config` and starts `xlb run` on node `i`; waits until its admin socket answers.
     pub fn start_agent_on(&mut self, i: usize, config: &str, args: &[&str]) -> usize {
         let path = self.config_path_of(i);

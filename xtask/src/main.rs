@@ -1,6 +1,7 @@
 //! `cargo xtask`: project automation that is not plain cargo.
 
 mod bench;
+mod bench_control;
 mod bench_l7;
 mod lab;
 
@@ -15,8 +16,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Kernel-measured ns per packet of the XDP program under BPF_PROG_TEST_RUN (needs root).
-    Bench(bench::Options),
+    /// Kernel-measured ns per packet of the XDP program under BPF_PROG_TEST_RUN (needs root);
+    /// `bench control-plane`: the agent's start, reloads, health checks and BGP with many VIPs.
+    Bench(BenchArgs),
     /// Requests/s and p99 through the L7 tier against nginx as a reverse proxy (needs root,
     /// wrk and nginx).
     BenchL7(bench_l7::Options),
@@ -24,9 +26,27 @@ enum Command {
     Lab(lab::Options),
 }
 
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct BenchArgs {
+    #[command(subcommand)]
+    target: Option<BenchTarget>,
+    #[command(flatten)]
+    packet: bench::Options,
+}
+
+#[derive(Subcommand)]
+enum BenchTarget {
+    /// The agent with many VIPs in namespaces: time to start and to apply reloads, how soon a dead
+    /// backend stops getting new flows, status latency and BGP keepalives meanwhile, memory
+    /// (needs root and BIRD).
+    ControlPlane(bench_control::Options),
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Bench(opts) => bench::run(&opts),
+        Command::Bench(BenchArgs { target: Some(BenchTarget::ControlPlane(opts)), .. }) => bench_control::run(&opts),
+        Command::Bench(BenchArgs { target: None, packet }) => bench::run(&packet),
         Command::BenchL7(opts) => bench_l7::run(&opts),
         Command::Lab(opts) => lab::run(&opts),
     }
