@@ -158,6 +158,12 @@ impl Default for Reconciler {
 }
 
 impl Changes {
+    /// After the last step: the desired VIPs no step had to write.
+    pub fn count_unchanged(&mut self, desired: &DesiredState) {
+        self.unchanged = desired.vips.len().saturating_sub(self.added.len() + self.updated.len());
+    }
+
+    /// Adds one step's changes to a pass's.
     pub fn absorb(&mut self, step: Changes) {
         self.added.extend(step.added);
         self.removed.extend(step.removed);
@@ -261,7 +267,7 @@ impl Reconciler {
                 break;
             }
         }
-        changes.unchanged = desired.vips.len() - changes.added.len() - changes.updated.len();
+        changes.count_unchanged(desired);
         Ok(changes)
     }
 

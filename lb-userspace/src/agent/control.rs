@@ -130,24 +130,29 @@ impl Control {
     /// Takes in health and neighbour news that arrived since the last look, without waiting.
     fn absorb_sources(&mut self) {
         if self.health_rx.has_changed().unwrap_or(false) {
-            let health = self.health_rx.borrow_and_update();
-            let down = down(&health);
-            drop(health);
-            if down != self.states.down {
-                self.states.down = down;
-                self.dirty = true;
-            }
+            self.take_health();
         }
         if self.neighbors_rx.has_changed().unwrap_or(false) {
-            let learned = self.neighbors_rx.borrow_and_update().clone();
-            // Last known wins: an entry that stops resolving keeps its MAC.
-            let before = self.states.neighbors.len();
-            for (addr, mac) in learned {
-                if self.states.neighbors.insert(addr, mac) != Some(mac) {
-                    self.dirty = true;
-                }
+            self.take_neighbors();
+        }
+    }
+
+    /// The backends health checks now say are down; desired state is stale if they differ.
+    fn take_health(&mut self) {
+        let down = down(&self.health_rx.borrow_and_update());
+        if down != self.states.down {
+            self.states.down = down;
+            self.dirty = true;
+        }
+    }
+
+    /// The MACs the resolver learned. Last known wins: an entry that stops resolving keeps its MAC.
+    fn take_neighbors(&mut self) {
+        let learned = self.neighbors_rx.borrow_and_update().clone();
+        for (addr, mac) in learned {
+            if self.states.neighbors.insert(addr, mac) != Some(mac) {
+                self.dirty = true;
             }
-            self.dirty |= before != self.states.neighbors.len();
         }
     }
 
@@ -168,8 +173,7 @@ impl Control {
                 Ok(step) => {
                     changes.absorb(step.changes);
                     if step.remaining == 0 {
-                        changes.unchanged =
-                            desired.vips.len().saturating_sub(changes.added.len() + changes.updated.len());
+                        changes.count_unchanged(desired);
                         break Ok(changes);
                     }
                     if published.elapsed() >= PUBLISH_EVERY {
@@ -253,16 +257,13 @@ impl Control {
             match event {
                 Event::Command(None) => break,
                 Event::Command(Some(command)) => self.handle(command),
-                // `changed()` marked the news seen; `absorb_sources` must still take it in.
+                // `changed()` marked the news seen: take it in here, not through `absorb_sources`.
                 Event::Health => {
-                    self.dirty = true;
-                    self.states.down = down(&self.health_rx.borrow());
+                    self.take_health();
                     let _ = self.converge();
                 }
                 Event::Neighbors => {
-                    let learned = self.neighbors_rx.borrow().clone();
-                    self.states.neighbors.extend(learned);
-                    self.dirty = true;
+                    self.take_neighbors();
                     let _ = self.converge();
                 }
                 Event::Retry => {
