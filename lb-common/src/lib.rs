@@ -616,7 +616,9 @@ pub enum Stat {
     DropNatNoFlow,
     /// NAT: the TTL / hop limit would reach 0.
     DropTtlExceeded,
-    /// A packet for a NAT address, but the NAT program is not loaded (the agent sets it).
+    /// A packet for a NAT address, but the NAT program is not loaded (the agent sets it), or
+    /// the NAT program it reached belongs to another load of the balancer (never, unless program
+    /// arrays got mixed across an upgrade).
     DropNatUnavailable,
     /// Event: a NAT port of an expired flow was taken over by a new flow.
     NatPortReclaimed,
@@ -838,12 +840,17 @@ pub mod maps {
     pub const NAT_POOLS: &str = "XLB_NAT_POOLS";
     pub const NAT_FLOWS: &str = "XLB_NAT_FLOWS";
     pub const NAT_REVERSE: &str = "XLB_NAT_REVERSE";
+    /// The balancer's program array. Not in [`BALANCER`]: it is pinned once per load of the
+    /// program, as `XLB_PROGS_<generation>` (see the agent's `Loaded::balancer_pinned`).
     pub const PROGS: &str = "XLB_PROGS";
+    /// The read-only global that tells one load of the balancer from another.
+    pub const GENERATION: &str = "XLB_GENERATION";
     /// The interfaces the agent runs on (`Iface` by index) and the redirect map over them.
     pub const IFACES: &str = "XLB_IFACES";
     pub const DEVS: &str = "XLB_DEVS";
-    /// Every map of the balancer object (the ones the agent pins).
-    pub const BALANCER: [&str; 16] = [
+    /// The balancer object's maps that every load shares through their pins (the program array
+    /// and per-packet scratch maps belong to one load).
+    pub const BALANCER: [&str; 15] = [
         VIPS,
         VIP_INDEX,
         VIP_ADDRS,
@@ -857,7 +864,6 @@ pub mod maps {
         NAT_POOLS,
         NAT_FLOWS,
         NAT_REVERSE,
-        PROGS,
         IFACES,
         DEVS,
     ];

@@ -7,6 +7,7 @@
 use core::mem::MaybeUninit;
 
 use aya_ebpf::{
+    Global,
     bindings::xdp_action,
     btf_maps::{Array, ArrayOfMaps, HashMap, PerCpuArray, ProgramArray},
     macros::{btf_map, xdp},
@@ -78,16 +79,27 @@ struct Scratch {
     bits: u32,
     /// Whether the packet concerns a NAT address (else it came for its ICMP too-big alone).
     nat: bool,
+    /// `XLB_GENERATION` of the balancer that filled the scratch.
+    generation: u32,
 }
 
 #[btf_map]
 static XLB_SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
 
-/// The NAT program (`PROG_NAT`), set by the agent. Pinned with the maps: a prog array forgets
-/// its programs when no user holds it, and forwarding must outlive the agent.
+/// The NAT program (`PROG_NAT`), set by the agent. Pinned beside the maps (a prog array forgets
+/// its programs when no user holds it, and forwarding must outlive the agent), but one per load
+/// of the program: a new agent's NAT program never lands in the array the running balancer
+/// tail-calls, so an upgrade switches both programs at once.
 #[btf_map]
 static XLB_PROGS: ProgramArray<1> = ProgramArray::new();
 const PROG_NAT: u32 = lb_common::PROG_INDEX_NAT;
+
+/// This load of the program: a read-only global the agent sets to a number of its own at each
+/// load. The balancer writes it into the scratch before the tail call and `xlb_nat` checks it,
+/// so a packet whose scratch another load's balancer filled (program arrays mixed across an
+/// upgrade) is dropped and counted, never misread.
+#[unsafe(no_mangle)]
+static XLB_GENERATION: Global<u32> = Global::new(0);
 
 /// What a separately compiled path returns when the packet is not its business. (Those paths
 /// return a plain `u32`: an `Option` would come back through a stack pointer, which the
@@ -167,6 +179,7 @@ pub fn xlb_balancer(ctx: XdpContext) -> u32 {
                 core::ptr::copy_nonoverlapping(packet, core::ptr::addr_of_mut!((*scratch).packet), 1);
                 (*scratch).bits = bits;
                 (*scratch).nat = nat;
+                (*scratch).generation = XLB_GENERATION.load();
                 XLB_PROGS.tail_call(&ctx, PROG_NAT);
             }
         }
@@ -193,7 +206,10 @@ pub fn xlb_nat(ctx: XdpContext) -> u32 {
     let counts = Counts(stats);
     let Some(scratch) = XLB_SCRATCH.get_ptr_mut(0) else { return xdp_action::XDP_PASS };
     // SAFETY: this CPU's scratch slot, filled by `xlb_balancer` for this very packet.
-    let Scratch { packet, flow, bits, nat } = unsafe { &mut *scratch };
+    let Scratch { packet, flow, bits, nat, generation } = unsafe { &mut *scratch };
+    if *generation != XLB_GENERATION.load() {
+        return counts.outcome(Stat::DropNatUnavailable);
+    }
     let (packet, bits, nat) = (&*packet, *bits, *nat);
     if let Some(quoted) = packet.quoted {
         let action =

@@ -535,6 +535,15 @@ impl Default for TableSizes {
 pub struct Loaded {
     ebpf: Ebpf,
     program: &'static str,
+    /// Where this load's program array is pinned (`balancer_pinned` only).
+    progs_pin: Option<PathBuf>,
+}
+
+/// A number for one load of the balancer (`maps::GENERATION`): never 0, which an unfilled
+/// scratch holds, and different from the previous agent's.
+fn new_generation() -> u32 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+    (nanos ^ std::process::id().rotate_left(16)) | 1
 }
 
 impl Loaded {
@@ -548,7 +557,11 @@ impl Loaded {
     pub fn balancer_from(object: &[u8], sizes: TableSizes) -> Result<(Self, Maps), DataplaneError> {
         let sets = flow_sets(sizes.flows);
         let table = FlowTable::of(object);
-        let mut loaded = Self::load_with(object, programs::BALANCER, |loader| sizes.apply(loader, &sets, table))?;
+        let generation = new_generation();
+        let mut loaded = Self::load_with(object, programs::BALANCER, |loader| {
+            sizes.apply(loader, &sets, table);
+            loader.override_global(maps::GENERATION, &generation, false);
+        })?;
         loaded.load_nat()?;
         let maps = Maps::take(&mut loaded.ebpf)?;
         Ok((loaded, maps))
@@ -557,6 +570,11 @@ impl Loaded {
     /// Loads the balancer with its maps pinned under `dir` (one directory per interface): maps a
     /// previous agent pinned there are reused as they are — connection table, counters, tables
     /// — and the rest are created and pinned. Returns whether maps were adopted.
+    ///
+    /// The program array is this load's own, pinned as `XLB_PROGS_<generation>`: the balancer
+    /// still attached keeps tail-calling its own NAT program (with its own scratch) until
+    /// [`Loaded::attach_pinned`] switches both at once; [`Loaded::retire_program_arrays`] then
+    /// removes the previous loads' arrays.
     pub fn balancer_pinned(sizes: TableSizes, dir: &Path) -> Result<(Self, Maps, bool), DataplaneError> {
         mount_bpffs_if_missing(dir)?;
         std::fs::create_dir_all(dir).map_err(|source| DataplaneError::Pin { path: dir.to_owned(), source })?;
@@ -571,8 +589,10 @@ impl Loaded {
         let adopted = dir.join(maps::FLOWS).exists();
         let paths: Vec<(&'static str, PathBuf)> = maps::BALANCER.iter().map(|name| (*name, dir.join(name))).collect();
         let sets = flow_sets(sizes.flows);
+        let generation = new_generation();
         let mut loaded = Self::load_with(BALANCER_OBJECT, programs::BALANCER, |loader| {
             sizes.apply(loader, &sets, FlowTable::Sets);
+            loader.override_global(maps::GENERATION, &generation, true);
             for (name, path) in &paths {
                 loader.map_pin_path(name, path.as_path());
             }
@@ -584,8 +604,38 @@ impl Loaded {
             other => other,
         })?;
         loaded.load_nat()?;
+        // (bpffs refuses names with a dot.)
+        let progs_pin = dir.join(format!("{}_{generation:08x}", maps::PROGS));
+        let progs = loaded.ebpf.map(maps::PROGS).ok_or(DataplaneError::Missing { kind: "map", name: maps::PROGS })?;
+        progs
+            .pin(&progs_pin)
+            .map_err(|e| DataplaneError::Pin { path: progs_pin.clone(), source: std::io::Error::other(e) })?;
+        loaded.progs_pin = Some(progs_pin);
         let maps = Maps::take(&mut loaded.ebpf)?;
         Ok((loaded, maps, adopted))
+    }
+
+    /// Removes the program arrays of earlier loads pinned beside this one's (and the single
+    /// `XLB_PROGS` of builds before per-load arrays). Call once this load is attached everywhere
+    /// and the programs it replaced have finished their packets: an array whose last pin goes
+    /// forgets its programs. Returns how many were removed.
+    pub fn retire_program_arrays(&self) -> Result<usize, DataplaneError> {
+        let Some(ours) = &self.progs_pin else { return Ok(0) };
+        let Some(dir) = ours.parent() else { return Ok(0) };
+        let entries = std::fs::read_dir(dir).map_err(|source| DataplaneError::Pin { path: dir.to_owned(), source })?;
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let earlier =
+                name == maps::PROGS || name.strip_prefix(maps::PROGS).is_some_and(|rest| rest.starts_with('_'));
+            if earlier && &path != ours {
+                std::fs::remove_file(&path).map_err(|source| DataplaneError::Pin { path: path.clone(), source })?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// Loads the balancer's NAT program and puts it where the balancer tail-calls it (replacing
@@ -635,7 +685,7 @@ impl Loaded {
         }
         let mut loader = EbpfLoader::new();
         configure(&mut loader);
-        let mut loaded = Self { ebpf: loader.load(object)?, program };
+        let mut loaded = Self { ebpf: loader.load(object)?, program, progs_pin: None };
         loaded
             .xdp_mut()?
             .load()

@@ -176,6 +176,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         failure: None,
     };
 
+    // Adopted maps hold what the previous agent served: switch to this load's programs now, so
+    // new flows (NAT ones too) never wait for the first pass. A fresh data plane is attached
+    // once filled.
+    if adopted {
+        attach_everywhere(&mut program, &opts, &pin_dir).await?;
+    }
+
     // The first fill, on a blocking thread: health checks and the resolver go on meanwhile.
     let started = std::time::Instant::now();
     let (control, changes) = tokio::task::spawn_blocking(move || {
@@ -194,16 +201,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         "data plane filled"
     );
 
-    let links = std::iter::once((&opts.iface, link_pin(&pin_dir)))
-        .chain(opts.other_ifaces.iter().map(|other| (other, other_link_pin(&pin_dir, other))));
-    for (iface, link) in links {
-        match program.attach_pinned(iface, &link)? {
-            Attached::New(AttachMode::Native) => tracing::info!(%iface, "XDP attached in native mode"),
-            Attached::New(AttachMode::Generic) => {
-                tracing::warn!(%iface, "the driver refused native XDP; attached in generic (skb) mode, which is much slower, and redirects into it may fail")
-            }
-            Attached::Replaced => tracing::info!(%iface, "replaced the running XDP program in place"),
-        }
+    if !adopted {
+        attach_everywhere(&mut program, &opts, &pin_dir).await?;
     }
 
     let (commands, commands_rx) = mpsc::unbounded_channel();
@@ -278,6 +277,31 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         tracing::info!(iface = %opts.iface, pinned = %pin_dir.display(), "exiting; XDP stays attached and keeps forwarding");
     }
     drop(program);
+    Ok(())
+}
+
+/// Attaches this load's program to every interface, in place of a previous agent's where its
+/// link is pinned (one atomic switch per interface), then retires the previous loads' program
+/// arrays once the programs they fed have finished their packets.
+async fn attach_everywhere(program: &mut Loaded, opts: &RunOptions, pin_dir: &std::path::Path) -> anyhow::Result<()> {
+    let links = std::iter::once((&opts.iface, link_pin(pin_dir)))
+        .chain(opts.other_ifaces.iter().map(|other| (other, other_link_pin(pin_dir, other))));
+    for (iface, link) in links {
+        match program.attach_pinned(iface, &link)? {
+            Attached::New(AttachMode::Native) => tracing::info!(%iface, "XDP attached in native mode"),
+            Attached::New(AttachMode::Generic) => {
+                tracing::warn!(%iface, "the driver refused native XDP; attached in generic (skb) mode, which is much slower, and redirects into it may fail")
+            }
+            Attached::Replaced => tracing::info!(%iface, "replaced the running XDP program in place"),
+        }
+    }
+    // A replaced program may still be inside a packet on another CPU (XDP runs under RCU);
+    // its array must outlive that.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let retired = program.retire_program_arrays().context("removing the previous program arrays")?;
+    if retired > 0 {
+        tracing::debug!(retired, "removed the previous loads' program arrays");
+    }
     Ok(())
 }
 
