@@ -105,8 +105,13 @@ fn health_checks_and_drains_steer_new_flows_and_spare_established_ones() {
     assert!(counted >= 200, "{counted} connection-table entries after 200 connections");
     let size = format!("xlb_flow_table_size {}", lb_common::FLOW_TABLE_SIZE);
     assert!(text.lines().any(|l| l == size), "metrics lack `{size}`:\n{text}");
-    let rendered = String::from_utf8(topo.xlb(&["status"]).stdout).unwrap();
+    let rendered = String::from_utf8(topo.xlb(&["status", "--vips"]).stdout).unwrap();
     assert!(rendered.contains("DOWN") && rendered.contains("refused"), "{rendered}");
+    // The summary lists the VIP among those not fully serving, with be1 down.
+    let summary = String::from_utf8(topo.xlb(&["status"]).stdout).unwrap();
+    let line = summary.lines().find(|l| l.trim_start().starts_with("web ")).unwrap_or_else(|| panic!("{summary}"));
+    assert!(line.contains(&format!("{} down", backend_v4(1))) && line.contains("2/3 serving"), "{summary}");
+    assert!(summary.contains("VIPs: ") && summary.contains("connection table: "), "{summary}");
     assert!(rendered.contains("connection table: ") && rendered.contains(" entries in use"), "{rendered}");
 
     health.set(1, true);

@@ -117,8 +117,12 @@ fn batch_reads_agree_with_slot_reads() {
         forwarded_to(&lb, usize::from(sport % 4), sport);
     }
     let counters = lb.maps.counters().unwrap();
-    let all = counters.backends().unwrap();
+    let all = counters.backends(MAX_BACKENDS).unwrap();
     assert_eq!(all.len(), MAX_BACKENDS as usize);
+    // A read of the slots in use (what status and metrics do) agrees with the whole read.
+    let in_use = lb.reconciler.applied().values().flat_map(|a| a.slots.iter()).max().unwrap() + 1;
+    assert_eq!(counters.backends(in_use).unwrap(), all[..in_use as usize]);
+    assert!(counters.backends(MAX_BACKENDS + 5).unwrap().len() == MAX_BACKENDS as usize, "clamped to the map");
     let mut new_flows = 0;
     for applied in lb.reconciler.applied().values() {
         for &slot in &applied.slots {

@@ -22,4 +22,5 @@ pub mod neighbor;
 pub mod plan;
 pub mod reconcile;
 pub mod stats;
+pub mod summary;
 pub mod testrun;

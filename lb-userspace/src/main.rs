@@ -53,14 +53,18 @@ enum Command {
         #[arg(long)]
         metrics_listen: Option<std::net::SocketAddr>,
     },
-    /// The running agent's VIPs and backends (weight, health, drain, traffic) and its
-    /// configuration state, like `ipvsadm -Ln`.
+    /// The running agent at a glance: its configuration state, BGP peers, counts of VIPs and
+    /// backends, and the VIPs not fully serving. With --vips: every VIP and backend (weight,
+    /// health, drain, traffic), like `ipvsadm -Ln`.
     Status {
         #[arg(long, default_value = admin::DEFAULT_SOCKET)]
         admin_socket: PathBuf,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// Every VIP and backend with its counters (large at thousands of VIPs).
+        #[arg(long)]
+        vips: bool,
     },
     /// Show what loading FILE into the running agent would change: VIPs and backends added,
     /// removed and reweighted, and per VIP the share of new flows Maglev would send elsewhere.
@@ -155,10 +159,14 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 watch_config: !no_watch,
                 metrics_listen,
             })),
-        Command::Status { admin_socket, json } => match ask(&admin_socket, admin::Request::Status)? {
-            admin::Reply::Status(status) => show(json, &status, admin::Status::render),
-            reply => anyhow::bail!("the agent answered a status request with {reply:?}"),
-        },
+        Command::Status { admin_socket, json, vips } => {
+            let request = if vips { admin::Request::Status } else { admin::Request::Summary };
+            match ask(&admin_socket, request)? {
+                admin::Reply::Status(status) => show(json, &status, admin::Status::render),
+                admin::Reply::Summary(summary) => show(json, &summary, xlb::summary::Summary::render),
+                reply => anyhow::bail!("the agent answered a status request with {reply:?}"),
+            }
+        }
         Command::Plan { file, admin_socket, json } => {
             // Checked here first: a file the agent would reject gets the same message, locally.
             config::load(&file)?;

@@ -81,7 +81,8 @@ impl Snapshot {
         applied: &BTreeMap<VipKey, AppliedVip>,
         health: &HealthMap,
     ) -> Result<Self, DataplaneError> {
-        let slots = counters.backends()?;
+        let in_use = applied.values().flat_map(|a| a.slots.iter()).max().map_or(0, |&highest| highest + 1);
+        let slots = counters.backends(in_use)?;
         let slot = |s: u32| slots.get(s as usize).copied().unwrap_or_default();
         let counters: Vec<Counter> = counters
             .stats()?

@@ -234,14 +234,19 @@ impl Plan {
     }
 }
 
-/// What `xlb status --json` says, reduced to what the scenarios look at. Read from the JSON
-/// loosely (by field name), so that an agent with more fields still reads.
+/// What `xlb status --json` (the summary) or `xlb status --vips --json` says, reduced to what
+/// the scenarios look at. Read from the JSON loosely (by field name), so that an agent with more
+/// fields still reads.
 #[derive(Debug, Clone, Default)]
 pub struct StatusView {
     pub generation: u64,
     pub reload_ok: Option<bool>,
     pub reload_message: Option<String>,
-    /// VIP name → (backend address → up).
+    /// VIPs applied, and VIPs a pass has still to write.
+    pub applied: usize,
+    pub pending: usize,
+    /// VIP name → (backend address → up): every VIP and backend from `--vips`; from the summary
+    /// only the VIPs not fully serving, with their backends that take no new flows.
     pub vips: BTreeMap<String, BTreeMap<String, bool>>,
 }
 
@@ -250,25 +255,31 @@ impl StatusView {
         let v: serde_json::Value = serde_json::from_slice(json).map_err(|e| format!("status --json: {e}"))?;
         let generation = v["config_generation"].as_u64().ok_or("status --json has no config_generation")?;
         let reload = &v["last_reload"];
+        let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
         let mut vips = BTreeMap::new();
-        for vip in v["snapshot"]["vips"].as_array().ok_or("status --json has no snapshot.vips")? {
-            let name = vip["name"].as_str().unwrap_or_default().to_owned();
-            let backends = vip["backends"]
-                .as_array()
-                .map(|bs| {
-                    bs.iter()
-                        .map(|b| {
-                            (b["address"].as_str().unwrap_or_default().to_owned(), b["up"].as_bool() == Some(true))
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            vips.insert(name, backends);
-        }
+        let applied = if let Some(full) = v["snapshot"]["vips"].as_array() {
+            for vip in full {
+                let backends = vip["backends"]
+                    .as_array()
+                    .map(|bs| bs.iter().map(|b| (text(&b["address"]), b["up"].as_bool() == Some(true))).collect());
+                vips.insert(text(&vip["name"]), backends.unwrap_or_default());
+            }
+            full.len()
+        } else {
+            for vip in v["degraded"].as_array().ok_or("status --json has neither snapshot.vips nor degraded")? {
+                let backends = vip["not_serving"].as_array().map(|bs| {
+                    bs.iter().filter(|b| b["reason"] == "down").map(|b| (text(&b["address"]), false)).collect()
+                });
+                vips.insert(text(&vip["name"]), backends.unwrap_or_default());
+            }
+            v["vips"].as_u64().ok_or("status --json has no vips count")? as usize
+        };
         Ok(StatusView {
             generation,
             reload_ok: reload["ok"].as_bool(),
             reload_message: reload["message"].as_str().map(str::to_owned),
+            applied,
+            pending: v["pending_vips"].as_u64().unwrap_or(0) as usize,
             vips,
         })
     }
@@ -295,10 +306,19 @@ impl StatusView {
     }
 }
 
-/// One `xlb status --json` against `socket`: its latency, and what it said.
+/// One `xlb status --json` (the summary) against `socket`: its latency, and what it said.
 pub fn status(socket: &Path) -> (Duration, Result<StatusView, String>) {
+    status_with(socket, &[])
+}
+
+/// `xlb status --vips --json`: every VIP with its backends (what the summary only counts).
+pub fn full_status(socket: &Path) -> Result<StatusView, String> {
+    status_with(socket, &["--vips"]).1
+}
+
+fn status_with(socket: &Path, more: &[&str]) -> (Duration, Result<StatusView, String>) {
     let start = Instant::now();
-    let out = Command::new(xlb_bin()).args(["status", "--json", "--admin-socket"]).arg(socket).output();
+    let out = Command::new(xlb_bin()).args(["status", "--json"]).args(more).arg("--admin-socket").arg(socket).output();
     let took = start.elapsed();
     let view = match out {
         Ok(out) if out.status.success() => StatusView::parse(&out.stdout),
@@ -453,8 +473,16 @@ impl Scale {
             if let Some(error) = self.agent_exited() {
                 return Err(format!("refused: {error}"));
             }
+            // The summary says when every VIP is written; the full table then says with what.
             let (took, view) = status(&self.socket());
-            match view.and_then(|v| v.matches(&expected).map(|()| v)) {
+            let applied = view.and_then(|v| {
+                if v.applied == expected.len() && v.pending == 0 {
+                    full_status(&self.socket())?.matches(&expected).map(|()| v)
+                } else {
+                    Err(format!("{} of {} VIPs applied, {} pending", v.applied, expected.len(), v.pending))
+                }
+            });
+            match applied {
                 Ok(view) => {
                     self.generation = view.generation;
                     let log_took =
@@ -510,8 +538,11 @@ impl Scale {
                 Ok(v) if v.generation >= reload.generation && v.reload_ok == Some(false) => {
                     return Err(format!("reload failed: {}", v.reload_message.unwrap_or_default()));
                 }
+                Ok(v) if v.generation >= reload.generation && v.reload_ok == Some(true) && v.pending > 0 => {
+                    last = format!("generation {}: {} VIPs pending", v.generation, v.pending);
+                }
                 Ok(v) if v.generation >= reload.generation && v.reload_ok == Some(true) => {
-                    match v.matches(&reload.expected) {
+                    match full_status(&self.socket()).and_then(|full| full.matches(&reload.expected)) {
                         Ok(()) => {
                             self.generation = v.generation;
                             let log_took =

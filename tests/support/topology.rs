@@ -561,13 +561,13 @@ impl Topology {
         out.status.success().then(|| serde_json::from_slice(&out.stdout).expect("stats --json is JSON"))
     }
 
-    /// The agent's `xlb status --json`, if it answers.
+    /// The agent's `xlb status --vips --json` (every VIP), if it answers.
     pub fn status(&self) -> Option<xlb::admin::Status> {
         self.status_of(0)
     }
 
     pub fn status_of(&self, i: usize) -> Option<xlb::admin::Status> {
-        let out = self.xlb_on(i, &["status", "--json"]);
+        let out = self.xlb_on(i, &["status", "--vips", "--json"]);
         out.status.success().then(|| serde_json::from_slice(&out.stdout).expect("status --json is JSON"))
     }
 

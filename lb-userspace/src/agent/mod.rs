@@ -342,6 +342,7 @@ fn answerer(
                 Request::Status => {
                     read(shared, |s| s.status().map_or_else(|e| Reply::Error(e.to_string()), Reply::Status)).await
                 }
+                Request::Summary => read(shared, |s| Reply::Summary(s.summary())).await,
                 Request::Plan { path, config } => {
                     let (reply, rx) = oneshot::channel();
                     ask(Command::Plan { path, config, reply }, rx).await

@@ -22,6 +22,7 @@ use crate::{
     nat::NatUsage,
     reconcile::AppliedVip,
     stats::Snapshot,
+    summary::{NodeState, Summary},
 };
 
 /// The agent's state as of its last published pass.
@@ -147,6 +148,23 @@ impl Shared {
             reconcile_error: view.reconcile_error.clone(),
             snapshot,
         })
+    }
+
+    /// What `xlb status` shows: from the view and the housekeeping counts alone, no map read.
+    pub fn summary(&self) -> Summary {
+        let view = self.view.load();
+        let usage = lock(&self.usage).clone();
+        let node = NodeState {
+            config_path: self.config_path.clone(),
+            config_generation: view.config_generation,
+            last_reload: view.last_reload.clone(),
+            node_drained: view.node_drained,
+            peers: self.peers(),
+            pending_vips: view.pending_vips,
+            reconcile_error: view.reconcile_error.clone(),
+        };
+        let announced = self.announce.borrow().len();
+        Summary::of(node, &view.applied, announced, usage.flow_table, usage.nat)
     }
 
     /// The `/metrics` text.

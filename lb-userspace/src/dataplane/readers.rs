@@ -89,15 +89,16 @@ impl Counters {
         Ok(Stat::ALL.iter().map(|&stat| (stat, all.values[stat as usize])).collect())
     }
 
-    /// Every backend slot's counters, summed over CPUs, indexed by slot.
-    pub fn backends(&self) -> Result<Vec<BackendCounters>, DataplaneError> {
-        per_cpu_sums(
-            &self.backend_counters,
-            MAX_BACKENDS,
-            self.cpus,
-            maps::BACKEND_COUNTERS,
-            |a: BackendCounters, c| a.plus(c),
-        )
+    /// The counters of backend slots `0..count`, summed over CPUs, indexed by slot: a reader asks only for the slots in use, so a
+    /// node with few backends does not copy all `MAX_BACKENDS` per-CPU slots on every read.
+    pub fn backends(&self, count: u32) -> Result<Vec<BackendCounters>, DataplaneError> {
+        let count = count.min(MAX_BACKENDS);
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        per_cpu_sums(&self.backend_counters, count, self.cpus, maps::BACKEND_COUNTERS, |a: BackendCounters, c| {
+            a.plus(c)
+        })
     }
 }
 

@@ -1,0 +1,236 @@
+//! `xlb status`: the node at a glance. Built from the published view alone — no counter reads —
+//! and as small at 10 000 VIPs as at ten: counts, the configuration's state, the BGP peers, and
+//! only the VIPs that are not fully serving (at most [`DEGRADED_LISTED`]). The whole VIP table
+//! with its counters is `xlb status --vips` (or `xlb stats`).
+
+use std::collections::BTreeMap;
+
+use lb_common::VipKey;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    bgp::PeerStatus, dataplane::FlowTableUsage, desired::DesiredBackend, nat::NatUsage, reconcile::AppliedVip,
+};
+
+/// Degraded VIPs listed at most; the rest are counted.
+pub const DEGRADED_LISTED: usize = 100;
+/// Backends not serving listed at most per degraded VIP; the rest are counted.
+pub const NOT_SERVING_LISTED: usize = 16;
+
+/// The result of the latest reload attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadOutcome {
+    pub ok: bool,
+    /// What changed, or why the file was rejected (the old configuration keeps serving).
+    pub message: String,
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+}
+
+/// The agent's own state, as both `xlb status` and `xlb status --vips` head it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeState {
+    pub config_path: String,
+    /// Configurations applied since the agent started (1 = the one it started with).
+    pub config_generation: u64,
+    pub last_reload: Option<ReloadOutcome>,
+    /// `xlb drain node` in effect.
+    pub node_drained: bool,
+    pub peers: Vec<PeerStatus>,
+    /// VIPs a pass in progress has still to write.
+    #[serde(default)]
+    pub pending_vips: usize,
+    /// Why the last pass stopped short (it is retried).
+    #[serde(default)]
+    pub reconcile_error: Option<String>,
+}
+
+impl NodeState {
+    /// The heading lines; `announced` says what BGP announces (a list or a count).
+    pub fn render(&self, announced: &str) -> String {
+        let mut out = format!("config {} (generation {})\n", self.config_path, self.config_generation);
+        match &self.last_reload {
+            None => out.push_str("last reload: none since start\n"),
+            Some(r) if r.ok => out.push_str(&format!("last reload: ok at {} — {}\n", r.at, r.message)),
+            Some(r) => out.push_str(&format!(
+                "last reload: REJECTED at {} — the previous configuration keeps serving\n  {}\n",
+                r.at, r.message
+            )),
+        }
+        if self.pending_vips > 0 {
+            out.push_str(&format!("applying the configuration: {} VIPs to go\n", self.pending_vips));
+        }
+        if let Some(e) = &self.reconcile_error {
+            out.push_str(&format!("map writes FAILING (retried): {e}\n"));
+        }
+        if self.node_drained {
+            out.push_str("node DRAINED: every route withdrawn (`xlb drain node --undo` to announce again)\n");
+        }
+        if !self.peers.is_empty() {
+            out.push_str(&format!("announced: {announced}\n"));
+            out.push_str(&format!(
+                "{:<28} {:>10} {:<13} {:>9} {:>6} {:>7}  {}\n",
+                "BGP peer", "AS", "state", "prefixes", "flaps", "bfd", "last error"
+            ));
+            for p in &self.peers {
+                out.push_str(&format!(
+                    "{:<28} {:>10} {:<13} {:>9} {:>6} {:>7}  {}\n",
+                    p.address,
+                    p.remote_as,
+                    p.state,
+                    p.prefixes_sent,
+                    p.flaps,
+                    p.bfd.as_deref().unwrap_or("-"),
+                    p.last_error.as_deref().unwrap_or("")
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// What `xlb status` shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    #[serde(flatten)]
+    pub node: NodeState,
+    /// VIPs the data plane holds, and how many of them are up (announced when BGP runs).
+    pub vips: usize,
+    pub vips_up: usize,
+    /// Backends over all VIPs (a backend of two VIPs counts twice), and those taking new flows.
+    pub backends: usize,
+    pub backends_serving: usize,
+    /// VIP addresses announced over BGP.
+    pub announced: usize,
+    pub flow_table: FlowTableUsage,
+    pub nat: NatUsage,
+    /// VIPs with a backend that takes no new flows, the down ones first, then by name.
+    pub degraded: Vec<DegradedVip>,
+    /// Degraded VIPs beyond those listed.
+    pub degraded_unlisted: usize,
+}
+
+/// A VIP not fully serving.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DegradedVip {
+    pub name: String,
+    pub endpoint: String,
+    pub up: bool,
+    pub serving: usize,
+    pub backends: usize,
+    /// Its backends that take no new flows (at most [`NOT_SERVING_LISTED`]).
+    pub not_serving: Vec<NotServing>,
+    pub not_serving_unlisted: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotServing {
+    pub address: String,
+    /// "down" (health checks), "drained", or "no MAC" (not resolved yet).
+    pub reason: String,
+}
+
+/// Why a backend takes no new flows, if it takes none.
+fn not_serving(backend: &DesiredBackend) -> Option<&'static str> {
+    if backend.weight > 0 {
+        None
+    } else if !backend.up {
+        Some("down")
+    } else if backend.drained {
+        Some("drained")
+    } else if !backend.mac_known {
+        Some("no MAC")
+    } else {
+        // Configured with weight 0: the operator's choice, not a degradation.
+        None
+    }
+}
+
+impl Summary {
+    /// The summary of what the maps hold (`applied`), with the node's own state.
+    pub fn of(
+        node: NodeState,
+        applied: &BTreeMap<VipKey, AppliedVip>,
+        announced: usize,
+        flow_table: FlowTableUsage,
+        nat: NatUsage,
+    ) -> Summary {
+        let (mut vips_up, mut backends, mut backends_serving) = (0, 0, 0);
+        let mut degraded = Vec::new();
+        for vip in applied.values().map(|a| &a.vip) {
+            let up = vip.is_up();
+            let serving = vip.serving();
+            vips_up += usize::from(up);
+            backends += vip.backends.len();
+            backends_serving += serving;
+            let mut out = vip.backends.iter().filter_map(|b| Some((b, not_serving(b)?))).peekable();
+            if out.peek().is_none() {
+                continue;
+            }
+            let listed: Vec<NotServing> = out
+                .by_ref()
+                .take(NOT_SERVING_LISTED)
+                .map(|(b, reason)| NotServing { address: b.identity.clone(), reason: reason.to_owned() })
+                .collect();
+            degraded.push(DegradedVip {
+                name: vip.name.clone(),
+                endpoint: vip.endpoint.clone(),
+                up,
+                serving,
+                backends: vip.backends.len(),
+                not_serving: listed,
+                not_serving_unlisted: out.count(),
+            });
+        }
+        degraded.sort_by(|a, b| (a.up, &a.name).cmp(&(b.up, &b.name)));
+        let degraded_unlisted = degraded.len().saturating_sub(DEGRADED_LISTED);
+        degraded.truncate(DEGRADED_LISTED);
+        Summary {
+            node,
+            vips: applied.len(),
+            vips_up,
+            backends,
+            backends_serving,
+            announced,
+            flow_table,
+            nat,
+            degraded,
+            degraded_unlisted,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = self.node.render(&format!("{} VIP addresses", self.announced));
+        out.push_str(&format!(
+            "VIPs: {} up of {}; backends: {} taking new flows of {}\n",
+            self.vips_up, self.vips, self.backends_serving, self.backends
+        ));
+        out.push_str(&format!(
+            "connection table: {} of {} entries; NAT flows: {}\n",
+            self.flow_table.entries, self.flow_table.size, self.nat.flows
+        ));
+        if self.degraded.is_empty() {
+            out.push_str("every backend of every VIP takes new flows\n");
+            return out;
+        }
+        out.push_str("\nnot fully serving:\n");
+        for vip in &self.degraded {
+            let state = if vip.up { "up" } else { "DOWN" };
+            let mut line = format!(
+                "  {:<24} {:<24} {:<4} {}/{} serving; ",
+                vip.name, vip.endpoint, state, vip.serving, vip.backends
+            );
+            let listed: Vec<String> = vip.not_serving.iter().map(|b| format!("{} {}", b.address, b.reason)).collect();
+            line.push_str(&listed.join(", "));
+            if vip.not_serving_unlisted > 0 {
+                line.push_str(&format!(" and {} more", vip.not_serving_unlisted));
+            }
+            out.push_str(&line);
+            out.push('\n');
+        }
+        if self.degraded_unlisted > 0 {
+            out.push_str(&format!("  … and {} more VIPs (`xlb status --vips` lists all)\n", self.degraded_unlisted));
+        }
+        out
+    }
+}
