@@ -3,8 +3,9 @@
 //! xlb node, live backends — the scenario of xlb_tests::scale, and prints per pass (one per
 //! `--vips` count):
 //!
-//! - `control-start-N`: from spawning `xlb run` until `xlb status --json` shows all N VIPs with
-//!   their backends (the agent's own log time of "data plane filled" in the note, when it logs it);
+//! - `control-start-N`: from spawning `xlb run` until `xlb status --json` (the summary) shows all
+//!   N VIPs written and one `xlb status --vips --json` confirms their backends (the agent's own
+//!   log time of "data plane filled" in the note, when it logs it);
 //! - `control-routes-N`: from spawning until the router's kernel has a route to every VIP;
 //! - `control-reload-all-N`: from SIGHUP (every VIP's backend set changed) until status shows the
 //!   next config generation, the last reload ok and every VIP with its new backends;
@@ -12,8 +13,8 @@
 //! - first pass only, `control-health-down-ms`: a backend's server killed 50 ms into the full
 //!   reload; from the kill to the last new flow (SYN) that reached it, against fall × interval +
 //!   100 ms;
-//! - `control-status-worst-ms`: the slowest `xlb status` while the reloads ran (polled every
-//!   100 ms in a thread besides the reload-done polls); `control-status-idle-ms` the median
+//! - `control-status-worst-ms`: the slowest `xlb status` (the summary) while the reloads ran
+//!   (polled every 100 ms in a thread besides the reload-done polls); `control-status-idle-ms` the median
 //!   before them;
 //! - `control-keepalive-gap-ms`: the longest time without a BGP message from the node, as the
 //!   router's interface saw it, while the reloads ran; whether BIRD's session stayed Established
