@@ -24,7 +24,7 @@ use tokio::{
     task::JoinHandle,
 };
 
-use crate::{accept::AcceptErrors, bgp::PeerStatus, plan::Plan, stats::Snapshot};
+use crate::{accept::AcceptErrors, agent::state_file::StateStatus, bgp::PeerStatus, plan::Plan, stats::Snapshot};
 
 pub const DEFAULT_SOCKET: &str = "/run/xlb/admin.sock";
 
@@ -90,6 +90,9 @@ pub struct Status {
     /// Why the last pass stopped short (it is retried).
     #[serde(default)]
     pub reconcile_error: Option<String>,
+    /// The state file (drains that survive restarts); `None` from an agent that keeps none.
+    #[serde(default)]
+    pub state: Option<StateStatus>,
     pub snapshot: Snapshot,
 }
 
@@ -119,6 +122,9 @@ impl Status {
         }
         if let Some(e) = &self.reconcile_error {
             out.push_str(&format!("map writes FAILING (retried): {e}\n"));
+        }
+        if let Some(state) = &self.state {
+            out.push_str(&state.render());
         }
         if self.node_drained {
             out.push_str("node DRAINED: every route withdrawn (`xlb drain node --undo` to announce again)\n");
