@@ -84,17 +84,19 @@ fn lock_interfaces(opts: &RunOptions) -> anyhow::Result<InstanceLock> {
     Ok(InstanceLock::acquire(dirs.iter().map(|(iface, dir)| (*iface, dir.as_path())), &owner)?)
 }
 
-/// The drains kept across restarts, pruned to what `config` still has (the file is rewritten
-/// if that dropped any). A file that cannot be read is an error: the agent does not start.
+/// Puts the drains kept across restarts (`restored`, as read from `file`) in force, pruned to
+/// what `config` still has (the file is rewritten if that dropped any); returns the node drain
+/// and what `xlb status` says of the file.
 fn restore_drains(
     file: &StateFile,
+    restored: Option<state_file::Overrides>,
     config: &Config,
     states: &mut BackendStates,
-) -> anyhow::Result<(bool, StateStatus)> {
+) -> (bool, StateStatus) {
     let mut status = StateStatus { path: file.path().display().to_string(), ..Default::default() };
-    let Some(restored) = file.load()? else {
+    let Some(restored) = restored else {
         tracing::info!(file = %file.path().display(), "no state file: no drains to restore");
-        return Ok((false, status));
+        return (false, status);
     };
     states.drained = restored.drained;
     let dropped = control::prune_drains(states, config);
@@ -118,7 +120,7 @@ fn restore_drains(
             status.write_error = Some(e.to_string());
         }
     }
-    Ok((restored.node_drained, status))
+    (restored.node_drained, status)
 }
 
 /// The pinned link's file in an interface's pin directory.
@@ -173,6 +175,11 @@ fn adopted_macs(reconciler: &Reconciler, config: &Config) -> std::collections::B
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let config = config::load(&opts.config)?;
     let instance = lock_interfaces(&opts)?;
+    // Read before anything is loaded: a file that cannot be read stops the agent here, with the
+    // running data plane untouched (starting without its drains would send new flows to
+    // backends an operator took out).
+    let state_file = StateFile::in_dir(&opts.state_dir(&config));
+    let restored = state_file.load()?;
     let notifier = sd_notify::Notifier::from_env();
     notifier.status(&format!("loading the data plane on {}", opts.iface));
     // Flags win over the file; listeners are fixed for the agent's life.
@@ -204,8 +211,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     states.neighbors.extend(neighbors_rx.borrow_and_update().iter().map(|(a, m)| (*a, *m)));
     states.down = control::down(&health_rx.borrow_and_update());
     // Before the first pass: a drained backend takes no new flows at any point of a restart.
-    let state_file = StateFile::in_dir(&opts.state_dir(&config));
-    let (node_drained, state) = restore_drains(&state_file, &config, &mut states)?;
+    let (node_drained, state) = restore_drains(&state_file, restored, &config, &mut states);
     let mut l7 = l7::Tier::new()?;
     if let Some(e) = l7.apply(&config).into_iter().next() {
         return Err(e.into());
