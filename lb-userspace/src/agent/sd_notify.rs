@@ -96,7 +96,8 @@ pub fn heartbeat_tick(every: Duration) -> Duration {
 
 /// Pings the watchdog every `every` while `heartbeat` moves; runs until the task is dropped.
 pub async fn watchdog(notifier: Notifier, heartbeat: Arc<AtomicU64>, every: Duration) {
-    let mut interval = tokio::time::interval(every);
+    // The first look one period from now: the heartbeat has had time to move.
+    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = heartbeat.load(Ordering::Relaxed);
     let mut stalled = false;
