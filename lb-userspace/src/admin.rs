@@ -92,7 +92,7 @@ pub struct Status {
     pub reconcile_error: Option<String>,
     /// The state file (drains that survive restarts); `None` from an agent that keeps none.
     #[serde(default)]
-    pub state: Option<StateStatus>,
+    pub state: Option<Box<StateStatus>>,
     pub snapshot: Snapshot,
 }
 

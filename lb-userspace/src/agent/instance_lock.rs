@@ -202,7 +202,7 @@ mod tests {
                      3: POSIX  ADVISORY  WRITE 9000 00:29:42 0 EOF\n";
         // Device 0:41 (0x29).
         assert_eq!(flock_holder(locks, 41, 5_615_030), Some(7531));
-        assert_eq!(flock_holder(locks, (0xfe << 8) | 0, 5_873_778), Some(7161));
+        assert_eq!(flock_holder(locks, 0xfe << 8, 5_873_778), Some(7161));
         assert_eq!(flock_holder(locks, 41, 42), None, "a POSIX lock is not the flock");
         assert_eq!(flock_holder(locks, 41, 1), None);
     }

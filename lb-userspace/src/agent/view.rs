@@ -157,7 +157,7 @@ impl Shared {
             peers: self.peers(),
             pending_vips: view.pending_vips,
             reconcile_error: view.reconcile_error.clone(),
-            state: Some(view.state.clone()),
+            state: Some(Box::new(view.state.clone())),
             snapshot,
         })
     }
