@@ -134,10 +134,8 @@ fn ready_follows_the_filled_data_plane_and_the_watchdog_is_pinged() {
     assert_eq!(status.snapshot.vip("web").unwrap().backends.len(), 2);
     let (seen, failed) = topo.tcp_requests(VIP, 8080, 10);
     assert_eq!(failed, 0, "forwarding at READY: {seen:?}");
-    assert!(
-        before[..before.len() - 1].iter().all(|m| !m.contains("READY=1") && !m.contains("WATCHDOG=1")),
-        "{before:?}"
-    );
+    // (Watchdog pings may come before READY: they run from before the first fill.)
+    assert!(before[..before.len() - 1].iter().all(|m| !m.contains("READY=1")), "{before:?}");
     assert!(before[0].starts_with("STATUS=loading the data plane on eth0"), "{before:?}");
 
     // WATCHDOG_USEC 400 ms: a ping every 200 ms.

@@ -234,6 +234,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         notifier.clone(),
     ));
     let watchdog_every = sd_notify::watchdog_interval().filter(|_| notifier.enabled());
+    // From before the first fill, which counts a heartbeat at every step: a fill of thousands of
+    // VIPs may outlast WatchdogSec, and systemd's watchdog may run before READY.
+    let watchdog = watchdog_every.map(|every| {
+        tracing::info!(?every, "pinging the systemd watchdog while the control thread shows progress");
+        tokio::spawn(sd_notify::watchdog(notifier.clone(), Arc::clone(&shared.heartbeat), every))
+    });
     let mut control = Control {
         opts: opts.clone(),
         maps,
@@ -312,10 +318,6 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     };
     // Filled, attached, answering: `systemctl start` returns now.
     notifier.notify(&format!("READY=1\nSTATUS={status_line}"));
-    let watchdog = watchdog_every.map(|every| {
-        tracing::info!(?every, "pinging the systemd watchdog while the control thread shows progress");
-        tokio::spawn(sd_notify::watchdog(notifier.clone(), Arc::clone(&shared.heartbeat), every))
-    });
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
