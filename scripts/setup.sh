@@ -10,7 +10,8 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
 BPF_LINKER_VERSION=0.13.0
-DEBIAN_PACKAGES=(iproute2 bird2 curl python3 ethtool openssl wrk nginx-light)
+# systemd: systemd-analyze, for tests/systemd_unit.rs.
+DEBIAN_PACKAGES=(iproute2 bird2 curl python3 ethtool openssl wrk nginx-light systemd)
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 

@@ -247,6 +247,8 @@ fn start_agent(topo: &Topology, config: &str) -> Process {
         .arg(topo.socket())
         .arg("--pin-dir")
         .arg(topo.pin_dir_of(0))
+        .arg("--state-dir")
+        .arg(topo.state_dir_of(0))
         .stderr(Stdio::from(log));
     let agent = Process::spawn(cmd, "xlb run");
     wait_for("the agent's admin socket", Duration::from_secs(10), || topo.stats());

@@ -30,7 +30,7 @@ use crate::{
     bgp::PeerStatus,
     plan::Plan,
     stats::Snapshot,
-    summary::{NodeState, Summary},
+    summary::{NodeState, StateStatus, Summary},
 };
 
 pub const DEFAULT_SOCKET: &str = "/run/xlb/admin.sock";
@@ -101,6 +101,9 @@ pub struct Status {
     /// Why the last pass stopped short (it is retried).
     #[serde(default)]
     pub reconcile_error: Option<String>,
+    /// The state file (drains that survive restarts); `None` from an agent that keeps none.
+    #[serde(default)]
+    pub state: Option<Box<StateStatus>>,
     pub snapshot: Snapshot,
 }
 
@@ -114,6 +117,7 @@ impl Status {
             peers: self.peers.clone(),
             pending_vips: self.pending_vips,
             reconcile_error: self.reconcile_error.clone(),
+            state: self.state.clone(),
         };
         let announced = if self.announced.is_empty() { "nothing".to_owned() } else { self.announced.join(", ") };
         let mut out = node.render(&announced);
@@ -131,6 +135,10 @@ pub enum AdminError {
         "admin socket {path}: the agent sent a reply this client cannot read ({source}); are agent and CLI the same version?"
     )]
     Decode { path: PathBuf, source: serde_json::Error },
+    #[error(
+        "admin socket {path}: another agent answers there; give each agent its own (`agent.admin_socket` in its config, or --admin-socket)"
+    )]
+    InUse { path: PathBuf },
     #[error("the agent at {path} closed the connection without replying")]
     NoReply { path: PathBuf },
     #[error("the agent says: {0}")]
@@ -177,6 +185,10 @@ where
     let io = |source| AdminError::Io { path: path.to_owned(), source };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    // A live agent's socket is not taken over (that agent would go on unreachable).
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(AdminError::InUse { path: path.to_owned() });
     }
     // A socket file left by an agent that did not exit cleanly would make bind fail.
     match std::fs::remove_file(path) {
@@ -581,6 +593,21 @@ mod tests {
         let refused = request(&socket.0, Request::Status).await.unwrap_err();
         assert!(matches!(refused, AdminError::Agent(ref m) if m == "no"), "{refused}");
         server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_live_agent_s_socket_is_not_taken_over() {
+        let socket = TempSocket::new("inuse");
+        let (server, _) = agent(&socket, Limits::default()).await;
+        let refused = agent_on(&socket).await.unwrap_err();
+        assert!(matches!(refused, AdminError::InUse { .. }), "{refused}");
+        assert!(matches!(request(&socket.0, Request::Stats).await.unwrap(), Reply::Done(_)));
+        server.abort();
+    }
+
+    async fn agent_on(socket: &TempSocket) -> Result<JoinHandle<()>, AdminError> {
+        let handle = |_| Box::pin(async { Reply::Done("second".into()) }) as ReplyFuture;
+        serve(&socket.0, Arc::new(handle)).await
     }
 
     #[tokio::test]

@@ -61,7 +61,7 @@ impl NatPool {
     }
 }
 
-/// `agent:`: where the agent listens. Read at start (changing them needs a restart).
+/// `agent:`: where the agent listens and keeps its state. Read at start (changing them needs a restart).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentListeners {
@@ -69,6 +69,9 @@ pub struct AgentListeners {
     pub admin_socket: Option<PathBuf>,
     /// Prometheus `/metrics` (e.g. 127.0.0.1:9842); none when absent.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Directory of the state file (drains that survive restarts); /var/lib/xlb/<iface> when
+    /// absent.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// The BGP speaker (`bgp:`): every VIP that is up is announced to every peer as a host route
@@ -1827,8 +1830,12 @@ mod tests {
 
     #[test]
     fn agent_listeners_are_read_and_checked() {
-        let config = check("agent:\n  admin_socket: /run/xlb/edge.sock\n  metrics_listen: 127.0.0.1:9842\n").unwrap();
+        let config = check(
+            "agent:\n  admin_socket: /run/xlb/edge.sock\n  metrics_listen: 127.0.0.1:9842\n  state_dir: /var/lib/xlb/edge\n",
+        )
+        .unwrap();
         assert_eq!(config.agent.admin_socket, Some(PathBuf::from("/run/xlb/edge.sock")));
+        assert_eq!(config.agent.state_dir, Some(PathBuf::from("/var/lib/xlb/edge")));
         assert_eq!(config.agent.metrics_listen, Some("127.0.0.1:9842".parse().unwrap()));
         assert_eq!(check("vips: []\n").unwrap().agent, AgentListeners::default());
         let err = check("agent:\n  metrics_listen: localhost\n").unwrap_err().to_string();

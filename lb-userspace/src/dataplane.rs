@@ -60,7 +60,7 @@ mod bpffs;
 mod flow_view;
 mod readers;
 mod tables;
-use bpffs::{is_bpffs, mount_bpffs_if_missing};
+pub use bpffs::prepare_pin_dir;
 pub use readers::{Counters, NatTables};
 mod vip_index;
 
@@ -576,16 +576,7 @@ impl Loaded {
     /// [`Loaded::attach_pinned`] switches both at once; [`Loaded::retire_program_arrays`] then
     /// removes the previous loads' arrays.
     pub fn balancer_pinned(sizes: TableSizes, dir: &Path) -> Result<(Self, Maps, bool), DataplaneError> {
-        mount_bpffs_if_missing(dir)?;
-        std::fs::create_dir_all(dir).map_err(|source| DataplaneError::Pin { path: dir.to_owned(), source })?;
-        if !is_bpffs(dir) {
-            return Err(DataplaneError::Pin {
-                path: dir.to_owned(),
-                source: std::io::Error::other(
-                    "not on a bpf filesystem, so pins would not outlive the agent (`ip netns exec` remounts /sys: run the agent in the namespace without it, or mount bpffs there)",
-                ),
-            });
-        }
+        prepare_pin_dir(dir)?;
         let adopted = dir.join(maps::FLOWS).exists();
         let paths: Vec<(&'static str, PathBuf)> = maps::BALANCER.iter().map(|name| (*name, dir.join(name))).collect();
         let sets = flow_sets(sizes.flows);

@@ -52,6 +52,10 @@ enum Command {
         /// `agent.metrics_listen` from the config].
         #[arg(long)]
         metrics_listen: Option<std::net::SocketAddr>,
+        /// Directory of the state file, where drains survive restarts [default:
+        /// `agent.state_dir` from the config, else /var/lib/xlb/IFACE].
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
     },
     /// The running agent at a glance: its configuration state, BGP peers, counts of VIPs and
     /// backends, and the VIPs not fully serving. With --vips: every VIP and backend (weight,
@@ -148,8 +152,8 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Run { config, iface, admin_socket, pin_dir, detach_on_exit, no_watch, metrics_listen } => runtime()?
-            .block_on(agent::run(agent::RunOptions {
+        Command::Run { config, iface, admin_socket, pin_dir, detach_on_exit, no_watch, metrics_listen, state_dir } => {
+            runtime()?.block_on(agent::run(agent::RunOptions {
                 config,
                 iface: iface[0].clone(),
                 other_ifaces: iface[1..].to_vec(),
@@ -158,7 +162,9 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 detach_on_exit,
                 watch_config: !no_watch,
                 metrics_listen,
-            })),
+                state_dir,
+            }))
+        }
         Command::Status { admin_socket, json, vips } => {
             let request = if vips { admin::Request::Status } else { admin::Request::Summary };
             match ask(&admin_socket, request)? {
@@ -195,6 +201,13 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         }
         Command::Detach { iface, pin_dir, forget_flows } => {
             let dir = pin_dir.join(&iface);
+            // Not under a running agent: it would go on without XDP, or re-create the pins.
+            let _lock = if dir.is_dir() {
+                let owner = agent::instance_lock::Owner::this_process("xlb detach", None);
+                Some(agent::instance_lock::InstanceLock::acquire([(iface.as_str(), dir.as_path())], &owner)?)
+            } else {
+                None
+            };
             let mut detached = false;
             for link in agent::link_pins(&dir) {
                 detached |= xlb::dataplane::detach_pinned(&link)?;

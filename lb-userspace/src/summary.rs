@@ -27,6 +27,42 @@ pub struct ReloadOutcome {
     pub at: u64,
 }
 
+/// What `xlb status` shows of the state file.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct StateStatus {
+    pub path: String,
+    /// The file existed at start.
+    pub found: bool,
+    /// Backend drains restored at start (after pruning those no longer configured).
+    pub restored_drains: usize,
+    /// The node drain was restored at start.
+    pub restored_node_drain: bool,
+    /// Drains restored from the file but dropped because the config no longer has the backend.
+    pub pruned_drains: usize,
+    /// Why the last write failed (the overrides in force then are not all on disk).
+    pub write_error: Option<String>,
+}
+
+impl StateStatus {
+    /// One line for `xlb status`.
+    pub fn render(&self) -> String {
+        let at_start = if !self.found {
+            "none at start".to_owned()
+        } else {
+            let node = if self.restored_node_drain { " and the node drain" } else { "" };
+            let pruned = match self.pruned_drains {
+                0 => String::new(),
+                n => format!(" ({n} of backends no longer configured dropped)"),
+            };
+            format!("restored {} backend drains{node} at start{pruned}", self.restored_drains)
+        };
+        match &self.write_error {
+            None => format!("state file {}: {at_start}\n", self.path),
+            Some(e) => format!("state file {}: {at_start}; last write FAILED: {e}\n", self.path),
+        }
+    }
+}
+
 /// The agent's own state, as both `xlb status` and `xlb status --vips` head it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeState {
@@ -43,6 +79,9 @@ pub struct NodeState {
     /// Why the last pass stopped short (it is retried).
     #[serde(default)]
     pub reconcile_error: Option<String>,
+    /// The state file: where it is, what was restored from it.
+    #[serde(default)]
+    pub state: Option<Box<StateStatus>>,
 }
 
 impl NodeState {
@@ -62,6 +101,9 @@ impl NodeState {
         }
         if let Some(e) = &self.reconcile_error {
             out.push_str(&format!("map writes FAILING (retried): {e}\n"));
+        }
+        if let Some(state) = &self.state {
+            out.push_str(&state.render());
         }
         if self.node_drained {
             out.push_str("node DRAINED: every route withdrawn (`xlb drain node --undo` to announce again)\n");

@@ -504,15 +504,33 @@ impl Topology {
     /// [`Topology::agent_log_path`]; does not wait for anything. Returns the agent's index and
     /// the instant it was spawned (after the config was written).
     pub fn spawn_agent_logged(&mut self, i: usize, config: &str, args: &[&str]) -> (usize, std::time::Instant) {
+        let log = std::fs::File::create(self.agent_log_path(i)).expect("agent log file");
+        let mut cmd = self.agent_command(i, config, args);
+        cmd.stderr(log);
+        let spawned = std::time::Instant::now();
+        (self.spawn(cmd, &format!("xlb run on node {i}")), spawned)
+    }
+
+    /// Writes `config` and returns the `xlb run` command for node `i` (its own admin socket,
+    /// pin and state directories), not started.
+    pub fn agent_command(&self, i: usize, config: &str, args: &[&str]) -> std::process::Command {
         let path = self.config_path_of(i);
         std::fs::write(&path, config).expect("write config");
-        let log = std::fs::File::create(self.agent_log_path(i)).expect("agent log file");
         let mut cmd = self.nodes[i].command_keep_mounts(xlb_bin().to_str().expect("utf-8 path"));
         cmd.args(["run", "--iface", "eth0", "--config"]).arg(&path).arg("--admin-socket").arg(self.socket_of(i));
-        cmd.arg("--pin-dir").arg(self.pin_dir_of(i)).args(args).stderr(log);
-        let spawned = std::time::Instant::now();
-        self.processes.push(Process::spawn(cmd, &format!("xlb run on node {i}")));
-        (self.processes.len() - 1, spawned)
+        cmd.arg("--pin-dir").arg(self.pin_dir_of(i)).arg("--state-dir").arg(self.state_dir_of(i)).args(args);
+        cmd
+    }
+
+    /// Starts `cmd`, killed when the topology goes; returns its index (see [`Topology::agent`]).
+    pub fn spawn(&mut self, cmd: std::process::Command, what: &str) -> usize {
+        self.processes.push(Process::spawn(cmd, what));
+        self.processes.len() - 1
+    }
+
+    /// Node `i`'s agent's state directory (drains kept across restarts).
+    pub fn state_dir_of(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("state{i}"))
     }
 
     /// Where `spawn_agent_logged` sends node `i`'s agent log.
@@ -522,14 +540,10 @@ impl Topology {
 
     /// Writes `config` and starts `xlb run` on node `i`; waits until its admin socket answers.
     pub fn start_agent_on(&mut self, i: usize, config: &str, args: &[&str]) -> usize {
-        let path = self.config_path_of(i);
-        std::fs::write(&path, config).expect("write config");
-        let mut cmd = self.nodes[i].command_keep_mounts(xlb_bin().to_str().expect("utf-8 path"));
-        cmd.args(["run", "--iface", "eth0", "--config"]).arg(&path).arg("--admin-socket").arg(self.socket_of(i));
-        cmd.arg("--pin-dir").arg(self.pin_dir_of(i)).args(args);
-        self.processes.push(Process::spawn(cmd, &format!("xlb run on node {i}")));
+        let cmd = self.agent_command(i, config, args);
+        let index = self.spawn(cmd, &format!("xlb run on node {i}"));
         wait_for("the agent's admin socket", Duration::from_secs(10), || self.stats_of(i));
-        self.processes.len() - 1
+        index
     }
 
     pub fn agent(&mut self, index: usize) -> &mut Process {

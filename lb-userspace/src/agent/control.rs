@@ -15,7 +15,13 @@ use std::{
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{RunOptions, node_facts, view::AgentView, view::Shared, view::lock};
+use super::{
+    RunOptions, node_facts,
+    state_file::{Overrides, StateFile, StateStatus},
+    view::AgentView,
+    view::Shared,
+    view::lock,
+};
 use crate::{
     admin::{ReloadOutcome, Reply},
     bgp::{Announce, Speaker},
@@ -80,6 +86,11 @@ pub struct Control {
     /// The sources changed since desired state was last computed.
     pub dirty: bool,
     pub failure: Option<(String, Duration)>,
+    /// Where drains are kept across restarts, and what `xlb status` says of it.
+    pub state_file: StateFile,
+    pub state: StateStatus,
+    /// How often to count a heartbeat while idle (when a watchdog is pinged).
+    pub heartbeat_tick: Option<Duration>,
 }
 
 impl std::fmt::Debug for Control {
@@ -93,6 +104,8 @@ enum Event {
     Health,
     Neighbors,
     Retry,
+    /// Idle: only the heartbeat.
+    Tick,
 }
 
 impl Control {
@@ -107,7 +120,37 @@ impl Control {
             node: self.reconciler.node(),
             pending_vips,
             reconcile_error: self.failure.as_ref().map(|(e, _)| e.clone()),
+            state: self.state.clone(),
         }
+    }
+
+    /// Shows the watchdog this thread is alive.
+    fn beat(&self) {
+        self.shared.heartbeat.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Writes the drains in force to the state file; a failure is kept for `xlb status`.
+    fn persist(&mut self) -> Result<(), String> {
+        let overrides = Overrides { drained: self.states.drained.clone(), node_drained: self.node_drained };
+        let saved = self.state_file.save(&overrides).map_err(|e| e.to_string());
+        if let Err(e) = &saved {
+            tracing::error!(error = %e, "drains not persisted");
+        }
+        self.state.write_error = saved.as_ref().err().cloned();
+        saved
+    }
+
+    /// The one-line summary systemd shows (`systemctl status`).
+    pub fn status_line(&self) -> String {
+        let vips = self.reconciler.applied().len();
+        let mut line = format!("{vips} VIPs on {}, config generation {}", self.opts.iface, self.config_generation);
+        if self.last_reload.as_ref().is_some_and(|r| !r.ok) {
+            line.push_str(", last reload REJECTED");
+        }
+        if self.node_drained {
+            line.push_str(", node drained");
+        }
+        line
     }
 
     fn publish(&self, pending_vips: usize) {
@@ -163,6 +206,7 @@ impl Control {
         let mut published = Instant::now();
         let mut desired = None;
         let result = loop {
+            self.beat();
             self.absorb_sources();
             if self.dirty || desired.is_none() {
                 desired = Some(DesiredState::with_states(&self.config, &self.facts, &self.states));
@@ -232,7 +276,9 @@ impl Control {
         Self::yield_to_the_runtime();
         let (mut health_alive, mut neighbors_alive) = (true, true);
         loop {
+            self.beat();
             let retry = self.failure.as_ref().map(|(_, wait)| *wait);
+            let tick = self.heartbeat_tick;
             let event = runtime.block_on(async {
                 tokio::select! {
                     biased;
@@ -252,6 +298,7 @@ impl Control {
                     }
                     command = commands.recv() => Event::Command(command),
                     () = tokio::time::sleep(retry.unwrap_or(RETRY_MAX)), if retry.is_some() => Event::Retry,
+                    () = tokio::time::sleep(tick.unwrap_or(RETRY_MAX)), if tick.is_some() => Event::Tick,
                 }
             });
             match event {
@@ -269,6 +316,7 @@ impl Control {
                 Event::Retry => {
                     let _ = self.converge();
                 }
+                Event::Tick => {}
             }
         }
         if let Some(speaker) = lock(&self.shared.speaker).take() {
@@ -292,17 +340,23 @@ impl Control {
             }
             Command::DrainNode { undo, reply } => {
                 self.node_drained = !undo;
+                let persisted = self.persist();
                 self.announce_up_vips();
                 self.publish(0);
+                self.shared.notifier.status(&self.status_line());
                 let peers = self.shared.peers().len();
                 tracing::info!(undo, peers, "node drain");
-                let _ = reply.send(Reply::Done(if undo {
+                let done = if undo {
                     format!("node undrained: VIPs that are up are announced again to {peers} peers")
                 } else {
                     format!(
                         "node drained: every route withdrawn from {peers} peers; flows the routers still send here are forwarded"
                     )
-                }));
+                };
+                let _ = reply.send(match persisted {
+                    Ok(()) => Reply::Done(done),
+                    Err(e) => Reply::Error(format!("{done}; but {e}")),
+                });
             }
             Command::Plan { path, config, reply } => {
                 let _ = reply.send(self.plan(&path, &config));
@@ -316,7 +370,7 @@ impl Control {
             Err(e) => return Reply::Error(e.to_string()),
         };
         let mut states = self.states.clone();
-        prune_drains(&mut states, &config);
+        let _ = prune_drains(&mut states, &config);
         let desired = DesiredState::with_states(&config, &self.facts, &states);
         plan::plan(&self.reconciler, &self.maps, &desired).map_or_else(|e| Reply::Error(e.to_string()), Reply::Plan)
     }
@@ -336,12 +390,18 @@ impl Control {
         let at = (vip.clone(), backend.clone());
         let changed = if undo { self.states.drained.remove(&at) } else { self.states.drained.insert(at) };
         self.dirty = true;
+        // On disk before it takes effect: a drain the agent confirmed survives a crash.
+        let persisted = if changed { self.persist() } else { Ok(()) };
         if let Err(e) = self.converge() {
             return Reply::Error(format!("applying the drain failed: {e}"));
         }
         let what = if undo { "takes new flows again" } else { "drained: no new flows, established ones finish" };
         tracing::info!(%vip, %backend, undo, "drain");
-        Reply::Done(format!("{vip} {backend}: {what}{}", if changed { "" } else { " (already so)" }))
+        let done = format!("{vip} {backend}: {what}{}", if changed { "" } else { " (already so)" });
+        match persisted {
+            Ok(()) => Reply::Done(done),
+            Err(e) => Reply::Error(format!("{done}; but {e}")),
+        }
     }
 
     /// Re-reads the config; an invalid file leaves the running state as it is.
@@ -352,6 +412,7 @@ impl Control {
             tracing::error!(error = %message, "reload rejected; the previous configuration keeps serving");
             this.last_reload = Some(ReloadOutcome { ok: false, message, at: now() });
             this.publish(0);
+            this.shared.notifier.status(&this.status_line());
         };
         let config = match config::load(&self.opts.config) {
             Ok(config) => config,
@@ -366,7 +427,9 @@ impl Control {
             return reject(self, format!("{}: {e}", self.opts.config.display()));
         }
         if config.agent != self.config.agent {
-            tracing::warn!("agent.admin_socket / agent.metrics_listen changes take effect at the next start");
+            tracing::warn!(
+                "agent.admin_socket / agent.metrics_listen / agent.state_dir changes take effect at the next start"
+            );
         }
         if TableSizes::of(&config.node) != self.sizes {
             tracing::warn!(
@@ -378,7 +441,13 @@ impl Control {
         self.checker.replace(health_targets(&config));
         self.replace_speaker(&config);
         self.resolver.replace(desired::neighbor_targets(&config, &self.opts.iface));
-        prune_drains(&mut self.states, &config);
+        let dropped = prune_drains(&mut self.states, &config);
+        for (vip, backend) in &dropped {
+            tracing::info!(%vip, %backend, "drain dropped: the backend is no longer configured");
+        }
+        if !dropped.is_empty() {
+            let _ = self.persist();
+        }
         self.config = Arc::new(config);
         self.config_generation += 1;
         self.dirty = true;
@@ -422,6 +491,7 @@ impl Control {
         }
         self.last_reload = Some(outcome);
         self.publish(0);
+        self.shared.notifier.status(&self.status_line());
     }
 
     fn replace_speaker(&mut self, config: &Config) {
@@ -478,9 +548,16 @@ pub fn down(health: &HealthMap) -> BTreeSet<BackendRef> {
     health.iter().filter(|(_, h)| !h.up).map(|(key, _)| key.clone()).collect()
 }
 
-/// Drains of backends that are no longer configured go with them.
-fn prune_drains(states: &mut BackendStates, config: &Config) {
-    states
-        .drained
-        .retain(|(vip, backend)| config.vips.iter().any(|v| v.name == *vip && backend_identities(v).contains(backend)));
+/// Drains of backends that are no longer configured go with them; returns those dropped.
+pub fn prune_drains(states: &mut BackendStates, config: &Config) -> Vec<BackendRef> {
+    let mut dropped = Vec::new();
+    states.drained.retain(|at| {
+        let (vip, backend) = at;
+        let keep = config.vips.iter().any(|v| v.name == *vip && backend_identities(v).contains(backend));
+        if !keep {
+            dropped.push(at.clone());
+        }
+        keep
+    });
+    dropped
 }

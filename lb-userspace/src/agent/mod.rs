@@ -21,9 +21,14 @@ use crate::{
 };
 
 mod control;
+pub mod instance_lock;
+pub mod sd_notify;
+pub mod state_file;
 mod view;
 
 use control::{Command, Control};
+use instance_lock::{InstanceLock, Owner};
+use state_file::{StateFile, StateStatus};
 use view::lock;
 pub use view::{AgentView, Shared};
 
@@ -47,6 +52,8 @@ pub struct RunOptions {
     pub watch_config: bool,
     /// Where to serve Prometheus `/metrics`; overrides `agent.metrics_listen` from the config.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Directory of the state file (drains); overrides `agent.state_dir` from the config.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl RunOptions {
@@ -54,6 +61,66 @@ impl RunOptions {
     pub fn iface_pin_dir(&self) -> PathBuf {
         self.pin_dir.join(&self.iface)
     }
+
+    /// The state directory: the flag, else `agent.state_dir`, else /var/lib/xlb/<iface>.
+    pub fn state_dir(&self, config: &Config) -> PathBuf {
+        self.state_dir
+            .clone()
+            .or_else(|| config.agent.state_dir.clone())
+            .unwrap_or_else(|| std::path::Path::new(state_file::DEFAULT_DIR).join(&self.iface))
+    }
+}
+
+/// Takes the lock of every interface the agent runs on (their pin directories, made if need
+/// be), before anything is loaded, pinned or listened on: a second agent on an interface stops
+/// here, having changed nothing.
+fn lock_interfaces(opts: &RunOptions) -> anyhow::Result<InstanceLock> {
+    let ifaces: Vec<&String> = std::iter::once(&opts.iface).chain(&opts.other_ifaces).collect();
+    let dirs: Vec<(&str, PathBuf)> = ifaces.iter().map(|iface| (iface.as_str(), opts.pin_dir.join(iface))).collect();
+    for (_, dir) in &dirs {
+        dataplane::prepare_pin_dir(dir)?;
+    }
+    let owner = Owner::this_process("xlb run", Some(&opts.config));
+    Ok(InstanceLock::acquire(dirs.iter().map(|(iface, dir)| (*iface, dir.as_path())), &owner)?)
+}
+
+/// Puts the drains kept across restarts (`restored`, as read from `file`) in force, pruned to
+/// what `config` still has (the file is rewritten if that dropped any); returns the node drain
+/// and what `xlb status` says of the file.
+fn restore_drains(
+    file: &StateFile,
+    restored: Option<state_file::Overrides>,
+    config: &Config,
+    states: &mut BackendStates,
+) -> (bool, StateStatus) {
+    let mut status = StateStatus { path: file.path().display().to_string(), ..Default::default() };
+    let Some(restored) = restored else {
+        tracing::info!(file = %file.path().display(), "no state file: no drains to restore");
+        return (false, status);
+    };
+    states.drained = restored.drained;
+    let dropped = control::prune_drains(states, config);
+    for (vip, backend) in &dropped {
+        tracing::info!(%vip, %backend, "restored drain dropped: the backend is no longer configured");
+    }
+    status.found = true;
+    status.restored_drains = states.drained.len();
+    status.restored_node_drain = restored.node_drained;
+    status.pruned_drains = dropped.len();
+    tracing::info!(
+        file = %file.path().display(),
+        drains = states.drained.len(),
+        node_drained = restored.node_drained,
+        "restored drains from the state file"
+    );
+    if !dropped.is_empty() {
+        let overrides = state_file::Overrides { drained: states.drained.clone(), node_drained: restored.node_drained };
+        if let Err(e) = file.save(&overrides) {
+            tracing::error!(error = %e, "drains not persisted");
+            status.write_error = Some(e.to_string());
+        }
+    }
+    (restored.node_drained, status)
 }
 
 /// The pinned link's file in an interface's pin directory.
@@ -107,6 +174,14 @@ fn adopted_macs(reconciler: &Reconciler, config: &Config) -> std::collections::B
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let config = config::load(&opts.config)?;
+    let instance = lock_interfaces(&opts)?;
+    // Read before anything is loaded: a file that cannot be read stops the agent here, with the
+    // running data plane untouched (starting without its drains would send new flows to
+    // backends an operator took out).
+    let state_file = StateFile::in_dir(&opts.state_dir(&config));
+    let restored = state_file.load()?;
+    let notifier = sd_notify::Notifier::from_env();
+    notifier.status(&format!("loading the data plane on {}", opts.iface));
     // Flags win over the file; listeners are fixed for the agent's life.
     let admin_socket = opts
         .admin_socket
@@ -135,6 +210,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut states = BackendStates { neighbors: adopted_macs(&reconciler, &config), ..Default::default() };
     states.neighbors.extend(neighbors_rx.borrow_and_update().iter().map(|(a, m)| (*a, *m)));
     states.down = control::down(&health_rx.borrow_and_update());
+    // Before the first pass: a drained backend takes no new flows at any point of a restart.
+    let (node_drained, state) = restore_drains(&state_file, restored, &config, &mut states);
     let mut l7 = l7::Tier::new()?;
     if let Some(e) = l7.apply(&config).into_iter().next() {
         return Err(e.into());
@@ -148,13 +225,21 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let bgp_runtime = bgp_runtime()?;
     let shared = Arc::new(Shared::new(
-        AgentView::empty(Arc::clone(&config)),
+        AgentView { state: state.clone(), node_drained, ..AgentView::empty(Arc::clone(&config)) },
         l7,
         health_rx.clone(),
         counters,
         opts.config.display().to_string(),
         bgp_runtime,
+        notifier.clone(),
     ));
+    let watchdog_every = sd_notify::watchdog_interval().filter(|_| notifier.enabled());
+    // From before the first fill, which counts a heartbeat at every step: a fill of thousands of
+    // VIPs may outlast WatchdogSec, and systemd's watchdog may run before READY.
+    let watchdog = watchdog_every.map(|every| {
+        tracing::info!(?every, "pinging the systemd watchdog while the control thread shows progress");
+        tokio::spawn(sd_notify::watchdog(notifier.clone(), Arc::clone(&shared.heartbeat), every))
+    });
     let mut control = Control {
         opts: opts.clone(),
         maps,
@@ -170,10 +255,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         shared: Arc::clone(&shared),
         config_generation: 1,
         last_reload: None,
-        node_drained: false,
+        node_drained,
         attached: false,
         dirty: true,
         failure: None,
+        state_file,
+        state,
+        heartbeat_tick: watchdog_every.map(sd_notify::heartbeat_tick),
     };
 
     // Adopted maps hold what the previous agent served: switch to this load's programs now, so
@@ -205,6 +293,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         attach_everywhere(&mut program, &opts, &pin_dir).await?;
     }
 
+    let status_line = control.status_line();
     let (commands, commands_rx) = mpsc::unbounded_channel();
     let runtime = tokio::runtime::Handle::current();
     let control_thread = std::thread::Builder::new()
@@ -226,6 +315,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // Filled, attached, answering: `systemctl start` returns now.
+    notifier.notify(&format!("READY=1\nSTATUS={status_line}"));
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -247,6 +338,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         }
     }
 
+    notifier.notify("STOPPING=1\nSTATUS=stopping: withdrawing routes, then exiting");
+    if let Some(watchdog) = watchdog {
+        watchdog.abort();
+    }
     // Withdraw everything and give the routers `withdraw_grace` to move traffic elsewhere
     // before anything else goes.
     let speaker = lock(&shared.speaker).take();
@@ -277,6 +372,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         tracing::info!(iface = %opts.iface, pinned = %pin_dir.display(), "exiting; XDP stays attached and keeps forwarding");
     }
     drop(program);
+    drop(instance);
     Ok(())
 }
 

@@ -5,13 +5,14 @@
 
 use std::{
     collections::BTreeMap,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, atomic::AtomicU64},
 };
 
 use arc_swap::ArcSwap;
 use lb_common::{NodeConfig, VipKey};
 use tokio::sync::watch;
 
+use super::{sd_notify::Notifier, state_file::StateStatus};
 use crate::{
     admin::{ReloadOutcome, Status},
     bgp::{Announce, PeerStatus, Speaker},
@@ -41,6 +42,8 @@ pub struct AgentView {
     pub pending_vips: usize,
     /// Why the last pass stopped short, while it is being retried.
     pub reconcile_error: Option<String>,
+    /// The state file: where, what was restored at start, whether writes fail.
+    pub state: StateStatus,
 }
 
 impl AgentView {
@@ -55,6 +58,7 @@ impl AgentView {
             node: None,
             pending_vips: 0,
             reconcile_error: None,
+            state: StateStatus::default(),
         }
     }
 }
@@ -83,6 +87,11 @@ pub struct Shared {
     /// The runtime the BGP sessions and BFD run on: a thread of their own, so neither health
     /// checks nor readers on the agent's runtime can delay a keepalive.
     pub bgp_runtime: tokio::runtime::Handle,
+    /// Counted by the control thread at every step and idle tick: the watchdog pings only while
+    /// it moves.
+    pub heartbeat: Arc<AtomicU64>,
+    /// systemd's notification socket (does nothing outside systemd).
+    pub notifier: Notifier,
     counters: Counters,
 }
 
@@ -99,6 +108,7 @@ impl Shared {
         counters: Counters,
         config_path: String,
         bgp_runtime: tokio::runtime::Handle,
+        notifier: Notifier,
     ) -> Self {
         Shared {
             view: ArcSwap::from_pointee(view),
@@ -110,6 +120,8 @@ impl Shared {
             health,
             config_path,
             bgp_runtime,
+            heartbeat: Arc::new(AtomicU64::new(0)),
+            notifier,
             counters,
         }
     }
@@ -146,6 +158,7 @@ impl Shared {
             peers: self.peers(),
             pending_vips: view.pending_vips,
             reconcile_error: view.reconcile_error.clone(),
+            state: Some(Box::new(view.state.clone())),
             snapshot,
         })
     }
@@ -162,6 +175,7 @@ impl Shared {
             peers: self.peers(),
             pending_vips: view.pending_vips,
             reconcile_error: view.reconcile_error.clone(),
+            state: Some(Box::new(view.state.clone())),
         };
         let announced = self.announce.borrow().len();
         Summary::of(node, &view.applied, announced, usage.flow_table, usage.nat)

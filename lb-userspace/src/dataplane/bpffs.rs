@@ -7,9 +7,25 @@ use super::DataplaneError;
 /// The conventional bpffs mount point.
 const BPFFS: &str = "/sys/fs/bpf";
 
+/// Makes `dir` (mounting bpffs first if it is under /sys/fs/bpf and nothing is mounted there) and
+/// checks that it is on bpffs, where pins outlive the agent.
+pub fn prepare_pin_dir(dir: &Path) -> Result<(), DataplaneError> {
+    mount_bpffs_if_missing(dir)?;
+    std::fs::create_dir_all(dir).map_err(|source| DataplaneError::Pin { path: dir.to_owned(), source })?;
+    if !is_bpffs(dir) {
+        return Err(DataplaneError::Pin {
+            path: dir.to_owned(),
+            source: std::io::Error::other(
+                "not on a bpf filesystem, so pins would not outlive the agent (`ip netns exec` remounts /sys: run the agent in the namespace without it, or mount bpffs there)",
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Mounts bpffs at /sys/fs/bpf when `dir` is under it and nothing is mounted there yet (as
 /// systemd would at boot; minimal hosts and containers often lack it).
-pub(super) fn mount_bpffs_if_missing(dir: &Path) -> Result<(), DataplaneError> {
+fn mount_bpffs_if_missing(dir: &Path) -> Result<(), DataplaneError> {
     let root = Path::new(BPFFS);
     if !dir.starts_with(root) || !root.is_dir() || is_bpffs(root) {
         return Ok(());
@@ -28,7 +44,7 @@ pub(super) fn mount_bpffs_if_missing(dir: &Path) -> Result<(), DataplaneError> {
 }
 
 /// Whether `path` is on a bpf filesystem (where pins live).
-pub(super) fn is_bpffs(path: &Path) -> bool {
+fn is_bpffs(path: &Path) -> bool {
     const BPF_FS_MAGIC: libc::c_long = 0xcafe_4a11;
     let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
     // SAFETY: statfs writes into a zeroed plain-data struct and reads a NUL-terminated path.
