@@ -60,6 +60,9 @@ pub enum Request {
     DrainNode { undo: bool },
     /// What applying `config` (YAML text read from `path`) would change.
     Plan { path: String, config: String },
+    /// `xlb detach` is about to detach XDP from `iface`: withdraw what depends on it and do not
+    /// re-attach (until the agent restarts).
+    Detach { iface: String },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -90,7 +93,23 @@ pub struct Status {
     /// Why the last pass stopped short (it is retried).
     #[serde(default)]
     pub reconcile_error: Option<String>,
+    /// Whether XDP is attached to each interface the agent runs on.
+    #[serde(default)]
+    pub interfaces: Vec<AttachmentStatus>,
     pub snapshot: Snapshot,
+}
+
+/// XDP on one of the agent's interfaces.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentStatus {
+    pub iface: String,
+    pub attached: bool,
+    /// Detached through `xlb detach`: the agent does not re-attach it.
+    pub operator_detached: bool,
+    /// Why it is detached.
+    pub reason: Option<String>,
+    /// Times the agent re-attached it after losing it.
+    pub reattached: u64,
 }
 
 /// The result of the latest reload attempt.
@@ -119,6 +138,23 @@ impl Status {
         }
         if let Some(e) = &self.reconcile_error {
             out.push_str(&format!("map writes FAILING (retried): {e}\n"));
+        }
+        for a in &self.interfaces {
+            match (a.attached, a.operator_detached) {
+                (true, _) if a.reattached > 0 => {
+                    out.push_str(&format!("XDP on {}: attached (re-attached {} times)\n", a.iface, a.reattached))
+                }
+                (true, _) => {}
+                (false, true) => out.push_str(&format!(
+                    "XDP on {}: DETACHED by the operator (xlb detach): its VIPs are withdrawn; restart the agent to attach again\n",
+                    a.iface
+                )),
+                (false, false) => out.push_str(&format!(
+                    "XDP on {}: DETACHED ({}): its VIPs are withdrawn; the agent re-attaches it\n",
+                    a.iface,
+                    a.reason.as_deref().unwrap_or("reason unknown")
+                )),
+            }
         }
         if self.node_drained {
             out.push_str("node DRAINED: every route withdrawn (`xlb drain node --undo` to announce again)\n");
@@ -372,7 +408,7 @@ fn parse(line: &[u8]) -> Result<Request, String> {
             serde_json::error::Category::Io => "unreadable",
         };
         format!(
-            "the request is not a JSON admin request (expected one of stats, status, drain, drain_node, plan): \
+            "the request is not a JSON admin request (expected one of stats, status, drain, drain_node, plan, detach): \
              {what} at line {} column {}; are the CLI and the agent the same version?",
             e.line(),
             e.column()
@@ -534,7 +570,7 @@ mod tests {
             assert!(!message.contains("SECRET"), "{message}");
             assert!(
                 message.starts_with(
-                    "the request is not a JSON admin request (expected one of stats, status, drain, drain_node, plan)"
+                    "the request is not a JSON admin request (expected one of stats, status, drain, drain_node, plan, detach)"
                 ),
                 "{message}"
             );

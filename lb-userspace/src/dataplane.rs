@@ -58,6 +58,7 @@ pub enum DataplaneError {
 mod batch;
 mod bpffs;
 mod flow_view;
+pub mod link_state;
 mod readers;
 mod tables;
 use bpffs::{is_bpffs, mount_bpffs_if_missing};

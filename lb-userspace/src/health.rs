@@ -28,6 +28,7 @@ use tokio::{
 };
 
 use crate::config::{CheckKind, HealthCheck, format_duration};
+pub use crate::health_local::{ErrorCounts, HealthErrors};
 
 /// Most of an HTTP body searched for `expect_body`: health pages are small, and a huge one
 /// must not cost the agent memory.
@@ -62,6 +63,15 @@ pub enum ProbeError {
     NoReply(String),
     #[error("reply does not contain {expected:?}")]
     Reply { expected: String },
+    /// This host could not run the probe (see `health_local`): says nothing of the backend.
+    #[error("{op}: {message} (this host's error, not the backend's)")]
+    Local { op: &'static str, message: String },
+}
+
+impl ProbeError {
+    pub fn is_local(&self) -> bool {
+        matches!(self, ProbeError::Local { .. })
+    }
 }
 
 /// Runs one check of `kind` against `addr`, bounded by `timeout` as a whole.
@@ -88,9 +98,10 @@ pub async fn probe(addr: IpAddr, kind: &CheckKind, timeout: Duration) -> Result<
 }
 
 async fn connect(target: SocketAddr, deadline: Instant, timeout: Duration) -> Result<TcpStream, ProbeError> {
-    match tokio::time::timeout_at(deadline, TcpStream::connect(target)).await {
+    match tokio::time::timeout_at(deadline, crate::health_local::connect(target)).await {
         Err(_) => Err(ProbeError::ConnectTimeout(format_duration(timeout))),
-        Ok(Err(e)) => Err(ProbeError::Connect(describe(&e))),
+        Ok(Err(e)) if e.local => Err(ProbeError::Local { op: "connect", message: describe(&e.error) }),
+        Ok(Err(e)) => Err(ProbeError::Connect(describe(&e.error))),
         Ok(Ok(stream)) => Ok(stream),
     }
 }
@@ -256,10 +267,15 @@ async fn udp_exchange(target: SocketAddr, send: &[u8], expect: &Option<Vec<u8>>)
         SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
     };
-    let socket = UdpSocket::bind(local).await.map_err(|e| io_error("bind", &e))?;
-    // Connected, so that the kernel reports an ICMP port-unreachable as ECONNREFUSED.
-    socket.connect(target).await.map_err(|e| io_error("connect", &e))?;
-    socket.send(send).await.map_err(|e| udp_error("send", &e))?;
+    let local_error = |op, e: &io::Error| ProbeError::Local { op, message: describe(e) };
+    let socket = UdpSocket::bind(local).await.map_err(|e| local_error("bind", &e))?;
+    // Connected, so that the kernel reports an ICMP port-unreachable as ECONNREFUSED. Connecting
+    // a UDP socket only looks up our route: its errors are ours.
+    socket.connect(target).await.map_err(|e| local_error("connect", &e))?;
+    socket
+        .send(send)
+        .await
+        .map_err(|e| if crate::health_local::is_local(&e) { local_error("send", &e) } else { udp_error("send", &e) })?;
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let n = socket.recv(&mut buf).await.map_err(|e| udp_error("receive", &e))?;
     match expect {
@@ -368,6 +384,7 @@ pub type HealthMap = BTreeMap<(String, String), BackendHealth>;
 #[derive(Debug)]
 pub struct Checker {
     tx: watch::Sender<HealthMap>,
+    errors: Arc<HealthErrors>,
     running: BTreeMap<(String, String), Running>,
 }
 
@@ -387,7 +404,7 @@ impl Checker {
         let targets = dedup(targets);
         let map = targets.keys().map(|key| (key.clone(), BackendHealth::default())).collect();
         let (tx, rx) = watch::channel(map);
-        let mut checker = Checker { tx, running: BTreeMap::new() };
+        let mut checker = Checker { tx, errors: Arc::default(), running: BTreeMap::new() };
         for (key, target) in targets {
             checker.spawn(key, target);
         }
@@ -425,6 +442,11 @@ impl Checker {
         }
     }
 
+    /// Probe failures since the start, by whose fault (every task counts into these).
+    pub fn errors(&self) -> Arc<HealthErrors> {
+        Arc::clone(&self.errors)
+    }
+
     /// The targets being checked.
     pub fn targets(&self) -> impl Iterator<Item = &Target> {
         self.running.values().map(|r| &r.target)
@@ -437,8 +459,10 @@ impl Checker {
         let mut hasher = DefaultHasher::new();
         (&target.vip, &target.backend, SystemTime::now()).hash(&mut hasher);
         let jitter = Jitter(hasher.finish());
-        let task = tokio::spawn(run(target.clone(), key.clone(), self.tx.clone(), Arc::clone(&stopped), jitter))
-            .abort_handle();
+        let errors = Arc::clone(&self.errors);
+        let task =
+            tokio::spawn(run(target.clone(), key.clone(), self.tx.clone(), Arc::clone(&stopped), jitter, errors))
+                .abort_handle();
         self.running.insert(key, Running { target, task, stopped });
     }
 }
@@ -462,6 +486,7 @@ async fn run(
     tx: watch::Sender<HealthMap>,
     stopped: Arc<AtomicBool>,
     mut jitter: Jitter,
+    errors: Arc<HealthErrors>,
 ) {
     let check = &target.check;
     tokio::time::sleep(check.interval.mul_f64(jitter.unit())).await;
@@ -469,6 +494,16 @@ async fn run(
     let mut next = Instant::now();
     loop {
         let result = probe(target.addr, &check.kind, check.timeout).await;
+        if let Err(e) = &result {
+            if e.is_local() {
+                // Counts toward neither rise nor fall: the backend keeps its state.
+                errors.local_error(&target.vip, &target.backend, &e.to_string());
+                next = (next + check.interval.mul_f64(0.9 + 0.2 * jitter.unit())).max(Instant::now());
+                tokio::time::sleep_until(next).await;
+                continue;
+            }
+            errors.backend_failure();
+        }
         let flip = state.record(result.is_ok());
         let error = result.err().map(|e| e.to_string());
         let mut live = true;

@@ -85,12 +85,16 @@ enum Command {
         #[arg(long, default_value = admin::DEFAULT_SOCKET)]
         admin_socket: PathBuf,
     },
-    /// Detach xlb from an interface whose agent is gone (or was told not to detach).
+    /// Detach xlb's XDP program from an interface. A running agent is told first: it withdraws
+    /// the VIPs served through the interface, waits `bgp.withdraw_grace`, and does not
+    /// re-attach (until it restarts). Without a running agent, it just detaches.
     Detach {
         #[arg(long, short)]
         iface: String,
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
+        #[arg(long, default_value = admin::DEFAULT_SOCKET)]
+        admin_socket: PathBuf,
         /// Also remove the pinned maps: the next agent starts with an empty connection table.
         #[arg(long)]
         forget_flows: bool,
@@ -185,7 +189,8 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 reply => anyhow::bail!("the agent answered a drain request with {reply:?}"),
             }
         }
-        Command::Detach { iface, pin_dir, forget_flows } => {
+        Command::Detach { iface, pin_dir, admin_socket, forget_flows } => {
+            tell_the_agent(&admin_socket, &iface)?;
             let dir = pin_dir.join(&iface);
             let mut detached = false;
             for link in agent::link_pins(&dir) {
@@ -203,6 +208,27 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             admin::Reply::Stats(snapshot) => show(json, &snapshot, xlb::stats::Snapshot::render),
             reply => anyhow::bail!("the agent answered a stats request with {reply:?}"),
         },
+    }
+}
+
+/// Tells a running agent that `iface` is being detached, so that it withdraws and does not
+/// re-attach; no agent listening is fine.
+fn tell_the_agent(admin_socket: &std::path::Path, iface: &str) -> anyhow::Result<()> {
+    let request = admin::Request::Detach { iface: iface.to_owned() };
+    match runtime()?.block_on(admin::request(admin_socket, request)) {
+        Ok(admin::Reply::Done(message)) => {
+            println!("{message}");
+            Ok(())
+        }
+        Ok(reply) => anyhow::bail!("the agent answered a detach request with {reply:?}"),
+        Err(admin::AdminError::Io { source, .. })
+            if matches!(source.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) =>
+        {
+            Ok(())
+        }
+        Err(e) => anyhow::bail!(
+            "{e}\nthe agent must hear of the detach first, or it re-attaches: stop it (it keeps XDP attached on exit unless run with --detach-on-exit), then run `xlb detach` again"
+        ),
     }
 }
 

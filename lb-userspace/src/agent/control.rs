@@ -27,6 +27,7 @@ use crate::{
     neighbor::{MacMap, Resolver},
     plan,
     reconcile::{Changes, ReconcileError, Reconciler, STEP_VIPS},
+    vip_state::Transitions,
 };
 
 /// How often readers see a long pass's progress.
@@ -40,6 +41,13 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 pub enum Command {
     /// XDP is attached: VIPs that are up may be announced (and the BGP speaker starts).
     Attached,
+    /// The attachment watch (or `xlb detach`) says XDP on `iface` is attached or not; with a
+    /// `reply`, once the announcements follow.
+    Attachment {
+        iface: String,
+        attached: bool,
+        reply: Option<oneshot::Sender<Reply>>,
+    },
     /// Re-read the config file (SIGHUP, or the file changed).
     Reload,
     Drain {
@@ -77,9 +85,14 @@ pub struct Control {
     pub last_reload: Option<ReloadOutcome>,
     pub node_drained: bool,
     pub attached: bool,
+    /// Interfaces XDP was lost from (or detached from by the operator): the VIPs served
+    /// through them are withdrawn.
+    pub detached: BTreeSet<String>,
     /// The sources changed since desired state was last computed.
     pub dirty: bool,
     pub failure: Option<(String, Duration)>,
+    /// Each VIP's last logged state (up, panic, down).
+    pub transitions: Transitions,
 }
 
 impl std::fmt::Debug for Control {
@@ -193,6 +206,7 @@ impl Control {
                 self.failure = Some((e.to_string(), wait));
             }
         }
+        self.transitions.observe(self.reconciler.applied().iter().map(|(key, applied)| (key, &applied.vip)));
         lock(&self.shared.l7).set_not_serving(self.states.down.union(&self.states.drained).cloned().collect());
         self.announce_up_vips();
         self.publish(0);
@@ -209,7 +223,7 @@ impl Control {
             self.reconciler
                 .applied()
                 .iter()
-                .filter(|(_, applied)| applied.vip.is_up())
+                .filter(|(_, applied)| applied.vip.is_up() && !self.through_detached(&applied.vip))
                 .map(|(key, _)| desired::ip_from_words(key.addr, key.family))
                 .chain(l7)
                 .collect()
@@ -223,6 +237,54 @@ impl Control {
             *current = up;
             true
         });
+    }
+
+    /// Whether `vip` is served through an interface XDP is detached from: the first one (which
+    /// every VIP's packets come in on), or the one a backend's packets leave by (whose replies
+    /// come back through it).
+    fn through_detached(&self, vip: &desired::DesiredVip) -> bool {
+        if self.detached.is_empty() {
+            return false;
+        }
+        self.detached.contains(&self.opts.iface)
+            || vip.backends.iter().any(|b| {
+                b.egress > 0
+                    && self
+                        .facts
+                        .interfaces
+                        .get(usize::from(b.egress) - 1)
+                        .is_some_and(|(n, _)| self.detached.contains(n))
+            })
+    }
+
+    /// XDP on `iface` lost or back: the announcements follow. Back on an interface that was
+    /// recreated, its index and MAC are read again.
+    fn attachment(&mut self, iface: String, attached: bool, reply: Option<oneshot::Sender<Reply>>) {
+        let before = self.shared.announce.borrow().len();
+        if attached {
+            self.detached.remove(&iface);
+            match node_facts(&self.opts) {
+                Ok(facts) if facts != self.facts => {
+                    tracing::info!(%iface, "interface facts changed (recreated?); rewriting the node settings");
+                    self.facts = facts;
+                    self.dirty = true;
+                    let _ = self.converge();
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot re-read the interfaces; keeping their last MAC and MTU"),
+            }
+        } else {
+            self.detached.insert(iface.clone());
+        }
+        self.announce_up_vips();
+        self.publish(0);
+        if let Some(reply) = reply {
+            let after = self.shared.announce.borrow().len();
+            let _ = reply.send(Reply::Done(format!(
+                "{iface}: the agent withdrew {} of {before} announced addresses and will not re-attach (restart it to attach again)",
+                before.saturating_sub(after)
+            )));
+        }
     }
 
     /// Runs until every sender of `commands` is gone.
@@ -286,6 +348,7 @@ impl Control {
                     *lock(&self.shared.speaker) = Some(Speaker::start(bgp, self.shared.announce.subscribe()));
                 }
             }
+            Command::Attachment { iface, attached, reply } => self.attachment(iface, attached, reply),
             Command::Reload => self.reload(),
             Command::Drain { vip, backend, undo, reply } => {
                 let _ = reply.send(self.drain(vip, backend, undo));

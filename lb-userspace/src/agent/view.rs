@@ -13,11 +13,11 @@ use lb_common::{NodeConfig, VipKey};
 use tokio::sync::watch;
 
 use crate::{
-    admin::{ReloadOutcome, Status},
+    admin::{AttachmentStatus, ReloadOutcome, Status},
     bgp::{Announce, PeerStatus, Speaker},
     config::Config,
     dataplane::{Counters, DataplaneError, FlowTableUsage},
-    health::HealthMap,
+    health::{HealthErrors, HealthMap},
     l7, metrics,
     nat::NatUsage,
     reconcile::AppliedVip,
@@ -82,6 +82,11 @@ pub struct Shared {
     /// The runtime the BGP sessions and BFD run on: a thread of their own, so neither health
     /// checks nor readers on the agent's runtime can delay a keepalive.
     pub bgp_runtime: tokio::runtime::Handle,
+    /// XDP on each interface, as the attachment watch last saw it. The watch holds the lock
+    /// while it checks (and perhaps re-attaches) an interface; readers copy it.
+    pub attachments: Mutex<Vec<AttachmentStatus>>,
+    /// The health checker's failure counters.
+    pub health_errors: Arc<HealthErrors>,
     counters: Counters,
 }
 
@@ -95,6 +100,7 @@ impl Shared {
         view: AgentView,
         l7: l7::Tier,
         health: watch::Receiver<HealthMap>,
+        health_errors: Arc<HealthErrors>,
         counters: Counters,
         config_path: String,
         bgp_runtime: tokio::runtime::Handle,
@@ -109,8 +115,21 @@ impl Shared {
             health,
             config_path,
             bgp_runtime,
+            attachments: Mutex::new(Vec::new()),
+            health_errors,
             counters,
         }
+    }
+
+    /// Marks `iface` detached by the operator, so the watch leaves it alone; false if the agent
+    /// does not run on it.
+    pub fn operator_detach(&self, iface: &str) -> bool {
+        let mut table = lock(&self.attachments);
+        let Some(status) = table.iter_mut().find(|s| s.iface == iface) else { return false };
+        status.operator_detached = true;
+        status.attached = false;
+        status.reason = Some("detached by the operator (xlb detach)".to_owned());
+        true
     }
 
     pub fn peers(&self) -> Vec<PeerStatus> {
@@ -145,6 +164,7 @@ impl Shared {
             peers: self.peers(),
             pending_vips: view.pending_vips,
             reconcile_error: view.reconcile_error.clone(),
+            interfaces: lock(&self.attachments).clone(),
             snapshot,
         })
     }
@@ -160,6 +180,8 @@ impl Shared {
                 config_generation: view.config_generation,
                 last_reload: view.last_reload.clone(),
                 peers: self.peers(),
+                attachments: lock(&self.attachments).clone(),
+                health_errors: self.health_errors.snapshot(),
                 l7,
             },
         ))
