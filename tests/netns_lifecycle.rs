@@ -166,7 +166,9 @@ fn panic_threshold_sends_new_flows_to_every_backend() {
         health.set(i, false);
     }
     let status = wait_for("three backends down", Duration::from_secs(10), || {
-        topo.status().filter(|s| s.snapshot.vip("strict").is_some_and(|v| v.serving == 1))
+        topo.status().filter(|s| {
+            s.snapshot.vip("strict").is_some_and(|v| v.serving == 1) && s.snapshot.vip("web").is_some_and(|v| v.healthy == 1)
+        })
     });
     let web = status.snapshot.vip("web").unwrap();
     assert!(web.panic && web.up && web.healthy == 1 && web.serving == 4, "{web:?}");
