@@ -75,20 +75,32 @@ fn lost_xdp_withdraws_and_reattaches_but_xlb_detach_is_for_good() {
     let (seen, failed) = topo.tcp_requests(VIP, 8080, 50);
     assert_eq!(failed, 0, "{seen:?}");
     let pin = topo.pin_dir_of(0).join("eth0").join("link");
+    // Renders are reused for a second: give the scrape that long to catch up.
     let metric = |value: u8| {
         let line = format!("xlb_xdp_attached{{iface=\"eth0\"}} {value}");
-        metrics(&topo).is_some_and(|text| has_line(&text, &line))
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            if metrics(&topo).is_some_and(|text| has_line(&text, &line)) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     };
     assert!(metric(1));
 
     // `ip link set dev eth0 xdp off` is refused against a link-based attachment: nothing to do.
-    let out = topo.node().ip(&["link", "set", "dev", "eth0", "xdp", "off"]);
-    eprintln!("ip link set xdp off: {} {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
-    if !out.status.success() {
-        std::thread::sleep(Duration::from_millis(1500));
-        let status = topo.status().unwrap();
-        assert!(eth0(&status).attached, "{:?}", status.interfaces);
-    }
+    let out = std::process::Command::new("ip")
+        .args(["-n", &topo.node().name, "link", "set", "dev", "eth0", "xdp", "off"])
+        .output()
+        .expect("run ip");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("Can't replace active BPF XDP link"), "{stderr}");
+    std::thread::sleep(Duration::from_millis(1500));
+    let status = topo.status().unwrap();
+    assert!(eth0(&status).attached, "{:?}", status.interfaces);
 
     // Detached behind the agent's back, in place (what `bpftool link detach` does), then by
     // removing the pin: each time withdrawn within a check or two, shown, counted; then
@@ -114,10 +126,12 @@ fn lost_xdp_withdraws_and_reattaches_but_xlb_detach_is_for_good() {
         wait_for("the router's route withdrawn", Duration::from_secs(3), || nexthops(&topo).is_empty().then_some(()));
         eprintln!("{how}: detected within {took:?}");
 
-        let status = wait_for("eth0 re-attached", Duration::from_secs(15), || {
-            topo.status().filter(|s| eth0(s).attached && eth0(s).reattached == round as u64 + 1)
+        // The watch's table first, the control thread's announcements a moment later.
+        wait_for("eth0 re-attached and announced", Duration::from_secs(15), || {
+            topo.status().filter(|s| {
+                eth0(s).attached && eth0(s).reattached == round as u64 + 1 && s.announced == [VIP.to_owned()]
+            })
         });
-        assert_eq!(status.announced, [VIP.to_owned()]);
         wait_for("the VIP announced again", Duration::from_secs(10), || (nexthops(&topo) == announced).then_some(()));
         assert!(metric(1));
         let (seen, failed) = topo.tcp_requests(VIP, 8080, 50);

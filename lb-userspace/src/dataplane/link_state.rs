@@ -35,6 +35,9 @@ struct ObjGetAttr {
     bpf_fd: u32,
     file_flags: u32,
     path_fd: i32,
+    /// Explicit, so it is zero: the kernel refuses attributes with stray bytes past the last
+    /// field it knows.
+    pad: u32,
 }
 
 #[repr(C)]
@@ -68,7 +71,7 @@ fn open_pin(path: &Path) -> io::Result<Option<OwnedFd>> {
         // SAFETY: the kernel returned a new descriptor that nothing else owns.
         Ok(fd) => Ok(Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
+        Err(e) => Err(io::Error::new(e.kind(), format!("BPF_OBJ_GET: {e}"))),
     }
 }
 
@@ -84,7 +87,8 @@ pub fn link_state(path: &Path) -> io::Result<LinkState> {
         info_len: std::mem::size_of_val(&info) as u32,
         info: info.as_mut_ptr() as u64,
     };
-    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)
+        .map_err(|e| io::Error::new(e.kind(), format!("BPF_OBJ_GET_INFO_BY_FD: {e}")))?;
     if info[0] != BPF_LINK_TYPE_XDP {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
