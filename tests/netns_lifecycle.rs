@@ -249,7 +249,7 @@ fn out_of_descriptors_the_agent_keeps_its_backends_and_recovers() {
     require_root!();
     let mut topo = Topology::new(2, &[VIP]);
     let _health = topo.serve_health(9100);
-    let check = "    health_check: { type: tcp, port: 9100, interval: 100ms, timeout: 100ms, rise: 1, fall: 1 }\n";
+    let check = "    health_check: { type: tcp, port: 9100, interval: 100ms, timeout: 80ms, rise: 1, fall: 1 }\n";
     let config = format!(
         "vips:\n  - name: web\n    address: {VIP}\n    port: 8080\n    protocol: tcp\n    mode: dsr-l2\n{check}    backends:\n{}",
         backends(2)
