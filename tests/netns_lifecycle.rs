@@ -105,13 +105,12 @@ fn lost_xdp_withdraws_and_reattaches_but_xlb_detach_is_for_good() {
     // Detached behind the agent's back, in place (what `bpftool link detach` does), then by
     // removing the pin: each time withdrawn within a check or two, shown, counted; then
     // re-attached and announced again.
-    let detach_in_place = |pin: &std::path::Path| {
-        assert!(xlb::dataplane::link_state::detach_in_place(pin).expect("BPF_LINK_DETACH"));
-    };
-    let remove_pin = |pin: &std::path::Path| std::fs::remove_file(pin).expect("remove the pin");
-    let paths: [(&str, &dyn Fn(&std::path::Path)); 2] = [("in place", &detach_in_place), ("pin removed", &remove_pin)];
-    for (round, (how, detach)) in paths.iter().enumerate() {
-        detach(&pin);
+    for (round, how) in ["in place", "pin removed"].into_iter().enumerate() {
+        if how == "in place" {
+            assert!(xlb::dataplane::link_state::detach_in_place(&pin).expect("BPF_LINK_DETACH"));
+        } else {
+            std::fs::remove_file(&pin).expect("remove the pin");
+        }
         let lost = Instant::now();
         let status = wait_for("status showing eth0 detached", Duration::from_secs(3), || {
             topo.status().filter(|s| !eth0(s).attached)
@@ -181,7 +180,8 @@ fn panic_threshold_sends_new_flows_to_every_backend() {
     }
     let status = wait_for("three backends down", Duration::from_secs(10), || {
         topo.status().filter(|s| {
-            s.snapshot.vip("strict").is_some_and(|v| v.serving == 1) && s.snapshot.vip("web").is_some_and(|v| v.healthy == 1)
+            s.snapshot.vip("strict").is_some_and(|v| v.serving == 1)
+                && s.snapshot.vip("web").is_some_and(|v| v.healthy == 1)
         })
     });
     let web = status.snapshot.vip("web").unwrap();
