@@ -13,7 +13,6 @@ pub mod config_memory;
 pub mod dataplane;
 pub mod desired;
 pub mod health;
-mod health_local;
 pub mod iface;
 pub mod l7;
 pub mod maglev;
