@@ -243,18 +243,7 @@ impl Control {
     /// every VIP's packets come in on), or the one a backend's packets leave by (whose replies
     /// come back through it).
     fn through_detached(&self, vip: &desired::DesiredVip) -> bool {
-        if self.detached.is_empty() {
-            return false;
-        }
-        self.detached.contains(&self.opts.iface)
-            || vip.backends.iter().any(|b| {
-                b.egress > 0
-                    && self
-                        .facts
-                        .interfaces
-                        .get(usize::from(b.egress) - 1)
-                        .is_some_and(|(n, _)| self.detached.contains(n))
-            })
+        through_detached(vip, &self.detached, &self.opts.iface, &self.facts)
     }
 
     /// XDP on `iface` lost or back: the announcements follow. Back on an interface that was
@@ -507,6 +496,18 @@ impl Control {
     }
 }
 
+/// Whether `vip` needs an interface in `detached`: `first` (every VIP's packets come in on it),
+/// or the interface one of its backends' packets leave by (their replies come back through it).
+fn through_detached(vip: &desired::DesiredVip, detached: &BTreeSet<String>, first: &str, facts: &NodeFacts) -> bool {
+    if detached.is_empty() {
+        return false;
+    }
+    detached.contains(first)
+        || vip.backends.iter().any(|b| {
+            b.egress > 0 && facts.interfaces.get(usize::from(b.egress) - 1).is_some_and(|(n, _)| detached.contains(n))
+        })
+}
+
 /// The backends `config` asks to health-check.
 pub fn health_targets(config: &Config) -> Vec<Target> {
     let l7 = l7::health_targets(config);
@@ -546,4 +547,33 @@ fn prune_drains(states: &mut BackendStates, config: &Config) {
     states
         .drained
         .retain(|(vip, backend)| config.vips.iter().any(|v| v.name == *vip && backend_identities(v).contains(backend)));
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_common::Iface;
+
+    use super::*;
+
+    #[test]
+    fn a_detached_interface_withdraws_the_vips_served_through_it() {
+        let text = "vips:\n  - { name: near, address: 192.0.2.1, port: 80, protocol: tcp, mode: nat, backends: [{ address: 10.0.0.1, mac: \"02:00:00:00:00:01\" }] }\n  - { name: far, address: 192.0.2.2, port: 80, protocol: tcp, mode: nat, backends: [{ address: 10.1.0.1, mac: \"02:00:00:00:00:02\", interface: eth1 }] }\n";
+        let config = config::parse(std::path::Path::new("t.yaml"), text).unwrap();
+        let iface = |ifindex| Iface { ifindex, mac: [2, 0, 0, 0, 0, 9], pad: 0 };
+        let facts = NodeFacts {
+            iface_mac: [2, 0, 0, 0, 0, 9],
+            mtu: 1500,
+            ifindex: 4,
+            interfaces: vec![("eth0".into(), iface(4)), ("eth1".into(), iface(7))],
+        };
+        let desired = DesiredState::new(&config, &facts);
+        let vip = |name: &str| desired.vips.values().find(|v| v.name == name).unwrap();
+        let withdrawn = |detached: &[&str]| -> Vec<&str> {
+            let detached: BTreeSet<String> = detached.iter().map(|d| d.to_string()).collect();
+            ["near", "far"].into_iter().filter(|n| through_detached(vip(n), &detached, "eth0", &facts)).collect()
+        };
+        assert_eq!(withdrawn(&[]), Vec::<&str>::new());
+        assert_eq!(withdrawn(&["eth1"]), ["far"], "only the VIP whose backend leaves by eth1");
+        assert_eq!(withdrawn(&["eth0"]), ["near", "far"], "every VIP comes in on the first");
+    }
 }
