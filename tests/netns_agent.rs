@@ -110,7 +110,7 @@ fn health_checks_and_drains_steer_new_flows_and_spare_established_ones() {
     // The summary lists the VIP among those not fully serving, with be1 down.
     let summary = String::from_utf8(topo.xlb(&["status"]).stdout).unwrap();
     let line = summary.lines().find(|l| l.trim_start().starts_with("web ")).unwrap_or_else(|| panic!("{summary}"));
-    assert!(line.contains(&format!("{} down", backend_v4(1))) && line.contains("2/3 serving"), "{summary}");
+    assert!(line.contains(&format!("{} down", backend_v4(1))) && line.contains("2/3 taking new flows"), "{summary}");
     assert!(summary.contains("VIPs: ") && summary.contains("connection table: "), "{summary}");
     assert!(rendered.contains("connection table: ") && rendered.contains(" entries in use"), "{rendered}");
 

@@ -24,7 +24,7 @@ use tokio::{
     task::JoinHandle,
 };
 
-pub use crate::summary::ReloadOutcome;
+pub use crate::summary::{AttachmentStatus, ReloadOutcome};
 use crate::{
     accept::AcceptErrors,
     bgp::PeerStatus,
@@ -70,6 +70,9 @@ pub enum Request {
     DrainNode { undo: bool },
     /// What applying `config` (YAML text read from `path`) would change.
     Plan { path: String, config: String },
+    /// `xlb detach` is about to detach XDP from `iface`: withdraw what depends on it and do not
+    /// re-attach (until the agent restarts).
+    Detach { iface: String },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -104,6 +107,9 @@ pub struct Status {
     /// The state file (drains that survive restarts); `None` from an agent that keeps none.
     #[serde(default)]
     pub state: Option<Box<StateStatus>>,
+    /// Whether XDP is attached to each interface the agent runs on.
+    #[serde(default)]
+    pub interfaces: Vec<AttachmentStatus>,
     pub snapshot: Snapshot,
 }
 
@@ -118,6 +124,7 @@ impl Status {
             pending_vips: self.pending_vips,
             reconcile_error: self.reconcile_error.clone(),
             state: self.state.clone(),
+            interfaces: self.interfaces.clone(),
         };
         let announced = if self.announced.is_empty() { "nothing".to_owned() } else { self.announced.join(", ") };
         let mut out = node.render(&announced);
@@ -356,7 +363,7 @@ fn parse(line: &[u8]) -> Result<Request, String> {
             serde_json::error::Category::Io => "unreadable",
         };
         format!(
-            "the request is not a JSON admin request (expected one of stats, status, drain, drain_node, plan): \
+            "the request is not a JSON admin request (expected one of stats, status, drain, drain_node, plan, detach): \
              {what} at line {} column {}; are the CLI and the agent the same version?",
             e.line(),
             e.column()
@@ -518,7 +525,7 @@ mod tests {
             assert!(!message.contains("SECRET"), "{message}");
             assert!(
                 message.starts_with(
-                    "the request is not a JSON admin request (expected one of stats, status, drain, drain_node, plan)"
+                    "the request is not a JSON admin request (expected one of stats, status, drain, drain_node, plan, detach)"
                 ),
                 "{message}"
             );

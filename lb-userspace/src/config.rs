@@ -232,6 +232,9 @@ pub struct Vip {
     pub health_check: Option<HealthCheck>,
     /// With fewer healthy backends than this the VIP counts as down.
     pub min_healthy: u32,
+    /// Percent: with fewer of its (undrained) backends healthy than this, health is ignored
+    /// and new flows go to all of them (Envoy's panic mode); 0 disables it.
+    pub panic_threshold: u32,
     /// `mode: nat`: the name of its source-address pool; none for DNAT only (the client's
     /// address reaches the backend, which must route its replies through this node).
     pub snat_pool: Option<String>,
@@ -457,6 +460,17 @@ impl<'de> Deserialize<'de> for Prefix {
 const DURATION_FORMS: &str = "write a whole number with a unit: 500ms, 2s, 1m or 1h";
 
 /// Parses `500ms`, `2s` or `1m`.
+/// A whole percentage, `50%` or `50`, from 0 to 100.
+fn parse_percent(text: &str) -> Result<u32, String> {
+    let number = text.trim().strip_suffix('%').unwrap_or(text.trim()).trim();
+    match number.parse::<u32>() {
+        Ok(p) if p <= 100 => Ok(p),
+        _ => Err(format!(
+            "`{text}` is not a percentage; write a whole number from 0 to 100 such as `50%` (0 turns panic mode off)"
+        )),
+    }
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let bad = || format!("`{s}` is not a duration; {DURATION_FORMS}");
     let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -612,6 +626,7 @@ struct RawVip {
     backends: Vec<Spanned<RawBackend>>,
     health_check: Option<Spanned<RawHealthCheck>>,
     min_healthy: Option<u32>,
+    panic_threshold: Option<Spanned<RawScalar>>,
     snat_pool: Option<String>,
     l7: Option<Spanned<l7::RawL7>>,
 }
@@ -685,6 +700,8 @@ impl<'de> Deserialize<'de> for RawScalar {
     }
 }
 
+/// A VIP's panic threshold unless it sets one (Envoy's default).
+pub const DEFAULT_PANIC_THRESHOLD: u32 = 50;
 /// Most connection-table entries (the LRU map is preallocated: ~100 bytes each).
 const MAX_FLOW_TABLE_SIZE: u32 = 1 << 24;
 /// Largest backend weight; weights are relative, so this only bounds arithmetic.
@@ -1391,6 +1408,18 @@ impl Checker<'_> {
                 ),
             ));
         }
+        let panic_threshold = match raw.panic_threshold {
+            None => DEFAULT_PANIC_THRESHOLD,
+            Some(value) => {
+                let fail = |message: String| self.err(&value.referenced, field("panic_threshold"), message);
+                if raw.mode == Mode::L7 {
+                    return Err(fail(
+                        "applies to L4 VIPs only (the l7 proxy retries another backend instead); remove it".into(),
+                    ));
+                }
+                parse_percent(&value.value.0).map_err(fail)?
+            }
+        };
         Ok(Vip {
             name: raw.name,
             address: raw.address,
@@ -1404,6 +1433,7 @@ impl Checker<'_> {
             backends,
             health_check,
             min_healthy,
+            panic_threshold,
             snat_pool: raw.snat_pool,
             l7,
         })
@@ -1884,6 +1914,28 @@ mod tests {
         vip(&format!(
             "    backends:\n      - address: 10.1.0.1\n      - address: 10.1.0.2\n        health_check: {{ type: tcp, port: 8080 }}\n{extra}"
         ))
+    }
+
+    #[test]
+    fn panic_threshold_defaults_to_half_and_takes_percentages() {
+        assert_eq!(check(&checked("")).unwrap().vips[0].panic_threshold, DEFAULT_PANIC_THRESHOLD);
+        for (text, want) in [("25%", 25), ("0", 0), ("100 %", 100), ("\"75%\"", 75)] {
+            let config = check(&checked(&format!("    panic_threshold: {text}\n"))).unwrap();
+            assert_eq!(config.vips[0].panic_threshold, want, "{text}");
+        }
+        for bad in ["101%", "-5", "12.5%", "half"] {
+            let err = check(&checked(&format!("    panic_threshold: {bad}\n"))).unwrap_err();
+            let ConfigError::Invalid { line, column, field, message, .. } = &err else { panic!("{err:?}") };
+            assert_eq!(field, "vips[0].panic_threshold", "{bad}");
+            // The value's own place: the last line of `checked`, after `panic_threshold: `.
+            assert_eq!((*line, *column), (15, 22), "{bad}: {err}");
+            assert_eq!(
+                message,
+                &format!(
+                    "`{bad}` is not a percentage; write a whole number from 0 to 100 such as `50%` (0 turns panic mode off)"
+                )
+            );
+        }
     }
 
     #[test]

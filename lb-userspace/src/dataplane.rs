@@ -58,6 +58,7 @@ pub enum DataplaneError {
 mod batch;
 mod bpffs;
 mod flow_view;
+pub mod link_state;
 mod readers;
 mod tables;
 pub use bpffs::prepare_pin_dir;

@@ -92,6 +92,11 @@ pub struct DesiredVip {
     /// Healthy, undrained backends below this count make the VIP down (withdrawn from BGP);
     /// the data plane keeps serving it with whatever is left.
     pub min_healthy: u32,
+    /// Percent of its eligible backends (undrained, weight above 0) that must be healthy; below
+    /// it the VIP panics. 0: never.
+    pub panic_threshold: u32,
+    /// In panic: health is ignored and every eligible backend with a known MAC takes new flows.
+    pub panic: bool,
     /// NAT: the id of its source pool (`NAT_NO_POOL`: DNAT only, or not NAT).
     pub pool: u32,
 }
@@ -102,11 +107,39 @@ impl DesiredVip {
         self.backends.iter().filter(|b| b.weight > 0).count()
     }
 
-    /// Whether the VIP should be announced.
-    pub fn is_up(&self) -> bool {
-        let serving = self.serving();
-        serving > 0 && serving >= self.min_healthy as usize
+    /// Backends that would take new flows on their own merit: healthy, undrained, with a MAC
+    /// and a weight. Outside panic these are the serving ones.
+    pub fn healthy(&self) -> usize {
+        self.backends.iter().filter(|b| b.is_healthy()).count()
     }
+
+    /// Backends that count for the panic threshold: undrained, with a weight.
+    pub fn eligible(&self) -> usize {
+        self.backends.iter().filter(|b| b.is_eligible()).count()
+    }
+
+    /// Whether the VIP should be announced: at least one healthy backend and `min_healthy` of
+    /// them. Panic does not change it: a VIP whose backends are all down is withdrawn (routers
+    /// move its traffic to other nodes) even while it forwards what still arrives to them all.
+    pub fn is_up(&self) -> bool {
+        let healthy = self.healthy();
+        healthy > 0 && healthy >= self.min_healthy as usize
+    }
+}
+
+impl DesiredBackend {
+    fn is_eligible(&self) -> bool {
+        !self.drained && self.configured_weight > 0
+    }
+
+    fn is_healthy(&self) -> bool {
+        self.is_eligible() && self.up && self.mac_known
+    }
+}
+
+/// Whether `healthy` of `eligible` backends is below `threshold` percent (0: never).
+pub fn below_panic_threshold(healthy: usize, eligible: usize, threshold: u32) -> bool {
+    threshold > 0 && eligible > 0 && healthy * 100 < threshold as usize * eligible
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -243,7 +276,7 @@ pub fn neighbor_targets(config: &Config, first: &str) -> BTreeMap<IpAddr, String
 }
 
 fn desired_vip(vip: &Vip, config: &Config, facts: &NodeFacts, states: &BackendStates) -> DesiredVip {
-    let backends = vip
+    let mut backends: Vec<DesiredBackend> = vip
         .backends
         .iter()
         .map(|b| {
@@ -271,6 +304,14 @@ fn desired_vip(vip: &Vip, config: &Config, facts: &NodeFacts, states: &BackendSt
             }
         })
         .collect();
+    let healthy = backends.iter().filter(|b| b.is_healthy()).count();
+    let eligible = backends.iter().filter(|b| b.is_eligible()).count();
+    let panic = below_panic_threshold(healthy, eligible, vip.panic_threshold);
+    if panic {
+        for b in backends.iter_mut().filter(|b| b.is_eligible() && b.mac_known) {
+            b.weight = b.configured_weight;
+        }
+    }
     DesiredVip {
         name: vip.name.clone(),
         endpoint: vip.endpoint(),
@@ -289,6 +330,8 @@ fn desired_vip(vip: &Vip, config: &Config, facts: &NodeFacts, states: &BackendSt
         table_size: vip.table_size,
         backends,
         min_healthy: vip.min_healthy,
+        panic_threshold: vip.panic_threshold,
+        panic,
     }
 }
 
@@ -408,6 +451,7 @@ mod tests {
             backends: vec![],
             health_check: None,
             min_healthy: 1,
+            panic_threshold: 0,
             l7: None,
         }
     }

@@ -24,3 +24,4 @@ pub mod reconcile;
 pub mod stats;
 pub mod summary;
 pub mod testrun;
+pub mod vip_state;

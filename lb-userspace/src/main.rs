@@ -93,12 +93,16 @@ enum Command {
         #[arg(long, default_value = admin::DEFAULT_SOCKET)]
         admin_socket: PathBuf,
     },
-    /// Detach xlb from an interface whose agent is gone (or was told not to detach).
+    /// Detach xlb's XDP program from an interface. A running agent is told first: it withdraws
+    /// the VIPs served through the interface, waits `bgp.withdraw_grace`, and does not
+    /// re-attach (until it restarts). Without a running agent, it just detaches.
     Detach {
         #[arg(long, short)]
         iface: String,
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
+        #[arg(long, default_value = admin::DEFAULT_SOCKET)]
+        admin_socket: PathBuf,
         /// Also remove the pinned maps: the next agent starts with an empty connection table.
         #[arg(long)]
         forget_flows: bool,
@@ -199,10 +203,13 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 reply => anyhow::bail!("the agent answered a drain request with {reply:?}"),
             }
         }
-        Command::Detach { iface, pin_dir, forget_flows } => {
+        Command::Detach { iface, pin_dir, admin_socket, forget_flows } => {
+            let handed_over = tell_the_agent(&admin_socket, &iface)?;
             let dir = pin_dir.join(&iface);
-            // Not under a running agent: it would go on without XDP, or re-create the pins.
-            let _lock = if dir.is_dir() {
+            // Not under a running agent that did not hear of it: it would go on without XDP, or
+            // re-create the pins. (One that answered has withdrawn and stopped watching; it holds
+            // the lock.)
+            let _lock = if dir.is_dir() && !handed_over {
                 let owner = agent::instance_lock::Owner::this_process("xlb detach", None);
                 Some(agent::instance_lock::InstanceLock::acquire([(iface.as_str(), dir.as_path())], &owner)?)
             } else {
@@ -224,6 +231,27 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             admin::Reply::Stats(snapshot) => show(json, &snapshot, xlb::stats::Snapshot::render),
             reply => anyhow::bail!("the agent answered a stats request with {reply:?}"),
         },
+    }
+}
+
+/// Tells a running agent that `iface` is being detached, so that it withdraws and does not
+/// re-attach. Returns whether an agent answered; no agent listening is fine.
+fn tell_the_agent(admin_socket: &std::path::Path, iface: &str) -> anyhow::Result<bool> {
+    let request = admin::Request::Detach { iface: iface.to_owned() };
+    match runtime()?.block_on(admin::request(admin_socket, request)) {
+        Ok(admin::Reply::Done(message)) => {
+            println!("{message}");
+            Ok(true)
+        }
+        Ok(reply) => anyhow::bail!("the agent answered a detach request with {reply:?}"),
+        Err(admin::AdminError::Io { source, .. })
+            if matches!(source.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) =>
+        {
+            Ok(false)
+        }
+        Err(e) => anyhow::bail!(
+            "{e}\nthe agent must hear of the detach first, or it re-attaches: stop it (it keeps XDP attached on exit unless run with --detach-on-exit), then run `xlb detach` again"
+        ),
     }
 }
 

@@ -27,6 +27,10 @@ pub struct AgentInfo {
     pub config_generation: u64,
     pub last_reload: Option<ReloadOutcome>,
     pub peers: Vec<PeerStatus>,
+    /// XDP on each of the agent's interfaces.
+    pub attachments: Vec<crate::admin::AttachmentStatus>,
+    /// Health-check probes that failed, by whose fault.
+    pub health_errors: crate::health::ErrorCounts,
     /// The L7 tier's per-route families (kept by the tier, appended as they are).
     pub l7: Vec<prometheus::proto::MetricFamily>,
 }
@@ -71,6 +75,12 @@ fn build(snapshot: &Snapshot, agent: &AgentInfo) -> prometheus::Result<Registry>
     let vip_bytes = counter(&registry, "xlb_vip_bytes_total", "Bytes forwarded for the VIP.", &["vip"])?;
     let vip_flows = counter(&registry, "xlb_vip_new_flows_total", "New flows of the VIP.", &["vip"])?;
     let vip_up = gauge(&registry, "xlb_vip_up", "1 when at least min_healthy backends serve the VIP.", &["vip"])?;
+    let vip_panic = gauge(
+        &registry,
+        "xlb_vip_panic",
+        "1 while fewer backends than panic_threshold are healthy and new flows go to all of them.",
+        &["vip"],
+    )?;
     let vip_serving = gauge(&registry, "xlb_vip_serving_backends", "Backends taking new flows.", &["vip"])?;
     let labels = ["vip", "backend"];
     let be_packets = counter(&registry, "xlb_backend_packets_total", "Packets sent to the backend.", &labels)?;
@@ -87,6 +97,7 @@ fn build(snapshot: &Snapshot, agent: &AgentInfo) -> prometheus::Result<Registry>
         vip_flows.with_label_values(&vip).inc_by(v.new_flows);
         vip_up.with_label_values(&vip).set(i64::from(v.up));
         vip_serving.with_label_values(&vip).set(v.serving as i64);
+        vip_panic.with_label_values(&vip).set(i64::from(v.panic));
         for b in &v.backends {
             let at = [v.name.as_str(), b.address.as_str()];
             be_packets.with_label_values(&at).inc_by(b.packets);
@@ -164,6 +175,22 @@ fn build(snapshot: &Snapshot, agent: &AgentInfo) -> prometheus::Result<Registry>
         prefixes.with_label_values(&at).set(p.prefixes_sent as i64);
         flaps.with_label_values(&at).inc_by(p.flaps);
     }
+
+    let attached = gauge(&registry, "xlb_xdp_attached", "1 while XDP is attached to the interface.", &["iface"])?;
+    let reattached =
+        counter(&registry, "xlb_xdp_reattach_total", "Times the agent re-attached a lost XDP program.", &["iface"])?;
+    for a in &agent.attachments {
+        attached.with_label_values(&[a.iface.as_str()]).set(i64::from(a.attached));
+        reattached.with_label_values(&[a.iface.as_str()]).inc_by(a.reattached);
+    }
+    let check_errors = counter(
+        &registry,
+        "xlb_health_check_errors_total",
+        "Failed health-check probes: `backend` counts toward taking it down, `local` (this host out of descriptors, buffers or routes) counts toward nothing.",
+        &["kind"],
+    )?;
+    check_errors.with_label_values(&["backend"]).inc_by(agent.health_errors.backend);
+    check_errors.with_label_values(&["local"]).inc_by(agent.health_errors.local);
 
     let generation = IntGauge::new("xlb_config_generation", "Configurations applied since the agent started.")?;
     generation.set(agent.config_generation as i64);
@@ -409,6 +436,9 @@ mod tests {
                 up: true,
                 serving: 1,
                 min_healthy: 1,
+                healthy: 1,
+                panic: false,
+                panic_threshold: 50,
                 packets: 10,
                 bytes: 1000,
                 new_flows: 4,
@@ -471,6 +501,14 @@ mod tests {
                     last_error: None,
                     bfd: Some("up".into()),
                 }],
+                attachments: vec![crate::admin::AttachmentStatus {
+                    iface: "eth0".into(),
+                    attached: false,
+                    operator_detached: false,
+                    reason: Some("gone".into()),
+                    reattached: 2,
+                }],
+                health_errors: crate::health::ErrorCounts { backend: 7, local: 3 },
                 l7: vec![],
             },
         );
@@ -484,6 +522,7 @@ mod tests {
             "xlb_nat_pool_ports{address=\"198.51.100.1\",pool=\"edge\"} 100",
             "xlb_vip_bytes_total{vip=\"web\"} 1000",
             "xlb_vip_up{vip=\"web\"} 1",
+            "xlb_vip_panic{vip=\"web\"} 0",
             "xlb_backend_packets_total{backend=\"10.0.0.1\",vip=\"web\"} 7",
             "xlb_backend_up{backend=\"10.0.0.2\",vip=\"web\"} 0",
             "xlb_backend_weight{backend=\"10.0.0.2\",vip=\"web\"} 0",
@@ -492,6 +531,10 @@ mod tests {
             "xlb_malformed_total{reason=\"truncated_tcp\"} 0",
             "xlb_flow_events_total{event=\"flow_miss\"} 4",
             "xlb_config_generation 3",
+            "xlb_xdp_attached{iface=\"eth0\"} 0",
+            "xlb_xdp_reattach_total{iface=\"eth0\"} 2",
+            "xlb_health_check_errors_total{kind=\"backend\"} 7",
+            "xlb_health_check_errors_total{kind=\"local\"} 3",
             "xlb_bgp_session_up{peer=\"10.0.0.254\"} 1",
             "xlb_bgp_prefixes_sent{peer=\"10.0.0.254\"} 2",
             "xlb_bgp_session_flaps_total{peer=\"10.0.0.254\"} 1",

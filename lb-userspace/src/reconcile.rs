@@ -230,6 +230,8 @@ impl Reconciler {
                 table_size: meta.table_size,
                 backends,
                 min_healthy: 0,
+                panic_threshold: 0,
+                panic: false,
                 pool: meta.pool,
             };
             let slots = members.iter().map(|(slot, _)| *slot).collect();

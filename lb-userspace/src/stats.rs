@@ -50,6 +50,14 @@ pub struct VipStats {
     /// Backends taking new flows.
     pub serving: usize,
     pub min_healthy: u32,
+    /// Backends healthy on their own merit (outside panic, the serving ones).
+    #[serde(default)]
+    pub healthy: usize,
+    /// Too few backends healthy (below `panic_threshold` percent): new flows go to all.
+    #[serde(default)]
+    pub panic: bool,
+    #[serde(default)]
+    pub panic_threshold: u32,
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
@@ -121,6 +129,9 @@ impl Snapshot {
                 up: applied.vip.is_up(),
                 serving: applied.vip.serving(),
                 min_healthy: applied.vip.min_healthy,
+                healthy: applied.vip.healthy(),
+                panic: applied.vip.panic,
+                panic_threshold: applied.vip.panic_threshold,
                 packets: c.packets,
                 bytes: c.bytes,
                 new_flows: c.new_flows,
@@ -148,7 +159,13 @@ impl Snapshot {
             "VIP / backend", "weight", "state", "packets", "bytes", "new flows"
         );
         for v in &self.vips {
-            let state = format!("{} {}/{}", if v.up { "up" } else { "DOWN" }, v.serving, v.backends.len());
+            let label = match (v.up, v.panic) {
+                (true, false) => "up",
+                (true, true) => "PANIC",
+                (false, false) => "DOWN",
+                (false, true) => "DOWN,PANIC",
+            };
+            let state = format!("{label} {}/{}", if v.panic { v.healthy } else { v.serving }, v.backends.len());
             out.push_str(&format!(
                 "{:<40} {:>9} {:<10} {:>12} {:>14} {:>10}\n",
                 format!("{} {}", v.name, v.endpoint),
@@ -158,6 +175,15 @@ impl Snapshot {
                 v.bytes,
                 v.new_flows
             ));
+            if v.panic {
+                out.push_str(&format!(
+                    "  panic: {} of {} backends healthy, below {}%: new flows go to all {} (health ignored)\n",
+                    v.healthy,
+                    v.backends.len(),
+                    v.panic_threshold,
+                    v.serving
+                ));
+            }
             for b in &v.backends {
                 let weight = if b.weight == b.configured_weight {
                     b.weight.to_string()

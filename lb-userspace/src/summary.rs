@@ -82,6 +82,43 @@ pub struct NodeState {
     /// The state file: where it is, what was restored from it.
     #[serde(default)]
     pub state: Option<Box<StateStatus>>,
+    /// Whether XDP is attached to each interface the agent runs on.
+    #[serde(default)]
+    pub interfaces: Vec<AttachmentStatus>,
+}
+
+/// XDP on one of the agent's interfaces.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentStatus {
+    pub iface: String,
+    pub attached: bool,
+    /// Detached through `xlb detach`: the agent does not re-attach it.
+    pub operator_detached: bool,
+    /// Why it is detached.
+    pub reason: Option<String>,
+    /// Times the agent re-attached it after losing it.
+    pub reattached: u64,
+}
+
+impl AttachmentStatus {
+    /// Its line for `xlb status`, if it has one (an interface attached all along has none).
+    fn render(&self) -> Option<String> {
+        match (self.attached, self.operator_detached) {
+            (true, _) if self.reattached > 0 => {
+                Some(format!("XDP on {}: attached (re-attached {} times)\n", self.iface, self.reattached))
+            }
+            (true, _) => None,
+            (false, true) => Some(format!(
+                "XDP on {}: DETACHED by the operator (xlb detach): its VIPs are withdrawn; restart the agent to attach again\n",
+                self.iface
+            )),
+            (false, false) => Some(format!(
+                "XDP on {}: DETACHED ({}): its VIPs are withdrawn; the agent re-attaches it\n",
+                self.iface,
+                self.reason.as_deref().unwrap_or("reason unknown")
+            )),
+        }
+    }
 }
 
 impl NodeState {
@@ -104,6 +141,9 @@ impl NodeState {
         }
         if let Some(state) = &self.state {
             out.push_str(&state.render());
+        }
+        for line in self.interfaces.iter().filter_map(AttachmentStatus::render) {
+            out.push_str(&line);
         }
         if self.node_drained {
             out.push_str("node DRAINED: every route withdrawn (`xlb drain node --undo` to announce again)\n");
@@ -139,6 +179,8 @@ pub struct Summary {
     /// VIPs the data plane holds, and how many of them are up (announced when BGP runs).
     pub vips: usize,
     pub vips_up: usize,
+    /// VIPs in panic: too few healthy backends, so new flows go to all of them.
+    pub vips_panic: usize,
     /// Backends over all VIPs (a backend of two VIPs counts twice), and those taking new flows.
     pub backends: usize,
     pub backends_serving: usize,
@@ -158,6 +200,8 @@ pub struct DegradedVip {
     pub name: String,
     pub endpoint: String,
     pub up: bool,
+    /// In panic: new flows go to every backend, down ones included.
+    pub panic: bool,
     pub serving: usize,
     pub backends: usize,
     /// Its backends that take no new flows (at most [`NOT_SERVING_LISTED`]).
@@ -172,18 +216,19 @@ pub struct NotServing {
     pub reason: String,
 }
 
-/// Why a backend takes no new flows, if it takes none.
+/// Why a backend does not take new flows on its own merit, if it does not. (In panic it may
+/// take them all the same.)
 fn not_serving(backend: &DesiredBackend) -> Option<&'static str> {
-    if backend.weight > 0 {
+    if backend.configured_weight == 0 {
+        // Configured with weight 0: the operator's choice, not a degradation.
         None
-    } else if !backend.up {
-        Some("down")
     } else if backend.drained {
         Some("drained")
+    } else if !backend.up {
+        Some("down")
     } else if !backend.mac_known {
         Some("no MAC")
     } else {
-        // Configured with weight 0: the operator's choice, not a degradation.
         None
     }
 }
@@ -197,12 +242,13 @@ impl Summary {
         flow_table: FlowTableUsage,
         nat: NatUsage,
     ) -> Summary {
-        let (mut vips_up, mut backends, mut backends_serving) = (0, 0, 0);
+        let (mut vips_up, mut vips_panic, mut backends, mut backends_serving) = (0, 0, 0, 0);
         let mut degraded = Vec::new();
         for vip in applied.values().map(|a| &a.vip) {
             let up = vip.is_up();
             let serving = vip.serving();
             vips_up += usize::from(up);
+            vips_panic += usize::from(vip.panic);
             backends += vip.backends.len();
             backends_serving += serving;
             let mut out = vip.backends.iter().filter_map(|b| Some((b, not_serving(b)?))).peekable();
@@ -218,6 +264,7 @@ impl Summary {
                 name: vip.name.clone(),
                 endpoint: vip.endpoint.clone(),
                 up,
+                panic: vip.panic,
                 serving,
                 backends: vip.backends.len(),
                 not_serving: listed,
@@ -231,6 +278,7 @@ impl Summary {
             node,
             vips: applied.len(),
             vips_up,
+            vips_panic,
             backends,
             backends_serving,
             announced,
@@ -244,8 +292,12 @@ impl Summary {
     pub fn render(&self) -> String {
         let mut out = self.node.render(&format!("{} VIP addresses", self.announced));
         out.push_str(&format!(
-            "VIPs: {} up of {}; backends: {} taking new flows of {}\n",
-            self.vips_up, self.vips, self.backends_serving, self.backends
+            "VIPs: {} up of {}{}; backends: {} taking new flows of {}\n",
+            self.vips_up,
+            self.vips,
+            if self.vips_panic > 0 { format!(" ({} in PANIC)", self.vips_panic) } else { String::new() },
+            self.backends_serving,
+            self.backends
         ));
         out.push_str(&format!(
             "connection table: {} of {} entries; NAT flows: {}\n",
@@ -257,9 +309,14 @@ impl Summary {
         }
         out.push_str("\nnot fully serving:\n");
         for vip in &self.degraded {
-            let state = if vip.up { "up" } else { "DOWN" };
+            let state = match (vip.up, vip.panic) {
+                (true, false) => "up",
+                (true, true) => "up, PANIC",
+                (false, true) => "DOWN, PANIC",
+                (false, false) => "DOWN",
+            };
             let mut line = format!(
-                "  {:<24} {:<24} {:<4} {}/{} serving; ",
+                "  {:<24} {:<24} {:<4} {}/{} taking new flows; ",
                 vip.name, vip.endpoint, state, vip.serving, vip.backends
             );
             let listed: Vec<String> = vip.not_serving.iter().map(|b| format!("{} {}", b.address, b.reason)).collect();

@@ -33,6 +33,7 @@ use crate::{
     neighbor::{MacMap, Resolver},
     plan,
     reconcile::{Changes, ReconcileError, Reconciler, STEP_VIPS},
+    vip_state::Transitions,
 };
 
 /// How often readers see a long pass's progress.
@@ -46,6 +47,13 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 pub enum Command {
     /// XDP is attached: VIPs that are up may be announced (and the BGP speaker starts).
     Attached,
+    /// The attachment watch (or `xlb detach`) says XDP on `iface` is attached or not; with a
+    /// `reply`, once the announcements follow.
+    Attachment {
+        iface: String,
+        attached: bool,
+        reply: Option<oneshot::Sender<Reply>>,
+    },
     /// Re-read the config file (SIGHUP, or the file changed).
     Reload,
     Drain {
@@ -83,6 +91,9 @@ pub struct Control {
     pub last_reload: Option<ReloadOutcome>,
     pub node_drained: bool,
     pub attached: bool,
+    /// Interfaces XDP was lost from (or detached from by the operator): the VIPs served
+    /// through them are withdrawn.
+    pub detached: BTreeSet<String>,
     /// The sources changed since desired state was last computed.
     pub dirty: bool,
     pub failure: Option<(String, Duration)>,
@@ -91,6 +102,8 @@ pub struct Control {
     pub state: StateStatus,
     /// How often to count a heartbeat while idle (when a watchdog is pinged).
     pub heartbeat_tick: Option<Duration>,
+    /// Each VIP's last logged state (up, panic, down).
+    pub transitions: Transitions,
 }
 
 impl std::fmt::Debug for Control {
@@ -237,6 +250,7 @@ impl Control {
                 self.failure = Some((e.to_string(), wait));
             }
         }
+        self.transitions.observe(self.reconciler.applied().iter().map(|(key, applied)| (key, &applied.vip)));
         lock(&self.shared.l7).set_not_serving(self.states.down.union(&self.states.drained).cloned().collect());
         self.announce_up_vips();
         self.publish(0);
@@ -253,7 +267,7 @@ impl Control {
             self.reconciler
                 .applied()
                 .iter()
-                .filter(|(_, applied)| applied.vip.is_up())
+                .filter(|(_, applied)| applied.vip.is_up() && !self.through_detached(&applied.vip))
                 .map(|(key, _)| desired::ip_from_words(key.addr, key.family))
                 .chain(l7)
                 .collect()
@@ -267,6 +281,43 @@ impl Control {
             *current = up;
             true
         });
+    }
+
+    /// Whether `vip` is served through an interface XDP is detached from: the first one (which
+    /// every VIP's packets come in on), or the one a backend's packets leave by (whose replies
+    /// come back through it).
+    fn through_detached(&self, vip: &desired::DesiredVip) -> bool {
+        through_detached(vip, &self.detached, &self.opts.iface, &self.facts)
+    }
+
+    /// XDP on `iface` lost or back: the announcements follow. Back on an interface that was
+    /// recreated, its index and MAC are read again.
+    fn attachment(&mut self, iface: String, attached: bool, reply: Option<oneshot::Sender<Reply>>) {
+        let before = self.shared.announce.borrow().len();
+        if attached {
+            self.detached.remove(&iface);
+            match node_facts(&self.opts) {
+                Ok(facts) if facts != self.facts => {
+                    tracing::info!(%iface, "interface facts changed (recreated?); rewriting the node settings");
+                    self.facts = facts;
+                    self.dirty = true;
+                    let _ = self.converge();
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot re-read the interfaces; keeping their last MAC and MTU"),
+            }
+        } else {
+            self.detached.insert(iface.clone());
+        }
+        self.announce_up_vips();
+        self.publish(0);
+        if let Some(reply) = reply {
+            let after = self.shared.announce.borrow().len();
+            let _ = reply.send(Reply::Done(format!(
+                "{iface}: the agent withdrew {} of {before} announced addresses and will not re-attach (restart it to attach again)",
+                before.saturating_sub(after)
+            )));
+        }
     }
 
     /// Runs until every sender of `commands` is gone.
@@ -334,6 +385,7 @@ impl Control {
                     *lock(&self.shared.speaker) = Some(Speaker::start(bgp, self.shared.announce.subscribe()));
                 }
             }
+            Command::Attachment { iface, attached, reply } => self.attachment(iface, attached, reply),
             Command::Reload => self.reload(),
             Command::Drain { vip, backend, undo, reply } => {
                 let _ = reply.send(self.drain(vip, backend, undo));
@@ -514,6 +566,18 @@ impl Control {
     }
 }
 
+/// Whether `vip` needs an interface in `detached`: `first` (every VIP's packets come in on it),
+/// or the interface one of its backends' packets leave by (their replies come back through it).
+fn through_detached(vip: &desired::DesiredVip, detached: &BTreeSet<String>, first: &str, facts: &NodeFacts) -> bool {
+    if detached.is_empty() {
+        return false;
+    }
+    detached.contains(first)
+        || vip.backends.iter().any(|b| {
+            b.egress > 0 && facts.interfaces.get(usize::from(b.egress) - 1).is_some_and(|(n, _)| detached.contains(n))
+        })
+}
+
 /// The backends `config` asks to health-check.
 pub fn health_targets(config: &Config) -> Vec<Target> {
     let l7 = l7::health_targets(config);
@@ -560,4 +624,33 @@ pub fn prune_drains(states: &mut BackendStates, config: &Config) -> Vec<BackendR
         keep
     });
     dropped
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_common::Iface;
+
+    use super::*;
+
+    #[test]
+    fn a_detached_interface_withdraws_the_vips_served_through_it() {
+        let text = "vips:\n  - { name: near, address: 192.0.2.1, port: 80, protocol: tcp, mode: nat, backends: [{ address: 10.0.0.1, mac: \"02:00:00:00:00:01\" }] }\n  - { name: far, address: 192.0.2.2, port: 80, protocol: tcp, mode: nat, backends: [{ address: 10.1.0.1, mac: \"02:00:00:00:00:02\", interface: eth1 }] }\n";
+        let config = config::parse(std::path::Path::new("t.yaml"), text).unwrap();
+        let iface = |ifindex| Iface { ifindex, mac: [2, 0, 0, 0, 0, 9], pad: 0 };
+        let facts = NodeFacts {
+            iface_mac: [2, 0, 0, 0, 0, 9],
+            mtu: 1500,
+            ifindex: 4,
+            interfaces: vec![("eth0".into(), iface(4)), ("eth1".into(), iface(7))],
+        };
+        let desired = DesiredState::new(&config, &facts);
+        let vip = |name: &str| desired.vips.values().find(|v| v.name == name).unwrap();
+        let withdrawn = |detached: &[&str]| -> Vec<&str> {
+            let detached: BTreeSet<String> = detached.iter().map(|d| d.to_string()).collect();
+            ["near", "far"].into_iter().filter(|n| through_detached(vip(n), &detached, "eth0", &facts)).collect()
+        };
+        assert_eq!(withdrawn(&[]), Vec::<&str>::new());
+        assert_eq!(withdrawn(&["eth1"]), ["far"], "only the VIP whose backend leaves by eth1");
+        assert_eq!(withdrawn(&["eth0"]), ["near", "far"], "every VIP comes in on the first");
+    }
 }

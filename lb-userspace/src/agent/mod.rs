@@ -25,6 +25,7 @@ pub mod instance_lock;
 pub mod sd_notify;
 pub mod state_file;
 mod view;
+mod watch;
 
 use control::{Command, Control};
 use instance_lock::{InstanceLock, Owner};
@@ -228,6 +229,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         AgentView { state: state.clone(), node_drained, ..AgentView::empty(Arc::clone(&config)) },
         l7,
         health_rx.clone(),
+        checker.errors(),
         counters,
         opts.config.display().to_string(),
         bgp_runtime,
@@ -257,11 +259,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         last_reload: None,
         node_drained,
         attached: false,
+        detached: Default::default(),
         dirty: true,
         failure: None,
         state_file,
         state,
         heartbeat_tick: watchdog_every.map(sd_notify::heartbeat_tick),
+        transitions: Default::default(),
     };
 
     // Adopted maps hold what the previous agent served: switch to this load's programs now, so
@@ -292,6 +296,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     if !adopted {
         attach_everywhere(&mut program, &opts, &pin_dir).await?;
     }
+    let links = iface_links(&opts, &pin_dir);
 
     let status_line = control.status_line();
     let (commands, commands_rx) = mpsc::unbounded_channel();
@@ -302,6 +307,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .context("starting the control thread")?;
     // Attached: from here the VIPs that are up may be announced.
     let _ = commands.send(Command::Attached);
+    *lock(&shared.attachments) = watch::initial(&links);
+    let (watch_stop, watcher) = watch::start(program, links, Arc::clone(&shared), commands.clone())?;
     let (housekeeping_stop, housekeeping) = housekeeping(Arc::clone(&shared), nat_tables, flow_counter)?;
 
     let server = admin::serve(&admin_socket, Arc::new(answerer(Arc::clone(&shared), commands.clone()))).await?;
@@ -342,6 +349,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     if let Some(watchdog) = watchdog {
         watchdog.abort();
     }
+    // No re-attaching from here on (a detach on exit must not be undone).
+    drop(watch_stop);
+    let program = tokio::task::spawn_blocking(move || watcher.join()).await;
     // Withdraw everything and give the routers `withdraw_grace` to move traffic elsewhere
     // before anything else goes.
     let speaker = lock(&shared.speaker).take();
@@ -376,14 +386,19 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Each interface the agent runs on, with the pin of its link.
+fn iface_links(opts: &RunOptions, pin_dir: &std::path::Path) -> Vec<(String, PathBuf)> {
+    std::iter::once((opts.iface.clone(), link_pin(pin_dir)))
+        .chain(opts.other_ifaces.iter().map(|other| (other.clone(), other_link_pin(pin_dir, other))))
+        .collect()
+}
+
 /// Attaches this load's program to every interface, in place of a previous agent's where its
 /// link is pinned (one atomic switch per interface), then retires the previous loads' program
 /// arrays once the programs they fed have finished their packets.
 async fn attach_everywhere(program: &mut Loaded, opts: &RunOptions, pin_dir: &std::path::Path) -> anyhow::Result<()> {
-    let links = std::iter::once((&opts.iface, link_pin(pin_dir)))
-        .chain(opts.other_ifaces.iter().map(|other| (other, other_link_pin(pin_dir, other))));
-    for (iface, link) in links {
-        match program.attach_pinned(iface, &link)? {
+    for (iface, link) in iface_links(opts, pin_dir) {
+        match program.attach_pinned(&iface, &link)? {
             Attached::New(AttachMode::Native) => tracing::info!(%iface, "XDP attached in native mode"),
             Attached::New(AttachMode::Generic) => {
                 tracing::warn!(%iface, "the driver refused native XDP; attached in generic (skb) mode, which is much slower, and redirects into it may fail")
@@ -443,6 +458,7 @@ fn answerer(
                     let (reply, rx) = oneshot::channel();
                     ask(Command::Plan { path, config, reply }, rx).await
                 }
+                Request::Detach { iface } => detach(shared, iface, ask).await,
                 Request::DrainNode { undo } => {
                     let (reply, rx) = oneshot::channel();
                     ask(Command::DrainNode { undo, reply }, rx).await
@@ -454,6 +470,35 @@ fn answerer(
             }
         })
     }
+}
+
+/// `xlb detach` asks first: the watch leaves `iface` alone from now on, the VIPs served through
+/// it are withdrawn, and the reply waits `withdraw_grace` for the routers to move their traffic
+/// before the CLI detaches.
+async fn detach<F, Fut>(shared: Arc<Shared>, iface: String, ask: F) -> Reply
+where
+    F: FnOnce(Command, oneshot::Receiver<Reply>) -> Fut,
+    Fut: std::future::Future<Output = Reply>,
+{
+    let marked = {
+        let (shared, iface) = (Arc::clone(&shared), iface.clone());
+        // The watch holds this lock while it checks an interface: not on a runtime worker.
+        tokio::task::spawn_blocking(move || shared.operator_detach(&iface)).await.unwrap_or(false)
+    };
+    if !marked {
+        let mine: Vec<String> = lock(&shared.attachments).iter().map(|a| a.iface.clone()).collect();
+        return Reply::Done(format!("{iface}: not an interface this agent runs on ({})", mine.join(", ")));
+    }
+    tracing::warn!(%iface, "the operator is detaching XDP (xlb detach): withdrawing its VIPs; no re-attaching");
+    let before = shared.announce.borrow().len();
+    let (reply, rx) = oneshot::channel();
+    let answer = ask(Command::Attachment { iface, attached: false, reply: Some(reply) }, rx).await;
+    let withdrew = shared.announce.borrow().len() < before;
+    let grace = shared.view.load().config.bgp.as_ref().map(|b| b.withdraw_grace);
+    if let (true, Some(grace)) = (withdrew, grace) {
+        tokio::time::sleep(grace).await;
+    }
+    answer
 }
 
 /// Answers a read from the published state on a blocking thread (reading the counters is a

@@ -14,11 +14,11 @@ use tokio::sync::watch;
 
 use super::{sd_notify::Notifier, state_file::StateStatus};
 use crate::{
-    admin::{ReloadOutcome, Status},
+    admin::{AttachmentStatus, ReloadOutcome, Status},
     bgp::{Announce, PeerStatus, Speaker},
     config::Config,
     dataplane::{Counters, DataplaneError, FlowTableUsage},
-    health::HealthMap,
+    health::{HealthErrors, HealthMap},
     l7, metrics,
     nat::NatUsage,
     reconcile::AppliedVip,
@@ -92,6 +92,11 @@ pub struct Shared {
     pub heartbeat: Arc<AtomicU64>,
     /// systemd's notification socket (does nothing outside systemd).
     pub notifier: Notifier,
+    /// XDP on each interface, as the attachment watch last saw it. The watch holds the lock
+    /// while it checks (and perhaps re-attaches) an interface; readers copy it.
+    pub attachments: Mutex<Vec<AttachmentStatus>>,
+    /// The health checker's failure counters.
+    pub health_errors: Arc<HealthErrors>,
     counters: Counters,
 }
 
@@ -105,6 +110,7 @@ impl Shared {
         view: AgentView,
         l7: l7::Tier,
         health: watch::Receiver<HealthMap>,
+        health_errors: Arc<HealthErrors>,
         counters: Counters,
         config_path: String,
         bgp_runtime: tokio::runtime::Handle,
@@ -122,8 +128,21 @@ impl Shared {
             bgp_runtime,
             heartbeat: Arc::new(AtomicU64::new(0)),
             notifier,
+            attachments: Mutex::new(Vec::new()),
+            health_errors,
             counters,
         }
+    }
+
+    /// Marks `iface` detached by the operator, so the watch leaves it alone; false if the agent
+    /// does not run on it.
+    pub fn operator_detach(&self, iface: &str) -> bool {
+        let mut table = lock(&self.attachments);
+        let Some(status) = table.iter_mut().find(|s| s.iface == iface) else { return false };
+        status.operator_detached = true;
+        status.attached = false;
+        status.reason = Some("detached by the operator (xlb detach)".to_owned());
+        true
     }
 
     pub fn peers(&self) -> Vec<PeerStatus> {
@@ -159,6 +178,7 @@ impl Shared {
             pending_vips: view.pending_vips,
             reconcile_error: view.reconcile_error.clone(),
             state: Some(Box::new(view.state.clone())),
+            interfaces: lock(&self.attachments).clone(),
             snapshot,
         })
     }
@@ -176,6 +196,7 @@ impl Shared {
             pending_vips: view.pending_vips,
             reconcile_error: view.reconcile_error.clone(),
             state: Some(Box::new(view.state.clone())),
+            interfaces: lock(&self.attachments).clone(),
         };
         let announced = self.announce.borrow().len();
         Summary::of(node, &view.applied, announced, usage.flow_table, usage.nat)
@@ -192,6 +213,8 @@ impl Shared {
                 config_generation: view.config_generation,
                 last_reload: view.last_reload.clone(),
                 peers: self.peers(),
+                attachments: lock(&self.attachments).clone(),
+                health_errors: self.health_errors.snapshot(),
                 l7,
             },
         ))
