@@ -27,7 +27,7 @@ log() { printf '[fuzz] %s\n' "$*" >&2; }
 toolchain=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
 command -v cargo-fuzz >/dev/null || { log "cargo-fuzz is missing: run scripts/setup.sh"; exit 1; }
 log "building ${targets[*]} (Rust $toolchain, ASan)"
-(cd fuzz && AYA_BUILD_SKIP=1 RUSTC_BOOTSTRAP=1 cargo "+$toolchain" fuzz build --release)
+(cd fuzz && AYA_BUILD_SKIP=1 RUSTC_BOOTSTRAP=1 cargo "+$toolchain" fuzz build)
 bin=fuzz/target/x86_64-unknown-linux-gnu/release
 
 scratch=$(mktemp -d)
