@@ -275,7 +275,8 @@ mod tests {
     #[test]
     fn corpus_inputs_run_clean() {
         let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
-        let targets: [(&str, fn(&[u8])); 6] = [
+        type Run = fn(&[u8]);
+        let targets: [(&str, Run); 6] = [
             ("config", config),
             ("bgp_message", bgp_message),
             ("bgp_session", |d| drop(bgp_session(d))),
