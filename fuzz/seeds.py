@@ -50,7 +50,7 @@ vips:
     mode: dsr-ipip
     hash: source-ip
     maglev_table_size: 251
-    health_check: { kind: tcp, interval: 1s, timeout: 500ms, rise: 2, fall: 3 }
+    health_check: { type: tcp, interval: 1s, timeout: 500ms, rise: 2, fall: 3 }
     backends:
       - { address: "2001:db8::11", weight: 3 }
       - address: "2001:db8::12"
