@@ -2,6 +2,7 @@
 # Idempotent machine setup for building and testing xlb.
 #  - the pinned Rust toolchain (rust-toolchain.toml) with rust-src, rustfmt, clippy
 #  - bpf-linker built against that toolchain's own libLLVM (a mismatch fails later as "Invalid record")
+#  - cargo-fuzz for the fuzz targets (scripts/fuzz.sh)
 #  - the Debian packages the tests and the lab use
 # When everything is present it returns in a few seconds.
 set -euo pipefail
@@ -10,6 +11,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
 BPF_LINKER_VERSION=0.13.0
+CARGO_FUZZ_VERSION=0.13.2
 # systemd: systemd-analyze, for tests/systemd_unit.rs.
 DEBIAN_PACKAGES=(iproute2 bird2 curl python3 ethtool openssl wrk nginx-light systemd)
 
@@ -52,7 +54,13 @@ if ! linker_ok; then
   linker_ok || { log "bpf-linker still does not resolve $(basename "$libllvm"); see ldd $(command -v bpf-linker)"; exit 1; }
 fi
 
-# 3. Debian packages.
+# 3. cargo-fuzz (scripts/fuzz.sh builds with the pinned toolchain; see there).
+if ! cargo-fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
+  log "installing cargo-fuzz $CARGO_FUZZ_VERSION"
+  rustup run "$toolchain" cargo install --locked --force cargo-fuzz --version "$CARGO_FUZZ_VERSION"
+fi
+
+# 4. Debian packages.
 missing=()
 for p in "${DEBIAN_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -68,4 +76,4 @@ if [ ${#missing[@]} -gt 0 ]; then
   systemctl disable --now nginx 2>/dev/null || true
 fi
 
-log "ready: Rust $toolchain (LLVM $llvm_major), $(bpf-linker --version)"
+log "ready: Rust $toolchain (LLVM $llvm_major), $(bpf-linker --version), $(cargo-fuzz --version)"

@@ -27,4 +27,7 @@ cargo build --all-targets --locked
 step "cargo test"
 cargo test --all-targets --locked
 
+step "fuzz targets, 25 s each (scripts/fuzz.sh)"
+./scripts/fuzz.sh 25
+
 step "all tests passed"

@@ -281,7 +281,7 @@ where
 
 /// How reading a line ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Line {
+pub(crate) enum Line {
     /// Up to a newline, or to the end of the stream.
     Complete,
     /// Longer than allowed: the buffer holds the first `max` bytes and the rest is unread.
@@ -291,7 +291,11 @@ enum Line {
 }
 
 /// Appends the next line to `line` (its newline dropped), never holding more than `max` bytes.
-async fn read_line<R: AsyncBufRead + Unpin>(reader: &mut R, line: &mut Vec<u8>, max: usize) -> io::Result<Line> {
+pub(crate) async fn read_line<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    line: &mut Vec<u8>,
+    max: usize,
+) -> io::Result<Line> {
     loop {
         let available = reader.fill_buf().await?;
         if available.is_empty() {
@@ -328,13 +332,13 @@ fn reserve_at_most(line: &mut Vec<u8>, more: usize, max: usize) {
 }
 
 /// The longest request line that starts like `line`.
-fn request_max(line: &[u8]) -> usize {
+pub(crate) fn request_max(line: &[u8]) -> usize {
     if line.starts_with(PLAN_PREFIX) { PLAN_REQUEST_MAX } else { REQUEST_MAX }
 }
 
 /// Reads one request line into `line`, bounded by [`request_max`]. A plan request longer than
 /// [`REQUEST_MAX`] first waits its turn in `plans`; the permit comes back with the line.
-async fn read_request<R: AsyncBufRead + Unpin>(
+pub(crate) async fn read_request<R: AsyncBufRead + Unpin>(
     reader: &mut R,
     line: &mut Vec<u8>,
     plans: &Arc<Semaphore>,
@@ -354,7 +358,7 @@ fn too_long(max: usize) -> String {
 
 /// The request in `line`, or why it is none, without quoting it (it may be anything, of any
 /// size).
-fn parse(line: &[u8]) -> Result<Request, String> {
+pub(crate) fn parse(line: &[u8]) -> Result<Request, String> {
     serde_json::from_slice(line).map_err(|e| {
         let what = match e.classify() {
             serde_json::error::Category::Syntax => "not JSON",

@@ -12,6 +12,8 @@ pub mod config;
 pub mod config_memory;
 pub mod dataplane;
 pub mod desired;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod iface;
 pub mod l7;

@@ -17,10 +17,10 @@
 //! pulls the routes anyway: tell it to restart gracefully instead (BIRD: `bfd graceful;`).
 //! The speaker connects actively and does not listen on port 179.
 
-mod bfd;
+pub(crate) mod bfd;
 mod md5;
-mod message;
-mod session;
+pub(crate) mod message;
+pub(crate) mod session;
 
 use std::{
     collections::BTreeSet,
