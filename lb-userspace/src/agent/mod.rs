@@ -228,8 +228,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let shared = Arc::new(Shared::new(
         AgentView { state: state.clone(), node_drained, ..AgentView::empty(Arc::clone(&config)) },
         l7,
-        health_rx.clone(),
-        checker.errors(),
+        (health_rx.clone(), checker.errors()),
         counters,
         opts.config.display().to_string(),
         bgp_runtime,

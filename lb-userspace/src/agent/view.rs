@@ -106,11 +106,11 @@ pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Shared {
+    /// `health`: the checker's results and its failure counters.
     pub fn new(
         view: AgentView,
         l7: l7::Tier,
-        health: watch::Receiver<HealthMap>,
-        health_errors: Arc<HealthErrors>,
+        (health, health_errors): (watch::Receiver<HealthMap>, Arc<HealthErrors>),
         counters: Counters,
         config_path: String,
         bgp_runtime: tokio::runtime::Handle,
