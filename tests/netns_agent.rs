@@ -166,7 +166,8 @@ fn twenty_reloads_under_traffic_fail_no_request() {
         // SAFETY: kill with our own child's pid and a valid signal number.
         unsafe { libc::kill(pid, libc::SIGHUP) };
         wait_for("the reload", Duration::from_secs(5), || {
-            topo.status().filter(|s| s.config_generation == n + 1 && s.last_reload.as_ref().is_some_and(|r| r.ok))
+            topo.status()
+                .filter(|s| s.node.config_generation == n + 1 && s.node.last_reload.as_ref().is_some_and(|r| r.ok))
         });
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -175,10 +176,10 @@ fn twenty_reloads_under_traffic_fail_no_request() {
     // SAFETY: as above.
     unsafe { libc::kill(pid, libc::SIGHUP) };
     let status = wait_for("the rejected reload", Duration::from_secs(5), || {
-        topo.status().filter(|s| s.last_reload.as_ref().is_some_and(|r| !r.ok))
+        topo.status().filter(|s| s.node.last_reload.as_ref().is_some_and(|r| !r.ok))
     });
-    assert_eq!(status.config_generation, 21, "a rejected file is no new generation");
-    let message = status.last_reload.unwrap().message;
+    assert_eq!(status.node.config_generation, 21, "a rejected file is no new generation");
+    let message = status.node.last_reload.unwrap().message;
     assert!(
         message.contains("xlb.yaml:3:5: missing field `address`"),
         "the error names file, line and field: {message}"
@@ -207,11 +208,11 @@ fn the_config_file_is_watched() {
     std::fs::write(&planned, "vips: [").unwrap();
     let out = topo.xlb(&["plan", planned.to_str().unwrap()]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("plan.yaml:1"));
-    assert_eq!(topo.status().unwrap().config_generation, 1, "planning changes nothing");
+    assert_eq!(topo.status().unwrap().node.config_generation, 1, "planning changes nothing");
     std::fs::write(topo.config_path(), format!("vips:\n{}{}", vip("web", 8080, "", &[1]), vip("more", 8081, "", &[1])))
         .unwrap();
     let status = wait_for("the watched file to reload", Duration::from_secs(5), || {
-        topo.status().filter(|s| s.config_generation == 2)
+        topo.status().filter(|s| s.node.config_generation == 2)
     });
     assert!(status.snapshot.vip("more").is_some());
 }

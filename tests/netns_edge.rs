@@ -161,7 +161,11 @@ fn bgp_announces_from_both_nodes_and_withdraws_on_drain_health_and_shutdown() {
     assert_eq!(failed, 0, "{seen:?}");
     let status = topo.status_of(0).unwrap();
     assert_eq!(status.announced, [VIP4.to_owned()]);
-    assert!(status.peers.iter().all(|p| p.state == "established" && p.prefixes_sent == 1), "{:?}", status.peers);
+    assert!(
+        status.node.peers.iter().all(|p| p.state == "established" && p.prefixes_sent == 1),
+        "{:?}",
+        status.node.peers
+    );
 
     // Drain node 0 while long streams run through both nodes: withdrawn; new flows all go
     // through node 1; the streams that went through node 0 now reach node 1, which picks the
@@ -180,7 +184,7 @@ fn bgp_announces_from_both_nodes_and_withdraws_on_drain_health_and_shutdown() {
     let (seen, failed) = topo.tcp_requests(VIP4, 8080, 100);
     assert_eq!(failed, 0, "{seen:?}");
     assert_eq!(topo.stats_of(0).unwrap().counter("forwarded").unwrap(), before, "no new flows via the drained node");
-    assert!(topo.status_of(0).unwrap().node_drained);
+    assert!(topo.status_of(0).unwrap().node.node_drained);
     assert!(topo.xlb_on(0, &["drain", "node", "--undo"]).status.success());
     wait_nexthops(&topo, VIP4, &[0, 1], "node 0 back after the undrain");
 
@@ -286,7 +290,7 @@ fn reloads_on_both_nodes_under_load_through_the_router_fail_no_request() {
         for i in 0..2 {
             xlb_tests::netns::wait_for("the reload", std::time::Duration::from_secs(5), || {
                 topo.status_of(i)
-                    .filter(|s| s.config_generation == n + 1 && s.last_reload.as_ref().is_some_and(|r| r.ok))
+                    .filter(|s| s.node.config_generation == n + 1 && s.node.last_reload.as_ref().is_some_and(|r| r.ok))
             });
         }
     }

@@ -262,13 +262,13 @@ fn agent_log(topo: &Topology) -> String {
 /// Rewrites the config and SIGHUPs the agent; waits until the reload is applied and returns
 /// its outcome.
 fn reload_outcome(topo: &Topology, agent: &Process, config: &str) -> xlb::admin::ReloadOutcome {
-    let before = topo.status().expect("status").config_generation;
+    let before = topo.status().expect("status").node.config_generation;
     std::fs::write(topo.config_path(), config).expect("write config");
     // SAFETY: kill with our own child's pid and a valid signal.
     unsafe { libc::kill(agent.child.id() as i32, libc::SIGHUP) };
     let status =
-        wait_for("the reload", Duration::from_secs(10), || topo.status().filter(|s| s.config_generation > before));
-    status.last_reload.expect("a reload outcome")
+        wait_for("the reload", Duration::from_secs(10), || topo.status().filter(|s| s.node.config_generation > before));
+    status.node.last_reload.expect("a reload outcome")
 }
 
 /// `reload_outcome`, which must succeed.

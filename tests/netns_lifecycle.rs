@@ -76,7 +76,7 @@ fn a_second_agent_on_the_interface_exits_naming_the_first_and_changes_nothing() 
     assert_eq!(xdp_prog_id(&topo).as_deref(), Some(prog.as_str()), "the XDP program was not replaced");
     assert_eq!(pins(&pin_dir), pinned);
     let status = topo.status().expect("the first agent answers");
-    assert_eq!(status.config_generation, 1);
+    assert_eq!(status.node.config_generation, 1);
     assert_eq!(status.snapshot.vip("web").unwrap().backends.len(), 2);
     assert_eq!(status.snapshot.vips.len(), stats.vips.len());
     let (seen, failed) = topo.tcp_requests(VIP, PORT, 40);
@@ -134,8 +134,8 @@ fn drains_survive_sigkill_and_sigterm_restarts() {
         assert_eq!(seen.get("be1"), None, "no new flows to the drained backend after signal {signal}: {seen:?}");
         assert!(seen.contains_key("be0") && seen.contains_key("be2"), "{seen:?}");
         let status = topo.status().unwrap();
-        assert!(status.node_drained, "the node drain is restored");
-        let state = status.state.expect("status shows the state file");
+        assert!(status.node.node_drained, "the node drain is restored");
+        let state = status.node.state.expect("status shows the state file");
         assert_eq!(state.path, state_file.display().to_string());
         assert!(state.found && state.restored_drains == 1 && state.restored_node_drain, "{state:?}");
         let rendered = String::from_utf8(topo.xlb(&["status"]).stdout).unwrap();
@@ -155,13 +155,13 @@ fn drains_survive_sigkill_and_sigterm_restarts() {
     let (seen, failed) = topo.tcp_requests(VIP, PORT, 90);
     assert_eq!(failed, 0, "{seen:?}");
     assert!(seen.get("be1").is_some_and(|n| *n > 5), "undrained for good: {seen:?}");
-    assert!(!topo.status().unwrap().node_drained);
+    assert!(!topo.status().unwrap().node.node_drained);
 
     // A drain of a backend the config no longer has is dropped at start, with the file.
     assert!(topo.xlb(&["drain", "web", &backend_v4(2)]).status.success());
     topo.agent(agent).signal_and_wait(libc::SIGKILL, Duration::from_secs(5));
     agent = topo.start_agent(&config(2));
-    let state = topo.status().unwrap().state.unwrap();
+    let state = topo.status().unwrap().node.state.unwrap();
     assert_eq!((state.restored_drains, state.pruned_drains), (0, 1), "{state:?}");
     let text = std::fs::read_to_string(&state_file).unwrap();
     assert!(!text.contains(&backend_v4(2)), "pruned on disk too: {text}");
@@ -207,13 +207,13 @@ fn a_drained_node_stays_withdrawn_from_bgp_across_a_restart() {
     topo.agent(agent).signal_and_wait(libc::SIGKILL, Duration::from_secs(5));
     topo.start_agent(&config);
     wait_for("the session up again", Duration::from_secs(15), || {
-        topo.status().filter(|s| s.peers.iter().any(|p| p.state == "established")).map(|_| ())
+        topo.status().filter(|s| s.node.peers.iter().any(|p| p.state == "established")).map(|_| ())
     });
     // Established and settled: still nothing announced.
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(topo.router_nexthops(VIP), BTreeSet::new(), "a restored node drain announces nothing");
     let status = topo.status().unwrap();
-    assert!(status.node_drained && status.announced.is_empty(), "{:?}", status.announced);
+    assert!(status.node.node_drained && status.announced.is_empty(), "{:?}", status.announced);
 
     assert!(topo.xlb(&["drain", "node", "--undo"]).status.success());
     nexthops(&topo, &[node_v4(0)], "announced again after the undo");

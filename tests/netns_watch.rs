@@ -43,7 +43,7 @@ fn has_line(text: &str, line: &str) -> bool {
 }
 
 fn eth0(status: &Status) -> AttachmentStatus {
-    status.interfaces.iter().find(|a| a.iface == "eth0").cloned().expect("eth0 in status")
+    status.node.interfaces.iter().find(|a| a.iface == "eth0").cloned().expect("eth0 in status")
 }
 
 fn nexthops(topo: &Topology) -> BTreeSet<String> {
@@ -100,7 +100,7 @@ fn lost_xdp_withdraws_and_reattaches_but_xlb_detach_is_for_good() {
     assert!(!out.status.success() && stderr.contains("Can't replace active BPF XDP link"), "{stderr}");
     std::thread::sleep(Duration::from_millis(1500));
     let status = topo.status().unwrap();
-    assert!(eth0(&status).attached, "{:?}", status.interfaces);
+    assert!(eth0(&status).attached, "{:?}", status.node.interfaces);
 
     // Detached behind the agent's back, in place (what `bpftool link detach` does), then by
     // removing the pin: each time withdrawn within a check or two, shown, counted; then

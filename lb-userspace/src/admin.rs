@@ -24,14 +24,8 @@ use tokio::{
     task::JoinHandle,
 };
 
-pub use crate::summary::{AttachmentStatus, ReloadOutcome};
-use crate::{
-    accept::AcceptErrors,
-    bgp::PeerStatus,
-    plan::Plan,
-    stats::Snapshot,
-    summary::{NodeState, StateStatus, Summary},
-};
+pub use crate::summary::{AttachmentStatus, NodeState, ReloadOutcome, StateStatus};
+use crate::{accept::AcceptErrors, plan::Plan, stats::Snapshot, summary::Summary};
 
 pub const DEFAULT_SOCKET: &str = "/run/xlb/admin.sock";
 
@@ -86,48 +80,20 @@ pub enum Reply {
     Error(String),
 }
 
-/// What `xlb status` shows.
+/// What `xlb status --vips` shows: the agent's state and every VIP with its counters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
-    pub config_path: String,
-    /// Configurations applied since the agent started (1 = the one it started with).
-    pub config_generation: u64,
-    pub last_reload: Option<ReloadOutcome>,
-    /// `xlb drain node` in effect.
-    pub node_drained: bool,
+    #[serde(flatten)]
+    pub node: NodeState,
     /// VIP addresses announced over BGP.
     pub announced: Vec<String>,
-    pub peers: Vec<PeerStatus>,
-    /// VIPs a pass in progress has still to write.
-    #[serde(default)]
-    pub pending_vips: usize,
-    /// Why the last pass stopped short (it is retried).
-    #[serde(default)]
-    pub reconcile_error: Option<String>,
-    /// The state file (drains that survive restarts); `None` from an agent that keeps none.
-    #[serde(default)]
-    pub state: Option<Box<StateStatus>>,
-    /// Whether XDP is attached to each interface the agent runs on.
-    #[serde(default)]
-    pub interfaces: Vec<AttachmentStatus>,
     pub snapshot: Snapshot,
 }
 
 impl Status {
     pub fn render(&self) -> String {
-        let node = NodeState {
-            config_path: self.config_path.clone(),
-            config_generation: self.config_generation,
-            last_reload: self.last_reload.clone(),
-            node_drained: self.node_drained,
-            peers: self.peers.clone(),
-            pending_vips: self.pending_vips,
-            reconcile_error: self.reconcile_error.clone(),
-            state: self.state.clone(),
-            interfaces: self.interfaces.clone(),
-        };
         let announced = if self.announced.is_empty() { "nothing".to_owned() } else { self.announced.join(", ") };
-        let mut out = node.render(&announced);
+        let mut out = self.node.render(&announced);
         out.push('\n');
         out.push_str(&self.snapshot.render_vips());
         out

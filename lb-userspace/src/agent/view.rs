@@ -169,35 +169,32 @@ impl Shared {
         let view = self.view.load();
         let snapshot = self.snapshot_of(&view)?;
         Ok(Status {
+            node: self.node_state(&view),
+            announced: self.announce.borrow().iter().map(ToString::to_string).collect(),
+            snapshot,
+        })
+    }
+
+    /// The agent's own state as of `view`, which heads both status replies.
+    fn node_state(&self, view: &AgentView) -> NodeState {
+        NodeState {
             config_path: self.config_path.clone(),
             config_generation: view.config_generation,
             last_reload: view.last_reload.clone(),
             node_drained: view.node_drained,
-            announced: self.announce.borrow().iter().map(ToString::to_string).collect(),
             peers: self.peers(),
             pending_vips: view.pending_vips,
             reconcile_error: view.reconcile_error.clone(),
             state: Some(Box::new(view.state.clone())),
             interfaces: lock(&self.attachments).clone(),
-            snapshot,
-        })
+        }
     }
 
     /// What `xlb status` shows: from the view and the housekeeping counts alone, no map read.
     pub fn summary(&self) -> Summary {
         let view = self.view.load();
         let usage = lock(&self.usage).clone();
-        let node = NodeState {
-            config_path: self.config_path.clone(),
-            config_generation: view.config_generation,
-            last_reload: view.last_reload.clone(),
-            node_drained: view.node_drained,
-            peers: self.peers(),
-            pending_vips: view.pending_vips,
-            reconcile_error: view.reconcile_error.clone(),
-            state: Some(Box::new(view.state.clone())),
-            interfaces: lock(&self.attachments).clone(),
-        };
+        let node = self.node_state(&view);
         let announced = self.announce.borrow().len();
         Summary::of(node, &view.applied, announced, usage.flow_table, usage.nat)
     }
