@@ -27,8 +27,11 @@ log() { printf '[fuzz] %s\n' "$*" >&2; }
 toolchain=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
 command -v cargo-fuzz >/dev/null || { log "cargo-fuzz is missing: run scripts/setup.sh"; exit 1; }
 log "building ${targets[*]} (Rust $toolchain, ASan)"
+# The fuzz build (ASan, a dependency tree of its own) is slow from scratch: its target directory
+# lives outside the checkout, so that a fresh clone (CI) reuses it.
+export CARGO_TARGET_DIR=${XLB_FUZZ_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/xlb/fuzz-target}
 (cd fuzz && AYA_BUILD_SKIP=1 RUSTC_BOOTSTRAP=1 cargo "+$toolchain" fuzz build)
-bin=fuzz/target/x86_64-unknown-linux-gnu/release
+bin=$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release
 
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT

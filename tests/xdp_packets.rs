@@ -412,7 +412,9 @@ fn an_adopting_reconciler_keeps_ids_slots_and_tables() {
 #[test]
 fn health_and_drain_states_shape_the_maps_exactly() {
     require_root!();
-    let mut lb = Balancer::with_config(PLAN_CONFIG);
+    // Panic off for `web` first: with every backend out its table must go empty.
+    let no_panic = PLAN_CONFIG.replacen("    backends:\n", "    panic_threshold: 0\n    backends:\n", 1);
+    let mut lb = Balancer::with_config(&no_panic);
     let web = lb.applied("web").clone();
     let mut states = xlb::desired::BackendStates::default();
     states.down.insert(("web".to_owned(), "10.0.0.2".to_owned()));
@@ -438,4 +440,15 @@ fn health_and_drain_states_shape_the_maps_exactly() {
     let syn = Frame::v4("198.51.100.1", "192.0.2.10", L4::TcpSyn { sport: 40000, dport: 80 }).build();
     assert_eq!(lb.run(&syn).action, XdpAction::Drop);
     assert_eq!(lb.stat(Stat::DropNoBackend), 1);
+
+    // With the default panic threshold (50 %) the same states put `web` in panic: new flows go
+    // to every undrained backend, down or not, never to the drained one.
+    let config = xlb::config::parse(std::path::Path::new("plan.yaml"), PLAN_CONFIG).unwrap();
+    let desired = xlb::desired::DesiredState::with_states(&config, &xlb_tests::FACTS, &states);
+    lb.reconciler.apply(&desired, &mut lb.maps).unwrap();
+    let table = lb.maps.table(web.meta.id).unwrap();
+    let undrained = [web.slots[0], web.slots[1]];
+    assert!(table.iter().all(|slot| undrained.contains(slot)), "never the drained backend");
+    assert!(undrained.iter().all(|slot| table.contains(slot)), "every undrained one, down or not");
+    assert_eq!(lb.run(&syn).action, XdpAction::Tx);
 }
