@@ -23,7 +23,10 @@ pub mod l7;
 // serde-saphyr's budgets, derived from the per-node limits.
 #[cfg(test)]
 mod edge_tests;
+mod incremental;
 mod yaml_budget;
+
+pub use incremental::{LastRead, VipItemCache};
 
 /// Default Maglev table size: prime, and ≥ 100 slots a backend (shares within ~1%) for VIPs of up
 /// to 163 backends. Not larger: at 4 bytes a slot it takes 64 KiB a VIP, 640 MiB of BPF memory
@@ -531,7 +534,7 @@ pub enum ConfigError {
 }
 
 // The file as written, before the semantic checks.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     #[serde(default)]
@@ -546,7 +549,7 @@ struct RawConfig {
     nat_pools: Vec<Spanned<RawNatPool>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawNatPool {
     name: String,
@@ -555,7 +558,7 @@ struct RawNatPool {
     ports: Option<Ports>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawBgp {
     local_as: Option<u32>,
@@ -572,7 +575,7 @@ struct RawBgp {
     peers: Vec<Spanned<RawPeer>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPeer {
     address: IpAddr,
@@ -583,7 +586,7 @@ struct RawPeer {
     source_address: Option<IpAddr>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawBfd {
     enabled: Option<bool>,
@@ -592,7 +595,7 @@ struct RawBfd {
     multiplier: Option<u32>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawNode {
     next_hop_mac: Option<Mac>,
@@ -608,7 +611,7 @@ struct RawNode {
     nat_udp_timeout: Option<RawScalar>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawVip {
     name: String,
@@ -631,7 +634,7 @@ struct RawVip {
     l7: Option<Spanned<l7::RawL7>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawBackend {
     address: IpAddr,
@@ -644,7 +647,7 @@ struct RawBackend {
     health_check: Option<Box<Spanned<RawHealthCheck>>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHealthCheck {
     #[serde(rename = "type")]
@@ -672,7 +675,7 @@ enum CheckType {
 
 /// Any scalar as text, so that `interval: 2` gets the duration message (with the accepted
 /// forms) rather than a type error.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct RawScalar(String);
 
 impl<'de> Deserialize<'de> for RawScalar {
@@ -741,6 +744,17 @@ const MAX_MD5_KEY: usize = 80;
 
 /// Reads and validates the configuration file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = read_text(path)?;
+    parse(path, &text)
+}
+
+/// `load`, re-parsing only the VIPs that changed since the last file read through `cache`.
+pub fn load_cached(path: &Path, cache: &mut VipItemCache) -> Result<Config, ConfigError> {
+    let text = read_text(path)?;
+    parse_cached(path, &text, cache)
+}
+
+fn read_text(path: &Path) -> Result<String, ConfigError> {
     let read_err = |source| ConfigError::Read { path: path.to_owned(), source };
     // Read one byte past the budget, no more: a huge file is refused without being read whole.
     let mut bytes = Vec::new();
@@ -753,22 +767,31 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             message: yaml_budget::too_large(bytes.len()),
         });
     }
-    let text = String::from_utf8(bytes)
-        .map_err(|e| read_err(std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error())))?;
-    parse(path, &text)
+    String::from_utf8(bytes).map_err(|e| read_err(std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error())))
 }
 
 /// Parses and validates `text`; `path` only names the source in errors.
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    check_size(path, text)?;
+    let raw = incremental::read_whole(text).map_err(|e| syntax_error(path, &e))?;
+    Checker { path }.check(raw)
+}
+
+/// `parse`, re-parsing only the VIPs that changed since the last text read through `cache`.
+pub fn parse_cached(path: &Path, text: &str, cache: &mut VipItemCache) -> Result<Config, ConfigError> {
+    check_size(path, text)?;
+    let raw = cache.read(text).map_err(|e| syntax_error(path, &e))?;
+    Checker { path }.check(raw)
+}
+
+fn check_size(path: &Path, text: &str) -> Result<(), ConfigError> {
     if text.len() > yaml_budget::MAX_FILE_BYTES {
         return Err(ConfigError::SyntaxNoLocation {
             path: path.to_owned(),
             message: yaml_budget::too_large(text.len()),
         });
     }
-    let raw: RawConfig =
-        serde_saphyr::from_str_with_options(text, yaml_budget::options()).map_err(|e| syntax_error(path, &e))?;
-    Checker { path }.check(raw)
+    Ok(())
 }
 
 struct Checker<'a> {

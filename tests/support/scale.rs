@@ -475,6 +475,7 @@ impl Scale {
             }
             // The summary says when every VIP is written; the full table then says with what.
             let (took, view) = status(&self.socket());
+            let seen = spawned.elapsed();
             let applied = view.and_then(|v| {
                 if v.applied == expected.len() && v.pending == 0 {
                     full_status(&self.socket())?.matches(&expected).map(|()| v)
@@ -487,7 +488,7 @@ impl Scale {
                     self.generation = view.generation;
                     let log_took =
                         self.spawned_wall.and_then(|at| Some(since(self.log_line_time("data plane filled", at)?, at)));
-                    return Ok(Done { took: spawned.elapsed(), status_call: took, log_took });
+                    return Ok(Done { took: seen, status_call: took, log_took });
                 }
                 Err(e) => last = e,
             }
@@ -534,6 +535,9 @@ impl Scale {
                 return Err(format!("the agent exited: {error}"));
             }
             let (took, view) = status(&self.socket());
+            // The time is when the summary first says so; the full table check after it is
+            // verification, not part of the reload.
+            let seen = reload.sent.elapsed();
             match view {
                 Ok(v) if v.generation >= reload.generation && v.reload_ok == Some(false) => {
                     return Err(format!("reload failed: {}", v.reload_message.unwrap_or_default()));
@@ -547,7 +551,7 @@ impl Scale {
                             self.generation = v.generation;
                             let log_took =
                                 self.log_line_time("reloaded", reload.sent_wall).map(|t| since(t, reload.sent_wall));
-                            return Ok(Done { took: reload.sent.elapsed(), status_call: took, log_took });
+                            return Ok(Done { took: seen, status_call: took, log_took });
                         }
                         Err(e) => last = format!("generation {}: {e}", v.generation),
                     }

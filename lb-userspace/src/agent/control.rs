@@ -81,6 +81,8 @@ pub struct Control {
     pub facts: NodeFacts,
     pub sizes: TableSizes,
     pub config: Arc<Config>,
+    /// The last file's VIPs, so that a reload parses only those that changed.
+    pub config_cache: config::VipItemCache,
     pub states: BackendStates,
     pub checker: Checker,
     pub health_rx: watch::Receiver<HealthMap>,
@@ -466,10 +468,12 @@ impl Control {
             this.publish(0);
             this.shared.notifier.status(&this.status_line());
         };
-        let config = match config::load(&self.opts.config) {
+        let config = match config::load_cached(&self.opts.config, &mut self.config_cache) {
             Ok(config) => config,
             Err(e) => return reject(self, e.to_string()),
         };
+        let read = self.config_cache.last_read();
+        let parsed_ms = started.elapsed().as_millis() as u64;
         // The interfaces' MTU or MAC may have changed since the last pass.
         match node_facts(&self.opts) {
             Ok(now) => self.facts = now,
@@ -516,6 +520,11 @@ impl Control {
                     updated = changes.updated.len(),
                     unchanged = changes.unchanged,
                     tables_rebuilt = changes.tables_rebuilt,
+                    vips_parsed = match read {
+                        config::LastRead::Whole => self.config.vips.len(),
+                        config::LastRead::Items { reparsed, .. } => reparsed,
+                    },
+                    parse_ms = parsed_ms,
                     ms = started.elapsed().as_millis() as u64,
                     "reloaded"
                 );

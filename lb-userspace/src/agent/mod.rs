@@ -174,7 +174,8 @@ fn adopted_macs(reconciler: &Reconciler, config: &Config) -> std::collections::B
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
-    let config = config::load(&opts.config)?;
+    let mut config_cache = config::VipItemCache::default();
+    let config = config::load_cached(&opts.config, &mut config_cache)?;
     let instance = lock_interfaces(&opts)?;
     // Read before anything is loaded: a file that cannot be read stops the agent here, with the
     // running data plane untouched (starting without its drains would send new flows to
@@ -248,6 +249,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         facts,
         sizes,
         config,
+        config_cache,
         states,
         checker,
         health_rx,

@@ -116,7 +116,7 @@ pub fn check_for(vip: &super::Vip, backend: &L7Backend) -> Option<HealthCheck> {
     Some(check)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawL7 {
     tls: Option<RawTls>,
@@ -132,14 +132,14 @@ pub(super) struct RawL7 {
     routes: Vec<Spanned<RawRoute>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTls {
     cert: PathBuf,
     key: PathBuf,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRoute {
     name: Option<String>,
@@ -163,14 +163,14 @@ enum RawBalance {
     ConsistentHash,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRateLimit {
     requests_per_second: u32,
     burst: Option<u32>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawL7Backend {
     address: IpAddr,
