@@ -1,4 +1,4 @@
-//! Neighbour resolution over rtnetlink (`xlb::neighbor`) against the real kernel: two
+//! Neighbour resolution over rtnetlink (`xlb::sources::neighbor`) against the real kernel: two
 //! namespaces joined by a veth pair, the table read and solicited from namespace A for B's
 //! addresses. Needs root.
 
@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use xlb::neighbor::{self, MacMap, Neighbor, Resolver};
+use xlb::sources::neighbor::{self, MacMap, Neighbor, Resolver};
 use xlb_tests::netns::{Netns, sh, veth, wait_for};
 
 const A_IF: &str = "xnl-a";

@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use xlb::admin::Status;
+use xlb::serve::admin::Status;
 use xlb_tests::{
     netns::wait_for,
     require_root,
@@ -33,7 +33,7 @@ fn vip(name: &str, port: u16, extra: &str, weights: &[u32]) -> String {
     )
 }
 
-fn backend_of<'a>(status: &'a Status, vip: &str, backend: usize) -> &'a xlb::stats::BackendStats {
+fn backend_of<'a>(status: &'a Status, vip: &str, backend: usize) -> &'a xlb::serve::stats::BackendStats {
     let v = status.snapshot.vip(vip).unwrap_or_else(|| panic!("VIP {vip} in status"));
     v.backends.iter().find(|b| b.address == backend_v4(backend)).expect("backend in status")
 }

@@ -15,7 +15,7 @@ use std::{
 };
 
 use tokio::sync::watch;
-use xlb::bgp::{Announce, BfdConfig, BgpConfig, BgpPeer, PeerStatus, Speaker};
+use xlb::announce::bgp::{Announce, BfdConfig, BgpConfig, BgpPeer, PeerStatus, Speaker};
 use xlb_tests::{
     bird::{self, Bird, Neighbor},
     netns::{Netns, veth},

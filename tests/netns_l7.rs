@@ -261,7 +261,7 @@ fn agent_log(topo: &Topology) -> String {
 
 /// Rewrites the config and SIGHUPs the agent; waits until the reload is applied and returns
 /// its outcome.
-fn reload_outcome(topo: &Topology, agent: &Process, config: &str) -> xlb::admin::ReloadOutcome {
+fn reload_outcome(topo: &Topology, agent: &Process, config: &str) -> xlb::serve::admin::ReloadOutcome {
     let before = topo.status().expect("status").node.config_generation;
     std::fs::write(topo.config_path(), config).expect("write config");
     // SAFETY: kill with our own child's pid and a valid signal.

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use xlb::admin::{AttachmentStatus, Status};
+use xlb::serve::admin::{AttachmentStatus, Status};
 use xlb_tests::{
     netns::wait_for,
     require_root,
@@ -107,7 +107,7 @@ fn lost_xdp_withdraws_and_reattaches_but_xlb_detach_is_for_good() {
     // re-attached and announced again.
     for (round, how) in ["in place", "pin removed"].into_iter().enumerate() {
         if how == "in place" {
-            assert!(xlb::dataplane::link_state::detach_in_place(&pin).expect("BPF_LINK_DETACH"));
+            assert!(xlb::apply::dataplane::link_state::detach_in_place(&pin).expect("BPF_LINK_DETACH"));
         } else {
             std::fs::remove_file(&pin).expect("remove the pin");
         }

@@ -6,10 +6,10 @@ use std::collections::BTreeSet;
 
 use lb_common::{MAX_BACKENDS, MAX_VIPS};
 use xlb::{
-    desired::{BackendStates, DesiredState},
-    maglev::{self, Member},
-    reconcile::STEP_VIPS,
-    testrun::XdpAction,
+    apply::reconcile::STEP_VIPS,
+    apply::testrun::XdpAction,
+    state::desired::{BackendStates, DesiredState},
+    state::maglev::{self, Member},
 };
 use xlb_tests::{
     Balancer, FACTS,

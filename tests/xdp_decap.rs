@@ -2,7 +2,7 @@
 //! host lose their outer header; everything else passes untouched.
 
 use etherparse::{IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header};
-use xlb::{dataplane::Loaded, testrun::XdpAction};
+use xlb::{apply::dataplane::Loaded, apply::testrun::XdpAction};
 use xlb_tests::{
     packets::{Frame, L4},
     require_root,
@@ -11,7 +11,7 @@ use xlb_tests::{
 const HOST_V4: [u8; 4] = [10, 1, 0, 1];
 const HOST_V6: &str = "fd00:1::1";
 
-fn decap() -> (Loaded, xlb::dataplane::DecapMaps) {
+fn decap() -> (Loaded, xlb::apply::dataplane::DecapMaps) {
     let (program, mut maps) = Loaded::decap().expect("the decap object loads and verifies");
     maps.add_address(std::net::IpAddr::from(HOST_V4)).unwrap();
     maps.add_address(HOST_V6.parse().unwrap()).unwrap();
@@ -64,7 +64,7 @@ fn tunnels_to_this_host_are_stripped_to_the_inner_frame() {
         ("IP6IP6", &inner6, HOST_V6.parse().unwrap()),
         ("IPv4-in-IPv6", &inner4, HOST_V6.parse().unwrap()),
     ] {
-        let out = xlb::testrun::run(prog, &wrap(inner, to)).unwrap();
+        let out = xlb::apply::testrun::run(prog, &wrap(inner, to)).unwrap();
         assert_eq!(out.action, XdpAction::Pass, "{case}");
         assert_eq!(out.packet, *inner, "{case}: exactly the inner frame, with the inner ethertype");
     }
@@ -80,13 +80,13 @@ fn other_traffic_passes_untouched_and_broken_tunnels_drop() {
     let inner = Frame::v4("198.51.100.7", "192.0.2.10", L4::Udp { sport: 40000, dport: 53 }).build();
     let elsewhere = wrap(&inner, std::net::IpAddr::from([10, 1, 0, 2]));
     for (case, frame) in [("plain packet", inner.clone()), ("tunnel to another host", elsewhere)] {
-        let out = xlb::testrun::run(prog, &frame).unwrap();
+        let out = xlb::apply::testrun::run(prog, &frame).unwrap();
         assert_eq!((out.action, out.packet), (XdpAction::Pass, frame), "{case}");
     }
     // A tunnel to us whose inner header is cut short is garbage: dropped, counted.
     let mut short = wrap(&inner, std::net::IpAddr::from(HOST_V4));
     short.truncate(14 + 20 + 10);
-    assert_eq!(xlb::testrun::run(prog, &short).unwrap().action, XdpAction::Drop);
+    assert_eq!(xlb::apply::testrun::run(prog, &short).unwrap().action, XdpAction::Drop);
     let counts = maps.stats().unwrap();
     assert_eq!(counts[0], (lb_common::DecapStat::Pass, 2));
     assert_eq!(counts[2], (lb_common::DecapStat::DropMalformed, 1));

@@ -9,7 +9,7 @@ use lb_common::{
     FAMILY_V4, FLOW_WAYS, FlowKey, PROTO_TCP, Stat, VIP_INDEX_PROBES, VIP_INDEX_SIZE, VipKey, VipMeta, flow_set,
     flow_sets,
 };
-use xlb::{dataplane::FlowTableUsage, testrun::XdpAction};
+use xlb::{apply::dataplane::FlowTableUsage, apply::testrun::XdpAction};
 use xlb_tests::{
     Balancer, FACTS,
     model::{Model, Verdict},
@@ -95,7 +95,7 @@ fn flow_key(frame: &[u8]) -> FlowKey {
         }
         NetSlice::Ipv6(ip) => {
             let h = ip.header();
-            let w = |a: [u8; 16]| xlb::desired::ip_words(std::net::IpAddr::from(a)).0;
+            let w = |a: [u8; 16]| xlb::state::desired::ip_words(std::net::IpAddr::from(a)).0;
             (w(h.source()), w(h.destination()), h.next_header().0, lb_common::FAMILY_V6)
         }
         NetSlice::Arp(_) => panic!("arp"),
@@ -328,7 +328,7 @@ fn an_adopted_vip_index_is_repaired_from_the_vip_map() {
     require_root!();
     use aya::maps::{Array, Map, MapData};
     use lb_common::VipSlot;
-    use xlb::{dataplane::Loaded, desired::DesiredState, reconcile::Reconciler};
+    use xlb::{apply::dataplane::Loaded, apply::reconcile::Reconciler, state::desired::DesiredState};
     let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/xlb-test-adopt-{}", std::process::id()));
     struct Unpin(std::path::PathBuf);
     impl Drop for Unpin {
@@ -337,7 +337,7 @@ fn an_adopted_vip_index_is_repaired_from_the_vip_map() {
         }
     }
     let _unpin = Unpin(dir.clone());
-    let sizes = xlb::dataplane::TableSizes { flows: 1024, nat: 1024 };
+    let sizes = xlb::apply::dataplane::TableSizes { flows: 1024, nat: 1024 };
     let config = xlb_tests::parse_config(CONFIG);
     {
         let (_program, mut maps, adopted) = Loaded::balancer_pinned(sizes, &dir).expect("pinned load");

@@ -4,7 +4,7 @@ use lb_common::{
     ADDR_FLAG_DROP_UNHASHABLE, BACKEND_FLAG_ACTIVE, BACKEND_FLAG_IPIP, Backend, FAMILY_V4, NAT_NO_POOL,
     NODE_FLAG_TUNNEL_V4, NODE_FLAG_TUNNEL_V6, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Stat, VipKey, VipMeta,
 };
-use xlb::testrun::XdpAction;
+use xlb::apply::testrun::XdpAction;
 use xlb_tests::{
     Balancer,
     packets::{Frame, L4, l3_offset},
@@ -195,7 +195,10 @@ fn malformed_frames_are_counted_by_reason_and_never_reach_a_vip() {
     // Ethernet header: BPF_PROG_TEST_RUN refuses those (EINVAL), and so do the drivers, so the
     // program's check exists for the verifier.
     let short = lb.program.xdp().unwrap();
-    assert!(xlb::testrun::run(short, &tcp4[..13]).is_err(), "the kernel runs XDP on frames shorter than 14 bytes");
+    assert!(
+        xlb::apply::testrun::run(short, &tcp4[..13]).is_err(),
+        "the kernel runs XDP on frames shorter than 14 bytes"
+    );
     for stat in Stat::ALL.iter().filter(|s| s.is_malformed() && **s != Stat::TruncatedEth) {
         assert!(cases.iter().any(|(_, _, s)| s == stat), "no case for {}", stat.name());
     }
@@ -231,7 +234,7 @@ fn reconciler_writes_exactly_the_configured_state() {
     let mut lb = Balancer::with_config(CONFIG);
     let v4 = |port: u16, proto| VipKey::v4(u32::from_ne_bytes([192, 0, 2, 10]), port.to_be(), proto);
     let v6 = |port: u16, proto| {
-        let (addr, _) = xlb::desired::ip_words("2001:db8::10".parse().unwrap());
+        let (addr, _) = xlb::state::desired::ip_words("2001:db8::10".parse().unwrap());
         VipKey::v6(addr, port.to_be(), proto)
     };
     let meta = |id, port: u16| VipMeta {
@@ -254,7 +257,7 @@ fn reconciler_writes_exactly_the_configured_state() {
     assert_eq!(lb.maps.vips().unwrap(), expected);
 
     let backend = |addr: &str, mac: [u8; 6], generation, vip_id| {
-        let (addr, family) = xlb::desired::ip_words(addr.parse().unwrap());
+        let (addr, family) = xlb::state::desired::ip_words(addr.parse().unwrap());
         // Backends of dsr-ipip VIPs (here: the ones sent via the next hop) carry the IPIP flag.
         let mode = if mac == [2, 0, 0, 0, 0, 0xfe] { BACKEND_FLAG_IPIP } else { 0 };
         Backend { addr, mac, family, flags: BACKEND_FLAG_ACTIVE | mode, generation, vip_id, port: 0, egress: 0 }
@@ -288,7 +291,7 @@ fn reconciler_writes_exactly_the_configured_state() {
     buckets.sort_unstable();
     buckets.dedup();
     assert_eq!(lb.maps.filter_buckets().unwrap(), buckets, "the pre-filter holds exactly the VIP addresses");
-    let (v6_addr, _) = xlb::desired::ip_words("2001:db8::10".parse().unwrap());
+    let (v6_addr, _) = xlb::state::desired::ip_words("2001:db8::10".parse().unwrap());
     assert!(addrs.iter().any(|(k, p)| k.addr == v6_addr && p.flags == ADDR_FLAG_DROP_UNHASHABLE));
     assert!(addrs.iter().any(|(k, p)| k.family == FAMILY_V4 && p.flags == 0));
 
@@ -356,8 +359,8 @@ fn plan_predicts_exactly_what_the_reload_changes() {
         )
         .replace("name: old\n    address: 192.0.2.11", "name: new\n    address: 192.0.2.12");
     let config = xlb::config::parse(std::path::Path::new("next.yaml"), &next).expect("valid");
-    let desired = xlb::desired::DesiredState::new(&config, &xlb_tests::FACTS);
-    let plan = xlb::plan::plan(&lb.reconciler, &lb.maps, &desired).expect("plan");
+    let desired = xlb::state::desired::DesiredState::new(&config, &xlb_tests::FACTS);
+    let plan = xlb::apply::plan::plan(&lb.reconciler, &lb.maps, &desired).expect("plan");
     assert_eq!(plan.added.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), ["new"]);
     assert_eq!(plan.removed.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), ["old"]);
     assert_eq!(plan.updated.len(), 1);
@@ -379,7 +382,7 @@ fn plan_predicts_exactly_what_the_reload_changes() {
     assert!(to_new as f64 >= 0.95 * moved as f64, "{to_new} of {moved} moved slots went to the new backend");
     assert!((0.23..=0.25 * 1.1).contains(&predicted), "{predicted}");
 
-    let again = xlb::plan::plan(&lb.reconciler, &lb.maps, &desired).expect("plan");
+    let again = xlb::apply::plan::plan(&lb.reconciler, &lb.maps, &desired).expect("plan");
     assert!(again.is_empty() && again.unchanged == 2, "{}", again.render());
 }
 
@@ -393,15 +396,17 @@ fn an_adopting_reconciler_keeps_ids_slots_and_tables() {
     let tables: Vec<Vec<u32>> = lb.reconciler.applied().values().map(|a| lb.maps.table(a.meta.id).unwrap()).collect();
     let backends: Vec<Backend> = (0..8).map(|slot| lb.maps.backend(slot).unwrap()).collect();
 
-    let mut adopted = xlb::reconcile::Reconciler::adopt(&lb.maps).expect("adopt");
+    let mut adopted = xlb::apply::reconcile::Reconciler::adopt(&lb.maps).expect("adopt");
     for (key, old) in lb.reconciler.applied() {
         let new = &adopted.applied()[key];
         assert_eq!((new.meta, &new.slots), (old.meta, &old.slots), "{}", old.vip.name);
-        let ids =
-            |a: &xlb::reconcile::AppliedVip| a.vip.backends.iter().map(|b| b.identity.clone()).collect::<Vec<_>>();
+        let ids = |a: &xlb::apply::reconcile::AppliedVip| {
+            a.vip.backends.iter().map(|b| b.identity.clone()).collect::<Vec<_>>()
+        };
         assert_eq!(ids(new), ids(old));
     }
-    let changes = adopted.apply(&xlb::desired::DesiredState::new(&lb.config, &xlb_tests::FACTS), &mut lb.maps).unwrap();
+    let changes =
+        adopted.apply(&xlb::state::desired::DesiredState::new(&lb.config, &xlb_tests::FACTS), &mut lb.maps).unwrap();
     assert_eq!((changes.added.len(), changes.removed.len()), (0, 0), "{changes:?}");
     let after: Vec<Vec<u32>> = adopted.applied().values().map(|a| lb.maps.table(a.meta.id).unwrap()).collect();
     assert_eq!(after, tables, "the same configuration rebuilds the very same tables");
@@ -416,10 +421,10 @@ fn health_and_drain_states_shape_the_maps_exactly() {
     let no_panic = PLAN_CONFIG.replacen("    backends:\n", "    panic_threshold: 0\n    backends:\n", 1);
     let mut lb = Balancer::with_config(&no_panic);
     let web = lb.applied("web").clone();
-    let mut states = xlb::desired::BackendStates::default();
+    let mut states = xlb::state::desired::BackendStates::default();
     states.down.insert(("web".to_owned(), "10.0.0.2".to_owned()));
     states.drained.insert(("web".to_owned(), "10.0.0.3".to_owned()));
-    let desired = xlb::desired::DesiredState::with_states(&lb.config, &xlb_tests::FACTS, &states);
+    let desired = xlb::state::desired::DesiredState::with_states(&lb.config, &xlb_tests::FACTS, &states);
     let changes = lb.reconciler.apply(&desired, &mut lb.maps).unwrap();
     assert_eq!((changes.updated.clone(), changes.tables_rebuilt), (vec!["web".to_owned()], 1));
     // Only 10.0.0.1 is in the table; the other two keep live slots (same generation), so
@@ -433,7 +438,7 @@ fn health_and_drain_states_shape_the_maps_exactly() {
     }
     // All three out: the VIP keeps its entry with an empty table (no backend: counted drop).
     states.down.insert(("web".to_owned(), "10.0.0.1".to_owned()));
-    let desired = xlb::desired::DesiredState::with_states(&lb.config, &xlb_tests::FACTS, &states);
+    let desired = xlb::state::desired::DesiredState::with_states(&lb.config, &xlb_tests::FACTS, &states);
     lb.reconciler.apply(&desired, &mut lb.maps).unwrap();
     assert_eq!(lb.applied("web").meta.table_size, 0);
     assert!(lb.maps.table(web.meta.id).unwrap().is_empty());
@@ -444,7 +449,7 @@ fn health_and_drain_states_shape_the_maps_exactly() {
     // With the default panic threshold (50 %) the same states put `web` in panic: new flows go
     // to every undrained backend, down or not, never to the drained one.
     let config = xlb::config::parse(std::path::Path::new("plan.yaml"), PLAN_CONFIG).unwrap();
-    let desired = xlb::desired::DesiredState::with_states(&config, &xlb_tests::FACTS, &states);
+    let desired = xlb::state::desired::DesiredState::with_states(&config, &xlb_tests::FACTS, &states);
     lb.reconciler.apply(&desired, &mut lb.maps).unwrap();
     let table = lb.maps.table(web.meta.id).unwrap();
     let undrained = [web.slots[0], web.slots[1]];

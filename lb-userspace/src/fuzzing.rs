@@ -16,14 +16,15 @@ use tokio::{
 };
 
 use crate::{
-    admin,
-    bgp::{
+    announce::bgp::{
         Announce, BfdConfig, BgpPeer, Community, bfd,
         message::{self, TYPE_NOTIFICATION},
         session::{End, Live, PeerCtx, SessionParams, Shared, run_session},
     },
-    config, config_memory,
+    config,
+    config::memory,
     l7::proxy_protocol::{self, ProxyHeader},
+    serve::admin,
 };
 
 /// One runtime for all inputs: building one per input would dominate the run time.
@@ -39,7 +40,7 @@ pub fn config(data: &[u8]) {
     // `config::load` refuses non-UTF-8 before parsing.
     let Ok(text) = std::str::from_utf8(data) else { return };
     if let Ok(config) = config::parse(Path::new("fuzz.yaml"), text) {
-        let estimate = config_memory::memory_estimate(&config, 4);
+        let estimate = memory::memory_estimate(&config, 4);
         let _ = estimate.to_string();
         let _ = estimate.warning(&config);
     }

@@ -1,29 +1,18 @@
-//! xlb's agent as a library: the stages of the one-way data flow, one module each.
+//! xlb's agent as a library, one folder per stage of the one-way data flow:
 //!
-//! config (YAML) → desired (desired state) → reconcile (map writes) → dataplane (BPF maps, XDP)
-//! and back out through stats and the admin socket. `testrun` runs the same XDP object under
-//! BPF_PROG_TEST_RUN for tests and benchmarks.
+//! config (YAML → validated `Config`) → state (desired map contents, Maglev) → apply (the one
+//! writer of the BPF maps) → the XDP data plane; the same desired state → announce (BGP). The
+//! sources (health checks, neighbours, links) feed desired state; serve (admin socket, metrics,
+//! status) reads snapshots the agent publishes and never writes. `agent` wires the stages;
+//! `l7` is the optional userspace proxy tier.
 
-mod accept;
-pub mod admin;
 pub mod agent;
-pub mod bgp;
+pub mod announce;
+pub mod apply;
 pub mod config;
-pub mod config_memory;
-pub mod dataplane;
-pub mod desired;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod health;
-pub mod iface;
 pub mod l7;
-pub mod maglev;
-pub mod metrics;
-pub mod nat;
-pub mod neighbor;
-pub mod plan;
-pub mod reconcile;
-pub mod stats;
-pub mod summary;
-pub mod testrun;
-pub mod vip_state;
+pub mod serve;
+pub mod sources;
+pub mod state;

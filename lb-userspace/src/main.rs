@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use xlb::{admin, agent, config};
+use xlb::{agent, config, serve::admin};
 
 const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xlb";
 
@@ -149,7 +149,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             println!("{}: ok, {} VIPs", file.display(), config.vips.len());
             // Per-CPU maps hold a value for every possible CPU of this machine.
             let cpus = aya::util::nr_cpus().map_or(1, |n| n.get());
-            let estimate = xlb::config_memory::memory_estimate(&config, cpus);
+            let estimate = xlb::config::memory::memory_estimate(&config, cpus);
             println!("{estimate}");
             if let Some(warning) = estimate.warning(&config) {
                 eprintln!("xlb: warning: {warning}");
@@ -173,7 +173,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             let request = if vips { admin::Request::Status } else { admin::Request::Summary };
             match ask(&admin_socket, request)? {
                 admin::Reply::Status(status) => show(json, &status, admin::Status::render),
-                admin::Reply::Summary(summary) => show(json, &summary, xlb::summary::Summary::render),
+                admin::Reply::Summary(summary) => show(json, &summary, xlb::serve::summary::Summary::render),
                 reply => anyhow::bail!("the agent answered a status request with {reply:?}"),
             }
         }
@@ -183,7 +183,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
             let request = admin::Request::Plan { path: file.display().to_string(), config: text };
             match ask(&admin_socket, request)? {
-                admin::Reply::Plan(plan) => show(json, &plan, xlb::plan::Plan::render),
+                admin::Reply::Plan(plan) => show(json, &plan, xlb::apply::plan::Plan::render),
                 reply => anyhow::bail!("the agent answered a plan request with {reply:?}"),
             }
         }
@@ -217,7 +217,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             };
             let mut detached = false;
             for link in agent::link_pins(&dir) {
-                detached |= xlb::dataplane::detach_pinned(&link)?;
+                detached |= xlb::apply::dataplane::detach_pinned(&link)?;
             }
             println!("{iface}: {}", if detached { "XDP detached" } else { "no pinned xlb link" });
             if forget_flows && dir.exists() {
@@ -228,7 +228,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         }
         Command::Decap { iface, addresses } => runtime()?.block_on(agent::decap(&iface, addresses)),
         Command::Stats { admin_socket, json } => match ask(&admin_socket, admin::Request::Stats)? {
-            admin::Reply::Stats(snapshot) => show(json, &snapshot, xlb::stats::Snapshot::render),
+            admin::Reply::Stats(snapshot) => show(json, &snapshot, xlb::serve::stats::Snapshot::render),
             reply => anyhow::bail!("the agent answered a stats request with {reply:?}"),
         },
     }

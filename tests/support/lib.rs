@@ -12,11 +12,11 @@ pub mod topology;
 
 use lb_common::{BackendCounters, Stat};
 use xlb::{
+    apply::dataplane::{Loaded, Maps, TableSizes},
+    apply::reconcile::Reconciler,
+    apply::testrun::{self, Outcome},
     config::{self, Config},
-    dataplane::{Loaded, Maps, TableSizes},
-    desired::{DesiredState, NodeFacts},
-    reconcile::Reconciler,
-    testrun::{self, Outcome},
+    state::desired::{DesiredState, NodeFacts},
 };
 
 /// Whether a root-only test may run. Without root it skips, loudly, except under CI (which runs
@@ -206,7 +206,7 @@ impl Balancer {
     }
 
     pub fn with_sizes(yaml: &str, sizes: TableSizes) -> Self {
-        Self::from_object(yaml, sizes, xlb::dataplane::BALANCER_OBJECT)
+        Self::from_object(yaml, sizes, xlb::apply::dataplane::BALANCER_OBJECT)
     }
 
     /// A balancer from another build of the XDP object (an ELF file's bytes).
@@ -220,7 +220,7 @@ impl Balancer {
         Self::build(
             yaml,
             TableSizes { flows: TEST_FLOW_TABLE_SIZE, nat: TEST_NAT_TABLE_SIZE },
-            xlb::dataplane::BALANCER_OBJECT,
+            xlb::apply::dataplane::BALANCER_OBJECT,
             facts,
         )
     }
@@ -234,7 +234,7 @@ impl Balancer {
     }
 
     /// Reconciles to a new config, as a reload would.
-    pub fn reload(&mut self, yaml: &str) -> xlb::reconcile::Changes {
+    pub fn reload(&mut self, yaml: &str) -> xlb::apply::reconcile::Changes {
         self.config = parse_config(yaml);
         self.reconciler.apply(&DesiredState::new(&self.config, &FACTS), &mut self.maps).expect("reload applies")
     }
@@ -274,7 +274,7 @@ impl Balancer {
         self.maps.backend_counters(applied.slots[i]).expect("read backend counters")
     }
 
-    pub fn applied(&self, name: &str) -> &xlb::reconcile::AppliedVip {
+    pub fn applied(&self, name: &str) -> &xlb::apply::reconcile::AppliedVip {
         self.reconciler.applied().values().find(|a| a.vip.name == name).unwrap_or_else(|| panic!("no VIP named {name}"))
     }
 }

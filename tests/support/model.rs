@@ -16,8 +16,8 @@ use lb_common::{
 };
 use xlb::{
     config::Config,
-    desired::{DesiredState, DesiredVip, NodeFacts},
-    maglev::{self, Member},
+    state::desired::{DesiredState, DesiredVip, NodeFacts},
+    state::maglev::{self, Member},
 };
 
 /// What the model says the program does with a frame.

@@ -17,7 +17,7 @@ use std::{
     time::Duration,
 };
 
-use xlb::{dataplane::Loaded, stats::Snapshot};
+use xlb::{apply::dataplane::Loaded, serve::stats::Snapshot};
 
 use crate::netns::{Netns, Process, sh, unique_name, veth, wait_for, xlb_bin};
 
@@ -576,11 +576,11 @@ impl Topology {
     }
 
     /// The agent's `xlb status --vips --json` (every VIP), if it answers.
-    pub fn status(&self) -> Option<xlb::admin::Status> {
+    pub fn status(&self) -> Option<xlb::serve::admin::Status> {
         self.status_of(0)
     }
 
-    pub fn status_of(&self, i: usize) -> Option<xlb::admin::Status> {
+    pub fn status_of(&self, i: usize) -> Option<xlb::serve::admin::Status> {
         let out = self.xlb_on(i, &["status", "--vips", "--json"]);
         out.status.success().then(|| serde_json::from_slice(&out.stdout).expect("status --json is JSON"))
     }

@@ -18,10 +18,10 @@ use std::{collections::BTreeMap, time::Instant};
 use anyhow::{Context as _, bail};
 use lb_common::FlowKey;
 use xlb::{
-    dataplane::{Loaded, TableSizes},
-    desired::ip_from_words,
-    maglev::{self, Member},
-    testrun::{self, XdpAction},
+    apply::dataplane::{Loaded, TableSizes},
+    apply::testrun::{self, XdpAction},
+    state::desired::ip_from_words,
+    state::maglev::{self, Member},
 };
 use xlb_tests::{
     Balancer,
@@ -349,7 +349,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
 /// For each established flow from `src` to the NAT VIP `dst`: the backend's reply to the source
 /// the flow was given.
 fn nat_replies(balancer: &Balancer, src: &str, dst: &str) -> anyhow::Result<Vec<Vec<u8>>> {
-    let words = |a: &str| xlb::desired::ip_words(a.parse().expect("address"));
+    let words = |a: &str| xlb::state::desired::ip_words(a.parse().expect("address"));
     let ((saddr, family), (daddr, _)) = (words(src), words(dst));
     (0..ESTABLISHED_FLOWS)
         .map(|i| {

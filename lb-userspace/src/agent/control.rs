@@ -23,17 +23,17 @@ use super::{
     view::lock,
 };
 use crate::{
-    admin::{ReloadOutcome, Reply},
-    bgp::{Announce, Speaker},
+    announce::bgp::{Announce, Speaker},
+    apply::dataplane::{Maps, TableSizes},
+    apply::plan,
+    apply::reconcile::{Changes, ReconcileError, Reconciler, STEP_VIPS},
     config::{self, Config},
-    dataplane::{Maps, TableSizes},
-    desired::{self, BackendRef, BackendStates, DesiredState, NodeFacts},
-    health::{Checker, HealthMap, Target},
     l7,
-    neighbor::{MacMap, Resolver},
-    plan,
-    reconcile::{Changes, ReconcileError, Reconciler, STEP_VIPS},
-    vip_state::Transitions,
+    serve::admin::{ReloadOutcome, Reply},
+    sources::health::{Checker, HealthMap, Target},
+    sources::neighbor::{MacMap, Resolver},
+    state::desired::{self, BackendRef, BackendStates, DesiredState, NodeFacts},
+    state::vip_state::Transitions,
 };
 
 /// How often readers see a long pass's progress.

@@ -10,14 +10,17 @@ use tokio::{
 };
 
 use crate::{
-    admin::{self, Reply, Request},
+    apply::dataplane::{self, AttachMode, Attached, FlowTableCounter, Loaded, NatTables, TableSizes},
+    apply::nat,
+    apply::reconcile::Reconciler,
     config::{self, Config},
-    dataplane::{self, AttachMode, Attached, FlowTableCounter, Loaded, NatTables, TableSizes},
-    desired::{self, BackendStates, NodeFacts},
-    health::Checker,
-    iface, l7, metrics, nat,
-    neighbor::Resolver,
-    reconcile::Reconciler,
+    l7,
+    serve::admin::{self, Reply, Request},
+    serve::metrics,
+    sources::health::Checker,
+    sources::link,
+    sources::neighbor::Resolver,
+    state::desired::{self, BackendStates, NodeFacts},
 };
 
 mod control;
@@ -144,7 +147,7 @@ pub fn link_pins(iface_dir: &std::path::Path) -> Vec<PathBuf> {
 
 /// The facts of every interface the agent runs on, the first one's as the node's.
 fn node_facts(opts: &RunOptions) -> anyhow::Result<NodeFacts> {
-    let read = |name: &String| iface::facts(name).with_context(|| format!("reading interface {name}"));
+    let read = |name: &String| link::facts(name).with_context(|| format!("reading interface {name}"));
     let mut facts = read(&opts.iface)?;
     for name in &opts.other_ifaces {
         facts.interfaces.extend(read(name)?.interfaces);
@@ -594,7 +597,7 @@ impl FileWatch {
 /// `xlb decap`: strips tunnels addressed to this host on `iface` until SIGTERM/SIGINT.
 pub async fn decap(iface: &str, addresses: Vec<std::net::IpAddr>) -> anyhow::Result<()> {
     let addresses = if addresses.is_empty() {
-        let all = iface::host_addresses().context("listing this host's addresses")?;
+        let all = link::host_addresses().context("listing this host's addresses")?;
         all.into_iter().filter(|(_, a)| !a.is_loopback()).map(|(_, a)| a).collect()
     } else {
         addresses

@@ -12,7 +12,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::desired::BackendRef;
+use crate::state::desired::BackendRef;
 
 /// The state file's name in the state directory.
 pub const FILE_NAME: &str = "state.json";
@@ -70,7 +70,7 @@ pub enum StateError {
     Write { path: PathBuf, source: std::io::Error },
 }
 
-pub use crate::summary::StateStatus;
+pub use crate::serve::summary::StateStatus;
 
 /// The state file of one agent.
 #[derive(Debug, Clone)]

@@ -14,16 +14,17 @@ use tokio::sync::watch;
 
 use super::{sd_notify::Notifier, state_file::StateStatus};
 use crate::{
-    admin::{AttachmentStatus, ReloadOutcome, Status},
-    bgp::{Announce, PeerStatus, Speaker},
+    announce::bgp::{Announce, PeerStatus, Speaker},
+    apply::dataplane::{Counters, DataplaneError, FlowTableUsage},
+    apply::nat::NatUsage,
+    apply::reconcile::AppliedVip,
     config::Config,
-    dataplane::{Counters, DataplaneError, FlowTableUsage},
-    health::{HealthErrors, HealthMap},
-    l7, metrics,
-    nat::NatUsage,
-    reconcile::AppliedVip,
-    stats::Snapshot,
-    summary::{NodeState, Summary},
+    l7,
+    serve::admin::{AttachmentStatus, ReloadOutcome, Status},
+    serve::metrics,
+    serve::stats::Snapshot,
+    serve::summary::{NodeState, Summary},
+    sources::health::{HealthErrors, HealthMap},
 };
 
 /// The agent's state as of its last published pass.

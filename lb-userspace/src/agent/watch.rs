@@ -19,11 +19,11 @@ use tokio::sync::mpsc;
 
 use super::{control::Command, view::Shared, view::lock};
 use crate::{
-    admin::AttachmentStatus,
-    dataplane::{
+    apply::dataplane::{
         self, Attached, Loaded,
         link_state::{LinkState, ifindex, link_state},
     },
+    serve::admin::AttachmentStatus,
 };
 
 /// How often each attachment is checked.

@@ -32,8 +32,8 @@ use tokio::{net::TcpListener, sync::Semaphore, task::JoinHandle};
 pub use crate::config::l7 as config;
 use crate::{
     config::{Config, Mode, Vip},
-    desired::BackendRef,
-    health::Target,
+    sources::health::Target,
+    state::desired::BackendRef,
 };
 use addr::LocalAddress;
 use balance::{BackendState, Pool};

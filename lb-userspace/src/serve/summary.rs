@@ -9,7 +9,8 @@ use lb_common::VipKey;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    bgp::PeerStatus, dataplane::FlowTableUsage, desired::DesiredBackend, nat::NatUsage, reconcile::AppliedVip,
+    announce::bgp::PeerStatus, apply::dataplane::FlowTableUsage, apply::nat::NatUsage, apply::reconcile::AppliedVip,
+    state::desired::DesiredBackend,
 };
 
 /// Degraded VIPs listed at most; the rest are counted.

@@ -19,7 +19,9 @@ use tokio::{
     task::JoinHandle,
 };
 
-use crate::{accept::AcceptErrors, admin::ReloadOutcome, bgp::PeerStatus, stats::Snapshot};
+use crate::{
+    announce::bgp::PeerStatus, serve::accept::AcceptErrors, serve::admin::ReloadOutcome, serve::stats::Snapshot,
+};
 
 /// Agent facts exported next to the data plane's counters.
 #[derive(Debug, Clone)]
@@ -28,9 +30,9 @@ pub struct AgentInfo {
     pub last_reload: Option<ReloadOutcome>,
     pub peers: Vec<PeerStatus>,
     /// XDP on each of the agent's interfaces.
-    pub attachments: Vec<crate::admin::AttachmentStatus>,
+    pub attachments: Vec<crate::serve::admin::AttachmentStatus>,
     /// Health-check probes that failed, by whose fault.
-    pub health_errors: crate::health::ErrorCounts,
+    pub health_errors: crate::sources::health::ErrorCounts,
     /// The L7 tier's per-route families (kept by the tier, appended as they are).
     pub l7: Vec<prometheus::proto::MetricFamily>,
 }
@@ -419,7 +421,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::{BackendStats, Counter, VipStats};
+    use crate::serve::stats::{BackendStats, Counter, VipStats};
 
     fn snapshot() -> Snapshot {
         Snapshot {
@@ -469,11 +471,11 @@ mod tests {
                     },
                 ],
             }],
-            flow_table: crate::dataplane::FlowTableUsage { entries: 6, size: 1024 },
-            nat: crate::nat::NatUsage {
+            flow_table: crate::apply::dataplane::FlowTableUsage { entries: 6, size: 1024 },
+            nat: crate::apply::nat::NatUsage {
                 flows: 5,
                 swept: 2,
-                pools: vec![crate::nat::PoolUsage {
+                pools: vec![crate::apply::nat::PoolUsage {
                     pool: "edge".into(),
                     address: "198.51.100.1".into(),
                     flows: 5,
@@ -501,14 +503,14 @@ mod tests {
                     last_error: None,
                     bfd: Some("up".into()),
                 }],
-                attachments: vec![crate::admin::AttachmentStatus {
+                attachments: vec![crate::serve::admin::AttachmentStatus {
                     iface: "eth0".into(),
                     attached: false,
                     operator_detached: false,
                     reason: Some("gone".into()),
                     reattached: 2,
                 }],
-                health_errors: crate::health::ErrorCounts { backend: 7, local: 3 },
+                health_errors: crate::sources::health::ErrorCounts { backend: 7, local: 3 },
                 l7: vec![],
             },
         );

@@ -17,9 +17,9 @@ use lb_common::{
 };
 
 use crate::{
-    dataplane::{DataplaneError, Maps},
-    desired::{DesiredBackend, DesiredState, DesiredVip, endpoint, ip_from_words},
-    maglev::{self, MaglevError, Member},
+    apply::dataplane::{DataplaneError, Maps},
+    state::desired::{DesiredBackend, DesiredState, DesiredVip, endpoint, ip_from_words},
+    state::maglev::{self, MaglevError, Member},
 };
 
 #[derive(Debug, thiserror::Error)]

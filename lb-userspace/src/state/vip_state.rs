@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use lb_common::VipKey;
 
-use crate::desired::DesiredVip;
+use crate::state::desired::DesiredVip;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VipState {
@@ -100,7 +100,7 @@ mod tests {
     use super::*;
     use crate::{
         config::{Backend, Config, HashFields, Mode, Protocol, Unhashable, Vip},
-        desired::{BackendStates, DesiredState, NodeFacts},
+        state::desired::{BackendStates, DesiredState, NodeFacts},
     };
 
     fn config(backends: usize, threshold: u32, min_healthy: u32) -> Config {
@@ -181,7 +181,7 @@ mod tests {
 
     #[test]
     fn exactly_the_threshold_is_not_panic() {
-        use crate::desired::below_panic_threshold;
+        use crate::state::desired::below_panic_threshold;
         assert!(!below_panic_threshold(2, 4, 50));
         assert!(below_panic_threshold(1, 4, 50));
         assert!(!below_panic_threshold(0, 0, 50), "nothing eligible: nothing to panic over");

@@ -24,8 +24,8 @@ use tokio::{
     task::JoinHandle,
 };
 
-pub use crate::summary::{AttachmentStatus, NodeState, ReloadOutcome, StateStatus};
-use crate::{accept::AcceptErrors, plan::Plan, stats::Snapshot, summary::Summary};
+pub use crate::serve::summary::{AttachmentStatus, NodeState, ReloadOutcome, StateStatus};
+use crate::{apply::plan::Plan, serve::accept::AcceptErrors, serve::stats::Snapshot, serve::summary::Summary};
 
 pub const DEFAULT_SOCKET: &str = "/run/xlb/admin.sock";
 

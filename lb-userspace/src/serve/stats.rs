@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use lb_common::{BackendCounters, VipKey};
 
 use crate::{
-    dataplane::{Counters, DataplaneError},
-    health::HealthMap,
-    reconcile::AppliedVip,
+    apply::dataplane::{Counters, DataplaneError},
+    apply::reconcile::AppliedVip,
+    sources::health::HealthMap,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,10 +22,10 @@ pub struct Snapshot {
     pub vips: Vec<VipStats>,
     /// How full the connection table is (the agent's: as of its last count).
     #[serde(default)]
-    pub flow_table: crate::dataplane::FlowTableUsage,
+    pub flow_table: crate::apply::dataplane::FlowTableUsage,
     /// NAT flows and pool usage, as of the agent's last sweep.
     #[serde(default)]
-    pub nat: crate::nat::NatUsage,
+    pub nat: crate::apply::nat::NatUsage,
     /// The L7 tier's VIPs (served by the agent's proxy, not counted by XDP).
     #[serde(default)]
     pub l7: Vec<crate::l7::L7VipStatus>,

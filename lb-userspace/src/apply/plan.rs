@@ -10,9 +10,9 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    dataplane::Maps,
-    desired::{DesiredState, DesiredVip},
-    reconcile::{self, AppliedVip, ReconcileError, Reconciler},
+    apply::dataplane::Maps,
+    apply::reconcile::{self, AppliedVip, ReconcileError, Reconciler},
+    state::desired::{DesiredState, DesiredVip},
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -15,11 +15,11 @@ use std::{
 use serde::{Deserialize, Deserializer};
 use serde_saphyr::Spanned;
 
-use crate::maglev;
+use crate::state::maglev;
 
-// The `l7:` section of `mode: l7` VIPs: its types and checks, kept in the L7 tier's directory.
-#[path = "l7/config.rs"]
+// The `l7:` section of `mode: l7` VIPs: its types and checks.
 pub mod l7;
+pub mod memory;
 // serde-saphyr's budgets, derived from the per-node limits.
 #[cfg(test)]
 mod edge_tests;
@@ -512,7 +512,7 @@ impl Vip {
 
     /// `address:port/protocol` (brackets around IPv6); `address/icmp` for ICMP VIPs.
     pub fn endpoint(&self) -> String {
-        crate::desired::endpoint(&crate::desired::vip_key(self), self.port, self.port_last)
+        crate::state::desired::endpoint(&crate::state::desired::vip_key(self), self.port, self.port_last)
     }
 
     /// Serves a range of ports (kept in the data plane under port 0 of its address).
