@@ -52,7 +52,7 @@ fn client_v6(rng: &mut Rng) -> [u8; 16] {
 
 /// An address as it sits in a key (network order in memory).
 fn ip_of(words: &[u32; 4], family: u8) -> std::net::IpAddr {
-    xlb::state::desired::ip_from_words(*words, family)
+    xlb::config::ip_from_words(*words, family)
 }
 
 /// Something from a backend about a NAT flow the model knows: a reply (or a reply to a source

@@ -95,7 +95,7 @@ fn flow_key(frame: &[u8]) -> FlowKey {
         }
         NetSlice::Ipv6(ip) => {
             let h = ip.header();
-            let w = |a: [u8; 16]| xlb::state::desired::ip_words(std::net::IpAddr::from(a)).0;
+            let w = |a: [u8; 16]| xlb::config::ip_words(std::net::IpAddr::from(a)).0;
             (w(h.source()), w(h.destination()), h.next_header().0, lb_common::FAMILY_V6)
         }
         NetSlice::Arp(_) => panic!("arp"),

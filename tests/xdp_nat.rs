@@ -241,8 +241,8 @@ fn the_pool_runs_out_exactly_when_full_and_expired_ports_come_back() {
     xlb_tests::packets::fix_tcp_checksum(&mut rst);
     sent(&lb, &rst, Stat::NatForwarded, "RST");
     let key = FlowKey {
-        saddr: xlb::state::desired::ip_words("203.0.113.7".parse().unwrap()).0,
-        daddr: xlb::state::desired::ip_words("192.0.2.10".parse().unwrap()).0,
+        saddr: xlb::config::ip_words("203.0.113.7".parse().unwrap()).0,
+        daddr: xlb::config::ip_words("192.0.2.10".parse().unwrap()).0,
         sport: 2u16.to_be(),
         dport: 80u16.to_be(),
         proto: PROTO_TCP,

@@ -234,7 +234,7 @@ fn reconciler_writes_exactly_the_configured_state() {
     let mut lb = Balancer::with_config(CONFIG);
     let v4 = |port: u16, proto| VipKey::v4(u32::from_ne_bytes([192, 0, 2, 10]), port.to_be(), proto);
     let v6 = |port: u16, proto| {
-        let (addr, _) = xlb::state::desired::ip_words("2001:db8::10".parse().unwrap());
+        let (addr, _) = xlb::config::ip_words("2001:db8::10".parse().unwrap());
         VipKey::v6(addr, port.to_be(), proto)
     };
     let meta = |id, port: u16| VipMeta {
@@ -257,7 +257,7 @@ fn reconciler_writes_exactly_the_configured_state() {
     assert_eq!(lb.maps.vips().unwrap(), expected);
 
     let backend = |addr: &str, mac: [u8; 6], generation, vip_id| {
-        let (addr, family) = xlb::state::desired::ip_words(addr.parse().unwrap());
+        let (addr, family) = xlb::config::ip_words(addr.parse().unwrap());
         // Backends of dsr-ipip VIPs (here: the ones sent via the next hop) carry the IPIP flag.
         let mode = if mac == [2, 0, 0, 0, 0, 0xfe] { BACKEND_FLAG_IPIP } else { 0 };
         Backend { addr, mac, family, flags: BACKEND_FLAG_ACTIVE | mode, generation, vip_id, port: 0, egress: 0 }
@@ -291,7 +291,7 @@ fn reconciler_writes_exactly_the_configured_state() {
     buckets.sort_unstable();
     buckets.dedup();
     assert_eq!(lb.maps.filter_buckets().unwrap(), buckets, "the pre-filter holds exactly the VIP addresses");
-    let (v6_addr, _) = xlb::state::desired::ip_words("2001:db8::10".parse().unwrap());
+    let (v6_addr, _) = xlb::config::ip_words("2001:db8::10".parse().unwrap());
     assert!(addrs.iter().any(|(k, p)| k.addr == v6_addr && p.flags == ADDR_FLAG_DROP_UNHASHABLE));
     assert!(addrs.iter().any(|(k, p)| k.family == FAMILY_V4 && p.flags == 0));
 

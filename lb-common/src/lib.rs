@@ -29,6 +29,27 @@ pub const FLOW_TABLE_SIZE: u32 = 1 << 20;
 pub const FLOW_WAYS: usize = 8;
 /// Largest Maglev table a VIP may have.
 pub const MAX_MAGLEV_TABLE_SIZE: u32 = 1_048_573;
+const _: () = assert!(is_prime(MAX_MAGLEV_TABLE_SIZE), "a Maglev table's size must be prime");
+
+/// Whether `n` is prime: a Maglev table's size must be, so that every backend's permutation
+/// visits every slot.
+pub const fn is_prime(n: u32) -> bool {
+    if n < 2 {
+        return false;
+    }
+    if n.is_multiple_of(2) {
+        return n == 2;
+    }
+    let n = n as u64;
+    let mut d = 3;
+    while d * d <= n {
+        if n.is_multiple_of(d) {
+            return false;
+        }
+        d += 2;
+    }
+    true
+}
 /// Table slots per array element. A table holds backend slot numbers as `u32` (`MAX_BACKENDS`
 /// does not fit a `u16`), two to an 8-byte element (array maps store every value at an 8-byte
 /// stride, so one `u32` per element would waste half): a 16381-slot table takes 64 KiB.

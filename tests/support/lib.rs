@@ -259,7 +259,8 @@ impl Balancer {
 
     /// A VIP's totals (the sum over its backends, as `xlb stats` shows them).
     pub fn vip(&self, name: &str) -> BackendCounters {
-        self.maps.vip_traffic(self.applied(name)).expect("read VIP counters")
+        let applied = self.applied(name);
+        self.maps.vip_traffic(&applied.slots, applied.retired).expect("read VIP counters")
     }
 
     /// Counters of backend `address` of VIP `name`.

@@ -20,7 +20,7 @@ use lb_common::FlowKey;
 use xlb::{
     apply::dataplane::{Loaded, TableSizes},
     apply::testrun::{self, XdpAction},
-    state::desired::ip_from_words,
+    config::ip_from_words,
     state::maglev::{self, Member},
 };
 use xlb_tests::{
@@ -349,7 +349,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
 /// For each established flow from `src` to the NAT VIP `dst`: the backend's reply to the source
 /// the flow was given.
 fn nat_replies(balancer: &Balancer, src: &str, dst: &str) -> anyhow::Result<Vec<Vec<u8>>> {
-    let words = |a: &str| xlb::state::desired::ip_words(a.parse().expect("address"));
+    let words = |a: &str| xlb::config::ip_words(a.parse().expect("address"));
     let ((saddr, family), (daddr, _)) = (words(src), words(dst));
     (0..ESTABLISHED_FLOWS)
         .map(|i| {

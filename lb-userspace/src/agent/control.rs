@@ -270,7 +270,7 @@ impl Control {
                 .applied()
                 .iter()
                 .filter(|(_, applied)| applied.vip.is_up() && !self.through_detached(&applied.vip))
-                .map(|(key, _)| desired::ip_from_words(key.addr, key.family))
+                .map(|(key, _)| config::ip_from_words(key.addr, key.family))
                 .chain(l7)
                 .collect()
         };

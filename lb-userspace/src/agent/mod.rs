@@ -164,7 +164,7 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(2);
 fn adopted_macs(reconciler: &Reconciler, config: &Config) -> std::collections::BTreeMap<std::net::IpAddr, [u8; 6]> {
     let mut macs = std::collections::BTreeMap::new();
     for vip in &config.vips {
-        let Some(applied) = reconciler.applied().get(&desired::vip_key(vip)) else { continue };
+        let Some(applied) = reconciler.applied().get(&config::vip_key(vip)) else { continue };
         for backend in &vip.backends {
             let Some(source) = desired::mac_source(vip, backend, config) else { continue };
             let identity = backend.address.to_string();

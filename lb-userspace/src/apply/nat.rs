@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use lb_common::{FlowKey, NatFlow, NodeConfig, nat_expired};
 use serde::{Deserialize, Serialize};
 
-use crate::{apply::dataplane::NatTables, config::Config, state::desired::ip_from_words};
+use crate::{apply::dataplane::NatTables, config::Config, config::ip_from_words};
 
 /// Flows per pool address, as `xlb status` and `/metrics` show them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

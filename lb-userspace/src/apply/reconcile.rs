@@ -18,7 +18,8 @@ use lb_common::{
 
 use crate::{
     apply::dataplane::{DataplaneError, Maps},
-    state::desired::{DesiredBackend, DesiredState, DesiredVip, endpoint, ip_from_words},
+    config::{endpoint, ip_from_words},
+    state::desired::{DesiredBackend, DesiredState, DesiredVip},
     state::maglev::{self, MaglevError, Member},
 };
 

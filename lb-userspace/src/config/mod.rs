@@ -15,8 +15,6 @@ use std::{
 use serde::{Deserialize, Deserializer};
 use serde_saphyr::Spanned;
 
-use crate::state::maglev;
-
 // The `l7:` section of `mode: l7` VIPs: its types and checks.
 pub mod l7;
 pub mod memory;
@@ -24,9 +22,11 @@ pub mod memory;
 #[cfg(test)]
 mod edge_tests;
 mod incremental;
+mod keys;
 mod yaml_budget;
 
 pub use incremental::{LastRead, VipItemCache};
+pub use keys::{endpoint, ip_from_words, ip_words, vip_key};
 
 /// Default Maglev table size: prime, and ≥ 100 slots a backend (shares within ~1%) for VIPs of up
 /// to 163 backends. Not larger: at 4 bytes a slot it takes 64 KiB a VIP, 640 MiB of BPF memory
@@ -512,7 +512,7 @@ impl Vip {
 
     /// `address:port/protocol` (brackets around IPv6); `address/icmp` for ICMP VIPs.
     pub fn endpoint(&self) -> String {
-        crate::state::desired::endpoint(&crate::state::desired::vip_key(self), self.port, self.port_last)
+        endpoint(&vip_key(self), self.port, self.port_last)
     }
 
     /// Serves a range of ports (kept in the data plane under port 0 of its address).
@@ -860,7 +860,7 @@ impl Checker<'_> {
                     format!("`{}` is already the name of the VIP at line {line}; VIP names must be unique", vip.name),
                 ));
             }
-            // Port ranges share one key per address and protocol (see `desired::vip_key`).
+            // Port ranges share one key per address and protocol (see `config::vip_key`).
             let key_port = if vip.is_port_range() { 0 } else { vip.port };
             if let Some((line, other)) =
                 endpoints.insert((vip.address, key_port, vip.protocol), (at.line(), vip.name.clone()))
@@ -1271,7 +1271,7 @@ impl Checker<'_> {
         }
         let pool = self.check_nat_mode(&raw, at, &field, pools)?;
         let table_size = raw.maglev_table_size.unwrap_or(DEFAULT_TABLE_SIZE);
-        if table_size > lb_common::MAX_MAGLEV_TABLE_SIZE || !maglev::is_prime(table_size) {
+        if table_size > lb_common::MAX_MAGLEV_TABLE_SIZE || !lb_common::is_prime(table_size) {
             return Err(self.err(
                 at,
                 field("maglev_table_size"),

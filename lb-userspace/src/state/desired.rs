@@ -11,13 +11,13 @@ use std::{
 };
 
 use lb_common::{
-    ADDR_FLAG_DROP_UNHASHABLE, BACKEND_FLAG_IPIP, FAMILY_V4, FAMILY_V6, FILTER_NAT_BACKEND, FILTER_NAT_POOL,
-    FILTER_NAT_VIP, FILTER_VIP, Iface, MAX_POOL_ADDRS, NAT_NO_POOL, NODE_FLAG_DNAT_ONLY, NODE_FLAG_MULTI_IFACE,
-    NODE_FLAG_TUNNEL_V4, NODE_FLAG_TUNNEL_V6, NatPool, NodeConfig, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
-    VIP_FLAG_HASH_SOURCE_ONLY, VIP_FLAG_NAT, VipAddrKey, VipAddrPolicy, VipKey, addr_bucket,
+    ADDR_FLAG_DROP_UNHASHABLE, BACKEND_FLAG_IPIP, FILTER_NAT_BACKEND, FILTER_NAT_POOL, FILTER_NAT_VIP, FILTER_VIP,
+    Iface, MAX_POOL_ADDRS, NAT_NO_POOL, NODE_FLAG_DNAT_ONLY, NODE_FLAG_MULTI_IFACE, NODE_FLAG_TUNNEL_V4,
+    NODE_FLAG_TUNNEL_V6, NatPool, NodeConfig, VIP_FLAG_HASH_SOURCE_ONLY, VIP_FLAG_NAT, VipAddrKey, VipAddrPolicy,
+    VipKey, addr_bucket,
 };
 
-use crate::config::{Backend, Config, HashFields, Mode, Prefix, Protocol, Unhashable, Vip};
+use crate::config::{Backend, Config, HashFields, Mode, Prefix, Unhashable, Vip, ip_words, vip_key};
 
 /// What the agent learns from the interface it attaches to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -376,65 +376,11 @@ fn prefix_mask(len: u32) -> u32 {
     if len == 0 { 0 } else { (u32::MAX << (32 - len.min(32))).to_be() }
 }
 
-/// An address as the data plane keeps it: four network-order words, IPv4 in the first.
-pub fn ip_words(addr: IpAddr) -> ([u32; 4], u8) {
-    match addr {
-        IpAddr::V4(a) => ([u32::from_ne_bytes(a.octets()), 0, 0, 0], FAMILY_V4),
-        IpAddr::V6(a) => {
-            let o = a.octets();
-            let word = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
-            ([word(0), word(4), word(8), word(12)], FAMILY_V6)
-        }
-    }
-}
-
-/// The address `ip_words` made (for reading the maps back).
-pub fn ip_from_words(addr: [u32; 4], family: u8) -> IpAddr {
-    if family == FAMILY_V4 {
-        IpAddr::from(addr[0].to_ne_bytes())
-    } else {
-        let mut octets = [0u8; 16];
-        for (chunk, word) in octets.as_chunks_mut::<4>().0.iter_mut().zip(addr) {
-            chunk.copy_from_slice(&word.to_ne_bytes());
-        }
-        IpAddr::from(octets)
-    }
-}
-
-/// `address:port/protocol` (brackets around IPv6), `address:first-last/protocol` for a port
-/// range, `address/icmp` for ICMP VIPs.
-pub fn endpoint(key: &VipKey, port_first: u16, port_last: u16) -> String {
-    let protocol = match key.proto {
-        PROTO_TCP => "tcp",
-        PROTO_UDP => "udp",
-        _ => "icmp",
-    };
-    let ports =
-        if port_last > port_first { format!("{port_first}-{port_last}") } else { u16::from_be(key.port).to_string() };
-    match ip_from_words(key.addr, key.family) {
-        a if protocol == "icmp" => format!("{a}/icmp"),
-        IpAddr::V4(a) => format!("{a}:{ports}/{protocol}"),
-        IpAddr::V6(a) => format!("[{a}]:{ports}/{protocol}"),
-    }
-}
-
-/// The VIP map key for a configured VIP (address and port in network byte order).
-pub fn vip_key(vip: &Vip) -> VipKey {
-    let (addr, family) = ip_words(vip.address);
-    let proto = match (vip.protocol, family) {
-        (Protocol::Tcp, _) => PROTO_TCP,
-        (Protocol::Udp, _) => PROTO_UDP,
-        (Protocol::Icmp, FAMILY_V4) => PROTO_ICMP,
-        (Protocol::Icmp, _) => PROTO_ICMPV6,
-    };
-    // A port range sits under port 0: the data plane looks there when the exact port has no VIP.
-    let port = if vip.is_port_range() { 0 } else { vip.port.to_be() };
-    VipKey { addr, port, proto, family }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{Protocol, endpoint, ip_from_words};
+    use lb_common::{FAMILY_V4, FAMILY_V6, PROTO_ICMPV6, PROTO_TCP};
 
     fn vip(address: &str, protocol: Protocol, port: u16) -> Vip {
         Vip {

@@ -41,7 +41,7 @@ pub fn build(members: &[Member<'_>], size: u32) -> Result<Table, MaglevError> {
     if size < 2 {
         return Err(MaglevError::TooSmall { size });
     }
-    if !is_prime(size) {
+    if !lb_common::is_prime(size) {
         return Err(MaglevError::NotPrime(size));
     }
     // Work in identity order so the result does not depend on the order of the config.
@@ -166,24 +166,6 @@ fn hash(bytes: &[u8], seed: u64) -> u64 {
     h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     h ^ (h >> 31)
-}
-
-pub fn is_prime(n: u32) -> bool {
-    if n < 2 {
-        return false;
-    }
-    if n.is_multiple_of(2) {
-        return n == 2;
-    }
-    let n = u64::from(n);
-    let mut d = 3;
-    while d * d <= n {
-        if n % d == 0 {
-            return false;
-        }
-        d += 2;
-    }
-    true
 }
 
 #[cfg(test)]
@@ -354,6 +336,7 @@ mod tests {
 
     #[test]
     fn primes() {
+        use lb_common::is_prime;
         assert!(is_prime(65537) && is_prime(1_048_573) && is_prime(2) && is_prime(7));
         assert!(!is_prime(1) && !is_prime(65535) && !is_prime(1_048_575));
     }

@@ -211,8 +211,9 @@ impl Maps {
     }
 
     /// A VIP's totals: its backends' counters plus what its removed backends had counted.
-    pub fn vip_traffic(&self, vip: &crate::apply::reconcile::AppliedVip) -> Result<BackendCounters, DataplaneError> {
-        vip.slots.iter().try_fold(vip.retired, |sum, &slot| Ok(sum.plus(&self.backend_counters(slot)?)))
+    /// `retired` is what the VIP's removed backends had counted.
+    pub fn vip_traffic(&self, slots: &[u32], retired: BackendCounters) -> Result<BackendCounters, DataplaneError> {
+        slots.iter().try_fold(retired, |sum, &slot| Ok(sum.plus(&self.backend_counters(slot)?)))
     }
 
     /// The VIP map's contents, sorted by key.
@@ -405,7 +406,7 @@ impl std::fmt::Debug for DecapMaps {
 impl DecapMaps {
     /// Accept tunnels addressed to `addr`.
     pub fn add_address(&mut self, addr: std::net::IpAddr) -> Result<(), DataplaneError> {
-        let (addr, family) = crate::state::desired::ip_words(addr);
+        let (addr, family) = crate::config::ip_words(addr);
         self.addrs.insert(&VipAddrKey { addr, family, pad: [0; 3] }, &1, 0).map_err(map_err(maps::DECAP_ADDRS))
     }
 
