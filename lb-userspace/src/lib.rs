@@ -8,6 +8,7 @@ mod accept;
 pub mod admin;
 pub mod agent;
 pub mod bgp;
+pub mod cli;
 pub mod config;
 pub mod config_memory;
 pub mod dataplane;
@@ -15,8 +16,10 @@ pub mod desired;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod health;
+pub mod human;
 pub mod iface;
 pub mod l7;
+pub mod logging;
 pub mod maglev;
 pub mod metrics;
 pub mod nat;

@@ -510,6 +510,8 @@ impl Control {
         }
         let mut outcome = match self.converge() {
             Ok(changes) => {
+                // Counts, and a few names of each: a reload of 10 000 VIPs stays one short line.
+                let names = |list: &[String]| crate::human::brief_list(list, crate::human::NAMES_LISTED);
                 tracing::info!(
                     added = changes.added.len(),
                     removed = changes.removed.len(),
@@ -517,9 +519,11 @@ impl Control {
                     unchanged = changes.unchanged,
                     tables_rebuilt = changes.tables_rebuilt,
                     ms = started.elapsed().as_millis() as u64,
+                    added_vips = %names(&changes.added),
+                    removed_vips = %names(&changes.removed),
+                    updated_vips = %names(&changes.updated),
                     "reloaded"
                 );
-                tracing::debug!(added = ?changes.added, removed = ?changes.removed, updated = ?changes.updated, "reloaded VIPs");
                 ReloadOutcome {
                     ok: true,
                     message: format!(
