@@ -8,6 +8,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::admin;
 
+/// xlb's version, as `xlb --version` says it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 /// Where `xlb run` pins maps and links, one subdirectory per interface.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xlb";
 
@@ -77,9 +80,8 @@ pub enum Command {
     /// backends, and the VIPs not fully serving. With --vips: every VIP and backend (weight,
     /// health, drain, traffic), like `ipvsadm -Ln`.
     Status {
-        /// The running agent's admin socket.
-        #[arg(long, default_value = admin::DEFAULT_SOCKET)]
-        admin_socket: PathBuf,
+        #[command(flatten)]
+        agent: AgentSocket,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -92,9 +94,8 @@ pub enum Command {
     Plan {
         /// The config file to compare with the running one (it is checked first).
         file: PathBuf,
-        /// The running agent's admin socket.
-        #[arg(long, default_value = admin::DEFAULT_SOCKET)]
-        admin_socket: PathBuf,
+        #[command(flatten)]
+        agent: AgentSocket,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -109,9 +110,8 @@ pub enum Command {
         /// Take new flows again.
         #[arg(long)]
         undo: bool,
-        /// The running agent's admin socket.
-        #[arg(long, default_value = admin::DEFAULT_SOCKET)]
-        admin_socket: PathBuf,
+        #[command(flatten)]
+        agent: AgentSocket,
     },
     /// Detach xlb's XDP program from an interface. A running agent is told first: it withdraws
     /// the VIPs served through the interface, waits `bgp.withdraw_grace`, and does not
@@ -123,9 +123,8 @@ pub enum Command {
         /// bpffs directory the agent pinned under (as given to `xlb run`).
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
-        /// The running agent's admin socket, told first.
-        #[arg(long, default_value = admin::DEFAULT_SOCKET)]
-        admin_socket: PathBuf,
+        #[command(flatten)]
+        agent: AgentSocket,
         /// Also remove the pinned maps: the next agent starts with an empty connection table.
         #[arg(long)]
         forget_flows: bool,
@@ -149,13 +148,40 @@ pub enum Command {
     },
     /// Print the running agent's counters.
     Stats {
-        /// The running agent's admin socket.
-        #[arg(long, default_value = admin::DEFAULT_SOCKET)]
-        admin_socket: PathBuf,
+        #[command(flatten)]
+        agent: AgentSocket,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Which running agent a command talks to: the admin socket as the agent chose it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AgentSocket {
+    /// The running agent's admin socket [default: `agent.admin_socket` of --config, else
+    /// /run/xlb/admin.sock].
+    #[arg(long, value_name = "PATH")]
+    pub admin_socket: Option<PathBuf>,
+    /// The running agent's config file: its `agent.admin_socket` is the socket to use (as
+    /// `xlb run --config` chose it).
+    #[arg(long = "config", short = 'c', value_name = "FILE")]
+    pub agent_config: Option<PathBuf>,
+}
+
+impl AgentSocket {
+    /// The socket the agent listens on, found the way `xlb run` chose it: --admin-socket, else
+    /// `agent.admin_socket` of --config, else the well-known path.
+    pub fn path(&self) -> Result<PathBuf, crate::config::ConfigError> {
+        if let Some(path) = &self.admin_socket {
+            return Ok(path.clone());
+        }
+        let from_config = match &self.agent_config {
+            Some(file) => crate::config::load(file)?.agent.admin_socket,
+            None => None,
+        };
+        Ok(from_config.unwrap_or_else(|| PathBuf::from(admin::DEFAULT_SOCKET)))
+    }
 }
 
 /// The clap command tree (for the man page, completions and the tests).
@@ -199,5 +225,33 @@ mod tests {
         let run = cmd.find_subcommand("run").unwrap();
         assert!(run.get_arguments().any(|a| a.get_id() == "config" && a.get_help().is_some()));
         assert!(cmd.get_subcommands().count() >= 8);
+    }
+
+    #[test]
+    fn the_cli_finds_the_socket_the_agent_chose() {
+        let dir = std::env::temp_dir().join(format!("xlb-cli-socket-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let with = dir.join("with.yaml");
+        std::fs::write(&with, "agent:\n  admin_socket: /run/xlb/eth1/admin.sock\n").unwrap();
+        let without = dir.join("without.yaml");
+        std::fs::write(&without, "vips: []\n").unwrap();
+        let socket = |args: &[&str]| -> Result<PathBuf, String> {
+            let cli = Cli::try_parse_from(args).map_err(|e| e.to_string())?;
+            match cli.command {
+                Command::Status { agent, .. } => agent.path().map_err(|e| e.to_string()),
+                other => panic!("{other:?}"),
+            }
+        };
+        let (with, without) = (with.to_str().unwrap(), without.to_str().unwrap());
+        assert_eq!(socket(&["xlb", "status"]).unwrap(), PathBuf::from(admin::DEFAULT_SOCKET));
+        assert_eq!(socket(&["xlb", "status", "--config", with]).unwrap(), PathBuf::from("/run/xlb/eth1/admin.sock"));
+        assert_eq!(socket(&["xlb", "status", "-c", without]).unwrap(), PathBuf::from(admin::DEFAULT_SOCKET));
+        assert_eq!(
+            socket(&["xlb", "status", "-c", with, "--admin-socket", "/tmp/x.sock"]).unwrap(),
+            PathBuf::from("/tmp/x.sock")
+        );
+        let missing = socket(&["xlb", "status", "-c", "/nonexistent/xlb.yaml"]).unwrap_err();
+        assert!(missing.contains("/nonexistent/xlb.yaml") && missing.contains("cannot read"), "{missing}");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

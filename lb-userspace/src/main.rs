@@ -83,7 +83,8 @@ fn dispatch(command: Command, format: LogFormat) -> anyhow::Result<()> {
                 state_dir,
             }))
         }
-        Command::Status { admin_socket, json, vips } => {
+        Command::Status { agent: socket, json, vips } => {
+            let admin_socket = socket.path()?;
             let request = if vips { admin::Request::Status } else { admin::Request::Summary };
             match ask(&admin_socket, request)? {
                 admin::Reply::Status(status) => show(json, &status, admin::Status::render),
@@ -91,7 +92,8 @@ fn dispatch(command: Command, format: LogFormat) -> anyhow::Result<()> {
                 reply => anyhow::bail!("the agent answered a status request with {reply:?}"),
             }
         }
-        Command::Plan { file, admin_socket, json } => {
+        Command::Plan { file, agent: socket, json } => {
+            let admin_socket = socket.path()?;
             // Checked here first: a file the agent would reject gets the same message, locally.
             config::load(&file)?;
             let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
@@ -101,7 +103,8 @@ fn dispatch(command: Command, format: LogFormat) -> anyhow::Result<()> {
                 reply => anyhow::bail!("the agent answered a plan request with {reply:?}"),
             }
         }
-        Command::Drain { vip, backend, undo, admin_socket } => {
+        Command::Drain { vip, backend, undo, agent: socket } => {
+            let admin_socket = socket.path()?;
             let request = match backend {
                 None if vip == "node" => admin::Request::DrainNode { undo },
                 None => anyhow::bail!(
@@ -114,7 +117,8 @@ fn dispatch(command: Command, format: LogFormat) -> anyhow::Result<()> {
                 reply => anyhow::bail!("the agent answered a drain request with {reply:?}"),
             }
         }
-        Command::Detach { iface, pin_dir, admin_socket, forget_flows } => {
+        Command::Detach { iface, pin_dir, agent: socket, forget_flows } => {
+            let admin_socket = socket.path()?;
             let handed_over = tell_the_agent(&admin_socket, &iface)?;
             let dir = pin_dir.join(&iface);
             // Not under a running agent that did not hear of it: it would go on without XDP, or
@@ -138,7 +142,7 @@ fn dispatch(command: Command, format: LogFormat) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Decap { iface, addresses } => runtime()?.block_on(agent::decap(&iface, addresses)),
-        Command::Stats { admin_socket, json } => match ask(&admin_socket, admin::Request::Stats)? {
+        Command::Stats { agent: socket, json } => match ask(&socket.path()?, admin::Request::Stats)? {
             admin::Reply::Stats(snapshot) => show(json, &snapshot, xlb::stats::Snapshot::render),
             reply => anyhow::bail!("the agent answered a stats request with {reply:?}"),
         },
