@@ -71,10 +71,11 @@ fn node() -> NodeState {
 }
 
 /// A fake agent answering status, summary and stats requests on a socket of its own, until
-/// dropped.
+/// dropped (the runtime it serves on goes with it).
 struct FakeAgent {
     socket: PathBuf,
-    runtime: tokio::runtime::Runtime,
+    /// Serves the socket; kept alive with the agent.
+    _runtime: tokio::runtime::Runtime,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -105,7 +106,7 @@ impl FakeAgent {
             }) as admin::ReplyFuture
         };
         let server = runtime.block_on(admin::serve(&socket, Arc::new(handle))).expect("serve the fake agent");
-        FakeAgent { socket, runtime, server }
+        FakeAgent { socket, _runtime: runtime, server }
     }
 }
 
@@ -113,7 +114,6 @@ impl Drop for FakeAgent {
     fn drop(&mut self) {
         self.server.abort();
         let _ = std::fs::remove_file(&self.socket);
-        let _ = &self.runtime;
     }
 }
 

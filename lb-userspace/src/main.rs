@@ -19,23 +19,30 @@ fn main() -> ExitCode {
         // `xlb status | head`: the reader has what it wanted.
         Err(e) if e.is::<StdoutClosed>() => ExitCode::SUCCESS,
         Err(e) => {
-            complain(format, "error", &format!("{e:#}"));
+            complain(format, Severity::Error, &format!("{e:#}"));
             ExitCode::FAILURE
         }
     }
 }
 
+/// How bad what [`complain`] says is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Severity {
+    Error,
+    Warning,
+}
+
 /// Says `message` on stderr as `--log-format` asks: `xlb: …` for people, or a JSON log line.
 /// Never fails: with stderr gone there is nobody to tell.
-fn complain(format: LogFormat, level: &str, message: &str) {
-    match (format, level) {
-        (LogFormat::Json, "error") => tracing::error!("{message}"),
-        (LogFormat::Json, _) => tracing::warn!("{message}"),
-        (LogFormat::Human, "error") => {
+fn complain(format: LogFormat, severity: Severity, message: &str) {
+    match (format, severity) {
+        (LogFormat::Json, Severity::Error) => tracing::error!("{message}"),
+        (LogFormat::Json, Severity::Warning) => tracing::warn!("{message}"),
+        (LogFormat::Human, Severity::Error) => {
             let _ = writeln!(std::io::stderr(), "xlb: {message}");
         }
-        (LogFormat::Human, level) => {
-            let _ = writeln!(std::io::stderr(), "xlb: {level}: {message}");
+        (LogFormat::Human, Severity::Warning) => {
+            let _ = writeln!(std::io::stderr(), "xlb: warning: {message}");
         }
     }
 }
@@ -66,7 +73,7 @@ fn dispatch(command: Command, format: LogFormat) -> anyhow::Result<()> {
             let estimate = xlb::config_memory::memory_estimate(&config, cpus);
             emit(&format!("{estimate}\n"))?;
             if let Some(warning) = estimate.warning(&config) {
-                complain(format, "warning", &warning);
+                complain(format, Severity::Warning, &warning);
             }
             Ok(())
         }

@@ -45,10 +45,16 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// `path`, relative to the workspace root unless absolute (cargo runs xtask from anywhere).
+fn under_root(path: &Path) -> PathBuf {
+    if path.is_absolute() { path.to_owned() } else { root().join(path) }
+}
+
 /// `cargo xtask docs`.
 pub fn docs(opts: &DocsOptions) -> anyhow::Result<()> {
-    let man = opts.out.join("man");
-    let completions = opts.out.join("completions");
+    let out = under_root(&opts.out);
+    let man = out.join("man");
+    let completions = out.join("completions");
     let pages = write_man_pages(&man)?;
     let scripts = write_completions(&completions)?;
     println!("{} man pages in {}, {} completion scripts in {}", pages, man.display(), scripts, completions.display());
@@ -113,7 +119,7 @@ pub fn deb(opts: &DebOptions) -> anyhow::Result<()> {
     };
     let arch = output(Command::new("dpkg").arg("--print-architecture"))?;
     let name = format!("xlb_{version}_{arch}");
-    let out = if opts.out.is_absolute() { opts.out.clone() } else { root().join(&opts.out) };
+    let out = under_root(&opts.out);
     let stage = out.join(&name);
     if stage.exists() {
         std::fs::remove_dir_all(&stage).with_context(|| format!("removing the old {}", stage.display()))?;
