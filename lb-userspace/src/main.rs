@@ -19,10 +19,25 @@ fn main() -> ExitCode {
         // `xlb status | head`: the reader has what it wanted.
         Err(e) if e.is::<StdoutClosed>() => ExitCode::SUCCESS,
         Err(e) => {
-            complain(format, Severity::Error, &format!("{e:#}"));
+            complain(format, Severity::Error, &describe(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// `e` with its causes, each said once: xlb's errors mostly quote their cause already
+/// (`admin socket PATH: No such file or directory`), and `{e:#}` would say it twice.
+fn describe(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain().map(ToString::to_string) {
+        if !text.contains(&cause) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 /// How bad what [`complain`] says is.
