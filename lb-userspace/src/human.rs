@@ -5,15 +5,20 @@ use std::fmt::Display;
 /// Names a log line or status line lists at most; the rest are counted.
 pub const NAMES_LISTED: usize = 5;
 
-/// `secs` as an age: `12s ago`, `4m7s ago`, `3h4m ago`, `2d5h ago`.
-pub fn ago(secs: u64) -> String {
+/// `secs` as a span in its largest two units: `12s`, `4m7s`, `3h4m`, `2d5h`.
+pub fn span(secs: u64) -> String {
     let (d, h, m, s) = (secs / 86_400, secs / 3_600 % 24, secs / 60 % 60, secs % 60);
     match (d, h, m) {
-        (0, 0, 0) => format!("{s}s ago"),
-        (0, 0, _) => format!("{m}m{s}s ago"),
-        (0, _, _) => format!("{h}h{m}m ago"),
-        _ => format!("{d}d{h}h ago"),
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m{s}s"),
+        (0, _, _) => format!("{h}h{m}m"),
+        _ => format!("{d}d{h}h"),
     }
+}
+
+/// `secs` as an age: `12s ago`, `4m7s ago`, `3h4m ago`, `2d5h ago`.
+pub fn ago(secs: u64) -> String {
+    format!("{} ago", span(secs))
 }
 
 /// Seconds since the Unix epoch, now (0 if the clock is before it).
@@ -57,6 +62,7 @@ mod tests {
         assert_eq!(ago(2 * 86_400 + 5 * 3600 + 7), "2d5h ago");
         assert_eq!(age_of(100, 112), "12s ago");
         assert_eq!(age_of(200, 100), "just now");
+        assert_eq!(span(3 * 3600 + 4 * 60), "3h4m");
     }
 
     #[test]

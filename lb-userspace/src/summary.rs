@@ -153,15 +153,16 @@ impl NodeState {
         if !self.peers.is_empty() {
             out.push_str(&format!("announced: {announced}\n"));
             out.push_str(&format!(
-                "{:<28} {:>10} {:<13} {:>9} {:>6} {:>7}  {}\n",
-                "BGP peer", "AS", "state", "prefixes", "flaps", "bfd", "last error"
+                "{:<28} {:>10} {:<13} {:>7} {:>9} {:>6} {:>7}  {}\n",
+                "BGP peer", "AS", "state", "for", "prefixes", "flaps", "bfd", "last error"
             ));
             for p in &self.peers {
                 out.push_str(&format!(
-                    "{:<28} {:>10} {:<13} {:>9} {:>6} {:>7}  {}\n",
+                    "{:<28} {:>10} {:<13} {:>7} {:>9} {:>6} {:>7}  {}\n",
                     p.address,
                     p.remote_as,
                     p.state,
+                    p.established_for_secs.map_or_else(|| "-".to_owned(), crate::human::span),
                     p.prefixes_sent,
                     p.flaps,
                     p.bfd.as_deref().unwrap_or("-"),
@@ -365,6 +366,20 @@ mod tests {
         let text = node(Some(ok)).render("nothing");
         assert!(text.contains("last reload: ok 1h1m ago — 1 added\n"), "{text}");
         assert!(!text.contains(&at.to_string()), "{text}");
+        let mut with_peer = node(None);
+        with_peer.peers.push(crate::bgp::PeerStatus {
+            address: "10.0.0.254".parse().unwrap(),
+            remote_as: 65000,
+            state: "established".into(),
+            established_for_secs: Some(3 * 3600 + 4 * 60 + 5),
+            prefixes_sent: 2,
+            flaps: 0,
+            last_error: None,
+            bfd: None,
+        });
+        let text = with_peer.render("1 VIP addresses");
+        let peer = text.lines().find(|l| l.starts_with("10.0.0.254")).unwrap();
+        assert_eq!(peer.split_whitespace().collect::<Vec<_>>()[..4], ["10.0.0.254", "65000", "established", "3h4m"]);
         let rejected = ReloadOutcome { ok: false, message: "bad".into(), at };
         let text = node(Some(rejected)).render("nothing");
         assert!(text.contains("last reload: REJECTED 1h1m ago — the previous configuration keeps serving"), "{text}");
