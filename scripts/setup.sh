@@ -12,8 +12,10 @@ cd "$root"
 
 BPF_LINKER_VERSION=0.13.0
 CARGO_FUZZ_VERSION=0.13.2
-# systemd: systemd-analyze, for tests/systemd_unit.rs.
-DEBIAN_PACKAGES=(iproute2 bird2 curl python3 ethtool openssl wrk nginx-light systemd)
+# systemd: systemd-analyze, for tests/systemd_unit.rs. prometheus: promtool, for
+# tests/monitoring.rs (the alert rules in deploy/prometheus). (dpkg-deb, for `cargo xtask deb`,
+# is in dpkg itself.)
+DEBIAN_PACKAGES=(iproute2 bird2 curl python3 ethtool openssl wrk nginx-light systemd prometheus)
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
@@ -72,8 +74,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # bird2's package starts a system daemon; the lab and tests run their own instances.
   systemctl disable --now bird 2>/dev/null || true
-  # Likewise nginx (the L7 bench runs its own).
+  # Likewise nginx (the L7 bench runs its own), and prometheus (only its promtool is used).
   systemctl disable --now nginx 2>/dev/null || true
+  systemctl disable --now prometheus 2>/dev/null || true
 fi
 
 log "ready: Rust $toolchain (LLVM $llvm_major), $(bpf-linker --version), $(cargo-fuzz --version)"

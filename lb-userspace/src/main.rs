@@ -1,158 +1,95 @@
 //! `xlb`: the agent binary and its CLI.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{io::Write as _, process::ExitCode};
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand, ValueEnum};
-use xlb::{agent, config, serve::admin};
-
-const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xlb";
-
-#[derive(Parser)]
-#[command(name = "xlb", version, about = "XDP L4 load balancer")]
-struct Cli {
-    /// Log format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
-    log_format: LogFormat,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Human,
-    Json,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Load the data plane, fill it from the config, attach XDP and serve until SIGTERM.
-    /// SIGHUP reloads the config; an invalid file keeps the old one serving.
-    Run {
-        #[arg(long, short)]
-        config: PathBuf,
-        /// Interface to attach XDP to. Repeat it to run one data plane on several interfaces
-        /// (NAT backends then name theirs with `interface:`); the first names the pin directory.
-        #[arg(long, short, required = true)]
-        iface: Vec<String>,
-        /// Admin socket [default: `agent.admin_socket` from the config, else /run/xlb/admin.sock].
-        #[arg(long)]
-        admin_socket: Option<PathBuf>,
-        /// bpffs directory for the pinned maps and link (one subdirectory per interface).
-        #[arg(long, default_value = DEFAULT_PIN_DIR)]
-        pin_dir: PathBuf,
-        /// Detach XDP when the agent exits on SIGTERM/SIGINT. Without it XDP keeps forwarding
-        /// and the next `xlb run` adopts the pinned maps (connection table included).
-        #[arg(long)]
-        detach_on_exit: bool,
-        /// Reload only on SIGHUP, not when the config file changes.
-        #[arg(long)]
-        no_watch: bool,
-        /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9842) [default:
-        /// `agent.metrics_listen` from the config].
-        #[arg(long)]
-        metrics_listen: Option<std::net::SocketAddr>,
-        /// Directory of the state file, where drains survive restarts [default:
-        /// `agent.state_dir` from the config, else /var/lib/xlb/IFACE].
-        #[arg(long)]
-        state_dir: Option<PathBuf>,
-    },
-    /// The running agent at a glance: its configuration state, BGP peers, counts of VIPs and
-    /// backends, and the VIPs not fully serving. With --vips: every VIP and backend (weight,
-    /// health, drain, traffic), like `ipvsadm -Ln`.
-    Status {
-        #[arg(long, default_value = admin::DEFAULT_SOCKET)]
-        admin_socket: PathBuf,
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-        /// Every VIP and backend with its counters (large at thousands of VIPs).
-        #[arg(long)]
-        vips: bool,
-    },
-    /// Show what loading FILE into the running agent would change: VIPs and backends added,
-    /// removed and reweighted, and per VIP the share of new flows Maglev would send elsewhere.
-    Plan {
-        file: PathBuf,
-        #[arg(long, default_value = admin::DEFAULT_SOCKET)]
-        admin_socket: PathBuf,
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Stop sending new flows of VIP to BACKEND; its established flows finish there. `xlb drain
-    /// node` withdraws every VIP from BGP instead (the routers send new flows to other nodes).
-    Drain {
-        /// VIP name (as in the config), or `node`.
-        vip: String,
-        /// Backend address (as in the config); none for `node`.
-        backend: Option<String>,
-        /// Take new flows again.
-        #[arg(long)]
-        undo: bool,
-        #[arg(long, default_value = admin::DEFAULT_SOCKET)]
-        admin_socket: PathBuf,
-    },
-    /// Detach xlb's XDP program from an interface. A running agent is told first: it withdraws
-    /// the VIPs served through the interface, waits `bgp.withdraw_grace`, and does not
-    /// re-attach (until it restarts). Without a running agent, it just detaches.
-    Detach {
-        #[arg(long, short)]
-        iface: String,
-        #[arg(long, default_value = DEFAULT_PIN_DIR)]
-        pin_dir: PathBuf,
-        #[arg(long, default_value = admin::DEFAULT_SOCKET)]
-        admin_socket: PathBuf,
-        /// Also remove the pinned maps: the next agent starts with an empty connection table.
-        #[arg(long)]
-        forget_flows: bool,
-    },
-    /// Backend side of dsr-ipip: strip IPIP / IP6IP6 / IPv4-in-IPv6 addressed to this host and
-    /// pass the inner packet up the stack (for hosts without the ipip modules). Runs until
-    /// SIGTERM.
-    Decap {
-        #[arg(long, short)]
-        iface: String,
-        /// Outer destination to accept (repeatable); default: every non-loopback address of
-        /// this host.
-        #[arg(long = "address")]
-        addresses: Vec<std::net::IpAddr>,
-    },
-    /// Validate a config file; exit non-zero with the reason if it is invalid.
-    Check { file: PathBuf },
-    /// Print the running agent's counters.
-    Stats {
-        #[arg(long, default_value = admin::DEFAULT_SOCKET)]
-        admin_socket: PathBuf,
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-    },
-}
+use clap::Parser as _;
+use xlb::{
+    agent,
+    cli::{Cli, Command, LogFormat},
+    config,
+    serve::admin,
+};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
-    match dispatch(cli.command) {
+    let format = cli.log_format;
+    xlb::logging::init(format == LogFormat::Json);
+    match dispatch(cli.command, format) {
         Ok(()) => ExitCode::SUCCESS,
+        // `xlb status | head`: the reader has what it wanted.
+        Err(e) if e.is::<StdoutClosed>() => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("xlb: {e:#}");
+            complain(format, Severity::Error, &describe(&e));
             ExitCode::FAILURE
         }
     }
 }
 
-fn dispatch(command: Command) -> anyhow::Result<()> {
+/// `e` with its causes, each said once: xlb's errors mostly quote their cause already
+/// (`admin socket PATH: No such file or directory`), and `{e:#}` would say it twice.
+fn describe(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain().map(ToString::to_string) {
+        if !text.contains(&cause) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
+/// How bad what [`complain`] says is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Severity {
+    Error,
+    Warning,
+}
+
+/// Says `message` on stderr as `--log-format` asks: `xlb: …` for people, or a JSON log line.
+/// Never fails: with stderr gone there is nobody to tell.
+fn complain(format: LogFormat, severity: Severity, message: &str) {
+    match (format, severity) {
+        (LogFormat::Json, Severity::Error) => tracing::error!("{message}"),
+        (LogFormat::Json, Severity::Warning) => tracing::warn!("{message}"),
+        (LogFormat::Human, Severity::Error) => {
+            let _ = writeln!(std::io::stderr(), "xlb: {message}");
+        }
+        (LogFormat::Human, Severity::Warning) => {
+            let _ = writeln!(std::io::stderr(), "xlb: warning: {message}");
+        }
+    }
+}
+
+/// Standard output was closed under the CLI (`xlb status | head`): not an error.
+#[derive(Debug, thiserror::Error)]
+#[error("standard output closed")]
+struct StdoutClosed;
+
+/// Writes `text` to standard output. A closed pipe ends the command cleanly ([`StdoutClosed`]);
+/// every output of the CLI goes through here, never through `print!` (which panics on it).
+fn emit(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
+        Err(e) => Err(e).context("writing to standard output"),
+    }
+}
+
+fn dispatch(command: Command, format: LogFormat) -> anyhow::Result<()> {
     match command {
         Command::Check { file } => {
             let config = config::load(&file)?;
-            println!("{}: ok, {} VIPs", file.display(), config.vips.len());
+            emit(&format!("{}: ok, {} VIPs\n", file.display(), config.vips.len()))?;
             // Per-CPU maps hold a value for every possible CPU of this machine.
             let cpus = aya::util::nr_cpus().map_or(1, |n| n.get());
             let estimate = xlb::config::memory::memory_estimate(&config, cpus);
-            println!("{estimate}");
+            emit(&format!("{estimate}\n"))?;
             if let Some(warning) = estimate.warning(&config) {
-                eprintln!("xlb: warning: {warning}");
+                complain(format, Severity::Warning, &warning);
             }
             Ok(())
         }
@@ -169,7 +106,8 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 state_dir,
             }))
         }
-        Command::Status { admin_socket, json, vips } => {
+        Command::Status { agent: socket, json, vips } => {
+            let admin_socket = socket.path()?;
             let request = if vips { admin::Request::Status } else { admin::Request::Summary };
             match ask(&admin_socket, request)? {
                 admin::Reply::Status(status) => show(json, &status, admin::Status::render),
@@ -177,7 +115,8 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 reply => anyhow::bail!("the agent answered a status request with {reply:?}"),
             }
         }
-        Command::Plan { file, admin_socket, json } => {
+        Command::Plan { file, agent: socket, json } => {
+            let admin_socket = socket.path()?;
             // Checked here first: a file the agent would reject gets the same message, locally.
             config::load(&file)?;
             let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
@@ -187,7 +126,8 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 reply => anyhow::bail!("the agent answered a plan request with {reply:?}"),
             }
         }
-        Command::Drain { vip, backend, undo, admin_socket } => {
+        Command::Drain { vip, backend, undo, agent: socket } => {
+            let admin_socket = socket.path()?;
             let request = match backend {
                 None if vip == "node" => admin::Request::DrainNode { undo },
                 None => anyhow::bail!(
@@ -196,14 +136,12 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 Some(backend) => admin::Request::Drain { vip, backend, undo },
             };
             match ask(&admin_socket, request)? {
-                admin::Reply::Done(message) => {
-                    println!("{message}");
-                    Ok(())
-                }
+                admin::Reply::Done(message) => emit(&format!("{message}\n")),
                 reply => anyhow::bail!("the agent answered a drain request with {reply:?}"),
             }
         }
-        Command::Detach { iface, pin_dir, admin_socket, forget_flows } => {
+        Command::Detach { iface, pin_dir, agent: socket, forget_flows } => {
+            let admin_socket = socket.path()?;
             let handed_over = tell_the_agent(&admin_socket, &iface)?;
             let dir = pin_dir.join(&iface);
             // Not under a running agent that did not hear of it: it would go on without XDP, or
@@ -219,15 +157,15 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             for link in agent::link_pins(&dir) {
                 detached |= xlb::apply::dataplane::detach_pinned(&link)?;
             }
-            println!("{iface}: {}", if detached { "XDP detached" } else { "no pinned xlb link" });
+            emit(&format!("{iface}: {}\n", if detached { "XDP detached" } else { "no pinned xlb link" }))?;
             if forget_flows && dir.exists() {
                 std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
-                println!("{iface}: removed the pinned maps under {}", dir.display());
+                emit(&format!("{iface}: removed the pinned maps under {}\n", dir.display()))?;
             }
             Ok(())
         }
         Command::Decap { iface, addresses } => runtime()?.block_on(agent::decap(&iface, addresses)),
-        Command::Stats { admin_socket, json } => match ask(&admin_socket, admin::Request::Stats)? {
+        Command::Stats { agent: socket, json } => match ask(&socket.path()?, admin::Request::Stats)? {
             admin::Reply::Stats(snapshot) => show(json, &snapshot, xlb::serve::stats::Snapshot::render),
             reply => anyhow::bail!("the agent answered a stats request with {reply:?}"),
         },
@@ -240,7 +178,7 @@ fn tell_the_agent(admin_socket: &std::path::Path, iface: &str) -> anyhow::Result
     let request = admin::Request::Detach { iface: iface.to_owned() };
     match runtime()?.block_on(admin::request(admin_socket, request)) {
         Ok(admin::Reply::Done(message)) => {
-            println!("{message}");
+            emit(&format!("{message}\n"))?;
             Ok(true)
         }
         Ok(reply) => anyhow::bail!("the agent answered a detach request with {reply:?}"),
@@ -263,11 +201,12 @@ fn ask(admin_socket: &std::path::Path, request: admin::Request) -> anyhow::Resul
 /// Prints `value` as one JSON line, or as `render` makes it for people.
 fn show<T: serde::Serialize>(json: bool, value: &T, render: impl FnOnce(&T) -> String) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string(value)?);
+        let mut line = serde_json::to_string(value)?;
+        line.push('\n');
+        emit(&line)
     } else {
-        print!("{}", render(value));
+        emit(&render(value))
     }
-    Ok(())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -276,16 +215,4 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("XLB_LOG").unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }

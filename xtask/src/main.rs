@@ -3,6 +3,7 @@
 mod bench;
 mod bench_control;
 mod bench_l7;
+mod deb;
 mod lab;
 
 use clap::{Parser, Subcommand};
@@ -24,6 +25,11 @@ enum Command {
     BenchL7(bench_l7::Options),
     /// The lab: an edge in namespaces with xlb doing its job (needs root).
     Lab(lab::Options),
+    /// A Debian package (target/deb/xlb_VERSION_ARCH.deb): the release binary, the systemd unit,
+    /// man pages, shell completions, docs (dpkg-deb from a staged tree).
+    Deb(deb::DebOptions),
+    /// The man pages and shell completions alone (target/docs).
+    Docs(deb::DocsOptions),
 }
 
 #[derive(clap::Args)]
@@ -49,5 +55,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(BenchArgs { target: None, packet }) => bench::run(&packet),
         Command::BenchL7(opts) => bench_l7::run(&opts),
         Command::Lab(opts) => lab::run(&opts),
+        Command::Deb(opts) => deb::deb(&opts),
+        Command::Docs(opts) => deb::docs(&opts),
     }
 }

@@ -514,6 +514,8 @@ impl Control {
         }
         let mut outcome = match self.converge() {
             Ok(changes) => {
+                // Counts, and a few names of each: a reload of 10 000 VIPs stays one short line.
+                let names = |list: &[String]| crate::serve::human::brief_list(list, crate::serve::human::NAMES_LISTED);
                 tracing::info!(
                     added = changes.added.len(),
                     removed = changes.removed.len(),
@@ -526,9 +528,11 @@ impl Control {
                     },
                     parse_ms = parsed_ms,
                     ms = started.elapsed().as_millis() as u64,
+                    added_vips = %names(&changes.added),
+                    removed_vips = %names(&changes.removed),
+                    updated_vips = %names(&changes.updated),
                     "reloaded"
                 );
-                tracing::debug!(added = ?changes.added, removed = ?changes.removed, updated = ?changes.updated, "reloaded VIPs");
                 ReloadOutcome {
                     ok: true,
                     message: format!(

@@ -1386,7 +1386,9 @@ impl Checker<'_> {
             }
             let health_check = match b.health_check {
                 Some(hc) => {
-                    Some(self.check_health(hc.value, &hc.referenced, &bfield("health_check"), raw.protocol, port)?)
+                    // Without a port it probes where this backend serves: its own `port` (nat).
+                    let serves = b.port.unwrap_or(port);
+                    Some(self.check_health(hc.value, &hc.referenced, &bfield("health_check"), raw.protocol, serves)?)
                 }
                 None => None,
             };
@@ -1401,12 +1403,24 @@ impl Checker<'_> {
         }
         // An l7 VIP's check probes each backend's own port unless it names one (port 0 here).
         let check_port = if raw.mode == Mode::L7 { 0 } else { port };
+        let port_named = raw.health_check.as_ref().is_some_and(|hc| hc.value.port.is_some());
         let health_check = match raw.health_check {
             Some(hc) => {
                 Some(self.check_health(hc.value, &hc.referenced, &field("health_check"), raw.protocol, check_port)?)
             }
             None => None,
         };
+        // A VIP check without a port probes where each backend serves: a nat backend with its
+        // own `port` gets the check on that port (as its own check).
+        if let Some(check) = health_check.as_ref().filter(|_| !port_named && raw.mode == Mode::Nat) {
+            for b in backends.iter_mut().filter(|b| b.health_check.is_none()) {
+                if let Some(serves) = b.port.filter(|&p| p != check.kind.port()) {
+                    let mut own = check.clone();
+                    own.kind.set_port(serves);
+                    b.health_check = Some(own);
+                }
+            }
+        }
         let l7 = match raw.l7 {
             Some(l7) => Some(self.check_l7(i, l7.value, &l7.referenced, raw.protocol)?),
             None => None,
@@ -1982,6 +1996,28 @@ mod tests {
         let config = check(&checked("")).unwrap();
         let v = &config.vips[0];
         assert_eq!((v.check_for(&v.backends[0]), v.check_for(&v.backends[1]).is_some()), (None, true));
+    }
+
+    #[test]
+    fn a_nat_backend_s_check_probes_its_own_port() {
+        let nat = |check: &str| {
+            format!(
+                "vips:\n  - name: n\n    address: 192.0.2.1\n    port: 80\n    protocol: tcp\n    mode: nat\n{check}    backends:\n      - {{ address: 10.1.0.1, port: 8080 }}\n      - address: 10.1.0.2\n      - {{ address: 10.1.0.3, port: 9000, health_check: {{ type: http }} }}\n"
+            )
+        };
+        let ports = |config: &Config| -> Vec<Option<u16>> {
+            let v = &config.vips[0];
+            v.backends.iter().map(|b| v.check_for(b).map(|c| c.kind.port())).collect()
+        };
+        // The VIP's check without a port: each backend's own port, else the VIP's.
+        let config = check(&nat("    health_check: { type: tcp }\n")).unwrap();
+        assert_eq!(ports(&config), [Some(8080), Some(80), Some(9000)]);
+        // A port named in the check is the port probed.
+        let config = check(&nat("    health_check: { type: tcp, port: 7000 }\n")).unwrap();
+        assert_eq!(ports(&config), [Some(7000), Some(7000), Some(9000)]);
+        // No VIP check: only the backend with its own.
+        let config = check(&nat("")).unwrap();
+        assert_eq!(ports(&config), [None, None, Some(9000)]);
     }
 
     #[test]

@@ -112,6 +112,10 @@ pub enum AdminError {
         "admin socket {path}: another agent answers there; give each agent its own (`agent.admin_socket` in its config, or --admin-socket)"
     )]
     InUse { path: PathBuf },
+    #[error(
+        "admin socket {path}: the path exists and is not a socket; move it aside or give the agent another (`agent.admin_socket` in its config, or --admin-socket)"
+    )]
+    NotASocket { path: PathBuf },
     #[error("the agent at {path} closed the connection without replying")]
     NoReply { path: PathBuf },
     #[error("the agent says: {0}")]
@@ -159,19 +163,39 @@ where
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
-    // A live agent's socket is not taken over (that agent would go on unreachable).
-    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Err(AdminError::InUse { path: path.to_owned() });
-    }
-    // A socket file left by an agent that did not exit cleanly would make bind fail.
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(e)),
-    }
+    clear_stale(path)?;
     let listener = UnixListener::bind(path).map_err(io)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
     Ok(tokio::spawn(accept_loop(listener, handle, limits)))
+}
+
+/// Makes way for binding `path`: a socket file nobody listens on (left by an agent that was
+/// killed or crashed) is removed; a live agent's socket is not taken over (that agent would go
+/// on unreachable), and neither is a file that is not a socket.
+fn clear_stale(path: &Path) -> Result<(), AdminError> {
+    use std::os::unix::fs::FileTypeExt as _;
+    let io = |source| AdminError::Io { path: path.to_owned(), source };
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(e)),
+        Ok(meta) if !meta.file_type().is_socket() => return Err(AdminError::NotASocket { path: path.to_owned() }),
+        Ok(_) => {}
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => Err(AdminError::InUse { path: path.to_owned() }),
+        // Nobody listening: a stale file.
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(e)),
+            }
+            tracing::info!(path = %path.display(), "removed a stale admin socket (its agent did not exit cleanly)");
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io(e)),
+    }
 }
 
 async fn accept_loop<F>(listener: UnixListener, handle: Arc<F>, limits: Limits)
@@ -578,8 +602,34 @@ mod tests {
         let (server, _) = agent(&socket, Limits::default()).await;
         let refused = agent_on(&socket).await.unwrap_err();
         assert!(matches!(refused, AdminError::InUse { .. }), "{refused}");
+        assert!(refused.to_string().contains("another agent answers there"), "{refused}");
         assert!(matches!(request(&socket.0, Request::Stats).await.unwrap(), Reply::Done(_)));
         server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_stale_socket_file_is_removed_and_bound_again() {
+        let socket = TempSocket::new("stale");
+        // A socket file nobody listens on, as a killed agent leaves it.
+        drop(std::os::unix::net::UnixListener::bind(&socket.0).unwrap());
+        assert!(socket.0.exists());
+        assert_eq!(
+            std::os::unix::net::UnixStream::connect(&socket.0).unwrap_err().kind(),
+            io::ErrorKind::ConnectionRefused
+        );
+        let server = agent_on(&socket).await.expect("a stale socket does not block the start");
+        assert!(matches!(request(&socket.0, Request::Stats).await.unwrap(), Reply::Done(ref m) if m == "second"));
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_file_that_is_not_a_socket_is_left_alone() {
+        let socket = TempSocket::new("notsocket");
+        std::fs::write(&socket.0, "precious").unwrap();
+        let refused = agent_on(&socket).await.unwrap_err();
+        assert!(matches!(refused, AdminError::NotASocket { .. }), "{refused}");
+        assert!(refused.to_string().contains("is not a socket; move it aside"), "{refused}");
+        assert_eq!(std::fs::read_to_string(&socket.0).unwrap(), "precious");
     }
 
     async fn agent_on(socket: &TempSocket) -> Result<JoinHandle<()>, AdminError> {

@@ -435,6 +435,7 @@ mod tests {
             vips: vec![VipStats {
                 name: "web".into(),
                 endpoint: "192.0.2.1:80/tcp".into(),
+                mode: "dsr-l2".into(),
                 up: true,
                 serving: 1,
                 min_healthy: 1,

@@ -3,6 +3,7 @@
 
 mod accept;
 pub mod admin;
+pub mod human;
 pub mod metrics;
 pub mod stats;
 pub mod summary;

@@ -45,6 +45,9 @@ pub struct Counter {
 pub struct VipStats {
     pub name: String,
     pub endpoint: String,
+    /// `dsr-l2`, `dsr-ipip` or `nat`.
+    #[serde(default)]
+    pub mode: String,
     /// Enough backends serve it (`min_healthy`): announced.
     pub up: bool,
     /// Backends taking new flows.
@@ -80,6 +83,17 @@ pub struct BackendStats {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+}
+
+/// The config's `mode` of a VIP the data plane serves.
+pub fn mode(vip: &crate::state::desired::DesiredVip) -> &'static str {
+    if vip.flags & lb_common::VIP_FLAG_NAT != 0 {
+        "nat"
+    } else if vip.backend_flags & lb_common::BACKEND_FLAG_IPIP != 0 {
+        "dsr-ipip"
+    } else {
+        "dsr-l2"
+    }
 }
 
 impl Snapshot {
@@ -126,6 +140,7 @@ impl Snapshot {
             vips.push(VipStats {
                 name: applied.vip.name.clone(),
                 endpoint: applied.vip.endpoint.clone(),
+                mode: mode(&applied.vip).to_owned(),
                 up: applied.vip.is_up(),
                 serving: applied.vip.serving(),
                 min_healthy: applied.vip.min_healthy,
@@ -155,8 +170,8 @@ impl Snapshot {
     /// weight (configured, and effective when it differs), health and traffic.
     pub fn render_vips(&self) -> String {
         let mut out = format!(
-            "{:<40} {:>9} {:<10} {:>12} {:>14} {:>10}\n",
-            "VIP / backend", "weight", "state", "packets", "bytes", "new flows"
+            "{:<40} {:<8} {:>9} {:<10} {:>12} {:>14} {:>10}\n",
+            "VIP / backend", "mode", "weight", "state", "packets", "bytes", "new flows"
         );
         for v in &self.vips {
             let label = match (v.up, v.panic) {
@@ -167,8 +182,9 @@ impl Snapshot {
             };
             let state = format!("{label} {}/{}", if v.panic { v.healthy } else { v.serving }, v.backends.len());
             out.push_str(&format!(
-                "{:<40} {:>9} {:<10} {:>12} {:>14} {:>10}\n",
+                "{:<40} {:<8} {:>9} {:<10} {:>12} {:>14} {:>10}\n",
                 format!("{} {}", v.name, v.endpoint),
+                v.mode,
                 "",
                 state,
                 v.packets,
@@ -198,8 +214,8 @@ impl Snapshot {
                     (false, true, _) => "DOWN,drained",
                 };
                 out.push_str(&format!(
-                    "  -> {:<36} {:>9} {:<10} {:>12} {:>14} {:>10}\n",
-                    b.address, weight, state, b.packets, b.bytes, b.new_flows
+                    "  -> {:<36} {:<8} {:>9} {:<10} {:>12} {:>14} {:>10}\n",
+                    b.address, "", weight, state, b.packets, b.bytes, b.new_flows
                 ));
                 if let Some(error) = b.health_error.as_ref().filter(|_| !b.up) {
                     out.push_str(&format!("       health check: {error}\n"));
@@ -210,14 +226,18 @@ impl Snapshot {
             let serving = v.backends.iter().filter(|b| b.serving).count();
             let state = format!("{} {serving}/{}", if v.up { "up" } else { "DOWN" }, v.backends.len());
             out.push_str(&format!(
-                "{:<40} {:>9} {:<10} (l7: requests in /metrics)\n",
+                "{:<40} {:<8} {:>9} {:<10} (requests in /metrics)\n",
                 format!("{} {}/http", v.name, v.endpoint),
+                "l7",
                 "",
                 state
             ));
             for b in &v.backends {
                 let state = if b.serving { "up" } else { "DOWN" };
-                out.push_str(&format!("  -> {:<36} {:>9} {:<10} {} in flight\n", b.address, "", state, b.in_flight));
+                out.push_str(&format!(
+                    "  -> {:<36} {:<8} {:>9} {:<10} {} in flight\n",
+                    b.address, "", "", state, b.in_flight
+                ));
             }
         }
         out.push_str(&format!(

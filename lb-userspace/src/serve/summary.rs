@@ -125,13 +125,15 @@ impl AttachmentStatus {
 impl NodeState {
     /// The heading lines; `announced` says what BGP announces (a list or a count).
     pub fn render(&self, announced: &str) -> String {
+        let age = |at| crate::serve::human::age_of(at, crate::serve::human::now_epoch());
         let mut out = format!("config {} (generation {})\n", self.config_path, self.config_generation);
         match &self.last_reload {
             None => out.push_str("last reload: none since start\n"),
-            Some(r) if r.ok => out.push_str(&format!("last reload: ok at {} — {}\n", r.at, r.message)),
+            Some(r) if r.ok => out.push_str(&format!("last reload: ok {} — {}\n", age(r.at), r.message)),
             Some(r) => out.push_str(&format!(
-                "last reload: REJECTED at {} — the previous configuration keeps serving\n  {}\n",
-                r.at, r.message
+                "last reload: REJECTED {} — the previous configuration keeps serving\n  {}\n",
+                age(r.at),
+                r.message
             )),
         }
         if self.pending_vips > 0 {
@@ -152,15 +154,16 @@ impl NodeState {
         if !self.peers.is_empty() {
             out.push_str(&format!("announced: {announced}\n"));
             out.push_str(&format!(
-                "{:<28} {:>10} {:<13} {:>9} {:>6} {:>7}  {}\n",
-                "BGP peer", "AS", "state", "prefixes", "flaps", "bfd", "last error"
+                "{:<28} {:>10} {:<13} {:>7} {:>9} {:>6} {:>7}  {}\n",
+                "BGP peer", "AS", "state", "for", "prefixes", "flaps", "bfd", "last error"
             ));
             for p in &self.peers {
                 out.push_str(&format!(
-                    "{:<28} {:>10} {:<13} {:>9} {:>6} {:>7}  {}\n",
+                    "{:<28} {:>10} {:<13} {:>7} {:>9} {:>6} {:>7}  {}\n",
                     p.address,
                     p.remote_as,
                     p.state,
+                    p.established_for_secs.map_or_else(|| "-".to_owned(), crate::serve::human::span),
                     p.prefixes_sent,
                     p.flaps,
                     p.bfd.as_deref().unwrap_or("-"),
@@ -200,6 +203,9 @@ pub struct Summary {
 pub struct DegradedVip {
     pub name: String,
     pub endpoint: String,
+    /// `dsr-l2`, `dsr-ipip` or `nat`.
+    #[serde(default)]
+    pub mode: String,
     pub up: bool,
     /// In panic: new flows go to every backend, down ones included.
     pub panic: bool,
@@ -264,6 +270,7 @@ impl Summary {
             degraded.push(DegradedVip {
                 name: vip.name.clone(),
                 endpoint: vip.endpoint.clone(),
+                mode: crate::serve::stats::mode(vip).to_owned(),
                 up,
                 panic: vip.panic,
                 serving,
@@ -317,8 +324,8 @@ impl Summary {
                 (false, false) => "DOWN",
             };
             let mut line = format!(
-                "  {:<24} {:<24} {:<4} {}/{} taking new flows; ",
-                vip.name, vip.endpoint, state, vip.serving, vip.backends
+                "  {:<24} {:<24} {:<8} {:<4} {}/{} taking new flows; ",
+                vip.name, vip.endpoint, vip.mode, state, vip.serving, vip.backends
             );
             let listed: Vec<String> = vip.not_serving.iter().map(|b| format!("{} {}", b.address, b.reason)).collect();
             line.push_str(&listed.join(", "));
@@ -332,5 +339,84 @@ impl Summary {
             out.push_str(&format!("  … and {} more VIPs (`xlb status --vips` lists all)\n", self.degraded_unlisted));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(last_reload: Option<ReloadOutcome>) -> NodeState {
+        NodeState {
+            config_path: "/etc/xlb/eth0.yaml".into(),
+            config_generation: 2,
+            last_reload,
+            node_drained: false,
+            peers: Vec::new(),
+            pending_vips: 0,
+            reconcile_error: None,
+            state: None,
+            interfaces: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_last_reload_shows_its_age_not_epoch_seconds() {
+        let at = crate::serve::human::now_epoch() - 3700;
+        let ok = ReloadOutcome { ok: true, message: "1 added".into(), at };
+        let text = node(Some(ok)).render("nothing");
+        assert!(text.contains("last reload: ok 1h1m ago — 1 added\n"), "{text}");
+        assert!(!text.contains(&at.to_string()), "{text}");
+        let mut with_peer = node(None);
+        with_peer.peers.push(crate::announce::bgp::PeerStatus {
+            address: "10.0.0.254".parse().unwrap(),
+            remote_as: 65000,
+            state: "established".into(),
+            established_for_secs: Some(3 * 3600 + 4 * 60 + 5),
+            prefixes_sent: 2,
+            flaps: 0,
+            last_error: None,
+            bfd: None,
+        });
+        let text = with_peer.render("1 VIP addresses");
+        let peer = text.lines().find(|l| l.starts_with("10.0.0.254")).unwrap();
+        assert_eq!(peer.split_whitespace().collect::<Vec<_>>()[..4], ["10.0.0.254", "65000", "established", "3h4m"]);
+        let rejected = ReloadOutcome { ok: false, message: "bad".into(), at };
+        let text = node(Some(rejected)).render("nothing");
+        assert!(text.contains("last reload: REJECTED 1h1m ago — the previous configuration keeps serving"), "{text}");
+    }
+
+    #[test]
+    fn a_degraded_vip_shows_its_mode() {
+        let summary = Summary {
+            node: node(None),
+            vips: 1,
+            vips_up: 0,
+            vips_panic: 0,
+            backends: 1,
+            backends_serving: 0,
+            announced: 0,
+            flow_table: FlowTableUsage::default(),
+            nat: NatUsage::default(),
+            degraded: vec![DegradedVip {
+                name: "web".into(),
+                endpoint: "192.0.2.1:80/tcp".into(),
+                mode: "nat".into(),
+                up: false,
+                panic: false,
+                serving: 0,
+                backends: 1,
+                not_serving: vec![NotServing { address: "10.0.0.1".into(), reason: "down".into() }],
+                not_serving_unlisted: 0,
+            }],
+            degraded_unlisted: 0,
+        };
+        let text = summary.render();
+        let line = text.lines().find(|l| l.contains("web")).unwrap();
+        assert_eq!(
+            line.split_whitespace().collect::<Vec<_>>()[..4],
+            ["web", "192.0.2.1:80/tcp", "nat", "DOWN"],
+            "{text}"
+        );
     }
 }
