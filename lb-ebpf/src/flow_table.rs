@@ -45,8 +45,8 @@ fn now() -> u32 {
 }
 
 /// The entry of `key` (hash `hash`) if the table holds it — its last-use time refreshed, and
-/// confirmed if `confirm` is `FLOW_CONFIRMED` (any packet but a TCP SYN; else 0) — else where a record of it would go
-/// (`Entry::record` picks the entry).
+/// confirmed if `confirm` is `FLOW_CONFIRMED` (any packet but a TCP SYN; else 0) — else where a
+/// record of it would go (`Entry::record` picks the entry).
 #[inline(always)]
 pub(crate) fn find(key: &FlowKey, hash: u32, confirm: u32) -> Entry {
     let sets = XLB_FLOW_SETS.load();

@@ -269,10 +269,15 @@ pub fn forward_new(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &Flo
             if probes == 0 {
                 break;
             }
-            // SAFETY: `claim_step` is a static function of the bpf_loop callback type; it takes
-            // its state from this CPU's scratch slot, not from the (null) context.
-            unsafe {
-                bpf_loop(probes, claim_step as *mut c_void, core::ptr::null_mut(), 0);
+            if probes == 1 {
+                // One candidate (a hint, the cursor): a plain call, without the helper.
+                claim_step(0, core::ptr::null_mut());
+            } else {
+                // SAFETY: `claim_step` is a static function of the bpf_loop callback type; it
+                // takes its state from this CPU's scratch slot, not from the (null) context.
+                unsafe {
+                    bpf_loop(probes, claim_step as *mut c_void, core::ptr::null_mut(), 0);
+                }
             }
             if claim.outcome != Claimed::No {
                 break;
@@ -455,6 +460,8 @@ pub struct Claim {
     scanned: u32,
     /// Which round `claim_plan` plans next: 0 the hints, 1 the cursor or the scan, 2 none.
     stage: u32,
+    /// 1 for the cursor's round: a candidate whose reverse entry is live by itself is taken.
+    quick: u32,
 }
 
 /// Plans the next round of a claim from the pool `claim.pool` for `claim.key`'s backend (sets
@@ -490,6 +497,7 @@ fn claim_plan() -> u32 {
     }
     claim.hinted = 0;
     claim.scanned = 0;
+    claim.quick = 0;
     if claim.stage == 0 {
         claim.stage = 1;
         let count = state.count;
@@ -512,6 +520,7 @@ fn claim_plan() -> u32 {
         let at = state.cursor.checked_rem(size).unwrap_or(0);
         state.cursor = at + 1;
         claim.start = at;
+        claim.quick = 1;
         return 1;
     }
     claim.start = claim.start.checked_rem(size).unwrap_or(0);
@@ -574,6 +583,19 @@ extern "C" fn claim_step(index: u64, _ctx: *mut c_void) -> i64 {
     let Some((addr, port)) = pool.candidate(at as u32) else { return 1 };
     claim.key.daddr = addr;
     claim.key.dport = port;
+    if claim.quick != 0
+        && let Some(held) = XLB_NAT_REVERSE.get_ptr(&claim.key)
+        && let Some(node) = XLB_NODE.get(0)
+    {
+        // SAFETY: a live value of the map; two fields read.
+        let (last, flags) = unsafe { ((*held).last_seen, (*held).flags) };
+        // Live by its reverse side alone: taken, without the insert and the owner's lookup
+        // (the common case of an exhausted pool). Otherwise judged in full below: the owner's
+        // side may show it closed or idle.
+        if !nat_expired(claim.value.last_seen, last, flags, claim.key.proto, node) {
+            return 1;
+        }
+    }
     try_claim(claim);
     i64::from(claim.outcome != Claimed::No)
 }
