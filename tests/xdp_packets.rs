@@ -725,7 +725,7 @@ vips:
         lb.maps.insert_nat_reverse(&entries).expect("fill the pool");
         // The pool (300 sources, more than one claim's probes) is full: the first SYN tries its
         // probes and marks the slot exhausted; every later one tries one candidate and is dropped.
-        assert!(300 > NAT_CLAIM_PROBES);
+        const _: () = assert!(300 > NAT_CLAIM_PROBES);
         run_counted(&lb, &syn("203.0.113.2", 1), XdpAction::Drop, Stat::DropPoolExhausted, "pool full");
         let state = xlb::dataplane::nat_sources(&lb.program, slot).expect("read the slot's state");
         assert_ne!(state.exhausted_at, 0, "the slot is marked exhausted");
