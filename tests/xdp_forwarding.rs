@@ -273,7 +273,7 @@ fn tcp_without_syn_is_forwarded_by_the_table_but_not_recorded() {
 }
 
 #[test]
-fn a_full_set_gives_its_least_recently_used_entry_to_a_new_flow() {
+fn a_full_set_gives_its_first_embryonic_entry_to_a_new_flow() {
     require_root!();
     // The smallest table: 128 sets of FLOW_WAYS entries.
     let lb = Balancer::with_flow_table(CONFIG, 1024);
@@ -290,14 +290,15 @@ fn a_full_set_gives_its_least_recently_used_entry_to_a_new_flow() {
         tick();
     }
     assert!(ports[..FLOW_WAYS].iter().all(|&p| lb.maps.flow(&key(p)).unwrap().is_some()), "the set is full");
-    // The oldest flow sees a packet again, so the second oldest is now the least recently used.
+    // The first flow's ACK confirms its entry; the others are embryonic (SYN only), so the
+    // first of those — the second flow's — gives way (xdp_packets.rs `flood` has the rules).
     assert_eq!(lb.run(&ack("198.51.100.12", "192.0.2.1", ports[0])).action, XdpAction::Tx);
     tick();
     assert_eq!(lb.run(&syn("198.51.100.12", "192.0.2.1", ports[FLOW_WAYS])).action, XdpAction::Tx);
     let held: Vec<bool> = ports.iter().map(|&p| lb.maps.flow(&key(p)).unwrap().is_some()).collect();
     let mut expected = vec![true; FLOW_WAYS + 1];
     expected[1] = false;
-    assert_eq!(held, expected, "only the least recently used flow ({}) gave way", ports[1]);
+    assert_eq!(held, expected, "only the first embryonic flow ({}) gave way", ports[1]);
     assert_eq!(lb.maps.flow_table_usage().unwrap(), FlowTableUsage { entries: FLOW_WAYS as u64, size: 1024 });
 }
 

@@ -457,3 +457,306 @@ fn health_and_drain_states_shape_the_maps_exactly() {
     assert!(undrained.iter().all(|slot| table.contains(slot)), "every undrained one, down or not");
     assert_eq!(lb.run(&syn).action, XdpAction::Tx);
 }
+
+/// Floods of new flows against the connection table and the NAT pools (issue 18): a new flow
+/// never evicts a confirmed, live entry, and an exhausted pool costs a SYN O(1) work.
+mod flood {
+    use lb_common::{
+        FAMILY_V4, FLOW_CONFIRMED, FLOW_CONFIRMED_IDLE_JIFFIES, FLOW_WAYS, FlowKey, FlowSet, NAT_CLAIM_PROBES,
+        NAT_FLAG_REPLIED, NatReverse, PROTO_TCP, PROTO_UDP, Stat,
+    };
+    use xlb::apply::testrun::XdpAction;
+    use xlb_tests::{
+        Balancer, FACTS, FORWARDING_CONFIG,
+        model::{Model, Verdict},
+        packets::{Frame, L4, hex},
+        require_root,
+    };
+
+    /// The connection-table key of a frame from `src`:`sport` to `dst`:`dport`.
+    fn key(src: &str, dst: &str, sport: u16, dport: u16, proto: u8) -> FlowKey {
+        let (saddr, family) = xlb::config::ip_words(src.parse().expect("address"));
+        let (daddr, _) = xlb::config::ip_words(dst.parse().expect("address"));
+        FlowKey { saddr, daddr, sport: sport.to_be(), dport: dport.to_be(), proto, family, pad: 0 }
+    }
+
+    fn frame(src: &str, dst: &str, l4: L4) -> Frame {
+        if dst.contains(':') { Frame::v6(src, dst, l4) } else { Frame::v4(src, dst, l4) }
+    }
+
+    /// A connection table of one set (8 entries), so that every flow competes for the same set;
+    /// the reference model says where each packet must go (the Maglev pick of the VIP's table).
+    struct OneSet {
+        lb: Balancer,
+        model: Model,
+    }
+
+    impl OneSet {
+        fn new() -> Self {
+            let lb = Balancer::with_flow_table(FORWARDING_CONFIG, FLOW_WAYS as u32);
+            let model = Model::new(&lb.config, &FACTS);
+            Self { lb, model }
+        }
+
+        /// Runs a frame that must be forwarded, byte for byte as the model says.
+        fn forward(&mut self, frame: &Frame, case: &str) {
+            let bytes = frame.build();
+            let before = self.lb.stat(Stat::Forwarded);
+            let out = self.lb.run(&bytes);
+            match self.model.process(&bytes) {
+                Verdict::Tx { stat: Stat::Forwarded, packet, .. } => {
+                    assert_eq!(out.action, XdpAction::Tx, "{case}");
+                    assert_eq!(hex(&out.packet), hex(&packet), "{case}: output bytes");
+                }
+                other => panic!("{case}: the model does not forward it: {other:?}"),
+            }
+            assert_eq!(self.lb.stat(Stat::Forwarded), before + 1, "{case}: counted as forwarded");
+        }
+
+        fn set(&self, any: &FlowKey) -> FlowSet {
+            let (index, set) = self.lb.maps.flow_set_of(any).expect("read the set");
+            assert_eq!(index, 0, "a table of one set");
+            set
+        }
+
+        /// `None`: not in the table; else whether its entry is confirmed.
+        fn state(&self, key: &FlowKey) -> Option<bool> {
+            let set = self.set(key);
+            set.way_of(key).map(|way| set.confirmed(way))
+        }
+    }
+
+    /// Opens `count` flows from `client` to `vip`:80 and confirms them with an ACK each.
+    fn confirmed_flows(h: &mut OneSet, client: &str, vip: &str, first_port: u16, count: u16) -> Vec<FlowKey> {
+        (first_port..first_port + count)
+            .map(|sport| {
+                let k = key(client, vip, sport, 80, PROTO_TCP);
+                h.forward(&frame(client, vip, L4::TcpSyn { sport, dport: 80 }), "SYN");
+                assert_eq!(h.state(&k), Some(false), "a SYN records the flow embryonic");
+                h.forward(&frame(client, vip, L4::TcpAck { sport, dport: 80 }), "first ACK");
+                assert_eq!(h.state(&k), Some(true), "the first packet after the SYN confirms it");
+                k
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_syn_flood_never_evicts_confirmed_flows_and_is_still_forwarded_unrecorded() {
+        require_root!();
+        for (client, vip, flooder) in
+            [("198.51.100.1", "192.0.2.1", "203.0.113.66"), ("2001:db8:ff::1", "2001:db8::1", "2001:db8:66::6")]
+        {
+            let mut h = OneSet::new();
+            let established = confirmed_flows(&mut h, client, vip, 1000, FLOW_WAYS as u16);
+            let before = h.set(&established[0]);
+            let (full, miss) = (h.lb.stat(Stat::FlowSetFull), h.lb.stat(Stat::FlowMiss));
+            // One source, SYNs from 300 ports: each is a new flow, sent by the Maglev table.
+            for i in 0..300u16 {
+                let sport = 20000 + i * 7;
+                h.forward(&frame(flooder, vip, L4::TcpSyn { sport, dport: 80 }), "flood SYN");
+                assert_eq!(h.state(&key(flooder, vip, sport, 80, PROTO_TCP)), None, "a flood SYN is not recorded");
+            }
+            assert_eq!(h.lb.stat(Stat::FlowSetFull), full + 300, "{vip}: every flood SYN counted unrecorded");
+            assert_eq!(h.lb.stat(Stat::FlowMiss), miss + 300);
+            let after = h.set(&established[0]);
+            assert_eq!(after.hashes, before.hashes, "{vip}: no confirmed entry evicted");
+            assert_eq!(after.entries, before.entries, "{vip}: no confirmed entry rewritten");
+            assert!((0..FLOW_WAYS).all(|w| after.confirmed(w)));
+            // The established flows go on from their entries.
+            let miss = h.lb.stat(Stat::FlowMiss);
+            for k in &established {
+                let sport = u16::from_be(k.sport);
+                h.forward(&frame(client, vip, L4::TcpAck { sport, dport: 80 }), "established ACK");
+            }
+            assert_eq!(h.lb.stat(Stat::FlowMiss), miss, "{vip}: every established flow found its entry");
+        }
+    }
+
+    #[test]
+    fn new_flows_replace_embryonic_entries_and_the_first_non_syn_confirms() {
+        require_root!();
+        let mut h = OneSet::new();
+        let (client, vip) = ("198.51.100.1", "192.0.2.1");
+        let established = confirmed_flows(&mut h, client, vip, 1000, 4);
+        let embryonic: Vec<FlowKey> = (2000..2004)
+            .map(|sport| {
+                h.forward(&frame(client, vip, L4::TcpSyn { sport, dport: 80 }), "SYN");
+                key(client, vip, sport, 80, PROTO_TCP)
+            })
+            .collect();
+        // A retransmitted SYN does not confirm.
+        h.forward(&frame(client, vip, L4::TcpSyn { sport: 2000, dport: 80 }), "retransmitted SYN");
+        assert_eq!(h.state(&embryonic[0]), Some(false), "a second SYN leaves the entry embryonic");
+        // New flows take the first embryonic entry (the set has no free one), each replacing
+        // the one before: a flood churns one entry of a set and leaves the others alone.
+        let newer: Vec<FlowKey> = (3000..3004)
+            .map(|sport| {
+                h.forward(&frame("203.0.113.66", vip, L4::TcpSyn { sport, dport: 80 }), "new SYN");
+                let k = key("203.0.113.66", vip, sport, 80, PROTO_TCP);
+                assert_eq!(h.state(&k), Some(false), "a new flow is recorded embryonic");
+                k
+            })
+            .collect();
+        assert_eq!(h.lb.stat(Stat::FlowSetFull), 0, "a set with embryonic entries takes new flows");
+        for k in &established {
+            assert_eq!(h.state(k), Some(true), "confirmed entries stay");
+        }
+        assert_eq!(h.state(&embryonic[0]), None, "the first embryonic entry was replaced");
+        for k in &embryonic[1..] {
+            assert_eq!(h.state(k), Some(false), "the other embryonic entries stay");
+        }
+        for k in &newer[..3] {
+            assert_eq!(h.state(k), None, "each new flow replaced the one before");
+        }
+        // UDP: the first datagram records the flow embryonic, the second confirms it.
+        let udp = key(client, vip, 5353, 53, PROTO_UDP);
+        h.forward(&frame(client, vip, L4::Udp { sport: 5353, dport: 53 }), "first datagram");
+        assert_eq!(h.state(&udp), Some(false), "a UDP flow's first datagram records it embryonic");
+        h.forward(&frame(client, vip, L4::Udp { sport: 5353, dport: 53 }), "second datagram");
+        assert_eq!(h.state(&udp), Some(true), "its second datagram confirms it");
+        assert_eq!(h.lb.stat(Stat::FlowSetFull), 0);
+        for k in &established {
+            assert_eq!(h.state(k), Some(true), "confirmed entries stay");
+        }
+    }
+
+    #[test]
+    fn idle_confirmed_entries_may_be_replaced() {
+        require_root!();
+        let mut h = OneSet::new();
+        let (client, vip) = ("198.51.100.1", "192.0.2.1");
+        let established = confirmed_flows(&mut h, client, vip, 1000, FLOW_WAYS as u16);
+        // Three entries idle for longer than the confirmed idle time (their stamps moved back; a
+        // multiple of 4 keeps the state bits).
+        let (index, mut set) = h.lb.maps.flow_set_of(&established[0]).expect("read the set");
+        for way in 0..3 {
+            set.used[way] = set.used[way].wrapping_sub(FLOW_CONFIRMED_IDLE_JIFFIES + 64);
+            assert_ne!(set.used[way] & FLOW_CONFIRMED, 0);
+        }
+        let idle: Vec<FlowKey> = (0..3).map(|way| set.entries[way].key).collect();
+        h.lb.maps.write_flow_set(index, &set).expect("write the set");
+        for sport in 4000..4003 {
+            h.forward(&frame("203.0.113.66", vip, L4::TcpSyn { sport, dport: 80 }), "new SYN");
+            assert_eq!(h.state(&key("203.0.113.66", vip, sport, 80, PROTO_TCP)), Some(false), "recorded");
+        }
+        assert_eq!(h.lb.stat(Stat::FlowSetFull), 0, "idle entries are taken");
+        for k in &idle {
+            assert_eq!(h.state(k), None, "the idle flows were replaced");
+        }
+        for k in established.iter().filter(|k| !idle.contains(k)) {
+            assert_eq!(h.state(k), Some(true), "the live confirmed flows stay");
+        }
+        // Now the set holds five live confirmed flows and three embryonic ones: new flows take
+        // the embryonic ones; with those confirmed, the set is full.
+        for sport in 4000..4003 {
+            h.forward(&frame("203.0.113.66", vip, L4::TcpAck { sport, dport: 80 }), "ACK");
+        }
+        h.forward(&frame("203.0.113.67", vip, L4::TcpSyn { sport: 9, dport: 80 }), "SYN into a full set");
+        assert_eq!(h.lb.stat(Stat::FlowSetFull), 1);
+        assert_eq!(h.state(&key("203.0.113.67", vip, 9, 80, PROTO_TCP)), None);
+    }
+
+    const NAT_CONFIG: &str = r#"
+node:
+  nat_closing_timeout: 1s
+nat_pools:
+  - name: big
+    addresses: [198.51.100.7]
+    ports: 41000-41299
+vips:
+  - name: natbig
+    address: 192.0.2.40
+    port: 80
+    protocol: tcp
+    mode: nat
+    snat_pool: big
+    backends:
+      - { address: 10.1.0.9, port: 8080, mac: "02:00:00:00:01:01" }
+"#;
+
+    fn run_counted(lb: &Balancer, frame: &[u8], action: XdpAction, stat: Stat, case: &str) -> Vec<u8> {
+        let before = lb.stat(stat);
+        let out = lb.run(frame);
+        assert_eq!(out.action, action, "{case}");
+        assert_eq!(lb.stat(stat), before + 1, "{case}: counted as {}", stat.name());
+        out.packet
+    }
+
+    /// The TCP source port of an IPv4 frame without options.
+    fn source_port(frame: &[u8]) -> u16 {
+        u16::from_be_bytes([frame[14 + 20], frame[14 + 20 + 1]])
+    }
+
+    #[test]
+    fn an_exhausted_pool_drops_syns_without_a_scan_and_a_released_source_is_taken_again() {
+        require_root!();
+        let lb = Balancer::with_config(NAT_CONFIG);
+        let slot = lb.applied("natbig").slots[0];
+        let syn = |client: &str, sport| Frame::v4(client, "192.0.2.40", L4::TcpSyn { sport, dport: 80 }).build();
+        // One real flow, then every other source of the pool taken (written as the data plane
+        // writes its claims: 299 live flows toward 10.1.0.9:8080).
+        let out = run_counted(&lb, &syn("203.0.113.1", 1111), XdpAction::Tx, Stat::NatForwarded, "first flow");
+        let held = source_port(&out);
+        let backend = xlb::config::ip_words("10.1.0.9".parse().unwrap()).0;
+        let pool_addr = xlb::config::ip_words("198.51.100.7".parse().unwrap()).0;
+        let vip = xlb::config::ip_words("192.0.2.40".parse().unwrap()).0;
+        let now = xlb::nat::monotonic_ns();
+        let entries: Vec<(FlowKey, NatReverse)> = (41000..41300u16)
+            .filter(|&port| port != held)
+            .map(|port| {
+                let k = FlowKey {
+                    saddr: backend,
+                    daddr: pool_addr,
+                    sport: 8080u16.to_be(),
+                    dport: port.to_be(),
+                    proto: PROTO_TCP,
+                    family: FAMILY_V4,
+                    pad: 0,
+                };
+                let client = xlb::config::ip_words(format!("203.0.114.{}", port % 250).parse().unwrap()).0;
+                let value = NatReverse {
+                    client,
+                    vip,
+                    client_port: port.to_be(),
+                    vip_port: 80u16.to_be(),
+                    backend: slot,
+                    flags: NAT_FLAG_REPLIED,
+                    last_seen: now,
+                    ..NatReverse::default()
+                };
+                (k, value)
+            })
+            .collect();
+        lb.maps.insert_nat_reverse(&entries).expect("fill the pool");
+        // The pool (300 sources, more than one claim's probes) is full: the first SYN tries its
+        // probes and marks the slot exhausted; every later one tries one candidate and is dropped.
+        const _: () = assert!(300 > NAT_CLAIM_PROBES);
+        run_counted(&lb, &syn("203.0.113.2", 1), XdpAction::Drop, Stat::DropPoolExhausted, "pool full");
+        let state = xlb::apply::dataplane::nat_sources(&lb.program, slot).expect("read the slot's state");
+        assert_ne!(state.exhausted_at, 0, "the slot is marked exhausted");
+        assert_eq!(u16::from_be(state.backend_port), 8080);
+        let cursor = state.cursor;
+        for sport in 2..102u16 {
+            run_counted(&lb, &syn("203.0.113.2", sport), XdpAction::Drop, Stat::DropPoolExhausted, "exhausted");
+        }
+        let state = xlb::apply::dataplane::nat_sources(&lb.program, slot).expect("read the slot's state");
+        assert_eq!(state.cursor, (cursor + 99) % 300 + 1, "each SYN tried exactly one candidate");
+        assert_eq!(lb.stat(Stat::NatForwarded), 1);
+        // The first flow is reset and expires (closing timeout 1 s); its client opens the same
+        // tuple again: its dead entry releases the source, and the new claim takes it from the
+        // slot's hints.
+        let mut rst = Frame::v4("203.0.113.1", "192.0.2.40", L4::TcpAck { sport: 1111, dport: 80 }).build();
+        rst[14 + 20 + 13] |= 0x04;
+        xlb_tests::packets::fix_tcp_checksum(&mut rst);
+        run_counted(&lb, &rst, XdpAction::Tx, Stat::NatForwarded, "RST");
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let cursor = xlb::apply::dataplane::nat_sources(&lb.program, slot).expect("state").cursor;
+        let out = run_counted(&lb, &syn("203.0.113.1", 1111), XdpAction::Tx, Stat::NatSourceReused, "reopened");
+        assert_eq!(source_port(&out), held, "the released source is taken again");
+        assert_eq!(lb.stat(Stat::NatForwarded), 3);
+        let state = xlb::apply::dataplane::nat_sources(&lb.program, slot).expect("state");
+        assert_eq!((state.cursor, state.count), (cursor, 0), "no candidate tried besides the hint");
+        // Full again: dropped.
+        run_counted(&lb, &syn("203.0.113.3", 7), XdpAction::Drop, Stat::DropPoolExhausted, "full again");
+    }
+}

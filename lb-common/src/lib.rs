@@ -283,6 +283,59 @@ impl NatPool {
     }
 }
 
+impl NatPool {
+    /// The candidate index of source `addr`, `port` (network order), if it is one of the pool's.
+    #[inline(always)]
+    pub fn index_of(&self, addr: &[u32; 4], port: u16) -> Option<u32> {
+        let offset = u32::from(u16::from_be(port)).checked_sub(self.port_first)?;
+        if offset >= self.port_count {
+            return None;
+        }
+        let mut i = 0;
+        while i < MAX_POOL_ADDRS && (i as u32) < self.addr_count {
+            if self.addrs[i] == *addr {
+                return Some(offset * self.addr_count + i as u32);
+            }
+            i += 1;
+        }
+        None
+    }
+}
+
+/// Candidates a new NAT flow's claim tries, from its hashed start, before the slot is marked
+/// exhausted (pools of up to this many candidates per backend run out exactly when full).
+pub const NAT_CLAIM_PROBES: u32 = 256;
+/// How long a slot marked exhausted skips the scan: its new flows try one candidate each (at
+/// the slot's cursor) and the sources earlier flows released, and are dropped otherwise.
+pub const NAT_EXHAUSTED_NS: u64 = 1_000_000_000;
+/// Released sources one backend slot remembers (`NatSources::hints`).
+pub const NAT_SOURCE_HINTS: usize = 8;
+
+/// A backend slot's sources state (`maps::NAT_SOURCES`, by backend slot), so that a new NAT flow
+/// never scans the pool: whether its last claim found the pool exhausted, the next candidate to
+/// try then, and sources that flows of this backend released. The data plane's own state,
+/// written without locks by every CPU: it only ever suggests candidates, and each is claimed by
+/// an insert-if-absent on the reverse table, so a lost or repeated hint costs a drop or a
+/// retry, never a source shared by two flows.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NatSources {
+    /// The backend port (network order) and pool the state is about (a port-keeping backend of
+    /// a port-range VIP has one port space per port: the state follows the last one exhausted).
+    pub backend_port: u16,
+    pub pad: u16,
+    pub pool: u32,
+    /// The coarse clock (ns) when a claim last found no free source within `NAT_CLAIM_PROBES`;
+    /// 0 never.
+    pub exhausted_at: u64,
+    /// The candidate an exhausted slot's next new flow tries.
+    pub cursor: u32,
+    /// Valid entries of `hints`.
+    pub count: u32,
+    /// Candidate indexes (`NatPool::candidate`) released by flows of this slot.
+    pub hints: [u32; NAT_SOURCE_HINTS],
+}
+
 /// A NAT flow as the client sees it (key: the client's 5-tuple, a `FlowKey`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -410,7 +463,8 @@ pub struct Flow {
 pub struct FlowSet {
     /// Each entry's `FlowKey::hash`.
     pub hashes: [u32; FLOW_WAYS],
-    /// When each entry last saw a packet: the low 32 bits of jiffies, made odd, 0 for a free entry.
+    /// When each entry last saw a packet and its state: the low 32 bits of jiffies with the low
+    /// two bits replaced by `FLOW_USED` (always set) and `FLOW_CONFIRMED`; 0 for a free entry.
     pub used: [u32; FLOW_WAYS],
     pub entries: [FlowEntry; FLOW_WAYS],
 }
@@ -442,11 +496,44 @@ impl FlowSet {
             .then_some(flow)
     }
 
+    /// Whether entry `way` is in use by a confirmed flow (one that sent a packet after its first).
+    pub fn confirmed(&self, way: usize) -> bool {
+        self.used.get(way).is_some_and(|&used| used & FLOW_CONFIRMED != 0)
+    }
+
+    /// The way of the entry holding `key`, if any.
+    pub fn way_of(&self, key: &FlowKey) -> Option<usize> {
+        let hash = key.hash();
+        (0..FLOW_WAYS).find(|&way| self.holds(way, key, hash).is_some())
+    }
+
     /// The entry holding `key`, if any.
     pub fn find(&self, key: &FlowKey) -> Option<Flow> {
         let hash = key.hash();
         (0..FLOW_WAYS).find_map(|way| self.holds(way, key, hash))
     }
+}
+
+/// `FlowSet::used` bit of every entry in use (so that a used entry is never 0).
+pub const FLOW_USED: u32 = 1;
+/// `FlowSet::used` bit of a confirmed entry: its flow sent a packet after the one that recorded
+/// it (TCP: a packet that is not a SYN; UDP: a second datagram). A new flow never replaces a
+/// confirmed entry that is live; an embryonic one (recorded, not confirmed) it may. So a flood of
+/// SYNs or of one-datagram UDP flows only ever replaces the entries such floods make.
+pub const FLOW_CONFIRMED: u32 = 2;
+/// The state bits of `FlowSet::used`; the rest is the time (jiffies, to 4 jiffies).
+pub const FLOW_STATE_BITS: u32 = FLOW_USED | FLOW_CONFIRMED;
+/// Jiffies after which an idle confirmed entry may be replaced: 2^19 jiffies, 8.7 minutes at
+/// HZ 1000, 35 minutes at HZ 250 (the program cannot know HZ; jiffies are its cheap clock).
+pub const FLOW_CONFIRMED_IDLE_JIFFIES: u32 = 1 << 19;
+
+/// Whether an entry stamped `used` (a `FlowSet::used` word) has been idle, at `now`, for longer
+/// than `FLOW_CONFIRMED_IDLE_JIFFIES`. (An entry another CPU stamped a tick after `now` has a
+/// negative age: not idle.)
+#[inline(always)]
+pub const fn flow_idle(used: u32, now: u32) -> bool {
+    let age = (now & !FLOW_STATE_BITS).wrapping_sub(used & !FLOW_STATE_BITS);
+    age as i32 > FLOW_CONFIRMED_IDLE_JIFFIES as i32
 }
 
 /// Sets of a connection table of `entries` entries.
@@ -647,6 +734,13 @@ pub enum Stat {
     NatRedirected,
     /// NAT: the packet must leave by an interface the redirect map does not hold.
     DropNoEgress,
+    /// Event: a new flow (TCP SYN, UDP) found every entry of its connection-table set held by a
+    /// confirmed, live flow: it was sent by the Maglev table without being recorded, so that a
+    /// flood of new flows cannot evict established ones.
+    FlowSetFull,
+    /// Event: a new NAT flow took a source an earlier flow of its backend released (the slot's
+    /// free-source hints), without a scan of the pool.
+    NatSourceReused,
     Count,
 }
 
@@ -703,6 +797,8 @@ impl Stat {
         Stat::NatPortReclaimed,
         Stat::NatRedirected,
         Stat::DropNoEgress,
+        Stat::FlowSetFull,
+        Stat::NatSourceReused,
     ];
 
     /// Stable snake_case name, used in `xlb stats` and as the metrics label.
@@ -743,6 +839,8 @@ impl Stat {
             Stat::NatPortReclaimed => "nat_port_reclaimed",
             Stat::NatRedirected => "nat_redirected",
             Stat::DropNoEgress => "drop_no_egress",
+            Stat::FlowSetFull => "flow_set_full",
+            Stat::NatSourceReused => "nat_source_reused",
             Stat::Count => "count",
         }
     }
@@ -775,6 +873,8 @@ impl Stat {
                 | Stat::IcmpErrorToBackend
                 | Stat::NatPortReclaimed
                 | Stat::NatRedirected
+                | Stat::FlowSetFull
+                | Stat::NatSourceReused
                 | Stat::Count
         )
     }
@@ -861,6 +961,9 @@ pub mod maps {
     pub const NAT_POOLS: &str = "XLB_NAT_POOLS";
     pub const NAT_FLOWS: &str = "XLB_NAT_FLOWS";
     pub const NAT_REVERSE: &str = "XLB_NAT_REVERSE";
+    /// Per backend slot: whether its pool ran out lately, and released sources (`NatSources`).
+    /// One per load of the program, like the scratch maps: only hints, rebuilt by traffic.
+    pub const NAT_SOURCES: &str = "XLB_NAT_SOURCES";
     /// The balancer's program array. Not in [`BALANCER`]: it is pinned once per load of the
     /// program, as `XLB_PROGS_<generation>` (see the agent's `Loaded::balancer_pinned`).
     pub const PROGS: &str = "XLB_PROGS";
@@ -943,6 +1046,7 @@ mod pod {
         super::NatPool,
         super::NatFlow,
         super::NatReverse,
+        super::NatSources,
         super::Iface
     );
 }
@@ -978,6 +1082,7 @@ mod tests {
         assert_eq!(size_of::<NatFlow>(), 8 + 16 + 2 + 2 + 4 + 8);
         assert_eq!(size_of::<NatReverse>(), 16 + 16 + 2 + 2 + 4 + 6 + 2 + 4 + 4 + 8);
         assert_eq!(size_of::<Iface>(), 4 + 6 + 2);
+        assert_eq!(size_of::<NatSources>(), 2 + 2 + 4 + 8 + 4 + 4 + 4 * NAT_SOURCE_HINTS);
     }
 
     #[test]
@@ -1035,6 +1140,19 @@ mod tests {
         let mut freed = set;
         freed.used[3] = 0;
         assert_eq!(freed.find(&a), None);
+    }
+
+    #[test]
+    fn confirmed_entries_are_idle_only_past_the_limit() {
+        let now = 0x1234_5670 | FLOW_USED;
+        let stamp = |age: u32| (now & !FLOW_STATE_BITS).wrapping_sub(age) | FLOW_USED | FLOW_CONFIRMED;
+        assert!(!flow_idle(stamp(0), now));
+        assert!(!flow_idle(stamp(FLOW_CONFIRMED_IDLE_JIFFIES), now));
+        assert!(flow_idle(stamp(FLOW_CONFIRMED_IDLE_JIFFIES + 4), now));
+        // Stamped by another CPU a tick after `now`: the newest, not the oldest.
+        assert!(!flow_idle((now & !FLOW_STATE_BITS).wrapping_add(4) | FLOW_USED | FLOW_CONFIRMED, now));
+        // Across the 32-bit wrap of jiffies.
+        assert!(!flow_idle(0xffff_fff0 | FLOW_USED, 0x10 | FLOW_USED));
     }
 
     #[test]

@@ -1,9 +1,17 @@
 //! The connection table: flow → backend slot, in a set-associative array (`FlowSet`) that the
 //! program reads and writes in place. A lookup and an insert cost one array read (which the
 //! verifier inlines) and a scan of one set; no helper call, no lock.
+//!
+//! A new flow's entry is embryonic until the flow's next packet that is not a SYN confirms it;
+//! a new flow replaces only free, embryonic or long-idle confirmed entries, so a flood of new
+//! flows (SYNs, one-datagram UDP) cannot evict established ones. When a set holds only live
+//! confirmed flows, a new flow is sent by the Maglev table unrecorded (`flow_set_full`).
 
 use aya_ebpf::{Global, btf_maps::Array, helpers::generated::bpf_jiffies64, macros::btf_map};
-use lb_common::{BPF_F_MMAPABLE, FLOW_TABLE_SIZE, FLOW_WAYS, Flow, FlowKey, FlowSet, flow_check, flow_set, flow_sets};
+use lb_common::{
+    BPF_F_MMAPABLE, FLOW_CONFIRMED, FLOW_STATE_BITS, FLOW_TABLE_SIZE, FLOW_USED, FLOW_WAYS, Flow, FlowKey, FlowSet,
+    flow_check, flow_idle, flow_set, flow_sets,
+};
 
 /// Mmapable only so that its values start page-aligned, as `FlowSet`'s cache-line layout wants.
 /// Sized by the agent at load time (`node.flow_table_size / FLOW_WAYS` sets), together with
@@ -16,74 +24,126 @@ static XLB_FLOWS: Array<FlowSet, { flow_sets(FLOW_TABLE_SIZE) as usize }, { BPF_
 #[unsafe(no_mangle)]
 static XLB_FLOW_SETS: Global<u32> = Global::new(flow_sets(FLOW_TABLE_SIZE));
 
-/// A flow's place in the table, found by [`find`].
+/// A flow's place in the table, found by [`find`]. (Not an `Option`: every field is defined on
+/// every path, so the compiler never spills an undefined register the verifier would refuse.)
 #[derive(Clone, Copy)]
 pub(crate) struct Entry {
+    /// Null if the table is missing the set (not sized as the program was told).
     set: *mut FlowSet,
-    way: usize,
+    /// The entry that holds the flow; `FLOW_WAYS` if none does.
+    way: u32,
     /// What the entry holds for this flow, if it holds this flow.
     pub(crate) flow: Option<Flow>,
-    now: u32,
 }
 
-/// The entry of `key` (hash `hash`) if the table holds it — its last-use time refreshed — else
-/// the entry a new record of it would take: a free one of its set, or the set's least recently
-/// used. `None` only if the table is missing its set (not sized as the program was told).
+/// The time in `FlowSet::used` form: jiffies to 4, with the in-use bit. (The verifier turns the
+/// helper into a plain load.)
 #[inline(always)]
-pub(crate) fn find(key: &FlowKey, hash: u32) -> Option<Entry> {
-    let sets = XLB_FLOW_SETS.load();
-    let set = XLB_FLOWS.get_ptr_mut(flow_set(hash, sets))?;
-    // Odd, so that 0 always means free. (The verifier turns this helper into a plain load.)
+fn now() -> u32 {
     // SAFETY: no arguments, no preconditions.
-    let now = unsafe { bpf_jiffies64() } as u32 | 1;
+    (unsafe { bpf_jiffies64() } as u32 & !FLOW_STATE_BITS) | FLOW_USED
+}
+
+/// The entry of `key` (hash `hash`) if the table holds it — its last-use time refreshed, and
+/// confirmed if `confirm` is `FLOW_CONFIRMED` (any packet but a TCP SYN; else 0) — else where a
+/// record of it would go (`Entry::record` picks the entry).
+#[inline(always)]
+pub(crate) fn find(key: &FlowKey, hash: u32, confirm: u32) -> Entry {
+    let sets = XLB_FLOW_SETS.load();
+    let Some(set) = XLB_FLOWS.get_ptr_mut(flow_set(hash, sets)) else {
+        return Entry { set: core::ptr::null_mut(), way: FLOW_WAYS as u32, flow: None };
+    };
     // SAFETY: `set` points into the map's value area, valid while the program runs. Other CPUs
     // may write the same set at the same time (plain loads and stores, as eBPF programs share
     // maps); `FlowSet::holds` reads each value once and checks it, so a torn entry reads as
     // absent.
     let set_ref = unsafe { &mut *set };
-    let mut victim = 0;
-    let mut victim_age = 0;
     for way in 0..FLOW_WAYS {
         let Some(&used) = set_ref.used.get(way) else { break };
         if used == 0 {
-            if victim_age != u32::MAX {
-                (victim, victim_age) = (way, u32::MAX);
-            }
             continue;
         }
         if let Some(flow) = set_ref.holds(way, key, hash) {
-            if used != now
+            // Once confirmed, an entry stays confirmed until it is replaced.
+            let stamp = now() | (used & FLOW_CONFIRMED) | confirm;
+            if used != stamp
                 && let Some(u) = set_ref.used.get_mut(way)
             {
-                *u = now;
+                *u = stamp;
             }
-            return Some(Entry { set, way, flow: Some(flow), now });
-        }
-        // Another CPU may have stamped the entry a tick later than this CPU's `now`: that is
-        // the newest, not (wrapping) the oldest.
-        let age = now.wrapping_sub(used);
-        let age = if (age as i32) < 0 { 0 } else { age };
-        if age >= victim_age && victim_age != u32::MAX {
-            (victim, victim_age) = (way, age);
+            return Entry { set, way: way as u32, flow: Some(flow) };
         }
     }
-    Some(Entry { set, way: victim, flow: None, now })
+    Entry { set, way: FLOW_WAYS as u32, flow: None }
+}
+
+/// The entry of `set` a new flow may take at `now`: a free one, else a confirmed one idle past
+/// `FLOW_CONFIRMED_IDLE_JIFFIES`, else an embryonic one (the first of each kind); `FLOW_WAYS`
+/// when every entry is a live confirmed flow. First fit in three passes rather than the oldest:
+/// each pass is a loop with early exits, which the verifier walks in a handful of paths (keeping
+/// the best of eight was one path per combination).
+#[inline(always)]
+fn victim(set: *const FlowSet, now: u32) -> usize {
+    // Each word read where it is tested (volatile): other CPUs write them, and LLVM would
+    // otherwise load all eight up front and spill them.
+    let used = |way: usize| -> u32 {
+        // SAFETY: `set` is a value of the map (`record` checked it is not null) and
+        // `way < FLOW_WAYS`; a plain aligned load of a word.
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*set).used).cast::<u32>().add(way)) }
+    };
+    for way in 0..FLOW_WAYS {
+        if used(way) == 0 {
+            return way;
+        }
+    }
+    for way in 0..FLOW_WAYS {
+        let u = used(way);
+        if u & FLOW_CONFIRMED != 0 && flow_idle(u, now) {
+            return way;
+        }
+    }
+    for way in 0..FLOW_WAYS {
+        if used(way) & FLOW_CONFIRMED == 0 {
+            return way;
+        }
+    }
+    FLOW_WAYS
 }
 
 impl Entry {
-    /// Records `flow` for `key` in this entry, replacing what it held.
+    /// Records `key` → `flow` — in the entry that holds it, else in the entry `victim` picks —
+    /// as embryonic (the flow's next packet that is not a SYN confirms it). `false`: the set had
+    /// no entry a new flow may take; nothing was written.
     #[inline(always)]
-    pub(crate) fn record(self, key: &FlowKey, hash: u32, flow: Flow) {
-        // SAFETY: as in `find`; a concurrent writer of this entry can only make it read as absent.
-        let set = unsafe { &mut *self.set };
-        let way = self.way;
-        if let (Some(h), Some(u), Some(e)) = (set.hashes.get_mut(way), set.used.get_mut(way), set.entries.get_mut(way))
-        {
-            *h = hash;
-            e.key = *key;
-            e.flow = flow;
-            e.check = flow_check(hash, &flow);
-            *u = self.now;
-        }
+    pub(crate) fn record(self, key: &FlowKey, hash: u32, flow: Flow) -> bool {
+        let flow = u64::from(flow.generation) << 32 | u64::from(flow.backend);
+        !self.set.is_null() && record_at(self.set, u64::from(hash) << 32 | u64::from(self.way), key, flow)
     }
+}
+
+/// `Entry::record` as a separate BPF function of four plain arguments (`way_hash`: the way, or
+/// `FLOW_WAYS` for none, and the flow's hash in the high half; `flow`: backend slot, and
+/// generation in the high half): inlined, it pushed the balancer's frame past 512 bytes; structs
+/// as arguments were split into more registers than a BPF call has, and with five arguments
+/// one was spilled around the clock's helper call (the callee's frame adds to the caller's).
+#[inline(never)]
+fn record_at(set: *mut FlowSet, way_hash: u64, key: &FlowKey, flow: u64) -> bool {
+    let now = now();
+    let (way, hash) = ((way_hash as u32) as usize, (way_hash >> 32) as u32);
+    let flow = Flow { backend: flow as u32, generation: (flow >> 32) as u32 };
+    let way = if way < FLOW_WAYS { way } else { victim(set, now) };
+    // SAFETY: a value of the map (the caller checked it is not null, as in `find`); a concurrent
+    // writer of this entry can only make it read as absent.
+    let set = unsafe { &mut *set };
+    if let (Some(h), Some(u), Some(e)) = (set.hashes.get_mut(way), set.used.get_mut(way), set.entries.get_mut(way)) {
+        *h = hash;
+        // SAFETY: both point to a whole `FlowKey` (a reference, a map value's field); a copy LLVM
+        // expands in registers.
+        unsafe { core::ptr::copy_nonoverlapping(key, &mut e.key, 1) };
+        e.flow = flow;
+        e.check = flow_check(hash, &flow);
+        *u = now;
+        return true;
+    }
+    false
 }

@@ -15,10 +15,10 @@ use aya_ebpf::{
 };
 use lb_common::{
     ADDR_FLAG_DROP_UNHASHABLE, BACKEND_FLAG_ACTIVE, BACKEND_FLAG_IPIP, Backend, BackendCounters, FILTER_NAT_BACKEND,
-    FILTER_NAT_POOL, FILTER_NAT_VIP, FILTER_VIP, Flow, FlowKey, MAGLEV_TABLE_FLAGS, MAX_BACKENDS, MAX_MAGLEV_GROUPS,
-    MAX_VIP_ADDRS, MAX_VIPS, MaglevGroup, NODE_FLAG_DNAT_ONLY, NodeConfig, PROTO_TCP, PROTO_UDP, Stat, StatCounters,
-    VIP_FILTER_SIZE, VIP_FLAG_HASH_SOURCE_ONLY, VIP_FLAG_NAT, VIP_INDEX_PROBES, VIP_INDEX_SIZE, VipAddrKey,
-    VipAddrPolicy, VipKey, VipMeta, VipSlot, addr_bucket, maglev_position, source_hash, vip_index_slot,
+    FILTER_NAT_POOL, FILTER_NAT_VIP, FILTER_VIP, FLOW_CONFIRMED, Flow, FlowKey, MAGLEV_TABLE_FLAGS, MAX_BACKENDS,
+    MAX_MAGLEV_GROUPS, MAX_VIP_ADDRS, MAX_VIPS, MaglevGroup, NODE_FLAG_DNAT_ONLY, NodeConfig, PROTO_TCP, PROTO_UDP,
+    Stat, StatCounters, VIP_FILTER_SIZE, VIP_FLAG_HASH_SOURCE_ONLY, VIP_FLAG_NAT, VIP_INDEX_PROBES, VIP_INDEX_SIZE,
+    VipAddrKey, VipAddrPolicy, VipKey, VipMeta, VipSlot, addr_bucket, maglev_position, source_hash, vip_index_slot,
 };
 use lb_ebpf::{
     forward::{encapsulate, rewrite_macs},
@@ -140,8 +140,18 @@ impl Counts {
 /// errors), and the rare ICMP too-big about a flow, goes on to `xlb_nat` by tail call, with the
 /// parsed packet in the per-CPU scratch (opening a NAT flow does not fit this frame's 512-byte
 /// stack beside the rest).
-#[xdp]
-pub fn xlb_balancer(ctx: XdpContext) -> u32 {
+///
+/// Written out as `#[xdp]` would expand it, but with the body inlined by force: the macro wraps
+/// the body in an inner function, which grew past LLVM's inlining threshold and became a
+/// BPF-to-BPF call on every packet (~14 ns here: returns are costly under SRSO mitigations).
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "xdp")]
+pub fn xlb_balancer(ctx: *mut aya_ebpf::bindings::xdp_md) -> u32 {
+    balancer(XdpContext::new(ctx))
+}
+
+#[inline(always)]
+fn balancer(ctx: XdpContext) -> u32 {
     let Some(stats) = XLB_STATS.get_ptr_mut(0) else { return xdp_action::XDP_PASS };
     let counts = Counts(stats);
     let frame = Frame::new(&ctx);
@@ -250,7 +260,6 @@ fn direct(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &FlowKey, nod
 /// Direct server return (dsr-l2, dsr-ipip): connection table, else the VIP's Maglev table.
 #[inline(always)]
 fn direct_inline(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &FlowKey, node: &NodeConfig) -> u32 {
-    let frame_len = Frame::new(ctx).len() as u64;
     let opens = if packet.proto == PROTO_UDP {
         Opens::Udp
     } else if packet.proto == PROTO_TCP && packet.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN {
@@ -261,12 +270,12 @@ fn direct_inline(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &FlowK
     let hash = flow.hash();
     // An established flow needs only the connection table: its entry names a backend slot whose
     // generation proves the VIP still has that backend (removing a VIP retires its slots), and
-    // the slot says how to send.
-    let entry = flow_table::find(flow, hash);
-    if let Some(known) = entry.and_then(|e| e.flow)
+    // the slot says how to send. Any packet but a TCP SYN confirms the flow's entry.
+    let entry = flow_table::find(flow, hash, if opens == Opens::Syn { 0 } else { FLOW_CONFIRMED });
+    if let Some(known) = entry.flow
         && let Some(backend) = live_backend(known)
     {
-        return send(ctx, counts, packet, node, known.backend, &backend, hash, false, true, frame_len);
+        return send(ctx, counts, packet, node, known.backend, &backend, hash, false, true);
     }
     let Some(meta) = find_vip(packet.daddr, packet.dport, packet.proto, packet.family, VipLookup::Indexed) else {
         return counts.outcome(Stat::PassNotVip);
@@ -274,7 +283,7 @@ fn direct_inline(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &FlowK
     let Some(choice) = choose_backend(counts, &meta, flow, hash, opens, entry) else {
         return counts.outcome(Stat::DropNoBackend);
     };
-    send(ctx, counts, packet, node, choice.slot, &choice.backend, hash, choice.new_flow, true, frame_len)
+    send(ctx, counts, packet, node, choice.slot, &choice.backend, hash, choice.new_flow, true)
 }
 
 /// The VIP serving `addr`, `port` (network order), `proto`: the exact port's, else a port-range
@@ -334,8 +343,9 @@ fn send(
     hash: u32,
     new_flow: bool,
     answer_too_big: bool,
-    frame_len: u64,
 ) -> u32 {
+    // The frame as it came in (before a tunnel header is added): what the backend counts.
+    let frame_len = Frame::new(ctx).len() as u64;
     let sent = if backend.flags & BACKEND_FLAG_IPIP != 0 {
         encapsulate(ctx, packet, backend, node, hash, answer_too_big)
     } else {
@@ -375,8 +385,10 @@ struct Choice {
 }
 
 /// After the connection table (`entry`, as `flow_table::find` left it): the VIP's Maglev table.
-/// New flows (TCP SYN, UDP) and re-hashed flows are recorded; a TCP packet of an unknown flow is
-/// sent by the table without recording it, as Katran does, so stray packets cannot fill the table.
+/// New flows (TCP SYN, UDP) and re-hashed flows are recorded (embryonic, unless their set holds
+/// only live confirmed flows: then they go unrecorded and counted); a TCP packet of an unknown
+/// flow is sent by the table without recording it, as Katran does, so stray packets cannot fill
+/// the table.
 #[inline(always)]
 fn choose_backend(
     counts: Counts,
@@ -384,9 +396,9 @@ fn choose_backend(
     flow: &FlowKey,
     hash: u32,
     opens: Opens,
-    entry: Option<flow_table::Entry>,
+    entry: flow_table::Entry,
 ) -> Option<Choice> {
-    let stale = match entry.and_then(|e| e.flow) {
+    let stale = match entry.flow {
         Some(known) => {
             if let Some(backend) = live_backend(known) {
                 return Some(Choice { slot: known.backend, backend, new_flow: false });
@@ -401,10 +413,9 @@ fn choose_backend(
     };
     let (slot, backend) = table_pick(meta, flow, hash)?;
     let new_flow = opens != Opens::No && !stale;
-    if (new_flow || stale)
-        && let Some(entry) = entry
-    {
-        entry.record(flow, hash, Flow { backend: slot, generation: backend.generation });
+    if (new_flow || stale) && !entry.record(flow, hash, Flow { backend: slot, generation: backend.generation }) {
+        // Every entry of the set is a live confirmed flow: sent by the table, unrecorded.
+        counts.bump(Stat::FlowSetFull);
     }
     Some(Choice { slot, backend, new_flow })
 }
@@ -436,7 +447,6 @@ fn icmp_error_to_backend(ctx: &XdpContext, counts: Counts, packet: &Packet, quot
 
 #[inline(always)]
 fn icmp_error_to_backend_inner(ctx: &XdpContext, counts: Counts, packet: &Packet, quoted: &Quoted) -> Option<u32> {
-    let frame_len = Frame::new(ctx).len() as u64;
     let meta = find_vip(quoted.saddr, quoted.sport, quoted.proto, packet.family, VipLookup::Indexed)?;
     if meta.flags & VIP_FLAG_NAT != 0 {
         // NAT flows have their own tables (nat_flows::icmp_error).
@@ -445,11 +455,11 @@ fn icmp_error_to_backend_inner(ctx: &XdpContext, counts: Counts, packet: &Packet
     let flow = quoted.flow_key(packet.family);
     let node = XLB_NODE.get(0)?;
     let hash = flow.hash();
-    let Some(choice) = choose_backend(counts, &meta, &flow, hash, Opens::No, flow_table::find(&flow, hash)) else {
+    let Some(choice) = choose_backend(counts, &meta, &flow, hash, Opens::No, flow_table::find(&flow, hash, 0)) else {
         return Some(counts.outcome(Stat::DropNoBackend));
     };
     // Never answer an ICMP error with another one: so XDP_TX here means forwarded.
-    let action = send(ctx, counts, packet, node, choice.slot, &choice.backend, hash, false, false, frame_len);
+    let action = send(ctx, counts, packet, node, choice.slot, &choice.backend, hash, false, false);
     if action == xdp_action::XDP_TX {
         counts.bump(Stat::IcmpErrorToBackend);
     }

@@ -4,9 +4,11 @@
 //!
 //! A claim is an insert-if-absent on the reverse table: the reverse key is unique per (pool
 //! address, pool port, backend address, backend port, protocol), so two flows can never share a
-//! source toward one backend. Candidates are scanned from a hashed start over every (address,
-//! port) of the pool (alternating addresses), so the pool runs out exactly when it is full; a
-//! candidate held by an expired flow is taken over.
+//! source toward one backend. At most `NAT_CLAIM_PROBES` candidates are tried from a hashed start
+//! (alternating addresses); a candidate held by an expired flow is taken over. A claim that
+//! finds none marks the backend slot exhausted for `NAT_EXHAUSTED_NS`: meanwhile its new flows
+//! try one candidate each and the sources its flows released, so an exhausted pool costs a SYN
+//! O(1) work (see `claim_from_pool`).
 
 use aya_ebpf::{
     bindings::{BPF_EXIST, BPF_NOEXIST},
@@ -17,9 +19,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    BACKEND_FLAG_ACTIVE, Backend, FlowKey, Iface, MAX_IFACES, MAX_NAT_POOLS, NAT_FLAG_CLOSING, NAT_FLAG_REPLIED,
-    NAT_NO_POOL, NAT_TABLE_SIZE, NAT_TOUCH_NS, NODE_FLAG_MULTI_IFACE, NatFlow, NatPool, NatReverse, NodeConfig,
-    PROTO_TCP, PROTO_UDP, Stat, VipMeta, nat_expired,
+    BACKEND_FLAG_ACTIVE, Backend, FlowKey, Iface, MAX_BACKENDS, MAX_IFACES, MAX_NAT_POOLS, NAT_CLAIM_PROBES,
+    NAT_EXHAUSTED_NS, NAT_FLAG_CLOSING, NAT_FLAG_REPLIED, NAT_NO_POOL, NAT_SOURCE_HINTS, NAT_TABLE_SIZE, NAT_TOUCH_NS,
+    NODE_FLAG_MULTI_IFACE, NatFlow, NatPool, NatReverse, NatSources, NodeConfig, PROTO_TCP, PROTO_UDP, Stat, VipMeta,
+    nat_expired,
 };
 use lb_ebpf::{
     headers::{EthHdr, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN},
@@ -53,6 +56,10 @@ static XLB_DEVS: DevMap<{ MAX_IFACES as usize }> = DevMap::new();
 /// Scratch space of the source claim (see `Claim`).
 #[btf_map]
 static XLB_NAT_CLAIM: PerCpuArray<Claim, 1> = PerCpuArray::new();
+
+/// Per backend slot: exhaustion mark, cursor and released sources (see `NatSources`).
+#[btf_map]
+static XLB_NAT_SOURCES: Array<NatSources, { MAX_BACKENDS as usize }> = Array::new();
 
 const EEXIST: i32 = 17;
 
@@ -252,24 +259,40 @@ pub fn forward_new(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &Flo
         // DNAT only: the client's own address and port are the source.
         try_claim(claim);
     } else {
-        let Some(pool) = XLB_NAT_POOLS.get(meta.pool) else { return counts.outcome(Stat::DropPoolExhausted) };
-        claim.size = pool.size();
-        if claim.size == 0 {
-            return counts.outcome(Stat::DropPoolExhausted);
-        }
+        claim.slot = slot;
         // Another hash than the Maglev pick's, so one backend's flows still cover the pool.
-        claim.start = hash.rotate_left(16) % claim.size;
-        // SAFETY: `claim_step` is a static function of the bpf_loop callback type; it takes its
-        // state from this CPU's scratch slot, not from the (null) context.
-        unsafe {
-            bpf_loop(claim.size, claim_step as *mut c_void, core::ptr::null_mut(), 0);
+        claim.start = hash.rotate_left(16);
+        claim.stage = 0;
+        // At most two rounds: a released source, then the cursor or the bounded scan.
+        for _ in 0..2 {
+            let probes = claim_plan();
+            if probes == 0 {
+                break;
+            }
+            if probes == 1 {
+                // One candidate (a hint, the cursor): a plain call, without the helper.
+                claim_step(0, core::ptr::null_mut());
+            } else {
+                // SAFETY: `claim_step` is a static function of the bpf_loop callback type; it
+                // takes its state from this CPU's scratch slot, not from the (null) context.
+                unsafe {
+                    bpf_loop(probes, claim_step as *mut c_void, core::ptr::null_mut(), 0);
+                }
+            }
+            if claim.outcome != Claimed::No {
+                break;
+            }
         }
+        claim_done();
     }
     match claim.outcome {
         Claimed::No => return counts.outcome(Stat::DropPoolExhausted),
         Claimed::TableFull => return counts.outcome(Stat::DropNatTableFull),
         Claimed::Reclaimed => counts.bump(Stat::NatPortReclaimed),
         Claimed::Free => {}
+    }
+    if claim.hinted != 0 {
+        counts.bump(Stat::NatSourceReused);
     }
     claim.entry = NatFlow {
         backend: slot,
@@ -399,6 +422,7 @@ fn release(flow: &FlowKey, entry: *const NatFlow) {
         && rev.vip_port == flow.dport
     {
         let _ = XLB_NAT_REVERSE.remove(&key);
+        release_source(rev.backend, &key);
     }
     let _ = XLB_NAT_FLOWS.remove(flow);
 }
@@ -428,6 +452,123 @@ pub struct Claim {
     start: u32,
     size: u32,
     outcome: Claimed,
+    /// The backend slot the flow goes to (its `NatSources`).
+    slot: u32,
+    /// 1 when the round in progress tries a source from the slot's hints (one a flow released).
+    hinted: u32,
+    /// 1 when the round in progress is the bounded scan.
+    scanned: u32,
+    /// Which round `claim_plan` plans next: 0 the hints, 1 the cursor or the scan, 2 none.
+    stage: u32,
+    /// 1 for the cursor's round: a candidate whose reverse entry is live by itself is taken.
+    quick: u32,
+}
+
+/// Plans the next round of a claim from the pool `claim.pool` for `claim.key`'s backend (sets
+/// `claim.start`, `claim.size`) and returns its candidates (0: none left). Bounded work in every
+/// case: first a source a flow of this slot released (its hints); then, while the slot is
+/// marked exhausted (`NAT_EXHAUSTED_NS`), one candidate at its cursor; else at most
+/// `NAT_CLAIM_PROBES` candidates from the flow's hashed start. A full pool therefore costs a new
+/// flow a few map operations, never a scan, and a released source is taken again at once.
+///
+/// The rounds run in `forward_new` (bpf_loop over `claim_step`): this function and
+/// `claim_done` only read and write the slot's state. Not inlined and without arguments (their
+/// state is this CPU's claim scratch): their frames must not add to `forward_new`'s.
+#[inline(never)]
+fn claim_plan() -> u32 {
+    let Some(claim) = XLB_NAT_CLAIM.get_ptr_mut(0) else { return 0 };
+    // SAFETY: this CPU's scratch slot, filled by `forward_new` for this packet.
+    let claim = unsafe { &mut *claim };
+    let Some(pool) = XLB_NAT_POOLS.get(claim.pool) else { return 0 };
+    let size = pool.size();
+    claim.size = size;
+    let Some(state) = XLB_NAT_SOURCES.get_ptr_mut(claim.slot) else { return 0 };
+    if size == 0 {
+        return 0;
+    }
+    // SAFETY: a value of the map, valid while the program runs. Other CPUs write it without a
+    // lock: every field is a plain word, and a mixed read only suggests a wrong candidate, which
+    // the reverse table's insert-if-absent refuses.
+    let state = unsafe { &mut *state };
+    let ours = state.backend_port == claim.key.sport && state.pool == claim.pool;
+    if claim.stage > 1 {
+        // No round left: `hinted` and `scanned` describe the last one.
+        return 0;
+    }
+    claim.hinted = 0;
+    claim.scanned = 0;
+    claim.quick = 0;
+    if claim.stage == 0 {
+        claim.stage = 1;
+        let count = state.count;
+        if ours && count > 0 {
+            // Masked, not compared: LLVM merged a comparison with the tests above into
+            // arithmetic the verifier could not read a bound from. (A count past the hints,
+            // which no writer makes, would only suggest a wrong candidate.)
+            let last = (count as usize - 1) & (NAT_SOURCE_HINTS - 1);
+            if let Some(&hint) = state.hints.get(last) {
+                state.count = count - 1;
+                claim.hinted = 1;
+                claim.start = hint;
+                return 1;
+            }
+        }
+    }
+    claim.stage = 2;
+    if ours && state.exhausted_at != 0 && claim.value.last_seen.saturating_sub(state.exhausted_at) < NAT_EXHAUSTED_NS {
+        // (`checked_rem`: no division-by-zero path for the verifier to refuse.)
+        let at = state.cursor.checked_rem(size).unwrap_or(0);
+        state.cursor = at + 1;
+        claim.start = at;
+        claim.quick = 1;
+        return 1;
+    }
+    claim.start = claim.start.checked_rem(size).unwrap_or(0);
+    claim.scanned = 1;
+    if size < NAT_CLAIM_PROBES { size } else { NAT_CLAIM_PROBES }
+}
+
+/// After the claim's rounds: a bounded scan that found nothing marks the slot exhausted.
+#[inline(never)]
+fn claim_done() {
+    let Some(claim) = XLB_NAT_CLAIM.get_ptr_mut(0) else { return };
+    // SAFETY: as in `claim_plan`.
+    let claim = unsafe { &mut *claim };
+    if claim.outcome != Claimed::No || claim.scanned == 0 {
+        return;
+    }
+    let Some(state) = XLB_NAT_SOURCES.get_ptr_mut(claim.slot) else { return };
+    // SAFETY: as in `claim_plan`.
+    let state = unsafe { &mut *state };
+    if state.backend_port != claim.key.sport || state.pool != claim.pool {
+        state.count = 0;
+    }
+    state.backend_port = claim.key.sport;
+    state.pool = claim.pool;
+    state.exhausted_at = claim.value.last_seen;
+    state.cursor = claim.start + NAT_CLAIM_PROBES;
+}
+
+/// Remembers that a flow of backend slot `slot` released source `key.daddr`, `key.dport` (of
+/// reverse key `key`), if the slot's state is about that backend port: its next new flow takes
+/// it without a scan.
+#[inline(always)]
+fn release_source(slot: u32, key: &FlowKey) {
+    let Some(state) = XLB_NAT_SOURCES.get_ptr_mut(slot) else { return };
+    // SAFETY: as in `claim_from_pool`.
+    let state = unsafe { &mut *state };
+    if state.backend_port != key.sport {
+        return;
+    }
+    let Some(pool) = XLB_NAT_POOLS.get(state.pool) else { return };
+    let Some(index) = pool.index_of(&key.daddr, key.dport) else { return };
+    let count = state.count;
+    if (count as usize) < NAT_SOURCE_HINTS
+        && let Some(hint) = state.hints.get_mut(count as usize & (NAT_SOURCE_HINTS - 1))
+    {
+        *hint = index;
+        state.count = count + 1;
+    }
 }
 
 /// bpf_loop callback: tries candidate `index` of the scan; 1 stops the loop.
@@ -442,6 +583,19 @@ extern "C" fn claim_step(index: u64, _ctx: *mut c_void) -> i64 {
     let Some((addr, port)) = pool.candidate(at as u32) else { return 1 };
     claim.key.daddr = addr;
     claim.key.dport = port;
+    if claim.quick != 0
+        && let Some(held) = XLB_NAT_REVERSE.get_ptr(&claim.key)
+        && let Some(node) = XLB_NODE.get(0)
+    {
+        // SAFETY: a live value of the map; two fields read.
+        let (last, flags) = unsafe { ((*held).last_seen, (*held).flags) };
+        // Live by its reverse side alone: taken, without the insert and the owner's lookup
+        // (the common case of an exhausted pool). Otherwise judged in full below: the owner's
+        // side may show it closed or idle.
+        if !nat_expired(claim.value.last_seen, last, flags, claim.key.proto, node) {
+            return 1;
+        }
+    }
     try_claim(claim);
     i64::from(claim.outcome != Claimed::No)
 }

@@ -16,7 +16,7 @@
 use std::{collections::BTreeMap, time::Instant};
 
 use anyhow::{Context as _, bail};
-use lb_common::FlowKey;
+use lb_common::{FlowKey, FlowSet, NatReverse};
 use xlb::{
     apply::dataplane::{Loaded, TableSizes},
     apply::testrun::{self, XdpAction},
@@ -69,12 +69,15 @@ fn config() -> String {
     vip("l2v4", "192.0.2.20", "dsr-l2", &|i| format!("10.2.0.{}", i + 1));
     vip("nat4", "192.0.2.30", "nat\n    snat_pool: pool4", &|i| format!("10.3.0.{}", i + 1));
     vip("nat6", "2001:db8::30", "nat\n    snat_pool: pool6", &|i| format!("fd00:3::{}", i + 1));
+    yaml.push_str("  - name: natfull4\n    address: 192.0.2.31\n    port: 80\n    protocol: tcp\n    mode: nat\n    snat_pool: poolfull\n    backends:\n      - { address: 10.4.0.1, mac: \"02:00:00:00:04:01\" }\n");
     // Room for every new-flow call of a run without reuse: 8 × 50 000 sources per backend.
     yaml.push_str("nat_pools:\n  - name: pool4\n    addresses: [");
     yaml.push_str(&(1..=8).map(|i| format!("198.18.0.{i}")).collect::<Vec<_>>().join(", "));
     yaml.push_str("]\n    ports: 10000-59999\n  - name: pool6\n    addresses: [");
     yaml.push_str(&(1..=8).map(|i| format!("\"fd00:18::{i}\"")).collect::<Vec<_>>().join(", "));
     yaml.push_str("]\n    ports: 10000-59999\n");
+    // A pool of 64 000 sources that the bench fills before it measures (`fill_pool`).
+    yaml.push_str("  - name: poolfull\n    addresses: [198.19.0.1]\n    ports: 1024-65023\n");
     yaml
 }
 
@@ -98,7 +101,18 @@ impl Method {
 enum Program {
     Floor,
     Balancer,
+    /// The balancer with a connection table of `FLOOD_TABLE` entries filled with confirmed
+    /// flows (`fill_flows`).
+    Flood,
 }
+
+/// Connection-table size of the flood cases: the 65 536 entries.
+const FLOOD_TABLE: u32 = 65_536;
+/// Flows opened (SYN, then ACK) into the flood balancer's table before the runs, per family:
+/// twice its size in all, so that nearly every set is full of confirmed flows.
+const FLOOD_FILL: usize = FLOOD_TABLE as usize;
+/// Sources of the full pool (`poolfull`, 1 address × ports 1024-65023).
+const FULL_POOL: u16 = 64_000;
 
 /// How a case's packets are made for sample `run`: established flows reuse a few tuples
 /// (opened once beforehand); new flows get tuples no other call has used.
@@ -109,6 +123,8 @@ enum Traffic {
     New(&'static str),
     /// The backends' replies to the flows of this established case (NAT).
     Replies(&'static str),
+    /// SYNs from one source (one per run) and a new port each, to this VIP.
+    Flood(&'static str),
 }
 
 struct Case {
@@ -198,6 +214,9 @@ fn cases() -> Vec<Case> {
         ),
         case("nat-v6-new", Program::Balancer, LOOP, New("2001:db8::30"), XdpAction::Tx),
         case("nat-v6-reply", Program::Balancer, LOOP, Replies("nat-v6-established"), XdpAction::Tx),
+        case("nat-v4-new-pool-exhausted", Program::Balancer, LOOP, New("192.0.2.31"), XdpAction::Drop),
+        case("flood-syn-v4", Program::Flood, LOOP, Flood("192.0.2.20"), XdpAction::Tx),
+        case("flood-syn-v6", Program::Flood, LOOP, Flood("2001:db8::10"), XdpAction::Tx),
     ]
 }
 
@@ -221,6 +240,16 @@ fn packets(
         Traffic::Established(src, dst) => {
             (0..ESTABLISHED_FLOWS).map(|i| frame(src, dst, L4::TcpAck { sport: 40000 + i, dport: 80 })).collect()
         }
+        Traffic::Flood(dst) => (0..count)
+            .map(|i| {
+                let src = if dst.contains(':') {
+                    format!("2001:db8:66::{:x}", run + 1)
+                } else {
+                    format!("203.0.113.{}", run + 1)
+                };
+                frame(&src, dst, L4::TcpSyn { sport: 1024 + i as u16, dport: 80 })
+            })
+            .collect(),
         Traffic::New(dst) => (0..count)
             .map(|i| {
                 // A distinct client address per call and per run: 10.<run>.<i/250>.<i%250>.
@@ -250,17 +279,44 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     let flows =
         std::env::var("XLB_BENCH_FLOWS").ok().and_then(|v| v.parse().ok()).unwrap_or(lb_common::FLOW_TABLE_SIZE);
     // Both families' new-flow cases fill the one NAT table.
-    let nat = (2 * opts.runs * opts.loop_count + 1024).next_power_of_two() as u32;
+    let nat = (2 * opts.runs * opts.loop_count + usize::from(FULL_POOL) + 1024).next_power_of_two() as u32;
     let sizes = TableSizes { flows, nat };
-    let mut balancers = vec![Balancer::with_sizes(&config(), sizes)];
+    let mut objects = vec![xlb::apply::dataplane::BALANCER_OBJECT.to_vec()];
     if let Some(path) = &opts.compare {
-        let object = std::fs::read(path).with_context(|| format!("--compare: reading {}", path.display()))?;
-        balancers.push(Balancer::from_object(&config(), sizes, &object));
+        objects.push(std::fs::read(path).with_context(|| format!("--compare: reading {}", path.display()))?);
     }
+    let balancers: Vec<Balancer> = objects.iter().map(|o| Balancer::from_object(&config(), sizes, o)).collect();
     let cases: Vec<Case> = cases()
         .into_iter()
         .filter(|c| c.name == "floor" || opts.only.as_deref().is_none_or(|only| c.name.contains(only)))
         .collect();
+    let flood_sizes = TableSizes { flows: FLOOD_TABLE, nat: 1024 };
+    let flood: Vec<(Balancer, Vec<FlowSet>)> = if cases.iter().any(|c| c.program == Program::Flood) {
+        objects
+            .iter()
+            .map(|o| {
+                let b = Balancer::from_object(&config(), flood_sizes, o);
+                let before = fill_flows(&b)?;
+                Ok((b, before))
+            })
+            .collect::<anyhow::Result<_>>()?
+    } else {
+        Vec::new()
+    };
+    let mut exhausted_before = None;
+    if cases.iter().any(|c| c.name == "nat-v4-new-pool-exhausted") {
+        for (build, balancer) in balancers.iter().enumerate() {
+            fill_pool(balancer)?;
+            // The first SYN finds the pool full (and marks the backend exhausted).
+            let syns: Vec<Vec<u8>> =
+                (0..5).map(|i| frame("10.99.0.1", "192.0.2.31", L4::TcpSyn { sport: 1000 + i, dport: 80 })).collect();
+            let ns =
+                testrun::run_loop(balancer.program.xdp()?, &syns, XdpAction::Drop).context("SYN to the full pool")?;
+            if build == 1 {
+                exhausted_before = Some(ns);
+            }
+        }
+    }
     // Open the established flows once.
     for balancer in &balancers {
         for case in &cases {
@@ -286,7 +342,15 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         }
     }
     // The builds a case runs on: the floor once, balancer cases on each build.
-    let builds = |case: &Case| if case.program == Program::Floor { 0..1 } else { 0..balancers.len() };
+    // The floor once; the full-pool case on this build only (older builds scan the whole pool
+    // for every SYN: tens of ms each; measured apart above).
+    let builds = |case: &Case| {
+        if case.program == Program::Floor || case.name == "nat-v4-new-pool-exhausted" {
+            0..1
+        } else {
+            0..balancers.len()
+        }
+    };
     let mut rows: Vec<Row> = cases
         .iter()
         .flat_map(|c| {
@@ -308,6 +372,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             let prog = match case.program {
                 Program::Floor => floor.xdp()?,
                 Program::Balancer => balancer.program.xdp()?,
+                Program::Flood => flood[build].0.program.xdp()?,
             };
             let packets = packets(case.traffic, run, opts.loop_count, build, &replies);
             for &method in case.methods {
@@ -332,6 +397,20 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         }
     }
     rows.push(maglev_build(opts.runs)?);
+    let mut notes = Vec::new();
+    for (build, (balancer, before)) in flood.iter().enumerate() {
+        let after = balancer.maps.flow_sets()?;
+        let (held, confirmed, evicted) = evictions(before, &after);
+        notes.push(format!(
+            "flood ({}): {held} flows in the {FLOOD_TABLE}-entry table before the flood ({confirmed} marked confirmed), {evicted} of them evicted by it",
+            if build == 0 { "this build" } else { "B" }
+        ));
+    }
+    if let Some(ns) = exhausted_before {
+        notes.push(format!(
+            "nat-v4-new-pool-exhausted [B]: {ns:.0} ns per SYN (5 SYNs; not interleaved: a full scan each)"
+        ));
+    }
 
     if opts.json {
         for r in &rows {
@@ -343,7 +422,83 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     } else {
         print_table(&rows, opts, cpu);
     }
+    for note in notes {
+        println!("{note}");
+    }
     Ok(())
+}
+
+/// Opens `FLOOD_FILL` flows per family (SYN, then an ACK that confirms each) into the flood
+/// balancer's table, and returns the table as they left it.
+fn fill_flows(balancer: &Balancer) -> anyhow::Result<Vec<FlowSet>> {
+    for (dst, v6) in [("192.0.2.20", false), ("2001:db8::10", true)] {
+        let packets: Vec<Vec<u8>> = (0..FLOOD_FILL)
+            .flat_map(|i| {
+                let (hi, lo) = (i / 250, i % 250 + 1);
+                let src = if v6 {
+                    format!("2001:db8:e::{hi:x}:{lo:x}")
+                } else {
+                    format!("10.{}.{}.{lo}", 200 + hi / 250, hi % 250)
+                };
+                [L4::TcpSyn { sport: 40000, dport: 80 }, L4::TcpAck { sport: 40000, dport: 80 }]
+                    .map(|l4| frame(&src, dst, l4))
+            })
+            .collect();
+        testrun::run_loop(balancer.program.xdp()?, &packets, XdpAction::Tx)
+            .context("opening the flood case's flows")?;
+    }
+    Ok(balancer.maps.flow_sets()?)
+}
+
+/// Entries in use in `before`, how many of them are marked confirmed, and how many no longer
+/// hold their flow in `after`.
+fn evictions(before: &[FlowSet], after: &[FlowSet]) -> (usize, usize, usize) {
+    let (mut held, mut confirmed, mut evicted) = (0, 0, 0);
+    for (b, a) in before.iter().zip(after) {
+        for way in 0..lb_common::FLOW_WAYS {
+            if b.used[way] == 0 {
+                continue;
+            }
+            held += 1;
+            confirmed += usize::from(b.confirmed(way));
+            evicted +=
+                usize::from(a.used[way] == 0 || a.hashes[way] != b.hashes[way] || a.entries[way] != b.entries[way]);
+        }
+    }
+    (held, confirmed, evicted)
+}
+
+/// Takes every source of `poolfull` toward natfull4's backend (10.4.0.1:80), as live NAT flows
+/// would: the reverse-table entries the data plane's claims write.
+fn fill_pool(balancer: &Balancer) -> anyhow::Result<()> {
+    let words = |a: &str| xlb::config::ip_words(a.parse().expect("address")).0;
+    let slot = balancer.applied("natfull4").slots[0];
+    let now = xlb::nat::monotonic_ns();
+    let entries: Vec<(FlowKey, NatReverse)> = (0..FULL_POOL)
+        .map(|i| {
+            let key = FlowKey {
+                saddr: words("10.4.0.1"),
+                daddr: words("198.19.0.1"),
+                sport: 80u16.to_be(),
+                dport: (1024 + i).to_be(),
+                proto: lb_common::PROTO_TCP,
+                family: lb_common::FAMILY_V4,
+                pad: 0,
+            };
+            let value = NatReverse {
+                client: words(&format!("10.98.{}.{}", i / 250, i % 250 + 1)),
+                vip: words("192.0.2.31"),
+                client_port: 40000u16.to_be(),
+                vip_port: 80u16.to_be(),
+                backend: slot,
+                flags: lb_common::NAT_FLAG_REPLIED,
+                last_seen: now,
+                ..NatReverse::default()
+            };
+            (key, value)
+        })
+        .collect();
+    Ok(balancer.maps.insert_nat_reverse(&entries)?)
 }
 
 /// For each established flow from `src` to the NAT VIP `dst`: the backend's reply to the source
@@ -436,6 +591,15 @@ fn print_table(rows: &[Row], opts: &Options, cpu: usize) {
     {
         if let (Some(a), Some(b)) = (net(nat), net(dsr)) {
             println!("{nat} / {dsr} (net): {:.2} (target ≤ 1.2)", a / b);
+        }
+    }
+    for (flood, new) in [
+        ("flood-syn-v4", "dsr-l2-v4-new"),
+        ("flood-syn-v6", "dsr-ipip-v6-new"),
+        ("nat-v4-new-pool-exhausted", "nat-v4-new"),
+    ] {
+        if let (Some(a), Some(b)) = (net(flood), net(new)) {
+            println!("{flood} / {new} (net): {:.2} (target ≤ 1.0)", a / b);
         }
     }
     if opts.compare.is_some() {

@@ -69,6 +69,7 @@ pub fn memory_estimate(config: &Config, cpus: u32) -> MemoryEstimate {
     let nat_bytes = u64::from(config.node.nat_table_size) * nat_entry;
     let other_bytes = u64::from(MAX_BACKENDS) * bytes_of::<Backend>()
         + u64::from(MAX_BACKENDS) * bytes_of::<BackendCounters>() * u64::from(cpus)
+        + u64::from(MAX_BACKENDS) * bytes_of::<lb_common::NatSources>()
         + u64::from(VIP_INDEX_SIZE) * bytes_of::<VipSlot>()
         + u64::from(MAX_VIPS) * (bytes_of::<VipKey>() + bytes_of::<VipMeta>() + HASH_ENTRY_OVERHEAD);
     MemoryEstimate { maglev_tables, maglev_bytes, largest_table, flow_table_bytes, nat_bytes, other_bytes }
@@ -160,14 +161,15 @@ mod tests {
         assert_eq!(e.flow_table_bytes, 8_192 * 576);
         // Forward: 40-byte key, 40-byte value; reverse: 40-byte key, 64-byte value; +64 each.
         assert_eq!(e.nat_bytes, 1_024 * ((40 + 40 + 64) + (40 + 64 + 64)));
-        // 100 000 backend slots of 36 bytes, their counters (24 bytes) on 4 CPUs, the VIP index
-        // (131072 slots of 48 bytes) and the VIP map (10 000 × (20 + 20 + 64)).
-        let other = 100_000 * 36 + 100_000 * 24 * 4 + 131_072 * 48 + 10_000 * (20 + 20 + 64);
+        // 100 000 backend slots of 36 bytes, their counters (24 bytes) on 4 CPUs, their NAT
+        // source states (56 bytes), the VIP index (131072 slots of 48 bytes) and the VIP map
+        // (10 000 × (20 + 20 + 64)).
+        let other = 100_000 * 36 + 100_000 * 24 * 4 + 100_000 * 56 + 131_072 * 48 + 10_000 * (20 + 20 + 64);
         assert_eq!(e.other_bytes, other);
         assert_eq!(e.total(), 65_536 + 266_240 + 4_096 + 8_192 * 576 + 1_024 * 312 + other);
         assert_eq!(
             e.to_string(),
-            "BPF memory: ~25 MiB (Maglev tables 0.3 MiB for 3 VIPs, connection table 4.5 MiB, NAT 0.3 MiB, other 20 MiB)"
+            "BPF memory: ~30 MiB (Maglev tables 0.3 MiB for 3 VIPs, connection table 4.5 MiB, NAT 0.3 MiB, other 25 MiB)"
         );
         assert_eq!(e.warning(&config), None);
     }

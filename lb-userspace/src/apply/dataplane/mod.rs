@@ -61,8 +61,10 @@ mod flow_view;
 pub mod link_state;
 mod readers;
 mod tables;
+mod test_access;
 pub use bpffs::prepare_pin_dir;
 pub use readers::{Counters, NatTables};
+pub use test_access::nat_sources;
 mod vip_index;
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> DataplaneError {
