@@ -700,7 +700,7 @@ vips:
         let backend = xlb::config::ip_words("10.1.0.9".parse().unwrap()).0;
         let pool_addr = xlb::config::ip_words("198.51.100.7".parse().unwrap()).0;
         let vip = xlb::config::ip_words("192.0.2.40".parse().unwrap()).0;
-        let now = xlb::nat::monotonic_ns();
+        let now = xlb::apply::nat::monotonic_ns();
         let entries: Vec<(FlowKey, NatReverse)> = (41000..41300u16)
             .filter(|&port| port != held)
             .map(|port| {

@@ -473,7 +473,7 @@ fn evictions(before: &[FlowSet], after: &[FlowSet]) -> (usize, usize, usize) {
 fn fill_pool(balancer: &Balancer) -> anyhow::Result<()> {
     let words = |a: &str| xlb::config::ip_words(a.parse().expect("address")).0;
     let slot = balancer.applied("natfull4").slots[0];
-    let now = xlb::nat::monotonic_ns();
+    let now = xlb::apply::nat::monotonic_ns();
     let entries: Vec<(FlowKey, NatReverse)> = (0..FULL_POOL)
         .map(|i| {
             let key = FlowKey {

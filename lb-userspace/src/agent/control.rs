@@ -16,7 +16,9 @@ use std::{
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
-    RunOptions, node_facts,
+    RunOptions,
+    config_reader::{ConfigRead, ConfigReader},
+    node_facts,
     state_file::{Overrides, StateFile, StateStatus},
     view::AgentView,
     view::Shared,
@@ -81,8 +83,8 @@ pub struct Control {
     pub facts: NodeFacts,
     pub sizes: TableSizes,
     pub config: Arc<Config>,
-    /// The last file's VIPs, so that a reload parses only those that changed.
-    pub config_cache: config::VipItemCache,
+    /// Reads the file for reloads, off this thread.
+    pub reader: ConfigReader,
     pub states: BackendStates,
     pub checker: Checker,
     pub health_rx: watch::Receiver<HealthMap>,
@@ -116,6 +118,7 @@ impl std::fmt::Debug for Control {
 
 enum Event {
     Command(Option<Command>),
+    ConfigRead(ConfigRead),
     Health,
     Neighbors,
     Retry,
@@ -350,6 +353,7 @@ impl Control {
                         Event::Neighbors
                     }
                     command = commands.recv() => Event::Command(command),
+                    read = self.reader.finished() => Event::ConfigRead(read),
                     () = tokio::time::sleep(retry.unwrap_or(RETRY_MAX)), if retry.is_some() => Event::Retry,
                     () = tokio::time::sleep(tick.unwrap_or(RETRY_MAX)), if tick.is_some() => Event::Tick,
                 }
@@ -357,6 +361,10 @@ impl Control {
             match event {
                 Event::Command(None) => break,
                 Event::Command(Some(command)) => self.handle(command),
+                Event::ConfigRead(mut read) => {
+                    self.reader.returned(&mut read);
+                    self.reload(read);
+                }
                 // `changed()` marked the news seen: take it in here, not through `absorb_sources`.
                 Event::Health => {
                     self.take_health();
@@ -388,7 +396,7 @@ impl Control {
                 }
             }
             Command::Attachment { iface, attached, reply } => self.attachment(iface, attached, reply),
-            Command::Reload => self.reload(),
+            Command::Reload => self.reader.request(Instant::now()),
             Command::Drain { vip, backend, undo, reply } => {
                 let _ = reply.send(self.drain(vip, backend, undo));
             }
@@ -458,9 +466,9 @@ impl Control {
         }
     }
 
-    /// Re-reads the config; an invalid file leaves the running state as it is.
-    fn reload(&mut self) {
-        let started = Instant::now();
+    /// Applies a config the reader read; an invalid file leaves the running state as it is.
+    fn reload(&mut self, read: ConfigRead) {
+        let started = read.asked;
         let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let reject = |this: &mut Self, message: String| {
             tracing::error!(error = %message, "reload rejected; the previous configuration keeps serving");
@@ -468,12 +476,11 @@ impl Control {
             this.publish(0);
             this.shared.notifier.status(&this.status_line());
         };
-        let config = match config::load_cached(&self.opts.config, &mut self.config_cache) {
+        let (how, parse_ms) = (read.how, read.took.as_millis() as u64);
+        let config = match read.result {
             Ok(config) => config,
             Err(e) => return reject(self, e.to_string()),
         };
-        let read = self.config_cache.last_read();
-        let parsed_ms = started.elapsed().as_millis() as u64;
         // The interfaces' MTU or MAC may have changed since the last pass.
         match node_facts(&self.opts) {
             Ok(now) => self.facts = now,
@@ -522,11 +529,11 @@ impl Control {
                     updated = changes.updated.len(),
                     unchanged = changes.unchanged,
                     tables_rebuilt = changes.tables_rebuilt,
-                    vips_parsed = match read {
+                    vips_parsed = match how {
                         config::LastRead::Whole => self.config.vips.len(),
                         config::LastRead::Items { reparsed, .. } => reparsed,
                     },
-                    parse_ms = parsed_ms,
+                    parse_ms,
                     ms = started.elapsed().as_millis() as u64,
                     added_vips = %names(&changes.added),
                     removed_vips = %names(&changes.removed),

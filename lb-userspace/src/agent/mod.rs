@@ -23,6 +23,7 @@ use crate::{
     state::desired::{self, BackendStates, NodeFacts},
 };
 
+mod config_reader;
 mod control;
 pub mod instance_lock;
 pub mod sd_notify;
@@ -30,6 +31,7 @@ pub mod state_file;
 mod view;
 mod watch;
 
+use config_reader::ConfigReader;
 use control::{Command, Control};
 use instance_lock::{InstanceLock, Owner};
 use state_file::{StateFile, StateStatus};
@@ -252,7 +254,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         facts,
         sizes,
         config,
-        config_cache,
+        reader: ConfigReader::new(opts.config.clone(), config_cache),
         states,
         checker,
         health_rx,
