@@ -8,7 +8,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use xlb::sources::neighbor::{self, MacMap, Neighbor, Resolver};
+use xlb::sources::{
+    neighbor::{self, MacMap, Neighbor, Resolver},
+    netlink,
+};
 use xlb_tests::netns::{Netns, sh, veth, wait_for};
 
 const A_IF: &str = "xnl-a";
@@ -89,8 +92,8 @@ fn dump_shows_what_solicit_resolves_v4_and_v6() {
     let pair = Pair::new();
     let b_mac = pair.b_mac();
     run_in(&pair.a, move || {
-        let index = neighbor::ifindex(A_IF).expect("A's interface has an index");
-        let e = neighbor::ifindex("xnl-missing").unwrap_err();
+        let index = netlink::ifindex(A_IF).expect("A's interface has an index");
+        let e = netlink::ifindex("xnl-missing").unwrap_err();
         assert!(e.to_string().contains("xnl-missing"), "{e}");
         for addr in [ip(B_V4), ip(B_V6)] {
             let before = entry(&neighbor::dump().expect("dump"), index, addr);
@@ -183,7 +186,7 @@ fn resolver_publishes_and_follows_mac_changes() {
 
             // The silent target was solicited (the kernel has an entry for it, resolving or
             // failed) and is not in the map (the watcher checked every version of it).
-            let index = neighbor::ifindex(A_IF).expect("ifindex");
+            let index = netlink::ifindex(A_IF).expect("ifindex");
             let deadline = Instant::now() + Duration::from_secs(5);
             loop {
                 let silent_entry = entry(&neighbor::dump().expect("dump"), index, silent);

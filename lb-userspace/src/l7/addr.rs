@@ -10,7 +10,7 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
-use crate::sources::neighbor::{NLMSG_HDRLEN, i32_at, u16_at, u32_at};
+use crate::sources::netlink::{NLMSG_HDRLEN, i32_at, u16_at, u32_at};
 
 const IFADDRMSG_LEN: usize = 8;
 
@@ -25,7 +25,7 @@ pub struct LocalAddress {
 
 impl LocalAddress {
     pub fn add(address: IpAddr) -> io::Result<Self> {
-        let ifindex = crate::sources::neighbor::ifindex("lo")?;
+        let ifindex = crate::sources::netlink::ifindex("lo")?;
         let added = match request(libc::RTM_NEWADDR, libc::NLM_F_CREATE | libc::NLM_F_EXCL, ifindex, address) {
             Ok(()) => true,
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => false,
@@ -93,7 +93,7 @@ fn ack_errno(reply: &[u8], seq: u32) -> Option<i32> {
 fn request(kind: u16, flags: i32, ifindex: u32, address: IpAddr) -> io::Result<()> {
     static SEQ: AtomicU32 = AtomicU32::new(1);
     let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-    let socket = crate::sources::neighbor::route_socket()?;
+    let socket = crate::sources::netlink::route_socket()?;
     let msg = message(kind, flags, seq, ifindex, address);
     // SAFETY: send reads `msg.len()` bytes from a live buffer; an unconnected netlink socket
     // sends to the kernel.

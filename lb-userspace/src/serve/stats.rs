@@ -11,6 +11,7 @@ use crate::{
     apply::dataplane::{Counters, DataplaneError},
     apply::reconcile::AppliedVip,
     sources::health::HealthMap,
+    state::vip_state::VipState,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,12 +175,7 @@ impl Snapshot {
             "VIP / backend", "mode", "weight", "state", "packets", "bytes", "new flows"
         );
         for v in &self.vips {
-            let label = match (v.up, v.panic) {
-                (true, false) => "up",
-                (true, true) => "PANIC",
-                (false, false) => "DOWN",
-                (false, true) => "DOWN,PANIC",
-            };
+            let label = VipState::label(v.up, v.panic);
             let state = format!("{label} {}/{}", if v.panic { v.healthy } else { v.serving }, v.backends.len());
             out.push_str(&format!(
                 "{:<40} {:<8} {:>9} {:<10} {:>12} {:>14} {:>10}\n",

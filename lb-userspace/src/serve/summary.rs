@@ -9,8 +9,11 @@ use lb_common::VipKey;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    announce::bgp::PeerStatus, apply::dataplane::FlowTableUsage, apply::nat::NatUsage, apply::reconcile::AppliedVip,
-    state::desired::DesiredBackend,
+    announce::bgp::PeerStatus,
+    apply::dataplane::FlowTableUsage,
+    apply::nat::NatUsage,
+    apply::reconcile::AppliedVip,
+    state::{desired::DesiredBackend, vip_state::VipState},
 };
 
 /// Degraded VIPs listed at most; the rest are counted.
@@ -317,12 +320,7 @@ impl Summary {
         }
         out.push_str("\nnot fully serving:\n");
         for vip in &self.degraded {
-            let state = match (vip.up, vip.panic) {
-                (true, false) => "up",
-                (true, true) => "up, PANIC",
-                (false, true) => "DOWN, PANIC",
-                (false, false) => "DOWN",
-            };
+            let state = VipState::label(vip.up, vip.panic);
             let mut line = format!(
                 "  {:<24} {:<24} {:<8} {:<4} {}/{} taking new flows; ",
                 vip.name, vip.endpoint, vip.mode, state, vip.serving, vip.backends

@@ -48,7 +48,7 @@ pub fn facts(iface: &str) -> std::io::Result<NodeFacts> {
     // SAFETY: SIOCGIFMTU filled the mtu member of the union.
     let mtu = unsafe { mtu.ifr_ifru.ifru_mtu };
     let mtu = u32::try_from(mtu).map_err(|_| invalid("negative MTU"))?;
-    let ifindex = crate::sources::neighbor::ifindex(iface)?;
+    let ifindex = crate::sources::netlink::ifindex(iface)?;
     let interfaces = vec![(iface.to_owned(), lb_common::Iface { ifindex, mac, pad: 0 })];
     Ok(NodeFacts { iface_mac: mac, mtu, ifindex, interfaces })
 }

@@ -4,3 +4,4 @@
 pub mod health;
 pub mod link;
 pub mod neighbor;
+pub mod netlink;

@@ -35,6 +35,17 @@ impl VipState {
             VipState::Down => "down",
         }
     }
+
+    /// The state column of `xlb status` and of the status summary: `up`, `PANIC`, `DOWN`, or
+    /// `DOWN,PANIC` for a withdrawn VIP whose backends are below the panic threshold too.
+    pub fn label(up: bool, panic: bool) -> &'static str {
+        match (up, panic) {
+            (true, false) => "up",
+            (true, true) => "PANIC",
+            (false, false) => "DOWN",
+            (false, true) => "DOWN,PANIC",
+        }
+    }
 }
 
 /// Why `vip` is in the state it is, in one phrase.

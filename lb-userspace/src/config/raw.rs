@@ -1,0 +1,179 @@
+//! The file as written (`Raw*` serde types), before the semantic checks.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Deserializer};
+use serde_saphyr::Spanned;
+
+use super::{AgentListeners, DURATION_FORMS, HashFields, Mac, Mode, Ports, Prefix, Protocol, Unhashable, l7};
+
+// The file as written, before the semantic checks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    #[serde(default)]
+    pub(super) node: Option<Spanned<RawNode>>,
+    #[serde(default)]
+    pub(super) vips: Vec<Spanned<RawVip>>,
+    #[serde(default)]
+    pub(super) bgp: Option<Spanned<RawBgp>>,
+    #[serde(default)]
+    pub(super) agent: AgentListeners,
+    #[serde(default)]
+    pub(super) nat_pools: Vec<Spanned<RawNatPool>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNatPool {
+    pub(super) name: String,
+    #[serde(default)]
+    pub(super) addresses: Vec<IpAddr>,
+    pub(super) ports: Option<Ports>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBgp {
+    pub(super) local_as: Option<u32>,
+    pub(super) router_id: Option<IpAddr>,
+    pub(super) hold_time: Option<RawScalar>,
+    pub(super) connect_retry: Option<RawScalar>,
+    pub(super) graceful_restart_time: Option<RawScalar>,
+    pub(super) withdraw_grace: Option<RawScalar>,
+    #[serde(default)]
+    pub(super) communities: Vec<Spanned<RawScalar>>,
+    pub(super) med: Option<u32>,
+    pub(super) local_pref: Option<u32>,
+    #[serde(default)]
+    pub(super) peers: Vec<Spanned<RawPeer>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPeer {
+    pub(super) address: IpAddr,
+    pub(super) remote_as: u32,
+    pub(super) port: Option<u16>,
+    pub(super) password: Option<String>,
+    pub(super) bfd: Option<Spanned<RawBfd>>,
+    pub(super) source_address: Option<IpAddr>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBfd {
+    pub(super) enabled: Option<bool>,
+    pub(super) min_tx: Option<RawScalar>,
+    pub(super) min_rx: Option<RawScalar>,
+    pub(super) multiplier: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNode {
+    pub(super) next_hop_mac: Option<Mac>,
+    pub(super) next_hop_v4: Option<IpAddr>,
+    pub(super) next_hop_v6: Option<IpAddr>,
+    pub(super) tunnel_source_v4: Option<Prefix>,
+    pub(super) tunnel_source_v6: Option<Prefix>,
+    pub(super) mtu: Option<u32>,
+    pub(super) flow_table_size: Option<u32>,
+    pub(super) nat_table_size: Option<u32>,
+    pub(super) nat_tcp_timeout: Option<RawScalar>,
+    pub(super) nat_closing_timeout: Option<RawScalar>,
+    pub(super) nat_udp_timeout: Option<RawScalar>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawVip {
+    pub(super) name: String,
+    pub(super) address: IpAddr,
+    #[serde(default)]
+    pub(super) port: Ports,
+    pub(super) protocol: Protocol,
+    pub(super) mode: Mode,
+    #[serde(default)]
+    pub(super) hash: HashFields,
+    pub(super) maglev_table_size: Option<u32>,
+    #[serde(default)]
+    pub(super) unhashable: Unhashable,
+    #[serde(default)]
+    pub(super) backends: Vec<Spanned<RawBackend>>,
+    pub(super) health_check: Option<Spanned<RawHealthCheck>>,
+    pub(super) min_healthy: Option<u32>,
+    pub(super) panic_threshold: Option<Spanned<RawScalar>>,
+    pub(super) snat_pool: Option<String>,
+    pub(super) l7: Option<Spanned<l7::RawL7>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBackend {
+    pub(super) address: IpAddr,
+    pub(super) port: Option<u16>,
+    pub(super) interface: Option<String>,
+    pub(super) weight: Option<u32>,
+    pub(super) mac: Option<Mac>,
+    // Boxed: a backend's own check is rare, and inline it would triple every backend's size
+    // (100 000 of them at the limit, more in a file the YAML budget stops).
+    pub(super) health_check: Option<Box<Spanned<RawHealthCheck>>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHealthCheck {
+    #[serde(rename = "type")]
+    pub(super) kind: CheckType,
+    pub(super) port: Option<u16>,
+    pub(super) interval: Option<RawScalar>,
+    pub(super) timeout: Option<RawScalar>,
+    pub(super) rise: Option<u32>,
+    pub(super) fall: Option<u32>,
+    pub(super) path: Option<String>,
+    pub(super) host: Option<String>,
+    pub(super) expect_status: Option<u16>,
+    pub(super) expect_body: Option<String>,
+    pub(super) send: Option<String>,
+    pub(super) expect: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum CheckType {
+    Tcp,
+    Http,
+    Udp,
+}
+
+/// Any scalar as text, so that `interval: 2` gets the duration message (with the accepted
+/// forms) rather than a type error.
+#[derive(Debug, Clone)]
+pub(super) struct RawScalar(pub(super) String);
+
+impl<'de> Deserialize<'de> for RawScalar {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = RawScalar;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "a duration ({DURATION_FORMS})")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawScalar, E> {
+                Ok(RawScalar(v.to_owned()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawScalar, E> {
+                Ok(RawScalar(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RawScalar, E> {
+                Ok(RawScalar(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<RawScalar, E> {
+                Ok(RawScalar(v.to_string()))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}

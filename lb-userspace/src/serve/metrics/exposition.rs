@@ -1,0 +1,192 @@
+//! The exposition text: one fresh Prometheus registry a scrape, built from the snapshot and the
+//! agent's facts.
+
+use prometheus::{Encoder as _, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+
+use crate::{
+    announce::bgp::PeerStatus,
+    serve::stats::Snapshot,
+    serve::summary::{AttachmentStatus, ReloadOutcome},
+};
+
+/// Agent facts exported next to the data plane's counters.
+#[derive(Debug, Clone)]
+pub struct AgentInfo {
+    pub config_generation: u64,
+    pub last_reload: Option<ReloadOutcome>,
+    pub peers: Vec<PeerStatus>,
+    /// XDP on each of the agent's interfaces.
+    pub attachments: Vec<AttachmentStatus>,
+    /// Health-check probes that failed, by whose fault.
+    pub health_errors: crate::sources::health::ErrorCounts,
+    /// The L7 tier's per-route families (kept by the tier, appended as they are).
+    pub l7: Vec<prometheus::proto::MetricFamily>,
+}
+
+/// The exposition text for `snapshot` and `agent`.
+pub fn render(snapshot: &Snapshot, agent: &AgentInfo) -> String {
+    match build(snapshot, agent) {
+        Ok(registry) => {
+            let mut out = Vec::new();
+            let mut families = registry.gather();
+            families.extend(agent.l7.iter().cloned());
+            match TextEncoder::new().encode(&families, &mut out) {
+                Ok(()) => String::from_utf8_lossy(&out).into_owned(),
+                Err(e) => format!("# encoding metrics failed: {e}\n"),
+            }
+        }
+        Err(e) => format!("# building metrics failed: {e}\n"),
+    }
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
+    let vec = IntCounterVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(vec.clone()))?;
+    Ok(vec)
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntGaugeVec> {
+    let vec = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(vec.clone()))?;
+    Ok(vec)
+}
+
+fn build(snapshot: &Snapshot, agent: &AgentInfo) -> prometheus::Result<Registry> {
+    let registry = Registry::new();
+    let vip_packets = counter(&registry, "xlb_vip_packets_total", "Packets forwarded for the VIP.", &["vip"])?;
+    let vip_bytes = counter(&registry, "xlb_vip_bytes_total", "Bytes forwarded for the VIP.", &["vip"])?;
+    let vip_flows = counter(&registry, "xlb_vip_new_flows_total", "New flows of the VIP.", &["vip"])?;
+    let vip_up = gauge(&registry, "xlb_vip_up", "1 when at least min_healthy backends serve the VIP.", &["vip"])?;
+    let vip_panic = gauge(
+        &registry,
+        "xlb_vip_panic",
+        "1 while fewer backends than panic_threshold are healthy and new flows go to all of them.",
+        &["vip"],
+    )?;
+    let vip_serving = gauge(&registry, "xlb_vip_serving_backends", "Backends taking new flows.", &["vip"])?;
+    let labels = ["vip", "backend"];
+    let be_packets = counter(&registry, "xlb_backend_packets_total", "Packets sent to the backend.", &labels)?;
+    let be_bytes = counter(&registry, "xlb_backend_bytes_total", "Bytes sent to the backend.", &labels)?;
+    let be_flows = counter(&registry, "xlb_backend_new_flows_total", "New flows sent to the backend.", &labels)?;
+    let be_up = gauge(&registry, "xlb_backend_up", "1 while the backend passes its health check.", &labels)?;
+    let be_drained = gauge(&registry, "xlb_backend_drained", "1 while the backend is drained.", &labels)?;
+    let be_weight = gauge(&registry, "xlb_backend_weight", "Effective weight (0 while down or drained).", &labels)?;
+    let be_mac = gauge(&registry, "xlb_backend_mac_known", "1 when the backend's L2 next hop is known.", &labels)?;
+    for v in &snapshot.vips {
+        let vip = [v.name.as_str()];
+        vip_packets.with_label_values(&vip).inc_by(v.packets);
+        vip_bytes.with_label_values(&vip).inc_by(v.bytes);
+        vip_flows.with_label_values(&vip).inc_by(v.new_flows);
+        vip_up.with_label_values(&vip).set(i64::from(v.up));
+        vip_serving.with_label_values(&vip).set(v.serving as i64);
+        vip_panic.with_label_values(&vip).set(i64::from(v.panic));
+        for b in &v.backends {
+            let at = [v.name.as_str(), b.address.as_str()];
+            be_packets.with_label_values(&at).inc_by(b.packets);
+            be_bytes.with_label_values(&at).inc_by(b.bytes);
+            be_flows.with_label_values(&at).inc_by(b.new_flows);
+            be_up.with_label_values(&at).set(i64::from(b.up));
+            be_drained.with_label_values(&at).set(i64::from(b.drained));
+            be_weight.with_label_values(&at).set(i64::from(b.weight));
+            be_mac.with_label_values(&at).set(i64::from(b.mac_known));
+        }
+    }
+
+    let packets = counter(
+        &registry,
+        "xlb_packets_total",
+        "Packets the XDP program saw, by outcome (outcomes sum to all packets).",
+        &["outcome"],
+    )?;
+    let drops = counter(&registry, "xlb_drops_total", "Packets dropped, by reason.", &["reason"])?;
+    let malformed =
+        counter(&registry, "xlb_malformed_total", "Malformed packets (passed untouched), by reason.", &["reason"])?;
+    let events = counter(&registry, "xlb_flow_events_total", "Connection-table events.", &["event"])?;
+    for c in &snapshot.counters {
+        let name = [c.name.as_str()];
+        if c.outcome {
+            packets.with_label_values(&name).inc_by(c.value);
+        } else {
+            events.with_label_values(&name).inc_by(c.value);
+        }
+        if c.drop {
+            drops.with_label_values(&name).inc_by(c.value);
+        }
+        if c.malformed {
+            malformed.with_label_values(&name).inc_by(c.value);
+        }
+    }
+
+    let flow_entries = IntGauge::new(
+        "xlb_flow_table_entries",
+        "Connection-table entries in use (flows recorded and not yet replaced, idle or not).",
+    )?;
+    flow_entries.set(snapshot.flow_table.entries as i64);
+    registry.register(Box::new(flow_entries))?;
+    let flow_size = IntGauge::new("xlb_flow_table_size", "Connection-table entries (node.flow_table_size).")?;
+    flow_size.set(snapshot.flow_table.size as i64);
+    registry.register(Box::new(flow_size))?;
+    let nat_flows = IntGauge::new("xlb_nat_flows", "NAT flows in the tables (as of the last sweep).")?;
+    nat_flows.set(snapshot.nat.flows as i64);
+    registry.register(Box::new(nat_flows))?;
+    let swept = IntCounterVec::new(Opts::new("xlb_nat_swept_total", "Expired NAT flows removed by the agent."), &[])?;
+    registry.register(Box::new(swept.clone()))?;
+    swept.with_label_values(&[] as &[&str]).inc_by(snapshot.nat.swept);
+    let pool_flows =
+        gauge(&registry, "xlb_nat_pool_flows", "NAT flows leaving from the pool address.", &["pool", "address"])?;
+    let pool_ports = gauge(
+        &registry,
+        "xlb_nat_pool_ports",
+        "Ports of the pool: flows one address carries to one backend address and port.",
+        &["pool", "address"],
+    )?;
+    for p in &snapshot.nat.pools {
+        let at = [p.pool.as_str(), p.address.as_str()];
+        pool_flows.with_label_values(&at).set(p.flows as i64);
+        pool_ports.with_label_values(&at).set(p.ports as i64);
+    }
+
+    let peer = ["peer"];
+    let session_up = gauge(&registry, "xlb_bgp_session_up", "1 while the BGP session is established.", &peer)?;
+    let prefixes = gauge(&registry, "xlb_bgp_prefixes_sent", "Prefixes announced to the peer.", &peer)?;
+    let flaps = counter(&registry, "xlb_bgp_session_flaps_total", "Times the session went down.", &peer)?;
+    for p in &agent.peers {
+        let at = [p.address.to_string()];
+        let at = [at[0].as_str()];
+        session_up.with_label_values(&at).set(i64::from(p.state == "established"));
+        prefixes.with_label_values(&at).set(p.prefixes_sent as i64);
+        flaps.with_label_values(&at).inc_by(p.flaps);
+    }
+
+    let attached = gauge(&registry, "xlb_xdp_attached", "1 while XDP is attached to the interface.", &["iface"])?;
+    let reattached =
+        counter(&registry, "xlb_xdp_reattach_total", "Times the agent re-attached a lost XDP program.", &["iface"])?;
+    for a in &agent.attachments {
+        attached.with_label_values(&[a.iface.as_str()]).set(i64::from(a.attached));
+        reattached.with_label_values(&[a.iface.as_str()]).inc_by(a.reattached);
+    }
+    let check_errors = counter(
+        &registry,
+        "xlb_health_check_errors_total",
+        "Failed health-check probes: `backend` counts toward taking it down, `local` (this host out of descriptors, buffers or routes) counts toward nothing.",
+        &["kind"],
+    )?;
+    check_errors.with_label_values(&["backend"]).inc_by(agent.health_errors.backend);
+    check_errors.with_label_values(&["local"]).inc_by(agent.health_errors.local);
+
+    let generation = IntGauge::new("xlb_config_generation", "Configurations applied since the agent started.")?;
+    generation.set(agent.config_generation as i64);
+    registry.register(Box::new(generation))?;
+    let reload_ok = IntGauge::new(
+        "xlb_config_last_reload_successful",
+        "1 if the last reload applied (or none happened yet), 0 if it was rejected.",
+    )?;
+    reload_ok.set(i64::from(agent.last_reload.as_ref().is_none_or(|r| r.ok)));
+    registry.register(Box::new(reload_ok))?;
+    if let Some(r) = &agent.last_reload {
+        let at = IntGauge::new("xlb_config_last_reload_timestamp_seconds", "When the last reload was attempted.")?;
+        at.set(r.at as i64);
+        registry.register(Box::new(at))?;
+    }
+    Ok(registry)
+}

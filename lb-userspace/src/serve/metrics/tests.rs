@@ -1,0 +1,305 @@
+//! Unit tests of the exposition text and of the `/metrics` server's limits.
+
+use super::*;
+use crate::serve::stats::{BackendStats, Counter, VipStats};
+use crate::{announce::bgp::PeerStatus, serve::stats::Snapshot, serve::summary::ReloadOutcome};
+
+fn snapshot() -> Snapshot {
+    Snapshot {
+        rx_packets: 12,
+        counters: vec![
+            Counter { name: "forwarded".into(), malformed: false, drop: false, outcome: true, value: 10 },
+            Counter { name: "drop_no_backend".into(), malformed: false, drop: true, outcome: true, value: 2 },
+            Counter { name: "truncated_tcp".into(), malformed: true, drop: false, outcome: true, value: 0 },
+            Counter { name: "flow_miss".into(), malformed: false, drop: false, outcome: false, value: 4 },
+        ],
+        vips: vec![VipStats {
+            name: "web".into(),
+            endpoint: "192.0.2.1:80/tcp".into(),
+            mode: "dsr-l2".into(),
+            up: true,
+            serving: 1,
+            min_healthy: 1,
+            healthy: 1,
+            panic: false,
+            panic_threshold: 50,
+            packets: 10,
+            bytes: 1000,
+            new_flows: 4,
+            backends: vec![
+                BackendStats {
+                    address: "10.0.0.1".into(),
+                    weight: 3,
+                    configured_weight: 3,
+                    up: true,
+                    drained: false,
+                    mac_known: true,
+                    health_error: None,
+                    packets: 7,
+                    bytes: 700,
+                    new_flows: 3,
+                },
+                BackendStats {
+                    address: "10.0.0.2".into(),
+                    weight: 0,
+                    configured_weight: 1,
+                    up: false,
+                    drained: false,
+                    mac_known: true,
+                    health_error: Some("connect: connection refused".into()),
+                    packets: 3,
+                    bytes: 300,
+                    new_flows: 1,
+                },
+            ],
+        }],
+        flow_table: crate::apply::dataplane::FlowTableUsage { entries: 6, size: 1024 },
+        nat: crate::apply::nat::NatUsage {
+            flows: 5,
+            swept: 2,
+            pools: vec![crate::apply::nat::PoolUsage {
+                pool: "edge".into(),
+                address: "198.51.100.1".into(),
+                flows: 5,
+                ports: 100,
+            }],
+        },
+        l7: Vec::new(),
+    }
+}
+
+#[test]
+fn exposition_carries_every_counter_and_state() {
+    let text = render(
+        &snapshot(),
+        &AgentInfo {
+            config_generation: 3,
+            last_reload: Some(ReloadOutcome { ok: false, message: "bad".into(), at: 1700000000 }),
+            peers: vec![PeerStatus {
+                address: "10.0.0.254".parse().unwrap(),
+                remote_as: 65000,
+                state: "established".into(),
+                established_for_secs: Some(5),
+                prefixes_sent: 2,
+                flaps: 1,
+                last_error: None,
+                bfd: Some("up".into()),
+            }],
+            attachments: vec![crate::serve::admin::AttachmentStatus {
+                iface: "eth0".into(),
+                attached: false,
+                operator_detached: false,
+                reason: Some("gone".into()),
+                reattached: 2,
+            }],
+            health_errors: crate::sources::health::ErrorCounts { backend: 7, local: 3 },
+            l7: vec![],
+        },
+    );
+    for line in [
+        "xlb_vip_packets_total{vip=\"web\"} 10",
+        "xlb_flow_table_entries 6",
+        "xlb_flow_table_size 1024",
+        "xlb_nat_flows 5",
+        "xlb_nat_swept_total 2",
+        "xlb_nat_pool_flows{address=\"198.51.100.1\",pool=\"edge\"} 5",
+        "xlb_nat_pool_ports{address=\"198.51.100.1\",pool=\"edge\"} 100",
+        "xlb_vip_bytes_total{vip=\"web\"} 1000",
+        "xlb_vip_up{vip=\"web\"} 1",
+        "xlb_vip_panic{vip=\"web\"} 0",
+        "xlb_backend_packets_total{backend=\"10.0.0.1\",vip=\"web\"} 7",
+        "xlb_backend_up{backend=\"10.0.0.2\",vip=\"web\"} 0",
+        "xlb_backend_weight{backend=\"10.0.0.2\",vip=\"web\"} 0",
+        "xlb_packets_total{outcome=\"forwarded\"} 10",
+        "xlb_drops_total{reason=\"drop_no_backend\"} 2",
+        "xlb_malformed_total{reason=\"truncated_tcp\"} 0",
+        "xlb_flow_events_total{event=\"flow_miss\"} 4",
+        "xlb_config_generation 3",
+        "xlb_xdp_attached{iface=\"eth0\"} 0",
+        "xlb_xdp_reattach_total{iface=\"eth0\"} 2",
+        "xlb_health_check_errors_total{kind=\"backend\"} 7",
+        "xlb_health_check_errors_total{kind=\"local\"} 3",
+        "xlb_bgp_session_up{peer=\"10.0.0.254\"} 1",
+        "xlb_bgp_prefixes_sent{peer=\"10.0.0.254\"} 2",
+        "xlb_bgp_session_flaps_total{peer=\"10.0.0.254\"} 1",
+        "xlb_config_last_reload_successful 0",
+        "xlb_config_last_reload_timestamp_seconds 1700000000",
+        "# TYPE xlb_vip_packets_total counter",
+        "# TYPE xlb_backend_up gauge",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing `{line}` in:\n{text}");
+    }
+    assert!(!text.contains("xlb_drops_total{reason=\"forwarded\"}"), "only drops are drops");
+}
+
+/// An address nothing listens on (for `serve_with`, which binds it itself).
+fn free_addr() -> SocketAddr {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    probe.local_addr().unwrap()
+}
+
+/// Everything the server sends until it closes or resets the connection; `None` if that
+/// takes longer than `patience`.
+async fn read_until_closed(stream: &mut TcpStream, patience: Duration) -> Option<Vec<u8>> {
+    let mut received = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    tokio::time::timeout(patience, async {
+        // A reset (the server gave up on the client) ends the stream like a close.
+        while let Ok(n @ 1..) = stream.read(&mut buf).await {
+            received.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .ok()?;
+    Some(received)
+}
+
+async fn get(addr: SocketAddr, path: &str) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+    let reply = read_until_closed(&mut stream, Duration::from_secs(10)).await.expect("a reply in time");
+    String::from_utf8(reply).unwrap()
+}
+
+#[tokio::test]
+async fn serves_metrics_over_http_and_404_elsewhere() {
+    let addr = free_addr();
+    let server = serve(addr, Arc::new(|| Ok("xlb_up 1\n".to_owned()))).await.unwrap();
+    let reply = get(addr, "/metrics").await;
+    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+    assert!(reply.ends_with("\r\nContent-Length: 9\r\nConnection: close\r\n\r\nxlb_up 1\n"), "{reply}");
+    assert!(get(addr, "/").await.starts_with("HTTP/1.1 404"));
+    server.abort();
+}
+
+#[tokio::test]
+async fn a_scrape_error_is_a_500() {
+    let addr = free_addr();
+    let server = serve(addr, Arc::new(|| Err("map read failed".to_owned()))).await.unwrap();
+    let reply = get(addr, "/metrics").await;
+    assert!(reply.starts_with("HTTP/1.1 500 "), "{reply}");
+    assert!(reply.ends_with("\r\n\r\nreading the data plane failed: map read failed\n"), "{reply}");
+    server.abort();
+}
+
+/// A current-thread runtime: were the render on it, nothing else would be served meanwhile.
+#[tokio::test]
+async fn one_render_off_the_runtime_serves_concurrent_scrapes() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let calls = Arc::new(AtomicUsize::new(0));
+    let release = Arc::new(AtomicBool::new(false));
+    let released_in_time = Arc::new(AtomicBool::new(false));
+    let scrape = {
+        let (calls, release, released_in_time) =
+            (Arc::clone(&calls), Arc::clone(&release), Arc::clone(&released_in_time));
+        move || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let until = Instant::now() + Duration::from_secs(5);
+            while !release.load(Ordering::SeqCst) && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            released_in_time.store(release.load(Ordering::SeqCst), Ordering::SeqCst);
+            Ok("xlb_up 1\n".to_owned())
+        }
+    };
+    let addr = free_addr();
+    let limits = Limits { reuse_for: Duration::from_secs(60), ..Limits::default() };
+    let server = serve_with(addr, Arc::new(scrape), limits).await.unwrap();
+    let scrapers: Vec<_> = (0..20).map(|_| tokio::spawn(get(addr, "/metrics"))).collect();
+    while calls.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The render is blocked; this runtime's only thread still answers.
+    assert!(get(addr, "/").await.starts_with("HTTP/1.1 404"));
+    release.store(true, Ordering::SeqCst);
+    for scraper in scrapers {
+        let reply = scraper.await.unwrap();
+        assert!(reply.starts_with("HTTP/1.1 200 OK\r\n") && reply.ends_with("\r\n\r\nxlb_up 1\n"), "{reply}");
+    }
+    assert!(released_in_time.load(Ordering::SeqCst), "the render ran on the runtime's thread");
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "one render for every scrape within reuse_for");
+    server.abort();
+}
+
+#[tokio::test]
+async fn a_stale_render_is_rendered_again() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&calls);
+    let scrape = move || Ok(format!("xlb_renders {}\n", counted.fetch_add(1, Ordering::SeqCst) + 1));
+    let addr = free_addr();
+    let limits = Limits { reuse_for: Duration::from_millis(50), ..Limits::default() };
+    let server = serve_with(addr, Arc::new(scrape), limits).await.unwrap();
+    assert!(get(addr, "/metrics").await.ends_with("xlb_renders 1\n"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(get(addr, "/metrics").await.ends_with("xlb_renders 2\n"));
+    server.abort();
+}
+
+/// Connects with a tiny receive buffer, asks for the metrics and reads nothing.
+async fn slow_reader(addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_do_not_read_neither_block_others_nor_stay() {
+    const BODY: usize = 4_000_000;
+    let body = format!("{}\n", "x".repeat(BODY - 1));
+    let addr = free_addr();
+    // Generous: on a loaded machine the server may start on a stuck client late, and a
+    // stuck client read before its deadline would just be drained.
+    let write_timeout = Duration::from_secs(3);
+    let limits =
+        Limits { max_connections: 256, write_timeout, reuse_for: Duration::from_secs(60), ..Limits::default() };
+    let server = serve_with(addr, Arc::new(move || Ok(body.clone())), limits).await.unwrap();
+    let mut stuck = Vec::new();
+    for _ in 0..200 {
+        stuck.push(slow_reader(addr).await);
+    }
+    let all_asked = Instant::now();
+
+    let reply = get(addr, "/metrics").await;
+    assert!(all_asked.elapsed() < write_timeout, "a reading client waited for the stuck ones");
+    let (head, got) = reply.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n") && head.contains(&format!("Content-Length: {BODY}\r\n")));
+    assert_eq!(got.len(), BODY, "the whole body");
+
+    // Reading earlier would drain them in time: only once every deadline has passed.
+    tokio::time::sleep_until((all_asked + write_timeout + Duration::from_secs(2)).into()).await;
+    for stream in &mut stuck {
+        let received = read_until_closed(stream, Duration::from_secs(10)).await.expect("dropped after the deadline");
+        assert!(received.len() < BODY, "a client that did not read in time was not cut off");
+    }
+    server.abort();
+}
+
+#[tokio::test]
+async fn beyond_max_connections_a_client_is_told_503_at_once() {
+    let addr = free_addr();
+    let limits = Limits { max_connections: 1, head_timeout: Duration::from_secs(60), ..Limits::default() };
+    let server = serve_with(addr, Arc::new(|| Ok("xlb_up 1\n".to_owned())), limits).await.unwrap();
+    // Holds the only slot: connected, silent.
+    let silent = TcpStream::connect(addr).await.unwrap();
+    let reply = get(addr, "/metrics").await;
+    assert_eq!(
+        reply,
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 40\r\n\
+             Connection: close\r\n\r\ntoo many metrics connections; try again\n"
+    );
+    drop(silent);
+    // The slot comes back once the server sees the close.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let reply = get(addr, "/metrics").await;
+        if reply.starts_with("HTTP/1.1 200 OK\r\n") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slot was not released: {reply}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    server.abort();
+}
