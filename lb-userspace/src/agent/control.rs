@@ -118,7 +118,7 @@ impl std::fmt::Debug for Control {
 
 enum Event {
     Command(Option<Command>),
-    ConfigRead(ConfigRead),
+    ConfigRead(Box<ConfigRead>),
     Health,
     Neighbors,
     Retry,
@@ -353,7 +353,7 @@ impl Control {
                         Event::Neighbors
                     }
                     command = commands.recv() => Event::Command(command),
-                    read = self.reader.finished() => Event::ConfigRead(read),
+                    read = self.reader.finished() => Event::ConfigRead(Box::new(read)),
                     () = tokio::time::sleep(retry.unwrap_or(RETRY_MAX)), if retry.is_some() => Event::Retry,
                     () = tokio::time::sleep(tick.unwrap_or(RETRY_MAX)), if tick.is_some() => Event::Tick,
                 }
@@ -363,7 +363,7 @@ impl Control {
                 Event::Command(Some(command)) => self.handle(command),
                 Event::ConfigRead(mut read) => {
                     self.reader.returned(&mut read);
-                    self.reload(read);
+                    self.reload(*read);
                 }
                 // `changed()` marked the news seen: take it in here, not through `absorb_sources`.
                 Event::Health => {

@@ -16,8 +16,8 @@ use aya::{
     util::nr_cpus,
 };
 use lb_common::{
-    Backend, BackendCounters, DecapStat, Flow, FlowKey, FlowSet, Iface, MaglevGroup, NatFlow, NatPool, NatReverse,
-    NodeConfig, Stat, StatCounters, VipAddrKey, VipAddrPolicy, VipKey, VipMeta, flow_set, flow_sets, maps, programs,
+    Backend, BackendCounters, Flow, FlowKey, FlowSet, Iface, MaglevGroup, NatFlow, NatPool, NatReverse, NodeConfig,
+    Stat, StatCounters, VipAddrKey, VipAddrPolicy, VipKey, VipMeta, flow_set, flow_sets, maps, programs,
 };
 
 /// The balancer object (lb-ebpf's `xlb-balancer` binary), built by build.rs.
@@ -57,15 +57,21 @@ pub enum DataplaneError {
 
 mod batch;
 mod bpffs;
+mod decap;
 mod flow_view;
 pub mod link_state;
 mod readers;
+mod sizes;
 mod tables;
 mod test_access;
 pub use bpffs::prepare_pin_dir;
 pub use readers::{Counters, NatTables};
 pub use test_access::nat_sources;
 mod vip_index;
+
+pub use decap::DecapMaps;
+use sizes::FlowTable;
+pub use sizes::TableSizes;
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> DataplaneError {
     move |source| DataplaneError::Map { name, source: Box::new(source) }
@@ -393,33 +399,6 @@ impl Maps {
     }
 }
 
-/// Typed handles on the decapsulation program's maps.
-pub struct DecapMaps {
-    addrs: HashMap<MapData, VipAddrKey, u32>,
-    stats: PerCpuArray<MapData, u64>,
-}
-
-impl std::fmt::Debug for DecapMaps {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DecapMaps").finish_non_exhaustive()
-    }
-}
-
-impl DecapMaps {
-    /// Accept tunnels addressed to `addr`.
-    pub fn add_address(&mut self, addr: std::net::IpAddr) -> Result<(), DataplaneError> {
-        let (addr, family) = crate::config::ip_words(addr);
-        self.addrs.insert(&VipAddrKey { addr, family, pad: [0; 3] }, &1, 0).map_err(map_err(maps::DECAP_ADDRS))
-    }
-
-    pub fn stats(&self) -> Result<Vec<(DecapStat, u64)>, DataplaneError> {
-        [DecapStat::Pass, DecapStat::Decapsulated, DecapStat::DropMalformed]
-            .into_iter()
-            .map(|s| Ok((s, sum_slot(&self.stats, s as u32, maps::DECAP_STATS, |a, b| a + b)?)))
-            .collect()
-    }
-}
-
 /// How the program ended up attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttachMode {
@@ -447,38 +426,6 @@ pub fn detach_pinned(link_path: &Path) -> Result<bool, DataplaneError> {
     // Unpinned and closed: the kernel drops the link and with it the attachment.
     drop(pinned.unpin().map_err(|source| DataplaneError::Pin { path: link_path.to_owned(), source })?);
     Ok(true)
-}
-
-/// A loaded XDP object: one program plus (for the balancer and decap) its maps.
-/// Sizes of the balancer's tables, fixed when it is loaded (`node.flow_table_size`,
-/// `node.nat_table_size`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TableSizes {
-    pub flows: u32,
-    pub nat: u32,
-}
-
-impl TableSizes {
-    pub fn of(node: &crate::config::Node) -> Self {
-        Self { flows: node.flow_table_size, nat: node.nat_table_size }
-    }
-
-    /// Sizes the balancer's tables in `loader`; `flow_sets` is `flow_sets(self.flows)`, which
-    /// the loader borrows for the program's global. `FlowTable::Lru`: an older build's
-    /// connection table (the bench loads such builds to compare), sized by entries.
-    fn apply<'a>(&self, loader: &mut EbpfLoader<'a>, flow_sets: &'a u32, table: FlowTable) {
-        match table {
-            FlowTable::Sets => {
-                loader.map_max_entries(maps::FLOWS, *flow_sets);
-                loader.override_global(maps::FLOW_SETS, flow_sets, true);
-            }
-            FlowTable::Lru => {
-                loader.map_max_entries(maps::FLOWS, self.flows);
-            }
-        }
-        loader.map_max_entries(maps::NAT_FLOWS, self.nat);
-        loader.map_max_entries(maps::NAT_REVERSE, self.nat);
-    }
 }
 
 /// How full the connection table is: entries in use (flows recorded and not yet replaced by
@@ -510,31 +457,7 @@ impl std::fmt::Debug for FlowTableCounter {
     }
 }
 
-/// The kind of connection table a build of the balancer object has.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum FlowTable {
-    /// This build's set array (`FlowSet`).
-    Sets,
-    /// Older builds' LRU hash map.
-    Lru,
-}
-
-impl FlowTable {
-    fn of(object: &[u8]) -> Self {
-        let array = aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32;
-        match aya_obj::Object::parse(object).ok().and_then(|o| o.maps.get(maps::FLOWS).map(|m| m.map_type())) {
-            Some(kind) if kind != array => FlowTable::Lru,
-            _ => FlowTable::Sets,
-        }
-    }
-}
-
-impl Default for TableSizes {
-    fn default() -> Self {
-        Self { flows: lb_common::FLOW_TABLE_SIZE, nat: lb_common::NAT_TABLE_SIZE }
-    }
-}
-
+/// A loaded XDP object: one program plus (for the balancer and decap) its maps.
 #[derive(Debug)]
 pub struct Loaded {
     ebpf: Ebpf,
