@@ -1,5 +1,6 @@
-//! Applying desired state: the reconciler (the one writer of the BPF maps), the data plane's
-//! typed maps and pins, NAT housekeeping, `xlb plan`'s dry run, and test-run of the XDP object.
+//! Stage 3, apply. Takes in desired state; gives out BPF map writes, in steps (the reconciler is
+//! the maps' one writer), with typed maps and pins, NAT housekeeping, `xlb plan`'s dry run and
+//! test-run of the XDP object.
 
 pub mod dataplane;
 pub mod nat;

@@ -1,6 +1,5 @@
-//! The YAML configuration: parsing, and the checks that make a file acceptable.
-//!
-//! Errors name the file, the line and column, the field path, and what to do about it.
+//! Stage 1, configuration. Takes in the YAML file's text; gives out a validated `Config`, or an
+//! error in xlb's words that names the file, the line and column, the field, and the fix.
 
 mod check;
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! Serving the agent's state to operators: the admin socket, Prometheus metrics, and the
-//! snapshots and summaries they render. Each reads what the agent published; none writes.
+//! Serving operators. Takes in the view the agent publishes and the maps' counters; gives out
+//! the admin socket's replies and Prometheus metrics. Each server reads; none writes or waits.
 
 mod accept;
 pub mod admin;

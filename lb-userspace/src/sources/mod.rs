@@ -1,5 +1,5 @@
-//! Facts from outside the configuration that desired state follows: backend health, neighbours'
-//! MAC addresses, and the node's interfaces.
+//! The sources. Take in the world outside the file (probes to backends, the kernel's neighbour
+//! table, interfaces); give out facts desired state follows: health, MAC addresses, links.
 
 pub mod health;
 pub mod link;

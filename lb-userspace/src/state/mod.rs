@@ -1,5 +1,5 @@
-//! Desired state: what the data plane should contain, derived from the configuration and the
-//! sources' facts, and the Maglev tables that spread new flows.
+//! Stage 2, desired state. Takes in the `Config` and the sources' facts (health, MACs, drains,
+//! interfaces); gives out what every BPF map should hold, and each VIP's Maglev table and state.
 
 pub mod desired;
 pub mod maglev;
