@@ -65,9 +65,6 @@ impl NatPool {
     }
 }
 
-/// Candidates a new NAT flow's claim tries, from its hashed start, before the slot is marked
-/// exhausted (pools of up to this many candidates per backend run out exactly when full).
-pub const NAT_CLAIM_PROBES: u32 = 256;
 /// How long a slot marked exhausted skips the scan: its new flows try one candidate each (at
 /// the slot's cursor) and the sources earlier flows released, and are dropped otherwise.
 pub const NAT_EXHAUSTED_NS: u64 = 1_000_000_000;
@@ -88,7 +85,7 @@ pub struct NatSources {
     pub backend_port: u16,
     pub pad: u16,
     pub pool: u32,
-    /// The coarse clock (ns) when a claim last found no free source within `NAT_CLAIM_PROBES`;
+    /// The coarse clock (ns) when a claim last scanned the pool and found no free source;
     /// 0 never.
     pub exhausted_at: u64,
     /// The candidate an exhausted slot's next new flow tries.

@@ -4,11 +4,11 @@
 //!
 //! A claim is an insert-if-absent on the reverse table: the reverse key is unique per (pool
 //! address, pool port, backend address, backend port, protocol), so two flows can never share a
-//! source toward one backend. At most `NAT_CLAIM_PROBES` candidates are tried from a hashed start
-//! (alternating addresses); a candidate held by an expired flow is taken over. A claim that
-//! finds none marks the backend slot exhausted for `NAT_EXHAUSTED_NS`: meanwhile its new flows
-//! try one candidate each and the sources its flows released, so an exhausted pool costs a SYN
-//! O(1) work (see `claim_from_pool`).
+//! source toward one backend. Candidates are tried from a hashed start (alternating addresses) up to
+//! the first free one; a candidate held by an expired flow is taken over, so a pool fills to
+//! exactly its size. A claim that finds none marks the backend slot exhausted for
+//! `NAT_EXHAUSTED_NS`: meanwhile its new flows try one candidate each and the sources its flows
+//! released, so a full pool costs one scan per slot and period, and a SYN O(1) work otherwise.
 
 use aya_ebpf::{
     bindings::{BPF_EXIST, BPF_NOEXIST},
@@ -19,8 +19,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    BACKEND_FLAG_ACTIVE, Backend, FlowKey, Iface, MAX_BACKENDS, MAX_IFACES, MAX_NAT_POOLS, NAT_CLAIM_PROBES,
-    NAT_EXHAUSTED_NS, NAT_FLAG_CLOSING, NAT_FLAG_REPLIED, NAT_NO_POOL, NAT_SOURCE_HINTS, NAT_TABLE_SIZE, NAT_TOUCH_NS,
+    BACKEND_FLAG_ACTIVE, Backend, FlowKey, Iface, MAX_BACKENDS, MAX_IFACES, MAX_NAT_POOLS, NAT_EXHAUSTED_NS,
+    NAT_FLAG_CLOSING, NAT_FLAG_REPLIED, NAT_NO_POOL, NAT_SOURCE_HINTS, NAT_TABLE_SIZE, NAT_TOUCH_NS,
     NODE_FLAG_MULTI_IFACE, NatFlow, NatPool, NatReverse, NatSources, NodeConfig, PROTO_TCP, PROTO_UDP, Stat, VipMeta,
     nat_expired,
 };
@@ -467,9 +467,9 @@ pub struct Claim {
 /// Plans the next round of a claim from the pool `claim.pool` for `claim.key`'s backend (sets
 /// `claim.start`, `claim.size`) and returns its candidates (0: none left). Bounded work in every
 /// case: first a source a flow of this slot released (its hints); then, while the slot is
-/// marked exhausted (`NAT_EXHAUSTED_NS`), one candidate at its cursor; else at most
-/// `NAT_CLAIM_PROBES` candidates from the flow's hashed start. A full pool therefore costs a new
-/// flow a few map operations, never a scan, and a released source is taken again at once.
+/// marked exhausted (`NAT_EXHAUSTED_NS`), one candidate at its cursor; else candidates from the
+/// flow's hashed start up to the first free one. A full pool therefore costs one scan per slot
+/// and period, then a new flow a few map operations; a released source is taken again at once.
 ///
 /// The rounds run in `forward_new` (bpf_loop over `claim_step`): this function and
 /// `claim_done` only read and write the slot's state. Not inlined and without arguments (their
@@ -525,7 +525,10 @@ fn claim_plan() -> u32 {
     }
     claim.start = claim.start.checked_rem(size).unwrap_or(0);
     claim.scanned = 1;
-    if size < NAT_CLAIM_PROBES { size } else { NAT_CLAIM_PROBES }
+    // Not marked: the scan goes on to the first free source, the whole pool if need be, so a
+    // pool fills to exactly its size. The scan that finds none marks the slot, so a full pool
+    // costs at most one whole scan per slot and `NAT_EXHAUSTED_NS`; meanwhile one candidate.
+    size
 }
 
 /// After the claim's rounds: a bounded scan that found nothing marks the slot exhausted.
@@ -546,7 +549,7 @@ fn claim_done() {
     state.backend_port = claim.key.sport;
     state.pool = claim.pool;
     state.exhausted_at = claim.value.last_seen;
-    state.cursor = claim.start + NAT_CLAIM_PROBES;
+    state.cursor = claim.start;
 }
 
 /// Remembers that a flow of backend slot `slot` released source `key.daddr`, `key.dport` (of
