@@ -469,7 +469,7 @@ impl Control {
     /// Applies a config the reader read; an invalid file leaves the running state as it is.
     fn reload(&mut self, read: ConfigRead) {
         let started = read.asked;
-        let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let now = crate::serve::human::now_epoch;
         let reject = |this: &mut Self, message: String| {
             tracing::error!(error = %message, "reload rejected; the previous configuration keeps serving");
             this.last_reload = Some(ReloadOutcome { ok: false, message, at: now() });

@@ -25,35 +25,28 @@ fn read_text(path: &Path) -> Result<String, ConfigError> {
     std::fs::File::open(path)
         .and_then(|f| f.take(yaml_budget::MAX_FILE_BYTES as u64 + 1).read_to_end(&mut bytes))
         .map_err(read_err)?;
-    if bytes.len() > yaml_budget::MAX_FILE_BYTES {
-        return Err(ConfigError::SyntaxNoLocation {
-            path: path.to_owned(),
-            message: yaml_budget::too_large(bytes.len()),
-        });
-    }
+    check_size(path, bytes.len())?;
     String::from_utf8(bytes).map_err(|e| read_err(std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error())))
 }
 
 /// Parses and validates `text`; `path` only names the source in errors.
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-    check_size(path, text)?;
+    check_size(path, text.len())?;
     let raw = incremental::read_whole(text).map_err(|e| syntax_error(path, &e))?;
     Checker { path }.check(raw)
 }
 
 /// `parse`, re-parsing only the VIPs that changed since the last text read through `cache`.
 pub fn parse_cached(path: &Path, text: &str, cache: &mut VipItemCache) -> Result<Config, ConfigError> {
-    check_size(path, text)?;
+    check_size(path, text.len())?;
     let raw = cache.read(text).map_err(|e| syntax_error(path, &e))?;
     Checker { path }.check(raw)
 }
 
-fn check_size(path: &Path, text: &str) -> Result<(), ConfigError> {
-    if text.len() > yaml_budget::MAX_FILE_BYTES {
-        return Err(ConfigError::SyntaxNoLocation {
-            path: path.to_owned(),
-            message: yaml_budget::too_large(text.len()),
-        });
+/// Refuses a file of `bytes` bytes, larger than any configuration within the limits.
+fn check_size(path: &Path, bytes: usize) -> Result<(), ConfigError> {
+    if bytes > yaml_budget::MAX_FILE_BYTES {
+        return Err(ConfigError::SyntaxNoLocation { path: path.to_owned(), message: yaml_budget::too_large(bytes) });
     }
     Ok(())
 }
@@ -61,12 +54,7 @@ fn check_size(path: &Path, text: &str) -> Result<(), ConfigError> {
 fn syntax_error(path: &Path, e: &serde_saphyr::Error) -> ConfigError {
     // A budget stops the reader: say which, in xlb's words, where it was crossed.
     if let Some(message) = yaml_budget::breach_message(e) {
-        return match e.location() {
-            Some(at) if at.line() > 0 => {
-                ConfigError::Syntax { path: path.to_owned(), line: at.line(), column: at.column(), message }
-            }
-            _ => ConfigError::SyntaxNoLocation { path: path.to_owned(), message },
-        };
+        return located(path, e, message);
     }
     // The crate's Display embeds a rendered snippet; keep the first line as the message.
     let message = e.to_string();
@@ -78,6 +66,11 @@ fn syntax_error(path: &Path, e: &serde_saphyr::Error) -> ConfigError {
         _ => first,
     }
     .to_owned();
+    located(path, e, message)
+}
+
+/// `message` at the error's line and column, when the reader knows them.
+fn located(path: &Path, e: &serde_saphyr::Error, message: String) -> ConfigError {
     match e.location() {
         Some(at) if at.line() > 0 => {
             ConfigError::Syntax { path: path.to_owned(), line: at.line(), column: at.column(), message }
