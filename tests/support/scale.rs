@@ -16,10 +16,12 @@
 //! Every backend takes all of 10.240.0.0/16 as local (AnyIP) and serves TCP on 0.0.0.0:80,
 //! which is also the port health checks probe: killing that server fails both.
 //!
-//! Backends of a VIP come from a pool of `backends_per_vip + 1` segment addresses (pool member
-//! `j` is be`j`'s address and MAC): the VIP leaves one out, which one depending on the VIP's
+//! Backends of a VIP come from a pool of its own of `backends_per_vip + 1` segment addresses
+//! (member `j` of the segment's [`SEGMENT_BACKENDS`] is be`j`'s address and MAC), drawn so that
+//! VIPs' backend sets differ (every Maglev table is a build of its own, as on an edge whose VIPs
+//! front different services): the VIP leaves one out, which one depending on the VIP's
 //! offset, so bumping an offset swaps one backend out and another in — a reload that bumps every
-//! offset changes every VIP's Maglev table. Only the first [`REAL_BACKENDS`] pool members exist;
+//! offset changes every VIP's Maglev table. Only the first [`REAL_BACKENDS`] addresses exist;
 //! the others take no traffic, since only the checked VIPs are driven: the first
 //! `checked_vips` VIPs, whose backends are real ones only, always with be0 (the victim), each
 //! with a TCP health check. Every `nat_every`-th other VIP is `mode: nat`, the rest `dsr-l2`.
@@ -48,6 +50,8 @@ use crate::{
 
 /// Backend namespaces that exist (and serve); be0 is the victim.
 pub const REAL_BACKENDS: usize = 5;
+/// Backend addresses on the segment that VIPs draw their pools from (a prime: see `members`).
+pub const SEGMENT_BACKENDS: usize = 181;
 /// The backend whose server is killed.
 pub const VICTIM: usize = 0;
 pub const VIP_PORT: u16 = 80;
@@ -144,8 +148,12 @@ impl Spec {
             let out = 1 + offset % (REAL_BACKENDS - 1);
             (0..REAL_BACKENDS).filter(|&j| j != out).collect()
         } else {
-            let out = (i + offset) % self.pool();
-            (0..self.pool()).filter(|&j| j != out).collect()
+            // The VIP's pool: base, base + stride, … modulo a prime, so its members differ from
+            // each other, and (strides below half the prime) no two VIPs' pools are the same set.
+            let p = SEGMENT_BACKENDS;
+            let (base, stride) = (i % p, 1 + i / p % (p / 2));
+            let out = offset % self.pool();
+            (0..self.pool()).filter(|&t| t != out).map(|t| (base + t * stride) % p).collect()
         }
     }
 
@@ -153,8 +161,8 @@ impl Spec {
         if self.vips == 0 || self.vips > 250 * 250 {
             return Err(format!("{} VIPs: 1..=62500", self.vips));
         }
-        if self.backends_per_vip == 0 || 11 + self.pool() > 200 {
-            return Err(format!("{} backends per VIP: 1..=188", self.backends_per_vip));
+        if self.backends_per_vip == 0 || self.pool() > SEGMENT_BACKENDS {
+            return Err(format!("{} backends per VIP: 1..={}", self.backends_per_vip, SEGMENT_BACKENDS - 1));
         }
         if self.checked_vips > self.vips {
             return Err("more checked VIPs than VIPs".into());
@@ -328,6 +336,11 @@ fn status_with(socket: &Path, more: &[&str]) -> (Duration, Result<StatusView, St
     (took, view)
 }
 
+/// The value of `name=value` in a log line (up to the next space).
+fn log_field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    line.split(' ').find_map(|word| word.strip_prefix(name)?.strip_prefix('='))
+}
+
 /// The time stamp a tracing line starts with (`2026-12-04T05:05:05.545845Z`), as wall time.
 pub fn log_time(line: &str) -> Option<SystemTime> {
     let stamp = line.get(..27).filter(|s| s.ends_with('Z') && s.as_bytes()[10] == b'T')?;
@@ -356,6 +369,8 @@ pub struct Done {
     pub took: Duration,
     pub status_call: Duration,
     pub log_took: Option<Duration>,
+    /// What the agent's log line says it spent reading the config (`parse_ms`), for a reload.
+    pub log_parse: Option<Duration>,
 }
 
 /// A reload that was asked for.
@@ -461,7 +476,16 @@ impl Scale {
 
     /// The first log line after `after` that contains `text`, as the agent stamped it.
     fn log_line_time(&self, text: &str, after: SystemTime) -> Option<SystemTime> {
-        self.agent_log().lines().filter(|l| l.contains(text)).filter_map(log_time).find(|t| *t >= after)
+        self.log_line(text, after).map(|(t, _)| t)
+    }
+
+    /// The first agent log line containing `text` logged at or after `after`, with its time.
+    fn log_line(&self, text: &str, after: SystemTime) -> Option<(SystemTime, String)> {
+        self.agent_log()
+            .lines()
+            .filter(|l| l.contains(text))
+            .filter_map(|l| Some((log_time(l)?, l.to_owned())))
+            .find(|(t, _)| *t >= after)
     }
 
     /// Waits until status shows every VIP applied with its backends (counted from `spawned`).
@@ -488,14 +512,14 @@ impl Scale {
                     self.generation = view.generation;
                     let log_took =
                         self.spawned_wall.and_then(|at| Some(since(self.log_line_time("data plane filled", at)?, at)));
-                    return Ok(Done { took: seen, status_call: took, log_took });
+                    return Ok(Done { took: seen, status_call: took, log_took, log_parse: None });
                 }
                 Err(e) => last = e,
             }
             if spawned.elapsed() > timeout {
                 return Err(format!("not applied within {timeout:?}: {last}"));
             }
-            std::thread::sleep(self.poll_every);
+            std::thread::sleep(self.poll_after(spawned));
         }
     }
 
@@ -549,9 +573,11 @@ impl Scale {
                     match full_status(&self.socket()).and_then(|full| full.matches(&reload.expected)) {
                         Ok(()) => {
                             self.generation = v.generation;
-                            let log_took =
-                                self.log_line_time("reloaded", reload.sent_wall).map(|t| since(t, reload.sent_wall));
-                            return Ok(Done { took: seen, status_call: took, log_took });
+                            let line = self.log_line("reloaded", reload.sent_wall);
+                            let log_took = line.as_ref().map(|(t, _)| since(*t, reload.sent_wall));
+                            let log_parse = line.as_ref().and_then(|(_, l)| log_field(l, "parse_ms"));
+                            let log_parse = log_parse.and_then(|v| v.parse().ok()).map(Duration::from_millis);
+                            return Ok(Done { took: seen, status_call: took, log_took, log_parse });
                         }
                         Err(e) => last = format!("generation {}: {e}", v.generation),
                     }
@@ -562,7 +588,7 @@ impl Scale {
             if reload.sent.elapsed() > timeout {
                 return Err(format!("generation {} not applied within {timeout:?}: {last}", reload.generation));
             }
-            std::thread::sleep(self.poll_every);
+            std::thread::sleep(self.poll_after(reload.sent));
         }
     }
 
@@ -617,6 +643,13 @@ impl Scale {
         let syns = syns.finish();
         let health = HealthDown::compute(&syns, killed_at, &load, reload.sent_wall);
         FullReload { reload: done, victim_down, health, load }
+    }
+
+    /// The pause between status polls of a wait that began at `since`: `poll_every`, or 2 % of
+    /// the time waited so far when that is longer. Each poll runs the CLI, a process of its own;
+    /// polling a 5 s reload every 5 ms would take CPU from the agent it measures.
+    fn poll_after(&self, since: Instant) -> Duration {
+        self.poll_every.max(since.elapsed() / 50)
     }
 
     /// Waits until status shows the victim down in every checked VIP; how long since the kill.
@@ -807,8 +840,10 @@ impl Monitors {
             let mut samples = Vec::new();
             let start = Instant::now();
             while !s.load(Ordering::Relaxed) && start.elapsed() < MONITOR_MAX {
-                samples.push((Instant::now(), router_routes(&router).len()));
-                std::thread::sleep(Duration::from_millis(50));
+                let dump = Instant::now();
+                samples.push((dump, router_routes(&router).len()));
+                // Dumping 10 000 routes costs a CPU tens of milliseconds: at most a tenth of one.
+                std::thread::sleep(Duration::from_millis(50).max(dump.elapsed() * 10));
             }
             samples
         });

@@ -380,7 +380,8 @@ fn done_note(done: &Done, line: &str) -> String {
     let log = done
         .log_took
         .map_or_else(|| format!("no \"{line}\" log line"), |d| format!("agent log \"{line}\" at {:.0} ms", ms(d)));
-    format!("{log}; the status call that saw it took {:.0} ms", ms(done.status_call))
+    let parse = done.log_parse.map(|d| format!(" (config read {:.0} ms)", ms(d))).unwrap_or_default();
+    format!("{log}{parse}; the status call that saw it took {:.0} ms", ms(done.status_call))
 }
 
 fn first_line(text: &str) -> String {

@@ -28,7 +28,7 @@ use crate::{
     announce::bgp::{Announce, Speaker},
     apply::dataplane::{Maps, TableSizes},
     apply::plan,
-    apply::reconcile::{Changes, ReconcileError, Reconciler, STEP_VIPS},
+    apply::reconcile::{Changes, Pass, ReconcileError, Reconciler, STEP_VIPS},
     config::{self, Config},
     l7,
     serve::admin::{ReloadOutcome, Reply},
@@ -223,15 +223,17 @@ impl Control {
         let mut changes = Changes::default();
         let mut published = Instant::now();
         let mut desired = None;
+        let mut pass = Pass::new();
         let result = loop {
             self.beat();
             self.absorb_sources();
             if self.dirty || desired.is_none() {
                 desired = Some(DesiredState::with_states(&self.config, &self.facts, &self.states));
+                pass = Pass::new();
                 self.dirty = false;
             }
             let Some(desired) = desired.as_ref() else { unreachable!("set above") };
-            match self.reconciler.apply_step(desired, &mut self.maps, STEP_VIPS) {
+            match self.reconciler.apply_step(desired, &mut pass, &mut self.maps, STEP_VIPS) {
                 Ok(step) => {
                     changes.absorb(step.changes);
                     if step.remaining == 0 {

@@ -6,4 +6,5 @@ pub mod dataplane;
 pub mod nat;
 pub mod plan;
 pub mod reconcile;
+pub mod table_builds;
 pub mod testrun;

@@ -9,7 +9,7 @@
 //! them, the table before the VIP that uses it, and retirement of backends (generation bump,
 //! so their flows re-hash) after the new table is in.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use lb_common::{
     BACKEND_FLAG_ACTIVE, Backend, BackendCounters, Iface, MAX_BACKENDS, MAX_IFACES, MAX_VIPS, NatPool, NodeConfig,
@@ -18,9 +18,10 @@ use lb_common::{
 
 use crate::{
     apply::dataplane::{DataplaneError, Maps},
+    apply::table_builds::{self, AheadBuild, Built},
     config::{endpoint, ip_from_words},
     state::desired::{DesiredBackend, DesiredState, DesiredVip},
-    state::maglev::{self, MaglevError, Member},
+    state::maglev::{self, MaglevError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -51,13 +52,30 @@ pub struct AppliedVip {
 /// VIPs one step writes at most: bounds how long a step holds back a health change (a step's
 /// Maglev builds, map writes and its one RCU wait), while a full reload still pays that wait
 /// only once per this many VIPs.
-pub const STEP_VIPS: usize = 128;
+pub const STEP_VIPS: usize = 256;
 
 /// What one step did, and how many differing VIPs it left for the next.
 #[derive(Debug, Default)]
 pub struct Step {
     pub changes: Changes,
     pub remaining: usize,
+}
+
+/// One pass toward one desired state, shared by its steps: the VIPs that differed when it began,
+/// in the order the steps take them (found once, not per step: at 10 000 VIPs that scan costs
+/// more than a step's writes), and the tables being built for the next step. Begin a new pass
+/// whenever desired state is rebuilt.
+#[derive(Debug, Default)]
+pub struct Pass {
+    /// Differing VIPs, each with whether it loses a serving backend (urgent).
+    queue: Option<VecDeque<(bool, VipKey)>>,
+    ahead: Option<AheadBuild>,
+}
+
+impl Pass {
+    pub fn new() -> Self {
+        Self::default()
+    }
 }
 
 /// Tables to swap in one batch (VIP id → backend slots, empty to clear) and the slots to retire
@@ -71,13 +89,7 @@ struct TableBatch {
 impl TableBatch {
     /// Puts VIP `id`'s table, built over `slots`, into the batch; returns its size (0 when no
     /// backend has weight, which the data plane treats as "no backend").
-    fn put(
-        &mut self,
-        id: u32,
-        vip: &DesiredVip,
-        table: Option<&Result<maglev::Table, MaglevError>>,
-        slots: &[u32],
-    ) -> Result<u32, ReconcileError> {
+    fn put(&mut self, id: u32, vip: &DesiredVip, table: Option<&Built>, slots: &[u32]) -> Result<u32, ReconcileError> {
         let built;
         let table = match table {
             Some(Ok(table)) => table,
@@ -263,8 +275,9 @@ impl Reconciler {
     /// converges.
     pub fn apply(&mut self, desired: &DesiredState, maps: &mut Maps) -> Result<Changes, ReconcileError> {
         let mut changes = Changes::default();
+        let mut pass = Pass::new();
         loop {
-            let step = self.apply_step(desired, maps, STEP_VIPS)?;
+            let step = self.apply_step(desired, &mut pass, maps, STEP_VIPS)?;
             changes.absorb(step.changes);
             if step.remaining == 0 {
                 break;
@@ -274,13 +287,15 @@ impl Reconciler {
         Ok(changes)
     }
 
-    /// One step toward `desired`: node settings, addresses, pools and interfaces; every VIP
-    /// that is gone; then at most `budget` of the VIPs that differ — those losing a serving
-    /// backend first, so a health failure is never queued behind a big reload. Their Maglev
-    /// tables are built in parallel and swapped in one batch (one RCU wait for the step).
+    /// One step of `pass` toward `desired`: node settings, addresses, pools and interfaces;
+    /// every VIP that is gone; then at most `budget` of the VIPs that differ — those losing a
+    /// serving backend first, so a health failure is never queued behind a big reload. Their
+    /// Maglev tables are built in parallel (most of them while the step before waited) and
+    /// swapped in one batch (one RCU wait for the step), while the next step's are built.
     pub fn apply_step(
         &mut self,
         desired: &DesiredState,
+        pass: &mut Pass,
         maps: &mut Maps,
         budget: usize,
     ) -> Result<Step, ReconcileError> {
@@ -313,17 +328,28 @@ impl Reconciler {
             changes.removed.push(applied.vip.name);
         }
 
-        let mut pending: Vec<(&VipKey, &DesiredVip)> =
-            desired.vips.iter().filter(|(key, vip)| self.vips.get(key).is_none_or(|a| a.vip != **vip)).collect();
-        let remaining = pending.len().saturating_sub(budget);
-        pending.sort_by_key(|(key, vip)| (!self.vips.get(key).is_some_and(|a| loses_serving(&a.vip, vip)), **key));
-        pending.truncate(budget);
-        let tables = build_tables(
-            pending
-                .iter()
-                .filter(|(key, vip)| self.vips.get(key).is_none_or(|a| table_changes(&a.vip, vip)))
-                .map(|(key, vip)| (*key, *vip)),
-        );
+        let fresh = pass.queue.is_none();
+        let queue = pass.queue.get_or_insert_with(|| self.differing(desired));
+        let mut pending = self.take_differing(desired, queue, budget);
+        if pending.is_empty() && !fresh {
+            // The queue ran dry: whatever still differs (desired state changed under the pass)
+            // is found afresh.
+            *queue = self.differing(desired);
+            pending = self.take_differing(desired, queue, budget);
+        }
+        let remaining = queue.len();
+        let rebuilds: Vec<(&VipKey, &DesiredVip)> =
+            pending.iter().copied().filter(|(key, vip)| self.table_changes_for(key, vip)).collect();
+        let ready = pass.ahead.take().map(|ahead| ahead.finish_for(&rebuilds)).unwrap_or_default();
+        let tables = table_builds::build_tables(&rebuilds, ready);
+        // The next step's tables, built while this one writes and waits on its swap.
+        let next: Vec<(&VipKey, &DesiredVip)> = queue
+            .iter()
+            .take(budget)
+            .filter_map(|(_, key)| desired.vips.get_key_value(key))
+            .filter(|(key, vip)| self.table_changes_for(key, vip))
+            .collect();
+        pass.ahead = AheadBuild::start(&next);
 
         // Backends first, tables into the batch; VIP entries wait for the batch.
         let mut free_ids = self.free_vip_ids();
@@ -383,7 +409,7 @@ impl Reconciler {
         &mut self,
         key: &VipKey,
         vip: &DesiredVip,
-        table: Option<&Result<maglev::Table, MaglevError>>,
+        table: Option<&Built>,
         free_ids: &mut Vec<u32>,
         maps: &mut Maps,
         batch: &mut TableBatch,
@@ -425,7 +451,7 @@ impl Reconciler {
         &mut self,
         key: &VipKey,
         vip: &DesiredVip,
-        table: Option<&Result<maglev::Table, MaglevError>>,
+        table: Option<&Built>,
         maps: &mut Maps,
         batch: &mut TableBatch,
     ) -> Result<Staged, ReconcileError> {
@@ -633,6 +659,53 @@ impl Reconciler {
         Ok(())
     }
 
+    /// The desired VIPs that differ from what is written, in the order steps take them: those
+    /// losing a serving backend first (marked urgent), then by key.
+    fn differing(&self, desired: &DesiredState) -> VecDeque<(bool, VipKey)> {
+        let mut differing: Vec<(bool, VipKey)> = desired
+            .vips
+            .iter()
+            .filter(|(key, vip)| self.differs(key, vip))
+            .map(|(key, vip)| (self.vips.get(key).is_some_and(|a| loses_serving(&a.vip, vip)), *key))
+            .collect();
+        differing.sort_by_key(|&(urgent, key)| (!urgent, key));
+        differing.into()
+    }
+
+    /// Up to `budget` VIPs off the front of `queue` that still differ. A step of urgent VIPs
+    /// takes only those, so that it is short: a health failure does not wait for the Maglev
+    /// builds of a reload's VIPs.
+    fn take_differing<'d>(
+        &self,
+        desired: &'d DesiredState,
+        queue: &mut VecDeque<(bool, VipKey)>,
+        budget: usize,
+    ) -> Vec<(&'d VipKey, &'d DesiredVip)> {
+        let mut taken = Vec::with_capacity(budget.min(queue.len()));
+        let urgent_step = queue.front().is_some_and(|(urgent, _)| *urgent);
+        while taken.len() < budget
+            && let Some(&(urgent, key)) = queue.front()
+            && urgent == urgent_step
+        {
+            queue.pop_front();
+            if let Some((key, vip)) = desired.vips.get_key_value(&key)
+                && self.differs(key, vip)
+            {
+                taken.push((key, vip));
+            }
+        }
+        taken
+    }
+
+    fn differs(&self, key: &VipKey, vip: &DesiredVip) -> bool {
+        self.vips.get(key).is_none_or(|a| a.vip != *vip)
+    }
+
+    /// Whether writing `vip` needs a new Maglev table (new, or its table inputs changed).
+    fn table_changes_for(&self, key: &VipKey, vip: &DesiredVip) -> bool {
+        self.vips.get(key).is_none_or(|a| table_changes(&a.vip, vip))
+    }
+
     /// VIP ids not in use, lowest last (popped first).
     fn free_vip_ids(&self) -> Vec<u32> {
         let used: std::collections::BTreeSet<u32> = self.vips.values().map(|a| a.meta.id).collect();
@@ -647,25 +720,6 @@ fn loses_serving(old: &DesiredVip, new: &DesiredVip) -> bool {
     old.backends.iter().any(|b| b.weight > 0 && new.backends.iter().any(|n| n.identity == b.identity && n.weight == 0))
 }
 
-/// The Maglev tables of `vips`, by endpoint, built on every CPU (the builds are independent and
-/// a reload may rebuild thousands).
-fn build_tables<'a>(
-    vips: impl Iterator<Item = (&'a VipKey, &'a DesiredVip)>,
-) -> BTreeMap<VipKey, Result<maglev::Table, MaglevError>> {
-    let vips: Vec<(&VipKey, &DesiredVip)> = vips.collect();
-    let build = |(key, vip): &(&VipKey, &DesiredVip)| (**key, maglev::build(&members(vip), vip.table_size));
-    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get).min(vips.len().max(1));
-    if threads <= 1 {
-        return vips.iter().map(build).collect();
-    }
-    let chunk = vips.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let workers: Vec<_> =
-            vips.chunks(chunk).map(|part| scope.spawn(move || part.iter().map(build).collect::<Vec<_>>())).collect();
-        workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
-    })
-}
-
 /// Whether going from `old` to `new` changes the VIP's Maglev table: its size, or its backends
 /// and their (effective) weights.
 pub(crate) fn table_changes(old: &DesiredVip, new: &DesiredVip) -> bool {
@@ -677,12 +731,7 @@ pub(crate) fn table_changes(old: &DesiredVip, new: &DesiredVip) -> bool {
             .eq(new.backends.iter().map(|b| (&b.identity, b.weight)))
 }
 
-fn members(vip: &DesiredVip) -> Vec<Member<'_>> {
-    vip.backends.iter().map(|b| Member { identity: &b.identity, weight: b.weight }).collect()
-}
-
 /// The VIP's Maglev table, as indexes into `vip.backends` (empty when no backend has weight).
 pub(crate) fn build_table(vip: &DesiredVip) -> Result<maglev::Table, ReconcileError> {
-    maglev::build(&members(vip), vip.table_size)
-        .map_err(|source| ReconcileError::Maglev { endpoint: vip.endpoint.clone(), source })
+    table_builds::build_one(vip).map_err(|source| ReconcileError::Maglev { endpoint: vip.endpoint.clone(), source })
 }
