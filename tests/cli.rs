@@ -57,8 +57,11 @@ fn check_rejects_invalid_files_with_location_field_and_fix() {
     let (ok, _, err) = check("vips: [\n");
     assert!(!ok && err.contains("FILE:"), "{err}");
 
-    let (ok, _, err) = check("");
-    assert!(ok, "an empty file is an empty config: {err}");
+    // An empty file would withdraw every VIP: refused, with the way to mean it.
+    let (ok, _, err) = check("# vips: commented out\n");
+    assert!(!ok && err.starts_with("xlb: FILE:1:1: the file is empty") && err.contains("`vips: []`"), "{err}");
+    let (ok, _, err) = check("vips: []\n");
+    assert!(ok, "no VIPs on purpose: {err}");
 }
 
 #[test]

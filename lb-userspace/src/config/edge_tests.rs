@@ -1,5 +1,6 @@
 //! Edge-sized configurations: the per-node limits are accepted, refused one past them at the
-//! element that crosses them, and the YAML budgets bound what a hostile file costs.
+//! element that crosses them, the YAML budgets bound what a hostile file costs, and a file that
+//! would empty the node by accident is refused.
 
 use std::{fmt::Write as _, ops::Range, path::Path};
 
@@ -129,4 +130,15 @@ fn deep_nesting_is_refused_in_xlbs_words() {
     let err = check(&vip_with_port(&format!("{}1{}", "[".repeat(20), "]".repeat(20)))).unwrap_err().to_string();
     assert!(err.starts_with("test.yaml:6:"), "{err}");
     assert!(err.contains("the file nests more than 16 levels deep"), "{err}");
+}
+
+#[test]
+fn a_file_with_nothing_in_it_is_refused_and_an_explicit_empty_list_is_not() {
+    // What a truncated write or an editor's accident leaves: applying it would withdraw every VIP.
+    for text in ["", "\n\n", "# all commented out\n#vips:\n", "---\n# x\n...\n"] {
+        let err = check(text).unwrap_err().to_string();
+        assert!(err.starts_with("test.yaml:1:1: the file is empty"), "{text:?}: {err}");
+        assert!(err.contains("write `vips: []`"), "{err}");
+    }
+    assert!(check("vips: []\n").unwrap().vips.is_empty(), "serving no VIPs on purpose");
 }

@@ -32,6 +32,7 @@ fn read_text(path: &Path) -> Result<String, ConfigError> {
 /// Parses and validates `text`; `path` only names the source in errors.
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     check_size(path, text.len())?;
+    check_not_empty(path, text)?;
     let raw = incremental::read_whole(text).map_err(|e| syntax_error(path, &e))?;
     Checker { path }.check(raw)
 }
@@ -39,6 +40,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
 /// `parse`, re-parsing only the VIPs that changed since the last text read through `cache`.
 pub fn parse_cached(path: &Path, text: &str, cache: &mut VipItemCache) -> Result<Config, ConfigError> {
     check_size(path, text.len())?;
+    check_not_empty(path, text)?;
     let raw = cache.read(text).map_err(|e| syntax_error(path, &e))?;
     Checker { path }.check(raw)
 }
@@ -49,6 +51,24 @@ fn check_size(path: &Path, bytes: usize) -> Result<(), ConfigError> {
         return Err(ConfigError::SyntaxNoLocation { path: path.to_owned(), message: yaml_budget::too_large(bytes) });
     }
     Ok(())
+}
+
+/// Refuses a file with nothing in it but blank lines, comments and document markers: what a
+/// truncated write or an editor's accident leaves, and applying it would withdraw every VIP.
+fn check_not_empty(path: &Path, text: &str) -> Result<(), ConfigError> {
+    let content = |line: &str| {
+        let line = line.trim();
+        !(line.is_empty() || line.starts_with('#') || line == "---" || line == "...")
+    };
+    if text.lines().any(content) {
+        return Ok(());
+    }
+    Err(ConfigError::Syntax {
+        path: path.to_owned(),
+        line: 1,
+        column: 1,
+        message: "the file is empty (nothing but blank lines and comments); xlb refuses it, since it would withdraw every VIP. To serve no VIPs on purpose, write `vips: []`".into(),
+    })
 }
 
 fn syntax_error(path: &Path, e: &serde_saphyr::Error) -> ConfigError {
