@@ -6,7 +6,8 @@ use std::collections::BTreeSet;
 
 use lb_common::{MAX_BACKENDS, MAX_VIPS};
 use xlb::{
-    apply::reconcile::{Pass, STEP_VIPS},
+    apply::pass::Pass,
+    apply::reconcile::STEP_VIPS,
     apply::testrun::XdpAction,
     state::desired::{BackendStates, DesiredState},
     state::maglev::{self, Member},

@@ -27,8 +27,9 @@ use super::{
 use crate::{
     announce::bgp::{Announce, Speaker},
     apply::dataplane::{Maps, TableSizes},
+    apply::pass::Pass,
     apply::plan,
-    apply::reconcile::{Changes, Pass, ReconcileError, Reconciler, STEP_VIPS},
+    apply::reconcile::{Changes, ReconcileError, Reconciler, STEP_VIPS},
     config::{self, Config},
     l7,
     serve::admin::{ReloadOutcome, Reply},

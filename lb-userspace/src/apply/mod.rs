@@ -4,6 +4,7 @@
 
 pub mod dataplane;
 pub mod nat;
+pub mod pass;
 pub mod plan;
 pub mod reconcile;
 pub mod table_builds;

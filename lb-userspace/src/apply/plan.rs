@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     apply::dataplane::Maps,
     apply::reconcile::{self, AppliedVip, ReconcileError, Reconciler},
+    apply::table_builds,
     state::desired::{DesiredState, DesiredVip},
 };
 
@@ -153,7 +154,7 @@ fn update(old: &AppliedVip, new: &DesiredVip, maps: &Maps) -> Result<VipPlan, Re
             (weight != b.weight).then(|| (b.identity.clone(), b.weight, weight))
         })
         .collect();
-    v.table_rebuilt = reconcile::table_changes(&old.vip, new);
+    v.table_rebuilt = table_builds::table_changes(&old.vip, new);
     if v.table_rebuilt {
         let running = running_table(old, maps)?;
         let next = table(new)?;

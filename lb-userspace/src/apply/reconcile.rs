@@ -9,7 +9,7 @@
 //! them, the table before the VIP that uses it, and retirement of backends (generation bump,
 //! so their flows re-hash) after the new table is in.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 use lb_common::{
     BACKEND_FLAG_ACTIVE, Backend, BackendCounters, Iface, MAX_BACKENDS, MAX_IFACES, MAX_VIPS, NatPool, NodeConfig,
@@ -18,7 +18,8 @@ use lb_common::{
 
 use crate::{
     apply::dataplane::{DataplaneError, Maps},
-    apply::table_builds::{self, AheadBuild, Built},
+    apply::pass::Pass,
+    apply::table_builds::{self, Built, table_changes},
     config::{endpoint, ip_from_words},
     state::desired::{DesiredBackend, DesiredState, DesiredVip},
     state::maglev::{self, MaglevError},
@@ -59,23 +60,6 @@ pub const STEP_VIPS: usize = 256;
 pub struct Step {
     pub changes: Changes,
     pub remaining: usize,
-}
-
-/// One pass toward one desired state, shared by its steps: the VIPs that differed when it began,
-/// in the order the steps take them (found once, not per step: at 10 000 VIPs that scan costs
-/// more than a step's writes), and the tables being built for the next step. Begin a new pass
-/// whenever desired state is rebuilt.
-#[derive(Debug, Default)]
-pub struct Pass {
-    /// Differing VIPs, each with whether it loses a serving backend (urgent).
-    queue: Option<VecDeque<(bool, VipKey)>>,
-    ahead: Option<AheadBuild>,
-}
-
-impl Pass {
-    pub fn new() -> Self {
-        Self::default()
-    }
 }
 
 /// Tables to swap in one batch (VIP id → backend slots, empty to clear) and the slots to retire
@@ -328,28 +312,8 @@ impl Reconciler {
             changes.removed.push(applied.vip.name);
         }
 
-        let fresh = pass.queue.is_none();
-        let queue = pass.queue.get_or_insert_with(|| self.differing(desired));
-        let mut pending = self.take_differing(desired, queue, budget);
-        if pending.is_empty() && !fresh {
-            // The queue ran dry: whatever still differs (desired state changed under the pass)
-            // is found afresh.
-            *queue = self.differing(desired);
-            pending = self.take_differing(desired, queue, budget);
-        }
-        let remaining = queue.len();
-        let rebuilds: Vec<(&VipKey, &DesiredVip)> =
-            pending.iter().copied().filter(|(key, vip)| self.table_changes_for(key, vip)).collect();
-        let ready = pass.ahead.take().map(|ahead| ahead.finish_for(&rebuilds)).unwrap_or_default();
-        let tables = table_builds::build_tables(&rebuilds, ready);
-        // The next step's tables, built while this one writes and waits on its swap.
-        let next: Vec<(&VipKey, &DesiredVip)> = queue
-            .iter()
-            .take(budget)
-            .filter_map(|(_, key)| desired.vips.get_key_value(key))
-            .filter(|(key, vip)| self.table_changes_for(key, vip))
-            .collect();
-        pass.ahead = AheadBuild::start(&next);
+        let applied = &self.vips;
+        let (pending, remaining, tables) = pass.next_step(&|key| applied.get(key).map(|a| &a.vip), desired, budget);
 
         // Backends first, tables into the batch; VIP entries wait for the batch.
         let mut free_ids = self.free_vip_ids();
@@ -659,76 +623,11 @@ impl Reconciler {
         Ok(())
     }
 
-    /// The desired VIPs that differ from what is written, in the order steps take them: those
-    /// losing a serving backend first (marked urgent), then by key.
-    fn differing(&self, desired: &DesiredState) -> VecDeque<(bool, VipKey)> {
-        let mut differing: Vec<(bool, VipKey)> = desired
-            .vips
-            .iter()
-            .filter(|(key, vip)| self.differs(key, vip))
-            .map(|(key, vip)| (self.vips.get(key).is_some_and(|a| loses_serving(&a.vip, vip)), *key))
-            .collect();
-        differing.sort_by_key(|&(urgent, key)| (!urgent, key));
-        differing.into()
-    }
-
-    /// Up to `budget` VIPs off the front of `queue` that still differ. A step of urgent VIPs
-    /// takes only those, so that it is short: a health failure does not wait for the Maglev
-    /// builds of a reload's VIPs.
-    fn take_differing<'d>(
-        &self,
-        desired: &'d DesiredState,
-        queue: &mut VecDeque<(bool, VipKey)>,
-        budget: usize,
-    ) -> Vec<(&'d VipKey, &'d DesiredVip)> {
-        let mut taken = Vec::with_capacity(budget.min(queue.len()));
-        let urgent_step = queue.front().is_some_and(|(urgent, _)| *urgent);
-        while taken.len() < budget
-            && let Some(&(urgent, key)) = queue.front()
-            && urgent == urgent_step
-        {
-            queue.pop_front();
-            if let Some((key, vip)) = desired.vips.get_key_value(&key)
-                && self.differs(key, vip)
-            {
-                taken.push((key, vip));
-            }
-        }
-        taken
-    }
-
-    fn differs(&self, key: &VipKey, vip: &DesiredVip) -> bool {
-        self.vips.get(key).is_none_or(|a| a.vip != *vip)
-    }
-
-    /// Whether writing `vip` needs a new Maglev table (new, or its table inputs changed).
-    fn table_changes_for(&self, key: &VipKey, vip: &DesiredVip) -> bool {
-        self.vips.get(key).is_none_or(|a| table_changes(&a.vip, vip))
-    }
-
     /// VIP ids not in use, lowest last (popped first).
     fn free_vip_ids(&self) -> Vec<u32> {
         let used: std::collections::BTreeSet<u32> = self.vips.values().map(|a| a.meta.id).collect();
         (0..MAX_VIPS).rev().filter(|id| !used.contains(id)).collect()
     }
-}
-
-/// Whether `new` stops sending new flows to a backend that stays configured and that `old`
-/// sends them to — a health failure or a drain, which goes before the rest of a pass (a backend
-/// a reload removes goes with the reload).
-fn loses_serving(old: &DesiredVip, new: &DesiredVip) -> bool {
-    old.backends.iter().any(|b| b.weight > 0 && new.backends.iter().any(|n| n.identity == b.identity && n.weight == 0))
-}
-
-/// Whether going from `old` to `new` changes the VIP's Maglev table: its size, or its backends
-/// and their (effective) weights.
-pub(crate) fn table_changes(old: &DesiredVip, new: &DesiredVip) -> bool {
-    old.table_size != new.table_size
-        || !old
-            .backends
-            .iter()
-            .map(|b| (&b.identity, b.weight))
-            .eq(new.backends.iter().map(|b| (&b.identity, b.weight)))
 }
 
 /// The VIP's Maglev table, as indexes into `vip.backends` (empty when no backend has weight).

@@ -53,6 +53,17 @@ pub fn build_one(vip: &DesiredVip) -> Built {
     maglev::build(&members, vip.table_size)
 }
 
+/// Whether going from `old` to `new` changes the VIP's Maglev table: its size, or its backends
+/// and their (effective) weights.
+pub fn table_changes(old: &DesiredVip, new: &DesiredVip) -> bool {
+    old.table_size != new.table_size
+        || !old
+            .backends
+            .iter()
+            .map(|b| (&b.identity, b.weight))
+            .eq(new.backends.iter().map(|b| (&b.identity, b.weight)))
+}
+
 /// Tables built for VIPs, with what each was built from.
 type Batch = Vec<(VipKey, TableInput, Built)>;
 
