@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The lab (README's main command): an edge in network namespaces — client, this xlb node with
 # XDP attached, three backends running real TCP and UDP servers (and `xlb decap` for dsr-ipip) —
-# configured by config/lab.yaml. It drives traffic through every VIP, prints where it went and
-# the agent's counters, and tears everything down.
+# configured by config/lab.yaml. It drives traffic through every VIP, prints where it went, each
+# node's status and a summary of the logs, and tears everything down.
 #
 #   ./scripts/lab.sh                 run, print, tear down
+#   ./scripts/lab.sh --verbose       the agents' logs as they run, full status, BIRD's protocols
 #   ./scripts/lab.sh --keep          leave it running (Ctrl-C tears it down), print how to poke at it
 #   ./scripts/lab.sh --requests 1000
 set -euo pipefail

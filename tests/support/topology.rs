@@ -71,6 +71,9 @@ pub struct Topology {
     stop: Arc<AtomicBool>,
     servers: Vec<std::thread::JoinHandle<()>>,
     processes: Vec<Process>,
+    /// Agents and `xlb decap` log to files in `dir` (see [`Topology::agent_log_path`]) instead of
+    /// the test's stderr.
+    pub logs_to_files: bool,
 }
 
 /// Frames leaving through XDP carry no checksum-offload state: senders must put real checksums
@@ -239,6 +242,7 @@ impl Topology {
             stop: Arc::new(AtomicBool::new(false)),
             servers: Vec::new(),
             processes: Vec::new(),
+            logs_to_files: false,
         }
     }
 
@@ -480,6 +484,9 @@ impl Topology {
         for (i, ns) in self.backends.iter().enumerate() {
             let mut cmd = ns.command(xlb_bin().to_str().expect("utf-8 path"));
             cmd.args(["decap", "--iface", "eth0"]);
+            if self.logs_to_files {
+                cmd.stderr(std::fs::File::create(self.decap_log_path(i)).expect("decap log file"));
+            }
             self.processes.push(Process::spawn(cmd, &format!("xlb decap on be{i}")));
         }
         for ns in &self.backends {
@@ -533,14 +540,23 @@ impl Topology {
         self.dir.join(format!("state{i}"))
     }
 
-    /// Where `spawn_agent_logged` sends node `i`'s agent log.
+    /// Where `spawn_agent_logged` (and `start_agent_on`, when [`Topology::logs_to_files`]) sends
+    /// node `i`'s agent log.
     pub fn agent_log_path(&self, i: usize) -> PathBuf {
         self.dir.join(format!("agent{i}.log"))
     }
 
+    /// Where backend `i`'s `xlb decap` logs when [`Topology::logs_to_files`].
+    pub fn decap_log_path(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("decap{i}.log"))
+    }
+
     /// Writes `config` and starts `xlb run` on node `i`; waits until its admin socket answers.
     pub fn start_agent_on(&mut self, i: usize, config: &str, args: &[&str]) -> usize {
-        let cmd = self.agent_command(i, config, args);
+        let mut cmd = self.agent_command(i, config, args);
+        if self.logs_to_files {
+            cmd.stderr(std::fs::File::create(self.agent_log_path(i)).expect("agent log file"));
+        }
         let index = self.spawn(cmd, &format!("xlb run on node {i}"));
         wait_for("the agent's admin socket", Duration::from_secs(10), || self.stats_of(i));
         index

@@ -31,6 +31,10 @@ pub struct Options {
     /// The configuration to run (its addresses must match the lab's segment).
     #[arg(long, default_value = "config/lab.yaml")]
     config: PathBuf,
+    /// Show the agents' logs as they run (access log lines included), each node's full status
+    /// (every VIP and backend) and BIRD's protocols; by default the lab prints a summary.
+    #[arg(long, short)]
+    verbose: bool,
 }
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {
@@ -57,6 +61,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         addresses.join(" ")
     );
     let mut topo = Topology::edge(NODES, CLIENTS, 3, &vip_refs);
+    topo.logs_to_files = !opts.verbose;
     topo.decap_on_backends();
     // DSR backends answer on the VIP; NAT backends on their own address and port.
     let served = config.vips.iter().flat_map(|v| match v.mode {
@@ -113,8 +118,26 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         }
         topo.start_agent_on(i, &node_text, &[]);
     }
-    for address in &addresses {
-        wait_for_ecmp(&topo, address, Duration::from_secs(20))?;
+    let outcome = drive(&topo, &bird, &config, &addresses, start, opts);
+    if !opts.verbose {
+        print!("{}", logs_summary(&topo, outcome.is_err()));
+    }
+    outcome?;
+    println!("\nlab: every request succeeded");
+    Ok(())
+}
+
+/// Waits for the routes, drives traffic through every VIP and prints what happened.
+fn drive(
+    topo: &Topology,
+    bird: &Bird,
+    config: &xlb::config::Config,
+    addresses: &[String],
+    start: Instant,
+    opts: &Options,
+) -> anyhow::Result<()> {
+    for address in addresses {
+        wait_for_ecmp(topo, address, Duration::from_secs(20))?;
     }
     println!(
         "== BGP: every VIP routed over both nodes {:.1} s after the agents started\n",
@@ -129,7 +152,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     let mut all_ok = true;
     for vip in &config.vips {
         let address = vip.address.to_string();
-        let before = node_packets(&topo, &vip.name)?;
+        let before = node_packets(topo, &vip.name)?;
         let mut seen: BTreeMap<String, usize> = BTreeMap::new();
         let mut failed = 0;
         for c in 0..CLIENTS {
@@ -146,7 +169,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
                 *seen.entry(k).or_insert(0) += v;
             }
         }
-        let after = node_packets(&topo, &vip.name)?;
+        let after = node_packets(topo, &vip.name)?;
         let through: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
         let ok: usize = seen.values().sum();
         all_ok &= failed == 0;
@@ -184,19 +207,31 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     }
     println!("(* hash: source-ip — each client sticks to one backend; node shares count packets the node forwarded)");
     for i in 0..NODES {
-        let status = topo.status_of(i).context("reading an agent's status")?;
-        println!("\n== node {i} ({}): xlb status\n{}", node_v4(i), status.render());
+        if opts.verbose {
+            let status = topo.status_of(i).context("reading an agent's status")?;
+            println!("\n== node {i} ({}): xlb status --vips\n{}", node_v4(i), status.render());
+        } else {
+            let out = topo.xlb_on(i, &["status"]);
+            anyhow::ensure!(out.status.success(), "xlb status on node {i}: {}", String::from_utf8_lossy(&out.stderr));
+            println!("\n== node {i} ({}): xlb status\n{}", node_v4(i), String::from_utf8_lossy(&out.stdout).trim_end());
+        }
     }
-    println!("== router: {}", bird.birdc(&["show", "protocols"]).trim_end());
+    let protocols = bird.birdc(&["show", "protocols"]);
+    if opts.verbose {
+        println!("== router: {}", protocols.trim_end());
+    } else {
+        let sessions: Vec<&str> = protocols.lines().filter(|l| l.contains(" BGP ")).collect();
+        let up = sessions.iter().filter(|l| l.contains("Established")).count();
+        println!("\n== router (BIRD): {up} of {} BGP sessions Established", sessions.len());
+    }
 
     if opts.keep {
-        print_keep(&topo);
+        print_keep(topo);
         wait_for_signal();
     }
     if !all_ok {
         bail!("some requests failed");
     }
-    println!("\nlab: every request succeeded");
     Ok(())
 }
 
@@ -227,6 +262,32 @@ fn wait_for_ecmp(topo: &Topology, address: &str, timeout: Duration) -> anyhow::R
     }
 }
 
+/// The agents' and decaps' logs in a few lines: their size, warnings and errors (the errors
+/// themselves, a few each); after a failure, the last lines of each agent's log.
+fn logs_summary(topo: &Topology, failed: bool) -> String {
+    let mut out = String::from("\n== logs (run with --verbose to see them as they come)\n");
+    let logs = (0..NODES)
+        .map(|i| (format!("node {i} agent"), topo.agent_log_path(i)))
+        .chain((0..topo.backends.len()).map(|i| (format!("be{i} decap"), topo.decap_log_path(i))));
+    for (what, path) in logs {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let errors: Vec<&str> = lines.iter().copied().filter(|l| l.contains(" ERROR ")).collect();
+        let warnings = lines.iter().filter(|l| l.contains(" WARN ")).count();
+        out.push_str(&format!("{what}: {} lines, {warnings} warnings, {} errors\n", lines.len(), errors.len()));
+        for line in errors.iter().take(5) {
+            out.push_str(&format!("  {line}\n"));
+        }
+        if failed && what.ends_with("agent") {
+            out.push_str("  last lines:\n");
+            for line in &lines[lines.len().saturating_sub(20)..] {
+                out.push_str(&format!("  {line}\n"));
+            }
+        }
+    }
+    out
+}
+
 fn print_keep(topo: &Topology) {
     let xlb = std::env::var("XLB_BIN").unwrap_or_else(|_| "xlb".into());
     println!(
@@ -236,11 +297,13 @@ fn print_keep(topo: &Topology) {
   {xlb} status --admin-socket {sock}                                  # node 0: VIPs, backends, BGP peers
   {xlb} drain node --admin-socket {sock}                              # withdraw node 0 (--undo to return)
   ip -n {lb} link show eth0                                           # the attached XDP program
+  tail -f {log}                                                       # node 0's agent log (without --verbose)
 Press Ctrl-C here to tear it down.",
         cl = topo.client().name,
         rt = topo.router.as_ref().map_or("", |r| r.name.as_str()),
         lb = topo.node().name,
         sock = topo.socket().display(),
+        log = topo.agent_log_path(0).display(),
     );
 }
 
