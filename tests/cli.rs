@@ -25,7 +25,7 @@ fn check_accepts_the_shipped_configs() {
 #[test]
 fn check_prints_the_bpf_memory_estimate() {
     let (ok, out, err) = check(
-        "node:\n  flow_table_size: 65536\nvips:\n  - { name: a, address: 192.0.2.1, port: 80, protocol: tcp, mode: dsr-l2 }\n",
+        "node:\n  flow_table_size: 65536\nvips:\n  - { name: a, address: 192.0.2.1, port: 80, protocol: tcp, mode: dsr-l2, backends: [{ address: 10.0.0.1, mac: \"02:00:00:00:00:01\" }] }\n",
     );
     assert!(ok, "{err}");
     let lines: Vec<&str> = out.lines().collect();

@@ -203,7 +203,7 @@ fn check_logs_json_with_log_format_json() {
     let mut text = String::from("vips:\n");
     for i in 0..10_000 {
         text.push_str(&format!(
-            "  - {{ name: v{i}, address: 198.18.{}.{}, port: 80, protocol: tcp, mode: dsr-l2, maglev_table_size: 65537 }}\n",
+            "  - {{ name: v{i}, address: 198.18.{}.{}, port: 80, protocol: tcp, mode: dsr-l2, maglev_table_size: 65537, backends: [{{ address: 10.0.0.1, mac: \"02:00:00:00:00:01\" }}] }}\n",
             i >> 8,
             i & 255
         ));

@@ -129,6 +129,9 @@ vips:
     port: 80
     protocol: tcp
     mode: dsr-l2
+    # Parked: its one backend takes no new flows, so the VIP has none to give.
+    backends:
+      - { address: 10.0.0.9, mac: "02:00:00:00:01:09", weight: 0 }
   - name: range4
     address: 192.0.2.1
     port: 440-450

@@ -142,9 +142,10 @@ fn lock_dir(iface: &str, dir: &Path) -> Result<File, LockError> {
 /// Who holds the lock on `dir` (opened as `file`): the pid from `/proc/locks`, and the owner
 /// record's config when the record is that process's.
 fn holder(dir: &Path, file: &File) -> Holder {
+    // /proc/locks is read in pieces; locks that other processes take or drop meanwhile shift
+    // its lines, so one read can miss ours: a few reads before giving up on the pid.
     let pid = file.metadata().ok().and_then(|meta| {
-        let locks = std::fs::read_to_string("/proc/locks").ok()?;
-        flock_holder(&locks, meta.dev(), meta.ino())
+        (0..3).find_map(|_| flock_holder(&std::fs::read_to_string("/proc/locks").ok()?, meta.dev(), meta.ino()))
     });
     let record: Option<Owner> =
         std::fs::read_link(dir.join(OWNER)).ok().and_then(|target| serde_json::from_str(target.to_str()?).ok());

@@ -142,3 +142,18 @@ fn a_file_with_nothing_in_it_is_refused_and_an_explicit_empty_list_is_not() {
     }
     assert!(check("vips: []\n").unwrap().vips.is_empty(), "serving no VIPs on purpose");
 }
+
+#[test]
+fn a_vip_without_backends_is_refused_at_its_backends() {
+    let head = "vips:\n  - name: a\n    address: 192.0.2.1\n    port: 80\n    protocol: tcp\n    mode: dsr-l2\n";
+    let err = check(&format!("{head}    backends: []\n")).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "test.yaml:7:15: vips[0].backends: the list is empty; a VIP needs at least one backend: list them, or remove the VIP"
+    );
+    let err = check(head).unwrap_err().to_string();
+    assert!(err.starts_with("test.yaml:2:5: vips[0].backends: no backends listed;"), "{err}");
+    // Every backend at weight 0 is a VIP kept in place with no new flows: accepted.
+    let parked = format!("{head}    backends: [{{ address: 10.0.0.1, mac: \"02:00:00:00:00:01\", weight: 0 }}]\n");
+    check(&parked).unwrap_or_else(|e| panic!("{e}"));
+}

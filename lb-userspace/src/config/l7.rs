@@ -211,7 +211,7 @@ impl Checker<'_> {
         if raw.port.0 != raw.port.1 {
             return Err(self.err(at, field("port"), "an l7 VIP listens on one port; give one (e.g. 80 or 443)"));
         }
-        if let Some(b) = raw.backends.first() {
+        if let Some(b) = raw.backend_list().first() {
             return Err(self.err(
                 &b.referenced,
                 field("backends"),

@@ -142,7 +142,7 @@ mod tests {
 
     use super::*;
 
-    const KNOWN: &str = "node:\n  flow_table_size: 65536\n  nat_table_size: 1024\nvips:\n  - { name: a, address: 192.0.2.1, port: 80, protocol: tcp, mode: dsr-l2 }\n  - { name: b, address: 192.0.2.2, port: 80, protocol: tcp, mode: dsr-l2, maglev_table_size: 65537 }\n  - { name: c, address: 192.0.2.3, port: 80, protocol: tcp, mode: nat, maglev_table_size: 7 }\n  - name: d\n    address: 192.0.2.4\n    port: 80\n    protocol: tcp\n    mode: l7\n    l7:\n      routes:\n        - backends: [{ address: 10.0.0.1, port: 8080 }]\n";
+    const KNOWN: &str = "node:\n  flow_table_size: 65536\n  nat_table_size: 1024\nvips:\n  - { name: a, address: 192.0.2.1, port: 80, protocol: tcp, mode: dsr-l2, backends: [{ address: 10.0.0.1, mac: \"02:00:00:00:00:01\" }] }\n  - { name: b, address: 192.0.2.2, port: 80, protocol: tcp, mode: dsr-l2, maglev_table_size: 65537, backends: [{ address: 10.0.0.1, mac: \"02:00:00:00:00:01\" }] }\n  - { name: c, address: 192.0.2.3, port: 80, protocol: tcp, mode: nat, maglev_table_size: 7, backends: [{ address: 10.0.0.2 }] }\n  - name: d\n    address: 192.0.2.4\n    port: 80\n    protocol: tcp\n    mode: l7\n    l7:\n      routes:\n        - backends: [{ address: 10.0.0.1, port: 8080 }]\n";
 
     fn estimate(text: &str, cpus: u32) -> (Config, MemoryEstimate) {
         let config = crate::config::parse(Path::new("test.yaml"), text).unwrap_or_else(|e| panic!("{e}"));
@@ -180,7 +180,7 @@ mod tests {
         let mut text = String::from("vips:\n");
         for i in 0..MAX_VIPS {
             text.push_str(&format!(
-                "  - {{ name: v{i}, address: 198.18.{}.{}, port: 80, protocol: tcp, mode: dsr-l2, maglev_table_size: {} }}\n",
+                "  - {{ name: v{i}, address: 198.18.{}.{}, port: 80, protocol: tcp, mode: dsr-l2, maglev_table_size: {}, backends: [{{ address: 10.0.0.1, mac: \"02:00:00:00:00:01\" }}] }}\n",
                 i >> 8,
                 i & 255,
                 if i == 77 { 131_071 } else { 65_537 }

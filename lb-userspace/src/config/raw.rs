@@ -86,6 +86,13 @@ pub(super) struct RawNode {
     pub(super) nat_udp_timeout: Option<RawScalar>,
 }
 
+impl RawVip {
+    /// The VIP-level backends as written (none when the key is absent).
+    pub(super) fn backend_list(&self) -> &[Spanned<RawBackend>] {
+        self.backends.as_ref().map_or(&[], |list| &list.value)
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawVip {
@@ -100,8 +107,8 @@ pub(super) struct RawVip {
     pub(super) maglev_table_size: Option<u32>,
     #[serde(default)]
     pub(super) unhashable: Unhashable,
-    #[serde(default)]
-    pub(super) backends: Vec<Spanned<RawBackend>>,
+    /// Spanned as a whole, so that an empty list is refused at its own line.
+    pub(super) backends: Option<Spanned<Vec<Spanned<RawBackend>>>>,
     pub(super) health_check: Option<Spanned<RawHealthCheck>>,
     pub(super) min_healthy: Option<u32>,
     pub(super) panic_threshold: Option<Spanned<RawScalar>>,

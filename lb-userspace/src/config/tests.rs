@@ -101,7 +101,7 @@ fn semantic_errors_name_the_field_and_the_fix() {
 fn port_ranges_parse_and_are_checked() {
     let vip = |port: &str, protocol: &str| {
         format!(
-            "vips:\n  - name: r\n    address: 192.0.2.1\n    port: {port}\n    protocol: {protocol}\n    mode: dsr-l2\n"
+            "vips:\n  - name: r\n    address: 192.0.2.1\n    port: {port}\n    protocol: {protocol}\n    mode: dsr-l2\n    backends: [{{ address: 10.0.0.1, mac: \"02:00:00:00:00:01\" }}]\n"
         )
     };
     let config = check(&vip("8000-8099", "tcp")).unwrap();
@@ -161,7 +161,7 @@ fn short_tunnel_prefixes_are_rejected() {
 fn duplicates_and_conflicting_policies_are_rejected() {
     let two = |a: &str, b: &str| {
         format!(
-            "{NODE}vips:\n  - name: a\n    address: 192.0.2.10\n    port: 80\n    protocol: tcp\n    mode: dsr-ipip\n{a}  - name: b\n    address: 192.0.2.10\n    port: 80\n    protocol: tcp\n    mode: dsr-ipip\n{b}"
+            "{NODE}vips:\n  - name: a\n    address: 192.0.2.10\n    port: 80\n    protocol: tcp\n    mode: dsr-ipip\n    backends: [{{ address: 10.0.0.1 }}]\n{a}  - name: b\n    address: 192.0.2.10\n    port: 80\n    protocol: tcp\n    mode: dsr-ipip\n    backends: [{{ address: 10.0.0.1 }}]\n{b}"
         )
     };
     let err = check(&two("", "")).unwrap_err().to_string();
@@ -281,13 +281,13 @@ fn http_and_udp_checks_parse() {
         })
     );
     let config = check(
-            "vips:\n  - name: ping\n    address: 192.0.2.1\n    protocol: icmp\n    mode: dsr-l2\n    health_check:\n      type: udp\n      port: 53\n      interval: 1m\n      send: \"\\x00ping\"\n      expect: pong\n",
+            "vips:\n  - name: ping\n    address: 192.0.2.1\n    protocol: icmp\n    mode: dsr-l2\n    backends: [{ address: 10.0.0.1, mac: \"02:00:00:00:00:01\" }]\n    health_check:\n      type: udp\n      port: 53\n      interval: 1m\n      send: \"\\x00ping\"\n      expect: pong\n",
         )
         .unwrap();
     let udp = config.vips[0].health_check.as_ref().unwrap();
     assert_eq!(udp.kind, CheckKind::Udp { port: 53, send: b"\0ping".to_vec(), expect: Some(b"pong".to_vec()) });
     assert_eq!(udp.interval, Duration::from_secs(60));
-    let config = check(&vip("    health_check: { type: http }\n")).unwrap();
+    let config = check(&checked("    health_check: { type: http }\n")).unwrap();
     assert_eq!(
         config.vips[0].health_check.as_ref().unwrap().kind,
         CheckKind::Http { port: 80, path: "/".into(), host: None, expect_status: 200, expect_body: None }
@@ -371,7 +371,7 @@ fn bad_nat_config_names_the_field_and_the_fix() {
         ),
         (NAT.replace("198.51.100.2", "198.51.100.1"), "nat_pools[0].addresses[1]", "198.51.100.1 is listed twice"),
         (
-            NAT.replace("198.51.100.2", "192.0.2.10"),
+            format!("{NAT}    backends: [{{ address: 10.1.0.1 }}]\n").replace("198.51.100.2", "192.0.2.10"),
             "nat_pools.edge.addresses",
             "192.0.2.10 is also the address of VIP `web`; give the pool addresses of its own",
         ),
@@ -508,7 +508,7 @@ fn bad_health_checks_name_the_field_and_the_fix() {
                 "must be at least 1: a VIP with no healthy backend is down whatever this says",
             ),
             (
-                "vips:\n  - name: ping\n    address: 192.0.2.1\n    protocol: icmp\n    mode: dsr-l2\n    health_check: { type: tcp }\n".into(),
+                "vips:\n  - name: ping\n    address: 192.0.2.1\n    protocol: icmp\n    mode: dsr-l2\n    backends: [{ address: 10.0.0.1, mac: \"02:00:00:00:00:01\" }]\n    health_check: { type: tcp }\n".into(),
                 "vips[0].health_check.port",
                 "an icmp VIP has no port to check by default; set the port the backends' service listens on",
             ),

@@ -103,7 +103,7 @@ impl Checker<'_> {
             if spanned.value.mode != Mode::L7 {
                 let max = lb_common::MAX_BACKENDS as usize;
                 let room = max.saturating_sub(backend_slots);
-                if let Some(over) = spanned.value.backends.get(room) {
+                if let Some(over) = spanned.value.backend_list().get(room) {
                     return Err(self.err(
                         &over.referenced,
                         format!("vips[{i}].backends[{room}]"),
@@ -112,7 +112,7 @@ impl Checker<'_> {
                         ),
                     ));
                 }
-                backend_slots += spanned.value.backends.len();
+                backend_slots += spanned.value.backend_list().len();
             }
             let vip = self.check_vip(i, spanned.value, &at, &node, &nat_pools)?;
             if let Some(line) = names.insert(vip.name.clone(), at.line()) {

@@ -59,10 +59,16 @@ impl Checker<'_> {
             ));
         }
         self.check_l7_mode(i, &raw, at)?;
-        let mut backends: Vec<Backend> = Vec::with_capacity(raw.backends.len());
+        // Where an empty list is refused, once every other field had its say.
+        let (backends_at, backends_missing) = match &raw.backends {
+            Some(list) => (list.referenced, "the list is empty"),
+            None => (*at, "no backends listed"),
+        };
+        let listed = raw.backends.map(|list| list.value).unwrap_or_default();
+        let mut backends: Vec<Backend> = Vec::with_capacity(listed.len());
         // A set, not a scan of `backends`: a VIP may have tens of thousands.
-        let mut addresses = HashSet::with_capacity(raw.backends.len());
-        for (j, spanned) in raw.backends.into_iter().enumerate() {
+        let mut addresses = HashSet::with_capacity(listed.len());
+        for (j, spanned) in listed.into_iter().enumerate() {
             let b = spanned.value;
             let bat = spanned.referenced;
             let bfield = |name: &str| format!("vips[{i}].backends[{j}].{name}");
@@ -211,8 +217,13 @@ impl Checker<'_> {
                 "must be at least 1: a VIP with no healthy backend is down whatever this says",
             ));
         }
-        // Only an explicit value is held to the backend count: a VIP with no backends is valid
-        // (and down) with the default.
+        if raw.mode != Mode::L7 && backends.is_empty() {
+            return Err(self.err(
+                &backends_at,
+                field("backends"),
+                format!("{backends_missing}; a VIP needs at least one backend: list them, or remove the VIP"),
+            ));
+        }
         if raw.min_healthy.is_some() && min_healthy as usize > backend_count {
             return Err(self.err(
                 at,
