@@ -134,6 +134,7 @@ fn exposition() -> String {
             operator_detached: false,
             reason: None,
             reattached: 0,
+            transmit_errors: Some(0),
         }],
         health_errors: Default::default(),
         l7: l7.gather(),

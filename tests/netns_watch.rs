@@ -304,3 +304,38 @@ fn out_of_descriptors_the_agent_keeps_its_backends_and_recovers() {
     assert!(has_line(&text, "xlb_health_check_errors_total{kind=\"backend\"} 0"), "{text}");
     assert!(has_line(&text, "xlb_xdp_attached{iface=\"eth0\"} 1"), "the watch kept its state:\n{text}");
 }
+
+#[test]
+fn frames_a_veth_drops_for_want_of_xdp_on_its_peer_are_counted_and_shown() {
+    require_root!();
+    let mut topo = Topology::new(2, &[VIP]);
+    topo.serve(VIP, 8080);
+    let config = format!(
+        "vips:\n  - name: web\n    address: {VIP}\n    port: 8080\n    protocol: tcp\n    mode: dsr-l2\n    backends:\n{}",
+        backends(2)
+    );
+    topo.start_agent_with(&config, &["--metrics-listen", METRICS]);
+    let (seen, failed) = topo.tcp_requests(VIP, 8080, 20);
+    assert_eq!(failed, 0, "{seen:?}");
+    let before = eth0(&topo.status().expect("status")).transmit_errors;
+    assert_eq!(before, Some(0), "a veth counts its XDP transmit failures, and with XDP on the peer there are none");
+
+    // The peer loses its XDP program: what the node sends with XDP_TX is dropped by the driver,
+    // though the program counts it forwarded.
+    topo.detach_switch_xdp();
+    let (_, failed) = topo.tcp_requests(VIP, 8080, 2);
+    assert_eq!(failed, 2, "no request gets through a veth whose peer runs no XDP");
+    let dropped = wait_for("status to show the dropped frames", Duration::from_secs(5), || {
+        eth0(&topo.status()?).transmit_errors.filter(|&n| n > 0)
+    });
+    let shown = topo.xlb(&["status"]);
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(text.contains(&format!("XDP on eth0: {dropped} frames it sent were dropped by the driver")), "{text}");
+    wait_for("the metric", Duration::from_secs(5), || {
+        metrics(&topo)?
+            .lines()
+            .find_map(|l| l.strip_prefix("xlb_xdp_transmit_errors_total{iface=\"eth0\"} "))
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|&n| n > 0)
+    });
+}

@@ -546,6 +546,13 @@ impl Topology {
         self.dir.join(format!("agent{i}.log"))
     }
 
+    /// Takes the pass-everything XDP program off the switch side of every node's veth: frames
+    /// the nodes send with XDP_TX are then dropped by the veth driver (what an operator who
+    /// forgot the peer's program sees).
+    pub fn detach_switch_xdp(&mut self) {
+        self.switch_xdp.clear();
+    }
+
     /// Where backend `i`'s `xlb decap` logs when [`Topology::logs_to_files`].
     pub fn decap_log_path(&self, i: usize) -> PathBuf {
         self.dir.join(format!("decap{i}.log"))

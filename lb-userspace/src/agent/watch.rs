@@ -24,6 +24,7 @@ use crate::{
         link_state::{LinkState, ifindex, link_state},
     },
     serve::admin::AttachmentStatus,
+    sources::ethtool,
 };
 
 /// How often each attachment is checked.
@@ -49,6 +50,8 @@ struct Link {
     retry_at: Instant,
     backoff: Duration,
     last_warning: Option<Instant>,
+    /// When transmit failures were last warned about.
+    last_drop_warning: Option<Instant>,
 }
 
 /// What one check found.
@@ -81,18 +84,53 @@ fn check(iface: &str, pin: &std::path::Path) -> Check {
     }
 }
 
-/// The interfaces the agent attached, all attached.
+/// The interfaces the agent attached, all attached, with their drivers' transmit-failure counts
+/// so far (a veth is named in the log: its traffic needs XDP on the peer too).
 pub fn initial(links: &[(String, PathBuf)]) -> Vec<AttachmentStatus> {
     links
         .iter()
-        .map(|(iface, _)| AttachmentStatus {
-            iface: iface.clone(),
-            attached: true,
-            operator_detached: false,
-            reason: None,
-            reattached: 0,
+        .map(|(iface, _)| {
+            if ethtool::driver(iface).is_ok_and(|(driver, _)| driver == "veth") {
+                tracing::info!(
+                    %iface,
+                    "a veth: frames XDP sends out of it reach its peer only while the peer runs an XDP program (and senders must not leave checksums to offload); failures are counted (xlb_xdp_transmit_errors_total) and warned about"
+                );
+            }
+            AttachmentStatus {
+                iface: iface.clone(),
+                attached: true,
+                operator_detached: false,
+                reason: None,
+                reattached: 0,
+                transmit_errors: transmit_errors(iface),
+            }
         })
         .collect()
+}
+
+/// The driver's count of frames XDP sent out of `iface` that it dropped, if it keeps one.
+fn transmit_errors(iface: &str) -> Option<u64> {
+    ethtool::xdp_transmit_errors(iface)
+        .inspect_err(|e| tracing::debug!(%iface, error = %e, "cannot read the driver's statistics"))
+        .ok()
+        .flatten()
+}
+
+/// Reads the interface's transmit failures again; warns (at most every `WARN_EVERY`) when they
+/// grew: the counters say "forwarded" for frames the driver then dropped.
+fn follow_transmit_errors(link: &mut Link, status: &mut AttachmentStatus, now: Instant) {
+    let Some(before) = status.transmit_errors else { return };
+    let Some(now_count) = transmit_errors(&link.iface) else { return };
+    status.transmit_errors = Some(now_count);
+    if now_count > before && link.last_drop_warning.is_none_or(|at| now.duration_since(at) >= WARN_EVERY) {
+        link.last_drop_warning = Some(now);
+        tracing::warn!(
+            iface = %link.iface,
+            dropped = now_count - before,
+            total = now_count,
+            "the driver dropped frames XDP sent out of this interface: on a veth, attach an XDP program to its peer (any, even one that passes everything) and turn tx checksum offload off on the senders"
+        );
+    }
 }
 
 /// Starts the watch over `links` (interface, pinned link), which `program` attached. It stops
@@ -114,6 +152,7 @@ pub fn start(
             retry_at: now,
             backoff: REATTACH_FIRST,
             last_warning: None,
+            last_drop_warning: None,
         })
         .collect();
     let thread = std::thread::Builder::new().name("xlb-attach-watch".into()).spawn(move || {
@@ -136,6 +175,7 @@ fn step(program: &mut Loaded, link: &mut Link, shared: &Shared, commands: &mpsc:
         return;
     }
     let now = Instant::now();
+    follow_transmit_errors(link, status, now);
     let iface = link.iface.clone();
     match (status.attached, check(&link.iface, &link.pin)) {
         (_, Check::Unknown(error)) => {

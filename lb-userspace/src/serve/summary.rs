@@ -102,11 +102,30 @@ pub struct AttachmentStatus {
     pub reason: Option<String>,
     /// Times the agent re-attached it after losing it.
     pub reattached: u64,
+    /// Frames XDP sent out of it that its driver dropped (a veth whose peer runs no XDP
+    /// program); `None` when the driver does not count them.
+    #[serde(default)]
+    pub transmit_errors: Option<u64>,
 }
 
 impl AttachmentStatus {
-    /// Its line for `xlb status`, if it has one (an interface attached all along has none).
+    /// Its lines for `xlb status`, if it has any (an interface attached all along, with no
+    /// transmit failures, has none).
     fn render(&self) -> Option<String> {
+        let attachment = self.render_attachment();
+        let dropped = self.transmit_errors.filter(|&n| n > 0).map(|n| {
+            format!(
+                "XDP on {}: {n} frames it sent were dropped by the driver (a veth forwards them only while its peer runs an XDP program)\n",
+                self.iface
+            )
+        });
+        match (attachment, dropped) {
+            (None, None) => None,
+            (a, d) => Some(format!("{}{}", a.unwrap_or_default(), d.unwrap_or_default())),
+        }
+    }
+
+    fn render_attachment(&self) -> Option<String> {
         match (self.attached, self.operator_detached) {
             (true, _) if self.reattached > 0 => {
                 Some(format!("XDP on {}: attached (re-attached {} times)\n", self.iface, self.reattached))

@@ -1,6 +1,7 @@
 //! The sources. Take in the world outside the file (probes to backends, the kernel's neighbour
 //! table, interfaces); give out facts desired state follows: health, MAC addresses, links.
 
+pub mod ethtool;
 pub mod health;
 pub mod link;
 pub mod neighbor;

@@ -161,9 +161,18 @@ fn build(snapshot: &Snapshot, agent: &AgentInfo) -> prometheus::Result<Registry>
     let attached = gauge(&registry, "xlb_xdp_attached", "1 while XDP is attached to the interface.", &["iface"])?;
     let reattached =
         counter(&registry, "xlb_xdp_reattach_total", "Times the agent re-attached a lost XDP program.", &["iface"])?;
+    let transmit_errors = counter(
+        &registry,
+        "xlb_xdp_transmit_errors_total",
+        "Frames XDP sent out of the interface (XDP_TX, redirects) that its driver dropped; on a veth, its peer runs no XDP program. Only for drivers that count them.",
+        &["iface"],
+    )?;
     for a in &agent.attachments {
         attached.with_label_values(&[a.iface.as_str()]).set(i64::from(a.attached));
         reattached.with_label_values(&[a.iface.as_str()]).inc_by(a.reattached);
+        if let Some(errors) = a.transmit_errors {
+            transmit_errors.with_label_values(&[a.iface.as_str()]).inc_by(errors);
+        }
     }
     let check_errors = counter(
         &registry,
