@@ -103,13 +103,11 @@ fn stat_names(iface: &str, count: u32) -> std::io::Result<Vec<String>> {
 fn stat_values(iface: &str, count: u32) -> std::io::Result<Vec<u64>> {
     // `struct ethtool_stats`: cmd, n_stats (one u64 word), then n_stats u64 values.
     let mut buf = vec![0u64; 1 + room(count)];
-    let header = |cmd: u32, n: u32| {
-        let mut word = [0u8; 8];
-        word[..4].copy_from_slice(&cmd.to_ne_bytes());
-        word[4..].copy_from_slice(&n.to_ne_bytes());
-        u64::from_ne_bytes(word)
-    };
-    buf[0] = header(ETHTOOL_GSTATS, count);
+    // The header's two u32 words (cmd, n_stats) in memory order.
+    let mut header = [0u8; 8];
+    header[..4].copy_from_slice(&ETHTOOL_GSTATS.to_ne_bytes());
+    header[4..].copy_from_slice(&count.to_ne_bytes());
+    buf[0] = u64::from_ne_bytes(header);
     // SAFETY: the buffer holds the header and `room(count)` values; the kernel writes back how
     // many it wrote, which is checked against that room before anything is read.
     unsafe { ethtool(iface, buf.as_mut_ptr().cast())? };
