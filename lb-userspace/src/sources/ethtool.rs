@@ -59,8 +59,9 @@ pub fn xdp_transmit_errors(iface: &str) -> std::io::Result<Option<u64>> {
         Err(e) if e.kind() == std::io::ErrorKind::Unsupported => return Ok(None),
         Err(e) => return Err(e),
     };
-    let count = count.min(MAX_STATS);
-    if count == 0 {
+    // The kernel writes as many as the driver has, whatever we ask: a driver claiming more than
+    // any real one is not read at all.
+    if count == 0 || count > MAX_STATS {
         return Ok(None);
     }
     let names = stat_names(iface, count)?;
@@ -85,8 +86,8 @@ fn stat_names(iface: &str, count: u32) -> std::io::Result<Vec<String>> {
     buf[0] = ETHTOOL_GSTRINGS;
     buf[1] = ETH_SS_STATS;
     buf[2] = count;
-    // SAFETY: the buffer holds the header and `room(count)` strings; the kernel writes back
-    // how many it wrote, which is checked against that room before anything is read.
+    // SAFETY: the buffer holds the header and `room(count)` strings: twice what the driver
+    // reported a moment ago, room for queues added since (the kernel writes its current count).
     unsafe { ethtool(iface, buf.as_mut_ptr().cast())? };
     let written = buf[2] as usize;
     if written > room(count) {
@@ -108,8 +109,8 @@ fn stat_values(iface: &str, count: u32) -> std::io::Result<Vec<u64>> {
     header[..4].copy_from_slice(&ETHTOOL_GSTATS.to_ne_bytes());
     header[4..].copy_from_slice(&count.to_ne_bytes());
     buf[0] = u64::from_ne_bytes(header);
-    // SAFETY: the buffer holds the header and `room(count)` values; the kernel writes back how
-    // many it wrote, which is checked against that room before anything is read.
+    // SAFETY: the buffer holds the header and `room(count)` values: twice what the driver
+    // reported a moment ago, room for queues added since (the kernel writes its current count).
     unsafe { ethtool(iface, buf.as_mut_ptr().cast())? };
     let written = u32::from_ne_bytes(buf[0].to_ne_bytes()[4..].try_into().unwrap_or_default()) as usize;
     if written > room(count) {
