@@ -87,9 +87,9 @@ impl Control {
         if let Err(e) = self.converge() {
             return Reply::Error(format!("applying the {} failed: {e}", change.noun()));
         }
-        tracing::info!(%vip, %backend, ?change, "backend override");
-        let done =
-            format!("{vip} {backend}: {}{}", change.outcome(file_weight), if changed { "" } else { " (already so)" });
+        let outcome = change.outcome(file_weight);
+        tracing::info!(%vip, %backend, %outcome, "{}", change.noun());
+        let done = format!("{vip} {backend}: {outcome}{}", if changed { "" } else { " (already so)" });
         match persisted {
             Ok(()) => Reply::Done(done),
             Err(e) => Reply::Error(format!("{done}; but {e}")),
