@@ -1,7 +1,7 @@
 //! The control thread: the one owner of the agent's sources of desired state (config, health,
-//! neighbours, drains and runtime weights) and of the maps' writer. It runs on its own OS thread, at a lower CPU
-//! priority than the runtime that serves BGP, health checks, admin and metrics, so neither a
-//! reload of thousands of VIPs nor its Maglev builds can hold those up.
+//! neighbours, drains and runtime weights) and of the maps' writer. It runs on its own OS
+//! thread, at a lower CPU priority than the runtime that serves BGP, health checks, admin and
+//! metrics, so neither a reload of thousands of VIPs nor its Maglev builds can hold those up.
 //!
 //! A pass goes in steps (`reconcile::STEP_VIPS` VIPs each, one RCU wait per step); between
 //! steps it takes in whatever health and neighbour changes arrived, and VIPs losing a serving
@@ -106,7 +106,8 @@ pub struct Control {
     /// The sources changed since desired state was last computed.
     pub dirty: bool,
     pub failure: Option<(String, Duration)>,
-    /// Where drains and runtime weights are kept across restarts, and what `xlb status` says of it.
+    /// Where drains and runtime weights are kept across restarts, and what `xlb status` says
+    /// of it.
     pub state_file: StateFile,
     pub state: StateStatus,
     /// How often to count a heartbeat while idle (when a watchdog is pinged).

@@ -1,8 +1,9 @@
 //! Operator overrides that outlive the agent: backend drains (`xlb drain VIP BACKEND`), runtime
-//! weights (`xlb weight VIP BACKEND N`) and the node drain (`xlb drain node`). They live in a JSON file in a regular directory (bpffs holds
-//! only pins), written whole on every change — temp file, fsync, rename, fsync of the directory —
-//! so a crash leaves the old file or the new one, never half of one. The agent reads it before
-//! its first pass: a drained backend gets no new flows after a restart, not even briefly.
+//! weights (`xlb weight VIP BACKEND N`) and the node drain (`xlb drain node`). They live in a JSON
+//! file in a regular directory (bpffs holds only pins), written whole on every change — temp
+//! file, fsync, rename, fsync of the directory — so a crash leaves the old file or the new one,
+//! never half of one. The agent reads it before its first pass: a drained backend gets no new
+//! flows after a restart, not even briefly, and a reweighted one keeps its share.
 
 use std::{
     collections::{BTreeMap, BTreeSet},

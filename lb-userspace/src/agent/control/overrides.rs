@@ -72,13 +72,14 @@ impl Override {
 impl Control {
     /// `xlb drain VIP BACKEND` and `xlb weight VIP BACKEND`: checked, persisted, then applied.
     pub(super) fn set_override(&mut self, vip: String, backend: String, change: Override) -> Reply {
-        let configured = match find_backend(&self.config, &vip, &backend) {
+        // An l7 VIP's weight is refused before its backend is looked for: it is named otherwise.
+        let found = find_vip(&self.config, &vip)
+            .and_then(|configured| change.check(configured, &backend).map(|()| configured))
+            .and_then(|configured| has_backend(configured, &backend).map(|()| configured));
+        let configured = match found {
             Ok(configured) => configured,
             Err(e) => return Reply::Error(e),
         };
-        if let Err(e) = change.check(configured, &backend) {
-            return Reply::Error(e);
-        }
         let file_weight = configured.backends.iter().find(|b| b.address.to_string() == backend).map(|b| b.weight);
         let changed = change.apply(&mut self.states, (vip.clone(), backend.clone()));
         self.dirty = true;
@@ -97,17 +98,21 @@ impl Control {
     }
 }
 
-/// The configured VIP `vip` if it has `backend`; else why not, listing what there is.
-fn find_backend<'c>(config: &'c Config, vip: &str, backend: &str) -> Result<&'c config::Vip, String> {
-    let Some(configured) = config.vips.iter().find(|v| v.name == vip) else {
+/// The configured VIP named `vip`; else an error listing those there are.
+fn find_vip<'c>(config: &'c Config, vip: &str) -> Result<&'c config::Vip, String> {
+    config.vips.iter().find(|v| v.name == vip).ok_or_else(|| {
         let names: Vec<&str> = config.vips.iter().map(|v| v.name.as_str()).collect();
-        return Err(format!("no VIP named `{vip}`; configured: {}", names.join(", ")));
-    };
-    let identities = backend_identities(configured);
-    if !identities.iter().any(|b| b == backend) {
-        return Err(format!("VIP `{vip}` has no backend `{backend}`; its backends: {}", identities.join(", ")));
+        format!("no VIP named `{vip}`; configured: {}", names.join(", "))
+    })
+}
+
+/// Whether `vip` has `backend`; else an error listing its backends.
+fn has_backend(vip: &config::Vip, backend: &str) -> Result<(), String> {
+    let identities = backend_identities(vip);
+    if identities.iter().any(|b| b == backend) {
+        return Ok(());
     }
-    Ok(configured)
+    Err(format!("VIP `{}` has no backend `{backend}`; its backends: {}", vip.name, identities.join(", ")))
 }
 
 /// A VIP's backends as health checks and drains name them: addresses, or `address:port` for
@@ -182,12 +187,13 @@ mod tests {
     fn weights_are_checked_and_errors_name_the_vip_and_backend() {
         let text = "vips:\n  - { name: web, address: 192.0.2.1, port: 80, protocol: tcp, mode: dsr-l2, backends: [{ address: 10.0.0.1, mac: \"02:00:00:00:00:01\" }] }\n";
         let config = config::parse(std::path::Path::new("t.yaml"), text).unwrap();
-        assert_eq!(find_backend(&config, "api", "10.0.0.1").unwrap_err(), "no VIP named `api`; configured: web");
+        assert_eq!(find_vip(&config, "api").unwrap_err(), "no VIP named `api`; configured: web");
+        let web = find_vip(&config, "web").unwrap();
         assert_eq!(
-            find_backend(&config, "web", "10.0.0.9").unwrap_err(),
+            has_backend(web, "10.0.0.9").unwrap_err(),
             "VIP `web` has no backend `10.0.0.9`; its backends: 10.0.0.1"
         );
-        let web = find_backend(&config, "web", "10.0.0.1").unwrap();
+        assert_eq!(has_backend(web, "10.0.0.1"), Ok(()));
         let too_high = Override::Weight(Some(MAX_WEIGHT + 1)).check(web, "10.0.0.1").unwrap_err();
         assert!(too_high.contains("`10.0.0.1` of VIP `web`") && too_high.contains("above 65535"), "{too_high}");
         for weight in [Some(0), Some(MAX_WEIGHT), None] {
