@@ -21,6 +21,7 @@ fn snapshot(vips: usize) -> Snapshot {
         address: format!("10.0.{}.{}", i >> 8, i & 255),
         weight: 1,
         configured_weight: 1,
+        file_weight: None,
         up: true,
         drained: false,
         mac_known: true,

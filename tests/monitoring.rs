@@ -75,6 +75,7 @@ fn exposition() -> String {
         address: "10.0.0.1".into(),
         weight: 1,
         configured_weight: 1,
+        file_weight: None,
         up: true,
         drained: false,
         mac_known: true,

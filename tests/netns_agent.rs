@@ -1,5 +1,5 @@
-//! The agent end to end in namespaces: health checks against real listeners, drains, status,
-//! Prometheus metrics, and reloads under continuous traffic.
+//! The agent end to end in namespaces: health checks against real listeners, drains, runtime
+//! weights, status, Prometheus metrics, and reloads under continuous traffic.
 
 use std::{
     io::{Read as _, Write as _},
@@ -140,6 +140,54 @@ fn health_checks_and_drains_steer_new_flows_and_spare_established_ones() {
     assert!(out.status.success());
     let (seen, _) = topo.tcp_requests(VIP, 9000, 200);
     assert!(seen.get("be1").copied().unwrap_or(0) > 20, "undrained: {seen:?}");
+
+    // Runtime weights of `streams` be1: 0 takes it out like a drain, 4 gives it 4 of 6 shares,
+    // a reload keeps it, `--reset` returns to the config's 1.
+    let be1 = backend_v4(1);
+    let weight = |args: &[&str]| {
+        let out = topo.xlb(&[&["weight"], args].concat());
+        assert!(out.status.success(), "weight {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    weight(&["streams", &be1, "0"]);
+    let (seen, failed) = topo.tcp_requests(VIP, 9000, 200);
+    assert_eq!((failed, seen.get("be1")), (0, None), "weight 0: no new flows: {seen:?}");
+    let said = weight(&["streams", &be1, "4"]);
+    assert!(said.contains("weight 4 (config 1)"), "{said}");
+    let (seen, failed) = topo.tcp_requests(VIP, 9000, 300);
+    assert_eq!(failed, 0);
+    xlb_tests::topology::assert_spread(&seen, &[1, 4, 1], 0.12, "runtime weight 4");
+    let b = backend_of(&topo.status().unwrap(), "streams", 1).clone();
+    assert_eq!((b.weight, b.configured_weight, b.file_weight), (4, 4, Some(1)), "{b:?}");
+    let rendered = String::from_utf8(topo.xlb(&["status", "--vips"]).stdout).unwrap();
+    assert!(rendered.contains("weight 4 (runtime; config 1)"), "{rendered}");
+    for (args, error) in [
+        (["streams", "10.9.9.9", "2"], "VIP `streams` has no backend `10.9.9.9`; its backends: "),
+        (["nope", be1.as_str(), "2"], "no VIP named `nope`; configured: web, streams"),
+        (["streams", be1.as_str(), "70000"], "is above 65535"),
+    ] {
+        let out = topo.xlb(&[&["weight"], &args[..]].concat());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(error), "weight {args:?}: {stderr}");
+    }
+    // A plan of a new config shows what changes against the running weights: be1 keeps its 4.
+    let next = format!("vips:\n{}{}", vip("web", 8080, check, &[1, 1, 1]), vip("streams", 9000, "", &[1, 1, 2]));
+    let plan_file = topo.config_path().with_file_name("next.yaml");
+    std::fs::write(&plan_file, &next).unwrap();
+    let plan = topo.xlb(&["plan", plan_file.to_str().unwrap()]);
+    let plan = String::from_utf8_lossy(&plan.stdout);
+    assert!(
+        plan.contains(&format!("{} weight 1→2", backend_v4(2))) && !plan.contains(&format!("{be1} weight")),
+        "{plan}"
+    );
+    std::fs::write(topo.config_path(), &next).unwrap();
+    let status = wait_for("the reload", Duration::from_secs(10), || {
+        topo.status().filter(|s| s.node.config_generation >= 2 && backend_of(s, "streams", 2).configured_weight == 2)
+    });
+    assert_eq!(backend_of(&status, "streams", 1).weight, 4, "a reload keeps the runtime weight");
+    weight(&["streams", &be1, "--reset"]);
+    let b = backend_of(&topo.status().unwrap(), "streams", 1).clone();
+    assert_eq!((b.weight, b.file_weight), (1, None), "{b:?}");
 }
 
 #[test]

@@ -115,8 +115,8 @@ fn drains_survive_sigkill_and_sigterm_restarts() {
     let mut topo = Topology::new(3, &[VIP]);
     topo.serve(VIP, PORT);
     let mut agent = topo.start_agent(&config(3));
-    let drained = backend_v4(1);
-    for args in [vec!["drain", "web", drained.as_str()], vec!["drain", "node"]] {
+    let (drained, weighted) = (backend_v4(1), backend_v4(2));
+    for args in [vec!["drain", "web", drained.as_str()], vec!["drain", "node"], vec!["weight", "web", &weighted, "3"]] {
         let out = topo.xlb(&args);
         assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -138,13 +138,16 @@ fn drains_survive_sigkill_and_sigterm_restarts() {
         let state = status.node.state.expect("status shows the state file");
         assert_eq!(state.path, state_file.display().to_string());
         assert!(state.found && state.restored_drains == 1 && state.restored_node_drain, "{state:?}");
+        assert_eq!(state.restored_weights, 1, "{state:?}");
         let rendered = String::from_utf8(topo.xlb(&["status"]).stdout).unwrap();
         assert!(
-            rendered.contains("restored 1 backend drains and the node drain at start"),
+            rendered.contains("restored 1 backend drains, 1 runtime weights and the node drain at start"),
             "xlb status says so: {rendered}"
         );
         let web = status.snapshot.vip("web").unwrap();
         assert!(web.backends.iter().any(|b| b.address == drained && b.drained), "{:?}", web.backends);
+        let runtime = web.backends.iter().find(|b| b.address == weighted).map(|b| (b.weight, b.file_weight));
+        assert_eq!(runtime, Some((3, Some(1))), "the runtime weight is restored: {:?}", web.backends);
     }
 
     // Undone, and restarted: the backend takes new flows again.
@@ -157,12 +160,14 @@ fn drains_survive_sigkill_and_sigterm_restarts() {
     assert!(seen.get("be1").is_some_and(|n| *n > 5), "undrained for good: {seen:?}");
     assert!(!topo.status().unwrap().node.node_drained);
 
-    // A drain of a backend the config no longer has is dropped at start, with the file.
+    // A drain and a runtime weight of a backend the config no longer has are dropped at start,
+    // with the file.
     assert!(topo.xlb(&["drain", "web", &backend_v4(2)]).status.success());
     topo.agent(agent).signal_and_wait(libc::SIGKILL, Duration::from_secs(5));
     agent = topo.start_agent(&config(2));
     let state = topo.status().unwrap().node.state.unwrap();
-    assert_eq!((state.restored_drains, state.pruned_drains), (0, 1), "{state:?}");
+    let counts = (state.restored_drains, state.pruned_drains, state.restored_weights, state.pruned_weights);
+    assert_eq!(counts, (0, 1, 0, 1), "{state:?}");
     let text = std::fs::read_to_string(&state_file).unwrap();
     assert!(!text.contains(&backend_v4(2)), "pruned on disk too: {text}");
 

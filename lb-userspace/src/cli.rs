@@ -113,6 +113,22 @@ pub enum Command {
         #[command(flatten)]
         agent: AgentSocket,
     },
+    /// Give BACKEND of VIP the runtime weight N in place of the config's (kept across restarts
+    /// until --reset), as `ipvsadm -e -w` does. Weight 0 takes no new flows, like `xlb drain`.
+    Weight {
+        /// VIP name (as in the config).
+        vip: String,
+        /// Backend address (as in the config).
+        backend: String,
+        /// The new weight (0 up to the highest a config allows); none with --reset.
+        #[arg(required_unless_present = "reset", conflicts_with = "reset")]
+        weight: Option<u32>,
+        /// Return to the weight in the config file.
+        #[arg(long)]
+        reset: bool,
+        #[command(flatten)]
+        agent: AgentSocket,
+    },
     /// Detach xlb's XDP program from an interface. A running agent is told first: it withdraws
     /// the VIPs served through the interface, waits `bgp.withdraw_grace`, and does not
     /// re-attach (until it restarts). Without a running agent, it just detaches.

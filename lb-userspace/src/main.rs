@@ -140,6 +140,14 @@ fn dispatch(command: Command, format: LogFormat) -> anyhow::Result<()> {
                 reply => anyhow::bail!("the agent answered a drain request with {reply:?}"),
             }
         }
+        Command::Weight { vip, backend, weight, reset, agent: socket } => {
+            let admin_socket = socket.path()?;
+            let request = admin::Request::Weight { vip, backend, weight: weight.filter(|_| !reset) };
+            match ask(&admin_socket, request)? {
+                admin::Reply::Done(message) => emit(&format!("{message}\n")),
+                reply => anyhow::bail!("the agent answered a weight request with {reply:?}"),
+            }
+        }
         Command::Detach { iface, pin_dir, agent: socket, forget_flows } => {
             let admin_socket = socket.path()?;
             let handed_over = tell_the_agent(&admin_socket, &iface)?;

@@ -1,7 +1,7 @@
 //! The control thread: the one owner of the agent's sources of desired state (config, health,
-//! neighbours, drains) and of the maps' writer. It runs on its own OS thread, at a lower CPU
-//! priority than the runtime that serves BGP, health checks, admin and metrics, so neither a
-//! reload of thousands of VIPs nor its Maglev builds can hold those up.
+//! neighbours, drains and runtime weights) and of the maps' writer. It runs on its own OS
+//! thread, at a lower CPU priority than the runtime that serves BGP, health checks, admin and
+//! metrics, so neither a reload of thousands of VIPs nor its Maglev builds can hold those up.
 //!
 //! A pass goes in steps (`reconcile::STEP_VIPS` VIPs each, one RCU wait per step); between
 //! steps it takes in whatever health and neighbour changes arrived, and VIPs losing a serving
@@ -14,6 +14,9 @@ use std::{
 };
 
 use tokio::sync::{mpsc, oneshot, watch};
+
+mod overrides;
+pub use overrides::{Override, prune_overrides};
 
 use super::{
     RunOptions,
@@ -59,10 +62,11 @@ pub enum Command {
     },
     /// Re-read the config file (SIGHUP, or the file changed).
     Reload,
-    Drain {
+    /// A drain or runtime weight of one backend (`xlb drain`, `xlb weight`).
+    Backend {
         vip: String,
         backend: String,
-        undo: bool,
+        change: Override,
         reply: oneshot::Sender<Reply>,
     },
     DrainNode {
@@ -102,7 +106,8 @@ pub struct Control {
     /// The sources changed since desired state was last computed.
     pub dirty: bool,
     pub failure: Option<(String, Duration)>,
-    /// Where drains are kept across restarts, and what `xlb status` says of it.
+    /// Where drains and runtime weights are kept across restarts, and what `xlb status` says
+    /// of it.
     pub state_file: StateFile,
     pub state: StateStatus,
     /// How often to count a heartbeat while idle (when a watchdog is pinged).
@@ -148,12 +153,12 @@ impl Control {
         self.shared.heartbeat.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Writes the drains in force to the state file; a failure is kept for `xlb status`.
+    /// Writes the overrides in force to the state file; a failure is kept for `xlb status`.
     fn persist(&mut self) -> Result<(), String> {
-        let overrides = Overrides { drained: self.states.drained.clone(), node_drained: self.node_drained };
+        let overrides = Overrides::of(&self.states, self.node_drained);
         let saved = self.state_file.save(&overrides).map_err(|e| e.to_string());
         if let Err(e) = &saved {
-            tracing::error!(error = %e, "drains not persisted");
+            tracing::error!(error = %e, "drains and weights not persisted");
         }
         self.state.write_error = saved.as_ref().err().cloned();
         saved
@@ -400,8 +405,8 @@ impl Control {
             }
             Command::Attachment { iface, attached, reply } => self.attachment(iface, attached, reply),
             Command::Reload => self.reader.request(Instant::now()),
-            Command::Drain { vip, backend, undo, reply } => {
-                let _ = reply.send(self.drain(vip, backend, undo));
+            Command::Backend { vip, backend, change, reply } => {
+                let _ = reply.send(self.set_override(vip, backend, change));
             }
             Command::DrainNode { undo, reply } => {
                 self.node_drained = !undo;
@@ -435,38 +440,9 @@ impl Control {
             Err(e) => return Reply::Error(e.to_string()),
         };
         let mut states = self.states.clone();
-        let _ = prune_drains(&mut states, &config);
+        let _ = prune_overrides(&mut states, &config);
         let desired = DesiredState::with_states(&config, &self.facts, &states);
         plan::plan(&self.reconciler, &self.maps, &desired).map_or_else(|e| Reply::Error(e.to_string()), Reply::Plan)
-    }
-
-    fn drain(&mut self, vip: String, backend: String, undo: bool) -> Reply {
-        let Some(configured) = self.config.vips.iter().find(|v| v.name == vip) else {
-            let names: Vec<&str> = self.config.vips.iter().map(|v| v.name.as_str()).collect();
-            return Reply::Error(format!("no VIP named `{vip}`; configured: {}", names.join(", ")));
-        };
-        let identities = backend_identities(configured);
-        if !identities.contains(&backend) {
-            return Reply::Error(format!(
-                "VIP `{vip}` has no backend `{backend}`; its backends: {}",
-                identities.join(", ")
-            ));
-        }
-        let at = (vip.clone(), backend.clone());
-        let changed = if undo { self.states.drained.remove(&at) } else { self.states.drained.insert(at) };
-        self.dirty = true;
-        // On disk before it takes effect: a drain the agent confirmed survives a crash.
-        let persisted = if changed { self.persist() } else { Ok(()) };
-        if let Err(e) = self.converge() {
-            return Reply::Error(format!("applying the drain failed: {e}"));
-        }
-        let what = if undo { "takes new flows again" } else { "drained: no new flows, established ones finish" };
-        tracing::info!(%vip, %backend, undo, "drain");
-        let done = format!("{vip} {backend}: {what}{}", if changed { "" } else { " (already so)" });
-        match persisted {
-            Ok(()) => Reply::Done(done),
-            Err(e) => Reply::Error(format!("{done}; but {e}")),
-        }
     }
 
     /// Applies a config the reader read; an invalid file leaves the running state as it is.
@@ -507,11 +483,9 @@ impl Control {
         self.checker.replace(health_targets(&config));
         self.replace_speaker(&config);
         self.resolver.replace(desired::neighbor_targets(&config, &self.opts.iface));
-        let dropped = prune_drains(&mut self.states, &config);
-        for (vip, backend) in &dropped {
-            tracing::info!(%vip, %backend, "drain dropped: the backend is no longer configured");
-        }
-        if !dropped.is_empty() {
+        let pruned = prune_overrides(&mut self.states, &config);
+        pruned.log("at reload");
+        if !pruned.is_empty() {
             let _ = self.persist();
         }
         self.config = Arc::new(config);
@@ -621,32 +595,9 @@ pub fn health_targets(config: &Config) -> Vec<Target> {
         .collect()
 }
 
-/// A VIP's backends as health checks and drains name them: addresses, or `address:port` for
-/// an l7 VIP's.
-fn backend_identities(vip: &config::Vip) -> Vec<String> {
-    match &vip.l7 {
-        Some(l7) => l7.backends().map(l7::config::L7Backend::identity).collect(),
-        None => vip.backends.iter().map(|b| b.address.to_string()).collect(),
-    }
-}
-
 /// The backends `health` says are down.
 pub fn down(health: &HealthMap) -> BTreeSet<BackendRef> {
     health.iter().filter(|(_, h)| !h.up).map(|(key, _)| key.clone()).collect()
-}
-
-/// Drains of backends that are no longer configured go with them; returns those dropped.
-pub fn prune_drains(states: &mut BackendStates, config: &Config) -> Vec<BackendRef> {
-    let mut dropped = Vec::new();
-    states.drained.retain(|at| {
-        let (vip, backend) = at;
-        let keep = config.vips.iter().any(|v| v.name == *vip && backend_identities(v).contains(backend));
-        if !keep {
-            dropped.push(at.clone());
-        }
-        keep
-    });
-    dropped
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ mod view;
 mod watch;
 
 use config_reader::ConfigReader;
-use control::{Command, Control};
+use control::{Command, Control, Override};
 use instance_lock::{InstanceLock, Owner};
 use state_file::{StateFile, StateStatus};
 use view::lock;
@@ -90,9 +90,9 @@ fn lock_interfaces(opts: &RunOptions) -> anyhow::Result<InstanceLock> {
     Ok(InstanceLock::acquire(dirs.iter().map(|(iface, dir)| (*iface, dir.as_path())), &owner)?)
 }
 
-/// Puts the drains kept across restarts (`restored`, as read from `file`) in force, pruned to
-/// what `config` still has (the file is rewritten if that dropped any); returns the node drain
-/// and what `xlb status` says of the file.
+/// Puts the drains and runtime weights kept across restarts (`restored`, as read from `file`) in
+/// force, pruned to what `config` still has (the file is rewritten if that dropped any); returns
+/// the node drain and what `xlb status` says of the file.
 fn restore_drains(
     file: &StateFile,
     restored: Option<state_file::Overrides>,
@@ -101,28 +101,30 @@ fn restore_drains(
 ) -> (bool, StateStatus) {
     let mut status = StateStatus { path: file.path().display().to_string(), ..Default::default() };
     let Some(restored) = restored else {
-        tracing::info!(file = %file.path().display(), "no state file: no drains to restore");
+        tracing::info!(file = %file.path().display(), "no state file: no drains or runtime weights to restore");
         return (false, status);
     };
     states.drained = restored.drained;
-    let dropped = control::prune_drains(states, config);
-    for (vip, backend) in &dropped {
-        tracing::info!(%vip, %backend, "restored drain dropped: the backend is no longer configured");
-    }
+    states.weights = restored.weights;
+    let pruned = control::prune_overrides(states, config);
+    pruned.log("at start");
     status.found = true;
     status.restored_drains = states.drained.len();
+    status.restored_weights = states.weights.len();
     status.restored_node_drain = restored.node_drained;
-    status.pruned_drains = dropped.len();
+    status.pruned_drains = pruned.drains.len();
+    status.pruned_weights = pruned.weights.len();
     tracing::info!(
         file = %file.path().display(),
         drains = states.drained.len(),
+        weights = states.weights.len(),
         node_drained = restored.node_drained,
-        "restored drains from the state file"
+        "restored drains and runtime weights from the state file"
     );
-    if !dropped.is_empty() {
-        let overrides = state_file::Overrides { drained: states.drained.clone(), node_drained: restored.node_drained };
+    if !pruned.is_empty() {
+        let overrides = state_file::Overrides::of(states, restored.node_drained);
         if let Err(e) = file.save(&overrides) {
-            tracing::error!(error = %e, "drains not persisted");
+            tracing::error!(error = %e, "drains and weights not persisted");
             status.write_error = Some(e.to_string());
         }
     }
@@ -471,7 +473,11 @@ fn answerer(
                 }
                 Request::Drain { vip, backend, undo } => {
                     let (reply, rx) = oneshot::channel();
-                    ask(Command::Drain { vip, backend, undo, reply }, rx).await
+                    ask(Command::Backend { vip, backend, change: Override::Drain { undo }, reply }, rx).await
+                }
+                Request::Weight { vip, backend, weight } => {
+                    let (reply, rx) = oneshot::channel();
+                    ask(Command::Backend { vip, backend, change: Override::Weight(weight), reply }, rx).await
                 }
             }
         })

@@ -1,18 +1,19 @@
-//! Operator overrides that outlive the agent: backend drains (`xlb drain VIP BACKEND`) and the
-//! node drain (`xlb drain node`). They live in a JSON file in a regular directory (bpffs holds
-//! only pins), written whole on every change — temp file, fsync, rename, fsync of the directory —
-//! so a crash leaves the old file or the new one, never half of one. The agent reads it before
-//! its first pass: a drained backend gets no new flows after a restart, not even briefly.
+//! Operator overrides that outlive the agent: backend drains (`xlb drain VIP BACKEND`), runtime
+//! weights (`xlb weight VIP BACKEND N`) and the node drain (`xlb drain node`). They live in a JSON
+//! file in a regular directory (bpffs holds only pins), written whole on every change — temp
+//! file, fsync, rename, fsync of the directory — so a crash leaves the old file or the new one,
+//! never half of one. The agent reads it before its first pass: a drained backend gets no new
+//! flows after a restart, not even briefly, and a reweighted one keeps its share.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     io::Write as _,
     path::{Path, PathBuf},
 };
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::desired::BackendRef;
+use crate::state::desired::{BackendRef, BackendStates};
 
 /// The state file's name in the state directory.
 pub const FILE_NAME: &str = "state.json";
@@ -26,7 +27,16 @@ const VERSION: u32 = 1;
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Overrides {
     pub drained: BTreeSet<BackendRef>,
+    /// Runtime weights, in place of the config file's.
+    pub weights: BTreeMap<BackendRef, u32>,
     pub node_drained: bool,
+}
+
+impl Overrides {
+    /// What `states` and the node drain hold that the file keeps (not health, not MACs).
+    pub fn of(states: &BackendStates, node_drained: bool) -> Self {
+        Overrides { drained: states.drained.clone(), weights: states.weights.clone(), node_drained }
+    }
 }
 
 /// The file's contents.
@@ -38,6 +48,10 @@ struct Persisted {
     node_drained: bool,
     #[serde(default)]
     drained: Vec<DrainedBackend>,
+    /// Absent from files written before runtime weights, and left out while there are none, so
+    /// such a file stays readable by an xlb that knows no weights.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    weights: Vec<WeightedBackend>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -47,19 +61,27 @@ struct DrainedBackend {
     backend: String,
 }
 
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WeightedBackend {
+    vip: String,
+    backend: String,
+    weight: u32,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("reading the state file {}: {source}", path.display())]
     Read { path: PathBuf, source: std::io::Error },
     #[error(
-        "the state file {} is not valid ({source}); it holds the drains set with `xlb drain`. Repair it, or move it aside (`mv {} {}.bad`) to start with no drains",
+        "the state file {} is not valid ({source}); it holds the drains and weights set with `xlb drain` and `xlb weight`. Repair it, or move it aside (`mv {} {}.bad`) to start with none",
         path.display(),
         path.display(),
         path.display()
     )]
     Corrupt { path: PathBuf, source: serde_json::Error },
     #[error(
-        "the state file {} has format version {found}; this xlb reads version {VERSION}. Run the xlb that wrote it, or move the file aside to start with no drains",
+        "the state file {} has format version {found}; this xlb reads version {VERSION}. Run the xlb that wrote it, or move the file aside to start with no drains or runtime weights",
         path.display()
     )]
     Version { path: PathBuf, found: u32 },
@@ -104,6 +126,7 @@ impl StateFile {
         }
         Ok(Some(Overrides {
             drained: persisted.drained.into_iter().map(|d| (d.vip, d.backend)).collect(),
+            weights: persisted.weights.into_iter().map(|w| ((w.vip, w.backend), w.weight)).collect(),
             node_drained: persisted.node_drained,
         }))
     }
@@ -117,6 +140,11 @@ impl StateFile {
                 .drained
                 .iter()
                 .map(|(vip, backend)| DrainedBackend { vip: vip.clone(), backend: backend.clone() })
+                .collect(),
+            weights: overrides
+                .weights
+                .iter()
+                .map(|((vip, backend), &weight)| WeightedBackend { vip: vip.clone(), backend: backend.clone(), weight })
                 .collect(),
         };
         let mut text = serde_json::to_vec_pretty(&persisted).expect("plain data serializes");
@@ -162,6 +190,8 @@ mod tests {
         assert_eq!(file.load().unwrap(), None);
         let overrides = Overrides {
             drained: [("web".to_owned(), "10.0.0.2".to_owned()), ("dns".to_owned(), "fd00::1".to_owned())].into(),
+            weights: [(("web".to_owned(), "10.0.0.3".to_owned()), 7), (("dns".to_owned(), "fd00::2".to_owned()), 0)]
+                .into(),
             node_drained: true,
         };
         file.save(&overrides).unwrap();
@@ -170,6 +200,25 @@ mod tests {
         assert_eq!(file.load().unwrap(), Some(Overrides::default()));
         let leftovers: Vec<_> = std::fs::read_dir(file.path().parent().unwrap()).unwrap().flatten().collect();
         assert_eq!(leftovers.len(), 1, "only the state file: {leftovers:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_file_from_before_runtime_weights_loads_and_one_without_weights_stays_that_shape() {
+        let dir = temp_dir("old");
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = StateFile::in_dir(&dir);
+        std::fs::write(
+            file.path(),
+            "{\"version\":1,\"node_drained\":false,\"drained\":[{\"vip\":\"web\",\"backend\":\"10.0.0.2\"}]}",
+        )
+        .unwrap();
+        let loaded = file.load().unwrap().unwrap();
+        assert_eq!(loaded.drained, [("web".to_owned(), "10.0.0.2".to_owned())].into());
+        assert!(loaded.weights.is_empty());
+        file.save(&loaded).unwrap();
+        let text = std::fs::read_to_string(file.path()).unwrap();
+        assert!(!text.contains("weights"), "older agents can still read it: {text}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -196,11 +245,16 @@ mod tests {
             restored_drains: 2,
             restored_node_drain: true,
             pruned_drains: 1,
-            write_error: None,
+            ..Default::default()
         };
         assert_eq!(
             status.render(),
             "state file /var/lib/xlb/eth0/state.json: restored 2 backend drains and the node drain at start (1 of backends no longer configured dropped)\n"
+        );
+        let status = StateStatus { restored_weights: 3, pruned_weights: 1, ..status };
+        assert_eq!(
+            status.render(),
+            "state file /var/lib/xlb/eth0/state.json: restored 2 backend drains, 3 runtime weights and the node drain at start (2 of backends no longer configured dropped)\n"
         );
     }
 }

@@ -211,6 +211,7 @@ impl Reconciler {
                     // Unknown: differs from every configured weight, so the first pass rebuilds.
                     weight: u32::MAX,
                     configured_weight: u32::MAX,
+                    file_weight: None,
                     up: true,
                     drained: false,
                     mac_known: true,

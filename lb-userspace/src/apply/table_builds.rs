@@ -166,6 +166,7 @@ mod tests {
                     mac: [0; 6],
                     weight: *weight,
                     configured_weight: *weight,
+                    file_weight: None,
                     up: true,
                     drained: false,
                     mac_known: true,

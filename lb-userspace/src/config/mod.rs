@@ -19,7 +19,9 @@ mod values;
 // serde-saphyr's budgets, derived from the per-node limits.
 mod yaml_budget;
 
-use check::{Checker, MAX_WEIGHT};
+use check::Checker;
+/// The highest backend `weight` a config (or `xlb weight`) may give.
+pub use check::MAX_WEIGHT;
 pub use error::ConfigError;
 pub use incremental::{LastRead, VipItemCache};
 pub use keys::{endpoint, ip_from_words, ip_words, vip_key};

@@ -60,6 +60,9 @@ pub enum Request {
     /// Stop (or with `undo`, resume) sending new flows of `vip` to `backend`; its established
     /// flows finish where they are.
     Drain { vip: String, backend: String, undo: bool },
+    /// Give `backend` of `vip` the runtime weight `weight` in place of the config file's (`None`:
+    /// back to the file's). Weight 0 takes no new flows, like a drain.
+    Weight { vip: String, backend: String, weight: Option<u32> },
     /// Withdraw (or with `undo`, announce again) every VIP from BGP; forwarding goes on.
     DrainNode { undo: bool },
     /// What applying `config` (YAML text read from `path`) would change.
@@ -357,7 +360,7 @@ pub(crate) fn parse(line: &[u8]) -> Result<Request, String> {
             serde_json::error::Category::Io => "unreadable",
         };
         format!(
-            "the request is not a JSON admin request (expected one of stats, status, drain, drain_node, plan, detach): \
+            "the request is not a JSON admin request (expected one of stats, status, drain, drain_node, weight, plan, detach): \
              {what} at line {} column {}; are the CLI and the agent the same version?",
             e.line(),
             e.column()
@@ -519,7 +522,7 @@ mod tests {
             assert!(!message.contains("SECRET"), "{message}");
             assert!(
                 message.starts_with(
-                    "the request is not a JSON admin request (expected one of stats, status, drain, drain_node, plan, detach)"
+                    "the request is not a JSON admin request (expected one of stats, status, drain, drain_node, weight, plan, detach)"
                 ),
                 "{message}"
             );

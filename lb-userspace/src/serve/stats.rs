@@ -73,7 +73,11 @@ pub struct BackendStats {
     pub address: String,
     /// Effective weight: 0 while down or drained.
     pub weight: u32,
+    /// The weight it takes while healthy and undrained: the runtime one, if set, else the file's.
     pub configured_weight: u32,
+    /// Under a runtime weight (`xlb weight`): the config file's weight it replaces.
+    #[serde(default)]
+    pub file_weight: Option<u32>,
     /// Passing its health check (always, without one).
     pub up: bool,
     pub drained: bool,
@@ -129,6 +133,7 @@ impl Snapshot {
                     address: backend.identity.clone(),
                     weight: backend.weight,
                     configured_weight: backend.configured_weight,
+                    file_weight: backend.file_weight,
                     up: backend.up,
                     drained: backend.drained,
                     mac_known: backend.mac_known,
@@ -213,6 +218,9 @@ impl Snapshot {
                     "  -> {:<36} {:<8} {:>9} {:<10} {:>12} {:>14} {:>10}\n",
                     b.address, "", weight, state, b.packets, b.bytes, b.new_flows
                 ));
+                if let Some(file) = b.file_weight {
+                    out.push_str(&format!("       weight {} (runtime; config {file})\n", b.configured_weight));
+                }
                 if let Some(error) = b.health_error.as_ref().filter(|_| !b.up) {
                     out.push_str(&format!("       health check: {error}\n"));
                 }

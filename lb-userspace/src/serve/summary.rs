@@ -39,10 +39,16 @@ pub struct StateStatus {
     pub found: bool,
     /// Backend drains restored at start (after pruning those no longer configured).
     pub restored_drains: usize,
+    /// Runtime weights (`xlb weight`) restored at start (after pruning).
+    #[serde(default)]
+    pub restored_weights: usize,
     /// The node drain was restored at start.
     pub restored_node_drain: bool,
     /// Drains restored from the file but dropped because the config no longer has the backend.
     pub pruned_drains: usize,
+    /// Runtime weights restored from the file but dropped with their backend.
+    #[serde(default)]
+    pub pruned_weights: usize,
     /// Why the last write failed (the overrides in force then are not all on disk).
     pub write_error: Option<String>,
 }
@@ -54,11 +60,15 @@ impl StateStatus {
             "none at start".to_owned()
         } else {
             let node = if self.restored_node_drain { " and the node drain" } else { "" };
-            let pruned = match self.pruned_drains {
+            let weights = match self.restored_weights {
+                0 => String::new(),
+                n => format!(", {n} runtime weights"),
+            };
+            let pruned = match self.pruned_drains + self.pruned_weights {
                 0 => String::new(),
                 n => format!(" ({n} of backends no longer configured dropped)"),
             };
-            format!("restored {} backend drains{node} at start{pruned}", self.restored_drains)
+            format!("restored {} backend drains{weights}{node} at start{pruned}", self.restored_drains)
         };
         match &self.write_error {
             None => format!("state file {}: {at_start}\n", self.path),

@@ -49,6 +49,9 @@ pub struct BackendStates {
     pub down: BTreeSet<BackendRef>,
     /// Drained by the operator (`xlb drain`): no new flows, established ones finish.
     pub drained: BTreeSet<BackendRef>,
+    /// Runtime weights set by the operator (`xlb weight`): they replace the config file's weight
+    /// until reset, so a backend can be reweighted without editing the YAML.
+    pub weights: BTreeMap<BackendRef, u32>,
     /// MACs learned from the kernel's neighbour table (last known: a MAC that stops resolving
     /// is kept, since its established flows have nowhere better to go).
     pub neighbors: BTreeMap<IpAddr, [u8; 6]>,
@@ -66,7 +69,11 @@ pub struct DesiredBackend {
     /// Its share of new flows: the configured weight, or 0 while down or drained. A slot with
     /// weight 0 stays live, so its established flows keep going to it.
     pub weight: u32,
+    /// The weight it takes while healthy and undrained: the runtime weight (`xlb weight`) if one
+    /// is set, else the config file's.
     pub configured_weight: u32,
+    /// Under a runtime weight: the config file's weight it replaces (`None`: no runtime weight).
+    pub file_weight: Option<u32>,
     pub up: bool,
     pub drained: bool,
     /// Whether `mac` is known (configured or resolved); a backend without one takes no flows.
@@ -284,6 +291,8 @@ fn desired_vip(vip: &Vip, config: &Config, facts: &NodeFacts, states: &BackendSt
             let identity = b.address.to_string();
             let at = (vip.name.clone(), identity.clone());
             let (up, drained) = (!states.down.contains(&at), states.drained.contains(&at));
+            let runtime = states.weights.get(&at).copied();
+            let configured = runtime.unwrap_or(b.weight);
             let mac = match (b.mac, mac_source(vip, b, config)) {
                 (Some(mac), _) => Some(mac.0),
                 (None, Some(source)) => states.neighbors.get(&source).copied(),
@@ -294,8 +303,9 @@ fn desired_vip(vip: &Vip, config: &Config, facts: &NodeFacts, states: &BackendSt
                 addr,
                 family,
                 mac: mac.unwrap_or_default(),
-                weight: if up && !drained && mac.is_some() { b.weight } else { 0 },
-                configured_weight: b.weight,
+                weight: if up && !drained && mac.is_some() { configured } else { 0 },
+                configured_weight: configured,
+                file_weight: runtime.map(|_| b.weight),
                 up,
                 drained,
                 mac_known: mac.is_some(),
@@ -497,6 +507,23 @@ mod tests {
         let state = DesiredState::with_states(&config, &facts, &states);
         let b = &state.vips.values().next().unwrap().backends[1];
         assert_eq!((b.configured_weight, b.up, b.drained), (1, true, true));
+
+        // Runtime weights replace the file's (0 included: eligible no more); down or drained
+        // still means 0.
+        let mut states = BackendStates::default();
+        states.weights.insert(at("10.0.0.1"), 5);
+        states.weights.insert(at("10.0.0.3"), 0);
+        assert_eq!(weights(&states), (vec![5, 1, 0], true));
+        let state = DesiredState::with_states(&config, &facts, &states);
+        let v = state.vips.values().next().unwrap();
+        let of = |b: &DesiredBackend| (b.configured_weight, b.file_weight);
+        assert_eq!(v.backends.iter().map(of).collect::<Vec<_>>(), [(5, Some(2)), (1, None), (0, Some(1))]);
+        assert_eq!((v.eligible(), v.healthy()), (2, 2), "a runtime weight 0 is not eligible");
+        states.drained.insert(at("10.0.0.1"));
+        assert_eq!(weights(&states), (vec![0, 1, 0], false), "drained beats the runtime weight");
+        states.drained.clear();
+        states.down.insert(at("10.0.0.1"));
+        assert_eq!(weights(&states), (vec![0, 1, 0], false), "down beats the runtime weight");
     }
 
     #[test]

@@ -17,7 +17,7 @@ mod vips;
 /// Most connection-table entries (the LRU map is preallocated: ~100 bytes each).
 const MAX_FLOW_TABLE_SIZE: u32 = 1 << 24;
 /// Largest backend weight; weights are relative, so this only bounds arithmetic.
-pub(super) const MAX_WEIGHT: u32 = 65535;
+pub const MAX_WEIGHT: u32 = 65535;
 /// Health-check defaults.
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
