@@ -26,42 +26,39 @@ pub struct TableInput {
 
 impl TableInput {
     pub fn of(vip: &DesiredVip) -> Self {
-        Self { size: vip.table_size, members: vip.backends.iter().map(|b| (b.identity.clone(), b.weight)).collect() }
+        Self { size: vip.table_size, members: members(vip).map(|(id, w)| (id.to_owned(), w)).collect() }
     }
 
     /// Whether `vip`'s table would be built from this very input.
     fn matches(&self, vip: &DesiredVip) -> bool {
-        self.size == vip.table_size
-            && self
-                .members
-                .iter()
-                .map(|(id, w)| (id.as_str(), *w))
-                .eq(vip.backends.iter().map(|b| (b.identity.as_str(), b.weight)))
+        self.size == vip.table_size && self.members.iter().map(|(id, w)| (id.as_str(), *w)).eq(members(vip))
     }
 
     fn build(&self) -> Built {
-        let members: Vec<Member<'_>> =
-            self.members.iter().map(|(identity, weight)| Member { identity, weight: *weight }).collect();
-        maglev::build(&members, self.size)
+        build_from(self.members.iter().map(|(id, w)| (id.as_str(), *w)), self.size)
     }
+}
+
+/// What of a VIP's backends its table depends on: identities and (effective) weights, in
+/// configuration order.
+fn members(vip: &DesiredVip) -> impl Iterator<Item = (&str, u32)> {
+    vip.backends.iter().map(|b| (b.identity.as_str(), b.weight))
+}
+
+fn build_from<'a>(members: impl Iterator<Item = (&'a str, u32)>, size: u32) -> Built {
+    let members: Vec<Member<'_>> = members.map(|(identity, weight)| Member { identity, weight }).collect();
+    maglev::build(&members, size)
 }
 
 /// The VIP's table, as indexes into `vip.backends` (empty when no backend has weight).
 pub fn build_one(vip: &DesiredVip) -> Built {
-    let members: Vec<Member<'_>> =
-        vip.backends.iter().map(|b| Member { identity: &b.identity, weight: b.weight }).collect();
-    maglev::build(&members, vip.table_size)
+    build_from(members(vip), vip.table_size)
 }
 
 /// Whether going from `old` to `new` changes the VIP's Maglev table: its size, or its backends
 /// and their (effective) weights.
 pub fn table_changes(old: &DesiredVip, new: &DesiredVip) -> bool {
-    old.table_size != new.table_size
-        || !old
-            .backends
-            .iter()
-            .map(|b| (&b.identity, b.weight))
-            .eq(new.backends.iter().map(|b| (&b.identity, b.weight)))
+    old.table_size != new.table_size || !members(old).eq(members(new))
 }
 
 /// Tables built for VIPs, with what each was built from.
