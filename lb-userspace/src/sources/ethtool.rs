@@ -6,7 +6,7 @@
 //! the program decided) would say "forwarded". The driver counts those drops in its ethtool
 //! statistics (`xdp_tx_errors`, `xdp_xmit_errors` per queue).
 
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+use super::link::interface_ioctl;
 
 const ETHTOOL_GDRVINFO: u32 = 0x03;
 const ETHTOOL_GSTRINGS: u32 = 0x1b;
@@ -125,29 +125,9 @@ fn stat_values(iface: &str, count: u32) -> std::io::Result<Vec<u64>> {
 /// `data` must point at a request buffer of the layout and size the command in its first word
 /// makes the kernel read and write.
 unsafe fn ethtool(iface: &str, data: *mut libc::c_char) -> std::io::Result<()> {
-    let name = iface.as_bytes();
-    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(&0) {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("`{iface}`: not an interface name")));
-    }
-    // SAFETY: plain socket(2); the fd is owned (and closed) below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh socket nobody else owns.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: ifreq is plain data; all zeroes is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(name) {
-        *dst = *src as libc::c_char;
-    }
-    req.ifr_ifru.ifru_data = data;
-    // SAFETY: SIOCETHTOOL reads the NUL-terminated name and the request `data` points at, which
-    // the caller sized for its command.
-    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCETHTOOL, &mut req) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    // SAFETY: SIOCETHTOOL reads the name and the request `data` points at, which the caller
+    // sized for its command.
+    unsafe { interface_ioctl(iface, libc::SIOCETHTOOL, |req| req.ifr_ifru.ifru_data = data) }.map(drop)
 }
 
 #[cfg(test)]

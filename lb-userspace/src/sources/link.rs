@@ -11,31 +11,13 @@ use crate::state::desired::NodeFacts;
 /// The interface's MAC and MTU, asked of the kernel for this network namespace (sysfs may show
 /// another namespace's view, e.g. in a process that entered the namespace with setns).
 pub fn facts(iface: &str) -> std::io::Result<NodeFacts> {
-    let invalid =
-        |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("interface `{iface}`: {why}"));
-    let name = iface.as_bytes();
-    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(&0) {
-        return Err(invalid("not a valid interface name"));
-    }
-    // SAFETY: plain socket(2); the fd is owned (and closed) by `socket` below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh socket nobody else owns.
-    let socket = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
     let request = |op: libc::Ioctl| -> std::io::Result<libc::ifreq> {
-        // SAFETY: ifreq is plain data; all zeroes is a valid value.
-        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-        for (dst, src) in req.ifr_name.iter_mut().zip(name) {
-            *dst = *src as libc::c_char;
-        }
-        // SAFETY: SIOCGIFHWADDR / SIOCGIFMTU read the NUL-terminated name and write into `req`.
-        if unsafe { libc::ioctl(socket.as_raw_fd(), op, &mut req) } != 0 {
-            let e = std::io::Error::last_os_error();
-            return Err(std::io::Error::new(e.kind(), format!("interface `{iface}`: {e}")));
-        }
-        Ok(req)
+        // SAFETY: SIOCGIFHWADDR / SIOCGIFMTU read the name and write only into the ifreq.
+        unsafe { interface_ioctl(iface, op, |_| {}) }.map_err(|e| match e.raw_os_error() {
+            // The kernel's errors say nothing of which interface.
+            Some(_) => std::io::Error::new(e.kind(), format!("interface `{iface}`: {e}")),
+            None => e,
+        })
     };
     let hw = request(libc::SIOCGIFHWADDR)?;
     // SAFETY: SIOCGIFHWADDR filled the hwaddr member of the union.
@@ -47,10 +29,51 @@ pub fn facts(iface: &str) -> std::io::Result<NodeFacts> {
     let mtu = request(libc::SIOCGIFMTU)?;
     // SAFETY: SIOCGIFMTU filled the mtu member of the union.
     let mtu = unsafe { mtu.ifr_ifru.ifru_mtu };
-    let mtu = u32::try_from(mtu).map_err(|_| invalid("negative MTU"))?;
+    let mtu = u32::try_from(mtu).map_err(|_| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("interface `{iface}`: negative MTU"))
+    })?;
     let ifindex = crate::sources::netlink::ifindex(iface)?;
     let interfaces = vec![(iface.to_owned(), lb_common::Iface { ifindex, mac, pad: 0 })];
     Ok(NodeFacts { iface_mac: mac, mtu, ifindex, interfaces })
+}
+
+/// Runs the interface ioctl `op` on `iface` with an `ifreq` that holds its name and what `fill`
+/// puts in; returns the `ifreq` as the kernel left it (errors are the kernel's, unwrapped).
+///
+/// # Safety
+/// `op` must read the name and whatever `fill` sets, and write only into the `ifreq` or into
+/// buffers `fill` pointed it at that are sized for `op`.
+pub(crate) unsafe fn interface_ioctl(
+    iface: &str,
+    op: libc::Ioctl,
+    fill: impl FnOnce(&mut libc::ifreq),
+) -> std::io::Result<libc::ifreq> {
+    let name = iface.as_bytes();
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(&0) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("interface `{iface}`: not a valid interface name"),
+        ));
+    }
+    // SAFETY: plain socket(2); the fd is owned (and closed) by `socket` below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh socket nobody else owns.
+    let socket = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain data; all zeroes is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name) {
+        *dst = *src as libc::c_char;
+    }
+    fill(&mut req);
+    // SAFETY: the name is NUL-terminated (shorter than IFNAMSIZ in a zeroed array); what `op`
+    // reads and writes beyond it is the caller's promise.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), op, &mut req) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(req)
 }
 
 /// Every address configured on any interface of this network namespace (the host's own
