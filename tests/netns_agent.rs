@@ -284,3 +284,44 @@ fn backends_without_a_mac_get_theirs_from_the_neighbour_table() {
     // dsr-l2 frames reach a backend only with its real MAC: every backend answering proves it.
     assert_eq!(seen.len(), 3, "every backend answers: {seen:?}");
 }
+
+#[test]
+fn explain_names_the_backend_a_real_flow_reached_and_changes_nothing() {
+    require_root!();
+    let mut topo = Topology::new(3, &[VIP]);
+    topo.serve(VIP, 5353);
+    let config = format!(
+        "vips:\n  - name: dns\n    address: {VIP}\n    port: 5353\n    protocol: udp\n    mode: dsr-l2\n    backends:\n{}",
+        backends(&[1, 1, 1])
+    );
+    topo.start_agent(&config);
+    let explain = |sport: u16| {
+        let client = format!("{}:{sport}", xlb_tests::topology::CLIENT_V4);
+        let out = topo.xlb(&["explain", "udp", &client, &format!("{VIP}:5353"), "--json"]);
+        assert!(out.status.success(), "explain: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<xlb::apply::explain::Explanation>(&out.stdout).expect("explain JSON")
+    };
+    for sport in [40001u16, 40002, 40003, 40004] {
+        // Before the flow: the Maglev table's choice, and nothing recorded.
+        let before = explain(sport);
+        assert_eq!(before.known, None);
+        let predicted = before.backend.clone().expect("a backend");
+        let stats = topo.stats().expect("stats");
+        let seen = explain(sport);
+        assert_eq!(topo.stats().expect("stats").vips, stats.vips, "explaining moves no counter");
+        assert_eq!(seen.known, None, "explaining records no flow");
+        // The real datagram goes where explain said; afterwards explain finds its entry.
+        let answered = topo.udp_from_port(0, VIP, 5353, sport).expect("an answer");
+        let index: usize = answered.trim_start_matches("be").parse().unwrap();
+        assert_eq!(predicted, backend_v4(index), "explain predicted the backend that answered");
+        let after = explain(sport);
+        let known = after.known.expect("the flow is in the connection table");
+        assert_eq!((known.table.as_str(), known.backend.as_str()), ("connection table", predicted.as_str()));
+    }
+    let text = topo.xlb(&["explain", "tcp", "10.210.0.1:1", "10.9.9.9:80"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("no VIP serves") && text.contains("pass_not_vip"), "{text}");
+    let bad = topo.xlb(&["explain", "udp", "10.210.0.1:1", &format!("{VIP}:5353"), "--packet", "syn"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("leave out --packet"), "{bad:?}");
+}

@@ -195,6 +195,53 @@ impl Stat {
         }
     }
 
+    /// What the counter says happened to a packet, in a clause (`xlb explain` prints it).
+    pub const fn meaning(self) -> &'static str {
+        match self {
+            Stat::PassNotVip => "not for a VIP: passed to the kernel untouched",
+            Stat::PassNotIp => "not IPv4 or IPv6: passed to the kernel untouched",
+            Stat::Forwarded => "sent to its backend",
+            Stat::IcmpTooBigSent => "too big once encapsulated: answered with ICMP too-big",
+            Stat::PassUnhashable => "a fragment or extension-header packet to a VIP address: passed by its policy",
+            Stat::DropUnhashable => "a fragment or extension-header packet to a VIP address: dropped by its policy",
+            Stat::DropNoBackend => "dropped: the VIP has no backend taking this flow",
+            Stat::DropTooBig => "dropped: too big once encapsulated and may not be fragmented",
+            Stat::DropNoTunnelSource => "dropped: no tunnel source address of the backend's family is configured",
+            Stat::DropAdjustFailed => "dropped: the kernel refused to resize the frame",
+            Stat::TruncatedEth
+            | Stat::TruncatedVlan
+            | Stat::TruncatedIpv4
+            | Stat::TruncatedIpv6
+            | Stat::TruncatedTcp
+            | Stat::TruncatedUdp
+            | Stat::TruncatedIcmp => "malformed (a header cut short): passed to the kernel untouched",
+            Stat::BadIpv4Header | Stat::BadIpv4Length | Stat::BadIpv6Header | Stat::BadIpv6Length => {
+                "malformed IP header: passed to the kernel untouched"
+            }
+            Stat::FlowMiss => "the connection table had no entry for the flow",
+            Stat::FlowStale => "the connection table named a backend the VIP no longer has: hashed again",
+            Stat::IcmpErrorToBackend => "an ICMP error about a flow, sent to the flow's backend",
+            Stat::NatForwarded => "translated and sent to its backend",
+            Stat::NatReplied => "a backend's reply, translated and sent to the client",
+            Stat::NatIcmpTranslated => "an ICMP error about a NAT flow, translated and sent on",
+            Stat::DropPoolExhausted => {
+                "dropped: every source address and port of the pool is in use toward this backend"
+            }
+            Stat::DropNatTableFull => "dropped: the NAT table is full (node.nat_table_size)",
+            Stat::DropNatNoFlow => "dropped: a TCP packet other than a SYN, of no known NAT flow",
+            Stat::DropTtlExceeded => "dropped: its TTL or hop limit would reach 0",
+            Stat::DropNatUnavailable => "dropped: the NAT program is not loaded",
+            Stat::NatPortReclaimed => "took over the source of an expired NAT flow",
+            Stat::NatRedirected => "leaves by another interface than it came in on",
+            Stat::DropNoEgress => "dropped: it must leave by an interface xlb does not run on",
+            Stat::FlowSetFull => {
+                "its connection-table set is full of live flows: sent by the Maglev table, not recorded"
+            }
+            Stat::NatSourceReused => "reused a source an earlier flow of this backend released",
+            Stat::Count => "",
+        }
+    }
+
     /// Whether this counter records a malformed packet (passed untouched to the kernel, which
     /// is the authority on what is not provably ours).
     pub const fn is_malformed(self) -> bool {

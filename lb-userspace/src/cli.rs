@@ -42,6 +42,13 @@ pub enum LogFormat {
     Json,
 }
 
+/// The protocol of a flow `xlb explain` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExplainProtocol {
+    Tcp,
+    Udp,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Load the data plane, fill it from the config, attach XDP and serve until SIGTERM.
@@ -126,6 +133,28 @@ pub enum Command {
         /// Return to the weight in the config file.
         #[arg(long)]
         reset: bool,
+        #[command(flatten)]
+        agent: AgentSocket,
+    },
+    /// Run one packet of a flow through the live XDP program with the live maps and tell what
+    /// happened: the VIP, connection-table hit or miss, the Maglev entry, the backend, the
+    /// action and the rewritten headers. Nothing live changes: the run uses private copies of
+    /// the connection and NAT tables and counters.
+    Explain {
+        /// The flow's protocol.
+        #[arg(value_enum)]
+        protocol: ExplainProtocol,
+        /// The client's address and port (IPv6 in brackets: `[2001:db8::7]:40000`).
+        client: std::net::SocketAddr,
+        /// The VIP's address and port.
+        vip: std::net::SocketAddr,
+        /// Which TCP packet to run; by default the one the flow sends next (ACK when the live
+        /// tables hold the flow, else SYN).
+        #[arg(long, value_enum)]
+        packet: Option<crate::apply::explain::Segment>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         agent: AgentSocket,
     },

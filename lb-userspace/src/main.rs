@@ -148,6 +148,14 @@ fn dispatch(command: Command, format: LogFormat) -> anyhow::Result<()> {
                 reply => anyhow::bail!("the agent answered a weight request with {reply:?}"),
             }
         }
+        Command::Explain { protocol, client, vip, packet, json, agent: socket } => {
+            let udp = protocol == xlb::cli::ExplainProtocol::Udp;
+            let request = admin::Request::Explain(xlb::apply::explain::Probe { udp, client, vip, segment: packet });
+            match ask(&socket.path()?, request)? {
+                admin::Reply::Explain(explanation) => show(json, &explanation, xlb::serve::explain::render),
+                reply => anyhow::bail!("the agent answered an explain request with {reply:?}"),
+            }
+        }
         Command::Detach { iface, pin_dir, agent: socket, forget_flows } => {
             let admin_socket = socket.path()?;
             let handed_over = tell_the_agent(&admin_socket, &iface)?;

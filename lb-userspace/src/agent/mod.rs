@@ -11,6 +11,7 @@ use tokio::{
 
 use crate::{
     apply::dataplane::{self, AttachMode, Attached, FlowTableCounter, Loaded, NatTables, TableSizes},
+    apply::explain::{LivePlane, Probe},
     apply::nat,
     apply::reconcile::Reconciler,
     config::{self, Config},
@@ -319,7 +320,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let (watch_stop, watcher) = watch::start(program, links, Arc::clone(&shared), commands.clone())?;
     let (housekeeping_stop, housekeeping) = housekeeping(Arc::clone(&shared), nat_tables, flow_counter)?;
 
-    let server = admin::serve(&admin_socket, Arc::new(answerer(Arc::clone(&shared), commands.clone()))).await?;
+    let explain_at = (pin_dir.clone(), opts.iface.clone());
+    let server =
+        admin::serve(&admin_socket, Arc::new(answerer(Arc::clone(&shared), commands.clone(), explain_at))).await?;
     tracing::info!(socket = %admin_socket.display(), "admin socket listening");
     let metrics = match metrics_listen {
         Some(addr) => {
@@ -443,10 +446,12 @@ fn bgp_runtime() -> anyhow::Result<tokio::runtime::Handle> {
 fn answerer(
     shared: Arc<Shared>,
     commands: mpsc::UnboundedSender<Command>,
+    (pin_dir, iface): (PathBuf, String),
 ) -> impl Fn(Request) -> admin::ReplyFuture + Send + Sync + 'static {
     move |request| {
         let shared = Arc::clone(&shared);
         let commands = commands.clone();
+        let (pin_dir, iface) = (pin_dir.clone(), iface.clone());
         Box::pin(async move {
             let ask = |command: Command, reply: oneshot::Receiver<Reply>| async move {
                 if commands.send(command).is_err() {
@@ -467,6 +472,7 @@ fn answerer(
                     ask(Command::Plan { path, config, reply }, rx).await
                 }
                 Request::Detach { iface } => detach(shared, iface, ask).await,
+                Request::Explain(probe) => explain(shared, pin_dir, iface, probe).await,
                 Request::DrainNode { undo } => {
                     let (reply, rx) = oneshot::channel();
                     ask(Command::DrainNode { undo, reply }, rx).await
@@ -511,6 +517,21 @@ where
         tokio::time::sleep(grace).await;
     }
     answer
+}
+
+/// `xlb explain`: a shadow of the balancer is loaded and run on a blocking thread (a load is
+/// the verifier's work, tens of milliseconds), naming VIPs and backends from the published view.
+async fn explain(shared: Arc<Shared>, pin_dir: PathBuf, iface: String, probe: Probe) -> Reply {
+    let work = move || {
+        let view = shared.view.load();
+        let Some(node) = view.node else { return Reply::Error("the agent has not written its maps yet".into()) };
+        let live = LivePlane { pin_dir, iface, ifindex: node.ifindex, iface_mac: node.iface_mac };
+        match crate::apply::explain::explain(&live, &view.applied, &probe) {
+            Ok(explanation) => Reply::Explain(explanation),
+            Err(e) => Reply::Error(e.to_string()),
+        }
+    };
+    tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| Reply::Error(format!("explain failed: {e}")))
 }
 
 /// Answers a read from the published state on a blocking thread (reading the counters is a

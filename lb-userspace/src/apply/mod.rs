@@ -3,6 +3,7 @@
 //! test-run of the XDP object.
 
 pub mod dataplane;
+pub mod explain;
 pub mod nat;
 pub mod pass;
 pub mod plan;

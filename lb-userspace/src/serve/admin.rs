@@ -25,7 +25,13 @@ use tokio::{
 };
 
 pub use crate::serve::summary::{AttachmentStatus, NodeState, ReloadOutcome, StateStatus};
-use crate::{apply::plan::Plan, serve::accept::AcceptErrors, serve::stats::Snapshot, serve::summary::Summary};
+use crate::{
+    apply::explain::{Explanation, Probe},
+    apply::plan::Plan,
+    serve::accept::AcceptErrors,
+    serve::stats::Snapshot,
+    serve::summary::Summary,
+};
 
 pub const DEFAULT_SOCKET: &str = "/run/xlb/admin.sock";
 
@@ -67,6 +73,8 @@ pub enum Request {
     DrainNode { undo: bool },
     /// What applying `config` (YAML text read from `path`) would change.
     Plan { path: String, config: String },
+    /// Run one packet through the live program with the live maps (see `apply::explain`).
+    Explain(Probe),
     /// `xlb detach` is about to detach XDP from `iface`: withdraw what depends on it and do not
     /// re-attach (until the agent restarts).
     Detach { iface: String },
@@ -80,6 +88,7 @@ pub enum Reply {
     Summary(Summary),
     Done(String),
     Plan(Plan),
+    Explain(Explanation),
     Error(String),
 }
 

@@ -61,11 +61,13 @@ mod decap;
 mod flow_view;
 pub mod link_state;
 mod readers;
+mod shadow;
 mod sizes;
 mod tables;
 mod test_access;
 pub use bpffs::prepare_pin_dir;
 pub use readers::{Counters, NatTables};
+pub use shadow::{Seed, Shadow, ShadowRun};
 pub use test_access::nat_sources;
 mod vip_index;
 
