@@ -374,3 +374,58 @@ fn two_armed_nat_redirects_toward_the_backend_and_back_to_the_client() {
     });
     run.join().expect("the two-armed fixture");
 }
+
+/// One backend host on two ports: a NAT VIP may list its address twice.
+const ONE_HOST: &str = r#"
+nat_pools:
+  - name: big
+    addresses: [198.51.100.1]
+    ports: 40000-40999
+vips:
+  - name: two
+    address: 192.0.2.30
+    port: 80
+    protocol: tcp
+    mode: nat
+    snat_pool: big
+    backends:
+      - { address: 10.1.0.1, port: 8080, mac: "02:00:00:00:01:01" }
+"#;
+
+#[test]
+fn one_address_on_two_ports_takes_flows_on_both_and_listing_the_second_keeps_the_first_s_flows() {
+    require_root!();
+    let mut lb = Balancer::with_config(ONE_HOST);
+    let syn = |sport| Frame::v4("203.0.113.9", "192.0.2.30", L4::TcpSyn { sport, dport: 80 });
+    let ack = |sport| Frame::v4("203.0.113.9", "192.0.2.30", L4::TcpAck { sport, dport: 80 });
+    let opened = forward_checked(&lb, &syn(52000), ("10.1.0.1", 8080), Stat::NatForwarded, "SYN");
+
+    // The second port of the same host: the first entry is now named `10.1.0.1:8080`, and its
+    // established flow goes on where it was, from the same source.
+    lb.reload(&ONE_HOST.replace(
+        "      - { address: 10.1.0.1, port: 8080, mac: \"02:00:00:00:01:01\" }\n",
+        "      - { address: 10.1.0.1, port: 8080, mac: \"02:00:00:00:01:01\" }\n      - { address: 10.1.0.1, port: 9090, mac: \"02:00:00:00:01:01\" }\n",
+    ));
+    let identities: Vec<&str> = lb.applied("two").vip.backends.iter().map(|b| b.identity.as_str()).collect();
+    assert_eq!(identities, ["10.1.0.1:8080", "10.1.0.1:9090"]);
+    assert_eq!(forward_checked(&lb, &ack(52000), ("10.1.0.1", 8080), Stat::NatForwarded, "ACK"), opened);
+
+    // New flows spread over both ports of the host; a reply from either goes back to its client.
+    let mut on_9090 = None;
+    for sport in 52001..52041 {
+        let out = sent(&lb, &syn(sport).build(), Stat::NatForwarded, "SYN");
+        let sliced = SlicedPacket::from_ethernet(&out).expect("parses");
+        let Some(TransportSlice::Tcp(tcp)) = sliced.transport else { panic!("TCP") };
+        assert!([8080, 9090].contains(&tcp.destination_port()), "port {}", tcp.destination_port());
+        if tcp.destination_port() == 9090 {
+            on_9090 = Some((sport, source(&out)));
+        }
+    }
+    let (on_8080, on_9090_count) = (lb.backend("two", "10.1.0.1:8080"), lb.backend("two", "10.1.0.1:9090"));
+    assert_eq!(on_8080.new_flows + on_9090_count.new_flows, 41, "every SYN counted on one of the two");
+    assert!(on_8080.new_flows > 1 && on_9090_count.new_flows > 0, "{on_8080:?} {on_9090_count:?}");
+    let (client_port, (src, sport)) = on_9090.expect("a flow on 9090");
+    let reply = Frame::v4("10.1.0.1", &src, L4::TcpAck { sport: 9090, dport: sport });
+    let expected = Frame::v4("192.0.2.30", "203.0.113.9", L4::TcpAck { sport: 80, dport: client_port }).ttl(63);
+    reply_checked(&lb, &reply, &expected, "reply from 9090");
+}

@@ -582,10 +582,10 @@ pub fn health_targets(config: &Config) -> Vec<Target> {
         .vips
         .iter()
         .flat_map(|vip| {
-            vip.backends.iter().filter_map(move |backend| {
+            vip.backends.iter().zip(vip.backend_identities()).filter_map(move |(backend, identity)| {
                 Some(Target {
                     vip: vip.name.clone(),
-                    backend: backend.address.to_string(),
+                    backend: identity,
                     addr: backend.address,
                     check: vip.check_for(backend)?.clone(),
                 })

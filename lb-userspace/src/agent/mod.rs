@@ -170,9 +170,8 @@ fn adopted_macs(reconciler: &Reconciler, config: &Config) -> std::collections::B
     let mut macs = std::collections::BTreeMap::new();
     for vip in &config.vips {
         let Some(applied) = reconciler.applied().get(&config::vip_key(vip)) else { continue };
-        for backend in &vip.backends {
+        for (backend, identity) in vip.backends.iter().zip(vip.backend_identities()) {
             let Some(source) = desired::mac_source(vip, backend, config) else { continue };
-            let identity = backend.address.to_string();
             if let Some(b) = applied.vip.backends.iter().find(|b| b.identity == identity && b.mac != [0; 6]) {
                 macs.insert(source, b.mac);
             }

@@ -10,3 +10,6 @@ pub mod plan;
 pub mod reconcile;
 pub mod table_builds;
 pub mod testrun;
+
+#[cfg(test)]
+mod shared_address_tests;

@@ -20,7 +20,7 @@ use crate::{
     apply::dataplane::{DataplaneError, Maps},
     apply::pass::Pass,
     apply::table_builds::{self, Built, table_changes},
-    config::{endpoint, ip_from_words},
+    config::{backend_identities, endpoint, ip_from_words},
     state::desired::{DesiredBackend, DesiredState, DesiredVip},
     state::maglev::{self, MaglevError},
 };
@@ -201,10 +201,18 @@ impl Reconciler {
             let mut members = by_vip.remove(&meta.id).unwrap_or_default();
             members.sort_by_key(|(slot, _)| *slot);
             let backend_flags = members.first().map_or(0, |(_, b)| b.flags & !BACKEND_FLAG_ACTIVE);
+            // Named as the config names them, from what the slots hold (a port of its own is
+            // the only thing that tells two entries of one address apart).
+            let identities = backend_identities(
+                members
+                    .iter()
+                    .map(|(_, b)| (ip_from_words(b.addr, b.family), (b.port != 0).then(|| u16::from_be(b.port)))),
+            );
             let backends = members
                 .iter()
-                .map(|(_, b)| DesiredBackend {
-                    identity: ip_from_words(b.addr, b.family).to_string(),
+                .zip(identities)
+                .map(|((_, b), identity)| DesiredBackend {
+                    identity,
                     addr: b.addr,
                     family: b.family,
                     mac: b.mac,
@@ -424,10 +432,11 @@ impl Reconciler {
         let old = self.vips.get(key).expect("present").clone();
         let mut fresh = Vec::new();
         let staged = (|| {
-            // Keep the slot of every backend that stays (by identity); new ones get fresh slots.
+            // Keep the slot of every backend that stays; new ones get fresh slots.
+            let kept = kept_backends(&old.vip, vip);
             let mut slots = Vec::with_capacity(vip.backends.len());
-            for backend in &vip.backends {
-                match old.vip.backends.iter().position(|b| b.identity == backend.identity) {
+            for (backend, kept) in vip.backends.iter().zip(&kept) {
+                match *kept {
                     Some(i) => {
                         let slot = old.slots[i];
                         let was = &old.vip.backends[i];
@@ -465,9 +474,7 @@ impl Reconciler {
                 }
                 meta.table_size = new_size;
             }
-            let gone: Vec<usize> = (0..old.vip.backends.len())
-                .filter(|&i| !vip.backends.iter().any(|b| b.identity == old.vip.backends[i].identity))
-                .collect();
+            let gone: Vec<usize> = (0..old.vip.backends.len()).filter(|i| !kept.contains(&Some(*i))).collect();
             Ok::<_, ReconcileError>((slots, meta, gone))
         })();
         match staged {
@@ -634,4 +641,31 @@ impl Reconciler {
 /// The VIP's Maglev table, as indexes into `vip.backends` (empty when no backend has weight).
 pub(crate) fn build_table(vip: &DesiredVip) -> Result<maglev::Table, ReconcileError> {
     table_builds::build_one(vip).map_err(|source| ReconcileError::Maglev { endpoint: vip.endpoint.clone(), source })
+}
+
+/// For each backend of `new`, the index of the backend of `old` it continues: the one of the
+/// same identity, else one of the same address and port whose identity changed (an address
+/// listed a second time renames its first entry `address:port`), so that its slot — and the
+/// flows recorded against it — stay.
+pub(crate) fn kept_backends(old: &DesiredVip, new: &DesiredVip) -> Vec<Option<usize>> {
+    let mut taken = vec![false; old.backends.len()];
+    let mut kept: Vec<Option<usize>> = new
+        .backends
+        .iter()
+        .map(|b| {
+            let i = old.backends.iter().position(|o| o.identity == b.identity)?;
+            taken[i] = true;
+            Some(i)
+        })
+        .collect();
+    for (b, kept) in new.backends.iter().zip(kept.iter_mut()).filter(|(_, k)| k.is_none()) {
+        let same_endpoint = |(i, o): &(usize, &DesiredBackend)| {
+            !taken[*i] && o.addr == b.addr && o.family == b.family && o.port == b.port
+        };
+        if let Some((i, _)) = old.backends.iter().enumerate().find(same_endpoint) {
+            taken[i] = true;
+            *kept = Some(i);
+        }
+    }
+    kept
 }

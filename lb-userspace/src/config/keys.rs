@@ -19,6 +19,26 @@ pub fn ip_words(addr: IpAddr) -> ([u32; 4], u8) {
     }
 }
 
+/// A backend's identity within its VIP: its address, or `address:port` for an entry with a port
+/// of its own when the VIP lists that address more than once (NAT to several ports of one host).
+/// Maglev hashes it; slots, health, drains and weights key on it. A VIP that lists each address
+/// once keeps the identities it always had, so its tables do not move.
+pub fn backend_identity(address: IpAddr, port: Option<u16>, address_repeats: bool) -> String {
+    match port {
+        Some(port) if address_repeats => std::net::SocketAddr::new(address, port).to_string(),
+        _ => address.to_string(),
+    }
+}
+
+/// The identities of `entries` (address, port of its own), in order, by [`backend_identity`].
+pub fn backend_identities(entries: impl Iterator<Item = (IpAddr, Option<u16>)> + Clone) -> Vec<String> {
+    let mut count: std::collections::HashMap<IpAddr, usize> = std::collections::HashMap::new();
+    for (address, _) in entries.clone() {
+        *count.entry(address).or_default() += 1;
+    }
+    entries.map(|(address, port)| backend_identity(address, port, count[&address] > 1)).collect()
+}
+
 /// The address `ip_words` made (for reading the maps back).
 pub fn ip_from_words(addr: [u32; 4], family: u8) -> IpAddr {
     if family == FAMILY_V4 {

@@ -24,7 +24,7 @@ use check::Checker;
 pub use check::MAX_WEIGHT;
 pub use error::ConfigError;
 pub use incremental::{LastRead, VipItemCache};
-pub use keys::{endpoint, ip_from_words, ip_words, vip_key};
+pub use keys::{backend_identities, backend_identity, endpoint, ip_from_words, ip_words, vip_key};
 pub use model::{
     AgentListeners, Backend, BfdConfig, BgpConfig, BgpPeer, CheckKind, Config, DEFAULT_PANIC_THRESHOLD,
     DEFAULT_TABLE_SIZE, HashFields, HealthCheck, Mode, NatPool, Node, Protocol, Unhashable, Vip,

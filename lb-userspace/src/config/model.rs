@@ -312,6 +312,11 @@ impl fmt::Display for Mode {
 }
 
 impl Vip {
+    /// Its backends' identities, in order (see `keys::backend_identity`).
+    pub fn backend_identities(&self) -> Vec<String> {
+        super::keys::backend_identities(self.backends.iter().map(|b| (b.address, b.port)))
+    }
+
     /// The check that applies to `backend`: its own, else the VIP's; `None` means always healthy.
     pub fn check_for<'a>(&'a self, backend: &'a Backend) -> Option<&'a HealthCheck> {
         backend.health_check.as_ref().or(self.health_check.as_ref())

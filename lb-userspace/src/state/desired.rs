@@ -286,9 +286,9 @@ fn desired_vip(vip: &Vip, config: &Config, facts: &NodeFacts, states: &BackendSt
     let mut backends: Vec<DesiredBackend> = vip
         .backends
         .iter()
-        .map(|b| {
+        .zip(vip.backend_identities())
+        .map(|(b, identity)| {
             let (addr, family) = ip_words(b.address);
-            let identity = b.address.to_string();
             let at = (vip.name.clone(), identity.clone());
             let (up, drained) = (!states.down.contains(&at), states.drained.contains(&at));
             let runtime = states.weights.get(&at).copied();

@@ -80,7 +80,12 @@ impl Control {
             Ok(configured) => configured,
             Err(e) => return Reply::Error(e),
         };
-        let file_weight = configured.backends.iter().find(|b| b.address.to_string() == backend).map(|b| b.weight);
+        let file_weight = configured
+            .backends
+            .iter()
+            .zip(configured.backend_identities())
+            .find(|(_, identity)| *identity == backend)
+            .map(|(b, _)| b.weight);
         let changed = change.apply(&mut self.states, (vip.clone(), backend.clone()));
         self.dirty = true;
         // On disk before it takes effect: an override the agent confirmed survives a crash.
@@ -115,12 +120,12 @@ fn has_backend(vip: &config::Vip, backend: &str) -> Result<(), String> {
     Err(format!("VIP `{}` has no backend `{backend}`; its backends: {}", vip.name, identities.join(", ")))
 }
 
-/// A VIP's backends as health checks and drains name them: addresses, or `address:port` for
-/// an l7 VIP's.
+/// A VIP's backends as health checks and drains name them: addresses (`address:port` for an
+/// address listed with several ports), `address:port` for an l7 VIP's.
 fn backend_identities(vip: &config::Vip) -> Vec<String> {
     match &vip.l7 {
         Some(l7) => l7.backends().map(l7::config::L7Backend::identity).collect(),
-        None => vip.backends.iter().map(|b| b.address.to_string()).collect(),
+        None => vip.backend_identities(),
     }
 }
 

@@ -67,7 +67,7 @@ impl Checker<'_> {
         let listed = raw.backends.map(|list| list.value).unwrap_or_default();
         let mut backends: Vec<Backend> = Vec::with_capacity(listed.len());
         // A set, not a scan of `backends`: a VIP may have tens of thousands.
-        let mut addresses = HashSet::with_capacity(listed.len());
+        let mut endpoints = HashSet::with_capacity(listed.len());
         for (j, spanned) in listed.into_iter().enumerate() {
             let b = spanned.value;
             let bat = spanned.referenced;
@@ -80,8 +80,29 @@ impl Checker<'_> {
                     format!("{weight} is above {MAX_WEIGHT}; weights are relative, scale them down"),
                 ));
             }
-            if !addresses.insert(b.address) {
-                return Err(self.err(&bat, bfield("address"), format!("{} is listed twice for this VIP", b.address)));
+            // One entry per address, except in NAT, which may send to several ports of one host:
+            // there one per (address, port at the backend); an entry without `port` keeps the
+            // VIP's port.
+            let endpoint = match raw.mode {
+                Mode::Nat => b.port.or((port_last <= port).then_some(port)),
+                _ => None,
+            };
+            if !endpoints.insert((b.address, endpoint)) {
+                let why = match (raw.mode, b.port) {
+                    (Mode::Nat, None) => format!(
+                        "{} without `port` sends to the VIP's port, as an earlier entry of this address does; give each entry of one address its own `port`",
+                        b.address
+                    ),
+                    (Mode::Nat, Some(p)) => format!(
+                        "{} port {p} is listed twice for this VIP (an entry without `port` sends to the VIP's port); give each entry of one address another port",
+                        b.address
+                    ),
+                    _ => format!(
+                        "{} is listed twice for this VIP; direct server return sends to the address itself, so list it once (mode: nat can send to several ports of one address)",
+                        b.address
+                    ),
+                };
+                return Err(self.err(&bat, bfield("address"), why));
             }
             if b.port.is_some() && raw.mode != Mode::Nat {
                 return Err(self.err(
