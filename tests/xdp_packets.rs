@@ -494,7 +494,7 @@ mod flood {
     impl OneSet {
         fn new() -> Self {
             let lb = Balancer::with_flow_table(FORWARDING_CONFIG, FLOW_WAYS as u32);
-            let model = Model::new(&lb.config, &FACTS);
+            let model = Model::with_flow_table(&lb.config, &FACTS, FLOW_WAYS as u32);
             Self { lb, model }
         }
 

@@ -10,9 +10,9 @@ use etherparse::{
     icmpv4::DestUnreachableHeader,
 };
 use lb_common::{
-    ADDR_FLAG_DROP_UNHASHABLE, BACKEND_FLAG_IPIP, FAMILY_V4, FAMILY_V6, FlowKey, NODE_FLAG_TUNNEL_V4,
+    ADDR_FLAG_DROP_UNHASHABLE, BACKEND_FLAG_IPIP, FAMILY_V4, FAMILY_V6, FLOW_WAYS, FlowKey, NODE_FLAG_TUNNEL_V4,
     NODE_FLAG_TUNNEL_V6, NodeConfig, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Stat, VIP_FLAG_HASH_SOURCE_ONLY,
-    VipAddrKey, VipKey, flow_hash, source_hash,
+    VipAddrKey, VipKey, flow_hash, flow_set, flow_sets, source_hash,
 };
 use xlb::{
     config::Config,
@@ -47,8 +47,8 @@ pub struct Model {
     addr_flags: BTreeMap<VipAddrKey, u32>,
     /// Per VIP: Maglev table as indices into its backends.
     tables: BTreeMap<VipKey, Vec<u32>>,
-    /// Connection table: flow → backend index of its VIP.
-    flows: HashMap<FlowKey, usize>,
+    /// Connection table: flow → backend index of its VIP, in sets as the program keeps it.
+    flows: FlowTableModel,
     /// Event counters the model predicts (flow_miss, icmp_error_to_backend).
     pub events: BTreeMap<&'static str, u64>,
     /// NAT pools and flow tables.
@@ -146,7 +146,13 @@ fn bytes16(a: &[u32; 4]) -> [u8; 16] {
 }
 
 impl Model {
+    /// The model of a balancer with the harness's connection table (`TEST_FLOW_TABLE_SIZE`).
     pub fn new(config: &Config, facts: &NodeFacts) -> Self {
+        Self::with_flow_table(config, facts, crate::TEST_FLOW_TABLE_SIZE)
+    }
+
+    /// The model of a balancer whose connection table has `flow_table_size` entries.
+    pub fn with_flow_table(config: &Config, facts: &NodeFacts, flow_table_size: u32) -> Self {
         let desired = DesiredState::new(config, facts);
         let tables = desired
             .vips
@@ -162,7 +168,7 @@ impl Model {
             addr_flags: desired.addrs.iter().map(|(k, p)| (*k, p.flags)).collect(),
             vips: desired.vips,
             tables,
-            flows: HashMap::new(),
+            flows: FlowTableModel::new(flow_table_size),
             events: BTreeMap::new(),
             nat: crate::model_nat::NatState::new(&desired.pools, &desired.filter),
         }
@@ -254,13 +260,21 @@ impl Model {
         opens: bool,
         answer: bool,
     ) -> Verdict {
-        let index = match self.flows.get(flow) {
-            Some(&i) => i,
+        // Any packet but a TCP SYN confirms the flow's entry; an ICMP error (`answer` false)
+        // only refreshes it.
+        let syn = p.proto == PROTO_TCP && p.tcp_flags & 0x12 == 0x02;
+        let index = match self.flows.find(flow, answer && !syn) {
+            Some(i) => i,
             None => {
                 *self.events.entry("flow_miss").or_default() += 1;
                 let Some(i) = self.table_pick(vip, flow) else { return Verdict::Drop(Stat::DropNoBackend) };
                 if opens {
-                    self.flows.insert(*flow, i);
+                    match self.flows.record(flow, i) {
+                        Recorded::Free => {}
+                        // Not a counter of the program's: the test checks that runs reach it.
+                        Recorded::Replaced => *self.events.entry("embryonic_replaced").or_default() += 1,
+                        Recorded::SetFull => *self.events.entry("flow_set_full").or_default() += 1,
+                    }
                 }
                 i
             }
@@ -528,4 +542,62 @@ fn quoted(b: &[u8], at: usize, family: u8, too_big: bool) -> Option<Quoted> {
         return None;
     }
     Some(Quoted { saddr, daddr, sport: raw16(b, l4), dport: raw16(b, l4 + 2), proto, too_big, ip_at: at, l4_at: l4 })
+}
+
+/// The connection table as the program keeps it: `flow_sets(size)` sets of `FLOW_WAYS` entries,
+/// a flow in the set its hash picks. A new flow takes the first free entry of its set, else the
+/// first embryonic one (never a confirmed one: the program takes those only after minutes idle,
+/// which no test waits), else is not recorded. Entries are in way order, as the program scans.
+#[derive(Debug)]
+struct FlowTableModel {
+    sets: u32,
+    entries: HashMap<u32, [Option<FlowEntryModel>; FLOW_WAYS]>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct FlowEntryModel {
+    key: FlowKey,
+    backend: usize,
+    confirmed: bool,
+}
+
+impl FlowTableModel {
+    fn new(size: u32) -> Self {
+        Self { sets: flow_sets(size), entries: HashMap::new() }
+    }
+
+    fn set(&mut self, key: &FlowKey) -> &mut [Option<FlowEntryModel>; FLOW_WAYS] {
+        self.entries.entry(flow_set(tuple_hash(key), self.sets)).or_insert([None; FLOW_WAYS])
+    }
+
+    /// The backend the table holds for `key`; the entry confirmed if `confirm`.
+    fn find(&mut self, key: &FlowKey, confirm: bool) -> Option<usize> {
+        let entry = self.set(key).iter_mut().flatten().find(|e| e.key == *key)?;
+        entry.confirmed |= confirm;
+        Some(entry.backend)
+    }
+
+    /// Records a new flow, embryonic.
+    fn record(&mut self, key: &FlowKey, backend: usize) -> Recorded {
+        let set = self.set(key);
+        let (way, recorded) = match set.iter().position(Option::is_none) {
+            Some(way) => (way, Recorded::Free),
+            None => match set.iter().position(|e| e.is_some_and(|e| !e.confirmed)) {
+                Some(way) => (way, Recorded::Replaced),
+                None => return Recorded::SetFull,
+            },
+        };
+        set[way] = Some(FlowEntryModel { key: *key, backend, confirmed: false });
+        recorded
+    }
+}
+
+/// Where `FlowTableModel::record` put a flow.
+enum Recorded {
+    /// In a free entry.
+    Free,
+    /// In place of an embryonic flow.
+    Replaced,
+    /// Nowhere: the set holds only confirmed flows.
+    SetFull,
 }
