@@ -23,10 +23,23 @@ use xlb::{
     config::ip_from_words,
     state::maglev::{self, Member},
 };
-use xlb_tests::{
-    Balancer,
-    packets::{Frame, L4},
+use xlb_tests::{Balancer, packets::L4};
+
+use crate::{
+    bench_flows::{Filled, Large, Plane},
+    bench_packets::{config, frame},
 };
+
+/// The filled plane `plane` (built before the runs for every large case chosen).
+fn plane_of(planes: &[Filled], plane: Plane) -> anyhow::Result<&Filled> {
+    planes.iter().find(|p| p.plane == plane).with_context(|| format!("plane {plane:?} was not filled"))
+}
+
+/// A large case's plane's miss count, to check an established case adds none.
+fn large_misses(planes: &[Filled], case: &Case) -> Option<u64> {
+    let Program::Large(plane) = case.program else { return None };
+    plane_of(planes, plane).ok().map(Filled::misses)
+}
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -53,34 +66,6 @@ pub struct Options {
     compare: Option<std::path::PathBuf>,
 }
 
-/// Katran's default shape: 16 reals per VIP, ring 65537.
-fn config() -> String {
-    let mut yaml = String::from(
-        "node:\n  next_hop_mac: 02:00:00:00:00:fe\n  tunnel_source_v4: 172.16.0.0/24\n  tunnel_source_v6: fd00:ffff::/112\nvips:\n",
-    );
-    let mut vip = |name: &str, address: &str, mode: &str, backend: &dyn Fn(usize) -> String| {
-        yaml.push_str(&format!("  - name: {name}\n    address: {address}\n    port: 80\n    protocol: tcp\n    mode: {mode}\n    backends:\n"));
-        for i in 0..16 {
-            yaml.push_str(&format!("      - {{ address: \"{}\", mac: \"02:00:00:00:01:{i:02x}\" }}\n", backend(i)));
-        }
-    };
-    vip("ipip4", "192.0.2.10", "dsr-ipip", &|i| format!("10.1.0.{}", i + 1));
-    vip("ipip6", "2001:db8::10", "dsr-ipip", &|i| format!("fd00:1::{}", i + 1));
-    vip("l2v4", "192.0.2.20", "dsr-l2", &|i| format!("10.2.0.{}", i + 1));
-    vip("nat4", "192.0.2.30", "nat\n    snat_pool: pool4", &|i| format!("10.3.0.{}", i + 1));
-    vip("nat6", "2001:db8::30", "nat\n    snat_pool: pool6", &|i| format!("fd00:3::{}", i + 1));
-    yaml.push_str("  - name: natfull4\n    address: 192.0.2.31\n    port: 80\n    protocol: tcp\n    mode: nat\n    snat_pool: poolfull\n    backends:\n      - { address: 10.4.0.1, mac: \"02:00:00:00:04:01\" }\n");
-    // Room for every new-flow call of a run without reuse: 8 × 50 000 sources per backend.
-    yaml.push_str("nat_pools:\n  - name: pool4\n    addresses: [");
-    yaml.push_str(&(1..=8).map(|i| format!("198.18.0.{i}")).collect::<Vec<_>>().join(", "));
-    yaml.push_str("]\n    ports: 10000-59999\n  - name: pool6\n    addresses: [");
-    yaml.push_str(&(1..=8).map(|i| format!("\"fd00:18::{i}\"")).collect::<Vec<_>>().join(", "));
-    yaml.push_str("]\n    ports: 10000-59999\n");
-    // A pool of 64 000 sources that the bench fills before it measures (`fill_pool`).
-    yaml.push_str("  - name: poolfull\n    addresses: [198.19.0.1]\n    ports: 1024-65023\n");
-    yaml
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Method {
     Repeat,
@@ -104,6 +89,8 @@ enum Program {
     /// The balancer with a connection table of `FLOOD_TABLE` entries filled with confirmed
     /// flows (`fill_flows`).
     Flood,
+    /// A balancer whose tables hold many flows (`bench_flows`).
+    Large(Plane),
 }
 
 /// Connection-table size of the flood cases: the 65 536 entries.
@@ -125,6 +112,8 @@ enum Traffic {
     Replies(&'static str),
     /// SYNs from one source (one per run) and a new port each, to this VIP.
     Flood(&'static str),
+    /// Packets of a large plane's flows (`bench_flows`).
+    Large(Large),
 }
 
 struct Case {
@@ -218,10 +207,32 @@ fn cases() -> Vec<Case> {
         case("flood-syn-v4", Program::Flood, LOOP, Flood("192.0.2.20"), XdpAction::Tx),
         case("flood-syn-v6", Program::Flood, LOOP, Flood("2001:db8::10"), XdpAction::Tx),
     ]
+    .into_iter()
+    .chain(large_cases())
+    .collect()
 }
 
-fn frame(src: &str, dst: &str, l4: L4) -> Vec<u8> {
-    if dst.contains(':') { Frame::v6(src, dst, l4).build() } else { Frame::v4(src, dst, l4).build() }
+/// The large-flow-set cases: random visits of 10^5 and 10^6 held flows, and inserts into a table
+/// 90 % full.
+fn large_cases() -> Vec<Case> {
+    use Plane::*;
+    let case = |name, traffic: Large| Case {
+        name,
+        program: Program::Large(traffic.plane()),
+        methods: LOOP,
+        traffic: Traffic::Large(traffic),
+        expected: XdpAction::Tx,
+    };
+    vec![
+        case("dsr-ipip-v4-established-100k", Large::Established(Flows100k, "192.0.2.10")),
+        case("dsr-ipip-v6-established-100k", Large::Established(Flows100k, "2001:db8::10")),
+        case("nat-v4-established-100k", Large::Established(Flows100k, "192.0.2.30")),
+        case("dsr-ipip-v4-established-1m", Large::Established(Flows1m, "192.0.2.10")),
+        case("dsr-ipip-v6-established-1m", Large::Established(Flows1m, "2001:db8::10")),
+        case("dsr-ipip-v4-new-90pct-full", Large::New(Full90, "192.0.2.10")),
+        case("dsr-ipip-v6-new-90pct-full", Large::New(Full90, "2001:db8::10")),
+        case("nat-v4-new-90pct-full", Large::New(Full90, "192.0.2.30")),
+    ]
 }
 
 /// Flows of an established case: 16 tuples from one client.
@@ -236,6 +247,8 @@ fn packets(
 ) -> Vec<Vec<u8>> {
     match traffic {
         Traffic::Replies(of) => replies.get(&(build, of)).cloned().unwrap_or_default(),
+        // Made by its plane (`Filled::packets`).
+        Traffic::Large(_) => Vec::new(),
         Traffic::Same(src, dst) => vec![frame(src, dst, L4::TcpAck { sport: 40000, dport: 80 })],
         Traffic::Established(src, dst) => {
             (0..ESTABLISHED_FLOWS).map(|i| frame(src, dst, L4::TcpAck { sport: 40000 + i, dport: 80 })).collect()
@@ -303,6 +316,15 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     } else {
         Vec::new()
     };
+    // Large planes, filled once (this build only: each holds up to 2 Mi flows).
+    let mut planes: Vec<Filled> = Vec::new();
+    for case in &cases {
+        if let Program::Large(plane) = case.program
+            && !planes.iter().any(|p| p.plane == plane)
+        {
+            planes.push(Filled::new(plane, opts.runs * opts.loop_count)?);
+        }
+    }
     let mut exhausted_before = None;
     if cases.iter().any(|c| c.name == "nat-v4-new-pool-exhausted") {
         for (build, balancer) in balancers.iter().enumerate() {
@@ -345,7 +367,10 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     // The floor once; the full-pool case on this build only (older builds scan the whole pool
     // for every SYN: tens of ms each; measured apart above).
     let builds = |case: &Case| {
-        if case.program == Program::Floor || case.name == "nat-v4-new-pool-exhausted" {
+        if case.program == Program::Floor
+            || case.name == "nat-v4-new-pool-exhausted"
+            || matches!(case.program, Program::Large(_))
+        {
             0..1
         } else {
             0..balancers.len()
@@ -373,8 +398,13 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
                 Program::Floor => floor.xdp()?,
                 Program::Balancer => balancer.program.xdp()?,
                 Program::Flood => flood[build].0.program.xdp()?,
+                Program::Large(plane) => plane_of(&planes, plane)?.balancer.program.xdp()?,
             };
-            let packets = packets(case.traffic, run, opts.loop_count, build, &replies);
+            let packets = match case.traffic {
+                Traffic::Large(large) => plane_of(&planes, large.plane())?.packets(large, run, opts.loop_count)?,
+                other => packets(other, run, opts.loop_count, build, &replies),
+            };
+            let misses_before = large_misses(&planes, case);
             for &method in case.methods {
                 let ns = match method {
                     Method::Repeat => testrun::repeat(prog, &packets[0], opts.repeat, case.expected),
@@ -393,11 +423,22 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
                     format!("case {} ({}); drops and events so far: {}", case.name, method.name(), counted.join(" "))
                 })?;
                 row.next().expect("one row per case and method").samples.push(ns);
+                if let (Traffic::Large(Large::Established(..)), Some(before)) = (case.traffic, misses_before) {
+                    let added = large_misses(&planes, case).unwrap_or(before) - before;
+                    anyhow::ensure!(
+                        added == 0,
+                        "{}: {added} connection-table misses in an established case",
+                        case.name
+                    );
+                }
             }
         }
     }
     rows.push(maglev_build(opts.runs)?);
-    let mut notes = Vec::new();
+    let mut notes: Vec<String> = planes.iter().flat_map(|p| p.notes.clone()).collect();
+    if !planes.is_empty() && !std::path::Path::new("/sys/bus/event_source/devices/cpu").exists() {
+        notes.push("cache misses: not shown, this kernel exposes no hardware counters (no `cpu` PMU)".into());
+    }
     for (build, (balancer, before)) in flood.iter().enumerate() {
         let after = balancer.maps.flow_sets()?;
         let (held, confirmed, evicted) = evictions(before, &after);
@@ -591,6 +632,16 @@ fn print_table(rows: &[Row], opts: &Options, cpu: usize) {
     {
         if let (Some(a), Some(b)) = (net(nat), net(dsr)) {
             println!("{nat} / {dsr} (net): {:.2} (target ≤ 1.2)", a / b);
+        }
+    }
+    for (large, small, target) in [
+        ("dsr-ipip-v4-established-1m", "dsr-ipip-v4-established", 1.5),
+        ("dsr-ipip-v6-established-1m", "dsr-ipip-v6-established", 1.5),
+        ("dsr-ipip-v4-established-100k", "dsr-ipip-v4-established", 1.5),
+        ("dsr-ipip-v4-new-90pct-full", "dsr-ipip-v4-new", 1.5),
+    ] {
+        if let (Some(a), Some(b)) = (net(large), net(small)) {
+            println!("{large} / {small} (net): {:.2} (target ≤ {target})", a / b);
         }
     }
     for (flood, new) in [

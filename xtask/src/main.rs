@@ -2,7 +2,9 @@
 
 mod bench;
 mod bench_control;
+mod bench_flows;
 mod bench_l7;
+mod bench_packets;
 mod deb;
 mod lab;
 
