@@ -10,8 +10,7 @@ use tokio::{
 };
 
 use crate::{
-    apply::dataplane::{self, AttachMode, Attached, FlowTableCounter, Loaded, NatTables, TableSizes},
-    apply::nat,
+    apply::dataplane::{self, AttachMode, Attached, Loaded, TableSizes},
     apply::reconcile::Reconciler,
     config::{self, Config},
     l7,
@@ -25,6 +24,7 @@ use crate::{
 
 mod config_reader;
 mod control;
+mod housekeeping;
 pub mod instance_lock;
 pub mod sd_notify;
 pub mod state_file;
@@ -158,10 +158,6 @@ fn node_facts(opts: &RunOptions) -> anyhow::Result<NodeFacts> {
     }
     Ok(facts)
 }
-
-/// How often expired NAT flows are swept, pool usage recounted and connection-table entries
-/// counted.
-const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The MACs an adopted data plane holds for backends the configuration leaves to resolution
 /// (by the address resolution would ask for).
@@ -317,7 +313,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let _ = commands.send(Command::Attached);
     *lock(&shared.attachments) = watch::initial(&links);
     let (watch_stop, watcher) = watch::start(program, links, Arc::clone(&shared), commands.clone())?;
-    let (housekeeping_stop, housekeeping) = housekeeping(Arc::clone(&shared), nat_tables, flow_counter)?;
+    let (housekeeping_stop, housekeeping) = housekeeping::start(Arc::clone(&shared), nat_tables, flow_counter)?;
 
     let server = admin::serve(&admin_socket, Arc::new(answerer(Arc::clone(&shared), commands.clone()))).await?;
     tracing::info!(socket = %admin_socket.display(), "admin socket listening");
@@ -519,44 +515,6 @@ async fn read(shared: Arc<Shared>, f: fn(&Shared) -> Reply) -> Reply {
     tokio::task::spawn_blocking(move || f(&shared))
         .await
         .unwrap_or_else(|e| Reply::Error(format!("reading the agent's state failed: {e}")))
-}
-
-/// The housekeeping thread: every `HOUSEKEEPING_INTERVAL`, expired NAT flows are swept, pool
-/// usage recounted and connection-table entries counted — through its own map handles, off
-/// the runtime and the control thread. It stops when the returned sender is dropped.
-fn housekeeping(
-    shared: Arc<Shared>,
-    mut nat_tables: NatTables,
-    flow_counter: Option<FlowTableCounter>,
-) -> anyhow::Result<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)> {
-    let (stop, stopped) = std::sync::mpsc::channel::<()>();
-    if let Some(counter) = &flow_counter {
-        lock(&shared.usage).flow_table.size = counter.size();
-    }
-    let thread = std::thread::Builder::new()
-        .name("xlb-housekeeping".into())
-        .spawn(move || {
-            let mut swept = 0;
-            // At once, then every interval until stopped.
-            let mut wait = Duration::ZERO;
-            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(wait) {
-                wait = HOUSEKEEPING_INTERVAL;
-                let view = shared.view.load();
-                let nat =
-                    view.node.map(|node| nat::sweep(&mut nat_tables, &view.config, &node, nat::monotonic_ns(), swept));
-                let flow_table = flow_counter.as_ref().map(FlowTableCounter::count);
-                let mut usage = lock(&shared.usage);
-                if let Some(nat) = nat {
-                    swept = nat.swept;
-                    usage.nat = nat;
-                }
-                if let Some(flow_table) = flow_table {
-                    usage.flow_table = flow_table;
-                }
-            }
-        })
-        .context("starting the housekeeping thread")?;
-    Ok((stop, thread))
 }
 
 /// Notices when the config file is replaced or rewritten (editors do either), once it has
