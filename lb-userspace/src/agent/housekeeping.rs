@@ -5,10 +5,12 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 
-use super::view::{Shared, lock};
+use super::view::{AgentView, Shared, lock};
 use crate::{
-    apply::dataplane::{FlowTableCounter, NatTables},
+    apply::conns::{self, SlotOwners},
+    apply::dataplane::{FlowTableCounter, FlowTableUsage, NatTables},
     apply::nat,
+    sources::jiffies::KernelClock,
 };
 
 /// How often expired NAT flows are swept, pool usage recounted and connection-table entries
@@ -16,8 +18,9 @@ use crate::{
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The housekeeping thread: every `HOUSEKEEPING_INTERVAL`, expired NAT flows are swept, pool
-/// usage recounted and connection-table entries counted — through its own map handles, off
-/// the runtime and the control thread. It stops when the returned sender is dropped.
+/// usage recounted and connection-table entries counted, live ones per backend (in paced
+/// chunks) — through its own map handles, off the runtime and the control thread. It stops when
+/// the returned sender is dropped.
 pub(super) fn start(
     shared: Arc<Shared>,
     mut nat_tables: NatTables,
@@ -26,19 +29,54 @@ pub(super) fn start(
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
     if let Some(counter) = &flow_counter {
         lock(&shared.usage).flow_table.size = counter.size();
+        let _ = shared.flow_table.set(counter.clone());
     }
     let thread = std::thread::Builder::new()
         .name("xlb-housekeeping".into())
         .spawn(move || {
+            let clock = KernelClock::calibrate()
+                .inspect(|clock| tracing::debug!(hz = clock.hz, "measured the kernel's HZ"))
+                .inspect_err(|e| tracing::warn!(error = %e, "connections per backend will not be counted"))
+                .ok();
+            lock(&shared.usage).clock = clock;
+            let mut owners: Option<(Arc<AgentView>, SlotOwners)> = None;
             let mut swept = 0;
             // At once, then every interval until stopped.
             let mut wait = Duration::ZERO;
             while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(wait) {
                 wait = HOUSEKEEPING_INTERVAL;
-                let view = shared.view.load();
+                let view = shared.view.load_full();
                 let nat =
                     view.node.map(|node| nat::sweep(&mut nat_tables, &view.config, &node, nat::monotonic_ns(), swept));
-                let flow_table = flow_counter.as_ref().map(FlowTableCounter::count);
+                // Slot owners change with a pass only.
+                if owners.as_ref().is_none_or(|(seen, _)| !Arc::ptr_eq(seen, &view)) {
+                    owners = Some((Arc::clone(&view), SlotOwners::of(&view.applied)));
+                }
+                let counts = match (&flow_counter, clock.map(|c| c.now())) {
+                    (Some(table), Some(Ok(now))) => {
+                        let owners = owners.as_ref().map(|(_, o)| o);
+                        Some(conns::count_table(table, now, owners.unwrap_or(&SlotOwners::default()), true))
+                    }
+                    (_, Some(Err(e))) => {
+                        tracing::debug!(error = %e, "reading the kernel's jiffies");
+                        None
+                    }
+                    _ => None,
+                };
+                let flow_table = match &counts {
+                    Some(counts) => flow_counter
+                        .as_ref()
+                        .map(|table| FlowTableUsage { entries: counts.occupied, size: table.size() }),
+                    None => flow_counter.as_ref().map(FlowTableCounter::count),
+                };
+                let mut counts = counts.unwrap_or_default();
+                if let Some(nat) = &nat {
+                    counts.add_nat(&nat.per_backend);
+                    counts.finished.get_or_insert_with(std::time::Instant::now);
+                }
+                if let Some(took) = counts.finished.map(|_| counts.took) {
+                    tracing::trace!(?took, busy = ?counts.busy, "counted connections");
+                }
                 let mut usage = lock(&shared.usage);
                 if let Some(nat) = nat {
                     swept = nat.swept;
@@ -47,6 +85,7 @@ pub(super) fn start(
                 if let Some(flow_table) = flow_table {
                     usage.flow_table = flow_table;
                 }
+                usage.conns = Arc::new(counts);
             }
         })
         .context("starting the housekeeping thread")?;

@@ -23,6 +23,7 @@ use crate::{
 };
 
 mod config_reader;
+mod conns;
 mod control;
 mod housekeeping;
 pub mod instance_lock;
@@ -458,6 +459,9 @@ fn answerer(
                     read(shared, |s| s.status().map_or_else(|e| Reply::Error(e.to_string()), Reply::Status)).await
                 }
                 Request::Summary => read(shared, |s| Reply::Summary(s.summary())).await,
+                Request::Conns { vip, limit } => tokio::task::spawn_blocking(move || shared.conns(&vip, limit))
+                    .await
+                    .unwrap_or_else(|e| Reply::Error(format!("listing connections failed: {e}"))),
                 Request::Plan { path, config } => {
                     let (reply, rx) = oneshot::channel();
                     ask(Command::Plan { path, config, reply }, rx).await

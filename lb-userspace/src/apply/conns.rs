@@ -139,6 +139,17 @@ impl BackendConns {
     pub fn total(&self) -> u64 {
         self.confirmed + self.embryonic + self.nat
     }
+
+    /// `xlb status --vips`' column: established connections (table entries and NAT flows), and
+    /// the embryonic ones apart when there are any.
+    pub fn render(&self) -> String {
+        let established = self.confirmed + self.nat;
+        if self.embryonic == 0 {
+            established.to_string()
+        } else {
+            format!("{established} +{} embryonic", self.embryonic)
+        }
+    }
 }
 
 /// One scan's counts, by backend slot and generation.

@@ -144,3 +144,28 @@ fn a_vips_listing_keeps_the_youngest_and_counts_them_all() {
     assert_eq!(two.flows.iter().map(|f| f.key.sport).collect::<Vec<_>>(), [3000, 3001]);
     assert_eq!(two.flows[1].age, 40);
 }
+
+/// What counting a full table of the default size costs in this build (printed; the bound only
+/// catches a scan gone quadratic): every entry of every set live and attributed.
+#[test]
+fn counting_a_full_default_table_is_bounded() {
+    let now = 5_000_000;
+    let owners = owners();
+    let mut set = empty_set();
+    for way in 0..FLOW_WAYS {
+        let flow = if way % 2 == 0 { Flow { backend: 3, generation: 7 } } else { Flow { backend: 9, generation: 2 } };
+        record(&mut set, way, &client(5000 + way as u16), flow, now - 4 * way as u32, way != 0);
+    }
+    let sets = lb_common::flow_sets(lb_common::FLOW_TABLE_SIZE);
+    let started = Instant::now();
+    let mut counts = ConnCounts::default();
+    for _ in 0..sets {
+        counts.add_set(std::hint::black_box(&set), now, &owners);
+    }
+    let took = started.elapsed();
+    eprintln!("{} entries counted in {took:?}", counts.occupied);
+    assert_eq!(counts.occupied, u64::from(sets) * FLOW_WAYS as u64);
+    assert_eq!(counts.of(3, 7).total() + counts.of(9, 2).total(), counts.occupied);
+    assert_eq!(counts.of(3, 7).embryonic, u64::from(sets));
+    assert!(took < Duration::from_secs(20), "{took:?}");
+}

@@ -4,7 +4,10 @@ use std::{future::Future, pin::Pin};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{apply::plan::Plan, serve::stats::Snapshot, serve::summary::NodeState, serve::summary::Summary};
+use crate::{
+    apply::plan::Plan, serve::conns::ConnsReport, serve::stats::Snapshot, serve::summary::NodeState,
+    serve::summary::Summary,
+};
 
 /// What the agent's request handler returns: a reply may wait for the agent's state.
 pub type ReplyFuture = Pin<Box<dyn Future<Output = Reply> + Send>>;
@@ -32,6 +35,8 @@ pub enum Request {
     /// `xlb detach` is about to detach XDP from `iface`: withdraw what depends on it and do not
     /// re-attach (until the agent restarts).
     Detach { iface: String },
+    /// The live flows of `vip` (a name): the totals and the `limit` most recently active.
+    Conns { vip: String, limit: u32 },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -42,6 +47,7 @@ pub enum Reply {
     Summary(Summary),
     Done(String),
     Plan(Plan),
+    Conns(ConnsReport),
     Error(String),
 }
 

@@ -1,0 +1,126 @@
+//! `xlb conns VIP`: a VIP's live flows as the agent found them in the connection table, and
+//! their text for people.
+
+use serde::{Deserialize, Serialize};
+
+use crate::serve::human;
+
+/// Flows `xlb conns` lists unless told otherwise, and the most it lists.
+pub const DEFAULT_LIMIT: u32 = 100;
+pub const MAX_LIMIT: u32 = 10_000;
+
+/// One flow of the VIP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnEntry {
+    /// The client's address and port (`[v6]:port` for IPv6).
+    pub client: String,
+    /// The backend's address (as in the config).
+    pub backend: String,
+    /// `confirmed`, or `embryonic` (handshake not finished).
+    pub state: String,
+    /// Since the flow's last packet (the table records last use, to 4 jiffies, not the start).
+    pub idle_ms: u64,
+}
+
+/// A VIP's live flows: the totals, and the most recently active ones up to `limit`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnsReport {
+    pub vip: String,
+    pub endpoint: String,
+    pub mode: String,
+    pub confirmed: u64,
+    pub embryonic: u64,
+    /// NAT flows (nat VIPs), as of the last sweep; they are not listed.
+    pub nat: u64,
+    pub limit: u32,
+    /// Most recently active first.
+    pub flows: Vec<ConnEntry>,
+}
+
+impl ConnsReport {
+    /// Live flows in the connection table (what `flows` lists from).
+    pub fn total(&self) -> u64 {
+        self.confirmed + self.embryonic
+    }
+
+    /// Flows counted but not listed.
+    pub fn not_shown(&self) -> u64 {
+        self.total().saturating_sub(self.flows.len() as u64)
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "{} {} ({}): {} connections ({} confirmed, {} embryonic)\n",
+            self.vip,
+            self.endpoint,
+            self.mode,
+            self.total(),
+            self.confirmed,
+            self.embryonic
+        );
+        if self.mode == "nat" {
+            out.push_str(&format!(
+                "NAT flows live in the NAT tables and are not listed: {} (per backend: xlb status --vips)\n",
+                self.nat
+            ));
+        }
+        if !self.flows.is_empty() {
+            out.push_str(&format!("{:<48} {:<40} {:<10} {}\n", "client", "backend", "state", "last packet"));
+        }
+        for f in &self.flows {
+            out.push_str(&format!(
+                "{:<48} {:<40} {:<10} {}\n",
+                f.client,
+                f.backend,
+                f.state,
+                human::ago(f.idle_ms / 1000)
+            ));
+        }
+        let more = self.not_shown();
+        if more > 0 {
+            out.push_str(&format!("{more} more not shown (--limit, at most {MAX_LIMIT})\n"));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(listed: usize, confirmed: u64, embryonic: u64) -> ConnsReport {
+        ConnsReport {
+            vip: "web".into(),
+            endpoint: "192.0.2.1:80/tcp".into(),
+            mode: "dsr-l2".into(),
+            confirmed,
+            embryonic,
+            nat: 0,
+            limit: 2,
+            flows: (0..listed)
+                .map(|i| ConnEntry {
+                    client: format!("10.0.0.{i}:4000{i}"),
+                    backend: "10.0.2.1".into(),
+                    state: "confirmed".into(),
+                    idle_ms: 3_400 + 60_000 * i as u64,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_listing_says_how_many_it_left_out() {
+        let text = report(2, 5, 1).render();
+        assert!(
+            text.starts_with("web 192.0.2.1:80/tcp (dsr-l2): 6 connections (5 confirmed, 1 embryonic)\n"),
+            "{text}"
+        );
+        assert!(text.contains("10.0.0.0:40000"), "{text}");
+        assert!(text.contains("3s ago"), "{text}");
+        assert!(text.contains("1m3s ago"), "{text}");
+        assert!(text.ends_with("4 more not shown (--limit, at most 10000)\n"), "{text}");
+        let all = report(3, 3, 0).render();
+        assert!(!all.contains("more not shown"), "{all}");
+        assert_eq!(all.lines().count(), 5, "{all}");
+    }
+}
