@@ -232,7 +232,14 @@ fn a_two_address_pool_fills_at_exactly_its_capacity() {
     assert_eq!(full4.connections.total(), CAPACITY as u64, "{:?}", full4.connections);
     let out = topo.xlb(&["conns", "full4", "--json"]);
     let report: xlb::serve::conns::ConnsReport = serde_json::from_slice(&out.stdout).expect("conns JSON");
-    assert_eq!((report.nat, report.mode.as_str(), report.flows.len()), (CAPACITY as u64, "nat", 0), "{report:?}");
+    assert_eq!((report.nat, report.mode.as_str(), report.flows.len()), (CAPACITY as u64, "nat", 100));
+    for flow in &report.flows {
+        let source = flow.nat_source.as_deref().unwrap_or("none");
+        assert!(SMALL_POOL.iter().any(|a| source.starts_with(&format!("{a}:3"))), "{flow:?}");
+        assert_eq!(flow.backend, full4.backends[0].address, "{flow:?}");
+    }
+    let text = String::from_utf8(topo.xlb(&["conns", "full4", "--limit", "3"]).stdout).unwrap();
+    assert!(text.contains("19997 more not shown"), "{text}");
 
     // The backend really has them all, established.
     let out = xlb_tests::netns::sh(

@@ -91,7 +91,8 @@ pub enum Command {
     },
     /// The live flows of a VIP from the connection table: client, backend, state (confirmed, or
     /// embryonic while the handshake is unfinished) and when its last packet passed, most
-    /// recently active first, with the totals. NAT VIPs' flows are counted, not listed.
+    /// recently active first, with the totals. For NAT VIPs, from the NAT tables, with each
+    /// flow's source address and port at the backend.
     Conns {
         /// VIP name (as in the config).
         vip: String,

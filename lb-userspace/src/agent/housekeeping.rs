@@ -39,7 +39,8 @@ pub(super) fn start(
                 .inspect_err(|e| tracing::warn!(error = %e, "connections per backend will not be counted"))
                 .ok();
             lock(&shared.usage).clock = clock;
-            let mut owners: Option<(Arc<AgentView>, SlotOwners)> = None;
+            // Slot owners change with a pass only: rebuilt when the published view does.
+            let mut owners: (Option<Arc<AgentView>>, SlotOwners) = (None, SlotOwners::default());
             let mut swept = 0;
             // At once, then every interval until stopped.
             let mut wait = Duration::ZERO;
@@ -48,34 +49,28 @@ pub(super) fn start(
                 let view = shared.view.load_full();
                 let nat =
                     view.node.map(|node| nat::sweep(&mut nat_tables, &view.config, &node, nat::monotonic_ns(), swept));
-                // Slot owners change with a pass only.
-                if owners.as_ref().is_none_or(|(seen, _)| !Arc::ptr_eq(seen, &view)) {
-                    owners = Some((Arc::clone(&view), SlotOwners::of(&view.applied)));
+                if owners.0.as_ref().is_none_or(|seen| !Arc::ptr_eq(seen, &view)) {
+                    owners = (Some(Arc::clone(&view)), SlotOwners::of(&view.applied));
                 }
-                let counts = match (&flow_counter, clock.map(|c| c.now())) {
-                    (Some(table), Some(Ok(now))) => {
-                        let owners = owners.as_ref().map(|(_, o)| o);
-                        Some(conns::count_table(table, now, owners.unwrap_or(&SlotOwners::default()), true))
-                    }
-                    (_, Some(Err(e))) => {
+                let counts = flow_counter.as_ref().zip(clock).and_then(|(table, clock)| match clock.now() {
+                    Ok(now) => Some(conns::count_table(table, now, &owners.1, true)),
+                    Err(e) => {
                         tracing::debug!(error = %e, "reading the kernel's jiffies");
                         None
                     }
-                    _ => None,
-                };
-                let flow_table = match &counts {
-                    Some(counts) => flow_counter
-                        .as_ref()
-                        .map(|table| FlowTableUsage { entries: counts.occupied, size: table.size() }),
-                    None => flow_counter.as_ref().map(FlowTableCounter::count),
-                };
+                });
+                let flow_table = flow_counter.as_ref().map(|table| match &counts {
+                    Some(counts) => FlowTableUsage { entries: counts.occupied, size: table.size() },
+                    None => table.count(),
+                });
+                if let Some(counts) = &counts {
+                    tracing::trace!(took = ?counts.took, busy = ?counts.busy, "counted connections");
+                }
                 let mut counts = counts.unwrap_or_default();
                 if let Some(nat) = &nat {
                     counts.add_nat(&nat.per_backend);
+                    // NAT flows alone are a count too (no connection table, or no clock).
                     counts.finished.get_or_insert_with(std::time::Instant::now);
-                }
-                if let Some(took) = counts.finished.map(|_| counts.took) {
-                    tracing::trace!(?took, busy = ?counts.busy, "counted connections");
                 }
                 let mut usage = lock(&shared.usage);
                 if let Some(nat) = nat {

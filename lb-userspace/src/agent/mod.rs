@@ -224,6 +224,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     }
     let counters = maps.counters().context("opening the counters for readers")?;
     let nat_tables = maps.nat_tables().context("opening the NAT tables for housekeeping")?;
+    let nat_reader = maps.nat_tables().context("opening the NAT tables for xlb conns")?;
     let flow_counter = maps
         .flow_table_counter()
         .inspect_err(|e| tracing::warn!(error = %e, "connection-table occupancy will not be counted"))
@@ -314,6 +315,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let _ = commands.send(Command::Attached);
     *lock(&shared.attachments) = watch::initial(&links);
     let (watch_stop, watcher) = watch::start(program, links, Arc::clone(&shared), commands.clone())?;
+    let _ = shared.nat_reader.set(std::sync::Mutex::new(nat_reader));
     let (housekeeping_stop, housekeeping) = housekeeping::start(Arc::clone(&shared), nat_tables, flow_counter)?;
 
     let server = admin::serve(&admin_socket, Arc::new(answerer(Arc::clone(&shared), commands.clone()))).await?;

@@ -16,7 +16,7 @@ use super::{sd_notify::Notifier, state_file::StateStatus};
 use crate::{
     announce::bgp::{Announce, PeerStatus, Speaker},
     apply::conns::ConnCounts,
-    apply::dataplane::{Counters, DataplaneError, FlowTableCounter, FlowTableUsage},
+    apply::dataplane::{Counters, DataplaneError, FlowTableCounter, FlowTableUsage, NatTables},
     apply::nat::NatUsage,
     apply::reconcile::AppliedVip,
     config::Config,
@@ -108,6 +108,8 @@ pub struct Shared {
     pub flow_table: OnceLock<FlowTableCounter>,
     /// Held by an `xlb conns` scan: one at a time.
     pub conns_scan: Mutex<()>,
+    /// The NAT tables, for `xlb conns` of a NAT VIP (handles of its own; set once at start).
+    pub nat_reader: OnceLock<Mutex<NatTables>>,
     counters: Counters,
 }
 
@@ -142,6 +144,7 @@ impl Shared {
             attachments: Mutex::new(Vec::new()),
             health_errors,
             flow_table: OnceLock::new(),
+            nat_reader: OnceLock::new(),
             conns_scan: Mutex::new(()),
             counters,
         }

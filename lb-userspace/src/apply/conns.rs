@@ -118,6 +118,11 @@ impl SlotOwners {
         self.by_slot.get(flow.backend as usize).copied().flatten().filter(|o| o.generation == flow.generation)
     }
 
+    /// The owner of `slot` whatever the generation (NAT reverse entries record none).
+    pub fn slot_owner(&self, slot: u32) -> Option<SlotOwner> {
+        self.by_slot.get(slot as usize).copied().flatten()
+    }
+
     /// The index of `key` in `vips`.
     pub fn vip_index(&self, key: &VipKey) -> Option<u32> {
         self.vips.iter().position(|k| k == key).map(|i| i as u32)

@@ -42,7 +42,7 @@ pub fn monotonic_ns() -> u64 {
 }
 
 /// Whether a forward entry still owns the source its reverse entry records.
-fn owns(entry: &NatFlow, reverse: &FlowKey) -> bool {
+pub fn owns(entry: &NatFlow, reverse: &FlowKey) -> bool {
     entry.source == reverse.daddr && entry.source_port == reverse.dport
 }
 

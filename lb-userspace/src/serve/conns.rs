@@ -16,8 +16,11 @@ pub struct ConnEntry {
     pub client: String,
     /// The backend's address (as in the config).
     pub backend: String,
-    /// `confirmed`, or `embryonic` (handshake not finished).
+    /// `confirmed`, `embryonic` (handshake not finished), or `nat`.
     pub state: String,
+    /// NAT: the source address and port toward the backend (a pool's; the client's for DNAT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat_source: Option<String>,
     /// Since the flow's last packet (the table records last use, to 4 jiffies, not the start).
     pub idle_ms: u64,
 }
@@ -30,7 +33,7 @@ pub struct ConnsReport {
     pub mode: String,
     pub confirmed: u64,
     pub embryonic: u64,
-    /// NAT flows (nat VIPs), as of the last sweep; they are not listed.
+    /// NAT flows (nat VIPs: they live in the NAT tables instead).
     pub nat: u64,
     pub limit: u32,
     /// Most recently active first.
@@ -38,9 +41,9 @@ pub struct ConnsReport {
 }
 
 impl ConnsReport {
-    /// Live flows in the connection table (what `flows` lists from).
+    /// Live flows (what `flows` lists from).
     pub fn total(&self) -> u64 {
-        self.confirmed + self.embryonic
+        self.confirmed + self.embryonic + self.nat
     }
 
     /// Flows counted but not listed.
@@ -49,32 +52,29 @@ impl ConnsReport {
     }
 
     pub fn render(&self) -> String {
-        let mut out = format!(
-            "{} {} ({}): {} connections ({} confirmed, {} embryonic)\n",
-            self.vip,
-            self.endpoint,
-            self.mode,
-            self.total(),
-            self.confirmed,
-            self.embryonic
-        );
-        if self.mode == "nat" {
-            out.push_str(&format!(
-                "NAT flows live in the NAT tables and are not listed: {} (per backend: xlb status --vips)\n",
-                self.nat
-            ));
-        }
+        let (vip, endpoint, mode) = (&self.vip, &self.endpoint, &self.mode);
+        let mut out = if mode == "nat" {
+            format!("{vip} {endpoint} ({mode}): {} NAT flows\n", self.nat)
+        } else {
+            let (confirmed, embryonic) = (self.confirmed, self.embryonic);
+            format!(
+                "{vip} {endpoint} ({mode}): {} connections ({confirmed} confirmed, {embryonic} embryonic)\n",
+                self.total()
+            )
+        };
+        let nat = mode == "nat";
         if !self.flows.is_empty() {
-            out.push_str(&format!("{:<48} {:<40} {:<10} {}\n", "client", "backend", "state", "last packet"));
+            let source = if nat { "source at the backend" } else { "" };
+            let header = format!("{:<48} {:<40} {:<10} {:<12} {source}", "client", "backend", "state", "last packet");
+            out.push_str(header.trim_end());
+            out.push('\n');
         }
         for f in &self.flows {
-            out.push_str(&format!(
-                "{:<48} {:<40} {:<10} {}\n",
-                f.client,
-                f.backend,
-                f.state,
-                human::ago(f.idle_ms / 1000)
-            ));
+            let last = human::ago(f.idle_ms / 1000);
+            let source = f.nat_source.as_deref().unwrap_or("");
+            let line = format!("{:<48} {:<40} {:<10} {last:<12} {source}", f.client, f.backend, f.state);
+            out.push_str(line.trim_end());
+            out.push('\n');
         }
         let more = self.not_shown();
         if more > 0 {
@@ -102,6 +102,7 @@ mod tests {
                     client: format!("10.0.0.{i}:4000{i}"),
                     backend: "10.0.2.1".into(),
                     state: "confirmed".into(),
+                    nat_source: None,
                     idle_ms: 3_400 + 60_000 * i as u64,
                 })
                 .collect(),
@@ -119,6 +120,14 @@ mod tests {
         assert!(text.contains("3s ago"), "{text}");
         assert!(text.contains("1m3s ago"), "{text}");
         assert!(text.ends_with("4 more not shown (--limit, at most 10000)\n"), "{text}");
+        let mut nat = report(1, 0, 0);
+        (nat.mode, nat.nat) = ("nat".into(), 7);
+        nat.flows[0].state = "nat".into();
+        nat.flows[0].nat_source = Some("198.51.100.1:30001".into());
+        let text = nat.render();
+        assert!(text.starts_with("web 192.0.2.1:80/tcp (nat): 7 NAT flows\n"), "{text}");
+        assert!(text.contains("source at the backend") && text.contains("198.51.100.1:30001"), "{text}");
+        assert!(text.ends_with("6 more not shown (--limit, at most 10000)\n"), "{text}");
         let all = report(3, 3, 0).render();
         assert!(!all.contains("more not shown"), "{all}");
         assert_eq!(all.lines().count(), 5, "{all}");
