@@ -29,6 +29,7 @@ fn snapshot(vips: usize) -> Snapshot {
         packets: 1,
         bytes: 100,
         new_flows: 1,
+        connections: Default::default(),
     };
     Snapshot {
         rx_packets: 0,
@@ -47,12 +48,14 @@ fn snapshot(vips: usize) -> Snapshot {
                 packets: 2,
                 bytes: 200,
                 new_flows: 2,
+                connections: Default::default(),
                 backends: vec![backend(2 * i), backend(2 * i + 1)],
             })
             .collect(),
         flow_table: Default::default(),
         nat: Default::default(),
         l7: Vec::new(),
+        connections_scan: None,
     }
 }
 

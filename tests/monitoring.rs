@@ -83,6 +83,7 @@ fn exposition() -> String {
         packets: 1,
         bytes: 1,
         new_flows: 1,
+        connections: Default::default(),
     };
     let snapshot = Snapshot {
         rx_packets: 1,
@@ -100,6 +101,7 @@ fn exposition() -> String {
             packets: 1,
             bytes: 1,
             new_flows: 1,
+            connections: Default::default(),
             backends: vec![backend],
         }],
         flow_table: Default::default(),
@@ -107,8 +109,10 @@ fn exposition() -> String {
             flows: 1,
             swept: 1,
             pools: vec![PoolUsage { pool: "edge".into(), address: "198.51.100.1".into(), flows: 1, ports: 10 }],
+            per_backend: Default::default(),
         },
         l7: Vec::new(),
+        connections_scan: None,
     };
     let l7 = xlb::l7::metrics::Metrics::new().expect("the L7 registry");
     l7.route("www", "api").answered(200, 0.01);

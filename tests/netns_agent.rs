@@ -325,3 +325,103 @@ fn explain_names_the_backend_a_real_flow_reached_and_changes_nothing() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("leave out --packet"), "{bad:?}");
 }
+
+/// Opens `count` TCP connections to `vip:port` from the client and learns from each which
+/// backend answered (`serve_streams` answers a line with its name); they stay open until the
+/// returned sender is dropped (or 60 s pass). Returns each one's client address and backend.
+fn hold_connections(
+    topo: &Topology,
+    vip: &str,
+    port: u16,
+    count: usize,
+) -> (Vec<(String, String)>, std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+    let addr = std::net::SocketAddr::new(vip.parse().unwrap(), port);
+    let (opened_tx, opened_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let holder = topo.client().run(move || {
+        let mut held = Vec::new();
+        let mut opened = Vec::new();
+        for _ in 0..count {
+            let conn = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(4)).expect("connect");
+            conn.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+            (&conn).write_all(b"x\n").unwrap();
+            let mut name = String::new();
+            std::io::BufRead::read_line(&mut reader, &mut name).expect("the backend's name");
+            let backend: usize = name.trim().strip_prefix("be").and_then(|n| n.parse().ok()).expect("beN");
+            opened.push((conn.local_addr().unwrap().to_string(), backend_v4(backend)));
+            held.push(conn);
+        }
+        opened_tx.send(opened).unwrap();
+        // Until told (or the test failed and dropped the sender), bounded.
+        let _ = stop_rx.recv_timeout(Duration::from_secs(60));
+        drop(held);
+    });
+    let opened = opened_rx.recv_timeout(Duration::from_secs(30)).expect("connections opened");
+    (opened, stop_tx, holder)
+}
+
+#[test]
+fn active_connections_are_counted_per_backend_and_listed() {
+    require_root!();
+    let mut topo = Topology::new(3, &[VIP]);
+    topo.serve_streams(VIP, 9200);
+    topo.start_agent_with(&format!("vips:\n{}", vip("held", 9200, "", &[1, 1, 1])), &["--metrics-listen", METRICS]);
+    let (opened, stop, holder) = hold_connections(&topo, VIP, 9200, 6);
+    let mut expected: std::collections::BTreeMap<String, u64> = (0..3).map(|i| (backend_v4(i), 0)).collect();
+    for (_, backend) in &opened {
+        *expected.entry(backend.clone()).or_default() += 1;
+    }
+    assert!(expected.values().filter(|&&n| n > 0).count() >= 2, "Maglev spread 6 connections: {opened:?}");
+
+    // The agent counts every 2 s; status shows each backend's share as it really got it.
+    let counted = |status: &Status| -> std::collections::BTreeMap<String, u64> {
+        let v = status.snapshot.vip("held").expect("VIP held");
+        v.backends.iter().map(|b| (b.address.clone(), b.connections.confirmed)).collect()
+    };
+    let status = wait_for("6 connections counted", Duration::from_secs(10), || {
+        topo.status().filter(|s| counted(s).values().sum::<u64>() == 6)
+    });
+    assert_eq!(counted(&status), expected, "{opened:?}");
+    let held = status.snapshot.vip("held").unwrap();
+    assert_eq!((held.connections.confirmed, held.connections.embryonic, held.connections.nat), (6, 0, 0));
+    let scan = status.snapshot.connections_scan;
+    assert!(scan.is_some_and(|s| s.age_ms < 10_000), "{scan:?}");
+    eprintln!("the agent's last count of its {}-entry table: {scan:?}", status.snapshot.flow_table.size);
+    let rendered = String::from_utf8(topo.xlb(&["status", "--vips"]).stdout).unwrap();
+    assert!(rendered.contains("connections") && rendered.contains("counted "), "{rendered}");
+
+    // `xlb conns` lists the very clients, each with the backend it reached.
+    let out = topo.xlb(&["conns", "held", "--json"]);
+    assert!(out.status.success(), "conns: {}", String::from_utf8_lossy(&out.stderr));
+    let report: xlb::serve::conns::ConnsReport = serde_json::from_slice(&out.stdout).expect("conns JSON");
+    assert_eq!((report.confirmed, report.embryonic, report.flows.len()), (6, 0, 6), "{report:?}");
+    let mut listed: Vec<(String, String)> =
+        report.flows.iter().map(|f| (f.client.clone(), f.backend.clone())).collect();
+    let mut opened_sorted = opened.clone();
+    listed.sort();
+    opened_sorted.sort();
+    assert_eq!(listed, opened_sorted);
+    assert!(report.flows.iter().all(|f| f.state == "confirmed" && f.idle_ms < 60_000), "{report:?}");
+    let out = topo.xlb(&["conns", "held", "--limit", "2"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("6 connections (6 confirmed, 0 embryonic)"), "{text}");
+    assert_eq!(
+        text.lines().filter(|l| opened.iter().any(|(client, _)| l.starts_with(client.as_str()))).count(),
+        2,
+        "{text}"
+    );
+    assert!(text.contains("4 more not shown"), "{text}");
+    let out = topo.xlb(&["conns", "nope"]);
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && error.contains("no VIP named `nope`") && error.contains("held"), "{error}");
+
+    let text = metrics(&topo);
+    for (backend, count) in &expected {
+        let line = format!("xlb_backend_connections{{backend=\"{backend}\",state=\"confirmed\",vip=\"held\"}} {count}");
+        assert!(text.lines().any(|l| l == line), "metrics lack `{line}`:\n{text}");
+    }
+    assert!(text.lines().any(|l| l.starts_with("xlb_connections_count_age_seconds ")), "{text}");
+    drop(stop);
+    holder.join().expect("connection holder");
+}

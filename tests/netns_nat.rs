@@ -225,6 +225,21 @@ fn a_two_address_pool_fills_at_exactly_its_capacity() {
         std::thread::sleep(Duration::from_millis(250));
     };
     assert_eq!(usage, vec![CAPACITY as u64 / 2; 2], "each address holds 10 000 flows, one per port");
+    // The same sweep counts them per backend: full4's one backend has them all.
+    let status = topo.status().expect("status");
+    let full4 = status.snapshot.vip("full4").expect("full4 in status");
+    assert_eq!(full4.backends[0].connections.nat, CAPACITY as u64, "{:?}", full4.backends[0]);
+    assert_eq!(full4.connections.total(), CAPACITY as u64, "{:?}", full4.connections);
+    let out = topo.xlb(&["conns", "full4", "--json"]);
+    let report: xlb::serve::conns::ConnsReport = serde_json::from_slice(&out.stdout).expect("conns JSON");
+    assert_eq!((report.nat, report.mode.as_str(), report.flows.len()), (CAPACITY as u64, "nat", 100));
+    for flow in &report.flows {
+        let source = flow.nat_source.as_deref().unwrap_or("none");
+        assert!(SMALL_POOL.iter().any(|a| source.starts_with(&format!("{a}:3"))), "{flow:?}");
+        assert_eq!(flow.backend, full4.backends[0].address, "{flow:?}");
+    }
+    let text = String::from_utf8(topo.xlb(&["conns", "full4", "--limit", "3"]).stdout).unwrap();
+    assert!(text.contains("19997 more not shown"), "{text}");
 
     // The backend really has them all, established.
     let out = xlb_tests::netns::sh(

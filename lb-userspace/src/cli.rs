@@ -85,7 +85,7 @@ pub enum Command {
     },
     /// The running agent at a glance: its configuration state, BGP peers, counts of VIPs and
     /// backends, and the VIPs not fully serving. With --vips: every VIP and backend (weight,
-    /// health, drain, traffic), like `ipvsadm -Ln`.
+    /// health, drain, traffic, live connections), like `ipvsadm -Ln`.
     Status {
         #[command(flatten)]
         agent: AgentSocket,
@@ -95,6 +95,23 @@ pub enum Command {
         /// Every VIP and backend with its counters (large at thousands of VIPs).
         #[arg(long)]
         vips: bool,
+    },
+    /// The live flows of a VIP from the connection table: client, backend, state (confirmed, or
+    /// embryonic while the handshake is unfinished) and when its last packet passed, most
+    /// recently active first, with the totals. For NAT VIPs, from the NAT tables, with each
+    /// flow's source address and port at the backend.
+    Conns {
+        /// VIP name (as in the config).
+        vip: String,
+        /// List at most N flows (the totals count them all).
+        #[arg(long, default_value_t = crate::serve::conns::DEFAULT_LIMIT,
+              value_parser = clap::value_parser!(u32).range(0..=i64::from(crate::serve::conns::MAX_LIMIT)))]
+        limit: u32,
+        #[command(flatten)]
+        agent: AgentSocket,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
     },
     /// Show what loading FILE into the running agent would change: VIPs and backends added,
     /// removed and reweighted, and per VIP the share of new flows Maglev would send elsewhere.

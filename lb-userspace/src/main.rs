@@ -115,6 +115,12 @@ fn dispatch(command: Command, format: LogFormat) -> anyhow::Result<()> {
                 reply => anyhow::bail!("the agent answered a status request with {reply:?}"),
             }
         }
+        Command::Conns { vip, limit, agent: socket, json } => {
+            match ask(&socket.path()?, admin::Request::Conns { vip, limit })? {
+                admin::Reply::Conns(report) => show(json, &report, xlb::serve::conns::ConnsReport::render),
+                reply => anyhow::bail!("the agent answered a conns request with {reply:?}"),
+            }
+        }
         Command::Plan { file, agent: socket, json } => {
             let admin_socket = socket.path()?;
             // Checked here first: a file the agent would reject gets the same message, locally.

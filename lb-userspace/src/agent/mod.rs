@@ -10,9 +10,8 @@ use tokio::{
 };
 
 use crate::{
-    apply::dataplane::{self, AttachMode, Attached, FlowTableCounter, Loaded, NatTables, TableSizes},
+    apply::dataplane::{self, AttachMode, Attached, Loaded, TableSizes},
     apply::explain::{LivePlane, Probe},
-    apply::nat,
     apply::reconcile::Reconciler,
     config::{self, Config},
     l7,
@@ -25,7 +24,9 @@ use crate::{
 };
 
 mod config_reader;
+mod conns;
 mod control;
+mod housekeeping;
 pub mod instance_lock;
 pub mod sd_notify;
 pub mod state_file;
@@ -160,10 +161,6 @@ fn node_facts(opts: &RunOptions) -> anyhow::Result<NodeFacts> {
     Ok(facts)
 }
 
-/// How often expired NAT flows are swept, pool usage recounted and connection-table entries
-/// counted.
-const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(2);
-
 /// The MACs an adopted data plane holds for backends the configuration leaves to resolution
 /// (by the address resolution would ask for).
 fn adopted_macs(reconciler: &Reconciler, config: &Config) -> std::collections::BTreeMap<std::net::IpAddr, [u8; 6]> {
@@ -227,6 +224,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     }
     let counters = maps.counters().context("opening the counters for readers")?;
     let nat_tables = maps.nat_tables().context("opening the NAT tables for housekeeping")?;
+    let nat_reader = maps.nat_tables().context("opening the NAT tables for xlb conns")?;
     let flow_counter = maps
         .flow_table_counter()
         .inspect_err(|e| tracing::warn!(error = %e, "connection-table occupancy will not be counted"))
@@ -317,7 +315,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let _ = commands.send(Command::Attached);
     *lock(&shared.attachments) = watch::initial(&links);
     let (watch_stop, watcher) = watch::start(program, links, Arc::clone(&shared), commands.clone())?;
-    let (housekeeping_stop, housekeeping) = housekeeping(Arc::clone(&shared), nat_tables, flow_counter)?;
+    let _ = shared.nat_reader.set(std::sync::Mutex::new(nat_reader));
+    let (housekeeping_stop, housekeeping) = housekeeping::start(Arc::clone(&shared), nat_tables, flow_counter)?;
 
     let explain_at = (pin_dir.clone(), opts.iface.clone());
     let server =
@@ -466,6 +465,9 @@ fn answerer(
                     read(shared, |s| s.status().map_or_else(|e| Reply::Error(e.to_string()), Reply::Status)).await
                 }
                 Request::Summary => read(shared, |s| Reply::Summary(s.summary())).await,
+                Request::Conns { vip, limit } => tokio::task::spawn_blocking(move || shared.conns(&vip, limit))
+                    .await
+                    .unwrap_or_else(|e| Reply::Error(format!("listing connections failed: {e}"))),
                 Request::Plan { path, config } => {
                     let (reply, rx) = oneshot::channel();
                     ask(Command::Plan { path, config, reply }, rx).await
@@ -539,44 +541,6 @@ async fn read(shared: Arc<Shared>, f: fn(&Shared) -> Reply) -> Reply {
     tokio::task::spawn_blocking(move || f(&shared))
         .await
         .unwrap_or_else(|e| Reply::Error(format!("reading the agent's state failed: {e}")))
-}
-
-/// The housekeeping thread: every `HOUSEKEEPING_INTERVAL`, expired NAT flows are swept, pool
-/// usage recounted and connection-table entries counted — through its own map handles, off
-/// the runtime and the control thread. It stops when the returned sender is dropped.
-fn housekeeping(
-    shared: Arc<Shared>,
-    mut nat_tables: NatTables,
-    flow_counter: Option<FlowTableCounter>,
-) -> anyhow::Result<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)> {
-    let (stop, stopped) = std::sync::mpsc::channel::<()>();
-    if let Some(counter) = &flow_counter {
-        lock(&shared.usage).flow_table.size = counter.size();
-    }
-    let thread = std::thread::Builder::new()
-        .name("xlb-housekeeping".into())
-        .spawn(move || {
-            let mut swept = 0;
-            // At once, then every interval until stopped.
-            let mut wait = Duration::ZERO;
-            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(wait) {
-                wait = HOUSEKEEPING_INTERVAL;
-                let view = shared.view.load();
-                let nat =
-                    view.node.map(|node| nat::sweep(&mut nat_tables, &view.config, &node, nat::monotonic_ns(), swept));
-                let flow_table = flow_counter.as_ref().map(FlowTableCounter::count);
-                let mut usage = lock(&shared.usage);
-                if let Some(nat) = nat {
-                    swept = nat.swept;
-                    usage.nat = nat;
-                }
-                if let Some(flow_table) = flow_table {
-                    usage.flow_table = flow_table;
-                }
-            }
-        })
-        .context("starting the housekeeping thread")?;
-    Ok((stop, thread))
 }
 
 /// Notices when the config file is replaced or rewritten (editors do either), once it has

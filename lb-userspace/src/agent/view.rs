@@ -5,7 +5,7 @@
 
 use std::{
     collections::BTreeMap,
-    sync::{Arc, Mutex, atomic::AtomicU64},
+    sync::{Arc, Mutex, OnceLock, atomic::AtomicU64},
 };
 
 use arc_swap::ArcSwap;
@@ -15,7 +15,8 @@ use tokio::sync::watch;
 use super::{sd_notify::Notifier, state_file::StateStatus};
 use crate::{
     announce::bgp::{Announce, PeerStatus, Speaker},
-    apply::dataplane::{Counters, DataplaneError, FlowTableUsage},
+    apply::conns::ConnCounts,
+    apply::dataplane::{Counters, DataplaneError, FlowTableCounter, FlowTableUsage, NatTables},
     apply::nat::NatUsage,
     apply::reconcile::AppliedVip,
     config::Config,
@@ -25,6 +26,7 @@ use crate::{
     serve::stats::Snapshot,
     serve::summary::{NodeState, Summary},
     sources::health::{HealthErrors, HealthMap},
+    sources::jiffies::KernelClock,
 };
 
 /// The agent's state as of its last published pass.
@@ -69,6 +71,10 @@ impl AgentView {
 pub struct Usage {
     pub flow_table: FlowTableUsage,
     pub nat: NatUsage,
+    /// Live connections per backend slot (shared: a copy of the lock's content stays cheap).
+    pub conns: Arc<ConnCounts>,
+    /// The kernel's jiffies clock, once measured (`None`: not yet, or unreadable).
+    pub clock: Option<KernelClock>,
 }
 
 /// Everything readers share with the control thread.
@@ -98,6 +104,12 @@ pub struct Shared {
     pub attachments: Mutex<Vec<AttachmentStatus>>,
     /// The health checker's failure counters.
     pub health_errors: Arc<HealthErrors>,
+    /// The connection table, mapped for reading (set once by the housekeeping thread).
+    pub flow_table: OnceLock<FlowTableCounter>,
+    /// Held by an `xlb conns` scan: one at a time.
+    pub conns_scan: Mutex<()>,
+    /// The NAT tables, for `xlb conns` of a NAT VIP (handles of its own; set once at start).
+    pub nat_reader: OnceLock<Mutex<NatTables>>,
     counters: Counters,
 }
 
@@ -131,6 +143,9 @@ impl Shared {
             notifier,
             attachments: Mutex::new(Vec::new()),
             health_errors,
+            flow_table: OnceLock::new(),
+            nat_reader: OnceLock::new(),
+            conns_scan: Mutex::new(()),
             counters,
         }
     }
@@ -158,8 +173,8 @@ impl Shared {
     /// The snapshot of one loaded view (a reply built from two loads could mix two passes).
     fn snapshot_of(&self, view: &AgentView) -> Result<Snapshot, DataplaneError> {
         let health = self.health.borrow().clone();
-        let mut snapshot = Snapshot::read(&self.counters, &view.applied, &health)?;
         let usage = lock(&self.usage).clone();
+        let mut snapshot = Snapshot::read(&self.counters, &view.applied, &health, &usage.conns)?;
         snapshot.nat = usage.nat;
         snapshot.flow_table = usage.flow_table;
         snapshot.l7 = lock(&self.l7).status();

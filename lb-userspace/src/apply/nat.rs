@@ -17,6 +17,9 @@ pub struct NatUsage {
     /// Flows removed by the sweeper since the agent started.
     pub swept: u64,
     pub pools: Vec<PoolUsage>,
+    /// Live flows by backend slot and the generation they recorded (`ConnCounts::add_nat`).
+    #[serde(skip)]
+    pub per_backend: BTreeMap<(u32, u32), u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,7 +42,7 @@ pub fn monotonic_ns() -> u64 {
 }
 
 /// Whether a forward entry still owns the source its reverse entry records.
-fn owns(entry: &NatFlow, reverse: &FlowKey) -> bool {
+pub fn owns(entry: &NatFlow, reverse: &FlowKey) -> bool {
     entry.source == reverse.daddr && entry.source_port == reverse.dport
 }
 
@@ -49,6 +52,7 @@ pub fn sweep(tables: &mut NatTables, config: &Config, node: &NodeConfig, now: u6
     let mut per_addr: BTreeMap<std::net::IpAddr, u64> = BTreeMap::new();
     let mut expired = Vec::new();
     let mut live = 0u64;
+    let mut per_backend: BTreeMap<(u32, u32), u64> = BTreeMap::new();
     for (key, rev) in tables.reverse_entries() {
         let forward_key = rev.forward_key(key.proto, key.family);
         let forward = tables.flow(&forward_key).filter(|f| owns(f, &key));
@@ -58,6 +62,9 @@ pub fn sweep(tables: &mut NatTables, config: &Config, node: &NodeConfig, now: u6
             expired.push((forward.map(|_| forward_key), key));
         } else {
             live += 1;
+            if let Some(f) = forward {
+                *per_backend.entry((f.backend, f.generation)).or_default() += 1;
+            }
             *per_addr.entry(ip_from_words(key.daddr, key.family)).or_default() += 1;
         }
     }
@@ -79,7 +86,7 @@ pub fn sweep(tables: &mut NatTables, config: &Config, node: &NodeConfig, now: u6
             ports,
         })
         .collect();
-    NatUsage { flows: live, swept: swept_before + swept, pools }
+    NatUsage { flows: live, swept: swept_before + swept, pools, per_backend }
 }
 
 impl NatUsage {

@@ -46,6 +46,9 @@ pub struct AppliedVip {
     pub vip: DesiredVip,
     /// Backend slot of `vip.backends[i]`.
     pub slots: Vec<u32>,
+    /// Generation of each of `slots` (fixed while the slot serves this backend): a
+    /// connection-table entry of the slot with another one is stale.
+    pub generations: Vec<u32>,
     /// What backends removed from this VIP had counted (the VIP's totals keep it).
     pub retired: BackendCounters,
 }
@@ -241,7 +244,8 @@ impl Reconciler {
                 pool: meta.pool,
             };
             let slots = members.iter().map(|(slot, _)| *slot).collect();
-            this.vips.insert(key, AppliedVip { meta, vip, slots, retired: BackendCounters::default() });
+            let generations = members.iter().map(|(_, b)| b.generation).collect();
+            this.vips.insert(key, AppliedVip { meta, vip, slots, generations, retired: BackendCounters::default() });
         }
         // Live slots of a VIP that is gone (the previous agent died between writes): retire them.
         this.to_retire.extend(by_vip.into_values().flatten().map(|(slot, _)| slot));
@@ -510,7 +514,12 @@ impl Reconciler {
             }
         }
         let name = stage.vip.name.clone();
-        self.vips.insert(stage.key, AppliedVip { meta: stage.meta, vip: stage.vip, slots: stage.slots, retired });
+        let generations =
+            stage.slots.iter().map(|&slot| self.generations.get(slot as usize).copied().unwrap_or(0)).collect();
+        self.vips.insert(
+            stage.key,
+            AppliedVip { meta: stage.meta, vip: stage.vip, slots: stage.slots, generations, retired },
+        );
         Ok((name, old.is_none(), rebuilt))
     }
 

@@ -3,6 +3,7 @@
 
 mod accept;
 pub mod admin;
+pub mod conns;
 pub mod explain;
 pub mod human;
 pub mod metrics;

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use lb_common::{BackendCounters, VipKey};
 
 use crate::{
+    apply::conns::{BackendConns, ConnCounts},
     apply::dataplane::{Counters, DataplaneError},
     apply::reconcile::AppliedVip,
     sources::health::HealthMap,
@@ -30,6 +31,18 @@ pub struct Snapshot {
     /// The L7 tier's VIPs (served by the agent's proxy, not counted by XDP).
     #[serde(default)]
     pub l7: Vec<crate::l7::L7VipStatus>,
+    /// The scan the connection counts come from (`None`: not counted yet, or not countable).
+    #[serde(default)]
+    pub connections_scan: Option<ConnectionsScan>,
+}
+
+/// When the connection counts were taken and what the scan cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionsScan {
+    /// Since the scan finished.
+    pub age_ms: u64,
+    /// Time spent reading the table, without the pauses between its chunks.
+    pub busy_us: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +78,9 @@ pub struct VipStats {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    /// Live connections over its backends.
+    #[serde(default)]
+    pub connections: BackendConns,
     pub backends: Vec<BackendStats>,
 }
 
@@ -88,6 +104,9 @@ pub struct BackendStats {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    /// Live connections to it, as of the last count (`connections_scan`).
+    #[serde(default)]
+    pub connections: BackendConns,
 }
 
 /// The config's `mode` of a VIP the data plane serves.
@@ -103,10 +122,12 @@ pub fn mode(vip: &crate::state::desired::DesiredVip) -> &'static str {
 
 impl Snapshot {
     /// The counters as of now for the VIPs `applied` holds: two syscalls whatever the size.
+    /// Connections are as of the housekeeping thread's last count (`conns`).
     pub fn read(
         counters: &Counters,
         applied: &BTreeMap<VipKey, AppliedVip>,
         health: &HealthMap,
+        conns: &ConnCounts,
     ) -> Result<Self, DataplaneError> {
         let in_use = applied.values().flat_map(|a| a.slots.iter()).max().map_or(0, |&highest| highest + 1);
         let slots = counters.backends(in_use)?;
@@ -126,8 +147,14 @@ impl Snapshot {
         for applied in applied.values() {
             let c = applied.slots.iter().fold(applied.retired, |sum: BackendCounters, &s| sum.plus(&slot(s)));
             let mut backends = Vec::new();
-            for (backend, &slot_id) in applied.vip.backends.iter().zip(&applied.slots) {
+            let mut vip_conns = BackendConns::default();
+            let generations = applied.generations.iter().copied().chain(std::iter::repeat(0));
+            for ((backend, &slot_id), generation) in applied.vip.backends.iter().zip(&applied.slots).zip(generations) {
                 let b = slot(slot_id);
+                let connections = conns.of(slot_id, generation);
+                vip_conns.confirmed += connections.confirmed;
+                vip_conns.embryonic += connections.embryonic;
+                vip_conns.nat += connections.nat;
                 let checked = health.get(&(applied.vip.name.clone(), backend.identity.clone()));
                 backends.push(BackendStats {
                     address: backend.identity.clone(),
@@ -141,6 +168,7 @@ impl Snapshot {
                     packets: b.packets,
                     bytes: b.bytes,
                     new_flows: b.new_flows,
+                    connections,
                 });
             }
             vips.push(VipStats {
@@ -156,12 +184,25 @@ impl Snapshot {
                 packets: c.packets,
                 bytes: c.bytes,
                 new_flows: c.new_flows,
+                connections: vip_conns,
                 backends,
             });
         }
         vips.sort_by(|a, b| a.name.cmp(&b.name));
         let rx_packets = counters.iter().filter(|c| c.outcome).map(|c| c.value).sum();
-        Ok(Self { rx_packets, counters, vips, flow_table: Default::default(), nat: Default::default(), l7: Vec::new() })
+        let connections_scan = conns.finished.map(|at| ConnectionsScan {
+            age_ms: at.elapsed().as_millis() as u64,
+            busy_us: conns.busy.as_micros() as u64,
+        });
+        Ok(Self {
+            rx_packets,
+            counters,
+            vips,
+            flow_table: Default::default(),
+            nat: Default::default(),
+            l7: Vec::new(),
+            connections_scan,
+        })
     }
 
     pub fn counter(&self, name: &str) -> Option<u64> {
@@ -176,21 +217,22 @@ impl Snapshot {
     /// weight (configured, and effective when it differs), health and traffic.
     pub fn render_vips(&self) -> String {
         let mut out = format!(
-            "{:<40} {:<8} {:>9} {:<10} {:>12} {:>14} {:>10}\n",
-            "VIP / backend", "mode", "weight", "state", "packets", "bytes", "new flows"
+            "{:<40} {:<8} {:>9} {:<10} {:>12} {:>14} {:>10}  {}\n",
+            "VIP / backend", "mode", "weight", "state", "packets", "bytes", "new flows", "connections"
         );
         for v in &self.vips {
             let label = VipState::label(v.up, v.panic);
             let state = format!("{label} {}/{}", if v.panic { v.healthy } else { v.serving }, v.backends.len());
             out.push_str(&format!(
-                "{:<40} {:<8} {:>9} {:<10} {:>12} {:>14} {:>10}\n",
+                "{:<40} {:<8} {:>9} {:<10} {:>12} {:>14} {:>10}  {}\n",
                 format!("{} {}", v.name, v.endpoint),
                 v.mode,
                 "",
                 state,
                 v.packets,
                 v.bytes,
-                v.new_flows
+                v.new_flows,
+                v.connections.render()
             ));
             if v.panic {
                 out.push_str(&format!(
@@ -215,8 +257,15 @@ impl Snapshot {
                     (false, true, _) => "DOWN,drained",
                 };
                 out.push_str(&format!(
-                    "  -> {:<36} {:<8} {:>9} {:<10} {:>12} {:>14} {:>10}\n",
-                    b.address, "", weight, state, b.packets, b.bytes, b.new_flows
+                    "  -> {:<36} {:<8} {:>9} {:<10} {:>12} {:>14} {:>10}  {}\n",
+                    b.address,
+                    "",
+                    weight,
+                    state,
+                    b.packets,
+                    b.bytes,
+                    b.new_flows,
+                    b.connections.render()
                 ));
                 if let Some(file) = b.file_weight {
                     out.push_str(&format!("       weight {} (runtime; config {file})\n", b.configured_weight));
@@ -248,6 +297,13 @@ impl Snapshot {
             "\nconnection table: {} of {} entries in use\n",
             self.flow_table.entries, self.flow_table.size
         ));
+        match &self.connections_scan {
+            Some(scan) => out.push_str(&format!(
+                "connections: live entries (not idle past the table's rule), counted {:.1}s ago\n",
+                scan.age_ms as f64 / 1000.0
+            )),
+            None => out.push_str("connections: not counted yet\n"),
+        }
         out.push_str(&self.nat.render());
         out
     }

@@ -3,6 +3,7 @@
 
 pub mod ethtool;
 pub mod health;
+pub mod jiffies;
 pub mod link;
 pub mod neighbor;
 pub mod netlink;

@@ -54,6 +54,29 @@ impl FlowView {
             .sum()
     }
 
+    /// Set `index` as it is now, unless it holds no entry (`None`: only its last-use words were
+    /// read, one cache line, so an empty set costs little).
+    pub(super) fn set(&self, index: u32) -> Option<FlowSet> {
+        if index >= self.sets {
+            return None;
+        }
+        let base = index as usize * STRIDE;
+        let used = std::mem::offset_of!(FlowSet, used);
+        // SAFETY: inside the mapping (`index < sets`), aligned as in `occupied`; the data plane
+        // writes concurrently, and a volatile read of each word sees either value.
+        let any = (0..FLOW_WAYS)
+            .any(|way| unsafe { self.area.add(base + used + way * 4).cast::<u32>().read_volatile() != 0 });
+        // SAFETY: a whole `FlowSet` lies at `base` (values are `STRIDE` apart, 8-byte aligned,
+        // `FlowSet` needs 4); plain data, any bit pattern valid. Entries written meanwhile may be
+        // torn: readers check each entry (`flow_check`) as the data plane does.
+        any.then(|| unsafe { self.area.add(base).cast::<FlowSet>().read_volatile() })
+    }
+
+    /// Sets in the table.
+    pub(super) fn sets(&self) -> u32 {
+        self.sets
+    }
+
     /// The table's size in entries.
     pub(super) fn size(&self) -> usize {
         self.sets as usize * FLOW_WAYS

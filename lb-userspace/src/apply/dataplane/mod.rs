@@ -451,6 +451,16 @@ impl FlowTableCounter {
     pub fn count(&self) -> FlowTableUsage {
         FlowTableUsage { entries: self.0.occupied() as u64, size: self.0.size() as u64 }
     }
+
+    /// Sets in the table (`read_set` takes `0..sets()`).
+    pub fn sets(&self) -> u32 {
+        self.0.sets()
+    }
+
+    /// Set `index` as it is now; `None` when it holds no entry (or is past the end).
+    pub fn read_set(&self, index: u32) -> Option<lb_common::FlowSet> {
+        self.0.set(index)
+    }
 }
 
 impl std::fmt::Debug for FlowTableCounter {

@@ -72,6 +72,12 @@ fn build(snapshot: &Snapshot, agent: &AgentInfo) -> prometheus::Result<Registry>
     let be_drained = gauge(&registry, "xlb_backend_drained", "1 while the backend is drained.", &labels)?;
     let be_weight = gauge(&registry, "xlb_backend_weight", "Effective weight (0 while down or drained).", &labels)?;
     let be_mac = gauge(&registry, "xlb_backend_mac_known", "1 when the backend's L2 next hop is known.", &labels)?;
+    let be_conns = gauge(
+        &registry,
+        "xlb_backend_connections",
+        "Live connections to the backend as of the last count: connection-table entries (state confirmed or embryonic) not idle past the table's rule, NAT flows (state nat) not expired.",
+        &["vip", "backend", "state"],
+    )?;
     for v in &snapshot.vips {
         let vip = [v.name.as_str()];
         vip_packets.with_label_values(&vip).inc_by(v.packets);
@@ -89,6 +95,15 @@ fn build(snapshot: &Snapshot, agent: &AgentInfo) -> prometheus::Result<Registry>
             be_drained.with_label_values(&at).set(i64::from(b.drained));
             be_weight.with_label_values(&at).set(i64::from(b.weight));
             be_mac.with_label_values(&at).set(i64::from(b.mac_known));
+            // A NAT VIP's flows are in the NAT tables, the others' in the connection table.
+            let states = if v.mode == "nat" {
+                [("nat", b.connections.nat)].to_vec()
+            } else {
+                [("confirmed", b.connections.confirmed), ("embryonic", b.connections.embryonic)].to_vec()
+            };
+            for (state, count) in states.into_iter().filter(|_| snapshot.connections_scan.is_some()) {
+                be_conns.with_label_values(&[at[0], at[1], state]).set(count as i64);
+            }
         }
     }
 
@@ -126,6 +141,14 @@ fn build(snapshot: &Snapshot, agent: &AgentInfo) -> prometheus::Result<Registry>
     let flow_size = IntGauge::new("xlb_flow_table_size", "Connection-table entries (node.flow_table_size).")?;
     flow_size.set(snapshot.flow_table.size as i64);
     registry.register(Box::new(flow_size))?;
+    if let Some(scan) = &snapshot.connections_scan {
+        let age = prometheus::Gauge::new(
+            "xlb_connections_count_age_seconds",
+            "Since the agent last counted live connections per backend (xlb_backend_connections).",
+        )?;
+        age.set(scan.age_ms as f64 / 1000.0);
+        registry.register(Box::new(age))?;
+    }
     let nat_flows = IntGauge::new("xlb_nat_flows", "NAT flows in the tables (as of the last sweep).")?;
     nat_flows.set(snapshot.nat.flows as i64);
     registry.register(Box::new(nat_flows))?;

@@ -26,6 +26,7 @@ fn snapshot() -> Snapshot {
             packets: 10,
             bytes: 1000,
             new_flows: 4,
+            connections: Default::default(),
             backends: vec![
                 BackendStats {
                     address: "10.0.0.1".into(),
@@ -39,6 +40,7 @@ fn snapshot() -> Snapshot {
                     packets: 7,
                     bytes: 700,
                     new_flows: 3,
+                    connections: crate::apply::conns::BackendConns { confirmed: 5, embryonic: 2, nat: 0 },
                 },
                 BackendStats {
                     address: "10.0.0.2".into(),
@@ -52,6 +54,7 @@ fn snapshot() -> Snapshot {
                     packets: 3,
                     bytes: 300,
                     new_flows: 1,
+                    connections: Default::default(),
                 },
             ],
         }],
@@ -65,8 +68,10 @@ fn snapshot() -> Snapshot {
                 flows: 5,
                 ports: 100,
             }],
+            per_backend: Default::default(),
         },
         l7: Vec::new(),
+        connections_scan: Some(crate::serve::stats::ConnectionsScan { age_ms: 1500, busy_us: 800 }),
     }
 }
 
@@ -113,6 +118,11 @@ fn exposition_carries_every_counter_and_state() {
         "xlb_backend_packets_total{backend=\"10.0.0.1\",vip=\"web\"} 7",
         "xlb_backend_up{backend=\"10.0.0.2\",vip=\"web\"} 0",
         "xlb_backend_weight{backend=\"10.0.0.2\",vip=\"web\"} 0",
+        "xlb_backend_connections{backend=\"10.0.0.1\",state=\"confirmed\",vip=\"web\"} 5",
+        "xlb_backend_connections{backend=\"10.0.0.1\",state=\"embryonic\",vip=\"web\"} 2",
+        "xlb_backend_connections{backend=\"10.0.0.2\",state=\"confirmed\",vip=\"web\"} 0",
+        "xlb_connections_count_age_seconds 1.5",
+        "# TYPE xlb_backend_connections gauge",
         "xlb_packets_total{outcome=\"forwarded\"} 10",
         "xlb_drops_total{reason=\"drop_no_backend\"} 2",
         "xlb_malformed_total{reason=\"truncated_tcp\"} 0",
