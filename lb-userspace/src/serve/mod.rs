@@ -5,5 +5,6 @@ mod accept;
 pub mod admin;
 pub mod human;
 pub mod metrics;
+pub mod page;
 pub mod stats;
 pub mod summary;
