@@ -16,6 +16,7 @@ use crate::{
     apply::dataplane::FlowTableUsage,
     apply::reconcile::AppliedVip,
     config::ip_from_words,
+    l7::L7VipStatus,
     serve::stats::{BackendStats, Counter, Snapshot, VipStats},
     serve::summary::{NodeState, not_serving},
     state::{
@@ -63,6 +64,12 @@ pub struct StatusPage {
     pub listed: Vec<PageVip>,
     /// VIPs beyond those listed.
     pub unlisted: usize,
+    /// `mode: l7` VIPs (the agent's proxy serves them, XDP does not count them): down first,
+    /// at most [`VIPS_LISTED`], each with at most [`BACKENDS_LISTED`] backends.
+    #[serde(default)]
+    pub l7: Vec<L7VipStatus>,
+    #[serde(default)]
+    pub l7_unlisted: usize,
 }
 
 /// One VIP on the page.
@@ -73,11 +80,16 @@ pub struct PageVip {
     pub mode: String,
     /// `up`, `panic` or `down`.
     pub state: String,
+    /// As `xlb status --vips` shows it: `up`, `PANIC`, `DOWN`, or `DOWN,PANIC` (withdrawn, and
+    /// its backends below the panic threshold too).
+    pub label: String,
     /// Why it is in that state, as the agent logs it.
     pub reason: String,
     /// Its address is announced over BGP (by this VIP or another on the same address).
     pub announced: bool,
+    /// Backends taking new flows (in panic, every eligible one), and those healthy.
     pub serving: usize,
+    pub healthy: usize,
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
@@ -136,6 +148,18 @@ impl StatusPage {
                 Some(PageVip::of(vip, stats.get(name)?, announced))
             })
             .collect();
+        let mut l7: Vec<&L7VipStatus> = snapshot.l7.iter().collect();
+        l7.sort_by(|a, b| (a.up, &a.name).cmp(&(b.up, &b.name)));
+        let l7_listed = l7
+            .iter()
+            .take(VIPS_LISTED)
+            .map(|v| L7VipStatus {
+                name: v.name.clone(),
+                endpoint: v.endpoint.clone(),
+                up: v.up,
+                backends: v.backends.iter().take(BACKENDS_LISTED).cloned().collect(),
+            })
+            .collect();
         let vips = snapshot.vips.iter();
         StatusPage {
             at_ms,
@@ -152,6 +176,8 @@ impl StatusPage {
             counters: snapshot.counters.clone(),
             listed,
             unlisted: order.len().saturating_sub(VIPS_LISTED),
+            l7: l7_listed,
+            l7_unlisted: l7.len().saturating_sub(VIPS_LISTED),
         }
     }
 }
@@ -169,9 +195,11 @@ impl PageVip {
             endpoint: stats.endpoint.clone(),
             mode: stats.mode.clone(),
             state: VipState::of(vip).name().to_owned(),
+            label: VipState::label(stats.up, stats.panic).to_owned(),
             reason: vip_state::reason(vip),
             announced,
             serving: stats.serving,
+            healthy: stats.healthy,
             packets: stats.packets,
             bytes: stats.bytes,
             new_flows: stats.new_flows,

@@ -124,7 +124,14 @@ fn vips_not_fully_serving_come_first_with_their_state_reason_and_backends() {
         ..Default::default()
     };
     let down = [("gamma", "10.0.0.1"), ("gamma", "10.0.0.2"), ("beta", "10.0.0.2")];
-    let (applied, snapshot) = applied_and_snapshot(&config, &down);
+    let (applied, mut snapshot) = applied_and_snapshot(&config, &down);
+    let l7 = |name: &str, up| crate::l7::L7VipStatus {
+        name: name.into(),
+        endpoint: "192.0.2.9:80".into(),
+        up,
+        backends: vec![crate::l7::L7BackendStatus { address: "10.0.9.1:8080".into(), serving: up, in_flight: 2 }],
+    };
+    snapshot.l7 = vec![l7("proxy-a", true), l7("proxy-b", false)];
     let announce: Announce = ["192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap()].into_iter().collect();
     let page = StatusPage::of(node(), &snapshot, &applied, &announce, 1_700_000_000_123);
 
@@ -133,10 +140,13 @@ fn vips_not_fully_serving_come_first_with_their_state_reason_and_backends() {
     assert_eq!((page.vips, page.vips_up, page.backends, page.backends_serving), (4, 3, 7, 4));
     assert_eq!((page.unlisted, page.announced, page.rx_packets, page.at_ms), (0, 2, 12, 1_700_000_000_123));
     assert_eq!(page.counters, snapshot.counters);
+    let l7_order: Vec<&str> = page.l7.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(l7_order, ["proxy-b", "proxy-a"], "the L7 VIP down first");
 
     let gamma = &page.listed[0];
     assert!(gamma.reason.contains("no healthy backend: withdrawn"), "{}", gamma.reason);
     assert!(!gamma.announced, "192.0.2.3 is not announced");
+    assert_eq!((gamma.label.as_str(), gamma.serving, gamma.healthy), ("DOWN", 0, 0));
     let beta = &page.listed[1];
     assert!(beta.announced);
     // The down backend first, then the config's order; each as `xlb status --vips` shows it.
