@@ -1,8 +1,8 @@
 //! The status page on the metrics listener, in a real browser: a real agent with a VIP fully
-//! serving, one with a backend down and one with every backend down; headless Chromium loads
-//! the page and lets it poll in real time while traffic flows. The DOM must show what the
-//! agent's own `xlb status --vips --json` says, the counters and a drawn rate chart; a
-//! screenshot is kept in target/status-page.png.
+//! serving, one with a backend down and one with every backend down, and a BGP session with BFD
+//! to BIRD; headless Chromium loads the page and lets it poll in real time while traffic flows.
+//! The DOM must show what the agent's own `xlb status --vips --json` says, the counters and a
+//! drawn rate chart; a screenshot is kept in target/status-page.png.
 
 use std::{
     path::{Path, PathBuf},
@@ -11,10 +11,11 @@ use std::{
 
 use xlb::{serve::stats::VipStats, state::vip_state::VipState};
 use xlb_tests::{
+    bird::Bird,
     chromium::{self, Browser},
     netns::wait_for,
     require_root,
-    topology::{Topology, backend_mac, backend_v4},
+    topology::{CLIENT_V4, NODE_V4, Topology, backend_mac, backend_v4},
 };
 
 const VIP: &str = "10.210.100.1";
@@ -39,6 +40,18 @@ fn state_of(vip: &VipStats) -> &'static str {
     }
 }
 
+/// BIRD peering with the node, BFD on; it only listens (no kernel routes: the client routes
+/// the VIP statically already).
+fn bird_config(log: &Path) -> String {
+    format!(
+        "log \"{}\" all;\nrouter id {CLIENT_V4};\nprotocol device {{ scan time 1; }}\n\
+         protocol bfd {{ interface \"*\" {{ min rx interval 100 ms; min tx interval 100 ms; multiplier 3; }}; }}\n\
+         protocol bgp xlb {{\n  local {CLIENT_V4} as 65000;\n  neighbor {NODE_V4} as 65010;\n  connect delay time 1;\n  \
+         connect retry time 2;\n  hold time 9;\n  keepalive time 3;\n  bfd on;\n  ipv4 {{ import all; export none; }};\n}}\n",
+        log.display()
+    )
+}
+
 fn screenshot_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/status-page.png")
 }
@@ -55,15 +68,26 @@ fn the_status_page_shows_the_agents_state_and_draws_its_rate() {
     let check = |port| {
         format!("    health_check: {{ type: tcp, port: {port}, interval: 200ms, timeout: 100ms, rise: 2, fall: 2 }}\n")
     };
+    // A BGP peer with BFD: BIRD in the client's namespace, on the node's segment.
+    let bird_dir = Bird::temp_dir();
+    let bird = Bird::start(&topo.clients[0], bird_dir.clone(), &bird_config(&Bird::log_path(&bird_dir)));
     // `cold` checks a port nothing listens on: every backend down, the VIP withdrawn.
-    let config =
-        format!("vips:\n{}{}{}", vip("web", 8080, &check(9100)), vip("api", 8081, ""), vip("cold", 8082, &check(9300)));
+    let config = format!(
+        "bgp:\n  local_as: 65010\n  router_id: {NODE_V4}\n  hold_time: 9s\n  withdraw_grace: 200ms\n  peers:\n    \
+         - {{ address: {CLIENT_V4}, remote_as: 65000, bfd: {{ enabled: true, min_tx: 100ms, min_rx: 100ms, multiplier: 3 }} }}\n\
+         vips:\n{}{}{}",
+        vip("web", 8080, &check(9100)),
+        vip("api", 8081, ""),
+        vip("cold", 8082, &check(9300))
+    );
     topo.start_agent_with(&config, &["--metrics-listen", METRICS]);
-    wait_for("be1 of web and every backend of cold down", Duration::from_secs(15), || {
+    wait_for("be1 of web and cold down, the session and BFD up", Duration::from_secs(20), || {
         let status = topo.status()?;
         let web = status.snapshot.vip("web")?;
         let cold = status.snapshot.vip("cold")?;
-        (!web.backends[1].up && !cold.up).then_some(())
+        let peer = status.node.peers.first()?;
+        (!web.backends[1].up && !cold.up && peer.state == "established" && peer.bfd.as_deref() == Some("up"))
+            .then_some(())
     });
 
     let profile = topo.dir.join("browser-profile");
@@ -125,7 +149,15 @@ fn the_status_page_shows_the_agents_state_and_draws_its_rate() {
     for counter in ["forwarded", "pass_not_vip"] {
         assert!(dom.contains(&format!("data-counter=\"{counter}\"")), "no `{counter}` row");
     }
-    assert!(dom.contains("no BGP peers configured"), "the peers section says there are none");
+    // The peer, its session and BFD as the agent has them.
+    let peer = status.node.peers.first().expect("the peer");
+    let row = format!("<tr class=\"peer\" data-peer=\"{CLIENT_V4}\">");
+    let cells = format!(">{}</td><td class=\"ok\">{}</td>", peer.remote_as, peer.state);
+    let bfd = format!(">{}</td>", peer.bfd.as_deref().expect("BFD"));
+    let (_, peer_row) = dom.split_once(&row).unwrap_or_else(|| panic!("no `{row}`:\n{dom}"));
+    let peer_row = &peer_row[..peer_row.find("</tr>").expect("row end")];
+    assert!(peer_row.contains(&cells) && peer_row.contains(&bfd), "peer row `{peer_row}` lacks {cells} or {bfd}");
+    assert!(bird.bgp_state("xlb").is_some_and(|s| s == "Established"), "{}", bird.log());
     assert!(dom.contains(&format!("{} (generation 1)", topo.config_path().display())), "the config path");
     let forwarded = status.snapshot.counter("forwarded").expect("forwarded");
     assert!(forwarded >= 150, "the agent forwarded {forwarded}");
