@@ -96,20 +96,26 @@ fn the_status_page_shows_the_agents_state_and_draws_its_rate() {
     let mut browser = Browser::start(&["ip", "netns", "exec", &node], &browser_bin, &profile, &log);
     browser.open(&format!("http://{METRICS}/"), 1280, 900);
 
-    // Traffic while the page polls (it reads status.json once a second, which the agent
-    // renders at most once a second): the chart's rates are the agent's counter steps.
+    // Traffic once the page has its first sample, while it polls (it reads status.json once a
+    // second, which the agent renders at most once a second): the chart's rates are the agent's
+    // counter steps.
     let started = Instant::now();
+    wait_for("the page's first sample", Duration::from_secs(20), || {
+        browser.eval("document.body?.dataset.atMs ?? null").as_str().map(str::to_owned)
+    });
     let (seen, failed) = topo.tcp_requests(VIP, 8080, 150);
     assert_eq!(failed, 0, "{seen:?}");
     assert!(!seen.contains_key("be1"), "be1 is down: {seen:?}");
     let points = wait_for("the chart to draw 2 rates", Duration::from_secs(20), || {
-        let points = browser.eval("Number(document.getElementById('chart').dataset.points)").as_u64()?;
+        let points = browser.eval("Number(document.getElementById('chart')?.dataset.points ?? 0)").as_u64()?;
         (points >= 2).then_some(points)
     });
     eprintln!("the chart drew {points} points {:?} after the page opened", started.elapsed());
-    // The highest received rate drawn: the traffic above went through while the page polled.
+    // The highest received rate drawn. The 150 connections above are at least 900 packets
+    // after the first sample: unless they took more than 9 s, some second of the chart saw
+    // 100 of them.
     let top = browser.eval("Math.max(...points.map(p => p.rx))").as_f64().expect("a number");
-    assert!(top > 0.0, "the chart drew no traffic (highest rate {top})");
+    assert!(top >= 100.0, "the chart drew no traffic (highest rate {top} packets/s)");
 
     let dom = browser.dom();
     let shot = screenshot_path();
