@@ -47,6 +47,8 @@ pub struct Browser {
     next_id: u64,
     /// The page's protocol session.
     session: Option<String>,
+    /// Where its stderr goes (quoted when it fails).
+    log: PathBuf,
 }
 
 impl Browser {
@@ -64,11 +66,11 @@ impl Browser {
             cmd.arg("sh");
         }
         cmd.arg("-c").arg(script).arg(browser).arg(profile);
-        let log = std::fs::File::create(log).expect("browser log file");
+        let log_file = std::fs::File::create(log).expect("browser log file");
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(log)
+            .stderr(log_file)
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", browser.display()));
         let commands = child.stdin.take().expect("stdin piped");
@@ -87,7 +89,14 @@ impl Browser {
                 }
             }
         });
-        Browser { child, commands, replies, next_id: 1, session: None }
+        Browser { child, commands, replies, next_id: 1, session: None, log: log.to_owned() }
+    }
+
+    /// The end of the browser's log, for failure messages.
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let start = text.char_indices().rev().nth(3000).map_or(0, |(i, _)| i);
+        format!("browser log ({}):\n{}", self.log.display(), &text[start..])
     }
 
     /// Sends `method` (to the page, once one is open) and returns its result; panics on an
@@ -101,14 +110,18 @@ impl Browser {
         }
         let mut bytes = serde_json::to_vec(&message).expect("JSON");
         bytes.push(0);
-        self.commands.write_all(&bytes).unwrap_or_else(|e| panic!("{method}: the browser's pipe: {e}"));
+        if let Err(e) = self.commands.write_all(&bytes) {
+            panic!("{method}: the browser's pipe: {e}\n{}", self.log_tail());
+        }
         let deadline = Instant::now() + COMMAND_TIMEOUT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let reply = match self.replies.recv_timeout(left) {
                 Ok(reply) => reply,
-                Err(RecvTimeoutError::Timeout) => panic!("{method}: no reply from the browser in {COMMAND_TIMEOUT:?}"),
-                Err(RecvTimeoutError::Disconnected) => panic!("{method}: the browser exited"),
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("{method}: no reply from the browser in {COMMAND_TIMEOUT:?}\n{}", self.log_tail())
+                }
+                Err(RecvTimeoutError::Disconnected) => panic!("{method}: the browser exited\n{}", self.log_tail()),
             };
             // Events (no id) and replies to earlier commands are not this one's.
             if reply["id"] != json!(id) {
