@@ -14,8 +14,9 @@ BPF_LINKER_VERSION=0.13.0
 CARGO_FUZZ_VERSION=0.13.2
 # systemd: systemd-analyze, for tests/systemd_unit.rs. prometheus: promtool, for
 # tests/monitoring.rs (the alert rules in deploy/prometheus). (dpkg-deb, for `cargo xtask deb`,
-# is in dpkg itself.)
-DEBIAN_PACKAGES=(iproute2 bird2 curl python3 ethtool openssl wrk nginx-light systemd prometheus)
+# is in dpkg itself.) chromium-headless-shell: the browser tests/netns_status_page.rs loads the
+# status page in.
+DEBIAN_PACKAGES=(iproute2 bird2 curl python3 ethtool openssl wrk nginx-light systemd prometheus chromium-headless-shell)
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 

@@ -2,6 +2,7 @@
 //! network namespaces that clean up after themselves.
 
 pub mod bird;
+pub mod chromium;
 pub mod model;
 mod model_nat;
 pub mod netns;

@@ -324,9 +324,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     tracing::info!(socket = %admin_socket.display(), "admin socket listening");
     let metrics = match metrics_listen {
         Some(addr) => {
-            let shared = Arc::clone(&shared);
-            let server = metrics::serve(addr, Arc::new(move || shared.metrics())).await?;
-            tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+            let (for_metrics, for_page) = (Arc::clone(&shared), Arc::clone(&shared));
+            let renders = metrics::Renders {
+                metrics: Arc::new(move || for_metrics.metrics()),
+                status: Some(Arc::new(move || for_page.status_page())),
+            };
+            let server = metrics::serve_renders(addr, renders, metrics::Limits::default()).await?;
+            tracing::info!(%addr, "serving Prometheus metrics at /metrics, the status page at /");
             Some(server)
         }
         None => None,

@@ -23,6 +23,7 @@ use crate::{
     l7,
     serve::admin::{AttachmentStatus, ReloadOutcome, Status},
     serve::metrics,
+    serve::page,
     serve::stats::Snapshot,
     serve::summary::{NodeState, Summary},
     sources::health::{HealthErrors, HealthMap},
@@ -213,6 +214,18 @@ impl Shared {
         let node = self.node_state(&view);
         let announced = self.announce.borrow().len();
         Summary::of(node, &view.applied, announced, usage.flow_table, usage.nat)
+    }
+
+    /// The status page's JSON: the view, one counter snapshot of it, and the announcements.
+    pub fn status_page(&self) -> Result<String, String> {
+        let view = self.view.load();
+        let snapshot = self.snapshot_of(&view).map_err(|e| e.to_string())?;
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let announce = self.announce.borrow().clone();
+        let page = page::StatusPage::of(self.node_state(&view), &snapshot, &view.applied, &announce, at_ms);
+        serde_json::to_string(&page).map_err(|e| e.to_string())
     }
 
     /// The `/metrics` text.

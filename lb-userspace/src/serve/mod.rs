@@ -7,5 +7,6 @@ pub mod conns;
 pub mod explain;
 pub mod human;
 pub mod metrics;
+pub mod page;
 pub mod stats;
 pub mod summary;

@@ -109,6 +109,20 @@ pub struct BackendStats {
     pub connections: BackendConns,
 }
 
+impl BackendStats {
+    /// Its state column in `xlb status --vips` and on the status page: `up`, `DOWN`,
+    /// `drained`, `DOWN,drained`, or `NO-MAC` (which outranks the rest: it takes no flows).
+    pub fn state_label(&self) -> &'static str {
+        match (self.up, self.drained, self.mac_known) {
+            (_, _, false) => "NO-MAC",
+            (true, false, _) => "up",
+            (true, true, _) => "drained",
+            (false, false, _) => "DOWN",
+            (false, true, _) => "DOWN,drained",
+        }
+    }
+}
+
 /// The config's `mode` of a VIP the data plane serves.
 pub fn mode(vip: &crate::state::desired::DesiredVip) -> &'static str {
     if vip.flags & lb_common::VIP_FLAG_NAT != 0 {
@@ -249,19 +263,12 @@ impl Snapshot {
                 } else {
                     format!("{}→{}", b.configured_weight, b.weight)
                 };
-                let state = match (b.up, b.drained, b.mac_known) {
-                    (_, _, false) => "NO-MAC",
-                    (true, false, _) => "up",
-                    (true, true, _) => "drained",
-                    (false, false, _) => "DOWN",
-                    (false, true, _) => "DOWN,drained",
-                };
                 out.push_str(&format!(
                     "  -> {:<36} {:<8} {:>9} {:<10} {:>12} {:>14} {:>10}  {}\n",
                     b.address,
                     "",
                     weight,
-                    state,
+                    b.state_label(),
                     b.packets,
                     b.bytes,
                     b.new_flows,

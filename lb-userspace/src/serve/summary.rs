@@ -257,7 +257,7 @@ pub struct NotServing {
 
 /// Why a backend does not take new flows on its own merit, if it does not. (In panic it may
 /// take them all the same.)
-fn not_serving(backend: &DesiredBackend) -> Option<&'static str> {
+pub(crate) fn not_serving(backend: &DesiredBackend) -> Option<&'static str> {
     if backend.configured_weight == 0 {
         // Configured with weight 0: the operator's choice, not a degradation.
         None

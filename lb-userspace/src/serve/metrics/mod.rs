@@ -1,4 +1,5 @@
-//! Prometheus `/metrics`: the same snapshot `xlb stats` shows, in the exposition format.
+//! Prometheus `/metrics`: the same snapshot `xlb stats` shows, in the exposition format; beside
+//! it, on the same listener and limits, the status page (`serve::page`).
 //!
 //! The data plane's counters are absolute values read from per-CPU maps, so every scrape builds
 //! a fresh registry from one snapshot (counters set with `inc_by` from zero) instead of keeping
@@ -24,7 +25,7 @@ use tokio::{
 
 pub use exposition::{AgentInfo, render};
 
-use crate::serve::accept::AcceptErrors;
+use crate::serve::{accept::AcceptErrors, page};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -65,6 +66,23 @@ impl Default for Limits {
     }
 }
 
+/// Renders one response body: the exposition text, or the status page's JSON.
+pub type Render = dyn Fn() -> Result<String, String> + Send + Sync;
+
+/// What the listener serves: `/metrics` always; with `status`, the status page at `/` and the
+/// JSON it polls at `/status.json` (each rendered at most once per `reuse_for`, like the
+/// metrics).
+pub struct Renders {
+    pub metrics: Arc<Render>,
+    pub status: Option<Arc<Render>>,
+}
+
+impl std::fmt::Debug for Renders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Renders").field("status", &self.status.is_some()).finish_non_exhaustive()
+    }
+}
+
 /// Serves `GET /metrics` on `addr` with whatever `scrape` returns, until the task is aborted.
 pub async fn serve<F>(addr: SocketAddr, scrape: Arc<F>) -> Result<JoinHandle<()>, MetricsError>
 where
@@ -78,20 +96,28 @@ pub async fn serve_with<F>(addr: SocketAddr, scrape: Arc<F>, limits: Limits) -> 
 where
     F: Fn() -> Result<String, String> + Send + Sync + 'static,
 {
+    serve_renders(addr, Renders { metrics: scrape, status: None }, limits).await
+}
+
+/// Serves what `renders` says on `addr` until the task is aborted.
+pub async fn serve_renders(addr: SocketAddr, renders: Renders, limits: Limits) -> Result<JoinHandle<()>, MetricsError> {
     let listener = TcpListener::bind(addr).await.map_err(|source| MetricsError::Bind { addr, source })?;
-    let server = Arc::new(Server { body: Body::new(scrape, limits.reuse_for), limits });
+    let server = Arc::new(Server {
+        body: Body::new(renders.metrics, limits.reuse_for),
+        status: renders.status.map(|status| Body::new(status, limits.reuse_for)),
+        limits,
+    });
     Ok(tokio::spawn(accept_loop(listener, server)))
 }
 
-struct Server<F> {
-    body: Body<F>,
+struct Server {
+    body: Body,
+    /// The status page's JSON, when the page is served.
+    status: Option<Body>,
     limits: Limits,
 }
 
-async fn accept_loop<F>(listener: TcpListener, server: Arc<Server<F>>)
-where
-    F: Fn() -> Result<String, String> + Send + Sync + 'static,
-{
+async fn accept_loop(listener: TcpListener, server: Arc<Server>) {
     let slots = Arc::new(Semaphore::new(server.limits.max_connections));
     let mut errors = AcceptErrors::default();
     loop {
@@ -120,11 +146,13 @@ where
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 40\r\n\
 Connection: close\r\n\r\ntoo many metrics connections; try again\n";
 
-/// One request per connection: enough for Prometheus and curl.
-async fn respond<F>(mut stream: TcpStream, server: &Server<F>) -> std::io::Result<()>
-where
-    F: Fn() -> Result<String, String> + Send + Sync + 'static,
-{
+/// The page may run its own inline script and style and fetch from this listener, nothing
+/// else: no external asset can load even if a name in the JSON tried to inject one.
+const PAGE_POLICY: &str = "Content-Security-Policy: default-src 'none'; script-src 'unsafe-inline'; \
+style-src 'unsafe-inline'; connect-src 'self'; img-src data:\r\nX-Content-Type-Options: nosniff\r\n";
+
+/// One request per connection: enough for Prometheus, curl and the page's polls.
+async fn respond(mut stream: TcpStream, server: &Server) -> std::io::Result<()> {
     let limits = &server.limits;
     let Ok(head) = tokio::time::timeout(limits.head_timeout, read_head(&mut stream, limits.head_max)).await else {
         return Ok(());
@@ -132,19 +160,34 @@ where
     let head = head?;
     let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
     let mut parts = line.split(|&b| b == b' ');
-    let (method, path) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
-    let (status, content_type, body) = match (method, path) {
-        (b"GET", b"/metrics") => match server.body.current().await {
-            Ok(text) => ("200 OK", "text/plain; version=0.0.4", text),
-            Err(e) => {
-                ("500 Internal Server Error", "text/plain", format!("reading the data plane failed: {e}\n").into())
-            }
+    let (method, target) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    // A query string changes nothing here (a browser may add one to dodge its cache).
+    let path = target.split(|&b| b == b'?').next().unwrap_or_default();
+    let failed = |e: String| ("500 Internal Server Error", "text/plain", "", Bytes::from(format!("{e}\n")));
+    let (status, content_type, extra, body) = match (method, path, &server.status) {
+        (b"GET", b"/metrics", _) => match server.body.current().await {
+            Ok(text) => ("200 OK", "text/plain; version=0.0.4", "", text),
+            Err(e) => failed(format!("reading the data plane failed: {e}")),
         },
-        (b"GET", _) => ("404 Not Found", "text/plain", Bytes::from_static(b"metrics are at /metrics\n")),
-        _ => ("405 Method Not Allowed", "text/plain", Bytes::from_static(b"GET /metrics\n")),
+        (b"GET", b"/" | b"/status", Some(_)) => {
+            ("200 OK", "text/html; charset=utf-8", PAGE_POLICY, Bytes::from_static(page::HTML.as_bytes()))
+        }
+        (b"GET", b"/status.json", Some(status)) => match status.current().await {
+            Ok(json) => ("200 OK", "application/json", "Cache-Control: no-store\r\n", json),
+            Err(e) => failed(format!("reading the agent's state failed: {e}")),
+        },
+        (b"GET", _, None) => ("404 Not Found", "text/plain", "", Bytes::from_static(b"metrics are at /metrics\n")),
+        (b"GET", _, Some(_)) => (
+            "404 Not Found",
+            "text/plain",
+            "",
+            Bytes::from_static(b"metrics are at /metrics, the status page at /, its data at /status.json\n"),
+        ),
+        // Read-only: nothing here takes a body or changes anything.
+        _ => ("405 Method Not Allowed", "text/plain", "Allow: GET\r\n", Bytes::from_static(b"GET only\n")),
     };
     let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
         body.len()
     );
     // The body is the shared render, written from where it lies: a client that does not read
@@ -192,9 +235,10 @@ fn reset(stream: &TcpStream) {
     let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
 }
 
-/// The rendered exposition text, shared by the scrapes that come while it is fresh.
-struct Body<F> {
-    scrape: Arc<F>,
+/// A rendered body (exposition text or the page's JSON), shared by the requests that come
+/// while it is fresh.
+struct Body {
+    scrape: Arc<Render>,
     /// The last render: taken by one scrape at a time, so at most one render runs.
     last: Arc<Mutex<Option<Rendered>>>,
     reuse_for: Duration,
@@ -208,11 +252,8 @@ struct Rendered {
     text: Result<Bytes, String>,
 }
 
-impl<F> Body<F>
-where
-    F: Fn() -> Result<String, String> + Send + Sync + 'static,
-{
-    fn new(scrape: Arc<F>, reuse_for: Duration) -> Self {
+impl Body {
+    fn new(scrape: Arc<Render>, reuse_for: Duration) -> Self {
         Body { scrape, last: Arc::new(Mutex::new(None)), reuse_for }
     }
 

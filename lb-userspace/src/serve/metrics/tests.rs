@@ -186,6 +186,58 @@ async fn serves_metrics_over_http_and_404_elsewhere() {
     server.abort();
 }
 
+async fn request(addr: SocketAddr, line: &str) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(format!("{line}\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+    let reply = read_until_closed(&mut stream, Duration::from_secs(10)).await.expect("a reply in time");
+    String::from_utf8(reply).unwrap()
+}
+
+#[tokio::test]
+async fn serves_the_status_page_and_its_json_beside_the_metrics() {
+    let addr = free_addr();
+    let renders = Renders {
+        metrics: Arc::new(|| Ok("xlb_up 1\n".to_owned())),
+        status: Some(Arc::new(|| Ok("{\"at_ms\":7}".to_owned()))),
+    };
+    let server = serve_renders(addr, renders, Limits::default()).await.unwrap();
+    for path in ["/", "/status", "/?fresh=1"] {
+        let reply = get(addr, path).await;
+        let (head, body) = reply.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{path}: {head}");
+        assert!(head.contains("Content-Type: text/html; charset=utf-8\r\n"), "{head}");
+        assert!(head.contains("Content-Security-Policy: default-src 'none';"), "{head}");
+        assert_eq!(body, page::HTML, "{path}");
+    }
+    let reply = get(addr, "/status.json").await;
+    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n") && reply.contains("Content-Type: application/json\r\n"));
+    assert!(reply.contains("Cache-Control: no-store\r\n") && reply.ends_with("\r\n\r\n{\"at_ms\":7}"), "{reply}");
+    assert!(get(addr, "/metrics").await.ends_with("\r\n\r\nxlb_up 1\n"));
+    let reply = get(addr, "/status.jsonx").await;
+    assert!(reply.starts_with("HTTP/1.1 404") && reply.ends_with("its data at /status.json\n"), "{reply}");
+    // Read-only: no other method, whatever the path.
+    for line in ["POST / HTTP/1.1", "PUT /status.json HTTP/1.1", "DELETE /metrics HTTP/1.1"] {
+        let reply = request(addr, line).await;
+        assert!(reply.starts_with("HTTP/1.1 405 ") && reply.contains("Allow: GET\r\n"), "{line}: {reply}");
+    }
+    server.abort();
+}
+
+#[tokio::test]
+async fn a_status_render_error_is_a_500_and_the_metrics_still_serve() {
+    let addr = free_addr();
+    let renders = Renders {
+        metrics: Arc::new(|| Ok("xlb_up 1\n".to_owned())),
+        status: Some(Arc::new(|| Err("map read failed".to_owned()))),
+    };
+    let server = serve_renders(addr, renders, Limits::default()).await.unwrap();
+    let reply = get(addr, "/status.json").await;
+    assert!(reply.starts_with("HTTP/1.1 500 "), "{reply}");
+    assert!(reply.ends_with("\r\n\r\nreading the agent's state failed: map read failed\n"), "{reply}");
+    assert!(get(addr, "/metrics").await.starts_with("HTTP/1.1 200 OK\r\n"));
+    server.abort();
+}
+
 #[tokio::test]
 async fn a_scrape_error_is_a_500() {
     let addr = free_addr();
