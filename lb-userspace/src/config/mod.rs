@@ -21,6 +21,8 @@ mod raw;
 mod read_errors;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod timing_tests;
 mod values;
 // serde-saphyr's budgets, derived from the per-node limits.
 mod yaml_budget;

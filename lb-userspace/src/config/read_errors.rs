@@ -58,12 +58,16 @@ pub(super) fn read_error(path: &Path, text: &str, e: &Error) -> ConfigError {
             field_error(*location, join(&parent, field), message)
         }
         Error::SerdeMissingField { field, location } => {
-            // A block mapping starts at its first key; a flow mapping's `{` is before it.
+            // The reader places it at the block or at its last key; a flow mapping's `{` is
+            // before its first key.
             let parent = tree
                 .as_ref()
                 .and_then(|t| t.map_starting(location).or_else(|| t.key_starting(location).map(|f| parent_of(&f.path))))
                 .unwrap_or_default();
-            field_error(*location, join(&parent, field), format!("missing; {}", missing_hint(field)))
+            // At the block it is missing from, as the checks place a missing field.
+            let block = tree.as_ref().filter(|_| !parent.is_empty()).and_then(|t| t.value_at(&parent));
+            let at = block.map_or(*location, |(at, _)| at);
+            field_error(at, join(&parent, field), format!("missing; {}", missing_hint(field)))
         }
         Error::DuplicateMappingKey { key, location } => {
             let found = tree.as_ref().and_then(|t| t.key_starting(location));
@@ -203,7 +207,7 @@ fn second_document_line(text: &str, reported: u64) -> u64 {
             !l.is_empty() && !l.starts_with('#') && !l.starts_with("---") && !l.starts_with('%')
         })
     };
-    markers.into_iter().filter(|&m| m <= reported.max(1) && content_before(m)).next().unwrap_or(reported)
+    markers.into_iter().find(|&m| m <= reported.max(1) && content_before(m)).unwrap_or(reported)
 }
 
 /// The last key of `path` (`weight` of `vips[0].backends[1].weight`); `item` for a list item.

@@ -396,34 +396,6 @@ fn bad_nat_config_names_the_field_and_the_fix() {
 }
 
 #[test]
-fn durations_parse_and_print() {
-    assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-    assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-    assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
-    assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
-    // Each refusal quotes the text; the ones that are durations written otherwise say how to write them.
-    for (bad, advice) in [
-        ("", "is not a duration"),
-        ("s", "is not a duration"),
-        ("2 s", "is not a duration"),
-        ("5us", "is not a duration"),
-        ("2", "has no unit; write `2s`"),
-        ("1.5s", "has a fraction; write a whole number with one unit: 500ms, 2s, 1m or 1h: write `1500ms`"),
-        ("0.25m", "write `15s`"),
-        ("-1s", "is negative"),
-        ("1m30s", "mixes units; a duration takes one unit: write `90s`"),
-        ("1h1ms", "write `3600001ms`"),
-        ("1d", "the units are ms, s, m and h; write `24h`"),
-    ] {
-        let message = parse_duration(bad).unwrap_err();
-        assert!(message.starts_with(&format!("`{bad}`")) && message.contains(advice), "{bad}: {message}");
-    }
-    for text in ["0ms", "1ms", "1500ms", "2s", "90s", "1m", "90m", "1h"] {
-        assert_eq!(format_duration(parse_duration(text).unwrap()), text);
-    }
-}
-
-#[test]
 fn bad_health_checks_name_the_field_and_the_fix() {
     let vip_check = |body: &str| checked(&format!("    health_check:\n{body}"));
     let cases = [
