@@ -646,12 +646,12 @@ fn bad_bgp_sections_name_the_field_and_the_fix() {
             (
                 with("  communities: [\"65010:1\", \"65010\"]\n"),
                 "bgp.communities[1]",
-                "`65010` is not a community; write AS:VALUE with both parts 0..=65535 (e.g. 65010:100)".into(),
+                "`65010` is not a community; write AS:VALUE with both parts 0 to 65535 (e.g. 65010:100)".into(),
             ),
             (
                 with("  communities: [\"70000:1\"]\n"),
                 "bgp.communities[0]",
-                "`70000:1` is not a community; write AS:VALUE with both parts 0..=65535 (e.g. 65010:100)".into(),
+                "`70000:1` is not a community; write AS:VALUE with both parts 0 to 65535 (e.g. 65010:100)".into(),
             ),
             (
                 with("  local_pref: 200\n"),

@@ -31,7 +31,7 @@ impl fmt::Display for Community {
 impl FromStr for Community {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("`{s}` is not a community; write AS:VALUE with both parts 0..=65535 (e.g. 65010:100)");
+        let bad = || format!("`{s}` is not a community; write AS:VALUE with both parts 0 to 65535 (e.g. 65010:100)");
         let (asn, value) = s.split_once(':').ok_or_else(bad)?;
         let part = |p: &str| {
             if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
