@@ -52,7 +52,7 @@ fn check_rejects_invalid_files_with_location_field_and_fix() {
     assert!(err.contains("FILE:2:") && err.contains("vips[0].port") && err.contains("between 1 and 65535"), "{err}");
 
     let (ok, _, err) = check("vips:\n  - name: a\n    address: 192.0.2.1\n    port: 80\n    protocol: tcp\n");
-    assert!(!ok && err.contains("FILE:") && err.contains("missing field `mode`"), "a missing field is named: {err}");
+    assert!(!ok && err.contains("FILE:2:5: vips[0].mode: missing; say how"), "a missing field is named: {err}");
 
     let (ok, _, err) = check("vips: [\n");
     assert!(!ok && err.contains("FILE:"), "{err}");

@@ -229,7 +229,7 @@ fn twenty_reloads_under_traffic_fail_no_request() {
     assert_eq!(status.node.config_generation, 21, "a rejected file is no new generation");
     let message = status.node.last_reload.unwrap().message;
     assert!(
-        message.contains("xlb.yaml:3:5: missing field `address`"),
+        message.contains("xlb.yaml:2:5: vips[0].address: missing; write the address"),
         "the error names file, line and field: {message}"
     );
     std::thread::sleep(Duration::from_millis(300));

@@ -246,7 +246,7 @@ impl Checker<'_> {
                 return Err(self.err(
                     at,
                     field(name),
-                    format!("{} is out of range; use 1ms to {}", format_duration(value), format_duration(MAX_TIMEOUT)),
+                    format!("out of range; use 1ms to {}", format_duration(MAX_TIMEOUT)),
                 ));
             }
             Ok(value)
@@ -256,19 +256,19 @@ impl Checker<'_> {
         let idle_timeout = duration("idle_timeout", raw.idle_timeout, DEFAULT_IDLE_TIMEOUT)?;
         let max_idle_per_backend = raw.max_idle_per_backend.unwrap_or(DEFAULT_MAX_IDLE);
         if max_idle_per_backend > MAX_IDLE {
-            return Err(self.err(at, field("max_idle_per_backend"), format!("use 0..={MAX_IDLE}")));
+            return Err(self.err(at, field("max_idle_per_backend"), format!("use 0 to {MAX_IDLE}")));
         }
         let max_requests_per_backend = raw.max_requests_per_backend.unwrap_or(0);
         if max_requests_per_backend > MAX_IN_FLIGHT {
             return Err(self.err(
                 at,
                 field("max_requests_per_backend"),
-                format!("use 1..={MAX_IN_FLIGHT}, or 0 for no limit"),
+                format!("use 1 to {MAX_IN_FLIGHT}, or 0 for no limit"),
             ));
         }
         let retries = raw.retries.unwrap_or(DEFAULT_RETRIES);
         if retries > MAX_RETRIES {
-            return Err(self.err(at, field("retries"), format!("{retries}: use 0..={MAX_RETRIES}")));
+            return Err(self.err(at, field("retries"), format!("use 0 to {MAX_RETRIES}")));
         }
         if let Some(tls) = &raw.tls {
             for (name, path) in [("cert", &tls.cert), ("key", &tls.key)] {
@@ -281,7 +281,7 @@ impl Checker<'_> {
             return Err(self.err(
                 at,
                 field("routes"),
-                "list at least one route (e.g. `- path_prefix: /` with its backends)",
+                "the list is empty; list at least one route (e.g. `- path_prefix: /` with its backends)",
             ));
         }
         let mut routes: Vec<Route> = Vec::with_capacity(raw.routes.len());
@@ -418,7 +418,7 @@ impl Checker<'_> {
                     return Err(self.err(
                         at,
                         field("rate_limit"),
-                        format!("requests_per_second and burst must be 1..={MAX_RATE}"),
+                        format!("requests_per_second and burst must be 1 to {MAX_RATE}"),
                     ));
                 }
                 Some(RateLimit { rate: r.requests_per_second, burst })
@@ -435,7 +435,7 @@ impl Checker<'_> {
                 return Err(self.err(
                     &bat,
                     bfield("port"),
-                    "must be 1..=65535: the port the backend's HTTP server listens on",
+                    "must be 1 to 65535: the port the backend's HTTP server listens on",
                 ));
             }
             let weight = b.weight.unwrap_or(1);
@@ -443,12 +443,16 @@ impl Checker<'_> {
                 return Err(self.err(
                     &bat,
                     bfield("weight"),
-                    format!("{weight}: use 1..={MAX_WEIGHT} (remove the backend to take it out)"),
+                    format!("use 1 to {MAX_WEIGHT} (remove the backend to take it out)"),
                 ));
             }
             let address = SocketAddr::new(b.address, b.port);
             if backends.iter().any(|o| o.address == address) {
-                return Err(self.err(&bat, bfield("address"), format!("{address} is listed twice in this route")));
+                return Err(self.err(
+                    &bat,
+                    bfield("address"),
+                    format!("{address} is listed twice in this route; list each backend once"),
+                ));
             }
             let health_check = match b.health_check {
                 Some(hc) => {
@@ -514,18 +518,21 @@ mod tests {
     #[test]
     fn bad_l7_sections_name_the_field_and_the_fix() {
         let cases = [
-            ("    l7:\n      routes: []\n", "vips[0].l7.routes: list at least one route"),
+            (
+                "    l7:\n      routes: []\n",
+                "l7.yaml:9:15: vips[0].l7.routes: the list is empty; list at least one route",
+            ),
             (
                 "    l7:\n      retries: 11\n      routes:\n        - backends: [{ address: 10.0.0.1, port: 80 }]\n",
-                "vips[0].l7.retries: 11: use 0..=10",
+                "vips[0].l7.retries: `11`: use 0 to 10",
             ),
             (
                 "    l7:\n      max_requests_per_backend: 1000001\n      routes:\n        - backends: [{ address: 10.0.0.1, port: 80 }]\n",
-                "vips[0].l7.max_requests_per_backend: use 1..=1000000, or 0 for no limit",
+                "vips[0].l7.max_requests_per_backend: `1000001`: use 1 to 1000000, or 0 for no limit",
             ),
             (
                 "    l7:\n      idle_timeout: 5\n      routes:\n        - backends: [{ address: 10.0.0.1, port: 80 }]\n",
-                "vips[0].l7.idle_timeout: `5` is not a duration",
+                "vips[0].l7.idle_timeout: `5` has no unit; write `5s`",
             ),
             (
                 "    l7:\n      routes:\n        - path_prefix: /\n",
@@ -545,7 +552,7 @@ mod tests {
             ),
             (
                 "    l7:\n      routes:\n        - balance: consistent-hash\n          backends: [{ address: 10.0.0.1, port: 80 }]\n",
-                "vips[0].l7.routes[0].balance: consistent-hash needs what to hash",
+                "vips[0].l7.routes[0].balance: `consistent-hash` needs what to hash",
             ),
             (
                 "    l7:\n      routes:\n        - balance: least-outstanding\n          hash_header: x-user\n          backends: [{ address: 10.0.0.1, port: 80 }]\n",
@@ -561,7 +568,7 @@ mod tests {
             ),
             (
                 "    l7:\n      routes:\n        - backends: [{ address: 10.0.0.1, port: 0 }]\n",
-                "vips[0].l7.routes[0].backends[0].port: must be 1..=65535",
+                "vips[0].l7.routes[0].backends[0].port: `0`: must be 1 to 65535",
             ),
             (
                 "    l7:\n      routes:\n        - backends: [{ address: 10.0.0.1, port: 80 }, { address: 10.0.0.1, port: 80 }]\n",
@@ -579,8 +586,11 @@ mod tests {
                 "    l7:\n      routes:\n        - backends: [{ address: 10.0.0.1, port: 80 }]\n        - backends: [{ address: 10.0.0.1, port: 80, health_check: { type: tcp } }]\n",
                 "10.0.0.1:80 has another health_check in an earlier route",
             ),
-            ("    l7:\n      routes:\n        - backends: [{ address: 10.0.0.1 }]\n", "missing field `port`"),
-            ("    l7:\n      listen: 1\n", "unknown field `listen`"),
+            (
+                "    l7:\n      routes:\n        - backends: [{ address: 10.0.0.1 }]\n",
+                "vips[0].l7.routes[0].backends[0].port: missing; write the port",
+            ),
+            ("    l7:\n      listen: 1\n", "vips[0].l7.listen: `listen` is not a field in vips[0].l7"),
             ("", "vips[0].l7: `mode: l7` needs an l7 section"),
         ];
         for (l7, expected) in cases {
@@ -594,7 +604,7 @@ mod tests {
     fn mode_and_section_must_agree() {
         let text = "vips:\n  - name: web\n    address: 192.0.2.10\n    port: 80\n    protocol: udp\n    mode: l7\n    l7: { routes: [] }\n";
         let e = super::super::parse(Path::new("l7.yaml"), text).unwrap_err().to_string();
-        assert!(e.contains("vips[0].protocol: an l7 VIP serves HTTP"), "{e}");
+        assert!(e.contains("l7.yaml:5:15: vips[0].protocol: `udp`: an l7 VIP serves HTTP"), "{e}");
         let text = "vips:\n  - name: web\n    address: 192.0.2.10\n    port: 80\n    protocol: tcp\n    mode: l7\n    backends: [{ address: 10.0.0.1 }]\n";
         let e = super::super::parse(Path::new("l7.yaml"), text).unwrap_err().to_string();
         assert!(e.contains("l7.yaml:7:") && e.contains("are listed per route"), "{e}");

@@ -3,6 +3,8 @@
 
 mod check;
 #[cfg(test)]
+mod corpus_tests;
+#[cfg(test)]
 mod edge_tests;
 mod error;
 mod incremental;
@@ -12,12 +14,20 @@ pub mod l7;
 pub mod memory;
 mod model;
 mod parse;
+// Positions of keys and values, read again to place an error.
+mod positions;
 mod raw;
+// The reader's errors in xlb's words.
+mod read_errors;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod timing_tests;
 mod values;
 // serde-saphyr's budgets, derived from the per-node limits.
 mod yaml_budget;
+// Tabs, misindented lines, open quotes and brackets, found where they are.
+mod yaml_layout;
 
 use check::Checker;
 /// The highest backend `weight` a config (or `xlb weight`) may give.

@@ -4,6 +4,7 @@
 use std::io::Read as _;
 use std::path::Path;
 
+use super::read_errors::read_error;
 use super::{Checker, Config, ConfigError, VipItemCache, incremental, yaml_budget};
 
 /// Reads and validates the configuration file at `path`.
@@ -26,23 +27,40 @@ fn read_text(path: &Path) -> Result<String, ConfigError> {
         .and_then(|f| f.take(yaml_budget::MAX_FILE_BYTES as u64 + 1).read_to_end(&mut bytes))
         .map_err(read_err)?;
     check_size(path, bytes.len())?;
-    String::from_utf8(bytes).map_err(|e| read_err(std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error())))
+    String::from_utf8(bytes).map_err(|e| not_utf8(path, e.as_bytes(), e.utf8_error().valid_up_to()))
+}
+
+/// Refuses a file that is not UTF-8, at its first byte that is not (`bad`, an offset).
+fn not_utf8(path: &Path, bytes: &[u8], bad: usize) -> ConfigError {
+    let before = &bytes[..bad];
+    let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |n| n + 1);
+    // Columns count characters, as the reader's do; the line is valid UTF-8 up to `bad`.
+    let column = String::from_utf8_lossy(&before[line_start..]).chars().count() + 1;
+    ConfigError::Syntax {
+        path: path.to_owned(),
+        line: before.iter().filter(|&&b| b == b'\n').count() as u64 + 1,
+        column: column as u64,
+        message: format!(
+            "byte 0x{:02x} is not UTF-8; xlb reads the file as UTF-8: save it so (e.g. `iconv -f latin1 -t utf-8`)",
+            bytes[bad]
+        ),
+    }
 }
 
 /// Parses and validates `text`; `path` only names the source in errors.
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     check_size(path, text.len())?;
     check_not_empty(path, text)?;
-    let raw = incremental::read_whole(text).map_err(|e| syntax_error(path, &e))?;
-    Checker { path }.check(raw)
+    let raw = incremental::read_whole(text).map_err(|e| read_error(path, text, &e))?;
+    Checker::new(path, text).check(raw)
 }
 
 /// `parse`, re-parsing only the VIPs that changed since the last text read through `cache`.
 pub fn parse_cached(path: &Path, text: &str, cache: &mut VipItemCache) -> Result<Config, ConfigError> {
     check_size(path, text.len())?;
     check_not_empty(path, text)?;
-    let raw = cache.read(text).map_err(|e| syntax_error(path, &e))?;
-    Checker { path }.check(raw)
+    let raw = cache.read(text).map_err(|e| read_error(path, text, &e))?;
+    Checker::new(path, text).check(raw)
 }
 
 /// Refuses a file of `bytes` bytes, larger than any configuration within the limits.
@@ -69,32 +87,4 @@ fn check_not_empty(path: &Path, text: &str) -> Result<(), ConfigError> {
         column: 1,
         message: "the file is empty (nothing but blank lines and comments); xlb refuses it, since it would withdraw every VIP. To serve no VIPs on purpose, write `vips: []`".into(),
     })
-}
-
-fn syntax_error(path: &Path, e: &serde_saphyr::Error) -> ConfigError {
-    // A budget stops the reader: say which, in xlb's words, where it was crossed.
-    if let Some(message) = yaml_budget::breach_message(e) {
-        return located(path, e, message);
-    }
-    // The crate's Display embeds a rendered snippet; keep the first line as the message.
-    let message = e.to_string();
-    let first = message.lines().next().unwrap_or_default();
-    // Drop the crate's own "error: line L column C: " prefix; the location is printed once, ours.
-    let first = first.strip_prefix("error: ").unwrap_or(first);
-    let message = match first.split_once(": ") {
-        Some((head, rest)) if head.starts_with("line ") && head.contains(" column ") => rest,
-        _ => first,
-    }
-    .to_owned();
-    located(path, e, message)
-}
-
-/// `message` at the error's line and column, when the reader knows them.
-fn located(path: &Path, e: &serde_saphyr::Error, message: String) -> ConfigError {
-    match e.location() {
-        Some(at) if at.line() > 0 => {
-            ConfigError::Syntax { path: path.to_owned(), line: at.line(), column: at.column(), message }
-        }
-        _ => ConfigError::SyntaxNoLocation { path: path.to_owned(), message },
-    }
 }

@@ -31,7 +31,7 @@ impl fmt::Display for Community {
 impl FromStr for Community {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("`{s}` is not a community; write AS:VALUE with both parts 0..=65535 (e.g. 65010:100)");
+        let bad = || format!("`{s}` is not a community; write AS:VALUE with both parts 0 to 65535 (e.g. 65010:100)");
         let (asn, value) = s.split_once(':').ok_or_else(bad)?;
         let part = |p: &str| {
             if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
@@ -49,22 +49,46 @@ pub(super) struct Ports(pub(super) u16, pub(super) u16);
 
 impl<'de> Deserialize<'de> for Ports {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Written {
-            One(u16),
-            Range(String),
-        }
-        let bad = |s: &str| format!("`{s}` is not a port or a port range; write 443 or 8000-8099");
-        match Written::deserialize(d)? {
-            Written::One(p) => Ok(Ports(p, p)),
-            Written::Range(s) => {
-                let (a, b) = s.split_once('-').ok_or_else(|| serde::de::Error::custom(bad(&s)))?;
-                let port = |t: &str| t.trim().parse::<u16>().map_err(|_| serde::de::Error::custom(bad(&s)));
-                Ok(Ports(port(a)?, port(b)?))
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Ports;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a port or a port range")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Ports, E> {
+                let port = u16::try_from(v).map_err(|_| E::custom(bad_ports(&v.to_string())))?;
+                Ok(Ports(port, port))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Ports, E> {
+                Err(E::custom(bad_ports(&v.to_string())))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Ports, E> {
+                Err(E::custom(bad_ports(&v.to_string())))
+            }
+            // A list or mapping is read whole before it is refused, so that the reader's budgets
+            // judge it first.
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Ports, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Err(serde::de::Error::invalid_type(serde::de::Unexpected::Seq, &self))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Ports, A::Error> {
+                while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+                Err(serde::de::Error::invalid_type(serde::de::Unexpected::Map, &self))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Ports, E> {
+                let port = |t: &str| t.trim().parse::<u16>().map_err(|_| E::custom(bad_ports(s)));
+                match s.split_once('-') {
+                    Some((a, b)) => Ok(Ports(port(a)?, port(b)?)),
+                    None => port(s).map(|p| Ports(p, p)),
+                }
             }
         }
+        d.deserialize_any(Visitor)
     }
+}
+
+fn bad_ports(written: &str) -> String {
+    format!("`{written}` is not a port or a port range; write 1 to 65535, or a range such as 8000-8099")
 }
 
 /// An Ethernet address, written `02:00:00:00:00:01`.
@@ -127,7 +151,7 @@ impl FromStr for Prefix {
                 .parse::<u8>()
                 .ok()
                 .filter(|l| *l <= max)
-                .ok_or_else(|| format!("`{s}`: prefix length must be 0..={max}"))?,
+                .ok_or_else(|| format!("`{s}`: the prefix length must be 0 to {max}"))?,
         };
         Ok(Prefix { address, len })
     }
@@ -140,9 +164,8 @@ impl<'de> Deserialize<'de> for Prefix {
 }
 
 /// The accepted duration forms, for error messages.
-pub(super) const DURATION_FORMS: &str = "write a whole number with a unit: 500ms, 2s, 1m or 1h";
+pub(super) const DURATION_FORMS: &str = "write a whole number with one unit: 500ms, 2s, 1m or 1h";
 
-/// Parses `500ms`, `2s` or `1m`.
 /// A whole percentage, `50%` or `50`, from 0 to 100.
 pub(super) fn parse_percent(text: &str) -> Result<u32, String> {
     let number = text.trim().strip_suffix('%').unwrap_or(text.trim()).trim();
@@ -154,18 +177,70 @@ pub(super) fn parse_percent(text: &str) -> Result<u32, String> {
     }
 }
 
+/// Milliseconds in one of each unit a duration may take.
+const UNITS: [(&str, u64); 4] = [("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000)];
+
+/// Parses `500ms`, `2s`, `1m` or `1h`: a whole number and one unit.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("`{s}` is not a duration; {DURATION_FORMS}");
     let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (number, unit) = s.split_at(digits);
-    let n: u64 = number.parse().map_err(|_| bad())?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => n.checked_mul(60).map(Duration::from_secs).ok_or_else(bad),
-        "h" => n.checked_mul(3600).map(Duration::from_secs).ok_or_else(bad),
-        _ => Err(bad()),
+    let unit_ms = UNITS.iter().find(|(name, _)| *name == unit).map(|(_, ms)| *ms);
+    if let (Ok(n), Some(ms)) = (number.parse::<u64>(), unit_ms) {
+        return n
+            .checked_mul(ms)
+            .map(Duration::from_millis)
+            .ok_or_else(|| format!("`{s}` is too long; {DURATION_FORMS}"));
     }
+    Err(duration_advice(s))
+}
+
+/// Why `s` is not a duration, and what to write instead when it is one written another way.
+fn duration_advice(s: &str) -> String {
+    let instead = |ms: u128| format_duration(Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX)));
+    if s.starts_with('-') {
+        return format!("`{s}` is negative; a duration is 0 or more: {DURATION_FORMS}");
+    }
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return format!("`{s}` has no unit; write `{s}s` for seconds (or {s}ms, {s}m, {s}h)");
+    }
+    if let Some(ms) = fractional_ms(s) {
+        return format!("`{s}` has a fraction; {DURATION_FORMS}: write `{}`", instead(ms));
+    }
+    if let Some(ms) = compound_ms(s) {
+        return format!("`{s}` mixes units; a duration takes one unit: write `{}`", instead(ms));
+    }
+    if let Some(days) = s.strip_suffix('d').and_then(|n| n.parse::<u128>().ok()) {
+        return format!("`{s}`: the units are ms, s, m and h; write `{}`", instead(days * 86_400_000));
+    }
+    format!("`{s}` is not a duration; {DURATION_FORMS}")
+}
+
+/// `1.5s` in milliseconds, when it is a whole number of them.
+fn fractional_ms(s: &str) -> Option<u128> {
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit() && c != '.')?);
+    let (whole, fraction) = number.split_once('.')?;
+    let ms = UNITS.iter().find(|(name, _)| *name == unit)?.1 as u128;
+    let scale = 10u128.checked_pow(u32::try_from(fraction.len()).ok()?)?;
+    let whole: u128 = if whole.is_empty() { 0 } else { whole.parse().ok()? };
+    let fraction: u128 = fraction.parse().ok()?;
+    let total = (whole.checked_mul(scale)?.checked_add(fraction)?).checked_mul(ms)?;
+    total.is_multiple_of(scale).then_some(total / scale)
+}
+
+/// `1m30s` in milliseconds: two or more whole numbers, each with a unit.
+fn compound_ms(s: &str) -> Option<u128> {
+    let (mut rest, mut total, mut parts) = (s, 0u128, 0);
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        let number: u128 = rest[..digits].parse().ok()?;
+        // `ms` before `m`: the longest unit name that fits.
+        let (name, ms) =
+            UNITS.iter().filter(|(name, _)| rest[digits..].starts_with(name)).max_by_key(|(name, _)| name.len())?;
+        total = total.checked_add(number.checked_mul(u128::from(*ms))?)?;
+        rest = &rest[digits + name.len()..];
+        parts += 1;
+    }
+    (parts > 1).then_some(total)
 }
 
 /// Writes a duration the way [`parse_duration`] reads it (`1m`, `2s`, `500ms`).

@@ -78,7 +78,7 @@ pub(super) fn too_large(bytes: usize) -> String {
 }
 
 /// The error inside snippet and alias wrappers.
-fn original(mut e: &Error) -> &Error {
+pub(super) fn original(mut e: &Error) -> &Error {
     loop {
         match e {
             Error::WithSnippet { error, .. } | Error::AliasError { error, .. } => e = error,

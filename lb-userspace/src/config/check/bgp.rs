@@ -76,10 +76,7 @@ impl Checker<'_> {
             return Err(self.err(
                 at,
                 "bgp.hold_time",
-                format!(
-                    "{} is not a usable hold time; use 0 (no keepalives) or 3s to 65535s, in whole seconds",
-                    format_duration(hold_time)
-                ),
+                "not a usable hold time; use 0 (no keepalives) or 3s to 65535s, in whole seconds",
             ));
         }
         let connect_retry = duration("connect_retry", raw.connect_retry, DEFAULT_CONNECT_RETRY)?;
@@ -88,8 +85,7 @@ impl Checker<'_> {
                 at,
                 "bgp.connect_retry",
                 format!(
-                    "{} is out of range; use {} to {}",
-                    format_duration(connect_retry),
+                    "out of range; use {} to {}",
                     format_duration(MIN_CONNECT_RETRY),
                     format_duration(MAX_CONNECT_RETRY)
                 ),
@@ -100,10 +96,7 @@ impl Checker<'_> {
             return Err(self.err(
                 at,
                 "bgp.graceful_restart_time",
-                format!(
-                    "{} is out of range; use 0 (no graceful restart) to 4095s, in whole seconds",
-                    format_duration(graceful_restart_time)
-                ),
+                "out of range; use 0 (no graceful restart) to 4095s, in whole seconds",
             ));
         }
         let withdraw_grace = duration("withdraw_grace", raw.withdraw_grace, DEFAULT_WITHDRAW_GRACE)?;
@@ -111,11 +104,7 @@ impl Checker<'_> {
             return Err(self.err(
                 at,
                 "bgp.withdraw_grace",
-                format!(
-                    "{} is out of range; use 0 to {}",
-                    format_duration(withdraw_grace),
-                    format_duration(MAX_WITHDRAW_GRACE)
-                ),
+                format!("out of range; use 0 to {}", format_duration(MAX_WITHDRAW_GRACE)),
             ));
         }
         let mut communities = Vec::with_capacity(raw.communities.len());
@@ -186,7 +175,7 @@ impl Checker<'_> {
         let remote_as = self.check_as(at, &field("remote_as"), raw.remote_as)?;
         let port = raw.port.unwrap_or(BGP_PORT);
         if port == 0 {
-            return Err(self.err(at, field("port"), "must be 1..=65535; leave it out for BGP's port, 179"));
+            return Err(self.err(at, field("port"), "must be 1 to 65535; leave it out for BGP's port, 179"));
         }
         if let Some(password) = &raw.password {
             if password.is_empty() {
@@ -256,8 +245,7 @@ impl Checker<'_> {
                     at,
                     format!("{prefix}.{name}"),
                     format!(
-                        "{} is out of range; use {} to {}",
-                        format_duration(value),
+                        "out of range; use {} to {}",
                         format_duration(MIN_BFD_INTERVAL),
                         format_duration(MAX_BFD_INTERVAL)
                     ),
@@ -273,7 +261,7 @@ impl Checker<'_> {
                 self.err(
                     at,
                     format!("{prefix}.multiplier"),
-                    format!("{n}: use 1..=255, the packets the peer may miss before it counts us as down (3 is usual)"),
+                    "use 1 to 255, the packets the peer may miss before it counts us as down (3 is usual)",
                 )
             })?,
         };

@@ -1,7 +1,5 @@
 //! Health-check checks: a `health_check:` block with its defaults and bounds.
 
-use std::time::Duration;
-
 use super::{
     Checker, DEFAULT_FALL, DEFAULT_INTERVAL, DEFAULT_RISE, DEFAULT_TIMEOUT, MAX_INTERVAL, MAX_THRESHOLD, MIN_INTERVAL,
 };
@@ -48,7 +46,7 @@ impl Checker<'_> {
         }
         let port = match (raw.port, protocol) {
             (Some(0), _) => {
-                return Err(self.err(at, field("port"), "must be 1..=65535, or left out to check the VIP's port"));
+                return Err(self.err(at, field("port"), "must be 1 to 65535, or left out to check the VIP's port"));
             }
             (Some(p), _) => p,
             (None, Protocol::Icmp) => {
@@ -60,31 +58,32 @@ impl Checker<'_> {
             }
             (None, _) => vip_port,
         };
-        let duration = |name: &str, raw: Option<RawScalar>, default: Duration| match raw {
-            None => Ok(default),
-            Some(RawScalar(text)) => parse_duration(&text).map_err(|m| self.err(at, field(name), m)),
+        let written = |name: &str, raw: Option<RawScalar>| match raw {
+            None => Ok(None),
+            Some(RawScalar(text)) => parse_duration(&text).map(Some).map_err(|m| self.err(at, field(name), m)),
         };
-        let interval = duration("interval", raw.interval, DEFAULT_INTERVAL)?;
+        let interval_written = written("interval", raw.interval)?;
+        let timeout_written = written("timeout", raw.timeout)?;
+        // Defaults follow what is written: a default interval leaves room for a written timeout,
+        // a default timeout stays below a written interval (`interval: 1s` alone probes with a
+        // 500ms timeout).
+        let interval = interval_written.unwrap_or_else(|| {
+            timeout_written.map_or(DEFAULT_INTERVAL, |t| DEFAULT_INTERVAL.max(t * 2)).min(MAX_INTERVAL)
+        });
         if !(MIN_INTERVAL..=MAX_INTERVAL).contains(&interval) {
             return Err(self.err(
                 at,
                 field("interval"),
-                format!(
-                    "{} is out of range; use {} to {}",
-                    format_duration(interval),
-                    format_duration(MIN_INTERVAL),
-                    format_duration(MAX_INTERVAL)
-                ),
+                format!("out of range; use {} to {}", format_duration(MIN_INTERVAL), format_duration(MAX_INTERVAL)),
             ));
         }
-        let timeout = duration("timeout", raw.timeout, DEFAULT_TIMEOUT)?;
+        let timeout = timeout_written.unwrap_or_else(|| DEFAULT_TIMEOUT.min(interval / 2));
         if timeout.is_zero() || timeout >= interval {
             return Err(self.err(
                 at,
                 field("timeout"),
                 format!(
-                    "{} must be above 0 and shorter than the interval ({}), so probes never overlap",
-                    format_duration(timeout),
+                    "must be above 0 and shorter than the interval ({}), so probes never overlap",
                     format_duration(interval)
                 ),
             ));
@@ -97,7 +96,7 @@ impl Checker<'_> {
                 Err(self.err(
                     at,
                     field(name),
-                    format!("{n} consecutive results: use 1..={MAX_THRESHOLD} (1 reacts to a single probe)"),
+                    format!("use 1 to {MAX_THRESHOLD} consecutive results (1 reacts to a single probe)"),
                 ))
             }
         };
@@ -131,7 +130,7 @@ impl Checker<'_> {
                     return Err(self.err(
                         at,
                         field("expect_status"),
-                        format!("{expect_status} is not an HTTP status; use 100..=599"),
+                        format!("{expect_status} is not an HTTP status; use 100 to 599"),
                     ));
                 }
                 if raw.expect_body.as_deref() == Some("") {
@@ -150,7 +149,7 @@ impl Checker<'_> {
                         return Err(self.err(
                             at,
                             field("send"),
-                            "a udp check needs a payload that the service answers (e.g. send: \"ping\")",
+                            "missing or empty: a udp check needs a payload that the service answers (e.g. send: \"ping\")",
                         ));
                     }
                 };

@@ -1,11 +1,13 @@
 //! The checks that turn the file as written into a validated `Config`: `Checker`, its error
 //! constructor and the top-level walk; one file per rule family.
 
+use std::cell::OnceCell;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use super::positions::PositionTree;
 use super::{Config, ConfigError, Mode, Protocol, RawConfig, RawNode, Unhashable};
 
 mod bgp;
@@ -53,22 +55,40 @@ const MAX_MD5_KEY: usize = 80;
 
 pub(super) struct Checker<'a> {
     pub(super) path: &'a Path,
+    /// The file's text, read again for the positions of fields once there is an error to place.
+    text: &'a str,
+    positions: OnceCell<Option<PositionTree>>,
 }
 
-impl Checker<'_> {
+impl<'a> Checker<'a> {
+    pub(super) fn new(path: &'a Path, text: &'a str) -> Self {
+        Checker { path, text, positions: OnceCell::new() }
+    }
+
+    /// The error of `field` (a path such as `vips[0].backends[1].weight`), at the field's value
+    /// when the file has it, else at `at` (the block it is missing from). The value as written
+    /// is quoted at the head of the message unless the message quotes it already.
     pub(super) fn err(
         &self,
         at: &serde_saphyr::Location,
         field: impl Into<String>,
         message: impl Into<String>,
     ) -> ConfigError {
-        ConfigError::Invalid {
-            path: self.path.to_owned(),
-            line: at.line(),
-            column: at.column(),
-            field: field.into(),
-            message: message.into(),
+        let (field, mut message) = (field.into(), message.into());
+        let (mut line, mut column) = (at.line(), at.column());
+        let positions = self.positions.get_or_init(|| PositionTree::read(self.text));
+        if let Some((found, value)) = positions.as_ref().and_then(|tree| tree.value_at(&field)) {
+            (line, column) = (found.line(), found.column());
+            // A key is never repeated in a message.
+            let secret = field.ends_with("password");
+            if let Some(value) = value.filter(|v| !v.is_empty() && !secret && !message.contains(&format!("`{v}`"))) {
+                message = match message.strip_prefix(&format!("{value} ")) {
+                    Some(rest) => format!("`{value}` {rest}"),
+                    None => format!("`{value}`: {message}"),
+                };
+            }
         }
+        ConfigError::Invalid { path: self.path.to_owned(), line, column, field, message }
     }
 
     pub(super) fn check(&self, raw: RawConfig) -> Result<Config, ConfigError> {
@@ -77,6 +97,8 @@ impl Checker<'_> {
             None => (RawNode::default(), serde_saphyr::Location::UNKNOWN),
         };
         let node = self.check_node(raw_node, &node_at)?;
+        let pool_order: Vec<(String, serde_saphyr::Location)> =
+            raw.nat_pools.iter().map(|p| (p.value.name.clone(), p.referenced)).collect();
         let nat_pools = self.check_pools(raw.nat_pools)?;
 
         // At the first VIP over the limit.
@@ -159,7 +181,7 @@ impl Checker<'_> {
             Some(b) => Some(self.check_bgp(b.value, &b.referenced)?),
             None => None,
         };
-        self.check_pool_addresses(&nat_pools, &vips)?;
+        self.check_pool_addresses(&nat_pools, &pool_order, &vips)?;
         Ok(Config { node, vips, bgp, agent: raw.agent, nat_pools })
     }
 }

@@ -41,17 +41,17 @@ impl Checker<'_> {
                 return Err(self.err(
                     at,
                     "node.mtu",
-                    format!("{mtu} is not a usable IP MTU; use 576..=65535 or leave it out to use the interface's"),
+                    format!("{mtu} is not a usable IP MTU; use 576 to 65535 or leave it out to use the interface's"),
                 ));
             }
         }
         let flow_table_size = raw.flow_table_size.unwrap_or(lb_common::FLOW_TABLE_SIZE);
         if !(1024..=MAX_FLOW_TABLE_SIZE).contains(&flow_table_size) {
-            return Err(self.err(at, "node.flow_table_size", format!("must be 1024..={MAX_FLOW_TABLE_SIZE}")));
+            return Err(self.err(at, "node.flow_table_size", format!("must be 1024 to {MAX_FLOW_TABLE_SIZE}")));
         }
         let nat_table_size = raw.nat_table_size.unwrap_or(lb_common::NAT_TABLE_SIZE);
         if !(1024..=MAX_FLOW_TABLE_SIZE).contains(&nat_table_size) {
-            return Err(self.err(at, "node.nat_table_size", format!("must be 1024..={MAX_FLOW_TABLE_SIZE}")));
+            return Err(self.err(at, "node.nat_table_size", format!("must be 1024 to {MAX_FLOW_TABLE_SIZE}")));
         }
         let timeout = |name: &str, value: Option<RawScalar>, default: Duration| -> Result<Duration, ConfigError> {
             let field = format!("node.{name}");

@@ -28,11 +28,22 @@ impl Checker<'_> {
                     format!("list 1 to {} addresses of one family", lb_common::MAX_POOL_ADDRS),
                 ));
             }
-            if p.addresses.iter().any(|a| a.is_ipv4() != p.addresses[0].is_ipv4()) {
-                return Err(self.err(&at, field("addresses"), "mixes IPv4 and IPv6; make one pool per family"));
+            if let Some(k) = p.addresses.iter().position(|a| a.is_ipv4() != p.addresses[0].is_ipv4()) {
+                return Err(self.err(
+                    &at,
+                    field(&format!("addresses[{k}]")),
+                    format!(
+                        "{} is of the other family than the pool's first address; make one pool per family",
+                        p.addresses[k]
+                    ),
+                ));
             }
-            if let Some((k, a)) = p.addresses.iter().enumerate().find(|(k, a)| p.addresses[..*k].contains(a)) {
-                return Err(self.err(&at, field(&format!("addresses[{k}]")), format!("{a} is listed twice")));
+            if let Some(k) = (0..p.addresses.len()).find(|&k| p.addresses[..k].contains(&p.addresses[k])) {
+                return Err(self.err(
+                    &at,
+                    field(&format!("addresses[{k}]")),
+                    format!("{} is listed twice; list each address once", p.addresses[k]),
+                ));
             }
             let Some(Ports(port_first, port_last)) = p.ports else {
                 return Err(self.err(
@@ -45,7 +56,7 @@ impl Checker<'_> {
                 return Err(self.err(
                     &at,
                     field("ports"),
-                    format!("{port_first}-{port_last} is not a usable range; write first-last within 1..=65535, e.g. 20000-59999"),
+                    format!("{port_first}-{port_last} is not a usable range; write first-last within 1 to 65535, e.g. 20000-59999"),
                 ));
             }
             pools.push(NatPool { name: p.name, addresses: p.addresses, port_first, port_last });
@@ -55,17 +66,26 @@ impl Checker<'_> {
     }
 
     /// A pool address must not be a VIP's: replies to it are looked up as NAT replies first.
-    pub(in crate::config) fn check_pool_addresses(&self, pools: &[NatPool], vips: &[Vip]) -> Result<(), ConfigError> {
-        for pool in pools {
-            if let Some(vip) = vips.iter().find(|v| pool.addresses.contains(&v.address)) {
-                return Err(self.err(
-                    &serde_saphyr::Location::UNKNOWN,
-                    format!("nat_pools.{}.addresses", pool.name),
-                    format!(
-                        "{} is also the address of VIP `{}`; give the pool addresses of its own",
-                        vip.address, vip.name
-                    ),
-                ));
+    /// `order` names the pools as the file lists them (`pools` is sorted by name).
+    pub(in crate::config) fn check_pool_addresses(
+        &self,
+        pools: &[NatPool],
+        order: &[(String, serde_saphyr::Location)],
+        vips: &[Vip],
+    ) -> Result<(), ConfigError> {
+        for (i, (name, at)) in order.iter().enumerate() {
+            let Some(pool) = pools.iter().find(|p| &p.name == name) else { continue };
+            for (k, address) in pool.addresses.iter().enumerate() {
+                if let Some(vip) = vips.iter().find(|v| v.address == *address) {
+                    return Err(self.err(
+                        at,
+                        format!("nat_pools[{i}].addresses[{k}]"),
+                        format!(
+                            "{address} is also the address of VIP `{}`; give the pool addresses of its own",
+                            vip.name
+                        ),
+                    ));
+                }
             }
         }
         Ok(())
