@@ -142,6 +142,12 @@ fn exposition() -> String {
             transmit_errors: Some(0),
         }],
         health_errors: Default::default(),
+        health: [(
+            ("web".to_owned(), "10.0.0.1".to_owned()),
+            xlb::sources::health::BackendHealth { up: true, last_error: None, checks: 4, failures: 1 },
+        )]
+        .into_iter()
+        .collect(),
         l7: l7.gather(),
     };
     metrics::render(&snapshot, &agent)
@@ -243,4 +249,33 @@ fn the_dashboard_is_grafana_json_with_a_query_per_panel() {
         }
     }
     assert!(panels.len() >= 20, "{} panels", panels.len());
+}
+
+#[test]
+fn the_exposition_passes_promtool_check_metrics() {
+    if !have_promtool(module_path!()) {
+        return;
+    }
+    let text = exposition();
+    for family in ["process_resident_memory_bytes", "process_open_fds", "xlb_build_info", "xlb_health_checks_total"] {
+        assert!(text.contains(&format!("# TYPE {family} ")), "the exposition lacks {family}:\n{text}");
+    }
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    {
+        use std::io::Write as _;
+        child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write the exposition");
+    }
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -241,6 +241,7 @@ impl Shared {
                 peers: self.peers(),
                 attachments: lock(&self.attachments).clone(),
                 health_errors: self.health_errors.snapshot(),
+                health: self.health.borrow().clone(),
                 l7,
             },
         ))

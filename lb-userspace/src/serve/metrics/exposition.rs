@@ -19,6 +19,8 @@ pub struct AgentInfo {
     pub attachments: Vec<AttachmentStatus>,
     /// Health-check probes that failed, by whose fault.
     pub health_errors: crate::sources::health::ErrorCounts,
+    /// Each checked backend's probes so far, and how many failed.
+    pub health: crate::sources::health::HealthMap,
     /// The L7 tier's per-route families (kept by the tier, appended as they are).
     pub l7: Vec<prometheus::proto::MetricFamily>,
 }
@@ -173,12 +175,17 @@ fn build(snapshot: &Snapshot, agent: &AgentInfo) -> prometheus::Result<Registry>
     let session_up = gauge(&registry, "xlb_bgp_session_up", "1 while the BGP session is established.", &peer)?;
     let prefixes = gauge(&registry, "xlb_bgp_prefixes_sent", "Prefixes announced to the peer.", &peer)?;
     let flaps = counter(&registry, "xlb_bgp_session_flaps_total", "Times the session went down.", &peer)?;
+    let bfd_up =
+        gauge(&registry, "xlb_bfd_session_up", "1 while the peer's BFD session is up (peers with BFD).", &peer)?;
     for p in &agent.peers {
         let at = [p.address.to_string()];
         let at = [at[0].as_str()];
         session_up.with_label_values(&at).set(i64::from(p.state == "established"));
         prefixes.with_label_values(&at).set(p.prefixes_sent as i64);
         flaps.with_label_values(&at).inc_by(p.flaps);
+        if let Some(bfd) = &p.bfd {
+            bfd_up.with_label_values(&at).set(i64::from(bfd == "up"));
+        }
     }
 
     let attached = gauge(&registry, "xlb_xdp_attached", "1 while XDP is attached to the interface.", &["iface"])?;
@@ -205,6 +212,23 @@ fn build(snapshot: &Snapshot, agent: &AgentInfo) -> prometheus::Result<Registry>
     )?;
     check_errors.with_label_values(&["backend"]).inc_by(agent.health_errors.backend);
     check_errors.with_label_values(&["local"]).inc_by(agent.health_errors.local);
+
+    let checks = counter(
+        &registry,
+        "xlb_health_checks_total",
+        "Health-check probes of the backend, by result (`failed`: counted toward taking it down).",
+        &["vip", "backend", "result"],
+    )?;
+    for ((vip, backend), health) in &agent.health {
+        let failed = health.failures.min(health.checks);
+        checks.with_label_values(&[vip.as_str(), backend.as_str(), "ok"]).inc_by(health.checks - failed);
+        checks.with_label_values(&[vip.as_str(), backend.as_str(), "failed"]).inc_by(failed);
+    }
+
+    let build_info = gauge(&registry, "xlb_build_info", "Always 1; the running xlb's version.", &["version"])?;
+    build_info.with_label_values(&[crate::cli::VERSION]).set(1);
+    #[cfg(target_os = "linux")]
+    registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
 
     let generation = IntGauge::new("xlb_config_generation", "Configurations applied since the agent started.")?;
     generation.set(agent.config_generation as i64);

@@ -101,6 +101,12 @@ fn exposition_carries_every_counter_and_state() {
                 transmit_errors: Some(5),
             }],
             health_errors: crate::sources::health::ErrorCounts { backend: 7, local: 3 },
+            health: [(
+                ("web".to_owned(), "10.0.0.2".to_owned()),
+                crate::sources::health::BackendHealth { up: false, last_error: None, checks: 10, failures: 3 },
+            )]
+            .into_iter()
+            .collect(),
             l7: vec![],
         },
     );
@@ -136,6 +142,10 @@ fn exposition_carries_every_counter_and_state() {
         "xlb_bgp_session_up{peer=\"10.0.0.254\"} 1",
         "xlb_bgp_prefixes_sent{peer=\"10.0.0.254\"} 2",
         "xlb_bgp_session_flaps_total{peer=\"10.0.0.254\"} 1",
+        "xlb_bfd_session_up{peer=\"10.0.0.254\"} 1",
+        "xlb_health_checks_total{backend=\"10.0.0.2\",result=\"ok\",vip=\"web\"} 7",
+        "xlb_health_checks_total{backend=\"10.0.0.2\",result=\"failed\",vip=\"web\"} 3",
+        concat!("xlb_build_info{version=\"", env!("CARGO_PKG_VERSION"), "\"} 1"),
         "xlb_config_last_reload_successful 0",
         "xlb_config_last_reload_timestamp_seconds 1700000000",
         "# TYPE xlb_vip_packets_total counter",
