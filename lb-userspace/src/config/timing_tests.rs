@@ -73,6 +73,8 @@ fn durations_parse_and_print() {
         ("1m30s", "mixes units; a duration takes one unit: write `90s`"),
         ("1h1ms", "write `3600001ms`"),
         ("1d", "the units are ms, s, m and h; write `24h`"),
+        // Too many days to convert: said plainly, not a panic on overflow.
+        ("9999999999999999999999999999999999d", "is not a duration"),
     ] {
         let message = parse_duration(bad).unwrap_err();
         assert!(message.starts_with(&format!("`{bad}`")) && message.contains(advice), "{bad}: {message}");

@@ -209,8 +209,8 @@ fn duration_advice(s: &str) -> String {
     if let Some(ms) = compound_ms(s) {
         return format!("`{s}` mixes units; a duration takes one unit: write `{}`", instead(ms));
     }
-    if let Some(days) = s.strip_suffix('d').and_then(|n| n.parse::<u128>().ok()) {
-        return format!("`{s}`: the units are ms, s, m and h; write `{}`", instead(days * 86_400_000));
+    if let Some(ms) = s.strip_suffix('d').and_then(|n| n.parse::<u128>().ok()).and_then(|d| d.checked_mul(86_400_000)) {
+        return format!("`{s}`: the units are ms, s, m and h; write `{}`", instead(ms));
     }
     format!("`{s}` is not a duration; {DURATION_FORMS}")
 }
