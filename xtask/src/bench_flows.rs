@@ -9,7 +9,7 @@ use xlb::apply::{
     dataplane::TableSizes,
     testrun::{self, XdpAction},
 };
-use xlb_tests::{Balancer, packets::L4};
+use xlb_tests::{Balancer, packets::L4, rng::Rng};
 
 use crate::bench_packets::{config, frame};
 
@@ -66,19 +66,6 @@ fn key(src: &str, dst: &str, sport: u16) -> FlowKey {
     let words = |a: &str| xlb::config::ip_words(a.parse().expect("address"));
     let ((saddr, family), (daddr, _)) = (words(src), words(dst));
     FlowKey { saddr, daddr, sport: sport.to_be(), dport: 80u16.to_be(), proto: PROTO_TCP, family, pad: 0 }
-}
-
-/// A small deterministic generator for the random visiting order.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        ((z ^ (z >> 31)) % n as u64) as usize
-    }
 }
 
 /// One filled balancer, with how many flows it holds toward each VIP.
@@ -150,11 +137,11 @@ impl Filled {
         match case {
             Large::Established(_, dst) => {
                 let filled = self.fills.iter().find(|(d, _)| *d == dst).map(|(_, n)| *n).context("a filled VIP")?;
-                let mut rng = SplitMix(run as u64 + 1);
+                let mut rng = Rng::new(run as u64 + 1);
                 let nat = self.balancer.maps.nat_tables()?;
                 let mut out = Vec::with_capacity(count);
                 while out.len() < count {
-                    let (src, sport) = tuple(dst, rng.below(filled), 0);
+                    let (src, sport) = tuple(dst, rng.below(filled as u64) as usize, 0);
                     let key = key(&src, dst, sport);
                     let held =
                         if dst == NAT_V4 { nat.flow(&key).is_some() } else { self.balancer.maps.flow(&key)?.is_some() };

@@ -119,6 +119,12 @@ fn sum_slot<V: aya::Pod + Default>(
     Ok(values.iter().fold(V::default(), add))
 }
 
+/// The global counters of a `STATS` map, summed over CPUs, in `Stat` order.
+fn stat_sums(stats: &PerCpuArray<MapData, StatCounters>) -> Result<Vec<(Stat, u64)>, DataplaneError> {
+    let per_cpu = stats.get(&0, 0).map_err(map_err(maps::STATS))?;
+    Ok(Stat::ALL.iter().map(|&stat| (stat, per_cpu.iter().map(|c| c.values[stat as usize]).sum())).collect())
+}
+
 /// Typed handles on the balancer's maps. Only the reconciler writes them.
 pub struct Maps {
     vips: HashMap<MapData, VipKey, VipMeta>,
@@ -211,8 +217,7 @@ impl Maps {
 
     /// Global counters, summed over CPUs, in `Stat` order.
     pub fn stats(&self) -> Result<Vec<(Stat, u64)>, DataplaneError> {
-        let per_cpu = self.stats.get(&0, 0).map_err(map_err(maps::STATS))?;
-        Ok(Stat::ALL.iter().map(|&stat| (stat, per_cpu.iter().map(|c| c.values[stat as usize]).sum())).collect())
+        stat_sums(&self.stats)
     }
 
     /// One backend slot's counters, summed over CPUs.

@@ -12,7 +12,7 @@ use lb_common::{
     programs,
 };
 
-use super::{BALANCER_OBJECT, DataplaneError, Loaded, map_err, new_generation, sizes::TableSizes, take};
+use super::{BALANCER_OBJECT, DataplaneError, Loaded, map_err, new_generation, sizes::TableSizes, stat_sums, take};
 use crate::apply::testrun::{self, XdpAction};
 
 /// The maps a shadow shares with the live balancer. The program only reads them.
@@ -191,7 +191,7 @@ impl Shadow {
         slots: &[u32],
     ) -> Result<ShadowRun, DataplaneError> {
         self.reset(seed)?;
-        let stats_before = self.stat_sums()?;
+        let stats_before = stat_sums(&self.stats)?;
         let backends_before = self.backend_packets(slots)?;
         let outcome = testrun::run_on(self.loaded.xdp()?, frame, ifindex).map_err(|e| DataplaneError::Program {
             name: programs::BALANCER,
@@ -200,8 +200,7 @@ impl Shadow {
                 other => aya::programs::ProgramError::IOError(std::io::Error::other(other.to_string())),
             }),
         })?;
-        let stats = self
-            .stat_sums()?
+        let stats = stat_sums(&self.stats)?
             .into_iter()
             .zip(stats_before)
             .filter(|((_, after), (_, before))| after != before)
@@ -238,11 +237,6 @@ impl Shadow {
             self.nat_reverse.insert(key, value, 0).map_err(map_err(maps::NAT_REVERSE))?;
         }
         Ok(())
-    }
-
-    fn stat_sums(&self) -> Result<Vec<(Stat, u64)>, DataplaneError> {
-        let per_cpu = self.stats.get(&0, 0).map_err(map_err(maps::STATS))?;
-        Ok(Stat::ALL.iter().map(|&stat| (stat, per_cpu.iter().map(|c| c.values[stat as usize]).sum())).collect())
     }
 
     fn backend_packets(&self, slots: &[u32]) -> Result<Vec<(u32, u64)>, DataplaneError> {

@@ -249,10 +249,7 @@ fn mode(vip: &AppliedVip) -> &'static str {
 fn backend_name(vip: Option<&AppliedVip>, slot: u32) -> String {
     let found = vip.and_then(|v| v.slots.iter().position(|&s| s == slot).map(|i| &v.vip.backends[i]));
     match found {
-        Some(b) if b.port != 0 => match ip_from_words(b.addr, b.family) {
-            std::net::IpAddr::V6(a) => format!("[{a}]:{}", u16::from_be(b.port)),
-            a => format!("{a}:{}", u16::from_be(b.port)),
-        },
+        Some(b) if b.port != 0 => SocketAddr::new(ip_from_words(b.addr, b.family), u16::from_be(b.port)).to_string(),
         Some(b) => b.identity.clone(),
         None => format!("backend slot {slot} (no longer this VIP's)"),
     }
@@ -292,11 +289,7 @@ fn known_flow(
 
 /// A NAT flow's source toward its backend, `address:port`.
 fn nat_source(entry: &NatFlow, key: &FlowKey) -> String {
-    let port = u16::from_be(entry.source_port);
-    match ip_from_words(entry.source, key.family) {
-        std::net::IpAddr::V6(a) => format!("[{a}]:{port}"),
-        a => format!("{a}:{port}"),
-    }
+    SocketAddr::new(ip_from_words(entry.source, key.family), u16::from_be(entry.source_port)).to_string()
 }
 
 /// The Maglev entry a new flow of this tuple hashes to, and its backend, as the program picks
