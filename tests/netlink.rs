@@ -1,6 +1,6 @@
 //! Neighbour resolution over rtnetlink (`xlb::sources::neighbor`) against the real kernel: two
-//! namespaces joined by a veth pair, the table read and solicited from namespace A for B's
-//! addresses. Needs root.
+//! namespaces joined by a veth pair, the table read, solicited and managed from namespace A for
+//! B's addresses, changes followed through the kernel's notifications. Needs root.
 
 use std::{
     collections::BTreeMap,
@@ -9,7 +9,7 @@ use std::{
 };
 
 use xlb::sources::{
-    neighbor::{self, MacMap, Neighbor, Resolver},
+    neighbor::{self, MacMap, Neighbor, Options, Resolver},
     netlink,
 };
 use xlb_tests::netns::{Netns, sh, veth, wait_for};
@@ -86,6 +86,18 @@ fn entry(neighbors: &[Neighbor], index: u32, addr: IpAddr) -> Option<Neighbor> {
     neighbors.iter().find(|n| n.ifindex == index && n.addr == addr).cloned()
 }
 
+/// The namespace's neighbour table, read through the resolver's own dump (call inside the
+/// namespace).
+fn dump() -> Vec<Neighbor> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    runtime.block_on(dump_async())
+}
+
+async fn dump_async() -> Vec<Neighbor> {
+    let (handle, _notifications) = netlink::subscribe(&[]).expect("a netlink socket");
+    neighbor::dump(&handle).await.expect("dump")
+}
+
 #[test]
 fn dump_shows_what_solicit_resolves_v4_and_v6() {
     xlb_tests::require_root!();
@@ -96,7 +108,7 @@ fn dump_shows_what_solicit_resolves_v4_and_v6() {
         let e = netlink::ifindex("xnl-missing").unwrap_err();
         assert!(e.to_string().contains("xnl-missing"), "{e}");
         for addr in [ip(B_V4), ip(B_V6)] {
-            let before = entry(&neighbor::dump().expect("dump"), index, addr);
+            let before = entry(&dump(), index, addr);
             assert!(
                 before.as_ref().is_none_or(|n| !neighbor::is_usable(n.state)),
                 "nothing talked to {addr} yet: {before:?}"
@@ -104,13 +116,13 @@ fn dump_shows_what_solicit_resolves_v4_and_v6() {
             let start = Instant::now();
             neighbor::solicit(A_IF, addr).expect("solicit");
             let resolved = wait_for(&format!("a usable entry for {addr}"), Duration::from_secs(5), || {
-                entry(&neighbor::dump().expect("dump"), index, addr).filter(|n| neighbor::is_usable(n.state))
+                entry(&dump(), index, addr).filter(|n| neighbor::is_usable(n.state))
             });
             eprintln!("{addr}: resolved by solicit in {:?} ({resolved:?})", start.elapsed());
             assert_eq!(resolved.mac, Some(b_mac), "{addr} resolves to B's MAC");
         }
         // The dump holds both families, and other entries of the namespace (all interfaces) too.
-        let all = neighbor::dump().expect("dump");
+        let all = dump();
         assert!(all.iter().any(|n| n.addr.is_ipv4()) && all.iter().any(|n| n.addr.is_ipv6()), "{all:?}");
     });
 }
@@ -175,6 +187,13 @@ fn resolver_publishes_and_follows_mac_changes() {
                 })
                 .await;
             eprintln!("learned B's MAC for {v4} and {v6} in {took:?}");
+            // The kernel keeps them: managed entries, marked as xlb's.
+            let index = netlink::ifindex(A_IF).expect("ifindex");
+            let table = dump_async().await;
+            for addr in [v4, v6] {
+                let n = entry(&table, index, addr).expect("an entry");
+                assert!(n.managed && n.ours, "{addr}: {n:?}");
+            }
 
             sh("ip", &["-n", &b_name, "link", "set", "dev", B_IF, "address", "02:00:00:21:30:02"]);
             let took = watcher
@@ -186,10 +205,9 @@ fn resolver_publishes_and_follows_mac_changes() {
 
             // The silent target was solicited (the kernel has an entry for it, resolving or
             // failed) and is not in the map (the watcher checked every version of it).
-            let index = netlink::ifindex(A_IF).expect("ifindex");
             let deadline = Instant::now() + Duration::from_secs(5);
             loop {
-                let silent_entry = entry(&neighbor::dump().expect("dump"), index, silent);
+                let silent_entry = entry(&dump_async().await, index, silent);
                 if let Some(n) = silent_entry {
                     assert!(!neighbor::is_usable(n.state), "nobody answers for {silent}: {n:?}");
                     break;
@@ -207,6 +225,12 @@ fn resolver_publishes_and_follows_mac_changes() {
                 })
                 .await;
             eprintln!("replace took effect in {took:?}; {} wake-ups in all", watcher.wakeups);
+            // The dropped target's managed entry is removed from the kernel's table.
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while entry(&dump_async().await, index, v6).is_some_and(|n| n.managed) {
+                assert!(Instant::now() < deadline, "the managed entry of the dropped {v6} stayed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
 
             // Dropping the resolver stops its task: the channel closes.
             drop(resolver);
@@ -215,5 +239,92 @@ fn resolver_publishes_and_follows_mac_changes() {
                     .await;
             assert!(closed.is_ok(), "the resolver's task outlived it");
         });
+    });
+}
+
+/// Runs `f` with a resolver on A for B's two addresses, on a runtime inside A.
+fn with_resolver<F: std::future::Future<Output = ()>>(
+    pair: &Pair,
+    options: Options,
+    f: impl FnOnce(Resolver, Watcher) -> F + Send + 'static,
+) {
+    run_in(&pair.a, move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+        runtime.block_on(async move {
+            let targets = [ip(B_V4), ip(B_V6)].into_iter().map(|a| (a, A_IF.to_owned())).collect();
+            let (resolver, rx) = Resolver::start_with(targets, options);
+            f(resolver, Watcher { rx, last: MacMap::new(), wakeups: 0 }).await;
+        });
+    });
+}
+
+#[test]
+fn a_mac_change_is_followed_by_notification_within_a_second() {
+    xlb_tests::require_root!();
+    let pair = Pair::new();
+    let old_mac = pair.b_mac();
+    // B announces its new MAC (gratuitous ARP, unsolicited NA) as hosts configured for fail-over
+    // do; A's timers stay at their defaults and the resolver reads the table only once an hour,
+    // so only the kernel's notification can carry the change within the second.
+    for key in [format!("net.ipv4.conf.{B_IF}.arp_notify=1"), format!("net.ipv6.conf.{B_IF}.ndisc_notify=1")] {
+        let out = pair.b.command("sysctl").args(["-w", &key]).output().expect("run sysctl");
+        assert!(out.status.success(), "sysctl -w {key}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let b_name = pair.b.name.clone();
+    let options = Options { managed: true, reread: Duration::from_secs(3600) };
+    with_resolver(&pair, options, move |resolver, mut watcher| async move {
+        let _running = resolver;
+        let (v4, v6) = (ip(B_V4), ip(B_V6));
+        watcher
+            .until("B's MAC", Duration::from_secs(10), |m| m.get(&v4) == Some(&old_mac) && m.get(&v6) == Some(&old_mac))
+            .await;
+        // Past the kernel's lock time (1 s), within which a gratuitous ARP does not override.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        sh("ip", &["-n", &b_name, "link", "set", "dev", B_IF, "address", "02:00:00:21:30:02"]);
+        let took = watcher
+            .until("B's new MAC", Duration::from_secs(1), |m| {
+                m.get(&v4) == Some(&NEW_B_MAC) && m.get(&v6) == Some(&NEW_B_MAC)
+            })
+            .await;
+        eprintln!("a MAC change reached the published map in {took:?}, without a poll");
+    });
+}
+
+#[test]
+fn without_managed_entries_targets_are_solicited_and_resolved() {
+    xlb_tests::require_root!();
+    let pair = Pair::new();
+    let mac = pair.b_mac();
+    // An operator's static entry for a third address is used as it is and left alone.
+    let static_mac = "02:00:00:21:30:77";
+    pair.a.ip(&["neigh", "add", "10.213.0.77", "dev", A_IF, "lladdr", static_mac, "nud", "permanent"]);
+    let options = Options { managed: false, reread: Duration::from_secs(30) };
+    with_resolver(&pair, options, move |mut resolver, mut watcher| async move {
+        let (v4, v6, fixed) = (ip(B_V4), ip(B_V6), ip("10.213.0.77"));
+        let took = watcher
+            .until("B's MAC by solicitation", Duration::from_secs(10), |m| {
+                m.get(&v4) == Some(&mac) && m.get(&v6) == Some(&mac)
+            })
+            .await;
+        eprintln!("resolved by solicitation in {took:?}");
+        let index = netlink::ifindex(A_IF).expect("ifindex");
+        let table = dump_async().await;
+        for addr in [v4, v6] {
+            let n = entry(&table, index, addr).expect("an entry");
+            assert!(!n.managed && !n.ours, "soliciting makes no managed entry: {n:?}");
+        }
+        let mut targets: BTreeMap<IpAddr, String> = [v4, fixed].into_iter().map(|a| (a, A_IF.to_owned())).collect();
+        resolver.replace(targets.clone());
+        watcher
+            .until("the static entry's MAC", Duration::from_secs(3), |m| {
+                m.get(&fixed) == Some(&parse_mac(static_mac)) && !m.contains_key(&v6)
+            })
+            .await;
+        targets.remove(&fixed);
+        resolver.replace(targets);
+        watcher.until("the static target dropped", Duration::from_secs(3), |m| !m.contains_key(&fixed)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let n = entry(&dump_async().await, index, fixed).expect("the operator's entry stays");
+        assert!(n.is_static() && n.mac == Some(parse_mac(static_mac)), "{n:?}");
     });
 }

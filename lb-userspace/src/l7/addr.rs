@@ -3,16 +3,17 @@
 //! RTM_DELADDR when the VIP goes or the agent exits. Only addresses this agent added are
 //! removed; one that was already there (configured by the operator) is left alone.
 
-use std::{
-    io,
-    net::IpAddr,
-    os::fd::AsRawFd as _,
-    sync::atomic::{AtomicU32, Ordering},
+use std::{io, net::IpAddr};
+
+use rtnetlink::{
+    packet_core::{NLM_F_CREATE, NLM_F_EXCL},
+    packet_route::{
+        AddressFamily, RouteNetlinkMessage,
+        address::{AddressAttribute, AddressHeaderFlags, AddressMessage, AddressScope},
+    },
 };
 
-use crate::sources::netlink::{NLMSG_HDRLEN, i32_at, u16_at, u32_at};
-
-const IFADDRMSG_LEN: usize = 8;
+use crate::sources::netlink;
 
 /// An address on `lo` for as long as this lives.
 #[derive(Debug)]
@@ -25,8 +26,11 @@ pub struct LocalAddress {
 
 impl LocalAddress {
     pub fn add(address: IpAddr) -> io::Result<Self> {
-        let ifindex = crate::sources::netlink::ifindex("lo")?;
-        let added = match request(libc::RTM_NEWADDR, libc::NLM_F_CREATE | libc::NLM_F_EXCL, ifindex, address) {
+        let ifindex = netlink::ifindex("lo")?;
+        let added = match netlink::request_ack(
+            RouteNetlinkMessage::NewAddress(message(ifindex, address)),
+            NLM_F_CREATE | NLM_F_EXCL,
+        ) {
             Ok(()) => true,
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => false,
             Err(e) => {
@@ -50,7 +54,7 @@ impl Drop for LocalAddress {
         if !self.added {
             return;
         }
-        match request(libc::RTM_DELADDR, 0, self.ifindex, self.address) {
+        match netlink::request_ack(RouteNetlinkMessage::DelAddress(message(self.ifindex, self.address)), 0) {
             Ok(()) => tracing::info!(address = %self.address, "l7 VIP address removed from lo"),
             Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {}
             Err(e) => tracing::warn!(address = %self.address, error = %e, "removing the l7 VIP address from lo failed"),
@@ -58,94 +62,40 @@ impl Drop for LocalAddress {
     }
 }
 
-/// `nlmsghdr` + `ifaddrmsg` + IFA_LOCAL + IFA_ADDRESS for a host address on `ifindex`.
-fn message(kind: u16, flags: i32, seq: u32, ifindex: u32, address: IpAddr) -> Vec<u8> {
-    let (family, prefix, octets): (u8, u8, Vec<u8>) = match address {
-        IpAddr::V4(a) => (libc::AF_INET as u8, 32, a.octets().to_vec()),
-        IpAddr::V6(a) => (libc::AF_INET6 as u8, 128, a.octets().to_vec()),
+/// A host address (/32, /128) on `ifindex`, without duplicate address detection for IPv6.
+fn message(ifindex: u32, address: IpAddr) -> AddressMessage {
+    let mut message = AddressMessage::default();
+    message.header.family = match address {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
     };
-    let mut out = Vec::with_capacity(NLMSG_HDRLEN + IFADDRMSG_LEN + 2 * (4 + octets.len()));
-    out.extend_from_slice(&[0u8; NLMSG_HDRLEN]);
-    // ifaddrmsg: family, prefixlen, flags (no DAD for IPv6), scope universe, index.
-    out.extend_from_slice(&[family, prefix, libc::IFA_F_NODAD as u8, 0]);
-    out.extend_from_slice(&ifindex.to_ne_bytes());
-    for attr in [libc::IFA_LOCAL, libc::IFA_ADDRESS] {
-        out.extend_from_slice(&((4 + octets.len()) as u16).to_ne_bytes());
-        out.extend_from_slice(&attr.to_ne_bytes());
-        out.extend_from_slice(&octets);
-    }
-    let len = out.len() as u32;
-    out[0..4].copy_from_slice(&len.to_ne_bytes());
-    out[4..6].copy_from_slice(&kind.to_ne_bytes());
-    out[6..8].copy_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_ACK | flags) as u16).to_ne_bytes());
-    out[8..12].copy_from_slice(&seq.to_ne_bytes());
-    out
-}
-
-/// The errno of an NLMSG_ERROR acknowledging `seq` (0: success); `None` for anything else.
-fn ack_errno(reply: &[u8], seq: u32) -> Option<i32> {
-    if u16_at(reply, 4)? != libc::NLMSG_ERROR as u16 || u32_at(reply, 8)? != seq {
-        return None;
-    }
-    i32_at(reply, NLMSG_HDRLEN)
-}
-
-fn request(kind: u16, flags: i32, ifindex: u32, address: IpAddr) -> io::Result<()> {
-    static SEQ: AtomicU32 = AtomicU32::new(1);
-    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-    let socket = crate::sources::netlink::route_socket()?;
-    let msg = message(kind, flags, seq, ifindex, address);
-    // SAFETY: send reads `msg.len()` bytes from a live buffer; an unconnected netlink socket
-    // sends to the kernel.
-    if unsafe { libc::send(socket.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut buf = [0u8; 1024];
-    // Bounded: every recv waits at most the socket's receive timeout, and a few stray datagrams at most.
-    for _ in 0..8 {
-        // SAFETY: recv writes at most `buf.len()` bytes into `buf`, which lives across the call.
-        let n = unsafe { libc::recv(socket.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        let reply = &buf[..usize::try_from(n).unwrap_or(0).min(buf.len())];
-        match ack_errno(reply, seq) {
-            Some(0) => return Ok(()),
-            Some(errno) => return Err(io::Error::from_raw_os_error(errno.checked_neg().unwrap_or(libc::EIO))),
-            None => continue,
-        }
-    }
-    Err(io::Error::new(io::ErrorKind::TimedOut, "no acknowledgement from the kernel"))
+    message.header.prefix_len = if address.is_ipv4() { 32 } else { 128 };
+    message.header.flags = AddressHeaderFlags::Nodad;
+    message.header.scope = AddressScope::Universe;
+    message.header.index = ifindex;
+    message.attributes = vec![AddressAttribute::Local(address), AddressAttribute::Address(address)];
+    message
 }
 
 #[cfg(test)]
 mod tests {
+    use rtnetlink::packet_core::{Emitable as _, NetlinkMessage};
+
     use super::*;
 
     #[test]
     fn messages_carry_a_host_prefix_and_both_attributes() {
-        let m = message(libc::RTM_NEWADDR, libc::NLM_F_CREATE, 7, 1, "192.0.2.10".parse().unwrap());
-        assert_eq!(m.len(), NLMSG_HDRLEN + IFADDRMSG_LEN + 2 * 8);
-        assert_eq!(u32::from_ne_bytes(m[0..4].try_into().unwrap()) as usize, m.len());
-        assert_eq!(&m[16..20], &[libc::AF_INET as u8, 32, libc::IFA_F_NODAD as u8, 0]);
-        assert_eq!(&m[28..32], &[192, 0, 2, 10]);
-        let m = message(libc::RTM_DELADDR, 0, 7, 1, "2001:db8::1".parse().unwrap());
-        assert_eq!(m.len(), NLMSG_HDRLEN + IFADDRMSG_LEN + 2 * 20);
-        assert_eq!(m[17], 128);
-    }
-
-    #[test]
-    fn acks_are_matched_by_sequence() {
-        let mut ack = vec![0u8; 36];
-        ack[4..6].copy_from_slice(&(libc::NLMSG_ERROR as u16).to_ne_bytes());
-        ack[8..12].copy_from_slice(&9u32.to_ne_bytes());
-        ack[16..20].copy_from_slice(&(-libc::EEXIST).to_ne_bytes());
-        assert_eq!(ack_errno(&ack, 9), Some(-libc::EEXIST));
-        assert_eq!(ack_errno(&ack, 8), None);
-        assert_eq!(ack_errno(&ack[..10], 9), None, "short replies are not acks");
+        let m = message(1, "192.0.2.10".parse().unwrap());
+        assert_eq!((m.header.prefix_len, m.header.index), (32, 1));
+        let mut wire = NetlinkMessage::from(RouteNetlinkMessage::NewAddress(m));
+        wire.finalize();
+        let mut buf = vec![0; wire.buffer_len()];
+        wire.serialize(&mut buf);
+        // ifaddrmsg after the 16-byte header: family, prefix length, flags (no DAD), scope.
+        assert_eq!(&buf[16..20], &[libc::AF_INET as u8, 32, libc::IFA_F_NODAD as u8, 0]);
+        assert_eq!(buf.windows(4).filter(|w| *w == [192, 0, 2, 10]).count(), 2, "IFA_LOCAL and IFA_ADDRESS");
+        let m = message(1, "2001:db8::1".parse().unwrap());
+        assert_eq!(m.header.prefix_len, 128);
+        let _ = m.buffer_len();
     }
 }

@@ -1,23 +1,36 @@
-//! rtnetlink primitives on plain libc: a NETLINK_ROUTE socket, interface indexes, and reading
-//! message headers and attributes (the neighbour table, link state and the L7 tier use them).
+//! rtnetlink through the rust-netlink crates (`rtnetlink`, `netlink-packet-route`): interface
+//! indexes, a connection subscribed to the kernel's notifications for the neighbour resolver and
+//! the link watch, and one synchronous request/acknowledgement for the L7 tier's addresses.
 
 use std::{
     ffi::CString,
     io,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    sync::atomic::{AtomicU32, Ordering},
     time::Duration,
 };
 
-/// Longest wait for one reply datagram of a dump: the kernel answers in microseconds.
-pub(crate) const RECV_TIMEOUT: Duration = Duration::from_secs(2);
+use futures_util::Stream;
+use rtnetlink::{
+    MulticastGroup,
+    packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload},
+    packet_route::RouteNetlinkMessage,
+    sys::{AsyncSocket as _, Socket, SocketAddr, protocols::NETLINK_ROUTE},
+};
 
-pub(crate) const NLMSG_HDRLEN: usize = 16;
-pub(crate) const RTA_HDRLEN: usize = 4;
-/// Attribute type bits (the top two are NLA_F_NESTED and NLA_F_NET_BYTEORDER).
-pub(crate) const NLA_TYPE_MASK: u16 = 0x3fff;
-pub(crate) const NLMSG_DONE: u16 = libc::NLMSG_DONE as u16;
-pub(crate) const NLMSG_ERROR: u16 = libc::NLMSG_ERROR as u16;
-pub(crate) const NLM_F_DUMP_INTR: u16 = libc::NLM_F_DUMP_INTR as u16;
+pub use rtnetlink::Handle;
+
+/// Longest wait for the kernel's acknowledgement of a synchronous request: it answers in
+/// microseconds.
+const ACK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Receive buffer of a subscribed socket. Notifications the kernel cannot queue are lost (the
+/// reader sees an overrun and reads the tables again); a burst of neighbour changes on a large
+/// fleet fits in this.
+const NOTIFICATION_BUFFER: usize = 4 << 20;
+
+/// What the kernel sends a subscribed connection unasked: notifications, and an
+/// `NetlinkPayload::Overrun` when some were lost.
+pub trait Notifications: Stream<Item = (NetlinkMessage<RouteNetlinkMessage>, SocketAddr)> + Unpin + Send {}
+impl<S: Stream<Item = (NetlinkMessage<RouteNetlinkMessage>, SocketAddr)> + Unpin + Send> Notifications for S {}
 
 /// The index of interface `name` in this network namespace.
 pub fn ifindex(name: &str) -> io::Result<u32> {
@@ -36,54 +49,66 @@ pub fn ifindex(name: &str) -> io::Result<u32> {
     Ok(index)
 }
 
-/// A NETLINK_ROUTE socket with a receive timeout (also the L7 tier's, for its VIP addresses).
-pub(crate) fn route_socket() -> io::Result<OwnedFd> {
-    // SAFETY: plain socket(2); the descriptor is owned by the OwnedFd below.
-    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
+/// A NETLINK_ROUTE connection driven on the current tokio runtime (it stops when the handle and
+/// the receiver are gone), subscribed to `groups`. Requests go through the handle; the kernel's
+/// notifications of those groups arrive on the receiver.
+pub fn subscribe(groups: &[MulticastGroup]) -> io::Result<(Handle, impl Notifications + use<>)> {
+    let (mut connection, handle, notifications) = rtnetlink::new_multicast_connection(groups)?;
+    let socket = connection.socket_mut().socket_mut();
+    if let Err(e) = socket.set_rx_buf_sz(NOTIFICATION_BUFFER) {
+        tracing::debug!(error = %e, "cannot enlarge the netlink receive buffer; keeping the default");
     }
-    // SAFETY: `fd` is a fresh descriptor nobody else owns.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    let timeout = libc::timeval { tv_sec: RECV_TIMEOUT.as_secs() as libc::time_t, tv_usec: 0 };
-    // SAFETY: setsockopt reads a timeval of the given size from a live local.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&raw const timeout).cast(),
-            size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
+    tokio::spawn(connection);
+    Ok((handle, notifications))
+}
+
+/// An rtnetlink error as an `io::Error` saying what was being done (the kernel's errno kept, so
+/// that callers can tell EEXIST or EINVAL apart).
+pub fn error(what: &str, e: rtnetlink::Error) -> io::Error {
+    match e {
+        rtnetlink::Error::NetlinkError(message) => {
+            let e = message.to_io();
+            io::Error::new(e.kind(), format!("{what}: the kernel answered: {e}"))
+        }
+        other => io::Error::other(format!("{what}: {other}")),
     }
-    Ok(socket)
 }
 
-pub(crate) fn align4(len: usize) -> usize {
-    len.saturating_add(3) & !3
-}
-
-pub(crate) fn u16_at(buf: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(buf.get(at..at.checked_add(2)?)?.try_into().ok()?))
-}
-
-pub(crate) fn u32_at(buf: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(buf.get(at..at.checked_add(4)?)?.try_into().ok()?))
-}
-
-pub(crate) fn i32_at(buf: &[u8], at: usize) -> Option<i32> {
-    u32_at(buf, at).map(|v| v as i32)
-}
-
-pub(crate) fn malformed(offset: usize, why: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("malformed netlink reply at byte {offset}: {why}"))
-}
-
-/// A negative errno from the kernel.
-pub(crate) fn kernel_error(errno: i32) -> io::Error {
-    let e = io::Error::from_raw_os_error(errno.checked_neg().unwrap_or(libc::EIO));
-    io::Error::new(e.kind(), format!("the kernel answered: {e}"))
+/// Sends `message` with `flags` (besides request and ack) and waits for the kernel's
+/// acknowledgement on a socket of its own; blocking, bounded by `ACK_TIMEOUT`. For the rare
+/// requests made outside the runtime (the L7 tier's VIP addresses).
+pub fn request_ack(message: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
+    static SEQ: AtomicU32 = AtomicU32::new(1);
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    socket2::SockRef::from(&socket).set_read_timeout(Some(ACK_TIMEOUT))?;
+    let mut request = NetlinkMessage::from(message);
+    request.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+    request.header.sequence_number = seq;
+    request.finalize();
+    let mut buf = vec![0u8; request.buffer_len()];
+    request.serialize(&mut buf);
+    socket.send_to(&buf, &SocketAddr::new(0, 0), 0)?;
+    // Bounded: each receive waits at most ACK_TIMEOUT, and a few stray datagrams at most.
+    for _ in 0..8 {
+        let (reply, _) = socket.recv_from_full().map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no acknowledgement from the kernel within {ACK_TIMEOUT:?}"),
+            ),
+            _ => e,
+        })?;
+        let Ok(reply) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply) else { continue };
+        if reply.header.sequence_number != seq {
+            continue;
+        }
+        if let NetlinkPayload::Error(e) = reply.payload {
+            return match e.code {
+                None => Ok(()),
+                Some(_) => Err(e.to_io()),
+            };
+        }
+    }
+    Err(io::Error::new(io::ErrorKind::TimedOut, "no acknowledgement from the kernel"))
 }

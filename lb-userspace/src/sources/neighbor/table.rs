@@ -1,25 +1,25 @@
-//! The kernel's neighbour table: one RTM_GETNEIGH dump of both families, and parsing its
-//! RTM_NEWNEIGH messages into [`Neighbor`] entries.
+//! The kernel's neighbour table through rtnetlink: entries as [`Neighbor`], one dump of both
+//! families, and the managed entries the resolver asks the kernel to keep resolved.
 
-use std::{
-    io,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::AsRawFd as _,
-    sync::atomic::{AtomicU32, Ordering},
+use std::{io, net::IpAddr};
+
+use futures_util::TryStreamExt as _;
+use rtnetlink::{
+    Handle,
+    packet_route::{
+        AddressFamily,
+        neighbour::{
+            NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourFlags, NeighbourMessage, NeighbourState,
+        },
+        route::RouteProtocol,
+    },
 };
 
-use crate::sources::netlink::{
-    NLA_TYPE_MASK, NLM_F_DUMP_INTR, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN, RECV_TIMEOUT, RTA_HDRLEN, align4, i32_at,
-    kernel_error, malformed, route_socket, u16_at, u32_at,
-};
+use crate::sources::netlink;
 
-/// Receive buffer for one datagram of a dump. The kernel sizes dump datagrams by the reader's
-/// buffer, capped at 32 KiB; a larger datagram would be reported as truncated (MSG_TRUNC).
-pub(super) const RECV_BUF: usize = 64 * 1024;
-/// Dumps retried when the kernel says the table changed while it was being dumped.
-pub(super) const DUMP_ATTEMPTS: usize = 3;
-/// `struct ndmsg`: family u8, 3 bytes padding, ifindex i32, state u16, flags u8, type u8.
-pub(super) const NDMSG_LEN: usize = 12;
+/// The protocol xlb marks the neighbour entries it creates with (NDA_PROTOCOL, shown by
+/// `ip neigh` as `proto 201`), so that it removes only its own, even those a previous run made.
+pub const PROTOCOL: u8 = 201;
 
 /// One entry of the kernel's neighbour table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +30,42 @@ pub struct Neighbor {
     pub mac: Option<[u8; 6]>,
     /// NUD_* bits (see [`is_usable`]).
     pub state: u16,
+    /// The kernel keeps it resolved by itself (NTF_EXT_MANAGED).
+    pub managed: bool,
+    /// Created by xlb (its NDA_PROTOCOL is [`PROTOCOL`]).
+    pub ours: bool,
+}
+
+impl Neighbor {
+    /// An RTM_NEWNEIGH / RTM_DELNEIGH message as an entry. `None` for families other than IPv4
+    /// and IPv6, proxy entries and entries without a destination.
+    pub fn from_message(message: &NeighbourMessage) -> Option<Neighbor> {
+        let header = &message.header;
+        if !matches!(header.family, AddressFamily::Inet | AddressFamily::Inet6)
+            || header.flags.contains(NeighbourFlags::Proxy)
+        {
+            return None;
+        }
+        let (mut addr, mut mac, mut managed, mut ours) = (None, None, false, false);
+        for attribute in &message.attributes {
+            match attribute {
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => addr = Some(IpAddr::V4(*a)),
+                NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => addr = Some(IpAddr::V6(*a)),
+                // Other link layers (no address on a tunnel, 20 bytes on InfiniBand) have no MAC.
+                NeighbourAttribute::LinkLayerAddress(lladdr) => mac = <[u8; 6]>::try_from(lladdr.as_slice()).ok(),
+                NeighbourAttribute::ExtFlags(flags) => managed = flags.contains(NeighbourExtFlags::Managed),
+                NeighbourAttribute::Protocol(protocol) => ours = u8::from(*protocol) == PROTOCOL,
+                _ => {}
+            }
+        }
+        Some(Neighbor { ifindex: header.ifindex, addr: addr?, mac, state: u16::from(header.state), managed, ours })
+    }
+
+    /// Set by the operator (`ip neigh add … permanent`) or on a device without ARP: never
+    /// replaced or removed by xlb.
+    pub fn is_static(&self) -> bool {
+        self.state & (libc::NUD_PERMANENT | libc::NUD_NOARP) != 0
+    }
 }
 
 /// Whether an entry in `state` holds a MAC that may be used: reachable, stale (not verified
@@ -46,174 +82,59 @@ pub fn is_usable(state: u16) -> bool {
     state & USABLE != 0
 }
 
-/// The IPv4 and IPv6 neighbour tables of this network namespace, all interfaces. Entries that
-/// cannot be parsed (another family, a malformed attribute) are skipped.
-pub fn dump() -> io::Result<Vec<Neighbor>> {
-    let context = |e: io::Error| io::Error::new(e.kind(), format!("reading the neighbour table (RTM_GETNEIGH): {e}"));
-    let mut attempt = 1;
-    loop {
-        let (neighbors, interrupted) = dump_once().map_err(context)?;
-        // The table changed during the dump: some entry may be missing or duplicated. Retry a
-        // few times; a table that never stays still still gets a best-effort answer.
-        if !interrupted || attempt == DUMP_ATTEMPTS {
-            return Ok(neighbors);
+/// The IPv4 and IPv6 neighbour tables of this network namespace, all interfaces.
+pub async fn dump(handle: &Handle) -> io::Result<Vec<Neighbor>> {
+    let messages: Vec<NeighbourMessage> = handle
+        .neighbours()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| netlink::error("reading the neighbour table (RTM_GETNEIGH)", e))?;
+    Ok(messages.iter().filter_map(Neighbor::from_message).collect())
+}
+
+/// Why the kernel would not keep an entry resolved.
+#[derive(Debug)]
+pub enum ManageError {
+    /// This kernel has no managed neighbour entries (before Linux 5.16): solicit instead.
+    Unsupported(io::Error),
+    Failed(io::Error),
+}
+
+/// Asks the kernel to keep `addr` on interface `ifindex` resolved by itself (a managed entry:
+/// resolved at once, re-verified before it goes stale, never garbage-collected). An existing
+/// dynamic entry is turned into a managed one and keeps its MAC meanwhile.
+pub async fn manage(handle: &Handle, ifindex: u32, addr: IpAddr) -> Result<(), ManageError> {
+    let mut request = handle.neighbours().add(ifindex, addr).replace().state(NeighbourState::None);
+    let attributes = &mut request.message_mut().attributes;
+    attributes.push(NeighbourAttribute::ExtFlags(NeighbourExtFlags::Managed));
+    attributes.push(NeighbourAttribute::Protocol(RouteProtocol::from(PROTOCOL)));
+    match request.execute().await {
+        Ok(()) => Ok(()),
+        Err(rtnetlink::Error::NetlinkError(message))
+            if matches!(message.raw_code().abs(), libc::EINVAL | libc::EOPNOTSUPP | libc::EPROTONOSUPPORT) =>
+        {
+            let e = message.to_io();
+            Err(ManageError::Unsupported(io::Error::new(e.kind(), format!("managed neighbour entries: {e}"))))
         }
-        attempt += 1;
+        Err(e) => Err(ManageError::Failed(netlink::error(&format!("making {addr} a managed neighbour"), e))),
     }
 }
 
-/// One dump; also says whether the kernel flagged it interrupted (NLM_F_DUMP_INTR).
-fn dump_once() -> io::Result<(Vec<Neighbor>, bool)> {
-    static SEQ: AtomicU32 = AtomicU32::new(1);
-    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-    let socket = route_socket()?;
-    let request = dump_request(seq);
-    // SAFETY: send reads `request.len()` bytes from a live buffer. An unconnected netlink
-    // socket sends to the kernel (port id 0) and is bound automatically.
-    let sent = unsafe { libc::send(socket.as_raw_fd(), request.as_ptr().cast(), request.len(), 0) };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
+/// Removes the entry for `addr` on `ifindex` (one of xlb's managed entries whose target left the
+/// config). An entry already gone is not an error.
+pub async fn release(handle: &Handle, ifindex: u32, addr: IpAddr) -> io::Result<()> {
+    let mut message = NeighbourMessage::default();
+    message.header.family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    message.header.ifindex = ifindex;
+    message.attributes.push(NeighbourAttribute::Destination(match addr {
+        IpAddr::V4(a) => NeighbourAddress::Inet(a),
+        IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+    }));
+    match handle.neighbours().del(message).execute().await {
+        Ok(()) => Ok(()),
+        Err(rtnetlink::Error::NetlinkError(message)) if message.raw_code().abs() == libc::ENOENT => Ok(()),
+        Err(e) => Err(netlink::error(&format!("removing the neighbour entry of {addr}"), e)),
     }
-    let mut buf = vec![0u8; RECV_BUF];
-    let mut neighbors = Vec::new();
-    let mut interrupted = false;
-    loop {
-        // SAFETY: recv writes at most `buf.len()` bytes into `buf`, which lives across the call;
-        // with MSG_TRUNC it returns the datagram's full length, so truncation is detectable.
-        let n = unsafe { libc::recv(socket.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_TRUNC) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            match e.kind() {
-                io::ErrorKind::Interrupted => continue,
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("the kernel did not finish the dump within {RECV_TIMEOUT:?}"),
-                    ));
-                }
-                _ => return Err(e),
-            }
-        }
-        let n = usize::try_from(n).unwrap_or(0);
-        let datagram = buf.get(..n).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("a {n}-byte reply does not fit in {RECV_BUF} bytes"))
-        })?;
-        let batch = parse_dump(datagram, seq, &mut neighbors)?;
-        interrupted |= batch.interrupted;
-        if batch.done {
-            return Ok((neighbors, interrupted));
-        }
-    }
-}
-
-/// `nlmsghdr` + `ndmsg` asking for every neighbour of every family.
-pub(super) fn dump_request(seq: u32) -> [u8; NLMSG_HDRLEN + NDMSG_LEN] {
-    let mut request = [0u8; NLMSG_HDRLEN + NDMSG_LEN];
-    request[0..4].copy_from_slice(&((NLMSG_HDRLEN + NDMSG_LEN) as u32).to_ne_bytes());
-    request[4..6].copy_from_slice(&libc::RTM_GETNEIGH.to_ne_bytes());
-    request[6..8].copy_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
-    request[8..12].copy_from_slice(&seq.to_ne_bytes());
-    // nlmsg_pid 0 (the kernel fills it in); ndm_family AF_UNSPEC (0): both tables; the rest of
-    // ndmsg zero (no filter).
-    request
-}
-
-/// What one datagram of a dump said besides its neighbours.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub(super) struct Batch {
-    /// NLMSG_DONE was seen: the dump is complete.
-    pub(super) done: bool,
-    /// A message carried NLM_F_DUMP_INTR.
-    pub(super) interrupted: bool,
-}
-
-/// Parses one datagram of a dump answering request `seq`, appending its neighbours to `out`.
-/// Messages of other requests are ignored, unparseable neighbour messages skipped; a datagram
-/// that cannot be split into messages, or an error the kernel reports, is an error.
-pub(super) fn parse_dump(datagram: &[u8], seq: u32, out: &mut Vec<Neighbor>) -> io::Result<Batch> {
-    let mut batch = Batch::default();
-    let mut offset = 0;
-    while offset < datagram.len() {
-        let rest = &datagram[offset..];
-        let (Some(len), Some(kind), Some(flags), Some(msg_seq)) =
-            (u32_at(rest, 0), u16_at(rest, 4), u16_at(rest, 6), u32_at(rest, 8))
-        else {
-            return Err(malformed(offset, "a message header is cut short"));
-        };
-        let len = len as usize;
-        if len < NLMSG_HDRLEN || len > rest.len() {
-            return Err(malformed(offset, &format!("a message claims {len} bytes of {} left", rest.len())));
-        }
-        let payload = &rest[NLMSG_HDRLEN..len];
-        offset += align4(len);
-        if msg_seq != seq {
-            continue;
-        }
-        if flags & NLM_F_DUMP_INTR != 0 {
-            batch.interrupted = true;
-        }
-        match kind {
-            NLMSG_DONE => {
-                // Since Linux 4.x the payload is the dump's final error code (0 on success).
-                if let Some(errno) = i32_at(payload, 0)
-                    && errno < 0
-                {
-                    return Err(kernel_error(errno));
-                }
-                batch.done = true;
-                return Ok(batch);
-            }
-            NLMSG_ERROR => {
-                // struct nlmsgerr: the (negative) error code, then the offending request's header.
-                let errno = i32_at(payload, 0).ok_or_else(|| malformed(offset, "NLMSG_ERROR without an error code"))?;
-                if errno != 0 {
-                    return Err(kernel_error(errno));
-                }
-            }
-            libc::RTM_NEWNEIGH => out.extend(parse_neighbor(payload)),
-            _ => {}
-        }
-    }
-    Ok(batch)
-}
-
-/// One RTM_NEWNEIGH payload: `ndmsg` then attributes. `None` for families other than IPv4 and
-/// IPv6, proxy entries, entries without a destination, and anything malformed (a short header,
-/// an attribute whose length is impossible, a destination of the wrong size) — a message that
-/// cannot be parsed whole is not trusted in part.
-pub(super) fn parse_neighbor(payload: &[u8]) -> Option<Neighbor> {
-    let family = i32::from(*payload.first()?);
-    let ifindex = u32::try_from(i32_at(payload, 4)?).ok()?;
-    let state = u16_at(payload, 8)?;
-    let flags = *payload.get(10)?;
-    if (family != libc::AF_INET && family != libc::AF_INET6) || flags & libc::NTF_PROXY != 0 {
-        return None;
-    }
-    let mut dst = None;
-    let mut mac = None;
-    // NLMSG_ALIGN(sizeof(struct ndmsg)) == 12: the attributes follow directly.
-    let mut attrs = payload.get(NDMSG_LEN..)?;
-    // Fewer bytes than an attribute header at the end are padding (the kernel tolerates them too).
-    while attrs.len() >= RTA_HDRLEN {
-        let len = usize::from(u16_at(attrs, 0)?);
-        let kind = u16_at(attrs, 2)? & NLA_TYPE_MASK;
-        if len < RTA_HDRLEN || len > attrs.len() {
-            return None;
-        }
-        let data = &attrs[RTA_HDRLEN..len];
-        match kind {
-            libc::NDA_DST => {
-                dst = Some(match (family, data.len()) {
-                    (libc::AF_INET, 4) => IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(data).ok()?)),
-                    (libc::AF_INET6, 16) => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(data).ok()?)),
-                    _ => return None,
-                });
-            }
-            // Other link layers (no address on a tunnel, 20 bytes on InfiniBand) have no MAC.
-            libc::NDA_LLADDR => mac = <[u8; 6]>::try_from(data).ok(),
-            _ => {}
-        }
-        attrs = attrs.get(align4(len)..).unwrap_or_default();
-    }
-    Some(Neighbor { ifindex, addr: dst?, mac, state })
 }

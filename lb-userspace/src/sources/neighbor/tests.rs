@@ -1,218 +1,102 @@
-//! Unit tests of neighbour-dump parsing and of the resolver's tracker.
+//! Unit tests of neighbour messages and of the resolver's tracker (on `lo`, which every
+//! namespace has; the kernel's side is in tests/netlink.rs).
 
-use std::net::Ipv6Addr;
+use std::{io, net::Ipv4Addr};
 
-use super::table::{Batch, dump_request, parse_dump, parse_neighbor};
+use rtnetlink::{
+    packet_core::{NetlinkMessage, NetlinkPayload},
+    packet_route::{
+        AddressFamily, RouteNetlinkMessage,
+        neighbour::{
+            NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourFlags, NeighbourMessage, NeighbourState,
+        },
+        route::RouteProtocol,
+    },
+};
+
+use super::tracker::{Managed, Tracker, format_mac};
 use super::*;
-use crate::sources::netlink::{NLMSG_HDRLEN, RTA_HDRLEN, align4, u16_at, u32_at};
+use crate::sources::netlink::ifindex;
 
-const SEQ: u32 = 7;
 const MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x02];
 
-fn attr(kind: u16, data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend_from_slice(&((RTA_HDRLEN + data.len()) as u16).to_ne_bytes());
-    out.extend_from_slice(&kind.to_ne_bytes());
-    out.extend_from_slice(data);
-    out.resize(align4(out.len()), 0);
-    out
+fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap()
 }
 
-fn ndmsg(family: i32, ifindex: i32, state: u16, flags: u8) -> Vec<u8> {
-    let mut out = vec![family as u8, 0, 0, 0];
-    out.extend_from_slice(&ifindex.to_ne_bytes());
-    out.extend_from_slice(&state.to_ne_bytes());
-    out.push(flags);
-    out.push(1); // ndm_type: RTN_UNICAST
-    out
-}
-
-fn message(kind: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend_from_slice(&((NLMSG_HDRLEN + payload.len()) as u32).to_ne_bytes());
-    out.extend_from_slice(&kind.to_ne_bytes());
-    out.extend_from_slice(&(flags | libc::NLM_F_MULTI as u16).to_ne_bytes());
-    out.extend_from_slice(&seq.to_ne_bytes());
-    out.extend_from_slice(&1234u32.to_ne_bytes());
-    out.extend_from_slice(payload);
-    out.resize(align4(out.len()), 0);
-    out
-}
-
-fn v4_neighbor() -> Vec<u8> {
-    let mut payload = ndmsg(libc::AF_INET, 3, libc::NUD_REACHABLE, 0);
-    payload.extend(attr(libc::NDA_DST, &[10, 213, 0, 2]));
-    payload.extend(attr(libc::NDA_LLADDR, &MAC));
-    payload.extend(attr(libc::NDA_PROBES, &0u32.to_ne_bytes()));
-    payload
-}
-
-fn v6_neighbor() -> Vec<u8> {
-    let mut payload = ndmsg(libc::AF_INET6, 4, libc::NUD_STALE, 0);
-    payload.extend(attr(libc::NDA_DST, &"fd00:213::2".parse::<Ipv6Addr>().unwrap().octets()));
-    payload.extend(attr(libc::NDA_LLADDR, &MAC));
-    payload
-}
-
-fn done(seq: u32) -> Vec<u8> {
-    message(libc::NLMSG_DONE as u16, 0, seq, &0i32.to_ne_bytes())
-}
-
-#[test]
-fn parses_v4_and_v6_entries_and_done() {
-    let mut datagram = message(libc::RTM_NEWNEIGH, 0, SEQ, &v4_neighbor());
-    datagram.extend(message(libc::RTM_NEWNEIGH, 0, SEQ, &v6_neighbor()));
-    datagram.extend(done(SEQ));
-    let mut out = Vec::new();
-    let batch = parse_dump(&datagram, SEQ, &mut out).unwrap();
-    assert_eq!(batch, Batch { done: true, interrupted: false });
-    assert_eq!(
-        out,
-        [
-            Neighbor { ifindex: 3, addr: "10.213.0.2".parse().unwrap(), mac: Some(MAC), state: libc::NUD_REACHABLE },
-            Neighbor { ifindex: 4, addr: "fd00:213::2".parse().unwrap(), mac: Some(MAC), state: libc::NUD_STALE },
-        ]
-    );
-}
-
-#[test]
-fn a_dump_spans_datagrams_until_done() {
-    let mut out = Vec::new();
-    let first = message(libc::RTM_NEWNEIGH, 0, SEQ, &v4_neighbor());
-    assert_eq!(parse_dump(&first, SEQ, &mut out).unwrap(), Batch::default(), "not done yet");
-    let mut second = message(libc::RTM_NEWNEIGH, libc::NLM_F_DUMP_INTR as u16, SEQ, &v6_neighbor());
-    second.extend(done(SEQ));
-    assert_eq!(parse_dump(&second, SEQ, &mut out).unwrap(), Batch { done: true, interrupted: true });
-    assert_eq!(out.len(), 2);
-}
-
-#[test]
-fn entries_without_mac_other_families_and_other_requests() {
-    // Incomplete: a destination but no link-layer address.
-    let mut incomplete = ndmsg(libc::AF_INET, 3, libc::NUD_INCOMPLETE, 0);
-    incomplete.extend(attr(libc::NDA_DST, &[10, 213, 0, 99]));
-    // A tunnel's empty link-layer address, flagged as nested/byte-order bits (masked off).
-    let mut tunnel = ndmsg(libc::AF_INET, 5, libc::NUD_NOARP, 0);
-    tunnel.extend(attr(libc::NDA_DST | 0x4000, &[10, 9, 0, 1]));
-    tunnel.extend(attr(libc::NDA_LLADDR, &[]));
-    // A bridge FDB entry, a proxy entry, an entry without destination: skipped.
-    let mut bridge = ndmsg(libc::AF_BRIDGE, 3, libc::NUD_REACHABLE, 0);
-    bridge.extend(attr(libc::NDA_LLADDR, &MAC));
-    let mut proxy = ndmsg(libc::AF_INET, 3, libc::NUD_NONE, libc::NTF_PROXY);
-    proxy.extend(attr(libc::NDA_DST, &[10, 213, 0, 3]));
-    let mut no_dst = ndmsg(libc::AF_INET, 3, libc::NUD_REACHABLE, 0);
-    no_dst.extend(attr(libc::NDA_LLADDR, &MAC));
-
-    let mut datagram = Vec::new();
-    for payload in [&incomplete, &tunnel, &bridge, &proxy, &no_dst] {
-        datagram.extend(message(libc::RTM_NEWNEIGH, 0, SEQ, payload));
+fn message(ifindex: u32, addr: IpAddr, mac: Option<&[u8]>, state: NeighbourState) -> NeighbourMessage {
+    let mut m = NeighbourMessage::default();
+    m.header.family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    m.header.ifindex = ifindex;
+    m.header.state = state;
+    m.attributes.push(NeighbourAttribute::Destination(match addr {
+        IpAddr::V4(a) => NeighbourAddress::Inet(a),
+        IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+    }));
+    if let Some(mac) = mac {
+        m.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
     }
-    // Another request's messages (even its DONE) and other message types are ignored.
-    datagram.extend(message(libc::RTM_NEWNEIGH, 0, SEQ + 1, &v4_neighbor()));
-    datagram.extend(done(SEQ + 1));
-    datagram.extend(message(libc::RTM_NEWLINK, 0, SEQ, &[0; 16]));
-    let mut out = Vec::new();
-    assert_eq!(parse_dump(&datagram, SEQ, &mut out).unwrap(), Batch::default());
-    assert_eq!(
-        out,
-        [
-            Neighbor { ifindex: 3, addr: "10.213.0.99".parse().unwrap(), mac: None, state: libc::NUD_INCOMPLETE },
-            Neighbor { ifindex: 5, addr: "10.9.0.1".parse().unwrap(), mac: None, state: libc::NUD_NOARP },
-        ]
-    );
+    m
+}
+
+fn managed_by_xlb(mut m: NeighbourMessage) -> NeighbourMessage {
+    m.attributes.push(NeighbourAttribute::ExtFlags(NeighbourExtFlags::Managed));
+    m.attributes.push(NeighbourAttribute::Protocol(RouteProtocol::from(PROTOCOL)));
+    m
+}
+
+fn new(m: NeighbourMessage) -> NetlinkMessage<RouteNetlinkMessage> {
+    NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(m))
+}
+
+fn del(m: NeighbourMessage) -> NetlinkMessage<RouteNetlinkMessage> {
+    NetlinkMessage::from(RouteNetlinkMessage::DelNeighbour(m))
+}
+
+fn lo() -> u32 {
+    ifindex("lo").expect("every namespace has lo")
+}
+
+fn tracker(targets: &[&str]) -> (Tracker, watch::Receiver<MacMap>) {
+    let (tx, rx) = watch::channel(MacMap::new());
+    let mut tracker = Tracker::new(tx, true);
+    tracker.set_targets(targets.iter().map(|a| (ip(a), "lo".to_owned())).collect(), std::time::Instant::now());
+    (tracker, rx)
 }
 
 #[test]
-fn truncated_neighbor_messages_are_skipped() {
-    let full = v4_neighbor();
-    // Attributes: DST at 12..20, LLADDR at 20..30 (padded to 32), PROBES at 32..40. Every
-    // prefix: a cut ndmsg or a cut attribute body is never a wrong entry and never a panic.
-    assert_eq!(full.len(), 40);
-    for cut in 0..full.len() {
-        let parsed = parse_neighbor(&full[..cut]);
-        let body_cut = (24..30).contains(&cut) || (36..40).contains(&cut);
-        if cut < 20 || body_cut {
-            assert_eq!(parsed, None, "cut at {cut}");
-        } else {
-            // Cut between attributes or inside a header (trailing padding): what came
-            // before is whole.
-            let n = parsed.unwrap_or_else(|| panic!("cut at {cut}"));
-            assert_eq!(n.addr, "10.213.0.2".parse::<IpAddr>().unwrap());
-            assert_eq!(n.mac, (cut >= 30).then_some(MAC), "cut at {cut}");
-        }
-    }
-    assert!(parse_neighbor(&full).is_some());
-}
+fn messages_read_as_entries_through_the_wire_format() {
+    // Emitted and parsed again the way the kernel's bytes are: what the resolver reads is what
+    // the crate decodes, managed flag and protocol included.
+    let mut m = new(managed_by_xlb(message(3, ip("10.213.0.2"), Some(&MAC), NeighbourState::Reachable)));
+    m.finalize();
+    let mut wire = vec![0; m.buffer_len()];
+    m.serialize(&mut wire);
+    let parsed = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&wire).expect("parses");
+    let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(parsed)) = parsed.payload else {
+        panic!("not a neighbour: {parsed:?}")
+    };
+    let n = Neighbor::from_message(&parsed).expect("an entry");
+    assert_eq!((n.ifindex, n.addr, n.mac), (3, ip("10.213.0.2"), Some(MAC)));
+    assert_eq!(n.state, libc::NUD_REACHABLE);
+    assert!(n.managed && n.ours && !n.is_static());
 
-#[test]
-fn bad_attribute_lengths_and_wrong_address_sizes_are_skipped() {
-    // An attribute shorter than its own header.
-    let mut short = ndmsg(libc::AF_INET, 3, libc::NUD_REACHABLE, 0);
-    short.extend(attr(libc::NDA_DST, &[10, 213, 0, 2]));
-    short.extend_from_slice(&2u16.to_ne_bytes());
-    short.extend_from_slice(&libc::NDA_LLADDR.to_ne_bytes());
-    assert_eq!(parse_neighbor(&short), None);
-    // An attribute longer than the message.
-    let mut long = ndmsg(libc::AF_INET, 3, libc::NUD_REACHABLE, 0);
-    long.extend(attr(libc::NDA_DST, &[10, 213, 0, 2]));
-    long.extend_from_slice(&200u16.to_ne_bytes());
-    long.extend_from_slice(&libc::NDA_LLADDR.to_ne_bytes());
-    long.extend_from_slice(&MAC);
-    assert_eq!(parse_neighbor(&long), None);
-    // An IPv6-sized destination in an IPv4 entry.
-    let mut mixed = ndmsg(libc::AF_INET, 3, libc::NUD_REACHABLE, 0);
-    mixed.extend(attr(libc::NDA_DST, &[0; 16]));
-    assert_eq!(parse_neighbor(&mixed), None);
-    // A negative ifindex.
-    let mut negative = ndmsg(libc::AF_INET, -1, libc::NUD_REACHABLE, 0);
-    negative.extend(attr(libc::NDA_DST, &[10, 213, 0, 2]));
-    assert_eq!(parse_neighbor(&negative), None);
-    // A MAC of another size is no MAC.
-    let mut odd_mac = ndmsg(libc::AF_INET6, 3, libc::NUD_REACHABLE, 0);
-    odd_mac.extend(attr(libc::NDA_DST, &[0xfd; 16]));
-    odd_mac.extend(attr(libc::NDA_LLADDR, &[1, 2, 3, 4, 5, 6, 7, 8]));
-    assert_eq!(parse_neighbor(&odd_mac).map(|n| n.mac), Some(None));
+    let v6 = Neighbor::from_message(&message(4, ip("fd00:213::2"), None, NeighbourState::Incomplete)).unwrap();
+    assert_eq!((v6.mac, v6.managed, v6.ours), (None, false, false));
+    let ib = Neighbor::from_message(&message(4, ip("10.0.0.1"), Some(&[1; 20]), NeighbourState::Reachable)).unwrap();
+    assert_eq!(ib.mac, None, "a 20-byte link-layer address is not a MAC");
+    let permanent = Neighbor::from_message(&message(4, ip("10.0.0.1"), Some(&MAC), NeighbourState::Permanent));
+    assert!(permanent.unwrap().is_static());
 
-    // Inside a dump, such a message is skipped and the next one still parsed.
-    let mut datagram = message(libc::RTM_NEWNEIGH, 0, SEQ, &long);
-    datagram.extend(message(libc::RTM_NEWNEIGH, 0, SEQ, &v6_neighbor()));
-    datagram.extend(done(SEQ));
-    let mut out = Vec::new();
-    assert!(parse_dump(&datagram, SEQ, &mut out).unwrap().done);
-    assert_eq!(out.iter().map(|n| n.addr).collect::<Vec<_>>(), ["fd00:213::2".parse::<IpAddr>().unwrap()]);
-}
-
-#[test]
-fn unframeable_datagrams_and_kernel_errors_are_errors() {
-    let mut out = Vec::new();
-    let whole = message(libc::RTM_NEWNEIGH, 0, SEQ, &v4_neighbor());
-    for cut in [1, NLMSG_HDRLEN - 1, NLMSG_HDRLEN, whole.len() - 1] {
-        let e = parse_dump(&whole[..cut], SEQ, &mut out).unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "cut at {cut}: {e}");
-    }
-    // nlmsg_len smaller than the header.
-    let mut tiny = whole.clone();
-    tiny[0..4].copy_from_slice(&4u32.to_ne_bytes());
-    assert_eq!(parse_dump(&tiny, SEQ, &mut out).unwrap_err().kind(), io::ErrorKind::InvalidData);
-    assert!(out.is_empty());
-
-    let mut error = (-libc::EPERM).to_ne_bytes().to_vec();
-    error.extend_from_slice(&[0; NLMSG_HDRLEN]);
-    let e = parse_dump(&message(libc::NLMSG_ERROR as u16, 0, SEQ, &error), SEQ, &mut out).unwrap_err();
-    assert_eq!(e.raw_os_error(), None, "wrapped with context");
-    assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}");
-    // An ACK (error 0) is not an error; a short NLMSG_ERROR is malformed.
-    let ack = message(libc::NLMSG_ERROR as u16, 0, SEQ, &[0; 4 + NLMSG_HDRLEN]);
-    assert_eq!(parse_dump(&ack, SEQ, &mut out).unwrap(), Batch::default());
-    let short = message(libc::NLMSG_ERROR as u16, 0, SEQ, &[0; 2]);
-    assert_eq!(parse_dump(&short, SEQ, &mut out).unwrap_err().kind(), io::ErrorKind::InvalidData);
-    // DONE carrying an error (e.g. the dump was interrupted by a signal in the kernel).
-    let failed_done = message(libc::NLMSG_DONE as u16, 0, SEQ, &(-libc::EINTR).to_ne_bytes());
-    assert_eq!(parse_dump(&failed_done, SEQ, &mut out).unwrap_err().kind(), io::ErrorKind::Interrupted);
-    // DONE without payload (old kernels) ends the dump; i32::MIN does not overflow.
-    assert!(parse_dump(&message(libc::NLMSG_DONE as u16, 0, SEQ, &[]), SEQ, &mut out).unwrap().done);
-    let min = message(libc::NLMSG_ERROR as u16, 0, SEQ, &i32::MIN.to_ne_bytes());
-    assert!(parse_dump(&min, SEQ, &mut out).is_err());
+    let mut proxy = message(3, ip("10.0.0.1"), None, NeighbourState::None);
+    proxy.header.flags = NeighbourFlags::Proxy;
+    assert_eq!(Neighbor::from_message(&proxy), None);
+    let mut bridge = message(3, ip("10.0.0.1"), Some(&MAC), NeighbourState::Reachable);
+    bridge.header.family = AddressFamily::Bridge;
+    assert_eq!(Neighbor::from_message(&bridge), None);
+    let mut no_destination = message(3, ip("10.0.0.1"), Some(&MAC), NeighbourState::Reachable);
+    no_destination.attributes.remove(0);
+    assert_eq!(Neighbor::from_message(&no_destination), None);
 }
 
 #[test]
@@ -228,37 +112,84 @@ fn usable_states() {
 }
 
 #[test]
-fn usable_entries_keep_targets_on_the_interface_with_a_mac() {
-    let a: IpAddr = "10.213.0.2".parse().unwrap();
-    let b: IpAddr = "10.213.0.3".parse().unwrap();
-    let c: IpAddr = "10.213.0.4".parse().unwrap();
-    let d: IpAddr = "10.213.0.5".parse().unwrap();
-    let e: IpAddr = "10.213.0.6".parse().unwrap();
-    let mut targets: BTreeMap<IpAddr, u32> = [a, b, c, d].into_iter().map(|x| (x, 3)).collect();
-    targets.insert(e, 4);
-    let n = |ifindex, addr, mac, state| Neighbor { ifindex, addr, mac, state };
-    let neighbors = [
-        n(3, a, Some(MAC), libc::NUD_STALE),
-        n(4, b, Some(MAC), libc::NUD_REACHABLE), // another interface
-        n(3, b, None, libc::NUD_INCOMPLETE),
-        n(3, c, Some(MAC), libc::NUD_FAILED),
-        n(3, d, Some([0; 6]), libc::NUD_NOARP),
-        n(3, "10.213.0.9".parse().unwrap(), Some(MAC), libc::NUD_REACHABLE), // not a target
-        n(3, e, Some(MAC), libc::NUD_REACHABLE),                             // e is a target on interface 4
-        n(4, e, Some([2; 6]), libc::NUD_REACHABLE),
-    ];
-    let usable = usable_entries(&neighbors, &targets);
-    assert_eq!(usable, BTreeMap::from([(a, (MAC, libc::NUD_STALE)), (e, ([2; 6], libc::NUD_REACHABLE))]));
+fn notifications_publish_changes_and_losses_of_targets_only() {
+    let (mut t, mut rx) = tracker(&["10.213.0.2", "10.213.0.3"]);
+    let (a, b) = (ip("10.213.0.2"), ip("10.213.0.3"));
+    t.notified(new(message(lo(), a, None, NeighbourState::Incomplete)));
+    t.notified(new(message(lo(), ip("10.213.0.9"), Some(&MAC), NeighbourState::Reachable)));
+    t.notified(new(message(lo() + 1000, b, Some(&MAC), NeighbourState::Reachable))); // another interface
+    t.publish();
+    assert!(!rx.has_changed().unwrap(), "nothing usable yet");
+    assert!(!t.entries.keys().any(|(_, addr)| *addr == ip("10.213.0.9")), "not a target: not kept");
+
+    t.notified(new(message(lo(), a, Some(&MAC), NeighbourState::Reachable)));
+    t.publish();
+    assert!(rx.has_changed().unwrap());
+    assert_eq!(*rx.borrow_and_update(), MacMap::from([(a, MAC)]));
+    // The same again (a confirmation, stale, delay): no wake-up.
+    for state in [NeighbourState::Reachable, NeighbourState::Stale, NeighbourState::Delay] {
+        t.notified(new(message(lo(), a, Some(&MAC), state)));
+        t.publish();
+        assert!(!rx.has_changed().unwrap(), "{state:?}");
+    }
+    t.notified(new(message(lo(), a, Some(&[2; 6]), NeighbourState::Reachable)));
+    t.publish();
+    assert_eq!(*rx.borrow_and_update(), MacMap::from([(a, [2; 6])]), "a changed MAC follows");
+    t.notified(new(message(lo(), a, Some(&[0; 6]), NeighbourState::Noarp)));
+    t.publish();
+    assert_eq!(*rx.borrow_and_update(), MacMap::new(), "an all-zero MAC is not usable");
+    t.notified(new(message(lo(), a, Some(&MAC), NeighbourState::Reachable)));
+    t.notified(del(message(lo(), a, None, NeighbourState::None)));
+    t.publish();
+    assert_eq!(*rx.borrow_and_update(), MacMap::new(), "a deleted entry is lost");
 }
 
 #[test]
-fn the_request_is_a_dump_of_all_families() {
-    let request = dump_request(42);
-    assert_eq!(u32_at(&request, 0), Some(28));
-    assert_eq!(u16_at(&request, 4), Some(libc::RTM_GETNEIGH));
-    assert_eq!(u16_at(&request, 6), Some((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16));
-    assert_eq!(u32_at(&request, 8), Some(42));
-    assert_eq!(request[NLMSG_HDRLEN], libc::AF_UNSPEC as u8);
+fn managed_state_follows_the_table() {
+    let (mut t, _rx) = tracker(&["10.213.0.2", "10.213.0.3"]);
+    let (a, b) = (ip("10.213.0.2"), ip("10.213.0.3"));
+    let managed = |t: &Tracker, addr| t.targets[&addr].managed;
+    assert_eq!((managed(&t, a), managed(&t, b)), (Managed::Pending, Managed::Pending));
+    assert!(t.reread_wanted(), "new targets read the table first");
+    t.set_entries(vec![
+        Neighbor::from_message(&managed_by_xlb(message(lo(), a, Some(&MAC), NeighbourState::Reachable))).unwrap(),
+        Neighbor::from_message(&message(lo(), b, Some(&MAC), NeighbourState::Permanent)).unwrap(),
+    ]);
+    assert!(!t.reread_wanted());
+    assert_eq!((managed(&t, a), managed(&t, b)), (Managed::Yes, Managed::Static), "the operator's entry is left alone");
+    // Flushed behind xlb's back: asked for again.
+    t.notified(del(message(lo(), a, None, NeighbourState::None)));
+    assert_eq!(managed(&t, a), Managed::Pending);
+    let mut overrun = NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(NeighbourMessage::default()));
+    overrun.payload = NetlinkPayload::Overrun(Vec::new());
+    t.notified(overrun);
+    assert!(t.reread_wanted(), "lost notifications: the table is read again");
+}
+
+#[test]
+fn dropped_targets_release_only_xlbs_managed_entries() {
+    let (mut t, mut rx) = tracker(&["10.213.0.2", "10.213.0.3", "10.213.0.4"]);
+    let (a, b, c) = (ip("10.213.0.2"), ip("10.213.0.3"), ip("10.213.0.4"));
+    t.set_entries(vec![
+        Neighbor::from_message(&managed_by_xlb(message(lo(), a, Some(&MAC), NeighbourState::Reachable))).unwrap(),
+        Neighbor::from_message(&message(lo(), b, Some(&MAC), NeighbourState::Reachable)).unwrap(),
+        Neighbor::from_message(&managed_by_xlb(message(lo(), c, Some(&MAC), NeighbourState::Reachable))).unwrap(),
+    ]);
+    t.publish();
+    assert_eq!(rx.borrow_and_update().len(), 3);
+    t.set_targets(BTreeMap::from([(c, "lo".to_owned())]), std::time::Instant::now());
+    t.publish();
+    assert_eq!(*rx.borrow_and_update(), MacMap::from([(c, MAC)]), "dropped targets leave the map at once");
+    let queued: Vec<IpAddr> = t.dropped.iter().map(|n| n.addr).collect();
+    assert_eq!(queued, vec![a], "b is not xlb's entry: never removed");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let (handle, _notifications) = crate::sources::netlink::subscribe(&[]).expect("a netlink socket");
+        // a is not in this namespace's table: the kernel's ENOENT is not an error.
+        t.release_dropped(&handle).await;
+    });
+    assert!(t.dropped.is_empty());
+    assert!(t.entries.contains_key(&(lo(), c)));
 }
 
 #[test]
@@ -269,7 +200,7 @@ fn interface_names_are_checked() {
     }
     let e = ifindex("xlb-no-such-if").unwrap_err();
     assert!(e.to_string().contains("xlb-no-such-if"), "{e}");
-    assert!(solicit("", "10.213.0.2".parse().unwrap()).is_err());
+    assert!(solicit("", IpAddr::V4(Ipv4Addr::new(10, 213, 0, 2))).is_err());
 }
 
 #[test]
