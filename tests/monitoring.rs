@@ -137,6 +137,7 @@ fn exposition() -> String {
             iface: "eth0".into(),
             attached: true,
             operator_detached: false,
+            link_down: false,
             reason: None,
             reattached: 0,
             transmit_errors: Some(0),

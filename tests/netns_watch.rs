@@ -13,7 +13,7 @@ use xlb::serve::admin::{AttachmentStatus, Status};
 use xlb_tests::{
     netns::wait_for,
     require_root,
-    topology::{NODE_V4, ROUTER_V4, Topology, backend_mac, backend_v4, node_v4},
+    topology::{FAR_V4, NODE_V4, ROUTER_V4, Topology, backend_mac, backend_v4, node_v4},
 };
 
 const VIP: &str = "10.210.100.1";
@@ -338,4 +338,79 @@ fn frames_a_veth_drops_for_want_of_xdp_on_its_peer_are_counted_and_shown() {
             .and_then(|v| v.parse::<u64>().ok())
             .filter(|&n| n > 0)
     });
+}
+
+/// The VIP served through the node's second interface in the link test.
+const FAR_VIP: &str = "10.210.100.2";
+
+fn iface(status: &Status, name: &str) -> AttachmentStatus {
+    status.node.interfaces.iter().find(|a| a.iface == name).cloned().unwrap_or_else(|| panic!("{name} in status"))
+}
+
+#[test]
+fn a_link_going_down_withdraws_the_vips_served_through_it() {
+    require_root!();
+    let mut topo = Topology::edge(1, 1, 1, &[VIP]);
+    let far = topo.add_far_backend();
+    topo.node().ip(&["addr", "add", "10.230.0.100/24", "dev", "eth1"]);
+    // Any address: the far backend has no VIP on its loopback.
+    topo.serve("0.0.0.0", 8080);
+    topo.serve("0.0.0.0", 8081);
+    let _bird = {
+        use xlb_tests::bird::{Bird, Neighbor, config};
+        let neighbors = [Neighbor::new("node0", ROUTER_V4, &node_v4(0), 65001)];
+        let dir = Bird::temp_dir();
+        Bird::start(
+            topo.router.as_ref().unwrap(),
+            dir.clone(),
+            &config(ROUTER_V4, &neighbors, false, &Bird::log_path(&dir)),
+        )
+    };
+    // `web` is served through eth0 only; `far` sends its packets out of eth1 (NAT to a backend
+    // on that link), so it depends on eth1's link too.
+    let config = format!(
+        "bgp:\n  local_as: 65001\n  router_id: {NODE_V4}\n  withdraw_grace: 1s\n  peers:\n    - {{ address: {ROUTER_V4}, remote_as: 65000 }}\nnat_pools:\n  - name: far4\n    addresses: [10.230.0.100]\n    ports: 20000-29999\nvips:\n  - name: web\n    address: {VIP}\n    port: 8080\n    protocol: tcp\n    mode: dsr-l2\n    backends:\n{}  - name: far\n    address: {FAR_VIP}\n    port: 80\n    protocol: tcp\n    mode: nat\n    snat_pool: far4\n    backends:\n      - {{ address: \"{FAR_V4}\", port: 8081, interface: eth1 }}\n",
+        backends(1)
+    );
+    topo.start_agent_with(&config, &["--iface", "eth1", "--metrics-listen", METRICS]);
+    let announced = BTreeSet::from([node_v4(0)]);
+    for vip in [VIP, FAR_VIP] {
+        wait_for(&format!("{vip} announced"), Duration::from_secs(15), || {
+            (topo.router_nexthops(vip) == announced).then_some(())
+        });
+    }
+    let (seen, failed) = topo.tcp_requests(FAR_VIP, 80, 20);
+    assert_eq!((failed, seen.get(&format!("be{far}"))), (0, Some(&20)), "{seen:?}");
+
+    for round in 0..2 {
+        topo.node().ip(&["link", "set", "dev", "eth1", "down"]);
+        let down = Instant::now();
+        let status = wait_for("status showing eth1's link down", Duration::from_secs(3), || {
+            topo.status().filter(|s| iface(s, "eth1").link_down && !s.announced.contains(&FAR_VIP.to_owned()))
+        });
+        let took = down.elapsed();
+        assert!(iface(&status, "eth1").attached, "XDP stays attached on a link that is down");
+        assert_eq!(status.announced, [VIP.to_owned()], "only the VIP served through eth1 is withdrawn");
+        let rendered = String::from_utf8(topo.xlb(&["status"]).stdout).unwrap();
+        assert!(rendered.contains("link eth1: DOWN"), "{rendered}");
+        wait_for("the router's route to the far VIP withdrawn", Duration::from_secs(5), || {
+            topo.router_nexthops(FAR_VIP).is_empty().then_some(())
+        });
+        assert_eq!(topo.router_nexthops(VIP), announced, "the other VIP stays announced");
+        eprintln!("round {round}: link down seen and its VIP withdrawn within {took:?}");
+
+        topo.node().ip(&["link", "set", "dev", "eth1", "up"]);
+        wait_for("status showing eth1 up and the far VIP announced", Duration::from_secs(5), || {
+            topo.status().filter(|s| !iface(s, "eth1").link_down && s.announced.contains(&FAR_VIP.to_owned()))
+        });
+        wait_for("the far VIP announced again", Duration::from_secs(10), || {
+            (topo.router_nexthops(FAR_VIP) == announced).then_some(())
+        });
+        // The link's neighbours were flushed with it: traffic resumes once they are resolved again.
+        let (seen, failed) = wait_for("traffic through eth1 again", Duration::from_secs(10), || {
+            let (seen, failed) = topo.tcp_requests(FAR_VIP, 80, 20);
+            (failed == 0).then_some((seen, failed))
+        });
+        assert_eq!((failed, seen.get(&format!("be{far}"))), (0, Some(&20)), "{seen:?}");
+    }
 }

@@ -314,7 +314,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // Attached: from here the VIPs that are up may be announced.
     let _ = commands.send(Command::Attached);
     *lock(&shared.attachments) = watch::initial(&links);
-    let (watch_stop, watcher) = watch::start(program, links, Arc::clone(&shared), commands.clone())?;
+    let watched = links.iter().map(|(iface, _)| iface.clone()).collect();
+    let (watch_signal, watcher) = watch::start(program, links, Arc::clone(&shared), commands.clone())?;
+    let link_events = {
+        let signal = watch_signal.clone();
+        crate::sources::link_events::start(watched, move |news| {
+            let _ = signal.send(watch::Signal::Link(news));
+        })
+    };
     let _ = shared.nat_reader.set(std::sync::Mutex::new(nat_reader));
     let (housekeeping_stop, housekeeping) = housekeeping::start(Arc::clone(&shared), nat_tables, flow_counter)?;
 
@@ -363,7 +370,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         watchdog.abort();
     }
     // No re-attaching from here on (a detach on exit must not be undone).
-    drop(watch_stop);
+    link_events.abort();
+    let _ = watch_signal.send(watch::Signal::Stop);
     let program = tokio::task::spawn_blocking(move || watcher.join()).await;
     // Withdraw everything and give the routers `withdraw_grace` to move traffic elsewhere
     // before anything else goes.

@@ -1,5 +1,8 @@
-//! The attachment watch: once a second, on a thread of its own, whether each interface still
-//! runs the agent's XDP program through its pinned link. A lost attachment is reported to the
+//! The attachment watch: once a second, and at once when the kernel reports a change of the
+//! interface (sources/link_events), on a thread of its own, whether each interface still runs
+//! the agent's XDP program through its pinned link, and whether its link is up. A link that goes
+//! down (set down, carrier lost, its veth peer down) withdraws the VIPs served through it like a
+//! lost attachment, without a re-attach; an MTU change is passed on to the control thread. A lost attachment is reported to the
 //! control thread (which withdraws the VIPs that depend on that interface), logged, shown in
 //! `xlb status` and `/metrics`, and re-attached after a pause that doubles while it keeps being
 //! lost — unless the operator detached it through `xlb detach`, which tells the agent first.
@@ -14,6 +17,8 @@ use std::{
     sync::{Arc, mpsc::RecvTimeoutError},
     time::{Duration, Instant},
 };
+
+pub use crate::sources::link_events::LinkNews;
 
 use tokio::sync::mpsc;
 
@@ -52,6 +57,16 @@ struct Link {
     last_warning: Option<Instant>,
     /// When transmit failures were last warned about.
     last_drop_warning: Option<Instant>,
+    /// The MTU the kernel last reported.
+    mtu: Option<u32>,
+}
+
+/// What the watch thread is told.
+#[derive(Debug)]
+pub enum Signal {
+    /// The kernel reported a change of an interface.
+    Link(LinkNews),
+    Stop,
 }
 
 /// What one check found.
@@ -100,6 +115,7 @@ pub fn initial(links: &[(String, PathBuf)]) -> Vec<AttachmentStatus> {
                 iface: iface.clone(),
                 attached: true,
                 operator_detached: false,
+                link_down: false,
                 reason: None,
                 reattached: 0,
                 transmit_errors: transmit_errors(iface),
@@ -134,14 +150,14 @@ fn follow_transmit_errors(link: &mut Link, status: &mut AttachmentStatus, now: I
 }
 
 /// Starts the watch over `links` (interface, pinned link), which `program` attached. It stops
-/// when `stop`'s sender goes, and hands `program` back.
+/// on [`Signal::Stop`] or when every sender is gone, and hands `program` back.
 pub fn start(
     program: Loaded,
     links: Vec<(String, PathBuf)>,
     shared: Arc<Shared>,
     commands: mpsc::UnboundedSender<Command>,
-) -> anyhow::Result<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<Loaded>)> {
-    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+) -> anyhow::Result<(std::sync::mpsc::Sender<Signal>, std::thread::JoinHandle<Loaded>)> {
+    let (signal, signals) = std::sync::mpsc::channel::<Signal>();
     let now = Instant::now();
     let mut links: Vec<Link> = links
         .into_iter()
@@ -153,18 +169,68 @@ pub fn start(
             backoff: REATTACH_FIRST,
             last_warning: None,
             last_drop_warning: None,
+            mtu: None,
         })
         .collect();
     let thread = std::thread::Builder::new().name("xlb-attach-watch".into()).spawn(move || {
         let mut program = program;
-        while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECK_EVERY) {
-            for link in &mut links {
-                step(&mut program, link, &shared, &commands);
+        let mut next_check = Instant::now() + CHECK_EVERY;
+        loop {
+            match signals.recv_timeout(next_check.saturating_duration_since(Instant::now())) {
+                Ok(Signal::Stop) | Err(RecvTimeoutError::Disconnected) => break,
+                Ok(Signal::Link(news)) => {
+                    if let Some(link) = links.iter_mut().find(|l| l.iface == news.iface) {
+                        link_news(&mut program, link, &news, &shared, &commands);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    for link in &mut links {
+                        step(&mut program, link, &shared, &commands);
+                    }
+                    next_check = Instant::now() + CHECK_EVERY;
+                }
             }
         }
         program
     })?;
-    Ok((stop, thread))
+    Ok((signal, thread))
+}
+
+/// Acts on what the kernel reported about `link`: up or down (the control thread withdraws or
+/// announces its VIPs), a new MTU (the control thread re-reads the interfaces), and whatever it
+/// means for the attachment (a deleted or recreated interface), checked now.
+fn link_news(
+    program: &mut Loaded,
+    link: &mut Link,
+    news: &LinkNews,
+    shared: &Shared,
+    commands: &mpsc::UnboundedSender<Command>,
+) {
+    {
+        let mut table = lock(&shared.attachments);
+        let Some(status) = table.iter_mut().find(|s| s.iface == link.iface) else { return };
+        let iface = link.iface.clone();
+        let mtu_changed = link.mtu.is_some() && news.mtu.is_some() && news.mtu != link.mtu;
+        link.mtu = news.mtu.or(link.mtu);
+        if status.link_down == news.up {
+            status.link_down = !news.up;
+            if news.up {
+                tracing::info!(%iface, "link up again: announcing the VIPs served through it");
+            } else {
+                tracing::warn!(%iface, gone = news.gone, "link down (set down, carrier lost or deleted): withdrawing the VIPs served through it");
+            }
+            let _ = commands.send(Command::Attachment { iface, attached: serving(status), reply: None });
+        } else if mtu_changed && serving(status) {
+            tracing::info!(%iface, mtu = ?news.mtu, "MTU changed: rewriting the node settings");
+            let _ = commands.send(Command::Attachment { iface, attached: true, reply: None });
+        }
+    }
+    step(program, link, shared, commands);
+}
+
+/// Whether the interface carries the VIPs' traffic: XDP attached and the link up.
+fn serving(status: &AttachmentStatus) -> bool {
+    status.attached && !status.link_down
 }
 
 /// Checks one interface and acts on what it finds, under the attachment table's lock.
@@ -233,7 +299,7 @@ fn mark_attached(
     link.attached_at = now;
     status.attached = true;
     status.reason = None;
-    let _ = commands.send(Command::Attachment { iface: link.iface.clone(), attached: true, reply: None });
+    let _ = commands.send(Command::Attachment { iface: link.iface.clone(), attached: serving(status), reply: None });
 }
 
 /// Attaches afresh: a pin left behind by a defunct link (or one on a vanished interface) goes

@@ -108,6 +108,10 @@ pub struct AttachmentStatus {
     pub attached: bool,
     /// Detached through `xlb detach`: the agent does not re-attach it.
     pub operator_detached: bool,
+    /// The link is down (set down, no carrier, deleted): the VIPs served through it are
+    /// withdrawn until it is up again.
+    #[serde(default)]
+    pub link_down: bool,
     /// Why it is detached.
     pub reason: Option<String>,
     /// Times the agent re-attached it after losing it.
@@ -136,6 +140,20 @@ impl AttachmentStatus {
     }
 
     fn render_attachment(&self) -> Option<String> {
+        let link = self.link_down.then(|| {
+            format!(
+                "link {}: DOWN (set down, no carrier or deleted): the VIPs served through it are withdrawn\n",
+                self.iface
+            )
+        });
+        let xdp = self.render_xdp();
+        match (link, xdp) {
+            (None, None) => None,
+            (l, x) => Some(format!("{}{}", l.unwrap_or_default(), x.unwrap_or_default())),
+        }
+    }
+
+    fn render_xdp(&self) -> Option<String> {
         match (self.attached, self.operator_detached) {
             (true, _) if self.reattached > 0 => {
                 Some(format!("XDP on {}: attached (re-attached {} times)\n", self.iface, self.reattached))

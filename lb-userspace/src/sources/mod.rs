@@ -5,5 +5,6 @@ pub mod ethtool;
 pub mod health;
 pub mod jiffies;
 pub mod link;
+pub mod link_events;
 pub mod neighbor;
 pub mod netlink;

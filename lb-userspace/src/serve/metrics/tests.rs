@@ -96,6 +96,7 @@ fn exposition_carries_every_counter_and_state() {
                 iface: "eth0".into(),
                 attached: false,
                 operator_detached: false,
+                link_down: false,
                 reason: Some("gone".into()),
                 reattached: 2,
                 transmit_errors: Some(5),
