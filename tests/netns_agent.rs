@@ -283,6 +283,19 @@ fn backends_without_a_mac_get_theirs_from_the_neighbour_table() {
     assert_eq!(failed, 0, "{seen:?}");
     // dsr-l2 frames reach a backend only with its real MAC: every backend answering proves it.
     assert_eq!(seen.len(), 3, "every backend answers: {seen:?}");
+
+    // Backend 0 takes a new MAC and announces it (gratuitous ARP), as a fail-over pair does. The
+    // agent learns it from the kernel's notification and rewrites the backend's entry: within a
+    // second every backend answers again (a frame to the old MAC would not reach it). The
+    // neighbour table's own timers and the agent's 30 s re-read are far longer than that.
+    let b0 = &topo.backends[0];
+    let out = b0.command("sysctl").args(["-w", "net.ipv4.conf.eth0.arp_notify=1"]).output().expect("sysctl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::thread::sleep(Duration::from_millis(1200)); // past the neighbour lock time (1 s)
+    b0.ip(&["link", "set", "eth0", "address", "02:00:00:aa:bb:01"]);
+    std::thread::sleep(Duration::from_secs(1));
+    let (seen, failed) = topo.tcp_requests(VIP, 8080, 60);
+    assert_eq!((failed, seen.len()), (0, 3), "one second after the MAC change every backend answers: {seen:?}");
 }
 
 #[test]
