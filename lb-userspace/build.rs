@@ -26,7 +26,7 @@ fn main() -> anyhow::Result<()> {
     println!("cargo::rerun-if-env-changed=AYA_BUILD_SKIP");
     if std::env::var_os("AYA_BUILD_SKIP").is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true")) {
         let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
-        for object in ["xlb-balancer", "xlb-decap", "xlb-floor"] {
+        for object in ["xlb-balancer", "xlb-decap", "xlb-floor", "xlb-traffic"] {
             std::fs::write(out_dir.join(object), [])?;
         }
         return Ok(());

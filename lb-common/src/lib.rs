@@ -12,6 +12,7 @@ mod maglev;
 mod nat;
 mod node;
 mod stats;
+mod traffic;
 mod vip;
 
 pub use backend::*;
@@ -21,6 +22,7 @@ pub use maglev::*;
 pub use nat::*;
 pub use node::*;
 pub use stats::*;
+pub use traffic::*;
 pub use vip::*;
 
 /// Names of the maps in the XDP object, so both sides agree.
@@ -72,6 +74,10 @@ pub mod maps {
     ];
     pub const DECAP_ADDRS: &str = "XLB_DECAP_ADDRS";
     pub const DECAP_STATS: &str = "XLB_DECAP_STATS";
+    /// The traffic tool's generator template and sink counters (benches and tests).
+    pub const GEN: &str = "XLB_GEN";
+    pub const GEN_COUNT: &str = "XLB_GEN_COUNT";
+    pub const SINK: &str = "XLB_SINK";
 }
 
 /// Names of the programs in the XDP objects.
@@ -81,6 +87,9 @@ pub mod programs {
     pub const NAT: &str = "xlb_nat";
     pub const DECAP: &str = "xlb_decap";
     pub const FLOOR: &str = "xlb_floor";
+    /// The traffic tool: a live-frames generator and a counting drop.
+    pub const GEN: &str = "xlb_gen";
+    pub const SINK: &str = "xlb_sink";
 }
 
 #[cfg(feature = "user")]

@@ -26,5 +26,6 @@ pod!(
     crate::NatFlow,
     crate::NatReverse,
     crate::NatSources,
-    crate::Iface
+    crate::Iface,
+    crate::GenTemplate
 );

@@ -10,6 +10,7 @@ pub mod packets;
 pub mod rng;
 pub mod scale;
 pub mod topology;
+pub mod traffic;
 
 use lb_common::{BackendCounters, Stat};
 use xlb::{

@@ -4,6 +4,8 @@ mod bench;
 mod bench_control;
 mod bench_flows;
 mod bench_l7;
+mod bench_live;
+mod bench_live_chart;
 mod bench_packets;
 mod deb;
 mod lab;
@@ -49,11 +51,16 @@ enum BenchTarget {
     /// backend stops getting new flows, status latency and BGP keepalives meanwhile, memory
     /// (needs root and BIRD).
     ControlPlane(bench_control::Options),
+    /// The peer benchmark on live frames: xlb (dsr-l2, dsr-ipip, nat), nftables DNAT and plain
+    /// routing in one topology; LB CPU ns per forwarded packet and Mpps, for 1 flow, 64 Ki flows
+    /// and a new flow per packet (needs root and nft).
+    Live(bench_live::Options),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Bench(BenchArgs { target: Some(BenchTarget::ControlPlane(opts)), .. }) => bench_control::run(&opts),
+        Command::Bench(BenchArgs { target: Some(BenchTarget::Live(opts)), .. }) => bench_live::run(&opts),
         Command::Bench(BenchArgs { target: None, packet }) => bench::run(&packet),
         Command::BenchL7(opts) => bench_l7::run(&opts),
         Command::Lab(opts) => lab::run(&opts),

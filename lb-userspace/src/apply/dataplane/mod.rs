@@ -26,6 +26,8 @@ pub static BALANCER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OU
 pub static DECAP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb-decap"));
 /// An XDP program that only returns XDP_PASS: the harness floor benchmarks subtract.
 pub static FLOOR_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb-floor"));
+/// The traffic tool of benches and flood tests (a live-frames generator and a counting sink).
+pub static TRAFFIC_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb-traffic"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
