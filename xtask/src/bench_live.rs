@@ -122,6 +122,29 @@ struct Lab {
     dir: PathBuf,
 }
 
+/// The agent's counters that moved the most between two reads, drops first: what a case's
+/// frames did besides being forwarded.
+fn counter_moves(before: &serde_json::Value, after: &serde_json::Value) -> String {
+    let values = |v: &serde_json::Value| -> Vec<(String, bool, u64)> {
+        v["counters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| Some((c["name"].as_str()?.to_owned(), c["drop"].as_bool()?, c["value"].as_u64()?)))
+            .collect()
+    };
+    let before = values(before);
+    let mut moved: Vec<(bool, u64, String)> = values(after)
+        .into_iter()
+        .filter_map(|(name, drop, value)| {
+            let old = before.iter().find(|(n, _, _)| *n == name).map_or(0, |(_, _, v)| *v);
+            (value > old).then(|| (drop, value - old, name))
+        })
+        .collect();
+    moved.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)));
+    moved.iter().take(4).map(|(_, n, name)| format!("{name} +{n}")).collect::<Vec<_>>().join(", ")
+}
+
 pub fn run(opts: &Options) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -153,12 +176,17 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         for forwarder in Forwarder::ALL {
             let running = lab.start(forwarder).with_context(|| format!("starting {}", forwarder.name()))?;
             for flows in Flows::ALL {
+                let before = lab.agent_stats(forwarder);
                 let sample = lab
                     .measure(forwarder, flows, Duration::from_millis(opts.millis), cpus - 1)
                     .with_context(|| format!("{} with {}", forwarder.name(), flows.name()))?;
+                let moves = match (before, lab.agent_stats(forwarder)) {
+                    (Some(b), Some(a)) => format!("  [{}]", counter_moves(&b, &a)),
+                    _ => String::new(),
+                };
                 if !opts.json {
                     eprintln!(
-                        "  round {} {:>15} {:>20}: {:>7.0} ns/packet {:>6.3} Mpps",
+                        "  round {} {:>15} {:>20}: {:>7.0} ns/packet {:>6.3} Mpps{moves}",
                         round + 1,
                         forwarder.name(),
                         flows.name(),
@@ -411,6 +439,19 @@ impl Lab {
                 Ok(Some(agent))
             }
         }
+    }
+
+    /// The running agent's counters (`xlb stats --json`), for xlb's cases.
+    fn agent_stats(&self, forwarder: Forwarder) -> Option<serde_json::Value> {
+        if !forwarder.is_xlb() {
+            return None;
+        }
+        let out = std::process::Command::new(agent_bin().ok()?)
+            .args(["stats", "--json", "--admin-socket"])
+            .arg(self.dir.join("xlb.sock"))
+            .output()
+            .ok()?;
+        serde_json::from_slice(&out.stdout).ok()
     }
 
     fn stop(&self, forwarder: Forwarder, agent: Option<Process>) -> anyhow::Result<()> {
