@@ -282,7 +282,7 @@ fn metrics(topo: &Topology) -> String {
         .run(|| {
             let mut conn = TcpStream::connect(METRICS).expect("metrics listener");
             conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: xlb\r\n\r\n").unwrap();
+            conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: xlb\r\nConnection: close\r\n\r\n").unwrap();
             let mut text = String::new();
             let _ = conn.read_to_string(&mut text);
             text

@@ -25,11 +25,17 @@ fn backends(count: usize) -> String {
 
 /// `GET /metrics` from inside the node namespace; `None` if it does not answer in time.
 fn metrics(topo: &Topology) -> Option<String> {
+    http_get(topo, "/metrics")
+}
+
+/// `GET path` on the metrics listener from inside the node namespace: the whole reply.
+fn http_get(topo: &Topology, path: &str) -> Option<String> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: xlb\r\nConnection: close\r\n\r\n");
     topo.node()
-        .run(|| {
+        .run(move || {
             let mut conn = std::net::TcpStream::connect(METRICS).ok()?;
             conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-            conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: xlb\r\n\r\n").ok()?;
+            conn.write_all(request.as_bytes()).ok()?;
             let mut text = String::new();
             conn.read_to_string(&mut text).ok()?;
             Some(text)
@@ -77,7 +83,8 @@ fn lost_xdp_withdraws_and_reattaches_but_xlb_detach_is_for_good() {
     let pin = topo.pin_dir_of(0).join("eth0").join("link");
     // Renders are reused for a second: give the scrape that long to catch up.
     let metric = |value: u8| {
-        let line = format!("xlb_xdp_attached{{iface=\"eth0\"}} {value}");
+        let mode = if value == 1 { "native" } else { "none" };
+        let line = format!("xlb_xdp_attached{{iface=\"eth0\",mode=\"{mode}\"}} {value}");
         let deadline = Instant::now() + Duration::from_secs(3);
         loop {
             if metrics(&topo).is_some_and(|text| has_line(&text, &line)) {
@@ -90,6 +97,11 @@ fn lost_xdp_withdraws_and_reattaches_but_xlb_detach_is_for_good() {
         }
     };
     assert!(metric(1));
+    // The agent's own probes: alive, and ready (configured, attached).
+    let probe = |path: &str| http_get(&topo, path).unwrap_or_default();
+    assert!(probe("/healthz").starts_with("HTTP/1.1 200 OK"), "{}", probe("/healthz"));
+    let ready = probe("/readyz");
+    assert!(ready.starts_with("HTTP/1.1 200 OK") && ready.contains("ready: configuration 1 applied"), "{ready}");
 
     // `ip link set dev eth0 xdp off` is refused against a link-based attachment: nothing to do.
     let out = std::process::Command::new("ip")
@@ -122,6 +134,12 @@ fn lost_xdp_withdraws_and_reattaches_but_xlb_detach_is_for_good() {
         let rendered = String::from_utf8(topo.xlb(&["status"]).stdout).unwrap();
         assert!(rendered.contains("XDP on eth0: DETACHED"), "{rendered}");
         assert!(metric(0), "{how}: xlb_xdp_attached 0");
+        let not_ready = probe("/readyz");
+        assert!(
+            not_ready.starts_with("HTTP/1.1 503") && not_ready.contains("XDP is not attached to eth0"),
+            "{how}: {not_ready}"
+        );
+        assert!(probe("/healthz").starts_with("HTTP/1.1 200 OK"), "{how}: still alive");
         wait_for("the router's route withdrawn", Duration::from_secs(3), || nexthops(&topo).is_empty().then_some(()));
         eprintln!("{how}: detected within {took:?}");
 
@@ -302,7 +320,7 @@ fn out_of_descriptors_the_agent_keeps_its_backends_and_recovers() {
         .unwrap_or_else(|| panic!("no local health-check error count:\n{text}"));
     assert!(local > 0, "the checks did meet the exhaustion:\n{text}");
     assert!(has_line(&text, "xlb_health_check_errors_total{kind=\"backend\"} 0"), "{text}");
-    assert!(has_line(&text, "xlb_xdp_attached{iface=\"eth0\"} 1"), "the watch kept its state:\n{text}");
+    assert!(has_line(&text, "xlb_xdp_attached{iface=\"eth0\",mode=\"native\"} 1"), "the watch kept its state:\n{text}");
 }
 
 #[test]

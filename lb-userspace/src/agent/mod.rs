@@ -177,6 +177,30 @@ fn adopted_macs(reconciler: &Reconciler, config: &Config) -> std::collections::B
     macs
 }
 
+/// How long the control thread may go without a heartbeat before `/healthz` says it is stuck.
+/// It beats at every step of a pass and every second while idle; a step is a few hundred
+/// milliseconds at most.
+const STUCK_AFTER: Duration = Duration::from_secs(15);
+
+/// `/healthz`: the runtime answers (this runs on it) and the control thread's heartbeat moved
+/// within `STUCK_AFTER`.
+fn liveness(heartbeat: Arc<std::sync::atomic::AtomicU64>) -> impl Fn() -> Result<String, String> + Send + Sync {
+    let seen = std::sync::Mutex::new((u64::MAX, std::time::Instant::now()));
+    move || {
+        let beat = heartbeat.load(std::sync::atomic::Ordering::Relaxed);
+        let mut seen = lock(&seen);
+        if seen.0 != beat {
+            *seen = (beat, std::time::Instant::now());
+        }
+        let quiet = seen.1.elapsed();
+        if quiet > STUCK_AFTER {
+            Err(format!("unhealthy: the control thread has not moved for {}s", quiet.as_secs()))
+        } else {
+            Ok("ok".to_owned())
+        }
+    }
+}
+
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut config_cache = config::VipItemCache::default();
     let config = config::load_cached(&opts.config, &mut config_cache)?;
@@ -270,7 +294,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         failure: None,
         state_file,
         state,
-        heartbeat_tick: watchdog_every.map(sd_notify::heartbeat_tick),
+        // Without a watchdog, a beat a second anyway: /healthz reads the heartbeat.
+        heartbeat_tick: Some(watchdog_every.map_or(Duration::from_secs(1), sd_notify::heartbeat_tick)),
         transitions: Default::default(),
     };
 
@@ -331,10 +356,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     tracing::info!(socket = %admin_socket.display(), "admin socket listening");
     let metrics = match metrics_listen {
         Some(addr) => {
-            let (for_metrics, for_page) = (Arc::clone(&shared), Arc::clone(&shared));
+            let (for_metrics, for_page, for_ready) = (Arc::clone(&shared), Arc::clone(&shared), Arc::clone(&shared));
             let renders = metrics::Renders {
                 metrics: Arc::new(move || for_metrics.metrics()),
                 status: Some(Arc::new(move || for_page.status_page())),
+                health: Some(metrics::Probes {
+                    live: Arc::new(liveness(Arc::clone(&shared.heartbeat))),
+                    ready: Arc::new(move || for_ready.readiness()),
+                }),
             };
             let server = metrics::serve_renders(addr, renders, metrics::Limits::default()).await?;
             tracing::info!(%addr, "serving Prometheus metrics at /metrics, the status page at /");

@@ -228,6 +228,28 @@ impl Shared {
         serde_json::to_string(&page).map_err(|e| e.to_string())
     }
 
+    /// `/readyz`: the agent serves — its first configuration is in the data plane, the last
+    /// pass did not fail, and XDP is attached to every interface with the link up. From the
+    /// published view: never waits on the control thread.
+    pub fn readiness(&self) -> Result<String, String> {
+        let view = self.view.load();
+        if view.config_generation == 0 {
+            return Err("not ready: the configuration is not in the data plane yet".to_owned());
+        }
+        if let Some(error) = &view.reconcile_error {
+            return Err(format!("not ready: the last pass failed: {error}"));
+        }
+        for a in lock(&self.attachments).iter() {
+            if !a.attached {
+                return Err(format!("not ready: XDP is not attached to {}", a.iface));
+            }
+            if a.link_down {
+                return Err(format!("not ready: the link of {} is down", a.iface));
+            }
+        }
+        Ok(format!("ready: configuration {} applied, XDP attached", view.config_generation))
+    }
+
     /// The `/metrics` text.
     pub fn metrics(&self) -> Result<String, String> {
         let view = self.view.load();

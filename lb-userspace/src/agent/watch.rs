@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use super::{control::Command, view::Shared, view::lock};
 use crate::{
     apply::dataplane::{
-        self, Attached, Loaded,
+        self, AttachMode, Attached, Loaded,
         link_state::{LinkState, ifindex, link_state},
     },
     serve::admin::AttachmentStatus,
@@ -116,6 +116,7 @@ pub fn initial(links: &[(String, PathBuf)]) -> Vec<AttachmentStatus> {
                 attached: true,
                 operator_detached: false,
                 link_down: false,
+                mode: None,
                 reason: None,
                 reattached: 0,
                 transmit_errors: transmit_errors(iface),
@@ -210,6 +211,9 @@ fn link_news(
         let mut table = lock(&shared.attachments);
         let Some(status) = table.iter_mut().find(|s| s.iface == link.iface) else { return };
         let iface = link.iface.clone();
+        if let Some(mode) = news.xdp_mode {
+            status.mode = Some(mode.to_owned());
+        }
         let mtu_changed = link.mtu.is_some() && news.mtu.is_some() && news.mtu != link.mtu;
         link.mtu = news.mtu.or(link.mtu);
         if status.link_down == news.up {
@@ -273,7 +277,10 @@ fn step(program: &mut Loaded, link: &mut Link, shared: &Shared, commands: &mpsc:
             mark_attached(link, status, now, commands);
         }
         (false, Check::Lost(reason)) if now >= link.retry_at => match reattach(program, link) {
-            Ok(()) => {
+            Ok(mode) => {
+                if let Some(mode) = mode {
+                    status.mode = Some(mode.to_owned());
+                }
                 tracing::info!(%iface, after = %reason, "XDP re-attached; announcing its VIPs again");
                 status.reattached += 1;
                 mark_attached(link, status, now, commands);
@@ -304,13 +311,18 @@ fn mark_attached(
 
 /// Attaches afresh: a pin left behind by a defunct link (or one on a vanished interface) goes
 /// first, since the kernel refuses to update a link that is attached nowhere.
-fn reattach(program: &mut Loaded, link: &Link) -> Result<(), String> {
+fn reattach(program: &mut Loaded, link: &Link) -> Result<Option<&'static str>, String> {
     if !matches!(link_state(&link.pin), Ok(LinkState::Missing)) {
         dataplane::detach_pinned(&link.pin).map_err(|e| format!("removing the stale pin: {e}"))?;
     }
     match program.attach_pinned(&link.iface, &link.pin).map_err(|e| e.to_string())? {
-        Attached::New(mode) => tracing::debug!(iface = %link.iface, ?mode, "attached"),
-        Attached::Replaced => {}
+        Attached::New(mode) => {
+            tracing::debug!(iface = %link.iface, ?mode, "attached");
+            Ok(Some(match mode {
+                AttachMode::Native => "native",
+                AttachMode::Generic => "generic",
+            }))
+        }
+        Attached::Replaced => Ok(None),
     }
-    Ok(())
 }

@@ -112,6 +112,9 @@ pub struct AttachmentStatus {
     /// withdrawn until it is up again.
     #[serde(default)]
     pub link_down: bool,
+    /// How XDP runs there, as the kernel reports it: "native", "generic", "offload".
+    #[serde(default)]
+    pub mode: Option<String>,
     /// Why it is detached.
     pub reason: Option<String>,
     /// Times the agent re-attached it after losing it.
@@ -421,6 +424,9 @@ mod tests {
             prefixes_sent: 2,
             flaps: 0,
             last_error: None,
+            last_error_at: None,
+            updates_sent: 0,
+            updates_received: 0,
             bfd: None,
         });
         let text = with_peer.render("1 VIP addresses");

@@ -11,7 +11,7 @@ use rtnetlink::{
     packet_core::NetlinkPayload,
     packet_route::{
         RouteNetlinkMessage,
-        link::{LinkAttribute, LinkFlags, LinkMessage, State},
+        link::{LinkAttribute, LinkFlags, LinkMessage, LinkXdp, State, XdpAttached},
     },
 };
 use tokio::task::AbortHandle;
@@ -25,6 +25,9 @@ pub struct LinkNews {
     /// Administratively up and its carrier (operational state) not down.
     pub up: bool,
     pub mtu: Option<u32>,
+    /// How an XDP program runs on it, as the kernel says: "native", "generic", "offload" or
+    /// "multiple"; `None` when none is attached (or the message does not say).
+    pub xdp_mode: Option<&'static str>,
     /// Deleted (RTM_DELLINK).
     pub gone: bool,
 }
@@ -32,12 +35,13 @@ pub struct LinkNews {
 impl LinkNews {
     /// A link message as news, for an interface named in `watched`.
     pub fn from_message(message: &LinkMessage, deleted: bool, watched: &BTreeSet<String>) -> Option<LinkNews> {
-        let (mut name, mut mtu, mut oper) = (None, None, None);
+        let (mut name, mut mtu, mut oper, mut xdp_mode) = (None, None, None, None);
         for attribute in &message.attributes {
             match attribute {
                 LinkAttribute::IfName(n) => name = Some(n),
                 LinkAttribute::Mtu(m) => mtu = Some(*m),
                 LinkAttribute::OperState(s) => oper = Some(*s),
+                LinkAttribute::Xdp(xdp) => xdp_mode = xdp.iter().find_map(attached_mode),
                 _ => {}
             }
         }
@@ -45,7 +49,17 @@ impl LinkNews {
         // Unknown (tun, dummy, some drivers never report one) and dormant count as up.
         let carrier = !matches!(oper, Some(State::Down | State::LowerLayerDown | State::NotPresent));
         let up = !deleted && message.header.flags.contains(LinkFlags::Up) && carrier;
-        Some(LinkNews { iface, up, mtu, gone: deleted })
+        Some(LinkNews { iface, up, mtu, xdp_mode, gone: deleted })
+    }
+}
+
+fn attached_mode(xdp: &LinkXdp) -> Option<&'static str> {
+    match xdp {
+        LinkXdp::Attached(XdpAttached::Driver) => Some("native"),
+        LinkXdp::Attached(XdpAttached::SocketBuffer) => Some("generic"),
+        LinkXdp::Attached(XdpAttached::Hardware) => Some("offload"),
+        LinkXdp::Attached(XdpAttached::Multiple) => Some("multiple"),
+        _ => None,
     }
 }
 
@@ -123,7 +137,7 @@ mod tests {
         let up = LinkFlags::Up | LinkFlags::LowerUp;
         assert_eq!(
             news(&link("eth0", up, State::Up, 1500), false),
-            Some(LinkNews { iface: "eth0".into(), up: true, mtu: Some(1500), gone: false })
+            Some(LinkNews { iface: "eth0".into(), up: true, mtu: Some(1500), xdp_mode: None, gone: false })
         );
         assert_eq!(news(&link("eth2", up, State::Up, 1500), false), None, "not watched");
         assert!(!news(&link("eth0", LinkFlags::empty(), State::Down, 1500), false).unwrap().up, "set down");
@@ -132,6 +146,15 @@ mod tests {
         assert!(news(&link("eth1", LinkFlags::Up, State::Unknown, 9000), false).unwrap().up, "no state reported");
         let gone = news(&link("eth1", up, State::Up, 9000), true).unwrap();
         assert!(gone.gone && !gone.up);
+        let mut native = link("eth0", up, State::Up, 1500);
+        native.attributes.push(LinkAttribute::Xdp(vec![LinkXdp::Attached(XdpAttached::Driver), LinkXdp::ProgId(7)]));
+        assert_eq!(news(&native, false).unwrap().xdp_mode, Some("native"));
+        let mut generic = link("eth0", up, State::Up, 1500);
+        generic.attributes.push(LinkAttribute::Xdp(vec![LinkXdp::Attached(XdpAttached::SocketBuffer)]));
+        assert_eq!(news(&generic, false).unwrap().xdp_mode, Some("generic"));
+        let mut none = link("eth0", up, State::Up, 1500);
+        none.attributes.push(LinkAttribute::Xdp(vec![LinkXdp::Attached(XdpAttached::None)]));
+        assert_eq!(news(&none, false).unwrap().xdp_mode, None);
         let mut nameless = link("eth0", up, State::Up, 1500);
         nameless.attributes.remove(0);
         assert_eq!(news(&nameless, false), None);

@@ -54,6 +54,14 @@ pub struct PeerStatus {
     /// Sessions that ended in an error after the TCP connection was up.
     pub flaps: u64,
     pub last_error: Option<String>,
+    /// When the last error happened (seconds since the Unix epoch).
+    #[serde(default)]
+    pub last_error_at: Option<u64>,
+    /// UPDATE messages sent to and received from the peer, over all sessions.
+    #[serde(default)]
+    pub updates_sent: u64,
+    #[serde(default)]
+    pub updates_received: u64,
     /// "up" | "down" | "init" | "admin_down" when BFD is enabled for the peer.
     pub bfd: Option<String>,
 }
@@ -237,6 +245,9 @@ impl Speaker {
                     prefixes_sent: shared.prefixes_sent,
                     flaps: shared.flaps,
                     last_error: shared.last_error.clone(),
+                    last_error_at: shared.last_error_at,
+                    updates_sent: shared.updates_sent,
+                    updates_received: shared.updates_received,
                     bfd: h.bfd.as_ref().map(|b| b.status.borrow().state.name().to_owned()),
                 }
             })

@@ -77,6 +77,19 @@ pub(crate) struct Shared {
     /// Sessions that ended in an error after the TCP connection was up.
     pub flaps: u64,
     pub last_error: Option<String>,
+    /// When `last_error` was recorded (seconds since the Unix epoch).
+    pub last_error_at: Option<u64>,
+    /// UPDATE messages sent to and received from the peer, over all sessions.
+    pub updates_sent: u64,
+    pub updates_received: u64,
+}
+
+impl Shared {
+    pub fn set_error(&mut self, error: String) {
+        self.last_error = Some(error);
+        self.last_error_at =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_secs());
+    }
 }
 
 /// Settings fixed for a session's life: a change replaces the session.
@@ -197,7 +210,7 @@ pub(crate) async fn run_peer(mut ctx: PeerCtx, previous: Option<JoinHandle<()>>)
         match connected {
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "BGP: connect failed");
-                ctx.shared().last_error = Some(e);
+                ctx.shared().set_error(e);
                 ctx.set_state(FsmState::Active);
             }
             Ok((stream, local)) => {
@@ -213,7 +226,7 @@ pub(crate) async fn run_peer(mut ctx: PeerCtx, previous: Option<JoinHandle<()>>)
                     tracing::warn!(%peer, %error, "BGP session ended");
                     let mut shared = ctx.shared();
                     shared.flaps += 1;
-                    shared.last_error = Some(error);
+                    shared.set_error(error);
                 }
                 ctx.set_state(FsmState::Idle);
                 if end.stopped {
@@ -366,7 +379,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
     async fn send(&mut self, message: &BgpMessage) -> Result<(), Close> {
         let bytes = message::encode(message).map_err(|e| Close::error(format!("encoding a message: {e}")))?;
         match timeout(WRITE_TIMEOUT, self.stream.write_all(&bytes)).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                if matches!(message, BgpMessage::Update(_)) {
+                    self.ctx.shared().updates_sent += 1;
+                }
+                Ok(())
+            }
             Ok(Err(e)) => Err(Close::error(format!("sending to the peer: {e}"))),
             Err(_) => Err(Close::error(format!("sending to the peer: blocked for {}s", WRITE_TIMEOUT.as_secs()))),
         }
@@ -523,7 +541,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
                 Ok(())
             }
             (FsmState::OpenConfirm, other) => unexpected(2, "OpenConfirm", &other),
-            (FsmState::Established, BgpMessage::KeepAlive | BgpMessage::Update(_)) => Ok(()),
+            (FsmState::Established, BgpMessage::KeepAlive) => Ok(()),
+            (FsmState::Established, BgpMessage::Update(_)) => {
+                self.ctx.shared().updates_received += 1;
+                Ok(())
+            }
             (FsmState::Established, BgpMessage::RouteRefresh(rr)) => {
                 // Send the family's routes again (RFC 2918).
                 let family = Some(rr.address_type());

@@ -177,18 +177,52 @@ fn build(snapshot: &Snapshot, agent: &AgentInfo) -> prometheus::Result<Registry>
     let flaps = counter(&registry, "xlb_bgp_session_flaps_total", "Times the session went down.", &peer)?;
     let bfd_up =
         gauge(&registry, "xlb_bfd_session_up", "1 while the peer's BFD session is up (peers with BFD).", &peer)?;
+    let updates_sent = counter(&registry, "xlb_bgp_updates_sent_total", "UPDATE messages sent to the peer.", &peer)?;
+    let updates_received =
+        counter(&registry, "xlb_bgp_updates_received_total", "UPDATE messages received from the peer.", &peer)?;
+    let last_error = gauge(
+        &registry,
+        "xlb_bgp_last_error_timestamp_seconds",
+        "When the peer's session last failed (Unix time); the error itself is in xlb_bgp_last_error_info.",
+        &peer,
+    )?;
+    let last_error_info = gauge(
+        &registry,
+        "xlb_bgp_last_error_info",
+        "The peer's last session error, as a label (one series per peer, replaced when the error changes).",
+        &["peer", "error"],
+    )?;
     for p in &agent.peers {
         let at = [p.address.to_string()];
         let at = [at[0].as_str()];
         session_up.with_label_values(&at).set(i64::from(p.state == "established"));
         prefixes.with_label_values(&at).set(p.prefixes_sent as i64);
         flaps.with_label_values(&at).inc_by(p.flaps);
+        updates_sent.with_label_values(&at).inc_by(p.updates_sent);
+        updates_received.with_label_values(&at).inc_by(p.updates_received);
+        if let (Some(error), Some(when)) = (&p.last_error, p.last_error_at) {
+            last_error.with_label_values(&at).set(i64::try_from(when).unwrap_or(i64::MAX));
+            // Bounded: an error message is at most a line; label values this long stay readable.
+            let error: String = error.chars().take(200).collect();
+            last_error_info.with_label_values(&[at[0], error.as_str()]).set(1);
+        }
         if let Some(bfd) = &p.bfd {
             bfd_up.with_label_values(&at).set(i64::from(bfd == "up"));
         }
     }
 
-    let attached = gauge(&registry, "xlb_xdp_attached", "1 while XDP is attached to the interface.", &["iface"])?;
+    let attached = gauge(
+        &registry,
+        "xlb_xdp_attached",
+        "1 while XDP is attached to the interface; mode as the kernel reports it (native, generic; none while detached).",
+        &["iface", "mode"],
+    )?;
+    let link_up = gauge(
+        &registry,
+        "xlb_interface_up",
+        "1 while the interface's link is up; its VIPs are withdrawn while it is down.",
+        &["iface"],
+    )?;
     let reattached =
         counter(&registry, "xlb_xdp_reattach_total", "Times the agent re-attached a lost XDP program.", &["iface"])?;
     let transmit_errors = counter(
@@ -198,7 +232,9 @@ fn build(snapshot: &Snapshot, agent: &AgentInfo) -> prometheus::Result<Registry>
         &["iface"],
     )?;
     for a in &agent.attachments {
-        attached.with_label_values(&[a.iface.as_str()]).set(i64::from(a.attached));
+        let mode = if a.attached { a.mode.as_deref().unwrap_or("unknown") } else { "none" };
+        attached.with_label_values(&[a.iface.as_str(), mode]).set(i64::from(a.attached));
+        link_up.with_label_values(&[a.iface.as_str()]).set(i64::from(!a.link_down));
         reattached.with_label_values(&[a.iface.as_str()]).inc_by(a.reattached);
         if let Some(errors) = a.transmit_errors {
             transmit_errors.with_label_values(&[a.iface.as_str()]).inc_by(errors);

@@ -1,5 +1,7 @@
 //! Unit tests of the exposition text and of the `/metrics` server's limits.
 
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
 use super::*;
 use crate::serve::stats::{BackendStats, Counter, VipStats};
 use crate::{announce::bgp::PeerStatus, serve::stats::Snapshot, serve::summary::ReloadOutcome};
@@ -89,7 +91,10 @@ fn exposition_carries_every_counter_and_state() {
                 established_for_secs: Some(5),
                 prefixes_sent: 2,
                 flaps: 1,
-                last_error: None,
+                last_error: Some("hold timer expired".into()),
+                last_error_at: Some(1_764_800_000),
+                updates_sent: 3,
+                updates_received: 1,
                 bfd: Some("up".into()),
             }],
             attachments: vec![crate::serve::admin::AttachmentStatus {
@@ -97,6 +102,7 @@ fn exposition_carries_every_counter_and_state() {
                 attached: false,
                 operator_detached: false,
                 link_down: false,
+                mode: Some("native".into()),
                 reason: Some("gone".into()),
                 reattached: 2,
                 transmit_errors: Some(5),
@@ -135,7 +141,12 @@ fn exposition_carries_every_counter_and_state() {
         "xlb_malformed_total{reason=\"truncated_tcp\"} 0",
         "xlb_flow_events_total{event=\"flow_miss\"} 4",
         "xlb_config_generation 3",
-        "xlb_xdp_attached{iface=\"eth0\"} 0",
+        "xlb_xdp_attached{iface=\"eth0\",mode=\"none\"} 0",
+        "xlb_interface_up{iface=\"eth0\"} 1",
+        "xlb_bgp_updates_sent_total{peer=\"10.0.0.254\"} 3",
+        "xlb_bgp_updates_received_total{peer=\"10.0.0.254\"} 1",
+        "xlb_bgp_last_error_timestamp_seconds{peer=\"10.0.0.254\"} 1764800000",
+        "xlb_bgp_last_error_info{error=\"hold timer expired\",peer=\"10.0.0.254\"} 1",
         "xlb_xdp_reattach_total{iface=\"eth0\"} 2",
         "xlb_xdp_transmit_errors_total{iface=\"eth0\"} 5",
         "xlb_health_check_errors_total{kind=\"backend\"} 7",
@@ -179,9 +190,10 @@ async fn read_until_closed(stream: &mut TcpStream, patience: Duration) -> Option
     Some(received)
 }
 
+/// One request on a connection of its own, which the server closes after it.
 async fn get(addr: SocketAddr, path: &str) -> String {
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
     let reply = read_until_closed(&mut stream, Duration::from_secs(10)).await.expect("a reply in time");
     String::from_utf8(reply).unwrap()
 }
@@ -192,14 +204,137 @@ async fn serves_metrics_over_http_and_404_elsewhere() {
     let server = serve(addr, Arc::new(|| Ok("xlb_up 1\n".to_owned()))).await.unwrap();
     let reply = get(addr, "/metrics").await;
     assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
-    assert!(reply.ends_with("\r\nContent-Length: 9\r\nConnection: close\r\n\r\nxlb_up 1\n"), "{reply}");
+    assert!(reply.contains("\r\nContent-Length: 9\r\n") && reply.ends_with("\r\n\r\nxlb_up 1\n"), "{reply}");
+    assert!(reply.contains("\r\nContent-Type: text/plain; version=0.0.4\r\n"), "{reply}");
     assert!(get(addr, "/").await.starts_with("HTTP/1.1 404"));
+    assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 404"), "no probes given: not served");
+    server.abort();
+}
+
+#[tokio::test]
+async fn keeps_connections_alive_and_answers_head() {
+    let addr = free_addr();
+    let server = serve(addr, Arc::new(|| Ok("xlb_up 1\n".to_owned()))).await.unwrap();
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut replies = String::new();
+    for _ in 0..3 {
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.unwrap().unwrap();
+        replies.push_str(std::str::from_utf8(&buf[..n]).unwrap());
+    }
+    assert_eq!(replies.matches("HTTP/1.1 200 OK\r\n").count(), 3, "three answers on one connection: {replies}");
+    stream.write_all(b"HEAD /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let reply = String::from_utf8(read_until_closed(&mut stream, Duration::from_secs(5)).await.unwrap()).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n") && reply.contains("Content-Length: 9\r\n"), "{reply}");
+    assert!(reply.ends_with("\r\n\r\n"), "HEAD has no body: {reply:?}");
+    server.abort();
+}
+
+#[tokio::test]
+async fn gzips_when_asked_once_per_render() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let renders = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&renders);
+    let text: String = (0..2000).map(|i| format!("xlb_vip_packets_total{{vip=\"v{i}\"}} {i}\n")).collect();
+    let plain = text.clone();
+    let addr = free_addr();
+    let limits = Limits { reuse_for: Duration::from_secs(60), ..Limits::default() };
+    let scrape = move || {
+        counted.fetch_add(1, Ordering::SeqCst);
+        Ok(text.clone())
+    };
+    let server = serve_with(addr, Arc::new(scrape), limits).await.unwrap();
+    for accept in ["gzip", "deflate, gzip;q=0.5", "*"] {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let request =
+            format!("GET /metrics HTTP/1.1\r\nHost: x\r\nAccept-Encoding: {accept}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let reply = read_until_closed(&mut stream, Duration::from_secs(5)).await.unwrap();
+        let at = reply.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = String::from_utf8_lossy(&reply[..at]).into_owned();
+        assert!(head.contains("Content-Encoding: gzip") && head.contains("Vary: Accept-Encoding"), "{accept}: {head}");
+        let mut unzipped = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&reply[at + 4..]), &mut unzipped).unwrap();
+        assert_eq!(unzipped, plain, "{accept}");
+        assert!(reply.len() - at < plain.len() / 4, "compressed: {} of {}", reply.len() - at, plain.len());
+    }
+    for refused in ["gzip;q=0", "identity", "br"] {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let request =
+            format!("GET /metrics HTTP/1.1\r\nHost: x\r\nAccept-Encoding: {refused}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let reply = String::from_utf8(read_until_closed(&mut stream, Duration::from_secs(5)).await.unwrap()).unwrap();
+        assert!(!reply.contains("Content-Encoding") && reply.ends_with(&plain), "{refused}");
+    }
+    assert_eq!(renders.load(Ordering::SeqCst), 1, "one render for plain and gzipped scrapes alike");
+    server.abort();
+}
+
+#[tokio::test]
+async fn slow_or_oversized_request_heads_are_cut_off() {
+    let addr = free_addr();
+    let limits = Limits { head_timeout: Duration::from_millis(500), ..Limits::default() };
+    let server = serve_with(addr, Arc::new(|| Ok("xlb_up 1\n".to_owned())), limits).await.unwrap();
+    // A byte every 100 ms: past the head timeout before the head ends.
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    let started = Instant::now();
+    let mut closed = false;
+    for byte in b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n" {
+        if slow.write_all(&[*byte]).await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rest = read_until_closed(&mut slow, Duration::from_secs(5)).await.expect("closed");
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(closed || !rest.contains("200 OK"), "a slowloris head was served: {rest}");
+    assert!(started.elapsed() < Duration::from_secs(8));
+    // A kept-alive connection that asks nothing more is closed too.
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let idle_reply = read_until_closed(&mut idle, Duration::from_secs(5)).await.expect("closed after the head timeout");
+    assert!(String::from_utf8_lossy(&idle_reply).starts_with("HTTP/1.1 200 OK"));
+    // A head past the limit: 431.
+    let mut big = TcpStream::connect(addr).await.unwrap();
+    let huge = format!("GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(64 * 1024));
+    let _ = big.write_all(huge.as_bytes()).await;
+    let reply = read_until_closed(&mut big, Duration::from_secs(5)).await.expect("answered");
+    assert!(String::from_utf8_lossy(&reply).starts_with("HTTP/1.1 431"), "{}", String::from_utf8_lossy(&reply));
+    server.abort();
+}
+
+#[tokio::test]
+async fn probes_answer_200_or_503_with_the_reason() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let ready = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&ready);
+    let renders = Renders {
+        metrics: Arc::new(|| Ok("xlb_up 1\n".to_owned())),
+        status: None,
+        health: Some(Probes {
+            live: Arc::new(|| Ok("ok".to_owned())),
+            ready: Arc::new(move || {
+                if flag.load(Ordering::SeqCst) { Ok("ready".to_owned()) } else { Err("not ready: starting".to_owned()) }
+            }),
+        }),
+    };
+    let addr = free_addr();
+    let server = serve_renders(addr, renders, Limits::default()).await.unwrap();
+    let live = get(addr, "/healthz").await;
+    assert!(live.starts_with("HTTP/1.1 200 OK\r\n") && live.ends_with("\r\n\r\nok\n"), "{live}");
+    let not_ready = get(addr, "/readyz").await;
+    assert!(not_ready.starts_with("HTTP/1.1 503 ") && not_ready.ends_with("not ready: starting\n"), "{not_ready}");
+    assert!(not_ready.contains("Cache-Control: no-store"), "{not_ready}");
+    ready.store(true, Ordering::SeqCst);
+    assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200 OK\r\n"), "answered at once, not cached");
     server.abort();
 }
 
 async fn request(addr: SocketAddr, line: &str) -> String {
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(format!("{line}\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+    stream.write_all(format!("{line}\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
     let reply = read_until_closed(&mut stream, Duration::from_secs(10)).await.expect("a reply in time");
     String::from_utf8(reply).unwrap()
 }
@@ -210,6 +345,7 @@ async fn serves_the_status_page_and_its_json_beside_the_metrics() {
     let renders = Renders {
         metrics: Arc::new(|| Ok("xlb_up 1\n".to_owned())),
         status: Some(Arc::new(|| Ok("{\"at_ms\":7}".to_owned()))),
+        health: None,
     };
     let server = serve_renders(addr, renders, Limits::default()).await.unwrap();
     for path in ["/", "/status", "/?fresh=1"] {
@@ -218,6 +354,7 @@ async fn serves_the_status_page_and_its_json_beside_the_metrics() {
         assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{path}: {head}");
         assert!(head.contains("Content-Type: text/html; charset=utf-8\r\n"), "{head}");
         assert!(head.contains("Content-Security-Policy: default-src 'none';"), "{head}");
+        assert!(head.contains("X-Content-Type-Options: nosniff"), "{head}");
         assert_eq!(body, page::HTML, "{path}");
     }
     let reply = get(addr, "/status.json").await;
@@ -229,7 +366,7 @@ async fn serves_the_status_page_and_its_json_beside_the_metrics() {
     // Read-only: no other method, whatever the path.
     for line in ["POST / HTTP/1.1", "PUT /status.json HTTP/1.1", "DELETE /metrics HTTP/1.1"] {
         let reply = request(addr, line).await;
-        assert!(reply.starts_with("HTTP/1.1 405 ") && reply.contains("Allow: GET\r\n"), "{line}: {reply}");
+        assert!(reply.starts_with("HTTP/1.1 405 ") && reply.contains("Allow: GET, HEAD\r\n"), "{line}: {reply}");
     }
     server.abort();
 }
@@ -240,6 +377,7 @@ async fn a_status_render_error_is_a_500_and_the_metrics_still_serve() {
     let renders = Renders {
         metrics: Arc::new(|| Ok("xlb_up 1\n".to_owned())),
         status: Some(Arc::new(|| Err("map read failed".to_owned()))),
+        health: None,
     };
     let server = serve_renders(addr, renders, Limits::default()).await.unwrap();
     let reply = get(addr, "/status.json").await;
@@ -318,7 +456,7 @@ async fn slow_reader(addr: SocketAddr) -> TcpStream {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut stream = socket.connect(addr).await.unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
     stream
 }
 
@@ -342,7 +480,7 @@ async fn clients_that_do_not_read_neither_block_others_nor_stay() {
     let reply = get(addr, "/metrics").await;
     assert!(all_asked.elapsed() < write_timeout, "a reading client waited for the stuck ones");
     let (head, got) = reply.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200 OK\r\n") && head.contains(&format!("Content-Length: {BODY}\r\n")));
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n") && head.contains(&format!("Content-Length: {BODY}\r\n")), "{head}");
     assert_eq!(got.len(), BODY, "the whole body");
 
     // Reading earlier would drain them in time: only once every deadline has passed.
