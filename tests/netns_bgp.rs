@@ -243,13 +243,19 @@ fn two_nodes_give_the_router_two_nexthops() {
         );
         assert!(s.established_for_secs.is_some());
     }
+    // UPDATE messages: the announcement (and End-of-RIB) so far; one each for the withdrawal
+    // and the re-announcement below.
+    let sent_before = lab.nodes[0].status()[0].updates_sent;
+    assert!(sent_before >= 1, "{:?}", lab.nodes[0].status());
     lab.nodes[0].announce(&[]);
     let took = lab.wait_nexthops(VIP, &[node_v4(1)], Duration::from_secs(5));
     eprintln!("withdrawal reached the router's kernel table in {took:?}");
     assert_eq!(lab.nodes[0].status()[0].prefixes_sent, 0);
+    assert_eq!(lab.nodes[0].status()[0].updates_sent, sent_before + 1, "one UPDATE withdrew the route");
     lab.nodes[0].announce(&[VIP]);
     let took = lab.wait_nexthops(VIP, &both, Duration::from_secs(5));
     eprintln!("re-announcement reached the router's kernel table in {took:?}");
+    assert_eq!(lab.nodes[0].status()[0].updates_sent, sent_before + 2, "one UPDATE announced it again");
     // The sessions stayed up throughout.
     assert!(lab.nodes.iter().all(|n| n.status()[0].flaps == 0));
 }
