@@ -52,6 +52,18 @@ fn eth0(status: &Status) -> AttachmentStatus {
     status.node.interfaces.iter().find(|a| a.iface == "eth0").cloned().expect("eth0 in status")
 }
 
+/// BIRD on the edge topology's router, peering with node 0.
+fn router_bird(topo: &Topology) -> xlb_tests::bird::Bird {
+    use xlb_tests::bird::{Bird, Neighbor, config};
+    let neighbors = [Neighbor::new("node0", ROUTER_V4, &node_v4(0), 65001)];
+    let dir = Bird::temp_dir();
+    Bird::start(
+        topo.router.as_ref().unwrap(),
+        dir.clone(),
+        &config(ROUTER_V4, &neighbors, false, &Bird::log_path(&dir)),
+    )
+}
+
 fn nexthops(topo: &Topology) -> BTreeSet<String> {
     topo.router_nexthops(VIP)
 }
@@ -61,16 +73,7 @@ fn lost_xdp_withdraws_and_reattaches_but_xlb_detach_is_for_good() {
     require_root!();
     let mut topo = Topology::edge(1, 1, 2, &[VIP]);
     topo.serve(VIP, 8080);
-    let _bird = {
-        use xlb_tests::bird::{Bird, Neighbor, config};
-        let neighbors = [Neighbor::new("node0", ROUTER_V4, &node_v4(0), 65001)];
-        let dir = Bird::temp_dir();
-        Bird::start(
-            topo.router.as_ref().unwrap(),
-            dir.clone(),
-            &config(ROUTER_V4, &neighbors, false, &Bird::log_path(&dir)),
-        )
-    };
+    let _bird = router_bird(&topo);
     let config = format!(
         "bgp:\n  local_as: 65001\n  router_id: {NODE_V4}\n  withdraw_grace: 1s\n  peers:\n    - {{ address: {ROUTER_V4}, remote_as: 65000 }}\nvips:\n  - name: web\n    address: {VIP}\n    port: 8080\n    protocol: tcp\n    mode: dsr-l2\n    backends:\n{}",
         backends(2)
@@ -374,16 +377,7 @@ fn a_link_going_down_withdraws_the_vips_served_through_it() {
     // Any address: the far backend has no VIP on its loopback.
     topo.serve("0.0.0.0", 8080);
     topo.serve("0.0.0.0", 8081);
-    let _bird = {
-        use xlb_tests::bird::{Bird, Neighbor, config};
-        let neighbors = [Neighbor::new("node0", ROUTER_V4, &node_v4(0), 65001)];
-        let dir = Bird::temp_dir();
-        Bird::start(
-            topo.router.as_ref().unwrap(),
-            dir.clone(),
-            &config(ROUTER_V4, &neighbors, false, &Bird::log_path(&dir)),
-        )
-    };
+    let _bird = router_bird(&topo);
     // `web` is served through eth0 only; `far` sends its packets out of eth1 (NAT to a backend
     // on that link), so it depends on eth1's link too.
     let config = format!(
