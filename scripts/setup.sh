@@ -16,8 +16,9 @@ CARGO_FUZZ_VERSION=0.13.2
 # tests/monitoring.rs (the alert rules in deploy/prometheus). (dpkg-deb, for `cargo xtask deb`,
 # is in dpkg itself.) chromium-headless-shell: the browser tests/netns_status_page.rs loads the
 # status page in. nftables: the baseline `cargo xtask bench live` compares with. pkg-config,
-# libfontconfig1-dev, libfreetype-dev: the fonts of that bench's chart (plotters).
-DEBIAN_PACKAGES=(iproute2 bird2 curl python3 ethtool openssl wrk nginx-light systemd prometheus chromium-headless-shell nftables pkg-config libfontconfig1-dev libfreetype-dev)
+# libfontconfig1-dev, libfreetype-dev: the fonts of that bench's chart (plotters). python3-grpcio:
+# the real gRPC server the gRPC health-check tests probe (Debian's /usr/bin/python3).
+DEBIAN_PACKAGES=(iproute2 bird2 curl python3 ethtool openssl wrk nginx-light systemd prometheus chromium-headless-shell nftables pkg-config libfontconfig1-dev libfreetype-dev python3-grpcio)
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 

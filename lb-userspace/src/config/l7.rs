@@ -510,7 +510,7 @@ mod tests {
         // The VIP's http check probes each backend's port; the backend's own tcp check too.
         let check = check_for(vip, &api.backends[0]).unwrap();
         assert_eq!(check.kind.port(), 8080);
-        assert!(matches!(check.kind, super::super::CheckKind::Http { .. }));
+        assert!(matches!(check.kind, super::super::CheckKind::Http(_)));
         let own = check_for(vip, &api.backends[1]).unwrap();
         assert_eq!(own.kind, super::super::CheckKind::Tcp { port: 8080 });
     }

@@ -18,6 +18,8 @@ mod parse;
 mod positions;
 mod raw;
 // The reader's errors in xlb's words.
+#[cfg(test)]
+mod check_tests;
 mod read_errors;
 #[cfg(test)]
 mod tests;
@@ -32,14 +34,18 @@ mod yaml_layout;
 use check::Checker;
 /// The highest backend `weight` a config (or `xlb weight`) may give.
 pub use check::MAX_WEIGHT;
+pub(crate) use check::read_certificates;
 pub use error::ConfigError;
 pub use incremental::{LastRead, VipItemCache};
 pub use keys::{backend_identities, backend_identity, endpoint, ip_from_words, ip_words, vip_key};
 pub use model::{
     AgentListeners, Backend, BfdConfig, BgpConfig, BgpPeer, CheckKind, Config, DEFAULT_PANIC_THRESHOLD,
-    DEFAULT_TABLE_SIZE, HashFields, HealthCheck, Mode, NatPool, Node, Protocol, Unhashable, Vip,
+    DEFAULT_TABLE_SIZE, GrpcCheck, HashFields, HealthCheck, HttpCheck, Mode, NatPool, Node, Protocol, TlsCheck,
+    TlsRoots, Unhashable, Vip,
 };
 pub use parse::{load, load_cached, parse, parse_cached};
-use raw::{CheckType, RawBfd, RawBgp, RawConfig, RawHealthCheck, RawNatPool, RawNode, RawPeer, RawScalar, RawVip};
+use raw::{
+    CheckType, RawBfd, RawBgp, RawCheckTls, RawConfig, RawHealthCheck, RawNatPool, RawNode, RawPeer, RawScalar, RawVip,
+};
 pub use values::{Community, Mac, Prefix, format_duration, parse_duration};
 use values::{DURATION_FORMS, Ports, parse_percent};

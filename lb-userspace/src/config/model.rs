@@ -226,23 +226,75 @@ pub struct HealthCheck {
 pub enum CheckKind {
     /// Succeeds when a TCP connection is established.
     Tcp { port: u16 },
-    /// HTTP/1.1 GET: succeeds on `expect_status` with a body containing `expect_body`, if set.
-    Http { port: u16, path: String, host: Option<String>, expect_status: u16, expect_body: Option<String> },
+    /// An HTTP request (HTTP/1.1 or h2, over TLS for `https`): succeeds on a status of
+    /// `expect_status` with a body containing `expect_body`, if set.
+    Http(Box<HttpCheck>),
+    /// `grpc.health.v1.Health/Check` over h2 (TLS optional): succeeds when the service is
+    /// SERVING.
+    Grpc(Box<GrpcCheck>),
     /// Sends `send` on a connected UDP socket: succeeds on a reply containing `expect` (any reply
     /// without it); an ICMP port-unreachable fails.
     Udp { port: u16, send: Vec<u8>, expect: Option<Vec<u8>> },
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HttpCheck {
+    pub port: u16,
+    pub method: String,
+    pub path: String,
+    pub host: Option<String>,
+    /// Accepted statuses: inclusive ranges (a single code is a range of one).
+    pub expect_status: Vec<(u16, u16)>,
+    pub expect_body: Option<String>,
+    /// Extra request headers, validated names and values.
+    pub headers: Vec<(String, String)>,
+    /// h2 (over TLS by ALPN, in cleartext with prior knowledge) instead of HTTP/1.1.
+    pub http2: bool,
+    /// `https`: how the server's certificate is checked.
+    pub tls: Option<TlsCheck>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct GrpcCheck {
+    pub port: u16,
+    /// The service asked about; empty: the server as a whole.
+    pub service: String,
+    pub tls: Option<TlsCheck>,
+}
+
+/// TLS of a health check.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TlsCheck {
+    /// The name sent (SNI) and checked against the certificate; default: the `host`, else the
+    /// backend's address.
+    pub sni: Option<String>,
+    pub roots: TlsRoots,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum TlsRoots {
+    /// The system's CA bundle.
+    System,
+    /// The CA certificates of a PEM file, read when the configuration is loaded.
+    File { path: String, certificates: Vec<Vec<u8>> },
+    /// Any certificate (`insecure_skip_verify: true`): the check still needs TLS to work.
+    Insecure,
+}
+
 impl CheckKind {
     pub fn port(&self) -> u16 {
         match self {
-            CheckKind::Tcp { port } | CheckKind::Http { port, .. } | CheckKind::Udp { port, .. } => *port,
+            CheckKind::Tcp { port } | CheckKind::Udp { port, .. } => *port,
+            CheckKind::Http(http) => http.port,
+            CheckKind::Grpc(grpc) => grpc.port,
         }
     }
 
     pub fn set_port(&mut self, to: u16) {
         match self {
-            CheckKind::Tcp { port } | CheckKind::Http { port, .. } | CheckKind::Udp { port, .. } => *port = to,
+            CheckKind::Tcp { port } | CheckKind::Udp { port, .. } => *port = to,
+            CheckKind::Http(http) => http.port = to,
+            CheckKind::Grpc(grpc) => grpc.port = to,
         }
     }
 }

@@ -139,12 +139,59 @@ pub(super) struct RawHealthCheck {
     pub(super) timeout: Option<RawScalar>,
     pub(super) rise: Option<u32>,
     pub(super) fall: Option<u32>,
+    pub(super) method: Option<String>,
     pub(super) path: Option<String>,
     pub(super) host: Option<String>,
-    pub(super) expect_status: Option<u16>,
+    pub(super) expect_status: Option<RawStatuses>,
     pub(super) expect_body: Option<String>,
+    pub(super) headers: Option<std::collections::BTreeMap<String, String>>,
+    pub(super) http_version: Option<RawScalar>,
+    pub(super) tls: Option<RawCheckTls>,
+    pub(super) service: Option<String>,
     pub(super) send: Option<String>,
     pub(super) expect: Option<String>,
+}
+
+/// `tls:` of an https or grpc check.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCheckTls {
+    pub(super) sni: Option<String>,
+    pub(super) ca_file: Option<String>,
+    pub(super) insecure_skip_verify: Option<bool>,
+}
+
+/// `expect_status`: a code (`200`), a range (`200-399`), or a list of them, each as text.
+#[derive(Debug, Clone)]
+pub(super) struct RawStatuses(pub(super) Vec<String>);
+
+impl<'de> Deserialize<'de> for RawStatuses {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawStatuses;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "an HTTP status (200), a range (200-399) or a list of them")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawStatuses, E> {
+                Ok(RawStatuses(vec![v.to_owned()]))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawStatuses, E> {
+                Ok(RawStatuses(vec![v.to_string()]))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RawStatuses, E> {
+                Ok(RawStatuses(vec![v.to_string()]))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<RawStatuses, A::Error> {
+                let mut out = Vec::new();
+                while let Some(RawScalar(item)) = seq.next_element()? {
+                    out.push(item);
+                }
+                Ok(RawStatuses(out))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -152,6 +199,8 @@ pub(super) struct RawHealthCheck {
 pub(super) enum CheckType {
     Tcp,
     Http,
+    Https,
+    Grpc,
     Udp,
 }
 

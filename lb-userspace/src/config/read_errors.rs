@@ -221,7 +221,7 @@ fn last_key(path: &str) -> &str {
 /// What a required field holds and how to write it, for its absence.
 fn missing_hint(field: &str) -> String {
     let hint = match field {
-        "type" => "say what to probe with: `type:` tcp, http or udp",
+        "type" => "say what to probe with: `type:` tcp, http, https, grpc or udp",
         "mode" => "say how packets reach the backends: `mode:` dsr-l2, dsr-ipip, nat or l7",
         "protocol" => "write `protocol:` tcp, udp or icmp",
         "address" => "write the address, e.g. `address: 192.0.2.10`",

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::*;
 
-fn check(text: &str) -> Result<Config, ConfigError> {
+pub(super) fn check(text: &str) -> Result<Config, ConfigError> {
     parse(Path::new("test.yaml"), text)
 }
 
@@ -183,7 +183,7 @@ fn ports_follow_the_protocol() {
     assert!(err.to_string().contains("no port"), "{err}");
 }
 
-fn checked(extra: &str) -> String {
+pub(super) fn checked(extra: &str) -> String {
     vip(&format!(
         "    backends:\n      - address: 10.1.0.1\n      - address: 10.1.0.2\n        health_check: {{ type: tcp, port: 8080 }}\n{extra}"
     ))
@@ -267,13 +267,17 @@ fn http_and_udp_checks_parse() {
     assert_eq!(
         v.health_check,
         Some(HealthCheck {
-            kind: CheckKind::Http {
+            kind: CheckKind::Http(Box::new(HttpCheck {
                 port: 8443,
+                method: "GET".into(),
                 path: "/healthz?full=1".into(),
                 host: Some("www.example.com".into()),
-                expect_status: 204,
+                expect_status: vec![(204, 204)],
                 expect_body: Some("ready".into()),
-            },
+                headers: Vec::new(),
+                http2: false,
+                tls: None,
+            })),
             interval: Duration::from_millis(500),
             timeout: Duration::from_millis(250),
             rise: 1,
@@ -288,10 +292,8 @@ fn http_and_udp_checks_parse() {
     assert_eq!(udp.kind, CheckKind::Udp { port: 53, send: b"\0ping".to_vec(), expect: Some(b"pong".to_vec()) });
     assert_eq!(udp.interval, Duration::from_secs(60));
     let config = check(&checked("    health_check: { type: http }\n")).unwrap();
-    assert_eq!(
-        config.vips[0].health_check.as_ref().unwrap().kind,
-        CheckKind::Http { port: 80, path: "/".into(), host: None, expect_status: 200, expect_body: None }
-    );
+    let CheckKind::Http(http) = &config.vips[0].health_check.as_ref().unwrap().kind else { panic!("http") };
+    assert_eq!((http.port, http.path.as_str(), &http.expect_status, http.http2), (80, "/", &vec![(200, 200)], false));
 }
 
 const NAT: &str = "nat_pools:\n  - name: edge\n    addresses: [198.51.100.1, 198.51.100.2]\n    ports: 20000-20999\nvips:\n  - name: web\n    address: 192.0.2.10\n    port: 80\n    protocol: tcp\n    mode: nat\n";
@@ -442,7 +444,7 @@ fn bad_health_checks_name_the_field_and_the_fix() {
             (
                 vip_check("      type: tcp\n      path: /\n"),
                 "vips[0].health_check.path",
-                "`/`: only http checks have `path`; remove it from this tcp check",
+                "`/`: only http and https checks have `path`; remove it from this tcp check",
             ),
             (
                 vip_check("      type: http\n      send: x\n"),
@@ -462,7 +464,7 @@ fn bad_health_checks_name_the_field_and_the_fix() {
             (
                 vip_check("      type: http\n      expect_status: 600\n"),
                 "vips[0].health_check.expect_status",
-                "`600` is not an HTTP status; use 100 to 599",
+                "`600` is not an HTTP status or range; use codes 100 to 599 (e.g. 200, or 200-399)",
             ),
             (
                 vip_check("      type: http\n      expect_body: \"\"\n"),
@@ -523,7 +525,7 @@ fn health_check_errors_point_at_the_field() {
     let err = check(&checked("    health_check:\n      type: icmp\n")).unwrap_err().to_string();
     assert_eq!(
         err,
-        "test.yaml:16:13: vips[0].health_check.type: `icmp` is not one of tcp, http or udp; write one of them as shown"
+        "test.yaml:16:13: vips[0].health_check.type: `icmp` is not one of tcp, http, https, grpc or udp; write one of them as shown"
     );
 }
 

@@ -12,6 +12,7 @@ use super::{Config, ConfigError, Mode, Protocol, RawConfig, RawNode, Unhashable}
 
 mod bgp;
 mod health;
+pub(crate) use health::read_certificates;
 mod node;
 mod pools;
 mod vips;

@@ -20,7 +20,6 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpStream, UdpSocket},
     sync::watch,
     task::AbortHandle,
@@ -28,16 +27,15 @@ use tokio::{
 };
 
 use crate::config::{CheckKind, HealthCheck, format_duration};
+mod http;
+#[cfg(test)]
+mod http_tests;
 mod local;
 pub use local::{ErrorCounts, HealthErrors};
 
 /// Most of an HTTP body searched for `expect_body`: health pages are small, and a huge one
 /// must not cost the agent memory.
 const MAX_BODY: usize = 64 * 1024;
-/// Most bytes of HTTP status line and headers.
-const MAX_HEAD: usize = 16 * 1024;
-/// Most raw body bytes read (chunked framing adds overhead to the decoded body).
-const MAX_RAW_BODY: usize = 2 * MAX_BODY;
 /// Largest UDP reply.
 const MAX_DATAGRAM: usize = 65535;
 
@@ -57,7 +55,7 @@ pub enum ProbeError {
     #[error("bad HTTP response: {0}")]
     BadResponse(String),
     #[error("HTTP status {got}, expected {expected}")]
-    Status { got: u16, expected: u16 },
+    Status { got: u16, expected: String },
     #[error("HTTP body does not contain {expected:?}")]
     Body { expected: String },
     #[error("no reply within {0}")]
@@ -81,14 +79,15 @@ pub async fn probe(addr: IpAddr, kind: &CheckKind, timeout: Duration) -> Result<
     let target = SocketAddr::new(addr, kind.port());
     match kind {
         CheckKind::Tcp { .. } => connect(target, deadline, timeout).await.map(drop),
-        CheckKind::Http { path, host, expect_status, expect_body, .. } => {
-            let mut stream = connect(target, deadline, timeout).await?;
-            let host = host.clone().unwrap_or_else(|| host_header(target));
-            let request = format!(
-                "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: xlb-health-check\r\nAccept: */*\r\nConnection: close\r\n\r\n"
-            );
-            let exchange = http_exchange(&mut stream, &request, *expect_status, expect_body.as_deref());
-            tokio::time::timeout_at(deadline, exchange)
+        CheckKind::Http(check) => {
+            let stream = connect(target, deadline, timeout).await?;
+            tokio::time::timeout_at(deadline, http::probe_http(stream, target, check))
+                .await
+                .map_err(|_| ProbeError::HttpTimeout(format_duration(timeout)))?
+        }
+        CheckKind::Grpc(check) => {
+            let stream = connect(target, deadline, timeout).await?;
+            tokio::time::timeout_at(deadline, http::probe_grpc(stream, target, check))
                 .await
                 .map_err(|_| ProbeError::HttpTimeout(format_duration(timeout)))?
         }
@@ -109,7 +108,7 @@ async fn connect(target: SocketAddr, deadline: Instant, timeout: Duration) -> Re
 
 /// `Connection refused (os error 111)` → `connection refused`: the errno adds nothing for an
 /// operator, and a stable text keeps `last_error` stable.
-fn describe(e: &io::Error) -> String {
+pub(super) fn describe(e: &io::Error) -> String {
     let text = e.to_string();
     let text = match text.find(" (os error ") {
         Some(i) => &text[..i],
@@ -127,139 +126,11 @@ fn io_error(op: &'static str, e: &io::Error) -> ProbeError {
 }
 
 /// The default Host header: the backend's address, with the port unless it is 80.
-fn host_header(target: SocketAddr) -> String {
+pub(super) fn host_header(target: SocketAddr) -> String {
     match (target.ip(), target.port()) {
         (IpAddr::V4(a), 80) => a.to_string(),
         (IpAddr::V6(a), 80) => format!("[{a}]"),
         _ => target.to_string(),
-    }
-}
-
-async fn http_exchange(
-    stream: &mut TcpStream,
-    request: &str,
-    expect_status: u16,
-    expect_body: Option<&str>,
-) -> Result<(), ProbeError> {
-    stream.write_all(request.as_bytes()).await.map_err(|e| io_error("send request", &e))?;
-    let mut buf = Vec::with_capacity(4096);
-    let mut chunk = vec![0u8; 8192];
-    let head = loop {
-        if let Some(head) = parse_head(&buf)? {
-            break head;
-        }
-        let n = stream.read(&mut chunk).await.map_err(|e| io_error("read response", &e))?;
-        if n == 0 {
-            let what = if buf.is_empty() { "connection closed without a response" } else { "truncated headers" };
-            return Err(ProbeError::BadResponse(what.to_owned()));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    if head.status != expect_status {
-        return Err(ProbeError::Status { got: head.status, expected: expect_status });
-    }
-    let Some(expected) = expect_body else {
-        return Ok(());
-    };
-    let body = loop {
-        let raw = &buf[head.len..];
-        let (body, complete) = decode_body(head.framing, raw)?;
-        if complete || body.len() >= MAX_BODY || raw.len() >= MAX_RAW_BODY {
-            break body;
-        }
-        let n = stream.read(&mut chunk).await.map_err(|e| io_error("read response", &e))?;
-        if n == 0 {
-            // A short body is still searched: the text may well be in what arrived.
-            break body;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let body = &body[..body.len().min(MAX_BODY)];
-    if contains(body, expected.as_bytes()) { Ok(()) } else { Err(ProbeError::Body { expected: expected.to_owned() }) }
-}
-
-/// How the end of an HTTP body is found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    Length(usize),
-    Chunked,
-    /// Until the server closes the connection.
-    Close,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Head {
-    status: u16,
-    framing: Framing,
-    /// Bytes of status line and headers, with the blank line.
-    len: usize,
-}
-
-/// Parses the status line and headers once they have all arrived; `None` while incomplete.
-fn parse_head(buf: &[u8]) -> Result<Option<Head>, ProbeError> {
-    let bad = |what: &str| ProbeError::BadResponse(what.to_owned());
-    let Some(end) = find(buf, b"\r\n\r\n") else {
-        return if buf.len() > MAX_HEAD { Err(bad("headers longer than 16 KiB")) } else { Ok(None) };
-    };
-    let text = String::from_utf8_lossy(&buf[..end]);
-    let mut lines = text.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let mut parts = status_line.splitn(3, ' ');
-    let version = parts.next().unwrap_or_default();
-    let code = parts.next().unwrap_or_default();
-    if !version.starts_with("HTTP/1.") {
-        return Err(bad("not HTTP/1.x"));
-    }
-    let status = match code.parse::<u16>() {
-        Ok(s) if code.len() == 3 => s,
-        _ => return Err(bad("no status code")),
-    };
-    let mut framing = Framing::Close;
-    let mut chunked = false;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else { continue };
-        let (name, value) = (name.trim(), value.trim());
-        if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked |= value.to_ascii_lowercase().contains("chunked");
-        } else if name.eq_ignore_ascii_case("content-length") {
-            framing = Framing::Length(value.parse().map_err(|_| bad("bad Content-Length"))?);
-        }
-    }
-    // Chunked wins over Content-Length (RFC 9112 §6.3).
-    if chunked {
-        framing = Framing::Chunked;
-    }
-    Ok(Some(Head { status, framing, len: end + 4 }))
-}
-
-/// The body in `raw` so far, and whether it is complete.
-fn decode_body(framing: Framing, raw: &[u8]) -> Result<(Vec<u8>, bool), ProbeError> {
-    match framing {
-        Framing::Length(n) => Ok((raw[..raw.len().min(n)].to_vec(), raw.len() >= n)),
-        Framing::Close => Ok((raw.to_vec(), false)),
-        Framing::Chunked => dechunk(raw),
-    }
-}
-
-/// Decodes chunked transfer coding as far as it has arrived (a partial chunk counts).
-fn dechunk(mut raw: &[u8]) -> Result<(Vec<u8>, bool), ProbeError> {
-    let mut body = Vec::new();
-    loop {
-        let Some(eol) = find(raw, b"\r\n") else { return Ok((body, false)) };
-        let line = String::from_utf8_lossy(&raw[..eol]);
-        let size = line.split(';').next().unwrap_or_default().trim();
-        let size =
-            usize::from_str_radix(size, 16).map_err(|_| ProbeError::BadResponse(format!("bad chunk size {size:?}")))?;
-        if size == 0 {
-            return Ok((body, true));
-        }
-        let data = &raw[eol + 2..];
-        if data.len() < size + 2 {
-            body.extend_from_slice(&data[..data.len().min(size)]);
-            return Ok((body, false));
-        }
-        body.extend_from_slice(&data[..size]);
-        raw = &data[size + 2..];
     }
 }
 
@@ -299,7 +170,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+pub(super) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || find(haystack, needle).is_some()
 }
 

@@ -2,7 +2,11 @@
 
 use std::sync::{Mutex, atomic::AtomicU16};
 
-use tokio::{net::TcpListener, time::timeout};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpListener,
+    time::timeout,
+};
 
 use super::*;
 
@@ -105,14 +109,26 @@ async fn udp_echo() -> u16 {
     port
 }
 
-fn http(port: u16, status: u16, body: Option<&str>) -> CheckKind {
-    CheckKind::Http {
+pub(super) fn http_check(port: u16) -> crate::config::HttpCheck {
+    crate::config::HttpCheck {
         port,
+        method: "GET".into(),
         path: "/healthz".into(),
         host: None,
-        expect_status: status,
-        expect_body: body.map(Into::into),
+        expect_status: vec![(200, 200)],
+        expect_body: None,
+        headers: Vec::new(),
+        http2: false,
+        tls: None,
     }
+}
+
+fn http(port: u16, status: u16, body: Option<&str>) -> CheckKind {
+    CheckKind::Http(Box::new(crate::config::HttpCheck {
+        expect_status: vec![(status, status)],
+        expect_body: body.map(Into::into),
+        ..http_check(port)
+    }))
 }
 
 fn udp(port: u16, send: &str, expect: Option<&str>) -> CheckKind {
@@ -136,8 +152,8 @@ async fn http_probe_checks_status_and_body() {
     assert_eq!(probe(LOCALHOST, &http(server.port, 200, Some("good")), T).await, Ok(()));
     let request = server.requests.lock().unwrap()[0].clone();
     assert!(request.starts_with("GET /healthz HTTP/1.1\r\n"), "{request}");
-    assert!(request.contains(&format!("\r\nHost: 127.0.0.1:{}\r\n", server.port)), "{request}");
-    assert!(request.contains("\r\nConnection: close\r\n"), "{request}");
+    assert!(request.to_ascii_lowercase().contains(&format!("\r\nhost: 127.0.0.1:{}\r\n", server.port)), "{request}");
+    assert!(request.contains("\r\nuser-agent: xlb-health-check\r\n"), "{request}");
 
     let err = probe(LOCALHOST, &http(server.port, 200, Some("bad")), T).await.unwrap_err();
     assert_eq!(err.to_string(), r#"HTTP body does not contain "bad""#);
@@ -153,16 +169,15 @@ async fn http_probe_checks_status_and_body() {
 #[tokio::test]
 async fn http_probe_sends_the_configured_host_and_reads_chunked_bodies() {
     let server = http_server("0123456789 ready", Reply::Chunked).await;
-    let kind = CheckKind::Http {
-        port: server.port,
+    let kind = CheckKind::Http(Box::new(crate::config::HttpCheck {
         path: "/".into(),
         host: Some("www.example.com".into()),
-        expect_status: 200,
         expect_body: Some("89 rea".into()), // spans the two chunks
-    };
+        ..http_check(server.port)
+    }));
     assert_eq!(probe(LOCALHOST, &kind, T).await, Ok(()));
     let request = server.requests.lock().unwrap()[0].clone();
-    assert!(request.contains("\r\nHost: www.example.com\r\n"), "{request}");
+    assert!(request.to_ascii_lowercase().contains("\r\nhost: www.example.com\r\n"), "{request}");
 }
 
 #[tokio::test]
@@ -189,25 +204,6 @@ async fn udp_probe() {
 
     let err = probe(LOCALHOST, &udp(closed_udp_port().await, "ping", None), T).await.unwrap_err();
     assert_eq!(err.to_string(), "receive: connection refused (ICMP port unreachable)");
-}
-
-#[test]
-fn parses_heads_and_bodies() {
-    assert_eq!(parse_head(b"HTTP/1.1 200 OK\r\nContent-Le").unwrap(), None);
-    let head = parse_head(b"HTTP/1.0 404 Not Found\r\ncontent-length: 3\r\n\r\nabc").unwrap().unwrap();
-    assert_eq!(head, Head { status: 404, framing: Framing::Length(3), len: 45 });
-    let head =
-        parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\nTransfer-Encoding: Chunked\r\n\r\n").unwrap().unwrap();
-    assert_eq!(head.framing, Framing::Chunked);
-    assert!(parse_head(b"SSH-2.0-OpenSSH\r\n\r\n").is_err());
-    assert!(parse_head(b"HTTP/1.1 2000 OK\r\n\r\n").is_err());
-    assert!(parse_head(&[b'x'; MAX_HEAD + 1]).is_err());
-
-    assert_eq!(dechunk(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap(), (b"abcde".to_vec(), true));
-    assert_eq!(dechunk(b"3\r\nabc\r\n5\r\nde").unwrap(), (b"abcde".to_vec(), false));
-    assert!(dechunk(b"zz\r\n").is_err());
-    assert_eq!(decode_body(Framing::Length(2), b"abc").unwrap(), (b"ab".to_vec(), true));
-    assert_eq!(decode_body(Framing::Length(5), b"abc").unwrap(), (b"abc".to_vec(), false));
 }
 
 #[test]
