@@ -3,13 +3,41 @@
 //! per CPU in the program) into a 128 KiB ring buffer, which [`DropLogger`] drains into
 //! `tracing` under the target `xlb::bpf`.
 
+use std::os::fd::AsFd as _;
+
 use aya::{
-    maps::ProgramArray,
-    programs::{ProgramError, Xdp},
+    maps::{Map, MapData, MapError, ProgramArray},
+    programs::{ProgramError, ProgramFd, Xdp},
 };
 use lb_common::{Stat, maps, programs};
 
 use super::{DataplaneError, Loaded, map_err};
+
+/// Puts `xlb_log` into the balancer's program array (on) or takes it out (off). Off, a drop
+/// costs one failed tail call.
+pub struct DropLogSwitch {
+    progs: ProgramArray<MapData>,
+    log: ProgramFd,
+}
+
+impl std::fmt::Debug for DropLogSwitch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DropLogSwitch")
+    }
+}
+
+impl DropLogSwitch {
+    pub fn set(&mut self, on: bool) -> Result<(), DataplaneError> {
+        if on {
+            return self.progs.set(lb_common::PROG_INDEX_LOG, &self.log, 0).map_err(map_err(maps::PROGS));
+        }
+        match self.progs.clear_index(&lb_common::PROG_INDEX_LOG) {
+            // (An empty slot is off already.)
+            Err(MapError::KeyNotFound) | Ok(()) => Ok(()),
+            Err(e) => Err(map_err(maps::PROGS)(e)),
+        }
+    }
+}
 
 /// Drains the drop log's ring buffer; register its fd for readability and call `flush`.
 pub type DropLogger = aya_log::EbpfLogger<TracingLog>;
@@ -28,32 +56,31 @@ impl Loaded {
         log.load().map_err(program)
     }
 
-    /// Turns the drop log on or off without reloading: puts `xlb_log` into the balancer's
-    /// program array or takes it out. Off, a drop costs one failed tail call.
+    /// Turns the drop log on or off without reloading (see [`DropLogSwitch`]).
     pub fn set_drop_log(&mut self, on: bool) -> Result<(), DataplaneError> {
+        self.drop_log_switch()?.set(on)
+    }
+
+    /// A handle of its own on this load's program array and drop-log program, for whoever
+    /// applies reloads (the program itself moves to the thread that watches the links).
+    pub fn drop_log_switch(&self) -> Result<DropLogSwitch, DataplaneError> {
         let name = programs::LOG;
         let program = |source| DataplaneError::Program { name, source: Box::new(source) };
-        let fd = if on {
-            let log: &Xdp = self
-                .ebpf
-                .program(name)
-                .ok_or(DataplaneError::Missing { kind: "program", name })?
-                .try_into()
-                .map_err(program)?;
-            Some(log.fd().map_err(program)?.try_clone().map_err(|e| program(ProgramError::IOError(e)))?)
-        } else {
-            None
+        let log: &Xdp = self
+            .ebpf
+            .program(name)
+            .ok_or(DataplaneError::Missing { kind: "program", name })?
+            .try_into()
+            .map_err(program)?;
+        let log = log.fd().map_err(program)?.try_clone().map_err(|e| program(ProgramError::IOError(e)))?;
+        let map = self.ebpf.map(maps::PROGS).ok_or(DataplaneError::Missing { kind: "map", name: maps::PROGS })?;
+        let Map::ProgramArray(data) = map else {
+            return Err(map_err(maps::PROGS)(MapError::InvalidMapType { map_type: 0 }));
         };
-        let map = self.ebpf.map_mut(maps::PROGS).ok_or(DataplaneError::Missing { kind: "map", name: maps::PROGS })?;
-        let mut progs = ProgramArray::try_from(map).map_err(map_err(maps::PROGS))?;
-        match fd {
-            Some(fd) => progs.set(lb_common::PROG_INDEX_LOG, &fd, 0).map_err(map_err(maps::PROGS)),
-            None => match progs.clear_index(&lb_common::PROG_INDEX_LOG) {
-                // (Clearing an empty slot is not an error here.)
-                Err(aya::maps::MapError::KeyNotFound) | Ok(()) => Ok(()),
-                Err(e) => Err(map_err(maps::PROGS)(e)),
-            },
-        }
+        let fd = data.fd().as_fd().try_clone_to_owned().map_err(|e| map_err(maps::PROGS)(MapError::IoError(e)))?;
+        let data = MapData::from_fd(fd).map_err(map_err(maps::PROGS))?;
+        let progs = ProgramArray::try_from(Map::ProgramArray(data)).map_err(map_err(maps::PROGS))?;
+        Ok(DropLogSwitch { progs, log })
     }
 
     /// Takes the drop log's ring buffer out of this load (once).
