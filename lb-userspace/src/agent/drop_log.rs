@@ -10,7 +10,9 @@ use tokio::io::unix::AsyncFd;
 use crate::apply::dataplane::drop_log::DropLogger;
 
 pub fn drain(logger: DropLogger) -> anyhow::Result<()> {
-    let mut fd = AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    // SAFETY: the AsyncFd owns the logger, which owns the ring buffer's fd: the fd stays open
+    // as long as it is registered.
+    let mut fd = unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }
         .context("watching the drop log's ring buffer")?;
     tokio::spawn(async move {
         loop {
