@@ -85,6 +85,8 @@ pub mod programs {
     pub const BALANCER: &str = "xlb_balancer";
     /// Tail-called by the balancer for NAT (at `PROG_INDEX_NAT` of `maps::PROGS`).
     pub const NAT: &str = "xlb_nat";
+    /// Tail-called on drops while `bpf_log` is on (at `PROG_INDEX_LOG` of `maps::PROGS`).
+    pub const LOG: &str = "xlb_log";
     pub const DECAP: &str = "xlb_decap";
     pub const FLOOR: &str = "xlb_floor";
     /// The traffic tool: a live-frames generator and a counting drop.

@@ -5,6 +5,9 @@ use crate::{FlowKey, NodeConfig, PROTO_UDP};
 
 /// Index of the NAT program in the balancer's program array (`maps::PROGS`).
 pub const PROG_INDEX_NAT: u32 = 0;
+/// Index of the drop-log program (`programs::LOG`): set while `bpf_log` is on, empty otherwise,
+/// so that a drop with logging off costs a failed tail call and nothing else.
+pub const PROG_INDEX_LOG: u32 = 1;
 
 /// Most NAT source-address pools, and addresses in one pool.
 pub const MAX_NAT_POOLS: u32 = 64;

@@ -26,6 +26,7 @@ use lb_ebpf::{
     parse::{Frame, NotParsed, Packet, Quoted, parse},
 };
 
+mod drop_log;
 mod flow_table;
 mod nat_flows;
 
@@ -91,8 +92,9 @@ static XLB_SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
 /// of the program: a new agent's NAT program never lands in the array the running balancer
 /// tail-calls, so an upgrade switches both programs at once.
 #[btf_map]
-static XLB_PROGS: ProgramArray<1> = ProgramArray::new();
+static XLB_PROGS: ProgramArray<2> = ProgramArray::new();
 const PROG_NAT: u32 = lb_common::PROG_INDEX_NAT;
+const PROG_LOG: u32 = lb_common::PROG_INDEX_LOG;
 
 /// This load of the program: a read-only global the agent sets to a number of its own at each
 /// load. The balancer writes it into the scratch before the tail call and `xlb_nat` checks it,
@@ -124,6 +126,9 @@ impl Counts {
     #[inline(always)]
     fn outcome(self, stat: Stat) -> u32 {
         self.bump(stat);
+        if stat.is_drop() {
+            drop_log::note(stat);
+        }
         if stat.is_drop() { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
     }
 
@@ -147,7 +152,11 @@ impl Counts {
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "xdp")]
 pub fn xlb_balancer(ctx: *mut aya_ebpf::bindings::xdp_md) -> u32 {
-    balancer(XdpContext::new(ctx))
+    let verdict = balancer(XdpContext::new(ctx));
+    if verdict == xdp_action::XDP_DROP {
+        drop_log::tail_call(&XdpContext::new(ctx));
+    }
+    verdict
 }
 
 #[inline(always)]
@@ -212,6 +221,16 @@ fn balancer(ctx: XdpContext) -> u32 {
 /// functions with their state in per-CPU maps, so that nested calls stay within 512 bytes.
 #[xdp]
 pub fn xlb_nat(ctx: XdpContext) -> u32 {
+    let verdict = nat(&ctx);
+    if verdict == xdp_action::XDP_DROP {
+        drop_log::tail_call(&ctx);
+    }
+    verdict
+}
+
+#[inline(always)]
+fn nat(ctx: &XdpContext) -> u32 {
+    let ctx = XdpContext::new(ctx.ctx);
     let Some(stats) = XLB_STATS.get_ptr_mut(0) else { return xdp_action::XDP_PASS };
     let counts = Counts(stats);
     let Some(scratch) = XLB_SCRATCH.get_ptr_mut(0) else { return xdp_action::XDP_PASS };
@@ -490,6 +509,13 @@ fn add_traffic(backend: u32, bytes: u64, new_flow: bool) {
             (*c).new_flows += u64::from(new_flow);
         }
     }
+}
+
+/// The drop log (`bpf_log`): tail-called on drops while on; logs the reason and the packet.
+#[xdp]
+pub fn xlb_log(ctx: XdpContext) -> u32 {
+    drop_log::record(&ctx);
+    xdp_action::XDP_DROP
 }
 
 lb_ebpf::xdp_object!();

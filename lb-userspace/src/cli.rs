@@ -82,6 +82,10 @@ pub enum Command {
         /// `agent.state_dir` from the config, else /var/lib/xlb/IFACE].
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// Log drops from the XDP program (reason and packet, at most 10 a second per CPU) under
+        /// the target `xlb::bpf` [default: `node.bpf_log` from the config, else off].
+        #[arg(long)]
+        bpf_log: bool,
     },
     /// The running agent at a glance: its configuration state, BGP peers, counts of VIPs and
     /// backends, and the VIPs not fully serving. With --vips: every VIP and backend (weight,

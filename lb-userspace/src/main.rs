@@ -93,19 +93,28 @@ fn dispatch(command: Command, format: LogFormat) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Run { config, iface, admin_socket, pin_dir, detach_on_exit, no_watch, metrics_listen, state_dir } => {
-            runtime()?.block_on(agent::run(agent::RunOptions {
-                config,
-                iface: iface[0].clone(),
-                other_ifaces: iface[1..].to_vec(),
-                admin_socket,
-                pin_dir,
-                detach_on_exit,
-                watch_config: !no_watch,
-                metrics_listen,
-                state_dir,
-            }))
-        }
+        Command::Run {
+            config,
+            iface,
+            admin_socket,
+            pin_dir,
+            detach_on_exit,
+            no_watch,
+            metrics_listen,
+            state_dir,
+            bpf_log,
+        } => runtime()?.block_on(agent::run(agent::RunOptions {
+            config,
+            iface: iface[0].clone(),
+            other_ifaces: iface[1..].to_vec(),
+            admin_socket,
+            pin_dir,
+            detach_on_exit,
+            watch_config: !no_watch,
+            metrics_listen,
+            state_dir,
+            bpf_log,
+        })),
         Command::Status { agent: socket, json, vips } => {
             let admin_socket = socket.path()?;
             let request = if vips { admin::Request::Status } else { admin::Request::Summary };

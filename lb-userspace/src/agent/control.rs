@@ -83,6 +83,8 @@ pub enum Command {
 /// Everything the control thread owns.
 pub struct Control {
     pub opts: RunOptions,
+    /// Flipped at each reload (`node.bpf_log`, or `--bpf-log`).
+    pub drop_log: crate::apply::dataplane::drop_log::DropLogSwitch,
     pub maps: Maps,
     pub reconciler: Reconciler,
     pub facts: NodeFacts,
@@ -487,6 +489,9 @@ impl Control {
         pruned.log("at reload");
         if !pruned.is_empty() {
             let _ = self.persist();
+        }
+        if let Err(e) = self.drop_log.set(self.opts.bpf_log || config.node.bpf_log) {
+            tracing::error!(error = %e, "cannot switch the drop log (node.bpf_log); keeping it as it was");
         }
         self.config = Arc::new(config);
         self.config_generation += 1;

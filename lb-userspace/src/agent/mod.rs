@@ -26,6 +26,7 @@ use crate::{
 mod config_reader;
 mod conns;
 mod control;
+mod drop_log;
 mod housekeeping;
 pub mod instance_lock;
 pub mod sd_notify;
@@ -62,6 +63,8 @@ pub struct RunOptions {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Directory of the state file (drains); overrides `agent.state_dir` from the config.
     pub state_dir: Option<PathBuf>,
+    /// Log the XDP program's drops whatever `node.bpf_log` says.
+    pub bpf_log: bool,
 }
 
 impl RunOptions {
@@ -225,6 +228,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let pin_dir = opts.iface_pin_dir();
     let (mut program, maps, adopted) =
         Loaded::balancer_pinned(sizes, &pin_dir).context("loading the XDP data plane")?;
+    let mut drop_log = program.drop_log_switch().context("opening the drop log switch")?;
+    drop_log::drain(program.drop_logger().context("opening the drop log")?)?;
+    drop_log.set(opts.bpf_log || config.node.bpf_log).context("switching the drop log")?;
     let reconciler = if adopted {
         let reconciler = Reconciler::adopt(&maps).context("reading the pinned data plane")?;
         tracing::info!(dir = %pin_dir.display(), vips = reconciler.applied().len(), "adopted the pinned data plane; established flows keep their backends");
@@ -287,6 +293,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         shared: Arc::clone(&shared),
         config_generation: 1,
         last_reload: None,
+        drop_log,
         node_drained,
         attached: false,
         detached: Default::default(),

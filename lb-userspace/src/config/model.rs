@@ -162,6 +162,9 @@ pub struct Node {
     pub nat_tcp_timeout: Duration,
     pub nat_closing_timeout: Duration,
     pub nat_udp_timeout: Duration,
+    /// Log drops from the XDP program (reason and packet, rate-limited) under `xlb::bpf`;
+    /// switched on a reload without reloading the program. `xlb run --bpf-log` forces it on.
+    pub bpf_log: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -84,6 +84,7 @@ pub(super) struct RawNode {
     pub(super) nat_tcp_timeout: Option<RawScalar>,
     pub(super) nat_closing_timeout: Option<RawScalar>,
     pub(super) nat_udp_timeout: Option<RawScalar>,
+    pub(super) bpf_log: Option<bool>,
 }
 
 impl RawVip {

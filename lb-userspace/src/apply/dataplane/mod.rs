@@ -41,6 +41,8 @@ pub enum DataplaneError {
     Map { name: &'static str, source: Box<MapError> },
     #[error("this xlb was built with AYA_BUILD_SKIP and holds no XDP object; rebuild without it")]
     NotBuilt,
+    #[error("the drop log (bpf_log) cannot read the XDP object's log ring buffer: {0}")]
+    DropLog(aya_log::Error),
     #[error("cannot count the possible CPUs: {0}")]
     Cpus(std::io::Error),
     #[error(
@@ -60,6 +62,7 @@ pub enum DataplaneError {
 mod batch;
 mod bpffs;
 mod decap;
+pub mod drop_log;
 mod flow_view;
 pub mod link_state;
 mod readers;
@@ -509,6 +512,7 @@ impl Loaded {
             loader.override_global(maps::GENERATION, &generation, false);
         })?;
         loaded.load_nat()?;
+        loaded.load_drop_log()?;
         let maps = Maps::take(&mut loaded.ebpf)?;
         Ok((loaded, maps))
     }
@@ -541,6 +545,7 @@ impl Loaded {
             other => other,
         })?;
         loaded.load_nat()?;
+        loaded.load_drop_log()?;
         // (bpffs refuses names with a dot.)
         let progs_pin = dir.join(format!("{}_{generation:08x}", maps::PROGS));
         let progs = loaded.ebpf.map(maps::PROGS).ok_or(DataplaneError::Missing { kind: "map", name: maps::PROGS })?;

@@ -89,6 +89,7 @@ impl Checker<'_> {
             nat_tcp_timeout,
             nat_closing_timeout,
             nat_udp_timeout,
+            bpf_log: raw.bpf_log.unwrap_or(false),
         })
     }
 }
