@@ -512,7 +512,10 @@ impl Loaded {
             loader.override_global(maps::GENERATION, &generation, false);
         })?;
         loaded.load_nat()?;
-        loaded.load_drop_log()?;
+        // Builds from before the drop log (`bench --compare`) have no log program.
+        if loaded.ebpf.program(programs::LOG).is_some() {
+            loaded.load_drop_log()?;
+        }
         let maps = Maps::take(&mut loaded.ebpf)?;
         Ok((loaded, maps))
     }
