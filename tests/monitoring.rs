@@ -149,7 +149,16 @@ fn exposition() -> String {
         health_errors: Default::default(),
         health: [(
             ("web".to_owned(), "10.0.0.1".to_owned()),
-            xlb::sources::health::BackendHealth { up: true, last_error: None, checks: 4, failures: 1 },
+            xlb::sources::health::BackendHealth {
+                up: true,
+                last_error: None,
+                checks: 4,
+                failures: 1,
+                latency: xlb::sources::health::Latency {
+                    counts: [0, 3, 5, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1],
+                    sum_micros: 2_504_000,
+                },
+            },
         )]
         .into_iter()
         .collect(),

@@ -281,7 +281,7 @@ fn out_of_descriptors_the_agent_keeps_its_backends_and_recovers() {
     let agent = topo.start_agent_with(&config, &["--metrics-listen", METRICS]);
     let pid = topo.agent(agent).child.id();
     wait_for("health checks running", Duration::from_secs(5), || {
-        metrics(&topo).filter(|t| has_line(t, "xlb_health_check_errors_total{kind=\"local\"} 0"))
+        metrics(&topo).filter(|t| has_line(t, "xlb_health_check_local_errors_total 0"))
     });
     // A few descriptors to spare beyond what it holds now.
     let limit = open_fds(pid) as u64 + 6;
@@ -318,11 +318,15 @@ fn out_of_descriptors_the_agent_keeps_its_backends_and_recovers() {
     let text = wait_for("metrics again", Duration::from_secs(10), || metrics(&topo));
     let local = text
         .lines()
-        .find_map(|l| l.strip_prefix("xlb_health_check_errors_total{kind=\"local\"} "))
+        .find_map(|l| l.strip_prefix("xlb_health_check_local_errors_total "))
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or_else(|| panic!("no local health-check error count:\n{text}"));
     assert!(local > 0, "the checks did meet the exhaustion:\n{text}");
-    assert!(has_line(&text, "xlb_health_check_errors_total{kind=\"backend\"} 0"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("xlb_health_checks_total{") && l.contains("result=\"failed\"") && l.ends_with(" 0")),
+        "{text}"
+    );
     assert!(has_line(&text, "xlb_xdp_attached{iface=\"eth0\",mode=\"native\"} 1"), "the watch kept its state:\n{text}");
 }
 

@@ -32,8 +32,9 @@ impl DropLogSwitch {
             return self.progs.set(lb_common::PROG_INDEX_LOG, &self.log, 0).map_err(map_err(maps::PROGS));
         }
         match self.progs.clear_index(&lb_common::PROG_INDEX_LOG) {
-            // (An empty slot is off already.)
+            // An empty slot is off already (the kernel says ENOENT).
             Err(MapError::KeyNotFound) | Ok(()) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
             Err(e) => Err(map_err(maps::PROGS)(e)),
         }
     }

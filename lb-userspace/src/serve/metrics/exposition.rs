@@ -1,7 +1,7 @@
 //! The exposition text: one fresh Prometheus registry a scrape, built from the snapshot and the
 //! agent's facts.
 
-use prometheus::{Encoder as _, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder as _, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::{
     announce::bgp::PeerStatus,
@@ -31,6 +31,10 @@ pub fn render(snapshot: &Snapshot, agent: &AgentInfo) -> String {
         Ok(registry) => {
             let mut out = Vec::new();
             let mut families = registry.gather();
+            // (The encoder refuses a family without metrics: none while nothing is checked.)
+            if !agent.health.is_empty() {
+                families.push(health_latency(agent));
+            }
             families.extend(agent.l7.iter().cloned());
             match TextEncoder::new().encode(&families, &mut out) {
                 Ok(()) => String::from_utf8_lossy(&out).into_owned(),
@@ -240,14 +244,14 @@ fn build(snapshot: &Snapshot, agent: &AgentInfo) -> prometheus::Result<Registry>
             transmit_errors.with_label_values(&[a.iface.as_str()]).inc_by(errors);
         }
     }
-    let check_errors = counter(
-        &registry,
-        "xlb_health_check_errors_total",
-        "Failed health-check probes: `backend` counts toward taking it down, `local` (this host out of descriptors, buffers or routes) counts toward nothing.",
-        &["kind"],
+    // One series per outcome: a probe the backend failed is xlb_health_checks_total{result="failed"};
+    // one this host could not run is only here.
+    let local_errors = IntCounter::new(
+        "xlb_health_check_local_errors_total",
+        "Health-check probes this host could not run (out of descriptors, buffers or routes); they count toward neither rise nor fall.",
     )?;
-    check_errors.with_label_values(&["backend"]).inc_by(agent.health_errors.backend);
-    check_errors.with_label_values(&["local"]).inc_by(agent.health_errors.local);
+    registry.register(Box::new(local_errors.clone()))?;
+    local_errors.inc_by(agent.health_errors.local);
 
     let checks = counter(
         &registry,
@@ -281,4 +285,50 @@ fn build(snapshot: &Snapshot, agent: &AgentInfo) -> prometheus::Result<Registry>
         registry.register(Box::new(at))?;
     }
     Ok(registry)
+}
+
+/// `xlb_health_check_duration_seconds{vip,backend}`: the probes' durations as the checker
+/// counted them per bucket (a histogram family made from those counts: the checker, not this
+/// render, observes).
+fn health_latency(agent: &AgentInfo) -> prometheus::proto::MetricFamily {
+    use crate::sources::health::LATENCY_BOUNDS;
+    use prometheus::proto::{Bucket, Histogram, LabelPair, Metric, MetricFamily, MetricType};
+    let mut family = MetricFamily::default();
+    family.set_name("xlb_health_check_duration_seconds".to_owned());
+    family.set_help("How long the backend's health-check probes took (until success, failure or timeout).".to_owned());
+    family.set_field_type(MetricType::HISTOGRAM);
+    let metrics = agent
+        .health
+        .iter()
+        .map(|((vip, backend), health)| {
+            let label = |name: &str, value: &str| {
+                let mut pair = LabelPair::default();
+                pair.set_name(name.to_owned());
+                pair.set_value(value.to_owned());
+                pair
+            };
+            let mut cumulative = 0;
+            let buckets = LATENCY_BOUNDS
+                .iter()
+                .zip(health.latency.counts)
+                .map(|(bound, count)| {
+                    cumulative += count;
+                    let mut bucket = Bucket::default();
+                    bucket.set_upper_bound(*bound);
+                    bucket.set_cumulative_count(cumulative);
+                    bucket
+                })
+                .collect();
+            let mut histogram = Histogram::default();
+            histogram.set_bucket(buckets);
+            histogram.set_sample_count(health.latency.counts.iter().sum());
+            histogram.set_sample_sum(health.latency.sum_micros as f64 / 1e6);
+            let mut metric = Metric::default();
+            metric.set_label(vec![label("backend", backend), label("vip", vip)]);
+            metric.set_histogram(histogram);
+            metric
+        })
+        .collect();
+    family.set_metric(metrics);
+    family
 }

@@ -110,7 +110,16 @@ fn exposition_carries_every_counter_and_state() {
             health_errors: crate::sources::health::ErrorCounts { backend: 7, local: 3 },
             health: [(
                 ("web".to_owned(), "10.0.0.2".to_owned()),
-                crate::sources::health::BackendHealth { up: false, last_error: None, checks: 10, failures: 3 },
+                crate::sources::health::BackendHealth {
+                    up: false,
+                    last_error: None,
+                    checks: 10,
+                    failures: 3,
+                    latency: crate::sources::health::Latency {
+                        counts: [0, 3, 5, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1],
+                        sum_micros: 2_504_000,
+                    },
+                },
             )]
             .into_iter()
             .collect(),
@@ -149,13 +158,18 @@ fn exposition_carries_every_counter_and_state() {
         "xlb_bgp_last_error_info{error=\"hold timer expired\",peer=\"10.0.0.254\"} 1",
         "xlb_xdp_reattach_total{iface=\"eth0\"} 2",
         "xlb_xdp_transmit_errors_total{iface=\"eth0\"} 5",
-        "xlb_health_check_errors_total{kind=\"backend\"} 7",
-        "xlb_health_check_errors_total{kind=\"local\"} 3",
+        "xlb_health_check_local_errors_total 3",
         "xlb_bgp_session_up{peer=\"10.0.0.254\"} 1",
         "xlb_bgp_prefixes_sent{peer=\"10.0.0.254\"} 2",
         "xlb_bgp_session_flaps_total{peer=\"10.0.0.254\"} 1",
         "xlb_bfd_session_up{peer=\"10.0.0.254\"} 1",
         "xlb_health_checks_total{backend=\"10.0.0.2\",result=\"ok\",vip=\"web\"} 7",
+        "xlb_health_check_duration_seconds_bucket{backend=\"10.0.0.2\",vip=\"web\",le=\"0.001\"} 3",
+        "xlb_health_check_duration_seconds_bucket{backend=\"10.0.0.2\",vip=\"web\",le=\"0.0025\"} 8",
+        "xlb_health_check_duration_seconds_bucket{backend=\"10.0.0.2\",vip=\"web\",le=\"2.5\"} 9",
+        "xlb_health_check_duration_seconds_bucket{backend=\"10.0.0.2\",vip=\"web\",le=\"+Inf\"} 10",
+        "xlb_health_check_duration_seconds_count{backend=\"10.0.0.2\",vip=\"web\"} 10",
+        "xlb_health_check_duration_seconds_sum{backend=\"10.0.0.2\",vip=\"web\"} 2.504",
         "xlb_health_checks_total{backend=\"10.0.0.2\",result=\"failed\",vip=\"web\"} 3",
         concat!("xlb_build_info{version=\"", env!("CARGO_PKG_VERSION"), "\"} 1"),
         "xlb_config_last_reload_successful 0",
@@ -166,6 +180,10 @@ fn exposition_carries_every_counter_and_state() {
         assert!(text.lines().any(|l| l == line), "missing `{line}` in:\n{text}");
     }
     assert!(!text.contains("xlb_drops_total{reason=\"forwarded\"}"), "only drops are drops");
+    assert!(
+        !text.contains("xlb_health_check_errors_total"),
+        "a failed probe is counted once, in xlb_health_checks_total"
+    );
 }
 
 /// An address nothing listens on (for `serve_with`, which binds it itself).

@@ -5,8 +5,8 @@
 //! (ENETUNREACH, EHOSTUNREACH, ENETDOWN returned by `connect` itself) — says nothing about the
 //! backend. Counting it as a failure would take healthy backends down, and a VIP with them,
 //! exactly when the agent is under pressure. Such a result counts neither toward rise nor fall:
-//! the backend keeps its state, the error is counted (`xlb_health_check_errors_total{kind=
-//! "local"}`) and logged at most once per `WARN_EVERY`.
+//! the backend keeps its state, the error is counted (`xlb_health_check_local_errors_total`)
+//! and logged at most once per `WARN_EVERY`.
 //!
 //! Which errors are local depends on where they arise: `connect` on a non-blocking socket
 //! returns at once what our own stack decides (route lookup, address selection); what the

@@ -238,11 +238,35 @@ pub struct BackendHealth {
     /// Probes run, and how many of them failed.
     pub checks: u64,
     pub failures: u64,
+    /// How long the probes took (the backend's, and this host's, answer time).
+    #[serde(default)]
+    pub latency: Latency,
 }
 
 impl Default for BackendHealth {
     fn default() -> Self {
-        BackendHealth { up: true, last_error: None, checks: 0, failures: 0 }
+        BackendHealth { up: true, last_error: None, checks: 0, failures: 0, latency: Latency::default() }
+    }
+}
+
+/// Upper bounds (seconds) of the probe-duration histogram's buckets: a LAN answer is well under
+/// a millisecond, a timeout a second or more.
+pub const LATENCY_BOUNDS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+
+/// Probe durations, counted per bucket of `LATENCY_BOUNDS` (and beyond the last).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Latency {
+    /// Probes per bucket, not cumulative; one more than the bounds: beyond the last.
+    pub counts: [u64; LATENCY_BOUNDS.len() + 1],
+    pub sum_micros: u64,
+}
+
+impl Latency {
+    pub fn record(&mut self, took: Duration) {
+        let seconds = took.as_secs_f64();
+        let bucket = LATENCY_BOUNDS.iter().position(|bound| seconds <= *bound).unwrap_or(LATENCY_BOUNDS.len());
+        self.counts[bucket] += 1;
+        self.sum_micros = self.sum_micros.saturating_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
     }
 }
 
@@ -365,7 +389,9 @@ async fn run(
     let mut state = HealthState::new(check.rise, check.fall);
     let mut next = Instant::now();
     loop {
+        let started = Instant::now();
         let result = probe(target.addr, &check.kind, check.timeout).await;
+        let took = started.elapsed();
         if let Err(e) = &result {
             if e.is_local() {
                 // Counts toward neither rise nor fall: the backend keeps its state.
@@ -387,6 +413,7 @@ async fn run(
                 return false;
             };
             health.checks += 1;
+            health.latency.record(took);
             let mut changed = false;
             if let Some(up) = flip {
                 health.up = up;
