@@ -56,6 +56,7 @@ fn snapshot(vips: usize) -> Snapshot {
         nat: Default::default(),
         l7: Vec::new(),
         connections_scan: None,
+        limited_sources: Vec::new(),
     }
 }
 

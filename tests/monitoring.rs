@@ -113,6 +113,7 @@ fn exposition() -> String {
         },
         l7: Vec::new(),
         connections_scan: None,
+        limited_sources: Vec::new(),
     };
     let l7 = xlb::l7::metrics::Metrics::new().expect("the L7 registry");
     l7.route("www", "api").answered(200, 0.01);

@@ -11,6 +11,7 @@ mod limits;
 mod maglev;
 mod nat;
 mod node;
+mod sources;
 mod stats;
 mod traffic;
 mod vip;
@@ -21,6 +22,7 @@ pub use limits::*;
 pub use maglev::*;
 pub use nat::*;
 pub use node::*;
+pub use sources::*;
 pub use stats::*;
 pub use traffic::*;
 pub use vip::*;
@@ -53,9 +55,13 @@ pub mod maps {
     /// The interfaces the agent runs on (`Iface` by index) and the redirect map over them.
     pub const IFACES: &str = "XLB_IFACES";
     pub const DEVS: &str = "XLB_DEVS";
+    /// Source policy: per VIP id (`SourcePolicy`), the allow/deny trie, the new-flow buckets.
+    pub const SOURCE_POLICY: &str = "XLB_SOURCE_POLICY";
+    pub const SOURCE_RULES: &str = "XLB_SOURCE_RULES";
+    pub const SOURCE_BUCKETS: &str = "XLB_SOURCE_BUCKETS";
     /// The balancer object's maps that every load shares through their pins (the program array
     /// and per-packet scratch maps belong to one load).
-    pub const BALANCER: [&str; 15] = [
+    pub const BALANCER: [&str; 18] = [
         VIPS,
         VIP_INDEX,
         VIP_ADDRS,
@@ -71,6 +77,9 @@ pub mod maps {
         NAT_REVERSE,
         IFACES,
         DEVS,
+        SOURCE_POLICY,
+        SOURCE_RULES,
+        SOURCE_BUCKETS,
     ];
     pub const DECAP_ADDRS: &str = "XLB_DECAP_ADDRS";
     pub const DECAP_STATS: &str = "XLB_DECAP_STATS";

@@ -27,5 +27,9 @@ pod!(
     crate::NatReverse,
     crate::NatSources,
     crate::Iface,
-    crate::GenTemplate
+    crate::GenTemplate,
+    crate::SourcePolicy,
+    crate::SourceRuleData,
+    crate::SourceBucketKey,
+    crate::SourceBucket
 );

@@ -91,6 +91,13 @@ pub enum Stat {
     /// Event: a new NAT flow took a source an earlier flow of its backend released (the slot's
     /// free-source hints), without a scan of the pool.
     NatSourceReused,
+    /// Source policy: the source is on a deny list of the VIP or the node.
+    DropSourceDenied,
+    /// Source policy: the VIP or the node serves only allowed sources (`allow_only`), and no
+    /// allow entry names this one.
+    DropSourceNotAllowed,
+    /// Source policy: the source prefix opened new flows faster than its limit allows.
+    DropSourceLimited,
     Count,
 }
 
@@ -149,6 +156,9 @@ impl Stat {
         Stat::DropNoEgress,
         Stat::FlowSetFull,
         Stat::NatSourceReused,
+        Stat::DropSourceDenied,
+        Stat::DropSourceNotAllowed,
+        Stat::DropSourceLimited,
     ];
 
     /// Stable snake_case name, used in `xlb stats` and as the metrics label.
@@ -191,6 +201,9 @@ impl Stat {
             Stat::DropNoEgress => "drop_no_egress",
             Stat::FlowSetFull => "flow_set_full",
             Stat::NatSourceReused => "nat_source_reused",
+            Stat::DropSourceDenied => "drop_source_denied",
+            Stat::DropSourceNotAllowed => "drop_source_not_allowed",
+            Stat::DropSourceLimited => "drop_source_limited",
             Stat::Count => "count",
         }
     }
@@ -238,6 +251,11 @@ impl Stat {
                 "its connection-table set is full of live flows: sent by the Maglev table, not recorded"
             }
             Stat::NatSourceReused => "reused a source an earlier flow of this backend released",
+            Stat::DropSourceDenied => "dropped: its source is on a deny list (sources.deny)",
+            Stat::DropSourceNotAllowed => "dropped: only allowed sources may reach the VIP (sources.allow_only)",
+            Stat::DropSourceLimited => {
+                "dropped: its source prefix opens new flows faster than sources.new_flows allows"
+            }
             Stat::Count => "",
         }
     }
@@ -291,6 +309,9 @@ impl Stat {
                 | Stat::DropTtlExceeded
                 | Stat::DropNatUnavailable
                 | Stat::DropNoEgress
+                | Stat::DropSourceDenied
+                | Stat::DropSourceNotAllowed
+                | Stat::DropSourceLimited
         )
     }
 }

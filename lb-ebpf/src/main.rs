@@ -29,6 +29,7 @@ use lb_ebpf::{
 mod drop_log;
 mod flow_table;
 mod nat_flows;
+mod sources;
 
 /// The VIPs: the truth, which the agent mirrors into `XLB_VIP_INDEX`.
 #[btf_map]
@@ -299,10 +300,29 @@ fn direct_inline(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &FlowK
     let Some(meta) = find_vip(packet.daddr, packet.dport, packet.proto, packet.family, VipLookup::Indexed) else {
         return counts.outcome(Stat::PassNotVip);
     };
+    // Not an established flow: the source policy, if the VIP has one. A stale flow (its backend
+    // gone) is judged by the lists but not counted as a new flow.
+    if sources::active(meta.id) {
+        let opens = u32::from(opens != Opens::No && entry.flow.is_none());
+        if let Some(stat) = refused(sources::judge(packet, meta.id, opens)) {
+            return counts.outcome(stat);
+        }
+    }
     let Some(choice) = choose_backend(counts, &meta, flow, hash, opens, entry) else {
         return counts.outcome(Stat::DropNoBackend);
     };
     send(ctx, counts, packet, node, choice.slot, &choice.backend, hash, choice.new_flow, true)
+}
+
+/// The drop a source-policy verdict asks for, if any.
+#[inline(always)]
+fn refused(verdict: u32) -> Option<Stat> {
+    match verdict {
+        sources::DENIED => Some(Stat::DropSourceDenied),
+        sources::NOT_ALLOWED => Some(Stat::DropSourceNotAllowed),
+        sources::LIMITED => Some(Stat::DropSourceLimited),
+        _ => None,
+    }
 }
 
 /// The VIP serving `addr`, `port` (network order), `proto`: the exact port's, else a port-range

@@ -219,6 +219,11 @@ pub fn forward_new(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &Flo
     if !opens {
         return counts.outcome(Stat::DropNatNoFlow);
     }
+    if crate::sources::active(meta.id)
+        && let Some(stat) = crate::refused(crate::sources::judge(packet, meta.id, 1))
+    {
+        return counts.outcome(stat);
+    }
     // Checked before a source is claimed for a packet that could not be sent.
     if packet.ttl <= 1 {
         return counts.outcome(Stat::DropTtlExceeded);

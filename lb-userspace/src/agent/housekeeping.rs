@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use super::view::{AgentView, Shared, lock};
 use crate::{
     apply::conns::{self, SlotOwners},
-    apply::dataplane::{FlowTableCounter, FlowTableUsage, NatTables},
+    apply::dataplane::{FlowTableCounter, FlowTableUsage, NatTables, SourceBuckets},
     apply::nat,
     sources::jiffies::KernelClock,
 };
@@ -25,6 +25,7 @@ pub(super) fn start(
     shared: Arc<Shared>,
     mut nat_tables: NatTables,
     flow_counter: Option<FlowTableCounter>,
+    source_buckets: Option<SourceBuckets>,
 ) -> anyhow::Result<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)> {
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
     if let Some(counter) = &flow_counter {
@@ -42,6 +43,7 @@ pub(super) fn start(
             // Slot owners change with a pass only: rebuilt when the published view does.
             let mut owners: (Option<Arc<AgentView>>, SlotOwners) = (None, SlotOwners::default());
             let mut swept = 0;
+            let mut source_report = crate::apply::source_report::SourceReport::default();
             // At once, then every interval until stopped.
             let mut wait = Duration::ZERO;
             while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(wait) {
@@ -72,7 +74,19 @@ pub(super) fn start(
                     // NAT flows alone are a count too (no connection table, or no clock).
                     counts.finished.get_or_insert_with(std::time::Instant::now);
                 }
+                let limited = source_buckets.as_ref().and_then(|buckets| match buckets.read() {
+                    Ok(read) => Some(source_report.update(read, std::time::Instant::now(), |id, family| {
+                        crate::apply::source_report::describe_scope(&view.config, &view.applied, id, family)
+                    })),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "reading the source buckets");
+                        None
+                    }
+                });
                 let mut usage = lock(&shared.usage);
+                if let Some(limited) = limited {
+                    usage.limited_sources = limited;
+                }
                 if let Some(nat) = nat {
                     swept = nat.swept;
                     usage.nat = nat;

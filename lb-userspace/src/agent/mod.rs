@@ -255,6 +255,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let counters = maps.counters().context("opening the counters for readers")?;
     let nat_tables = maps.nat_tables().context("opening the NAT tables for housekeeping")?;
     let nat_reader = maps.nat_tables().context("opening the NAT tables for xlb conns")?;
+    let source_buckets =
+        maps.sources.as_ref().map(|s| s.buckets()).transpose().context("opening the source buckets")?;
     let flow_counter = maps
         .flow_table_counter()
         .inspect_err(|e| tracing::warn!(error = %e, "connection-table occupancy will not be counted"))
@@ -355,7 +357,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         })
     };
     let _ = shared.nat_reader.set(std::sync::Mutex::new(nat_reader));
-    let (housekeeping_stop, housekeeping) = housekeeping::start(Arc::clone(&shared), nat_tables, flow_counter)?;
+    let (housekeeping_stop, housekeeping) =
+        housekeeping::start(Arc::clone(&shared), nat_tables, flow_counter, source_buckets)?;
 
     let explain_at = (pin_dir.clone(), opts.iface.clone());
     let server =

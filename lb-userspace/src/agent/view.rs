@@ -76,6 +76,8 @@ pub struct Usage {
     pub conns: Arc<ConnCounts>,
     /// The kernel's jiffies clock, once measured (`None`: not yet, or unreadable).
     pub clock: Option<KernelClock>,
+    /// The source prefixes the new-flow limits refused most lately.
+    pub limited_sources: Vec<crate::apply::source_report::LimitedSource>,
 }
 
 /// Everything readers share with the control thread.
@@ -178,6 +180,7 @@ impl Shared {
         let mut snapshot = Snapshot::read(&self.counters, &view.applied, &health, &usage.conns)?;
         snapshot.nat = usage.nat;
         snapshot.flow_table = usage.flow_table;
+        snapshot.limited_sources = usage.limited_sources;
         snapshot.l7 = lock(&self.l7).status();
         Ok(snapshot)
     }
@@ -213,7 +216,9 @@ impl Shared {
         let usage = lock(&self.usage).clone();
         let node = self.node_state(&view);
         let announced = self.announce.borrow().len();
-        Summary::of(node, &view.applied, announced, usage.flow_table, usage.nat)
+        let mut summary = Summary::of(node, &view.applied, announced, usage.flow_table, usage.nat);
+        summary.limited_sources = usage.limited_sources;
+        summary
     }
 
     /// The status page's JSON: the view, one counter snapshot of it, and the announcements.

@@ -9,6 +9,8 @@ pub mod nat;
 pub mod pass;
 pub mod plan;
 pub mod reconcile;
+pub mod source_report;
+pub mod sources;
 pub mod table_builds;
 pub mod testrun;
 

@@ -138,6 +138,7 @@ pub struct Reconciler {
     free_slots: Vec<u32>,
     /// Generation of every backend slot; bumped when a slot is retired or handed out again.
     generations: Vec<u32>,
+    sources: super::sources::SourceSync,
 }
 
 impl Default for Reconciler {
@@ -153,6 +154,7 @@ impl Default for Reconciler {
             // Pop from the end: lowest slots first.
             free_slots: (0..MAX_BACKENDS).rev().collect(),
             generations: vec![0; MAX_BACKENDS as usize],
+            sources: super::sources::SourceSync::default(),
         }
     }
 }
@@ -188,6 +190,7 @@ impl Reconciler {
             Self { node: Some(maps.node()?), addrs: maps.vip_addrs()?.into_iter().collect(), ..Self::default() };
         this.filter = maps.filter_buckets()?.into_iter().collect();
         this.pools = maps.nat_pools()?.into_iter().collect();
+        this.sources = super::sources::SourceSync::adopt(maps)?;
         let mut by_vip: BTreeMap<u32, Vec<(u32, Backend)>> = BTreeMap::new();
         this.free_slots.clear();
         let backends = maps.backends()?;
@@ -375,6 +378,10 @@ impl Reconciler {
         }
         self.retire_queued(maps)
             .map_err(|e| ReconcileError::Write { endpoint: "retired backends".into(), source: Box::new(e) })?;
+        // Source policies of the VIPs written so far (ids are known once a VIP is).
+        self.sources
+            .sync(&desired.sources, &self.vips, maps)
+            .map_err(|e| ReconcileError::Write { endpoint: "source policy".into(), source: Box::new(e) })?;
         match first_error {
             Some(e) => Err(e),
             None => Ok(Step { changes, remaining }),

@@ -22,6 +22,8 @@ mod raw;
 mod check_tests;
 mod read_errors;
 #[cfg(test)]
+mod sources_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod timing_tests;
@@ -40,12 +42,13 @@ pub use incremental::{LastRead, VipItemCache};
 pub use keys::{backend_identities, backend_identity, endpoint, ip_from_words, ip_words, vip_key};
 pub use model::{
     AgentListeners, Backend, BfdConfig, BgpConfig, BgpPeer, CheckKind, Config, DEFAULT_PANIC_THRESHOLD,
-    DEFAULT_TABLE_SIZE, GrpcCheck, HashFields, HealthCheck, HttpCheck, Mode, NatPool, Node, Protocol, TlsCheck,
-    TlsRoots, Unhashable, Vip,
+    DEFAULT_TABLE_SIZE, GrpcCheck, HashFields, HealthCheck, HttpCheck, Mode, NatPool, NewFlowLimit, Node, Protocol,
+    SourcePolicy, TlsCheck, TlsRoots, Unhashable, Vip,
 };
 pub use parse::{load, load_cached, parse, parse_cached};
 use raw::{
-    CheckType, RawBfd, RawBgp, RawCheckTls, RawConfig, RawHealthCheck, RawNatPool, RawNode, RawPeer, RawScalar, RawVip,
+    CheckType, RawBfd, RawBgp, RawCheckTls, RawConfig, RawHealthCheck, RawNatPool, RawNewFlows, RawNode, RawPeer,
+    RawScalar, RawSources, RawVip,
 };
 pub use values::{Community, Mac, Prefix, format_duration, parse_duration};
 use values::{DURATION_FORMS, Ports, parse_percent};

@@ -165,6 +165,38 @@ pub struct Node {
     /// Log drops from the XDP program (reason and packet, rate-limited) under `xlb::bpf`;
     /// switched on a reload without reloading the program. `xlb run --bpf-log` forces it on.
     pub bpf_log: bool,
+    /// Node-wide source policy: applies to every VIP beside the VIP's own.
+    pub sources: SourcePolicy,
+}
+
+/// `sources:` of the node or a VIP: allow and deny lists (the longest matching entry decides,
+/// the VIP's lists before the node's) and a new-flow limit per source prefix.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourcePolicy {
+    /// Never refused and never limited.
+    pub allow: Vec<Prefix>,
+    /// Refused: every packet that is not of an established flow is dropped.
+    pub deny: Vec<Prefix>,
+    /// Only sources an allow entry (the VIP's or the node's) names are served.
+    pub allow_only: bool,
+    pub new_flows: Option<NewFlowLimit>,
+}
+
+/// New flows per second one source prefix may open; a VIP's replaces the node's for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewFlowLimit {
+    pub rate: u32,
+    /// New flows that may come at once (after a quiet period).
+    pub burst: u32,
+    /// The prefix one bucket counts: /24 and /64 by default.
+    pub prefix_v4: u8,
+    pub prefix_v6: u8,
+}
+
+impl SourcePolicy {
+    pub fn is_empty(&self) -> bool {
+        self.allow.is_empty() && self.deny.is_empty() && !self.allow_only && self.new_flows.is_none()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,6 +226,8 @@ pub struct Vip {
     pub snat_pool: Option<String>,
     /// The HTTP proxy's listener and routes (`mode: l7` only; its backends are the routes').
     pub l7: Option<l7::L7Vip>,
+    /// The VIP's own source policy (the node's applies too).
+    pub sources: SourcePolicy,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -85,6 +85,29 @@ pub(super) struct RawNode {
     pub(super) nat_closing_timeout: Option<RawScalar>,
     pub(super) nat_udp_timeout: Option<RawScalar>,
     pub(super) bpf_log: Option<bool>,
+    pub(super) sources: Option<Spanned<RawSources>>,
+}
+
+/// `sources:` of the node or of a VIP: who may open flows, and how fast.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSources {
+    #[serde(default)]
+    pub(super) allow: Vec<Prefix>,
+    #[serde(default)]
+    pub(super) deny: Vec<Prefix>,
+    pub(super) allow_only: Option<bool>,
+    pub(super) new_flows: Option<Spanned<RawNewFlows>>,
+}
+
+/// `sources.new_flows:` the per-prefix limit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNewFlows {
+    pub(super) rate: Option<u64>,
+    pub(super) burst: Option<u64>,
+    pub(super) prefix_v4: Option<u8>,
+    pub(super) prefix_v6: Option<u8>,
 }
 
 impl RawVip {
@@ -115,6 +138,7 @@ pub(super) struct RawVip {
     pub(super) panic_threshold: Option<Spanned<RawScalar>>,
     pub(super) snat_pool: Option<String>,
     pub(super) l7: Option<Spanned<l7::RawL7>>,
+    pub(super) sources: Option<Spanned<RawSources>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

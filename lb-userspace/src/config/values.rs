@@ -96,7 +96,7 @@ fn bad_ports(written: &str) -> String {
 pub struct Mac(pub [u8; 6]);
 
 /// An address with a prefix length (`10.0.0.0/24`); a bare address is a full-length prefix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Prefix {
     pub address: IpAddr,
     pub len: u8,

@@ -34,6 +34,9 @@ pub struct Snapshot {
     /// The scan the connection counts come from (`None`: not counted yet, or not countable).
     #[serde(default)]
     pub connections_scan: Option<ConnectionsScan>,
+    /// The source prefixes the new-flow limits refused most lately.
+    #[serde(default)]
+    pub limited_sources: Vec<crate::apply::source_report::LimitedSource>,
 }
 
 /// When the connection counts were taken and what the scan cost.
@@ -216,6 +219,7 @@ impl Snapshot {
             nat: Default::default(),
             l7: Vec::new(),
             connections_scan,
+            limited_sources: Vec::new(),
         })
     }
 

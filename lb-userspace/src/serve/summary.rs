@@ -249,6 +249,9 @@ pub struct Summary {
     pub degraded: Vec<DegradedVip>,
     /// Degraded VIPs beyond those listed.
     pub degraded_unlisted: usize,
+    /// The source prefixes the new-flow limits refused most lately.
+    #[serde(default)]
+    pub limited_sources: Vec<crate::apply::source_report::LimitedSource>,
 }
 
 /// A VIP not fully serving.
@@ -347,6 +350,7 @@ impl Summary {
             nat,
             degraded,
             degraded_unlisted,
+            limited_sources: Vec::new(),
         }
     }
 
@@ -364,6 +368,15 @@ impl Summary {
             "connection table: {} of {} entries; NAT flows: {}\n",
             self.flow_table.entries, self.flow_table.size, self.nat.flows
         ));
+        if !self.limited_sources.is_empty() {
+            out.push_str("sources over their new-flow limit (refused/s, admitted/s, refused in all):\n");
+            for s in &self.limited_sources {
+                out.push_str(&format!(
+                    "  {:<24} {:<24} {:>10} {:>10} {:>12}\n",
+                    s.prefix, s.scope, s.refused_per_second, s.admitted_per_second, s.refused_total
+                ));
+            }
+        }
         if self.degraded.is_empty() {
             out.push_str("every backend of every VIP takes new flows\n");
             return out;
@@ -461,6 +474,7 @@ mod tests {
                 not_serving_unlisted: 0,
             }],
             degraded_unlisted: 0,
+            limited_sources: Vec::new(),
         };
         let text = summary.render();
         let line = text.lines().find(|l| l.contains("web")).unwrap();

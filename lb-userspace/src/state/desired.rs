@@ -160,6 +160,8 @@ pub struct DesiredState {
     pub filter: BTreeMap<u32, u32>,
     /// `maps::IFACES` from index 1 (the interfaces the agent runs on, when more than one).
     pub ifaces: Vec<Iface>,
+    /// Allow/deny entries and per-VIP source policies.
+    pub sources: super::sources::DesiredSources,
 }
 
 impl DesiredState {
@@ -183,7 +185,8 @@ impl DesiredState {
         let pools = config.nat_pools.iter().enumerate().map(|(id, pool)| (id as u32, nat_pool(pool))).collect();
         let ifaces =
             if facts.interfaces.len() > 1 { facts.interfaces.iter().map(|(_, i)| *i).collect() } else { Vec::new() };
-        Self { node: node_config(config, facts), vips, addrs, pools, filter: filter(config), ifaces }
+        let sources = super::sources::DesiredSources::new(config);
+        Self { node: node_config(config, facts), vips, addrs, pools, filter: filter(config), ifaces, sources }
     }
 }
 
@@ -409,6 +412,7 @@ mod tests {
             min_healthy: 1,
             panic_threshold: 0,
             l7: None,
+            sources: Default::default(),
         }
     }
 

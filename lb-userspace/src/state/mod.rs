@@ -3,4 +3,5 @@
 
 pub mod desired;
 pub mod maglev;
+pub mod sources;
 pub mod vip_state;

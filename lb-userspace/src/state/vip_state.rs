@@ -139,6 +139,7 @@ mod tests {
             min_healthy,
             panic_threshold: threshold,
             l7: None,
+            sources: Default::default(),
         };
         Config { vips: vec![vip], ..Default::default() }
     }

@@ -68,6 +68,8 @@ pub mod link_state;
 mod readers;
 mod shadow;
 mod sizes;
+mod sources;
+pub use sources::{SourceBuckets, SourceMaps};
 mod tables;
 mod test_access;
 pub use bpffs::prepare_pin_dir;
@@ -156,6 +158,8 @@ pub struct Maps {
     ifaces: Array<MapData, Iface>,
     devs: DevMap<MapData>,
     cpus: usize,
+    /// `None` for builds from before source policies.
+    pub sources: Option<SourceMaps>,
     /// Second fds on the maps that readers on other threads use (counters, NAT housekeeping).
     readers: readers::Fds,
 }
@@ -216,6 +220,7 @@ impl Maps {
             ifaces: take(ebpf, maps::IFACES)?,
             devs: take(ebpf, maps::DEVS)?,
             cpus,
+            sources: SourceMaps::take(ebpf)?,
             readers,
         })
     }

@@ -15,6 +15,7 @@ mod health;
 pub(crate) use health::read_certificates;
 mod node;
 mod pools;
+mod sources;
 mod vips;
 
 /// Most connection-table entries (the LRU map is preallocated: ~100 bytes each).

@@ -90,6 +90,10 @@ impl Checker<'_> {
             nat_closing_timeout,
             nat_udp_timeout,
             bpf_log: raw.bpf_log.unwrap_or(false),
+            sources: match raw.sources {
+                Some(sources) => self.check_sources("node.sources", sources.value, &sources.referenced, None)?,
+                None => super::super::SourcePolicy::default(),
+            },
         })
     }
 }

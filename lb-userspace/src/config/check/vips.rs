@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use super::{Checker, MAX_WEIGHT};
 use crate::config::{
     Backend, ConfigError, DEFAULT_PANIC_THRESHOLD, DEFAULT_TABLE_SIZE, Mode, NatPool, Node, Ports, Protocol, RawVip,
-    Vip, parse_percent,
+    SourcePolicy, Vip, parse_percent,
 };
 
 impl Checker<'_> {
@@ -262,6 +262,37 @@ impl Checker<'_> {
                 parse_percent(&value.value.0).map_err(fail)?
             }
         };
+        let sources = match raw.sources {
+            None => SourcePolicy::default(),
+            Some(sources) if raw.mode == Mode::L7 => {
+                return Err(self.err(
+                    &sources.referenced,
+                    field("sources"),
+                    "applies to VIPs the XDP program serves (dsr-l2, dsr-ipip, nat); an l7 VIP's connections \
+                     go to the proxy, whose routes have rate limits of their own: remove it",
+                ));
+            }
+            Some(sources) => {
+                self.check_sources(&field("sources"), sources.value, &sources.referenced, Some(&node.sources))?
+            }
+        };
+        if raw.mode != Mode::L7
+            && (sources.allow_only || node.sources.allow_only)
+            && sources.allow.is_empty()
+            && node.sources.allow.is_empty()
+        {
+            let at_field =
+                if sources.allow_only { field("sources.allow_only") } else { "node.sources.allow_only".into() };
+            return Err(self.err(
+                at,
+                at_field,
+                format!(
+                    "refuses every source of VIP `{}`: neither the VIP nor the node has an allow entry; list the \
+                     sources it serves under `sources.allow`, or remove `allow_only`",
+                    raw.name
+                ),
+            ));
+        }
         Ok(Vip {
             name: raw.name,
             address: raw.address,
@@ -278,6 +309,7 @@ impl Checker<'_> {
             panic_threshold,
             snat_pool: raw.snat_pool,
             l7,
+            sources,
         })
     }
 

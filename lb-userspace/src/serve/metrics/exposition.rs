@@ -175,6 +175,19 @@ fn build(snapshot: &Snapshot, agent: &AgentInfo) -> prometheus::Result<Registry>
         pool_ports.with_label_values(&at).set(p.ports as i64);
     }
 
+    // The top sources only (bounded cardinality): a spoofed flood has one bucket per address.
+    let limited = gauge(
+        &registry,
+        "xlb_source_limited_per_second",
+        "New flows per second the source prefix's new-flow limit refused lately (the top prefixes only).",
+        &["scope", "prefix"],
+    )?;
+    for s in &snapshot.limited_sources {
+        limited
+            .with_label_values(&[s.scope.as_str(), s.prefix.as_str()])
+            .set(i64::try_from(s.refused_per_second).unwrap_or(i64::MAX));
+    }
+
     let peer = ["peer"];
     let session_up = gauge(&registry, "xlb_bgp_session_up", "1 while the BGP session is established.", &peer)?;
     let prefixes = gauge(&registry, "xlb_bgp_prefixes_sent", "Prefixes announced to the peer.", &peer)?;

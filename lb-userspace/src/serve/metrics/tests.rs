@@ -74,6 +74,13 @@ fn snapshot() -> Snapshot {
         },
         l7: Vec::new(),
         connections_scan: Some(crate::serve::stats::ConnectionsScan { age_ms: 1500, busy_us: 800 }),
+        limited_sources: vec![crate::apply::source_report::LimitedSource {
+            scope: "node".into(),
+            prefix: "203.0.113.0/24".into(),
+            refused_per_second: 1200,
+            admitted_per_second: 20,
+            refused_total: 90_000,
+        }],
     }
 }
 
@@ -133,6 +140,7 @@ fn exposition_carries_every_counter_and_state() {
         "xlb_nat_flows 5",
         "xlb_nat_swept_total 2",
         "xlb_nat_pool_flows{address=\"198.51.100.1\",pool=\"edge\"} 5",
+        "xlb_source_limited_per_second{prefix=\"203.0.113.0/24\",scope=\"node\"} 1200",
         "xlb_nat_pool_ports{address=\"198.51.100.1\",pool=\"edge\"} 100",
         "xlb_vip_bytes_total{vip=\"web\"} 1000",
         "xlb_vip_up{vip=\"web\"} 1",

@@ -32,6 +32,7 @@ fn vip(name: &str, host: u8, backends: usize) -> Vip {
         min_healthy: 1,
         panic_threshold: 0,
         l7: None,
+        sources: Default::default(),
     }
 }
 
@@ -103,6 +104,7 @@ fn applied_and_snapshot(config: &Config, down: &[(&str, &str)]) -> (BTreeMap<Vip
         nat: NatUsage::default(),
         l7: Vec::new(),
         connections_scan: None,
+        limited_sources: Vec::new(),
     };
     (applied, snapshot)
 }

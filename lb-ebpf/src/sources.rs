@@ -1,0 +1,159 @@
+//! Source policy (see `lb_common::SourcePolicy`): allow/deny lists and per-prefix new-flow limits,
+//! judged only for packets that found no established flow.
+
+use aya_ebpf::{
+    Global,
+    bindings::BPF_NOEXIST,
+    btf_maps::{Array, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    cty::c_void,
+    helpers::generated::{bpf_ktime_get_coarse_ns, bpf_map_lookup_elem},
+    macros::btf_map,
+};
+use lb_common::{
+    MAX_SOURCE_RULES, MAX_VIPS, SOURCE_ALLOW_ONLY, SOURCE_BUCKET_COUNT, SOURCE_LISTS_NODE, SOURCE_LISTS_VIP,
+    SOURCE_RULE_ALLOW, SOURCE_RULE_DENY, SOURCE_SCOPE_BITS, SOURCE_SCOPE_NODE, SourceBucket, SourceBucketKey,
+    SourcePolicy, SourceRuleData, gcra, source_mask, source_scope,
+};
+use lb_ebpf::parse::Packet;
+
+/// Each VIP's effective policy, at its id.
+#[btf_map]
+static XLB_SOURCE_POLICY: Array<SourcePolicy, { MAX_VIPS as usize }> = Array::new();
+
+/// Allow/deny entries: scope (VIP id or node, and family), then the source prefix.
+#[btf_map]
+static XLB_SOURCE_RULES: LpmTrie<SourceRuleData, u32, { MAX_SOURCE_RULES as usize }> = LpmTrie::new();
+
+/// New-flow buckets per scope and source prefix.
+#[btf_map]
+static XLB_SOURCE_BUCKETS: LruHashMap<SourceBucketKey, SourceBucket, { SOURCE_BUCKET_COUNT as usize }> =
+    LruHashMap::new();
+
+/// The packet's source, the lookup keys and a new bucket, off the stack: `judge` runs on top of
+/// the balancer's frame, which leaves it 8 bytes. Written field by field so that nothing is
+/// built on the stack first.
+struct Keys {
+    vip_id: u32,
+    family: u32,
+    opens: u32,
+    /// The VIP's policy, copied: only this slot's pointer then lives across helper calls.
+    policy: SourcePolicy,
+    saddr: [u32; 4],
+    rule: Key<SourceRuleData>,
+    bucket: SourceBucketKey,
+    fresh: SourceBucket,
+}
+
+#[btf_map]
+static XLB_SOURCE_KEYS: PerCpuArray<Keys, 1> = PerCpuArray::new();
+
+/// Index 0, as a lookup key that is not on the stack.
+#[unsafe(no_mangle)]
+static XLB_SOURCE_ZERO: Global<u32> = Global::new(0);
+
+/// What `judge` found.
+pub(crate) const ADMIT: u32 = 0;
+pub(crate) const DENIED: u32 = 1;
+pub(crate) const NOT_ALLOWED: u32 = 2;
+pub(crate) const LIMITED: u32 = 3;
+
+/// Whether VIP `vip_id` has a policy to judge by: one array read, inlined by the verifier.
+#[inline(always)]
+pub(crate) fn active(vip_id: u32) -> bool {
+    XLB_SOURCE_POLICY.get(vip_id).is_some_and(SourcePolicy::is_active)
+}
+
+/// A map lookup with a key that is not on the stack.
+#[inline(always)]
+fn lookup<M, K, V>(map: &M, key: *const K) -> Option<*mut V> {
+    // SAFETY: `map` is a map definition of this object and `key` points at a whole key of it
+    // (in a map value or a global); the helper returns a value pointer or null.
+    let value = unsafe { bpf_map_lookup_elem(core::ptr::from_ref(map).cast_mut().cast::<c_void>(), key.cast()) };
+    (!value.is_null()).then_some(value.cast::<V>())
+}
+
+/// Judges `packet`'s source for VIP `vip_id`: the VIP's allow/deny entries, then the node's (the
+/// longest match of the first list that has one decides); allowed sources pass unlimited; a
+/// source no entry names is refused under `allow_only`, else counted against its prefix's
+/// bucket when `opens` (it would open a flow) is 1. A separate BPF function whose keys and
+/// state live in a per-CPU map, so that it adds (almost) no stack to the balancer's frame.
+#[inline(never)]
+pub(crate) fn judge(packet: &Packet, vip_id: u32, opens: u32) -> u32 {
+    let Some(keys) = lookup::<_, u32, Keys>(&XLB_SOURCE_KEYS, core::ptr::from_ref(&XLB_SOURCE_ZERO).cast()) else {
+        return ADMIT;
+    };
+    // SAFETY: this CPU's slot, used by this packet alone (XDP runs to completion).
+    let keys = unsafe { &mut *keys };
+    keys.vip_id = vip_id;
+    keys.family = u32::from(packet.family);
+    keys.saddr = packet.saddr;
+    keys.opens = opens;
+    let Some(policy) = lookup::<_, u32, SourcePolicy>(&XLB_SOURCE_POLICY, &keys.vip_id) else { return ADMIT };
+    // SAFETY: a value of the array, valid while the program runs; the agent replaces it whole.
+    keys.policy = unsafe { *policy };
+    judge_staged(keys)
+}
+
+#[inline(always)]
+fn judge_staged(keys: &mut Keys) -> u32 {
+    let family = keys.family as u8;
+    let mut rule = 0;
+    if keys.policy.flags & SOURCE_LISTS_VIP != 0 {
+        rule = lookup_rule(keys, source_scope(keys.vip_id, family));
+    }
+    if rule == 0 && keys.policy.flags & SOURCE_LISTS_NODE != 0 {
+        rule = lookup_rule(keys, source_scope(SOURCE_SCOPE_NODE, family));
+    }
+    if rule == SOURCE_RULE_DENY {
+        return DENIED;
+    }
+    if rule == SOURCE_RULE_ALLOW {
+        return ADMIT;
+    }
+    if keys.policy.flags & SOURCE_ALLOW_ONLY != 0 {
+        return NOT_ALLOWED;
+    }
+    if keys.policy.interval_ns == 0 || keys.opens == 0 {
+        return ADMIT;
+    }
+    keys.bucket.scope = keys.policy.bucket_scope(keys.vip_id, family);
+    let prefix = u32::from(keys.policy.prefix(family));
+    for i in 0..4 {
+        if let (Some(word), Some(source)) = (keys.bucket.addr.get_mut(i), keys.saddr.get(i)) {
+            *word = *source & source_mask(prefix, i as u32);
+        }
+    }
+    // SAFETY: no arguments; a clock read.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if let Some(bucket) = lookup::<_, SourceBucketKey, SourceBucket>(&XLB_SOURCE_BUCKETS, &keys.bucket) {
+        // SAFETY: a value of the map, valid while the program runs; other CPUs may update the
+        // same bucket (plain stores: a race admits a flow more, see `SourceBucket`).
+        let bucket = unsafe { &mut *bucket };
+        return match gcra(bucket.tat_ns, now, keys.policy.interval_ns, keys.policy.tolerance_ns) {
+            Some(tat) => {
+                bucket.tat_ns = tat;
+                bucket.admitted += 1;
+                ADMIT
+            }
+            None => {
+                bucket.limited += 1;
+                LIMITED
+            }
+        };
+    }
+    keys.fresh.tat_ns = now + keys.policy.interval_ns;
+    keys.fresh.admitted = 1;
+    keys.fresh.limited = 0;
+    // Another CPU may have made it meanwhile: this flow is admitted either way.
+    let _ = XLB_SOURCE_BUCKETS.insert(&keys.bucket, &keys.fresh, u64::from(BPF_NOEXIST));
+    ADMIT
+}
+
+/// The action of the longest entry of `scope` that holds the source; 0 for none.
+#[inline(always)]
+fn lookup_rule(keys: &mut Keys, scope: u32) -> u32 {
+    keys.rule.prefix_len = SOURCE_SCOPE_BITS + 128;
+    keys.rule.data.scope = scope;
+    keys.rule.data.addr = keys.saddr;
+    XLB_SOURCE_RULES.get(&keys.rule).copied().unwrap_or(0)
+}

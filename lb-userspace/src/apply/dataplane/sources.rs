@@ -1,0 +1,117 @@
+//! The source-policy maps: per-VIP policies and the allow/deny trie (the reconciler writes them),
+//! and the new-flow buckets (housekeeping reads them for the sources being limited).
+
+use std::os::fd::{AsFd as _, OwnedFd};
+
+use aya::{
+    Ebpf,
+    maps::{
+        Array, Map, MapData, MapError,
+        lpm_trie::{Key, LpmTrie},
+    },
+};
+use lb_common::{MAX_VIPS, SourceBucket, SourceBucketKey, SourcePolicy, SourceRuleData, maps};
+
+use super::{DataplaneError, batch, map_err};
+
+/// The reconciler's handles.
+pub struct SourceMaps {
+    policies: Array<MapData, SourcePolicy>,
+    /// The same array, for reading it whole in one batch.
+    policies_fd: OwnedFd,
+    rules: LpmTrie<MapData, SourceRuleData, u32>,
+    buckets: OwnedFd,
+}
+
+impl std::fmt::Debug for SourceMaps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceMaps").finish_non_exhaustive()
+    }
+}
+
+impl SourceMaps {
+    /// `None` for builds of the object from before source policies (the bench loads them).
+    pub(super) fn take(ebpf: &mut Ebpf) -> Result<Option<Self>, DataplaneError> {
+        let (Some(policies), Some(rules), Some(buckets)) = (
+            ebpf.take_map(maps::SOURCE_POLICY),
+            ebpf.take_map(maps::SOURCE_RULES),
+            ebpf.take_map(maps::SOURCE_BUCKETS),
+        ) else {
+            return Ok(None);
+        };
+        let buckets = match &buckets {
+            Map::LruHashMap(data) => data.fd().as_fd().try_clone_to_owned(),
+            _ => Err(std::io::Error::other("not an LRU hash map")),
+        }
+        .map_err(|e| map_err(maps::SOURCE_BUCKETS)(MapError::IoError(e)))?;
+        let policies_fd = match &policies {
+            Map::Array(data) => data.fd().as_fd().try_clone_to_owned(),
+            _ => Err(std::io::Error::other("not an array")),
+        }
+        .map_err(|e| map_err(maps::SOURCE_POLICY)(MapError::IoError(e)))?;
+        Ok(Some(Self {
+            policies: Array::try_from(policies).map_err(map_err(maps::SOURCE_POLICY))?,
+            policies_fd,
+            rules: LpmTrie::try_from(rules).map_err(map_err(maps::SOURCE_RULES))?,
+            buckets,
+        }))
+    }
+
+    pub fn set_policy(&mut self, id: u32, policy: &SourcePolicy) -> Result<(), DataplaneError> {
+        self.policies.set(id, policy, 0).map_err(map_err(maps::SOURCE_POLICY))
+    }
+
+    /// Every VIP id whose policy is not all zero (what a previous agent left).
+    pub fn policies(&self) -> Result<Vec<(u32, SourcePolicy)>, DataplaneError> {
+        let mut values = vec![SourcePolicy::default(); MAX_VIPS as usize];
+        // SAFETY: `SourcePolicy` is plain data (`aya::Pod`); the slice covers the vector exactly.
+        let bytes =
+            unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast::<u8>(), size_of_val(values.as_slice())) };
+        batch::lookup_array(self.policies_fd.as_fd(), MAX_VIPS, bytes, size_of::<SourcePolicy>())
+            .map_err(|e| map_err(maps::SOURCE_POLICY)(MapError::IoError(std::io::Error::other(e))))?;
+        Ok(values
+            .into_iter()
+            .enumerate()
+            .filter(|(_, p)| *p != SourcePolicy::default())
+            .map(|(id, p)| (id as u32, p))
+            .collect())
+    }
+
+    pub fn set_rule(&mut self, key: (u32, SourceRuleData), action: u32) -> Result<(), DataplaneError> {
+        self.rules.insert(&Key::new(key.0, key.1), &action, 0).map_err(map_err(maps::SOURCE_RULES))
+    }
+
+    pub fn remove_rule(&mut self, key: (u32, SourceRuleData)) -> Result<(), DataplaneError> {
+        match self.rules.remove(&Key::new(key.0, key.1)) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(maps::SOURCE_RULES)(e)),
+        }
+    }
+
+    /// The trie's entries (what a previous agent left).
+    pub fn rules(&self) -> Result<Vec<((u32, SourceRuleData), u32)>, DataplaneError> {
+        self.rules
+            .iter()
+            .map(|entry| entry.map(|(key, action)| ((key.prefix_len(), key.data()), action)))
+            .collect::<Result<_, _>>()
+            .map_err(map_err(maps::SOURCE_RULES))
+    }
+
+    /// A handle on the buckets for another thread.
+    pub fn buckets(&self) -> Result<SourceBuckets, DataplaneError> {
+        let fd = self.buckets.try_clone().map_err(|e| map_err(maps::SOURCE_BUCKETS)(MapError::IoError(e)))?;
+        Ok(SourceBuckets(fd))
+    }
+}
+
+/// The new-flow buckets, read by the housekeeping thread.
+#[derive(Debug)]
+pub struct SourceBuckets(OwnedFd);
+
+impl SourceBuckets {
+    /// Every bucket now in the table.
+    pub fn read(&self) -> Result<Vec<(SourceBucketKey, SourceBucket)>, DataplaneError> {
+        batch::lookup_hash(self.0.as_fd(), 4096)
+            .map_err(|e| map_err(maps::SOURCE_BUCKETS)(MapError::IoError(std::io::Error::other(e))))
+    }
+}

@@ -1,0 +1,200 @@
+//! Source policy in the real XDP object under BPF_PROG_TEST_RUN: allow and deny lists (longest
+//! prefix, the VIP's before the node's, `allow_only`), per-prefix new-flow limits, reloads —
+//! verdicts, counters and untouched bytes of refused frames, and what the maps hold.
+
+use lb_common::{SOURCE_SCOPE_NODE, Stat};
+use xlb::apply::{source_report::SourceReport, testrun::XdpAction};
+use xlb_tests::{
+    Balancer,
+    packets::{Frame, L4},
+    require_root,
+};
+
+const CONFIG: &str = r#"
+node:
+  next_hop_mac: 02:00:00:00:00:fe
+  sources:
+    deny: [203.0.113.0/24, "2001:db8:bad::/48"]
+    allow: [203.0.113.128/25]
+nat_pools:
+  - name: p4
+    addresses: [198.51.100.201]
+    ports: 40000-40009
+vips:
+  - name: web4
+    address: 192.0.2.10
+    port: 80
+    protocol: tcp
+    mode: dsr-l2
+    sources:
+      deny: [198.51.100.7]
+    backends:
+      - { address: 10.0.0.1, mac: "02:00:00:00:01:01" }
+  - name: dns4
+    address: 192.0.2.10
+    port: 53
+    protocol: udp
+    mode: dsr-l2
+    backends:
+      - { address: 10.0.0.1, mac: "02:00:00:00:01:01" }
+  - name: admin
+    address: 192.0.2.11
+    port: 22
+    protocol: tcp
+    mode: dsr-l2
+    sources:
+      allow: [10.9.0.0/16]
+      allow_only: true
+    backends:
+      - { address: 10.0.0.1, mac: "02:00:00:00:01:01" }
+  - name: web6
+    address: 2001:db8::10
+    port: 80
+    protocol: tcp
+    mode: dsr-l2
+    backends:
+      - { address: "fd00::1", mac: "02:00:00:00:01:01" }
+  - name: nat4
+    address: 192.0.2.12
+    port: 80
+    protocol: tcp
+    mode: nat
+    snat_pool: p4
+    sources:
+      new_flows: { rate: 1, burst: 3 }
+    backends:
+      - { address: 10.1.0.1, mac: "02:00:00:00:01:01" }
+"#;
+
+fn frame(src: &str, dst: &str, l4: L4) -> Vec<u8> {
+    if dst.contains(':') { Frame::v6(src, dst, l4).build() } else { Frame::v4(src, dst, l4).build() }
+}
+
+fn syn(sport: u16, dport: u16) -> L4 {
+    L4::TcpSyn { sport, dport }
+}
+
+/// Runs `frame`: refused with `stat` (dropped, bytes untouched, that counter +1) or, with
+/// `None`, sent on (XDP_TX).
+fn expect(lb: &Balancer, frame: &[u8], refused: Option<Stat>, case: &str) {
+    let before = lb.stats();
+    let out = lb.run(frame);
+    match refused {
+        Some(stat) => {
+            assert_eq!(out.action, XdpAction::Drop, "{case}: verdict");
+            assert_eq!(out.packet, frame, "{case}: a refused frame is not touched");
+            for ((s, b), (_, a)) in before.iter().zip(lb.stats()) {
+                if s.is_outcome() {
+                    assert_eq!(a, if *s == stat { b + 1 } else { *b }, "{case}: counter {}", s.name());
+                }
+            }
+        }
+        None => assert_eq!(out.action, XdpAction::Tx, "{case}: verdict (sent on)"),
+    }
+}
+
+#[test]
+fn allow_and_deny_lists_decide_by_longest_prefix_the_vips_before_the_nodes() {
+    require_root!();
+    let lb = Balancer::with_config(CONFIG);
+    let denied = Some(Stat::DropSourceDenied);
+    let cases: [(&str, Vec<u8>, Option<Stat>); 10] = [
+        ("node deny", frame("203.0.113.5", "192.0.2.10", syn(1000, 80)), denied),
+        ("node allow inside the node deny", frame("203.0.113.200", "192.0.2.10", syn(1001, 80)), None),
+        ("node deny, udp", frame("203.0.113.5", "192.0.2.10", L4::Udp { sport: 1, dport: 53 }), denied),
+        ("the VIP's own deny", frame("198.51.100.7", "192.0.2.10", syn(1002, 80)), denied),
+        ("the VIP's deny is its own", frame("198.51.100.7", "192.0.2.10", L4::Udp { sport: 2, dport: 53 }), None),
+        ("allow_only, allowed", frame("10.9.1.1", "192.0.2.11", syn(1003, 22)), None),
+        ("allow_only, not allowed", frame("10.8.0.1", "192.0.2.11", syn(1004, 22)), Some(Stat::DropSourceNotAllowed)),
+        ("node deny, IPv6", frame("2001:db8:bad:1::1", "2001:db8::10", syn(1005, 80)), denied),
+        ("outside the IPv6 deny", frame("2001:db8:beef::1", "2001:db8::10", syn(1006, 80)), None),
+        ("node deny before a NAT flow", frame("203.0.113.6", "192.0.2.12", syn(1007, 80)), denied),
+    ];
+    for (case, bytes, refused) in &cases {
+        expect(&lb, bytes, *refused, case);
+    }
+    // A denied source's unknown non-SYN (an ACK flood) is refused too, not sent unrecorded.
+    expect(&lb, &frame("203.0.113.5", "192.0.2.10", L4::TcpAck { sport: 1000, dport: 80 }), denied, "ACK");
+}
+
+#[test]
+fn a_reload_changes_the_lists_and_removes_what_it_no_longer_names() {
+    require_root!();
+    let mut lb = Balancer::with_config(CONFIG);
+    let rules = |lb: &Balancer| lb.maps.sources.as_ref().expect("source maps").rules().expect("read the trie").len();
+    // Node: 2 deny + 1 allow; web4: 1 deny; admin: 1 allow.
+    assert_eq!(rules(&lb), 5, "every entry in the trie, each in its scope");
+    let web4_denied = frame("198.51.100.7", "192.0.2.10", syn(2000, 80));
+    expect(&lb, &web4_denied, Some(Stat::DropSourceDenied), "before the reload");
+    let without = CONFIG.replace("      deny: [198.51.100.7]\n", "      deny: [198.51.100.8]\n").replace(
+        "    deny: [203.0.113.0/24, \"2001:db8:bad::/48\"]\n    allow: [203.0.113.128/25]\n",
+        "    deny: []\n",
+    );
+    lb.reload(&without);
+    assert_eq!(rules(&lb), 2, "the node's entries and web4's old one removed, its new one written");
+    expect(&lb, &web4_denied, None, "no longer denied");
+    expect(&lb, &frame("198.51.100.8", "192.0.2.10", syn(2001, 80)), Some(Stat::DropSourceDenied), "newly denied");
+    expect(&lb, &frame("203.0.113.5", "192.0.2.10", syn(2002, 80)), None, "the node's deny is gone");
+    // Without any policy the VIP's slot is zeroed: nothing is judged.
+    let none = without.replace("    sources:\n      deny: [198.51.100.8]\n", "");
+    lb.reload(&none);
+    expect(&lb, &frame("198.51.100.8", "192.0.2.10", syn(2003, 80)), None, "policy removed");
+}
+
+#[test]
+fn new_flow_limits_admit_the_burst_then_refuse_the_prefix_and_allowed_sources_are_exempt() {
+    require_root!();
+    let yaml = CONFIG.replace(
+        "    allow: [203.0.113.128/25]\n",
+        "    allow: [203.0.113.128/25]\n    new_flows: { rate: 1, burst: 4, prefix_v4: 24 }\n",
+    );
+    let lb = Balancer::with_config(&yaml);
+    let limited = Some(Stat::DropSourceLimited);
+    // The node's limit, shared over the node's VIPs: four new flows of 198.51.100.0/24 at once.
+    for port in 0..4 {
+        expect(&lb, &frame("198.51.100.20", "192.0.2.10", syn(3000 + port, 80)), None, "within the burst");
+    }
+    expect(&lb, &frame("198.51.100.20", "192.0.2.10", syn(3010, 80)), limited, "past the burst");
+    expect(&lb, &frame("198.51.100.99", "192.0.2.10", L4::Udp { sport: 9, dport: 53 }), limited, "same /24, other VIP");
+    expect(&lb, &frame("198.51.101.1", "192.0.2.10", syn(3011, 80)), None, "another /24 has its own bucket");
+    // Established flows are never judged; an unknown ACK is not a new flow and is not counted.
+    let ack = frame("198.51.100.20", "192.0.2.10", L4::TcpAck { sport: 3000, dport: 80 });
+    expect(&lb, &ack, None, "an admitted flow's ACK");
+    expect(&lb, &frame("198.51.100.20", "192.0.2.10", L4::TcpAck { sport: 3999, dport: 80 }), None, "unknown ACK");
+    // Allowed sources are never limited.
+    for port in 0..20 {
+        expect(&lb, &frame("203.0.113.200", "192.0.2.10", syn(3100 + port, 80)), None, "allowed: unlimited");
+    }
+    // A VIP's own limit (nat4: burst 3) replaces the node's and counts in buckets of its own.
+    for port in 0..3 {
+        expect(&lb, &frame("198.51.102.1", "192.0.2.12", syn(3200 + port, 80)), None, "nat4 burst");
+    }
+    let before = lb.stat(Stat::NatForwarded);
+    expect(&lb, &frame("198.51.102.1", "192.0.2.12", syn(3210, 80)), limited, "nat4 past its burst");
+    assert_eq!(lb.stat(Stat::NatForwarded), before, "a refused SYN claims no pool port");
+
+    // The buckets as the agent reads them, and the report of the sources being limited.
+    let buckets = lb.maps.sources.as_ref().expect("source maps").buckets().expect("handle").read().expect("read");
+    let node_bucket = buckets
+        .iter()
+        .find(|(k, _)| k.scope >> 8 == SOURCE_SCOPE_NODE && k.addr[0] == u32::from_ne_bytes([198, 51, 100, 0]))
+        .map(|(_, b)| *b)
+        .expect("the node's bucket of 198.51.100.0/24");
+    assert_eq!((node_bucket.admitted, node_bucket.limited), (4, 2), "admitted and refused in the node's bucket");
+    let nat_id = lb.applied("nat4").meta.id;
+    let vip_bucket = buckets.iter().find(|(k, _)| k.scope >> 8 == nat_id).map(|(_, b)| *b).expect("nat4's own bucket");
+    assert_eq!((vip_bucket.admitted, vip_bucket.limited), (3, 1));
+    let mut report = SourceReport::default();
+    let describe =
+        |id, family| xlb::apply::source_report::describe_scope(&lb.config, lb.reconciler.applied(), id, family);
+    let start = std::time::Instant::now();
+    assert!(report.update(buckets, start, describe).is_empty(), "the first look has nothing to compare with");
+    expect(&lb, &frame("198.51.100.20", "192.0.2.10", syn(3300, 80)), limited, "still limited");
+    let buckets = lb.maps.sources.as_ref().expect("source maps").buckets().expect("handle").read().expect("read");
+    let listed = report.update(buckets, start + std::time::Duration::from_secs(1), describe);
+    assert_eq!(listed.len(), 1, "only the prefix refused since the last look: {listed:?}");
+    assert_eq!(
+        (listed[0].scope.as_str(), listed[0].prefix.as_str(), listed[0].refused_per_second, listed[0].refused_total),
+        ("node", "198.51.100.0/24", 1, 3)
+    );
+}
