@@ -11,6 +11,11 @@ pub const GEN_ONE_FLOW: u32 = 0;
 pub const GEN_CYCLE: u32 = 1;
 /// A new flow per frame: the source port and the low 16 bits of the source address count up.
 pub const GEN_NEW_PER_FRAME: u32 = 2;
+/// One source opening a new flow per frame: only the source port counts up (a one-source flood).
+pub const GEN_NEW_PORT_PER_FRAME: u32 = 3;
+/// A spoofed source per frame: the source address's low 16 bits scattered, the port counting
+/// (a flood from random sources).
+pub const GEN_SPOOFED: u32 = 4;
 
 /// The generator's configuration (one entry of `XLB_GEN`).
 #[repr(C)]
@@ -18,7 +23,7 @@ pub const GEN_NEW_PER_FRAME: u32 = 2;
 pub struct GenTemplate {
     /// The frame's first bytes, written over each frame before it is sent.
     pub bytes: [u8; GEN_TEMPLATE_BYTES],
-    /// One of `GEN_ONE_FLOW`, `GEN_CYCLE`, `GEN_NEW_PER_FRAME`.
+    /// One of the `GEN_*` modes.
     pub mode: u32,
     /// `flows - 1` for `GEN_CYCLE`.
     pub flow_mask: u32,

@@ -246,6 +246,13 @@ impl Topology {
         }
     }
 
+    /// Lets the client (on the segment) send XDP frames — the traffic generator's: the switch
+    /// side of its veth takes them only while it runs XDP itself.
+    pub fn accept_generated_frames(&mut self) {
+        let pass = attach_pass(&self._switch, "p-cl");
+        self.switch_xdp.push(pass);
+    }
+
     /// The first (or only) xlb node.
     pub fn node(&self) -> &Netns {
         &self.nodes[0]

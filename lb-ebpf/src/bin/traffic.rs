@@ -13,7 +13,7 @@ use aya_ebpf::{
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
-use lb_common::{GEN_CYCLE, GEN_NEW_PER_FRAME, GEN_TEMPLATE_BYTES, GenTemplate};
+use lb_common::{GEN_CYCLE, GEN_NEW_PER_FRAME, GEN_NEW_PORT_PER_FRAME, GEN_SPOOFED, GEN_TEMPLATE_BYTES, GenTemplate};
 use lb_ebpf::parse::Frame;
 
 /// Where the IP header starts: templates are untagged Ethernet.
@@ -49,6 +49,9 @@ pub fn xlb_gen(ctx: XdpContext) -> u32 {
     let (sport, source_step) = match template.mode {
         GEN_CYCLE => (n as u32 & template.flow_mask, 0),
         GEN_NEW_PER_FRAME => (n as u32 & 0xffff, (n >> 16) as u32 & 0xffff),
+        GEN_NEW_PORT_PER_FRAME => (n as u32 & 0xffff, 0),
+        // Knuth's multiplicative hash spreads consecutive counts over the 16 bits.
+        GEN_SPOOFED => (n as u32 & 0xffff, (n as u32).wrapping_mul(2_654_435_761) >> 16),
         _ => return xdp_action::XDP_TX,
     };
     // Untagged Ethernet: constant offsets keep the verifier's packet bounds simple.
@@ -60,7 +63,7 @@ pub fn xlb_gen(ctx: XdpContext) -> u32 {
         let base = u16::from_be_bytes(core::ptr::read_unaligned(port));
         core::ptr::write_unaligned(port, base.wrapping_add(sport as u16).to_be_bytes());
     }
-    if template.mode == GEN_NEW_PER_FRAME {
+    if template.mode == GEN_NEW_PER_FRAME || template.mode == GEN_SPOOFED {
         // The source address's low 16 bits: bytes 14-15 of the IPv4 header, 22-23 of IPv6's.
         let low = if v6 { frame.at::<[u8; 2]>(L3 + 22) } else { frame.at::<[u8; 2]>(L3 + 14) };
         let Some(low) = low else { return xdp_action::XDP_ABORTED };

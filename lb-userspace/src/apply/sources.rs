@@ -5,16 +5,16 @@
 
 use std::collections::BTreeMap;
 
-use lb_common::{SOURCE_SCOPE_NODE, SourcePolicy, SourceRuleData, VipKey};
+use lb_common::{SOURCE_SCOPE_NODE, SourcePolicy, VipKey};
 
-use super::dataplane::{DataplaneError, Maps};
+use super::dataplane::{DataplaneError, Maps, RuleKey};
 use super::reconcile::AppliedVip;
 use crate::state::sources::DesiredSources;
 
 /// What the source-policy maps hold, as written.
 #[derive(Debug, Default)]
 pub struct SourceSync {
-    rules: BTreeMap<(u32, SourceRuleData), u32>,
+    rules: BTreeMap<RuleKey, u32>,
     /// VIP id → policy, for ids whose policy is not all zero.
     policies: BTreeMap<u32, SourcePolicy>,
 }
@@ -35,7 +35,7 @@ impl SourceSync {
         maps: &mut Maps,
     ) -> Result<(), DataplaneError> {
         let Some(sources) = maps.sources.as_mut() else { return Ok(()) };
-        let mut rules: BTreeMap<(u32, SourceRuleData), u32> =
+        let mut rules: BTreeMap<RuleKey, u32> =
             desired.node_rules.iter().map(|rule| (rule.key(SOURCE_SCOPE_NODE), rule.action)).collect();
         let mut policies = BTreeMap::new();
         for (key, (policy, own)) in &desired.vips {
@@ -61,7 +61,7 @@ impl SourceSync {
             sources.set_policy(id, &SourcePolicy::default())?;
             self.policies.remove(&id);
         }
-        let gone: Vec<(u32, SourceRuleData)> = self.rules.keys().filter(|k| !rules.contains_key(k)).copied().collect();
+        let gone: Vec<RuleKey> = self.rules.keys().filter(|k| !rules.contains_key(k)).copied().collect();
         for key in gone {
             sources.remove_rule(key)?;
             self.rules.remove(&key);

@@ -69,7 +69,7 @@ mod readers;
 mod shadow;
 mod sizes;
 mod sources;
-pub use sources::{SourceBuckets, SourceMaps};
+pub use sources::{RuleKey, SourceBuckets, SourceMaps};
 mod tables;
 mod test_access;
 pub use bpffs::prepare_pin_dir;

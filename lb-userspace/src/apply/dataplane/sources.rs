@@ -14,6 +14,9 @@ use lb_common::{MAX_VIPS, SourceBucket, SourceBucketKey, SourcePolicy, SourceRul
 
 use super::{DataplaneError, batch, map_err};
 
+/// An allow/deny entry's key: its prefix length in bits (scope included) and what it matches.
+pub type RuleKey = (u32, SourceRuleData);
+
 /// The reconciler's handles.
 pub struct SourceMaps {
     policies: Array<MapData, SourcePolicy>,
@@ -77,11 +80,11 @@ impl SourceMaps {
             .collect())
     }
 
-    pub fn set_rule(&mut self, key: (u32, SourceRuleData), action: u32) -> Result<(), DataplaneError> {
+    pub fn set_rule(&mut self, key: RuleKey, action: u32) -> Result<(), DataplaneError> {
         self.rules.insert(&Key::new(key.0, key.1), &action, 0).map_err(map_err(maps::SOURCE_RULES))
     }
 
-    pub fn remove_rule(&mut self, key: (u32, SourceRuleData)) -> Result<(), DataplaneError> {
+    pub fn remove_rule(&mut self, key: RuleKey) -> Result<(), DataplaneError> {
         match self.rules.remove(&Key::new(key.0, key.1)) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(map_err(maps::SOURCE_RULES)(e)),
@@ -89,7 +92,7 @@ impl SourceMaps {
     }
 
     /// The trie's entries (what a previous agent left).
-    pub fn rules(&self) -> Result<Vec<((u32, SourceRuleData), u32)>, DataplaneError> {
+    pub fn rules(&self) -> Result<Vec<(RuleKey, u32)>, DataplaneError> {
         self.rules
             .iter()
             .map(|entry| entry.map(|(key, action)| ((key.prefix_len(), key.data()), action)))

@@ -1,0 +1,207 @@
+//! SYN floods end to end: the live-frames generator floods a VIP from the client's namespace
+//! while 20 long-lived connections run and 20 legitimate clients open new ones, at dsr-l2,
+//! dsr-ipip and nat VIPs. One source (its prefix limited by `sources.new_flows`), then random
+//! spoofed sources (nothing to limit: the connection table's embryonic entries protect the
+//! live ones). Each phase prints its figures.
+
+use std::{
+    collections::BTreeSet,
+    io::{BufRead as _, BufReader, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use lb_common::{GEN_NEW_PORT_PER_FRAME, GEN_SPOOFED};
+use xlb::serve::conns::ConnsReport;
+use xlb_tests::{
+    netns::wait_for,
+    require_root,
+    topology::{CLIENT_V4, Topology, backend_v4},
+    traffic::{Generator, tcp_syn_v4},
+};
+
+const L2: &str = "10.210.100.1";
+const IPIP: &str = "10.210.100.2";
+const NAT: &str = "10.210.100.3";
+const POOL: &str = "10.210.0.201";
+/// The node's MAC on the segment (node 0).
+const NODE_MAC: [u8; 6] = [2, 0, 0, 0x21, 0, 2];
+/// Legitimate clients and long-lived connections per VIP and phase.
+const CLIENTS: usize = 20;
+/// Bounds on a flood: frames and time.
+const FLOOD_FRAMES: u64 = 40_000_000;
+const FLOOD_TIME: Duration = Duration::from_secs(6);
+/// Flood frames: the generator's smallest (its template's size).
+const FRAME: usize = lb_common::GEN_TEMPLATE_BYTES;
+/// The one flooding source: a /24 of its own, apart from the legitimate client's.
+const FLOODER: Ipv4Addr = Ipv4Addr::new(10, 240, 0, 1);
+
+fn config() -> String {
+    let backends = |port: &str| -> String {
+        (0..3)
+            .map(|i| {
+                format!("      - {{ address: {}{port}, mac: \"02:00:00:21:00:{:02x}\" }}\n", backend_v4(i), 11 + i)
+            })
+            .collect()
+    };
+    format!(
+        "node:\n  tunnel_source_v4: 10.210.200.0/24\n  flow_table_size: 65536\n  sources:\n    new_flows: {{ rate: 2000, burst: 2000 }}\n\
+         nat_pools:\n  - name: pool\n    addresses: [{POOL}]\n    ports: 20000-59999\nvips:\n\
+         - name: l2\n    address: {L2}\n    port: 8080\n    protocol: tcp\n    mode: dsr-l2\n    backends:\n{}\
+         - name: ipip\n    address: {IPIP}\n    port: 8080\n    protocol: tcp\n    mode: dsr-ipip\n    backends:\n{}\
+         - name: nat\n    address: {NAT}\n    port: 8080\n    protocol: tcp\n    mode: nat\n    snat_pool: pool\n    backends:\n{}",
+        backends(""),
+        backends(""),
+        backends(", port: 8080"),
+    )
+    .replace("\n- name", "\n  - name")
+}
+
+/// Floods `vip`:8080 from the client's namespace until `stop` (bounded); returns frames sent
+/// and the time taken.
+fn flood(topo: &Topology, vip: &str, mode: u32, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u64, Duration)> {
+    let vip: Ipv4Addr = vip.parse().expect("VIP");
+    topo.clients[0].run(move || {
+        let client_mac = std::fs::read_to_string("/sys/class/net/eth0/address").expect("client MAC");
+        let mac: Vec<u8> = client_mac.trim().split(':').map(|b| u8::from_str_radix(b, 16).expect("hex")).collect();
+        let mut generator = Generator::load().expect("load the generator");
+        let template = tcp_syn_v4(mac.try_into().expect("6 bytes"), NODE_MAC, FLOODER, vip, 1024, 8080, mode);
+        generator.set(&template, FRAME).expect("template");
+        // SAFETY: a NUL-terminated interface name.
+        let ifindex = unsafe { libc::if_nametoindex(c"eth0".as_ptr()) };
+        let (start, mut sent) = (Instant::now(), 0u64);
+        while !stop.load(Ordering::Relaxed) && start.elapsed() < FLOOD_TIME && sent < FLOOD_FRAMES {
+            generator.send(ifindex, 1 << 18).expect("send");
+            sent += 1 << 18;
+        }
+        (sent, start.elapsed())
+    })
+}
+
+/// `CLIENTS` legitimate clients at once, each opening a connection to `vip`:8080 and
+/// exchanging a line (SYNs retried by the kernel: 4 s to connect); how many succeeded.
+fn legitimate(topo: &Topology, vip: &str) -> usize {
+    let addr = SocketAddr::new(vip.parse().expect("VIP"), 8080);
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            topo.clients[0].run(move || -> std::io::Result<()> {
+                let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(4))?;
+                conn.set_read_timeout(Some(Duration::from_secs(3)))?;
+                conn.write_all(b"hello\n")?;
+                let mut line = String::new();
+                BufReader::new(conn).read_line(&mut line)?;
+                if line.trim().is_empty() { Err(std::io::Error::other("no answer")) } else { Ok(()) }
+            })
+        })
+        .collect();
+    clients.into_iter().map(std::thread::JoinHandle::join).filter(|r| matches!(r, Ok(Ok(())))).count()
+}
+
+/// The confirmed connection-table entries (or NAT flows) of `vip` from the legitimate client.
+fn held(topo: &Topology, name: &str) -> BTreeSet<String> {
+    // (The agent answers once it has measured the kernel's clock, shortly after it starts.)
+    let out = wait_for("xlb conns", Duration::from_secs(10), || {
+        Some(topo.xlb(&["conns", name, "--limit", "10000", "--json"])).filter(|out| out.status.success())
+    });
+    let report: ConnsReport = serde_json::from_slice(&out.stdout).expect("conns JSON");
+    report
+        .flows
+        .into_iter()
+        .filter(|f| f.client.starts_with(&format!("{CLIENT_V4}:")) && (f.state == "confirmed" || f.state == "nat"))
+        .map(|f| f.client)
+        .collect()
+}
+
+/// One phase: long-lived connections open, then a flood with legitimate clients during it.
+/// (A one-source flood's ports repeat every 65 536 SYNs: a repeated SYN of a flow its limit
+/// admitted is that flow's retransmission, sent on like any packet of a known flow.)
+/// Returns the legitimate clients that succeeded.
+fn phase(topo: &Topology, name: &str, vip: &str, mode: u32, what: &str) -> usize {
+    // (Entries of earlier phases' closed connections stay until they idle out.)
+    let earlier = held(topo, name);
+    let streams = topo.open_streams(vip, 8080, CLIENTS);
+    assert!(streams.progress(2, Duration::from_secs(10)), "{what} {name}: the long-lived connections exchange");
+    let before: BTreeSet<String> = held(topo, name).difference(&earlier).cloned().collect();
+    assert_eq!(before.len(), CLIENTS, "{what} {name}: every long-lived connection is held: {before:?}");
+    let stats_before = topo.stats().expect("stats");
+    let stop = Arc::new(AtomicBool::new(false));
+    let flooder = flood(topo, vip, mode, Arc::clone(&stop));
+    // Let the flood reach its rate before the clients come.
+    std::thread::sleep(Duration::from_millis(500));
+    let succeeded = legitimate(topo, vip);
+    let kept = streams.progress(2, Duration::from_secs(5));
+    stop.store(true, Ordering::Relaxed);
+    let (frames, took) = flooder.join().expect("flood thread");
+    // Read once the flood is over and every long-lived connection has exchanged again (one that
+    // lost a packet to the saturated links may sit in retransmission backoff): `conns` lists the
+    // most recently active entries first, and during the flood those are its own.
+    let recovered = streams.progress(2, Duration::from_secs(10));
+    let after = held(topo, name);
+    let results = streams.finish();
+    let stats = topo.stats().expect("stats");
+    let delta =
+        |counter: &str| stats.counter(counter).unwrap_or(0).saturating_sub(stats_before.counter(counter).unwrap_or(0));
+    let evicted = before.difference(&after).count();
+    println!(
+        "{what} at {name}: {frames} SYNs in {took:.1?} ({:.2} Mpps offered, {:.2} Mpps reached XDP); legitimate \
+         clients {succeeded}/{CLIENTS} \
+         ({:.0}%); long-lived kept {}/{CLIENTS}, evicted {evicted}; forwarded {}, limited {}, set full {}, NAT \
+         forwarded {}, pool exhausted {}, NAT table full {}",
+        frames as f64 / took.as_secs_f64() / 1e6,
+        stats.rx_packets.saturating_sub(stats_before.rx_packets) as f64 / took.as_secs_f64() / 1e6,
+        succeeded as f64 * 100.0 / CLIENTS as f64,
+        results.iter().filter(|r| r.is_ok()).count(),
+        delta("forwarded"),
+        delta("drop_source_limited"),
+        delta("flow_set_full"),
+        delta("nat_forwarded"),
+        delta("drop_pool_exhausted"),
+        delta("drop_nat_table_full"),
+    );
+    assert!(kept && recovered, "{what} {name}: the long-lived connections kept exchanging through the flood");
+    for r in &results {
+        assert!(r.is_ok(), "{what} {name}: a long-lived connection broke: {r:?}");
+    }
+    assert_eq!(evicted, 0, "{what} {name}: confirmed entries evicted by the flood: {before:?} → {after:?}");
+    assert!(frames >= 1 << 18, "{what} {name}: the generator sent");
+    succeeded
+}
+
+#[test]
+fn syn_floods_neither_evict_live_flows_nor_keep_legitimate_clients_out() {
+    require_root!();
+    let mut topo = Topology::new(3, &[L2, IPIP, NAT]);
+    topo.accept_generated_frames();
+    topo.node().ip(&["addr", "add", &format!("{POOL}/24"), "dev", "eth0"]);
+    topo.decap_on_backends();
+    topo.serve_streams("0.0.0.0", 8080);
+    topo.start_agent(&config());
+
+    for (name, vip) in [("l2", L2), ("ipip", IPIP), ("nat", NAT)] {
+        let succeeded = phase(&topo, name, vip, GEN_NEW_PORT_PER_FRAME, "one-source SYN flood");
+        assert!(
+            succeeded * 100 >= CLIENTS * 99,
+            "one-source flood at {name}: {succeeded}/{CLIENTS} clients got through"
+        );
+    }
+    let stats = topo.stats().expect("stats");
+    assert!(stats.counter("drop_source_limited").unwrap_or(0) > 0, "the flooding prefix was limited");
+    let status = topo.xlb(&["status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("10.240.0.0/24"), "status lists the limited prefix:\n{text}");
+
+    for (name, vip) in [("l2", L2), ("ipip", IPIP)] {
+        let succeeded = phase(&topo, name, vip, GEN_SPOOFED, "spoofed-source SYN flood");
+        assert!(succeeded * 100 >= CLIENTS * 99, "spoofed flood at {name}: {succeeded}/{CLIENTS} clients got through");
+    }
+    // NAT under a spoofed flood: every spoofed SYN claims a pool port (held for
+    // nat_closing_timeout) until the pool or the NAT table runs out — a flood longer than this
+    // phase's then keeps legitimate SYNs out too, which SYN cookies (issue 18 item 4) are for.
+    // Measured and printed; its live flows must survive all the same.
+    let succeeded = phase(&topo, "nat", NAT, GEN_SPOOFED, "spoofed-source SYN flood");
+    println!("spoofed flood at nat: {succeeded}/{CLIENTS} legitimate clients got through");
+}
