@@ -27,7 +27,7 @@ use xlb_tests::{Balancer, packets::L4};
 
 use crate::{
     bench_flows::{Filled, Large, Plane},
-    bench_packets::{config, frame},
+    bench_packets::{config, frame, limit_flooder},
 };
 
 /// The filled plane `plane` (built before the runs for every large case chosen).
@@ -206,6 +206,8 @@ fn cases() -> Vec<Case> {
         case("nat-v4-new-pool-exhausted", Program::Balancer, LOOP, New("192.0.2.31"), XdpAction::Drop),
         case("flood-syn-v4", Program::Flood, LOOP, Flood("192.0.2.20"), XdpAction::Tx),
         case("flood-syn-v6", Program::Flood, LOOP, Flood("2001:db8::10"), XdpAction::Tx),
+        case("flood-syn-v4-limited", Program::Balancer, LOOP, Flood("192.0.2.21"), XdpAction::Drop),
+        case("flood-syn-v4-denied", Program::Balancer, LOOP, Flood("192.0.2.22"), XdpAction::Drop),
     ]
     .into_iter()
     .chain(large_cases())
@@ -325,6 +327,9 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             planes.push(Filled::new(plane, opts.runs * opts.loop_count)?);
         }
     }
+    if cases.iter().any(|c| c.name == "flood-syn-v4-limited") {
+        limit_flooder(&balancers[0])?;
+    }
     let mut exhausted_before = None;
     if cases.iter().any(|c| c.name == "nat-v4-new-pool-exhausted") {
         for (build, balancer) in balancers.iter().enumerate() {
@@ -369,6 +374,9 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     let builds = |case: &Case| {
         if case.program == Program::Floor
             || case.name == "nat-v4-new-pool-exhausted"
+            // Builds from before source policies have none to judge by.
+            || case.name.starts_with("flood-syn-v4-limited")
+            || case.name.starts_with("flood-syn-v4-denied")
             || matches!(case.program, Program::Large(_))
         {
             0..1
@@ -648,6 +656,8 @@ fn print_table(rows: &[Row], opts: &Options, cpu: usize) {
         ("flood-syn-v4", "dsr-l2-v4-new"),
         ("flood-syn-v6", "dsr-ipip-v6-new"),
         ("nat-v4-new-pool-exhausted", "nat-v4-new"),
+        ("flood-syn-v4-limited", "dsr-l2-v4-new"),
+        ("flood-syn-v4-denied", "dsr-l2-v4-new"),
     ] {
         if let (Some(a), Some(b)) = (net(flood), net(new)) {
             println!("{flood} / {new} (net): {:.2} (target ≤ 1.0)", a / b);

@@ -1,6 +1,11 @@
 //! What the packet bench runs on: the balancer config (Katran's default shape) and its frames.
 
-use xlb_tests::packets::{Frame, L4};
+use anyhow::Context as _;
+use lb_common::{FAMILY_V4, SourceBucket, SourceBucketKey, source_scope};
+use xlb_tests::{
+    Balancer,
+    packets::{Frame, L4},
+};
 
 /// Katran's default shape: 16 reals per VIP, ring 65537.
 pub fn config() -> String {
@@ -16,6 +21,11 @@ pub fn config() -> String {
     vip("ipip4", "192.0.2.10", "dsr-ipip", &|i| format!("10.1.0.{}", i + 1));
     vip("ipip6", "2001:db8::10", "dsr-ipip", &|i| format!("fd00:1::{}", i + 1));
     vip("l2v4", "192.0.2.20", "dsr-l2", &|i| format!("10.2.0.{}", i + 1));
+    // Source policy: the flood's prefix over its limit (`limit_flooder`), or denied.
+    vip("limited4", "192.0.2.21", "dsr-l2\n    sources: { new_flows: { rate: 1000, prefix_v4: 8 } }", &|i| {
+        format!("10.2.0.{}", i + 1)
+    });
+    vip("denied4", "192.0.2.22", "dsr-l2\n    sources: { deny: [203.0.113.0/24] }", &|i| format!("10.2.0.{}", i + 1));
     vip("nat4", "192.0.2.30", "nat\n    snat_pool: pool4", &|i| format!("10.3.0.{}", i + 1));
     vip("nat6", "2001:db8::30", "nat\n    snat_pool: pool6", &|i| format!("fd00:3::{}", i + 1));
     yaml.push_str("  - name: natfull4\n    address: 192.0.2.31\n    port: 80\n    protocol: tcp\n    mode: nat\n    snat_pool: poolfull\n    backends:\n      - { address: 10.4.0.1, mac: \"02:00:00:00:04:01\" }\n");
@@ -33,4 +43,23 @@ pub fn config() -> String {
 /// A TCP frame from `src` to `dst` (IPv6 if `dst` is).
 pub fn frame(src: &str, dst: &str, l4: L4) -> Vec<u8> {
     if dst.contains(':') { Frame::v6(src, dst, l4).build() } else { Frame::v4(src, dst, l4).build() }
+}
+
+/// Puts the flood's sources (203.0.0.0/8, `limited4`'s bucket prefix) over their limit: a
+/// bucket whose next admission is an hour away, so every SYN the bench sends is refused by the
+/// bucket (the limit's whole path: clock, bucket lookup, refusal).
+pub fn limit_flooder(balancer: &Balancer) -> anyhow::Result<()> {
+    let id = balancer.applied("limited4").meta.id;
+    let key =
+        SourceBucketKey { scope: source_scope(id, FAMILY_V4), addr: [u32::from_ne_bytes([203, 0, 0, 0]), 0, 0, 0] };
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid clock id and a timespec to write.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut now) } != 0 {
+        anyhow::bail!("clock_gettime: {}", std::io::Error::last_os_error());
+    }
+    let now_ns = now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64;
+    let bucket = SourceBucket { tat_ns: now_ns + 3_600_000_000_000, admitted: 0, limited: 0 };
+    let sources = balancer.maps.sources.as_ref().context("this build has no source policy")?;
+    sources.buckets()?.write(&key, &bucket)?;
+    Ok(())
 }

@@ -117,4 +117,14 @@ impl SourceBuckets {
         batch::lookup_hash(self.0.as_fd(), 4096)
             .map_err(|e| map_err(maps::SOURCE_BUCKETS)(MapError::IoError(std::io::Error::other(e))))
     }
+
+    /// Writes one bucket as the data plane would (benches and tests: a source put over its limit
+    /// without sending its flows).
+    pub fn write(&self, key: &SourceBucketKey, bucket: &SourceBucket) -> Result<(), DataplaneError> {
+        let fd = self.0.try_clone().map_err(|e| map_err(maps::SOURCE_BUCKETS)(MapError::IoError(e)))?;
+        let data = MapData::from_fd(fd).map_err(map_err(maps::SOURCE_BUCKETS))?;
+        let mut map: aya::maps::HashMap<MapData, SourceBucketKey, SourceBucket> =
+            aya::maps::HashMap::try_from(Map::LruHashMap(data)).map_err(map_err(maps::SOURCE_BUCKETS))?;
+        map.insert(key, bucket, 0).map_err(map_err(maps::SOURCE_BUCKETS))
+    }
 }
