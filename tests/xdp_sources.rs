@@ -2,7 +2,7 @@
 //! prefix, the VIP's before the node's, `allow_only`), per-prefix new-flow limits, reloads —
 //! verdicts, counters and untouched bytes of refused frames, and what the maps hold.
 
-use lb_common::{SOURCE_SCOPE_NODE, Stat};
+use lb_common::{FAMILY_V4, SOURCE_SCOPE_NODE, SourceBucket, SourceBucketKey, Stat, source_bucket_slots, source_scope};
 use xlb::apply::{source_report::SourceReport, testrun::XdpAction};
 use xlb_tests::{
     Balancer,
@@ -177,12 +177,12 @@ fn new_flow_limits_admit_the_burst_then_refuse_the_prefix_and_allowed_sources_ar
     let buckets = lb.maps.sources.as_ref().expect("source maps").buckets().expect("handle").read().expect("read");
     let node_bucket = buckets
         .iter()
-        .find(|(k, _)| k.scope >> 8 == SOURCE_SCOPE_NODE && k.addr[0] == u32::from_ne_bytes([198, 51, 100, 0]))
-        .map(|(_, b)| *b)
+        .find(|b| b.key.scope >> 8 == SOURCE_SCOPE_NODE && b.key.addr[0] == u32::from_ne_bytes([198, 51, 100, 0]))
+        .copied()
         .expect("the node's bucket of 198.51.100.0/24");
     assert_eq!((node_bucket.admitted, node_bucket.limited), (4, 2), "admitted and refused in the node's bucket");
     let nat_id = lb.applied("nat4").meta.id;
-    let vip_bucket = buckets.iter().find(|(k, _)| k.scope >> 8 == nat_id).map(|(_, b)| *b).expect("nat4's own bucket");
+    let vip_bucket = buckets.iter().find(|b| b.key.scope >> 8 == nat_id).copied().expect("nat4's own bucket");
     assert_eq!((vip_bucket.admitted, vip_bucket.limited), (3, 1));
     let mut report = SourceReport::default();
     let describe =
@@ -197,4 +197,39 @@ fn new_flow_limits_admit_the_burst_then_refuse_the_prefix_and_allowed_sources_ar
         (listed[0].scope.as_str(), listed[0].prefix.as_str(), listed[0].refused_per_second, listed[0].refused_total),
         ("node", "198.51.100.0/24", 1, 3)
     );
+}
+
+#[test]
+fn a_prefix_takes_a_free_or_idle_bucket_slot_never_one_a_limited_prefix_holds() {
+    require_root!();
+    let yaml = CONFIG.replace(
+        "    allow: [203.0.113.128/25]\n",
+        "    allow: [203.0.113.128/25]\n    new_flows: { rate: 1, burst: 4 }\n",
+    );
+    let lb = Balancer::with_config(&yaml);
+    let buckets = lb.maps.sources.as_ref().expect("source maps").buckets().expect("handle");
+    let node4 = source_scope(SOURCE_SCOPE_NODE, FAMILY_V4);
+    let key = SourceBucketKey { scope: node4, addr: [u32::from_ne_bytes([198, 51, 103, 0]), 0, 0, 0] };
+    let (first, second) = source_bucket_slots(&key);
+    // Both slots held by other prefixes that are being limited (next admission an hour away).
+    let resident = |third: u8, tat_ns: u64| SourceBucket {
+        key: SourceBucketKey { scope: node4, addr: [u32::from_ne_bytes([192, 0, third, 0]), 0, 0, 0] },
+        tat_ns,
+        ..SourceBucket::default()
+    };
+    buckets.write(first, &resident(1, u64::MAX / 2)).expect("write");
+    buckets.write(second, &resident(2, u64::MAX / 2)).expect("write");
+    let before = lb.stat(Stat::SourceUntracked);
+    expect(&lb, &frame("198.51.103.9", "192.0.2.10", syn(4000, 80)), None, "both slots limited: admitted untracked");
+    assert_eq!(lb.stat(Stat::SourceUntracked), before + 1, "counted as untracked");
+    let held = buckets.read().expect("read");
+    assert!(held.iter().all(|b| b.key != key), "no bucket taken from a limited prefix");
+    // One resident idle (its schedule behind the clock): the new prefix takes that slot.
+    buckets.write(second, &resident(2, 1)).expect("write");
+    expect(&lb, &frame("198.51.103.9", "192.0.2.10", syn(4001, 80)), None, "takes the idle slot");
+    let held = buckets.read().expect("read");
+    let taken = held.iter().find(|b| b.key == key).expect("the prefix has a bucket now");
+    assert_eq!(taken.admitted, 1);
+    assert!(held.iter().any(|b| b.key == resident(1, 0).key), "the limited resident keeps its slot");
+    assert!(held.iter().all(|b| b.key != resident(2, 0).key), "the idle one gave its slot up");
 }

@@ -1,8 +1,9 @@
 //! Source policy: who may open flows to a VIP, and how fast. Allow and deny lists live in one
 //! longest-prefix-match trie (`maps::SOURCE_RULES`), each entry scoped to one VIP or to the node;
 //! new-flow limits are token buckets (as GCRA: one "theoretical arrival time" per bucket) per
-//! source prefix, in an LRU hash (`maps::SOURCE_BUCKETS`). Only packets that find no established
-//! flow are judged, so the established path pays nothing.
+//! source prefix, in an array of buckets each prefix may take one of two of
+//! (`maps::SOURCE_BUCKETS`). Only packets that find no established flow are judged, so the
+//! established path pays nothing.
 
 use crate::{FAMILY_V6, MAX_VIPS};
 
@@ -87,8 +88,11 @@ pub const SOURCE_RULE_DENY: u32 = 2;
 
 /// Allow/deny entries over all scopes (the trie's size).
 pub const MAX_SOURCE_RULES: u32 = 65_536;
-/// Source-prefix buckets (`maps::SOURCE_BUCKETS`, an LRU: a bucket idle longest makes room).
+/// Source-prefix buckets (`maps::SOURCE_BUCKETS`, a power of two): a prefix's bucket is one of
+/// its two slots (`source_bucket_slots`); a slot whose prefix is not ahead of its schedule may
+/// be taken over, so a prefix being limited keeps its bucket whatever else comes.
 pub const SOURCE_BUCKET_COUNT: u32 = 65_536;
+const _: () = assert!(SOURCE_BUCKET_COUNT.is_power_of_two());
 
 /// Key of a bucket: its scope and the source prefix (address masked to the policy's prefix).
 #[repr(C)]
@@ -98,15 +102,32 @@ pub struct SourceBucketKey {
     pub addr: [u32; 4],
 }
 
-/// A bucket: GCRA's theoretical arrival time, and what it admitted and refused (what the agent
-/// reports as the sources being limited). Updated without atomics: CPUs racing on one bucket
-/// can admit a flow or two more than the limit, never fewer.
+/// A bucket: whose it is, GCRA's theoretical arrival time, and what it admitted and refused
+/// (what the agent reports as the sources being limited). Updated without atomics: CPUs racing
+/// on one bucket can admit a flow or two more than the limit, and a bucket caught half taken
+/// over counts a flow for the wrong prefix; neither lets a flood through.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct SourceBucket {
+    pub key: SourceBucketKey,
+    pub pad: u32,
     pub tat_ns: u64,
     pub admitted: u64,
     pub limited: u64,
+}
+
+/// The two slots a bucket key may hold (they may coincide).
+#[inline(always)]
+pub const fn source_bucket_slots(key: &SourceBucketKey) -> (u32, u32) {
+    let h = crate::flow::fmix(
+        key.scope
+            ^ key.addr[0]
+            ^ key.addr[1].rotate_left(8)
+            ^ key.addr[2].rotate_left(16)
+            ^ key.addr[3].rotate_left(24),
+    );
+    let second = crate::flow::fmix(h ^ 0x9e37_79b9);
+    (h & (SOURCE_BUCKET_COUNT - 1), second & (SOURCE_BUCKET_COUNT - 1))
 }
 
 /// The network-order mask of word `word` (0 to 3) of an address for a prefix of `prefix` bits.

@@ -98,6 +98,9 @@ pub enum Stat {
     DropSourceNotAllowed,
     /// Source policy: the source prefix opened new flows faster than its limit allows.
     DropSourceLimited,
+    /// Event: a new flow was admitted without being counted: both bucket slots of its source
+    /// prefix were held by prefixes being limited (the buckets are too few for this flood).
+    SourceUntracked,
     Count,
 }
 
@@ -159,6 +162,7 @@ impl Stat {
         Stat::DropSourceDenied,
         Stat::DropSourceNotAllowed,
         Stat::DropSourceLimited,
+        Stat::SourceUntracked,
     ];
 
     /// Stable snake_case name, used in `xlb stats` and as the metrics label.
@@ -204,6 +208,7 @@ impl Stat {
             Stat::DropSourceDenied => "drop_source_denied",
             Stat::DropSourceNotAllowed => "drop_source_not_allowed",
             Stat::DropSourceLimited => "drop_source_limited",
+            Stat::SourceUntracked => "source_untracked",
             Stat::Count => "count",
         }
     }
@@ -256,6 +261,9 @@ impl Stat {
             Stat::DropSourceLimited => {
                 "dropped: its source prefix opens new flows faster than sources.new_flows allows"
             }
+            Stat::SourceUntracked => {
+                "admitted uncounted: both bucket slots of its source prefix are held by limited prefixes"
+            }
             Stat::Count => "",
         }
     }
@@ -290,6 +298,7 @@ impl Stat {
                 | Stat::NatRedirected
                 | Stat::FlowSetFull
                 | Stat::NatSourceReused
+                | Stat::SourceUntracked
                 | Stat::Count
         )
     }

@@ -304,8 +304,10 @@ fn direct_inline(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &FlowK
     // gone) is judged by the lists but not counted as a new flow.
     if sources::active(meta.id) {
         let opens = u32::from(opens != Opens::No && entry.flow.is_none());
-        if let Some(stat) = refused(sources::judge(packet, meta.id, opens)) {
-            return counts.outcome(stat);
+        match refused(sources::judge(packet, meta.id, opens)) {
+            Some(Stat::SourceUntracked) => counts.bump(Stat::SourceUntracked),
+            Some(stat) => return counts.outcome(stat),
+            None => {}
         }
     }
     let Some(choice) = choose_backend(counts, &meta, flow, hash, opens, entry) else {
@@ -314,13 +316,14 @@ fn direct_inline(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &FlowK
     send(ctx, counts, packet, node, choice.slot, &choice.backend, hash, choice.new_flow, true)
 }
 
-/// The drop a source-policy verdict asks for, if any.
+/// The drop a source-policy verdict asks for, if any (or the event `SourceUntracked`).
 #[inline(always)]
 fn refused(verdict: u32) -> Option<Stat> {
     match verdict {
         sources::DENIED => Some(Stat::DropSourceDenied),
         sources::NOT_ALLOWED => Some(Stat::DropSourceNotAllowed),
         sources::LIMITED => Some(Stat::DropSourceLimited),
+        sources::UNTRACKED => Some(Stat::SourceUntracked),
         _ => None,
     }
 }

@@ -219,10 +219,12 @@ pub fn forward_new(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &Flo
     if !opens {
         return counts.outcome(Stat::DropNatNoFlow);
     }
-    if crate::sources::active(meta.id)
-        && let Some(stat) = crate::refused(crate::sources::judge(packet, meta.id, 1))
-    {
-        return counts.outcome(stat);
+    if crate::sources::active(meta.id) {
+        match crate::refused(crate::sources::judge(packet, meta.id, 1)) {
+            Some(Stat::SourceUntracked) => counts.bump(Stat::SourceUntracked),
+            Some(stat) => return counts.outcome(stat),
+            None => {}
+        }
     }
     // Checked before a source is claimed for a packet that could not be sent.
     if packet.ttl <= 1 {

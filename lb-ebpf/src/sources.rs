@@ -3,8 +3,7 @@
 
 use aya_ebpf::{
     Global,
-    bindings::BPF_NOEXIST,
-    btf_maps::{Array, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    btf_maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
     cty::c_void,
     helpers::generated::{bpf_ktime_get_coarse_ns, bpf_map_lookup_elem},
     macros::btf_map,
@@ -12,7 +11,7 @@ use aya_ebpf::{
 use lb_common::{
     MAX_SOURCE_RULES, MAX_VIPS, SOURCE_ALLOW_ONLY, SOURCE_BUCKET_COUNT, SOURCE_LISTS_NODE, SOURCE_LISTS_VIP,
     SOURCE_RULE_ALLOW, SOURCE_RULE_DENY, SOURCE_SCOPE_BITS, SOURCE_SCOPE_NODE, SourceBucket, SourceBucketKey,
-    SourcePolicy, SourceRuleData, gcra, source_mask, source_scope,
+    SourcePolicy, SourceRuleData, gcra, source_bucket_slots, source_mask, source_scope,
 };
 use lb_ebpf::parse::Packet;
 
@@ -24,10 +23,9 @@ static XLB_SOURCE_POLICY: Array<SourcePolicy, { MAX_VIPS as usize }> = Array::ne
 #[btf_map]
 static XLB_SOURCE_RULES: LpmTrie<SourceRuleData, u32, { MAX_SOURCE_RULES as usize }> = LpmTrie::new();
 
-/// New-flow buckets per scope and source prefix.
+/// New-flow buckets per scope and source prefix, each in one of its two slots.
 #[btf_map]
-static XLB_SOURCE_BUCKETS: LruHashMap<SourceBucketKey, SourceBucket, { SOURCE_BUCKET_COUNT as usize }> =
-    LruHashMap::new();
+static XLB_SOURCE_BUCKETS: Array<SourceBucket, { SOURCE_BUCKET_COUNT as usize }> = Array::new();
 
 /// The packet's source, the lookup keys and a new bucket, off the stack: `judge` runs on top of
 /// the balancer's frame, which leaves it 8 bytes. Written field by field so that nothing is
@@ -41,7 +39,10 @@ struct Keys {
     saddr: [u32; 4],
     rule: Key<SourceRuleData>,
     bucket: SourceBucketKey,
-    fresh: SourceBucket,
+    /// A bucket slot, as a lookup key.
+    slot: u32,
+    /// The clock, kept here rather than in a register the lookups would make LLVM spill.
+    now: u64,
 }
 
 #[btf_map]
@@ -56,6 +57,8 @@ pub(crate) const ADMIT: u32 = 0;
 pub(crate) const DENIED: u32 = 1;
 pub(crate) const NOT_ALLOWED: u32 = 2;
 pub(crate) const LIMITED: u32 = 3;
+/// Admitted, but both of its prefix's bucket slots were held by prefixes being limited.
+pub(crate) const UNTRACKED: u32 = 4;
 
 /// Whether VIP `vip_id` has a policy to judge by: one array read, inlined by the verifier.
 #[inline(always)]
@@ -124,29 +127,63 @@ fn judge_staged(keys: &mut Keys) -> u32 {
         }
     }
     // SAFETY: no arguments; a clock read.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if let Some(bucket) = lookup::<_, SourceBucketKey, SourceBucket>(&XLB_SOURCE_BUCKETS, &keys.bucket) {
-        // SAFETY: a value of the map, valid while the program runs; other CPUs may update the
-        // same bucket (plain stores: a race admits a flow more, see `SourceBucket`).
-        let bucket = unsafe { &mut *bucket };
-        return match gcra(bucket.tat_ns, now, keys.policy.interval_ns, keys.policy.tolerance_ns) {
-            Some(tat) => {
-                bucket.tat_ns = tat;
-                bucket.admitted += 1;
-                ADMIT
-            }
-            None => {
-                bucket.limited += 1;
-                LIMITED
-            }
-        };
+    keys.now = unsafe { bpf_ktime_get_coarse_ns() };
+    let (first, second) = source_bucket_slots(&keys.bucket);
+    keys.slot = first;
+    let Some(a) = lookup::<_, u32, SourceBucket>(&XLB_SOURCE_BUCKETS, &keys.slot) else { return ADMIT };
+    // SAFETY (both slots): values of the array, valid while the program runs; other CPUs may
+    // update them at the same time (plain stores: see `SourceBucket`).
+    let a = unsafe { &mut *a };
+    if holds(a, &keys.bucket) {
+        return charge(a, &keys.policy, keys.now);
     }
-    keys.fresh.tat_ns = now + keys.policy.interval_ns;
-    keys.fresh.admitted = 1;
-    keys.fresh.limited = 0;
-    // Another CPU may have made it meanwhile: this flow is admitted either way.
-    let _ = XLB_SOURCE_BUCKETS.insert(&keys.bucket, &keys.fresh, u64::from(BPF_NOEXIST));
+    keys.slot = second;
+    let Some(b) = lookup::<_, u32, SourceBucket>(&XLB_SOURCE_BUCKETS, &keys.slot) else { return ADMIT };
+    // SAFETY: as above.
+    let b = unsafe { &mut *b };
+    if holds(b, &keys.bucket) {
+        return charge(b, &keys.policy, keys.now);
+    }
+    // A new prefix takes a slot whose prefix is not ahead of its schedule (a free slot's is 0);
+    // when both prefixes are, this flow is admitted untracked (counted).
+    let taken = if a.tat_ns <= keys.now {
+        a
+    } else if b.tat_ns <= keys.now {
+        b
+    } else {
+        return UNTRACKED;
+    };
+    taken.key = keys.bucket;
+    taken.tat_ns = keys.now + keys.policy.interval_ns;
+    taken.admitted = 1;
+    taken.limited = 0;
     ADMIT
+}
+
+/// Whether `bucket` is `key`'s (compared word by word: no `memcmp` in BPF).
+#[inline(always)]
+fn holds(bucket: &SourceBucket, key: &SourceBucketKey) -> bool {
+    bucket.key.scope == key.scope
+        && bucket.key.addr[0] == key.addr[0]
+        && bucket.key.addr[1] == key.addr[1]
+        && bucket.key.addr[2] == key.addr[2]
+        && bucket.key.addr[3] == key.addr[3]
+}
+
+/// Counts a new flow against its prefix's bucket: admitted while GCRA allows it.
+#[inline(always)]
+fn charge(bucket: &mut SourceBucket, policy: &SourcePolicy, now: u64) -> u32 {
+    match gcra(bucket.tat_ns, now, policy.interval_ns, policy.tolerance_ns) {
+        Some(tat) => {
+            bucket.tat_ns = tat;
+            bucket.admitted += 1;
+            ADMIT
+        }
+        None => {
+            bucket.limited += 1;
+            LIMITED
+        }
+    }
 }
 
 /// The action of the longest entry of `scope` that holds the source; 0 for none.

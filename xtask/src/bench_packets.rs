@@ -1,7 +1,7 @@
 //! What the packet bench runs on: the balancer config (Katran's default shape) and its frames.
 
 use anyhow::Context as _;
-use lb_common::{FAMILY_V4, SourceBucket, SourceBucketKey, source_scope};
+use lb_common::{FAMILY_V4, SourceBucket, SourceBucketKey, source_bucket_slots, source_scope};
 use xlb_tests::{
     Balancer,
     packets::{Frame, L4},
@@ -58,8 +58,8 @@ pub fn limit_flooder(balancer: &Balancer) -> anyhow::Result<()> {
         anyhow::bail!("clock_gettime: {}", std::io::Error::last_os_error());
     }
     let now_ns = now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64;
-    let bucket = SourceBucket { tat_ns: now_ns + 3_600_000_000_000, admitted: 0, limited: 0 };
+    let bucket = SourceBucket { key, tat_ns: now_ns + 3_600_000_000_000, ..SourceBucket::default() };
     let sources = balancer.maps.sources.as_ref().context("this build has no source policy")?;
-    sources.buckets()?.write(&key, &bucket)?;
+    sources.buckets()?.write(source_bucket_slots(&key).0, &bucket)?;
     Ok(())
 }

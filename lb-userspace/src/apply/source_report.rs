@@ -39,14 +39,15 @@ impl SourceReport {
     /// prefix length for a family.
     pub fn update(
         &mut self,
-        buckets: Vec<(SourceBucketKey, SourceBucket)>,
+        buckets: Vec<SourceBucket>,
         now: Instant,
         describe: impl Fn(u32, u8) -> (String, u8),
     ) -> Vec<LimitedSource> {
         let seconds = self.at.map(|at| now.duration_since(at).as_secs_f64()).filter(|s| *s > 0.0);
         let mut refused: Vec<(u64, u64, &SourceBucketKey, &SourceBucket)> = Vec::new();
         if seconds.is_some() {
-            for (key, bucket) in &buckets {
+            for bucket in &buckets {
+                let key = &bucket.key;
                 let before = self.last.get(key).copied().unwrap_or_default();
                 let count = bucket.limited.saturating_sub(before.limited);
                 if count > 0 {
@@ -73,7 +74,7 @@ impl SourceReport {
                 }
             })
             .collect();
-        self.last = buckets.into_iter().collect();
+        self.last = buckets.into_iter().map(|b| (b.key, b)).collect();
         self.at = Some(now);
         out
     }

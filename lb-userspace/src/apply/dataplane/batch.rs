@@ -106,37 +106,3 @@ pub enum BatchError {
     #[error("batch lookup returned {got} of {want} elements")]
     Short { got: u32, want: u32 },
 }
-
-/// Reads every element of a hash map (`K` keys, `V` values, plain data) in batches of `chunk`:
-/// a few syscalls for a map that one `get_next_key` and lookup per element would take two each.
-/// Elements added or removed meanwhile may be missed or seen once more, as with any walk.
-pub(crate) fn lookup_hash<K: Copy + Default, V: Copy + Default>(
-    map: BorrowedFd<'_>,
-    chunk: u32,
-) -> Result<Vec<(K, V)>, BatchError> {
-    let mut out = Vec::new();
-    let mut keys = vec![K::default(); chunk as usize];
-    let mut values = vec![V::default(); chunk as usize];
-    // Hash maps' batch token is a bucket index.
-    let mut next_batch = 0u32;
-    let mut first = true;
-    loop {
-        let mut attr = zeroed_attr();
-        attr.batch.map_fd = map.as_raw_fd() as u32;
-        attr.batch.in_batch = if first { 0 } else { std::ptr::from_ref(&next_batch) as u64 };
-        attr.batch.out_batch = std::ptr::from_mut(&mut next_batch) as u64;
-        attr.batch.keys = keys.as_mut_ptr() as u64;
-        attr.batch.values = values.as_mut_ptr() as u64;
-        attr.batch.count = chunk;
-        let result = bpf(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr);
-        // SAFETY: the kernel wrote back how many elements it copied.
-        let got = unsafe { attr.batch.count } as usize;
-        out.extend(keys[..got.min(keys.len())].iter().copied().zip(values[..got.min(values.len())].iter().copied()));
-        first = false;
-        match result {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
-            Err(source) => return Err(BatchError::Lookup { source }),
-        }
-    }
-}

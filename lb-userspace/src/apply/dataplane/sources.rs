@@ -10,7 +10,7 @@ use aya::{
         lpm_trie::{Key, LpmTrie},
     },
 };
-use lb_common::{MAX_VIPS, SourceBucket, SourceBucketKey, SourcePolicy, SourceRuleData, maps};
+use lb_common::{MAX_VIPS, SOURCE_BUCKET_COUNT, SourceBucket, SourcePolicy, SourceRuleData, maps};
 
 use super::{DataplaneError, batch, map_err};
 
@@ -43,8 +43,8 @@ impl SourceMaps {
             return Ok(None);
         };
         let buckets = match &buckets {
-            Map::LruHashMap(data) => data.fd().as_fd().try_clone_to_owned(),
-            _ => Err(std::io::Error::other("not an LRU hash map")),
+            Map::Array(data) => data.fd().as_fd().try_clone_to_owned(),
+            _ => Err(std::io::Error::other("not an array")),
         }
         .map_err(|e| map_err(maps::SOURCE_BUCKETS)(MapError::IoError(e)))?;
         let policies_fd = match &policies {
@@ -112,19 +112,25 @@ impl SourceMaps {
 pub struct SourceBuckets(OwnedFd);
 
 impl SourceBuckets {
-    /// Every bucket now in the table.
-    pub fn read(&self) -> Result<Vec<(SourceBucketKey, SourceBucket)>, DataplaneError> {
-        batch::lookup_hash(self.0.as_fd(), 4096)
-            .map_err(|e| map_err(maps::SOURCE_BUCKETS)(MapError::IoError(std::io::Error::other(e))))
+    /// Every bucket in use (one batched read of the array: 3 MiB).
+    pub fn read(&self) -> Result<Vec<SourceBucket>, DataplaneError> {
+        let mut values = vec![SourceBucket::default(); SOURCE_BUCKET_COUNT as usize];
+        // SAFETY: `SourceBucket` is plain data (`aya::Pod`); the slice covers the vector exactly.
+        let bytes =
+            unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast::<u8>(), size_of_val(values.as_slice())) };
+        batch::lookup_array(self.0.as_fd(), SOURCE_BUCKET_COUNT, bytes, size_of::<SourceBucket>())
+            .map_err(|e| map_err(maps::SOURCE_BUCKETS)(MapError::IoError(std::io::Error::other(e))))?;
+        // A used bucket's scope names its family, so it is never 0.
+        Ok(values.into_iter().filter(|b| b.key.scope != 0).collect())
     }
 
-    /// Writes one bucket as the data plane would (benches and tests: a source put over its limit
-    /// without sending its flows).
-    pub fn write(&self, key: &SourceBucketKey, bucket: &SourceBucket) -> Result<(), DataplaneError> {
+    /// Writes one bucket in slot `slot` (one of its key's two, `source_bucket_slots`, as the data
+    /// plane would; benches and tests: a source put over its limit without sending its flows).
+    pub fn write(&self, slot: u32, bucket: &SourceBucket) -> Result<(), DataplaneError> {
         let fd = self.0.try_clone().map_err(|e| map_err(maps::SOURCE_BUCKETS)(MapError::IoError(e)))?;
         let data = MapData::from_fd(fd).map_err(map_err(maps::SOURCE_BUCKETS))?;
-        let mut map: aya::maps::HashMap<MapData, SourceBucketKey, SourceBucket> =
-            aya::maps::HashMap::try_from(Map::LruHashMap(data)).map_err(map_err(maps::SOURCE_BUCKETS))?;
-        map.insert(key, bucket, 0).map_err(map_err(maps::SOURCE_BUCKETS))
+        let mut map: Array<MapData, SourceBucket> =
+            Array::try_from(Map::Array(data)).map_err(map_err(maps::SOURCE_BUCKETS))?;
+        map.set(slot, bucket, 0).map_err(map_err(maps::SOURCE_BUCKETS))
     }
 }
