@@ -2,7 +2,10 @@
 //! prefix, the VIP's before the node's, `allow_only`), per-prefix new-flow limits, reloads —
 //! verdicts, counters and untouched bytes of refused frames, and what the maps hold.
 
-use lb_common::{FAMILY_V4, SOURCE_SCOPE_NODE, SourceBucket, SourceBucketKey, Stat, source_bucket_slots, source_scope};
+use lb_common::{
+    FAMILY_V4, FlowKey, PROTO_TCP, SOURCE_SCOPE_NODE, SourceBucket, SourceBucketKey, Stat, source_bucket_slots,
+    source_scope,
+};
 use xlb::apply::{source_report::SourceReport, testrun::XdpAction};
 use xlb_tests::{
     Balancer,
@@ -135,6 +138,29 @@ fn a_reload_changes_the_lists_and_removes_what_it_no_longer_names() {
     expect(&lb, &web4_denied, None, "no longer denied");
     expect(&lb, &frame("198.51.100.8", "192.0.2.10", syn(2001, 80)), Some(Stat::DropSourceDenied), "newly denied");
     expect(&lb, &frame("203.0.113.5", "192.0.2.10", syn(2002, 80)), None, "the node's deny is gone");
+    // A flow established before a reload denies its source ends with that reload: its entry
+    // is removed, so its next packet is judged (and dropped) as a packet of an unknown flow.
+    expect(&lb, &frame("198.51.100.50", "192.0.2.10", syn(2100, 80)), None, "SYN");
+    let ack = frame("198.51.100.50", "192.0.2.10", L4::TcpAck { sport: 2100, dport: 80 });
+    expect(&lb, &ack, None, "ACK: confirmed");
+    let mut other = frame("198.51.100.51", "192.0.2.10", syn(2101, 80));
+    expect(&lb, &other, None, "another source's SYN");
+    other = frame("198.51.100.51", "192.0.2.10", L4::TcpAck { sport: 2101, dport: 80 });
+    expect(&lb, &other, None, "another source's ACK");
+    let held = |lb: &Balancer, src: &str, sport: u16| {
+        let (saddr, family) = xlb::config::ip_words(src.parse().expect("address"));
+        let (daddr, _) = xlb::config::ip_words("192.0.2.10".parse().expect("address"));
+        let key =
+            FlowKey { saddr, daddr, sport: sport.to_be(), dport: 80u16.to_be(), proto: PROTO_TCP, family, pad: 0 };
+        lb.maps.flow_set_of(&key).expect("read the set").1.way_of(&key).is_some()
+    };
+    assert!(held(&lb, "198.51.100.50", 2100) && held(&lb, "198.51.100.51", 2101), "both flows are in the table");
+    lb.reload(&without.replace("deny: [198.51.100.8]", "deny: [198.51.100.8, 198.51.100.50]"));
+    assert!(!held(&lb, "198.51.100.50", 2100), "the reload removed the denied source's entry");
+    assert!(held(&lb, "198.51.100.51", 2101), "and only that one");
+    expect(&lb, &ack, Some(Stat::DropSourceDenied), "the denied source's established flow");
+    expect(&lb, &other, None, "another source's established flow goes on");
+    lb.reload(&without);
     // Without any policy the VIP's slot is zeroed: nothing is judged.
     let none = without.replace("    sources:\n      deny: [198.51.100.8]\n", "");
     lb.reload(&none);

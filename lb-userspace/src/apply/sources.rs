@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use lb_common::{SOURCE_SCOPE_NODE, SourcePolicy, VipKey};
+use lb_common::{FLOW_WAYS, SOURCE_SCOPE_NODE, SourcePolicy, VipKey};
 
 use super::dataplane::{DataplaneError, Maps, RuleKey};
 use super::reconcile::AppliedVip;
@@ -35,6 +35,7 @@ impl SourceSync {
         maps: &mut Maps,
     ) -> Result<(), DataplaneError> {
         let Some(sources) = maps.sources.as_mut() else { return Ok(()) };
+        let mut changed = false;
         let mut rules: BTreeMap<RuleKey, u32> =
             desired.node_rules.iter().map(|rule| (rule.key(SOURCE_SCOPE_NODE), rule.action)).collect();
         let mut policies = BTreeMap::new();
@@ -48,12 +49,14 @@ impl SourceSync {
             if self.rules.get(key) != Some(action) {
                 sources.set_rule(*key, *action)?;
                 self.rules.insert(*key, *action);
+                changed = true;
             }
         }
         for (id, policy) in &policies {
             if self.policies.get(id) != Some(policy) {
                 sources.set_policy(*id, policy)?;
                 self.policies.insert(*id, *policy);
+                changed = true;
             }
         }
         let gone: Vec<u32> = self.policies.keys().filter(|id| !policies.contains_key(id)).copied().collect();
@@ -65,6 +68,16 @@ impl SourceSync {
         for key in gone {
             sources.remove_rule(key)?;
             self.rules.remove(&key);
+            changed = true;
+        }
+        if changed && desired.has_lists() {
+            let removed = end_refused_flows(desired, applied, maps)?;
+            if removed > 0 {
+                tracing::info!(
+                    removed,
+                    "removed the connection-table entries of sources the source policy now refuses"
+                );
+            }
         }
         Ok(())
     }
@@ -73,4 +86,49 @@ impl SourceSync {
     pub fn rule_count(&self) -> usize {
         self.rules.len()
     }
+}
+
+/// Removes the connection-table entries of flows whose source the lists now refuse at their
+/// VIP: their next packet then misses the table and is judged (and dropped) like any packet of
+/// an unknown flow. Only after a pass changed the policy: a scan of the whole table (mapped;
+/// sets holding such a flow are written back whole — an entry another CPU recorded in that set
+/// meanwhile is lost and recorded again by its flow's next SYN, or sent by the table).
+/// NAT flows are not ended here (their tables are the NAT sweep's). Returns the entries removed.
+fn end_refused_flows(
+    desired: &DesiredSources,
+    applied: &BTreeMap<VipKey, AppliedVip>,
+    maps: &mut Maps,
+) -> Result<usize, DataplaneError> {
+    let mut slot_vip: std::collections::HashMap<u32, &VipKey> = std::collections::HashMap::new();
+    for (key, vip) in applied {
+        if desired.vips.contains_key(key) {
+            slot_vip.extend(vip.slots.iter().map(|&slot| (slot, key)));
+        }
+    }
+    if slot_vip.is_empty() {
+        return Ok(0);
+    }
+    let table = maps.flow_table_counter()?;
+    let mut removed = 0;
+    for index in 0..table.sets() {
+        let Some(mut set) = table.read_set(index) else { continue };
+        let mut dirty = false;
+        for way in 0..FLOW_WAYS {
+            let entry = set.entries[way];
+            let whole = set.used[way] != 0 && set.holds(way, &entry.key, set.hashes[way]).is_some();
+            let refused = whole
+                && slot_vip.get(&entry.flow.backend).is_some_and(|vip| {
+                    desired.refuses(vip, crate::config::ip_from_words(entry.key.saddr, entry.key.family))
+                });
+            if refused {
+                set.used[way] = 0;
+                dirty = true;
+                removed += 1;
+            }
+        }
+        if dirty {
+            maps.write_flow_set(index, &set)?;
+        }
+    }
+    Ok(removed)
 }

@@ -1,7 +1,7 @@
 //! The source policy as the data plane holds it: each VIP's effective `SourcePolicy` and the
 //! allow/deny entries of the node and of each VIP (scoped by VIP id once the reconciler knows it).
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::IpAddr};
 
 use lb_common::{
     SOURCE_ALLOW_ONLY, SOURCE_LIMIT_VIP, SOURCE_LISTS_NODE, SOURCE_LISTS_VIP, SOURCE_RULE_ALLOW, SOURCE_RULE_DENY,
@@ -51,6 +51,45 @@ impl DesiredSources {
             })
             .collect();
         Self { node_rules, vips }
+    }
+}
+
+impl DesiredSources {
+    /// Whether the data plane would refuse `source` at VIP `key` by its lists (as `judge` does:
+    /// the VIP's longest match, else the node's, else `allow_only`). Limits are not lists: a
+    /// flow they admitted stays admitted.
+    pub fn refuses(&self, key: &VipKey, source: IpAddr) -> bool {
+        let Some((policy, own)) = self.vips.get(key) else { return false };
+        let longest = |rules: &[SourceRule]| {
+            rules.iter().filter(|r| contains(&r.prefix, source)).max_by_key(|r| r.prefix.len).map(|r| r.action)
+        };
+        let lists = |flag: u32| policy.flags & flag != 0;
+        let own = if lists(SOURCE_LISTS_VIP) { longest(own) } else { None };
+        let node = if lists(SOURCE_LISTS_NODE) { longest(&self.node_rules) } else { None };
+        match own.or(node) {
+            Some(action) => action == SOURCE_RULE_DENY,
+            None => lists(SOURCE_ALLOW_ONLY),
+        }
+    }
+
+    /// Whether any VIP has lists (or `allow_only`) that could refuse a source.
+    pub fn has_lists(&self) -> bool {
+        self.vips.values().any(|(p, _)| p.flags & (SOURCE_LISTS_VIP | SOURCE_LISTS_NODE | SOURCE_ALLOW_ONLY) != 0)
+    }
+}
+
+/// Whether `prefix` holds `address` (families must agree).
+fn contains(prefix: &Prefix, address: IpAddr) -> bool {
+    match (prefix.address, address) {
+        (IpAddr::V4(p), IpAddr::V4(a)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix.len)).unwrap_or(0);
+            u32::from(p) & mask == u32::from(a) & mask
+        }
+        (IpAddr::V6(p), IpAddr::V6(a)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(prefix.len)).unwrap_or(0);
+            u128::from(p) & mask == u128::from(a) & mask
+        }
+        _ => false,
     }
 }
 
