@@ -131,8 +131,8 @@ fn judge_staged(keys: &mut Keys) -> u32 {
     let (first, second) = source_bucket_slots(&keys.bucket);
     keys.slot = first;
     let Some(a) = lookup::<_, u32, SourceBucket>(&XLB_SOURCE_BUCKETS, &keys.slot) else { return ADMIT };
-    // SAFETY (both slots): values of the array, valid while the program runs; other CPUs may
-    // update them at the same time (plain stores: see `SourceBucket`).
+    // SAFETY: a value of the array, valid while the program runs; other CPUs may update it at
+    // the same time (plain stores: see `SourceBucket`).
     let a = unsafe { &mut *a };
     if holds(a, &keys.bucket) {
         return charge(a, &keys.policy, keys.now);
