@@ -243,13 +243,12 @@ async fn handshake(
     sni: Option<String>,
     http2: bool,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ProbeError> {
-    let mut config = client_config(&tls.roots)?;
-    config.alpn_protocols = if http2 { vec![b"h2".to_vec()] } else { vec![b"http/1.1".to_vec()] };
+    let config = shared_config(&tls.roots, http2)?;
     let name = match sni {
         Some(name) => ServerName::try_from(name).map_err(|e| ProbeError::BadResponse(format!("TLS name: {e}")))?,
         None => ServerName::IpAddress(target.ip().into()),
     };
-    tokio_rustls::TlsConnector::from(Arc::new(config))
+    tokio_rustls::TlsConnector::from(config)
         .connect(name, stream)
         .await
         .map_err(|e| ProbeError::Io { op: "TLS handshake", message: tls_error(&e) })
@@ -262,6 +261,40 @@ fn tls_error(e: &std::io::Error) -> String {
         Some(other) => other.to_string(),
         None => describe(e),
     }
+}
+
+/// The client configuration of `roots` and ALPN, built once and shared by every probe that uses
+/// them (building one parses every root certificate). Resumption is off, so that each probe
+/// checks the server's certificate afresh. At most `MAX_CONFIGS` are kept: past that (roots
+/// changed by many reloads) the cache starts over.
+fn shared_config(roots: &TlsRoots, http2: bool) -> Result<Arc<ClientConfig>, ProbeError> {
+    type Cache = std::collections::HashMap<u64, (TlsRoots, bool, Arc<ClientConfig>)>;
+    const MAX_CONFIGS: usize = 64;
+    static CONFIGS: std::sync::Mutex<Option<Cache>> = std::sync::Mutex::new(None);
+    let key = {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (roots, http2).hash(&mut hasher);
+        hasher.finish()
+    };
+    let lock = || CONFIGS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((r, h, config)) = lock().get_or_insert_with(Cache::new).get(&key)
+        && r == roots
+        && *h == http2
+    {
+        return Ok(Arc::clone(config));
+    }
+    let mut config = client_config(roots)?;
+    config.alpn_protocols = if http2 { vec![b"h2".to_vec()] } else { vec![b"http/1.1".to_vec()] };
+    config.resumption = rustls::client::Resumption::disabled();
+    let config = Arc::new(config);
+    let mut cache = lock();
+    let cache = cache.get_or_insert_with(Cache::new);
+    if cache.len() >= MAX_CONFIGS {
+        cache.clear();
+    }
+    cache.insert(key, (roots.clone(), http2, Arc::clone(&config)));
+    Ok(config)
 }
 
 fn client_config(roots: &TlsRoots) -> Result<ClientConfig, ProbeError> {

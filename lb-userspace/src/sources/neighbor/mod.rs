@@ -134,9 +134,9 @@ async fn run(mut tracker: Tracker, mut targets: watch::Receiver<Targets>, option
                 }
             }
             tracker.manage(&handle).await;
-            tracker.publish();
+            let usable = tracker.publish();
             if std::mem::take(&mut periodic) {
-                tracker.solicit_and_warn(now.into_std());
+                tracker.solicit_and_warn(&usable, now.into_std());
             }
             tokio::select! {
                 _ = tick.tick() => periodic = true,

@@ -237,9 +237,11 @@ impl Tracker {
             .collect()
     }
 
-    /// Publishes the usable MACs if they differ from the current map, logging what changed.
-    pub(super) fn publish(&self) {
-        let macs: MacMap = self.usable().into_iter().map(|(addr, (mac, _))| (addr, mac)).collect();
+    /// Publishes the usable MACs if they differ from the current map, logging what changed;
+    /// returns the usable entries (for `solicit_and_warn`, in the same pass).
+    pub(super) fn publish(&self) -> BTreeMap<IpAddr, ([u8; 6], u16)> {
+        let usable = self.usable();
+        let macs: MacMap = usable.iter().map(|(addr, (mac, _))| (*addr, *mac)).collect();
         let iface = |addr: &IpAddr| self.targets.get(addr).map_or("", |t| t.iface.as_str());
         self.macs.send_if_modified(|current| {
             if *current == macs {
@@ -262,13 +264,13 @@ impl Tracker {
             *current = macs;
             true
         });
+        usable
     }
 
     /// Solicits targets without a usable entry (and, when the kernel does not manage them, stale
     /// ones, so that it re-verifies them), each at most once a `PERIOD`; warns about targets
-    /// unresolved for long.
-    pub(super) fn solicit_and_warn(&mut self, now: Instant) {
-        let usable = self.usable();
+    /// unresolved for long. `usable`: what `publish` found in this pass.
+    pub(super) fn solicit_and_warn(&mut self, usable: &BTreeMap<IpAddr, ([u8; 6], u16)>, now: Instant) {
         for (addr, target) in &mut self.targets {
             let iface = target.iface.as_str();
             let (resolved, stale) = match usable.get(addr) {
