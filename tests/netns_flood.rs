@@ -21,7 +21,7 @@ use xlb_tests::{
     netns::wait_for,
     require_root,
     topology::{CLIENT_V4, Topology, backend_v4},
-    traffic::{Generator, tcp_syn_v4},
+    traffic::{Endpoints, Generator, tcp_syn_v4},
 };
 
 const L2: &str = "10.210.100.1";
@@ -69,7 +69,15 @@ fn flood(topo: &Topology, vip: &str, mode: u32, stop: Arc<AtomicBool>) -> std::t
         let client_mac = std::fs::read_to_string("/sys/class/net/eth0/address").expect("client MAC");
         let mac: Vec<u8> = client_mac.trim().split(':').map(|b| u8::from_str_radix(b, 16).expect("hex")).collect();
         let mut generator = Generator::load().expect("load the generator");
-        let template = tcp_syn_v4(mac.try_into().expect("6 bytes"), NODE_MAC, FLOODER, vip, 1024, 8080, mode);
+        let at = Endpoints {
+            src_mac: mac.try_into().expect("6 bytes"),
+            dst_mac: NODE_MAC,
+            saddr: FLOODER,
+            daddr: vip,
+            sport: 1024,
+            dport: 8080,
+        };
+        let template = tcp_syn_v4(at, mode);
         generator.set(&template, FRAME).expect("template");
         // SAFETY: a NUL-terminated interface name.
         let ifindex = unsafe { libc::if_nametoindex(c"eth0".as_ptr()) };

@@ -114,82 +114,63 @@ impl Sink {
     }
 }
 
-/// A UDP/IPv4 template from `src_mac` to `dst_mac`, `saddr:sport` to `daddr:dport`, for frames
-/// of `frame_len` bytes (UDP checksum zero: valid for IPv4, and nothing on the path checks it).
-#[allow(clippy::too_many_arguments)]
-pub fn udp_v4(
-    src_mac: [u8; 6],
-    dst_mac: [u8; 6],
-    saddr: Ipv4Addr,
-    daddr: Ipv4Addr,
-    sport: u16,
-    dport: u16,
-    frame_len: usize,
-    mode: u32,
-    flows: u32,
-) -> GenTemplate {
-    let mut t = ipv4(src_mac, dst_mac, saddr, daddr, 17, (frame_len - 14) as u16, mode, flows);
+/// Who a template's frames go from and to.
+#[derive(Debug, Clone, Copy)]
+pub struct Endpoints {
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    pub saddr: Ipv4Addr,
+    pub daddr: Ipv4Addr,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+/// A UDP/IPv4 template between `at`, for frames of `frame_len` bytes (UDP checksum zero: valid
+/// for IPv4, and nothing on the path checks it).
+pub fn udp_v4(at: Endpoints, frame_len: usize, mode: u32, flows: u32) -> GenTemplate {
+    let mut t = ipv4(&at, 17, (frame_len - 14) as u16, mode, flows);
     let l4 = &mut t.bytes[34..42];
-    l4[0..2].copy_from_slice(&sport.to_be_bytes());
-    l4[2..4].copy_from_slice(&dport.to_be_bytes());
+    l4[0..2].copy_from_slice(&at.sport.to_be_bytes());
+    l4[2..4].copy_from_slice(&at.dport.to_be_bytes());
     l4[4..6].copy_from_slice(&((frame_len - 34) as u16).to_be_bytes());
     t
 }
 
-/// A TCP SYN/IPv4 template, as `udp_v4`: a 40-byte datagram, the frame padded to whatever
-/// length the generator is given (as Ethernet pads short frames). Its TCP checksum is that of the template's own ports
-/// and addresses: frames whose source the generator varies arrive with a wrong one, which the
-/// load balancer does not check and the backends' kernels drop (a flood's SYNs never reach a
-/// listener).
-#[allow(clippy::too_many_arguments)]
-pub fn tcp_syn_v4(
-    src_mac: [u8; 6],
-    dst_mac: [u8; 6],
-    saddr: Ipv4Addr,
-    daddr: Ipv4Addr,
-    sport: u16,
-    dport: u16,
-    mode: u32,
-) -> GenTemplate {
-    let mut t = ipv4(src_mac, dst_mac, saddr, daddr, 6, 40, mode, 1);
+/// A TCP SYN/IPv4 template between `at`: a 40-byte datagram, the frame padded to whatever
+/// length the generator is given (as Ethernet pads short frames). Its TCP checksum is that of
+/// the template's own ports and addresses: frames whose source the generator varies arrive
+/// with a wrong one, which the load balancer does not check and the backends' kernels drop (a
+/// flood's SYNs never reach a listener).
+pub fn tcp_syn_v4(at: Endpoints, mode: u32) -> GenTemplate {
+    let mut t = ipv4(&at, 6, 40, mode, 1);
     let tcp = &mut t.bytes[34..54];
-    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
-    tcp[2..4].copy_from_slice(&dport.to_be_bytes());
+    tcp[0..2].copy_from_slice(&at.sport.to_be_bytes());
+    tcp[2..4].copy_from_slice(&at.dport.to_be_bytes());
     tcp[4..8].copy_from_slice(&0x1000_0000u32.to_be_bytes());
     // Data offset 5 words, SYN, window 64240.
     tcp[12] = 5 << 4;
     tcp[13] = 0x02;
     tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
-    let mut sum = ones_sum(&saddr.octets()) + ones_sum(&daddr.octets()) + 6 + 20;
+    let mut sum = ones_sum(&at.saddr.octets()) + ones_sum(&at.daddr.octets()) + 6 + 20;
     sum += ones_sum(tcp);
     tcp[16..18].copy_from_slice(&fold(sum).to_be_bytes());
     t
 }
 
 /// The Ethernet and IPv4 headers of a template (checksummed); the caller writes the L4 header.
-#[allow(clippy::too_many_arguments)]
-fn ipv4(
-    src_mac: [u8; 6],
-    dst_mac: [u8; 6],
-    saddr: Ipv4Addr,
-    daddr: Ipv4Addr,
-    proto: u8,
-    ip_len: u16,
-    mode: u32,
-    flows: u32,
-) -> GenTemplate {
+fn ipv4(at: &Endpoints, proto: u8, ip_len: u16, mode: u32, flows: u32) -> GenTemplate {
     let mut t = GenTemplate::zeroed();
     let b = &mut t.bytes;
-    b[0..6].copy_from_slice(&dst_mac);
-    b[6..12].copy_from_slice(&src_mac);
+    b[0..6].copy_from_slice(&at.dst_mac);
+    b[6..12].copy_from_slice(&at.src_mac);
     b[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
     let ip = &mut b[14..34];
     ip[0] = 0x45;
     ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
     ip[8] = 64;
     ip[9] = proto;
-    ip[12..16].copy_from_slice(&saddr.octets());
-    ip[16..20].copy_from_slice(&daddr.octets());
+    ip[12..16].copy_from_slice(&at.saddr.octets());
+    ip[16..20].copy_from_slice(&at.daddr.octets());
     let checksum = fold(ones_sum(ip));
     ip[10..12].copy_from_slice(&checksum.to_be_bytes());
     t.mode = mode;

@@ -26,7 +26,7 @@ use anyhow::{Context as _, bail};
 use lb_common::{GEN_CYCLE, GEN_NEW_PER_FRAME, GEN_ONE_FLOW};
 use xlb_tests::{
     netns::{Netns, Process, sh, veth},
-    traffic::{Generator, Sink, udp_v4},
+    traffic::{Endpoints, Generator, Sink, udp_v4},
 };
 
 use crate::bench_live_chart as chart;
@@ -474,7 +474,8 @@ impl Lab {
             Flows::Many => GEN_CYCLE,
             Flows::NewPerPacket => GEN_NEW_PER_FRAME,
         };
-        udp_v4(self.g0_mac, self.l0_mac, CLIENT_V4, daddr, 1024, dport, FRAME_LEN, mode, 65_536)
+        let at = Endpoints { src_mac: self.g0_mac, dst_mac: self.l0_mac, saddr: CLIENT_V4, daddr, sport: 1024, dport };
+        udp_v4(at, FRAME_LEN, mode, 65_536)
     }
 
     /// Frames and bytes counted by each sink (`g0`'s, `s0`'s).
