@@ -380,7 +380,7 @@ impl Reconciler {
             .map_err(|e| ReconcileError::Write { endpoint: "retired backends".into(), source: Box::new(e) })?;
         // Source policies of the VIPs written so far (ids are known once a VIP is).
         self.sources
-            .sync(&desired.sources, &self.vips, maps)
+            .sync(&desired.sources, self.vips.iter().map(|(key, a)| (key, a.meta.id, a.slots.as_slice())), maps)
             .map_err(|e| ReconcileError::Write { endpoint: "source policy".into(), source: Box::new(e) })?;
         match first_error {
             Some(e) => Err(e),

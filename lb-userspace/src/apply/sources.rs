@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use lb_common::{FLOW_WAYS, SOURCE_SCOPE_NODE, SourcePolicy, VipKey};
 
 use super::dataplane::{DataplaneError, Maps, RuleKey};
-use super::reconcile::AppliedVip;
 use crate::state::sources::DesiredSources;
 
 /// What the source-policy maps hold, as written.
@@ -26,22 +25,22 @@ impl SourceSync {
         Ok(Self { rules: sources.rules()?.into_iter().collect(), policies: sources.policies()?.into_iter().collect() })
     }
 
-    /// Brings the maps to `desired` for the VIPs in `applied` (a VIP not written yet gets its
-    /// policy in the step that writes it).
-    pub fn sync(
+    /// Brings the maps to `desired` for the VIPs written so far (`applied`: key, id and backend
+    /// slots of each; a VIP not written yet gets its policy in the step that writes it).
+    pub fn sync<'a>(
         &mut self,
         desired: &DesiredSources,
-        applied: &BTreeMap<VipKey, AppliedVip>,
+        applied: impl Iterator<Item = (&'a VipKey, u32, &'a [u32])>,
         maps: &mut Maps,
     ) -> Result<(), DataplaneError> {
+        let applied: BTreeMap<&VipKey, (u32, &[u32])> = applied.map(|(key, id, slots)| (key, (id, slots))).collect();
         let Some(sources) = maps.sources.as_mut() else { return Ok(()) };
         let mut changed = false;
         let mut rules: BTreeMap<RuleKey, u32> =
             desired.node_rules.iter().map(|rule| (rule.key(SOURCE_SCOPE_NODE), rule.action)).collect();
         let mut policies = BTreeMap::new();
         for (key, (policy, own)) in &desired.vips {
-            let Some(vip) = applied.get(key) else { continue };
-            let id = vip.meta.id;
+            let Some(&(id, _)) = applied.get(key) else { continue };
             rules.extend(own.iter().map(|rule| (rule.key(id), rule.action)));
             policies.insert(id, *policy);
         }
@@ -71,7 +70,7 @@ impl SourceSync {
             changed = true;
         }
         if changed && desired.has_lists() {
-            let removed = end_refused_flows(desired, applied, maps)?;
+            let removed = end_refused_flows(desired, &applied, maps)?;
             if removed > 0 {
                 tracing::info!(
                     removed,
@@ -96,13 +95,13 @@ impl SourceSync {
 /// NAT flows are not ended here (their tables are the NAT sweep's). Returns the entries removed.
 fn end_refused_flows(
     desired: &DesiredSources,
-    applied: &BTreeMap<VipKey, AppliedVip>,
+    applied: &BTreeMap<&VipKey, (u32, &[u32])>,
     maps: &mut Maps,
 ) -> Result<usize, DataplaneError> {
     let mut slot_vip: std::collections::HashMap<u32, &VipKey> = std::collections::HashMap::new();
-    for (key, vip) in applied {
-        if desired.vips.contains_key(key) {
-            slot_vip.extend(vip.slots.iter().map(|&slot| (slot, key)));
+    for (key, (_, slots)) in applied {
+        if desired.vips.contains_key(*key) {
+            slot_vip.extend(slots.iter().map(|&slot| (slot, *key)));
         }
     }
     if slot_vip.is_empty() {

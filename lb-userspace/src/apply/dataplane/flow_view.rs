@@ -89,3 +89,42 @@ impl Drop for FlowView {
         unsafe { libc::munmap(self.area.cast_mut().cast(), self.len) };
     }
 }
+
+/// How full the connection table is: entries in use (flows recorded and not yet replaced by
+/// newer ones, idle or not) of `size`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FlowTableUsage {
+    pub entries: u64,
+    pub size: u64,
+}
+
+/// Counts the connection table's entries in use (see [`super::Maps::flow_table_counter`]).
+#[derive(Clone)]
+pub struct FlowTableCounter(pub(super) std::sync::Arc<FlowView>);
+
+impl FlowTableCounter {
+    /// The table's size in entries (known without a scan).
+    pub fn size(&self) -> u64 {
+        self.0.size() as u64
+    }
+
+    pub fn count(&self) -> FlowTableUsage {
+        FlowTableUsage { entries: self.0.occupied() as u64, size: self.0.size() as u64 }
+    }
+
+    /// Sets in the table (`read_set` takes `0..sets()`).
+    pub fn sets(&self) -> u32 {
+        self.0.sets()
+    }
+
+    /// Set `index` as it is now; `None` when it holds no entry (or is past the end).
+    pub fn read_set(&self, index: u32) -> Option<lb_common::FlowSet> {
+        self.0.set(index)
+    }
+}
+
+impl std::fmt::Debug for FlowTableCounter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlowTableCounter").field("size", &self.0.size()).finish()
+    }
+}

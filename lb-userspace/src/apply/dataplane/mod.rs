@@ -64,6 +64,7 @@ mod bpffs;
 mod decap;
 pub mod drop_log;
 mod flow_view;
+pub use flow_view::{FlowTableCounter, FlowTableUsage};
 pub mod link_state;
 mod readers;
 mod shadow;
@@ -443,45 +444,6 @@ pub fn detach_pinned(link_path: &Path) -> Result<bool, DataplaneError> {
     // Unpinned and closed: the kernel drops the link and with it the attachment.
     drop(pinned.unpin().map_err(|source| DataplaneError::Pin { path: link_path.to_owned(), source })?);
     Ok(true)
-}
-
-/// How full the connection table is: entries in use (flows recorded and not yet replaced by
-/// newer ones, idle or not) of `size`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct FlowTableUsage {
-    pub entries: u64,
-    pub size: u64,
-}
-
-/// Counts the connection table's entries in use (see [`Maps::flow_table_counter`]).
-#[derive(Clone)]
-pub struct FlowTableCounter(std::sync::Arc<flow_view::FlowView>);
-
-impl FlowTableCounter {
-    /// The table's size in entries (known without a scan).
-    pub fn size(&self) -> u64 {
-        self.0.size() as u64
-    }
-
-    pub fn count(&self) -> FlowTableUsage {
-        FlowTableUsage { entries: self.0.occupied() as u64, size: self.0.size() as u64 }
-    }
-
-    /// Sets in the table (`read_set` takes `0..sets()`).
-    pub fn sets(&self) -> u32 {
-        self.0.sets()
-    }
-
-    /// Set `index` as it is now; `None` when it holds no entry (or is past the end).
-    pub fn read_set(&self, index: u32) -> Option<lb_common::FlowSet> {
-        self.0.set(index)
-    }
-}
-
-impl std::fmt::Debug for FlowTableCounter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FlowTableCounter").field("size", &self.0.size()).finish()
-    }
 }
 
 /// A loaded XDP object: one program plus (for the balancer and decap) its maps.
