@@ -160,6 +160,20 @@ fn a_reload_changes_the_lists_and_removes_what_it_no_longer_names() {
     assert!(held(&lb, "198.51.100.51", 2101), "and only that one");
     expect(&lb, &ack, Some(Stat::DropSourceDenied), "the denied source's established flow");
     expect(&lb, &other, None, "another source's established flow goes on");
+    // NAT alike: the flow's entries go (its pool port with them) and its next packet is judged.
+    let nat_syn = frame("198.51.100.60", "192.0.2.12", syn(2200, 80));
+    expect(&lb, &nat_syn, None, "NAT SYN");
+    let nat_ack = frame("198.51.100.60", "192.0.2.12", L4::TcpAck { sport: 2200, dport: 80 });
+    expect(&lb, &nat_ack, None, "NAT flow known");
+    let nat_flows = |lb: &Balancer| lb.maps.nat_tables().expect("NAT tables").reverse_entries().len();
+    let before = nat_flows(&lb);
+    lb.reload(&without.replace("deny: [198.51.100.8]", "deny: [198.51.100.8, 198.51.100.50]").replace(
+        "    sources:\n      new_flows: { rate: 1, burst: 3 }\n",
+        "    sources:\n      new_flows: { rate: 1, burst: 3 }\n      deny: [198.51.100.60]\n",
+    ));
+    assert_eq!(nat_flows(&lb), before - 1, "the refused source's NAT flow removed");
+    expect(&lb, &nat_ack, Some(Stat::DropNatNoFlow), "its next packet: a NAT flow no more");
+    expect(&lb, &nat_syn, Some(Stat::DropSourceDenied), "and a new SYN is refused");
     lb.reload(&without);
     // Without any policy the VIP's slot is zeroed: nothing is judged.
     let none = without.replace("    sources:\n      deny: [198.51.100.8]\n", "");

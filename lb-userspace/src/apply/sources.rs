@@ -72,10 +72,7 @@ impl SourceSync {
         if changed && desired.has_lists() {
             let removed = end_refused_flows(desired, &applied, maps)?;
             if removed > 0 {
-                tracing::info!(
-                    removed,
-                    "removed the connection-table entries of sources the source policy now refuses"
-                );
+                tracing::info!(removed, "ended the flows of sources the source policy now refuses");
             }
         }
         Ok(())
@@ -92,7 +89,8 @@ impl SourceSync {
 /// an unknown flow. Only after a pass changed the policy: a scan of the whole table (mapped;
 /// sets holding such a flow are written back whole — an entry another CPU recorded in that set
 /// meanwhile is lost and recorded again by its flow's next SYN, or sent by the table).
-/// NAT flows are not ended here (their tables are the NAT sweep's). Returns the entries removed.
+/// NAT flows of such sources are removed from both NAT tables (their pool ports free again).
+/// Returns the entries and NAT flows removed.
 fn end_refused_flows(
     desired: &DesiredSources,
     applied: &BTreeMap<&VipKey, (u32, &[u32])>,
@@ -127,6 +125,18 @@ fn end_refused_flows(
         }
         if dirty {
             maps.write_flow_set(index, &set)?;
+        }
+    }
+    let mut nat = maps.nat_tables()?;
+    for (reverse, entry) in nat.reverse_entries() {
+        let refused = slot_vip
+            .get(&entry.backend)
+            .is_some_and(|vip| desired.refuses(vip, crate::config::ip_from_words(entry.client, reverse.family)));
+        if refused {
+            let forward = entry.forward_key(reverse.proto, reverse.family);
+            let owned = nat.flow(&forward).is_some_and(|f| super::nat::owns(&f, &reverse));
+            nat.remove(owned.then_some(&forward), &reverse);
+            removed += 1;
         }
     }
     Ok(removed)
