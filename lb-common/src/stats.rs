@@ -106,17 +106,24 @@ pub enum Stat {
 
 pub const STAT_COUNT: u32 = Stat::Count as u32;
 
+/// Room for counters in `StatCounters`: more than there are, so that a later version's new
+/// counters (appended) keep the pinned `STATS` map's value size and an upgrade adopts it with
+/// its counts instead of refusing the pins.
+pub const STAT_SLOTS: usize = 64;
+const _: () = assert!(STAT_COUNT as usize <= STAT_SLOTS);
+
 /// All global counters of one CPU: the single value of the per-CPU `STATS` array, so the program
-/// looks it up once per packet and bumps fields with plain increments.
+/// looks it up once per packet and bumps fields with plain increments. Slots past `STAT_COUNT`
+/// stay zero.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StatCounters {
-    pub values: [u64; STAT_COUNT as usize],
+    pub values: [u64; STAT_SLOTS],
 }
 
 impl Default for StatCounters {
     fn default() -> Self {
-        Self { values: [0; STAT_COUNT as usize] }
+        Self { values: [0; STAT_SLOTS] }
     }
 }
 
