@@ -302,13 +302,8 @@ fn direct_inline(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &FlowK
     };
     // Not an established flow: the source policy, if the VIP has one. A stale flow (its backend
     // gone) is judged by the lists but not counted as a new flow.
-    if sources::active(meta.id) {
-        let opens = u32::from(opens != Opens::No && entry.flow.is_none());
-        match refused(sources::judge(packet, meta.id, opens)) {
-            Some(Stat::SourceUntracked) => counts.bump(Stat::SourceUntracked),
-            Some(stat) => return counts.outcome(stat),
-            None => {}
-        }
+    if let Some(action) = source_refusal(counts, packet, meta.id, opens != Opens::No && entry.flow.is_none()) {
+        return action;
     }
     let Some(choice) = choose_backend(counts, &meta, flow, hash, opens, entry) else {
         return counts.outcome(Stat::DropNoBackend);
@@ -316,16 +311,25 @@ fn direct_inline(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &FlowK
     send(ctx, counts, packet, node, choice.slot, &choice.backend, hash, choice.new_flow, true)
 }
 
-/// The drop a source-policy verdict asks for, if any (or the event `SourceUntracked`).
+/// The source policy of VIP `vip_id` (if it has one) on a packet of no established flow that
+/// would open one when `opens`: the drop's verdict if the source is refused (counted by
+/// reason), else `None` (an uncounted admission counted as `source_untracked`).
 #[inline(always)]
-fn refused(verdict: u32) -> Option<Stat> {
-    match verdict {
-        sources::DENIED => Some(Stat::DropSourceDenied),
-        sources::NOT_ALLOWED => Some(Stat::DropSourceNotAllowed),
-        sources::LIMITED => Some(Stat::DropSourceLimited),
-        sources::UNTRACKED => Some(Stat::SourceUntracked),
-        _ => None,
+fn source_refusal(counts: Counts, packet: &Packet, vip_id: u32, opens: bool) -> Option<u32> {
+    if !sources::active(vip_id) {
+        return None;
     }
+    let refused = match sources::judge(packet, vip_id, u32::from(opens)) {
+        sources::DENIED => Stat::DropSourceDenied,
+        sources::NOT_ALLOWED => Stat::DropSourceNotAllowed,
+        sources::LIMITED => Stat::DropSourceLimited,
+        sources::UNTRACKED => {
+            counts.bump(Stat::SourceUntracked);
+            return None;
+        }
+        _ => return None,
+    };
+    Some(counts.outcome(refused))
 }
 
 /// The VIP serving `addr`, `port` (network order), `proto`: the exact port's, else a port-range

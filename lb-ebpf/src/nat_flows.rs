@@ -219,12 +219,8 @@ pub fn forward_new(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &Flo
     if !opens {
         return counts.outcome(Stat::DropNatNoFlow);
     }
-    if crate::sources::active(meta.id) {
-        match crate::refused(crate::sources::judge(packet, meta.id, 1)) {
-            Some(Stat::SourceUntracked) => counts.bump(Stat::SourceUntracked),
-            Some(stat) => return counts.outcome(stat),
-            None => {}
-        }
+    if let Some(action) = crate::source_refusal(counts, packet, meta.id, true) {
+        return action;
     }
     // Checked before a source is claimed for a packet that could not be sent.
     if packet.ttl <= 1 {

@@ -52,12 +52,8 @@ pub fn limit_flooder(balancer: &Balancer) -> anyhow::Result<()> {
     let id = balancer.applied("limited4").meta.id;
     let key =
         SourceBucketKey { scope: source_scope(id, FAMILY_V4), addr: [u32::from_ne_bytes([203, 0, 0, 0]), 0, 0, 0] };
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: a valid clock id and a timespec to write.
-    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut now) } != 0 {
-        anyhow::bail!("clock_gettime: {}", std::io::Error::last_os_error());
-    }
-    let now_ns = now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64;
+    // The data plane's clock (bpf_ktime_get_coarse_ns).
+    let now_ns = xlb::apply::nat::monotonic_ns();
     let bucket = SourceBucket { key, tat_ns: now_ns + 3_600_000_000_000, ..SourceBucket::default() };
     let sources = balancer.maps.sources.as_ref().context("this build has no source policy")?;
     sources.buckets()?.write(source_bucket_slots(&key).0, &bucket)?;

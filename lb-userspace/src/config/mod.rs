@@ -36,7 +36,7 @@ mod yaml_layout;
 use check::Checker;
 /// The highest backend `weight` a config (or `xlb weight`) may give.
 pub use check::MAX_WEIGHT;
-pub(crate) use check::read_certificates;
+pub(crate) use check::{network, read_certificates};
 pub use error::ConfigError;
 pub use incremental::{LastRead, VipItemCache};
 pub use keys::{backend_identities, backend_identity, endpoint, ip_from_words, ip_words, vip_key};

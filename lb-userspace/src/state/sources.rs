@@ -8,7 +8,7 @@ use lb_common::{
     SOURCE_SCOPE_BITS, SourcePolicy, SourceRuleData, VipKey, source_scope,
 };
 
-use crate::config::{self, Config, Mode, Prefix, ip_words, vip_key};
+use crate::config::{self, Config, Mode, Prefix, ip_words, network, vip_key};
 
 /// One allow or deny entry, before it is scoped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -80,17 +80,7 @@ impl DesiredSources {
 
 /// Whether `prefix` holds `address` (families must agree).
 fn contains(prefix: &Prefix, address: IpAddr) -> bool {
-    match (prefix.address, address) {
-        (IpAddr::V4(p), IpAddr::V4(a)) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(prefix.len)).unwrap_or(0);
-            u32::from(p) & mask == u32::from(a) & mask
-        }
-        (IpAddr::V6(p), IpAddr::V6(a)) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(prefix.len)).unwrap_or(0);
-            u128::from(p) & mask == u128::from(a) & mask
-        }
-        _ => false,
-    }
+    prefix.address.is_ipv4() == address.is_ipv4() && network(&Prefix { address, len: prefix.len }) == network(prefix)
 }
 
 fn rules(policy: &config::SourcePolicy) -> Vec<SourceRule> {

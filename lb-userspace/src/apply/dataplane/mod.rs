@@ -92,6 +92,26 @@ fn take<T: TryFrom<Map, Error = MapError>>(ebpf: &mut Ebpf, name: &'static str) 
     T::try_from(map).map_err(map_err(name))
 }
 
+/// Every element of the plain array `name` (keys `0..count`), in one batched read.
+fn read_array<V: aya::Pod>(
+    fd: &std::os::fd::OwnedFd,
+    count: u32,
+    name: &'static str,
+) -> Result<Vec<V>, DataplaneError> {
+    use std::os::fd::AsFd as _;
+    // A plain array's batch values are packed at the value size (per-CPU ones are not).
+    let stride = size_of::<V>();
+    let mut raw = vec![0u8; count as usize * stride];
+    batch::lookup_array(fd.as_fd(), count, &mut raw, stride)
+        .map_err(|e| map_err(name)(MapError::IoError(std::io::Error::other(e.to_string()))))?;
+    Ok(raw
+        .chunks_exact(stride)
+        // SAFETY: each chunk holds a `V` (`aya::Pod`: plain data, any bit pattern valid) as the
+        // kernel copied it out of the map; read unaligned.
+        .map(|chunk| unsafe { std::ptr::read_unaligned(chunk.as_ptr().cast::<V>()) })
+        .collect())
+}
+
 /// Takes a map like [`take`], keeping a second fd on it for a reader handle (aya's typed maps do
 /// not lend theirs).
 fn take_shared<T: TryFrom<Map, Error = MapError>>(
@@ -265,18 +285,7 @@ impl Maps {
     /// Every backend slot, in slot order: one batch read instead of a syscall per slot (an
     /// adopting agent reads all `MAX_BACKENDS`).
     pub fn backends(&self) -> Result<Vec<Backend>, DataplaneError> {
-        use std::os::fd::AsFd as _;
-        // A plain array's batch values are packed at the value size (per-CPU ones are not).
-        let stride = size_of::<Backend>();
-        let mut raw = vec![0u8; lb_common::MAX_BACKENDS as usize * stride];
-        batch::lookup_array(self.backends_fd.as_fd(), lb_common::MAX_BACKENDS, &mut raw, stride)
-            .map_err(|e| map_err(maps::BACKENDS)(MapError::IoError(std::io::Error::other(e.to_string()))))?;
-        Ok(raw
-            .chunks_exact(stride)
-            // SAFETY: each chunk holds a `Backend` (plain data, any bit pattern valid) as the
-            // kernel copied it out of the map; read unaligned.
-            .map(|chunk| unsafe { std::ptr::read_unaligned(chunk.as_ptr().cast::<Backend>()) })
-            .collect())
+        read_array(&self.backends_fd, lb_common::MAX_BACKENDS, maps::BACKENDS)
     }
 
     pub fn backend(&self, slot: u32) -> Result<Backend, DataplaneError> {

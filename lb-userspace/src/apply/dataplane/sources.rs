@@ -1,7 +1,7 @@
 //! The source-policy maps: per-VIP policies and the allow/deny trie (the reconciler writes them),
 //! and the new-flow buckets (housekeeping reads them for the sources being limited).
 
-use std::os::fd::{AsFd as _, OwnedFd};
+use std::os::fd::OwnedFd;
 
 use aya::{
     Ebpf,
@@ -12,7 +12,7 @@ use aya::{
 };
 use lb_common::{MAX_VIPS, SOURCE_BUCKET_COUNT, SourceBucket, SourcePolicy, SourceRuleData, maps};
 
-use super::{DataplaneError, batch, map_err};
+use super::{DataplaneError, map_err, read_array, take, take_shared};
 
 /// An allow/deny entry's key: its prefix length in bits (scope included) and what it matches.
 pub type RuleKey = (u32, SourceRuleData);
@@ -35,29 +35,12 @@ impl std::fmt::Debug for SourceMaps {
 impl SourceMaps {
     /// `None` for builds of the object from before source policies (the bench loads them).
     pub(super) fn take(ebpf: &mut Ebpf) -> Result<Option<Self>, DataplaneError> {
-        let (Some(policies), Some(rules), Some(buckets)) = (
-            ebpf.take_map(maps::SOURCE_POLICY),
-            ebpf.take_map(maps::SOURCE_RULES),
-            ebpf.take_map(maps::SOURCE_BUCKETS),
-        ) else {
+        if [maps::SOURCE_POLICY, maps::SOURCE_RULES, maps::SOURCE_BUCKETS].iter().any(|name| ebpf.map(name).is_none()) {
             return Ok(None);
-        };
-        let buckets = match &buckets {
-            Map::Array(data) => data.fd().as_fd().try_clone_to_owned(),
-            _ => Err(std::io::Error::other("not an array")),
         }
-        .map_err(|e| map_err(maps::SOURCE_BUCKETS)(MapError::IoError(e)))?;
-        let policies_fd = match &policies {
-            Map::Array(data) => data.fd().as_fd().try_clone_to_owned(),
-            _ => Err(std::io::Error::other("not an array")),
-        }
-        .map_err(|e| map_err(maps::SOURCE_POLICY)(MapError::IoError(e)))?;
-        Ok(Some(Self {
-            policies: Array::try_from(policies).map_err(map_err(maps::SOURCE_POLICY))?,
-            policies_fd,
-            rules: LpmTrie::try_from(rules).map_err(map_err(maps::SOURCE_RULES))?,
-            buckets,
-        }))
+        let (policies, policies_fd) = take_shared(ebpf, maps::SOURCE_POLICY)?;
+        let (_, buckets) = take_shared::<Array<MapData, SourceBucket>>(ebpf, maps::SOURCE_BUCKETS)?;
+        Ok(Some(Self { policies, policies_fd, rules: take(ebpf, maps::SOURCE_RULES)?, buckets }))
     }
 
     pub fn set_policy(&mut self, id: u32, policy: &SourcePolicy) -> Result<(), DataplaneError> {
@@ -66,12 +49,7 @@ impl SourceMaps {
 
     /// Every VIP id whose policy is not all zero (what a previous agent left).
     pub fn policies(&self) -> Result<Vec<(u32, SourcePolicy)>, DataplaneError> {
-        let mut values = vec![SourcePolicy::default(); MAX_VIPS as usize];
-        // SAFETY: `SourcePolicy` is plain data (`aya::Pod`); the slice covers the vector exactly.
-        let bytes =
-            unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast::<u8>(), size_of_val(values.as_slice())) };
-        batch::lookup_array(self.policies_fd.as_fd(), MAX_VIPS, bytes, size_of::<SourcePolicy>())
-            .map_err(|e| map_err(maps::SOURCE_POLICY)(MapError::IoError(std::io::Error::other(e))))?;
+        let values: Vec<SourcePolicy> = read_array(&self.policies_fd, MAX_VIPS, maps::SOURCE_POLICY)?;
         Ok(values
             .into_iter()
             .enumerate()
@@ -114,12 +92,7 @@ pub struct SourceBuckets(OwnedFd);
 impl SourceBuckets {
     /// Every bucket in use (one batched read of the array: 3 MiB).
     pub fn read(&self) -> Result<Vec<SourceBucket>, DataplaneError> {
-        let mut values = vec![SourceBucket::default(); SOURCE_BUCKET_COUNT as usize];
-        // SAFETY: `SourceBucket` is plain data (`aya::Pod`); the slice covers the vector exactly.
-        let bytes =
-            unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast::<u8>(), size_of_val(values.as_slice())) };
-        batch::lookup_array(self.0.as_fd(), SOURCE_BUCKET_COUNT, bytes, size_of::<SourceBucket>())
-            .map_err(|e| map_err(maps::SOURCE_BUCKETS)(MapError::IoError(std::io::Error::other(e))))?;
+        let values: Vec<SourceBucket> = read_array(&self.0, SOURCE_BUCKET_COUNT, maps::SOURCE_BUCKETS)?;
         // A used bucket's scope names its family, so it is never 0.
         Ok(values.into_iter().filter(|b| b.key.scope != 0).collect())
     }

@@ -16,6 +16,7 @@ pub(crate) use health::read_certificates;
 mod node;
 mod pools;
 mod sources;
+pub(crate) use sources::network;
 mod vips;
 
 /// Most connection-table entries (the LRU map is preallocated: ~100 bytes each).
