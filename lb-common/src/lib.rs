@@ -13,6 +13,7 @@ mod nat;
 mod node;
 mod sources;
 mod stats;
+mod syn_cookies;
 mod traffic;
 mod vip;
 
@@ -24,6 +25,7 @@ pub use nat::*;
 pub use node::*;
 pub use sources::*;
 pub use stats::*;
+pub use syn_cookies::*;
 pub use traffic::*;
 pub use vip::*;
 
@@ -59,9 +61,15 @@ pub mod maps {
     pub const SOURCE_POLICY: &str = "XLB_SOURCE_POLICY";
     pub const SOURCE_RULES: &str = "XLB_SOURCE_RULES";
     pub const SOURCE_BUCKETS: &str = "XLB_SOURCE_BUCKETS";
+    /// SYN cookies: the automatic mode's meter per VIP id (`SynCookieMeter`), the MAC's key
+    /// (`SynCookieSecret`), and the sequence state of cookie flows (`NatSeq`, sized as the NAT
+    /// tables).
+    pub const SYN_COOKIES: &str = "XLB_SYN_COOKIES";
+    pub const SYN_COOKIE_SECRET: &str = "XLB_SYN_COOKIE_SECRET";
+    pub const NAT_SEQ: &str = "XLB_NAT_SEQ";
     /// The balancer object's maps that every load shares through their pins (the program array
     /// and per-packet scratch maps belong to one load).
-    pub const BALANCER: [&str; 18] = [
+    pub const BALANCER: [&str; 21] = [
         VIPS,
         VIP_INDEX,
         VIP_ADDRS,
@@ -80,6 +88,9 @@ pub mod maps {
         SOURCE_POLICY,
         SOURCE_RULES,
         SOURCE_BUCKETS,
+        SYN_COOKIES,
+        SYN_COOKIE_SECRET,
+        NAT_SEQ,
     ];
     pub const DECAP_ADDRS: &str = "XLB_DECAP_ADDRS";
     pub const DECAP_STATS: &str = "XLB_DECAP_STATS";

@@ -157,6 +157,9 @@ impl NatReverse {
 pub const NAT_FLAG_CLOSING: u32 = 1;
 /// The backend answered: a TCP flow expires after the established timeout, not the SYN one.
 pub const NAT_FLAG_REPLIED: u32 = 2;
+/// A flow opened by a SYN cookie (`syn_cookies`): its sequence numbers are shifted (`NatSeq`), so
+/// its packets take the NAT program's cookie paths, not the inlined ones.
+pub const NAT_FLAG_COOKIE: u32 = 4;
 /// `last_seen` is refreshed when older than this.
 pub const NAT_TOUCH_NS: u64 = 1_000_000_000;
 

@@ -31,5 +31,8 @@ pod!(
     crate::SourcePolicy,
     crate::SourceRuleData,
     crate::SourceBucketKey,
-    crate::SourceBucket
+    crate::SourceBucket,
+    crate::SynCookieSecret,
+    crate::SynCookieMeter,
+    crate::NatSeq
 );

@@ -101,6 +101,21 @@ pub enum Stat {
     /// Event: a new flow was admitted without being counted: both bucket slots of its source
     /// prefix were held by prefixes being limited (the buckets are too few for this flood).
     SourceUntracked,
+    /// SYN cookies: a SYN to a NAT VIP answered with a cookie SYN-ACK (sent back out).
+    SynCookieSent,
+    /// SYN cookies: an ACK carried a valid cookie: a pool port claimed, the SYN sent to the
+    /// backend.
+    SynCookieOpened,
+    /// SYN cookies: an ACK of no flow at a VIP with cookies carried no valid cookie (forged, or
+    /// older than two periods).
+    DropSynCookieInvalid,
+    /// SYN cookies: the backend's SYN-ACK answered with the ACK that completes its handshake.
+    SynCookieHandshake,
+    /// SYN cookies: a client packet came before the backend's SYN-ACK: it went as the SYN again
+    /// (the client sends its data again once the backend answered).
+    SynCookieSynResent,
+    /// SYN cookies: a packet of a cookie flow whose sequence state is gone (dropped).
+    DropSynCookieNoState,
     Count,
 }
 
@@ -170,6 +185,12 @@ impl Stat {
         Stat::DropSourceNotAllowed,
         Stat::DropSourceLimited,
         Stat::SourceUntracked,
+        Stat::SynCookieSent,
+        Stat::SynCookieOpened,
+        Stat::DropSynCookieInvalid,
+        Stat::SynCookieHandshake,
+        Stat::SynCookieSynResent,
+        Stat::DropSynCookieNoState,
     ];
 
     /// Stable snake_case name, used in `xlb stats` and as the metrics label.
@@ -216,6 +237,12 @@ impl Stat {
             Stat::DropSourceNotAllowed => "drop_source_not_allowed",
             Stat::DropSourceLimited => "drop_source_limited",
             Stat::SourceUntracked => "source_untracked",
+            Stat::SynCookieSent => "syn_cookie_sent",
+            Stat::SynCookieOpened => "syn_cookie_opened",
+            Stat::DropSynCookieInvalid => "drop_syn_cookie_invalid",
+            Stat::SynCookieHandshake => "syn_cookie_handshake",
+            Stat::SynCookieSynResent => "syn_cookie_syn_resent",
+            Stat::DropSynCookieNoState => "drop_syn_cookie_no_state",
             Stat::Count => "count",
         }
     }
@@ -271,6 +298,14 @@ impl Stat {
             Stat::SourceUntracked => {
                 "admitted uncounted: both bucket slots of its source prefix are held by limited prefixes"
             }
+            Stat::SynCookieSent => "answered with a SYN cookie (syn_cookies): no pool port claimed yet",
+            Stat::SynCookieOpened => "carried a valid SYN cookie: a pool port claimed and the SYN sent to the backend",
+            Stat::DropSynCookieInvalid => "dropped: an ACK of no flow without a valid SYN cookie",
+            Stat::SynCookieHandshake => "the backend's SYN-ACK of a cookie flow, answered with its ACK",
+            Stat::SynCookieSynResent => {
+                "came before the backend answered a cookie flow's SYN: sent as that SYN again"
+            }
+            Stat::DropSynCookieNoState => "dropped: a cookie flow whose sequence state is gone",
             Stat::Count => "",
         }
     }
@@ -328,6 +363,8 @@ impl Stat {
                 | Stat::DropSourceDenied
                 | Stat::DropSourceNotAllowed
                 | Stat::DropSourceLimited
+                | Stat::DropSynCookieInvalid
+                | Stat::DropSynCookieNoState
         )
     }
 }

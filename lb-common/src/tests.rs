@@ -30,6 +30,51 @@ fn types_have_no_padding() {
     assert_eq!(size_of::<NatReverse>(), 16 + 16 + 2 + 2 + 4 + 6 + 2 + 4 + 4 + 8);
     assert_eq!(size_of::<Iface>(), 4 + 6 + 2);
     assert_eq!(size_of::<NatSources>(), 2 + 2 + 4 + 8 + 4 + 4 + 4 * NAT_SOURCE_HINTS);
+    assert_eq!(size_of::<SynCookieSecret>(), 16);
+    assert_eq!(size_of::<SynCookieMeter>(), 4 + 4 + 8 + 8);
+    assert_eq!(size_of::<NatSeq>(), 4 * 4 + 2 + 2 + 4);
+}
+
+#[test]
+#[allow(deprecated)] // std's SipHasher is SipHash-2-4: the reference here.
+fn siphash_matches_the_reference() {
+    use core::hash::Hasher;
+    extern crate std;
+    let words = [1u64, 0x0123_4567_89ab_cdef, u64::MAX, 0, 42, 1 << 63];
+    for (k0, k1) in [(0u64, 0u64), (0x0706_0504_0302_0100, 0x0f0e_0d0c_0b0a_0908), (u64::MAX, 7)] {
+        let mut reference = std::hash::SipHasher::new_with_keys(k0, k1);
+        for word in words {
+            reference.write(&word.to_le_bytes());
+        }
+        assert_eq!(siphash24(k0, k1, &words), reference.finish(), "keys {k0:#x} {k1:#x}");
+    }
+}
+
+#[test]
+fn a_syn_cookie_is_valid_for_its_connection_for_two_periods_only() {
+    let secret = SynCookieSecret { k0: 0x1234, k1: 0x5678 };
+    let flow = flow_key(40_000);
+    for mss_index in 0..4 {
+        let cookie = syn_cookie(&secret, &flow, 1000, 77, mss_index);
+        assert_eq!(cookie & 3, mss_index);
+        assert_eq!(syn_cookie_check(&secret, &flow, 1000, cookie, 77), Some(mss_index));
+        assert_eq!(syn_cookie_check(&secret, &flow, 1000, cookie, 78), Some(mss_index), "the next period");
+        assert_eq!(syn_cookie_check(&secret, &flow, 1000, cookie, 79), None, "two periods on");
+        assert_eq!(syn_cookie_check(&secret, &flow, 1001, cookie, 77), None, "another sequence number");
+        assert_eq!(syn_cookie_check(&secret, &flow_key(40_001), 1000, cookie, 77), None, "another port");
+        let other = SynCookieSecret { k0: 0x1234, k1: 0x5679 };
+        assert_eq!(syn_cookie_check(&other, &flow, 1000, cookie, 77), None, "another secret");
+        assert_eq!(syn_cookie_check(&secret, &flow, 1000, cookie ^ 0x100, 77), None, "a flipped bit");
+    }
+    // The MSS: the largest table entry not above the client's.
+    assert_eq!(syn_cookie_mss(syn_cookie_mss_index(1460, FAMILY_V4), FAMILY_V4), 1460);
+    assert_eq!(syn_cookie_mss(syn_cookie_mss_index(1400, FAMILY_V4), FAMILY_V4), 1300);
+    assert_eq!(syn_cookie_mss(syn_cookie_mss_index(0, FAMILY_V4), FAMILY_V4), 536);
+    assert_eq!(syn_cookie_mss(syn_cookie_mss_index(9000, FAMILY_V6), FAMILY_V6), 8940);
+    assert_eq!(syn_cookie_mss(syn_cookie_mss_index(1440, FAMILY_V6), FAMILY_V6), 1440);
+    // The meter: per second to per window, at least one.
+    assert_eq!(SynCookieMeter::per_second(1000).threshold, 134);
+    assert_eq!(SynCookieMeter::per_second(1).threshold, 1);
 }
 
 #[test]
