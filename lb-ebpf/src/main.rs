@@ -26,10 +26,12 @@ use lb_ebpf::{
     parse::{Frame, NotParsed, Packet, Quoted, parse},
 };
 
+mod clock;
 mod drop_log;
 mod flow_table;
 mod nat_flows;
 mod sources;
+mod syn_cookies;
 
 /// The VIPs: the truth, which the agent mirrors into `XLB_VIP_INDEX`.
 #[btf_map]
@@ -254,6 +256,16 @@ fn nat(ctx: &XdpContext) -> u32 {
     }
     let Some(node) = XLB_NODE.get(0) else { return counts.outcome(Stat::PassNotVip) };
     let has_ports = packet.proto == PROTO_TCP || packet.proto == PROTO_UDP;
+    // A backend's packet of a cookie flow (the inlined reply path leaves those here).
+    if bits & FILTER_NAT_POOL != 0 && packet.proto == PROTO_TCP {
+        let action = syn_cookies::backend_packet(&ctx, counts, packet);
+        if action == syn_cookies::SEGMENT_READY {
+            return syn_cookies::send(&ctx, counts, packet);
+        }
+        if action != NOT_HANDLED {
+            return action;
+        }
+    }
     if bits & (FILTER_VIP | FILTER_NAT_VIP) == 0 {
         return counts.outcome(Stat::PassNotVip);
     }
@@ -265,7 +277,21 @@ fn nat(ctx: &XdpContext) -> u32 {
         && let Some(meta) = find_vip(packet.daddr, packet.dport, packet.proto, packet.family, VipLookup::MapOnly)
         && meta.flags & VIP_FLAG_NAT != 0
     {
-        return nat_flows::forward_new(&ctx, counts, packet, flow, &meta);
+        // The cookie paths first (answered SYNs, cookie flows, cookies checked), then the rest.
+        let mut action = NOT_HANDLED;
+        if packet.proto == PROTO_TCP && syn_cookies::enabled(&meta) {
+            action = syn_cookies::cookie_flow(&ctx, counts, packet, flow);
+            if action == NOT_HANDLED {
+                action = syn_cookies::client(&ctx, counts, packet, flow, &meta);
+            }
+        }
+        if action == NOT_HANDLED {
+            action = nat_flows::forward_new(&ctx, counts, packet, flow, &meta);
+        }
+        if action == syn_cookies::SEGMENT_READY {
+            return syn_cookies::send(&ctx, counts, packet);
+        }
+        return action;
     }
     direct(&ctx, counts, packet, flow, node)
 }

@@ -85,12 +85,12 @@ pub fn translate(ctx: &XdpContext, packet: &Packet, to: &Translation) -> Result<
 const TRANSLATED: u32 = u32::MAX;
 
 #[inline(always)]
-fn to_code(result: Result<(), Stat>) -> u32 {
+pub fn to_code(result: Result<(), Stat>) -> u32 {
     result.map_or_else(|stat| stat as u32, |()| TRANSLATED)
 }
 
 #[inline(always)]
-fn from_code(code: u32) -> Result<(), Stat> {
+pub fn from_code(code: u32) -> Result<(), Stat> {
     match code {
         TRANSLATED => Ok(()),
         stat => Err(Stat::ALL.get(stat as usize).copied().unwrap_or(Stat::DropAdjustFailed)),

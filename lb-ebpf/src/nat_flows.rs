@@ -14,13 +14,13 @@ use aya_ebpf::{
     bindings::{BPF_EXIST, BPF_NOEXIST},
     btf_maps::{Array, DevMap, HashMap, PerCpuArray},
     cty::c_void,
-    helpers::generated::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_loop},
+    helpers::generated::bpf_loop,
     macros::btf_map,
     programs::XdpContext,
 };
 use lb_common::{
     BACKEND_FLAG_ACTIVE, Backend, FlowKey, Iface, MAX_BACKENDS, MAX_IFACES, MAX_NAT_POOLS, NAT_EXHAUSTED_NS,
-    NAT_FLAG_CLOSING, NAT_FLAG_REPLIED, NAT_NO_POOL, NAT_SOURCE_HINTS, NAT_TABLE_SIZE, NAT_TOUCH_NS,
+    NAT_FLAG_CLOSING, NAT_FLAG_COOKIE, NAT_FLAG_REPLIED, NAT_NO_POOL, NAT_SOURCE_HINTS, NAT_TABLE_SIZE, NAT_TOUCH_NS,
     NODE_FLAG_MULTI_IFACE, NatFlow, NatPool, NatReverse, NatSources, NodeConfig, PROTO_TCP, PROTO_UDP, Stat, VipMeta,
     nat_expired,
 };
@@ -30,7 +30,7 @@ use lb_ebpf::{
     parse::{Frame, Packet},
 };
 
-use crate::{Counts, NOT_HANDLED, XLB_BACKENDS, XLB_NODE, add_traffic, table_pick};
+use crate::{Counts, NOT_HANDLED, XLB_BACKENDS, XLB_NODE, add_traffic, clock::now, syn_cookies, table_pick};
 
 #[btf_map]
 static XLB_NAT_POOLS: Array<NatPool, { MAX_NAT_POOLS as usize }> = Array::new();
@@ -63,41 +63,9 @@ static XLB_NAT_SOURCES: Array<NatSources, { MAX_BACKENDS as usize }> = Array::ne
 
 const EEXIST: i32 = 17;
 
-/// CLOCK_MONOTONIC_COARSE: a tick's resolution is plenty for idle timeouts of seconds. Read
-/// through a per-CPU cache keyed by the jiffies counter: the coarse clock only moves on a tick,
-/// and its helper costs ~45 ns here (a third of a NAT packet) while reading jiffies is cheap,
-/// so the clock is read once per tick per CPU — the same value it would have returned.
-#[inline(always)]
-fn now() -> u64 {
-    // SAFETY: no arguments, no preconditions.
-    let jiffies = unsafe { bpf_jiffies64() };
-    let Some(cache) = XLB_CLOCK.get_ptr_mut(0) else {
-        // SAFETY: as above.
-        return unsafe { bpf_ktime_get_coarse_ns() };
-    };
-    // SAFETY: this CPU's slot; only this CPU touches it while the program runs.
-    unsafe {
-        if (*cache).jiffies != jiffies || (*cache).ns == 0 {
-            (*cache).ns = bpf_ktime_get_coarse_ns();
-            (*cache).jiffies = jiffies;
-        }
-        (*cache).ns
-    }
-}
-
-/// The coarse clock as last read on this CPU, and the jiffies counter then (see `now`).
-#[repr(C)]
-pub struct Clock {
-    jiffies: u64,
-    ns: u64,
-}
-
-#[btf_map]
-static XLB_CLOCK: PerCpuArray<Clock, 1> = PerCpuArray::new();
-
 /// `NAT_FLAG_CLOSING` for a TCP FIN or RST.
 #[inline(always)]
-fn closing(packet: &Packet) -> u32 {
+pub(crate) fn closing(packet: &Packet) -> u32 {
     if packet.proto == PROTO_TCP && packet.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0 {
         NAT_FLAG_CLOSING
     } else {
@@ -107,7 +75,7 @@ fn closing(packet: &Packet) -> u32 {
 
 /// The source MAC of the frame: where replies to it go.
 #[inline(always)]
-fn sender_mac(ctx: &XdpContext) -> Option<[u8; 6]> {
+pub(crate) fn sender_mac(ctx: &XdpContext) -> Option<[u8; 6]> {
     let eth: *const EthHdr = Frame::new(ctx).at(0)?;
     // SAFETY: bounds checked by `at`.
     Some(unsafe { (*eth).src })
@@ -116,14 +84,14 @@ fn sender_mac(ctx: &XdpContext) -> Option<[u8; 6]> {
 /// How a translated packet leaves: `iface` 0 back out of the interface it came in on (XDP_TX),
 /// else redirected to that index of `XLB_DEVS`; `mac` is the source MAC of that interface.
 pub struct Egress {
-    iface: u32,
-    mac: [u8; 6],
+    pub(crate) iface: u32,
+    pub(crate) mac: [u8; 6],
 }
 
 /// Where a packet that must leave by interface index `iface` (0: the one it came in on) goes.
 /// `None`: `iface` is not an interface the agent runs on.
 #[inline(always)]
-fn egress(ctx: &XdpContext, node: &NodeConfig, iface: u32) -> Option<Egress> {
+pub(crate) fn egress(ctx: &XdpContext, node: &NodeConfig, iface: u32) -> Option<Egress> {
     let ingress = ctx.ingress_ifindex() as u32;
     let iface = if iface != 0 {
         iface
@@ -164,11 +132,14 @@ fn iface_index(ifindex: u32) -> u32 {
 /// entry program: the established path must not pay a tail call.
 #[inline(always)]
 pub fn forward_known(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &FlowKey) -> Option<u32> {
-    let entry = XLB_NAT_FLOWS.get_ptr_mut(flow)?;
     let node = XLB_NODE.get(0)?;
     let frame_len = Frame::new(ctx).len() as u64;
+    let entry = XLB_NAT_FLOWS.get_ptr_mut(flow)?;
     // SAFETY: a pointer into the map's value; copied out, fields written one at a time below.
     let known = unsafe { *entry };
+    if known.flags & NAT_FLAG_COOKIE != 0 {
+        return None;
+    }
     let backend = *XLB_BACKENDS.get(known.backend)?;
     if backend.flags & BACKEND_FLAG_ACTIVE == 0 || backend.generation != known.generation {
         return None;
@@ -188,16 +159,59 @@ pub fn forward_known(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &F
     let Some(out) = egress(ctx, node, u32::from(backend.egress)) else {
         return Some(counts.outcome(Stat::DropNoEgress));
     };
-    let to = Translation {
+    let to = toward_backend(&known, &backend, &out);
+    let result = translate_inline(&Frame::new(ctx), packet, &to);
+    Some(finish(counts, result, &out, Some((known.backend, frame_len, false)), Stat::NatForwarded))
+}
+
+/// The forward entry of `flow`, if the flow is live (its backend slot holds the same live backend;
+/// the entry refreshed by this packet) and a cookie flow exactly when `cookie` says so (those
+/// take the NAT program's paths).
+#[inline(always)]
+pub(crate) fn live_flow(packet: &Packet, flow: &FlowKey, node: &NodeConfig, cookie: bool) -> Option<NatFlow> {
+    let entry = XLB_NAT_FLOWS.get_ptr_mut(flow)?;
+    // SAFETY: a pointer into the map's value; copied out, fields written one at a time below.
+    let known = unsafe { *entry };
+    if (known.flags & NAT_FLAG_COOKIE != 0) != cookie {
+        return None;
+    }
+    let backend = *XLB_BACKENDS.get(known.backend)?;
+    if backend.flags & BACKEND_FLAG_ACTIVE == 0 || backend.generation != known.generation {
+        return None;
+    }
+    let now = now();
+    let flags = closing(packet);
+    if now.saturating_sub(known.last_seen) > NAT_TOUCH_NS || flags & !known.flags != 0 {
+        if flow_expired(now, &known, flow, node) {
+            return None;
+        }
+        // SAFETY: as above; a racing writer on another CPU writes the same kind of value.
+        unsafe {
+            (*entry).last_seen = now;
+            (*entry).flags = known.flags | flags;
+        }
+    }
+    Some(known)
+}
+
+/// Whether the forward table holds `flow` as a cookie flow.
+#[inline(always)]
+pub(crate) fn is_cookie_flow(flow: &FlowKey) -> bool {
+    // SAFETY: a live value of the map; one field read.
+    XLB_NAT_FLOWS.get_ptr(flow).is_some_and(|entry| unsafe { (*entry).flags } & NAT_FLAG_COOKIE != 0)
+}
+
+/// How a live flow's client packets are rewritten toward its backend, leaving by `out`.
+#[inline(always)]
+pub(crate) fn toward_backend(known: &NatFlow, backend: &Backend, out: &Egress) -> Translation {
+    Translation {
         saddr: known.source,
         daddr: backend.addr,
         sport: known.source_port,
         dport: known.backend_port,
         dst_mac: backend.mac,
         src_mac: out.mac,
-    };
-    let result = translate_inline(&Frame::new(ctx), packet, &to);
-    Some(finish(counts, result, &out, Some((known.backend, frame_len, false)), Stat::NatForwarded))
+    }
 }
 
 /// A client packet of a NAT VIP that the forward table does not know (or knows as expired or
@@ -210,16 +224,20 @@ pub fn forward_new(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &Flo
     let Some(node) = XLB_NODE.get(0) else { return counts.outcome(Stat::PassNotVip) };
     let frame_len = Frame::new(ctx).len() as u64;
     let hash = flow.hash();
-    let opens = packet.proto == PROTO_UDP
-        || (packet.proto == PROTO_TCP && packet.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN);
+    let syn = packet.proto == PROTO_TCP && packet.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
+    let opens = packet.proto == PROTO_UDP || syn;
+    // At a VIP with SYN cookies, an ACK whose cookie `syn_cookies::client` found valid opens
+    // its flow.
+    let cookie = !opens && packet.proto == PROTO_TCP && syn_cookies::enabled(meta) && syn_cookies::vouched();
     // A flow whose entry is still here but dead: free its source first.
     if let Some(old) = XLB_NAT_FLOWS.get_ptr(flow) {
         release(flow, old);
     }
-    if !opens {
+    if !opens && !cookie {
         return counts.outcome(Stat::DropNatNoFlow);
     }
-    if let Some(action) = crate::source_refusal(counts, packet, meta.id, true) {
+    // (A cookie's ACK was counted against its source's limit as a SYN; judged by the lists.)
+    if let Some(action) = crate::source_refusal(counts, packet, meta.id, !cookie) {
         return action;
     }
     // Checked before a source is claimed for a packet that could not be sent.
@@ -252,7 +270,7 @@ pub fn forward_new(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &Flo
         backend: slot,
         client_mac,
         pad: 0,
-        flags: 0,
+        flags: if cookie { NAT_FLAG_COOKIE } else { 0 },
         client_iface: ingress_iface(ctx, node),
         last_seen: now,
     };
@@ -303,7 +321,7 @@ pub fn forward_new(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &Flo
         source: claim.key.daddr,
         source_port: claim.key.dport,
         backend_port,
-        flags: closing(packet),
+        flags: closing(packet) | claim.value.flags,
         last_seen: now,
     };
     if XLB_NAT_FLOWS.insert(flow, &claim.entry, 0).is_err() {
@@ -318,6 +336,17 @@ pub fn forward_new(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &Flo
         dst_mac: backend.mac,
         src_mac: out.mac,
     };
+    if cookie {
+        // The ACK becomes the SYN to the backend (`syn_cookies::send` writes it).
+        return match syn_cookies::opened(&claim.key, &claim.to, out.iface, slot) {
+            Ok(ready) => ready,
+            Err(stat) => {
+                let _ = XLB_NAT_FLOWS.remove(flow);
+                let _ = XLB_NAT_REVERSE.remove(&claim.key);
+                counts.outcome(stat)
+            }
+        };
+    }
     finish(counts, translate(ctx, packet, &claim.to), &out, Some((slot, frame_len, true)), Stat::NatForwarded)
 }
 
@@ -330,6 +359,9 @@ pub fn reply(ctx: &XdpContext, counts: Counts, packet: &Packet) -> Option<u32> {
     let entry = XLB_NAT_REVERSE.get_ptr_mut(&key)?;
     // SAFETY: a pointer into the map's value; copied out, fields written one at a time below.
     let known = unsafe { *entry };
+    if known.flags & NAT_FLAG_COOKIE != 0 {
+        return None;
+    }
     let flags = closing(packet) | NAT_FLAG_REPLIED;
     let now = now();
     if now.saturating_sub(known.last_seen) > NAT_TOUCH_NS || flags & !known.flags != 0 {
@@ -351,11 +383,46 @@ pub fn reply(ctx: &XdpContext, counts: Counts, packet: &Packet) -> Option<u32> {
     Some(finish(counts, translate_inline(&Frame::new(ctx), packet, &to), &out, None, Stat::NatReplied))
 }
 
+/// The reverse entry under `key`, refreshed by this backend packet, if it is a cookie flow's
+/// exactly when `cookie` says so.
+#[inline(always)]
+pub(crate) fn replied(key: &FlowKey, packet: &Packet, cookie: bool) -> Option<NatReverse> {
+    let entry = XLB_NAT_REVERSE.get_ptr_mut(key)?;
+    // SAFETY: a pointer into the map's value; copied out, fields written one at a time below.
+    let known = unsafe { *entry };
+    if (known.flags & NAT_FLAG_COOKIE != 0) != cookie {
+        return None;
+    }
+    let flags = closing(packet) | NAT_FLAG_REPLIED;
+    let now = now();
+    if now.saturating_sub(known.last_seen) > NAT_TOUCH_NS || flags & !known.flags != 0 {
+        // SAFETY: as above.
+        unsafe {
+            (*entry).last_seen = now;
+            (*entry).flags = known.flags | flags;
+        }
+    }
+    Some(known)
+}
+
+/// How a backend's packets are rewritten back toward the client, leaving by `out`.
+#[inline(always)]
+pub(crate) fn toward_client(known: &NatReverse, out: &Egress) -> Translation {
+    Translation {
+        saddr: known.vip,
+        daddr: known.client,
+        sport: known.vip_port,
+        dport: known.client_port,
+        dst_mac: known.client_mac,
+        src_mac: out.mac,
+    }
+}
+
 /// The verdict on a translated packet: sent out by `out` (back out, XDP_TX, or redirected to
 /// another interface) and counted as `stat`, and on a backend slot if `traffic` names one; or
 /// the translation's drop.
 #[inline(always)]
-fn finish(
+pub(crate) fn finish(
     counts: Counts,
     translated: Result<(), Stat>,
     out: &Egress,

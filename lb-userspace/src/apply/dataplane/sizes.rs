@@ -32,6 +32,8 @@ impl TableSizes {
         }
         loader.map_max_entries(maps::NAT_FLOWS, self.nat);
         loader.map_max_entries(maps::NAT_REVERSE, self.nat);
+        // Cookie flows' sequence state: one per NAT flow at most.
+        loader.map_max_entries(maps::NAT_SEQ, self.nat);
     }
 }
 
