@@ -2,7 +2,8 @@
 //! while 20 long-lived connections run and 20 legitimate clients open new ones, at dsr-l2,
 //! dsr-ipip and nat VIPs. One source (its prefix limited by `sources.new_flows`), then random
 //! spoofed sources (nothing to limit: the connection table's embryonic entries protect the
-//! live ones). Each phase prints its figures.
+//! live ones; at a NAT VIP with SYN cookies, the cookies keep the pool free). Each phase prints
+//! its figures.
 
 use std::{
     collections::BTreeSet,
@@ -28,6 +29,11 @@ const L2: &str = "10.210.100.1";
 const IPIP: &str = "10.210.100.2";
 const NAT: &str = "10.210.100.3";
 const POOL: &str = "10.210.0.201";
+/// A NAT VIP with SYN cookies in the automatic mode, and its own pool (its claims counted apart).
+const NAT_COOKIES: &str = "10.210.100.4";
+const COOKIE_POOL: &str = "10.210.0.202";
+/// Its threshold: new flows per second above which its SYNs are answered with cookies.
+const COOKIES_ABOVE: u64 = 2000;
 /// The node's MAC on the segment (node 0).
 const NODE_MAC: [u8; 6] = [2, 0, 0, 0x21, 0, 2];
 /// Legitimate clients and long-lived connections per VIP and phase.
@@ -50,12 +56,15 @@ fn config() -> String {
     };
     format!(
         "node:\n  tunnel_source_v4: 10.210.200.0/24\n  flow_table_size: 65536\n  sources:\n    new_flows: {{ rate: 2000, burst: 2000 }}\n\
-         nat_pools:\n  - name: pool\n    addresses: [{POOL}]\n    ports: 20000-59999\nvips:\n\
+         nat_pools:\n  - name: pool\n    addresses: [{POOL}]\n    ports: 20000-59999\n\
+           - name: cookie_pool\n    addresses: [{COOKIE_POOL}]\n    ports: 20000-59999\nvips:\n\
          - name: l2\n    address: {L2}\n    port: 8080\n    protocol: tcp\n    mode: dsr-l2\n    backends:\n{}\
          - name: ipip\n    address: {IPIP}\n    port: 8080\n    protocol: tcp\n    mode: dsr-ipip\n    backends:\n{}\
-         - name: nat\n    address: {NAT}\n    port: 8080\n    protocol: tcp\n    mode: nat\n    snat_pool: pool\n    backends:\n{}",
+         - name: nat\n    address: {NAT}\n    port: 8080\n    protocol: tcp\n    mode: nat\n    snat_pool: pool\n    backends:\n{}\
+         - name: nat_cookies\n    address: {NAT_COOKIES}\n    port: 8080\n    protocol: tcp\n    mode: nat\n    snat_pool: cookie_pool\n    syn_cookies: {{ above: {COOKIES_ABOVE} }}\n    backends:\n{}",
         backends(""),
         backends(""),
+        backends(", port: 8080"),
         backends(", port: 8080"),
     )
     .replace("\n- name", "\n  - name")
@@ -158,7 +167,7 @@ fn phase(topo: &Topology, name: &str, vip: &str, mode: u32, what: &str) -> usize
         "{what} at {name}: {frames} SYNs in {took:.1?} ({:.2} Mpps offered, {:.2} Mpps reached XDP); legitimate \
          clients {succeeded}/{CLIENTS} \
          ({:.0}%); long-lived kept {}/{CLIENTS}, evicted {evicted}; forwarded {}, limited {}, set full {}, NAT \
-         forwarded {}, pool exhausted {}, NAT table full {}",
+         forwarded {}, pool exhausted {}, NAT table full {}, SYN cookies sent {}, opened {}",
         frames as f64 / took.as_secs_f64() / 1e6,
         stats.rx_packets.saturating_sub(stats_before.rx_packets) as f64 / took.as_secs_f64() / 1e6,
         succeeded as f64 * 100.0 / CLIENTS as f64,
@@ -169,6 +178,8 @@ fn phase(topo: &Topology, name: &str, vip: &str, mode: u32, what: &str) -> usize
         delta("nat_forwarded"),
         delta("drop_pool_exhausted"),
         delta("drop_nat_table_full"),
+        delta("syn_cookie_sent"),
+        delta("syn_cookie_opened"),
     );
     assert!(kept && recovered, "{what} {name}: the long-lived connections kept exchanging through the flood");
     for r in &results {
@@ -182,9 +193,11 @@ fn phase(topo: &Topology, name: &str, vip: &str, mode: u32, what: &str) -> usize
 #[test]
 fn syn_floods_neither_evict_live_flows_nor_keep_legitimate_clients_out() {
     require_root!();
-    let mut topo = Topology::new(3, &[L2, IPIP, NAT]);
+    let mut topo = Topology::new(3, &[L2, IPIP, NAT, NAT_COOKIES]);
     topo.accept_generated_frames();
-    topo.node().ip(&["addr", "add", &format!("{POOL}/24"), "dev", "eth0"]);
+    for pool in [POOL, COOKIE_POOL] {
+        topo.node().ip(&["addr", "add", &format!("{pool}/24"), "dev", "eth0"]);
+    }
     topo.decap_on_backends();
     topo.serve_streams("0.0.0.0", 8080);
     topo.start_agent(&config());
@@ -212,4 +225,31 @@ fn syn_floods_neither_evict_live_flows_nor_keep_legitimate_clients_out() {
     // Measured and printed; its live flows must survive all the same.
     let succeeded = phase(&topo, "nat", NAT, GEN_SPOOFED, "spoofed-source SYN flood");
     println!("spoofed flood at nat: {succeeded}/{CLIENTS} legitimate clients got through");
+
+    // The same flood at a NAT VIP with SYN cookies (automatic): past its threshold its SYNs are
+    // answered with cookies and claim nothing; the legitimate clients complete the cookie
+    // handshake (their kernels' own TCP) and reach a backend through a port claimed then.
+    let before = topo.stats().expect("stats");
+    let succeeded = phase(&topo, "nat_cookies", NAT_COOKIES, GEN_SPOOFED, "spoofed-source SYN flood");
+    let after = topo.stats().expect("stats");
+    let delta = |counter: &str| after.counter(counter).unwrap_or(0).saturating_sub(before.counter(counter).unwrap_or(0));
+    let claimed = wait_for("the cookie pool's flows", Duration::from_secs(10), || {
+        let stats = topo.stats()?;
+        let flows: u64 = stats.nat.pools.iter().filter(|p| p.pool == "cookie_pool").map(|p| p.flows).sum();
+        (flows > 0).then_some(flows)
+    });
+    println!(
+        "spoofed flood at nat_cookies: {succeeded}/{CLIENTS} legitimate clients; pool sources held {claimed}; \
+         SYN cookies sent {}, opened {}, invalid {}",
+        delta("syn_cookie_sent"),
+        delta("syn_cookie_opened"),
+        delta("drop_syn_cookie_invalid"),
+    );
+    assert!(succeeded * 100 >= CLIENTS * 99, "spoofed flood at nat_cookies: {succeeded}/{CLIENTS} clients got through");
+    assert!(delta("syn_cookie_sent") > 10_000, "the flood was answered with cookies");
+    assert!(delta("syn_cookie_opened") >= CLIENTS as u64, "the legitimate clients came through cookies");
+    // Before the meter trips (a window's worth of SYNs) and the legitimate clients' and the
+    // long-lived connections' own: far below the ~10^5 a flood claims without cookies.
+    assert!(claimed < 5 * COOKIES_ABOVE, "the flood claimed {claimed} pool sources");
+    assert_eq!(delta("drop_pool_exhausted"), 0);
 }

@@ -27,6 +27,9 @@ const FULL4: &str = "10.210.100.3";
 const POOL4: [&str; 2] = ["10.210.0.201", "10.210.0.202"];
 const POOL6: &str = "fd00:210::201";
 const SMALL_POOL: [&str; 2] = ["10.210.0.203", "10.210.0.204"];
+/// SYN cookies always: the requests' VIP (backends on 8080), long-lived streams (8090) and a
+/// bulk download (8095) on one address; IPv6 on VIP6's port 82.
+const COOKIES4: &str = "10.210.100.4";
 const WEIGHTS: [u32; 3] = [1, 2, 3];
 const REQUESTS: usize = 300;
 /// 300 requests: binomial σ ≤ 0.029 per share; 0.12 is over 4σ.
@@ -63,6 +66,17 @@ fn config() -> String {
         "  - name: dnat4\n    address: {DNAT4}\n    port: 8080\n    protocol: tcp\n    mode: nat\n    backends:\n{}",
         backends(false, 8080)
     ));
+    for (name, address, port, pool, backend_port, v6) in [
+        ("cookies4", COOKIES4, 80, "edge4", 8080, false),
+        ("cookies4_streams", COOKIES4, 8090, "edge4", 8090, false),
+        ("cookies4_bulk", COOKIES4, 8095, "edge4", 8095, false),
+        ("cookies6", VIP6, 82, "edge6", 8081, true),
+    ] {
+        yaml.push_str(&format!(
+            "  - name: {name}\n    address: \"{address}\"\n    port: {port}\n    protocol: tcp\n    mode: nat\n    snat_pool: {pool}\n    syn_cookies: always\n    backends:\n{}",
+            backends(v6, backend_port)
+        ));
+    }
     yaml.push_str(&format!(
         "  - name: full4\n    address: {FULL4}\n    port: 80\n    protocol: tcp\n    mode: nat\n    snat_pool: small\n    backends:\n      - {{ address: {}, port: 9000 }}\n",
         backend_v4(0)
@@ -87,7 +101,7 @@ fn nat_topology() -> Topology {
     topo.node().ip(&["addr", "add", &format!("{POOL6}/64"), "dev", "eth0", "nodad", "preferred_lft", "0"]);
     topo.serve("0.0.0.0", 8080);
     topo.serve("::", 8081);
-    topo.route_vips_statically(&[VIP4, VIP6, DNAT4, FULL4]);
+    topo.route_vips_statically(&[VIP4, VIP6, DNAT4, FULL4, COOKIES4]);
     topo
 }
 
@@ -378,4 +392,87 @@ fn nat_through_a_second_interface_redirects_both_ways() {
     let direct = SocketAddr::new(FAR_V4.parse().unwrap(), 8080);
     let reached = topo.client().run(move || TcpStream::connect_timeout(&direct, Duration::from_millis(500)).is_ok());
     assert!(!reached.join().unwrap(), "no path from the client to the far backend except through xlb");
+}
+
+/// Sends `BULK` bytes (a pattern) to each connection, then closes it; exits after 120 s idle.
+const BULK_SERVER: &str = r#"
+import socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 8095))
+s.listen(16)
+s.settimeout(120)
+data = bytes(range(256)) * 16384
+while True:
+    c, _ = s.accept()
+    c.sendall(data)
+    c.close()
+"#;
+const BULK: usize = 256 * 16384;
+
+#[test]
+fn syn_cookies_carry_real_tcp_through_full_nat() {
+    require_root!();
+    let mut topo = nat_topology();
+    topo.serve_streams("0.0.0.0", 8090);
+    let _bulk: Vec<Process> = topo
+        .backends
+        .iter()
+        .map(|be| {
+            let mut cmd = be.command("python3");
+            cmd.args(["-c", BULK_SERVER]);
+            Process::spawn(cmd, "bulk server")
+        })
+        .collect();
+    topo.start_agent(&config());
+
+    // A connection per request: each a cookie handshake with the client's kernel, and the
+    // backend's opened by xlb.
+    for (vip, port, what) in [(COOKIES4, 80, "IPv4"), (VIP6, 82, "IPv6")] {
+        let (seen, failed) = topo.tcp_requests(vip, port, REQUESTS);
+        assert_eq!(failed, 0, "{what} through SYN cookies: {seen:?}");
+        assert_spread(&seen, &WEIGHTS, TOLERANCE, &format!("{what} TCP through SYN cookies"));
+    }
+
+    // Long-lived cookie flows keep exchanging (sequence numbers shifted on every packet).
+    let streams = topo.open_streams(COOKIES4, 8090, 20);
+    assert!(streams.progress(20, Duration::from_secs(20)), "streams through SYN cookies exchange");
+    for result in streams.finish() {
+        assert!(result.is_ok(), "a stream through SYN cookies broke: {result:?}");
+    }
+
+    // 4 MiB down one cookie flow, byte for byte (windows without scaling, thousands of segments).
+    let addr = SocketAddr::new(COOKIES4.parse().unwrap(), 8095);
+    let received = topo
+        .client()
+        .run(move || -> std::io::Result<Vec<u8>> {
+            let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(4))?;
+            conn.set_read_timeout(Some(Duration::from_secs(20)))?;
+            let mut data = Vec::with_capacity(BULK);
+            std::io::Read::read_to_end(&mut conn, &mut data)?;
+            Ok(data)
+        })
+        .join()
+        .expect("client thread")
+        .expect("bulk download");
+    assert_eq!(received.len(), BULK, "the whole download");
+    assert!(received.iter().enumerate().all(|(i, b)| *b == i as u8), "the download's bytes in order");
+
+    let stats = topo.stats().expect("stats");
+    let count = |name: &str| stats.counter(name).unwrap_or(0);
+    let flows = 2 * REQUESTS as u64 + 20 + 1;
+    println!(
+        "SYN cookies: sent {}, opened {}, handshakes {}, SYNs resent {}, invalid {}, no state {}",
+        count("syn_cookie_sent"),
+        count("syn_cookie_opened"),
+        count("syn_cookie_handshake"),
+        count("syn_cookie_syn_resent"),
+        count("drop_syn_cookie_invalid"),
+        count("drop_syn_cookie_no_state"),
+    );
+    assert!(count("syn_cookie_sent") >= flows, "every connection got a cookie");
+    assert!(count("syn_cookie_opened") >= flows, "every connection opened through its cookie");
+    assert!(count("syn_cookie_handshake") >= flows, "every backend handshake completed by xlb");
+    assert_eq!(count("drop_syn_cookie_no_state"), 0);
+    assert_eq!(count("drop_syn_cookie_invalid"), 0, "no real client's cookie was refused");
 }

@@ -116,6 +116,10 @@ fn on(meta: &VipMeta) -> bool {
     // SAFETY: a value of the map, valid while the program runs. Every CPU writes it without a
     // lock: a lost count only makes the threshold a little fuzzier.
     let meter = unsafe { &mut *meter };
+    // Not written yet (the agent writes the meter after the meta that names it): off.
+    if meter.threshold == 0 {
+        return false;
+    }
     if meter.window != window {
         meter.window = window;
         meter.count = 0;

@@ -11,6 +11,7 @@ pub mod plan;
 pub mod reconcile;
 pub mod source_report;
 pub mod sources;
+pub mod syn_cookies;
 pub mod table_builds;
 pub mod testrun;
 

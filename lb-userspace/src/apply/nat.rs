@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use lb_common::{FlowKey, NatFlow, NodeConfig, nat_expired};
+use lb_common::{FlowKey, NAT_FLAG_COOKIE, NatFlow, NodeConfig, nat_expired};
 use serde::{Deserialize, Serialize};
 
 use crate::{apply::dataplane::NatTables, config::Config, config::ip_from_words};
@@ -59,7 +59,7 @@ pub fn sweep(tables: &mut NatTables, config: &Config, node: &NodeConfig, now: u6
         let (last, flags) =
             forward.map_or((rev.last_seen, rev.flags), |f| (rev.last_seen.max(f.last_seen), rev.flags | f.flags));
         if nat_expired(now, last, flags, key.proto, node) {
-            expired.push((forward.map(|_| forward_key), key));
+            expired.push((forward.map(|_| forward_key), key, flags & NAT_FLAG_COOKIE != 0));
         } else {
             live += 1;
             if let Some(f) = forward {
@@ -69,8 +69,8 @@ pub fn sweep(tables: &mut NatTables, config: &Config, node: &NodeConfig, now: u6
         }
     }
     let swept = expired.len() as u64;
-    for (forward, reverse) in expired {
-        tables.remove(forward.as_ref(), &reverse);
+    for (forward, reverse, cookie) in expired {
+        tables.remove(forward.as_ref(), &reverse, cookie);
     }
     let pools = config
         .nat_pools

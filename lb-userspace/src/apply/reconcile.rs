@@ -139,6 +139,7 @@ pub struct Reconciler {
     /// Generation of every backend slot; bumped when a slot is retired or handed out again.
     generations: Vec<u32>,
     sources: super::sources::SourceSync,
+    syn_cookies: super::syn_cookies::SynCookieSync,
 }
 
 impl Default for Reconciler {
@@ -155,6 +156,7 @@ impl Default for Reconciler {
             free_slots: (0..MAX_BACKENDS).rev().collect(),
             generations: vec![0; MAX_BACKENDS as usize],
             sources: super::sources::SourceSync::default(),
+            syn_cookies: super::syn_cookies::SynCookieSync::default(),
         }
     }
 }
@@ -191,6 +193,7 @@ impl Reconciler {
         this.filter = maps.filter_buckets()?.into_iter().collect();
         this.pools = maps.nat_pools()?.into_iter().collect();
         this.sources = super::sources::SourceSync::adopt(maps)?;
+        this.syn_cookies = super::syn_cookies::SynCookieSync::adopt(maps)?;
         let mut by_vip: BTreeMap<u32, Vec<(u32, Backend)>> = BTreeMap::new();
         this.free_slots.clear();
         let backends = maps.backends()?;
@@ -382,6 +385,9 @@ impl Reconciler {
         self.sources
             .sync(&desired.sources, self.vips.iter().map(|(key, a)| (key, a.meta.id, a.slots.as_slice())), maps)
             .map_err(|e| ReconcileError::Write { endpoint: "source policy".into(), source: Box::new(e) })?;
+        self.syn_cookies
+            .sync(&desired.syn_cookie_rates, self.vips.iter().map(|(key, a)| (key, a.meta.id)), maps)
+            .map_err(|e| ReconcileError::Write { endpoint: "SYN cookie meters".into(), source: Box::new(e) })?;
         match first_error {
             Some(e) => Err(e),
             None => Ok(Step { changes, remaining }),

@@ -135,7 +135,7 @@ fn end_refused_flows(
         if refused {
             let forward = entry.forward_key(reverse.proto, reverse.family);
             let owned = nat.flow(&forward).is_some_and(|f| super::nat::owns(&f, &reverse));
-            nat.remove(owned.then_some(&forward), &reverse);
+            nat.remove(owned.then_some(&forward), &reverse, entry.flags & lb_common::NAT_FLAG_COOKIE != 0);
             removed += 1;
         }
     }

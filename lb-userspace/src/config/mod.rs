@@ -24,6 +24,8 @@ mod read_errors;
 #[cfg(test)]
 mod sources_tests;
 #[cfg(test)]
+mod syn_cookies_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod timing_tests;
@@ -43,12 +45,12 @@ pub use keys::{backend_identities, backend_identity, endpoint, ip_from_words, ip
 pub use model::{
     AgentListeners, Backend, BfdConfig, BgpConfig, BgpPeer, CheckKind, Config, DEFAULT_PANIC_THRESHOLD,
     DEFAULT_TABLE_SIZE, GrpcCheck, HashFields, HealthCheck, HttpCheck, Mode, NatPool, NewFlowLimit, Node, Protocol,
-    SourcePolicy, TlsCheck, TlsRoots, Unhashable, Vip,
+    SourcePolicy, SynCookies, TlsCheck, TlsRoots, Unhashable, Vip,
 };
 pub use parse::{load, load_cached, parse, parse_cached};
 use raw::{
     CheckType, RawBfd, RawBgp, RawCheckTls, RawConfig, RawHealthCheck, RawNatPool, RawNewFlows, RawNode, RawPeer,
-    RawScalar, RawSources, RawVip,
+    RawScalar, RawSources, RawSynCookies, RawVip,
 };
 pub use values::{Community, Mac, Prefix, format_duration, parse_duration};
 use values::{DURATION_FORMS, Ports, parse_percent};

@@ -228,6 +228,19 @@ pub struct Vip {
     pub l7: Option<l7::L7Vip>,
     /// The VIP's own source policy (the node's applies too).
     pub sources: SourcePolicy,
+    /// `mode: nat`, TCP: whether the data plane answers SYNs with cookies.
+    pub syn_cookies: SynCookies,
+}
+
+/// `syn_cookies:` of a NAT VIP: SYNs answered by the data plane with a cookie, a pool port
+/// claimed only for a client that returns it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SynCookies {
+    #[default]
+    Off,
+    Always,
+    /// While more than this many new TCP flows per second arrive at the VIP.
+    Above(u32),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

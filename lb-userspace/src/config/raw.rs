@@ -139,6 +139,52 @@ pub(super) struct RawVip {
     pub(super) snat_pool: Option<String>,
     pub(super) l7: Option<Spanned<l7::RawL7>>,
     pub(super) sources: Option<Spanned<RawSources>>,
+    pub(super) syn_cookies: Option<Spanned<RawSynCookies>>,
+}
+
+/// `syn_cookies:` as written: a word (`off`, `always`), or a mapping (`{ above: N }`); any
+/// scalar is taken as text and any mapping key kept, so that the check words every mistake.
+#[derive(Debug, Clone)]
+pub(super) enum RawSynCookies {
+    Word(String),
+    Mapping { above: Option<String>, unknown: Option<String> },
+}
+
+impl<'de> Deserialize<'de> for RawSynCookies {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawSynCookies;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "off, always or {{ above: N }}")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawSynCookies, E> {
+                Ok(RawSynCookies::Word(v.to_owned()))
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<RawSynCookies, E> {
+                Ok(RawSynCookies::Word(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawSynCookies, E> {
+                Ok(RawSynCookies::Word(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RawSynCookies, E> {
+                Ok(RawSynCookies::Word(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RawSynCookies, A::Error> {
+                let (mut above, mut unknown) = (None, None);
+                while let Some(key) = map.next_key::<String>()? {
+                    let value = map.next_value::<RawScalar>()?;
+                    if key == "above" {
+                        above = Some(value.0);
+                    } else {
+                        unknown.get_or_insert(key);
+                    }
+                }
+                Ok(RawSynCookies::Mapping { above, unknown })
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

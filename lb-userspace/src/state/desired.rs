@@ -13,11 +13,12 @@ use std::{
 use lb_common::{
     ADDR_FLAG_DROP_UNHASHABLE, BACKEND_FLAG_IPIP, FILTER_NAT_BACKEND, FILTER_NAT_POOL, FILTER_NAT_VIP, FILTER_VIP,
     Iface, MAX_POOL_ADDRS, NAT_NO_POOL, NODE_FLAG_DNAT_ONLY, NODE_FLAG_MULTI_IFACE, NODE_FLAG_TUNNEL_V4,
-    NODE_FLAG_TUNNEL_V6, NatPool, NodeConfig, VIP_FLAG_HASH_SOURCE_ONLY, VIP_FLAG_NAT, VipAddrKey, VipAddrPolicy,
+    NODE_FLAG_TUNNEL_V6, NatPool, NodeConfig, VIP_FLAG_HASH_SOURCE_ONLY, VIP_FLAG_NAT, VIP_FLAG_SYN_COOKIES,
+    VIP_FLAG_SYN_COOKIES_AUTO, VipAddrKey, VipAddrPolicy,
     VipKey, addr_bucket,
 };
 
-use crate::config::{Backend, Config, HashFields, Mode, Prefix, Unhashable, Vip, ip_words, vip_key};
+use crate::config::{Backend, Config, HashFields, Mode, Prefix, SynCookies, Unhashable, Vip, ip_words, vip_key};
 
 /// What the agent learns from the interface it attaches to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,6 +163,8 @@ pub struct DesiredState {
     pub ifaces: Vec<Iface>,
     /// Allow/deny entries and per-VIP source policies.
     pub sources: super::sources::DesiredSources,
+    /// VIPs with SYN cookies in the automatic mode: their thresholds (new flows per second).
+    pub syn_cookie_rates: BTreeMap<VipKey, u32>,
 }
 
 impl DesiredState {
@@ -186,7 +189,22 @@ impl DesiredState {
         let ifaces =
             if facts.interfaces.len() > 1 { facts.interfaces.iter().map(|(_, i)| *i).collect() } else { Vec::new() };
         let sources = super::sources::DesiredSources::new(config);
-        Self { node: node_config(config, facts), vips, addrs, pools, filter: filter(config), ifaces, sources }
+        let syn_cookie_rates = l4()
+            .filter_map(|vip| match vip.syn_cookies {
+                SynCookies::Above(rate) => Some((vip_key(vip), rate)),
+                SynCookies::Off | SynCookies::Always => None,
+            })
+            .collect();
+        Self {
+            node: node_config(config, facts),
+            vips,
+            addrs,
+            pools,
+            filter: filter(config),
+            ifaces,
+            sources,
+            syn_cookie_rates,
+        }
     }
 }
 
@@ -330,7 +348,12 @@ fn desired_vip(vip: &Vip, config: &Config, facts: &NodeFacts, states: &BackendSt
         endpoint: vip.endpoint(),
         ports: (vip.port, vip.port_last),
         flags: if vip.hash == HashFields::SourceIp { VIP_FLAG_HASH_SOURCE_ONLY } else { 0 }
-            | if vip.mode == Mode::Nat { VIP_FLAG_NAT } else { 0 },
+            | if vip.mode == Mode::Nat { VIP_FLAG_NAT } else { 0 }
+            | match vip.syn_cookies {
+                SynCookies::Off => 0,
+                SynCookies::Always => VIP_FLAG_SYN_COOKIES,
+                SynCookies::Above(_) => VIP_FLAG_SYN_COOKIES_AUTO,
+            },
         backend_flags: match vip.mode {
             Mode::DsrL2 | Mode::Nat | Mode::L7 => 0,
             Mode::DsrIpip => BACKEND_FLAG_IPIP,
@@ -413,6 +436,7 @@ mod tests {
             panic_threshold: 0,
             l7: None,
             sources: Default::default(),
+            syn_cookie_rates: BTreeMap::new(),
         }
     }
 

@@ -71,6 +71,8 @@ mod shadow;
 mod sizes;
 mod sources;
 pub use sources::{RuleKey, SourceBuckets, SourceMaps};
+mod syn_cookies;
+pub use syn_cookies::SynCookieMaps;
 mod tables;
 mod test_access;
 pub use bpffs::prepare_pin_dir;
@@ -181,6 +183,8 @@ pub struct Maps {
     cpus: usize,
     /// `None` for builds from before source policies.
     pub sources: Option<SourceMaps>,
+    /// `None` for builds from before SYN cookies.
+    pub syn_cookies: Option<SynCookieMaps>,
     /// Second fds on the maps that readers on other threads use (counters, NAT housekeeping).
     readers: readers::Fds,
 }
@@ -215,12 +219,20 @@ impl Maps {
         let (backend_counters, backend_counters_fd) = take_shared(ebpf, maps::BACKEND_COUNTERS)?;
         let (_, nat_flows_fd) = take_shared::<HashMap<MapData, FlowKey, NatFlow>>(ebpf, maps::NAT_FLOWS)?;
         let (_, nat_reverse_fd) = take_shared::<HashMap<MapData, FlowKey, NatReverse>>(ebpf, maps::NAT_REVERSE)?;
+        let nat_seq_fd = match ebpf.take_map(maps::NAT_SEQ) {
+            Some(Map::LruHashMap(data)) => {
+                use std::os::fd::AsFd as _;
+                Some(data.fd().as_fd().try_clone_to_owned().map_err(|e| map_err(maps::NAT_SEQ)(MapError::IoError(e)))?)
+            }
+            _ => None,
+        };
         let cpus = cpus()?;
         let readers = readers::Fds {
             stats: stats_fd,
             backend_counters: backend_counters_fd,
             nat_flows: nat_flows_fd,
             nat_reverse: nat_reverse_fd,
+            nat_seq: nat_seq_fd,
             cpus,
         };
         Ok(Self {
@@ -242,6 +254,7 @@ impl Maps {
             devs: take(ebpf, maps::DEVS)?,
             cpus,
             sources: SourceMaps::take(ebpf)?,
+            syn_cookies: SynCookieMaps::take(ebpf)?,
             readers,
         })
     }

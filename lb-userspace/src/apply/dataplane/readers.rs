@@ -5,7 +5,7 @@
 use std::os::fd::{AsFd as _, OwnedFd};
 
 use aya::maps::{HashMap, Map, MapData, MapError};
-use lb_common::{BackendCounters, FlowKey, MAX_BACKENDS, NatFlow, NatReverse, Stat, StatCounters, maps};
+use lb_common::{BackendCounters, FlowKey, MAX_BACKENDS, NatFlow, NatReverse, NatSeq, Stat, StatCounters, maps};
 
 use super::{DataplaneError, batch, map_err};
 
@@ -16,6 +16,8 @@ pub(super) struct Fds {
     pub backend_counters: OwnedFd,
     pub nat_flows: OwnedFd,
     pub nat_reverse: OwnedFd,
+    /// Cookie flows' sequence state (`None` in builds from before SYN cookies).
+    pub nat_seq: Option<OwnedFd>,
     pub cpus: usize,
 }
 
@@ -38,6 +40,13 @@ impl Fds {
             flows: HashMap::try_from(open(&self.nat_flows, maps::NAT_FLOWS)?).map_err(map_err(maps::NAT_FLOWS))?,
             reverse: HashMap::try_from(open(&self.nat_reverse, maps::NAT_REVERSE)?)
                 .map_err(map_err(maps::NAT_REVERSE))?,
+            seq: match &self.nat_seq {
+                Some(fd) => {
+                    let data = MapData::from_fd(clone(fd, maps::NAT_SEQ)?).map_err(map_err(maps::NAT_SEQ))?;
+                    Some(HashMap::try_from(Map::LruHashMap(data)).map_err(map_err(maps::NAT_SEQ))?)
+                }
+                None => None,
+            },
         })
     }
 }
@@ -106,6 +115,7 @@ impl Counters {
 pub struct NatTables {
     flows: HashMap<MapData, FlowKey, NatFlow>,
     reverse: HashMap<MapData, FlowKey, NatReverse>,
+    seq: Option<HashMap<MapData, FlowKey, NatSeq>>,
 }
 
 impl std::fmt::Debug for NatTables {
@@ -125,11 +135,15 @@ impl NatTables {
         self.flows.get(key, 0).ok()
     }
 
-    /// Removes both entries of an expired NAT flow (either may be gone already).
-    pub fn remove(&mut self, forward: Option<&FlowKey>, reverse: &FlowKey) {
+    /// Removes both entries of an expired NAT flow (either may be gone already), and a cookie
+    /// flow's sequence state.
+    pub fn remove(&mut self, forward: Option<&FlowKey>, reverse: &FlowKey, cookie: bool) {
         if let Some(forward) = forward {
             let _ = self.flows.remove(forward);
         }
         let _ = self.reverse.remove(reverse);
+        if cookie && let Some(seq) = &mut self.seq {
+            let _ = seq.remove(reverse);
+        }
     }
 }

@@ -39,6 +39,15 @@ impl Maps {
         }
         Ok(())
     }
+
+    /// Entries of the NAT reverse table: sources held by flows.
+    pub fn nat_flow_count(&self) -> Result<usize, DataplaneError> {
+        let fd = self.readers.nat_reverse.try_clone().map_err(|e| map_err(maps::NAT_REVERSE)(MapError::IoError(e)))?;
+        let data = MapData::from_fd(fd).map_err(map_err(maps::NAT_REVERSE))?;
+        let reverse: HashMap<MapData, FlowKey, NatReverse> =
+            HashMap::try_from(Map::HashMap(data)).map_err(map_err(maps::NAT_REVERSE))?;
+        Ok(reverse.keys().filter(Result::is_ok).count())
+    }
 }
 
 /// A backend slot's NAT source state, from the loaded program's own map.
@@ -49,4 +58,14 @@ pub fn nat_sources(program: &super::Loaded, slot: u32) -> Result<NatSources, Dat
         .ok_or_else(|| map_err(maps::NAT_SOURCES)(MapError::InvalidName { name: maps::NAT_SOURCES.to_owned() }))?;
     let array: Array<&MapData, NatSources> = Array::try_from(map).map_err(map_err(maps::NAT_SOURCES))?;
     array.get(&slot, 0).map_err(map_err(maps::NAT_SOURCES))
+}
+
+impl Maps {
+    /// Sets the SYN cookies' key (tests rebuild the cookies they expect with a known one).
+    pub fn set_syn_cookie_secret(&mut self, secret: &lb_common::SynCookieSecret) -> Result<(), DataplaneError> {
+        let cookies = self.syn_cookies.as_mut().ok_or_else(|| {
+            map_err(maps::SYN_COOKIE_SECRET)(MapError::InvalidName { name: maps::SYN_COOKIE_SECRET.to_owned() })
+        })?;
+        cookies.set_secret(secret)
+    }
 }

@@ -16,6 +16,7 @@ pub(crate) use health::read_certificates;
 mod node;
 mod pools;
 mod sources;
+mod syn_cookies;
 pub(crate) use sources::network;
 mod vips;
 

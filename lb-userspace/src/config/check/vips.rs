@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use super::{Checker, MAX_WEIGHT};
 use crate::config::{
     Backend, ConfigError, DEFAULT_PANIC_THRESHOLD, DEFAULT_TABLE_SIZE, Mode, NatPool, Node, Ports, Protocol, RawVip,
-    SourcePolicy, Vip, parse_percent,
+    SourcePolicy, SynCookies, Vip, parse_percent,
 };
 
 impl Checker<'_> {
@@ -262,6 +262,13 @@ impl Checker<'_> {
                 parse_percent(&value.value.0).map_err(fail)?
             }
         };
+        let syn_cookies = match &raw.syn_cookies {
+            None => SynCookies::Off,
+            Some(cookies) => {
+                let vip = (raw.mode, raw.protocol, raw.snat_pool.is_some());
+                self.check_syn_cookies(&field("syn_cookies"), vip, &cookies.value, &cookies.referenced)?
+            }
+        };
         let sources = match raw.sources {
             None => SourcePolicy::default(),
             Some(sources) if raw.mode == Mode::L7 => {
@@ -310,6 +317,7 @@ impl Checker<'_> {
             snat_pool: raw.snat_pool,
             l7,
             sources,
+            syn_cookies,
         })
     }
 
