@@ -436,7 +436,7 @@ mod tests {
             panic_threshold: 0,
             l7: None,
             sources: Default::default(),
-            syn_cookie_rates: BTreeMap::new(),
+            syn_cookies: SynCookies::Off,
         }
     }
 

@@ -140,6 +140,7 @@ mod tests {
             panic_threshold: threshold,
             l7: None,
             sources: Default::default(),
+            syn_cookies: Default::default(),
         };
         Config { vips: vec![vip], ..Default::default() }
     }

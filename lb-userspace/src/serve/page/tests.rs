@@ -33,6 +33,7 @@ fn vip(name: &str, host: u8, backends: usize) -> Vip {
         panic_threshold: 0,
         l7: None,
         sources: Default::default(),
+        syn_cookies: Default::default(),
     }
 }
 
