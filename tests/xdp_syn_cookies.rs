@@ -87,6 +87,7 @@ struct Segment {
     ack: Option<u32>,
     syn: bool,
     rst: bool,
+    fin: bool,
     window: u16,
     options: Vec<TcpOptionElement>,
     payload: Vec<u8>,
@@ -105,6 +106,7 @@ impl Segment {
             ack: None,
             syn: false,
             rst: false,
+            fin: false,
             window: 64_240,
             options: Vec::new(),
             payload: Vec::new(),
@@ -127,6 +129,9 @@ impl Segment {
         }
         if self.rst {
             tcp = tcp.rst();
+        }
+        if self.fin {
+            tcp = tcp.fin();
         }
         if let Some(ack) = self.ack {
             tcp = tcp.ack(ack);
@@ -413,4 +418,35 @@ fn the_automatic_mode_answers_with_cookies_only_above_its_threshold() {
         run(&lb, &syn("192.0.2.12", port), XdpAction::Tx, Stat::NatForwarded, "busy4");
     }
     assert_eq!(lb.stat(Stat::SynCookieSent), before);
+}
+
+#[test]
+fn a_closed_cookie_flow_s_reused_port_opens_a_new_flow() {
+    require_root!();
+    let lb = balancer();
+    let open = |isn: u32| {
+        let syn = client_syn("203.0.113.30", "192.0.2.10", 53_000, isn, 1460);
+        let out = run(&lb, &syn.build(), XdpAction::Tx, Stat::SynCookieSent, "SYN");
+        let (cookie, _, _, _) = tcp_fields(&out);
+        let mut ack = Segment::new("203.0.113.30", "192.0.2.10", 53_000, 80, isn + 1);
+        ack.ack = Some(cookie.wrapping_add(1));
+        let out = run(&lb, &ack.build(), XdpAction::Tx, Stat::SynCookieOpened, "ACK of the cookie");
+        let (seq, _, src, sport) = tcp_fields(&out);
+        assert_eq!(seq, isn, "the SYN to the backend carries this connection's sequence number");
+        (cookie, src, sport)
+    };
+    let (cookie, src, sport) = open(10_000);
+    // The backend completes its handshake, then the client closes.
+    let mut syn_ack = Segment::new("10.1.0.1", &src, 8080, sport, 90_000);
+    syn_ack.syn = true;
+    syn_ack.ack = Some(10_001);
+    syn_ack.macs = (LB_MAC, BACKEND_MAC);
+    run(&lb, &syn_ack.build(), XdpAction::Tx, Stat::SynCookieHandshake, "SYN-ACK");
+    let mut fin = Segment::new("203.0.113.30", "192.0.2.10", 53_000, 80, 10_001);
+    fin.ack = Some(cookie.wrapping_add(1));
+    fin.fin = true;
+    run(&lb, &fin.build(), XdpAction::Tx, Stat::NatForwarded, "the client's FIN");
+    // The same client port again: a new connection, with a new cookie and a source of its own.
+    let (_, _, _) = open(20_000);
+    assert_eq!(lb.maps.nat_flow_count().expect("NAT table"), 1, "the closed flow's source was freed");
 }

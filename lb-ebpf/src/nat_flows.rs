@@ -194,11 +194,22 @@ pub(crate) fn live_flow(packet: &Packet, flow: &FlowKey, node: &NodeConfig, cook
     Some(known)
 }
 
-/// Whether the forward table holds `flow` as a cookie flow.
+/// Whether the forward table holds `flow` as a cookie flow: `None` if not, else whether its
+/// client has closed it (a FIN or RST seen).
 #[inline(always)]
-pub(crate) fn is_cookie_flow(flow: &FlowKey) -> bool {
+pub(crate) fn cookie_flow_closing(flow: &FlowKey) -> Option<bool> {
+    let entry = XLB_NAT_FLOWS.get_ptr(flow)?;
     // SAFETY: a live value of the map; one field read.
-    XLB_NAT_FLOWS.get_ptr(flow).is_some_and(|entry| unsafe { (*entry).flags } & NAT_FLAG_COOKIE != 0)
+    let flags = unsafe { (*entry).flags };
+    (flags & NAT_FLAG_COOKIE != 0).then_some(flags & NAT_FLAG_CLOSING != 0)
+}
+
+/// Frees `flow`'s source and entries, if it has any.
+#[inline(always)]
+pub(crate) fn release_flow(flow: &FlowKey) {
+    if let Some(old) = XLB_NAT_FLOWS.get_ptr(flow) {
+        release(flow, old);
+    }
 }
 
 /// How a live flow's client packets are rewritten toward its backend, leaving by `out`.

@@ -26,7 +26,9 @@ use lb_ebpf::{
 use crate::{
     Counts, NOT_HANDLED, XLB_BACKENDS, XLB_NODE,
     clock::now,
-    nat_flows::{Egress, egress, finish, is_cookie_flow, live_flow, replied, toward_backend, toward_client},
+    nat_flows::{
+        Egress, cookie_flow_closing, egress, finish, live_flow, release_flow, replied, toward_backend, toward_client,
+    },
     table_pick,
 };
 
@@ -320,13 +322,18 @@ fn syn_to_backend(scratch: &mut CookieScratch, to: &Translation) {
     };
 }
 
-/// A client packet (not a SYN) of a cookie flow: toward the backend with its acknowledgment
+/// A client packet of a cookie flow: toward the backend with its acknowledgment
 /// shifted into the backend's sequence space, or, before the backend answered, the SYN again
 /// (`SEGMENT_READY`). `NOT_HANDLED`: not a live cookie flow (`client`, then `forward_new`, go
 /// on; the latter frees a dead entry). Apart from `client`: their frames would add up.
 #[inline(never)]
 pub fn cookie_flow(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &FlowKey) -> u32 {
-    if packet.tcp_flags & TCP_FLAG_SYN != 0 || !is_cookie_flow(flow) {
+    let Some(closing) = cookie_flow_closing(flow) else { return NOT_HANDLED };
+    if packet.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN && closing {
+        // A new connection on a closed flow's addresses and ports (a client port reused): the
+        // old flow goes, so that the ACK of the new one's cookie is not taken for the old one's.
+        // (A SYN on a live flow goes along it, as on a plain NAT flow.)
+        release_flow(flow);
         return NOT_HANDLED;
     }
     let Some(scratch) = scratch() else { return NOT_HANDLED };

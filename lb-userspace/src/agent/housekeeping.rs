@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use super::view::{AgentView, Shared, lock};
 use crate::{
     apply::conns::{self, SlotOwners},
-    apply::dataplane::{FlowTableCounter, FlowTableUsage, NatTables, SourceBuckets},
+    apply::dataplane::{FlowTableCounter, FlowTableUsage, NatTables, SourceBuckets, SynCookieMeters},
     apply::nat,
     sources::jiffies::KernelClock,
 };
@@ -26,6 +26,7 @@ pub(super) fn start(
     mut nat_tables: NatTables,
     flow_counter: Option<FlowTableCounter>,
     source_buckets: Option<SourceBuckets>,
+    cookie_meters: Option<SynCookieMeters>,
 ) -> anyhow::Result<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)> {
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
     if let Some(counter) = &flow_counter {
@@ -83,7 +84,19 @@ pub(super) fn start(
                         None
                     }
                 });
+                let cookies_on = cookie_meters.as_ref().and_then(|meters| match meters.active(nat::monotonic_ns()) {
+                    Ok(ids) => Some(
+                        view.applied.values().filter(|a| ids.contains(&a.meta.id)).map(|a| a.vip.name.clone()).collect(),
+                    ),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "reading the SYN cookie meters");
+                        None
+                    }
+                });
                 let mut usage = lock(&shared.usage);
+                if let Some(on) = cookies_on {
+                    usage.syn_cookies_on = on;
+                }
                 if let Some(limited) = limited {
                     usage.limited_sources = limited;
                 }

@@ -257,6 +257,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let nat_reader = maps.nat_tables().context("opening the NAT tables for xlb conns")?;
     let source_buckets =
         maps.sources.as_ref().map(|s| s.buckets()).transpose().context("opening the source buckets")?;
+    let cookie_meters = maps
+        .syn_cookies
+        .as_ref()
+        .map(|c| c.meter_reader())
+        .transpose()
+        .context("opening the SYN cookie meters")?;
     let flow_counter = maps
         .flow_table_counter()
         .inspect_err(|e| tracing::warn!(error = %e, "connection-table occupancy will not be counted"))
@@ -358,7 +364,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     };
     let _ = shared.nat_reader.set(std::sync::Mutex::new(nat_reader));
     let (housekeeping_stop, housekeeping) =
-        housekeeping::start(Arc::clone(&shared), nat_tables, flow_counter, source_buckets)?;
+        housekeeping::start(Arc::clone(&shared), nat_tables, flow_counter, source_buckets, cookie_meters)?;
 
     let explain_at = (pin_dir.clone(), opts.iface.clone());
     let server =

@@ -78,6 +78,8 @@ pub struct Usage {
     pub clock: Option<KernelClock>,
     /// The source prefixes the new-flow limits refused most lately.
     pub limited_sources: Vec<crate::apply::source_report::LimitedSource>,
+    /// VIPs in SYN cookies' automatic mode that are over their threshold (answering with cookies).
+    pub syn_cookies_on: Vec<String>,
 }
 
 /// Everything readers share with the control thread.
@@ -181,6 +183,7 @@ impl Shared {
         snapshot.nat = usage.nat;
         snapshot.flow_table = usage.flow_table;
         snapshot.limited_sources = usage.limited_sources;
+        snapshot.mark_syn_cookies_on(&usage.syn_cookies_on);
         snapshot.l7 = lock(&self.l7).status();
         Ok(snapshot)
     }
@@ -218,6 +221,7 @@ impl Shared {
         let announced = self.announce.borrow().len();
         let mut summary = Summary::of(node, &view.applied, announced, usage.flow_table, usage.nat);
         summary.limited_sources = usage.limited_sources;
+        summary.syn_cookies_on = usage.syn_cookies_on;
         summary
     }
 

@@ -39,6 +39,17 @@ pub struct Snapshot {
     pub limited_sources: Vec<crate::apply::source_report::LimitedSource>,
 }
 
+impl Snapshot {
+    /// Marks the automatic-mode VIPs named in `on` as answering with SYN cookies now.
+    pub fn mark_syn_cookies_on(&mut self, on: &[String]) {
+        for vip in self.vips.iter_mut().filter(|v| v.syn_cookies.as_deref() == Some("auto")) {
+            if on.contains(&vip.name) {
+                vip.syn_cookies = Some("auto: on".to_owned());
+            }
+        }
+    }
+}
+
 /// When the connection counts were taken and what the scan cost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConnectionsScan {
@@ -84,6 +95,9 @@ pub struct VipStats {
     /// Live connections over its backends.
     #[serde(default)]
     pub connections: BackendConns,
+    /// `syn_cookies`: `always`, `auto` (below its threshold) or `auto: on` (over it); none when off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub syn_cookies: Option<String>,
     pub backends: Vec<BackendStats>,
 }
 
@@ -123,6 +137,18 @@ impl BackendStats {
             (false, false, _) => "DOWN",
             (false, true, _) => "DOWN,drained",
         }
+    }
+}
+
+/// The config's `syn_cookies` of a VIP, when not off (`auto` before housekeeping says whether it
+/// is on).
+pub fn syn_cookie_mode(vip: &crate::state::desired::DesiredVip) -> Option<&'static str> {
+    if vip.flags & lb_common::VIP_FLAG_SYN_COOKIES != 0 {
+        Some("always")
+    } else if vip.flags & lb_common::VIP_FLAG_SYN_COOKIES_AUTO != 0 {
+        Some("auto")
+    } else {
+        None
     }
 }
 
@@ -192,6 +218,7 @@ impl Snapshot {
                 name: applied.vip.name.clone(),
                 endpoint: applied.vip.endpoint.clone(),
                 mode: mode(&applied.vip).to_owned(),
+                syn_cookies: syn_cookie_mode(&applied.vip).map(str::to_owned),
                 up: applied.vip.is_up(),
                 serving: applied.vip.serving(),
                 min_healthy: applied.vip.min_healthy,

@@ -252,6 +252,9 @@ pub struct Summary {
     /// The source prefixes the new-flow limits refused most lately.
     #[serde(default)]
     pub limited_sources: Vec<crate::apply::source_report::LimitedSource>,
+    /// VIPs answering SYNs with cookies because new flows come faster than their threshold.
+    #[serde(default)]
+    pub syn_cookies_on: Vec<String>,
 }
 
 /// A VIP not fully serving.
@@ -351,6 +354,7 @@ impl Summary {
             degraded,
             degraded_unlisted,
             limited_sources: Vec::new(),
+            syn_cookies_on: Vec::new(),
         }
     }
 
@@ -376,6 +380,12 @@ impl Summary {
                     s.prefix, s.scope, s.refused_per_second, s.admitted_per_second, s.refused_total
                 ));
             }
+        }
+        if !self.syn_cookies_on.is_empty() {
+            out.push_str(&format!(
+                "SYN cookies on (new flows over the threshold): {}\n",
+                self.syn_cookies_on.join(", ")
+            ));
         }
         if self.degraded.is_empty() {
             out.push_str("every backend of every VIP takes new flows\n");
@@ -475,6 +485,7 @@ mod tests {
             }],
             degraded_unlisted: 0,
             limited_sources: Vec::new(),
+            syn_cookies_on: Vec::new(),
         };
         let text = summary.render();
         let line = text.lines().find(|l| l.contains("web")).unwrap();

@@ -72,7 +72,7 @@ mod sizes;
 mod sources;
 pub use sources::{RuleKey, SourceBuckets, SourceMaps};
 mod syn_cookies;
-pub use syn_cookies::SynCookieMaps;
+pub use syn_cookies::{SynCookieMaps, SynCookieMeters};
 mod tables;
 mod test_access;
 pub use bpffs::prepare_pin_dir;

@@ -55,6 +55,12 @@ impl SynCookieMaps {
         Ok(values.into_iter().enumerate().filter(|(_, m)| m.threshold != 0).map(|(id, m)| (id as u32, m)).collect())
     }
 
+    /// A handle on the meters for another thread.
+    pub fn meter_reader(&self) -> Result<SynCookieMeters, DataplaneError> {
+        let fd = self.meters_fd.try_clone().map_err(|e| map_err(maps::SYN_COOKIES)(MapError::IoError(e)))?;
+        Ok(SynCookieMeters(fd))
+    }
+
     /// The cookies' key (tests set a known one to rebuild the cookies they expect).
     pub fn set_secret(&mut self, secret: &SynCookieSecret) -> Result<(), DataplaneError> {
         self.secret.set(0, secret, 0).map_err(map_err(maps::SYN_COOKIE_SECRET))
@@ -72,4 +78,16 @@ fn random_secret() -> std::io::Result<SynCookieSecret> {
     let (k0, k1) = bytes.split_at(8);
     let word = |b: &[u8]| u64::from_ne_bytes(b.try_into().unwrap_or_default());
     Ok(SynCookieSecret { k0: word(k0), k1: word(k1) })
+}
+
+/// The automatic mode's meters, read by the housekeeping thread.
+#[derive(Debug)]
+pub struct SynCookieMeters(OwnedFd);
+
+impl SynCookieMeters {
+    /// The VIP ids whose meters say cookies are on at coarse-clock time `now` (one batched read).
+    pub fn active(&self, now: u64) -> Result<Vec<u32>, DataplaneError> {
+        let values: Vec<SynCookieMeter> = read_array(&self.0, MAX_VIPS, maps::SYN_COOKIES)?;
+        Ok(values.iter().enumerate().filter(|(_, m)| m.threshold != 0 && m.active(now)).map(|(id, _)| id as u32).collect())
+    }
 }

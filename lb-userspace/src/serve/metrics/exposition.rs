@@ -188,6 +188,18 @@ fn build(snapshot: &Snapshot, agent: &AgentInfo) -> prometheus::Result<Registry>
             .set(i64::try_from(s.refused_per_second).unwrap_or(i64::MAX));
     }
 
+    let cookies = gauge(
+        &registry,
+        "xlb_syn_cookies_active",
+        "1 while the VIP answers SYNs with cookies (syn_cookies: always, or over its threshold).",
+        &["vip"],
+    )?;
+    for vip in &snapshot.vips {
+        if let Some(mode) = &vip.syn_cookies {
+            cookies.with_label_values(&[vip.name.as_str()]).set(i64::from(mode != "auto"));
+        }
+    }
+
     let peer = ["peer"];
     let session_up = gauge(&registry, "xlb_bgp_session_up", "1 while the BGP session is established.", &peer)?;
     let prefixes = gauge(&registry, "xlb_bgp_prefixes_sent", "Prefixes announced to the peer.", &peer)?;

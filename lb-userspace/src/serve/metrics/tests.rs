@@ -19,6 +19,7 @@ fn snapshot() -> Snapshot {
             name: "web".into(),
             endpoint: "192.0.2.1:80/tcp".into(),
             mode: "dsr-l2".into(),
+            syn_cookies: None,
             up: true,
             serving: 1,
             min_healthy: 1,

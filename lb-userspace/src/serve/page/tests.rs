@@ -61,6 +61,7 @@ fn applied_and_snapshot(config: &Config, down: &[(&str, &str)]) -> (BTreeMap<Vip
             name: a.vip.name.clone(),
             endpoint: a.vip.endpoint.clone(),
             mode: crate::serve::stats::mode(&a.vip).to_owned(),
+            syn_cookies: None,
             up: a.vip.is_up(),
             serving: a.vip.serving(),
             min_healthy: a.vip.min_healthy,
