@@ -39,6 +39,7 @@ fn snapshot(vips: usize) -> Snapshot {
                 name: format!("vip{i}"),
                 endpoint: format!("192.0.2.{}:{}/tcp", i % 250, 1000 + i),
                 mode: if i % 2 == 0 { "dsr-l2".into() } else { "nat".into() },
+                syn_cookies: None,
                 up: true,
                 serving: 2,
                 min_healthy: 1,

@@ -92,6 +92,7 @@ fn exposition() -> String {
             name: "web".into(),
             endpoint: "192.0.2.1:80/tcp".into(),
             mode: "nat".into(),
+            syn_cookies: Some("auto: on".into()),
             up: true,
             serving: 1,
             min_healthy: 1,
@@ -229,7 +230,14 @@ fn counter_matchers(text: &str) -> BTreeSet<(String, String)> {
 fn rules_and_dashboard_name_only_metrics_the_agent_exports() {
     let (names, labels) = exported();
     // The exposition is the real one: the families the README documents are there.
-    for name in ["xlb_vip_up", "xlb_backend_up", "xlb_drops_total", "xlb_bgp_session_up", "xlb_xdp_attached"] {
+    for name in [
+        "xlb_vip_up",
+        "xlb_backend_up",
+        "xlb_drops_total",
+        "xlb_bgp_session_up",
+        "xlb_xdp_attached",
+        "xlb_syn_cookies_active",
+    ] {
         assert!(names.contains(name), "{name} not exported: {names:?}");
     }
     for file in ["prometheus/xlb-alerts.yml", "prometheus/xlb-alerts.test.yml", "grafana/xlb.json"] {
