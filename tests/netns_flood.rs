@@ -232,7 +232,8 @@ fn syn_floods_neither_evict_live_flows_nor_keep_legitimate_clients_out() {
     let before = topo.stats().expect("stats");
     let succeeded = phase(&topo, "nat_cookies", NAT_COOKIES, GEN_SPOOFED, "spoofed-source SYN flood");
     let after = topo.stats().expect("stats");
-    let delta = |counter: &str| after.counter(counter).unwrap_or(0).saturating_sub(before.counter(counter).unwrap_or(0));
+    let delta =
+        |counter: &str| after.counter(counter).unwrap_or(0).saturating_sub(before.counter(counter).unwrap_or(0));
     let claimed = wait_for("the cookie pool's flows", Duration::from_secs(10), || {
         let stats = topo.stats()?;
         let flows: u64 = stats.nat.pools.iter().filter(|p| p.pool == "cookie_pool").map(|p| p.flows).sum();

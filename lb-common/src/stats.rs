@@ -302,9 +302,7 @@ impl Stat {
             Stat::SynCookieOpened => "carried a valid SYN cookie: a pool port claimed and the SYN sent to the backend",
             Stat::DropSynCookieInvalid => "dropped: an ACK of no flow without a valid SYN cookie",
             Stat::SynCookieHandshake => "the backend's SYN-ACK of a cookie flow, answered with its ACK",
-            Stat::SynCookieSynResent => {
-                "came before the backend answered a cookie flow's SYN: sent as that SYN again"
-            }
+            Stat::SynCookieSynResent => "came before the backend answered a cookie flow's SYN: sent as that SYN again",
             Stat::DropSynCookieNoState => "dropped: a cookie flow whose sequence state is gone",
             Stat::Count => "",
         }

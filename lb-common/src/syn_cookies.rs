@@ -182,7 +182,12 @@ fn cookie_mac(secret: &SynCookieSecret, flow: &FlowKey, isn: u32, period: u64, m
 /// SipHash-2-4 (Aumasson and Bernstein) of the little-endian bytes of `words`.
 #[inline(always)]
 pub fn siphash24(k0: u64, k1: u64, words: &[u64; 6]) -> u64 {
-    let mut v = [k0 ^ 0x736f_6d65_7073_6575, k1 ^ 0x646f_7261_6e64_6f6d, k0 ^ 0x6c79_6765_6e65_7261, k1 ^ 0x7465_6462_7974_6573];
+    let mut v = [
+        k0 ^ 0x736f_6d65_7073_6575,
+        k1 ^ 0x646f_7261_6e64_6f6d,
+        k0 ^ 0x6c79_6765_6e65_7261,
+        k1 ^ 0x7465_6462_7974_6573,
+    ];
     let mut i = 0;
     while i < words.len() {
         let m = words[i];

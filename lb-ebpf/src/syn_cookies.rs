@@ -572,9 +572,5 @@ fn write_segment_inline(ctx: &XdpContext, packet: &Packet) -> Result<(), Stat> {
 /// One's-complement sum of an address's words (the first only for IPv4).
 #[inline(always)]
 fn sum_addr(addr: &[u32; 4], family: u8) -> u32 {
-    if family == FAMILY_V4 {
-        sum32(addr[0])
-    } else {
-        sum32(addr[0]) + sum32(addr[1]) + sum32(addr[2]) + sum32(addr[3])
-    }
+    if family == FAMILY_V4 { sum32(addr[0]) } else { sum32(addr[0]) + sum32(addr[1]) + sum32(addr[2]) + sum32(addr[3]) }
 }

@@ -29,7 +29,9 @@ pub fn config() -> String {
     vip("nat4", "192.0.2.30", "nat\n    snat_pool: pool4", &|i| format!("10.3.0.{}", i + 1));
     vip("nat6", "2001:db8::30", "nat\n    snat_pool: pool6", &|i| format!("fd00:3::{}", i + 1));
     // SYN cookies: every SYN answered with a cookie, nothing claimed.
-    vip("cookies4", "192.0.2.32", "nat\n    snat_pool: pool4\n    syn_cookies: always", &|i| format!("10.3.0.{}", i + 1));
+    vip("cookies4", "192.0.2.32", "nat\n    snat_pool: pool4\n    syn_cookies: always", &|i| {
+        format!("10.3.0.{}", i + 1)
+    });
     yaml.push_str("  - name: natfull4\n    address: 192.0.2.31\n    port: 80\n    protocol: tcp\n    mode: nat\n    snat_pool: poolfull\n    backends:\n      - { address: 10.4.0.1, mac: \"02:00:00:00:04:01\" }\n");
     // Room for every new-flow call of a run without reuse: 8 × 50 000 sources per backend.
     yaml.push_str("nat_pools:\n  - name: pool4\n    addresses: [");

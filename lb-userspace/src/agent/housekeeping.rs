@@ -86,7 +86,11 @@ pub(super) fn start(
                 });
                 let cookies_on = cookie_meters.as_ref().and_then(|meters| match meters.active(nat::monotonic_ns()) {
                     Ok(ids) => Some(
-                        view.applied.values().filter(|a| ids.contains(&a.meta.id)).map(|a| a.vip.name.clone()).collect(),
+                        view.applied
+                            .values()
+                            .filter(|a| ids.contains(&a.meta.id))
+                            .map(|a| a.vip.name.clone())
+                            .collect(),
                     ),
                     Err(e) => {
                         tracing::debug!(error = %e, "reading the SYN cookie meters");

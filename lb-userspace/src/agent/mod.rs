@@ -257,12 +257,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let nat_reader = maps.nat_tables().context("opening the NAT tables for xlb conns")?;
     let source_buckets =
         maps.sources.as_ref().map(|s| s.buckets()).transpose().context("opening the source buckets")?;
-    let cookie_meters = maps
-        .syn_cookies
-        .as_ref()
-        .map(|c| c.meter_reader())
-        .transpose()
-        .context("opening the SYN cookie meters")?;
+    let cookie_meters =
+        maps.syn_cookies.as_ref().map(|c| c.meter_reader()).transpose().context("opening the SYN cookie meters")?;
     let flow_counter = maps
         .flow_table_counter()
         .inspect_err(|e| tracing::warn!(error = %e, "connection-table occupancy will not be counted"))

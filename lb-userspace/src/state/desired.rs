@@ -14,8 +14,7 @@ use lb_common::{
     ADDR_FLAG_DROP_UNHASHABLE, BACKEND_FLAG_IPIP, FILTER_NAT_BACKEND, FILTER_NAT_POOL, FILTER_NAT_VIP, FILTER_VIP,
     Iface, MAX_POOL_ADDRS, NAT_NO_POOL, NODE_FLAG_DNAT_ONLY, NODE_FLAG_MULTI_IFACE, NODE_FLAG_TUNNEL_V4,
     NODE_FLAG_TUNNEL_V6, NatPool, NodeConfig, VIP_FLAG_HASH_SOURCE_ONLY, VIP_FLAG_NAT, VIP_FLAG_SYN_COOKIES,
-    VIP_FLAG_SYN_COOKIES_AUTO, VipAddrKey, VipAddrPolicy,
-    VipKey, addr_bucket,
+    VIP_FLAG_SYN_COOKIES_AUTO, VipAddrKey, VipAddrPolicy, VipKey, addr_bucket,
 };
 
 use crate::config::{Backend, Config, HashFields, Mode, Prefix, SynCookies, Unhashable, Vip, ip_words, vip_key};

@@ -88,6 +88,11 @@ impl SynCookieMeters {
     /// The VIP ids whose meters say cookies are on at coarse-clock time `now` (one batched read).
     pub fn active(&self, now: u64) -> Result<Vec<u32>, DataplaneError> {
         let values: Vec<SynCookieMeter> = read_array(&self.0, MAX_VIPS, maps::SYN_COOKIES)?;
-        Ok(values.iter().enumerate().filter(|(_, m)| m.threshold != 0 && m.active(now)).map(|(id, _)| id as u32).collect())
+        Ok(values
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.threshold != 0 && m.active(now))
+            .map(|(id, _)| id as u32)
+            .collect())
     }
 }
