@@ -55,7 +55,8 @@ pub struct Options {
     /// Separate test runs in one `loop` sample.
     #[arg(long, default_value_t = 20_000)]
     loop_count: usize,
-    /// Only cases whose name contains this (the floor is always measured).
+    /// Only cases whose name contains this, or one of these comma-separated parts (the floor is
+    /// always measured).
     #[arg(long)]
     only: Option<String>,
     /// Also run every balancer case on this other build of the balancer object (an ELF file,
@@ -304,7 +305,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     let balancers: Vec<Balancer> = objects.iter().map(|o| Balancer::from_object(&config(), sizes, o)).collect();
     let cases: Vec<Case> = cases()
         .into_iter()
-        .filter(|c| c.name == "floor" || opts.only.as_deref().is_none_or(|only| c.name.contains(only)))
+        .filter(|c| c.name == "floor" || opts.only.as_deref().is_none_or(|only| only.split(',').any(|o| c.name.contains(o))))
         .collect();
     let flood_sizes = TableSizes { flows: FLOOD_TABLE, nat: 1024 };
     let flood: Vec<(Balancer, Vec<FlowSet>)> = if cases.iter().any(|c| c.program == Program::Flood) {
