@@ -30,6 +30,7 @@ mod clock;
 mod drop_log;
 mod flow_table;
 mod nat_flows;
+mod nat_tables;
 mod sources;
 mod syn_cookies;
 

@@ -26,7 +26,7 @@ use lb_ebpf::{
 use crate::{
     Counts, NOT_HANDLED, XLB_BACKENDS, XLB_NODE,
     clock::now,
-    nat_flows::{
+    nat_tables::{
         Egress, cookie_flow_closing, egress, finish, live_flow, release_flow, replied, toward_backend, toward_client,
     },
     table_pick,

@@ -305,7 +305,9 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     let balancers: Vec<Balancer> = objects.iter().map(|o| Balancer::from_object(&config(), sizes, o)).collect();
     let cases: Vec<Case> = cases()
         .into_iter()
-        .filter(|c| c.name == "floor" || opts.only.as_deref().is_none_or(|only| only.split(',').any(|o| c.name.contains(o))))
+        .filter(|c| {
+            c.name == "floor" || opts.only.as_deref().is_none_or(|only| only.split(',').any(|o| c.name.contains(o)))
+        })
         .collect();
     let flood_sizes = TableSizes { flows: FLOOD_TABLE, nat: 1024 };
     let flood: Vec<(Balancer, Vec<FlowSet>)> = if cases.iter().any(|c| c.program == Program::Flood) {
