@@ -450,3 +450,47 @@ fn a_closed_cookie_flow_s_reused_port_opens_a_new_flow() {
     let (_, _, _) = open(20_000);
     assert_eq!(lb.maps.nat_flow_count().expect("NAT table"), 1, "the closed flow's source was freed");
 }
+
+#[test]
+fn a_restarted_agent_keeps_the_key_and_the_meters() {
+    require_root!();
+    use xlb::{
+        apply::{
+            dataplane::{Loaded, TableSizes},
+            reconcile::Reconciler,
+        },
+        state::desired::DesiredState,
+    };
+    let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/xlb-test-cookies-{}", std::process::id()));
+    struct Unpin(std::path::PathBuf);
+    impl Drop for Unpin {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _unpin = Unpin(dir.clone());
+    let sizes = TableSizes { flows: 1024, nat: 1024 };
+    let config = xlb_tests::parse_config(CONFIG);
+    let (key, meters) = {
+        let (_program, mut maps, adopted) = Loaded::balancer_pinned(sizes, &dir).expect("pinned load");
+        assert!(!adopted);
+        Reconciler::new().apply(&DesiredState::new(&config, &xlb_tests::FACTS), &mut maps).expect("reconcile");
+        let cookies = maps.syn_cookies.as_ref().expect("cookie maps");
+        (cookies.secret().expect("key"), cookies.meters().expect("meters"))
+    };
+    assert!(key.is_set(), "a random key at the first load");
+    // auto4 (10/s) and busy4 (10^6/s): one threshold each, per 134 ms window.
+    let mut thresholds: Vec<u32> = meters.iter().map(|(_, m)| m.threshold).collect();
+    thresholds.sort_unstable();
+    assert_eq!(thresholds, vec![1, 134_217]);
+    let (_program, maps, adopted) = Loaded::balancer_pinned(sizes, &dir).expect("pinned load");
+    assert!(adopted);
+    let cookies = maps.syn_cookies.as_ref().expect("cookie maps");
+    assert_eq!(cookies.secret().expect("key"), key, "the adopted key is kept: cookies in flight stay valid");
+    assert_eq!(cookies.meters().expect("meters"), meters, "the meters are the pinned ones");
+    // Another node (another pin directory) gets a key of its own.
+    let other_dir = std::path::PathBuf::from(format!("{}-other", dir.display()));
+    let _unpin_other = Unpin(other_dir.clone());
+    let (_other, other_maps, _) = Loaded::balancer_pinned(sizes, &other_dir).expect("pinned load");
+    assert_ne!(other_maps.syn_cookies.as_ref().expect("cookie maps").secret().expect("key"), key);
+}
