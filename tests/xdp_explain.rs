@@ -293,3 +293,58 @@ fn a_new_nat_flow_is_given_the_source_the_live_pool_has_free() {
     assert_eq!((e.action.as_str(), counters(&e)[0]), ("drop", "drop_pool_exhausted"));
     assert_eq!(e.records, None);
 }
+
+/// A NAT VIP with SYN cookies: explain answers a SYN with a cookie (the live key), checks an ACK's
+/// cookie, and follows an open cookie flow through its sequence state (seeded from the live one).
+#[test]
+fn explain_follows_syn_cookies() {
+    require_root!();
+    const COOKIES: &str = "nat_pools:\n  - name: p\n    addresses: [198.51.100.1]\n    ports: 40000-40009\nvips:\n  - name: web\n    address: 192.0.2.40\n    port: 80\n    protocol: tcp\n    mode: nat\n    snat_pool: p\n    syn_cookies: always\n    backends:\n      - { address: 10.1.0.1, port: 8080, mac: \"02:00:00:00:01:01\" }\n";
+    let plane = Plane::new("cookies", COOKIES);
+    let run = |frame: &[u8]| testrun::run_on(plane.program.xdp().unwrap(), frame, 0).expect("test run");
+    let tcp = |src: [u8; 4], dst: [u8; 4], ports: (u16, u16), seq: u32, flags: (bool, Option<u32>)| {
+        let eth = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 9], LB_MAC).ipv4(src, dst, 64);
+        let mut b = eth.tcp(ports.0, ports.1, seq, 64240);
+        if flags.0 {
+            b = b.syn();
+        }
+        if let Some(ack) = flags.1 {
+            b = b.ack(ack);
+        }
+        let mut out = Vec::new();
+        b.write(&mut out, &[]).unwrap();
+        out
+    };
+
+    let e = plane.explain(false, "203.0.113.5:41000", "192.0.2.40:80", Some(Segment::Syn));
+    assert_eq!(e.action, "tx");
+    assert!(counters(&e).contains(&"syn_cookie_sent"), "{:?}", counters(&e));
+    let e = plane.explain(false, "203.0.113.5:41000", "192.0.2.40:80", Some(Segment::Ack));
+    assert!(counters(&e).contains(&"drop_syn_cookie_invalid"), "an ACK without a cookie: {:?}", counters(&e));
+
+    // A cookie flow opened in the live program: SYN, the cookie's ACK, the backend's SYN-ACK.
+    let client = [203, 0, 113, 5];
+    let out = run(&tcp(client, [192, 0, 2, 40], (41000, 80), 0, (true, None)));
+    let cookie = u32::from_be_bytes(out.packet[38..42].try_into().unwrap());
+    let out = run(&tcp(client, [192, 0, 2, 40], (41000, 80), 1, (false, Some(cookie.wrapping_add(1)))));
+    assert_eq!(out.action, XdpAction::Tx, "the cookie's ACK opens the flow");
+    let (src, sport) = ([out.packet[26], out.packet[27], out.packet[28], out.packet[29]], {
+        u16::from_be_bytes([out.packet[34], out.packet[35]])
+    });
+    let out = run(&tcp([10, 1, 0, 1], src, (8080, sport), 5000, (true, Some(1))));
+    assert_eq!(out.action, XdpAction::Tx, "the backend's SYN-ACK answered");
+    let key = FlowKey {
+        saddr: ip_words("203.0.113.5".parse().unwrap()).0,
+        daddr: ip_words("192.0.2.40".parse().unwrap()).0,
+        sport: 41000u16.to_be(),
+        dport: 80u16.to_be(),
+        proto: lb_common::PROTO_TCP,
+        family: lb_common::FAMILY_V4,
+        pad: 0,
+    };
+    let before = plane.live_state(&key);
+    let e = plane.explain(false, "203.0.113.5:41000", "192.0.2.40:80", Some(Segment::Ack));
+    assert_eq!(e.action, "tx");
+    assert!(counters(&e).contains(&"nat_forwarded"), "the flow's data goes on: {:?}", counters(&e));
+    assert_eq!(plane.live_state(&key), before, "explaining left the live state alone");
+}

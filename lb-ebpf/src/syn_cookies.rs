@@ -136,8 +136,8 @@ fn on(meta: &VipMeta) -> bool {
 /// A client's TCP packet at an `enabled` VIP that `xlb_balancer` found no live plain flow for:
 /// - a SYN while cookies are on: answered with a SYN-ACK whose sequence number is its cookie
 ///   (after the source policy, and only if the VIP has a backend for it);
-/// - an ACK of no live cookie flow (`cookie_flow` came first): its cookie checked; a valid one vouches for the flow, which
-///   `forward_new` then opens (`vouched`), an invalid one is dropped.
+/// - an ACK of no live cookie flow (`cookie_flow` came first): its cookie checked; a valid one
+///   vouches for the flow, which `forward_new` then opens (`vouched`), an invalid one is dropped.
 ///
 /// `NOT_HANDLED`: `forward_new`'s to do; `SEGMENT_READY`: [`send`]'s.
 #[inline(never)]

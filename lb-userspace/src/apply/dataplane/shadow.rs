@@ -8,15 +8,15 @@ use std::path::Path;
 
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use lb_common::{
-    Backend, BackendCounters, FLOW_WAYS, FlowKey, FlowSet, NatFlow, NatReverse, Stat, StatCounters, flow_set, maps,
-    programs,
+    Backend, BackendCounters, FLOW_WAYS, FlowKey, FlowSet, NatFlow, NatReverse, NatSeq, Stat, StatCounters, flow_set,
+    maps, programs,
 };
 
 use super::{BALANCER_OBJECT, DataplaneError, Loaded, map_err, new_generation, sizes::TableSizes, stat_sums, take};
 use crate::apply::testrun::{self, XdpAction};
 
 /// The maps a shadow shares with the live balancer. The program only reads them.
-const SHARED: [&str; 10] = [
+const SHARED: [&str; 11] = [
     maps::VIPS,
     maps::VIP_INDEX,
     maps::VIP_ADDRS,
@@ -27,6 +27,8 @@ const SHARED: [&str; 10] = [
     maps::NAT_POOLS,
     maps::IFACES,
     maps::DEVS,
+    // The live key, so that a cookie explained is the one the client got.
+    maps::SYN_COOKIE_SECRET,
 ];
 
 /// Entries of the shadow's NAT tables: a run adds at most one flow; the rest hold live entries
@@ -41,6 +43,8 @@ pub struct Seed {
     /// Live NAT entries: forward (client key) and reverse (backend key) ones.
     pub nat_flows: Vec<(FlowKey, NatFlow)>,
     pub nat_reverse: Vec<(FlowKey, NatReverse)>,
+    /// A cookie flow's sequence state (by its reverse key).
+    pub nat_seq: Vec<(FlowKey, NatSeq)>,
 }
 
 /// What one run did.
@@ -65,6 +69,7 @@ pub struct Shadow {
     backend_counters: PerCpuArray<MapData, BackendCounters>,
     nat_flows: HashMap<MapData, FlowKey, NatFlow>,
     nat_reverse: HashMap<MapData, FlowKey, NatReverse>,
+    nat_seq: HashMap<MapData, FlowKey, NatSeq>,
     backends: Array<MapData, Backend>,
     live: LiveTables,
 }
@@ -80,6 +85,7 @@ struct LiveTables {
     flows: Array<MapData, FlowSet>,
     nat_flows: HashMap<MapData, FlowKey, NatFlow>,
     nat_reverse: HashMap<MapData, FlowKey, NatReverse>,
+    nat_seq: HashMap<MapData, FlowKey, NatSeq>,
 }
 
 fn open_pinned<T: TryFrom<Map, Error = aya::maps::MapError>>(
@@ -110,6 +116,7 @@ impl Shadow {
             flows: open_pinned(dir, maps::FLOWS, Map::Array)?,
             nat_flows: open_pinned(dir, maps::NAT_FLOWS, Map::HashMap)?,
             nat_reverse: open_pinned(dir, maps::NAT_REVERSE, Map::HashMap)?,
+            nat_seq: open_pinned(dir, maps::NAT_SEQ, Map::LruHashMap)?,
         };
         let one_set = 1u32;
         let sizes = TableSizes { flows: FLOW_WAYS as u32, nat: SHADOW_NAT_ENTRIES };
@@ -130,6 +137,10 @@ impl Shadow {
             backend_counters: take(ebpf, maps::BACKEND_COUNTERS)?,
             nat_flows: take(ebpf, maps::NAT_FLOWS)?,
             nat_reverse: take(ebpf, maps::NAT_REVERSE)?,
+            nat_seq: HashMap::try_from(
+                ebpf.take_map(maps::NAT_SEQ).ok_or(DataplaneError::Missing { kind: "map", name: maps::NAT_SEQ })?,
+            )
+            .map_err(map_err(maps::NAT_SEQ))?,
             backends: take(ebpf, maps::BACKENDS)?,
             live,
             loaded,
@@ -146,6 +157,9 @@ impl Shadow {
             let reverse = self.reverse_key(key, &entry)?;
             if let Some(rev) = self.live_nat_reverse(&reverse)? {
                 seed.nat_reverse.push((reverse, rev));
+            }
+            if let Some(seq) = optional(self.live.nat_seq.get(&reverse, 0), maps::NAT_SEQ)? {
+                seed.nat_seq.push((reverse, seq));
             }
             seed.nat_flows.push((*key, entry));
         }
@@ -235,6 +249,13 @@ impl Shadow {
         }
         for (key, value) in &seed.nat_reverse {
             self.nat_reverse.insert(key, value, 0).map_err(map_err(maps::NAT_REVERSE))?;
+        }
+        let keys: Vec<FlowKey> = self.nat_seq.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            let _ = self.nat_seq.remove(&key);
+        }
+        for (key, value) in &seed.nat_seq {
+            self.nat_seq.insert(key, value, 0).map_err(map_err(maps::NAT_SEQ))?;
         }
         Ok(())
     }
