@@ -8,10 +8,12 @@ use std::net::IpAddr;
 
 use etherparse::{PacketBuilder, SlicedPacket, TcpOptionElement, TransportSlice};
 use lb_common::{
-    FAMILY_V4, FAMILY_V6, FlowKey, PROTO_TCP, SYN_COOKIE_PERIOD_SHIFT, Stat, SynCookieSecret, syn_cookie,
-    syn_cookie_mss_index,
+    FAMILY_V4, FlowKey, PROTO_TCP, SYN_COOKIE_PERIOD_SHIFT, Stat, SynCookieSecret, syn_cookie, syn_cookie_mss_index,
 };
-use xlb::apply::{nat::monotonic_ns, testrun::XdpAction};
+use xlb::{
+    apply::{nat::monotonic_ns, testrun::XdpAction},
+    config::ip_words,
+};
 use xlb_tests::{
     Balancer,
     packets::{CLIENT_MAC, LB_MAC, hex},
@@ -164,6 +166,11 @@ fn run(lb: &Balancer, frame: &[u8], action: XdpAction, stat: Stat, case: &str) -
     out.packet
 }
 
+/// Pool sources held by NAT flows (entries of the reverse table).
+fn sources_held(lb: &Balancer) -> usize {
+    lb.maps.nat_tables().expect("NAT tables").reverse_entries().len()
+}
+
 fn balancer() -> Balancer {
     let mut lb = Balancer::with_config(CONFIG);
     assert!(lb.maps.syn_cookies.as_ref().expect("cookie maps").secret().expect("read").is_set(), "a key at load");
@@ -172,24 +179,9 @@ fn balancer() -> Balancer {
 }
 
 fn key(src: &str, dst: &str, sport: u16, dport: u16) -> FlowKey {
-    let words = |addr: IpAddr| match addr {
-        IpAddr::V4(a) => [u32::from_ne_bytes(a.octets()), 0, 0, 0],
-        IpAddr::V6(a) => {
-            let o = a.octets();
-            std::array::from_fn(|i| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
-        }
-    };
-    let (s, d) = (src.parse().expect("address"), dst.parse().expect("address"));
-    let family = if matches!(s, IpAddr::V4(_)) { FAMILY_V4 } else { FAMILY_V6 };
-    FlowKey {
-        saddr: words(s),
-        daddr: words(d),
-        sport: sport.to_be(),
-        dport: dport.to_be(),
-        proto: PROTO_TCP,
-        family,
-        pad: 0,
-    }
+    let (saddr, family) = ip_words(src.parse().expect("address"));
+    let (daddr, _) = ip_words(dst.parse().expect("address"));
+    FlowKey { saddr, daddr, sport: sport.to_be(), dport: dport.to_be(), proto: PROTO_TCP, family, pad: 0 }
 }
 
 /// The SYN-ACK the data plane must answer `syn` with, for the cookie it chose (checked to be the
@@ -242,7 +234,7 @@ fn cookie_flow(client: &'static str, vip: &str, backend: &'static str, pool: &st
     let syn = client_syn(client, vip, 51_000, isn, mss);
     let out = run(&lb, &syn.build(), XdpAction::Tx, Stat::SynCookieSent, &case);
     let cookie = expect_syn_ack(&syn, &out, expected_mss, &case);
-    assert_eq!(lb.maps.nat_flow_count().expect("NAT table"), 0, "{case}: a SYN claims nothing");
+    assert_eq!(sources_held(&lb), 0, "{case}: a SYN claims nothing");
 
     // The ACK returning the cookie: a pool source claimed, the SYN to the backend.
     let mut ack = Segment::new(client, vip, 51_000, 80, isn + 1);
@@ -257,7 +249,7 @@ fn cookie_flow(client: &'static str, vip: &str, backend: &'static str, pool: &st
     to_backend.options = vec![TcpOptionElement::MaximumSegmentSize(expected_mss)];
     to_backend.macs = (BACKEND_MAC, LB_MAC);
     assert_eq!(hex(&out), hex(&to_backend.build()), "{case}: SYN to the backend");
-    assert_eq!(lb.maps.nat_flow_count().expect("NAT table"), 1, "{case}: the flow holds one source");
+    assert_eq!(sources_held(&lb), 1, "{case}: the flow holds one source");
 
     // Data before the backend answered: the SYN again.
     let mut early = ack.clone();
@@ -349,7 +341,7 @@ fn forged_stale_and_misplaced_cookies_are_dropped_and_claim_nothing() {
     // The right one opens the flow.
     let good = syn_cookie(&SECRET, &flow, isn, period, index);
     run(&lb, &ack_with(good.wrapping_add(1), isn + 1), XdpAction::Tx, Stat::SynCookieOpened, "valid");
-    assert_eq!(lb.maps.nat_flow_count().expect("NAT table"), 1, "only the valid ACK claimed a source");
+    assert_eq!(sources_held(&lb), 1, "only the valid ACK claimed a source");
     // A VIP without cookies drops an ACK of no flow as before.
     let mut plain = Segment::new("203.0.113.7", "192.0.2.13", 51_000, 80, isn + 1);
     plain.ack = Some(good.wrapping_add(1));
@@ -448,7 +440,7 @@ fn a_closed_cookie_flow_s_reused_port_opens_a_new_flow() {
     run(&lb, &fin.build(), XdpAction::Tx, Stat::NatForwarded, "the client's FIN");
     // The same client port again: a new connection, with a new cookie and a source of its own.
     let (_, _, _) = open(20_000);
-    assert_eq!(lb.maps.nat_flow_count().expect("NAT table"), 1, "the closed flow's source was freed");
+    assert_eq!(sources_held(&lb), 1, "the closed flow's source was freed");
 }
 
 #[test]

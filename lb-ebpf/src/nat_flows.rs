@@ -33,7 +33,7 @@ use crate::{
     clock::now,
     nat_tables::{
         XLB_NAT_FLOWS, XLB_NAT_POOLS, XLB_NAT_REVERSE, XLB_NAT_SOURCES, closing, egress, finish, flow_expired,
-        ingress_iface, release, sender_mac, toward_backend,
+        ingress_iface, release_flow, sender_mac, toward_backend,
     },
     syn_cookies, table_pick,
 };
@@ -97,9 +97,7 @@ pub fn forward_new(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &Flo
     // its flow.
     let cookie = !opens && packet.proto == PROTO_TCP && syn_cookies::enabled(meta) && syn_cookies::vouched();
     // A flow whose entry is still here but dead: free its source first.
-    if let Some(old) = XLB_NAT_FLOWS.get_ptr(flow) {
-        release(flow, old);
-    }
+    release_flow(flow);
     if !opens && !cookie {
         return counts.outcome(Stat::DropNatNoFlow);
     }

@@ -259,8 +259,14 @@ pub(crate) fn flow_expired(now: u64, entry: &NatFlow, flow: &FlowKey, node: &Nod
 #[inline(always)]
 pub(crate) fn reverse_key(flow: &FlowKey, entry: &NatFlow) -> FlowKey {
     let backend = XLB_BACKENDS.get(entry.backend).copied().unwrap_or(Backend::default());
+    reverse_key_at(flow, entry, backend.addr)
+}
+
+/// [`reverse_key`] for a flow whose backend's address the caller has.
+#[inline(always)]
+pub(crate) fn reverse_key_at(flow: &FlowKey, entry: &NatFlow, backend: [u32; 4]) -> FlowKey {
     FlowKey {
-        saddr: backend.addr,
+        saddr: backend,
         daddr: entry.source,
         sport: entry.backend_port,
         dport: entry.source_port,

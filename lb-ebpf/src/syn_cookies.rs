@@ -27,7 +27,8 @@ use crate::{
     Counts, NOT_HANDLED, XLB_BACKENDS, XLB_NODE,
     clock::now,
     nat_tables::{
-        Egress, cookie_flow_closing, egress, finish, live_flow, release_flow, replied, toward_backend, toward_client,
+        Egress, cookie_flow_closing, egress, finish, live_flow, release_flow, replied, reverse_key_at, toward_backend,
+        toward_client,
     },
     table_pick,
 };
@@ -92,6 +93,12 @@ const SEGMENT_TTL: u8 = 64;
 const SYN_ACK_WINDOW: u16 = 65_535;
 const NO_SLOT: u32 = u32::MAX;
 
+/// The cookies' key, once the agent has set one.
+#[inline(always)]
+fn secret() -> Option<SynCookieSecret> {
+    XLB_SYN_COOKIE_SECRET.get(0).copied().filter(SynCookieSecret::is_set)
+}
+
 #[inline(always)]
 fn scratch() -> Option<&'static mut CookieScratch> {
     let scratch = XLB_COOKIE_SCRATCH.get_ptr_mut(0)?;
@@ -114,7 +121,8 @@ fn on(meta: &VipMeta) -> bool {
         return true;
     }
     let Some(meter) = XLB_SYN_COOKIES.get_ptr_mut(meta.id) else { return false };
-    let window = now() >> SYN_COOKIE_WINDOW_SHIFT;
+    let now = now();
+    let window = now >> SYN_COOKIE_WINDOW_SHIFT;
     // SAFETY: a value of the map, valid while the program runs. Every CPU writes it without a
     // lock: a lost count only makes the threshold a little fuzzier.
     let meter = unsafe { &mut *meter };
@@ -130,7 +138,7 @@ fn on(meta: &VipMeta) -> bool {
     if meter.count > meter.threshold {
         meter.active_until = window + SYN_COOKIE_HOLD_WINDOWS;
     }
-    meter.active_until != 0 && window <= meter.active_until
+    meter.active(now)
 }
 
 /// A client's TCP packet at an `enabled` VIP that `xlb_balancer` found no live plain flow for:
@@ -177,10 +185,7 @@ pub fn vouched() -> bool {
 /// be made (no secret yet): the SYN opens its flow as usual.
 #[inline(always)]
 fn answer_syn(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &FlowKey, scratch: &mut CookieScratch) -> u32 {
-    let Some(secret) = XLB_SYN_COOKIE_SECRET.get(0).copied() else { return NOT_HANDLED };
-    if !secret.is_set() {
-        return NOT_HANDLED;
-    }
+    let Some(secret) = secret() else { return NOT_HANDLED };
     let frame = Frame::new(ctx);
     let Some((dst_mac, src_mac)) = swapped_macs(&frame) else { return counts.outcome(Stat::TruncatedEth) };
     let l4 = packet.l3() + packet.ip_header_len();
@@ -267,16 +272,13 @@ fn syn_mss(frame: &Frame, l4: usize, doff: usize) -> u16 {
 /// scratch (client's initial sequence number, cookie, MSS and window).
 #[inline(always)]
 fn acked(ctx: &XdpContext, packet: &Packet, flow: &FlowKey, scratch: &mut CookieScratch) -> bool {
-    let Some(secret) = XLB_SYN_COOKIE_SECRET.get(0).copied() else { return false };
+    let Some(secret) = secret() else { return false };
     let frame = Frame::new(ctx);
     let Some(tcp) = frame.at::<TcpHdr>(packet.l3() + packet.ip_header_len()) else { return false };
     // SAFETY: bounds checked by `at`.
     let (seq, ack, window) =
         unsafe { (u32::from_be((*tcp).seq), u32::from_be((*tcp).ack_seq), u16::from_be((*tcp).window)) };
     let (isn, cookie) = (seq.wrapping_sub(1), ack.wrapping_sub(1));
-    if !secret.is_set() {
-        return false;
-    }
     let Some(mss_index) = syn_cookie_check(&secret, flow, isn, cookie, now() >> SYN_COOKIE_PERIOD_SHIFT) else {
         return false;
     };
@@ -343,15 +345,7 @@ pub fn cookie_flow(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &Flo
     let Some(backend) = XLB_BACKENDS.get(known.backend).copied() else { return NOT_HANDLED };
     let Some(out) = egress(ctx, node, u32::from(backend.egress)) else { return counts.outcome(Stat::DropNoEgress) };
     scratch.to = toward_backend(&known, &backend, &out);
-    scratch.key = FlowKey {
-        saddr: backend.addr,
-        daddr: known.source,
-        sport: known.backend_port,
-        dport: known.source_port,
-        proto: flow.proto,
-        family: flow.family,
-        pad: 0,
-    };
+    scratch.key = reverse_key_at(flow, &known, backend.addr);
     // SAFETY: copied out.
     let Some(seq) = (unsafe { XLB_NAT_SEQ.get(&scratch.key) }).copied() else {
         return counts.outcome(Stat::DropSynCookieNoState);

@@ -16,8 +16,8 @@ use aya::{
     util::nr_cpus,
 };
 use lb_common::{
-    Backend, BackendCounters, Flow, FlowKey, FlowSet, Iface, MaglevGroup, NatFlow, NatPool, NatReverse, NodeConfig,
-    Stat, StatCounters, VipAddrKey, VipAddrPolicy, VipKey, VipMeta, flow_set, flow_sets, maps, programs,
+    Backend, BackendCounters, Flow, FlowKey, FlowSet, Iface, MaglevGroup, NatFlow, NatPool, NatReverse, NatSeq,
+    NodeConfig, Stat, StatCounters, VipAddrKey, VipAddrPolicy, VipKey, VipMeta, flow_set, flow_sets, maps, programs,
 };
 
 /// The balancer object (lb-ebpf's `xlb-balancer` binary), built by build.rs.
@@ -123,7 +123,7 @@ fn take_shared<T: TryFrom<Map, Error = MapError>>(
     use std::os::fd::AsFd as _;
     let map = ebpf.take_map(name).ok_or(DataplaneError::Missing { kind: "map", name })?;
     let data = match &map {
-        Map::Array(d) | Map::PerCpuArray(d) | Map::HashMap(d) | Map::ArrayOfMaps(d) => d,
+        Map::Array(d) | Map::PerCpuArray(d) | Map::HashMap(d) | Map::LruHashMap(d) | Map::ArrayOfMaps(d) => d,
         _ => return Err(map_err(name)(MapError::IoError(std::io::Error::other("unexpected map type")))),
     };
     let fd = data.fd().as_fd().try_clone_to_owned().map_err(|e| map_err(name)(MapError::IoError(e)))?;
@@ -219,12 +219,10 @@ impl Maps {
         let (backend_counters, backend_counters_fd) = take_shared(ebpf, maps::BACKEND_COUNTERS)?;
         let (_, nat_flows_fd) = take_shared::<HashMap<MapData, FlowKey, NatFlow>>(ebpf, maps::NAT_FLOWS)?;
         let (_, nat_reverse_fd) = take_shared::<HashMap<MapData, FlowKey, NatReverse>>(ebpf, maps::NAT_REVERSE)?;
-        let nat_seq_fd = match ebpf.take_map(maps::NAT_SEQ) {
-            Some(Map::LruHashMap(data)) => {
-                use std::os::fd::AsFd as _;
-                Some(data.fd().as_fd().try_clone_to_owned().map_err(|e| map_err(maps::NAT_SEQ)(MapError::IoError(e)))?)
-            }
-            _ => None,
+        // (Builds from before SYN cookies have none.)
+        let nat_seq_fd = match ebpf.map(maps::NAT_SEQ) {
+            Some(_) => Some(take_shared::<HashMap<MapData, FlowKey, NatSeq>>(ebpf, maps::NAT_SEQ)?.1),
+            None => None,
         };
         let cpus = cpus()?;
         let readers = readers::Fds {

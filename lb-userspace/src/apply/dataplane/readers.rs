@@ -35,18 +35,18 @@ impl Fds {
     }
 
     pub fn nat_tables(&self) -> Result<NatTables, DataplaneError> {
-        let open = |fd: &OwnedFd, name| MapData::from_fd(clone(fd, name)?).map_err(map_err(name)).map(Map::HashMap);
+        fn open<V: aya::Pod>(
+            fd: &OwnedFd,
+            name: &'static str,
+            kind: fn(MapData) -> Map,
+        ) -> Result<HashMap<MapData, FlowKey, V>, DataplaneError> {
+            let data = MapData::from_fd(clone(fd, name)?).map_err(map_err(name))?;
+            HashMap::try_from(kind(data)).map_err(map_err(name))
+        }
         Ok(NatTables {
-            flows: HashMap::try_from(open(&self.nat_flows, maps::NAT_FLOWS)?).map_err(map_err(maps::NAT_FLOWS))?,
-            reverse: HashMap::try_from(open(&self.nat_reverse, maps::NAT_REVERSE)?)
-                .map_err(map_err(maps::NAT_REVERSE))?,
-            seq: match &self.nat_seq {
-                Some(fd) => {
-                    let data = MapData::from_fd(clone(fd, maps::NAT_SEQ)?).map_err(map_err(maps::NAT_SEQ))?;
-                    Some(HashMap::try_from(Map::LruHashMap(data)).map_err(map_err(maps::NAT_SEQ))?)
-                }
-                None => None,
-            },
+            flows: open(&self.nat_flows, maps::NAT_FLOWS, Map::HashMap)?,
+            reverse: open(&self.nat_reverse, maps::NAT_REVERSE, Map::HashMap)?,
+            seq: self.nat_seq.as_ref().map(|fd| open(fd, maps::NAT_SEQ, Map::LruHashMap)).transpose()?,
         })
     }
 }

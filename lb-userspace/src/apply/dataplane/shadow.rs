@@ -137,10 +137,7 @@ impl Shadow {
             backend_counters: take(ebpf, maps::BACKEND_COUNTERS)?,
             nat_flows: take(ebpf, maps::NAT_FLOWS)?,
             nat_reverse: take(ebpf, maps::NAT_REVERSE)?,
-            nat_seq: HashMap::try_from(
-                ebpf.take_map(maps::NAT_SEQ).ok_or(DataplaneError::Missing { kind: "map", name: maps::NAT_SEQ })?,
-            )
-            .map_err(map_err(maps::NAT_SEQ))?,
+            nat_seq: take(ebpf, maps::NAT_SEQ)?,
             backends: take(ebpf, maps::BACKENDS)?,
             live,
             loaded,

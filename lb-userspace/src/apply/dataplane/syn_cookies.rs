@@ -17,7 +17,7 @@ use super::{DataplaneError, map_err, read_array, take, take_shared};
 pub struct SynCookieMaps {
     meters: Array<MapData, SynCookieMeter>,
     /// The same array, for reading it whole in one batch.
-    meters_fd: OwnedFd,
+    reader: SynCookieMeters,
     secret: Array<MapData, SynCookieSecret>,
 }
 
@@ -41,7 +41,7 @@ impl SynCookieMaps {
             let random = random_secret().map_err(|e| map_err(name)(MapError::IoError(e)))?;
             secret.set(0, &random, 0).map_err(map_err(name))?;
         }
-        Ok(Some(Self { meters, meters_fd, secret }))
+        Ok(Some(Self { meters, reader: SynCookieMeters(meters_fd), secret }))
     }
 
     /// Starts VIP `id`'s meter afresh with `meter` (its threshold; zero: no automatic mode).
@@ -51,13 +51,12 @@ impl SynCookieMaps {
 
     /// Every VIP id whose meter has a threshold (what the reconciler or a previous agent wrote).
     pub fn meters(&self) -> Result<Vec<(u32, SynCookieMeter)>, DataplaneError> {
-        let values: Vec<SynCookieMeter> = read_array(&self.meters_fd, MAX_VIPS, maps::SYN_COOKIES)?;
-        Ok(values.into_iter().enumerate().filter(|(_, m)| m.threshold != 0).map(|(id, m)| (id as u32, m)).collect())
+        self.reader.in_use()
     }
 
     /// A handle on the meters for another thread.
     pub fn meter_reader(&self) -> Result<SynCookieMeters, DataplaneError> {
-        let fd = self.meters_fd.try_clone().map_err(|e| map_err(maps::SYN_COOKIES)(MapError::IoError(e)))?;
+        let fd = self.reader.0.try_clone().map_err(|e| map_err(maps::SYN_COOKIES)(MapError::IoError(e)))?;
         Ok(SynCookieMeters(fd))
     }
 
@@ -85,14 +84,14 @@ fn random_secret() -> std::io::Result<SynCookieSecret> {
 pub struct SynCookieMeters(OwnedFd);
 
 impl SynCookieMeters {
-    /// The VIP ids whose meters say cookies are on at coarse-clock time `now` (one batched read).
-    pub fn active(&self, now: u64) -> Result<Vec<u32>, DataplaneError> {
+    /// Every VIP id whose meter has a threshold, with the meter (one batched read).
+    fn in_use(&self) -> Result<Vec<(u32, SynCookieMeter)>, DataplaneError> {
         let values: Vec<SynCookieMeter> = read_array(&self.0, MAX_VIPS, maps::SYN_COOKIES)?;
-        Ok(values
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| m.threshold != 0 && m.active(now))
-            .map(|(id, _)| id as u32)
-            .collect())
+        Ok(values.into_iter().enumerate().filter(|(_, m)| m.threshold != 0).map(|(id, m)| (id as u32, m)).collect())
+    }
+
+    /// The VIP ids whose meters say cookies are on at coarse-clock time `now`.
+    pub fn active(&self, now: u64) -> Result<Vec<u32>, DataplaneError> {
+        Ok(self.in_use()?.into_iter().filter(|(_, m)| m.active(now)).map(|(id, _)| id).collect())
     }
 }

@@ -39,15 +39,6 @@ impl Maps {
         }
         Ok(())
     }
-
-    /// Entries of the NAT reverse table: sources held by flows.
-    pub fn nat_flow_count(&self) -> Result<usize, DataplaneError> {
-        let fd = self.readers.nat_reverse.try_clone().map_err(|e| map_err(maps::NAT_REVERSE)(MapError::IoError(e)))?;
-        let data = MapData::from_fd(fd).map_err(map_err(maps::NAT_REVERSE))?;
-        let reverse: HashMap<MapData, FlowKey, NatReverse> =
-            HashMap::try_from(Map::HashMap(data)).map_err(map_err(maps::NAT_REVERSE))?;
-        Ok(reverse.keys().filter(Result::is_ok).count())
-    }
 }
 
 /// A backend slot's NAT source state, from the loaded program's own map.
