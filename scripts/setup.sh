@@ -18,7 +18,7 @@ CARGO_FUZZ_VERSION=0.13.2
 # status page in. nftables: the baseline `cargo xtask bench live` compares with. pkg-config,
 # libfontconfig1-dev, libfreetype-dev: the fonts of that bench's chart (plotters). python3-grpcio:
 # the real gRPC server the gRPC health-check tests probe (Debian's /usr/bin/python3).
-DEBIAN_PACKAGES=(iproute2 bird2 curl python3 ethtool openssl wrk nginx-light systemd prometheus chromium-headless-shell nftables pkg-config libfontconfig1-dev libfreetype-dev python3-grpcio)
+DEBIAN_PACKAGES=(iproute2 bird2 curl python3 ethtool openssl wrk nghttp2-client nginx-light systemd prometheus chromium-headless-shell nftables pkg-config libfontconfig1-dev libfreetype-dev python3-grpcio redis-server)
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
@@ -80,6 +80,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   # Likewise nginx (the L7 bench runs its own), and prometheus (only its promtool is used).
   systemctl disable --now nginx 2>/dev/null || true
   systemctl disable --now prometheus 2>/dev/null || true
+  # And redis-server: the global-limit tests and the lab run theirs inside a namespace.
+  systemctl disable --now redis-server 2>/dev/null || true
 fi
 
 log "ready: Rust $toolchain (LLVM $llvm_major), $(bpf-linker --version), $(cargo-fuzz --version)"

@@ -73,6 +73,7 @@ fn node() -> NodeState {
         reconcile_error: None,
         state: None,
         interfaces: Vec::new(),
+        global_limits: None,
     }
 }
 

@@ -8,7 +8,7 @@ use std::{
     collections::BTreeMap,
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
-    process::{Command, Stdio},
+    process::Stdio,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -17,7 +17,7 @@ use std::{
 };
 
 use xlb_tests::{
-    netns::{Process, wait_for, xlb_bin},
+    netns::{Process, self_signed_certificate, wait_for, xlb_bin},
     require_root,
     topology::{CLIENT_V4, Topology, backend_v4},
 };
@@ -325,7 +325,7 @@ fn routes_by_host_and_path_and_retries_hide_a_failing_backend() {
         backends(&[0, 1, 2]),
     );
     let config = format!("vips:\n{}", l7_vip("web", 80, "      connect_timeout: 500ms\n", &routes));
-    let _agent = start_agent(&topo, &config);
+    let agent = start_agent(&topo, &config);
     let addr = topo.node().ip(&["-4", "addr", "show", "dev", "lo"]);
     assert!(String::from_utf8_lossy(&addr.stdout).contains(&format!("{VIP}/32")), "the VIP is local on the node");
 
@@ -430,6 +430,16 @@ fn routes_by_host_and_path_and_retries_hide_a_failing_backend() {
     assert_eq!(json["fields"]["client"].as_str().unwrap().split(':').next(), Some(CLIENT_V4), "{line}");
     assert_eq!(json["fields"]["status"], 200, "{line}");
     assert_eq!(json["fields"]["route"], "api", "{line}");
+    // The proxy runs on a worker thread per CPU; the access log kept up and dropped nothing.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = std::fs::read_dir(format!("/proc/{}/task", agent.child.id()))
+        .expect("the agent's threads")
+        .flatten()
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("xlb-l7-")))
+        .count();
+    assert_eq!(workers, cpus, "one L7 worker per CPU");
+    let text = metrics(&topo);
+    assert!(text.lines().any(|l| l == "xlb_l7_access_log_dropped_total 0"), "{text}");
 }
 
 /// Opens a WebSocket-style upgrade through the VIP; returns the connection after the 101.
@@ -565,17 +575,7 @@ fn proxy_protocol_tls_and_h2c() {
     require_root!();
     let topo = Topology::new(2, &[VIP]);
     let _servers = Servers::start(&topo);
-    // A certificate for tls.test, made here.
-    let (cert, key) = (topo.dir.join("cert.pem"), topo.dir.join("key.pem"));
-    let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=tls.test"])
-        .args(["-addext", "subjectAltName=DNS:tls.test", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl");
-    assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+    let (cert, key) = self_signed_certificate(&topo.dir, "tls.test");
     let routes = format!("        - {{ path_prefix: /, backends: {} }}\n", backends(&[0, 1]));
     let config = format!(
         "vips:\n{}{}{}",

@@ -113,6 +113,66 @@ fn a_vip_losing_a_serving_backend_is_written_before_the_rest_of_a_pass() {
     }
 }
 
+/// News (a health failure) while a step waits for the tables built ahead of it: the step
+/// writes nothing and its VIPs go back to the queue; the VIP the news affects is written next,
+/// alone; the rest of the pass follows, every VIP written once.
+#[test]
+fn news_during_a_steps_wait_for_its_tables_puts_the_affected_vip_first() {
+    require_root!();
+    let vips = 2 * STEP_VIPS + 10;
+    let mut lb = Balancer::with_config(&config(vips, 1));
+    let reloaded = parse_config(&config(vips, 2));
+    let desired = DesiredState::new(&reloaded, &FACTS);
+    let waits = std::rc::Rc::new(std::cell::Cell::new(0));
+    let counted = std::rc::Rc::clone(&waits);
+    // The first wait is cut short by news; later ones wait for the builds (`finish` joins).
+    let mut pass = Pass::interruptible(Box::new(move |_built| {
+        counted.set(counted.get() + 1);
+        counted.get() == 1
+    }));
+
+    // The first step builds its own tables (nothing was built ahead): no wait.
+    let step = lb.reconciler.apply_step(&desired, &mut pass, &mut lb.maps, STEP_VIPS).expect("step");
+    assert_eq!((step.changes.updated.len(), waits.get()), (STEP_VIPS, 0));
+    let mut written: BTreeSet<String> = step.changes.updated.into_iter().collect();
+    // The second waits for the tables built during the first; news comes: nothing written.
+    let step = lb.reconciler.apply_step(&desired, &mut pass, &mut lb.maps, STEP_VIPS).expect("step");
+    assert_eq!(waits.get(), 1);
+    assert!(step.changes.updated.is_empty(), "an interrupted step writes no VIP: {:?}", step.changes.updated);
+    assert_eq!(step.remaining, vips - STEP_VIPS, "its VIPs are queued again");
+
+    // The news: a backend of the last VIP (not yet written by the pass) is down.
+    let last = format!("v{}", vips - 1);
+    let down = (last.clone(), format!("172.16.{}.5", (vips - 1) % 200));
+    let states = BackendStates { down: [down.clone()].into_iter().collect(), ..Default::default() };
+    let desired = DesiredState::with_states(&reloaded, &FACTS, &states);
+    pass.restart();
+    let step = lb.reconciler.apply_step(&desired, &mut pass, &mut lb.maps, STEP_VIPS).expect("step");
+    assert_eq!(step.changes.updated, vec![last.clone()], "the VIP the news affects goes next, alone");
+    let weight = lb.applied(&last).vip.backends.iter().find(|b| b.identity == down.1).map(|b| b.weight);
+    assert_eq!(weight, Some(0), "the down backend takes no new flows");
+
+    written.insert(last);
+    let mut steps = 0;
+    loop {
+        let step = lb.reconciler.apply_step(&desired, &mut pass, &mut lb.maps, STEP_VIPS).expect("step");
+        for name in step.changes.updated {
+            assert!(written.insert(name.clone()), "{name} written twice");
+        }
+        steps += 1;
+        if step.remaining == 0 {
+            break;
+        }
+        assert!(steps < 10, "the pass does not end: {} remaining", step.remaining);
+    }
+    assert_eq!(written.len(), vips, "every VIP written once");
+    assert!(waits.get() > 1, "later steps wait for the tables built ahead");
+    for v in 0..vips {
+        let octet = forwarded_to(&lb, v, 50000);
+        assert!((2..18).contains(&octet) && !(v == vips - 1 && octet == 5), "v{v} → .{octet}");
+    }
+}
+
 #[test]
 fn batch_reads_agree_with_slot_reads() {
     require_root!();

@@ -12,6 +12,14 @@ pub const ENV: &str = "XLB_LOG";
 /// The filter with nothing set.
 const DEFAULT: &str = "info";
 
+/// Whether [`init`] chose JSON lines (the L7 access log writes its own lines alike).
+static JSON_LINES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The log is JSON lines (`--log-format json`).
+pub fn json_lines() -> bool {
+    JSON_LINES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error(
     "{ENV}={spec}: not a log filter ({reason}); logging at info. Give a level (`{ENV}=debug`: xlb's own debug lines) or targets (`{ENV}=xlb=debug,aya_obj=debug`)"
@@ -44,6 +52,7 @@ pub fn filter(spec: Option<&str>) -> Result<EnvFilter, LogFilterError> {
 /// Logs to stderr, as JSON lines when `json`, filtered by `XLB_LOG` (an invalid one is said
 /// once, at warn, and `info` used).
 pub fn init(json: bool) {
+    JSON_LINES.store(json, std::sync::atomic::Ordering::Relaxed);
     let spec = std::env::var(ENV).ok();
     let (filter, error) = match filter(spec.as_deref()) {
         Ok(filter) => (filter, None),

@@ -3,6 +3,7 @@
 
 pub mod bird;
 pub mod chromium;
+pub mod http_load;
 pub mod model;
 mod model_nat;
 pub mod netns;

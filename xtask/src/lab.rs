@@ -14,7 +14,8 @@ use std::{
 use anyhow::{Context as _, bail};
 use xlb_tests::{
     bird::{Bird, Neighbor},
-    topology::{ROUTER_V4, ROUTER_V6, Topology, node_v4, node_v6},
+    http_load::{http_load, redis_server},
+    topology::{ROUTER_V4, ROUTER_V6, Topology, backend_v4, node_v4, node_v6},
 };
 
 const NODES: usize = 2;
@@ -82,6 +83,15 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         });
     for port in dedup(http_ports) {
         topo.serve_http("0.0.0.0", port);
+    }
+    // The Redis server global limits are shared through, on the backend that holds its address.
+    if let Some(global) = &config.global_limits {
+        let (host, _) = global.redis.rsplit_once(':').context("global_limits.redis")?;
+        let backend = (0..3)
+            .find(|&i| backend_v4(i) == host)
+            .with_context(|| format!("global_limits.redis: {host} is none of the lab's backends"))?;
+        let cmd = redis_server(&topo.backends[backend], host);
+        topo.spawn(cmd, "redis-server");
     }
     let router = topo.router.as_ref().context("edge topology")?;
     let mut neighbors = Vec::new();
@@ -151,6 +161,9 @@ fn drive(
     );
     let mut all_ok = true;
     for vip in &config.vips {
+        if globally_limited(vip).is_some() {
+            continue;
+        }
         let address = vip.address.to_string();
         let before = node_packets(topo, &vip.name)?;
         let mut seen: BTreeMap<String, usize> = BTreeMap::new();
@@ -206,6 +219,11 @@ fn drive(
         );
     }
     println!("(* hash: source-ip — each client sticks to one backend; node shares count packets the node forwarded)");
+    for vip in &config.vips {
+        if let Some(threshold) = globally_limited(vip) {
+            all_ok &= drive_global_limit(topo, vip, threshold)?;
+        }
+    }
     for i in 0..NODES {
         if opts.verbose {
             let status = topo.status_of(i).context("reading an agent's status")?;
@@ -230,9 +248,55 @@ fn drive(
         wait_for_signal();
     }
     if !all_ok {
-        bail!("some requests failed");
+        bail!("some requests failed, or a global limit did not hold within ±10 %");
     }
     Ok(())
+}
+
+/// The threshold of an l7 VIP whose every route has a global rate limit (their sum).
+fn globally_limited(vip: &xlb::config::Vip) -> Option<u32> {
+    let routes = &vip.l7.as_ref()?.routes;
+    let limits: Option<Vec<u32>> = routes
+        .iter()
+        .map(|r| r.rate_limit.as_ref().filter(|l| l.scope == xlb::config::Scope::Global).map(|l| l.rate))
+        .collect();
+    limits.map(|l| l.iter().sum())
+}
+
+/// Load far above a global limit from both clients for 4 s: the 200s per second over both
+/// nodes (within ±10 % of the threshold) and each node's share.
+fn drive_global_limit(topo: &Topology, vip: &xlb::config::Vip, threshold: u32) -> anyhow::Result<bool> {
+    const DURATION: Duration = Duration::from_secs(4);
+    println!(
+        "\n== global limit: {} ({}), {threshold} requests/s over both nodes; {CLIENTS} clients × 4 threads for {} s",
+        vip.name,
+        vip.endpoint(),
+        DURATION.as_secs()
+    );
+    let address = std::net::SocketAddr::new(vip.address, vip.port);
+    let outcome = http_load(&topo.clients, address, 4, DURATION, Duration::from_millis(700));
+    let shares: Vec<String> = (0..NODES)
+        .map(|i| {
+            let view = topo.status_of(i).and_then(|s| s.node.global_limits);
+            view.map_or_else(
+                || "-".to_owned(),
+                |v| {
+                    let shares: Vec<String> = v.limits.iter().map(|l| format!("{:.1}/s", l.share)).collect();
+                    format!("{:?} {}", v.mode, shares.join(" "))
+                },
+            )
+        })
+        .collect();
+    let ratio = outcome.ok_per_second / f64::from(threshold);
+    println!(
+        "admitted {:.1}/s ({:.2}× the threshold), refused {} of {} requests; node shares: {}",
+        outcome.ok_per_second,
+        ratio,
+        outcome.limited,
+        outcome.attempts,
+        shares.join(", ")
+    );
+    Ok((0.9..=1.1).contains(&ratio) && outcome.other == 0)
 }
 
 /// Packets each node forwarded for VIP `name` so far.

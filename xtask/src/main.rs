@@ -4,6 +4,7 @@ mod bench;
 mod bench_control;
 mod bench_flows;
 mod bench_l7;
+mod bench_l7_load;
 mod bench_live;
 mod bench_live_chart;
 mod bench_packets;

@@ -5,7 +5,8 @@
 //!
 //! A pass goes in steps (`reconcile::STEP_VIPS` VIPs each, one RCU wait per step); between
 //! steps it takes in whatever health and neighbour changes arrived, and VIPs losing a serving
-//! backend go first — so a backend going down is out within a step of the news, reload or not.
+//! backend go first. News also cuts short a step's wait for its Maglev builds (see
+//! `apply::pass`) — so a backend going down is out within the writes of a step, reload or not.
 
 use std::{
     collections::BTreeSet,
@@ -30,9 +31,12 @@ use super::{
 use crate::{
     announce::bgp::{Announce, Speaker},
     apply::dataplane::{Maps, TableSizes},
-    apply::pass::Pass,
     apply::plan,
     apply::reconcile::{Changes, ReconcileError, Reconciler, STEP_VIPS},
+    apply::{
+        pass::{NewsWait, Pass},
+        table_builds::BuildDone,
+    },
     config::{self, Config},
     l7,
     serve::admin::{ReloadOutcome, Reply},
@@ -206,6 +210,26 @@ impl Control {
         }
     }
 
+    /// What lets a step of a pass stop waiting for its Maglev builds when health or neighbour
+    /// news arrives, so that news is taken in (and its VIPs written) before the rest of a
+    /// reload. `None` off the agent's runtime (nothing to wait on).
+    fn news_wait(&self) -> Option<NewsWait> {
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        // Clones see each change once more than this thread does: at worst a step comes back
+        // empty and the next one waits again.
+        let (mut health, mut neighbors) = (self.health_rx.clone(), self.neighbors_rx.clone());
+        Some(Box::new(move |mut built: BuildDone| {
+            runtime.block_on(async {
+                tokio::select! {
+                    biased;
+                    Ok(()) = health.changed() => true,
+                    Ok(()) = neighbors.changed() => true,
+                    () = built.finished() => false,
+                }
+            })
+        }))
+    }
+
     /// The backends health checks now say are down; desired state is stale if they differ.
     fn take_health(&mut self) {
         let down = down(&self.health_rx.borrow_and_update());
@@ -231,13 +255,13 @@ impl Control {
         let mut changes = Changes::default();
         let mut published = Instant::now();
         let mut desired = None;
-        let mut pass = Pass::new();
+        let mut pass = self.news_wait().map_or_else(Pass::new, Pass::interruptible);
         let result = loop {
             self.beat();
             self.absorb_sources();
             if self.dirty || desired.is_none() {
                 desired = Some(DesiredState::with_states(&self.config, &self.facts, &self.states));
-                pass = Pass::new();
+                pass.restart();
                 self.dirty = false;
             }
             let Some(desired) = desired.as_ref() else { unreachable!("set above") };

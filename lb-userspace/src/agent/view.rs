@@ -28,6 +28,7 @@ use crate::{
     serve::summary::{NodeState, Summary},
     sources::health::{HealthErrors, HealthMap},
     sources::jiffies::KernelClock,
+    sources::limits::{self, GlobalLimiter, LimitMode},
 };
 
 /// The agent's state as of its last published pass.
@@ -92,6 +93,8 @@ pub struct Shared {
     pub speaker: Mutex<Option<Speaker>>,
     /// The L7 tier (its own listeners and routes); locked only for its own short operations.
     pub l7: Mutex<l7::Tier>,
+    /// Global limits' shares and their state (read without the L7 tier's lock).
+    pub global_limits: GlobalLimiter,
     /// What the speaker announces.
     pub announce: watch::Sender<Announce>,
     pub health: watch::Receiver<HealthMap>,
@@ -138,6 +141,7 @@ impl Shared {
             view: ArcSwap::from_pointee(view),
             usage: Mutex::new(Usage::default()),
             speaker: Mutex::new(None),
+            global_limits: l7.global_limits().clone(),
             l7: Mutex::new(l7),
             // Nothing until XDP is attached.
             announce: watch::Sender::new(Announce::new()),
@@ -210,6 +214,7 @@ impl Shared {
             reconcile_error: view.reconcile_error.clone(),
             state: Some(Box::new(view.state.clone())),
             interfaces: lock(&self.attachments).clone(),
+            global_limits: Some(self.global_limits.view()).filter(|v| v.mode != LimitMode::Off).map(|v| (*v).clone()),
         }
     }
 
@@ -263,7 +268,8 @@ impl Shared {
     pub fn metrics(&self) -> Result<String, String> {
         let view = self.view.load();
         let snapshot = self.snapshot_of(&view).map_err(|e| e.to_string())?;
-        let l7 = lock(&self.l7).metrics().gather();
+        let mut l7 = lock(&self.l7).metrics().gather();
+        l7.extend(limits::gather(&self.global_limits.view()));
         Ok(metrics::render(
             &snapshot,
             &metrics::AgentInfo {

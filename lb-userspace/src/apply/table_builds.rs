@@ -4,8 +4,14 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     thread::JoinHandle,
 };
+
+use tokio::sync::watch;
 
 use lb_common::VipKey;
 
@@ -79,19 +85,25 @@ pub fn build_tables(vips: &[(&VipKey, &DesiredVip)], ready: Batch) -> BTreeMap<V
             _ => missing.push((*key, TableInput::of(vip))),
         }
     }
-    tables.extend(build_all(missing).into_iter().map(|(key, _, built)| (key, built)));
+    tables.extend(build_all(missing, &AtomicBool::new(false)).into_iter().map(|(key, _, built)| (key, built)));
     tables
 }
 
-/// Builds on every CPU (the builds are independent and a reload may rebuild thousands).
-fn build_all(inputs: Vec<(VipKey, TableInput)>) -> Batch {
+/// Builds on every CPU (the builds are independent and a reload may rebuild thousands); with
+/// `cancel` set, each thread stops at its next table (what it built is returned).
+fn build_all(inputs: Vec<(VipKey, TableInput)>, cancel: &AtomicBool) -> Batch {
     let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get).min(inputs.len().max(1));
-    let build = |(key, input): (VipKey, TableInput)| {
-        let built = input.build();
-        (key, input, built)
+    let build = |part: Vec<(VipKey, TableInput)>| -> Batch {
+        part.into_iter()
+            .take_while(|_| !cancel.load(Ordering::Relaxed))
+            .map(|(key, input)| {
+                let built = input.build();
+                (key, input, built)
+            })
+            .collect()
     };
     if threads <= 1 {
-        return inputs.into_iter().map(build).collect();
+        return build(inputs);
     }
     let chunk = inputs.len().div_ceil(threads);
     let mut parts = Vec::with_capacity(threads);
@@ -104,17 +116,30 @@ fn build_all(inputs: Vec<(VipKey, TableInput)>) -> Batch {
         parts.push(part);
     }
     std::thread::scope(|scope| {
-        let workers: Vec<_> =
-            parts.into_iter().map(|part| scope.spawn(move || part.into_iter().map(build).collect::<Batch>())).collect();
+        let workers: Vec<_> = parts.into_iter().map(|part| scope.spawn(move || build(part))).collect();
         workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
     })
 }
 
-/// Tables being built ahead of the step that will swap them in, on threads of their own.
+/// Tables being built ahead of the step that will swap them in, on a thread of its own.
+/// Dropped unfinished (desired state moved on), it stops at its next table.
 #[derive(Debug)]
 pub struct AheadBuild {
     keys: BTreeSet<VipKey>,
-    worker: JoinHandle<Batch>,
+    worker: Option<JoinHandle<Batch>>,
+    done: BuildDone,
+    cancel: Arc<AtomicBool>,
+}
+
+/// Resolves once a build ahead has finished (or its thread died).
+#[derive(Debug, Clone)]
+pub struct BuildDone(watch::Receiver<bool>);
+
+impl BuildDone {
+    pub async fn finished(&mut self) {
+        // An error means the builder's thread is gone: nothing more to wait for.
+        let _ = self.0.wait_for(|done| *done).await;
+    }
 }
 
 impl AheadBuild {
@@ -126,18 +151,40 @@ impl AheadBuild {
         }
         let inputs: Vec<(VipKey, TableInput)> = vips.iter().map(|(key, vip)| (**key, TableInput::of(vip))).collect();
         let keys = inputs.iter().map(|(key, _)| *key).collect();
-        let worker = std::thread::Builder::new().name("xlb-maglev".into()).spawn(move || build_all(inputs)).ok()?;
-        Some(Self { keys, worker })
+        let (done_tx, done_rx) = watch::channel(false);
+        let cancel = Arc::new(AtomicBool::new(false));
+        let stop = Arc::clone(&cancel);
+        let worker = std::thread::Builder::new()
+            .name("xlb-maglev".into())
+            .spawn(move || {
+                let batch = build_all(inputs, &stop);
+                let _ = done_tx.send(true);
+                batch
+            })
+            .ok()?;
+        Some(Self { keys, worker: Some(worker), done: BuildDone(done_rx), cancel })
     }
 
-    /// The builds, for a step that rebuilds `vips`: waited for only when some of them are
-    /// among it (otherwise — the step is another's, a health change came first — the worker is
-    /// left to finish on its own). A worker that died yields none: the step builds them again.
-    pub fn finish_for(self, vips: &[(&VipKey, &DesiredVip)]) -> Batch {
-        if !vips.iter().any(|(key, _)| self.keys.contains(key)) {
-            return Batch::new();
-        }
-        self.worker.join().unwrap_or_default()
+    /// Whether a step that rebuilds `vips` needs any of these tables.
+    pub fn builds_any(&self, vips: &[(&VipKey, &DesiredVip)]) -> bool {
+        vips.iter().any(|(key, _)| self.keys.contains(key))
+    }
+
+    /// What waits for the builds to finish without taking them.
+    pub fn done(&self) -> BuildDone {
+        self.done.clone()
+    }
+
+    /// The builds, waited for. A worker that died yields none: the step builds them again.
+    pub fn finish(mut self) -> Batch {
+        self.worker.take().map(|worker| worker.join().unwrap_or_default()).unwrap_or_default()
+    }
+}
+
+impl Drop for AheadBuild {
+    fn drop(&mut self) {
+        // Unfinished and no longer wanted: its thread stops at the next table.
+        self.cancel.store(true, Ordering::Relaxed);
     }
 }
 
@@ -189,7 +236,8 @@ mod tests {
         let ahead = AheadBuild::start(&[(&a, &before[0]), (&b, &before[1])]).expect("a builder thread");
         // b's backends change (a weight) before the step that swaps them in.
         let now = [before[0].clone(), vip(251, &[("10.0.0.3", 1), ("10.0.0.4", 3)])];
-        let mut ready = ahead.finish_for(&[(&a, &now[0])]);
+        assert!(ahead.builds_any(&[(&a, &now[0])]));
+        let mut ready = ahead.finish();
         // Mark what was built ahead, to see which of it is used.
         let marked = |n: u32| Ok(maglev::Table { slots: vec![n] });
         for (k, _, built) in &mut ready {
@@ -199,6 +247,14 @@ mod tests {
         assert_eq!(tables[&a], marked(1), "a's backends held: its table built ahead is used");
         assert_eq!(tables[&b], build_one(&now[1]), "b's table follows its new weights");
         assert_ne!(tables[&b], build_one(&before[1]));
+    }
+
+    #[test]
+    fn a_cancelled_build_stops_before_its_next_table() {
+        let inputs: Vec<(VipKey, TableInput)> =
+            (0..64).map(|i| (key(i), TableInput::of(&vip(65537, &[("10.0.0.1", 1), ("10.0.0.2", 1)])))).collect();
+        assert!(build_all(inputs.clone(), &AtomicBool::new(true)).is_empty());
+        assert_eq!(build_all(inputs, &AtomicBool::new(false)).len(), 64);
     }
 
     #[test]

@@ -7,6 +7,8 @@ use std::{collections::BTreeMap, net::IpAddr, net::SocketAddr, path::PathBuf, ti
 use serde::Deserialize;
 use serde_saphyr::{Location, Spanned};
 
+pub use super::limits::{ConcurrencyLimit, RateLimit};
+use super::limits::{RawConcurrencyLimit, RawRateLimit};
 use super::{
     Checker, ConfigError, HealthCheck, MAX_WEIGHT, Mode, Protocol, RawHealthCheck, RawScalar, RawVip, format_duration,
     parse_duration,
@@ -61,6 +63,7 @@ pub struct Route {
     pub path: PathMatch,
     pub balance: Balance,
     pub rate_limit: Option<RateLimit>,
+    pub concurrency_limit: Option<ConcurrencyLimit>,
     pub backends: Vec<L7Backend>,
 }
 
@@ -82,13 +85,6 @@ pub enum Balance {
     HashHeader(String),
     /// Same, of a cookie's value.
     HashCookie(String),
-}
-
-/// A token bucket: `rate` requests per second on average, `burst` at once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateLimit {
-    pub rate: u32,
-    pub burst: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,6 +147,7 @@ struct RawRoute {
     hash_header: Option<String>,
     hash_cookie: Option<String>,
     rate_limit: Option<RawRateLimit>,
+    concurrency_limit: Option<RawConcurrencyLimit>,
     #[serde(default)]
     backends: Vec<Spanned<RawL7Backend>>,
 }
@@ -161,13 +158,6 @@ enum RawBalance {
     RoundRobin,
     LeastOutstanding,
     ConsistentHash,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRateLimit {
-    requests_per_second: u32,
-    burst: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -188,7 +178,6 @@ const MAX_IDLE: u32 = 10_000;
 const DEFAULT_RETRIES: u32 = 2;
 const MAX_IN_FLIGHT: u32 = 1_000_000;
 const MAX_RETRIES: u32 = 10;
-const MAX_RATE: u32 = 1_000_000;
 
 impl Checker<'_> {
     /// What `mode` says about the rest of the VIP: an l7 VIP is TCP on one port with an `l7:`
@@ -412,17 +401,11 @@ impl Checker<'_> {
         };
         let rate_limit = match raw.rate_limit {
             None => None,
-            Some(r) => {
-                let burst = r.burst.unwrap_or(r.requests_per_second.max(1));
-                if !(1..=MAX_RATE).contains(&r.requests_per_second) || !(1..=MAX_RATE).contains(&burst) {
-                    return Err(self.err(
-                        at,
-                        field("rate_limit"),
-                        format!("requests_per_second and burst must be 1 to {MAX_RATE}"),
-                    ));
-                }
-                Some(RateLimit { rate: r.requests_per_second, burst })
-            }
+            Some(r) => Some(self.check_rate_limit(r, at, &field("rate_limit"))?),
+        };
+        let concurrency_limit = match raw.concurrency_limit {
+            None => None,
+            Some(c) => Some(self.check_concurrency_limit(c, at, &field("concurrency_limit"))?),
         };
         if raw.backends.is_empty() {
             return Err(self.err(at, field("backends"), "list at least one backend (address and port)"));
@@ -462,7 +445,7 @@ impl Checker<'_> {
             };
             backends.push(L7Backend { address, weight, health_check });
         }
-        Ok(Route { name, host, path, balance, rate_limit, backends })
+        Ok(Route { name, host, path, balance, rate_limit, concurrency_limit, backends })
     }
 
     fn check_path(&self, at: &Location, field: &str, path: String) -> Result<String, ConfigError> {
@@ -503,7 +486,7 @@ mod tests {
         assert_eq!(api.host.as_deref(), Some("api.example.com"));
         assert_eq!(api.path, PathMatch::Prefix("/api/".into()));
         assert_eq!(api.balance, Balance::LeastOutstanding);
-        assert_eq!(api.rate_limit, Some(RateLimit { rate: 5, burst: 5 }));
+        assert_eq!(api.rate_limit.as_ref().map(|l| (l.rate, l.burst)), Some((5, 5)));
         assert_eq!(l7.routes[1].name, "route1");
         assert_eq!(l7.routes[1].balance, Balance::HashCookie("sid".into()));
         assert_eq!(l7.backends().count(), 2, "a backend shared by routes counts once");

@@ -11,6 +11,7 @@ mod incremental;
 mod keys;
 // The `l7:` section of `mode: l7` VIPs: its types and checks.
 pub mod l7;
+pub mod limits;
 pub mod memory;
 mod model;
 mod parse;
@@ -42,6 +43,7 @@ pub(crate) use check::{network, read_certificates};
 pub use error::ConfigError;
 pub use incremental::{LastRead, VipItemCache};
 pub use keys::{backend_identities, backend_identity, endpoint, ip_from_words, ip_words, vip_key};
+pub use limits::{ConcurrencyLimit, GlobalLimits, OnLimit, RateLimit, Scope};
 pub use model::{
     AgentListeners, Backend, BfdConfig, BgpConfig, BgpPeer, CheckKind, Config, DEFAULT_PANIC_THRESHOLD,
     DEFAULT_TABLE_SIZE, GrpcCheck, HashFields, HealthCheck, HttpCheck, Mode, NatPool, NewFlowLimit, Node, Protocol,

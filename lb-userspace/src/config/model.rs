@@ -27,6 +27,8 @@ pub struct Config {
     pub agent: AgentListeners,
     /// Source-address pools of `mode: nat` VIPs, sorted by name (the index is the pool's id).
     pub nat_pools: Vec<NatPool>,
+    /// How `scope: global` limits are shared among the nodes; none without the section.
+    pub global_limits: Option<super::GlobalLimits>,
 }
 
 /// `nat_pools:` entry: connections that a NAT VIP opens to its backends leave from one of

@@ -22,6 +22,8 @@ pub(super) struct RawConfig {
     pub(super) agent: AgentListeners,
     #[serde(default)]
     pub(super) nat_pools: Vec<Spanned<RawNatPool>>,
+    #[serde(default)]
+    pub(super) global_limits: Option<Spanned<super::limits::RawGlobalLimits>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

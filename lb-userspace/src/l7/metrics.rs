@@ -18,6 +18,10 @@ pub struct Metrics {
     pub retries: IntCounterVec,
     /// vip, route.
     pub rate_limited: IntCounterVec,
+    /// vip, route.
+    pub concurrency_limited: IntCounterVec,
+    /// Access log lines dropped because the log's output fell behind.
+    pub access_log_dropped: IntCounter,
 }
 
 impl Metrics {
@@ -44,6 +48,11 @@ impl Metrics {
             "Requests refused with 429 by the route's rate limit.",
             &["vip", "route"],
         )?;
+        let concurrency_limited = counter(
+            "xlb_l7_concurrency_limited_total",
+            "Requests refused because the route had as many in progress as its concurrency limit allows.",
+            &["vip", "route"],
+        )?;
         let latency = HistogramVec::new(
             HistogramOpts::new(
                 "xlb_l7_request_duration_seconds",
@@ -53,7 +62,21 @@ impl Metrics {
             &["vip", "route"],
         )?;
         registry.register(Box::new(latency.clone()))?;
-        Ok(Metrics { registry, requests, latency, upstream_errors, retries, rate_limited })
+        let access_log_dropped = IntCounter::new(
+            "xlb_l7_access_log_dropped_total",
+            "Access log lines dropped because the log's output (stderr) fell 8 MiB behind.",
+        )?;
+        registry.register(Box::new(access_log_dropped.clone()))?;
+        Ok(Metrics {
+            registry,
+            requests,
+            latency,
+            upstream_errors,
+            retries,
+            rate_limited,
+            concurrency_limited,
+            access_log_dropped,
+        })
     }
 
     pub fn gather(&self) -> Vec<MetricFamily> {
@@ -73,6 +96,7 @@ impl Metrics {
             timeouts: upstream("timeout"),
             retries: self.retries.with_label_values(&labels),
             rate_limited: self.rate_limited.with_label_values(&labels),
+            concurrency_limited: self.concurrency_limited.with_label_values(&labels),
         }
     }
 }
@@ -87,6 +111,7 @@ pub struct RouteStats {
     pub timeouts: IntCounter,
     pub retries: IntCounter,
     pub rate_limited: IntCounter,
+    pub concurrency_limited: IntCounter,
 }
 
 impl RouteStats {

@@ -6,6 +6,7 @@
 //! runtime (routes, pools, TLS, client) in an `ArcSwap`: a reload swaps it, and requests take
 //! the current one, while the listener, its connections and upgraded streams stay.
 
+pub mod access_log;
 pub mod addr;
 pub mod balance;
 pub mod metrics;
@@ -14,6 +15,7 @@ pub mod proxy_protocol;
 pub mod ratelimit;
 pub mod route;
 pub mod tls;
+pub mod workers;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -35,11 +37,21 @@ use crate::{
     sources::health::Target,
     state::desired::BackendRef,
 };
+use access_log::AccessLog;
 use addr::LocalAddress;
 use balance::{BackendState, Pool};
 use metrics::Metrics;
 use proxy::{Conn, RouteRuntime, VipRuntime};
-use ratelimit::TokenBucket;
+use ratelimit::{Concurrency, TokenBucket};
+
+use crate::{
+    config::Scope,
+    sources::limits::{GlobalLimiter, ShareHandle, ShareKind},
+};
+use workers::Workers;
+
+/// A listener's accept loops, one per worker.
+type AcceptLoops = Vec<JoinHandle<()>>;
 
 /// Connections one listener serves at once; more wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 16_384;
@@ -57,6 +69,10 @@ pub enum L7Error {
     Address { vip: String, source: std::io::Error },
     #[error("l7 metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("starting the l7 access log's thread: {0}")]
+    AccessLog(std::io::Error),
+    #[error("starting the l7 worker threads: {0}")]
+    Workers(std::io::Error),
 }
 
 /// The l7 VIPs of `config`.
@@ -104,7 +120,7 @@ pub struct L7BackendStatus {
 struct Listener {
     vip: String,
     runtime: Arc<ArcSwap<VipRuntime>>,
-    accept: JoinHandle<()>,
+    accept: AcceptLoops,
     min_healthy: u32,
     backends: Vec<Arc<BackendState>>,
 }
@@ -118,28 +134,56 @@ pub struct Tier {
     /// Down or drained (vip, identity), as the agent last said.
     not_serving: BTreeSet<BackendRef>,
     metrics: Metrics,
+    access_log: Arc<AccessLog>,
+    workers: Workers,
+    /// The shares of `scope: global` limits (renewed through Redis by `sources::limits`).
+    global_limits: GlobalLimiter,
 }
 
 impl Drop for Listener {
     fn drop(&mut self) {
         // Connections already accepted run on: they hold the runtime they need.
-        self.accept.abort();
+        for accept in &self.accept {
+            accept.abort();
+        }
     }
 }
 
 impl Tier {
     pub fn new() -> Result<Self, L7Error> {
+        let metrics = Metrics::new()?;
+        let access_log = Arc::new(AccessLog::stderr(metrics.access_log_dropped.clone()).map_err(L7Error::AccessLog)?);
         Ok(Tier {
             listeners: BTreeMap::new(),
             addresses: BTreeMap::new(),
             backends: BTreeMap::new(),
             not_serving: BTreeSet::new(),
-            metrics: Metrics::new()?,
+            metrics,
+            access_log,
+            workers: Workers::per_cpu().map_err(L7Error::Workers)?,
+            global_limits: GlobalLimiter::start(None),
         })
     }
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    pub fn global_limits(&self) -> &GlobalLimiter {
+        &self.global_limits
+    }
+
+    /// The share of a route's limit when it is global (named `vip/route` and `kind`).
+    fn global_share(
+        &self,
+        scope: Scope,
+        vip: &str,
+        route: &str,
+        kind: ShareKind,
+        threshold: u32,
+    ) -> Option<ShareHandle> {
+        let suffix = if kind == ShareKind::Concurrency { "#concurrency" } else { "" };
+        (scope == Scope::Global).then(|| self.global_limits.share(&format!("{vip}/{route}{suffix}"), threshold, kind))
     }
 
     /// Makes the listeners and routes those of `config` (within a tokio runtime): existing
@@ -148,6 +192,7 @@ impl Tier {
     /// its previous one; the errors are returned.
     pub fn apply(&mut self, config: &Config) -> Vec<L7Error> {
         let mut errors = Vec::new();
+        self.global_limits.configure(config.global_limits.clone());
         let mut wanted: BTreeSet<SocketAddr> = BTreeSet::new();
         let mut used: BTreeSet<(String, SocketAddr)> = BTreeSet::new();
         for (vip, l7) in l7_vips(config) {
@@ -227,10 +272,28 @@ impl Tier {
                 pool.push((state, b.weight));
             }
             let old = previous.and_then(|p| p.routes.iter().find(|r| r.name == route.name));
-            let limiter = route.rate_limit.map(|limit| {
+            let limiter = route.rate_limit.as_ref().map(|limit| {
                 match old.and_then(|r| r.limiter.as_ref()).filter(|bucket| bucket.limit() == limit) {
                     Some(bucket) => Arc::clone(bucket),
-                    None => Arc::new(TokenBucket::new(limit, Instant::now())),
+                    None => {
+                        let share = self.global_share(limit.scope, &vip.name, &route.name, ShareKind::Rate, limit.rate);
+                        Arc::new(TokenBucket::with_share(limit.clone(), share, Instant::now()))
+                    }
+                }
+            });
+            let concurrency = route.concurrency_limit.as_ref().map(|limit| {
+                match old.and_then(|r| r.concurrency.as_ref()).filter(|c| c.limit() == limit) {
+                    Some(kept) => Arc::clone(kept),
+                    None => {
+                        let share = self.global_share(
+                            limit.scope,
+                            &vip.name,
+                            &route.name,
+                            ShareKind::Concurrency,
+                            limit.requests,
+                        );
+                        Arc::new(Concurrency::new(limit.clone(), share))
+                    }
                 }
             });
             routes.push(RouteRuntime {
@@ -238,18 +301,22 @@ impl Tier {
                 stats: self.metrics.route(&vip.name, &route.name),
                 pool: Pool::new(pool, route.balance.clone(), l7.max_requests_per_backend as usize),
                 limiter,
+                concurrency,
             });
         }
         let client_settings = (l7.connect_timeout, l7.idle_timeout, l7.max_idle_per_backend);
-        let client = match previous.filter(|p| p.client_settings == client_settings) {
-            Some(p) => p.client.clone(),
-            None => proxy::client(l7.connect_timeout, l7.idle_timeout, l7.max_idle_per_backend),
+        // One client (pool) per worker: a worker's requests take its own pooled connections.
+        let clients = match previous.filter(|p| p.client_settings == client_settings) {
+            Some(p) => Arc::clone(&p.clients),
+            None => (0..self.workers.len())
+                .map(|_| proxy::client(l7.connect_timeout, l7.idle_timeout, l7.max_idle_per_backend))
+                .collect(),
         };
         let runtime = VipRuntime {
             name: vip.name.clone(),
             routes,
             matcher,
-            client,
+            clients,
             client_settings,
             tls,
             proxy_protocol: l7.proxy_protocol,
@@ -257,6 +324,7 @@ impl Tier {
             idle_timeout: l7.idle_timeout,
             retries: l7.retries,
             unrouted: self.metrics.route(&vip.name, "-"),
+            access_log: Arc::clone(&self.access_log),
         };
         Ok((runtime, all))
     }
@@ -266,16 +334,26 @@ impl Tier {
         vip: &Vip,
         endpoint: SocketAddr,
         runtime: VipRuntime,
-    ) -> Result<(JoinHandle<()>, Arc<ArcSwap<VipRuntime>>), L7Error> {
+    ) -> Result<(AcceptLoops, Arc<ArcSwap<VipRuntime>>), L7Error> {
         if let std::collections::btree_map::Entry::Vacant(entry) = self.addresses.entry(endpoint.ip()) {
             let local = LocalAddress::add(endpoint.ip())
                 .map_err(|source| L7Error::Address { vip: vip.name.clone(), source })?;
             entry.insert(local);
         }
         let listen_err = |source| L7Error::Listen { vip: vip.name.clone(), endpoint, source };
-        let listener = bind(endpoint).map_err(listen_err)?;
+        // A socket per worker (SO_REUSEPORT): the kernel hands each new connection to one of
+        // them and wakes that worker alone.
+        let listeners: Vec<_> =
+            self.workers.handles().iter().map(|_| bind(endpoint)).collect::<Result<_, _>>().map_err(listen_err)?;
         let runtime = Arc::new(ArcSwap::from_pointee(runtime));
-        let accept = tokio::spawn(accept_loop(listener, Arc::clone(&runtime)));
+        let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let accept = self
+            .workers
+            .handles()
+            .iter()
+            .zip(listeners)
+            .map(|(worker, listener)| worker.spawn(accept_loop(listener, Arc::clone(&runtime), Arc::clone(&limit))))
+            .collect();
         Ok((accept, runtime))
     }
 
@@ -332,20 +410,29 @@ impl Tier {
     pub fn shutdown(&mut self) {
         self.listeners.clear();
         self.addresses.clear();
+        self.access_log.flush();
     }
 }
 
-fn bind(endpoint: SocketAddr) -> std::io::Result<TcpListener> {
+fn bind(endpoint: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = socket2::Socket::new(socket2::Domain::for_address(endpoint), socket2::Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&endpoint.into())?;
     socket.listen(BACKLOG)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
-async fn accept_loop(listener: TcpListener, runtime: Arc<ArcSwap<VipRuntime>>) {
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+/// Accepts on the calling worker until aborted; each connection is served on this worker.
+async fn accept_loop(listener: std::net::TcpListener, runtime: Arc<ArcSwap<VipRuntime>>, limit: Arc<Semaphore>) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!(error = %e, worker = workers::current(), "l7 listener not registered with the worker");
+            return;
+        }
+    };
     loop {
         let Ok(permit) = Arc::clone(&limit).acquire_owned().await else { return };
         match listener.accept().await {

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
     header::{CONNECTION, COOKIE, HOST, RETRY_AFTER, UPGRADE},
+    uri::{PathAndQuery, Scheme},
 };
 use http_body_util::{BodyExt as _, Empty, Full, combinators::UnsyncBoxBody};
 use hyper::body::{Body as _, Incoming};
@@ -22,9 +23,11 @@ use hyper_util::{
 };
 
 use super::{
+    access_log::{AccessLog, Entry},
     balance::{InFlight, Pool},
     config::Balance,
     metrics::RouteStats,
+    ratelimit::{Concurrency, Slot},
     ratelimit::{TokenBucket, retry_after_secs},
     route::Matcher,
 };
@@ -36,7 +39,8 @@ pub struct VipRuntime {
     pub name: String,
     pub routes: Vec<RouteRuntime>,
     pub matcher: Matcher,
-    pub client: Client<HttpConnector, Body>,
+    /// One client (and pool) per worker thread, see [`super::workers`].
+    pub clients: Arc<[Client<HttpConnector, Body>]>,
     /// connect timeout, idle timeout, idle connections per backend: a reload that keeps them
     /// keeps the client and its pooled connections.
     pub client_settings: (Duration, Duration, u32),
@@ -47,6 +51,7 @@ pub struct VipRuntime {
     pub retries: u32,
     /// The series of requests no route matched (route `-`).
     pub unrouted: RouteStats,
+    pub access_log: Arc<AccessLog>,
 }
 
 impl std::fmt::Debug for VipRuntime {
@@ -66,6 +71,7 @@ pub struct RouteRuntime {
     pub stats: RouteStats,
     pub pool: Pool,
     pub limiter: Option<Arc<TokenBucket>>,
+    pub concurrency: Option<Arc<Concurrency>>,
 }
 
 /// The client side of a connection.
@@ -92,6 +98,25 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
         Response::new(Full::new(Bytes::from_static(body.as_bytes())).map_err(|n| match n {}).boxed_unsync());
     *response.status_mut() = status;
     response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
+}
+
+/// What a request the route's rate limit refuses gets (`on_limit`): its status and body, a
+/// Location when it redirects, Retry-After (time to the next token) when it is an error.
+fn limited(on_limit: &crate::config::OnLimit, wait: std::time::Duration) -> Response<Body> {
+    let body = Bytes::copy_from_slice(on_limit.body.as_bytes());
+    let mut response = Response::new(Full::new(body).map_err(|n| match n {}).boxed_unsync());
+    *response.status_mut() = StatusCode::from_u16(on_limit.status).unwrap_or(StatusCode::TOO_MANY_REQUESTS);
+    let headers = response.headers_mut();
+    headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    match on_limit.redirect.as_deref().map(HeaderValue::from_str) {
+        Some(Ok(location)) => {
+            headers.insert(http::header::LOCATION, location);
+        }
+        _ => {
+            headers.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs(wait)));
+        }
+    }
     response
 }
 
@@ -139,25 +164,31 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 /// X-Forwarded-For (appended), X-Forwarded-Proto, X-Forwarded-Host and Forwarded (RFC 7239,
 /// appended).
 fn add_forwarded(headers: &mut HeaderMap, conn: Conn, host: Option<&str>) {
+    use std::fmt::Write as _;
     let ip = conn.client.ip();
     let proto = if conn.tls { "https" } else { "http" };
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(previous) => format!("{previous}, {ip}"),
-        None => ip.to_string(),
-    };
-    let for_ = if ip.is_ipv6() { format!("\"[{ip}]\"") } else { ip.to_string() };
-    let mut forwarded = format!("for={for_};proto={proto}");
-    if let Some(host) = host.filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')) {
-        forwarded.push_str(&format!(";host=\"{host}\""));
+    // Writing to a String cannot fail.
+    let mut xff = String::with_capacity(48);
+    if let Some(previous) = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        let _ = write!(xff, "{previous}, ");
     }
+    let _ = write!(xff, "{ip}");
+    let mut forwarded = String::with_capacity(64);
     if let Some(previous) = headers.get(http::header::FORWARDED).and_then(|v| v.to_str().ok()) {
-        forwarded = format!("{previous}, {forwarded}");
+        let _ = write!(forwarded, "{previous}, ");
     }
-    for (name, value) in [("x-forwarded-for", xff), ("forwarded", forwarded), ("x-forwarded-proto", proto.to_owned())] {
-        if let Ok(value) = HeaderValue::from_str(&value) {
+    let _ = if ip.is_ipv6() { write!(forwarded, "for=\"[{ip}]\"") } else { write!(forwarded, "for={ip}") };
+    let _ = write!(forwarded, ";proto={proto}");
+    if let Some(host) = host.filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')) {
+        let _ = write!(forwarded, ";host=\"{host}\"");
+    }
+    // The strings become the values' bytes (checked, not copied).
+    for (name, value) in [("x-forwarded-for", xff), ("forwarded", forwarded)] {
+        if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
             headers.insert(name, value);
         }
     }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
     if let Some(host) = host
         && !headers.contains_key("x-forwarded-host")
         && let Ok(value) = HeaderValue::from_str(host)
@@ -181,10 +212,12 @@ fn hash_key<'a>(balance: &Balance, headers: &'a HeaderMap) -> Option<&'a [u8]> {
     }
 }
 
-/// A response body that keeps its request counted in flight at the backend until it ends.
+/// A response body that keeps its request counted in flight at the backend (and in progress on
+/// its route) until it ends.
 struct Tracked {
     body: Incoming,
     _guard: Option<InFlight>,
+    _slot: Option<Slot>,
 }
 
 impl hyper::body::Body for Tracked {
@@ -239,36 +272,40 @@ fn finish(
 ) {
     let elapsed = start.elapsed();
     o.stats.answered(o.status, elapsed.as_secs_f64());
-    tracing::info!(
-        target: "xlb::access",
-        vip = %rt.name,
-        route = o.route,
-        client = %conn.client,
-        method = %method,
-        host = host.unwrap_or(""),
-        path,
-        status = o.status,
-        backend = %o.backend.map(|b| b.to_string()).unwrap_or_default(),
-        attempts = o.attempts,
-        duration_ms = elapsed.as_secs_f64() * 1000.0,
-        error = o.error.as_deref().unwrap_or(""),
-        "request"
-    );
+    if AccessLog::enabled() {
+        rt.access_log.record(&Entry {
+            vip: &rt.name,
+            route: o.route,
+            client: conn.client,
+            method: method.as_str(),
+            host: host.unwrap_or(""),
+            path,
+            status: o.status,
+            backend: o.backend,
+            attempts: o.attempts,
+            duration: elapsed,
+            error: o.error.as_deref().unwrap_or(""),
+        });
+    }
 }
 
 /// Serves one request with the VIP's current runtime.
 pub async fn handle(rt: Arc<VipRuntime>, conn: Conn, mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
-    let method = req.method().clone();
-    let host: Option<String> = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()).map(str::to_owned));
-    let path = req.uri().path().to_owned();
+    let upgrade = is_upgrade(&req);
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    // The host as sent: h2's :authority, else the Host header (its bytes shared, not copied).
+    let host_value = match parts.uri.authority() {
+        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+        None => parts.headers.get(HOST).cloned(),
+    };
+    let host = host_value.as_ref().and_then(|h| h.to_str().ok());
+    let path = parts.uri.path();
+    let method = &parts.method;
     // Every way out of here is counted and logged once, with what is known of the request.
-    let log = |outcome: Outcome<'_>| finish(&rt, conn, &method, host.as_deref(), &path, start, outcome);
-    let Some(index) = rt.matcher.find(host.as_deref(), &path) else {
+    let log = |outcome: Outcome<'_>| finish(&rt, conn, method, host, path, start, outcome);
+    let Some(index) = rt.matcher.find(host, path) else {
         log(done(404, "-", &rt.unrouted, None, 0, None));
         return Ok(text(StatusCode::NOT_FOUND, "no route for this host and path\n"));
     };
@@ -277,27 +314,34 @@ pub async fn handle(rt: Arc<VipRuntime>, conn: Conn, mut req: Request<Incoming>)
         && let Err(wait) = limiter.take(Instant::now())
     {
         route.stats.rate_limited.inc();
-        let mut response = text(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded\n");
-        response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(retry_after_secs(wait)));
-        log(done(429, &route.name, &route.stats, None, 0, None));
+        let response = limited(&limiter.limit().on_limit, wait);
+        log(done(response.status().as_u16(), &route.name, &route.stats, None, 0, None));
         return Ok(response);
     }
-    let upgrade = is_upgrade(&req);
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (mut parts, body) = req.into_parts();
+    // In progress until the response ends (or this returns without one).
+    let mut slot = None;
+    if let Some(concurrency) = &route.concurrency {
+        let Some(entered) = concurrency.try_enter() else {
+            route.stats.concurrency_limited.inc();
+            let response = limited(&concurrency.limit().on_limit, std::time::Duration::from_secs(1));
+            log(done(response.status().as_u16(), &route.name, &route.stats, None, 0, None));
+            return Ok(response);
+        };
+        slot = Some(entered);
+    }
     let upgrade_to = upgrade.then(|| parts.headers.get(UPGRADE).cloned()).flatten();
     strip_hop_by_hop(&mut parts.headers, upgrade);
     if let Some(upgrade_to) = upgrade_to {
         parts.headers.insert(UPGRADE, upgrade_to);
     }
     if !parts.headers.contains_key(HOST)
-        && let Some(value) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok())
+        && let Some(value) = host_value.clone()
     {
         parts.headers.insert(HOST, value);
     }
-    add_forwarded(&mut parts.headers, conn, host.as_deref());
-    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
-    let replayable = idempotent(&method) && body.is_end_stream() && !upgrade;
+    add_forwarded(&mut parts.headers, conn, host);
+    let path_and_query = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let replayable = idempotent(method) && body.is_end_stream() && !upgrade;
     let attempts = if replayable { 1 + rt.retries } else { 1 };
     let mut body = Some(body.boxed_unsync());
     let deadline = tokio::time::Instant::from_std(start + rt.request_timeout);
@@ -310,7 +354,11 @@ pub async fn handle(rt: Arc<VipRuntime>, conn: Conn, mut req: Request<Incoming>)
         if attempt > 0 {
             route.stats.retries.inc();
         }
-        let Ok(uri) = format!("http://{}{path_and_query}", backend.address).parse::<Uri>() else {
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(backend.authority.clone());
+        uri.path_and_query = Some(path_and_query.clone());
+        let Ok(uri) = Uri::from_parts(uri) else {
             log(done(400, &route.name, &route.stats, None, 0, None));
             return Ok(text(StatusCode::BAD_REQUEST, "bad request target\n"));
         };
@@ -323,7 +371,8 @@ pub async fn handle(rt: Arc<VipRuntime>, conn: Conn, mut req: Request<Incoming>)
             if attempt + 1 == attempts { std::mem::take(&mut parts.headers) } else { parts.headers.clone() };
         // Counts until the response body ends (or the attempt fails).
         let in_flight = backend.begin();
-        let result = tokio::time::timeout_at(deadline, rt.client.request(upstream)).await;
+        let client = &rt.clients[super::workers::current() % rt.clients.len()];
+        let result = tokio::time::timeout_at(deadline, client.request(upstream)).await;
         let n = attempt + 1;
         match result {
             Err(_) => {
@@ -361,8 +410,9 @@ pub async fn handle(rt: Arc<VipRuntime>, conn: Conn, mut req: Request<Incoming>)
                 let backend_address = Some(backend.address);
                 log(done(status.as_u16(), &route.name, &route.stats, backend_address, n, None));
                 // An upgraded stream no longer counts as a request in flight.
-                let guard = (status != StatusCode::SWITCHING_PROTOCOLS).then_some(in_flight);
-                return Ok(response.map(|body| Tracked { body, _guard: guard }.boxed_unsync()));
+                let upgraded = status == StatusCode::SWITCHING_PROTOCOLS;
+                let (guard, slot) = if upgraded { (None, None) } else { (Some(in_flight), slot) };
+                return Ok(response.map(|body| Tracked { body, _guard: guard, _slot: slot }.boxed_unsync()));
             }
         }
     }

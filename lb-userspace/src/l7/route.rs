@@ -67,13 +67,16 @@ impl Matcher {
     /// The index of the first route that matches `host` (as sent: any case, maybe with a port)
     /// and `path` (without the query).
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<usize> {
-        let host = host.map(normalize_host);
+        // Normalized only when a route asks for a host (most match any).
+        let normalized = std::cell::OnceCell::new();
         self.entries.iter().position(|(h, p)| {
-            let host_ok = match (h, host.as_deref()) {
-                (HostMatch::Any, _) => true,
-                (_, None) => false,
-                (HostMatch::Exact(want), Some(got)) => want == got,
-                (HostMatch::Suffix(suffix), Some(got)) => got.len() > suffix.len() && got.ends_with(suffix.as_str()),
+            let host = || normalized.get_or_init(|| host.map(normalize_host)).as_deref();
+            let host_ok = match h {
+                HostMatch::Any => true,
+                HostMatch::Exact(want) => host().is_some_and(|got| want == got),
+                HostMatch::Suffix(suffix) => {
+                    host().is_some_and(|got| got.len() > suffix.len() && got.ends_with(suffix.as_str()))
+                }
             };
             host_ok
                 && match p {
@@ -115,6 +118,7 @@ mod tests {
             path,
             balance: Balance::RoundRobin,
             rate_limit: None,
+            concurrency_limit: None,
             backends: vec![L7Backend { address: "10.0.0.1:80".parse().unwrap(), weight: 1, health_check: None }],
         }
     }

@@ -99,6 +99,9 @@ pub struct NodeState {
     /// Whether XDP is attached to each interface the agent runs on.
     #[serde(default)]
     pub interfaces: Vec<AttachmentStatus>,
+    /// `scope: global` limits: shared through Redis or in fallback, and this node's shares.
+    #[serde(default)]
+    pub global_limits: Option<crate::sources::limits::LimitsView>,
 }
 
 /// XDP on one of the agent's interfaces.
@@ -203,6 +206,9 @@ impl NodeState {
         }
         if self.node_drained {
             out.push_str("node DRAINED: every route withdrawn (`xlb drain node --undo` to announce again)\n");
+        }
+        if let Some(limits) = &self.global_limits {
+            out.push_str(&limits.render());
         }
         if !self.peers.is_empty() {
             out.push_str(&format!("announced: {announced}\n"));
@@ -428,6 +434,7 @@ mod tests {
             reconcile_error: None,
             state: None,
             interfaces: Vec::new(),
+            global_limits: None,
         }
     }
 

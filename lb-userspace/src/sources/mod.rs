@@ -4,6 +4,7 @@
 pub mod ethtool;
 pub mod health;
 pub mod jiffies;
+pub mod limits;
 pub mod link;
 pub mod link_events;
 pub mod neighbor;

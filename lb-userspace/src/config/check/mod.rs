@@ -186,6 +186,16 @@ impl<'a> Checker<'a> {
             None => None,
         };
         self.check_pool_addresses(&nat_pools, &pool_order, &vips)?;
-        Ok(Config { node, vips, bgp, agent: raw.agent, nat_pools })
+        let global_limits = match raw.global_limits {
+            Some(g) => Some(self.check_global_limits(
+                g.value,
+                &g.referenced,
+                bgp.as_ref().map(|b| std::net::IpAddr::V4(b.router_id)),
+            )?),
+            None => None,
+        };
+        let config = Config { node, vips, bgp, agent: raw.agent, nat_pools, global_limits };
+        self.check_global_scopes(&config)?;
+        Ok(config)
     }
 }

@@ -122,6 +122,7 @@ fn node() -> NodeState {
         reconcile_error: None,
         state: None,
         interfaces: Vec::new(),
+        global_limits: None,
     }
 }
 

@@ -1,0 +1,405 @@
+//! The L7 tier's access log: one line per request, in the agent's log format (a JSON object
+//! per line with `--log-format json`), target `xlb::access`.
+//!
+//! A request formats its line into a shared buffer and goes on; a thread of the log's own
+//! writes the buffer out every [`FLUSH_EVERY`] or when it holds [`BATCH`] bytes, so a request
+//! never waits on a write to stderr (one `write` per line through the tracing subscriber cost a
+//! tenth of the proxy's CPU). At most [`MAX_PENDING`] bytes wait: lines past that (stderr
+//! blocked) are dropped and counted, never queued without bound.
+
+use std::{
+    fmt::Write as _,
+    io::Write,
+    net::SocketAddr,
+    sync::{Arc, Condvar, Mutex, MutexGuard},
+    thread::JoinHandle,
+    time::{Duration, SystemTime},
+};
+
+use prometheus::IntCounter;
+
+/// How long a line may wait for its write.
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// Pending bytes that wake the writer at once.
+const BATCH: usize = 64 * 1024;
+/// Pending bytes past which lines are dropped.
+const MAX_PENDING: usize = 8 * 1024 * 1024;
+/// The tracing target the lines carry (and that `XLB_LOG` filters on).
+pub const TARGET: &str = "xlb::access";
+
+/// What one access log line says.
+#[derive(Debug)]
+pub struct Entry<'a> {
+    pub vip: &'a str,
+    pub route: &'a str,
+    pub client: SocketAddr,
+    pub method: &'a str,
+    pub host: &'a str,
+    pub path: &'a str,
+    pub status: u16,
+    pub backend: Option<SocketAddr>,
+    pub attempts: u32,
+    pub duration: Duration,
+    pub error: &'a str,
+}
+
+/// The log's lines, written by a thread of its own.
+#[derive(Debug)]
+pub struct AccessLog {
+    shared: Arc<Shared>,
+    writer: Option<JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    pending: Mutex<Pending>,
+    wake: Condvar,
+    json: bool,
+    dropped: IntCounter,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    lines: Vec<u8>,
+    /// Bumped by the writer after each write (flush waits on it).
+    written: u64,
+    closing: bool,
+}
+
+impl AccessLog {
+    /// Lines to stderr, in the agent's log format; lines dropped counted in `dropped`.
+    pub fn stderr(dropped: IntCounter) -> std::io::Result<Self> {
+        Self::new(Box::new(std::io::stderr()), crate::logging::json_lines(), dropped)
+    }
+
+    /// Lines to `out`, as JSON objects when `json`.
+    pub fn new(mut out: Box<dyn Write + Send>, json: bool, dropped: IntCounter) -> std::io::Result<Self> {
+        let shared = Arc::new(Shared { pending: Mutex::new(Pending::default()), wake: Condvar::new(), json, dropped });
+        let theirs = Arc::clone(&shared);
+        let writer = std::thread::Builder::new().name("xlb-access-log".into()).spawn(move || {
+            let mut batch = Vec::with_capacity(BATCH);
+            loop {
+                let closing = {
+                    let mut pending = theirs.lock();
+                    if pending.lines.len() < BATCH && !pending.closing {
+                        pending = theirs.wait(pending);
+                    }
+                    std::mem::swap(&mut batch, &mut pending.lines);
+                    pending.closing
+                };
+                if !batch.is_empty() {
+                    // A failed write (stderr closed) loses the batch: there is nowhere to say so.
+                    let _ = out.write_all(&batch).and_then(|()| out.flush());
+                    batch.clear();
+                }
+                let mut pending = theirs.lock();
+                pending.written += 1;
+                theirs.wake.notify_all();
+                if closing && pending.lines.is_empty() {
+                    return;
+                }
+            }
+        })?;
+        Ok(AccessLog { shared, writer: Some(writer) })
+    }
+
+    /// Whether lines are logged at all (`XLB_LOG` lets `xlb::access` through at info).
+    pub fn enabled() -> bool {
+        tracing::enabled!(target: TARGET, tracing::Level::INFO)
+    }
+
+    /// Appends `entry`'s line (dropped and counted when too much waits already).
+    pub fn record(&self, entry: &Entry<'_>) {
+        thread_local! {
+            static LINE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+        }
+        LINE.with_borrow_mut(|line| {
+            line.clear();
+            format_line(line, entry, self.shared.json, SystemTime::now());
+            let mut pending = self.shared.lock();
+            if pending.lines.len() + line.len() > MAX_PENDING {
+                drop(pending);
+                self.shared.dropped.inc();
+                return;
+            }
+            pending.lines.extend_from_slice(line.as_bytes());
+            if pending.lines.len() >= BATCH {
+                self.shared.wake.notify_all();
+            }
+        });
+    }
+
+    /// Lines dropped because too much waited.
+    pub fn dropped(&self) -> u64 {
+        self.shared.dropped.get()
+    }
+
+    /// Returns once every line recorded before the call is written.
+    pub fn flush(&self) {
+        let mut pending = self.shared.lock();
+        // Two writer rounds: the one under way may have swapped before our lines came.
+        let target = pending.written + 2;
+        self.shared.wake.notify_all();
+        while pending.written < target && !pending.closing {
+            pending = self.shared.wait(pending);
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        // A panic while holding the lock leaves plain bytes behind: keep them.
+        self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Waits for a wake-up, or [`FLUSH_EVERY`] at most.
+    fn wait<'a>(&self, pending: MutexGuard<'a, Pending>) -> MutexGuard<'a, Pending> {
+        match self.wake.wait_timeout(pending, FLUSH_EVERY) {
+            Ok((guard, _)) => guard,
+            Err(poisoned) => poisoned.into_inner().0,
+        }
+    }
+}
+
+impl Drop for AccessLog {
+    /// Writes what waits, then stops the writer.
+    fn drop(&mut self) {
+        self.shared.lock().closing = true;
+        self.shared.wake.notify_all();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+/// `entry` as one line (with its newline), as the agent's tracing subscriber would write it.
+fn format_line(line: &mut String, e: &Entry<'_>, json: bool, now: SystemTime) {
+    let ms = e.duration.as_secs_f64() * 1000.0;
+    let stamp = Timestamp(now);
+    let backend = Maybe(e.backend);
+    // Writing to a String cannot fail.
+    let _ = if json {
+        writeln!(
+            line,
+            "{{\"timestamp\":\"{stamp}\",\"level\":\"INFO\",\"fields\":{{\"message\":\"request\",\"vip\":{},\"route\":{},\"client\":\"{}\",\"method\":{},\"host\":{},\"path\":{},\"status\":{},\"backend\":\"{backend}\",\"attempts\":{},\"duration_ms\":{ms},\"error\":{}}},\"target\":\"{TARGET}\"}}",
+            Json(e.vip),
+            Json(e.route),
+            e.client,
+            Json(e.method),
+            Json(e.host),
+            Json(e.path),
+            e.status,
+            e.attempts,
+            Json(e.error),
+        )
+    } else {
+        writeln!(
+            line,
+            "{stamp}  INFO {TARGET}: request vip={} route={} client={} method={} host={:?} path={:?} status={} backend={backend} attempts={} duration_ms={ms} error={:?}",
+            e.vip, e.route, e.client, e.method, e.host, e.path, e.status, e.attempts, e.error
+        )
+    };
+}
+
+/// An optional address, empty when absent.
+struct Maybe(Option<SocketAddr>);
+
+impl std::fmt::Display for Maybe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(address) => write!(f, "{address}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A JSON string literal of the text (quotes, backslashes and control characters escaped).
+struct Json<'a>(&'a str);
+
+impl std::fmt::Display for Json<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_char('"')?;
+        let mut rest = self.0;
+        while let Some(at) = rest.find(|c: char| c == '"' || c == '\\' || c.is_control()) {
+            f.write_str(&rest[..at])?;
+            let c = rest[at..].chars().next().unwrap_or('\0');
+            match c {
+                '"' => f.write_str("\\\"")?,
+                '\\' => f.write_str("\\\\")?,
+                '\n' => f.write_str("\\n")?,
+                '\r' => f.write_str("\\r")?,
+                '\t' => f.write_str("\\t")?,
+                c => write!(f, "\\u{:04x}", u32::from(c))?,
+            }
+            rest = &rest[at + c.len_utf8()..];
+        }
+        f.write_str(rest)?;
+        f.write_char('"')
+    }
+}
+
+/// RFC 3339 in UTC with microseconds (`2026-12-05T08:10:29.123456Z`), as tracing writes it.
+struct Timestamp(SystemTime);
+
+impl std::fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let since = self.0.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        let secs = since.as_secs();
+        let (days, of_day) = (secs / 86_400, secs % 86_400);
+        // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+        let z = days as i64 + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        write!(
+            f,
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+            of_day / 3600,
+            of_day / 60 % 60,
+            of_day % 60,
+            since.subsec_micros()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry<'a>(path: &'a str, error: &'a str) -> Entry<'a> {
+        Entry {
+            vip: "web",
+            route: "api",
+            client: "198.51.100.7:4000".parse().unwrap(),
+            method: "GET",
+            host: "example.com",
+            path,
+            status: 200,
+            backend: Some("10.0.2.1:8080".parse().unwrap()),
+            attempts: 1,
+            duration: Duration::from_micros(1500),
+            error,
+        }
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        let at = |secs: u64, micros: u64| {
+            Timestamp(SystemTime::UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros)).to_string()
+        };
+        assert_eq!(at(0, 0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(at(951_782_400, 7), "2000-02-29T00:00:00.000007Z", "a leap day of a century leap year");
+        assert_eq!(at(1_796_458_229, 123_456), "2026-12-05T08:10:29.123456Z");
+        assert_eq!(at(4_107_542_399, 999_999), "2100-02-28T23:59:59.999999Z", "2100 is no leap year");
+    }
+
+    #[test]
+    fn json_lines_parse_and_escape_what_clients_send() {
+        let mut line = String::new();
+        let e = entry("/a\"b\\c\u{1}", "refused");
+        format_line(&mut line, &e, true, SystemTime::UNIX_EPOCH);
+        assert!(line.ends_with("}\n") && line.matches('\n').count() == 1, "{line}");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+        assert_eq!(v["target"], TARGET);
+        assert_eq!(v["level"], "INFO");
+        let fields = &v["fields"];
+        assert_eq!(fields["path"], "/a\"b\\c\u{1}");
+        assert_eq!(fields["status"], 200);
+        assert_eq!(fields["client"], "198.51.100.7:4000");
+        assert_eq!(fields["backend"], "10.0.2.1:8080");
+        assert_eq!(fields["duration_ms"], 1.5);
+        assert_eq!(fields["error"], "refused");
+        assert_eq!(fields["route"], "api");
+        let mut line = String::new();
+        format_line(&mut line, &Entry { backend: None, ..entry("/", "") }, false, SystemTime::UNIX_EPOCH);
+        assert_eq!(
+            line,
+            "1970-01-01T00:00:00.000000Z  INFO xlb::access: request vip=web route=api client=198.51.100.7:4000 method=GET host=\"example.com\" path=\"/\" status=200 backend= attempts=1 duration_ms=1.5 error=\"\"\n"
+        );
+    }
+
+    fn counter() -> IntCounter {
+        IntCounter::new("dropped", "lines dropped").unwrap()
+    }
+
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn lines_from_many_threads_arrive_whole_and_none_is_lost() {
+        let capture = Capture::default();
+        let log = Arc::new(AccessLog::new(Box::new(capture.clone()), true, counter()).unwrap());
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let log = Arc::clone(&log);
+                std::thread::spawn(move || {
+                    for i in 0..2_000 {
+                        log.record(&entry(&format!("/t{t}/{i}"), ""));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        log.flush();
+        let text = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 8_000);
+        for line in text.lines() {
+            serde_json::from_str::<serde_json::Value>(line).expect("a whole JSON line");
+        }
+        assert!(text.contains("\"path\":\"/t3/1999\""));
+        // Dropping the log writes what waits.
+        log.record(&entry("/last", ""));
+        drop(Arc::into_inner(log).expect("the only handle"));
+        assert!(String::from_utf8_lossy(&capture.0.lock().unwrap()).contains("\"path\":\"/last\""));
+        assert_eq!(text.lines().count(), 8_000);
+    }
+
+    /// stderr stuck: the pending lines stop at the bound and the rest are counted.
+    #[test]
+    fn a_stuck_output_bounds_what_waits_and_counts_the_rest() {
+        struct Stuck(Arc<(Mutex<bool>, Condvar)>);
+        impl Write for Stuck {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                let (open, cv) = &*self.0;
+                let mut open = open.lock().unwrap();
+                while !*open {
+                    open = cv.wait(open).unwrap();
+                }
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let log = AccessLog::new(Box::new(Stuck(Arc::clone(&gate))), true, counter()).unwrap();
+        let long = "x".repeat(1000);
+        for _ in 0..20_000 {
+            log.record(&entry(&long, ""));
+        }
+        let dropped = log.dropped();
+        // ~1.2 KB a line: 20 MB offered, at most 8 MiB waiting (plus a batch in the writer's hands).
+        assert!(dropped > 10_000, "{dropped} dropped");
+        assert!(log.shared.lock().lines.len() <= MAX_PENDING);
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        drop(log);
+    }
+}
