@@ -6,6 +6,7 @@
 #![no_std]
 
 mod backend;
+mod conn_limits;
 mod flow;
 mod limits;
 mod maglev;
@@ -18,6 +19,7 @@ mod traffic;
 mod vip;
 
 pub use backend::*;
+pub use conn_limits::*;
 pub use flow::*;
 pub use limits::*;
 pub use maglev::*;
@@ -67,9 +69,13 @@ pub mod maps {
     pub const SYN_COOKIES: &str = "XLB_SYN_COOKIES";
     pub const SYN_COOKIE_SECRET: &str = "XLB_SYN_COOKIE_SECRET";
     pub const NAT_SEQ: &str = "XLB_NAT_SEQ";
+    /// Per VIP id: its new-connection limit (`VipConnLimit`, the agent's) and bucket
+    /// (`VipConnBucket`, the program's).
+    pub const VIP_CONN_LIMITS: &str = "XLB_VIP_CONN_LIMITS";
+    pub const VIP_CONN_BUCKETS: &str = "XLB_VIP_CONN_BUCKETS";
     /// The balancer object's maps that every load shares through their pins (the program array
     /// and per-packet scratch maps belong to one load).
-    pub const BALANCER: [&str; 21] = [
+    pub const BALANCER: [&str; 23] = [
         VIPS,
         VIP_INDEX,
         VIP_ADDRS,
@@ -91,6 +97,8 @@ pub mod maps {
         SYN_COOKIES,
         SYN_COOKIE_SECRET,
         NAT_SEQ,
+        VIP_CONN_LIMITS,
+        VIP_CONN_BUCKETS,
     ];
     pub const DECAP_ADDRS: &str = "XLB_DECAP_ADDRS";
     pub const DECAP_STATS: &str = "XLB_DECAP_STATS";
@@ -107,6 +115,9 @@ pub mod programs {
     pub const NAT: &str = "xlb_nat";
     /// Tail-called on drops while `bpf_log` is on (at `PROG_INDEX_LOG` of `maps::PROGS`).
     pub const LOG: &str = "xlb_log";
+    /// Tail-called by the balancer to answer a SYN over a connection limit with a RST (at
+    /// `PROG_INDEX_RESET` of `maps::PROGS`).
+    pub const RESET: &str = "xlb_reset";
     pub const DECAP: &str = "xlb_decap";
     pub const FLOOR: &str = "xlb_floor";
     /// The traffic tool: a live-frames generator and a counting drop.

@@ -8,6 +8,9 @@ pub const PROG_INDEX_NAT: u32 = 0;
 /// Index of the drop-log program (`programs::LOG`): set while `bpf_log` is on, empty otherwise,
 /// so that a drop with logging off costs a failed tail call and nothing else.
 pub const PROG_INDEX_LOG: u32 = 1;
+/// Index of the program that answers a SYN refused by a connection limit with a RST
+/// (`programs::RESET`).
+pub const PROG_INDEX_RESET: u32 = 2;
 
 /// Most NAT source-address pools, and addresses in one pool.
 pub const MAX_NAT_POOLS: u32 = 64;

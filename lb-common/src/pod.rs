@@ -34,5 +34,7 @@ pod!(
     crate::SourceBucket,
     crate::SynCookieSecret,
     crate::SynCookieMeter,
-    crate::NatSeq
+    crate::NatSeq,
+    crate::VipConnLimit,
+    crate::VipConnBucket
 );

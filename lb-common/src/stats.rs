@@ -116,6 +116,12 @@ pub enum Stat {
     SynCookieSynResent,
     /// SYN cookies: a packet of a cookie flow whose sequence state is gone (dropped).
     DropSynCookieNoState,
+    /// Connection limit: a new flow to a VIP that opened new flows faster than its
+    /// `connection_limit` allows (dropped).
+    DropConnLimited,
+    /// Connection limit: a SYN over the VIP's `connection_limit` answered with a RST
+    /// (`on_limit: reset`).
+    ConnLimitReset,
     Count,
 }
 
@@ -191,6 +197,8 @@ impl Stat {
         Stat::SynCookieHandshake,
         Stat::SynCookieSynResent,
         Stat::DropSynCookieNoState,
+        Stat::DropConnLimited,
+        Stat::ConnLimitReset,
     ];
 
     /// Stable snake_case name, used in `xlb stats` and as the metrics label.
@@ -243,6 +251,8 @@ impl Stat {
             Stat::SynCookieHandshake => "syn_cookie_handshake",
             Stat::SynCookieSynResent => "syn_cookie_syn_resent",
             Stat::DropSynCookieNoState => "drop_syn_cookie_no_state",
+            Stat::DropConnLimited => "drop_conn_limited",
+            Stat::ConnLimitReset => "conn_limit_reset",
             Stat::Count => "count",
         }
     }
@@ -304,6 +314,8 @@ impl Stat {
             Stat::SynCookieHandshake => "the backend's SYN-ACK of a cookie flow, answered with its ACK",
             Stat::SynCookieSynResent => "came before the backend answered a cookie flow's SYN: sent as that SYN again",
             Stat::DropSynCookieNoState => "dropped: a cookie flow whose sequence state is gone",
+            Stat::DropConnLimited => "dropped: a new flow over the VIP's connection_limit",
+            Stat::ConnLimitReset => "a SYN over the VIP's connection_limit, answered with a RST",
             Stat::Count => "",
         }
     }
@@ -363,6 +375,7 @@ impl Stat {
                 | Stat::DropSourceLimited
                 | Stat::DropSynCookieInvalid
                 | Stat::DropSynCookieNoState
+                | Stat::DropConnLimited
         )
     }
 }

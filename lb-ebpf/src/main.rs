@@ -17,8 +17,9 @@ use lb_common::{
     ADDR_FLAG_DROP_UNHASHABLE, BACKEND_FLAG_ACTIVE, BACKEND_FLAG_IPIP, Backend, BackendCounters, FILTER_NAT_BACKEND,
     FILTER_NAT_POOL, FILTER_NAT_VIP, FILTER_VIP, FLOW_CONFIRMED, Flow, FlowKey, MAGLEV_TABLE_FLAGS, MAX_BACKENDS,
     MAX_MAGLEV_GROUPS, MAX_VIP_ADDRS, MAX_VIPS, MaglevGroup, NODE_FLAG_DNAT_ONLY, NodeConfig, PROTO_TCP, PROTO_UDP,
-    Stat, StatCounters, VIP_FILTER_SIZE, VIP_FLAG_HASH_SOURCE_ONLY, VIP_FLAG_NAT, VIP_INDEX_PROBES, VIP_INDEX_SIZE,
-    VipAddrKey, VipAddrPolicy, VipKey, VipMeta, VipSlot, addr_bucket, maglev_position, source_hash, vip_index_slot,
+    Stat, StatCounters, VIP_FILTER_SIZE, VIP_FLAG_CONN_LIMIT, VIP_FLAG_HASH_SOURCE_ONLY, VIP_FLAG_NAT,
+    VIP_INDEX_PROBES, VIP_INDEX_SIZE, VipAddrKey, VipAddrPolicy, VipKey, VipMeta, VipSlot, addr_bucket,
+    maglev_position, source_hash, vip_index_slot,
 };
 use lb_ebpf::{
     forward::{encapsulate, rewrite_macs},
@@ -27,6 +28,7 @@ use lb_ebpf::{
 };
 
 mod clock;
+mod conn_limits;
 mod drop_log;
 mod flow_table;
 mod nat_flows;
@@ -96,9 +98,10 @@ static XLB_SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
 /// of the program: a new agent's NAT program never lands in the array the running balancer
 /// tail-calls, so an upgrade switches both programs at once.
 #[btf_map]
-static XLB_PROGS: ProgramArray<2> = ProgramArray::new();
+static XLB_PROGS: ProgramArray<3> = ProgramArray::new();
 const PROG_NAT: u32 = lb_common::PROG_INDEX_NAT;
 const PROG_LOG: u32 = lb_common::PROG_INDEX_LOG;
+const PROG_RESET: u32 = lb_common::PROG_INDEX_RESET;
 
 /// This load of the program: a read-only global the agent sets to a number of its own at each
 /// load. The balancer writes it into the scratch before the tail call and `xlb_nat` checks it,
@@ -216,7 +219,7 @@ fn balancer(ctx: XdpContext) -> u32 {
         return counts.outcome(Stat::PassNotVip);
     }
     let flow = packet.flow_key();
-    direct_inline(&ctx, counts, packet, &flow, node)
+    direct_inline::<true>(&ctx, counts, packet, &flow, node)
 }
 
 /// NAT: new flows, ICMP errors — and direct server return for a DSR VIP
@@ -244,13 +247,28 @@ fn nat(ctx: &XdpContext) -> u32 {
         return counts.outcome(Stat::DropNatUnavailable);
     }
     let (packet, bits, nat) = (&*packet, *bits, *nat);
+    // One place writes and sends the segments the paths ready (a RST, a cookie path's).
+    let mut action = nat_action(&ctx, counts, packet, flow, bits, nat);
+    if action == conn_limits::RESET_WANTED {
+        action = syn_cookies::refuse_syn(&ctx, counts, packet);
+    }
+    if action == syn_cookies::SEGMENT_READY {
+        return syn_cookies::send(&ctx, counts, packet);
+    }
+    action
+}
+
+/// The NAT program's verdict for `packet`, or `syn_cookies::SEGMENT_READY` /
+/// `conn_limits::RESET_WANTED` for the segment `nat` then sends.
+#[inline(always)]
+fn nat_action(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &mut FlowKey, bits: u32, nat: bool) -> u32 {
     if let Some(quoted) = packet.quoted {
         let action =
-            if quoted.too_big != 0 { icmp_error_to_backend(&ctx, counts, packet, &quoted) } else { NOT_HANDLED };
+            if quoted.too_big != 0 { icmp_error_to_backend(ctx, counts, packet, &quoted) } else { NOT_HANDLED };
         if action != NOT_HANDLED {
             return action;
         }
-        let action = if nat { nat_flows::icmp_error(&ctx, counts, packet) } else { NOT_HANDLED };
+        let action = if nat { nat_flows::icmp_error(ctx, counts, packet) } else { NOT_HANDLED };
         if action != NOT_HANDLED {
             return action;
         }
@@ -259,10 +277,7 @@ fn nat(ctx: &XdpContext) -> u32 {
     let has_ports = packet.proto == PROTO_TCP || packet.proto == PROTO_UDP;
     // A backend's packet of a cookie flow (the inlined reply path leaves those here).
     if bits & FILTER_NAT_POOL != 0 && packet.proto == PROTO_TCP {
-        let action = syn_cookies::backend_packet(&ctx, counts, packet);
-        if action == syn_cookies::SEGMENT_READY {
-            return syn_cookies::send(&ctx, counts, packet);
-        }
+        let action = syn_cookies::backend_packet(ctx, counts, packet);
         if action != NOT_HANDLED {
             return action;
         }
@@ -278,35 +293,58 @@ fn nat(ctx: &XdpContext) -> u32 {
         && let Some(meta) = find_vip(packet.daddr, packet.dport, packet.proto, packet.family, VipLookup::MapOnly)
         && meta.flags & VIP_FLAG_NAT != 0
     {
-        // The cookie paths first (answered SYNs, cookie flows, cookies checked), then the rest.
+        // The cookie paths first (answered SYNs, cookie flows, cookies checked), then the rest;
+        // each judges the source policy and connection limit of a flow it would open.
         let mut action = NOT_HANDLED;
         if packet.proto == PROTO_TCP && syn_cookies::enabled(&meta) {
-            action = syn_cookies::cookie_flow(&ctx, counts, packet, flow);
+            action = syn_cookies::cookie_flow(ctx, counts, packet, flow);
             if action == NOT_HANDLED {
-                action = syn_cookies::client(&ctx, counts, packet, flow, &meta);
+                action = syn_cookies::client(ctx, counts, packet, flow, &meta);
             }
         }
         if action == NOT_HANDLED {
-            action = nat_flows::forward_new(&ctx, counts, packet, flow, &meta);
-        }
-        if action == syn_cookies::SEGMENT_READY {
-            return syn_cookies::send(&ctx, counts, packet);
+            action = nat_flows::forward_new(ctx, counts, packet, flow, &meta);
         }
         return action;
     }
-    direct(&ctx, counts, packet, flow, node)
+    direct(ctx, counts, packet, flow, node)
+}
+
+/// A RST for a SYN a connection limit refused: entered by tail call from `xlb_balancer` (whose
+/// frame leaves no room to write a segment, nor its verifier budget to hand over the parsed
+/// packet), it parses the untouched frame again.
+#[xdp]
+pub fn xlb_reset(ctx: XdpContext) -> u32 {
+    let Some(stats) = XLB_STATS.get_ptr_mut(0) else { return xdp_action::XDP_PASS };
+    let counts = Counts(stats);
+    let frame = Frame::new(&ctx);
+    let mut packet = MaybeUninit::uninit();
+    let Ok(packet) = parse(&frame, &mut packet) else { return counts.outcome(Stat::DropConnLimited) };
+    if packet.proto != PROTO_TCP {
+        return counts.outcome(Stat::DropConnLimited);
+    }
+    let action = syn_cookies::refuse_syn(&ctx, counts, packet);
+    if action == syn_cookies::SEGMENT_READY { syn_cookies::send(&ctx, counts, packet) } else { action }
 }
 
 /// `direct_inline` as a separate BPF function, for the NAT program (its frame and NAT's must
 /// never add up on the 512-byte stack).
 #[inline(never)]
 fn direct(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &FlowKey, node: &NodeConfig) -> u32 {
-    direct_inline(ctx, counts, packet, flow, node)
+    direct_inline::<false>(ctx, counts, packet, flow, node)
 }
 
 /// Direct server return (dsr-l2, dsr-ipip): connection table, else the VIP's Maglev table.
+/// `BALANCER`: in `xlb_balancer`, which hands a SYN to answer with a RST to `xlb_reset` (else
+/// the NAT program, which writes it itself).
 #[inline(always)]
-fn direct_inline(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &FlowKey, node: &NodeConfig) -> u32 {
+fn direct_inline<const BALANCER: bool>(
+    ctx: &XdpContext,
+    counts: Counts,
+    packet: &Packet,
+    flow: &FlowKey,
+    node: &NodeConfig,
+) -> u32 {
     let opens = if packet.proto == PROTO_UDP {
         Opens::Udp
     } else if packet.proto == PROTO_TCP && packet.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN {
@@ -329,7 +367,9 @@ fn direct_inline(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &FlowK
     };
     // Not an established flow: the source policy, if the VIP has one. A stale flow (its backend
     // gone) is judged by the lists but not counted as a new flow.
-    if let Some(action) = source_refusal(counts, packet, meta.id, opens != Opens::No && entry.flow.is_none()) {
+    if let Some(action) =
+        source_refusal::<BALANCER>(ctx, counts, packet, &meta, opens != Opens::No && entry.flow.is_none())
+    {
         return action;
     }
     let Some(choice) = choose_backend(counts, &meta, flow, hash, opens, entry) else {
@@ -338,18 +378,36 @@ fn direct_inline(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &FlowK
     send(ctx, counts, packet, node, choice.slot, &choice.backend, hash, choice.new_flow, true)
 }
 
-/// The source policy of VIP `vip_id` (if it has one) on a packet of no established flow that
-/// would open one when `opens`: the drop's verdict if the source is refused (counted by
-/// reason), else `None` (an uncounted admission counted as `source_untracked`).
+/// The source policy of VIP `meta` (if it has one) on a packet of no established flow that
+/// would open one when `opens`, and then its connection limit (if it has one and `opens`): the
+/// drop's verdict if refused (counted by reason), for a SYN to answer with a RST the tail call
+/// to `xlb_reset` (`BALANCER`) or `conn_limits::RESET_WANTED` (the NAT program writes it),
+/// else `None` (an uncounted admission counted as `source_untracked`). One call for both: each
+/// call site costs the balancer's frame spill slots it cannot spare.
 #[inline(always)]
-fn source_refusal(counts: Counts, packet: &Packet, vip_id: u32, opens: bool) -> Option<u32> {
-    if !sources::active(vip_id) {
+fn source_refusal<const BALANCER: bool>(
+    ctx: &XdpContext,
+    counts: Counts,
+    packet: &Packet,
+    meta: &VipMeta,
+    opens: bool,
+) -> Option<u32> {
+    let conn_limit = opens && meta.flags & VIP_FLAG_CONN_LIMIT != 0;
+    if !conn_limit && !sources::active(meta.id) {
         return None;
     }
-    let refused = match sources::judge(packet, vip_id, u32::from(opens)) {
+    let how = u32::from(opens) | if conn_limit { sources::CONN_LIMIT } else { 0 };
+    let refused = match sources::judge(packet, meta.id, how) {
         sources::DENIED => Stat::DropSourceDenied,
         sources::NOT_ALLOWED => Stat::DropSourceNotAllowed,
         sources::LIMITED => Stat::DropSourceLimited,
+        sources::CONN_LIMITED => Stat::DropConnLimited,
+        sources::CONN_RESET if !BALANCER => return Some(conn_limits::RESET_WANTED),
+        sources::CONN_RESET => {
+            // SAFETY: a tail call; `xlb_reset` parses the untouched frame again.
+            unsafe { XLB_PROGS.tail_call(ctx, PROG_RESET) };
+            Stat::DropConnLimited
+        }
         sources::UNTRACKED => {
             counts.bump(Stat::SourceUntracked);
             return None;

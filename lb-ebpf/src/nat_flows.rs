@@ -102,7 +102,7 @@ pub fn forward_new(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &Flo
         return counts.outcome(Stat::DropNatNoFlow);
     }
     // (A cookie's ACK was counted against its source's limit as a SYN; judged by the lists.)
-    if let Some(action) = crate::source_refusal(counts, packet, meta.id, !cookie) {
+    if let Some(action) = crate::source_refusal::<false>(ctx, counts, packet, meta, !cookie) {
         return action;
     }
     // Checked before a source is claimed for a packet that could not be sent.

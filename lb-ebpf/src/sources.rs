@@ -43,6 +43,10 @@ struct Keys {
     slot: u32,
     /// The clock, kept here rather than in a register the lookups would make LLVM spill.
     now: u64,
+    /// `how & CONN_LIMIT`, and the policy's verdict while the connection limit judges: here
+    /// for the same reason.
+    conn_limit: u32,
+    verdict: u32,
 }
 
 #[btf_map]
@@ -59,6 +63,14 @@ pub(crate) const NOT_ALLOWED: u32 = 2;
 pub(crate) const LIMITED: u32 = 3;
 /// Admitted, but both of its prefix's bucket slots were held by prefixes being limited.
 pub(crate) const UNTRACKED: u32 = 4;
+/// The VIP's connection limit refused the flow: drop it, or answer its SYN with a RST.
+pub(crate) const CONN_LIMITED: u32 = 5;
+pub(crate) const CONN_RESET: u32 = 6;
+
+/// `judge`'s `how`: the packet would open a flow (counted against its prefix's bucket)...
+const OPENS: u32 = 1;
+/// ... and against the VIP's connection limit (`conn_limits`), once the source is admitted.
+pub(crate) const CONN_LIMIT: u32 = 2;
 
 /// Whether VIP `vip_id` has a policy to judge by: one array read, inlined by the verifier.
 #[inline(always)]
@@ -68,7 +80,7 @@ pub(crate) fn active(vip_id: u32) -> bool {
 
 /// A map lookup with a key that is not on the stack.
 #[inline(always)]
-fn lookup<M, K, V>(map: &M, key: *const K) -> Option<*mut V> {
+pub(crate) fn lookup<M, K, V>(map: &M, key: *const K) -> Option<*mut V> {
     // SAFETY: `map` is a map definition of this object and `key` points at a whole key of it
     // (in a map value or a global); the helper returns a value pointer or null.
     let value = unsafe { bpf_map_lookup_elem(core::ptr::from_ref(map).cast_mut().cast::<c_void>(), key.cast()) };
@@ -78,10 +90,11 @@ fn lookup<M, K, V>(map: &M, key: *const K) -> Option<*mut V> {
 /// Judges `packet`'s source for VIP `vip_id`: the VIP's allow/deny entries, then the node's (the
 /// longest match of the first list that has one decides); allowed sources pass unlimited; a
 /// source no entry names is refused under `allow_only`, else counted against its prefix's
-/// bucket when `opens` (it would open a flow) is 1. A separate BPF function whose keys and
-/// state live in a per-CPU map, so that it adds (almost) no stack to the balancer's frame.
+/// bucket when `how` has `OPENS` (it would open a flow). An admitted flow then meets the VIP's
+/// connection limit when `how` has `CONN_LIMIT`. A separate BPF function whose keys and state
+/// live in a per-CPU map, so that it adds (almost) no stack to the balancer's frame.
 #[inline(never)]
-pub(crate) fn judge(packet: &Packet, vip_id: u32, opens: u32) -> u32 {
+pub(crate) fn judge(packet: &Packet, vip_id: u32, how: u32) -> u32 {
     let Some(keys) = lookup::<_, u32, Keys>(&XLB_SOURCE_KEYS, core::ptr::from_ref(&XLB_SOURCE_ZERO).cast()) else {
         return ADMIT;
     };
@@ -90,11 +103,20 @@ pub(crate) fn judge(packet: &Packet, vip_id: u32, opens: u32) -> u32 {
     keys.vip_id = vip_id;
     keys.family = u32::from(packet.family);
     keys.saddr = packet.saddr;
-    keys.opens = opens;
+    keys.opens = how & OPENS;
+    keys.conn_limit = how & CONN_LIMIT;
     let Some(policy) = lookup::<_, u32, SourcePolicy>(&XLB_SOURCE_POLICY, &keys.vip_id) else { return ADMIT };
     // SAFETY: a value of the array, valid while the program runs; the agent replaces it whole.
     keys.policy = unsafe { *policy };
-    judge_staged(keys)
+    keys.verdict = judge_staged(keys);
+    if keys.conn_limit == 0 || (keys.verdict != ADMIT && keys.verdict != UNTRACKED) {
+        return keys.verdict;
+    }
+    match crate::conn_limits::judge(&keys.vip_id) {
+        crate::conn_limits::LIMITED => CONN_LIMITED,
+        crate::conn_limits::RESET => CONN_RESET,
+        _ => keys.verdict,
+    }
 }
 
 #[inline(always)]

@@ -156,7 +156,7 @@ pub fn client(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &FlowKey,
         if !on(meta) {
             return NOT_HANDLED;
         }
-        if let Some(action) = crate::source_refusal(counts, packet, meta.id, true) {
+        if let Some(action) = crate::source_refusal::<false>(ctx, counts, packet, meta, true) {
             return action;
         }
         if table_pick(meta, flow, flow.hash()).is_none() {
@@ -208,6 +208,33 @@ fn answer_syn(ctx: &XdpContext, counts: Counts, packet: &Packet, flow: &FlowKey,
         src_mac,
     };
     ready(scratch, 0, Stat::SynCookieSent, NO_SLOT)
+}
+
+/// A RST answering `packet`'s SYN, which a connection limit refused (`on_limit: reset`),
+/// readied for [`send`]: the client learns at once instead of retrying into the limit.
+#[inline(never)]
+pub fn refuse_syn(ctx: &XdpContext, counts: Counts, packet: &Packet) -> u32 {
+    let Some(scratch) = scratch() else { return counts.outcome(Stat::DropConnLimited) };
+    let frame = Frame::new(ctx);
+    let Some((dst_mac, src_mac)) = swapped_macs(&frame) else { return counts.outcome(Stat::TruncatedEth) };
+    let l4 = packet.l3() + packet.ip_header_len();
+    let Some(tcp) = frame.at::<TcpHdr>(l4) else { return counts.outcome(Stat::TruncatedTcp) };
+    // SAFETY: bounds checked by `at`.
+    let isn = unsafe { u32::from_be((*tcp).seq) };
+    scratch.segment = Segment {
+        saddr: packet.daddr,
+        daddr: packet.saddr,
+        sport: packet.dport,
+        dport: packet.sport,
+        seq: 0,
+        ack: isn.wrapping_add(1),
+        window: 0,
+        mss: 0,
+        flags: TCP_FLAG_RST | TCP_FLAG_ACK,
+        dst_mac,
+        src_mac,
+    };
+    ready(scratch, 0, Stat::ConnLimitReset, NO_SLOT)
 }
 
 /// The frame's Ethernet addresses swapped (destination, source): a segment answering it goes
@@ -433,6 +460,7 @@ pub fn send(ctx: &XdpContext, counts: Counts, packet: &Packet) -> u32 {
         x if x == Stat::SynCookieOpened as u32 => Stat::SynCookieOpened,
         x if x == Stat::SynCookieHandshake as u32 => Stat::SynCookieHandshake,
         x if x == Stat::SynCookieSynResent as u32 => Stat::SynCookieSynResent,
+        x if x == Stat::ConnLimitReset as u32 => Stat::ConnLimitReset,
         _ => Stat::SynCookieSent,
     };
     let traffic = (scratch.slot != NO_SLOT).then_some((scratch.slot, frame_len, scratch.new_flow != 0));

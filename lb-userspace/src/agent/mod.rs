@@ -24,6 +24,7 @@ use crate::{
 };
 
 mod config_reader;
+mod conn_limits;
 mod conns;
 mod control;
 mod drop_log;
@@ -226,7 +227,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     desired::check_interfaces(&config, &facts).map_err(|e| anyhow::anyhow!("{}: {e}", opts.config.display()))?;
     let sizes = TableSizes::of(&config.node);
     let pin_dir = opts.iface_pin_dir();
-    let (mut program, maps, adopted) =
+    let (mut program, mut maps, adopted) =
         Loaded::balancer_pinned(sizes, &pin_dir).context("loading the XDP data plane")?;
     let mut drop_log = program.drop_log_switch().context("opening the drop log switch")?;
     drop_log::drain(program.drop_logger().context("opening the drop log")?)?;
@@ -257,6 +258,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let nat_reader = maps.nat_tables().context("opening the NAT tables for xlb conns")?;
     let source_buckets =
         maps.sources.as_ref().map(|s| s.buckets()).transpose().context("opening the source buckets")?;
+    let conn_limit_maps = maps.conn_limits.take();
     let cookie_meters =
         maps.syn_cookies.as_ref().map(|c| c.meter_reader()).transpose().context("opening the SYN cookie meters")?;
     let flow_counter = maps
@@ -361,6 +363,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let _ = shared.nat_reader.set(std::sync::Mutex::new(nat_reader));
     let (housekeeping_stop, housekeeping) =
         housekeeping::start(Arc::clone(&shared), nat_tables, flow_counter, source_buckets, cookie_meters)?;
+    let conn_limits = conn_limit_maps.map(|maps| conn_limits::start(Arc::clone(&shared), maps)).transpose()?;
 
     let explain_at = (pin_dir.clone(), opts.iface.clone());
     let server =
@@ -429,9 +432,16 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // The control thread ends when its last sender goes (after any pass in progress).
     drop(commands);
     drop(housekeeping_stop);
+    let conn_limits = conn_limits.map(|(stop, thread)| {
+        drop(stop);
+        thread
+    });
     let _ = tokio::task::spawn_blocking(move || {
         let _ = control_thread.join();
         let _ = housekeeping.join();
+        if let Some(thread) = conn_limits {
+            let _ = thread.join();
+        }
     })
     .await;
     let _ = std::fs::remove_file(&admin_socket);

@@ -2,6 +2,7 @@
 //! the maps' one writer), with typed maps and pins, NAT housekeeping, `xlb plan`'s dry run and
 //! test-run of the XDP object.
 
+pub mod conn_limits;
 pub mod conns;
 pub mod dataplane;
 pub mod explain;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_saphyr::Location;
 
-use super::{Checker, Config, ConfigError, RawScalar, format_duration, parse_duration};
+use super::{Checker, Config, ConfigError, Mode, Protocol, RawScalar, format_duration, parse_duration};
 
 /// A token bucket: `rate` requests per second on average, `burst` at once.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +25,27 @@ pub struct ConcurrencyLimit {
     pub requests: u32,
     pub scope: Scope,
     pub on_limit: OnLimit,
+}
+
+/// A VIP's new-connection limit (L4, enforced by the XDP program): `rate` new flows per second
+/// over the VIP, `burst` at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnLimit {
+    pub rate: u32,
+    pub burst: u32,
+    pub scope: Scope,
+    pub on_limit: ConnOnLimit,
+}
+
+/// What a new flow over a VIP's connection limit gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConnOnLimit {
+    /// Dropped: the client retries its SYN after its timeout.
+    #[default]
+    Drop,
+    /// A TCP SYN is answered with a RST (the client fails at once); other packets are dropped.
+    Reset,
 }
 
 /// Where a threshold holds.
@@ -88,6 +109,15 @@ pub(super) struct RawConcurrencyLimit {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub(super) struct RawConnLimit {
+    new_per_second: u32,
+    burst: Option<u32>,
+    scope: Option<Scope>,
+    on_limit: Option<ConnOnLimit>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawOnLimit {
     status: Option<u16>,
     body: Option<String>,
@@ -130,6 +160,41 @@ impl Checker<'_> {
             Some(o) => self.check_on_limit(o, at, &format!("{field}.on_limit"), &OnLimit::default())?,
         };
         Ok(RateLimit { rate: raw.requests_per_second, burst, scope: raw.scope.unwrap_or_default(), on_limit })
+    }
+
+    /// A VIP's `connection_limit:` (`field`: its path in the file); `vip` is its mode and
+    /// protocol.
+    pub(super) fn check_conn_limit(
+        &self,
+        raw: RawConnLimit,
+        at: &Location,
+        field: &str,
+        vip: (Mode, Protocol),
+    ) -> Result<ConnLimit, ConfigError> {
+        if vip.0 == Mode::L7 {
+            return Err(self.err(
+                at,
+                field,
+                "applies to VIPs the XDP program serves (dsr-l2, dsr-ipip, nat); an l7 VIP's routes have \
+                 rate_limit and concurrency_limit: use those",
+            ));
+        }
+        let burst = raw.burst.unwrap_or(raw.new_per_second.div_ceil(10).max(1));
+        if !(1..=MAX_RATE).contains(&raw.new_per_second) {
+            return Err(self.err(at, format!("{field}.new_per_second"), format!("use 1 to {MAX_RATE}")));
+        }
+        if !(1..=MAX_RATE).contains(&burst) {
+            return Err(self.err(at, format!("{field}.burst"), format!("use 1 to {MAX_RATE}")));
+        }
+        let on_limit = raw.on_limit.unwrap_or_default();
+        if on_limit == ConnOnLimit::Reset && vip.1 != Protocol::Tcp {
+            return Err(self.err(
+                at,
+                format!("{field}.on_limit"),
+                "reset answers a TCP SYN with a RST; a UDP VIP's refused packets can only be dropped: use drop",
+            ));
+        }
+        Ok(ConnLimit { rate: raw.new_per_second, burst, scope: raw.scope.unwrap_or_default(), on_limit })
     }
 
     /// A route's `concurrency_limit:` (`field`: its path in the file). Refused requests get
@@ -268,6 +333,13 @@ impl Checker<'_> {
             return Ok(());
         }
         for (i, vip) in config.vips.iter().enumerate() {
+            if vip.connection_limit.as_ref().is_some_and(|l| l.scope == Scope::Global) {
+                return Err(self.err(
+                    &Location::UNKNOWN,
+                    format!("vips[{i}].connection_limit.scope"),
+                    "a global limit needs a global_limits section (the Redis server the nodes share); add one or use scope: local",
+                ));
+            }
             let Some(l7) = &vip.l7 else { continue };
             for (j, route) in l7.routes.iter().enumerate() {
                 let global = [
@@ -330,6 +402,38 @@ mod tests {
         assert!(e.contains("concurrency_limit.scope") && e.contains("global_limits section"), "{e}");
         let e = parse_with("{ requests: 0 }", "").unwrap_err().to_string();
         assert!(e.contains("concurrency_limit.requests") && e.contains("1 to 1000000"), "{e}");
+    }
+
+    #[test]
+    fn a_vips_connection_limit_and_its_mistakes() {
+        let vip = |mode: &str, protocol: &str, limit: &str| {
+            format!(
+                "vips:\n  - name: web\n    address: 10.0.0.1\n    port: 80\n    protocol: {protocol}\n    mode: {mode}\n    \
+                 connection_limit: {limit}\n    backends: [{{ address: 10.0.1.1, mac: \"02:00:00:00:00:01\" }}]\n"
+            )
+        };
+        let c =
+            parse(Path::new("xlb.yaml"), &vip("dsr-l2", "tcp", "{ new_per_second: 5000, on_limit: reset }")).unwrap();
+        let l = c.vips[0].connection_limit.clone().unwrap();
+        assert_eq!((l.rate, l.burst, l.scope, l.on_limit), (5000, 500, Scope::Local, ConnOnLimit::Reset));
+        let g = format!("{GLOBAL}{}", vip("dsr-l2", "udp", "{ new_per_second: 50, burst: 5, scope: global }"));
+        let l = parse(Path::new("xlb.yaml"), &g).unwrap().vips[0].connection_limit.clone().unwrap();
+        assert_eq!((l.rate, l.burst, l.scope, l.on_limit), (50, 5, Scope::Global, ConnOnLimit::Drop));
+        let cases = [
+            (vip("dsr-l2", "udp", "{ new_per_second: 5, on_limit: reset }"), "connection_limit.on_limit", "use drop"),
+            (vip("dsr-l2", "tcp", "{ new_per_second: 0 }"), "connection_limit.new_per_second", "1 to 1000000"),
+            (vip("dsr-l2", "tcp", "{ new_per_second: 5, burst: 0 }"), "connection_limit.burst", "1 to 1000000"),
+            (vip("dsr-l2", "tcp", "{ new_per_second: 5, scope: global }"), "connection_limit.scope", "global_limits"),
+        ];
+        for (yaml, field, fix) in cases {
+            let e = parse(Path::new("xlb.yaml"), &yaml).unwrap_err().to_string();
+            assert!(e.contains(field) && e.contains(fix), "{yaml}: {e}");
+        }
+        let l7 = L7
+            .replace("          rate_limit: LIMIT\n", "")
+            .replace("    mode: l7\n", "    mode: l7\n    connection_limit: { new_per_second: 5 }\n");
+        let e = parse(Path::new("xlb.yaml"), &l7).unwrap_err().to_string();
+        assert!(e.contains("vips[0].connection_limit") && e.contains("rate_limit and concurrency_limit"), "{e}");
     }
 
     #[test]

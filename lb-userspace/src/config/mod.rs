@@ -43,7 +43,7 @@ pub(crate) use check::{network, read_certificates};
 pub use error::ConfigError;
 pub use incremental::{LastRead, VipItemCache};
 pub use keys::{backend_identities, backend_identity, endpoint, ip_from_words, ip_words, vip_key};
-pub use limits::{ConcurrencyLimit, GlobalLimits, OnLimit, RateLimit, Scope};
+pub use limits::{ConcurrencyLimit, ConnLimit, ConnOnLimit, GlobalLimits, OnLimit, RateLimit, Scope};
 pub use model::{
     AgentListeners, Backend, BfdConfig, BgpConfig, BgpPeer, CheckKind, Config, DEFAULT_PANIC_THRESHOLD,
     DEFAULT_TABLE_SIZE, GrpcCheck, HashFields, HealthCheck, HttpCheck, Mode, NatPool, NewFlowLimit, Node, Protocol,

@@ -232,6 +232,8 @@ pub struct Vip {
     pub sources: SourcePolicy,
     /// `mode: nat`, TCP: whether the data plane answers SYNs with cookies.
     pub syn_cookies: SynCookies,
+    /// New flows per second over the whole VIP (the XDP program enforces it).
+    pub connection_limit: Option<super::ConnLimit>,
 }
 
 /// `syn_cookies:` of a NAT VIP: SYNs answered by the data plane with a cookie, a pool port

@@ -142,6 +142,7 @@ pub(super) struct RawVip {
     pub(super) l7: Option<Spanned<l7::RawL7>>,
     pub(super) sources: Option<Spanned<RawSources>>,
     pub(super) syn_cookies: Option<Spanned<RawSynCookies>>,
+    pub(super) connection_limit: Option<Spanned<super::limits::RawConnLimit>>,
 }
 
 /// `syn_cookies:` as written: a word (`off`, `always`), or a mapping (`{ above: N }`); any

@@ -352,7 +352,8 @@ fn desired_vip(vip: &Vip, config: &Config, facts: &NodeFacts, states: &BackendSt
                 SynCookies::Off => 0,
                 SynCookies::Always => VIP_FLAG_SYN_COOKIES,
                 SynCookies::Above(_) => VIP_FLAG_SYN_COOKIES_AUTO,
-            },
+            }
+            | if vip.connection_limit.is_some() { lb_common::VIP_FLAG_CONN_LIMIT } else { 0 },
         backend_flags: match vip.mode {
             Mode::DsrL2 | Mode::Nat | Mode::L7 => 0,
             Mode::DsrIpip => BACKEND_FLAG_IPIP,
@@ -436,6 +437,7 @@ mod tests {
             l7: None,
             sources: Default::default(),
             syn_cookies: SynCookies::Off,
+            connection_limit: None,
         }
     }
 

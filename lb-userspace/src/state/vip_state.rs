@@ -141,6 +141,7 @@ mod tests {
             l7: None,
             sources: Default::default(),
             syn_cookies: Default::default(),
+            connection_limit: None,
         };
         Config { vips: vec![vip], ..Default::default() }
     }

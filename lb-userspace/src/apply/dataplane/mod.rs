@@ -65,11 +65,13 @@ mod decap;
 pub mod drop_log;
 mod flow_view;
 pub use flow_view::{FlowTableCounter, FlowTableUsage};
+mod conn_limits;
 pub mod link_state;
 mod readers;
 mod shadow;
 mod sizes;
 mod sources;
+pub use conn_limits::ConnLimitMaps;
 pub use sources::{RuleKey, SourceBuckets, SourceMaps};
 mod syn_cookies;
 pub use syn_cookies::{SynCookieMaps, SynCookieMeters};
@@ -185,6 +187,8 @@ pub struct Maps {
     pub sources: Option<SourceMaps>,
     /// `None` for builds from before SYN cookies.
     pub syn_cookies: Option<SynCookieMaps>,
+    /// `None` for builds from before connection limits; taken by the limits thread.
+    pub conn_limits: Option<ConnLimitMaps>,
     /// Second fds on the maps that readers on other threads use (counters, NAT housekeeping).
     readers: readers::Fds,
 }
@@ -253,6 +257,7 @@ impl Maps {
             cpus,
             sources: SourceMaps::take(ebpf)?,
             syn_cookies: SynCookieMaps::take(ebpf)?,
+            conn_limits: ConnLimitMaps::take(ebpf)?,
             readers,
         })
     }
@@ -570,22 +575,31 @@ impl Loaded {
         Ok(removed)
     }
 
-    /// Loads the balancer's NAT program and puts it where the balancer tail-calls it (replacing
-    /// a previous agent's in a pinned program array).
+    /// Loads the balancer's NAT program and the one that answers SYNs over a connection limit
+    /// with a RST (builds from before it have none), and puts them where the balancer
+    /// tail-calls them (replacing a previous agent's in a pinned program array).
     fn load_nat(&mut self) -> Result<(), DataplaneError> {
-        let name = programs::NAT;
+        self.load_tail(programs::NAT, lb_common::PROG_INDEX_NAT)?;
+        if self.ebpf.program(programs::RESET).is_some() {
+            self.load_tail(programs::RESET, lb_common::PROG_INDEX_RESET)?;
+        }
+        Ok(())
+    }
+
+    /// Loads program `name` and puts it at `index` of the balancer's program array.
+    fn load_tail(&mut self, name: &'static str, index: u32) -> Result<(), DataplaneError> {
         let program = |source| DataplaneError::Program { name, source: Box::new(source) };
-        let nat: &mut Xdp = self
+        let prog: &mut Xdp = self
             .ebpf
             .program_mut(name)
             .ok_or(DataplaneError::Missing { kind: "program", name })?
             .try_into()
             .map_err(program)?;
-        nat.load().map_err(program)?;
-        let fd = nat.fd().map_err(program)?.try_clone().map_err(|e| program(ProgramError::IOError(e)))?;
+        prog.load().map_err(program)?;
+        let fd = prog.fd().map_err(program)?.try_clone().map_err(|e| program(ProgramError::IOError(e)))?;
         let map = self.ebpf.map_mut(maps::PROGS).ok_or(DataplaneError::Missing { kind: "map", name: maps::PROGS })?;
         let mut progs = ProgramArray::try_from(map).map_err(map_err(maps::PROGS))?;
-        progs.set(lb_common::PROG_INDEX_NAT, &fd, 0).map_err(map_err(maps::PROGS))
+        progs.set(index, &fd, 0).map_err(map_err(maps::PROGS))
     }
 
     /// Loads the decapsulation program.

@@ -269,6 +269,15 @@ impl Checker<'_> {
                 self.check_syn_cookies(&field("syn_cookies"), vip, &cookies.value, &cookies.referenced)?
             }
         };
+        let connection_limit = match raw.connection_limit {
+            None => None,
+            Some(limit) => Some(self.check_conn_limit(
+                limit.value,
+                &limit.referenced,
+                &field("connection_limit"),
+                (raw.mode, raw.protocol),
+            )?),
+        };
         let sources = match raw.sources {
             None => SourcePolicy::default(),
             Some(sources) if raw.mode == Mode::L7 => {
@@ -318,6 +327,7 @@ impl Checker<'_> {
             l7,
             sources,
             syn_cookies,
+            connection_limit,
         })
     }
 

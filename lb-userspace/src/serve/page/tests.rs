@@ -34,6 +34,7 @@ fn vip(name: &str, host: u8, backends: usize) -> Vip {
         l7: None,
         sources: Default::default(),
         syn_cookies: Default::default(),
+        connection_limit: None,
     }
 }
 

@@ -120,6 +120,12 @@ impl Share {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Sets the counts from a counter kept elsewhere (a VIP's bucket in the data plane).
+    pub fn observe_totals(&self, admitted: u64, limited: u64) {
+        self.admitted.store(admitted, Ordering::Relaxed);
+        self.limited.store(limited, Ordering::Relaxed);
+    }
+
     /// Requests seen (admitted or not) since the last call.
     pub fn take_seen(&self) -> u64 {
         let (admitted, limited) = self.totals();
