@@ -9,6 +9,9 @@
 //!   progress over both than the threshold (a local limit would let each node take that many).
 //! - Redis stops: every node falls back to threshold ÷ the nodes it learned (`xlb status` says
 //!   so) and the total still holds; Redis back: the nodes share through it again.
+//! - An L4 VIP's global connection limit (enforced in XDP, refused SYNs answered with a RST):
+//!   the connections the backends answer over both nodes stay within ±10 % of the threshold,
+//!   each node's bucket at its share; Redis away: each node at threshold ÷ 2, still within.
 
 use std::{
     io::{Read, Write},
@@ -22,7 +25,7 @@ use std::{
 
 use xlb::sources::limits::{LimitMode, LimitsView};
 use xlb_tests::{
-    http_load::{HttpLoadOutcome, get_status, http_load, redis_server as redis_server_command},
+    http_load::{HttpLoadOutcome, get_status, http_load, redis_server as redis_server_command, tcp_load},
     netns::wait_for,
     require_root,
     topology::{Topology, backend_v4, node_v4},
@@ -52,7 +55,11 @@ fn config(node: usize) -> String {
 
 /// The router's route to the VIP: ECMP over `nodes`.
 fn route_over(topo: &Topology, nodes: usize) {
-    let mut args: Vec<String> = ["route", "replace", &format!("{VIP}/32")].iter().map(|s| s.to_string()).collect();
+    route_vip_over(topo, VIP, nodes);
+}
+
+fn route_vip_over(topo: &Topology, vip: &str, nodes: usize) {
+    let mut args: Vec<String> = ["route", "replace", &format!("{vip}/32")].iter().map(|s| s.to_string()).collect();
     for i in 0..nodes {
         args.extend(["nexthop".into(), "via".into(), node_v4(i)]);
     }
@@ -83,11 +90,15 @@ fn load(topo: &Topology) -> HttpLoadOutcome {
 }
 
 fn within(outcome: &HttpLoadOutcome, what: &str) {
+    within_of(outcome, THRESHOLD, what);
+}
+
+fn within_of(outcome: &HttpLoadOutcome, threshold: u32, what: &str) {
     let rate = outcome.ok_per_second;
-    let (low, high) = (f64::from(THRESHOLD) * (1.0 - TOLERANCE), f64::from(THRESHOLD) * (1.0 + TOLERANCE));
+    let (low, high) = (f64::from(threshold) * (1.0 - TOLERANCE), f64::from(threshold) * (1.0 + TOLERANCE));
     assert!(
         (low..=high).contains(&rate),
-        "{what}: {rate:.1} admitted/s, not within ±10 % of {THRESHOLD} ({outcome:?})"
+        "{what}: {rate:.1} admitted/s, not within ±10 % of {threshold} ({outcome:?})"
     );
     assert!(outcome.limited > outcome.attempts / 3, "{what}: the load was not far above the threshold: {outcome:?}");
 }
@@ -263,4 +274,56 @@ fn a_global_concurrency_limit_holds_over_two_nodes() {
     assert!(refused > 0, "the nodes counted their refusals");
     stop.store(true, Ordering::Relaxed);
     let _ = backend.join();
+}
+
+/// The L4 VIP with a global connection limit, and its threshold (new connections/s).
+const VIP_L4: &str = "10.210.100.8";
+const CONN_THRESHOLD: u32 = 100;
+
+fn l4_config(node: usize) -> String {
+    format!(
+        "global_limits:\n  redis: {redis}:6379\n  node: lb{node}\n  nodes: 2\n  renew_every: 100ms\n\
+         vips:\n  - name: tcp\n    address: {VIP_L4}\n    port: 80\n    protocol: tcp\n    mode: dsr-l2\n    \
+         connection_limit: {{ new_per_second: {CONN_THRESHOLD}, burst: 10, scope: global, on_limit: reset }}\n    \
+         backends:\n      - {{ address: {b0} }}\n      - {{ address: {b1} }}\n",
+        redis = backend_v4(2),
+        b0 = backend_v4(0),
+        b1 = backend_v4(1),
+    )
+}
+
+#[test]
+fn a_global_connection_limit_holds_in_xdp_over_two_nodes_and_falls_back_without_redis() {
+    require_root!();
+    let mut topo = Topology::edge(2, 2, 3, &[VIP_L4]);
+    topo.serve(VIP_L4, 80);
+    let redis = redis_server(&mut topo);
+    for i in 0..2 {
+        topo.start_agent_on(i, &l4_config(i), &[]);
+    }
+    route_vip_over(&topo, VIP_L4, 2);
+    wait_mode(&topo, 2, LimitMode::Shared, Some(2), "both nodes sharing through Redis");
+    let vip: SocketAddr = format!("{VIP_L4}:80").parse().expect("address");
+
+    let shared = tcp_load(&topo.clients, vip, THREADS, PHASE, SETTLE);
+    eprintln!("L4, two nodes: {shared:?}");
+    within_of(&shared, CONN_THRESHOLD, "L4, two nodes");
+    assert!(shared.limited > shared.attempts / 3, "refused with RSTs, far above the threshold: {shared:?}");
+    let views: Vec<LimitsView> = (0..2).map(|i| limits_of(&topo, i).expect("limits")).collect();
+    let share_sum: f64 = views.iter().map(|v| v.limits[0].share).sum();
+    assert!(
+        (share_sum - f64::from(CONN_THRESHOLD)).abs() < f64::from(CONN_THRESHOLD) * TOLERANCE,
+        "the shares add up to the threshold: {views:?}"
+    );
+    assert!(views.iter().all(|v| v.limits[0].name == "tcp#connections" && v.limits[0].limited > 0), "{views:?}");
+    for i in 0..2 {
+        let refused = topo.stats_of(i).expect("stats").counter("conn_limit_reset").expect("counter");
+        assert!(refused > 0, "node {i} answered refused SYNs with RSTs");
+    }
+
+    topo.agent(redis).signal_and_wait(libc::SIGKILL, Duration::from_secs(5));
+    wait_mode(&topo, 2, LimitMode::Fallback, Some(2), "both nodes in fallback");
+    let fallback = tcp_load(&topo.clients, vip, THREADS, PHASE, SETTLE);
+    eprintln!("L4, Redis away: {fallback:?}");
+    within_of(&fallback, CONN_THRESHOLD, "L4, Redis away");
 }

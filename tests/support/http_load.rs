@@ -1,6 +1,7 @@
-//! Closed-loop HTTP load well above a rate limit: threads in each client's namespace send
-//! `GET /` on a fresh connection each time (so an ECMP router spreads them over the nodes),
-//! as fast as answers come, for a set time; what came back is counted by status.
+//! Closed-loop load well above a rate limit: threads in each client's namespace send `GET /`
+//! (or, for an L4 VIP, a line a TCP server answers) on a fresh connection each time (so an
+//! ECMP router spreads them over the nodes), as fast as answers come, for a set time; what came
+//! back is counted: answered, limited (429, or a connection reset), or anything else.
 
 use std::{
     io::{Read, Write},
@@ -13,18 +14,25 @@ use crate::netns::Netns;
 /// What the clients got.
 #[derive(Debug, Default, Clone)]
 pub struct HttpLoadOutcome {
-    /// 200s after the settling time, per second.
+    /// Answers (200s) after the settling time, per second.
     pub ok_per_second: f64,
     pub ok: usize,
-    /// 429s.
+    /// 429s or connections reset.
     pub limited: usize,
     /// Anything else (refused, timed out, other statuses).
     pub other: usize,
     pub attempts: usize,
 }
 
+/// How one request went.
+pub enum Attempt {
+    Answered,
+    Limited,
+    Other,
+}
+
 /// Requests from `threads` threads in each of `clients` for `duration` (at most 100 000 each);
-/// 200s in the first `settle` are left out of the rate.
+/// answers in the first `settle` are left out of the rate.
 pub fn http_load(
     clients: &[Netns],
     vip: SocketAddr,
@@ -32,11 +40,55 @@ pub fn http_load(
     duration: Duration,
     settle: Duration,
 ) -> HttpLoadOutcome {
+    load(clients, vip, threads, duration, settle, |vip| match get_status(vip, "/", Duration::from_secs(2)) {
+        Some(200) => Attempt::Answered,
+        Some(429) => Attempt::Limited,
+        _ => Attempt::Other,
+    })
+}
+
+/// `http_load` for an L4 VIP: each connection sends a line and waits for the server's answer;
+/// a connection the load balancer refuses with a RST counts as limited.
+pub fn tcp_load(
+    clients: &[Netns],
+    vip: SocketAddr,
+    threads: usize,
+    duration: Duration,
+    settle: Duration,
+) -> HttpLoadOutcome {
+    load(clients, vip, threads, duration, settle, |vip| {
+        let mut stream = match TcpStream::connect_timeout(&vip, Duration::from_secs(1)) {
+            Ok(stream) => stream,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                // A RST comes back in microseconds: pause, so that a thread's attempts stay far
+                // below its cap for the whole run (and still far above the limit).
+                std::thread::sleep(Duration::from_micros(200));
+                return Attempt::Limited;
+            }
+            Err(_) => return Attempt::Other,
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut answer = [0u8; 16];
+        match stream.write_all(b"hello\n").and_then(|()| stream.read(&mut answer)) {
+            Ok(n) if n > 0 => Attempt::Answered,
+            _ => Attempt::Other,
+        }
+    })
+}
+
+fn load(
+    clients: &[Netns],
+    vip: SocketAddr,
+    threads: usize,
+    duration: Duration,
+    settle: Duration,
+    request: fn(SocketAddr) -> Attempt,
+) -> HttpLoadOutcome {
     let started = Instant::now();
     let handles: Vec<_> = clients
         .iter()
         .flat_map(|client| {
-            (0..threads).map(|_| client.run(move || one_thread(vip, started, duration))).collect::<Vec<_>>()
+            (0..threads).map(|_| client.run(move || one_thread(vip, started, duration, request))).collect::<Vec<_>>()
         })
         .collect();
     let mut outcome = HttpLoadOutcome::default();
@@ -51,17 +103,22 @@ pub fn http_load(
     outcome
 }
 
-/// The 200s' times since `started`, the 429s, and the rest.
-fn one_thread(vip: SocketAddr, started: Instant, duration: Duration) -> (Vec<Duration>, usize, usize) {
+/// The answers' times since `started`, the limited, and the rest.
+fn one_thread(
+    vip: SocketAddr,
+    started: Instant,
+    duration: Duration,
+    request: fn(SocketAddr) -> Attempt,
+) -> (Vec<Duration>, usize, usize) {
     let (mut ok, mut limited, mut other) = (Vec::new(), 0, 0);
     for _ in 0..100_000 {
         if started.elapsed() >= duration {
             break;
         }
-        match get_status(vip, "/", Duration::from_secs(2)) {
-            Some(200) => ok.push(started.elapsed()),
-            Some(429) => limited += 1,
-            _ => other += 1,
+        match request(vip) {
+            Attempt::Answered => ok.push(started.elapsed()),
+            Attempt::Limited => limited += 1,
+            Attempt::Other => other += 1,
         }
     }
     (ok, limited, other)
