@@ -25,6 +25,7 @@ pub struct HttpLoadOutcome {
 }
 
 /// How one request went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Attempt {
     Answered,
     Limited,
