@@ -319,6 +319,11 @@ fn a_global_connection_limit_holds_in_xdp_over_two_nodes_and_falls_back_without_
     for i in 0..2 {
         let refused = topo.stats_of(i).expect("stats").counter("conn_limit_reset").expect("counter");
         assert!(refused > 0, "node {i} answered refused SYNs with RSTs");
+        let status = String::from_utf8_lossy(&topo.xlb_on(i, &["status"]).stdout).into_owned();
+        assert!(
+            status.lines().any(|l| l.trim_start().starts_with("tcp ") && l.contains("global") && l.contains("rst")),
+            "node {i}: the VIP's connection limit in xlb status:\n{status}"
+        );
     }
 
     topo.agent(redis).signal_and_wait(libc::SIGKILL, Duration::from_secs(5));

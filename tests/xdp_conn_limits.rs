@@ -9,7 +9,7 @@ use etherparse::{NetHeaders, PacketHeaders, TransportHeader};
 use lb_common::Stat;
 use xlb::{
     apply::{
-        conn_limits::{ConnLimitWriter, LimitedVip, limited_vips},
+        conn_limits::{ConnLimitStatus, ConnLimitWriter, LimitedVip, limited_vips},
         testrun::XdpAction,
     },
     sources::limits::GlobalLimiter,
@@ -97,12 +97,12 @@ impl Limited {
         limited
     }
 
-    /// What the agent's limits thread does after a pass.
-    fn write(&mut self) {
+    /// What the agent's limits thread does after a pass; what it would publish.
+    fn write(&mut self) -> Vec<ConnLimitStatus> {
         let vips = limited_vips(&self.lb.config, self.lb.reconciler.applied());
         let vips: Vec<LimitedVip<'_>> =
             vips.iter().map(|(id, name, limit)| LimitedVip { id: *id, name, limit }).collect();
-        self.writer.refresh(&vips, &self.limiter).expect("limits written");
+        self.writer.refresh(&vips, &self.limiter, true).expect("limits written")
     }
 
     fn bucket(&self, vip: &str) -> (u64, u64) {
@@ -169,7 +169,7 @@ fn expect_reset(lb: &Balancer, frame: &[u8], client: &str, vip: &str, sport: u16
 #[test]
 fn a_vip_admits_its_burst_then_drops_new_flows_while_established_ones_and_other_vips_go_on() {
     require_root!();
-    let limited = Limited::new(CONFIG);
+    let mut limited = Limited::new(CONFIG);
     let lb = &limited.lb;
     for port in 0..3 {
         expect(lb, &syn("198.51.100.1", "192.0.2.20", 1000 + port), None, "within the burst");
@@ -193,6 +193,16 @@ fn a_vip_admits_its_burst_then_drops_new_flows_while_established_ones_and_other_
     expect(lb, &udp(1), None, "a known UDP flow");
     assert_eq!(limited.bucket("drop4"), (3, 2), "the TCP VIP's bucket: admitted, limited");
     assert_eq!(limited.bucket("dns4"), (2, 1), "the UDP VIP's bucket");
+    // What `xlb status` and `/metrics` show.
+    let statuses = limited.write();
+    let drop4 = statuses.iter().find(|s| s.vip == "drop4").expect("drop4 reported");
+    assert_eq!((drop4.global, drop4.rate, drop4.reset, drop4.admitted, drop4.limited), (false, 1.0, false, 3, 2));
+    assert!(!statuses.iter().any(|s| s.vip == "free4"), "a VIP without a limit is not reported");
+    let text = ConnLimitStatus::render(&statuses);
+    assert!(
+        text.contains("connection limits:") && text.lines().any(|l| l.contains("drop4") && l.contains("drop")),
+        "{text}"
+    );
 }
 
 #[test]

@@ -15,6 +15,8 @@ use crate::{
 
 /// How often the rates follow the shares (half the default renewal).
 const TICK: Duration = Duration::from_millis(50);
+/// Every how many ticks the statuses are read and published (once a second).
+const REPORT_EVERY: u32 = 20;
 
 /// Starts the thread; it stops when the returned sender is dropped.
 pub(super) fn start(
@@ -28,7 +30,13 @@ pub(super) fn start(
         let mut seen: Option<Arc<AgentView>> = None;
         let mut limited: Vec<(u32, String, ConnLimit)> = Vec::new();
         let mut failing = false;
-        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(TICK) {
+        let mut tick = 0u32;
+        // At once, then every tick until stopped.
+        let mut wait = Duration::ZERO;
+        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(wait) {
+            wait = TICK;
+            let report = tick.is_multiple_of(REPORT_EVERY);
+            tick = tick.wrapping_add(1);
             let view = shared.view.load_full();
             if seen.as_ref().is_none_or(|s| !Arc::ptr_eq(s, &view)) {
                 limited = limited_vips(&view.config, &view.applied);
@@ -36,12 +44,16 @@ pub(super) fn start(
             }
             let vips: Vec<LimitedVip<'_>> =
                 limited.iter().map(|(id, name, limit)| LimitedVip { id: *id, name, limit }).collect();
-            match writer.refresh(&vips, &shared.global_limits) {
-                Ok(()) if failing => {
-                    tracing::info!("connection limits written again");
-                    failing = false;
+            match writer.refresh(&vips, &shared.global_limits, report) {
+                Ok(statuses) => {
+                    if report {
+                        shared.conn_limits.store(Arc::new(statuses));
+                    }
+                    if failing {
+                        tracing::info!("connection limits written again");
+                        failing = false;
+                    }
                 }
-                Ok(()) => {}
                 Err(e) if !failing => {
                     tracing::warn!(error = %e, "writing the connection limits failed; retrying every {TICK:?}");
                     failing = true;

@@ -95,6 +95,8 @@ pub struct Shared {
     pub l7: Mutex<l7::Tier>,
     /// Global limits' shares and their state (read without the L7 tier's lock).
     pub global_limits: GlobalLimiter,
+    /// What the VIPs' connection limits did, published by the limits thread every second.
+    pub conn_limits: ArcSwap<Vec<crate::apply::conn_limits::ConnLimitStatus>>,
     /// What the speaker announces.
     pub announce: watch::Sender<Announce>,
     pub health: watch::Receiver<HealthMap>,
@@ -142,6 +144,7 @@ impl Shared {
             usage: Mutex::new(Usage::default()),
             speaker: Mutex::new(None),
             global_limits: l7.global_limits().clone(),
+            conn_limits: ArcSwap::from_pointee(Vec::new()),
             l7: Mutex::new(l7),
             // Nothing until XDP is attached.
             announce: watch::Sender::new(Announce::new()),
@@ -215,6 +218,7 @@ impl Shared {
             state: Some(Box::new(view.state.clone())),
             interfaces: lock(&self.attachments).clone(),
             global_limits: Some(self.global_limits.view()).filter(|v| v.mode != LimitMode::Off).map(|v| (*v).clone()),
+            conn_limits: (**self.conn_limits.load()).clone(),
         }
     }
 
@@ -270,6 +274,7 @@ impl Shared {
         let snapshot = self.snapshot_of(&view).map_err(|e| e.to_string())?;
         let mut l7 = lock(&self.l7).metrics().gather();
         l7.extend(limits::gather(&self.global_limits.view()));
+        l7.extend(crate::apply::conn_limits::ConnLimitStatus::gather(&self.conn_limits.load()));
         Ok(metrics::render(
             &snapshot,
             &metrics::AgentInfo {

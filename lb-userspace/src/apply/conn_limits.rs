@@ -6,6 +6,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use prometheus::{GaugeVec, IntCounterVec, Opts, Registry, proto::MetricFamily};
+use serde::{Deserialize, Serialize};
+
 use lb_common::{CONN_LIMIT_RESET, VIP_FLAG_CONN_LIMIT, VipConnBucket, VipConnLimit, VipKey};
 
 use crate::{
@@ -43,6 +46,81 @@ pub fn limit_value(limit: &ConnLimit, share: Option<f64>) -> VipConnLimit {
         tolerance_ns: burst.saturating_sub(1).saturating_mul(interval_ns),
         flags: if limit.on_limit == ConnOnLimit::Reset { CONN_LIMIT_RESET } else { 0 },
         pad: 0,
+    }
+}
+
+/// What one VIP's connection limit does on this node (`xlb status`, `/metrics`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConnLimitStatus {
+    pub vip: String,
+    pub global: bool,
+    /// New flows/s this node admits now (a global limit's share).
+    pub rate: f64,
+    pub reset: bool,
+    /// New flows the VIP's bucket admitted and refused (since the limit was set at its id).
+    pub admitted: u64,
+    pub limited: u64,
+}
+
+// Its rate is a share, never NaN: equality is total here.
+impl Eq for ConnLimitStatus {}
+
+impl ConnLimitStatus {
+    /// The lines `xlb status` shows for `limits`.
+    pub fn render(limits: &[ConnLimitStatus]) -> String {
+        if limits.is_empty() {
+            return String::new();
+        }
+        let mut out = format!(
+            "connection limits:\n  {:<32} {:>7} {:>10} {:>6} {:>12} {:>12}\n",
+            "vip", "scope", "new/s", "refuse", "admitted", "limited"
+        );
+        for l in limits {
+            out.push_str(&format!(
+                "  {:<32} {:>7} {:>10.1} {:>6} {:>12} {:>12}\n",
+                l.vip,
+                if l.global { "global" } else { "local" },
+                l.rate,
+                if l.reset { "rst" } else { "drop" },
+                l.admitted,
+                l.limited
+            ));
+        }
+        out
+    }
+
+    /// `limits` as metric families.
+    pub fn gather(limits: &[ConnLimitStatus]) -> Vec<MetricFamily> {
+        if limits.is_empty() {
+            return Vec::new();
+        }
+        Self::build(limits).map(|registry| registry.gather()).unwrap_or_default()
+    }
+
+    fn build(limits: &[ConnLimitStatus]) -> prometheus::Result<Registry> {
+        let registry = Registry::new();
+        let labels = &["vip"];
+        let rate = GaugeVec::new(
+            Opts::new("xlb_conn_limit_rate", "New flows/s the VIP's connection limit admits on this node now."),
+            labels,
+        )?;
+        let admitted = IntCounterVec::new(
+            Opts::new("xlb_conn_limit_admitted_total", "New flows the VIP's connection limit admitted on this node."),
+            labels,
+        )?;
+        let limited = IntCounterVec::new(
+            Opts::new("xlb_conn_limit_limited_total", "New flows the VIP's connection limit refused on this node."),
+            labels,
+        )?;
+        for l in limits {
+            rate.with_label_values(&[l.vip.as_str()]).set(l.rate);
+            admitted.with_label_values(&[l.vip.as_str()]).inc_by(l.admitted);
+            limited.with_label_values(&[l.vip.as_str()]).inc_by(l.limited);
+        }
+        registry.register(Box::new(rate))?;
+        registry.register(Box::new(admitted))?;
+        registry.register(Box::new(limited))?;
+        Ok(registry)
     }
 }
 
@@ -86,21 +164,38 @@ impl ConnLimitWriter {
     }
 
     /// Writes every limit that changed and clears those gone; a global limit's share is fed
-    /// its bucket's counts first.
-    pub fn refresh(&mut self, vips: &[LimitedVip<'_>], limiter: &GlobalLimiter) -> Result<(), DataplaneError> {
+    /// its bucket's counts first. With `report`, every VIP's status (its bucket read too).
+    pub fn refresh(
+        &mut self,
+        vips: &[LimitedVip<'_>],
+        limiter: &GlobalLimiter,
+        report: bool,
+    ) -> Result<Vec<ConnLimitStatus>, DataplaneError> {
         let mut wanted = BTreeMap::new();
         let mut global = BTreeSet::new();
+        let mut statuses = Vec::new();
         for vip in vips {
-            let share = match vip.limit.scope {
-                Scope::Local => None,
-                Scope::Global => {
+            let global_limit = vip.limit.scope == Scope::Global;
+            let bucket = if global_limit || report { Some(self.maps.bucket(vip.id)?) } else { None };
+            let share = match (global_limit, bucket) {
+                (true, Some(bucket)) => {
                     global.insert(vip.name);
                     let share = self.share(vip.name, vip.limit, limiter);
-                    let bucket = self.maps.bucket(vip.id)?;
                     share.observe_totals(bucket.admitted, bucket.limited);
                     Some(share.rate())
                 }
+                _ => None,
             };
+            if let Some(bucket) = bucket.filter(|_| report) {
+                statuses.push(ConnLimitStatus {
+                    vip: vip.name.to_owned(),
+                    global: global_limit,
+                    rate: share.unwrap_or(f64::from(vip.limit.rate)),
+                    reset: vip.limit.on_limit == ConnOnLimit::Reset,
+                    admitted: bucket.admitted,
+                    limited: bucket.limited,
+                });
+            }
             wanted.insert(vip.id, limit_value(vip.limit, share));
         }
         self.shares.retain(|name, _| global.contains(name.as_str()));
@@ -122,7 +217,7 @@ impl ConnLimitWriter {
             self.maps.clear_bucket(id)?;
             self.written.remove(&id);
         }
-        Ok(())
+        Ok(statuses)
     }
 }
 

@@ -102,6 +102,9 @@ pub struct NodeState {
     /// `scope: global` limits: shared through Redis or in fallback, and this node's shares.
     #[serde(default)]
     pub global_limits: Option<crate::sources::limits::LimitsView>,
+    /// The VIPs' connection limits on this node.
+    #[serde(default)]
+    pub conn_limits: Vec<crate::apply::conn_limits::ConnLimitStatus>,
 }
 
 /// XDP on one of the agent's interfaces.
@@ -210,6 +213,7 @@ impl NodeState {
         if let Some(limits) = &self.global_limits {
             out.push_str(&limits.render());
         }
+        out.push_str(&crate::apply::conn_limits::ConnLimitStatus::render(&self.conn_limits));
         if !self.peers.is_empty() {
             out.push_str(&format!("announced: {announced}\n"));
             out.push_str(&format!(
@@ -435,6 +439,7 @@ mod tests {
             state: None,
             interfaces: Vec::new(),
             global_limits: None,
+            conn_limits: Vec::new(),
         }
     }
 

@@ -124,6 +124,7 @@ fn node() -> NodeState {
         state: None,
         interfaces: Vec::new(),
         global_limits: None,
+        conn_limits: Vec::new(),
     }
 }
 
