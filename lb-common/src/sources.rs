@@ -144,6 +144,30 @@ pub fn source_mask(prefix: u32, word: u32) -> u32 {
     mask.to_be()
 }
 
+/// Counts a new flow arriving at `now` against a bucket (its arrival time and counts, fields
+/// of a source's or a VIP's bucket): whether GCRA admits it.
+#[inline(always)]
+pub fn gcra_charge(
+    tat: &mut u64,
+    admitted: &mut u64,
+    limited: &mut u64,
+    now: u64,
+    interval: u64,
+    tolerance: u64,
+) -> bool {
+    match gcra(*tat, now, interval, tolerance) {
+        Some(next) => {
+            *tat = next;
+            *admitted += 1;
+            true
+        }
+        None => {
+            *limited += 1;
+            false
+        }
+    }
+}
+
 /// GCRA: whether a new flow arriving at `now` passes a bucket whose theoretical arrival time is
 /// `tat` (0 for a new bucket), and the time to store if it does.
 #[inline(always)]

@@ -3,7 +3,7 @@
 //! function, `sources::judge`).
 
 use aya_ebpf::{btf_maps::Array, helpers::generated::bpf_ktime_get_coarse_ns, macros::btf_map};
-use lb_common::{CONN_LIMIT_RESET, MAX_VIPS, VipConnBucket, VipConnLimit, gcra};
+use lb_common::{CONN_LIMIT_RESET, MAX_VIPS, VipConnBucket, VipConnLimit, gcra_charge};
 
 use crate::sources::lookup;
 
@@ -41,15 +41,18 @@ pub(crate) fn judge(vip_id: *const u32) -> u32 {
     let bucket = unsafe { &mut *bucket };
     // SAFETY: no arguments; a clock read.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    match gcra(bucket.tat_ns, now, limit.interval_ns, limit.tolerance_ns) {
-        Some(tat) => {
-            bucket.tat_ns = tat;
-            bucket.admitted += 1;
-            ADMIT
-        }
-        None => {
-            bucket.limited += 1;
-            if limit.flags & CONN_LIMIT_RESET != 0 { RESET } else { LIMITED }
-        }
+    if gcra_charge(
+        &mut bucket.tat_ns,
+        &mut bucket.admitted,
+        &mut bucket.limited,
+        now,
+        limit.interval_ns,
+        limit.tolerance_ns,
+    ) {
+        ADMIT
+    } else if limit.flags & CONN_LIMIT_RESET != 0 {
+        RESET
+    } else {
+        LIMITED
     }
 }

@@ -11,7 +11,7 @@ use aya_ebpf::{
 use lb_common::{
     MAX_SOURCE_RULES, MAX_VIPS, SOURCE_ALLOW_ONLY, SOURCE_BUCKET_COUNT, SOURCE_LISTS_NODE, SOURCE_LISTS_VIP,
     SOURCE_RULE_ALLOW, SOURCE_RULE_DENY, SOURCE_SCOPE_BITS, SOURCE_SCOPE_NODE, SourceBucket, SourceBucketKey,
-    SourcePolicy, SourceRuleData, gcra, source_bucket_slots, source_mask, source_scope,
+    SourcePolicy, SourceRuleData, gcra_charge, source_bucket_slots, source_mask, source_scope,
 };
 use lb_ebpf::parse::Packet;
 
@@ -195,17 +195,15 @@ fn holds(bucket: &SourceBucket, key: &SourceBucketKey) -> bool {
 /// Counts a new flow against its prefix's bucket: admitted while GCRA allows it.
 #[inline(always)]
 fn charge(bucket: &mut SourceBucket, policy: &SourcePolicy, now: u64) -> u32 {
-    match gcra(bucket.tat_ns, now, policy.interval_ns, policy.tolerance_ns) {
-        Some(tat) => {
-            bucket.tat_ns = tat;
-            bucket.admitted += 1;
-            ADMIT
-        }
-        None => {
-            bucket.limited += 1;
-            LIMITED
-        }
-    }
+    let admitted = gcra_charge(
+        &mut bucket.tat_ns,
+        &mut bucket.admitted,
+        &mut bucket.limited,
+        now,
+        policy.interval_ns,
+        policy.tolerance_ns,
+    );
+    if admitted { ADMIT } else { LIMITED }
 }
 
 /// The action of the longest entry of `scope` that holds the source; 0 for none.
