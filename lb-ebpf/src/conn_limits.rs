@@ -5,7 +5,7 @@
 use aya_ebpf::{btf_maps::Array, helpers::generated::bpf_ktime_get_coarse_ns, macros::btf_map};
 use lb_common::{CONN_LIMIT_RESET, MAX_VIPS, VipConnBucket, VipConnLimit, gcra_charge};
 
-use crate::sources::lookup;
+use crate::lookup::lookup;
 
 /// The rate, by VIP id (written by the agent).
 #[btf_map]

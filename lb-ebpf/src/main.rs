@@ -31,6 +31,7 @@ mod clock;
 mod conn_limits;
 mod drop_log;
 mod flow_table;
+mod lookup;
 mod nat_flows;
 mod nat_tables;
 mod sources;

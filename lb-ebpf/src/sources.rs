@@ -4,8 +4,7 @@
 use aya_ebpf::{
     Global,
     btf_maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
-    cty::c_void,
-    helpers::generated::{bpf_ktime_get_coarse_ns, bpf_map_lookup_elem},
+    helpers::generated::bpf_ktime_get_coarse_ns,
     macros::btf_map,
 };
 use lb_common::{
@@ -14,6 +13,8 @@ use lb_common::{
     SourcePolicy, SourceRuleData, gcra_charge, source_bucket_slots, source_mask, source_scope,
 };
 use lb_ebpf::parse::Packet;
+
+use crate::lookup::lookup;
 
 /// Each VIP's effective policy, at its id.
 #[btf_map]
@@ -76,15 +77,6 @@ pub(crate) const CONN_LIMIT: u32 = 2;
 #[inline(always)]
 pub(crate) fn active(vip_id: u32) -> bool {
     XLB_SOURCE_POLICY.get(vip_id).is_some_and(SourcePolicy::is_active)
-}
-
-/// A map lookup with a key that is not on the stack.
-#[inline(always)]
-pub(crate) fn lookup<M, K, V>(map: &M, key: *const K) -> Option<*mut V> {
-    // SAFETY: `map` is a map definition of this object and `key` points at a whole key of it
-    // (in a map value or a global); the helper returns a value pointer or null.
-    let value = unsafe { bpf_map_lookup_elem(core::ptr::from_ref(map).cast_mut().cast::<c_void>(), key.cast()) };
-    (!value.is_null()).then_some(value.cast::<V>())
 }
 
 /// Judges `packet`'s source for VIP `vip_id`: the VIP's allow/deny entries, then the node's (the
