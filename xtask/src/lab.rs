@@ -14,7 +14,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use xlb_tests::{
     bird::{Bird, Neighbor},
-    http_load::{http_load, redis_server},
+    http_load::{http_load, redis_server, tcp_load},
     topology::{ROUTER_V4, ROUTER_V6, Topology, backend_v4, node_v4, node_v6},
 };
 
@@ -253,8 +253,12 @@ fn drive(
     Ok(())
 }
 
-/// The threshold of an l7 VIP whose every route has a global rate limit (their sum).
+/// The threshold of an l7 VIP whose every route has a global rate limit (their sum), or of an
+/// L4 VIP's global connection limit.
 fn globally_limited(vip: &xlb::config::Vip) -> Option<u32> {
+    if let Some(limit) = vip.connection_limit.as_ref().filter(|l| l.scope == xlb::config::Scope::Global) {
+        return Some(limit.rate);
+    }
     let routes = &vip.l7.as_ref()?.routes;
     let limits: Option<Vec<u32>> = routes
         .iter()
@@ -263,18 +267,21 @@ fn globally_limited(vip: &xlb::config::Vip) -> Option<u32> {
     limits.map(|l| l.iter().sum())
 }
 
-/// Load far above a global limit from both clients for 4 s: the 200s per second over both
-/// nodes (within ±10 % of the threshold) and each node's share.
+/// Load far above a global limit from both clients for 4 s: the answers per second over both
+/// nodes (within ±10 % of the threshold) and each node's share. An L4 VIP's limit counts new
+/// connections (refused ones get a RST or nothing), an l7 VIP's requests (refused: 429).
 fn drive_global_limit(topo: &Topology, vip: &xlb::config::Vip, threshold: u32) -> anyhow::Result<bool> {
     const DURATION: Duration = Duration::from_secs(4);
+    let what = if vip.l7.is_some() { "requests" } else { "new connections" };
     println!(
-        "\n== global limit: {} ({}), {threshold} requests/s over both nodes; {CLIENTS} clients × 4 threads for {} s",
+        "\n== global limit: {} ({}), {threshold} {what}/s over both nodes; {CLIENTS} clients × 4 threads for {} s",
         vip.name,
         vip.endpoint(),
         DURATION.as_secs()
     );
     let address = std::net::SocketAddr::new(vip.address, vip.port);
-    let outcome = http_load(&topo.clients, address, 4, DURATION, Duration::from_millis(700));
+    let load = if vip.l7.is_some() { http_load } else { tcp_load };
+    let outcome = load(&topo.clients, address, 4, DURATION, Duration::from_millis(700));
     let shares: Vec<String> = (0..NODES)
         .map(|i| {
             let view = topo.status_of(i).and_then(|s| s.node.global_limits);
@@ -289,7 +296,7 @@ fn drive_global_limit(topo: &Topology, vip: &xlb::config::Vip, threshold: u32) -
         .collect();
     let ratio = outcome.ok_per_second / f64::from(threshold);
     println!(
-        "admitted {:.1}/s ({:.2}× the threshold), refused {} of {} requests; node shares: {}",
+        "admitted {:.1}/s ({:.2}× the threshold), refused {} of {} attempts; node shares: {}",
         outcome.ok_per_second,
         ratio,
         outcome.limited,
