@@ -9,7 +9,7 @@ use etherparse::{NetHeaders, PacketHeaders, TransportHeader};
 use lb_common::Stat;
 use xlb::{
     apply::{
-        conn_limits::{ConnLimitStatus, ConnLimitWriter, LimitedVip, limited_vips},
+        conn_limits::{ConnLimitStatus, ConnLimitWriter, limited_vips},
         testrun::XdpAction,
     },
     sources::limits::GlobalLimiter,
@@ -100,8 +100,6 @@ impl Limited {
     /// What the agent's limits thread does after a pass; what it would publish.
     fn write(&mut self) -> Vec<ConnLimitStatus> {
         let vips = limited_vips(&self.lb.config, self.lb.reconciler.applied());
-        let vips: Vec<LimitedVip<'_>> =
-            vips.iter().map(|(id, name, limit)| LimitedVip { id: *id, name, limit }).collect();
         self.writer.refresh(&vips, &self.limiter, true).expect("limits written")
     }
 
@@ -114,24 +112,6 @@ impl Limited {
 fn syn(src: &str, dst: &str, sport: u16) -> Vec<u8> {
     let l4 = L4::TcpSyn { sport, dport: 80 };
     if dst.contains(':') { Frame::v6(src, dst, l4).build() } else { Frame::v4(src, dst, l4).build() }
-}
-
-/// Runs `frame`: sent on (`None`) or dropped untouched and counted as `stat`.
-fn expect(lb: &Balancer, frame: &[u8], dropped: Option<Stat>, case: &str) {
-    let before = lb.stats();
-    let out = lb.run(frame);
-    match dropped {
-        None => assert_eq!(out.action, XdpAction::Tx, "{case}: sent on"),
-        Some(stat) => {
-            assert_eq!(out.action, XdpAction::Drop, "{case}: dropped");
-            assert_eq!(out.packet, frame, "{case}: a refused frame is not touched");
-            for ((s, b), (_, a)) in before.iter().zip(lb.stats()) {
-                if s.is_outcome() {
-                    assert_eq!(a, if *s == stat { b + 1 } else { *b }, "{case}: counter {}", s.name());
-                }
-            }
-        }
-    }
 }
 
 /// Runs the SYN `frame` (from `client`:`sport` to `vip`:80, sequence number 1000): it must
@@ -172,25 +152,25 @@ fn a_vip_admits_its_burst_then_drops_new_flows_while_established_ones_and_other_
     let mut limited = Limited::new(CONFIG);
     let lb = &limited.lb;
     for port in 0..3 {
-        expect(lb, &syn("198.51.100.1", "192.0.2.20", 1000 + port), None, "within the burst");
+        lb.expect_verdict(&syn("198.51.100.1", "192.0.2.20", 1000 + port), None, "within the burst");
     }
     // Any source: the limit is the VIP's, not a prefix's.
     let refused = Some(Stat::DropConnLimited);
-    expect(lb, &syn("203.0.113.9", "192.0.2.20", 1010), refused, "past the burst, another source");
-    expect(lb, &syn("198.51.100.1", "192.0.2.20", 1011), refused, "past the burst");
+    lb.expect_verdict(&syn("203.0.113.9", "192.0.2.20", 1010), refused, "past the burst, another source");
+    lb.expect_verdict(&syn("198.51.100.1", "192.0.2.20", 1011), refused, "past the burst");
     // An admitted flow's packets are not new flows; its SYN sent again is not counted either.
     let ack = Frame::v4("198.51.100.1", "192.0.2.20", L4::TcpAck { sport: 1000, dport: 80 }).build();
-    expect(lb, &ack, None, "an admitted flow's ACK");
-    expect(lb, &syn("198.51.100.1", "192.0.2.20", 1000), None, "an admitted flow's SYN again");
+    lb.expect_verdict(&ack, None, "an admitted flow's ACK");
+    lb.expect_verdict(&syn("198.51.100.1", "192.0.2.20", 1000), None, "an admitted flow's SYN again");
     // Other VIPs: a VIP without a limit, and the UDP VIP on the same address with its own.
     for port in 0..5 {
-        expect(lb, &syn("198.51.100.1", "192.0.2.23", 2000 + port), None, "a VIP without a limit");
+        lb.expect_verdict(&syn("198.51.100.1", "192.0.2.23", 2000 + port), None, "a VIP without a limit");
     }
     let udp = |sport| Frame::v4("198.51.100.2", "192.0.2.20", L4::Udp { sport, dport: 53 }).build();
-    expect(lb, &udp(1), None, "UDP 1");
-    expect(lb, &udp(2), None, "UDP 2");
-    expect(lb, &udp(3), refused, "UDP past its own burst");
-    expect(lb, &udp(1), None, "a known UDP flow");
+    lb.expect_verdict(&udp(1), None, "UDP 1");
+    lb.expect_verdict(&udp(2), None, "UDP 2");
+    lb.expect_verdict(&udp(3), refused, "UDP past its own burst");
+    lb.expect_verdict(&udp(1), None, "a known UDP flow");
     assert_eq!(limited.bucket("drop4"), (3, 2), "the TCP VIP's bucket: admitted, limited");
     assert_eq!(limited.bucket("dns4"), (2, 1), "the UDP VIP's bucket");
     // What `xlb status` and `/metrics` show.
@@ -213,8 +193,8 @@ fn on_limit_reset_answers_the_refused_syn_with_a_rst_ipv4_ipv6_and_nat() {
     for (vip, client) in
         [("192.0.2.21", "198.51.100.5"), ("2001:db8::21", "2001:db8:c::5"), ("192.0.2.22", "198.51.100.6")]
     {
-        expect(lb, &syn(client, vip, 3000), None, &format!("{vip}: first"));
-        expect(lb, &syn(client, vip, 3001), None, &format!("{vip}: second"));
+        lb.expect_verdict(&syn(client, vip, 3000), None, &format!("{vip}: first"));
+        lb.expect_verdict(&syn(client, vip, 3001), None, &format!("{vip}: second"));
         expect_reset(lb, &syn(client, vip, 3002), client, vip, 3002, &format!("{vip}: past the burst"));
         // With a payload (a SYN may carry one): trimmed.
         let mut frame = if vip.contains(':') {
@@ -234,20 +214,24 @@ fn a_reload_that_removes_the_limit_clears_it_and_one_that_adds_it_starts_a_full_
     require_root!();
     let mut limited = Limited::new(CONFIG);
     for port in 0..3 {
-        expect(&limited.lb, &syn("198.51.100.1", "192.0.2.20", 4000 + port), None, "burst");
+        limited.lb.expect_verdict(&syn("198.51.100.1", "192.0.2.20", 4000 + port), None, "burst");
     }
-    expect(&limited.lb, &syn("198.51.100.1", "192.0.2.20", 4010), Some(Stat::DropConnLimited), "limited");
+    limited.lb.expect_verdict(&syn("198.51.100.1", "192.0.2.20", 4010), Some(Stat::DropConnLimited), "limited");
     let without = CONFIG.replace("    connection_limit: { new_per_second: 1, burst: 3 }\n", "");
     limited.lb.reload(&without);
     limited.write();
     for port in 0..5 {
-        expect(&limited.lb, &syn("198.51.100.1", "192.0.2.20", 4100 + port), None, "no limit any more");
+        limited.lb.expect_verdict(&syn("198.51.100.1", "192.0.2.20", 4100 + port), None, "no limit any more");
     }
     limited.lb.reload(CONFIG);
     limited.write();
     for port in 0..3 {
-        expect(&limited.lb, &syn("198.51.100.1", "192.0.2.20", 4200 + port), None, "the limit back, a full burst");
+        limited.lb.expect_verdict(
+            &syn("198.51.100.1", "192.0.2.20", 4200 + port),
+            None,
+            "the limit back, a full burst",
+        );
     }
-    expect(&limited.lb, &syn("198.51.100.1", "192.0.2.20", 4210), Some(Stat::DropConnLimited), "limited again");
+    limited.lb.expect_verdict(&syn("198.51.100.1", "192.0.2.20", 4210), Some(Stat::DropConnLimited), "limited again");
     assert_eq!(limited.bucket("drop4"), (3, 1), "counted afresh");
 }

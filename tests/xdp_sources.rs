@@ -6,7 +6,7 @@ use lb_common::{
     FAMILY_V4, FlowKey, PROTO_TCP, SOURCE_SCOPE_NODE, SourceBucket, SourceBucketKey, Stat, source_bucket_slots,
     source_scope,
 };
-use xlb::apply::{source_report::SourceReport, testrun::XdpAction};
+use xlb::apply::source_report::SourceReport;
 use xlb_tests::{
     Balancer,
     packets::{Frame, L4},
@@ -77,25 +77,6 @@ fn syn(sport: u16, dport: u16) -> L4 {
     L4::TcpSyn { sport, dport }
 }
 
-/// Runs `frame`: refused with `stat` (dropped, bytes untouched, that counter +1) or, with
-/// `None`, sent on (XDP_TX).
-fn expect(lb: &Balancer, frame: &[u8], refused: Option<Stat>, case: &str) {
-    let before = lb.stats();
-    let out = lb.run(frame);
-    match refused {
-        Some(stat) => {
-            assert_eq!(out.action, XdpAction::Drop, "{case}: verdict");
-            assert_eq!(out.packet, frame, "{case}: a refused frame is not touched");
-            for ((s, b), (_, a)) in before.iter().zip(lb.stats()) {
-                if s.is_outcome() {
-                    assert_eq!(a, if *s == stat { b + 1 } else { *b }, "{case}: counter {}", s.name());
-                }
-            }
-        }
-        None => assert_eq!(out.action, XdpAction::Tx, "{case}: verdict (sent on)"),
-    }
-}
-
 #[test]
 fn allow_and_deny_lists_decide_by_longest_prefix_the_vips_before_the_nodes() {
     require_root!();
@@ -114,10 +95,10 @@ fn allow_and_deny_lists_decide_by_longest_prefix_the_vips_before_the_nodes() {
         ("node deny before a NAT flow", frame("203.0.113.6", "192.0.2.12", syn(1007, 80)), denied),
     ];
     for (case, bytes, refused) in &cases {
-        expect(&lb, bytes, *refused, case);
+        lb.expect_verdict(bytes, *refused, case);
     }
     // A denied source's unknown non-SYN (an ACK flood) is refused too, not sent unrecorded.
-    expect(&lb, &frame("203.0.113.5", "192.0.2.10", L4::TcpAck { sport: 1000, dport: 80 }), denied, "ACK");
+    lb.expect_verdict(&frame("203.0.113.5", "192.0.2.10", L4::TcpAck { sport: 1000, dport: 80 }), denied, "ACK");
 }
 
 #[test]
@@ -128,25 +109,29 @@ fn a_reload_changes_the_lists_and_removes_what_it_no_longer_names() {
     // Node: 2 deny + 1 allow; web4: 1 deny; admin: 1 allow.
     assert_eq!(rules(&lb), 5, "every entry in the trie, each in its scope");
     let web4_denied = frame("198.51.100.7", "192.0.2.10", syn(2000, 80));
-    expect(&lb, &web4_denied, Some(Stat::DropSourceDenied), "before the reload");
+    lb.expect_verdict(&web4_denied, Some(Stat::DropSourceDenied), "before the reload");
     let without = CONFIG.replace("      deny: [198.51.100.7]\n", "      deny: [198.51.100.8]\n").replace(
         "    deny: [203.0.113.0/24, \"2001:db8:bad::/48\"]\n    allow: [203.0.113.128/25]\n",
         "    deny: []\n",
     );
     lb.reload(&without);
     assert_eq!(rules(&lb), 2, "the node's entries and web4's old one removed, its new one written");
-    expect(&lb, &web4_denied, None, "no longer denied");
-    expect(&lb, &frame("198.51.100.8", "192.0.2.10", syn(2001, 80)), Some(Stat::DropSourceDenied), "newly denied");
-    expect(&lb, &frame("203.0.113.5", "192.0.2.10", syn(2002, 80)), None, "the node's deny is gone");
+    lb.expect_verdict(&web4_denied, None, "no longer denied");
+    lb.expect_verdict(
+        &frame("198.51.100.8", "192.0.2.10", syn(2001, 80)),
+        Some(Stat::DropSourceDenied),
+        "newly denied",
+    );
+    lb.expect_verdict(&frame("203.0.113.5", "192.0.2.10", syn(2002, 80)), None, "the node's deny is gone");
     // A flow established before a reload denies its source ends with that reload: its entry
     // is removed, so its next packet is judged (and dropped) as a packet of an unknown flow.
-    expect(&lb, &frame("198.51.100.50", "192.0.2.10", syn(2100, 80)), None, "SYN");
+    lb.expect_verdict(&frame("198.51.100.50", "192.0.2.10", syn(2100, 80)), None, "SYN");
     let ack = frame("198.51.100.50", "192.0.2.10", L4::TcpAck { sport: 2100, dport: 80 });
-    expect(&lb, &ack, None, "ACK: confirmed");
+    lb.expect_verdict(&ack, None, "ACK: confirmed");
     let mut other = frame("198.51.100.51", "192.0.2.10", syn(2101, 80));
-    expect(&lb, &other, None, "another source's SYN");
+    lb.expect_verdict(&other, None, "another source's SYN");
     other = frame("198.51.100.51", "192.0.2.10", L4::TcpAck { sport: 2101, dport: 80 });
-    expect(&lb, &other, None, "another source's ACK");
+    lb.expect_verdict(&other, None, "another source's ACK");
     let held = |lb: &Balancer, src: &str, sport: u16| {
         let (saddr, family) = xlb::config::ip_words(src.parse().expect("address"));
         let (daddr, _) = xlb::config::ip_words("192.0.2.10".parse().expect("address"));
@@ -158,13 +143,13 @@ fn a_reload_changes_the_lists_and_removes_what_it_no_longer_names() {
     lb.reload(&without.replace("deny: [198.51.100.8]", "deny: [198.51.100.8, 198.51.100.50]"));
     assert!(!held(&lb, "198.51.100.50", 2100), "the reload removed the denied source's entry");
     assert!(held(&lb, "198.51.100.51", 2101), "and only that one");
-    expect(&lb, &ack, Some(Stat::DropSourceDenied), "the denied source's established flow");
-    expect(&lb, &other, None, "another source's established flow goes on");
+    lb.expect_verdict(&ack, Some(Stat::DropSourceDenied), "the denied source's established flow");
+    lb.expect_verdict(&other, None, "another source's established flow goes on");
     // NAT alike: the flow's entries go (its pool port with them) and its next packet is judged.
     let nat_syn = frame("198.51.100.60", "192.0.2.12", syn(2200, 80));
-    expect(&lb, &nat_syn, None, "NAT SYN");
+    lb.expect_verdict(&nat_syn, None, "NAT SYN");
     let nat_ack = frame("198.51.100.60", "192.0.2.12", L4::TcpAck { sport: 2200, dport: 80 });
-    expect(&lb, &nat_ack, None, "NAT flow known");
+    lb.expect_verdict(&nat_ack, None, "NAT flow known");
     let nat_flows = |lb: &Balancer| lb.maps.nat_tables().expect("NAT tables").reverse_entries().len();
     let before = nat_flows(&lb);
     lb.reload(&without.replace("deny: [198.51.100.8]", "deny: [198.51.100.8, 198.51.100.50]").replace(
@@ -172,13 +157,13 @@ fn a_reload_changes_the_lists_and_removes_what_it_no_longer_names() {
         "    sources:\n      new_flows: { rate: 1, burst: 3 }\n      deny: [198.51.100.60]\n",
     ));
     assert_eq!(nat_flows(&lb), before - 1, "the refused source's NAT flow removed");
-    expect(&lb, &nat_ack, Some(Stat::DropNatNoFlow), "its next packet: a NAT flow no more");
-    expect(&lb, &nat_syn, Some(Stat::DropSourceDenied), "and a new SYN is refused");
+    lb.expect_verdict(&nat_ack, Some(Stat::DropNatNoFlow), "its next packet: a NAT flow no more");
+    lb.expect_verdict(&nat_syn, Some(Stat::DropSourceDenied), "and a new SYN is refused");
     lb.reload(&without);
     // Without any policy the VIP's slot is zeroed: nothing is judged.
     let none = without.replace("    sources:\n      deny: [198.51.100.8]\n", "");
     lb.reload(&none);
-    expect(&lb, &frame("198.51.100.8", "192.0.2.10", syn(2003, 80)), None, "policy removed");
+    lb.expect_verdict(&frame("198.51.100.8", "192.0.2.10", syn(2003, 80)), None, "policy removed");
 }
 
 #[test]
@@ -192,25 +177,33 @@ fn new_flow_limits_admit_the_burst_then_refuse_the_prefix_and_allowed_sources_ar
     let limited = Some(Stat::DropSourceLimited);
     // The node's limit, shared over the node's VIPs: four new flows of 198.51.100.0/24 at once.
     for port in 0..4 {
-        expect(&lb, &frame("198.51.100.20", "192.0.2.10", syn(3000 + port, 80)), None, "within the burst");
+        lb.expect_verdict(&frame("198.51.100.20", "192.0.2.10", syn(3000 + port, 80)), None, "within the burst");
     }
-    expect(&lb, &frame("198.51.100.20", "192.0.2.10", syn(3010, 80)), limited, "past the burst");
-    expect(&lb, &frame("198.51.100.99", "192.0.2.10", L4::Udp { sport: 9, dport: 53 }), limited, "same /24, other VIP");
-    expect(&lb, &frame("198.51.101.1", "192.0.2.10", syn(3011, 80)), None, "another /24 has its own bucket");
+    lb.expect_verdict(&frame("198.51.100.20", "192.0.2.10", syn(3010, 80)), limited, "past the burst");
+    lb.expect_verdict(
+        &frame("198.51.100.99", "192.0.2.10", L4::Udp { sport: 9, dport: 53 }),
+        limited,
+        "same /24, other VIP",
+    );
+    lb.expect_verdict(&frame("198.51.101.1", "192.0.2.10", syn(3011, 80)), None, "another /24 has its own bucket");
     // Established flows are never judged; an unknown ACK is not a new flow and is not counted.
     let ack = frame("198.51.100.20", "192.0.2.10", L4::TcpAck { sport: 3000, dport: 80 });
-    expect(&lb, &ack, None, "an admitted flow's ACK");
-    expect(&lb, &frame("198.51.100.20", "192.0.2.10", L4::TcpAck { sport: 3999, dport: 80 }), None, "unknown ACK");
+    lb.expect_verdict(&ack, None, "an admitted flow's ACK");
+    lb.expect_verdict(
+        &frame("198.51.100.20", "192.0.2.10", L4::TcpAck { sport: 3999, dport: 80 }),
+        None,
+        "unknown ACK",
+    );
     // Allowed sources are never limited.
     for port in 0..20 {
-        expect(&lb, &frame("203.0.113.200", "192.0.2.10", syn(3100 + port, 80)), None, "allowed: unlimited");
+        lb.expect_verdict(&frame("203.0.113.200", "192.0.2.10", syn(3100 + port, 80)), None, "allowed: unlimited");
     }
     // A VIP's own limit (nat4: burst 3) replaces the node's and counts in buckets of its own.
     for port in 0..3 {
-        expect(&lb, &frame("198.51.102.1", "192.0.2.12", syn(3200 + port, 80)), None, "nat4 burst");
+        lb.expect_verdict(&frame("198.51.102.1", "192.0.2.12", syn(3200 + port, 80)), None, "nat4 burst");
     }
     let before = lb.stat(Stat::NatForwarded);
-    expect(&lb, &frame("198.51.102.1", "192.0.2.12", syn(3210, 80)), limited, "nat4 past its burst");
+    lb.expect_verdict(&frame("198.51.102.1", "192.0.2.12", syn(3210, 80)), limited, "nat4 past its burst");
     assert_eq!(lb.stat(Stat::NatForwarded), before, "a refused SYN claims no pool port");
 
     // The buckets as the agent reads them, and the report of the sources being limited.
@@ -229,7 +222,7 @@ fn new_flow_limits_admit_the_burst_then_refuse_the_prefix_and_allowed_sources_ar
         |id, family| xlb::apply::source_report::describe_scope(&lb.config, lb.reconciler.applied(), id, family);
     let start = std::time::Instant::now();
     assert!(report.update(buckets, start, describe).is_empty(), "the first look has nothing to compare with");
-    expect(&lb, &frame("198.51.100.20", "192.0.2.10", syn(3300, 80)), limited, "still limited");
+    lb.expect_verdict(&frame("198.51.100.20", "192.0.2.10", syn(3300, 80)), limited, "still limited");
     let buckets = lb.maps.sources.as_ref().expect("source maps").buckets().expect("handle").read().expect("read");
     let listed = report.update(buckets, start + std::time::Duration::from_secs(1), describe);
     assert_eq!(listed.len(), 1, "only the prefix refused since the last look: {listed:?}");
@@ -260,13 +253,17 @@ fn a_prefix_takes_a_free_or_idle_bucket_slot_never_one_a_limited_prefix_holds() 
     buckets.write(first, &resident(1, u64::MAX / 2)).expect("write");
     buckets.write(second, &resident(2, u64::MAX / 2)).expect("write");
     let before = lb.stat(Stat::SourceUntracked);
-    expect(&lb, &frame("198.51.103.9", "192.0.2.10", syn(4000, 80)), None, "both slots limited: admitted untracked");
+    lb.expect_verdict(
+        &frame("198.51.103.9", "192.0.2.10", syn(4000, 80)),
+        None,
+        "both slots limited: admitted untracked",
+    );
     assert_eq!(lb.stat(Stat::SourceUntracked), before + 1, "counted as untracked");
     let held = buckets.read().expect("read");
     assert!(held.iter().all(|b| b.key != key), "no bucket taken from a limited prefix");
     // One resident idle (its schedule behind the clock): the new prefix takes that slot.
     buckets.write(second, &resident(2, 1)).expect("write");
-    expect(&lb, &frame("198.51.103.9", "192.0.2.10", syn(4001, 80)), None, "takes the idle slot");
+    lb.expect_verdict(&frame("198.51.103.9", "192.0.2.10", syn(4001, 80)), None, "takes the idle slot");
     let held = buckets.read().expect("read");
     let taken = held.iter().find(|b| b.key == key).expect("the prefix has a bucket now");
     assert_eq!(taken.admitted, 1);

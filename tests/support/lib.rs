@@ -281,6 +281,25 @@ impl Balancer {
         self.maps.backend_counters(applied.slots[i]).expect("read backend counters")
     }
 
+    /// Runs `frame`: refused with `stat` (dropped, bytes untouched, that outcome counter +1 and
+    /// no other) or, with `None`, sent on (XDP_TX).
+    pub fn expect_verdict(&self, frame: &[u8], refused: Option<Stat>, case: &str) {
+        let before = self.stats();
+        let out = self.run(frame);
+        match refused {
+            Some(stat) => {
+                assert_eq!(out.action, testrun::XdpAction::Drop, "{case}: verdict");
+                assert_eq!(out.packet, frame, "{case}: a refused frame is not touched");
+                for ((s, b), (_, a)) in before.iter().zip(self.stats()) {
+                    if s.is_outcome() {
+                        assert_eq!(a, if *s == stat { b + 1 } else { *b }, "{case}: counter {}", s.name());
+                    }
+                }
+            }
+            None => assert_eq!(out.action, testrun::XdpAction::Tx, "{case}: verdict (sent on)"),
+        }
+    }
+
     pub fn applied(&self, name: &str) -> &xlb::apply::reconcile::AppliedVip {
         self.reconciler.applied().values().find(|a| a.vip.name == name).unwrap_or_else(|| panic!("no VIP named {name}"))
     }

@@ -5,12 +5,9 @@
 use std::{sync::Arc, time::Duration};
 
 use super::view::{AgentView, Shared};
-use crate::{
-    apply::{
-        conn_limits::{ConnLimitWriter, LimitedVip, limited_vips},
-        dataplane::ConnLimitMaps,
-    },
-    config::ConnLimit,
+use crate::apply::{
+    conn_limits::{ConnLimitWriter, LimitedVip, limited_vips},
+    dataplane::ConnLimitMaps,
 };
 
 /// How often the rates follow the shares (half the default renewal).
@@ -28,7 +25,7 @@ pub(super) fn start(
         let mut writer = ConnLimitWriter::new(maps);
         // The limited VIPs change with a pass only: gathered again when the view does.
         let mut seen: Option<Arc<AgentView>> = None;
-        let mut limited: Vec<(u32, String, ConnLimit)> = Vec::new();
+        let mut limited: Vec<LimitedVip> = Vec::new();
         let mut failing = false;
         let mut tick = 0u32;
         // At once, then every tick until stopped.
@@ -42,9 +39,7 @@ pub(super) fn start(
                 limited = limited_vips(&view.config, &view.applied);
                 seen = Some(view);
             }
-            let vips: Vec<LimitedVip<'_>> =
-                limited.iter().map(|(id, name, limit)| LimitedVip { id: *id, name, limit }).collect();
-            match writer.refresh(&vips, &shared.global_limits, report) {
+            match writer.refresh(&limited, &shared.global_limits, report) {
                 Ok(statuses) => {
                     if report {
                         shared.conn_limits.store(Arc::new(statuses));

@@ -22,13 +22,16 @@ use crate::{
 
 /// Every applied VIP the reconciler marked with a connection limit: its id, name and limit
 /// (from `config`, the config those VIPs were applied from).
-pub fn limited_vips(config: &Config, applied: &BTreeMap<VipKey, AppliedVip>) -> Vec<(u32, String, ConnLimit)> {
+pub fn limited_vips(config: &Config, applied: &BTreeMap<VipKey, AppliedVip>) -> Vec<LimitedVip> {
     let limits: BTreeMap<&str, &ConnLimit> =
         config.vips.iter().filter_map(|v| v.connection_limit.as_ref().map(|l| (v.name.as_str(), l))).collect();
     applied
         .values()
         .filter(|a| a.meta.flags & VIP_FLAG_CONN_LIMIT != 0)
-        .filter_map(|a| limits.get(a.vip.name.as_str()).map(|l| (a.meta.id, a.vip.name.clone(), (*l).clone())))
+        .filter_map(|a| {
+            let limit = (*limits.get(a.vip.name.as_str())?).clone();
+            Some(LimitedVip { id: a.meta.id, name: a.vip.name.clone(), limit })
+        })
         .collect()
 }
 
@@ -126,10 +129,10 @@ impl ConnLimitStatus {
 
 /// One VIP with a connection limit, as applied: its id, name and limit.
 #[derive(Debug)]
-pub struct LimitedVip<'a> {
+pub struct LimitedVip {
     pub id: u32,
-    pub name: &'a str,
-    pub limit: &'a ConnLimit,
+    pub name: String,
+    pub limit: ConnLimit,
 }
 
 /// The limits thread's writer: what it wrote, and the shares of the global limits in use.
@@ -167,7 +170,7 @@ impl ConnLimitWriter {
     /// its bucket's counts first. With `report`, every VIP's status (its bucket read too).
     pub fn refresh(
         &mut self,
-        vips: &[LimitedVip<'_>],
+        vips: &[LimitedVip],
         limiter: &GlobalLimiter,
         report: bool,
     ) -> Result<Vec<ConnLimitStatus>, DataplaneError> {
@@ -179,8 +182,8 @@ impl ConnLimitWriter {
             let bucket = if global_limit || report { Some(self.maps.bucket(vip.id)?) } else { None };
             let share = match (global_limit, bucket) {
                 (true, Some(bucket)) => {
-                    global.insert(vip.name);
-                    let share = self.share(vip.name, vip.limit, limiter);
+                    global.insert(vip.name.as_str());
+                    let share = self.share(&vip.name, &vip.limit, limiter);
                     share.observe_totals(bucket.admitted, bucket.limited);
                     Some(share.rate())
                 }
@@ -188,7 +191,7 @@ impl ConnLimitWriter {
             };
             if let Some(bucket) = bucket.filter(|_| report) {
                 statuses.push(ConnLimitStatus {
-                    vip: vip.name.to_owned(),
+                    vip: vip.name.clone(),
                     global: global_limit,
                     rate: share.unwrap_or(f64::from(vip.limit.rate)),
                     reset: vip.limit.on_limit == ConnOnLimit::Reset,
@@ -196,7 +199,7 @@ impl ConnLimitWriter {
                     limited: bucket.limited,
                 });
             }
-            wanted.insert(vip.id, limit_value(vip.limit, share));
+            wanted.insert(vip.id, limit_value(&vip.limit, share));
         }
         self.shares.retain(|name, _| global.contains(name.as_str()));
         for (&id, value) in &wanted {
