@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_common::{GEN_NEW_PORT_PER_FRAME, GEN_SPOOFED};
+use lb_common::{GEN_NEW_PORT_PER_FRAME, GEN_SPOOFED, NAT_TOUCH_NS};
 use xlb::serve::conns::ConnsReport;
 use xlb_tests::{
     netns::wait_for,
@@ -155,7 +155,11 @@ fn phase(topo: &Topology, name: &str, vip: &str, mode: u32, what: &str) -> usize
     let (frames, took) = flooder.join().expect("flood thread");
     // Read once the flood is over and every long-lived connection has exchanged again (one that
     // lost a packet to the saturated links may sit in retransmission backoff): `conns` lists the
-    // most recently active entries first, and during the flood those are its own.
+    // most recently active entries first, and during the flood those are its own. A NAT entry's
+    // activity time is refreshed at most every `NAT_TOUCH_NS`, so a live flow's may still predate
+    // the flood's last tens of thousands of entries for that long: wait it out while the
+    // connections exchange (a CI run once listed a live flow past `--limit` this way).
+    std::thread::sleep(Duration::from_nanos(NAT_TOUCH_NS) + Duration::from_millis(300));
     let recovered = streams.progress(2, Duration::from_secs(10));
     let after = held(topo, name);
     let results = streams.finish();
