@@ -423,7 +423,7 @@ fn active_connections_are_counted_per_backend_and_listed() {
     assert!(report.flows.iter().all(|f| f.state == "confirmed" && f.idle_ms < 60_000), "{report:?}");
     let out = topo.xlb(&["conns", "held", "--limit", "2"]);
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains("6 connections (6 confirmed, 0 embryonic)"), "{text}");
+    assert!(text.contains("6 connections (6 confirmed, 0 embryonic, 0 closed)"), "{text}");
     assert_eq!(
         text.lines().filter(|l| opened.iter().any(|(client, _)| l.starts_with(client.as_str()))).count(),
         2,

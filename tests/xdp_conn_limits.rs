@@ -3,16 +3,20 @@
 //! flows admitted, the next one dropped untouched or answered with a RST whose every field and
 //! checksum is checked (IPv4 and IPv6, direct server return and NAT), established flows never
 //! judged, other VIPs unaffected, counts in the VIP's bucket; a reload that removes the limit
-//! clears it.
+//! clears it. A concurrent limit: open connections counted in the connection table as the
+//! limits thread counts them, a client's FIN freeing its place at the next count.
 
 use etherparse::{NetHeaders, PacketHeaders, TransportHeader};
 use lb_common::Stat;
+use std::collections::BTreeMap;
+
 use xlb::{
     apply::{
-        conn_limits::{ConnLimitStatus, ConnLimitWriter, limited_vips},
+        conn_limits::{ConcurrentStatus, ConnLimitStatus, ConnLimitWriter, OpenCount, limited_vips},
+        conns::{self, SlotOwners},
         testrun::XdpAction,
     },
-    sources::limits::GlobalLimiter,
+    sources::{jiffies::KernelClock, limits::GlobalLimiter},
 };
 use xlb_tests::{
     Balancer,
@@ -69,6 +73,14 @@ vips:
     connection_limit: { new_per_second: 1, burst: 2 }
     backends:
       - { address: 10.0.0.1, mac: "02:00:00:00:01:01" }
+  - name: conc4
+    address: 192.0.2.24
+    port: 80
+    protocol: tcp
+    mode: dsr-l2
+    connection_limit: { concurrent: 3, on_limit: reset }
+    backends:
+      - { address: 10.0.0.1, mac: "02:00:00:00:01:01" }
   - name: free4
     address: 192.0.2.23
     port: 80
@@ -83,6 +95,8 @@ struct Limited {
     lb: Balancer,
     writer: ConnLimitWriter,
     limiter: GlobalLimiter,
+    /// Open connections by VIP id, as the limits thread last counted them.
+    counts: BTreeMap<u32, OpenCount>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -92,7 +106,8 @@ impl Limited {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         let limiter = runtime.block_on(async { GlobalLimiter::start(None) });
         let maps = lb.maps.conn_limits.take().expect("the object has connection limits");
-        let mut limited = Limited { lb, writer: ConnLimitWriter::new(maps), limiter, _runtime: runtime };
+        let mut limited =
+            Limited { lb, writer: ConnLimitWriter::new(maps), limiter, counts: BTreeMap::new(), _runtime: runtime };
         limited.write();
         limited
     }
@@ -100,7 +115,23 @@ impl Limited {
     /// What the agent's limits thread does after a pass; what it would publish.
     fn write(&mut self) -> Vec<ConnLimitStatus> {
         let vips = limited_vips(&self.lb.config, self.lb.reconciler.applied());
-        self.writer.refresh(&vips, &self.limiter, true).expect("limits written")
+        self.writer.refresh(&vips, &self.limiter, &self.counts, true).expect("limits written")
+    }
+
+    /// What the limits thread does for a concurrent limit: reads VIP `name`'s bucket, counts
+    /// its open connections in the connection table, and writes the ceiling.
+    fn recount(&mut self, name: &str, clock: &KernelClock) -> Vec<ConnLimitStatus> {
+        let applied = self.lb.reconciler.applied();
+        let owners = SlotOwners::of(applied);
+        let (key, vip) = applied.iter().find(|(_, a)| a.vip.name == name).expect("applied");
+        let index = owners.vip_index(key).expect("owned slots");
+        let admitted_before = self.writer.bucket(vip.meta.id).expect("bucket").admitted;
+        let table = self.lb.maps.flow_table_counter().expect("the connection table");
+        let now = clock.now().expect("jiffies");
+        let open = conns::open_per_vip(&table, now, &owners, clock.hz, &|v| v == index);
+        let count = OpenCount { admitted_before, open: open.get(&index).copied().unwrap_or(0) };
+        self.counts.insert(vip.meta.id, count);
+        self.write()
     }
 
     fn bucket(&self, vip: &str) -> (u64, u64) {
@@ -176,7 +207,7 @@ fn a_vip_admits_its_burst_then_drops_new_flows_while_established_ones_and_other_
     // What `xlb status` and `/metrics` show.
     let statuses = limited.write();
     let drop4 = statuses.iter().find(|s| s.vip == "drop4").expect("drop4 reported");
-    assert_eq!((drop4.global, drop4.rate, drop4.reset, drop4.admitted, drop4.limited), (false, 1.0, false, 3, 2));
+    assert_eq!((drop4.global, drop4.rate, drop4.reset, drop4.admitted, drop4.limited), (false, Some(1.0), false, 3, 2));
     assert!(!statuses.iter().any(|s| s.vip == "free4"), "a VIP without a limit is not reported");
     let text = ConnLimitStatus::render(&statuses);
     assert!(
@@ -234,4 +265,61 @@ fn a_reload_that_removes_the_limit_clears_it_and_one_that_adds_it_starts_a_full_
     }
     limited.lb.expect_verdict(&syn("198.51.100.1", "192.0.2.20", 4210), Some(Stat::DropConnLimited), "limited again");
     assert_eq!(limited.bucket("drop4"), (3, 1), "counted afresh");
+}
+
+#[test]
+fn a_concurrent_limit_holds_open_connections_and_frees_the_places_clients_closed() {
+    require_root!();
+    let clock = KernelClock::calibrate().expect("the kernel's HZ");
+    let mut limited = Limited::new(CONFIG);
+    let (client, vip) = ("198.51.100.7", "192.0.2.24");
+    let frame = |l4| Frame::v4(client, vip, l4).build();
+    let open = |limited: &mut Limited, sport: u16, case: &str| {
+        limited.lb.expect_verdict(&frame(L4::TcpSyn { sport, dport: 80 }), None, case);
+        limited.lb.expect_verdict(&frame(L4::TcpAck { sport, dport: 80 }), None, case);
+    };
+    let status = |statuses: Vec<ConnLimitStatus>| statuses.into_iter().find(|s| s.vip == "conc4").expect("reported");
+    // Not counted yet: no ceiling (the thread counts before its first write).
+    let first = status(limited.recount("conc4", &clock));
+    assert_eq!(first.concurrent, Some(ConcurrentStatus { limit: 3, allowed: 3, open: 0 }));
+    assert_eq!(first.rate, None, "no rate limit");
+    for sport in 5000..5003 {
+        open(&mut limited, sport, "within the limit");
+    }
+    expect_reset(&limited.lb, &syn(client, vip, 5003), client, vip, 5003, "a fourth connection");
+    // Counted: 3 open, none free.
+    let full = status(limited.recount("conc4", &clock));
+    assert_eq!(full.concurrent, Some(ConcurrentStatus { limit: 3, allowed: 3, open: 3 }), "{full:?}");
+    expect_reset(&limited.lb, &syn(client, vip, 5004), client, vip, 5004, "still full");
+    // The client closes one: its entry is marked, the next count frees its place (one only).
+    limited.lb.expect_verdict(&frame(L4::TcpFin { sport: 5000, dport: 80 }), None, "the FIN goes on to the backend");
+    let (_, set) = limited.lb.maps.flow_set_of(&flow_key(client, vip, 5000)).expect("the set");
+    let way = set.way_of(&flow_key(client, vip, 5000)).expect("still in the table");
+    assert_ne!(set.used[way] & lb_common::FLOW_CLOSED, 0, "marked closed");
+    expect_reset(&limited.lb, &syn(client, vip, 5005), client, vip, 5005, "not freed before the count");
+    let freed = status(limited.recount("conc4", &clock));
+    assert_eq!(freed.concurrent.map(|c| c.open), Some(2), "{freed:?}");
+    open(&mut limited, 5006, "the freed place");
+    expect_reset(&limited.lb, &syn(client, vip, 5007), client, vip, 5007, "full again");
+    // The closed 4-tuple reused: its SYN clears the mark, and the next count sees it open.
+    limited.lb.expect_verdict(&syn(client, vip, 5000), None, "a reused 4-tuple (a known entry)");
+    let reused = status(limited.recount("conc4", &clock));
+    assert_eq!(reused.concurrent.map(|c| c.open), Some(4), "the reused tuple counts again: {reused:?}");
+    expect_reset(&limited.lb, &syn(client, vip, 5008), client, vip, 5008, "over the limit: nothing more");
+    let text = ConnLimitStatus::render(&[reused]);
+    assert!(text.lines().any(|l| l.contains("conc4") && l.contains("4/3") && l.contains("rst")), "{text}");
+}
+
+fn flow_key(client: &str, vip: &str, sport: u16) -> lb_common::FlowKey {
+    let (saddr, family) = xlb::config::ip_words(client.parse().expect("address"));
+    let (daddr, _) = xlb::config::ip_words(vip.parse().expect("address"));
+    lb_common::FlowKey {
+        saddr,
+        daddr,
+        sport: sport.to_be(),
+        dport: 80u16.to_be(),
+        proto: lb_common::PROTO_TCP,
+        family,
+        pad: 0,
+    }
 }

@@ -114,6 +114,7 @@ fn forward_checked(lb: &Balancer, input: &Frame, backend: (&str, u16), stat: Sta
     let l4 = match input.l4 {
         L4::TcpSyn { .. } => L4::TcpSyn { sport, dport: backend.1 },
         L4::TcpAck { .. } => L4::TcpAck { sport, dport: backend.1 },
+        L4::TcpFin { .. } => L4::TcpFin { sport, dport: backend.1 },
         L4::Udp { .. } => L4::Udp { sport, dport: backend.1 },
         L4::IcmpEcho => unreachable!(),
     };

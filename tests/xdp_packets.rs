@@ -627,7 +627,7 @@ mod flood {
         let (client, vip) = ("198.51.100.1", "192.0.2.1");
         let established = confirmed_flows(&mut h, client, vip, 1000, FLOW_WAYS as u16);
         // Three entries idle for longer than the confirmed idle time (their stamps moved back; a
-        // multiple of 4 keeps the state bits).
+        // multiple of 8 keeps the state bits).
         let (index, mut set) = h.lb.maps.flow_set_of(&established[0]).expect("read the set");
         for way in 0..3 {
             set.used[way] = set.used[way].wrapping_sub(FLOW_CONFIRMED_IDLE_JIFFIES + 64);

@@ -111,8 +111,12 @@ pub const FLOW_USED: u32 = 1;
 /// confirmed entry that is live; an embryonic one (recorded, not confirmed) it may. So a flood of
 /// SYNs or of one-datagram UDP flows only ever replaces the entries such floods make.
 pub const FLOW_CONFIRMED: u32 = 2;
-/// The state bits of `FlowSet::used`; the rest is the time (jiffies, to 4 jiffies).
-pub const FLOW_STATE_BITS: u32 = FLOW_USED | FLOW_CONFIRMED;
+/// `FlowSet::used` bit of a TCP flow whose client sent a FIN or a RST: it counts no more toward
+/// a VIP's concurrent connections (`connection_limit.concurrent`; with direct server return the
+/// program sees only the client's side). A SYN on the entry clears it (the 4-tuple reused).
+pub const FLOW_CLOSED: u32 = 4;
+/// The state bits of `FlowSet::used`; the rest is the time (jiffies, to 8 jiffies).
+pub const FLOW_STATE_BITS: u32 = FLOW_USED | FLOW_CONFIRMED | FLOW_CLOSED;
 /// Jiffies after which an idle confirmed entry may be replaced: 2^19 jiffies, 8.7 minutes at
 /// HZ 1000, 35 minutes at HZ 250 (the program cannot know HZ; jiffies are its cheap clock).
 pub const FLOW_CONFIRMED_IDLE_JIFFIES: u32 = 1 << 19;

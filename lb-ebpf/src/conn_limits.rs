@@ -1,5 +1,5 @@
-//! A VIP's new-connection limit (see `lb_common::VipConnLimit`): one GCRA bucket per VIP,
-//! judged for packets that would open a flow, after the source policy (and within its BPF
+//! A VIP's connection limit (see `lb_common::VipConnLimit`): one GCRA bucket per VIP, and a
+//! ceiling on what it admits for a concurrent-connections limit, judged for packets that would open a flow, after the source policy (and within its BPF
 //! function, `sources::judge`).
 
 use aya_ebpf::{btf_maps::Array, helpers::generated::bpf_ktime_get_coarse_ns, macros::btf_map};
@@ -32,23 +32,33 @@ pub(crate) fn judge(vip_id: *const u32) -> u32 {
     let Some(limit) = lookup::<_, u32, VipConnLimit>(&XLB_VIP_CONN_LIMITS, vip_id) else { return ADMIT };
     // SAFETY: a value of the array, valid while the program runs; the agent replaces it whole.
     let limit = unsafe { &*limit };
-    if limit.interval_ns == 0 {
+    if !limit.is_set() {
         return ADMIT;
     }
     let Some(bucket) = lookup::<_, u32, VipConnBucket>(&XLB_VIP_CONN_BUCKETS, vip_id) else { return ADMIT };
     // SAFETY: a value of the array, valid while the program runs; other CPUs may update it at
     // the same time (plain stores: see `VipConnBucket`).
     let bucket = unsafe { &mut *bucket };
-    // SAFETY: no arguments; a clock read.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if gcra_charge(
-        &mut bucket.tat_ns,
-        &mut bucket.admitted,
-        &mut bucket.limited,
-        now,
-        limit.interval_ns,
-        limit.tolerance_ns,
-    ) {
+    let admitted = if !limit.admits(bucket.admitted) {
+        // As many connections open as the limit allows (as of the agent's last count).
+        bucket.limited += 1;
+        false
+    } else if limit.interval_ns == 0 {
+        bucket.admitted += 1;
+        true
+    } else {
+        // SAFETY: no arguments; a clock read.
+        let now = unsafe { bpf_ktime_get_coarse_ns() };
+        gcra_charge(
+            &mut bucket.tat_ns,
+            &mut bucket.admitted,
+            &mut bucket.limited,
+            now,
+            limit.interval_ns,
+            limit.tolerance_ns,
+        )
+    };
+    if admitted {
         ADMIT
     } else if limit.flags & CONN_LIMIT_RESET != 0 {
         RESET

@@ -9,8 +9,8 @@
 
 use aya_ebpf::{Global, btf_maps::Array, helpers::generated::bpf_jiffies64, macros::btf_map};
 use lb_common::{
-    BPF_F_MMAPABLE, FLOW_CONFIRMED, FLOW_STATE_BITS, FLOW_TABLE_SIZE, FLOW_USED, FLOW_WAYS, Flow, FlowKey, FlowSet,
-    flow_check, flow_idle, flow_set, flow_sets,
+    BPF_F_MMAPABLE, FLOW_CLOSED, FLOW_CONFIRMED, FLOW_STATE_BITS, FLOW_TABLE_SIZE, FLOW_USED, FLOW_WAYS, Flow, FlowKey,
+    FlowSet, flow_check, flow_idle, flow_set, flow_sets,
 };
 
 /// Mmapable only so that its values start page-aligned, as `FlowSet`'s cache-line layout wants.
@@ -36,7 +36,7 @@ pub(crate) struct Entry {
     pub(crate) flow: Option<Flow>,
 }
 
-/// The time in `FlowSet::used` form: jiffies to 4, with the in-use bit. (The verifier turns the
+/// The time in `FlowSet::used` form: jiffies to 8, with the in-use bit. (The verifier turns the
 /// helper into a plain load.)
 #[inline(always)]
 fn now() -> u32 {
@@ -44,9 +44,10 @@ fn now() -> u32 {
     (unsafe { bpf_jiffies64() } as u32 & !FLOW_STATE_BITS) | FLOW_USED
 }
 
-/// The entry of `key` (hash `hash`) if the table holds it — its last-use time refreshed, and
-/// confirmed if `confirm` is `FLOW_CONFIRMED` (any packet but a TCP SYN; else 0) — else where a
-/// record of it would go (`Entry::record` picks the entry).
+/// The entry of `key` (hash `hash`) if the table holds it — its last-use time refreshed, its
+/// state bits or-ed with `confirm`: `FLOW_CONFIRMED` for any packet but a TCP SYN; 0 for a SYN
+/// (which also clears `FLOW_CLOSED`: the 4-tuple is reused); `FLOW_USED` to change neither —
+/// else where a record of it would go (`Entry::record` picks the entry).
 #[inline(always)]
 pub(crate) fn find(key: &FlowKey, hash: u32, confirm: u32) -> Entry {
     let sets = XLB_FLOW_SETS.load();
@@ -64,8 +65,10 @@ pub(crate) fn find(key: &FlowKey, hash: u32, confirm: u32) -> Entry {
             continue;
         }
         if let Some(flow) = set_ref.holds(way, key, hash) {
-            // Once confirmed, an entry stays confirmed until it is replaced.
-            let stamp = now() | (used & FLOW_CONFIRMED) | confirm;
+            // Once confirmed, an entry stays confirmed until it is replaced; closed until a SYN
+            // (branch-free: any bit of `confirm` keeps `FLOW_CLOSED`, bit 2).
+            let keep = FLOW_CONFIRMED | (((confirm | confirm << 1) << 1) & FLOW_CLOSED);
+            let stamp = now() | (used & keep) | confirm;
             if used != stamp
                 && let Some(u) = set_ref.used.get_mut(way)
             {
@@ -111,6 +114,14 @@ fn victim(set: *const FlowSet, now: u32) -> usize {
 }
 
 impl Entry {
+    /// Marks the flow's entry closed (`FLOW_CLOSED`: its client sent a FIN or a RST).
+    #[inline(always)]
+    pub(crate) fn close(self) {
+        if !self.set.is_null() {
+            close_at(self.set, self.way);
+        }
+    }
+
     /// Records `key` → `flow` — in the entry that holds it, else in the entry `victim` picks —
     /// as embryonic (the flow's next packet that is not a SYN confirms it). `false`: the set had
     /// no entry a new flow may take; nothing was written.
@@ -118,6 +129,21 @@ impl Entry {
     pub(crate) fn record(self, key: &FlowKey, hash: u32, flow: Flow) -> bool {
         let flow = u64::from(flow.generation) << 32 | u64::from(flow.backend);
         !self.set.is_null() && record_at(self.set, u64::from(hash) << 32 | u64::from(self.way), key, flow)
+    }
+}
+
+/// `Entry::close` as a separate BPF function: inlined in the established path, it cost the
+/// balancer's frame 40 bytes it did not have. (Clients close once per connection: rare.)
+#[inline(never)]
+fn close_at(set: *mut FlowSet, way: u32) {
+    // SAFETY: a value of the map (the caller checked it is not null); a concurrent writer of
+    // this entry at worst loses the mark or stamps the entry for another flow, which the
+    // agent's count then sees as closed for as long as that flow stays quiet.
+    let set = unsafe { &mut *set };
+    if let Some(u) = set.used.get_mut(way as usize)
+        && *u != 0
+    {
+        *u |= FLOW_CLOSED;
     }
 }
 

@@ -15,15 +15,15 @@ use aya_ebpf::{
 };
 use lb_common::{
     ADDR_FLAG_DROP_UNHASHABLE, BACKEND_FLAG_ACTIVE, BACKEND_FLAG_IPIP, Backend, BackendCounters, FILTER_NAT_BACKEND,
-    FILTER_NAT_POOL, FILTER_NAT_VIP, FILTER_VIP, FLOW_CONFIRMED, Flow, FlowKey, MAGLEV_TABLE_FLAGS, MAX_BACKENDS,
-    MAX_MAGLEV_GROUPS, MAX_VIP_ADDRS, MAX_VIPS, MaglevGroup, NODE_FLAG_DNAT_ONLY, NodeConfig, PROTO_TCP, PROTO_UDP,
-    Stat, StatCounters, VIP_FILTER_SIZE, VIP_FLAG_CONN_LIMIT, VIP_FLAG_HASH_SOURCE_ONLY, VIP_FLAG_NAT,
+    FILTER_NAT_POOL, FILTER_NAT_VIP, FILTER_VIP, FLOW_CONFIRMED, FLOW_USED, Flow, FlowKey, MAGLEV_TABLE_FLAGS,
+    MAX_BACKENDS, MAX_MAGLEV_GROUPS, MAX_VIP_ADDRS, MAX_VIPS, MaglevGroup, NODE_FLAG_DNAT_ONLY, NodeConfig, PROTO_TCP,
+    PROTO_UDP, Stat, StatCounters, VIP_FILTER_SIZE, VIP_FLAG_CONN_LIMIT, VIP_FLAG_HASH_SOURCE_ONLY, VIP_FLAG_NAT,
     VIP_INDEX_PROBES, VIP_INDEX_SIZE, VipAddrKey, VipAddrPolicy, VipKey, VipMeta, VipSlot, addr_bucket,
     maglev_position, source_hash, vip_index_slot,
 };
 use lb_ebpf::{
     forward::{encapsulate, rewrite_macs},
-    headers::{TCP_FLAG_ACK, TCP_FLAG_SYN},
+    headers::{TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN},
     parse::{Frame, NotParsed, Packet, Quoted, parse},
 };
 
@@ -356,11 +356,15 @@ fn direct_inline<const BALANCER: bool>(
     let hash = flow.hash();
     // An established flow needs only the connection table: its entry names a backend slot whose
     // generation proves the VIP still has that backend (removing a VIP retires its slots), and
-    // the slot says how to send. Any packet but a TCP SYN confirms the flow's entry.
+    // the slot says how to send. Any packet but a TCP SYN confirms the flow's entry; the
+    // client's FIN or RST marks it closed (for a VIP's concurrent connections).
     let entry = flow_table::find(flow, hash, if opens == Opens::Syn { 0 } else { FLOW_CONFIRMED });
     if let Some(known) = entry.flow
         && let Some(backend) = live_backend(known)
     {
+        if packet.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0 {
+            entry.close();
+        }
         return send(ctx, counts, packet, node, known.backend, &backend, hash, false, true);
     }
     let Some(meta) = find_vip(packet.daddr, packet.dport, packet.proto, packet.family, VipLookup::Indexed) else {
@@ -587,7 +591,8 @@ fn icmp_error_to_backend_inner(ctx: &XdpContext, counts: Counts, packet: &Packet
     let flow = quoted.flow_key(packet.family);
     let node = XLB_NODE.get(0)?;
     let hash = flow.hash();
-    let Some(choice) = choose_backend(counts, &meta, &flow, hash, Opens::No, flow_table::find(&flow, hash, 0)) else {
+    let Some(choice) = choose_backend(counts, &meta, &flow, hash, Opens::No, flow_table::find(&flow, hash, FLOW_USED))
+    else {
         return Some(counts.outcome(Stat::DropNoBackend));
     };
     // Never answer an ICMP error with another one: so XDP_TX here means forwarded.

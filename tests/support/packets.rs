@@ -10,9 +10,23 @@ pub const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 /// Transport of a test packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum L4 {
-    TcpSyn { sport: u16, dport: u16 },
-    TcpAck { sport: u16, dport: u16 },
-    Udp { sport: u16, dport: u16 },
+    TcpSyn {
+        sport: u16,
+        dport: u16,
+    },
+    TcpAck {
+        sport: u16,
+        dport: u16,
+    },
+    /// The client's FIN (with ACK).
+    TcpFin {
+        sport: u16,
+        dport: u16,
+    },
+    Udp {
+        sport: u16,
+        dport: u16,
+    },
     IcmpEcho,
 }
 
@@ -85,6 +99,9 @@ impl Frame {
             (L4::TcpSyn { sport, dport }, _) => ip.tcp(sport, dport, 1000, 64240).syn().write(&mut out, &self.payload),
             (L4::TcpAck { sport, dport }, _) => {
                 ip.tcp(sport, dport, 1001, 64240).ack(5000).write(&mut out, &self.payload)
+            }
+            (L4::TcpFin { sport, dport }, _) => {
+                ip.tcp(sport, dport, 1001, 64240).ack(5000).fin().write(&mut out, &self.payload)
             }
             (L4::Udp { sport, dport }, _) => ip.udp(sport, dport).write(&mut out, &self.payload),
             (L4::IcmpEcho, Ip::V4 { .. }) => ip.icmpv4_echo_request(7, 1).write(&mut out, &self.payload),

@@ -254,10 +254,10 @@ fn drive(
 }
 
 /// The threshold of an l7 VIP whose every route has a global rate limit (their sum), or of an
-/// L4 VIP's global connection limit.
+/// L4 VIP's global new-connection limit.
 fn globally_limited(vip: &xlb::config::Vip) -> Option<u32> {
     if let Some(limit) = vip.connection_limit.as_ref().filter(|l| l.scope == xlb::config::Scope::Global) {
-        return Some(limit.rate);
+        return limit.rate;
     }
     let routes = &vip.l7.as_ref()?.routes;
     let limits: Option<Vec<u32>> = routes

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use lb_common::{NodeConfig, nat_expired};
+use lb_common::NodeConfig;
 
 use crate::{
     apply::conns::{self, SlotOwners},
@@ -47,6 +47,7 @@ impl Shared {
             mode: mode(&applied.vip).to_owned(),
             confirmed: 0,
             embryonic: 0,
+            closed: 0,
             nat: 0,
             limit,
             flows: Vec::new(),
@@ -77,6 +78,7 @@ impl Shared {
         let found = conns::vip_flows(table, now, &owners, index, limit as usize);
         report.confirmed = found.confirmed;
         report.embryonic = found.embryonic;
+        report.closed = found.closed;
         report.flows = found
             .flows
             .iter()
@@ -106,8 +108,7 @@ struct NatListed {
 }
 
 /// The live NAT flows of VIP `vip` (an index of `owners.vips`): how many, and the `limit` most
-/// recently active. Walks the reverse table (a lookup per entry) and looks up the VIP's forward
-/// entries, judging expiry by both directions as the sweep does.
+/// recently active.
 fn nat_flows(
     tables: &NatTables,
     node: &NodeConfig,
@@ -117,26 +118,22 @@ fn nat_flows(
 ) -> (u64, Vec<NatListed>) {
     let now = nat::monotonic_ns();
     let mut live = Vec::new();
-    for (key, reverse) in tables.reverse_entries() {
-        let Some(owner) = owners.slot_owner(reverse.backend).filter(|o| o.vip == vip) else { continue };
-        let forward = tables.flow(&reverse.forward_key(key.proto, key.family)).filter(|f| nat::owns(f, &key));
-        // A forward entry of another generation belongs to a backend the slot had before.
-        if forward.is_some_and(|f| f.generation != owner.generation) {
-            continue;
-        }
-        let (last, flags) = forward.map_or((reverse.last_seen, reverse.flags), |f| {
-            (reverse.last_seen.max(f.last_seen), reverse.flags | f.flags)
-        });
-        if nat_expired(now, last, flags, key.proto, node) {
-            continue;
-        }
-        live.push(NatListed {
-            idle_ns: now.saturating_sub(last),
-            client: SocketAddr::new(ip_from_words(reverse.client, key.family), u16::from_be(reverse.client_port)),
-            backend_index: owner.backend,
-            source: SocketAddr::new(ip_from_words(key.daddr, key.family), u16::from_be(key.dport)),
-        });
-    }
+    nat::live_flows(
+        tables,
+        node,
+        owners,
+        now,
+        |o| o.vip == vip,
+        |flow| {
+            let (key, reverse) = (flow.key, flow.reverse);
+            live.push(NatListed {
+                idle_ns: now.saturating_sub(flow.last),
+                client: SocketAddr::new(ip_from_words(reverse.client, key.family), u16::from_be(reverse.client_port)),
+                backend_index: flow.owner.backend,
+                source: SocketAddr::new(ip_from_words(key.daddr, key.family), u16::from_be(key.dport)),
+            });
+        },
+    );
     let total = live.len() as u64;
     live.sort_by_key(|f| (f.idle_ns, f.client));
     live.truncate(limit);

@@ -9,7 +9,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_common::{FLOW_CONFIRMED, FLOW_STATE_BITS, FLOW_WAYS, Flow, FlowKey, FlowSet, VipKey, flow_check, flow_idle};
+use lb_common::{
+    FLOW_CLOSED, FLOW_CONFIRMED, FLOW_STATE_BITS, FLOW_WAYS, Flow, FlowKey, FlowSet, VipKey, flow_check, flow_idle,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{apply::dataplane::FlowTableCounter, apply::reconcile::AppliedVip};
@@ -21,6 +23,9 @@ use crate::{apply::dataplane::FlowTableCounter, apply::reconcile::AppliedVip};
 pub enum FlowState {
     Embryonic,
     Confirmed,
+    /// A TCP flow whose client sent a FIN or a RST (its entry stays until it idles out or a new
+    /// flow takes it; with direct server return the server's side is never seen).
+    Closed,
 }
 
 impl FlowState {
@@ -28,6 +33,7 @@ impl FlowState {
         match self {
             FlowState::Embryonic => "embryonic",
             FlowState::Confirmed => "confirmed",
+            FlowState::Closed => "closed",
         }
     }
 }
@@ -38,7 +44,13 @@ pub fn entry_state(used: u32, now: u32) -> Option<FlowState> {
     if used == 0 || flow_idle(used, now) {
         return None;
     }
-    Some(if used & FLOW_CONFIRMED != 0 { FlowState::Confirmed } else { FlowState::Embryonic })
+    Some(if used & FLOW_CLOSED != 0 {
+        FlowState::Closed
+    } else if used & FLOW_CONFIRMED != 0 {
+        FlowState::Confirmed
+    } else {
+        FlowState::Embryonic
+    })
 }
 
 /// Jiffies since an entry stamped `used` last saw a packet (0 if stamped after `now`).
@@ -132,8 +144,11 @@ impl SlotOwners {
 /// Live connections of one backend.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackendConns {
-    /// Connection-table entries past their handshake.
+    /// Connection-table entries past their handshake, not closed.
     pub confirmed: u64,
+    /// Entries whose client closed (FIN or RST), until they idle out.
+    #[serde(default)]
+    pub closed: u64,
     /// Entries of flows whose handshake has not finished (SYNs, one-datagram UDP flows).
     pub embryonic: u64,
     /// NAT flows (nat VIPs keep their flows in the NAT tables instead).
@@ -141,6 +156,7 @@ pub struct BackendConns {
 }
 
 impl BackendConns {
+    /// Open connections: closed entries are not.
     pub fn total(&self) -> u64 {
         self.confirmed + self.embryonic + self.nat
     }
@@ -187,6 +203,7 @@ impl ConnCounts {
             match entry.state {
                 FlowState::Confirmed => counts.confirmed += 1,
                 FlowState::Embryonic => counts.embryonic += 1,
+                FlowState::Closed => counts.closed += 1,
             }
         }
     }
@@ -237,6 +254,35 @@ fn for_each_set(table: &FlowTableCounter, paced: bool, busy: &mut Duration, mut 
     }
 }
 
+/// Connections open per VIP (an index of `owners.vips`) of the VIPs `counted` picks, for their
+/// concurrent-connection limits: confirmed entries whose client has not closed, and embryonic
+/// ones younger than `young` jiffies (a handshake under way turns into a connection without
+/// passing the limit again; older ones are stale SYNs, which a flood leaves by the thousand).
+/// Unpaced: the limits thread needs it whole and soon, and times it.
+pub fn open_per_vip(
+    table: &FlowTableCounter,
+    now: u32,
+    owners: &SlotOwners,
+    young: u32,
+    counted: &dyn Fn(u32) -> bool,
+) -> HashMap<u32, u64> {
+    let mut open = HashMap::new();
+    let mut busy = Duration::ZERO;
+    for_each_set(table, false, &mut busy, |set| {
+        for entry in live_entries(set, now) {
+            let counts = match entry.state {
+                FlowState::Confirmed => true,
+                FlowState::Embryonic => entry.age < young,
+                FlowState::Closed => false,
+            };
+            if let Some(owner) = owners.owner(&entry.flow).filter(|o| counts && counted(o.vip)) {
+                *open.entry(owner.vip).or_insert(0) += 1;
+            }
+        }
+    });
+    open
+}
+
 /// One flow of a VIP, as `xlb conns` lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VipFlow {
@@ -269,6 +315,7 @@ impl Ord for FlowKeyOrd {
 pub struct VipFlows {
     pub confirmed: u64,
     pub embryonic: u64,
+    pub closed: u64,
     /// Youngest first; at most `limit`.
     pub flows: Vec<VipFlow>,
 }
@@ -302,6 +349,7 @@ impl VipFlowsBuilder {
             match entry.state {
                 FlowState::Confirmed => self.totals.confirmed += 1,
                 FlowState::Embryonic => self.totals.embryonic += 1,
+                FlowState::Closed => self.totals.closed += 1,
             }
             if self.limit == 0 {
                 continue;

@@ -27,12 +27,14 @@ pub struct ConcurrencyLimit {
     pub on_limit: OnLimit,
 }
 
-/// A VIP's new-connection limit (L4, enforced by the XDP program): `rate` new flows per second
-/// over the VIP, `burst` at once.
+/// A VIP's connection limit (L4, enforced by the XDP program): `rate` new flows per second over
+/// the VIP, `burst` at once, and/or `concurrent` connections open at once (at least one).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnLimit {
-    pub rate: u32,
+    pub rate: Option<u32>,
+    /// With `rate` (else 0).
     pub burst: u32,
+    pub concurrent: Option<u32>,
     pub scope: Scope,
     pub on_limit: ConnOnLimit,
 }
@@ -110,8 +112,9 @@ pub(super) struct RawConcurrencyLimit {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConnLimit {
-    new_per_second: u32,
+    new_per_second: Option<u32>,
     burst: Option<u32>,
+    concurrent: Option<u32>,
     scope: Option<Scope>,
     on_limit: Option<ConnOnLimit>,
 }
@@ -179,12 +182,45 @@ impl Checker<'_> {
                  rate_limit and concurrency_limit: use those",
             ));
         }
-        let burst = raw.burst.unwrap_or(raw.new_per_second.div_ceil(10).max(1));
-        if !(1..=MAX_RATE).contains(&raw.new_per_second) {
+        if raw.new_per_second.is_none() && raw.concurrent.is_none() {
+            return Err(self.err(
+                at,
+                field,
+                "limits nothing: give new_per_second (new connections per second), concurrent (connections \
+                 open at once) or both",
+            ));
+        }
+        if let Some(rate) = raw.new_per_second
+            && !(1..=MAX_RATE).contains(&rate)
+        {
             return Err(self.err(at, format!("{field}.new_per_second"), format!("use 1 to {MAX_RATE}")));
         }
-        if !(1..=MAX_RATE).contains(&burst) {
+        let burst = match (raw.new_per_second, raw.burst) {
+            (Some(rate), burst) => burst.unwrap_or(rate.div_ceil(10).max(1)),
+            (None, Some(_)) => {
+                return Err(self.err(
+                    at,
+                    format!("{field}.burst"),
+                    "is the burst of new_per_second, which is not set: set new_per_second or remove burst",
+                ));
+            }
+            (None, None) => 0,
+        };
+        if raw.new_per_second.is_some() && !(1..=MAX_RATE).contains(&burst) {
             return Err(self.err(at, format!("{field}.burst"), format!("use 1 to {MAX_RATE}")));
+        }
+        if let Some(concurrent) = raw.concurrent {
+            if !(1..=MAX_CONCURRENT).contains(&concurrent) {
+                return Err(self.err(at, format!("{field}.concurrent"), format!("use 1 to {MAX_CONCURRENT}")));
+            }
+            if vip.1 != Protocol::Tcp {
+                return Err(self.err(
+                    at,
+                    format!("{field}.concurrent"),
+                    "counts TCP connections, which end with a FIN or a RST; a UDP flow has no end the data \
+                     plane can see: limit new_per_second instead",
+                ));
+            }
         }
         let on_limit = raw.on_limit.unwrap_or_default();
         if on_limit == ConnOnLimit::Reset && vip.1 != Protocol::Tcp {
@@ -194,7 +230,13 @@ impl Checker<'_> {
                 "reset answers a TCP SYN with a RST; a UDP VIP's refused packets can only be dropped: use drop",
             ));
         }
-        Ok(ConnLimit { rate: raw.new_per_second, burst, scope: raw.scope.unwrap_or_default(), on_limit })
+        Ok(ConnLimit {
+            rate: raw.new_per_second,
+            burst,
+            concurrent: raw.concurrent,
+            scope: raw.scope.unwrap_or_default(),
+            on_limit,
+        })
     }
 
     /// A route's `concurrency_limit:` (`field`: its path in the file). Refused requests get
@@ -415,15 +457,22 @@ mod tests {
         let c =
             parse(Path::new("xlb.yaml"), &vip("dsr-l2", "tcp", "{ new_per_second: 5000, on_limit: reset }")).unwrap();
         let l = c.vips[0].connection_limit.clone().unwrap();
-        assert_eq!((l.rate, l.burst, l.scope, l.on_limit), (5000, 500, Scope::Local, ConnOnLimit::Reset));
+        assert_eq!((l.rate, l.burst, l.scope, l.on_limit), (Some(5000), 500, Scope::Local, ConnOnLimit::Reset));
+        let c = parse(Path::new("xlb.yaml"), &vip("dsr-ipip", "tcp", "{ concurrent: 300 }")).unwrap();
+        let l = c.vips[0].connection_limit.clone().unwrap();
+        assert_eq!((l.rate, l.burst, l.concurrent), (None, 0, Some(300)));
         let g = format!("{GLOBAL}{}", vip("dsr-l2", "udp", "{ new_per_second: 50, burst: 5, scope: global }"));
         let l = parse(Path::new("xlb.yaml"), &g).unwrap().vips[0].connection_limit.clone().unwrap();
-        assert_eq!((l.rate, l.burst, l.scope, l.on_limit), (50, 5, Scope::Global, ConnOnLimit::Drop));
+        assert_eq!((l.rate, l.burst, l.scope, l.on_limit), (Some(50), 5, Scope::Global, ConnOnLimit::Drop));
         let cases = [
             (vip("dsr-l2", "udp", "{ new_per_second: 5, on_limit: reset }"), "connection_limit.on_limit", "use drop"),
             (vip("dsr-l2", "tcp", "{ new_per_second: 0 }"), "connection_limit.new_per_second", "1 to 1000000"),
             (vip("dsr-l2", "tcp", "{ new_per_second: 5, burst: 0 }"), "connection_limit.burst", "1 to 1000000"),
             (vip("dsr-l2", "tcp", "{ new_per_second: 5, scope: global }"), "connection_limit.scope", "global_limits"),
+            (vip("dsr-l2", "tcp", "{ scope: local }"), "connection_limit", "give new_per_second"),
+            (vip("dsr-l2", "tcp", "{ concurrent: 5, burst: 2 }"), "connection_limit.burst", "set new_per_second"),
+            (vip("dsr-l2", "tcp", "{ concurrent: 0 }"), "connection_limit.concurrent", "1 to 1000000"),
+            (vip("dsr-l2", "udp", "{ concurrent: 10 }"), "connection_limit.concurrent", "limit new_per_second"),
         ];
         for (yaml, field, fix) in cases {
             let e = parse(Path::new("xlb.yaml"), &yaml).unwrap_err().to_string();

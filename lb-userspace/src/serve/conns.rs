@@ -16,12 +16,13 @@ pub struct ConnEntry {
     pub client: String,
     /// The backend's address (as in the config).
     pub backend: String,
-    /// `confirmed`, `embryonic` (handshake not finished), or `nat`.
+    /// `confirmed`, `embryonic` (handshake not finished), `closed` (the client sent a FIN or a
+    /// RST), or `nat`.
     pub state: String,
     /// NAT: the source address and port toward the backend (a pool's; the client's for DNAT).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nat_source: Option<String>,
-    /// Since the flow's last packet (the table records last use, to 4 jiffies, not the start).
+    /// Since the flow's last packet (the table records last use, to 8 jiffies, not the start).
     pub idle_ms: u64,
 }
 
@@ -33,6 +34,9 @@ pub struct ConnsReport {
     pub mode: String,
     pub confirmed: u64,
     pub embryonic: u64,
+    /// Entries whose client closed, until they idle out.
+    #[serde(default)]
+    pub closed: u64,
     /// NAT flows (nat VIPs: they live in the NAT tables instead).
     pub nat: u64,
     pub limit: u32,
@@ -43,7 +47,7 @@ pub struct ConnsReport {
 impl ConnsReport {
     /// Live flows (what `flows` lists from).
     pub fn total(&self) -> u64 {
-        self.confirmed + self.embryonic + self.nat
+        self.confirmed + self.embryonic + self.closed + self.nat
     }
 
     /// Flows counted but not listed.
@@ -56,9 +60,10 @@ impl ConnsReport {
         let mut out = if mode == "nat" {
             format!("{vip} {endpoint} ({mode}): {} NAT flows\n", self.nat)
         } else {
-            let (confirmed, embryonic) = (self.confirmed, self.embryonic);
+            let (confirmed, embryonic, closed) = (self.confirmed, self.embryonic, self.closed);
             format!(
-                "{vip} {endpoint} ({mode}): {} connections ({confirmed} confirmed, {embryonic} embryonic)\n",
+                "{vip} {endpoint} ({mode}): {} connections ({confirmed} confirmed, {embryonic} embryonic, {closed} \
+                 closed)\n",
                 self.total()
             )
         };
@@ -95,6 +100,7 @@ mod tests {
             mode: "dsr-l2".into(),
             confirmed,
             embryonic,
+            closed: 0,
             nat: 0,
             limit: 2,
             flows: (0..listed)
@@ -113,7 +119,7 @@ mod tests {
     fn the_listing_says_how_many_it_left_out() {
         let text = report(2, 5, 1).render();
         assert!(
-            text.starts_with("web 192.0.2.1:80/tcp (dsr-l2): 6 connections (5 confirmed, 1 embryonic)\n"),
+            text.starts_with("web 192.0.2.1:80/tcp (dsr-l2): 6 connections (5 confirmed, 1 embryonic, 0 closed)\n"),
             "{text}"
         );
         assert!(text.contains("10.0.0.0:40000"), "{text}");

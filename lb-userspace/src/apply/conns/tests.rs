@@ -100,14 +100,14 @@ fn live_entries_are_attributed_by_slot_and_generation() {
     counts.add_set(&set, now, &owners);
     counts.add_set(&second, now, &owners);
     assert_eq!(counts.occupied, 8, "every entry in use, live or not");
-    assert_eq!(counts.of(3, 7), BackendConns { confirmed: 1, embryonic: 1, nat: 0 });
-    assert_eq!(counts.of(4, 1), BackendConns { confirmed: 1, embryonic: 0, nat: 0 });
-    assert_eq!(counts.of(9, 2), BackendConns { confirmed: 1, embryonic: 0, nat: 0 });
+    assert_eq!(counts.of(3, 7), BackendConns { confirmed: 1, embryonic: 1, closed: 0, nat: 0 });
+    assert_eq!(counts.of(4, 1), BackendConns { confirmed: 1, embryonic: 0, closed: 0, nat: 0 });
+    assert_eq!(counts.of(9, 2), BackendConns { confirmed: 1, embryonic: 0, closed: 0, nat: 0 });
     assert_eq!(counts.of(3, 6).total(), 0, "the stale generation is nobody's");
     assert_eq!(counts.of(5, 0).total(), 0);
 
     counts.add_nat(&[((9, 2), 5), ((4, 1), 2)].into_iter().collect());
-    assert_eq!(counts.of(9, 2), BackendConns { confirmed: 1, embryonic: 0, nat: 5 });
+    assert_eq!(counts.of(9, 2), BackendConns { confirmed: 1, embryonic: 0, closed: 0, nat: 5 });
     assert_eq!(counts.of(4, 1).total(), 3);
 }
 

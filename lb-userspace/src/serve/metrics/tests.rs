@@ -43,7 +43,7 @@ fn snapshot() -> Snapshot {
                     packets: 7,
                     bytes: 700,
                     new_flows: 3,
-                    connections: crate::apply::conns::BackendConns { confirmed: 5, embryonic: 2, nat: 0 },
+                    connections: crate::apply::conns::BackendConns { confirmed: 5, embryonic: 2, closed: 0, nat: 0 },
                 },
                 BackendStats {
                     address: "10.0.0.2".into(),

@@ -97,6 +97,11 @@ impl Share {
         Arc::clone(&self.in_flight)
     }
 
+    /// Sets the in-progress count from a count kept elsewhere (a VIP's open connections).
+    pub fn set_in_flight(&self, open: u64) {
+        self.in_flight.store(usize::try_from(open).unwrap_or(usize::MAX), Ordering::Release);
+    }
+
     /// What this node may have in progress until its next exchange is heard: its slots, or
     /// more while requests admitted under a larger grant are still running.
     pub fn holding(&self) -> u32 {
