@@ -268,19 +268,29 @@ pub fn open_per_vip(
 ) -> HashMap<u32, u64> {
     let mut open = HashMap::new();
     let mut busy = Duration::ZERO;
-    for_each_set(table, false, &mut busy, |set| {
-        for entry in live_entries(set, now) {
-            let counts = match entry.state {
-                FlowState::Confirmed => true,
-                FlowState::Embryonic => entry.age < young,
-                FlowState::Closed => false,
-            };
-            if let Some(owner) = owners.owner(&entry.flow).filter(|o| counts && counted(o.vip)) {
-                *open.entry(owner.vip).or_insert(0) += 1;
-            }
-        }
-    });
+    for_each_set(table, false, &mut busy, |set| add_open(&mut open, set, now, owners, young, counted));
     open
+}
+
+/// [`open_per_vip`] for one set.
+pub(crate) fn add_open(
+    open: &mut HashMap<u32, u64>,
+    set: &FlowSet,
+    now: u32,
+    owners: &SlotOwners,
+    young: u32,
+    counted: &dyn Fn(u32) -> bool,
+) {
+    for entry in live_entries(set, now) {
+        let counts = match entry.state {
+            FlowState::Confirmed => true,
+            FlowState::Embryonic => entry.age < young,
+            FlowState::Closed => false,
+        };
+        if let Some(owner) = owners.owner(&entry.flow).filter(|o| counts && counted(o.vip)) {
+            *open.entry(owner.vip).or_insert(0) += 1;
+        }
+    }
 }
 
 /// One flow of a VIP, as `xlb conns` lists it.

@@ -458,7 +458,7 @@ mod tests {
             parse(Path::new("xlb.yaml"), &vip("dsr-l2", "tcp", "{ new_per_second: 5000, on_limit: reset }")).unwrap();
         let l = c.vips[0].connection_limit.clone().unwrap();
         assert_eq!((l.rate, l.burst, l.scope, l.on_limit), (Some(5000), 500, Scope::Local, ConnOnLimit::Reset));
-        let c = parse(Path::new("xlb.yaml"), &vip("dsr-ipip", "tcp", "{ concurrent: 300 }")).unwrap();
+        let c = parse(Path::new("xlb.yaml"), &vip("dsr-l2", "tcp", "{ concurrent: 300 }")).unwrap();
         let l = c.vips[0].connection_limit.clone().unwrap();
         assert_eq!((l.rate, l.burst, l.concurrent), (None, 0, Some(300)));
         let g = format!("{GLOBAL}{}", vip("dsr-l2", "udp", "{ new_per_second: 50, burst: 5, scope: global }"));

@@ -1,6 +1,6 @@
 use lb_common::{
-    FAMILY_V4, FLOW_CONFIRMED, FLOW_CONFIRMED_IDLE_JIFFIES, FLOW_USED, FLOW_WAYS, Flow, FlowEntry, FlowKey, FlowSet,
-    PROTO_TCP, VipKey, flow_check,
+    FAMILY_V4, FLOW_CLOSED, FLOW_CONFIRMED, FLOW_CONFIRMED_IDLE_JIFFIES, FLOW_STATE_BITS, FLOW_USED, FLOW_WAYS, Flow,
+    FlowEntry, FlowKey, FlowSet, PROTO_TCP, VipKey, flow_check,
 };
 
 use super::*;
@@ -26,7 +26,7 @@ fn client(sport: u16) -> FlowKey {
 fn record(set: &mut FlowSet, way: usize, key: &FlowKey, flow: Flow, stamp: u32, confirmed: bool) {
     let hash = key.hash();
     set.hashes[way] = hash;
-    set.used[way] = (stamp & !3) | FLOW_USED | if confirmed { FLOW_CONFIRMED } else { 0 };
+    set.used[way] = (stamp & !FLOW_STATE_BITS) | FLOW_USED | if confirmed { FLOW_CONFIRMED } else { 0 };
     set.entries[way].key = *key;
     set.entries[way].flow = flow;
     set.entries[way].check = flow_check(hash, &flow);
@@ -61,12 +61,37 @@ fn entries_are_live_until_idle_past_the_tables_rule() {
 fn ages_follow_the_clock_across_its_wrap_and_never_go_negative() {
     let stamp = u32::MAX - 15;
     let now = 100; // 116 jiffies later, past the 32-bit wrap
-    assert_eq!(entry_age(stamp | FLOW_USED, now), (now & !3).wrapping_sub(stamp & !3));
+    assert_eq!(entry_age(stamp | FLOW_USED, now), (now & !FLOW_STATE_BITS).wrapping_sub(stamp & !FLOW_STATE_BITS));
     assert!(entry_age(stamp | FLOW_USED, now) < 200);
     assert_eq!(entry_state(stamp | FLOW_USED | FLOW_CONFIRMED, now), Some(FlowState::Confirmed));
     // Stamped by another CPU a tick after the agent read the clock.
-    assert_eq!(entry_age(1004 | FLOW_USED, 1000), 0);
-    assert_eq!(entry_state(1004 | FLOW_USED, 1000), Some(FlowState::Embryonic));
+    assert_eq!(entry_age(1008 | FLOW_USED, 1000), 0);
+    assert_eq!(entry_state(1008 | FLOW_USED, 1000), Some(FlowState::Embryonic));
+    // The client's FIN or RST marks it closed, whatever else it is.
+    assert_eq!(entry_state(1000 | FLOW_USED | FLOW_CONFIRMED | FLOW_CLOSED, 1000), Some(FlowState::Closed));
+}
+
+#[test]
+fn open_connections_are_confirmed_ones_not_closed_and_young_handshakes() {
+    let now = 5_000_000;
+    let mut set = empty_set();
+    let flow = Flow { backend: 3, generation: 7 };
+    record(&mut set, 0, &client(1000), flow, now - 100, true);
+    record(&mut set, 1, &client(1001), flow, now - 16, false);
+    // A SYN older than a second (HZ 1000): a stale handshake, or a flood's.
+    record(&mut set, 2, &client(1002), flow, now - 2000, false);
+    record(&mut set, 3, &client(1003), flow, now, true);
+    set.used[3] |= FLOW_CLOSED;
+    // Another VIP's (slot 9), not counted here.
+    record(&mut set, 4, &client(1004), Flow { backend: 9, generation: 2 }, now, true);
+    let owners = owners();
+    let vip_of = |slot: u32| owners.slot_owner(slot).expect("owned").vip;
+    let (ours, theirs) = (vip_of(3), vip_of(9));
+    assert_ne!(ours, theirs);
+    let mut open = std::collections::HashMap::new();
+    add_open(&mut open, &set, now, &owners, 1000, &|vip| vip == ours);
+    assert_eq!(open.get(&ours), Some(&2), "the confirmed flow and the young handshake");
+    assert_eq!(open.get(&theirs), None, "a VIP not asked for");
 }
 
 #[test]
