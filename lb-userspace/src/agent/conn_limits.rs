@@ -18,6 +18,7 @@ use crate::apply::{
     dataplane::ConnLimitMaps,
     nat,
 };
+use crate::sources::jiffies::KernelClock;
 
 /// How often the rates follow the shares (half the default renewal).
 const TICK: Duration = Duration::from_millis(50);
@@ -57,7 +58,11 @@ fn count_open(
     let mut open: HashMap<u32, u64> = HashMap::new();
     if counted.values().any(|(_, is_nat)| !is_nat) {
         let table = shared.flow_table.get().ok_or("the connection table is not mapped for reading")?;
-        let clock = lock(&shared.usage).clock.ok_or("the kernel's jiffies clock is not known (yet)")?;
+        let clock = match lock(&shared.usage).clock {
+            Some(clock) => clock,
+            // The housekeeping thread has not measured it yet (at start): measure it here.
+            None => KernelClock::calibrate().map_err(|e| format!("measuring the kernel's HZ: {e}"))?,
+        };
         let now = clock.now().map_err(|e| e.to_string())?;
         let direct = |vip: u32| counted.get(&vip).is_some_and(|(_, is_nat)| !is_nat);
         // Embryonic entries count for a second: handshakes under way.
@@ -84,6 +89,7 @@ pub(super) fn start(
     maps: ConnLimitMaps,
 ) -> anyhow::Result<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)> {
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let (first_written, first) = std::sync::mpsc::channel::<()>();
     let thread = std::thread::Builder::new().name("xlb-conn-limits".into()).spawn(move || {
         let mut writer = ConnLimitWriter::new(maps);
         // The limited VIPs and slot owners change with a pass only: gathered again when the view
@@ -129,7 +135,10 @@ pub(super) fn start(
                 }
                 next_count = started + (started.elapsed() * RECOUNT_FACTOR).max(RECOUNT_MIN);
             }
-            match writer.refresh(&limited, &shared.global_limits, &counts, report) {
+            let written = writer.refresh(&limited, &shared.global_limits, &counts, report);
+            // Started (or gave up trying): the agent may say it is ready.
+            let _ = first_written.send(());
+            match written {
                 Ok(statuses) => {
                     if report {
                         shared.conn_limits.store(Arc::new(statuses));
@@ -147,5 +156,9 @@ pub(super) fn start(
             }
         }
     })?;
+    // The limits in force before the agent says it is ready: a concurrent limit's first
+    // ceiling needs a count (and the kernel's HZ measured, 100 ms). Bounded: a thread that
+    // cannot write logs why and keeps trying.
+    let _ = first.recv_timeout(Duration::from_secs(2));
     Ok((stop, thread))
 }
