@@ -12,7 +12,7 @@ use std::{
 use xlb_tests::{
     netns::wait_for,
     require_root,
-    topology::{Streams, Topology, backend_v4},
+    topology::{Streams, Topology, backends_yaml},
 };
 
 const L2: &str = "10.210.100.1";
@@ -21,13 +21,7 @@ const POOL: &str = "10.210.0.201";
 const LIMIT: usize = 5;
 
 fn config() -> String {
-    let backends = |port: &str| -> String {
-        (0..3)
-            .map(|i| {
-                format!("      - {{ address: {}{port}, mac: \"02:00:00:21:00:{:02x}\" }}\n", backend_v4(i), 11 + i)
-            })
-            .collect()
-    };
+    let backends = |extra: &str| backends_yaml(3, extra);
     format!(
         "nat_pools:\n  - name: pool\n    addresses: [{POOL}]\n    ports: 20000-59999\nvips:\n\
          - name: l2\n    address: {L2}\n    port: 8080\n    protocol: tcp\n    mode: dsr-l2\n    \

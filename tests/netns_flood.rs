@@ -21,7 +21,7 @@ use xlb::serve::conns::ConnsReport;
 use xlb_tests::{
     netns::wait_for,
     require_root,
-    topology::{CLIENT_V4, Topology, backend_v4},
+    topology::{CLIENT_V4, Topology, backends_yaml},
     traffic::{Endpoints, Generator, tcp_syn_v4},
 };
 
@@ -47,13 +47,7 @@ const FRAME: usize = lb_common::GEN_TEMPLATE_BYTES;
 const FLOODER: Ipv4Addr = Ipv4Addr::new(10, 240, 0, 1);
 
 fn config() -> String {
-    let backends = |port: &str| -> String {
-        (0..3)
-            .map(|i| {
-                format!("      - {{ address: {}{port}, mac: \"02:00:00:21:00:{:02x}\" }}\n", backend_v4(i), 11 + i)
-            })
-            .collect()
-    };
+    let backends = |extra: &str| backends_yaml(3, extra);
     format!(
         "node:\n  tunnel_source_v4: 10.210.200.0/24\n  flow_table_size: 65536\n  sources:\n    new_flows: {{ rate: 2000, burst: 2000 }}\n\
          nat_pools:\n  - name: pool\n    addresses: [{POOL}]\n    ports: 20000-59999\n\

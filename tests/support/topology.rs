@@ -52,6 +52,14 @@ pub fn backend_mac(i: usize) -> String {
     format!("02:00:00:21:00:{:02x}", 11 + i)
 }
 
+/// A VIP's `backends:` items for the first `count` backends (YAML at a VIP's indentation), each
+/// with `extra` after its address (`", port: 8080"` for NAT, or nothing).
+pub fn backends_yaml(count: usize, extra: &str) -> String {
+    (0..count)
+        .map(|i| format!("      - {{ address: {}{extra}, mac: \"{}\" }}\n", backend_v4(i), backend_mac(i)))
+        .collect()
+}
+
 #[derive(Debug)]
 pub struct Topology {
     /// Clients: on the segment (no router), or each behind the router on its own link.

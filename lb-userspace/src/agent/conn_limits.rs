@@ -16,7 +16,7 @@ use crate::apply::{
     conn_limits::{ConnLimitWriter, LimitedVip, OpenCount, limited_vips},
     conns::{self, SlotOwners},
     dataplane::ConnLimitMaps,
-    nat,
+    nat, nat_flows,
 };
 use crate::sources::jiffies::KernelClock;
 
@@ -72,7 +72,7 @@ fn count_open(
         let node = view.node.ok_or("the data plane has no node settings yet")?;
         let tables = shared.nat_reader.get().ok_or("the NAT tables are not open for reading")?;
         let by_nat = |vip: u32| counted.get(&vip).is_some_and(|(_, is_nat)| *is_nat);
-        open.extend(nat::open_per_vip(&lock(tables), &node, owners, nat::monotonic_ns(), &by_nat));
+        open.extend(nat_flows::open_per_vip(&lock(tables), &node, owners, nat::monotonic_ns(), &by_nat));
     }
     Ok(counted
         .iter()

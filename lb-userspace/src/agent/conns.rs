@@ -9,8 +9,8 @@ use lb_common::NodeConfig;
 use crate::{
     apply::conns::{self, SlotOwners},
     apply::dataplane::NatTables,
-    apply::nat,
     apply::reconcile::AppliedVip,
+    apply::{nat, nat_flows},
     config::{Mode, ip_from_words},
     serve::admin::Reply,
     serve::conns::{ConnEntry, ConnsReport, MAX_LIMIT},
@@ -118,7 +118,7 @@ fn nat_flows(
 ) -> (u64, Vec<NatListed>) {
     let now = nat::monotonic_ns();
     let mut live = Vec::new();
-    nat::live_flows(
+    nat_flows::live_flows(
         tables,
         node,
         owners,

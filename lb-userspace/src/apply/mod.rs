@@ -7,6 +7,7 @@ pub mod conns;
 pub mod dataplane;
 pub mod explain;
 pub mod nat;
+pub mod nat_flows;
 pub mod pass;
 pub mod plan;
 pub mod reconcile;
