@@ -12,6 +12,8 @@
 //! - An L4 VIP's global connection limit (enforced in XDP, refused SYNs answered with a RST):
 //!   the connections the backends answer over both nodes stay within ±10 % of the threshold,
 //!   each node's bucket at its share; Redis away: each node at threshold ÷ 2, still within.
+//! - An L4 VIP's global concurrent-connections limit: held connections over both nodes never
+//!   pass the threshold and fill it once the slots follow demand; Redis away: threshold ÷ 2 each.
 
 use std::{
     io::{Read, Write},
@@ -331,4 +333,103 @@ fn a_global_connection_limit_holds_in_xdp_over_two_nodes_and_falls_back_without_
     let fallback = tcp_load(&topo.clients, vip, THREADS, PHASE, SETTLE);
     eprintln!("L4, Redis away: {fallback:?}");
     within_of(&fallback, CONN_THRESHOLD, "L4, Redis away");
+}
+
+/// The L4 VIP with a global concurrent-connections limit, and its threshold.
+const VIP_CONC: &str = "10.210.100.9";
+const CONC_PORT: u16 = 9300;
+const CONC_THRESHOLD: usize = 10;
+
+fn conc_config(node: usize) -> String {
+    format!(
+        "global_limits:\n  redis: {redis}:6379\n  node: lb{node}\n  nodes: 2\n  renew_every: 100ms\n\
+         vips:\n  - name: held\n    address: {VIP_CONC}\n    port: {CONC_PORT}\n    protocol: tcp\n    mode: dsr-l2\n    \
+         connection_limit: {{ concurrent: {CONC_THRESHOLD}, scope: global, on_limit: reset }}\n    \
+         backends:\n      - {{ address: {b0} }}\n      - {{ address: {b1} }}\n",
+        redis = backend_v4(2),
+        b0 = backend_v4(0),
+        b1 = backend_v4(1),
+    )
+}
+
+/// Opens connections to the VIP one after another from the first client (ECMP spreads their
+/// ports over the nodes), holding every one accepted, until `enough` are held or `attempts`
+/// were made (bounded in time too); the held ones.
+fn hold_up_to(topo: &Topology, enough: usize, attempts: usize) -> Vec<std::net::TcpStream> {
+    let vip: SocketAddr = format!("{VIP_CONC}:{CONC_PORT}").parse().expect("address");
+    topo.clients[0]
+        .run(move || {
+            let mut held = Vec::new();
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            for _ in 0..attempts {
+                if held.len() >= enough || std::time::Instant::now() > deadline {
+                    break;
+                }
+                match std::net::TcpStream::connect_timeout(&vip, Duration::from_secs(2)) {
+                    Ok(conn) => held.push(conn),
+                    // Refused (a RST): the node's slots are full; its share may grow.
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+            held
+        })
+        .join()
+        .expect("client thread")
+}
+
+/// Each node's concurrent limit as its status shows it: (open, allowed).
+fn conc_status(topo: &Topology) -> Vec<(u64, u64)> {
+    (0..2)
+        .map(|i| {
+            let status = topo.status_of(i).expect("status");
+            let limit = status.node.conn_limits.iter().find(|l| l.vip == "held").expect("the limit reported");
+            let c = limit.concurrent.expect("a concurrent limit");
+            (c.open, c.allowed)
+        })
+        .collect()
+}
+
+#[test]
+fn a_global_concurrent_connection_limit_holds_over_two_nodes_and_falls_back_without_redis() {
+    require_root!();
+    let mut topo = Topology::edge(2, 1, 3, &[VIP_CONC]);
+    // (On every address: the health checks reach the backends' own.)
+    topo.serve_streams("0.0.0.0", CONC_PORT);
+    let redis = redis_server(&mut topo);
+    for i in 0..2 {
+        topo.start_agent_on(i, &conc_config(i), &[]);
+    }
+    route_vip_over(&topo, VIP_CONC, 2);
+    wait_mode(&topo, 2, LimitMode::Shared, Some(2), "both nodes sharing through Redis");
+
+    // Far more attempts than places: never more held than the threshold over both nodes, and
+    // once the grants follow demand, every place taken.
+    let held = hold_up_to(&topo, CONC_THRESHOLD + 5, 400);
+    assert_eq!(held.len(), CONC_THRESHOLD, "connections held over both nodes");
+    let per_node = wait_for("both nodes' counts", Duration::from_secs(5), || {
+        let s = conc_status(&topo);
+        (s.iter().map(|(open, _)| *open).sum::<u64>() == CONC_THRESHOLD as u64).then_some(s)
+    });
+    eprintln!("L4 concurrent, two nodes: (open, allowed) per node {per_node:?}");
+    // A node may hold more than its grant now (admitted under a larger one, refusing until
+    // they close); what each may hold, over both, never passes the threshold.
+    let holding: u64 = per_node.iter().map(|(open, allowed)| *open.max(allowed)).sum();
+    assert!(holding <= CONC_THRESHOLD as u64, "{per_node:?}");
+    assert!(per_node.iter().all(|(open, _)| *open > 0), "ECMP spread the connections: {per_node:?}");
+    let more = hold_up_to(&topo, 1, 20);
+    assert!(more.is_empty(), "full over both nodes: {} more got in", more.len());
+
+    // Redis away: each node falls back to threshold ÷ 2 places. The held connections close
+    // first (a fallback split need not match what each node holds).
+    drop(held);
+    wait_for("the closed connections counted", Duration::from_secs(5), || {
+        conc_status(&topo).iter().all(|(open, _)| *open == 0).then_some(())
+    });
+    topo.agent(redis).signal_and_wait(libc::SIGKILL, Duration::from_secs(5));
+    wait_mode(&topo, 2, LimitMode::Fallback, Some(2), "both nodes in fallback");
+    let held = hold_up_to(&topo, CONC_THRESHOLD + 5, 400);
+    let per_node = conc_status(&topo);
+    eprintln!("L4 concurrent, Redis away: {} held; (open, allowed) per node {per_node:?}", held.len());
+    assert_eq!(held.len(), CONC_THRESHOLD, "threshold ÷ 2 on each node");
+    assert!(per_node.iter().all(|(_, allowed)| *allowed == CONC_THRESHOLD as u64 / 2), "{per_node:?}");
 }
