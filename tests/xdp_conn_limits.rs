@@ -301,13 +301,20 @@ fn a_concurrent_limit_holds_open_connections_and_frees_the_places_clients_closed
     assert_eq!(freed.concurrent.map(|c| c.open), Some(2), "{freed:?}");
     open(&mut limited, 5006, "the freed place");
     expect_reset(&limited.lb, &syn(client, vip, 5007), client, vip, 5007, "full again");
-    // The closed 4-tuple reused: its SYN clears the mark, and the next count sees it open.
-    limited.lb.expect_verdict(&syn(client, vip, 5000), None, "a reused 4-tuple (a known entry)");
+    // The closed 4-tuple reused: its SYN is a new connection, judged like any other.
+    expect_reset(&limited.lb, &syn(client, vip, 5000), client, vip, 5000, "a reused 4-tuple, over the limit");
+    limited.lb.expect_verdict(&frame(L4::TcpFin { sport: 5001, dport: 80 }), None, "another client closes");
+    let freed = status(limited.recount("conc4", &clock));
+    assert_eq!(freed.concurrent.map(|c| c.open), Some(2), "{freed:?}");
+    open(&mut limited, 5000, "the reused 4-tuple in the freed place");
+    let (_, set) = limited.lb.maps.flow_set_of(&flow_key(client, vip, 5000)).expect("the set");
+    let way = set.way_of(&flow_key(client, vip, 5000)).expect("recorded again");
+    assert_eq!(set.used[way] & lb_common::FLOW_CLOSED, 0, "open again");
     let reused = status(limited.recount("conc4", &clock));
-    assert_eq!(reused.concurrent.map(|c| c.open), Some(4), "the reused tuple counts again: {reused:?}");
-    expect_reset(&limited.lb, &syn(client, vip, 5008), client, vip, 5008, "over the limit: nothing more");
+    assert_eq!(reused.concurrent.map(|c| c.open), Some(3), "the reused tuple counts again: {reused:?}");
+    expect_reset(&limited.lb, &syn(client, vip, 5008), client, vip, 5008, "full: nothing more");
     let text = ConnLimitStatus::render(&[reused]);
-    assert!(text.lines().any(|l| l.contains("conc4") && l.contains("4/3") && l.contains("rst")), "{text}");
+    assert!(text.lines().any(|l| l.contains("conc4") && l.contains("3/3") && l.contains("rst")), "{text}");
 }
 
 fn flow_key(client: &str, vip: &str, sport: u16) -> lb_common::FlowKey {

@@ -113,7 +113,8 @@ pub const FLOW_USED: u32 = 1;
 pub const FLOW_CONFIRMED: u32 = 2;
 /// `FlowSet::used` bit of a TCP flow whose client sent a FIN or a RST: it counts no more toward
 /// a VIP's concurrent connections (`connection_limit.concurrent`; with direct server return the
-/// program sees only the client's side). A SYN on the entry clears it (the 4-tuple reused).
+/// program sees only the client's side). A SYN on such an entry is a new flow on the 4-tuple,
+/// judged and recorded afresh in it.
 pub const FLOW_CLOSED: u32 = 4;
 /// The state bits of `FlowSet::used`; the rest is the time (jiffies, to 8 jiffies).
 pub const FLOW_STATE_BITS: u32 = FLOW_USED | FLOW_CONFIRMED | FLOW_CLOSED;

@@ -45,9 +45,9 @@ fn now() -> u32 {
 }
 
 /// The entry of `key` (hash `hash`) if the table holds it — its last-use time refreshed, its
-/// state bits or-ed with `confirm`: `FLOW_CONFIRMED` for any packet but a TCP SYN; 0 for a SYN
-/// (which also clears `FLOW_CLOSED`: the 4-tuple is reused); `FLOW_USED` to change neither —
-/// else where a record of it would go (`Entry::record` picks the entry).
+/// state bits or-ed with `confirm`: `FLOW_CONFIRMED` for any packet but a TCP SYN, 0 for a SYN,
+/// `FLOW_USED` for neither — else where a record of it would go (`Entry::record` picks the
+/// entry): for a SYN on an entry its client closed, that entry.
 #[inline(always)]
 pub(crate) fn find(key: &FlowKey, hash: u32, confirm: u32) -> Entry {
     let sets = XLB_FLOW_SETS.load();
@@ -65,10 +65,13 @@ pub(crate) fn find(key: &FlowKey, hash: u32, confirm: u32) -> Entry {
             continue;
         }
         if let Some(flow) = set_ref.holds(way, key, hash) {
-            // Once confirmed, an entry stays confirmed until it is replaced; closed until a SYN
-            // (branch-free: any bit of `confirm` keeps `FLOW_CLOSED`, bit 2).
-            let keep = FLOW_CONFIRMED | (((confirm | confirm << 1) << 1) & FLOW_CLOSED);
-            let stamp = now() | (used & keep) | confirm;
+            // A SYN on a closed entry opens a new connection on the 4-tuple: a new flow (judged
+            // by the VIP's limits, picked afresh), recorded in this same entry.
+            if confirm == 0 && used & FLOW_CLOSED != 0 {
+                return Entry { set, way: way as u32, flow: None };
+            }
+            // Once confirmed, an entry stays confirmed until it is replaced.
+            let stamp = now() | (used & FLOW_CONFIRMED) | confirm;
             if used != stamp
                 && let Some(u) = set_ref.used.get_mut(way)
             {
