@@ -27,7 +27,9 @@ use std::{
 
 use xlb::sources::limits::{LimitMode, LimitsView};
 use xlb_tests::{
-    http_load::{HttpLoadOutcome, get_status, http_load, redis_server as redis_server_command, tcp_load},
+    http_load::{
+        HttpLoadOutcome, get_status, hold_connections, http_load, redis_server as redis_server_command, tcp_load,
+    },
     netns::wait_for,
     require_root,
     topology::{Topology, backend_v4, node_v4},
@@ -352,29 +354,10 @@ fn conc_config(node: usize) -> String {
     )
 }
 
-/// Opens connections to the VIP one after another from the first client (ECMP spreads their
-/// ports over the nodes), holding every one accepted, until `enough` are held or `attempts`
-/// were made (bounded in time too); the held ones.
+/// Holds connections to the VIP from the first client, up to `enough` (bounded).
 fn hold_up_to(topo: &Topology, enough: usize, attempts: usize) -> Vec<std::net::TcpStream> {
     let vip: SocketAddr = format!("{VIP_CONC}:{CONC_PORT}").parse().expect("address");
-    topo.clients[0]
-        .run(move || {
-            let mut held = Vec::new();
-            let deadline = std::time::Instant::now() + Duration::from_secs(20);
-            for _ in 0..attempts {
-                if held.len() >= enough || std::time::Instant::now() > deadline {
-                    break;
-                }
-                match std::net::TcpStream::connect_timeout(&vip, Duration::from_secs(2)) {
-                    Ok(conn) => held.push(conn),
-                    // Refused (a RST): the node's slots are full; its share may grow.
-                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
-                }
-            }
-            held
-        })
-        .join()
-        .expect("client thread")
+    hold_connections(&topo.clients[0], vip, enough, attempts, Duration::from_secs(20))
 }
 
 /// Each node's concurrent limit as its status shows it: (open, allowed).

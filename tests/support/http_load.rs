@@ -145,3 +145,33 @@ pub fn redis_server(ns: &Netns, address: &str) -> std::process::Command {
     cmd.stdout(std::process::Stdio::null());
     cmd
 }
+
+/// Opens connections to `vip` one after another from `client` (ECMP spreads their ports over
+/// the nodes), holding every one accepted, until `enough` are held, `attempts` were made or
+/// `within` has passed; the held ones (a concurrent limit's places taken).
+pub fn hold_connections(
+    client: &Netns,
+    vip: SocketAddr,
+    enough: usize,
+    attempts: usize,
+    within: Duration,
+) -> Vec<TcpStream> {
+    client
+        .run(move || {
+            let mut held = Vec::new();
+            let deadline = Instant::now() + within;
+            for _ in 0..attempts {
+                if held.len() >= enough || Instant::now() > deadline {
+                    break;
+                }
+                match TcpStream::connect_timeout(&vip, Duration::from_secs(2)) {
+                    Ok(conn) => held.push(conn),
+                    // Refused (a RST): the places are taken; a node's share may grow.
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+            held
+        })
+        .join()
+        .expect("client thread")
+}

@@ -14,7 +14,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use xlb_tests::{
     bird::{Bird, Neighbor},
-    http_load::{http_load, redis_server, tcp_load},
+    http_load::{hold_connections, http_load, redis_server, tcp_load},
     topology::{ROUTER_V4, ROUTER_V6, Topology, backend_v4, node_v4, node_v6},
 };
 
@@ -161,7 +161,7 @@ fn drive(
     );
     let mut all_ok = true;
     for vip in &config.vips {
-        if globally_limited(vip).is_some() {
+        if globally_limited(vip).is_some() || globally_concurrent(vip).is_some() {
             continue;
         }
         let address = vip.address.to_string();
@@ -223,6 +223,9 @@ fn drive(
         if let Some(threshold) = globally_limited(vip) {
             all_ok &= drive_global_limit(topo, vip, threshold)?;
         }
+        if let Some(threshold) = globally_concurrent(vip) {
+            all_ok &= drive_concurrent_limit(topo, vip, threshold)?;
+        }
     }
     for i in 0..NODES {
         if opts.verbose {
@@ -248,7 +251,7 @@ fn drive(
         wait_for_signal();
     }
     if !all_ok {
-        bail!("some requests failed, or a global limit did not hold within ±10 %");
+        bail!("some requests failed, or a global limit did not hold (rates within ±10 %, open connections exactly)");
     }
     Ok(())
 }
@@ -288,7 +291,8 @@ fn drive_global_limit(topo: &Topology, vip: &xlb::config::Vip, threshold: u32) -
             view.map_or_else(
                 || "-".to_owned(),
                 |v| {
-                    let shares: Vec<String> = v.limits.iter().map(|l| format!("{:.1}/s", l.share)).collect();
+                    let own = v.limits.iter().filter(|l| l.name.split(['/', '#']).next() == Some(vip.name.as_str()));
+                    let shares: Vec<String> = own.map(|l| format!("{:.1}/s", l.share)).collect();
                     format!("{:?} {}", v.mode, shares.join(" "))
                 },
             )
@@ -304,6 +308,41 @@ fn drive_global_limit(topo: &Topology, vip: &xlb::config::Vip, threshold: u32) -
         shares.join(", ")
     );
     Ok((0.9..=1.1).contains(&ratio) && outcome.other == 0)
+}
+
+/// The threshold of an L4 VIP's global concurrent-connections limit.
+fn globally_concurrent(vip: &xlb::config::Vip) -> Option<u32> {
+    vip.connection_limit.as_ref().filter(|l| l.scope == xlb::config::Scope::Global)?.concurrent
+}
+
+/// Holds connections to a VIP with a global concurrent limit from the first client until twice
+/// the threshold were asked for: how many each node holds and may hold. Holds when the places
+/// over both nodes are all taken and none past them.
+fn drive_concurrent_limit(topo: &Topology, vip: &xlb::config::Vip, threshold: u32) -> anyhow::Result<bool> {
+    println!(
+        "\n== global concurrent limit: {} ({}), {threshold} connections open at once over both nodes",
+        vip.name,
+        vip.endpoint()
+    );
+    let address = std::net::SocketAddr::new(vip.address, vip.port);
+    let wanted = threshold as usize * 2;
+    let held = hold_connections(&topo.clients[0], address, wanted, wanted * 20, Duration::from_secs(20));
+    // The nodes count every 100 ms and report every second.
+    std::thread::sleep(Duration::from_millis(1200));
+    let per_node: Vec<String> = (0..NODES)
+        .map(|i| {
+            let status = topo.status_of(i);
+            let limit = status.as_ref().and_then(|s| s.node.conn_limits.iter().find(|l| l.vip == vip.name));
+            limit.and_then(|l| l.concurrent).map_or_else(|| "-".to_owned(), |c| format!("{}/{}", c.open, c.allowed))
+        })
+        .collect();
+    println!(
+        "held {} of {wanted} asked for ({} the threshold); open/allowed per node: {}",
+        held.len(),
+        if held.len() == threshold as usize { "exactly" } else { "NOT" },
+        per_node.join(", ")
+    );
+    Ok(held.len() == threshold as usize)
 }
 
 /// Packets each node forwarded for VIP `name` so far.
