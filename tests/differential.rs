@@ -310,5 +310,7 @@ fn xdp_program_matches_the_reference_model() {
     // the model also counts the rarer embryonic entries replaced, which the program does not).
     if count >= DEFAULT_PACKETS {
         assert!(model.events.get("flow_set_full").copied().unwrap_or(0) > 0, "no full set: {:?}", model.events);
+        // Clients' FINs and RSTs closed entries whose 4-tuples later SYNs opened again.
+        assert!(model.events.get("closed_reopened").copied().unwrap_or(0) > 0, "none reopened: {:?}", model.events);
     }
 }

@@ -296,6 +296,10 @@ fn a_concurrent_limit_holds_open_connections_and_frees_the_places_clients_closed
     let (_, set) = limited.lb.maps.flow_set_of(&flow_key(client, vip, 5000)).expect("the set");
     let way = set.way_of(&flow_key(client, vip, 5000)).expect("still in the table");
     assert_ne!(set.used[way] & lb_common::FLOW_CLOSED, 0, "marked closed");
+    // The client's last ACKs (of the server's FIN) leave it closed.
+    limited.lb.expect_verdict(&frame(L4::TcpAck { sport: 5000, dport: 80 }), None, "the client's last ACK");
+    let (_, set) = limited.lb.maps.flow_set_of(&flow_key(client, vip, 5000)).expect("the set");
+    assert_ne!(set.used[way] & lb_common::FLOW_CLOSED, 0, "still closed after the last ACK");
     expect_reset(&limited.lb, &syn(client, vip, 5005), client, vip, 5005, "not freed before the count");
     let freed = status(limited.recount("conc4", &clock));
     assert_eq!(freed.concurrent.map(|c| c.open), Some(2), "{freed:?}");

@@ -70,8 +70,8 @@ pub(crate) fn find(key: &FlowKey, hash: u32, confirm: u32) -> Entry {
             if confirm == 0 && used & FLOW_CLOSED != 0 {
                 return Entry { set, way: way as u32, flow: None };
             }
-            // Once confirmed, an entry stays confirmed until it is replaced.
-            let stamp = now() | (used & FLOW_CONFIRMED) | confirm;
+            // Once confirmed (or closed), an entry stays so until it is replaced.
+            let stamp = now() | (used & (FLOW_CONFIRMED | FLOW_CLOSED)) | confirm;
             if used != stamp
                 && let Some(u) = set_ref.used.get_mut(way)
             {

@@ -262,19 +262,26 @@ impl Model {
     ) -> Verdict {
         // Any packet but a TCP SYN confirms the flow's entry; an ICMP error (`answer` false)
         // only refreshes it.
+        // The client's FIN or RST on a known flow marks its entry closed.
         let syn = p.proto == PROTO_TCP && p.tcp_flags & 0x12 == 0x02;
-        let index = match self.flows.find(flow, answer && !syn) {
-            Some(i) => i,
-            None => {
+        let closes = answer && p.proto == PROTO_TCP && p.tcp_flags & 0x05 != 0;
+        let index = match self.flows.find(flow, answer && !syn, syn, closes) {
+            Found::Flow(i) => i,
+            found => {
                 *self.events.entry("flow_miss").or_default() += 1;
                 let Some(i) = self.table_pick(vip, flow) else { return Verdict::Drop(Stat::DropNoBackend) };
-                if opens {
-                    match self.flows.record(flow, i) {
-                        Recorded::Free => {}
+                match found {
+                    Found::Reopened(way) => {
                         // Not a counter of the program's: the test checks that runs reach it.
+                        *self.events.entry("closed_reopened").or_default() += 1;
+                        self.flows.record_at(flow, way, i);
+                    }
+                    _ if opens => match self.flows.record(flow, i) {
+                        Recorded::Free => {}
                         Recorded::Replaced => *self.events.entry("embryonic_replaced").or_default() += 1,
                         Recorded::SetFull => *self.events.entry("flow_set_full").or_default() += 1,
-                    }
+                    },
+                    _ => {}
                 }
                 i
             }
@@ -559,6 +566,16 @@ struct FlowEntryModel {
     key: FlowKey,
     backend: usize,
     confirmed: bool,
+    /// Its client sent a FIN or a RST: a SYN on it is a new flow, recorded in this entry.
+    closed: bool,
+}
+
+/// What the table holds for a packet's flow.
+enum Found {
+    Flow(usize),
+    /// A SYN on an entry its client closed: a new flow, to be recorded in that entry (way).
+    Reopened(usize),
+    Missing,
 }
 
 impl FlowTableModel {
@@ -570,11 +587,28 @@ impl FlowTableModel {
         self.entries.entry(flow_set(tuple_hash(key), self.sets)).or_insert([None; FLOW_WAYS])
     }
 
-    /// The backend the table holds for `key`; the entry confirmed if `confirm`.
-    fn find(&mut self, key: &FlowKey, confirm: bool) -> Option<usize> {
-        let entry = self.set(key).iter_mut().flatten().find(|e| e.key == *key)?;
+    /// The backend the table holds for `key`: the entry confirmed if `confirm`, marked closed if
+    /// `closes` (a FIN or RST forwarded on it); a `syn` on a closed entry finds a new flow.
+    fn find(&mut self, key: &FlowKey, confirm: bool, syn: bool, closes: bool) -> Found {
+        let Some((way, entry)) = self
+            .set(key)
+            .iter_mut()
+            .enumerate()
+            .find_map(|(way, e)| e.as_mut().filter(|e| e.key == *key).map(|e| (way, e)))
+        else {
+            return Found::Missing;
+        };
+        if syn && entry.closed {
+            return Found::Reopened(way);
+        }
         entry.confirmed |= confirm;
-        Some(entry.backend)
+        entry.closed |= closes;
+        Found::Flow(entry.backend)
+    }
+
+    /// Records a new flow on a closed entry's 4-tuple in that entry (way), embryonic.
+    fn record_at(&mut self, key: &FlowKey, way: usize, backend: usize) {
+        self.set(key)[way] = Some(FlowEntryModel { key: *key, backend, confirmed: false, closed: false });
     }
 
     /// Records a new flow, embryonic.
@@ -587,7 +621,7 @@ impl FlowTableModel {
                 None => return Recorded::SetFull,
             },
         };
-        set[way] = Some(FlowEntryModel { key: *key, backend, confirmed: false });
+        set[way] = Some(FlowEntryModel { key: *key, backend, confirmed: false, closed: false });
         recorded
     }
 }

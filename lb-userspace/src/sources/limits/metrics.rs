@@ -15,8 +15,13 @@ pub fn gather(view: &LimitsView) -> Vec<MetricFamily> {
 fn build(view: &LimitsView) -> prometheus::Result<Registry> {
     let registry = Registry::new();
     let labels = &["limit"];
-    let share =
-        GaugeVec::new(Opts::new("xlb_limit_share", "Requests/s of the global limit this node may admit now."), labels)?;
+    let share = GaugeVec::new(
+        Opts::new(
+            "xlb_limit_share",
+            "Requests/s of the global limit this node may admit now (a concurrency limit: its slots).",
+        ),
+        labels,
+    )?;
     let demand = GaugeVec::new(
         Opts::new("xlb_limit_demand", "This node's recent demand on the global limit (requests/s, admitted or not)."),
         labels,
@@ -89,6 +94,7 @@ mod tests {
             limits: vec![LimitStatus {
                 name: "web/api".into(),
                 threshold: 300,
+                concurrent: false,
                 share: 100.0,
                 demand: 250.5,
                 admitted: 40,

@@ -60,7 +60,10 @@ pub struct LimitsView {
 pub struct LimitStatus {
     pub name: String,
     pub threshold: u32,
-    /// Requests/s this node may admit now.
+    /// A concurrency limit (its share is slots: requests or connections at once).
+    #[serde(default)]
+    pub concurrent: bool,
+    /// Requests/s this node may admit now, or for a concurrency limit its slots.
     pub share: f64,
     /// This node's recent demand (requests/s, admitted or not).
     pub demand: f64,
@@ -90,13 +93,14 @@ impl LimitsView {
         if !self.limits.is_empty() {
             out.push_str(&format!(
                 "  {:<32} {:>10} {:>10} {:>10} {:>12} {:>12}\n",
-                "limit", "threshold", "share/s", "demand/s", "admitted", "limited"
+                "limit", "threshold", "share", "demand/s", "admitted", "limited"
             ));
         }
         for l in &self.limits {
+            let share = if l.concurrent { format!("{} slots", l.share as u64) } else { format!("{:.1}/s", l.share) };
             out.push_str(&format!(
-                "  {:<32} {:>10} {:>10.1} {:>10.1} {:>12} {:>12}\n",
-                l.name, l.threshold, l.share, l.demand, l.admitted, l.limited
+                "  {:<32} {:>10} {:>10} {:>10.1} {:>12} {:>12}\n",
+                l.name, l.threshold, share, l.demand, l.admitted, l.limited
             ));
         }
         out
@@ -313,6 +317,7 @@ impl Renewal {
                     LimitStatus {
                         name: s.name.clone(),
                         threshold: s.threshold,
+                        concurrent: s.kind == ShareKind::Concurrency,
                         share: s.rate(),
                         demand: offer.demand,
                         admitted,
