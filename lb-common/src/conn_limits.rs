@@ -1,10 +1,11 @@
 //! A VIP's connection limit (L4 `connection_limit`): new flows per second over the whole VIP,
 //! whatever their sources, and open connections at once, judged for packets that no established
-//! flow carries, after the source policy. One GCRA bucket per VIP id, split over two maps so that neither side ever
-//! overwrites the other's writes: the agent owns the rate (`maps::VIP_CONN_LIMITS`; a global
-//! limit's rate is this node's current share, rewritten as the share moves), the program owns
-//! the arrival time and the counts (`maps::VIP_CONN_BUCKETS`, which the agent only reads). Only
-//! VIPs whose `VipMeta` has `VIP_FLAG_CONN_LIMIT` look: the rest pay nothing.
+//! flow carries, after the source policy. One GCRA bucket per VIP id, split over two maps so
+//! that neither side ever overwrites the other's writes: the agent owns the rate and the
+//! ceiling (`maps::VIP_CONN_LIMITS`; a global limit's rate is this node's current share,
+//! rewritten as the share moves), the program owns the arrival time and the counts
+//! (`maps::VIP_CONN_BUCKETS`, which the agent only reads). Only VIPs whose `VipMeta` has
+//! `VIP_FLAG_CONN_LIMIT` look: the rest pay nothing.
 
 /// The limit of one VIP, at its id (all zero: none).
 #[repr(C)]

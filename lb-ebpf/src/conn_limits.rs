@@ -1,6 +1,6 @@
 //! A VIP's connection limit (see `lb_common::VipConnLimit`): one GCRA bucket per VIP, and a
-//! ceiling on what it admits for a concurrent-connections limit, judged for packets that would open a flow, after the source policy (and within its BPF
-//! function, `sources::judge`).
+//! ceiling on what it admits for a concurrent-connections limit, judged for packets that would
+//! open a flow, after the source policy (and within its BPF function, `sources::judge`).
 
 use aya_ebpf::{btf_maps::Array, helpers::generated::bpf_ktime_get_coarse_ns, macros::btf_map};
 use lb_common::{CONN_LIMIT_RESET, MAX_VIPS, VipConnBucket, VipConnLimit, gcra_charge};

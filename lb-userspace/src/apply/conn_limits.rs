@@ -221,8 +221,16 @@ impl ConnLimitWriter {
     }
 
     /// The share of VIP `name`'s global limit of `kind` at `threshold` (the Redis key
-    /// `<prefix>:limit:<name>#connections`, or `#concurrent`).
-    fn share(&mut self, name: &str, threshold: u32, kind: ShareKind, limiter: &GlobalLimiter) -> ShareHandle {
+    /// `<prefix>:limit:<name>#connections`, or `#concurrent`), fed what the VIP's `bucket`
+    /// counted (this node's demand) and kept in use (`in_use`).
+    fn share(
+        &mut self,
+        name: &str,
+        (threshold, kind): (u32, ShareKind),
+        bucket: &VipConnBucket,
+        limiter: &GlobalLimiter,
+        in_use: &mut BTreeSet<String>,
+    ) -> ShareHandle {
         let key = match kind {
             ShareKind::Rate => format!("{name}#connections"),
             ShareKind::Concurrency => format!("{name}#concurrent"),
@@ -233,6 +241,8 @@ impl ConnLimitWriter {
             .filter(|s| s.threshold == threshold)
             .cloned()
             .unwrap_or_else(|| limiter.share(&key, threshold, kind));
+        share.observe_totals(bucket.admitted, bucket.limited);
+        in_use.insert(key.clone());
         self.shares.insert(key, ShareHandle::clone(&share));
         share
     }
@@ -263,10 +273,7 @@ impl ConnLimitWriter {
             let bucket = if global || report || count.is_some() { Some(self.maps.bucket(vip.id)?) } else { None };
             let rate_share = match (limit.rate, bucket) {
                 (Some(rate), Some(bucket)) if global => {
-                    let share = self.share(&vip.name, rate, ShareKind::Rate, limiter);
-                    shares.insert(share.name.clone());
-                    share.observe_totals(bucket.admitted, bucket.limited);
-                    Some(share.rate())
+                    Some(self.share(&vip.name, (rate, ShareKind::Rate), &bucket, limiter, &mut shares).rate())
                 }
                 _ => None,
             };
@@ -274,9 +281,8 @@ impl ConnLimitWriter {
                 (Some(threshold), Some(count), Some(bucket)) => {
                     let open = count.open_at_most(bucket.admitted);
                     let allowed = if global {
-                        let share = self.share(&vip.name, threshold, ShareKind::Concurrency, limiter);
-                        shares.insert(share.name.clone());
-                        share.observe_totals(bucket.admitted, bucket.limited);
+                        let kind = (threshold, ShareKind::Concurrency);
+                        let share = self.share(&vip.name, kind, &bucket, limiter, &mut shares);
                         share.set_in_flight(open);
                         share.slots() as u64
                     } else {
