@@ -43,6 +43,9 @@ const FLOOD_FRAMES: u64 = 40_000_000;
 const FLOOD_TIME: Duration = Duration::from_secs(6);
 /// Flood frames: the generator's smallest (its template's size).
 const FRAME: usize = lb_common::GEN_TEMPLATE_BYTES;
+/// How long a long-lived stream waits for an answer, and for all of them to exchange again after
+/// a flood (TCP's backoff after a run of lost retransmissions: 0.2, 0.4, … 6.4 s).
+const STREAM_PATIENCE: Duration = Duration::from_secs(30);
 /// The one flooding source: a /24 of its own, apart from the legitimate client's.
 const FLOODER: Ipv4Addr = Ipv4Addr::new(10, 240, 0, 1);
 
@@ -93,15 +96,17 @@ fn flood(topo: &Topology, vip: &str, mode: u32, stop: Arc<AtomicBool>) -> std::t
     })
 }
 
-/// `CLIENTS` legitimate clients at once, each opening a connection to `vip`:8080 and
-/// exchanging a line (SYNs retried by the kernel: 4 s to connect); how many succeeded.
+/// `CLIENTS` legitimate clients at once, each opening a connection to `vip`:8080 during the flood
+/// (SYNs retried by the kernel: 4 s to connect) and exchanging a line (10 s for the answer: on
+/// the flooded link the data may need TCP's retransmissions, and through SYN cookies the first
+/// data waits for its RTO); how many succeeded.
 fn legitimate(topo: &Topology, vip: &str) -> usize {
     let addr = SocketAddr::new(vip.parse().expect("VIP"), 8080);
     let clients: Vec<_> = (0..CLIENTS)
         .map(|_| {
             topo.clients[0].run(move || -> std::io::Result<()> {
                 let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(4))?;
-                conn.set_read_timeout(Some(Duration::from_secs(3)))?;
+                conn.set_read_timeout(Some(Duration::from_secs(10)))?;
                 conn.write_all(b"hello\n")?;
                 let mut line = String::new();
                 BufReader::new(conn).read_line(&mut line)?;
@@ -134,7 +139,10 @@ fn held(topo: &Topology, name: &str) -> BTreeSet<String> {
 fn phase(topo: &Topology, name: &str, vip: &str, mode: u32, what: &str) -> usize {
     // (Entries of earlier phases' closed connections stay until they idle out.)
     let earlier = held(topo, name);
-    let streams = topo.open_streams(vip, 8080, CLIENTS);
+    // The flood offers several times what the node's veth takes in, so the link drops most
+    // frames, the streams' too: a stream may sit in TCP's retransmission backoff for seconds,
+    // which says nothing of the balancer. It must not break, and must exchange again after.
+    let streams = topo.open_streams_waiting(vip, 8080, CLIENTS, STREAM_PATIENCE);
     assert!(streams.progress(2, Duration::from_secs(10)), "{what} {name}: the long-lived connections exchange");
     let before: BTreeSet<String> = held(topo, name).difference(&earlier).cloned().collect();
     assert_eq!(before.len(), CLIENTS, "{what} {name}: every long-lived connection is held: {before:?}");
@@ -144,7 +152,9 @@ fn phase(topo: &Topology, name: &str, vip: &str, mode: u32, what: &str) -> usize
     // Let the flood reach its rate before the clients come.
     std::thread::sleep(Duration::from_millis(500));
     let succeeded = legitimate(topo, vip);
-    let kept = streams.progress(2, Duration::from_secs(5));
+    let during = streams.exchanges();
+    std::thread::sleep(Duration::from_secs(1));
+    let kept = streams.exchanges().iter().zip(&during).filter(|(now, then)| now > then).count();
     stop.store(true, Ordering::Relaxed);
     let (frames, took) = flooder.join().expect("flood thread");
     // Read once the flood is over and every long-lived connection has exchanged again (one that
@@ -154,7 +164,7 @@ fn phase(topo: &Topology, name: &str, vip: &str, mode: u32, what: &str) -> usize
     // the flood's last tens of thousands of entries for that long: wait it out while the
     // connections exchange (a CI run once listed a live flow past `--limit` this way).
     std::thread::sleep(Duration::from_nanos(NAT_TOUCH_NS) + Duration::from_millis(300));
-    let recovered = streams.progress(2, Duration::from_secs(10));
+    let recovered = streams.progress(2, STREAM_PATIENCE);
     let after = held(topo, name);
     let results = streams.finish();
     let stats = topo.stats().expect("stats");
@@ -164,7 +174,8 @@ fn phase(topo: &Topology, name: &str, vip: &str, mode: u32, what: &str) -> usize
     println!(
         "{what} at {name}: {frames} SYNs in {took:.1?} ({:.2} Mpps offered, {:.2} Mpps reached XDP); legitimate \
          clients {succeeded}/{CLIENTS} \
-         ({:.0}%); long-lived kept {}/{CLIENTS}, evicted {evicted}; forwarded {}, limited {}, set full {}, NAT \
+         ({:.0}%); long-lived exchanging in the flood's last second {kept}/{CLIENTS}, kept {}/{CLIENTS}, evicted \
+         {evicted}; forwarded {}, limited {}, set full {}, NAT \
          forwarded {}, pool exhausted {}, NAT table full {}, SYN cookies sent {}, opened {}",
         frames as f64 / took.as_secs_f64() / 1e6,
         stats.rx_packets.saturating_sub(stats_before.rx_packets) as f64 / took.as_secs_f64() / 1e6,
@@ -179,7 +190,7 @@ fn phase(topo: &Topology, name: &str, vip: &str, mode: u32, what: &str) -> usize
         delta("syn_cookie_sent"),
         delta("syn_cookie_opened"),
     );
-    assert!(kept && recovered, "{what} {name}: the long-lived connections kept exchanging through the flood");
+    assert!(recovered, "{what} {name}: the long-lived connections exchange after the flood: {results:?}");
     for r in &results {
         assert!(r.is_ok(), "{what} {name}: a long-lived connection broke: {r:?}");
     }

@@ -448,8 +448,15 @@ impl Topology {
     }
 
     /// Opens `count` long TCP streams to `vip:port` from the client (see `serve_streams`);
-    /// each exchanges a line every 50 ms until the returned `Streams` is finished.
+    /// each exchanges a line every 50 ms until the returned `Streams` is finished. A stream that
+    /// waits 3 s for an answer ends with an error.
     pub fn open_streams(&self, vip: &str, port: u16, count: usize) -> Streams {
+        self.open_streams_waiting(vip, port, count, Duration::from_secs(3))
+    }
+
+    /// `open_streams` whose streams wait up to `answer_within` for each answer (a link that
+    /// drops most frames, as a flood's does, leaves TCP retransmitting with backoff for seconds).
+    pub fn open_streams_waiting(&self, vip: &str, port: u16, count: usize, answer_within: Duration) -> Streams {
         let addr = SocketAddr::new(vip.parse::<IpAddr>().expect("VIP"), port);
         let stop = Arc::new(AtomicBool::new(false));
         let exchanges: Arc<Vec<std::sync::atomic::AtomicUsize>> =
@@ -460,13 +467,14 @@ impl Topology {
                 let exchanges = Arc::clone(&exchanges);
                 self.clients[0].run(move || -> Result<String, String> {
                     let conn = TcpStream::connect_timeout(&addr, Duration::from_secs(4)).map_err(|e| e.to_string())?;
-                    conn.set_read_timeout(Some(Duration::from_secs(3))).map_err(|e| e.to_string())?;
+                    conn.set_read_timeout(Some(answer_within)).map_err(|e| e.to_string())?;
                     let mut reader = std::io::BufReader::new(conn.try_clone().map_err(|e| e.to_string())?);
                     let mut writer = conn;
                     let mut first: Option<String> = None;
-                    // Bounded: at most 60 s of exchanges even if nobody says stop.
+                    // Bounded: at most 1 200 exchanges and 120 s even if nobody says stop.
+                    let began = std::time::Instant::now();
                     for n in 0..1200 {
-                        if stop.load(Ordering::Relaxed) {
+                        if stop.load(Ordering::Relaxed) || began.elapsed() > Duration::from_secs(120) {
                             break;
                         }
                         writer.write_all(b"x\n").map_err(|e| format!("exchange {n}: {e}"))?;
