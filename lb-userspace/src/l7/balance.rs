@@ -20,8 +20,6 @@ pub struct BackendState {
     pub address: SocketAddr,
     /// `address:port`, the name health checks and drains use.
     pub identity: String,
-    /// The same as a URI's authority (requests to the backend are made with it).
-    pub authority: http::uri::Authority,
     /// Up and not drained.
     serving: AtomicBool,
     outstanding: AtomicUsize,
@@ -30,10 +28,7 @@ pub struct BackendState {
 impl BackendState {
     pub fn new(address: SocketAddr) -> Self {
         let identity = address.to_string();
-        // A socket address always reads as an authority.
-        let authority = http::uri::Authority::try_from(identity.as_str())
-            .unwrap_or_else(|_| http::uri::Authority::from_static("invalid"));
-        BackendState { address, identity, authority, serving: AtomicBool::new(true), outstanding: AtomicUsize::new(0) }
+        BackendState { address, identity, serving: AtomicBool::new(true), outstanding: AtomicUsize::new(0) }
     }
 
     pub fn is_serving(&self) -> bool {

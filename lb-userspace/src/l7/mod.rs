@@ -15,6 +15,7 @@ pub mod proxy_protocol;
 pub mod ratelimit;
 pub mod route;
 pub mod tls;
+pub mod upstream;
 pub mod workers;
 
 use std::{
@@ -43,6 +44,7 @@ use balance::{BackendState, Pool};
 use metrics::Metrics;
 use proxy::{Conn, RouteRuntime, VipRuntime};
 use ratelimit::{Concurrency, TokenBucket};
+use upstream::{Upstream, UpstreamSettings};
 
 use crate::{
     config::Scope,
@@ -304,20 +306,21 @@ impl Tier {
                 concurrency,
             });
         }
-        let client_settings = (l7.connect_timeout, l7.idle_timeout, l7.max_idle_per_backend);
-        // One client (pool) per worker: a worker's requests take its own pooled connections.
-        let clients = match previous.filter(|p| p.client_settings == client_settings) {
-            Some(p) => Arc::clone(&p.clients),
-            None => (0..self.workers.len())
-                .map(|_| proxy::client(l7.connect_timeout, l7.idle_timeout, l7.max_idle_per_backend))
-                .collect(),
+        let settings = UpstreamSettings {
+            connect_timeout: l7.connect_timeout,
+            idle_timeout: l7.idle_timeout,
+            max_idle_per_backend: l7.max_idle_per_backend,
+        };
+        // A worker's requests take its own idle backend connections.
+        let upstream = match previous.filter(|p| p.upstream.settings() == settings) {
+            Some(p) => Arc::clone(&p.upstream),
+            None => Upstream::new(settings, self.workers.len()),
         };
         let runtime = VipRuntime {
             name: vip.name.clone(),
             routes,
             matcher,
-            clients,
-            client_settings,
+            upstream,
             tls,
             proxy_protocol: l7.proxy_protocol,
             request_timeout: l7.request_timeout,

@@ -13,14 +13,11 @@ use bytes::Bytes;
 use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
     header::{CONNECTION, COOKIE, HOST, RETRY_AFTER, UPGRADE},
-    uri::{PathAndQuery, Scheme},
+    uri::PathAndQuery,
 };
 use http_body_util::{BodyExt as _, Empty, Full, combinators::UnsyncBoxBody};
 use hyper::body::{Body as _, Incoming};
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::TokioIo,
-};
+use hyper_util::rt::TokioIo;
 
 use super::{
     access_log::{AccessLog, Entry},
@@ -30,6 +27,7 @@ use super::{
     ratelimit::{Concurrency, Slot},
     ratelimit::{TokenBucket, retry_after_secs},
     route::Matcher,
+    upstream::{Lease, Leased, Upstream},
 };
 
 pub type Body = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -39,11 +37,9 @@ pub struct VipRuntime {
     pub name: String,
     pub routes: Vec<RouteRuntime>,
     pub matcher: Matcher,
-    /// One client (and pool) per worker thread, see [`super::workers`].
-    pub clients: Arc<[Client<HttpConnector, Body>]>,
-    /// connect timeout, idle timeout, idle connections per backend: a reload that keeps them
-    /// keeps the client and its pooled connections.
-    pub client_settings: (Duration, Duration, u32),
+    /// Backend connections, kept per worker thread (see [`super::upstream`]); a reload that
+    /// keeps their settings keeps them.
+    pub upstream: Arc<Upstream>,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub proxy_protocol: bool,
     pub request_timeout: Duration,
@@ -80,17 +76,6 @@ pub struct Conn {
     /// The client's address: the PROXY header's source, else the peer's.
     pub client: SocketAddr,
     pub tls: bool,
-}
-
-pub fn client(connect_timeout: Duration, idle_timeout: Duration, max_idle: u32) -> Client<HttpConnector, Body> {
-    let mut http = HttpConnector::new();
-    http.set_connect_timeout(Some(connect_timeout));
-    http.set_nodelay(true);
-    Client::builder(hyper_util::rt::TokioExecutor::new())
-        .pool_idle_timeout(idle_timeout)
-        .pool_max_idle_per_host(max_idle as usize)
-        .pool_timer(hyper_util::rt::TokioTimer::new())
-        .build(http)
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
@@ -213,11 +198,22 @@ fn hash_key<'a>(balance: &Balance, headers: &'a HeaderMap) -> Option<&'a [u8]> {
 }
 
 /// A response body that keeps its request counted in flight at the backend (and in progress on
-/// its route) until it ends.
+/// its route) until it ends, and gives its backend connection back once it has ended whole.
 struct Tracked {
     body: Incoming,
+    /// None for an upgraded connection (the upgrade owns it now).
+    lease: Option<Lease>,
+    ended: bool,
     _guard: Option<InFlight>,
     _slot: Option<Slot>,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.release(self.ended || self.body.is_end_stream());
+        }
+    }
 }
 
 impl hyper::body::Body for Tracked {
@@ -228,7 +224,11 @@ impl hyper::body::Body for Tracked {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
-        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+        let frame = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        if let std::task::Poll::Ready(None) = frame {
+            self.ended = true;
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {
@@ -354,14 +354,8 @@ pub async fn handle(rt: Arc<VipRuntime>, conn: Conn, mut req: Request<Incoming>)
         if attempt > 0 {
             route.stats.retries.inc();
         }
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(Scheme::HTTP);
-        uri.authority = Some(backend.authority.clone());
-        uri.path_and_query = Some(path_and_query.clone());
-        let Ok(uri) = Uri::from_parts(uri) else {
-            log(done(400, &route.name, &route.stats, None, 0, None));
-            return Ok(text(StatusCode::BAD_REQUEST, "bad request target\n"));
-        };
+        // Origin form: the path and query as they came (Host says the authority).
+        let uri = Uri::from(path_and_query.clone());
         let mut upstream = Request::new(body.take().unwrap_or_else(empty));
         *upstream.method_mut() = method.clone();
         *upstream.uri_mut() = uri;
@@ -371,8 +365,7 @@ pub async fn handle(rt: Arc<VipRuntime>, conn: Conn, mut req: Request<Incoming>)
             if attempt + 1 == attempts { std::mem::take(&mut parts.headers) } else { parts.headers.clone() };
         // Counts until the response body ends (or the attempt fails).
         let in_flight = backend.begin();
-        let client = &rt.clients[super::workers::current() % rt.clients.len()];
-        let result = tokio::time::timeout_at(deadline, client.request(upstream)).await;
+        let result = tokio::time::timeout_at(deadline, rt.upstream.send(backend.address, upstream)).await;
         let n = attempt + 1;
         match result {
             Err(_) => {
@@ -384,11 +377,10 @@ pub async fn handle(rt: Arc<VipRuntime>, conn: Conn, mut req: Request<Incoming>)
             Ok(Err(e)) => {
                 let kind = if e.is_connect() { "connect" } else { "transport" };
                 if e.is_connect() { &route.stats.connect_errors } else { &route.stats.transport_errors }.inc();
-                let source = std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default();
-                last_error = Some(format!("{}: {e} {source}", backend.address));
+                last_error = Some(format!("{}: {e}", backend.address));
                 tracing::debug!(vip = %rt.name, route = %route.name, backend = %backend.address, error = %e, kind, "backend attempt failed");
             }
-            Ok(Ok(mut response)) => {
+            Ok(Ok(Leased { mut response, lease })) => {
                 let status = response.status();
                 if status == StatusCode::SWITCHING_PROTOCOLS
                     && let Some(client_side) = client_upgrade
@@ -411,8 +403,10 @@ pub async fn handle(rt: Arc<VipRuntime>, conn: Conn, mut req: Request<Incoming>)
                 log(done(status.as_u16(), &route.name, &route.stats, backend_address, n, None));
                 // An upgraded stream no longer counts as a request in flight.
                 let upgraded = status == StatusCode::SWITCHING_PROTOCOLS;
-                let (guard, slot) = if upgraded { (None, None) } else { (Some(in_flight), slot) };
-                return Ok(response.map(|body| Tracked { body, _guard: guard, _slot: slot }.boxed_unsync()));
+                let (guard, slot, lease) =
+                    if upgraded { (None, None, None) } else { (Some(in_flight), slot, Some(lease)) };
+                return Ok(response
+                    .map(|body| Tracked { body, lease, ended: false, _guard: guard, _slot: slot }.boxed_unsync()));
             }
         }
     }
