@@ -174,7 +174,7 @@ impl Drop for AccessLog {
 
 /// `entry` as one line (with its newline), as the agent's tracing subscriber would write it.
 fn format_line(line: &mut String, e: &Entry<'_>, json: bool, now: SystemTime) {
-    let ms = e.duration.as_secs_f64() * 1000.0;
+    let ms = Millis(e.duration);
     let stamp = Timestamp(now);
     let backend = Maybe(e.backend);
     // Writing to a String cannot fail.
@@ -199,6 +199,25 @@ fn format_line(line: &mut String, e: &Entry<'_>, json: bool, now: SystemTime) {
             e.vip, e.route, e.client, e.method, e.host, e.path, e.status, e.attempts, e.error
         )
     };
+}
+
+/// A duration in milliseconds to the microsecond, as a float prints (`1.5`, `12`, `0.003`), but
+/// written as integers: float formatting was a visible part of a request's cost.
+struct Millis(Duration);
+
+impl std::fmt::Display for Millis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let micros = self.0.as_micros();
+        let (whole, mut frac, mut digits) = (micros / 1000, micros % 1000, 3);
+        if frac == 0 {
+            return write!(f, "{whole}");
+        }
+        while frac % 10 == 0 {
+            frac /= 10;
+            digits -= 1;
+        }
+        write!(f, "{whole}.{frac:0digits$}")
+    }
 }
 
 /// An optional address, empty when absent.
@@ -243,28 +262,40 @@ struct Timestamp(SystemTime);
 
 impl std::fmt::Display for Timestamp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        thread_local! {
+            /// The last second written, and its text up to the seconds: a busy proxy writes
+            /// thousands of lines per second, each needing only its fraction.
+            static SECOND: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((0, String::new())) };
+        }
         let since = self.0.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
         let secs = since.as_secs();
-        let (days, of_day) = (secs / 86_400, secs % 86_400);
-        // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
-        let z = days as i64 + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z - era * 146_097;
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = doy - (153 * mp + 2) / 5 + 1;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 };
-        let year = yoe + era * 400 + i64::from(month <= 2);
-        write!(
-            f,
-            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-            of_day / 3600,
-            of_day / 60 % 60,
-            of_day % 60,
-            since.subsec_micros()
-        )
+        SECOND.with_borrow_mut(|(at, text)| {
+            if *at != secs || text.is_empty() {
+                text.clear();
+                civil_seconds(text, secs);
+                *at = secs;
+            }
+            write!(f, "{text}.{:06}Z", since.subsec_micros())
+        })
     }
+}
+
+/// `secs` since the epoch as `2026-12-05T08:10:29` (UTC).
+fn civil_seconds(text: &mut String, secs: u64) {
+    let (days, of_day) = (secs / 86_400, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    // Writing to a String cannot fail.
+    let _ =
+        write!(text, "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}", of_day / 3600, of_day / 60 % 60, of_day % 60);
 }
 
 #[cfg(test)]
@@ -288,6 +319,18 @@ mod tests {
     }
 
     #[test]
+    fn durations_print_as_milliseconds_to_the_microsecond() {
+        let ms = |micros: u64| Millis(Duration::from_micros(micros)).to_string();
+        assert_eq!(ms(1500), "1.5");
+        assert_eq!(ms(12_000), "12");
+        assert_eq!(ms(3), "0.003");
+        assert_eq!(ms(1_050), "1.05");
+        assert_eq!(ms(0), "0");
+        assert_eq!(ms(123_456_789), "123456.789");
+        assert_eq!(Millis(Duration::from_nanos(1_500_999)).to_string(), "1.5", "nanoseconds dropped");
+    }
+
+    #[test]
     fn timestamps_are_rfc3339_utc() {
         let at = |secs: u64, micros: u64| {
             Timestamp(SystemTime::UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros)).to_string()
@@ -296,6 +339,8 @@ mod tests {
         assert_eq!(at(951_782_400, 7), "2000-02-29T00:00:00.000007Z", "a leap day of a century leap year");
         assert_eq!(at(1_796_458_229, 123_456), "2026-12-05T08:10:29.123456Z");
         assert_eq!(at(4_107_542_399, 999_999), "2100-02-28T23:59:59.999999Z", "2100 is no leap year");
+        assert_eq!(at(4_107_542_399, 5), "2100-02-28T23:59:59.000005Z", "the same second again, from its cache");
+        assert_eq!(at(4_107_542_400, 0), "2100-03-01T00:00:00.000000Z", "the next one");
     }
 
     #[test]

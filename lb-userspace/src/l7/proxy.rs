@@ -12,7 +12,7 @@ use std::{
 use bytes::Bytes;
 use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
-    header::{CONNECTION, COOKIE, HOST, RETRY_AFTER, UPGRADE},
+    header::{CONNECTION, COOKIE, FORWARDED, HOST, RETRY_AFTER, TE, TRAILER, TRANSFER_ENCODING, UPGRADE},
     uri::PathAndQuery,
 };
 use http_body_util::{BodyExt as _, Empty, Full, combinators::UnsyncBoxBody};
@@ -125,20 +125,30 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
             .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))
 }
 
+// Names the proxy reads or writes on every request, made once (a name given as text is parsed
+// and checked on every use).
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): those named in Connection and the fixed
 /// list. An upgrade keeps `Connection: upgrade` and `Upgrade`.
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
     }
-    for name in ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"] {
+    for name in [CONNECTION, KEEP_ALIVE, PROXY_CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE] {
         headers.remove(name);
     }
     if keep_upgrade {
@@ -154,12 +164,12 @@ fn add_forwarded(headers: &mut HeaderMap, conn: Conn, host: Option<&str>) {
     let proto = if conn.tls { "https" } else { "http" };
     // Writing to a String cannot fail.
     let mut xff = String::with_capacity(48);
-    if let Some(previous) = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    if let Some(previous) = headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         let _ = write!(xff, "{previous}, ");
     }
     let _ = write!(xff, "{ip}");
     let mut forwarded = String::with_capacity(64);
-    if let Some(previous) = headers.get(http::header::FORWARDED).and_then(|v| v.to_str().ok()) {
+    if let Some(previous) = headers.get(FORWARDED).and_then(|v| v.to_str().ok()) {
         let _ = write!(forwarded, "{previous}, ");
     }
     let _ = if ip.is_ipv6() { write!(forwarded, "for=\"[{ip}]\"") } else { write!(forwarded, "for={ip}") };
@@ -168,17 +178,17 @@ fn add_forwarded(headers: &mut HeaderMap, conn: Conn, host: Option<&str>) {
         let _ = write!(forwarded, ";host=\"{host}\"");
     }
     // The strings become the values' bytes (checked, not copied).
-    for (name, value) in [("x-forwarded-for", xff), ("forwarded", forwarded)] {
+    for (name, value) in [(X_FORWARDED_FOR, xff), (FORWARDED, forwarded)] {
         if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
             headers.insert(name, value);
         }
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     if let Some(host) = host
-        && !headers.contains_key("x-forwarded-host")
+        && !headers.contains_key(X_FORWARDED_HOST)
         && let Ok(value) = HeaderValue::from_str(host)
     {
-        headers.insert("x-forwarded-host", value);
+        headers.insert(X_FORWARDED_HOST, value);
     }
 }
 
