@@ -15,7 +15,7 @@ use http::{
     header::{CONNECTION, COOKIE, FORWARDED, HOST, RETRY_AFTER, TE, TRAILER, TRANSFER_ENCODING, UPGRADE},
     uri::PathAndQuery,
 };
-use http_body_util::{BodyExt as _, Empty, Full, combinators::UnsyncBoxBody};
+use http_body_util::{BodyExt as _, Empty, Full};
 use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::TokioIo;
 
@@ -30,7 +30,7 @@ use super::{
     upstream::{Lease, Leased, Upstream},
 };
 
-pub type Body = UnsyncBoxBody<Bytes, hyper::Error>;
+pub use super::upstream::Body;
 
 /// What a VIP's proxy does, swapped whole on reload (requests take the current one).
 pub struct VipRuntime {

@@ -20,7 +20,10 @@ use hyper::{
 };
 use hyper_util::rt::TokioIo;
 
-use super::{proxy::Body, workers};
+use super::workers;
+
+/// The body of a request or response passing through the proxy.
+pub type Body = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, hyper::Error>;
 
 /// How backend connections are made and kept: connect timeout, how long one may sit idle, how
 /// many idle ones a worker keeps per backend.
@@ -322,9 +325,9 @@ mod tests {
         // two released last.
         let upstream = Upstream::new(settings(2, Duration::from_secs(30)), 1);
         let (addr, accepted) = backend(b"x", After::KeepOpen);
-        let leased: Vec<Leased> =
-            all_three(upstream.send(addr, get("/")), upstream.send(addr, get("/")), upstream.send(addr, get("/")))
-                .await;
+        let (a, b, c) =
+            tokio::join!(upstream.send(addr, get("/")), upstream.send(addr, get("/")), upstream.send(addr, get("/")));
+        let leased = [a.unwrap(), b.unwrap(), c.unwrap()];
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
         for Leased { response, lease } in leased {
             response.into_body().collect().await.unwrap();
@@ -337,17 +340,6 @@ mod tests {
         fetch(&none, addr).await.unwrap();
         fetch(&none, addr).await.unwrap();
         assert_eq!(accepted.load(Ordering::SeqCst), 2, "max_idle_per_backend 0 keeps none");
-    }
-
-    /// Three sends at once, each answered.
-    async fn all_three<A, B, C, T>(a: A, b: B, c: C) -> Vec<T>
-    where
-        A: std::future::Future<Output = Result<T, UpstreamError>>,
-        B: std::future::Future<Output = Result<T, UpstreamError>>,
-        C: std::future::Future<Output = Result<T, UpstreamError>>,
-    {
-        let (a, b, c) = tokio::join!(a, b, c);
-        vec![a.unwrap(), b.unwrap(), c.unwrap()]
     }
 
     #[tokio::test]
