@@ -361,6 +361,24 @@ fn routes_by_host_and_path_and_retries_hide_a_failing_backend() {
     assert!(r.body.contains(&format!("xff={CLIENT_V4} ")), "{r:?}");
     assert!(r.body.contains(&format!("fwd=for={CLIENT_V4};proto=http;host=\"api.test\"")), "{r:?}");
 
+    // An HTTP/1.0 request without a Host reaches the backend with one (HTTP/1.1 requires it):
+    // the backend's own address.
+    let answer = topo
+        .client()
+        .run(|| -> std::io::Result<String> {
+            let mut conn = TcpStream::connect_timeout(&vip_addr(80), Duration::from_secs(4))?;
+            conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+            conn.write_all(b"GET /exact HTTP/1.0\r\n\r\n")?;
+            let mut text = String::new();
+            conn.read_to_string(&mut text)?;
+            Ok(text)
+        })
+        .join()
+        .expect("client thread")
+        .expect("an HTTP/1.0 request");
+    assert!(answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(answer.contains(&format!("host={}:{BACKEND_PORT}\n", backend_v4(2))), "{answer:?}");
+
     // be1 fails in the middle of a load of GETs: connects are refused and its open connections
     // close. Retries on another backend hide it; the health check then takes it out.
     let done = Arc::new(AtomicUsize::new(0));

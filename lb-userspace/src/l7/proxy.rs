@@ -373,6 +373,13 @@ pub async fn handle(rt: Arc<VipRuntime>, conn: Conn, mut req: Request<Incoming>)
         // The last attempt takes the headers; earlier ones copy them for the next.
         *upstream.headers_mut() =
             if attempt + 1 == attempts { std::mem::take(&mut parts.headers) } else { parts.headers.clone() };
+        // HTTP/1.1 requires a Host: a client that sent none (HTTP/1.0, h2 without :authority)
+        // gets the backend's address, as a client of the backend would send.
+        if !upstream.headers().contains_key(HOST)
+            && let Ok(value) = HeaderValue::from_str(&backend.identity)
+        {
+            upstream.headers_mut().insert(HOST, value);
+        }
         // Counts until the response body ends (or the attempt fails).
         let in_flight = backend.begin();
         let result = tokio::time::timeout_at(deadline, rt.upstream.send(backend.address, upstream)).await;
