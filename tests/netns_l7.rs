@@ -339,6 +339,24 @@ fn routes_by_host_and_path_and_retries_hide_a_failing_backend() {
     assert_eq!(seen.keys().map(String::as_str).collect::<Vec<_>>(), ["be0", "be1"], "{seen:?}");
     assert_eq!(seen["be0"], 10, "round robin alternates: {seen:?}");
     assert_eq!(get(&topo, "api.test", "/exact").backend(), "be2");
+    // Backend connections are reused: twenty requests one after another to be2 open at most one
+    // more connection per worker (2 CPUs), counting the node's sockets to be2 in every state
+    // (a connection closed after its request would sit in TIME-WAIT).
+    let to_be2 = || {
+        let out = topo
+            .node()
+            .command("ss")
+            .args(["-Htan", "dst", &format!("{}:{BACKEND_PORT}", backend_v4(2))])
+            .output()
+            .expect("ss");
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    let before = to_be2();
+    for _ in 0..20 {
+        assert_eq!(get(&topo, "api.test", "/exact").backend(), "be2");
+    }
+    let opened = to_be2().saturating_sub(before);
+    assert!(opened <= 2, "twenty requests opened {opened} backend connections");
     assert_eq!(get(&topo, "other.test", "/users/42").backend(), "be2");
     let spread: std::collections::BTreeSet<String> =
         (0..12).map(|_| get(&topo, "other.test", "/users/4x2").backend().to_owned()).collect();

@@ -374,11 +374,17 @@ pub async fn handle(rt: Arc<VipRuntime>, conn: Conn, mut req: Request<Incoming>)
         *upstream.headers_mut() =
             if attempt + 1 == attempts { std::mem::take(&mut parts.headers) } else { parts.headers.clone() };
         // HTTP/1.1 requires a Host: a client that sent none (HTTP/1.0, h2 without :authority)
-        // gets the backend's address, as a client of the backend would send.
-        if !upstream.headers().contains_key(HOST)
-            && let Ok(value) = HeaderValue::from_str(&backend.identity)
-        {
-            upstream.headers_mut().insert(HOST, value);
+        // gets the backend's address, without the default port, as a client of it would send.
+        if !upstream.headers().contains_key(HOST) {
+            let address = backend.address;
+            let host = match address {
+                SocketAddr::V4(a) if a.port() == 80 => a.ip().to_string(),
+                SocketAddr::V6(a) if a.port() == 80 => format!("[{}]", a.ip()),
+                _ => backend.identity.clone(),
+            };
+            if let Ok(value) = HeaderValue::from_str(&host) {
+                upstream.headers_mut().insert(HOST, value);
+            }
         }
         // Counts until the response body ends (or the attempt fails).
         let in_flight = backend.begin();
