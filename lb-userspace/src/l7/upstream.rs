@@ -14,10 +14,7 @@ use std::{
 };
 
 use http::{Request, Response};
-use hyper::{
-    body::Incoming,
-    client::conn::{TrySendError, http1},
-};
+use hyper::{body::Incoming, client::conn::http1};
 use hyper_util::rt::TokioIo;
 
 use super::workers;
@@ -57,6 +54,13 @@ impl UpstreamError {
 struct Idle {
     sender: http1::SendRequest<Body>,
     since: Instant,
+}
+
+impl Idle {
+    /// Still worth a request: idle less than `timeout` and not closed by the backend.
+    fn fresh(&self, timeout: Duration) -> bool {
+        self.since.elapsed() < timeout && !self.sender.is_closed()
+    }
 }
 
 /// One worker's idle connections, by backend.
@@ -117,8 +121,13 @@ impl Upstream {
         self.settings
     }
 
+    /// The caller's worker's slot in `idle`.
+    fn worker_index(&self) -> usize {
+        workers::current() % self.idle.len()
+    }
+
     fn worker(&self) -> &Mutex<WorkerIdle> {
-        &self.idle[workers::current() % self.idle.len()]
+        &self.idle[self.worker_index()]
     }
 
     /// Idle connections of this worker to `backend` (for tests and status).
@@ -131,7 +140,7 @@ impl Upstream {
         let mut worker = self.worker().lock().ok()?;
         let list = worker.backends.get_mut(&backend)?;
         while let Some(idle) = list.pop() {
-            if idle.sender.is_ready() && idle.since.elapsed() < self.settings.idle_timeout {
+            if idle.fresh(self.settings.idle_timeout) && idle.sender.is_ready() {
                 return Some(idle.sender);
             }
             // Closed by the backend, past the idle timeout, or (rarely) not yet done with its
@@ -142,10 +151,10 @@ impl Upstream {
 
     fn put(self: &Arc<Self>, backend: SocketAddr, sender: http1::SendRequest<Body>) {
         let max = self.settings.max_idle_per_backend as usize;
-        let Ok(mut worker) = self.worker().lock() else { return };
         if max == 0 {
             return;
         }
+        let Ok(mut worker) = self.worker().lock() else { return };
         let list = worker.backends.entry(backend).or_default();
         if list.len() >= max {
             // The oldest goes: the warmest are kept.
@@ -154,7 +163,7 @@ impl Upstream {
         list.push(Idle { sender, since: Instant::now() });
         if !worker.sweeping && tokio::runtime::Handle::try_current().is_ok() {
             worker.sweeping = true;
-            tokio::spawn(sweep(Arc::downgrade(self), workers::current() % self.idle.len()));
+            tokio::spawn(sweep(Arc::downgrade(self), self.worker_index()));
         }
     }
 
@@ -184,13 +193,10 @@ impl Upstream {
         if let Some(mut sender) = self.take(backend) {
             match sender.try_send_request(request).await {
                 Ok(response) => return Ok(self.leased(backend, sender, response)),
-                Err(e) => {
-                    let mut e: TrySendError<Request<Body>> = e;
-                    match e.take_message() {
-                        Some(unsent) => request = unsent,
-                        None => return Err(UpstreamError::Transport(e.into_error())),
-                    }
-                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => request = unsent,
+                    None => return Err(UpstreamError::Transport(e.into_error())),
+                },
             }
         }
         let mut sender = self.connect(backend).await?;
@@ -212,7 +218,7 @@ impl Upstream {
         let Ok(mut idle) = self.idle[worker].lock() else { return };
         let timeout = self.settings.idle_timeout;
         idle.backends.retain(|_, list| {
-            list.retain(|c| c.since.elapsed() < timeout && !c.sender.is_closed());
+            list.retain(|c| c.fresh(timeout));
             !list.is_empty()
         });
     }
