@@ -716,6 +716,24 @@ pub fn bird_state(socket: &Path) -> Option<BirdState> {
     Some(BirdState { state: words.get(3)?.to_string(), since: words[4..words.len() - 1].join(" "), info })
 }
 
+/// When BIRD's Established session last changed state, once that has settled: BIRD stamps the
+/// protocol again when its channels finish feeding, a millisecond or more after the session came
+/// up, so a stamp read right after the routes arrived may still move without any flap. Two polls
+/// 100 ms apart must agree (bounded at 5 s; then the last reading stands).
+fn settled_since(socket: &Path) -> Option<String> {
+    let start = Instant::now();
+    let mut last: Option<BirdState> = None;
+    loop {
+        let now = bird_state(socket);
+        let settled = matches!((&last, &now), (Some(a), Some(b)) if a == b && b.info == "Established");
+        if settled || start.elapsed() > Duration::from_secs(5) {
+            return now.map(|s| s.since);
+        }
+        last = now;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// What a full reload with a kill showed.
 #[derive(Debug)]
 pub struct FullReload {
@@ -848,7 +866,7 @@ impl Monitors {
             samples
         });
         let bird_socket = scale.bird.socket.clone();
-        let since_before = bird_state(&bird_socket).map(|s| s.since);
+        let since_before = settled_since(&bird_socket);
         let s = Arc::clone(&stop);
         let bird = std::thread::spawn(move || {
             let mut samples = Vec::new();
