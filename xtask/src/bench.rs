@@ -31,14 +31,17 @@ use crate::{
 };
 
 /// The filled plane `plane` (built before the runs for every large case chosen).
-fn plane_of(planes: &[Filled], plane: Plane) -> anyhow::Result<&Filled> {
-    planes.iter().find(|p| p.plane == plane).with_context(|| format!("plane {plane:?} was not filled"))
+fn plane_of(planes: &[Filled], plane: Plane, build: usize) -> anyhow::Result<&Filled> {
+    planes
+        .iter()
+        .find(|p| p.plane == plane && p.build == build)
+        .with_context(|| format!("plane {plane:?} of build {build} was not filled"))
 }
 
 /// A large case's plane's miss count, to check an established case adds none.
-fn large_misses(planes: &[Filled], case: &Case) -> Option<u64> {
+fn large_misses(planes: &[Filled], case: &Case, build: usize) -> Option<u64> {
     let Program::Large(plane) = case.program else { return None };
-    plane_of(planes, plane).ok().map(Filled::misses)
+    plane_of(planes, plane, build).ok().map(Filled::misses)
 }
 
 #[derive(clap::Args)]
@@ -322,13 +325,15 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     } else {
         Vec::new()
     };
-    // Large planes, filled once (this build only: each holds up to 2 Mi flows).
+    // Large planes, filled once per build (each holds up to 2 Mi flows, ~300 MB at 10^6).
     let mut planes: Vec<Filled> = Vec::new();
     for case in &cases {
-        if let Program::Large(plane) = case.program
-            && !planes.iter().any(|p| p.plane == plane)
-        {
-            planes.push(Filled::new(plane, opts.runs * opts.loop_count)?);
+        for (build, object) in objects.iter().enumerate() {
+            if let Program::Large(plane) = case.program
+                && !planes.iter().any(|p| p.plane == plane && p.build == build)
+            {
+                planes.push(Filled::new(plane, opts.runs * opts.loop_count, object, build)?);
+            }
         }
     }
     if cases.iter().any(|c| c.name == "flood-syn-v4-limited") {
@@ -383,7 +388,6 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             || case.name.starts_with("flood-syn-v4-denied")
             // (and before SYN cookies: they would open NAT flows).
             || case.name == "flood-syn-v4-nat-cookies"
-            || matches!(case.program, Program::Large(_))
         {
             0..1
         } else {
@@ -412,13 +416,15 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
                 Program::Floor => floor.xdp()?,
                 Program::Balancer => balancer.program.xdp()?,
                 Program::Flood => flood[build].0.program.xdp()?,
-                Program::Large(plane) => plane_of(&planes, plane)?.balancer.program.xdp()?,
+                Program::Large(plane) => plane_of(&planes, plane, build)?.balancer.program.xdp()?,
             };
             let packets = match case.traffic {
-                Traffic::Large(large) => plane_of(&planes, large.plane())?.packets(large, run, opts.loop_count)?,
+                Traffic::Large(large) => {
+                    plane_of(&planes, large.plane(), build)?.packets(large, run, opts.loop_count)?
+                }
                 other => packets(other, run, opts.loop_count, build, &replies),
             };
-            let misses_before = large_misses(&planes, case);
+            let misses_before = large_misses(&planes, case, build);
             for &method in case.methods {
                 let ns = match method {
                     Method::Repeat => testrun::repeat(prog, &packets[0], opts.repeat, case.expected),
@@ -438,7 +444,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
                 })?;
                 row.next().expect("one row per case and method").samples.push(ns);
                 if let (Traffic::Large(Large::Established(..)), Some(before)) = (case.traffic, misses_before) {
-                    let added = large_misses(&planes, case).unwrap_or(before) - before;
+                    let added = large_misses(&planes, case, build).unwrap_or(before) - before;
                     anyhow::ensure!(
                         added == 0,
                         "{}: {added} connection-table misses in an established case",
@@ -450,6 +456,14 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     }
     rows.push(maglev_build(opts.runs)?);
     let mut notes: Vec<String> = planes.iter().flat_map(|p| p.notes.clone()).collect();
+    if planes.iter().any(|p| p.plane == Plane::Flows1m) {
+        let bytes = lb_common::flow_sets(crate::bench_flows::TABLE_1M) as usize * size_of::<FlowSet>();
+        notes.push(format!(
+            "memory: one dependent read at a random place of {} MiB (the 10^6-flow table's size, 4 KiB pages) costs {:.0} ns here, in userspace",
+            bytes >> 20,
+            crate::bench_flows::dependent_read_ns(bytes)
+        ));
+    }
     if !planes.is_empty() && !std::path::Path::new("/sys/bus/event_source/devices/cpu").exists() {
         notes.push("cache misses: not shown, this kernel exposes no hardware counters (no `cpu` PMU)".into());
     }

@@ -68,9 +68,14 @@ fn key(src: &str, dst: &str, sport: u16) -> FlowKey {
     FlowKey { saddr, daddr, sport: sport.to_be(), dport: 80u16.to_be(), proto: PROTO_TCP, family, pad: 0 }
 }
 
+/// Entries of the 10^6-flow plane's connection table.
+pub const TABLE_1M: u32 = 4 << 20;
+
 /// One filled balancer, with how many flows it holds toward each VIP.
 pub struct Filled {
     pub plane: Plane,
+    /// Which balancer build (0 this one, 1 the `--compare` object) fills it.
+    pub build: usize,
     pub balancer: Balancer,
     /// (VIP, flows filled).
     fills: Vec<(&'static str, usize)>,
@@ -80,14 +85,14 @@ pub struct Filled {
 impl Filled {
     /// Builds and fills `plane`; `inserts` is how many new flows the run's new-flow cases add
     /// per VIP (the 90 % plane leaves room for them).
-    pub fn new(plane: Plane, inserts: usize) -> anyhow::Result<Self> {
+    pub fn new(plane: Plane, inserts: usize, object: &[u8], build: usize) -> anyhow::Result<Self> {
         let (sizes, fills) = match plane {
             Plane::Flows100k => (
                 TableSizes { flows: FLOW_TABLE_SIZE, nat: NAT_TABLE_SIZE },
                 vec![(DSR_V4, 100_000), (DSR_V6, 100_000), (NAT_V4, 100_000)],
             ),
             Plane::Flows1m => {
-                (TableSizes { flows: 4 << 20, nat: 1024 }, vec![(DSR_V4, 1_000_000), (DSR_V6, 1_000_000)])
+                (TableSizes { flows: TABLE_1M, nat: 1024 }, vec![(DSR_V4, 1_000_000), (DSR_V6, 1_000_000)])
             }
             Plane::Full90 => {
                 let dsr = (FLOW_TABLE_SIZE as usize * 9 / 10 - 2 * inserts) / 2;
@@ -101,7 +106,7 @@ impl Filled {
         // Filled NAT flows never see a reply: under the default 10 s for unanswered flows, the
         // first ones would expire (and their sources be reclaimed) while a large fill runs.
         let yaml = config().replacen("node:\n", "node:\n  nat_closing_timeout: 1h\n", 1);
-        let balancer = Balancer::with_sizes(&yaml, sizes);
+        let balancer = Balancer::from_object(&yaml, sizes, object);
         let prog = balancer.program.xdp()?;
         for &(dst, count) in &fills {
             let pairs = (0..count).flat_map(|i| {
@@ -123,13 +128,14 @@ impl Filled {
             usage.entries
         );
         let notes = vec![format!(
-            "{plane:?}: connection table {} of {} entries in use ({:.0} %), {set_full} flows unrecorded (full sets); NAT table {nat_held} of {} flows",
+            "{plane:?}{}: connection table {} of {} entries in use ({:.0} %), {set_full} flows unrecorded (full sets); NAT table {nat_held} of {} flows",
+            if build == 0 { "" } else { " [B]" },
             usage.entries,
             usage.size,
             100.0 * usage.entries as f64 / usage.size as f64,
             sizes.nat
         )];
-        Ok(Self { plane, balancer, fills, notes })
+        Ok(Self { plane, build, balancer, fills, notes })
     }
 
     /// `count` packets of `case` for sample `run`: established ones only of flows the table holds.
@@ -164,4 +170,48 @@ impl Filled {
     pub fn misses(&self) -> u64 {
         self.balancer.stat(Stat::FlowMiss)
     }
+}
+
+/// What one dependent read at a random place of `bytes` of memory costs here, in ns: a pointer
+/// chase over one word per 64-byte line, in a random cycle, on 4 KiB pages (as the kernel backs
+/// a BPF array map's values). The floor under a connection-table lookup in a table that size:
+/// however its lines are laid out, a lookup at 10^6 random flows pays at least one such read
+/// more than one that hits the caches.
+pub fn dependent_read_ns(bytes: usize) -> f64 {
+    const LINE_WORDS: usize = 64 / size_of::<usize>();
+    let lines = (bytes / 64).max(2);
+    let mut memory = vec![0usize; lines * LINE_WORDS];
+    // SAFETY: advice on the vector's own pages (the range rounded inward to whole pages); it
+    // changes how they are backed, never their contents.
+    unsafe {
+        let start = memory.as_mut_ptr() as usize;
+        let first = start.next_multiple_of(4096);
+        let end = (start + bytes) & !4095;
+        if end > first {
+            libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_NOHUGEPAGE);
+        }
+    }
+    // One cycle through every line (Sattolo's shuffle), so that no read can be predicted.
+    let mut order: Vec<usize> = (0..lines).collect();
+    let mut rng = Rng::new(7);
+    for i in (1..lines).rev() {
+        order.swap(i, rng.below(i as u64) as usize);
+    }
+    for (i, &line) in order.iter().enumerate() {
+        memory[line * LINE_WORDS] = order[(i + 1) % lines] * LINE_WORDS;
+    }
+    let chase = |steps: usize, mut at: usize| {
+        for _ in 0..steps {
+            at = memory[at];
+        }
+        at
+    };
+    // Once round to fault every page in, then time a bounded number of reads.
+    let at = chase(lines, 0);
+    let steps = 2_000_000;
+    let start = std::time::Instant::now();
+    let end = std::hint::black_box(chase(steps, at));
+    let ns = start.elapsed().as_nanos() as f64 / steps as f64;
+    std::hint::black_box(end);
+    ns
 }
