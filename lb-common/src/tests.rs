@@ -192,3 +192,37 @@ fn flow_hash_spreads_and_depends_on_every_field() {
     }
     assert!(buckets.iter().all(|&b| (900..=1100).contains(&b)), "{buckets:?}");
 }
+
+#[test]
+fn a_flow_surely_live_by_one_direction_is_never_expired_by_both() {
+    const S: u64 = 1_000_000_000;
+    let mut checked = 0;
+    for (tcp, closing, udp) in [(300, 10, 30), (10, 300, 30), (60, 60, 5)] {
+        let node = NodeConfig {
+            nat_tcp_timeout: tcp,
+            nat_closing_timeout: closing,
+            nat_udp_timeout: udp,
+            ..Default::default()
+        };
+        for proto in [PROTO_TCP, PROTO_UDP] {
+            for idle in [0, 4, 5, 6, 9, 10, 11, 29, 30, 31, 59, 60, 61, 299, 300, 301] {
+                let (now, last) = (1_000 * S, (1_000 - idle) * S);
+                if !nat_surely_live(now, last, proto, &node) {
+                    continue;
+                }
+                // The other direction: seen later or not at all, with any flags.
+                for other in [None, Some(last), Some(last + S / 2), Some(now)] {
+                    for flags in 0..8 {
+                        let both = other.map_or(last, |o| o.max(last));
+                        assert!(
+                            !nat_expired(now, both, flags, proto, &node),
+                            "{tcp}/{closing}/{udp} {proto} idle {idle}s flags {flags}"
+                        );
+                        checked += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(checked > 100);
+}

@@ -12,7 +12,7 @@ use aya_ebpf::{
 use lb_common::{
     BACKEND_FLAG_ACTIVE, Backend, FlowKey, Iface, MAX_BACKENDS, MAX_IFACES, MAX_NAT_POOLS, NAT_FLAG_CLOSING,
     NAT_FLAG_COOKIE, NAT_FLAG_REPLIED, NAT_SOURCE_HINTS, NAT_TABLE_SIZE, NAT_TOUCH_NS, NODE_FLAG_MULTI_IFACE, NatFlow,
-    NatPool, NatReverse, NatSources, NodeConfig, PROTO_TCP, Stat, nat_expired,
+    NatPool, NatReverse, NatSources, NodeConfig, PROTO_TCP, Stat, nat_expired, nat_surely_live,
 };
 use lb_ebpf::{
     headers::{EthHdr, TCP_FLAG_FIN, TCP_FLAG_RST},
@@ -246,6 +246,9 @@ pub(crate) fn finish(
 /// Whether a flow is past its timeout, judged by both directions.
 #[inline(always)]
 pub(crate) fn flow_expired(now: u64, entry: &NatFlow, flow: &FlowKey, node: &NodeConfig) -> bool {
+    if nat_surely_live(now, entry.last_seen, flow.proto, node) {
+        return false;
+    }
     let (mut last, mut flags) = (entry.last_seen, entry.flags);
     // SAFETY: copied out.
     if let Some(rev) = unsafe { XLB_NAT_REVERSE.get(&reverse_key(flow, entry)) } {

@@ -26,23 +26,9 @@ use xlb::{
 use xlb_tests::{Balancer, packets::L4};
 
 use crate::{
-    bench_flows::{Filled, Large, Plane},
+    bench_flows::{Filled, Large, Plane, plane_of},
     bench_packets::{config, frame, limit_flooder},
 };
-
-/// The filled plane `plane` (built before the runs for every large case chosen).
-fn plane_of(planes: &[Filled], plane: Plane, build: usize) -> anyhow::Result<&Filled> {
-    planes
-        .iter()
-        .find(|p| p.plane == plane && p.build == build)
-        .with_context(|| format!("plane {plane:?} of build {build} was not filled"))
-}
-
-/// A large case's plane's miss count, to check an established case adds none.
-fn large_misses(planes: &[Filled], case: &Case, build: usize) -> Option<u64> {
-    let Program::Large(plane) = case.program else { return None };
-    plane_of(planes, plane, build).ok().map(Filled::misses)
-}
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -424,7 +410,10 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
                 }
                 other => packets(other, run, opts.loop_count, build, &replies),
             };
-            let misses_before = large_misses(&planes, case, build);
+            let misses_before = match case.traffic {
+                Traffic::Large(large) => Some(plane_of(&planes, large.plane(), build)?.misses()),
+                _ => None,
+            };
             for &method in case.methods {
                 let ns = match method {
                     Method::Repeat => testrun::repeat(prog, &packets[0], opts.repeat, case.expected),
@@ -443,8 +432,8 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
                     format!("case {} ({}); drops and events so far: {}", case.name, method.name(), counted.join(" "))
                 })?;
                 row.next().expect("one row per case and method").samples.push(ns);
-                if let (Traffic::Large(Large::Established(..)), Some(before)) = (case.traffic, misses_before) {
-                    let added = large_misses(&planes, case, build).unwrap_or(before) - before;
+                if let (Traffic::Large(large @ Large::Established(..)), Some(before)) = (case.traffic, misses_before) {
+                    let added = plane_of(&planes, large.plane(), build)?.misses() - before;
                     anyhow::ensure!(
                         added == 0,
                         "{}: {added} connection-table misses in an established case",

@@ -71,6 +71,14 @@ fn key(src: &str, dst: &str, sport: u16) -> FlowKey {
 /// Entries of the 10^6-flow plane's connection table.
 pub const TABLE_1M: u32 = 4 << 20;
 
+/// The filled plane `plane` of build `build` (built before the runs for every large case chosen).
+pub fn plane_of(planes: &[Filled], plane: Plane, build: usize) -> anyhow::Result<&Filled> {
+    planes
+        .iter()
+        .find(|p| p.plane == plane && p.build == build)
+        .with_context(|| format!("plane {plane:?} of build {build} was not filled"))
+}
+
 /// One filled balancer, with how many flows it holds toward each VIP.
 pub struct Filled {
     pub plane: Plane,
