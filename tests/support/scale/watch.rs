@@ -93,7 +93,12 @@ impl HealthDown {
     /// How long answers must go on after the victim's last new flow.
     pub const CONFIRM: Duration = Duration::from_secs(1);
 
-    pub(super) fn compute(syns: &[Seen], killed_at: SystemTime, load: &LoadResult, reload_at: SystemTime) -> HealthDown {
+    pub(super) fn compute(
+        syns: &[Seen],
+        killed_at: SystemTime,
+        load: &LoadResult,
+        reload_at: SystemTime,
+    ) -> HealthDown {
         let mut first: BTreeMap<(Ipv4Addr, u16), SystemTime> = BTreeMap::new();
         for s in syns {
             first.entry((s.src, s.sport)).or_insert(s.at);
