@@ -172,13 +172,8 @@ pub const NAT_TOUCH_NS: u64 = 1_000_000_000;
 /// Saves the data plane the other table's lookup on a busy flow's periodic refresh.
 #[inline(always)]
 pub fn nat_surely_live(now: u64, last: u64, proto: u8, node: &NodeConfig) -> bool {
-    let shortest = if proto == PROTO_UDP {
-        node.nat_udp_timeout
-    } else if node.nat_closing_timeout < node.nat_tcp_timeout {
-        node.nat_closing_timeout
-    } else {
-        node.nat_tcp_timeout
-    };
+    let shortest =
+        if proto == PROTO_UDP { node.nat_udp_timeout } else { node.nat_closing_timeout.min(node.nat_tcp_timeout) };
     now.saturating_sub(last) <= u64::from(shortest) * 1_000_000_000
 }
 

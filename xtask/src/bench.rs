@@ -397,23 +397,23 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     for run in 0..opts.runs {
         let mut row = rows.iter_mut();
         for (case, build) in cases.iter().flat_map(|c| builds(c).map(move |build| (c, build))) {
-            let balancer = &balancers[build];
-            let prog = match case.program {
-                Program::Floor => floor.xdp()?,
-                Program::Balancer => balancer.program.xdp()?,
-                Program::Flood => flood[build].0.program.xdp()?,
-                Program::Large(plane) => plane_of(&planes, plane, build)?.balancer.program.xdp()?,
-            };
-            let packets = match case.traffic {
-                Traffic::Large(large) => {
-                    plane_of(&planes, large.plane(), build)?.packets(large, run, opts.loop_count)?
-                }
-                other => packets(other, run, opts.loop_count, build, &replies),
-            };
-            let misses_before = match case.traffic {
-                Traffic::Large(large) => Some(plane_of(&planes, large.plane(), build)?.misses()),
+            // A large case runs on its build's filled plane, whose balancer then also says what
+            // it counted.
+            let large = match case.traffic {
+                Traffic::Large(large) => Some((large, plane_of(&planes, large.plane(), build)?)),
                 _ => None,
             };
+            let balancer = large.map_or(&balancers[build], |(_, filled)| &filled.balancer);
+            let prog = match case.program {
+                Program::Floor => floor.xdp()?,
+                Program::Flood => flood[build].0.program.xdp()?,
+                Program::Balancer | Program::Large(_) => balancer.program.xdp()?,
+            };
+            let packets = match large {
+                Some((large, filled)) => filled.packets(large, run, opts.loop_count)?,
+                None => packets(case.traffic, run, opts.loop_count, build, &replies),
+            };
+            let misses_before = large.map(|(_, filled)| filled.misses());
             for &method in case.methods {
                 let ns = match method {
                     Method::Repeat => testrun::repeat(prog, &packets[0], opts.repeat, case.expected),
@@ -432,8 +432,8 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
                     format!("case {} ({}); drops and events so far: {}", case.name, method.name(), counted.join(" "))
                 })?;
                 row.next().expect("one row per case and method").samples.push(ns);
-                if let (Traffic::Large(large @ Large::Established(..)), Some(before)) = (case.traffic, misses_before) {
-                    let added = plane_of(&planes, large.plane(), build)?.misses() - before;
+                if let (Some((Large::Established(..), filled)), Some(before)) = (large, misses_before) {
+                    let added = filled.misses() - before;
                     anyhow::ensure!(
                         added == 0,
                         "{}: {added} connection-table misses in an established case",

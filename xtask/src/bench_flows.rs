@@ -194,7 +194,7 @@ pub fn dependent_read_ns(bytes: usize) -> f64 {
     unsafe {
         let start = memory.as_mut_ptr() as usize;
         let first = start.next_multiple_of(4096);
-        let end = (start + bytes) & !4095;
+        let end = (start + memory.len() * size_of::<usize>()) & !4095;
         if end > first {
             libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_NOHUGEPAGE);
         }
