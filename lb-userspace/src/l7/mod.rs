@@ -9,6 +9,7 @@
 pub mod access_log;
 pub mod addr;
 pub mod balance;
+pub mod h1;
 pub mod metrics;
 pub mod proxy;
 pub mod proxy_protocol;
@@ -30,7 +31,7 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
 };
-use tokio::{net::TcpListener, sync::Semaphore, task::JoinHandle};
+use tokio::{io::AsyncWriteExt as _, net::TcpListener, sync::Semaphore, task::JoinHandle};
 
 pub use crate::config::l7 as config;
 use crate::{
@@ -480,16 +481,37 @@ async fn serve_connection(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(rt.idle_timeout);
     builder.http2().timer(TokioTimer::new());
+    // Simple HTTP/1.1 requests are served directly; the first other one hands the connection
+    // (and what was read of it) to hyper.
     let result = match &rt.tls {
         Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-            Ok(Ok(tls)) => builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await,
+            Ok(Ok(mut tls)) => {
+                let prefix = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    Vec::new()
+                } else {
+                    match h1::serve(&swap, conn, &mut tls).await {
+                        h1::End::Handoff(prefix) => prefix,
+                        h1::End::Closed => {
+                            // close_notify, then FIN.
+                            let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.shutdown()).await;
+                            return;
+                        }
+                    }
+                };
+                builder.serve_connection_with_upgrades(TokioIo::new(h1::Prefixed::new(prefix, tls)), service).await
+            }
             Ok(Err(e)) => {
                 tracing::debug!(vip = %rt.name, %peer, error = %e, "TLS handshake failed");
                 return;
             }
             Err(_) => return,
         },
-        None => builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await,
+        None => match h1::serve(&swap, conn, &mut stream).await {
+            h1::End::Handoff(prefix) => {
+                builder.serve_connection_with_upgrades(TokioIo::new(h1::Prefixed::new(prefix, stream)), service).await
+            }
+            h1::End::Closed => return,
+        },
     };
     if let Err(e) = result {
         tracing::debug!(vip = %rt.name, %client, error = %e, "l7 connection ended with an error");

@@ -78,31 +78,89 @@ pub struct Conn {
     pub tls: bool,
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut response =
-        Response::new(Full::new(Bytes::from_static(body.as_bytes())).map_err(|n| match n {}).boxed_unsync());
-    *response.status_mut() = status;
-    response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    response
+/// A response the proxy makes itself (a refusal or an error), with a plain-text body; the
+/// general path sends it through hyper, the direct path writes its bytes.
+#[derive(Debug)]
+pub struct Canned {
+    pub status: StatusCode,
+    pub body: Bytes,
+    /// A redirect's Location, or Retry-After.
+    pub extra: Option<(HeaderName, HeaderValue)>,
+}
+
+impl Canned {
+    pub fn into_response(self) -> Response<Body> {
+        let mut response = Response::new(Full::new(self.body).map_err(|n| match n {}).boxed_unsync());
+        *response.status_mut() = self.status;
+        let headers = response.headers_mut();
+        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        if let Some((name, value)) = self.extra {
+            headers.insert(name, value);
+        }
+        response
+    }
+
+    /// The response as HTTP/1.1 bytes, with `Connection: close` when the connection ends.
+    pub fn write_h1(&self, out: &mut Vec<u8>, close: bool) {
+        use std::io::Write as _;
+        let status = self.status;
+        let reason = status.canonical_reason().unwrap_or("");
+        // Writing to a Vec cannot fail.
+        let _ = write!(
+            out,
+            "HTTP/1.1 {} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n",
+            status.as_u16(),
+            self.body.len()
+        );
+        if let Some((name, value)) = &self.extra {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        if close {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&self.body);
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Canned {
+    Canned { status, body: Bytes::from_static(body.as_bytes()), extra: None }
+}
+
+/// No route matches the request's host and path.
+pub fn no_route() -> Canned {
+    text(StatusCode::NOT_FOUND, "no route for this host and path\n")
+}
+
+/// No backend answered within the request timeout.
+pub fn timed_out() -> Canned {
+    text(StatusCode::GATEWAY_TIMEOUT, "the backend did not answer in time\n")
+}
+
+/// No attempt got a response: none was possible (`tried_any` false), or every one failed.
+pub fn unanswered(tried_any: bool) -> Canned {
+    if tried_any {
+        text(StatusCode::BAD_GATEWAY, "the backend failed the request\n")
+    } else {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no backend available for this route (down, drained or at its request limit)\n",
+        )
+    }
 }
 
 /// What a request the route's rate limit refuses gets (`on_limit`): its status and body, a
 /// Location when it redirects, Retry-After (time to the next token) when it is an error.
-fn limited(on_limit: &crate::config::OnLimit, wait: std::time::Duration) -> Response<Body> {
-    let body = Bytes::copy_from_slice(on_limit.body.as_bytes());
-    let mut response = Response::new(Full::new(body).map_err(|n| match n {}).boxed_unsync());
-    *response.status_mut() = StatusCode::from_u16(on_limit.status).unwrap_or(StatusCode::TOO_MANY_REQUESTS);
-    let headers = response.headers_mut();
-    headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    match on_limit.redirect.as_deref().map(HeaderValue::from_str) {
-        Some(Ok(location)) => {
-            headers.insert(http::header::LOCATION, location);
-        }
-        _ => {
-            headers.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs(wait)));
-        }
-    }
-    response
+pub fn limited(on_limit: &crate::config::OnLimit, wait: std::time::Duration) -> Canned {
+    let status = StatusCode::from_u16(on_limit.status).unwrap_or(StatusCode::TOO_MANY_REQUESTS);
+    let extra = match on_limit.redirect.as_deref().map(HeaderValue::from_str) {
+        Some(Ok(location)) => (http::header::LOCATION, location),
+        _ => (RETRY_AFTER, HeaderValue::from(retry_after_secs(wait))),
+    };
+    Canned { status, body: Bytes::copy_from_slice(on_limit.body.as_bytes()), extra: Some(extra) }
 }
 
 fn empty() -> Body {
@@ -154,34 +212,56 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+impl Conn {
+    /// The scheme the client spoke.
+    pub fn proto(&self) -> &'static str {
+        if self.tls { "https" } else { "http" }
+    }
+}
+
+/// Writes X-Forwarded-For's value: `previous` (every value the request had, joined), then the
+/// client's address.
+pub fn forwarded_for(out: &mut Vec<u8>, previous: Option<&[u8]>, conn: Conn) {
+    use std::io::Write as _;
+    if let Some(previous) = previous {
+        out.extend_from_slice(previous);
+        out.extend_from_slice(b", ");
+    }
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "{}", conn.client.ip());
+}
+
+/// Writes Forwarded's value (RFC 7239): `previous`, then this hop's `for`, `proto` and `host`
+/// (a host that cannot be a quoted string is left out).
+pub fn forwarded_value(out: &mut Vec<u8>, previous: Option<&[u8]>, conn: Conn, host: Option<&str>) {
+    use std::io::Write as _;
+    if let Some(previous) = previous {
+        out.extend_from_slice(previous);
+        out.extend_from_slice(b", ");
+    }
+    let ip = conn.client.ip();
+    let _ = if ip.is_ipv6() { write!(out, "for=\"[{ip}]\"") } else { write!(out, "for={ip}") };
+    let _ = write!(out, ";proto={}", conn.proto());
+    if let Some(host) = host.filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')) {
+        let _ = write!(out, ";host=\"{host}\"");
+    }
+}
+
 /// X-Forwarded-For (appended), X-Forwarded-Proto, X-Forwarded-Host and Forwarded (RFC 7239,
 /// appended).
 fn add_forwarded(headers: &mut HeaderMap, conn: Conn, host: Option<&str>) {
-    use std::fmt::Write as _;
-    let ip = conn.client.ip();
-    let proto = if conn.tls { "https" } else { "http" };
-    // Writing to a String cannot fail.
-    let mut xff = String::with_capacity(48);
-    if let Some(previous) = headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        let _ = write!(xff, "{previous}, ");
-    }
-    let _ = write!(xff, "{ip}");
-    let mut forwarded = String::with_capacity(64);
-    if let Some(previous) = headers.get(FORWARDED).and_then(|v| v.to_str().ok()) {
-        let _ = write!(forwarded, "{previous}, ");
-    }
-    let _ = if ip.is_ipv6() { write!(forwarded, "for=\"[{ip}]\"") } else { write!(forwarded, "for={ip}") };
-    let _ = write!(forwarded, ";proto={proto}");
-    if let Some(host) = host.filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')) {
-        let _ = write!(forwarded, ";host=\"{host}\"");
-    }
-    // The strings become the values' bytes (checked, not copied).
+    let previous = |name: &HeaderName| headers.get(name).map(HeaderValue::as_bytes);
+    let mut xff = Vec::with_capacity(48);
+    forwarded_for(&mut xff, previous(&X_FORWARDED_FOR), conn);
+    let mut forwarded = Vec::with_capacity(64);
+    forwarded_value(&mut forwarded, previous(&FORWARDED), conn, host);
+    // The buffers become the values' bytes (checked, not copied).
     for (name, value) in [(X_FORWARDED_FOR, xff), (FORWARDED, forwarded)] {
         if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
             headers.insert(name, value);
         }
     }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(conn.proto()));
     if let Some(host) = host
         && !headers.contains_key(X_FORWARDED_HOST)
         && let Ok(value) = HeaderValue::from_str(host)
@@ -190,17 +270,20 @@ fn add_forwarded(headers: &mut HeaderMap, conn: Conn, host: Option<&str>) {
     }
 }
 
+/// The value of cookie `name` in a Cookie header's `value`.
+pub fn cookie_value<'a>(value: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    value.split(|b| *b == b';').find_map(|pair| {
+        let pair = pair.trim_ascii();
+        let eq = pair.iter().position(|b| *b == b'=')?;
+        (&pair[..eq] == name.as_bytes()).then_some(&pair[eq + 1..])
+    })
+}
+
 /// The value a consistent-hash route hashes.
 fn hash_key<'a>(balance: &Balance, headers: &'a HeaderMap) -> Option<&'a [u8]> {
     match balance {
         Balance::HashHeader(name) => headers.get(name.as_str()).map(HeaderValue::as_bytes),
-        Balance::HashCookie(name) => headers.get_all(COOKIE).iter().find_map(|v| {
-            v.as_bytes().split(|b| *b == b';').find_map(|pair| {
-                let pair = pair.trim_ascii();
-                let eq = pair.iter().position(|b| *b == b'=')?;
-                (&pair[..eq] == name.as_bytes()).then_some(&pair[eq + 1..])
-            })
-        }),
+        Balance::HashCookie(name) => headers.get_all(COOKIE).iter().find_map(|v| cookie_value(v.as_bytes(), name)),
         _ => None,
     }
 }
@@ -249,7 +332,8 @@ impl hyper::body::Body for Tracked {
 }
 
 /// What the access log line says about one request.
-struct Outcome<'a> {
+#[derive(Debug)]
+pub struct Outcome<'a> {
     route: &'a str,
     stats: &'a RouteStats,
     status: u16,
@@ -258,7 +342,7 @@ struct Outcome<'a> {
     error: Option<String>,
 }
 
-fn done<'a>(
+pub fn done<'a>(
     status: u16,
     route: &'a str,
     stats: &'a RouteStats,
@@ -269,10 +353,10 @@ fn done<'a>(
     Outcome { route, stats, status, backend, attempts, error }
 }
 
-fn finish(
+pub fn finish(
     rt: &VipRuntime,
     conn: Conn,
-    method: &Method,
+    method: &str,
     host: Option<&str>,
     path: &str,
     start: Instant,
@@ -285,7 +369,7 @@ fn finish(
             vip: &rt.name,
             route: o.route,
             client: conn.client,
-            method: method.as_str(),
+            method,
             host: host.unwrap_or(""),
             path,
             status: o.status,
@@ -312,28 +396,28 @@ pub async fn handle(rt: Arc<VipRuntime>, conn: Conn, mut req: Request<Incoming>)
     let path = parts.uri.path();
     let method = &parts.method;
     // Every way out of here is counted and logged once, with what is known of the request.
-    let log = |outcome: Outcome<'_>| finish(&rt, conn, method, host, path, start, outcome);
+    let log = |outcome: Outcome<'_>| finish(&rt, conn, method.as_str(), host, path, start, outcome);
     let Some(index) = rt.matcher.find(host, path) else {
         log(done(404, "-", &rt.unrouted, None, 0, None));
-        return Ok(text(StatusCode::NOT_FOUND, "no route for this host and path\n"));
+        return Ok(no_route().into_response());
     };
     let route = &rt.routes[index];
     if let Some(limiter) = &route.limiter
         && let Err(wait) = limiter.take(Instant::now())
     {
         route.stats.rate_limited.inc();
-        let response = limited(&limiter.limit().on_limit, wait);
-        log(done(response.status().as_u16(), &route.name, &route.stats, None, 0, None));
-        return Ok(response);
+        let canned = limited(&limiter.limit().on_limit, wait);
+        log(done(canned.status.as_u16(), &route.name, &route.stats, None, 0, None));
+        return Ok(canned.into_response());
     }
     // In progress until the response ends (or this returns without one).
     let mut slot = None;
     if let Some(concurrency) = &route.concurrency {
         let Some(entered) = concurrency.try_enter() else {
             route.stats.concurrency_limited.inc();
-            let response = limited(&concurrency.limit().on_limit, std::time::Duration::from_secs(1));
-            log(done(response.status().as_u16(), &route.name, &route.stats, None, 0, None));
-            return Ok(response);
+            let canned = limited(&concurrency.limit().on_limit, std::time::Duration::from_secs(1));
+            log(done(canned.status.as_u16(), &route.name, &route.stats, None, 0, None));
+            return Ok(canned.into_response());
         };
         slot = Some(entered);
     }
@@ -393,7 +477,7 @@ pub async fn handle(rt: Arc<VipRuntime>, conn: Conn, mut req: Request<Incoming>)
                 route.stats.timeouts.inc();
                 let error = Some(format!("no response within {:?}", rt.request_timeout));
                 log(done(504, &route.name, &route.stats, Some(backend.address), n, error));
-                return Ok(text(StatusCode::GATEWAY_TIMEOUT, "the backend did not answer in time\n"));
+                return Ok(timed_out().into_response());
             }
             Ok(Err(e)) => {
                 let kind = if e.is_connect() { "connect" } else { "transport" };
@@ -431,17 +515,10 @@ pub async fn handle(rt: Arc<VipRuntime>, conn: Conn, mut req: Request<Incoming>)
             }
         }
     }
-    let (status, message) = if tried.is_empty() {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no backend available for this route (down, drained or at its request limit)\n",
-        )
-    } else {
-        (StatusCode::BAD_GATEWAY, "the backend failed the request\n")
-    };
+    let canned = unanswered(!tried.is_empty());
     let n = tried.len() as u32;
-    log(done(status.as_u16(), &route.name, &route.stats, tried.last().copied(), n, last_error));
-    Ok(text(status, message))
+    log(done(canned.status.as_u16(), &route.name, &route.stats, tried.last().copied(), n, last_error));
+    Ok(canned.into_response())
 }
 
 #[cfg(test)]

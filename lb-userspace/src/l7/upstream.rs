@@ -16,6 +16,7 @@ use std::{
 use http::{Request, Response};
 use hyper::{body::Incoming, client::conn::http1};
 use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 
 use super::workers;
 
@@ -40,6 +41,10 @@ pub enum UpstreamError {
     ConnectTimeout(Duration),
     #[error("{0}")]
     Transport(hyper::Error),
+    #[error("{0}")]
+    Io(std::io::Error),
+    #[error("{0}")]
+    Invalid(&'static str),
 }
 
 impl UpstreamError {
@@ -63,10 +68,28 @@ impl Idle {
     }
 }
 
+/// A plain connection (of the direct HTTP/1.1 path) waiting for its next request.
+#[derive(Debug)]
+struct IdleStream {
+    stream: TcpStream,
+    since: Instant,
+}
+
+impl IdleStream {
+    /// Still worth a request: idle less than `timeout`, and the backend neither closed it nor
+    /// sent bytes nobody asked for (seen without a system call unless the socket is readable).
+    fn fresh(&self, timeout: Duration) -> bool {
+        self.since.elapsed() < timeout
+            && matches!(self.stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
+
 /// One worker's idle connections, by backend.
 #[derive(Debug, Default)]
 struct WorkerIdle {
     backends: HashMap<SocketAddr, Vec<Idle>>,
+    /// The direct path's connections.
+    streams: HashMap<SocketAddr, Vec<IdleStream>>,
     /// Whether this worker runs a task that closes connections idle past the timeout.
     sweeping: bool,
 }
@@ -161,21 +184,59 @@ impl Upstream {
             list.remove(0);
         }
         list.push(Idle { sender, since: Instant::now() });
+        self.start_sweep(&mut worker);
+    }
+
+    /// An idle plain connection to `backend` of this worker, the most recently used first.
+    pub fn take_stream(&self, backend: SocketAddr) -> Option<TcpStream> {
+        let mut worker = self.worker().lock().ok()?;
+        let list = worker.streams.get_mut(&backend)?;
+        while let Some(idle) = list.pop() {
+            if idle.fresh(self.settings.idle_timeout) {
+                return Some(idle.stream);
+            }
+        }
+        None
+    }
+
+    /// Keeps a plain connection whose last response ended whole for this worker's next request.
+    pub fn put_stream(self: &Arc<Self>, backend: SocketAddr, stream: TcpStream) {
+        let max = self.settings.max_idle_per_backend as usize;
+        if max == 0 {
+            return;
+        }
+        let Ok(mut worker) = self.worker().lock() else { return };
+        let list = worker.streams.entry(backend).or_default();
+        if list.len() >= max {
+            list.remove(0);
+        }
+        list.push(IdleStream { stream, since: Instant::now() });
+        self.start_sweep(&mut worker);
+    }
+
+    /// Sweeps this worker's idle connections from now on, if nothing does yet.
+    fn start_sweep(self: &Arc<Self>, worker: &mut WorkerIdle) {
         if !worker.sweeping && tokio::runtime::Handle::try_current().is_ok() {
             worker.sweeping = true;
             tokio::spawn(sweep(Arc::downgrade(self), self.worker_index()));
         }
     }
 
-    /// A new connection to `backend`: connected within the connect timeout, its hyper
-    /// connection driven by a task of this worker.
-    async fn connect(&self, backend: SocketAddr) -> Result<http1::SendRequest<Body>, UpstreamError> {
+    /// A new plain connection to `backend`, connected within the connect timeout.
+    pub async fn connect_stream(&self, backend: SocketAddr) -> Result<TcpStream, UpstreamError> {
         let timeout = self.settings.connect_timeout;
-        let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(backend))
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(backend))
             .await
             .map_err(|_| UpstreamError::ConnectTimeout(timeout))?
             .map_err(UpstreamError::Connect)?;
         let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    /// A new connection to `backend`: connected within the connect timeout, its hyper
+    /// connection driven by a task of this worker.
+    async fn connect(&self, backend: SocketAddr) -> Result<http1::SendRequest<Body>, UpstreamError> {
+        let stream = self.connect_stream(backend).await?;
         let (sender, connection) = http1::handshake(TokioIo::new(stream)).await.map_err(UpstreamError::Transport)?;
         tokio::spawn(async move {
             if let Err(e) = connection.with_upgrades().await {
@@ -218,6 +279,10 @@ impl Upstream {
         let Ok(mut idle) = self.idle[worker].lock() else { return };
         let timeout = self.settings.idle_timeout;
         idle.backends.retain(|_, list| {
+            list.retain(|c| c.fresh(timeout));
+            !list.is_empty()
+        });
+        idle.streams.retain(|_, list| {
             list.retain(|c| c.fresh(timeout));
             !list.is_empty()
         });

@@ -1,0 +1,355 @@
+//! The direct HTTP/1.1 path: the requests most traffic is made of (HTTP/1.1, GET, HEAD, OPTIONS
+//! or DELETE, no body, no upgrade) are served on the client's socket without hyper. Their head
+//! is read and checked with httparse, sent to the backend rewritten as the general path would
+//! (hop-by-hop headers out, X-Forwarded-* and Forwarded in), and the backend's response relayed
+//! with its body as it came — its length or chunks followed only to know where it ends —
+//! through the worker's own plain backend connections.
+//!
+//! Routes, limits, retries, metrics and the access log are the general path's own
+//! ([`super::proxy`]). The first request of another kind hands the connection, with the bytes
+//! read from it, to hyper for the rest of its life; so do bytes that are not a request hyper
+//! would take (hyper answers them as it always did). Profiles of the keep-alive bench put two
+//! thirds of the proxy's user-space CPU in hyper's dispatch, channels, header maps and
+//! allocations; this path does one read and one write per side and allocates nothing per
+//! request once its buffers have grown.
+
+pub mod chunked;
+pub mod head;
+mod prefixed;
+
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
+    net::TcpStream,
+};
+
+pub use self::prefixed::Prefixed;
+use self::{
+    chunked::Chunked,
+    head::{Framing, MAX_HEADERS, Parsed, ParsedResponse, ResponseHead, Simple},
+};
+use super::{
+    proxy::{Canned, Conn, Outcome, VipRuntime, done, finish, limited, no_route, timed_out, unanswered},
+    upstream::{Upstream, UpstreamError},
+};
+
+/// A request head longer than this goes to the general path (which refuses it as hyper does).
+const MAX_HEAD: usize = 16 * 1024;
+/// A backend's response head may be this long.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Bytes read at once (a whole 64 KiB response body in a few reads).
+const READ_SIZE: usize = 32 * 1024;
+
+/// How the direct path left a connection.
+#[derive(Debug)]
+pub enum End {
+    /// Done with: the client closed, asked to close, idled out, or an error ended it.
+    Closed,
+    /// A request for the general path: these bytes, read from the connection, come first.
+    Handoff(Vec<u8>),
+}
+
+/// Buffers a connection keeps between its requests.
+#[derive(Debug, Default)]
+struct Buffers {
+    /// The head sent to the backend.
+    request: Vec<u8>,
+    /// What the backend sent.
+    response: Vec<u8>,
+    /// What the client gets first: the response head and the body bytes read with it.
+    out: Vec<u8>,
+}
+
+/// Serves `io`'s requests for as long as they are simple ones.
+pub async fn serve<S>(swap: &arc_swap::ArcSwap<VipRuntime>, conn: Conn, io: &mut S) -> End
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut input: Vec<u8> = Vec::with_capacity(4096);
+    let mut buffers = Buffers::default();
+    loop {
+        let rt = swap.load_full();
+        let next = {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            match head::parse_request(&input, &mut headers) {
+                Parsed::Simple(request) => {
+                    let len = request.len;
+                    match exchange(&rt, conn, &request, io, &mut buffers).await {
+                        Flow::KeepOpen => Next::Consumed(len),
+                        Flow::Close => Next::Close,
+                    }
+                }
+                Parsed::Partial if input.len() < MAX_HEAD => Next::Read,
+                Parsed::Partial | Parsed::Other => Next::Handoff,
+            }
+        };
+        match next {
+            Next::Consumed(len) => {
+                input.drain(..len);
+            }
+            Next::Close => return End::Closed,
+            Next::Handoff => return End::Handoff(input),
+            Next::Read => {
+                // Waiting for a head (the next, or the rest of this one) is bounded by the idle
+                // timeout, as hyper's header read timeout bounds it on the general path.
+                input.reserve(4096);
+                match tokio::time::timeout(rt.idle_timeout, io.read_buf(&mut input)).await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => return End::Closed,
+                }
+            }
+        }
+    }
+}
+
+enum Next {
+    Consumed(usize),
+    Read,
+    Handoff,
+    Close,
+}
+
+/// Whether the client's connection takes another request.
+enum Flow {
+    KeepOpen,
+    Close,
+}
+
+/// Writes a response the proxy made.
+async fn reply<S: AsyncWrite + Unpin>(io: &mut S, canned: &Canned, close: bool, out: &mut Vec<u8>) -> Flow {
+    out.clear();
+    canned.write_h1(out, close);
+    match io.write_all(out).await.and(io.flush().await) {
+        Ok(()) if !close => Flow::KeepOpen,
+        _ => Flow::Close,
+    }
+}
+
+/// One request: route, limits, attempts on backends (another one after a failure, as the
+/// route's retries allow: these methods are safe to send twice), the response relayed.
+async fn exchange<S>(rt: &VipRuntime, conn: Conn, req: &Simple<'_>, io: &mut S, bufs: &mut Buffers) -> Flow
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let start = Instant::now();
+    let log = |outcome: Outcome<'_>| finish(rt, conn, req.method, Some(req.host), req.path, start, outcome);
+    let Some(index) = rt.matcher.find(Some(req.host), req.path) else {
+        log(done(404, "-", &rt.unrouted, None, 0, None));
+        return reply(io, &no_route(), req.close, &mut bufs.out).await;
+    };
+    let route = &rt.routes[index];
+    if let Some(limiter) = &route.limiter
+        && let Err(wait) = limiter.take(Instant::now())
+    {
+        route.stats.rate_limited.inc();
+        let canned = limited(&limiter.limit().on_limit, wait);
+        log(done(canned.status.as_u16(), &route.name, &route.stats, None, 0, None));
+        return reply(io, &canned, req.close, &mut bufs.out).await;
+    }
+    let mut _slot = None;
+    if let Some(concurrency) = &route.concurrency {
+        let Some(entered) = concurrency.try_enter() else {
+            route.stats.concurrency_limited.inc();
+            let canned = limited(&concurrency.limit().on_limit, Duration::from_secs(1));
+            log(done(canned.status.as_u16(), &route.name, &route.stats, None, 0, None));
+            return reply(io, &canned, req.close, &mut bufs.out).await;
+        };
+        _slot = Some(entered);
+    }
+    req.upstream_head(&mut bufs.request, conn);
+    let attempts = 1 + rt.retries;
+    let deadline = tokio::time::Instant::from_std(start + rt.request_timeout);
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut last_error = None;
+    for attempt in 0..attempts {
+        let Some(backend) = route.pool.pick(req.hash_key(route.pool.balance()), &tried) else { break };
+        tried.push(backend.address);
+        if attempt > 0 {
+            route.stats.retries.inc();
+        }
+        let _in_flight = backend.begin();
+        let sent = tokio::time::timeout_at(deadline, send(&rt.upstream, backend.address, req, bufs)).await;
+        let n = attempt + 1;
+        match sent {
+            Err(_) => {
+                route.stats.timeouts.inc();
+                let error = Some(format!("no response within {:?}", rt.request_timeout));
+                log(done(504, &route.name, &route.stats, Some(backend.address), n, error));
+                return reply(io, &timed_out(), req.close, &mut bufs.out).await;
+            }
+            Ok(Err(e)) => {
+                if e.is_connect() { &route.stats.connect_errors } else { &route.stats.transport_errors }.inc();
+                tracing::debug!(vip = %rt.name, route = %route.name, backend = %backend.address, error = %e, "backend attempt failed");
+                last_error = Some(format!("{}: {e}", backend.address));
+            }
+            Ok(Ok((stream, head))) => {
+                log(done(head.status, &route.name, &route.stats, Some(backend.address), n, None));
+                return relay(&rt.upstream, backend.address, stream, &head, io, bufs, rt.idle_timeout).await;
+            }
+        }
+    }
+    let canned = unanswered(!tried.is_empty());
+    let n = tried.len() as u32;
+    log(done(canned.status.as_u16(), &route.name, &route.stats, tried.last().copied(), n, last_error));
+    reply(io, &canned, req.close, &mut bufs.out).await
+}
+
+/// Why one try on a backend connection got no response head.
+enum TryError {
+    /// Nothing came back at all: on a connection that had been idle, the backend closed it
+    /// before it saw the request (the request goes again on a new one).
+    Silent(std::io::Error),
+    Failed(UpstreamError),
+}
+
+/// Sends the request in `bufs.request` to `backend` and reads the response head into
+/// `bufs.response` (the client's head into `bufs.out`): on an idle connection of this worker,
+/// or a new one when there is none or the backend had closed it.
+async fn send(
+    upstream: &Arc<Upstream>,
+    backend: SocketAddr,
+    req: &Simple<'_>,
+    bufs: &mut Buffers,
+) -> Result<(TcpStream, ResponseHead), UpstreamError> {
+    if let Some(mut stream) = upstream.take_stream(backend) {
+        match try_send(&mut stream, req, bufs).await {
+            Ok(head) => return Ok((stream, head)),
+            Err(TryError::Failed(e)) => return Err(e),
+            Err(TryError::Silent(_)) => {}
+        }
+    }
+    let mut stream = upstream.connect_stream(backend).await?;
+    match try_send(&mut stream, req, bufs).await {
+        Ok(head) => Ok((stream, head)),
+        Err(TryError::Silent(e)) => Err(UpstreamError::Io(e)),
+        Err(TryError::Failed(e)) => Err(e),
+    }
+}
+
+async fn try_send(stream: &mut TcpStream, req: &Simple<'_>, bufs: &mut Buffers) -> Result<ResponseHead, TryError> {
+    stream.write_all(&bufs.request).await.map_err(TryError::Silent)?;
+    bufs.response.clear();
+    loop {
+        bufs.response.reserve(READ_SIZE);
+        match stream.read_buf(&mut bufs.response).await {
+            Ok(0) if bufs.response.is_empty() => {
+                return Err(TryError::Silent(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+            Ok(0) => {
+                return Err(TryError::Failed(UpstreamError::Invalid("the backend closed within its response head")));
+            }
+            Ok(_) => {}
+            Err(e) if bufs.response.is_empty() => return Err(TryError::Silent(e)),
+            Err(e) => return Err(TryError::Failed(UpstreamError::Io(e))),
+        }
+        // Interim responses (100 Continue, 103 Early Hints) are not the answer.
+        loop {
+            match head::parse_response(&bufs.response, req.head_only, req.close, &mut bufs.out) {
+                ParsedResponse::Final(head) => return Ok(head),
+                ParsedResponse::Interim(len) => {
+                    bufs.response.drain(..len);
+                }
+                ParsedResponse::Partial if bufs.response.len() < MAX_RESPONSE_HEAD => break,
+                ParsedResponse::Partial => {
+                    return Err(TryError::Failed(UpstreamError::Invalid("a response head over 64 KiB")));
+                }
+                ParsedResponse::Invalid(why) => return Err(TryError::Failed(UpstreamError::Invalid(why))),
+            }
+        }
+    }
+}
+
+/// Where a body stands while it passes.
+enum Body {
+    Left(u64),
+    Chunks(Chunked),
+    UntilClose,
+}
+
+impl Body {
+    fn new(framing: Framing) -> Self {
+        match framing {
+            Framing::Empty => Body::Left(0),
+            Framing::Length(n) => Body::Left(n),
+            Framing::Chunked => Body::Chunks(Chunked::default()),
+            Framing::UntilClose => Body::UntilClose,
+        }
+    }
+
+    /// Takes what of `bytes` belongs to the body; None when its framing is broken.
+    fn take(&mut self, bytes: &[u8]) -> Option<usize> {
+        match self {
+            Body::Left(left) => {
+                let n = (*left).min(bytes.len() as u64);
+                *left -= n;
+                Some(n as usize)
+            }
+            Body::Chunks(chunks) => chunks.feed(bytes).ok(),
+            Body::UntilClose => Some(bytes.len()),
+        }
+    }
+
+    fn ended(&self) -> bool {
+        match self {
+            Body::Left(left) => *left == 0,
+            Body::Chunks(chunks) => chunks.done(),
+            Body::UntilClose => false,
+        }
+    }
+}
+
+/// Relays the response: the client's head with the body bytes read along, then the rest of the
+/// body as it comes (each read and write bounded by the idle timeout). The backend connection
+/// goes back to the worker's idle list when the body ended whole and nothing followed it.
+async fn relay<S>(
+    upstream: &Arc<Upstream>,
+    backend: SocketAddr,
+    mut stream: TcpStream,
+    head: &ResponseHead,
+    io: &mut S,
+    bufs: &mut Buffers,
+    idle: Duration,
+) -> Flow
+where
+    S: AsyncWrite + Unpin,
+{
+    let mut body = Body::new(head.framing);
+    let read = &bufs.response[head.len..];
+    let Some(taken) = body.take(read) else { return Flow::Close };
+    // Bytes past the body: the backend cannot be trusted with another request.
+    let mut clean = taken == read.len();
+    bufs.out.extend_from_slice(&read[..taken]);
+    if !matches!(tokio::time::timeout(idle, io.write_all(&bufs.out)).await, Ok(Ok(()))) {
+        return Flow::Close;
+    }
+    while !body.ended() {
+        bufs.response.clear();
+        bufs.response.reserve(READ_SIZE);
+        match tokio::time::timeout(idle, stream.read_buf(&mut bufs.response)).await {
+            Ok(Ok(0)) if matches!(body, Body::UntilClose) => {
+                clean = false;
+                break;
+            }
+            Ok(Ok(n)) if n > 0 => {}
+            // Cut short: the client cannot tell a whole body from this one but by closing.
+            _ => return Flow::Close,
+        }
+        let Some(taken) = body.take(&bufs.response) else { return Flow::Close };
+        clean &= taken == bufs.response.len();
+        if !matches!(tokio::time::timeout(idle, io.write_all(&bufs.response[..taken])).await, Ok(Ok(()))) {
+            return Flow::Close;
+        }
+    }
+    if io.flush().await.is_err() {
+        return Flow::Close;
+    }
+    if clean && head.backend_keeps_open {
+        upstream.put_stream(backend, stream);
+    }
+    if head.close { Flow::Close } else { Flow::KeepOpen }
+}
