@@ -353,3 +353,6 @@ where
     }
     if head.close { Flow::Close } else { Flow::KeepOpen }
 }
+
+#[cfg(test)]
+mod tests;
