@@ -100,8 +100,9 @@ impl Canned {
         response
     }
 
-    /// The response as HTTP/1.1 bytes, with `Connection: close` when the connection ends.
-    pub fn write_h1(&self, out: &mut Vec<u8>, close: bool) {
+    /// The response as HTTP/1.1 bytes, with `Connection: close` when the connection ends; to
+    /// a HEAD request (`head_only`) without the body.
+    pub fn write_h1(&self, out: &mut Vec<u8>, close: bool, head_only: bool) {
         use std::io::Write as _;
         let status = self.status;
         let reason = status.canonical_reason().unwrap_or("");
@@ -122,7 +123,9 @@ impl Canned {
             out.extend_from_slice(b"connection: close\r\n");
         }
         out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(&self.body);
+        if !head_only {
+            out.extend_from_slice(&self.body);
+        }
     }
 }
 

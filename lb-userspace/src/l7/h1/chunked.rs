@@ -10,6 +10,10 @@ enum At {
         size: u64,
         digits: u8,
     },
+    /// Blanks after the size, before an extension's `;` or the CR.
+    SizeBlank {
+        size: u64,
+    },
     /// A chunk extension, up to the line's CR.
     Extension {
         size: u64,
@@ -26,8 +30,10 @@ enum At {
     DataLf,
     /// The start of a trailer line, or the final empty line.
     TrailerStart,
-    /// Inside a trailer field line, up to its LF.
+    /// Inside a trailer field line, up to its CR.
     Trailer,
+    /// The LF ending a trailer field line.
+    TrailerLf,
     /// The LF of the final empty line.
     EndLf,
     Done,
@@ -78,9 +84,16 @@ impl Chunked {
                     None if digits == 0 => return Err(ChunkError("a chunk size line without a size")),
                     None => match b {
                         b'\r' => At::SizeLf { size },
-                        b';' | b' ' | b'\t' => At::Extension { size },
+                        b';' => At::Extension { size },
+                        b' ' | b'\t' => At::SizeBlank { size },
                         _ => return Err(ChunkError("a byte that is not a hex digit in a chunk size")),
                     },
+                },
+                At::SizeBlank { size } => match b {
+                    b'\r' => At::SizeLf { size },
+                    b';' => At::Extension { size },
+                    b' ' | b'\t' => At::SizeBlank { size },
+                    _ => return Err(ChunkError("text after a chunk size that is not an extension")),
                 },
                 At::Extension { size } => match b {
                     b'\r' => At::SizeLf { size },
@@ -101,9 +114,12 @@ impl Chunked {
                     _ => At::Trailer,
                 },
                 At::Trailer => match b {
-                    b'\n' => At::TrailerStart,
+                    b'\r' => At::TrailerLf,
+                    b'\n' => return Err(ChunkError("a trailer line ended by a bare LF")),
                     _ => At::Trailer,
                 },
+                At::TrailerLf if b == b'\n' => At::TrailerStart,
+                At::TrailerLf => return Err(ChunkError("a CR without LF in a trailer line")),
                 At::EndLf if b == b'\n' => At::Done,
                 At::EndLf => return Err(ChunkError("the final CRLF is missing")),
                 At::Done => return Ok(i),
@@ -122,7 +138,8 @@ impl Chunked {
 mod tests {
     use super::*;
 
-    const BODY: &[u8] = b"5\r\nhello\r\n1a;name=value\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-sum: 7\r\n\r\n";
+    const BODY: &[u8] =
+        b"5\r\nhello\r\n1a ;name=value\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-sum: 7\r\nx-n: 1\r\n\r\n";
 
     #[test]
     fn finds_the_end_of_a_body_fed_whole_or_byte_by_byte() {

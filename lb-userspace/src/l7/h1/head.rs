@@ -78,7 +78,7 @@ pub fn parse_request<'a>(buf: &'a [u8], headers: &'a mut [Header<'a>]) -> Parsed
     };
     if !matches!(method, "GET" | "HEAD" | "OPTIONS" | "DELETE")
         || !target.starts_with('/')
-        || !target.bytes().all(|b| b.is_ascii_graphic())
+        || !target.bytes().all(|b| b.is_ascii_graphic() && b != b'#')
     {
         return Parsed::Other;
     }
@@ -142,7 +142,8 @@ impl Simple<'_> {
                 || name.eq_ignore_ascii_case("x-forwarded-for")
                 || name.eq_ignore_ascii_case("forwarded")
                 || name.eq_ignore_ascii_case("x-forwarded-proto")
-                || named_in_connection(self.headers, name)
+                // Host stays whatever Connection says: the request was routed on it.
+                || (named_in_connection(self.headers, name) && !name.eq_ignore_ascii_case("host"))
             {
                 continue;
             }
@@ -229,8 +230,8 @@ pub fn parse_response(buf: &[u8], head_only: bool, close: bool, out: &mut Vec<u8
         Ok(Status::Partial) => return ParsedResponse::Partial,
         Err(_) => return ParsedResponse::Invalid("a response head that is not HTTP/1.x"),
     };
-    let (Some(status), Some(version)) = (response.code, response.version) else {
-        return ParsedResponse::Invalid("a response head without a status");
+    let (Some(status @ 100..), Some(version)) = (response.code, response.version) else {
+        return ParsedResponse::Invalid("a response head without a valid status");
     };
     match status {
         101 => return ParsedResponse::Invalid("101 Switching Protocols to a request without Upgrade"),
@@ -247,7 +248,9 @@ pub fn parse_response(buf: &[u8], head_only: bool, close: bool, out: &mut Vec<u8
             chunked = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
         } else if h.name.eq_ignore_ascii_case("content-length") {
             for value in h.value.split(|b| *b == b',') {
-                let parsed = std::str::from_utf8(value.trim_ascii()).ok().and_then(|v| v.parse::<u64>().ok());
+                let digits = value.trim_ascii();
+                let parsed = (!digits.is_empty() && digits.len() <= 19 && digits.iter().all(u8::is_ascii_digit))
+                    .then(|| digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')));
                 match (parsed, length) {
                     (None, _) => return ParsedResponse::Invalid("an invalid Content-Length"),
                     (Some(a), Some(b)) if a != b => return ParsedResponse::Invalid("differing Content-Lengths"),
@@ -255,6 +258,9 @@ pub fn parse_response(buf: &[u8], head_only: bool, close: bool, out: &mut Vec<u8
                 }
             }
         }
+    }
+    if chunked.is_some() && version == 0 {
+        return ParsedResponse::Invalid("Transfer-Encoding in an HTTP/1.0 response");
     }
     let framing = if head_only || status == 204 || status == 304 {
         Framing::Empty
@@ -266,7 +272,11 @@ pub fn parse_response(buf: &[u8], head_only: bool, close: bool, out: &mut Vec<u8
             (None, None) => Framing::UntilClose,
         }
     };
-    let backend_keeps_open = version == 1 && !connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(b"close"));
+    // Both Transfer-Encoding and Content-Length: the body ends as the encoding says, but a
+    // backend that sends both is not trusted with another request (RFC 9112 §6.3).
+    let backend_keeps_open = version == 1
+        && !(chunked.is_some() && length.is_some())
+        && !connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(b"close"));
     let close = close || framing == Framing::UntilClose;
     out.clear();
     let reason = match response.reason {
@@ -274,14 +284,18 @@ pub fn parse_response(buf: &[u8], head_only: bool, close: bool, out: &mut Vec<u8
         _ => http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or(""),
     };
     let _ = write!(out, "HTTP/1.1 {status} {reason}\r\n");
+    if let (Some(length), None) = (length, chunked) {
+        // One value, however the backend repeated it.
+        let _ = write!(out, "content-length: {length}\r\n");
+    }
     for h in headers {
         let name = h.name;
-        // The body passes as it came, in its codings: Transfer-Encoding stays.
+        // The body passes as it came, in its codings: Transfer-Encoding stays. Content-Length
+        // is written above (a Transfer-Encoding overrides it, RFC 9112 §6.3).
         let keep = if name.eq_ignore_ascii_case("transfer-encoding") {
             true
         } else if name.eq_ignore_ascii_case("content-length") {
-            // A Transfer-Encoding overrides it (RFC 9112 §6.3).
-            chunked.is_none()
+            false
         } else {
             !is_hop_by_hop(name) && !named_in_connection(headers, name)
         };
@@ -336,7 +350,12 @@ x-forwarded-for: 203.0.113.1, 198.51.100.7\r\nforwarded: for=198.51.100.7;proto=
 x-forwarded-proto: http\r\nx-forwarded-host: api.test\r\n\r\n"
             );
         });
-        simple(b"HEAD / HTTP/1.1\r\nhost: h\r\nconnection: Close\r\n\r\n", |s| assert!(s.close && s.head_only));
+        simple(b"HEAD / HTTP/1.1\r\nhost: h\r\nconnection: Close, host\r\n\r\n", |s| {
+            assert!(s.close && s.head_only);
+            let mut out = Vec::new();
+            s.upstream_head(&mut out, conn);
+            assert!(out.starts_with(b"HEAD / HTTP/1.1\r\nhost: h\r\n"), "Host stays though Connection names it");
+        });
         assert_eq!(kind(b"GET / HTTP/1.1\r\nHost: h\r\n"), "partial");
         for other in [
             &b"POST / HTTP/1.1\r\nHost: h\r\n\r\n"[..],
@@ -348,6 +367,7 @@ x-forwarded-proto: http\r\nx-forwarded-host: api.test\r\n\r\n"
             b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n\r\n",
             b"GET http://h/ HTTP/1.1\r\nHost: h\r\n\r\n",
+            b"GET /#frag HTTP/1.1\r\nHost: h\r\n\r\n",
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: h\r\nbad header\r\n\r\n",
         ] {
@@ -364,18 +384,18 @@ x-forwarded-proto: http\r\nx-forwarded-host: api.test\r\n\r\n"
     #[test]
     fn response_heads_say_how_the_body_ends_and_lose_hop_by_hop_headers() {
         let (parsed, head) = response(
-            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive, x-hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nX-Kept: y\r\n\r\nhello",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\nConnection: keep-alive, x-hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nX-Kept: y\r\n\r\nhello",
             false,
             false,
         );
         let ParsedResponse::Final(r) = parsed else { panic!("{parsed:?}") };
         assert_eq!((r.status, r.framing, r.backend_keeps_open, r.close), (200, Framing::Length(5), true, false));
-        assert_eq!(head, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Kept: y\r\n\r\n");
+        assert_eq!(head, "HTTP/1.1 200 OK\r\ncontent-length: 5\r\nX-Kept: y\r\n\r\n");
 
         let (parsed, head) =
             response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n", false, true);
         let ParsedResponse::Final(r) = parsed else { panic!("{parsed:?}") };
-        assert_eq!((r.framing, r.close), (Framing::Chunked, true));
+        assert_eq!((r.framing, r.close, r.backend_keeps_open), (Framing::Chunked, true, false));
         assert_eq!(head, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nconnection: close\r\n\r\n");
 
         let (parsed, head) = response(b"HTTP/1.0 200 OK\r\n\r\nuntil close", false, false);
@@ -398,6 +418,10 @@ x-forwarded-proto: http\r\nx-forwarded-host: api.test\r\n\r\n"
             &b"HTTP/1.1 101 Switching Protocols\r\n\r\n"[..],
             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            b"HTTP/1.1 042 Odd\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"SSH-2.0-OpenSSH\r\n\r\n",
         ] {
             let (parsed, _) = response(invalid, false, false);

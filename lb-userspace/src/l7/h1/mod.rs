@@ -38,12 +38,17 @@ use super::{
     upstream::{Upstream, UpstreamError},
 };
 
-/// A request head longer than this goes to the general path (which refuses it as hyper does).
+/// A request head longer than this goes to the general path (hyper, which takes up to ~400 KiB).
 const MAX_HEAD: usize = 16 * 1024;
 /// A backend's response head may be this long.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-/// Bytes read at once (a whole 64 KiB response body in a few reads).
-const READ_SIZE: usize = 32 * 1024;
+/// Room for a response head and a small body, read at once.
+const HEAD_READ: usize = 8 * 1024;
+/// Bytes read at once while a larger body passes (64 KiB in two reads).
+const BODY_READ: usize = 32 * 1024;
+/// A connection waiting for its next request keeps buffers up to this size; larger ones,
+/// grown by a large head or body, are let go.
+const KEEP_BUFFER: usize = 16 * 1024;
 
 /// How the direct path left a connection.
 #[derive(Debug)]
@@ -72,6 +77,10 @@ where
 {
     let mut input: Vec<u8> = Vec::with_capacity(4096);
     let mut buffers = Buffers::default();
+    // Waiting for a head (the next one, or the rest of this one) is bounded by the idle timeout
+    // from the moment the wait began, as hyper's header read timeout bounds it: a client sending
+    // a byte now and then cannot hold the connection longer.
+    let mut head_deadline = None;
     loop {
         let rt = swap.load_full();
         let next = {
@@ -91,17 +100,28 @@ where
         match next {
             Next::Consumed(len) => {
                 input.drain(..len);
+                head_deadline = None;
+                buffers.release_large();
             }
             Next::Close => return End::Closed,
             Next::Handoff => return End::Handoff(input),
             Next::Read => {
-                // Waiting for a head (the next, or the rest of this one) is bounded by the idle
-                // timeout, as hyper's header read timeout bounds it on the general path.
+                let deadline = *head_deadline.get_or_insert_with(|| tokio::time::Instant::now() + rt.idle_timeout);
                 input.reserve(4096);
-                match tokio::time::timeout(rt.idle_timeout, io.read_buf(&mut input)).await {
+                match tokio::time::timeout_at(deadline, io.read_buf(&mut input)).await {
                     Ok(Ok(n)) if n > 0 => {}
                     _ => return End::Closed,
                 }
+            }
+        }
+    }
+}
+
+impl Buffers {
+    fn release_large(&mut self) {
+        for buffer in [&mut self.request, &mut self.response, &mut self.out] {
+            if buffer.capacity() > KEEP_BUFFER {
+                *buffer = Vec::new();
             }
         }
     }
@@ -120,14 +140,26 @@ enum Flow {
     Close,
 }
 
+/// Writes `bytes` and flushes them within `idle`: a client that stops reading is let go.
+async fn write_within<S: AsyncWrite + Unpin>(io: &mut S, bytes: &[u8], idle: Duration) -> bool {
+    let write = async {
+        io.write_all(bytes).await?;
+        io.flush().await
+    };
+    matches!(tokio::time::timeout(idle, write).await, Ok(Ok(())))
+}
+
 /// Writes a response the proxy made.
-async fn reply<S: AsyncWrite + Unpin>(io: &mut S, canned: &Canned, close: bool, out: &mut Vec<u8>) -> Flow {
+async fn reply<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    canned: &Canned,
+    req: &Simple<'_>,
+    out: &mut Vec<u8>,
+    idle: Duration,
+) -> Flow {
     out.clear();
-    canned.write_h1(out, close);
-    match io.write_all(out).await.and(io.flush().await) {
-        Ok(()) if !close => Flow::KeepOpen,
-        _ => Flow::Close,
-    }
+    canned.write_h1(out, req.close, req.head_only);
+    if write_within(io, out, idle).await && !req.close { Flow::KeepOpen } else { Flow::Close }
 }
 
 /// One request: route, limits, attempts on backends (another one after a failure, as the
@@ -140,7 +172,7 @@ where
     let log = |outcome: Outcome<'_>| finish(rt, conn, req.method, Some(req.host), req.path, start, outcome);
     let Some(index) = rt.matcher.find(Some(req.host), req.path) else {
         log(done(404, "-", &rt.unrouted, None, 0, None));
-        return reply(io, &no_route(), req.close, &mut bufs.out).await;
+        return reply(io, &no_route(), req, &mut bufs.out, rt.idle_timeout).await;
     };
     let route = &rt.routes[index];
     if let Some(limiter) = &route.limiter
@@ -149,7 +181,7 @@ where
         route.stats.rate_limited.inc();
         let canned = limited(&limiter.limit().on_limit, wait);
         log(done(canned.status.as_u16(), &route.name, &route.stats, None, 0, None));
-        return reply(io, &canned, req.close, &mut bufs.out).await;
+        return reply(io, &canned, req, &mut bufs.out, rt.idle_timeout).await;
     }
     let mut _slot = None;
     if let Some(concurrency) = &route.concurrency {
@@ -157,7 +189,7 @@ where
             route.stats.concurrency_limited.inc();
             let canned = limited(&concurrency.limit().on_limit, Duration::from_secs(1));
             log(done(canned.status.as_u16(), &route.name, &route.stats, None, 0, None));
-            return reply(io, &canned, req.close, &mut bufs.out).await;
+            return reply(io, &canned, req, &mut bufs.out, rt.idle_timeout).await;
         };
         _slot = Some(entered);
     }
@@ -180,7 +212,7 @@ where
                 route.stats.timeouts.inc();
                 let error = Some(format!("no response within {:?}", rt.request_timeout));
                 log(done(504, &route.name, &route.stats, Some(backend.address), n, error));
-                return reply(io, &timed_out(), req.close, &mut bufs.out).await;
+                return reply(io, &timed_out(), req, &mut bufs.out, rt.idle_timeout).await;
             }
             Ok(Err(e)) => {
                 if e.is_connect() { &route.stats.connect_errors } else { &route.stats.transport_errors }.inc();
@@ -196,7 +228,7 @@ where
     let canned = unanswered(!tried.is_empty());
     let n = tried.len() as u32;
     log(done(canned.status.as_u16(), &route.name, &route.stats, tried.last().copied(), n, last_error));
-    reply(io, &canned, req.close, &mut bufs.out).await
+    reply(io, &canned, req, &mut bufs.out, rt.idle_timeout).await
 }
 
 /// Why one try on a backend connection got no response head.
@@ -235,7 +267,7 @@ async fn try_send(stream: &mut TcpStream, req: &Simple<'_>, bufs: &mut Buffers) 
     stream.write_all(&bufs.request).await.map_err(TryError::Silent)?;
     bufs.response.clear();
     loop {
-        bufs.response.reserve(READ_SIZE);
+        bufs.response.reserve(HEAD_READ);
         match stream.read_buf(&mut bufs.response).await {
             Ok(0) if bufs.response.is_empty() => {
                 return Err(TryError::Silent(std::io::ErrorKind::UnexpectedEof.into()));
@@ -324,12 +356,12 @@ where
     // Bytes past the body: the backend cannot be trusted with another request.
     let mut clean = taken == read.len();
     bufs.out.extend_from_slice(&read[..taken]);
-    if !matches!(tokio::time::timeout(idle, io.write_all(&bufs.out)).await, Ok(Ok(()))) {
+    if !write_within(io, &bufs.out, idle).await {
         return Flow::Close;
     }
     while !body.ended() {
         bufs.response.clear();
-        bufs.response.reserve(READ_SIZE);
+        bufs.response.reserve(BODY_READ);
         match tokio::time::timeout(idle, stream.read_buf(&mut bufs.response)).await {
             Ok(Ok(0)) if matches!(body, Body::UntilClose) => {
                 clean = false;
@@ -341,12 +373,9 @@ where
         }
         let Some(taken) = body.take(&bufs.response) else { return Flow::Close };
         clean &= taken == bufs.response.len();
-        if !matches!(tokio::time::timeout(idle, io.write_all(&bufs.response[..taken])).await, Ok(Ok(()))) {
+        if !write_within(io, &bufs.response[..taken], idle).await {
             return Flow::Close;
         }
-    }
-    if io.flush().await.is_err() {
-        return Flow::Close;
     }
     if clean && head.backend_keeps_open {
         upstream.put_stream(backend, stream);
