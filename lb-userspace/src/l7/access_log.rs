@@ -10,7 +10,6 @@
 use std::{
     fmt::Write as _,
     io::Write,
-    net::SocketAddr,
     sync::{Arc, Condvar, Mutex, MutexGuard},
     thread::JoinHandle,
     time::{Duration, SystemTime},
@@ -32,12 +31,14 @@ pub const TARGET: &str = "xlb::access";
 pub struct Entry<'a> {
     pub vip: &'a str,
     pub route: &'a str,
-    pub client: SocketAddr,
+    /// `address:port`.
+    pub client: &'a str,
     pub method: &'a str,
     pub host: &'a str,
     pub path: &'a str,
     pub status: u16,
-    pub backend: Option<SocketAddr>,
+    /// `address:port`.
+    pub backend: Option<&'a str>,
     pub attempts: u32,
     pub duration: Duration,
     pub error: &'a str,
@@ -174,31 +175,103 @@ impl Drop for AccessLog {
 
 /// `entry` as one line (with its newline), as the agent's tracing subscriber would write it.
 fn format_line(line: &mut String, e: &Entry<'_>, json: bool, now: SystemTime) {
-    let ms = Millis(e.duration);
-    let stamp = Timestamp(now);
-    let backend = Maybe(e.backend);
-    // Writing to a String cannot fail.
-    let _ = if json {
-        writeln!(
+    let backend = e.backend.unwrap_or("");
+    if !json {
+        // Writing to a String cannot fail.
+        let _ = writeln!(
             line,
-            "{{\"timestamp\":\"{stamp}\",\"level\":\"INFO\",\"fields\":{{\"message\":\"request\",\"vip\":{},\"route\":{},\"client\":\"{}\",\"method\":{},\"host\":{},\"path\":{},\"status\":{},\"backend\":\"{backend}\",\"attempts\":{},\"duration_ms\":{ms},\"error\":{}}},\"target\":\"{TARGET}\"}}",
-            Json(e.vip),
-            Json(e.route),
+            "{}  INFO {TARGET}: request vip={} route={} client={} method={} host={:?} path={:?} status={} backend={backend} attempts={} duration_ms={} error={:?}",
+            Timestamp(now),
+            e.vip,
+            e.route,
             e.client,
-            Json(e.method),
-            Json(e.host),
-            Json(e.path),
+            e.method,
+            e.host,
+            e.path,
             e.status,
             e.attempts,
-            Json(e.error),
-        )
+            Millis(e.duration),
+            e.error
+        );
+        return;
+    }
+    // Pieces pushed one by one: through the formatter, the line was a visible part of a
+    // request's cost.
+    line.push_str("{\"timestamp\":\"");
+    push_timestamp(line, now);
+    line.push_str("\",\"level\":\"INFO\",\"fields\":{\"message\":\"request\",\"vip\":");
+    push_json(line, e.vip);
+    line.push_str(",\"route\":");
+    push_json(line, e.route);
+    line.push_str(",\"client\":\"");
+    line.push_str(e.client);
+    line.push_str("\",\"method\":");
+    push_json(line, e.method);
+    line.push_str(",\"host\":");
+    push_json(line, e.host);
+    line.push_str(",\"path\":");
+    push_json(line, e.path);
+    line.push_str(",\"status\":");
+    push_decimal(line, u64::from(e.status), 1);
+    line.push_str(",\"backend\":\"");
+    line.push_str(backend);
+    line.push_str("\",\"attempts\":");
+    push_decimal(line, u64::from(e.attempts), 1);
+    line.push_str(",\"duration_ms\":");
+    push_millis(line, e.duration);
+    line.push_str(",\"error\":");
+    push_json(line, e.error);
+    line.push_str("},\"target\":\"");
+    line.push_str(TARGET);
+    line.push_str("\"}\n");
+}
+
+/// `n` in decimal, zero-padded to `width` digits.
+fn push_decimal(line: &mut String, mut n: u64, width: usize) {
+    let mut digits = [b'0'; 20];
+    let mut at = digits.len();
+    while n > 0 || digits.len() - at < width {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    // Only ASCII digits were written.
+    line.push_str(std::str::from_utf8(&digits[at..]).unwrap_or("0"));
+}
+
+/// A duration in milliseconds to the microsecond, as a float prints (`1.5`, `12`, `0.003`).
+fn push_millis(line: &mut String, duration: Duration) {
+    let micros = duration.as_micros() as u64;
+    let (whole, mut frac, mut width) = (micros / 1000, micros % 1000, 3);
+    push_decimal(line, whole, 1);
+    if frac != 0 {
+        while frac % 10 == 0 {
+            frac /= 10;
+            width -= 1;
+        }
+        line.push('.');
+        push_decimal(line, frac, width);
+    }
+}
+
+/// A JSON string literal of `text`.
+fn push_json(line: &mut String, text: &str) {
+    if text.bytes().all(|b| b != b'"' && b != b'\\' && !b.is_ascii_control()) {
+        line.push('"');
+        line.push_str(text);
+        line.push('"');
     } else {
-        writeln!(
-            line,
-            "{stamp}  INFO {TARGET}: request vip={} route={} client={} method={} host={:?} path={:?} status={} backend={backend} attempts={} duration_ms={ms} error={:?}",
-            e.vip, e.route, e.client, e.method, e.host, e.path, e.status, e.attempts, e.error
-        )
-    };
+        let _ = write!(line, "{}", Json(text));
+    }
+}
+
+/// [`Timestamp`]'s text.
+fn push_timestamp(line: &mut String, now: SystemTime) {
+    let since = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    with_civil_second(since.as_secs(), |text| line.push_str(text));
+    line.push('.');
+    push_decimal(line, u64::from(since.subsec_micros()), 6);
+    line.push('Z');
 }
 
 /// A duration in milliseconds to the microsecond, as a float prints (`1.5`, `12`, `0.003`), but
@@ -217,18 +290,6 @@ impl std::fmt::Display for Millis {
             digits -= 1;
         }
         write!(f, "{whole}.{frac:0digits$}")
-    }
-}
-
-/// An optional address, empty when absent.
-struct Maybe(Option<SocketAddr>);
-
-impl std::fmt::Display for Maybe {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            Some(address) => write!(f, "{address}"),
-            None => Ok(()),
-        }
     }
 }
 
@@ -262,22 +323,25 @@ struct Timestamp(SystemTime);
 
 impl std::fmt::Display for Timestamp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        thread_local! {
-            /// The last second written, and its text up to the seconds: a busy proxy writes
-            /// thousands of lines per second, each needing only its fraction.
-            static SECOND: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((0, String::new())) };
-        }
         let since = self.0.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-        let secs = since.as_secs();
-        SECOND.with_borrow_mut(|(at, text)| {
-            if *at != secs || text.is_empty() {
-                text.clear();
-                civil_seconds(text, secs);
-                *at = secs;
-            }
-            write!(f, "{text}.{:06}Z", since.subsec_micros())
-        })
+        with_civil_second(since.as_secs(), |text| write!(f, "{text}.{:06}Z", since.subsec_micros()))
     }
+}
+
+/// Calls `f` with `secs` as civil text: the last second written is kept (a busy proxy writes
+/// thousands of lines per second, each needing only its fraction).
+fn with_civil_second<R>(secs: u64, f: impl FnOnce(&str) -> R) -> R {
+    thread_local! {
+        static SECOND: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((0, String::new())) };
+    }
+    SECOND.with_borrow_mut(|(at, text)| {
+        if *at != secs || text.is_empty() {
+            text.clear();
+            civil_seconds(text, secs);
+            *at = secs;
+        }
+        f(text)
+    })
 }
 
 /// `secs` since the epoch as `2026-12-05T08:10:29` (UTC).
@@ -306,12 +370,12 @@ mod tests {
         Entry {
             vip: "web",
             route: "api",
-            client: "198.51.100.7:4000".parse().unwrap(),
+            client: "198.51.100.7:4000",
             method: "GET",
             host: "example.com",
             path,
             status: 200,
-            backend: Some("10.0.2.1:8080".parse().unwrap()),
+            backend: Some("10.0.2.1:8080"),
             attempts: 1,
             duration: Duration::from_micros(1500),
             error,
@@ -365,6 +429,15 @@ mod tests {
         assert_eq!(
             line,
             "1970-01-01T00:00:00.000000Z  INFO xlb::access: request vip=web route=api client=198.51.100.7:4000 method=GET host=\"example.com\" path=\"/\" status=200 backend= attempts=1 duration_ms=1.5 error=\"\"\n"
+        );
+        // The whole JSON line, byte for byte, at a time with a fraction.
+        let mut line = String::new();
+        let at = SystemTime::UNIX_EPOCH + Duration::new(1_765_000_000, 7_000);
+        let e = Entry { duration: Duration::from_micros(12_003), attempts: 12, ..entry("/x", "") };
+        format_line(&mut line, &e, true, at);
+        assert_eq!(
+            line,
+            "{\"timestamp\":\"2025-12-06T05:46:40.000007Z\",\"level\":\"INFO\",\"fields\":{\"message\":\"request\",\"vip\":\"web\",\"route\":\"api\",\"client\":\"198.51.100.7:4000\",\"method\":\"GET\",\"host\":\"example.com\",\"path\":\"/x\",\"status\":200,\"backend\":\"10.0.2.1:8080\",\"attempts\":12,\"duration_ms\":12.003,\"error\":\"\"},\"target\":\"xlb::access\"}\n"
         );
     }
 

@@ -475,45 +475,64 @@ async fn serve_connection(
     } else {
         peer
     };
-    let conn = Conn { client, tls: rt.tls.is_some() };
-    let service_swap = Arc::clone(&swap);
-    let service = hyper::service::service_fn(move |req| proxy::handle(service_swap.load_full(), conn, req));
+    let conn = Conn::new(client, rt.tls.is_some());
+    // Simple HTTP/1.1 requests are served directly; the first other one hands the connection
+    // (and what was read of it) to hyper, whose future is boxed then (it is larger than the
+    // rest of this one together, and most connections never need it).
+    match &rt.tls {
+        // Boxed: a TLS connection's futures are large, and a handshake costs far more anyway.
+        Some(acceptor) => Box::pin(serve_tls(swap.clone(), conn, acceptor.clone(), stream)).await,
+        None => {
+            if let h1::End::Handoff(prefix) = h1::serve(&swap, conn, &mut stream).await {
+                Box::pin(serve_general(swap, conn, h1::Prefixed::new(prefix, stream))).await;
+            }
+        }
+    }
+}
+
+/// A TLS connection after its PROXY header: the handshake, then the direct path, unless the
+/// client chose h2.
+async fn serve_tls(
+    swap: Arc<ArcSwap<VipRuntime>>,
+    conn: Conn,
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: tokio::net::TcpStream,
+) {
+    let mut tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(vip = %swap.load().name, client = %conn.client, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => return,
+    };
+    let prefix = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+        Vec::new()
+    } else {
+        match h1::serve(&swap, conn, &mut tls).await {
+            h1::End::Handoff(prefix) => prefix,
+            h1::End::Closed => {
+                // close_notify, then FIN.
+                let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.shutdown()).await;
+                return;
+            }
+        }
+    };
+    serve_general(swap, conn, h1::Prefixed::new(prefix, tls)).await;
+}
+
+/// The general path for the rest of a connection: hyper, for HTTP/1 of every kind, h2 and
+/// upgrades.
+async fn serve_general<S>(swap: Arc<ArcSwap<VipRuntime>>, conn: Conn, io: h1::Prefixed<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let rt = swap.load_full();
+    let service = hyper::service::service_fn(move |req| proxy::handle(swap.load_full(), conn, req));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(rt.idle_timeout);
     builder.http2().timer(TokioTimer::new());
-    // Simple HTTP/1.1 requests are served directly; the first other one hands the connection
-    // (and what was read of it) to hyper.
-    let result = match &rt.tls {
-        Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-            Ok(Ok(mut tls)) => {
-                let prefix = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                    Vec::new()
-                } else {
-                    match h1::serve(&swap, conn, &mut tls).await {
-                        h1::End::Handoff(prefix) => prefix,
-                        h1::End::Closed => {
-                            // close_notify, then FIN.
-                            let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.shutdown()).await;
-                            return;
-                        }
-                    }
-                };
-                builder.serve_connection_with_upgrades(TokioIo::new(h1::Prefixed::new(prefix, tls)), service).await
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(vip = %rt.name, %peer, error = %e, "TLS handshake failed");
-                return;
-            }
-            Err(_) => return,
-        },
-        None => match h1::serve(&swap, conn, &mut stream).await {
-            h1::End::Handoff(prefix) => {
-                builder.serve_connection_with_upgrades(TokioIo::new(h1::Prefixed::new(prefix, stream)), service).await
-            }
-            h1::End::Closed => return,
-        },
-    };
-    if let Err(e) = result {
-        tracing::debug!(vip = %rt.name, %client, error = %e, "l7 connection ended with an error");
+    if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(io), service).await {
+        tracing::debug!(vip = %rt.name, client = %conn.client, error = %e, "l7 connection ended with an error");
     }
 }

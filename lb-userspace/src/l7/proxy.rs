@@ -76,6 +76,44 @@ pub struct Conn {
     /// The client's address: the PROXY header's source, else the peer's.
     pub client: SocketAddr,
     pub tls: bool,
+    /// The address as text, written once per connection (every request's forwarding headers
+    /// and log line use it).
+    text: AddrText,
+}
+
+/// `address:port` (`[v6]:port`) in a buffer of its own, and where the address is within it.
+#[derive(Debug, Clone, Copy)]
+struct AddrText {
+    bytes: [u8; 56],
+    len: u8,
+    ip: (u8, u8),
+}
+
+impl AddrText {
+    fn new(address: SocketAddr) -> Self {
+        use std::io::Write as _;
+        let mut bytes = [0u8; 56];
+        let mut cursor = std::io::Cursor::new(&mut bytes[..]);
+        // The longest, `[ffff:…:255.255.255.255%4294967295]:65535`, fits.
+        let _ = write!(cursor, "{address}");
+        let len = cursor.position() as u8;
+        let ip = if address.is_ipv6() {
+            (1, len - 1 - (digits(address.port()) + 1))
+        } else {
+            (0, len - digits(address.port()) - 1)
+        };
+        AddrText { bytes, len, ip }
+    }
+}
+
+fn digits(n: u16) -> u8 {
+    match n {
+        0..=9 => 1,
+        10..=99 => 2,
+        100..=999 => 3,
+        1000..=9999 => 4,
+        _ => 5,
+    }
 }
 
 /// A response the proxy makes itself (a refusal or an error), with a plain-text body; the
@@ -216,6 +254,20 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 }
 
 impl Conn {
+    pub fn new(client: SocketAddr, tls: bool) -> Self {
+        Conn { client, tls, text: AddrText::new(client) }
+    }
+
+    /// `address:port`, as `SocketAddr` writes it.
+    pub fn client_text(&self) -> &str {
+        std::str::from_utf8(&self.text.bytes[..usize::from(self.text.len)]).unwrap_or("")
+    }
+
+    /// The address alone (without brackets).
+    pub fn ip_text(&self) -> &[u8] {
+        &self.text.bytes[usize::from(self.text.ip.0)..usize::from(self.text.ip.1)]
+    }
+
     /// The scheme the client spoke.
     pub fn proto(&self) -> &'static str {
         if self.tls { "https" } else { "http" }
@@ -224,29 +276,30 @@ impl Conn {
 
 /// Writes X-Forwarded-For's value: `previous` (every value the request had, joined), then the
 /// client's address.
-pub fn forwarded_for(out: &mut Vec<u8>, previous: Option<&[u8]>, conn: Conn) {
-    use std::io::Write as _;
+pub fn forwarded_for(out: &mut Vec<u8>, previous: Option<&[u8]>, conn: &Conn) {
     if let Some(previous) = previous {
         out.extend_from_slice(previous);
         out.extend_from_slice(b", ");
     }
-    // Writing to a Vec cannot fail.
-    let _ = write!(out, "{}", conn.client.ip());
+    out.extend_from_slice(conn.ip_text());
 }
 
 /// Writes Forwarded's value (RFC 7239): `previous`, then this hop's `for`, `proto` and `host`
 /// (a host that cannot be a quoted string is left out).
-pub fn forwarded_value(out: &mut Vec<u8>, previous: Option<&[u8]>, conn: Conn, host: Option<&str>) {
-    use std::io::Write as _;
+pub fn forwarded_value(out: &mut Vec<u8>, previous: Option<&[u8]>, conn: &Conn, host: Option<&str>) {
     if let Some(previous) = previous {
         out.extend_from_slice(previous);
         out.extend_from_slice(b", ");
     }
-    let ip = conn.client.ip();
-    let _ = if ip.is_ipv6() { write!(out, "for=\"[{ip}]\"") } else { write!(out, "for={ip}") };
-    let _ = write!(out, ";proto={}", conn.proto());
+    let v6 = conn.client.is_ipv6();
+    out.extend_from_slice(if v6 { b"for=\"[" } else { b"for=" });
+    out.extend_from_slice(conn.ip_text());
+    out.extend_from_slice(if v6 { b"]\";proto=" } else { b";proto=" });
+    out.extend_from_slice(conn.proto().as_bytes());
     if let Some(host) = host.filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')) {
-        let _ = write!(out, ";host=\"{host}\"");
+        out.extend_from_slice(b";host=\"");
+        out.extend_from_slice(host.as_bytes());
+        out.push(b'"');
     }
 }
 
@@ -255,9 +308,9 @@ pub fn forwarded_value(out: &mut Vec<u8>, previous: Option<&[u8]>, conn: Conn, h
 fn add_forwarded(headers: &mut HeaderMap, conn: Conn, host: Option<&str>) {
     let previous = |name: &HeaderName| headers.get(name).map(HeaderValue::as_bytes);
     let mut xff = Vec::with_capacity(48);
-    forwarded_for(&mut xff, previous(&X_FORWARDED_FOR), conn);
+    forwarded_for(&mut xff, previous(&X_FORWARDED_FOR), &conn);
     let mut forwarded = Vec::with_capacity(64);
-    forwarded_value(&mut forwarded, previous(&FORWARDED), conn, host);
+    forwarded_value(&mut forwarded, previous(&FORWARDED), &conn, host);
     // The buffers become the values' bytes (checked, not copied).
     for (name, value) in [(X_FORWARDED_FOR, xff), (FORWARDED, forwarded)] {
         if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
@@ -340,7 +393,8 @@ pub struct Outcome<'a> {
     route: &'a str,
     stats: &'a RouteStats,
     status: u16,
-    backend: Option<SocketAddr>,
+    /// The backend's `address:port`.
+    backend: Option<&'a str>,
     attempts: u32,
     error: Option<String>,
 }
@@ -349,7 +403,7 @@ pub fn done<'a>(
     status: u16,
     route: &'a str,
     stats: &'a RouteStats,
-    backend: Option<SocketAddr>,
+    backend: Option<&'a str>,
     attempts: u32,
     error: Option<String>,
 ) -> Outcome<'a> {
@@ -371,7 +425,7 @@ pub fn finish(
         rt.access_log.record(&Entry {
             vip: &rt.name,
             route: o.route,
-            client: conn.client,
+            client: conn.client_text(),
             method,
             host: host.unwrap_or(""),
             path,
@@ -479,7 +533,7 @@ pub async fn handle(rt: Arc<VipRuntime>, conn: Conn, mut req: Request<Incoming>)
             Err(_) => {
                 route.stats.timeouts.inc();
                 let error = Some(format!("no response within {:?}", rt.request_timeout));
-                log(done(504, &route.name, &route.stats, Some(backend.address), n, error));
+                log(done(504, &route.name, &route.stats, Some(&backend.identity), n, error));
                 return Ok(timed_out().into_response());
             }
             Ok(Err(e)) => {
@@ -507,8 +561,7 @@ pub async fn handle(rt: Arc<VipRuntime>, conn: Conn, mut req: Request<Incoming>)
                 } else {
                     strip_hop_by_hop(response.headers_mut(), false);
                 }
-                let backend_address = Some(backend.address);
-                log(done(status.as_u16(), &route.name, &route.stats, backend_address, n, None));
+                log(done(status.as_u16(), &route.name, &route.stats, Some(&backend.identity), n, None));
                 // An upgraded stream no longer counts as a request in flight.
                 let upgraded = status == StatusCode::SWITCHING_PROTOCOLS;
                 let (guard, slot, lease) =
@@ -520,7 +573,8 @@ pub async fn handle(rt: Arc<VipRuntime>, conn: Conn, mut req: Request<Incoming>)
     }
     let canned = unanswered(!tried.is_empty());
     let n = tried.len() as u32;
-    log(done(canned.status.as_u16(), &route.name, &route.stats, tried.last().copied(), n, last_error));
+    let last = tried.last().map(SocketAddr::to_string);
+    log(done(canned.status.as_u16(), &route.name, &route.stats, last.as_deref(), n, last_error));
     Ok(canned.into_response())
 }
 
@@ -538,14 +592,26 @@ mod tests {
         h.insert("x-kept", HeaderValue::from_static("yes"));
         strip_hop_by_hop(&mut h, false);
         assert!(!h.contains_key("x-secret") && !h.contains_key(CONNECTION) && !h.contains_key("keep-alive"));
-        add_forwarded(&mut h, Conn { client: "198.51.100.7:4000".parse().unwrap(), tls: false }, Some("example.com"));
+        add_forwarded(&mut h, Conn::new("198.51.100.7:4000".parse().unwrap(), false), Some("example.com"));
         assert_eq!(h["x-forwarded-for"], "203.0.113.1, 198.51.100.7");
         assert_eq!(h["forwarded"], "for=198.51.100.7;proto=http;host=\"example.com\"");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-kept"], "yes");
         let mut h = HeaderMap::new();
-        add_forwarded(&mut h, Conn { client: "[2001:db8::7]:4000".parse().unwrap(), tls: true }, None);
+        add_forwarded(&mut h, Conn::new("[2001:db8::7]:4000".parse().unwrap(), true), None);
         assert_eq!(h["forwarded"], "for=\"[2001:db8::7]\";proto=https");
+    }
+
+    #[test]
+    fn a_connection_writes_its_client_address_once() {
+        let v4 = Conn::new("198.51.100.7:4000".parse().unwrap(), false);
+        assert_eq!((v4.client_text(), v4.ip_text()), ("198.51.100.7:4000", &b"198.51.100.7"[..]));
+        let v6 = Conn::new("[2001:db8::7]:9".parse().unwrap(), true);
+        assert_eq!((v6.client_text(), v6.ip_text()), ("[2001:db8::7]:9", &b"2001:db8::7"[..]));
+        let long = "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535";
+        let widest = Conn::new(long.parse().unwrap(), false);
+        assert_eq!(widest.client_text(), long);
+        assert_eq!(widest.ip_text(), b"ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff");
     }
 
     #[test]

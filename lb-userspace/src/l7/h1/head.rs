@@ -11,8 +11,11 @@ use crate::l7::{
     proxy::{Conn, cookie_value, forwarded_for, forwarded_value},
 };
 
-/// Header lines a head may have (as hyper allows).
+/// Header lines a response head may have (as hyper allows).
 pub const MAX_HEADERS: usize = 100;
+/// Header lines of a request the direct path serves (browsers send ~20); a request with more
+/// goes to the general path. Kept small: the parsed headers live in each connection's future.
+pub const REQUEST_HEADERS: usize = 40;
 
 /// A request the direct path serves: HTTP/1.1, a method safe to send twice, no body, no
 /// upgrade or `Expect`, an origin-form target of visible ASCII, one Host. Anything else goes
@@ -136,6 +139,7 @@ impl Simple<'_> {
         // Writing to a Vec cannot fail.
         let _ = write!(out, "{} {} HTTP/1.1\r\n", self.method, self.target);
         let mut forwarded_host = false;
+        let has_connection = self.headers.iter().any(|h| h.name.eq_ignore_ascii_case("connection"));
         for h in self.headers {
             let name = h.name;
             if is_hop_by_hop(name)
@@ -143,7 +147,7 @@ impl Simple<'_> {
                 || name.eq_ignore_ascii_case("forwarded")
                 || name.eq_ignore_ascii_case("x-forwarded-proto")
                 // Host stays whatever Connection says: the request was routed on it.
-                || (named_in_connection(self.headers, name) && !name.eq_ignore_ascii_case("host"))
+                || (has_connection && named_in_connection(self.headers, name) && !name.eq_ignore_ascii_case("host"))
             {
                 continue;
             }
@@ -164,9 +168,9 @@ impl Simple<'_> {
         };
         let (xff, forwarded) = (joined("x-forwarded-for"), joined("forwarded"));
         out.extend_from_slice(b"x-forwarded-for: ");
-        forwarded_for(out, xff.as_deref(), conn);
+        forwarded_for(out, xff.as_deref(), &conn);
         out.extend_from_slice(b"\r\nforwarded: ");
-        forwarded_value(out, forwarded.as_deref(), conn, Some(self.host));
+        forwarded_value(out, forwarded.as_deref(), &conn, Some(self.host));
         out.extend_from_slice(b"\r\nx-forwarded-proto: ");
         out.extend_from_slice(conn.proto().as_bytes());
         out.extend_from_slice(b"\r\n");
@@ -288,6 +292,7 @@ pub fn parse_response(buf: &[u8], head_only: bool, close: bool, out: &mut Vec<u8
         // One value, however the backend repeated it.
         let _ = write!(out, "content-length: {length}\r\n");
     }
+    let has_connection = headers.iter().any(|h| h.name.eq_ignore_ascii_case("connection"));
     for h in headers {
         let name = h.name;
         // The body passes as it came, in its codings: Transfer-Encoding stays. Content-Length
@@ -297,7 +302,7 @@ pub fn parse_response(buf: &[u8], head_only: bool, close: bool, out: &mut Vec<u8
         } else if name.eq_ignore_ascii_case("content-length") {
             false
         } else {
-            !is_hop_by_hop(name) && !named_in_connection(headers, name)
+            !is_hop_by_hop(name) && !(has_connection && named_in_connection(headers, name))
         };
         if keep {
             line(out, name.as_bytes(), h.value);
@@ -315,7 +320,7 @@ mod tests {
     use super::*;
 
     fn simple(raw: &[u8], check: impl FnOnce(&Simple<'_>)) {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut headers = [httparse::EMPTY_HEADER; REQUEST_HEADERS];
         match parse_request(raw, &mut headers) {
             Parsed::Simple(s) => check(&s),
             other => panic!("{:?}: {other:?}", String::from_utf8_lossy(raw)),
@@ -323,7 +328,7 @@ mod tests {
     }
 
     fn kind(raw: &[u8]) -> &'static str {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut headers = [httparse::EMPTY_HEADER; REQUEST_HEADERS];
         match parse_request(raw, &mut headers) {
             Parsed::Partial => "partial",
             Parsed::Simple(_) => "simple",
@@ -333,7 +338,7 @@ mod tests {
 
     #[test]
     fn simple_requests_and_what_goes_to_the_general_path() {
-        let conn = Conn { client: "198.51.100.7:4000".parse().unwrap(), tls: false };
+        let conn = Conn::new("198.51.100.7:4000".parse().unwrap(), false);
         let raw = b"GET /a/b?x=1 HTTP/1.1\r\nHost: api.test\r\nConnection: keep-alive, x-secret\r\nX-Secret: 1\r\n\
 X-Forwarded-For: 203.0.113.1\r\nCookie: a=1; sid=abc\r\nX-User: alice\r\nContent-Length: 0\r\n\r\nGET /next";
         simple(raw, |s| {

@@ -31,7 +31,7 @@ use tokio::{
 pub use self::prefixed::Prefixed;
 use self::{
     chunked::Chunked,
-    head::{Framing, MAX_HEADERS, Parsed, ParsedResponse, ResponseHead, Simple},
+    head::{Framing, Parsed, ParsedResponse, REQUEST_HEADERS, ResponseHead, Simple},
 };
 use super::{
     proxy::{Canned, Conn, Outcome, VipRuntime, done, finish, limited, no_route, timed_out, unanswered},
@@ -84,7 +84,7 @@ where
     loop {
         let rt = swap.load_full();
         let next = {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut headers = [httparse::EMPTY_HEADER; REQUEST_HEADERS];
             match head::parse_request(&input, &mut headers) {
                 Parsed::Simple(request) => {
                     let len = request.len;
@@ -140,13 +140,18 @@ enum Flow {
     Close,
 }
 
-/// Writes `bytes` and flushes them within `idle`: a client that stops reading is let go.
+/// Writes `bytes` and flushes them within `idle`: a client that stops reading is let go. The
+/// timer is set only when the write has to wait (most go whole into the socket at once).
 async fn write_within<S: AsyncWrite + Unpin>(io: &mut S, bytes: &[u8], idle: Duration) -> bool {
-    let write = async {
+    let mut write = std::pin::pin!(async {
         io.write_all(bytes).await?;
         io.flush().await
-    };
-    matches!(tokio::time::timeout(idle, write).await, Ok(Ok(())))
+    });
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(write.as_mut().poll(cx))).await;
+    match first {
+        std::task::Poll::Ready(result) => result.is_ok(),
+        std::task::Poll::Pending => matches!(tokio::time::timeout(idle, write).await, Ok(Ok(()))),
+    }
 }
 
 /// Writes a response the proxy made.
@@ -176,7 +181,7 @@ where
     };
     let route = &rt.routes[index];
     if let Some(limiter) = &route.limiter
-        && let Err(wait) = limiter.take(Instant::now())
+        && let Err(wait) = limiter.take(start)
     {
         route.stats.rate_limited.inc();
         let canned = limited(&limiter.limit().on_limit, wait);
@@ -211,7 +216,7 @@ where
             Err(_) => {
                 route.stats.timeouts.inc();
                 let error = Some(format!("no response within {:?}", rt.request_timeout));
-                log(done(504, &route.name, &route.stats, Some(backend.address), n, error));
+                log(done(504, &route.name, &route.stats, Some(&backend.identity), n, error));
                 return reply(io, &timed_out(), req, &mut bufs.out, rt.idle_timeout).await;
             }
             Ok(Err(e)) => {
@@ -220,14 +225,15 @@ where
                 last_error = Some(format!("{}: {e}", backend.address));
             }
             Ok(Ok((stream, head))) => {
-                log(done(head.status, &route.name, &route.stats, Some(backend.address), n, None));
+                log(done(head.status, &route.name, &route.stats, Some(&backend.identity), n, None));
                 return relay(&rt.upstream, backend.address, stream, &head, io, bufs, rt.idle_timeout).await;
             }
         }
     }
     let canned = unanswered(!tried.is_empty());
     let n = tried.len() as u32;
-    log(done(canned.status.as_u16(), &route.name, &route.stats, tried.last().copied(), n, last_error));
+    let last = tried.last().map(SocketAddr::to_string);
+    log(done(canned.status.as_u16(), &route.name, &route.stats, last.as_deref(), n, last_error));
     reply(io, &canned, req, &mut bufs.out, rt.idle_timeout).await
 }
 

@@ -154,7 +154,7 @@ impl Proxy {
         let (mut near, far) = tokio::io::duplex(1 << 20);
         near.write_all(input).await.unwrap();
         near.shutdown().await.unwrap();
-        let conn = Conn { client: "198.51.100.7:4000".parse().unwrap(), tls: false };
+        let conn = Conn::new("198.51.100.7:4000".parse().unwrap(), false);
         let mut far = far;
         let end = tokio::time::timeout(Duration::from_secs(10), serve(&self.swap, conn, &mut far))
             .await
