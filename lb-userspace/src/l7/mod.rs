@@ -458,7 +458,6 @@ async fn serve_connection(
     peer: SocketAddr,
     _permit: tokio::sync::OwnedSemaphorePermit,
 ) {
-    let _ = stream.set_nodelay(true);
     let rt = swap.load_full();
     let client = if rt.proxy_protocol {
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, proxy_protocol::read(&mut stream)).await {
@@ -484,6 +483,7 @@ async fn serve_connection(
         Some(acceptor) => Box::pin(serve_tls(swap.clone(), conn, acceptor.clone(), stream)).await,
         None => {
             if let h1::End::Handoff(prefix) = h1::serve(&swap, conn, &mut stream).await {
+                let _ = stream.set_nodelay(true);
                 Box::pin(serve_general(swap, conn, h1::Prefixed::new(prefix, stream))).await;
             }
         }
@@ -498,6 +498,7 @@ async fn serve_tls(
     acceptor: tokio_rustls::TlsAcceptor,
     stream: tokio::net::TcpStream,
 ) {
+    let _ = stream.set_nodelay(true);
     let mut tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {

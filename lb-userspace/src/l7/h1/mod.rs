@@ -62,6 +62,8 @@ pub enum End {
 /// Buffers a connection keeps between its requests.
 #[derive(Debug, Default)]
 struct Buffers {
+    /// What the client sent and the direct path has not yet served (lent out while serving).
+    input: Vec<u8>,
     /// The head sent to the backend.
     request: Vec<u8>,
     /// What the backend sent.
@@ -70,17 +72,43 @@ struct Buffers {
     out: Vec<u8>,
 }
 
+/// A client connection whose Nagle algorithm can be turned off.
+pub trait NoDelay {
+    fn no_delay(&self);
+}
+
+impl NoDelay for TcpStream {
+    fn no_delay(&self) {
+        let _ = self.set_nodelay(true);
+    }
+}
+
+impl NoDelay for tokio_rustls::server::TlsStream<TcpStream> {
+    fn no_delay(&self) {
+        let _ = self.get_ref().0.set_nodelay(true);
+    }
+}
+
+#[cfg(test)]
+impl NoDelay for tokio::io::DuplexStream {
+    fn no_delay(&self) {}
+}
+
 /// Serves `io`'s requests for as long as they are simple ones.
 pub async fn serve<S>(swap: &arc_swap::ArcSwap<VipRuntime>, conn: Conn, io: &mut S) -> End
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + NoDelay,
 {
-    let mut input: Vec<u8> = Vec::with_capacity(4096);
-    let mut buffers = Buffers::default();
+    let mut buffers = Spare::take();
+    let mut input = std::mem::take(&mut buffers.input);
     // Waiting for a head (the next one, or the rest of this one) is bounded by the idle timeout
     // from the moment the wait began, as hyper's header read timeout bounds it: a client sending
     // a byte now and then cannot hold the connection longer.
     let mut head_deadline = None;
+    // Nagle's algorithm goes once the connection is to carry more than one request (as nginx
+    // does it): an answer written in pieces must not wait for the client's ACK then; a
+    // connection closed after its one answer (`Connection: close`) flushes at close.
+    let mut no_delay = false;
     loop {
         let rt = swap.load_full();
         let next = {
@@ -88,6 +116,10 @@ where
             match head::parse_request(&input, &mut headers) {
                 Parsed::Simple(request) => {
                     let len = request.len;
+                    if !request.close && !no_delay {
+                        io.no_delay();
+                        no_delay = true;
+                    }
                     match exchange(&rt, conn, &request, io, &mut buffers).await {
                         Flow::KeepOpen => Next::Consumed(len),
                         Flow::Close => Next::Close,
@@ -103,23 +135,68 @@ where
                 head_deadline = None;
                 buffers.release_large();
             }
-            Next::Close => return End::Closed,
-            Next::Handoff => return End::Handoff(input),
+            Next::Close => {
+                buffers.input = input;
+                Spare::give_back(buffers);
+                return End::Closed;
+            }
+            Next::Handoff => {
+                Spare::give_back(buffers);
+                return End::Handoff(input);
+            }
             Next::Read => {
                 let deadline = *head_deadline.get_or_insert_with(|| tokio::time::Instant::now() + rt.idle_timeout);
                 input.reserve(4096);
                 match tokio::time::timeout_at(deadline, io.read_buf(&mut input)).await {
                     Ok(Ok(n)) if n > 0 => {}
-                    _ => return End::Closed,
+                    _ => {
+                        buffers.input = input;
+                        Spare::give_back(buffers);
+                        return End::Closed;
+                    }
                 }
             }
         }
     }
 }
 
+/// Buffers of connections gone, kept by each worker for its next ones: a connection per
+/// request would otherwise allocate (and glibc consolidate) them anew each time.
+struct Spare;
+
+/// Sets of buffers a worker keeps.
+const SPARE_SETS: usize = 256;
+
+thread_local! {
+    static SPARE: std::cell::RefCell<Vec<Buffers>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Spare {
+    fn take() -> Buffers {
+        SPARE.with_borrow_mut(Vec::pop).unwrap_or_else(|| Buffers {
+            input: Vec::with_capacity(4096),
+            request: Vec::with_capacity(1024),
+            response: Vec::with_capacity(HEAD_READ),
+            out: Vec::with_capacity(1024),
+        })
+    }
+
+    fn give_back(mut buffers: Buffers) {
+        buffers.release_large();
+        for buffer in [&mut buffers.input, &mut buffers.request, &mut buffers.response, &mut buffers.out] {
+            buffer.clear();
+        }
+        SPARE.with_borrow_mut(|spare| {
+            if spare.len() < SPARE_SETS {
+                spare.push(buffers);
+            }
+        });
+    }
+}
+
 impl Buffers {
     fn release_large(&mut self) {
-        for buffer in [&mut self.request, &mut self.response, &mut self.out] {
+        for buffer in [&mut self.input, &mut self.request, &mut self.response, &mut self.out] {
             if buffer.capacity() > KEEP_BUFFER {
                 *buffer = Vec::new();
             }
