@@ -216,6 +216,27 @@ fn request_with(
     Ok(Reply { status, head, body: body.to_owned() })
 }
 
+/// One response with a Content-Length body: its status and body.
+fn read_response(reader: &mut BufReader<TcpStream>) -> std::io::Result<(u16, String)> {
+    let mut head = Vec::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(std::io::Error::other(format!("closed after {head:?}")));
+        }
+        let line = line.trim_end().to_owned();
+        if line.is_empty() {
+            break;
+        }
+        head.push(line);
+    }
+    let status = head.first().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let length: usize = header(&head, "content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body)?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
 fn vip_addr(port: u16) -> SocketAddr {
     SocketAddr::new(VIP.parse().unwrap(), port)
 }
@@ -659,8 +680,51 @@ fn proxy_protocol_tls_and_h2c() {
     let cafile = cert.display().to_string();
     let h2 = curl(&["--cacert", &cafile, "--resolve", &resolve, "https://tls.test/secure"]);
     assert!(h2.starts_with("be") && h2.contains("GET /secure") && h2.ends_with(" 2"), "{h2}");
-    let h1 = curl(&["--http1.1", "--cacert", &cafile, "--resolve", &resolve, "https://tls.test/secure1"]);
-    assert!(h1.contains("GET /secure1") && h1.ends_with(" 1.1"), "{h1}");
+    // Two requests over one TLS connection (the second made no new connection), served on the
+    // direct path.
+    let url = "https://tls.test/secure1";
+    let h1 = curl(&[
+        "--http1.1",
+        "--cacert",
+        &cafile,
+        "--resolve",
+        &resolve,
+        "-w",
+        " %{num_connects} %{http_version}",
+        url,
+        url,
+    ]);
+    assert!(h1.contains("GET /secure1") && h1.ends_with(" 0 1.1"), "{h1}");
+    assert_eq!(h1.matches("GET /secure1").count(), 2, "{h1}");
+    // One plain connection: a GET (direct path), a POST with a body (which hands the connection
+    // to hyper, with the bytes read), a GET again (hyper), answered in order.
+    let answers = topo
+        .client()
+        .run(|| -> std::io::Result<Vec<(u16, String)>> {
+            let conn = TcpStream::connect_timeout(&vip_addr(80), Duration::from_secs(4))?;
+            conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let mut writer = conn.try_clone()?;
+            let mut reader = BufReader::new(conn);
+            let mut answers = Vec::new();
+            for request in [
+                "GET /one HTTP/1.1\r\nHost: keep.test\r\n\r\n",
+                "POST /two HTTP/1.1\r\nHost: keep.test\r\nContent-Length: 5\r\n\r\nhello",
+                "GET /three HTTP/1.1\r\nHost: keep.test\r\nConnection: close\r\n\r\n",
+            ] {
+                writer.write_all(request.as_bytes())?;
+                answers.push(read_response(&mut reader)?);
+            }
+            Ok(answers)
+        })
+        .join()
+        .expect("client thread")
+        .expect("three requests on one connection");
+    let said: Vec<(u16, bool)> = answers
+        .iter()
+        .zip(["GET /one", "POST /two", "GET /three"])
+        .map(|((status, body), want)| (*status, body.contains(want)))
+        .collect();
+    assert_eq!(said, [(200, true); 3], "{answers:?}");
     let h2c = curl(&["--http2-prior-knowledge", &format!("http://{VIP}/h2c")]);
     assert!(h2c.contains("GET /h2c") && h2c.contains(&format!("host={VIP}")) && h2c.ends_with(" 2"), "{h2c}");
 
