@@ -72,32 +72,52 @@ struct Buffers {
     out: Vec<u8>,
 }
 
-/// A client connection whose Nagle algorithm can be turned off.
-pub trait NoDelay {
+/// What the direct path asks of a client connection beyond reads and writes.
+pub trait ClientSocket {
+    /// Turns Nagle's algorithm off.
     fn no_delay(&self);
-}
 
-impl NoDelay for TcpStream {
-    fn no_delay(&self) {
-        let _ = self.set_nodelay(true);
+    /// Reads what already waits in the socket into `buf`'s spare room, without waiting for the
+    /// runtime to hear that it is readable; 0 when nothing waits (or this cannot tell).
+    fn read_waiting(&self, _buf: &mut Vec<u8>) -> usize {
+        0
     }
 }
 
-impl NoDelay for tokio_rustls::server::TlsStream<TcpStream> {
+impl ClientSocket for TcpStream {
+    fn no_delay(&self) {
+        let _ = self.set_nodelay(true);
+    }
+
+    fn read_waiting(&self, buf: &mut Vec<u8>) -> usize {
+        let len = buf.len();
+        // The socket is non-blocking (the runtime made it so): nothing waiting is an error.
+        match socket2::SockRef::from(self).recv(buf.spare_capacity_mut()) {
+            Ok(n) => {
+                // SAFETY: recv initialized the first `n` bytes of the spare capacity.
+                unsafe { buf.set_len(len + n) };
+                n
+            }
+            Err(_) => 0,
+        }
+    }
+}
+
+impl ClientSocket for tokio_rustls::server::TlsStream<TcpStream> {
     fn no_delay(&self) {
         let _ = self.get_ref().0.set_nodelay(true);
     }
 }
 
 #[cfg(test)]
-impl NoDelay for tokio::io::DuplexStream {
+impl ClientSocket for tokio::io::DuplexStream {
     fn no_delay(&self) {}
 }
 
 /// Serves `io`'s requests for as long as they are simple ones.
 pub async fn serve<S>(swap: &arc_swap::ArcSwap<VipRuntime>, conn: Conn, io: &mut S) -> End
 where
-    S: AsyncRead + AsyncWrite + Unpin + NoDelay,
+    S: AsyncRead + AsyncWrite + Unpin + ClientSocket,
 {
     let mut buffers = Spare::take();
     let mut input = std::mem::take(&mut buffers.input);
@@ -109,6 +129,9 @@ where
     // does it): an answer written in pieces must not wait for the client's ACK then; a
     // connection closed after its one answer (`Connection: close`) flushes at close.
     let mut no_delay = false;
+    // A new connection's request has mostly arrived by the time it is accepted: it is read at
+    // once, not after a round through the runtime's poll.
+    let mut first = true;
     loop {
         let rt = swap.load_full();
         let next = {
@@ -145,8 +168,11 @@ where
                 return End::Handoff(input);
             }
             Next::Read => {
-                let deadline = *head_deadline.get_or_insert_with(|| tokio::time::Instant::now() + rt.idle_timeout);
                 input.reserve(4096);
+                if std::mem::take(&mut first) && io.read_waiting(&mut input) > 0 {
+                    continue;
+                }
+                let deadline = *head_deadline.get_or_insert_with(|| tokio::time::Instant::now() + rt.idle_timeout);
                 match tokio::time::timeout_at(deadline, io.read_buf(&mut input)).await {
                     Ok(Ok(n)) if n > 0 => {}
                     _ => {
