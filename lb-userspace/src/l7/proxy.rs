@@ -27,7 +27,7 @@ use super::{
     ratelimit::{Concurrency, Slot},
     ratelimit::{TokenBucket, retry_after_secs},
     route::Matcher,
-    upstream::{Lease, Leased, Upstream},
+    upstream::{Lease, Leased, Upstream, UpstreamError},
 };
 
 pub use super::upstream::Body;
@@ -438,6 +438,15 @@ pub fn finish(
     }
 }
 
+/// Counts an attempt on `backend` that got no response (its connect or transport error) and
+/// says what failed, for the access log.
+pub fn attempt_failed(rt: &VipRuntime, route: &RouteRuntime, backend: SocketAddr, e: &UpstreamError) -> String {
+    let kind = if e.is_connect() { "connect" } else { "transport" };
+    if e.is_connect() { &route.stats.connect_errors } else { &route.stats.transport_errors }.inc();
+    tracing::debug!(vip = %rt.name, route = %route.name, %backend, error = %e, kind, "backend attempt failed");
+    format!("{backend}: {e}")
+}
+
 /// Serves one request with the VIP's current runtime.
 pub async fn handle(rt: Arc<VipRuntime>, conn: Conn, mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
@@ -536,12 +545,7 @@ pub async fn handle(rt: Arc<VipRuntime>, conn: Conn, mut req: Request<Incoming>)
                 log(done(504, &route.name, &route.stats, Some(&backend.identity), n, error));
                 return Ok(timed_out().into_response());
             }
-            Ok(Err(e)) => {
-                let kind = if e.is_connect() { "connect" } else { "transport" };
-                if e.is_connect() { &route.stats.connect_errors } else { &route.stats.transport_errors }.inc();
-                last_error = Some(format!("{}: {e}", backend.address));
-                tracing::debug!(vip = %rt.name, route = %route.name, backend = %backend.address, error = %e, kind, "backend attempt failed");
-            }
+            Ok(Err(e)) => last_error = Some(attempt_failed(&rt, route, backend.address, &e)),
             Ok(Ok(Leased { mut response, lease })) => {
                 let status = response.status();
                 if status == StatusCode::SWITCHING_PROTOCOLS

@@ -178,12 +178,7 @@ impl Upstream {
             return;
         }
         let Ok(mut worker) = self.worker().lock() else { return };
-        let list = worker.backends.entry(backend).or_default();
-        if list.len() >= max {
-            // The oldest goes: the warmest are kept.
-            list.remove(0);
-        }
-        list.push(Idle { sender, since: Instant::now() });
+        keep_warmest(worker.backends.entry(backend).or_default(), Idle { sender, since: Instant::now() }, max);
         self.start_sweep(&mut worker);
     }
 
@@ -206,11 +201,7 @@ impl Upstream {
             return;
         }
         let Ok(mut worker) = self.worker().lock() else { return };
-        let list = worker.streams.entry(backend).or_default();
-        if list.len() >= max {
-            list.remove(0);
-        }
-        list.push(IdleStream { stream, since: Instant::now() });
+        keep_warmest(worker.streams.entry(backend).or_default(), IdleStream { stream, since: Instant::now() }, max);
         self.start_sweep(&mut worker);
     }
 
@@ -287,6 +278,15 @@ impl Upstream {
             !list.is_empty()
         });
     }
+}
+
+/// Adds `idle` to `list` (most recent last), the oldest going when `max` are kept already: the
+/// warmest connections stay.
+fn keep_warmest<T>(list: &mut Vec<T>, idle: T, max: usize) {
+    if list.len() >= max {
+        list.remove(0);
+    }
+    list.push(idle);
 }
 
 /// Closes `worker`'s expired idle connections every half idle timeout (at least every 100 ms,

@@ -34,7 +34,9 @@ use self::{
     head::{Framing, Parsed, ParsedResponse, REQUEST_HEADERS, ResponseHead, Simple},
 };
 use super::{
-    proxy::{Canned, Conn, Outcome, VipRuntime, done, finish, limited, no_route, timed_out, unanswered},
+    proxy::{
+        Canned, Conn, Outcome, VipRuntime, attempt_failed, done, finish, limited, no_route, timed_out, unanswered,
+    },
     upstream::{Upstream, UpstreamError},
 };
 
@@ -322,11 +324,7 @@ where
                 log(done(504, &route.name, &route.stats, Some(&backend.identity), n, error));
                 return reply(io, &timed_out(), req, &mut bufs.out, rt.idle_timeout).await;
             }
-            Ok(Err(e)) => {
-                if e.is_connect() { &route.stats.connect_errors } else { &route.stats.transport_errors }.inc();
-                tracing::debug!(vip = %rt.name, route = %route.name, backend = %backend.address, error = %e, "backend attempt failed");
-                last_error = Some(format!("{}: {e}", backend.address));
-            }
+            Ok(Err(e)) => last_error = Some(attempt_failed(rt, route, backend.address, &e)),
             Ok(Ok((stream, head))) => {
                 log(done(head.status, &route.name, &route.stats, Some(&backend.identity), n, None));
                 return relay(&rt.upstream, backend.address, stream, &head, io, bufs, rt.idle_timeout).await;

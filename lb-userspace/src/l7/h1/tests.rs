@@ -2,7 +2,6 @@
 //! an in-memory pipe: what each side receives is asserted whole.
 
 use std::{
-    io::Write,
     net::SocketAddr,
     sync::{
         Arc, Mutex,
@@ -19,7 +18,7 @@ use tokio::{
 
 use super::{End, serve};
 use crate::l7::{
-    access_log::AccessLog,
+    access_log::{AccessLog, Capture},
     balance::{BackendState, Pool},
     config::{Balance, PathMatch, Route},
     metrics::Metrics,
@@ -83,23 +82,9 @@ async fn backend(answers: Vec<Option<&'static [u8]>>, after: After) -> Backend {
     Backend { addr, heads, accepted }
 }
 
-/// Access log lines, kept for the test to read.
-#[derive(Clone, Default)]
-struct Lines(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Lines {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 struct Proxy {
     swap: ArcSwap<VipRuntime>,
-    log: Lines,
+    log: Capture,
 }
 
 /// One route over `backends` with `retries`, as the tier builds it.
@@ -118,7 +103,7 @@ fn proxy(backends: &[SocketAddr], retries: u32, request_timeout: Duration) -> Pr
     };
     let pool =
         Pool::new(backends.iter().map(|a| (Arc::new(BackendState::new(*a)), 1)).collect(), Balance::RoundRobin, 0);
-    let log = Lines::default();
+    let log = Capture::default();
     let access_log = AccessLog::new(Box::new(log.clone()), true, metrics.access_log_dropped.clone()).unwrap();
     let settings = UpstreamSettings {
         connect_timeout: Duration::from_secs(1),
