@@ -84,7 +84,7 @@ pub struct Conn {
 /// `address:port` (`[v6]:port`) in a buffer of its own, and where the address is within it.
 #[derive(Debug, Clone, Copy)]
 struct AddrText {
-    bytes: [u8; 56],
+    bytes: [u8; 64],
     len: u8,
     ip: (u8, u8),
 }
@@ -92,9 +92,9 @@ struct AddrText {
 impl AddrText {
     fn new(address: SocketAddr) -> Self {
         use std::io::Write as _;
-        let mut bytes = [0u8; 56];
+        let mut bytes = [0u8; 64];
         let mut cursor = std::io::Cursor::new(&mut bytes[..]);
-        // The longest, `[ffff:…:255.255.255.255%4294967295]:65535`, fits.
+        // The longest, `[ffff:…:ffff%4294967295]:65535` (58 bytes), fits.
         let _ = write!(cursor, "{address}");
         let len = cursor.position() as u8;
         let ip = if address.is_ipv6() {
@@ -612,6 +612,8 @@ mod tests {
         assert_eq!((v4.client_text(), v4.ip_text()), ("198.51.100.7:4000", &b"198.51.100.7"[..]));
         let v6 = Conn::new("[2001:db8::7]:9".parse().unwrap(), true);
         assert_eq!((v6.client_text(), v6.ip_text()), ("[2001:db8::7]:9", &b"2001:db8::7"[..]));
+        let scoped = Conn::new("[fe80::1%4294967295]:65535".parse().unwrap(), false);
+        assert_eq!(scoped.client_text(), "[fe80::1%4294967295]:65535");
         let long = "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535";
         let widest = Conn::new(long.parse().unwrap(), false);
         assert_eq!(widest.client_text(), long);
