@@ -82,47 +82,61 @@ impl Pool {
     /// Picks a serving backend not in `exclude`; `key` is the hashed header or cookie value
     /// (a hash route without one falls back to round robin).
     pub fn pick(&self, key: Option<&[u8]>, exclude: &[SocketAddr]) -> Option<Arc<BackendState>> {
-        let below_limit = |b: &BackendState| self.max_in_flight == 0 || b.outstanding() < self.max_in_flight;
-        let mut candidates: Vec<&(Arc<BackendState>, u32)> = self
-            .backends
-            .iter()
-            .filter(|(b, _)| b.is_serving() && below_limit(b) && !exclude.contains(&b.address))
-            .collect();
-        if candidates.is_empty() {
-            return None;
+        thread_local! {
+            /// The candidates' indexes, in a buffer each thread reuses (a pick per request).
+            static CANDIDATES: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        let chosen = match (&self.balance, key) {
-            (Balance::HashHeader(_) | Balance::HashCookie(_), Some(key)) => rendezvous(&candidates, key),
-            (Balance::LeastOutstanding, _) => {
-                // Ties (an idle pool, typically) rotate instead of all going to the first.
-                let start = self.next.fetch_add(1, Ordering::Relaxed) % candidates.len();
-                candidates.rotate_left(start);
-                least_outstanding(&candidates)
+        let below_limit = |b: &BackendState| self.max_in_flight == 0 || b.outstanding() < self.max_in_flight;
+        CANDIDATES.with_borrow_mut(|candidates| {
+            candidates.clear();
+            candidates.extend(
+                self.backends
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (b, _))| b.is_serving() && below_limit(b) && !exclude.contains(&b.address))
+                    .map(|(i, _)| i),
+            );
+            if candidates.is_empty() {
+                return None;
             }
-            _ => self.round_robin(&candidates),
-        };
-        Some(Arc::clone(&chosen.0))
+            let backends = &self.backends;
+            let chosen = match (&self.balance, key) {
+                (Balance::HashHeader(_) | Balance::HashCookie(_), Some(key)) => rendezvous(backends, candidates, key),
+                (Balance::LeastOutstanding, _) => {
+                    // Ties (an idle pool, typically) rotate instead of all going to the first.
+                    let start = self.next.fetch_add(1, Ordering::Relaxed) % candidates.len();
+                    candidates.rotate_left(start);
+                    least_outstanding(backends, candidates)
+                }
+                _ => self.round_robin(candidates),
+            };
+            Some(Arc::clone(&backends[chosen].0))
+        })
     }
 
-    fn round_robin<'a>(&self, candidates: &[&'a (Arc<BackendState>, u32)]) -> &'a (Arc<BackendState>, u32) {
-        let total: u64 = candidates.iter().map(|(_, w)| u64::from(*w)).sum();
+    /// Weighted round robin over the candidates (indexes into the backends).
+    fn round_robin(&self, candidates: &[usize]) -> usize {
+        let weight = |i: &usize| u64::from(self.backends[*i].1);
+        let total: u64 = candidates.iter().map(weight).sum();
         let mut n = (self.next.fetch_add(1, Ordering::Relaxed) as u64) % total.max(1);
         for c in candidates {
-            if n < u64::from(c.1) {
-                return c;
+            if n < weight(c) {
+                return *c;
             }
-            n -= u64::from(c.1);
+            n -= weight(c);
         }
         candidates[0]
     }
 }
 
 /// Fewest requests in flight per unit of weight; ties go to the first candidate.
-fn least_outstanding<'a>(candidates: &[&'a (Arc<BackendState>, u32)]) -> &'a (Arc<BackendState>, u32) {
+fn least_outstanding(backends: &[(Arc<BackendState>, u32)], candidates: &[usize]) -> usize {
+    let load = |i: usize| (backends[i].0.outstanding() as u64, u64::from(backends[i].1));
     let mut best = candidates[0];
-    for c in &candidates[1..] {
+    for &c in &candidates[1..] {
+        let ((a, wa), (b, wb)) = (load(c), load(best));
         // a/wa < b/wb ⇔ a·wb < b·wa
-        if (c.0.outstanding() as u64) * u64::from(best.1) < (best.0.outstanding() as u64) * u64::from(c.1) {
+        if a * wb < b * wa {
             best = c;
         }
     }
@@ -131,8 +145,9 @@ fn least_outstanding<'a>(candidates: &[&'a (Arc<BackendState>, u32)]) -> &'a (Ar
 
 /// Weighted rendezvous (highest random weight) hashing: a key keeps its backend while that
 /// backend serves, and only the keys of a backend that leaves move.
-fn rendezvous<'a>(candidates: &[&'a (Arc<BackendState>, u32)], key: &[u8]) -> &'a (Arc<BackendState>, u32) {
-    let score = |(backend, weight): &(Arc<BackendState>, u32)| {
+fn rendezvous(backends: &[(Arc<BackendState>, u32)], candidates: &[usize], key: &[u8]) -> usize {
+    let score = |i: usize| {
+        let (backend, weight) = &backends[i];
         let mut h = DefaultHasher::new();
         key.hash(&mut h);
         backend.address.hash(&mut h);
@@ -142,7 +157,7 @@ fn rendezvous<'a>(candidates: &[&'a (Arc<BackendState>, u32)], key: &[u8]) -> &'
     };
     let mut best = candidates[0];
     let mut best_score = score(best);
-    for c in &candidates[1..] {
+    for &c in &candidates[1..] {
         let s = score(c);
         if s > best_score {
             (best, best_score) = (c, s);
