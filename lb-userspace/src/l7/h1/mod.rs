@@ -134,8 +134,11 @@ where
     // A new connection's request has mostly arrived by the time it is accepted: it is read at
     // once, not after a round through the runtime's poll.
     let mut first = true;
+    // The runtime as of the last request, checked for a reload by a pointer compare: taking a
+    // count on the shared runtime per request made both workers bounce its counter.
+    let mut current = arc_swap::cache::Cache::new(swap);
     loop {
-        let rt = swap.load_full();
+        let rt: &VipRuntime = arc_swap::cache::Access::load(&mut current);
         let next = {
             let mut headers = [httparse::EMPTY_HEADER; REQUEST_HEADERS];
             match head::parse_request(&input, &mut headers) {
@@ -145,7 +148,7 @@ where
                         io.no_delay();
                         no_delay = true;
                     }
-                    match exchange(&rt, conn, &request, io, &mut buffers).await {
+                    match exchange(rt, conn, &request, io, &mut buffers).await {
                         Flow::KeepOpen => Next::Consumed(len),
                         Flow::Close => Next::Close,
                     }

@@ -296,3 +296,40 @@ async fn failures_retry_on_another_backend_then_answer_502_504_or_503() {
     );
     assert_eq!(received, format!("{head}{head}{body}"));
 }
+
+#[tokio::test]
+async fn a_reload_reaches_the_next_request_of_an_open_connection() {
+    let first = backend(vec![Some(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst")], After::KeepOpen).await;
+    let second = backend(vec![Some(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond")], After::KeepOpen).await;
+    let p = proxy(&[first.addr], 0, Duration::from_secs(5));
+    let reloaded = proxy(&[second.addr], 0, Duration::from_secs(5)).swap.into_inner();
+    let (mut near, mut far) = tokio::io::duplex(1 << 16);
+    let conn = Conn::new("198.51.100.7:4000".parse().unwrap(), false);
+    let client = async {
+        near.write_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").await.unwrap();
+        let mut got = Vec::new();
+        while !got.ends_with(b"first") {
+            let mut chunk = [0u8; 256];
+            let n = near.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed after {got:?}");
+            got.extend_from_slice(&chunk[..n]);
+        }
+        p.swap.store(reloaded);
+        near.write_all(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n").await.unwrap();
+        near.read_to_end(&mut got).await.unwrap();
+        String::from_utf8(got).unwrap()
+    };
+    let served = async {
+        let end = serve(&p.swap, conn, &mut far).await;
+        drop(far);
+        end
+    };
+    let (received, end) = tokio::time::timeout(Duration::from_secs(10), async { tokio::join!(client, served) })
+        .await
+        .expect("both sides finish");
+    assert!(matches!(end, End::Closed));
+    assert!(
+        received.ends_with("\r\n\r\nfirstHTTP/1.1 200 OK\r\ncontent-length: 6\r\nconnection: close\r\n\r\nsecond"),
+        "{received:?}"
+    );
+}
