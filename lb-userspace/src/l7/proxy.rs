@@ -447,6 +447,49 @@ pub fn attempt_failed(rt: &VipRuntime, route: &RouteRuntime, backend: SocketAddr
     format!("{backend}: {e}")
 }
 
+/// What [`admit`] decides: the route (and the request's place under its concurrency limit), or
+/// a refusal.
+#[derive(Debug)]
+pub enum Admission<'a> {
+    Admitted(&'a RouteRuntime, Option<Slot>),
+    Refused(Refusal<'a>),
+}
+
+/// A request refused before any backend: no route, or a route's limit.
+#[derive(Debug)]
+pub struct Refusal<'a> {
+    pub canned: Canned,
+    /// The route's name (`-` when none matched) and its series.
+    pub route: &'a str,
+    pub stats: &'a RouteStats,
+}
+
+/// The route a request to `host` and `path` takes, with its place under the route's concurrency
+/// limit (held until the response ends), when no route's limit refuses it — both paths admit
+/// requests here.
+pub fn admit<'a>(rt: &'a VipRuntime, host: Option<&str>, path: &str, now: Instant) -> Admission<'a> {
+    let Some(index) = rt.matcher.find(host, path) else {
+        return Admission::Refused(Refusal { canned: no_route(), route: "-", stats: &rt.unrouted });
+    };
+    let route = &rt.routes[index];
+    let refused = |canned| Admission::Refused(Refusal { canned, route: &route.name, stats: &route.stats });
+    if let Some(limiter) = &route.limiter
+        && let Err(wait) = limiter.take(now)
+    {
+        route.stats.rate_limited.inc();
+        return refused(limited(&limiter.limit().on_limit, wait));
+    }
+    let mut slot = None;
+    if let Some(concurrency) = &route.concurrency {
+        let Some(entered) = concurrency.try_enter() else {
+            route.stats.concurrency_limited.inc();
+            return refused(limited(&concurrency.limit().on_limit, std::time::Duration::from_secs(1)));
+        };
+        slot = Some(entered);
+    }
+    Admission::Admitted(route, slot)
+}
+
 /// Serves one request with the VIP's current runtime.
 pub async fn handle(rt: Arc<VipRuntime>, conn: Conn, mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
@@ -463,30 +506,13 @@ pub async fn handle(rt: Arc<VipRuntime>, conn: Conn, mut req: Request<Incoming>)
     let method = &parts.method;
     // Every way out of here is counted and logged once, with what is known of the request.
     let log = |outcome: Outcome<'_>| finish(&rt, conn, method.as_str(), host, path, start, outcome);
-    let Some(index) = rt.matcher.find(host, path) else {
-        log(done(404, "-", &rt.unrouted, None, 0, None));
-        return Ok(no_route().into_response());
+    let (route, slot) = match admit(&rt, host, path, start) {
+        Admission::Admitted(route, slot) => (route, slot),
+        Admission::Refused(refusal) => {
+            log(done(refusal.canned.status.as_u16(), refusal.route, refusal.stats, None, 0, None));
+            return Ok(refusal.canned.into_response());
+        }
     };
-    let route = &rt.routes[index];
-    if let Some(limiter) = &route.limiter
-        && let Err(wait) = limiter.take(Instant::now())
-    {
-        route.stats.rate_limited.inc();
-        let canned = limited(&limiter.limit().on_limit, wait);
-        log(done(canned.status.as_u16(), &route.name, &route.stats, None, 0, None));
-        return Ok(canned.into_response());
-    }
-    // In progress until the response ends (or this returns without one).
-    let mut slot = None;
-    if let Some(concurrency) = &route.concurrency {
-        let Some(entered) = concurrency.try_enter() else {
-            route.stats.concurrency_limited.inc();
-            let canned = limited(&concurrency.limit().on_limit, std::time::Duration::from_secs(1));
-            log(done(canned.status.as_u16(), &route.name, &route.stats, None, 0, None));
-            return Ok(canned.into_response());
-        };
-        slot = Some(entered);
-    }
     let upgrade_to = upgrade.then(|| parts.headers.get(UPGRADE).cloned()).flatten();
     strip_hop_by_hop(&mut parts.headers, upgrade);
     if let Some(upgrade_to) = upgrade_to {

@@ -34,9 +34,7 @@ use self::{
     head::{Framing, Parsed, ParsedResponse, REQUEST_HEADERS, ResponseHead, Simple},
 };
 use super::{
-    proxy::{
-        Canned, Conn, Outcome, VipRuntime, attempt_failed, done, finish, limited, no_route, timed_out, unanswered,
-    },
+    proxy::{Admission, Canned, Conn, Outcome, VipRuntime, admit, attempt_failed, done, finish, timed_out, unanswered},
     upstream::{Upstream, UpstreamError},
 };
 
@@ -62,7 +60,7 @@ pub enum End {
 }
 
 /// Buffers a connection keeps between its requests.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Buffers {
     /// What the client sent and the direct path has not yet served (lent out while serving).
     input: Vec<u8>,
@@ -283,29 +281,14 @@ where
 {
     let start = Instant::now();
     let log = |outcome: Outcome<'_>| finish(rt, conn, req.method, Some(req.host), req.path, start, outcome);
-    let Some(index) = rt.matcher.find(Some(req.host), req.path) else {
-        log(done(404, "-", &rt.unrouted, None, 0, None));
-        return reply(io, &no_route(), req, &mut bufs.out, rt.idle_timeout).await;
+    // In progress on its route until this returns.
+    let (route, _slot) = match admit(rt, Some(req.host), req.path, start) {
+        Admission::Admitted(route, slot) => (route, slot),
+        Admission::Refused(refusal) => {
+            log(done(refusal.canned.status.as_u16(), refusal.route, refusal.stats, None, 0, None));
+            return reply(io, &refusal.canned, req, &mut bufs.out, rt.idle_timeout).await;
+        }
     };
-    let route = &rt.routes[index];
-    if let Some(limiter) = &route.limiter
-        && let Err(wait) = limiter.take(start)
-    {
-        route.stats.rate_limited.inc();
-        let canned = limited(&limiter.limit().on_limit, wait);
-        log(done(canned.status.as_u16(), &route.name, &route.stats, None, 0, None));
-        return reply(io, &canned, req, &mut bufs.out, rt.idle_timeout).await;
-    }
-    let mut _slot = None;
-    if let Some(concurrency) = &route.concurrency {
-        let Some(entered) = concurrency.try_enter() else {
-            route.stats.concurrency_limited.inc();
-            let canned = limited(&concurrency.limit().on_limit, Duration::from_secs(1));
-            log(done(canned.status.as_u16(), &route.name, &route.stats, None, 0, None));
-            return reply(io, &canned, req, &mut bufs.out, rt.idle_timeout).await;
-        };
-        _slot = Some(entered);
-    }
     req.upstream_head(&mut bufs.request, conn);
     let attempts = 1 + rt.retries;
     let deadline = tokio::time::Instant::from_std(start + rt.request_timeout);
