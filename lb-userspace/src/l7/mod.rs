@@ -9,6 +9,7 @@
 pub mod access_log;
 pub mod addr;
 pub mod balance;
+pub mod client_stream;
 pub mod h1;
 pub mod metrics;
 pub mod proxy;
@@ -31,7 +32,7 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
 };
-use tokio::{io::AsyncWriteExt as _, net::TcpListener, sync::Semaphore, task::JoinHandle};
+use tokio::{io::AsyncWriteExt as _, sync::Semaphore, task::JoinHandle};
 
 pub use crate::config::l7 as config;
 use crate::{
@@ -40,6 +41,7 @@ use crate::{
     state::desired::BackendRef,
 };
 use access_log::AccessLog;
+use client_stream::{ClientListener, ClientStream};
 use addr::LocalAddress;
 use balance::{BackendState, Pool};
 use metrics::Metrics;
@@ -430,7 +432,7 @@ fn bind(endpoint: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 
 /// Accepts on the calling worker until aborted; each connection is served on this worker.
 async fn accept_loop(listener: std::net::TcpListener, runtime: Arc<ArcSwap<VipRuntime>>, limit: Arc<Semaphore>) {
-    let listener = match TcpListener::from_std(listener) {
+    let listener = match ClientListener::new(listener) {
         Ok(listener) => listener,
         Err(e) => {
             tracing::error!(error = %e, worker = workers::current(), "l7 listener not registered with the worker");
@@ -454,7 +456,7 @@ async fn accept_loop(listener: std::net::TcpListener, runtime: Arc<ArcSwap<VipRu
 
 async fn serve_connection(
     swap: Arc<ArcSwap<VipRuntime>>,
-    mut stream: tokio::net::TcpStream,
+    mut stream: ClientStream,
     peer: SocketAddr,
     _permit: tokio::sync::OwnedSemaphorePermit,
 ) {
@@ -496,7 +498,7 @@ async fn serve_tls(
     swap: Arc<ArcSwap<VipRuntime>>,
     conn: Conn,
     acceptor: tokio_rustls::TlsAcceptor,
-    stream: tokio::net::TcpStream,
+    stream: ClientStream,
 ) {
     let _ = stream.set_nodelay(true);
     let mut tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {

@@ -35,6 +35,7 @@ use self::{
 };
 use super::{
     proxy::{Admission, Canned, Conn, Outcome, VipRuntime, admit, attempt_failed, done, finish, timed_out, unanswered},
+    client_stream::ClientStream,
     upstream::{Upstream, UpstreamError},
 };
 
@@ -76,34 +77,15 @@ struct Buffers {
 pub trait ClientSocket {
     /// Turns Nagle's algorithm off.
     fn no_delay(&self);
-
-    /// Reads what already waits in the socket into `buf`'s spare room, without waiting for the
-    /// runtime to hear that it is readable; 0 when nothing waits (or this cannot tell).
-    fn read_waiting(&self, _buf: &mut Vec<u8>) -> usize {
-        0
-    }
 }
 
-impl ClientSocket for TcpStream {
+impl ClientSocket for ClientStream {
     fn no_delay(&self) {
         let _ = self.set_nodelay(true);
     }
-
-    fn read_waiting(&self, buf: &mut Vec<u8>) -> usize {
-        let len = buf.len();
-        // The socket is non-blocking (the runtime made it so): nothing waiting is an error.
-        match socket2::SockRef::from(self).recv(buf.spare_capacity_mut()) {
-            Ok(n) => {
-                // SAFETY: recv initialized the first `n` bytes of the spare capacity.
-                unsafe { buf.set_len(len + n) };
-                n
-            }
-            Err(_) => 0,
-        }
-    }
 }
 
-impl ClientSocket for tokio_rustls::server::TlsStream<TcpStream> {
+impl ClientSocket for tokio_rustls::server::TlsStream<ClientStream> {
     fn no_delay(&self) {
         let _ = self.get_ref().0.set_nodelay(true);
     }
@@ -129,9 +111,6 @@ where
     // does it): an answer written in pieces must not wait for the client's ACK then; a
     // connection closed after its one answer (`Connection: close`) flushes at close.
     let mut no_delay = false;
-    // A new connection's request has mostly arrived by the time it is accepted: it is read at
-    // once, not after a round through the runtime's poll.
-    let mut first = true;
     // The runtime as of the last request, checked for a reload by a pointer compare: taking a
     // count on the shared runtime per request made both workers bounce its counter.
     let mut current = arc_swap::cache::Cache::new(swap);
@@ -172,9 +151,6 @@ where
             }
             Next::Read => {
                 input.reserve(4096);
-                if std::mem::take(&mut first) && io.read_waiting(&mut input) > 0 {
-                    continue;
-                }
                 let deadline = *head_deadline.get_or_insert_with(|| tokio::time::Instant::now() + rt.idle_timeout);
                 match tokio::time::timeout_at(deadline, io.read_buf(&mut input)).await {
                     Ok(Ok(n)) if n > 0 => {}
