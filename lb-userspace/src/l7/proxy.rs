@@ -412,7 +412,7 @@ pub fn done<'a>(
 
 pub fn finish(
     rt: &VipRuntime,
-    conn: Conn,
+    conn: &Conn,
     method: &str,
     host: Option<&str>,
     path: &str,
@@ -505,7 +505,7 @@ pub async fn handle(rt: Arc<VipRuntime>, conn: Conn, mut req: Request<Incoming>)
     let path = parts.uri.path();
     let method = &parts.method;
     // Every way out of here is counted and logged once, with what is known of the request.
-    let log = |outcome: Outcome<'_>| finish(&rt, conn, method.as_str(), host, path, start, outcome);
+    let log = |outcome: Outcome<'_>| finish(&rt, &conn, method.as_str(), host, path, start, outcome);
     let (route, slot) = match admit(&rt, host, path, start) {
         Admission::Admitted(route, slot) => (route, slot),
         Admission::Refused(refusal) => {

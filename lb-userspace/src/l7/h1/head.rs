@@ -21,27 +21,35 @@ pub const REQUEST_HEADERS: usize = 40;
 /// upgrade or `Expect`, an origin-form target of visible ASCII, one Host. Anything else goes
 /// to the general path, which knows every corner of HTTP.
 #[derive(Debug)]
-pub struct Simple<'a> {
-    pub method: &'a str,
+pub struct Simple<'b, 'h> {
+    pub line: RequestLine<'b>,
+    /// Borrowed from the parse's own array, which is not kept across a wait (it would make
+    /// every connection's future larger): what needs the headers is done before the first.
+    pub headers: &'h [Header<'b>],
+}
+
+/// What of a request outlives its parsed headers: its line, Host and framing.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLine<'b> {
+    pub method: &'b str,
     /// The path and query, as sent.
-    pub target: &'a str,
+    pub target: &'b str,
     /// The target up to its `?`.
-    pub path: &'a str,
-    pub host: &'a str,
+    pub path: &'b str,
+    pub host: &'b str,
     /// The client asked to close the connection after this response.
     pub close: bool,
     pub head_only: bool,
-    pub headers: &'a [Header<'a>],
     /// The head's length in bytes.
     pub len: usize,
 }
 
 /// What the bytes read so far hold.
 #[derive(Debug)]
-pub enum Parsed<'a> {
+pub enum Parsed<'b, 'h> {
     /// Not yet a whole head.
     Partial,
-    Simple(Simple<'a>),
+    Simple(Simple<'b, 'h>),
     /// A request for the general path (or bytes it will refuse with the right status).
     Other,
 }
@@ -69,7 +77,7 @@ fn named_in_connection(headers: &[Header<'_>], name: &str) -> bool {
 }
 
 /// Reads a request head from `buf` into `headers`.
-pub fn parse_request<'a>(buf: &'a [u8], headers: &'a mut [Header<'a>]) -> Parsed<'a> {
+pub fn parse_request<'b, 'h>(buf: &'b [u8], headers: &'h mut [Header<'b>]) -> Parsed<'b, 'h> {
     let mut request = httparse::Request::new(headers);
     let len = match request.parse(buf) {
         Ok(Status::Complete(len)) => len,
@@ -85,7 +93,7 @@ pub fn parse_request<'a>(buf: &'a [u8], headers: &'a mut [Header<'a>]) -> Parsed
     {
         return Parsed::Other;
     }
-    let headers: &'a [Header<'a>] = request.headers;
+    let headers: &'h [Header<'b>] = request.headers;
     let mut host = None;
     let mut hosts = 0;
     for h in headers {
@@ -113,20 +121,21 @@ pub fn parse_request<'a>(buf: &'a [u8], headers: &'a mut [Header<'a>]) -> Parsed
         close |= token.eq_ignore_ascii_case(b"close");
     }
     let path = target.split_once('?').map_or(target, |(path, _)| path);
-    Parsed::Simple(Simple { method, target, path, host, close, head_only: method == "HEAD", headers, len })
+    let line = RequestLine { method, target, path, host, close, head_only: method == "HEAD", len };
+    Parsed::Simple(Simple { line, headers })
 }
 
-impl Simple<'_> {
+impl<'b> Simple<'b, '_> {
     /// The values of header `name`, in order.
-    fn values<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'s [u8]> + 's {
+    fn values<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'b [u8]> + 's {
         self.headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value)
     }
 
     /// The value a consistent-hash route hashes.
-    pub fn hash_key<'s>(&'s self, balance: &'s Balance) -> Option<&'s [u8]> {
+    pub fn hash_key(&self, balance: &Balance) -> Option<&'b [u8]> {
         match balance {
             Balance::HashHeader(name) => self.values(name).next(),
-            Balance::HashCookie(name) => self.values("cookie").find_map(|v| cookie_value(v, name)),
+            Balance::HashCookie(name) => self.values("cookie").find_map(|v| cookie_value(v, name.as_str())),
             _ => None,
         }
     }
@@ -134,10 +143,11 @@ impl Simple<'_> {
     /// Writes the head a backend gets into `out`: the request line and headers as they came,
     /// less the hop-by-hop ones, with X-Forwarded-For and Forwarded appended to, and
     /// X-Forwarded-Proto (and X-Forwarded-Host when absent) set.
-    pub fn upstream_head(&self, out: &mut Vec<u8>, conn: Conn) {
+    pub fn upstream_head(&self, out: &mut Vec<u8>, conn: &Conn) {
+        let RequestLine { method, target, host, .. } = self.line;
         out.clear();
         // Writing to a Vec cannot fail.
-        let _ = write!(out, "{} {} HTTP/1.1\r\n", self.method, self.target);
+        let _ = write!(out, "{method} {target} HTTP/1.1\r\n");
         let mut forwarded_host = false;
         let has_connection = self.headers.iter().any(|h| h.name.eq_ignore_ascii_case("connection"));
         for h in self.headers {
@@ -168,14 +178,14 @@ impl Simple<'_> {
         };
         let (xff, forwarded) = (joined("x-forwarded-for"), joined("forwarded"));
         out.extend_from_slice(b"x-forwarded-for: ");
-        forwarded_for(out, xff.as_deref(), &conn);
+        forwarded_for(out, xff.as_deref(), conn);
         out.extend_from_slice(b"\r\nforwarded: ");
-        forwarded_value(out, forwarded.as_deref(), &conn, Some(self.host));
+        forwarded_value(out, forwarded.as_deref(), conn, Some(host));
         out.extend_from_slice(b"\r\nx-forwarded-proto: ");
         out.extend_from_slice(conn.proto().as_bytes());
         out.extend_from_slice(b"\r\n");
         if !forwarded_host {
-            line(out, b"x-forwarded-host", self.host.as_bytes());
+            line(out, b"x-forwarded-host", host.as_bytes());
         }
         out.extend_from_slice(b"\r\n");
     }
@@ -319,7 +329,7 @@ pub fn parse_response(buf: &[u8], head_only: bool, close: bool, out: &mut Vec<u8
 mod tests {
     use super::*;
 
-    fn simple(raw: &[u8], check: impl FnOnce(&Simple<'_>)) {
+    fn simple(raw: &[u8], check: impl FnOnce(&Simple<'_, '_>)) {
         let mut headers = [httparse::EMPTY_HEADER; REQUEST_HEADERS];
         match parse_request(raw, &mut headers) {
             Parsed::Simple(s) => check(&s),
@@ -342,12 +352,12 @@ mod tests {
         let raw = b"GET /a/b?x=1 HTTP/1.1\r\nHost: api.test\r\nConnection: keep-alive, x-secret\r\nX-Secret: 1\r\n\
 X-Forwarded-For: 203.0.113.1\r\nCookie: a=1; sid=abc\r\nX-User: alice\r\nContent-Length: 0\r\n\r\nGET /next";
         simple(raw, |s| {
-            assert_eq!((s.method, s.target, s.path, s.host, s.close), ("GET", "/a/b?x=1", "/a/b", "api.test", false));
-            assert_eq!(s.len, raw.len() - b"GET /next".len());
+            assert_eq!((s.line.method, s.line.target, s.line.path, s.line.host, s.line.close), ("GET", "/a/b?x=1", "/a/b", "api.test", false));
+            assert_eq!(s.line.len, raw.len() - b"GET /next".len());
             assert_eq!(s.hash_key(&Balance::HashHeader("x-user".into())), Some(&b"alice"[..]));
             assert_eq!(s.hash_key(&Balance::HashCookie("sid".into())), Some(&b"abc"[..]));
             let mut out = Vec::new();
-            s.upstream_head(&mut out, conn);
+            s.upstream_head(&mut out, &conn);
             assert_eq!(
                 String::from_utf8(out).unwrap(),
                 "GET /a/b?x=1 HTTP/1.1\r\nHost: api.test\r\nCookie: a=1; sid=abc\r\nX-User: alice\r\nContent-Length: 0\r\n\
@@ -356,9 +366,9 @@ x-forwarded-proto: http\r\nx-forwarded-host: api.test\r\n\r\n"
             );
         });
         simple(b"HEAD / HTTP/1.1\r\nhost: h\r\nconnection: Close, host\r\n\r\n", |s| {
-            assert!(s.close && s.head_only);
+            assert!(s.line.close && s.line.head_only);
             let mut out = Vec::new();
-            s.upstream_head(&mut out, conn);
+            s.upstream_head(&mut out, &conn);
             assert!(out.starts_with(b"HEAD / HTTP/1.1\r\nhost: h\r\n"), "Host stays though Connection names it");
         });
         assert_eq!(kind(b"GET / HTTP/1.1\r\nHost: h\r\n"), "partial");

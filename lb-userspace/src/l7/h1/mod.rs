@@ -31,10 +31,14 @@ use tokio::{
 pub use self::prefixed::Prefixed;
 use self::{
     chunked::Chunked,
-    head::{Framing, Parsed, ParsedResponse, REQUEST_HEADERS, ResponseHead, Simple},
+    head::{Framing, Parsed, ParsedResponse, REQUEST_HEADERS, RequestLine, ResponseHead, Simple},
 };
 use super::{
-    proxy::{Admission, Canned, Conn, Outcome, VipRuntime, admit, attempt_failed, done, finish, timed_out, unanswered},
+    proxy::{
+        Admission, Canned, Conn, Outcome, RouteRuntime, VipRuntime, admit, attempt_failed, done, finish, timed_out,
+        unanswered,
+    },
+    ratelimit::Slot,
     client_stream::ClientStream,
     upstream::{Upstream, UpstreamError},
 };
@@ -116,22 +120,39 @@ where
     let mut current = arc_swap::cache::Cache::new(swap);
     loop {
         let rt: &VipRuntime = arc_swap::cache::Access::load(&mut current);
-        let next = {
+        // What needs the parsed headers is done in this block, before any wait: the array they
+        // are parsed into is not kept in the connection's future.
+        let step = {
             let mut headers = [httparse::EMPTY_HEADER; REQUEST_HEADERS];
             match head::parse_request(&input, &mut headers) {
                 Parsed::Simple(request) => {
-                    let len = request.len;
-                    if !request.close && !no_delay {
+                    if !request.line.close && !no_delay {
                         io.no_delay();
                         no_delay = true;
                     }
-                    match exchange(rt, conn, &request, io, &mut buffers).await {
-                        Flow::KeepOpen => Next::Consumed(len),
-                        Flow::Close => Next::Close,
-                    }
+                    Some(prepare(rt, &conn, &request, &mut buffers.request))
                 }
-                Parsed::Partial if input.len() < MAX_HEAD => Next::Read,
-                Parsed::Partial | Parsed::Other => Next::Handoff,
+                Parsed::Partial if input.len() < MAX_HEAD => None,
+                Parsed::Partial | Parsed::Other => {
+                    Spare::give_back(buffers);
+                    return End::Handoff(input);
+                }
+            }
+        };
+        let next = match step {
+            None => Next::Read,
+            Some(prepared) => {
+                let len = prepared.line().len;
+                let flow = match prepared {
+                    Prepared::Admitted(admitted) => exchange(rt, &conn, admitted, io, &mut buffers).await,
+                    Prepared::Refused(line, canned) => {
+                        reply(io, &canned, &line, &mut buffers.out, rt.idle_timeout).await
+                    }
+                };
+                match flow {
+                    Flow::KeepOpen => Next::Consumed(len),
+                    Flow::Close => Next::Close,
+                }
             }
         };
         match next {
@@ -144,10 +165,6 @@ where
                 buffers.input = input;
                 Spare::give_back(buffers);
                 return End::Closed;
-            }
-            Next::Handoff => {
-                Spare::give_back(buffers);
-                return End::Handoff(input);
             }
             Next::Read => {
                 input.reserve(4096);
@@ -212,7 +229,6 @@ impl Buffers {
 enum Next {
     Consumed(usize),
     Read,
-    Handoff,
     Close,
 }
 
@@ -240,51 +256,88 @@ async fn write_within<S: AsyncWrite + Unpin>(io: &mut S, bytes: &[u8], idle: Dur
 async fn reply<S: AsyncWrite + Unpin>(
     io: &mut S,
     canned: &Canned,
-    req: &Simple<'_>,
+    line: &RequestLine<'_>,
     out: &mut Vec<u8>,
     idle: Duration,
 ) -> Flow {
     out.clear();
-    canned.write_h1(out, req.close, req.head_only);
-    if write_within(io, out, idle).await && !req.close { Flow::KeepOpen } else { Flow::Close }
+    canned.write_h1(out, line.close, line.head_only);
+    if write_within(io, out, idle).await && !line.close { Flow::KeepOpen } else { Flow::Close }
 }
 
-/// One request: route, limits, attempts on backends (another one after a failure, as the
-/// route's retries allow: these methods are safe to send twice), the response relayed.
-async fn exchange<S>(rt: &VipRuntime, conn: Conn, req: &Simple<'_>, io: &mut S, bufs: &mut Buffers) -> Flow
+/// A request after [`prepare`].
+enum Prepared<'r, 'b> {
+    Admitted(Admitted<'r, 'b>),
+    /// Refused before any backend (and logged): the client gets this answer.
+    Refused(RequestLine<'b>, Canned),
+}
+
+impl<'b> Prepared<'_, 'b> {
+    fn line(&self) -> &RequestLine<'b> {
+        match self {
+            Prepared::Admitted(admitted) => &admitted.line,
+            Prepared::Refused(line, _) => line,
+        }
+    }
+}
+
+/// A request admitted on a route, with the head its backend gets already written.
+struct Admitted<'r, 'b> {
+    line: RequestLine<'b>,
+    route: &'r RouteRuntime,
+    /// Its place under the route's concurrency limit, held until the response ends.
+    _slot: Option<Slot>,
+    /// What a consistent-hash route hashes.
+    key: Option<&'b [u8]>,
+    start: Instant,
+}
+
+/// What of a request needs its headers: the route and limits, the head for the backend (into
+/// `request`) and the hash key.
+fn prepare<'r, 'b>(rt: &'r VipRuntime, conn: &Conn, req: &Simple<'b, '_>, request: &mut Vec<u8>) -> Prepared<'r, 'b> {
+    let start = Instant::now();
+    let line = req.line;
+    match admit(rt, Some(line.host), line.path, start) {
+        Admission::Admitted(route, slot) => {
+            req.upstream_head(request, conn);
+            let key = req.hash_key(route.pool.balance());
+            Prepared::Admitted(Admitted { line, route, _slot: slot, key, start })
+        }
+        Admission::Refused(refusal) => {
+            let outcome = done(refusal.canned.status.as_u16(), refusal.route, refusal.stats, None, 0, None);
+            finish(rt, conn, line.method, Some(line.host), line.path, start, outcome);
+            Prepared::Refused(line, refusal.canned)
+        }
+    }
+}
+
+/// One admitted request: attempts on backends (another one after a failure, as the route's
+/// retries allow: these methods are safe to send twice), the response relayed.
+async fn exchange<S>(rt: &VipRuntime, conn: &Conn, req: Admitted<'_, '_>, io: &mut S, bufs: &mut Buffers) -> Flow
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let start = Instant::now();
-    let log = |outcome: Outcome<'_>| finish(rt, conn, req.method, Some(req.host), req.path, start, outcome);
-    // In progress on its route until this returns.
-    let (route, _slot) = match admit(rt, Some(req.host), req.path, start) {
-        Admission::Admitted(route, slot) => (route, slot),
-        Admission::Refused(refusal) => {
-            log(done(refusal.canned.status.as_u16(), refusal.route, refusal.stats, None, 0, None));
-            return reply(io, &refusal.canned, req, &mut bufs.out, rt.idle_timeout).await;
-        }
-    };
-    req.upstream_head(&mut bufs.request, conn);
+    let Admitted { line, route, key, start, .. } = &req;
+    let log = |outcome: Outcome<'_>| finish(rt, conn, line.method, Some(line.host), line.path, *start, outcome);
     let attempts = 1 + rt.retries;
-    let deadline = tokio::time::Instant::from_std(start + rt.request_timeout);
+    let deadline = tokio::time::Instant::from_std(*start + rt.request_timeout);
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut last_error = None;
     for attempt in 0..attempts {
-        let Some(backend) = route.pool.pick(req.hash_key(route.pool.balance()), &tried) else { break };
+        let Some(backend) = route.pool.pick(*key, &tried) else { break };
         tried.push(backend.address);
         if attempt > 0 {
             route.stats.retries.inc();
         }
         let _in_flight = backend.begin();
-        let sent = tokio::time::timeout_at(deadline, send(&rt.upstream, backend.address, req, bufs)).await;
+        let sent = tokio::time::timeout_at(deadline, send(&rt.upstream, backend.address, line, bufs)).await;
         let n = attempt + 1;
         match sent {
             Err(_) => {
                 route.stats.timeouts.inc();
                 let error = Some(format!("no response within {:?}", rt.request_timeout));
                 log(done(504, &route.name, &route.stats, Some(&backend.identity), n, error));
-                return reply(io, &timed_out(), req, &mut bufs.out, rt.idle_timeout).await;
+                return reply(io, &timed_out(), line, &mut bufs.out, rt.idle_timeout).await;
             }
             Ok(Err(e)) => last_error = Some(attempt_failed(rt, route, backend.address, &e)),
             Ok(Ok((stream, head))) => {
@@ -297,7 +350,7 @@ where
     let n = tried.len() as u32;
     let last = tried.last().map(SocketAddr::to_string);
     log(done(canned.status.as_u16(), &route.name, &route.stats, last.as_deref(), n, last_error));
-    reply(io, &canned, req, &mut bufs.out, rt.idle_timeout).await
+    reply(io, &canned, line, &mut bufs.out, rt.idle_timeout).await
 }
 
 /// Why one try on a backend connection got no response head.
@@ -314,7 +367,7 @@ enum TryError {
 async fn send(
     upstream: &Arc<Upstream>,
     backend: SocketAddr,
-    req: &Simple<'_>,
+    req: &RequestLine<'_>,
     bufs: &mut Buffers,
 ) -> Result<(TcpStream, ResponseHead), UpstreamError> {
     if let Some(mut stream) = upstream.take_stream(backend) {
@@ -332,7 +385,7 @@ async fn send(
     }
 }
 
-async fn try_send(stream: &mut TcpStream, req: &Simple<'_>, bufs: &mut Buffers) -> Result<ResponseHead, TryError> {
+async fn try_send(stream: &mut TcpStream, req: &RequestLine<'_>, bufs: &mut Buffers) -> Result<ResponseHead, TryError> {
     stream.write_all(&bufs.request).await.map_err(TryError::Silent)?;
     bufs.response.clear();
     loop {
