@@ -41,9 +41,9 @@ use crate::{
     state::desired::BackendRef,
 };
 use access_log::AccessLog;
-use client_stream::{ClientListener, ClientStream};
 use addr::LocalAddress;
 use balance::{BackendState, Pool};
+use client_stream::{ClientListener, ClientStream};
 use metrics::Metrics;
 use proxy::{Conn, RouteRuntime, VipRuntime};
 use ratelimit::{Concurrency, TokenBucket};
@@ -349,8 +349,13 @@ impl Tier {
         let listen_err = |source| L7Error::Listen { vip: vip.name.clone(), endpoint, source };
         // A socket per worker (SO_REUSEPORT): the kernel hands each new connection to one of
         // them and wakes that worker alone.
-        let listeners: Vec<_> =
-            self.workers.handles().iter().map(|_| bind(endpoint)).collect::<Result<_, _>>().map_err(listen_err)?;
+        let listeners: Vec<_> = self
+            .workers
+            .handles()
+            .iter()
+            .map(|_| client_stream::bind(endpoint, BACKLOG))
+            .collect::<Result<_, _>>()
+            .map_err(listen_err)?;
         let runtime = Arc::new(ArcSwap::from_pointee(runtime));
         let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let accept = self
@@ -418,16 +423,6 @@ impl Tier {
         self.addresses.clear();
         self.access_log.flush();
     }
-}
-
-fn bind(endpoint: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let socket = socket2::Socket::new(socket2::Domain::for_address(endpoint), socket2::Type::STREAM, None)?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&endpoint.into())?;
-    socket.listen(BACKLOG)?;
-    Ok(socket.into())
 }
 
 /// Accepts on the calling worker until aborted; each connection is served on this worker.

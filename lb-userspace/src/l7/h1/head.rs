@@ -352,7 +352,10 @@ mod tests {
         let raw = b"GET /a/b?x=1 HTTP/1.1\r\nHost: api.test\r\nConnection: keep-alive, x-secret\r\nX-Secret: 1\r\n\
 X-Forwarded-For: 203.0.113.1\r\nCookie: a=1; sid=abc\r\nX-User: alice\r\nContent-Length: 0\r\n\r\nGET /next";
         simple(raw, |s| {
-            assert_eq!((s.line.method, s.line.target, s.line.path, s.line.host, s.line.close), ("GET", "/a/b?x=1", "/a/b", "api.test", false));
+            assert_eq!(
+                (s.line.method, s.line.target, s.line.path, s.line.host, s.line.close),
+                ("GET", "/a/b?x=1", "/a/b", "api.test", false)
+            );
             assert_eq!(s.line.len, raw.len() - b"GET /next".len());
             assert_eq!(s.hash_key(&Balance::HashHeader("x-user".into())), Some(&b"alice"[..]));
             assert_eq!(s.hash_key(&Balance::HashCookie("sid".into())), Some(&b"abc"[..]));

@@ -34,12 +34,12 @@ use self::{
     head::{Framing, Parsed, ParsedResponse, REQUEST_HEADERS, RequestLine, ResponseHead, Simple},
 };
 use super::{
+    client_stream::ClientStream,
     proxy::{
         Admission, Canned, Conn, Outcome, RouteRuntime, VipRuntime, admit, attempt_failed, done, finish, timed_out,
         unanswered,
     },
     ratelimit::Slot,
-    client_stream::ClientStream,
     upstream::{Upstream, UpstreamError},
 };
 
@@ -377,7 +377,9 @@ async fn send(
             Err(TryError::Silent(_)) => {}
         }
     }
-    let mut stream = upstream.connect_stream(backend).await?;
+    // Boxed: connecting is rare next to reusing, and its future would make every
+    // connection's future larger.
+    let mut stream = Box::pin(upstream.connect_stream(backend)).await?;
     match try_send(&mut stream, req, bufs).await {
         Ok(head) => Ok((stream, head)),
         Err(TryError::Silent(e)) => Err(UpstreamError::Io(e)),

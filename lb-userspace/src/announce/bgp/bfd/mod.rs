@@ -15,7 +15,6 @@ use std::{
     collections::HashMap,
     fmt,
     net::{IpAddr, SocketAddr},
-    os::fd::AsRawFd,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -57,20 +56,6 @@ pub(crate) fn random_u64() -> u64 {
 
 pub(super) fn random_unit() -> f64 {
     (random_u64() >> 11) as f64 / (1u64 << 53) as f64
-}
-
-fn set_int_opt(socket: &Socket, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> std::io::Result<()> {
-    // SAFETY: setsockopt on an open socket with a pointer to a live c_int and its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            level,
-            name,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
 /// Normalizes IPv4-mapped IPv6 sources to IPv4.
@@ -127,9 +112,9 @@ fn bind_receive(v6: bool) -> std::io::Result<UdpSocket> {
     let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
     if v6 {
         socket.set_only_v6(true)?;
-        set_int_opt(&socket, libc::IPPROTO_IPV6, libc::IPV6_MINHOPCOUNT, TTL as libc::c_int)?;
+        crate::sockopt::set_int(&socket, libc::IPPROTO_IPV6, libc::IPV6_MINHOPCOUNT, TTL as libc::c_int)?;
     } else {
-        set_int_opt(&socket, libc::IPPROTO_IP, libc::IP_MINTTL, TTL as libc::c_int)?;
+        crate::sockopt::set_int(&socket, libc::IPPROTO_IP, libc::IP_MINTTL, TTL as libc::c_int)?;
     }
     socket.set_nonblocking(true)?;
     socket.bind(&SocketAddr::new(any, CONTROL_PORT).into())?;
