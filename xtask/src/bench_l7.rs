@@ -85,7 +85,12 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         // SAFETY: single-threaded at this point; nothing else reads the environment.
         unsafe { std::env::set_var("XLB_BIN", std::env::current_exe()?.with_file_name("xlb")) };
     }
-    let topo = Topology::new(2, &[VIP]);
+    let mut topo = Topology::new(2, &[VIP]);
+    // The node forwards nothing with XDP_TX here (l7 VIPs only), so the switch side of its veth
+    // needs no XDP program; with one, that side takes frames through a 256-frame XDP ring, whose
+    // overflow (27 164 frames in one 8 s 64KiB run) made both proxies' p99 a chain of TCP
+    // retransmission timeouts (~500 ms) rather than a measure of either proxy.
+    topo.detach_switch_xdp();
     // Loads above the proxies' idle backend connections (h2: 640 requests at once) open and close
     // a backend connection per request; the TIME_WAIT ports they leave behind make every later
     // connect() search the port range (76 % of either proxy's CPU in the second h2 run). The
@@ -151,7 +156,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!("   {FUNCTIONS}");
-    println!("   node and client: net.ipv4.tcp_tw_reuse=1, ip_local_port_range 1024-65000");
+    println!("   node and client: net.ipv4.tcp_tw_reuse=1, ip_local_port_range 1024-65000; no XDP on the switch side of the node's veth");
     println!("   TLS: xlb {}; nginx {}", tls[0], tls[1]);
     let load = Load { seconds: opts.duration, connections: opts.connections, threads: opts.threads };
     let xlb_pid = [agent.child.id()];
