@@ -156,7 +156,9 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!("   {FUNCTIONS}");
-    println!("   node and client: net.ipv4.tcp_tw_reuse=1, ip_local_port_range 1024-65000; no XDP on the switch side of the node's veth");
+    println!(
+        "   node and client: net.ipv4.tcp_tw_reuse=1, ip_local_port_range 1024-65000; no XDP on the switch side of the node's veth"
+    );
     println!("   TLS: xlb {}; nginx {}", tls[0], tls[1]);
     let load = Load { seconds: opts.duration, connections: opts.connections, threads: opts.threads };
     let xlb_pid = [agent.child.id()];
