@@ -35,11 +35,10 @@ impl ClientStream {
     /// Registers the connection with the current runtime (the first wait does it on its own).
     pub fn register(&mut self) -> io::Result<&mut TcpStream> {
         if let ClientStream::Plain(_) = self {
-            let ClientStream::Plain(plain) = std::mem::replace(self, ClientStream::Lost) else {
-                unreachable!("matched just above")
-            };
-            // A failed registration closes the descriptor: the connection is lost either way.
-            *self = ClientStream::Registered(TcpStream::from_std(plain)?);
+            // Left `Lost` if registering fails: the descriptor is closed with the error.
+            if let ClientStream::Plain(plain) = std::mem::replace(self, ClientStream::Lost) {
+                *self = ClientStream::Registered(TcpStream::from_std(plain)?);
+            }
         }
         match self {
             ClientStream::Registered(stream) => Ok(stream),
@@ -60,6 +59,19 @@ fn lost() -> io::Error {
     io::Error::new(io::ErrorKind::NotConnected, "the connection could not be registered with the runtime")
 }
 
+/// What a plain socket's call settles: its result, or (None) that it would block and the
+/// stream must register and wait. An interrupted call is asked again at once.
+fn settled<T>(result: io::Result<T>, cx: &Context<'_>) -> Option<Poll<io::Result<T>>> {
+    match result {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+            cx.waker().wake_by_ref();
+            Some(Poll::Pending)
+        }
+        done => Some(Poll::Ready(done)),
+    }
+}
+
 /// Reads into `buf`'s unfilled part without initializing it first.
 fn recv_into(socket: &std::net::TcpStream, buf: &mut ReadBuf<'_>) -> io::Result<()> {
     // SAFETY: recv writes bytes only; the bytes it wrote are marked initialized below and no
@@ -75,16 +87,10 @@ fn recv_into(socket: &std::net::TcpStream, buf: &mut ReadBuf<'_>) -> io::Result<
 impl AsyncRead for ClientStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if let ClientStream::Plain(plain) = this {
-            match recv_into(plain, buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                // Interrupted: asked again at once.
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                    cx.waker().wake_by_ref();
-                    return Poll::Pending;
-                }
-                done => return Poll::Ready(done),
-            }
+        if let ClientStream::Plain(plain) = this
+            && let Some(done) = settled(recv_into(plain, buf), cx)
+        {
+            return done;
         }
         Pin::new(this.register()?).poll_read(cx, buf)
     }
@@ -93,17 +99,11 @@ impl AsyncRead for ClientStream {
 impl AsyncWrite for ClientStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if let ClientStream::Plain(plain) = this {
-            // std's send passes MSG_NOSIGNAL: a closed peer is an error, not a SIGPIPE.
-            match io::Write::write(&mut &*plain, bytes) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                // Interrupted: asked again at once.
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                    cx.waker().wake_by_ref();
-                    return Poll::Pending;
-                }
-                done => return Poll::Ready(done),
-            }
+        // std's send passes MSG_NOSIGNAL: a closed peer is an error, not a SIGPIPE.
+        if let ClientStream::Plain(plain) = this
+            && let Some(done) = settled(io::Write::write(&mut &*plain, bytes), cx)
+        {
+            return done;
         }
         Pin::new(this.register()?).poll_write(cx, bytes)
     }
