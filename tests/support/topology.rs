@@ -76,7 +76,7 @@ pub struct Topology {
     /// XDP_PASS on the switch side of each node's veth (detached on drop).
     switch_xdp: Vec<Loaded>,
     // Dropped last: the segment the others hang off.
-    _switch: Netns,
+    switch: Netns,
     pub dir: PathBuf,
     /// The agents' bpffs pin directories live under here (unique per topology, removed on drop).
     pub pin_dir: PathBuf,
@@ -248,7 +248,7 @@ impl Topology {
             router,
             backends: all,
             switch_xdp,
-            _switch: switch,
+            switch,
             dir,
             pin_dir: PathBuf::from("/sys/fs/bpf").join(unique_name("pins")),
             stop: Arc::new(AtomicBool::new(false)),
@@ -261,8 +261,13 @@ impl Topology {
     /// Lets the client (on the segment) send XDP frames — the traffic generator's: the switch
     /// side of its veth takes them only while it runs XDP itself.
     pub fn accept_generated_frames(&mut self) {
-        let pass = attach_pass(&self._switch, "p-cl");
+        let pass = attach_pass(&self.switch, "p-cl");
         self.switch_xdp.push(pass);
+    }
+
+    /// The namespace of the segment's bridge: one end of every veth of the segment.
+    pub fn switch(&self) -> &Netns {
+        &self.switch
     }
 
     /// The first (or only) xlb node.
@@ -397,6 +402,17 @@ impl Topology {
     /// forgot the peer's program sees).
     pub fn detach_switch_xdp(&mut self) {
         self.switch_xdp.clear();
+    }
+
+    /// Gives node `i`'s veth as many queues as the machine has CPUs, on both ends — a
+    /// multi-queue NIC's shape. The switch end spreads flows over them by hash, so frames into
+    /// the node fill one 256-frame XDP ring per queue, each drained by its own NAPI, where one
+    /// ring overflowed under bulk transfers (a burst is up to a softirq's budget of 300 frames).
+    pub fn spread_node_queues(&self, i: usize) {
+        let queues = std::thread::available_parallelism().map_or(1, |n| n.get()).to_string();
+        let channels = ["rx", queues.as_str(), "tx", queues.as_str()];
+        sh("ip", &[&["netns", "exec", &self.switch.name, "ethtool", "-L", &node_port(i)][..], &channels].concat());
+        sh("ip", &[&["netns", "exec", &self.nodes[i].name, "ethtool", "-L", "eth0"][..], &channels].concat());
     }
 
     /// Where backend `i`'s `xlb decap` logs when [`Topology::logs_to_files`].

@@ -86,11 +86,13 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         unsafe { std::env::set_var("XLB_BIN", std::env::current_exe()?.with_file_name("xlb")) };
     }
     let mut topo = Topology::new(2, &[VIP]);
-    // The node forwards nothing with XDP_TX here (l7 VIPs only), so the switch side of its veth
-    // needs no XDP program; with one, that side takes frames through a 256-frame XDP ring, whose
-    // overflow (27 164 frames in one 8 s 64KiB run) made both proxies' p99 a chain of TCP
-    // retransmission timeouts (~500 ms) rather than a measure of either proxy.
+    // Both proxies' p99 in the 64KiB case was a chain of TCP retransmission timeouts
+    // (300-700 ms), not a measure of either proxy, while a veth's 256-frame XDP ring overflowed
+    // (~900 frames dropped per 10 000 requests). The node forwards nothing with XDP_TX here (l7
+    // VIPs only), so the switch side of its veth needs no XDP program, and one queue per CPU on
+    // the node's veth gives the frames into its XDP one ring per queue: no drops since.
     topo.detach_switch_xdp();
+    topo.spread_node_queues(0);
     // Loads above the proxies' idle backend connections (h2: 640 requests at once) open and close
     // a backend connection per request; the TIME_WAIT ports they leave behind make every later
     // connect() search the port range (76 % of either proxy's CPU in the second h2 run). The
@@ -157,18 +159,19 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     );
     println!("   {FUNCTIONS}");
     println!(
-        "   node and client: net.ipv4.tcp_tw_reuse=1, ip_local_port_range 1024-65000; no XDP on the switch side of the node's veth"
+        "   node and client: net.ipv4.tcp_tw_reuse=1, ip_local_port_range 1024-65000; no XDP on the switch side of the node's veth, one queue per CPU on it"
     );
     println!("   TLS: xlb {}; nginx {}", tls[0], tls[1]);
     let load = Load { seconds: opts.duration, connections: opts.connections, threads: opts.threads };
     let xlb_pid = [agent.child.id()];
     let nginx_pid = [proxy.pid()];
+    let lab: Vec<&Netns> = [topo.switch(), topo.node(), topo.client()].into_iter().chain(&topo.backends).collect();
     let mut table = Vec::new();
     for case in &cases {
         let (mut xlb_runs, mut nginx_runs) = (Vec::new(), Vec::new());
         for _ in 0..opts.runs {
-            xlb_runs.push(load::run(topo.client(), case.tool, load, &url(true, case), &xlb_pid, &topo.dir)?);
-            nginx_runs.push(load::run(topo.client(), case.tool, load, &url(false, case), &nginx_pid, &topo.dir)?);
+            xlb_runs.push(load::run(topo.client(), case.tool, load, &url(true, case), &xlb_pid, &lab, &topo.dir)?);
+            nginx_runs.push(load::run(topo.client(), case.tool, load, &url(false, case), &nginx_pid, &lab, &topo.dir)?);
         }
         table.push((case.name, xlb_runs, nginx_runs));
     }
@@ -182,28 +185,35 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
 }
 
 fn print_table(table: &[(&str, Vec<Run>, Vec<Run>)]) {
-    let median = |runs: &[Run], f: fn(&Run) -> f64| {
+    let median = |runs: &[Run], f: &dyn Fn(&Run) -> f64| {
         let mut v: Vec<f64> = runs.iter().map(f).collect();
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
+    let per_10k = |count: fn(&Run) -> u64| {
+        move |r: &Run| if r.requests == 0 { f64::NAN } else { count(r) as f64 * 10_000.0 / r.requests as f64 }
+    };
+    let dropped = per_10k(|r| r.lost.frames_dropped);
+    let retransmitted = per_10k(|r| r.lost.segments_retransmitted);
     println!(
-        "\n{:<11} {:<12} {:>11} {:>8} {:>8} {:>14} {:>7}",
-        "case", "proxy", "requests/s", "p50 ms", "p99 ms", "CPU s/10k req", "errors"
+        "\n{:<11} {:<12} {:>11} {:>8} {:>8} {:>14} {:>7} {:>11} {:>11}",
+        "case", "proxy", "requests/s", "p50 ms", "p99 ms", "CPU s/10k req", "errors", "drops/10k", "retrans/10k"
     );
     for (name, xlb, nginx) in table {
         for (proxy, runs) in [("xlb l7", xlb), ("nginx", nginx)] {
             let errors: u64 = runs.iter().map(|r| r.errors).sum();
             println!(
-                "{:<11} {proxy:<12} {:>11.0} {:>8.2} {:>8.2} {:>14.3} {errors:>7}",
+                "{:<11} {proxy:<12} {:>11.0} {:>8.2} {:>8.2} {:>14.3} {errors:>7} {:>11.1} {:>11.1}",
                 if proxy == "xlb l7" { name } else { "" },
-                median(runs, |r| r.rps),
-                median(runs, |r| r.p50_ms),
-                median(runs, |r| r.p99_ms),
-                median(runs, Run::cpu_per_10k)
+                median(runs, &|r| r.rps),
+                median(runs, &|r| r.p50_ms),
+                median(runs, &|r| r.p99_ms),
+                median(runs, &Run::cpu_per_10k),
+                median(runs, &dropped),
+                median(runs, &retransmitted)
             );
         }
-        let ratio = |f: fn(&Run) -> f64| median(xlb, f) / median(nginx, f);
+        let ratio = |f: fn(&Run) -> f64| median(xlb, &f) / median(nginx, &f);
         println!(
             "{:<11} {:<12} {:>11.2} {:>8.2} {:>8.2} {:>14.2}",
             "",
@@ -214,7 +224,8 @@ fn print_table(table: &[(&str, Vec<Run>, Vec<Run>)]) {
             ratio(Run::cpu_per_10k)
         );
     }
-    println!("(medians; requests/s: higher is better; latency and CPU per request: lower is better)");
+    println!("(medians; requests/s: higher is better; latency and CPU per request: lower is better;");
+    println!(" drops: frames the lab's veths dropped, retrans: TCP segments sent again, in all namespaces)");
 }
 
 /// A 64 KiB body whose bytes say where they are (a truncated or shifted copy shows).

@@ -20,6 +20,52 @@ pub struct Run {
     pub requests: u64,
     /// CPU seconds the proxy's processes used during the run.
     pub cpu_seconds: f64,
+    /// What the lab lost during the run.
+    pub lost: Lost,
+}
+
+/// The lab's own losses in a run, summed over its namespaces: frames a veth dropped (its peer's
+/// 256-frame ring full: charged to the sending end, so each drop counts once) and TCP segments
+/// sent again. A tail made of retransmission timeouts shows here, not in the proxy.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Lost {
+    pub frames_dropped: u64,
+    pub segments_retransmitted: u64,
+}
+
+impl Lost {
+    /// The counters of `namespaces` now.
+    pub fn read(namespaces: &[&Netns]) -> Lost {
+        let mut lost = Lost::default();
+        for ns in namespaces {
+            // `ip netns exec` mounts the namespace's own /sys.
+            let dropped = ns
+                .command("sh")
+                .args(["-c", "cat /sys/class/net/*/statistics/tx_dropped"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            lost.frames_dropped += dropped.split_whitespace().filter_map(|n| n.parse::<u64>().ok()).sum::<u64>();
+            let snmp = ns.command("cat").arg("/proc/net/snmp").output().map(|o| o.stdout).unwrap_or_default();
+            lost.segments_retransmitted += tcp_counter(&String::from_utf8_lossy(&snmp), "RetransSegs").unwrap_or(0);
+        }
+        lost
+    }
+
+    fn since(self, before: Lost) -> Lost {
+        Lost {
+            frames_dropped: self.frames_dropped.saturating_sub(before.frames_dropped),
+            segments_retransmitted: self.segments_retransmitted.saturating_sub(before.segments_retransmitted),
+        }
+    }
+}
+
+/// A `Tcp:` counter of /proc/net/snmp (a line of names, then a line of values).
+fn tcp_counter(snmp: &str, name: &str) -> Option<u64> {
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (tcp.next()?, tcp.next()?);
+    let at = names.split_whitespace().position(|n| n == name)?;
+    values.split_whitespace().nth(at)?.parse().ok()
 }
 
 impl Run {
@@ -48,15 +94,18 @@ pub struct Load {
     pub threads: u32,
 }
 
-/// Runs `tool` at `url` from `client`, timing the CPU of `pids` (and their children) meanwhile.
+/// Runs `tool` at `url` from `client`, timing the CPU of `pids` (and their children) and
+/// counting what the `lab` namespaces lost meanwhile.
 pub fn run(
     client: &Netns,
     tool: Tool,
     load: Load,
     url: &str,
     pids: &[u32],
+    lab: &[&Netns],
     scratch: &std::path::Path,
 ) -> anyhow::Result<Run> {
+    let lost_before = Lost::read(lab);
     let before = cpu_seconds(pids);
     let mut cmd = client.command("timeout");
     cmd.arg((load.seconds + 30).to_string());
@@ -78,6 +127,7 @@ pub fn run(
     }
     let out = cmd.arg(url).stderr(Stdio::piped()).output()?;
     let cpu = cpu_seconds(pids) - before;
+    let lost = Lost::read(lab).since(lost_before);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
         bail!("load on {url} failed: {text}{}", String::from_utf8_lossy(&out.stderr));
@@ -91,6 +141,7 @@ pub fn run(
     };
     let mut run = run.with_context(|| format!("reading the load tool's output:\n{text}"))?;
     run.cpu_seconds = cpu;
+    run.lost = lost;
     Ok(run)
 }
 
@@ -119,7 +170,7 @@ fn parse_wrk(text: &str) -> Option<Run> {
             errors += rest.split(',').filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok()).sum::<u64>();
         }
     }
-    Some(Run { rps, p50_ms, p99_ms, errors, requests, cpu_seconds: 0.0 })
+    Some(Run { rps, p50_ms, p99_ms, errors, requests, cpu_seconds: 0.0, lost: Lost::default() })
 }
 
 /// Requests/sec, requests and errors from h2load's summary; the 99th percentile from its
@@ -141,7 +192,7 @@ fn parse_h2load(text: &str, log: &str) -> Option<Run> {
     }
     durations.sort_unstable();
     let at = |percent: usize| durations[(durations.len() * percent / 100).min(durations.len() - 1)] as f64 / 1000.0;
-    Some(Run { rps, p50_ms: at(50), p99_ms: at(99), errors, requests, cpu_seconds: 0.0 })
+    Some(Run { rps, p50_ms: at(50), p99_ms: at(99), errors, requests, cpu_seconds: 0.0, lost: Lost::default() })
 }
 
 /// User + system CPU seconds of `pids` and their child processes (nginx's workers).
@@ -207,6 +258,15 @@ impl Drop for Nginx {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_a_tcp_counter() {
+        let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\nTcp: RtoAlgorithm RetransSegs InErrs\nTcp: 1 4321 7\nUdp: InDatagrams\nUdp: 9\n";
+        assert_eq!(tcp_counter(snmp, "RetransSegs"), Some(4321));
+        assert_eq!(tcp_counter(snmp, "InErrs"), Some(7));
+        assert_eq!(tcp_counter(snmp, "OutRsts"), None);
+        assert_eq!(tcp_counter("Tcp: RetransSegs\n", "RetransSegs"), None);
+    }
 
     #[test]
     fn reads_wrk_output() {
