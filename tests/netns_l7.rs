@@ -160,6 +160,14 @@ fn serve_http(conn: TcpStream, i: usize, stop: &AtomicBool, alive: &AtomicBool) 
                 }
             }
         }
+        // `/big/N`: N bytes that say where they are (large bodies are spliced to plain clients).
+        if let Some(n) = path.strip_prefix("/big/").and_then(|n| n.parse::<usize>().ok()) {
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n");
+            if writer.write_all(head.as_bytes()).and_then(|()| writer.write_all(&big_body(n))).is_err() {
+                return;
+            }
+            continue;
+        }
         let text = format!(
             "be{i} {method} {path} xff={} fwd={} host={}\n",
             header(&head, "x-forwarded-for").unwrap_or("-"),
@@ -172,6 +180,11 @@ fn serve_http(conn: TcpStream, i: usize, stop: &AtomicBool, alive: &AtomicBool) 
             return;
         }
     }
+}
+
+/// A body of `n` bytes whose bytes say where they are: a lost, doubled or shifted stretch shows.
+fn big_body(n: usize) -> Vec<u8> {
+    (0..n).map(|k| b"0123456789abcdef"[(k / 61) % 16]).collect()
 }
 
 #[derive(Debug, Clone)]
@@ -700,6 +713,32 @@ fn proxy_protocol_tls_and_h2c() {
     ]);
     assert!(h1.contains("GET /secure1") && h1.ends_with(" 0 1.1"), "{h1}");
     assert_eq!(h1.matches("GET /secure1").count(), 2, "{h1}");
+    // One plain connection: large bodies and a small one between them, each whole and in
+    // order; the client reads late enough that the proxy's socket fills and it waits.
+    let sizes = [1_048_576usize, 0, 20_000, 3_000_000];
+    let bodies = topo
+        .client()
+        .run(move || -> std::io::Result<Vec<(u16, usize, bool)>> {
+            let conn = TcpStream::connect_timeout(&vip_addr(80), Duration::from_secs(4))?;
+            conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let mut writer = conn.try_clone()?;
+            let mut reader = BufReader::with_capacity(4096, conn);
+            let mut got = Vec::new();
+            for n in sizes {
+                let path = if n == 0 { "/small".to_owned() } else { format!("/big/{n}") };
+                writer.write_all(format!("GET {path} HTTP/1.1\r\nHost: keep.test\r\n\r\n").as_bytes())?;
+                std::thread::sleep(Duration::from_millis(50));
+                let (status, body) = read_response(&mut reader)?;
+                let whole = n == 0 && body.contains("GET /small") || body.as_bytes() == big_body(n);
+                got.push((status, body.len(), whole));
+            }
+            Ok(got)
+        })
+        .join()
+        .expect("client thread")
+        .expect("large and small bodies on one connection");
+    assert!(bodies.iter().all(|&(status, _, whole)| status == 200 && whole), "{bodies:?}");
+
     // One plain connection: a GET (direct path), a POST with a body (which hands the connection
     // to hyper, with the bytes read), a GET again (hyper), answered in order.
     let answers = topo

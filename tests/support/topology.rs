@@ -415,6 +415,14 @@ impl Topology {
         sh("ip", &[&["netns", "exec", &self.nodes[i].name, "ethtool", "-L", "eth0"][..], &channels].concat());
     }
 
+    /// Turns node `i`'s transmit offloads back on (checksums, scatter-gather, segmentation), as
+    /// a host's NIC has them. Only where nothing forwards the node's own packets through XDP
+    /// (see `no_tx_offload`): a bench of what the node itself serves.
+    pub fn offload_node_tx(&self, i: usize) {
+        let on = ["-K", "eth0", "tx", "on", "sg", "on", "tso", "on", "gso", "on"];
+        sh("ip", &[&["netns", "exec", &self.nodes[i].name, "ethtool"][..], &on].concat());
+    }
+
     /// Where backend `i`'s `xlb decap` logs when [`Topology::logs_to_files`].
     pub fn decap_log_path(&self, i: usize) -> PathBuf {
         self.dir.join(format!("decap{i}.log"))
