@@ -44,19 +44,6 @@ impl DropLogSwitch {
 pub type DropLogger = aya_log::EbpfLogger<TracingLog>;
 
 impl Loaded {
-    /// Loads the drop-log program (once per load, beside the NAT program; logging starts off).
-    pub(super) fn load_drop_log(&mut self) -> Result<(), DataplaneError> {
-        let name = programs::LOG;
-        let program = |source| DataplaneError::Program { name, source: Box::new(source) };
-        let log: &mut Xdp = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(DataplaneError::Missing { kind: "program", name })?
-            .try_into()
-            .map_err(program)?;
-        log.load().map_err(program)
-    }
-
     /// Turns the drop log on or off without reloading (see [`DropLogSwitch`]).
     pub fn set_drop_log(&mut self, on: bool) -> Result<(), DataplaneError> {
         self.drop_log_switch()?.set(on)

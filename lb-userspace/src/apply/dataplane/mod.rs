@@ -81,6 +81,7 @@ pub use bpffs::prepare_pin_dir;
 pub use readers::{Counters, NatTables};
 pub use shadow::{Seed, Shadow, ShadowRun};
 pub use test_access::nat_sources;
+mod verify;
 mod vip_index;
 
 pub use decap::DecapMaps;
@@ -98,11 +99,10 @@ fn take<T: TryFrom<Map, Error = MapError>>(ebpf: &mut Ebpf, name: &'static str) 
 
 /// Every element of the plain array `name` (keys `0..count`), in one batched read.
 fn read_array<V: aya::Pod>(
-    fd: &std::os::fd::OwnedFd,
+    fd: impl std::os::fd::AsFd,
     count: u32,
     name: &'static str,
 ) -> Result<Vec<V>, DataplaneError> {
-    use std::os::fd::AsFd as _;
     // A plain array's batch values are packed at the value size (per-CPU ones are not).
     let stride = size_of::<V>();
     let mut raw = vec![0u8; count as usize * stride];
@@ -205,8 +205,13 @@ impl Maps {
         let vip_index = match ebpf.take_map(maps::VIP_INDEX) {
             Some(map) => {
                 let entries = vips.iter().collect::<Result<Vec<_>, _>>().map_err(map_err(maps::VIPS))?;
+                // What a previous agent left, read in one batch (131 072 lookups took ~0.1 s).
+                let held = match &map {
+                    Map::Array(data) => read_array(data.fd(), lb_common::VIP_INDEX_SIZE, maps::VIP_INDEX)?,
+                    _ => return Err(map_err(maps::VIP_INDEX)(MapError::InvalidMapType { map_type: 0 })),
+                };
                 let map = Array::try_from(map).map_err(map_err(maps::VIP_INDEX))?;
-                Some(vip_index::VipIndex::adopt(map, &entries)?)
+                Some(vip_index::VipIndex::adopt(map, &held, &entries)?)
             }
             None => None,
         };
@@ -487,6 +492,10 @@ fn new_generation() -> u32 {
     (nanos ^ std::process::id().rotate_left(16)) | 1
 }
 
+/// The balancer's other programs, verified beside it: its tail calls (NAT, RESET) and the drop
+/// log. Builds from before RESET or the drop log (`bench --compare`) lack them.
+const TAILS: &[&str] = &[programs::NAT, programs::RESET, programs::LOG];
+
 impl Loaded {
     /// Loads the balancer object with tables of the given sizes and verifies its program;
     /// returns it with its maps.
@@ -499,15 +508,11 @@ impl Loaded {
         let sets = flow_sets(sizes.flows);
         let table = FlowTable::of(object);
         let generation = new_generation();
-        let mut loaded = Self::load_with(object, programs::BALANCER, |loader| {
+        let mut loaded = Self::load_with(object, programs::BALANCER, TAILS, |loader| {
             sizes.apply(loader, &sets, table);
             loader.override_global(maps::GENERATION, &generation, false);
         })?;
-        loaded.load_nat()?;
-        // Builds from before the drop log (`bench --compare`) have no log program.
-        if loaded.ebpf.program(programs::LOG).is_some() {
-            loaded.load_drop_log()?;
-        }
+        loaded.place_tails()?;
         let maps = Maps::take(&mut loaded.ebpf)?;
         Ok((loaded, maps))
     }
@@ -526,7 +531,7 @@ impl Loaded {
         let paths: Vec<(&'static str, PathBuf)> = maps::BALANCER.iter().map(|name| (*name, dir.join(name))).collect();
         let sets = flow_sets(sizes.flows);
         let generation = new_generation();
-        let mut loaded = Self::load_with(BALANCER_OBJECT, programs::BALANCER, |loader| {
+        let mut loaded = Self::load_with(BALANCER_OBJECT, programs::BALANCER, TAILS, |loader| {
             sizes.apply(loader, &sets, FlowTable::Sets);
             loader.override_global(maps::GENERATION, &generation, true);
             for (name, path) in &paths {
@@ -539,8 +544,10 @@ impl Loaded {
             }
             other => other,
         })?;
-        loaded.load_nat()?;
-        loaded.load_drop_log()?;
+        loaded.place_tails()?;
+        if loaded.ebpf.program(programs::LOG).is_none() {
+            return Err(DataplaneError::Missing { kind: "program", name: programs::LOG });
+        }
         // (bpffs refuses names with a dot.)
         let progs_pin = dir.join(format!("{}_{generation:08x}", maps::PROGS));
         let progs = loaded.ebpf.map(maps::PROGS).ok_or(DataplaneError::Missing { kind: "map", name: maps::PROGS })?;
@@ -575,19 +582,19 @@ impl Loaded {
         Ok(removed)
     }
 
-    /// Loads the balancer's NAT program and the one that answers SYNs over a connection limit
-    /// with a RST (builds from before it have none), and puts them where the balancer
-    /// tail-calls them (replacing a previous agent's in a pinned program array).
-    fn load_nat(&mut self) -> Result<(), DataplaneError> {
-        self.load_tail(programs::NAT, lb_common::PROG_INDEX_NAT)?;
+    /// Puts the balancer's NAT program and the one that answers SYNs over a connection limit
+    /// with a RST (builds from before it have none) where the balancer tail-calls them
+    /// (replacing a previous agent's in a pinned program array).
+    fn place_tails(&mut self) -> Result<(), DataplaneError> {
+        self.place_tail(programs::NAT, lb_common::PROG_INDEX_NAT)?;
         if self.ebpf.program(programs::RESET).is_some() {
-            self.load_tail(programs::RESET, lb_common::PROG_INDEX_RESET)?;
+            self.place_tail(programs::RESET, lb_common::PROG_INDEX_RESET)?;
         }
         Ok(())
     }
 
-    /// Loads program `name` and puts it at `index` of the balancer's program array.
-    fn load_tail(&mut self, name: &'static str, index: u32) -> Result<(), DataplaneError> {
+    /// Puts loaded program `name` at `index` of the balancer's program array.
+    fn place_tail(&mut self, name: &'static str, index: u32) -> Result<(), DataplaneError> {
         let program = |source| DataplaneError::Program { name, source: Box::new(source) };
         let prog: &mut Xdp = self
             .ebpf
@@ -595,7 +602,6 @@ impl Loaded {
             .ok_or(DataplaneError::Missing { kind: "program", name })?
             .try_into()
             .map_err(program)?;
-        prog.load().map_err(program)?;
         let fd = prog.fd().map_err(program)?.try_clone().map_err(|e| program(ProgramError::IOError(e)))?;
         let map = self.ebpf.map_mut(maps::PROGS).ok_or(DataplaneError::Missing { kind: "map", name: maps::PROGS })?;
         let mut progs = ProgramArray::try_from(map).map_err(map_err(maps::PROGS))?;
@@ -618,12 +624,14 @@ impl Loaded {
     }
 
     fn load(object: &[u8], program: &'static str) -> Result<Self, DataplaneError> {
-        Self::load_with(object, program, |_| {})
+        Self::load_with(object, program, &[], |_| {})
     }
 
+    /// Loads `object` and verifies its `program` with those of `also` it has, side by side.
     fn load_with<'a>(
         object: &[u8],
         program: &'static str,
+        also: &[&'static str],
         configure: impl FnOnce(&mut EbpfLoader<'a>),
     ) -> Result<Self, DataplaneError> {
         if object.is_empty() {
@@ -632,10 +640,9 @@ impl Loaded {
         let mut loader = EbpfLoader::new();
         configure(&mut loader);
         let mut loaded = Self { ebpf: loader.load(object)?, program, progs_pin: None };
-        loaded
-            .xdp_mut()?
-            .load()
-            .map_err(|source| DataplaneError::Program { name: program, source: Box::new(source) })?;
+        loaded.xdp()?;
+        let names: Vec<&'static str> = std::iter::once(program).chain(also.iter().copied()).collect();
+        verify::load_xdp_programs(&mut loaded.ebpf, &names)?;
         Ok(loaded)
     }
 

@@ -122,14 +122,15 @@ impl Shadow {
         let sizes = TableSizes { flows: FLOW_WAYS as u32, nat: SHADOW_NAT_ENTRIES };
         let generation = new_generation();
         let paths: Vec<(&'static str, std::path::PathBuf)> = SHARED.iter().map(|n| (*n, dir.join(n))).collect();
-        let mut loaded = Loaded::load_with(BALANCER_OBJECT, programs::BALANCER, |loader| {
+        let tails = [programs::NAT, programs::RESET];
+        let mut loaded = Loaded::load_with(BALANCER_OBJECT, programs::BALANCER, &tails, |loader| {
             sizes.apply(loader, &one_set, super::FlowTable::Sets);
             loader.override_global(maps::GENERATION, &generation, true);
             for (name, path) in &paths {
                 loader.map_pin_path(name, path.as_path());
             }
         })?;
-        loaded.load_nat()?;
+        loaded.place_tails()?;
         let ebpf = &mut loaded.ebpf;
         Ok(Self {
             flows: take(ebpf, maps::FLOWS)?,

@@ -18,13 +18,17 @@ pub(super) struct VipIndex {
 }
 
 impl VipIndex {
-    /// Takes over the index map and makes it hold exactly `vips` (the VIP map's entries): what a
-    /// previous agent left there is kept where it is still right, cleared where it is not.
-    pub(super) fn adopt(map: Array<MapData, VipSlot>, vips: &[(VipKey, VipMeta)]) -> Result<Self, DataplaneError> {
+    /// Takes over the index map, whose slots hold `held`, and makes it hold exactly `vips` (the
+    /// VIP map's entries): what a previous agent left there is kept where it is still right,
+    /// cleared where it is not.
+    pub(super) fn adopt(
+        map: Array<MapData, VipSlot>,
+        held: &[VipSlot],
+        vips: &[(VipKey, VipMeta)],
+    ) -> Result<Self, DataplaneError> {
         let wanted: BTreeMap<VipKey, VipMeta> = vips.iter().copied().collect();
         let mut index = Self { map, keys: vec![None; VIP_INDEX_SIZE as usize] };
-        for slot in 0..VIP_INDEX_SIZE {
-            let held = index.map.get(&slot, 0).map_err(map_err(maps::VIP_INDEX))?;
+        for (slot, held) in (0..VIP_INDEX_SIZE).zip(held) {
             if held.check == 0 {
                 continue;
             }
