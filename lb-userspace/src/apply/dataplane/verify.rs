@@ -31,8 +31,8 @@ pub(super) fn load_xdp_programs(ebpf: &mut Ebpf, names: &[&'static str]) -> Resu
                 }
             }
         }
-        // Threads that failed to start gave their closure back to nobody: those programs are
-        // loaded below, once the others are done (their `&mut` came back with the scope).
+        // A spawn that failed dropped its closure, and with it the borrow of its program: those
+        // are loaded after the scope, through `ebpf` again.
         let mut result = Ok(());
         for (name, thread) in threads {
             let loaded = thread.join().unwrap_or_else(|_| {
