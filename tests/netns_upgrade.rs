@@ -51,22 +51,10 @@ fn config() -> String {
 /// The client namespace's TCP retransmission counters: (segments retransmitted, SYNs
 /// retransmitted).
 fn retransmissions(client: &Netns) -> (u64, u64) {
-    let read = |file: &str| {
-        let out = client.command("cat").arg(file).output().expect("cat");
-        String::from_utf8(out.stdout).expect("utf-8")
+    let counter = |file: &str, prefix: &str, name: &str| {
+        client.net_counter(file, prefix, name).unwrap_or_else(|| panic!("no {prefix} {name} in {file}"))
     };
-    (
-        field(&read("/proc/net/snmp"), "Tcp:", "RetransSegs"),
-        field(&read("/proc/net/netstat"), "TcpExt:", "TCPSynRetrans"),
-    )
-}
-
-/// A value of `/proc/net/snmp`-style text: a header line and a value line per prefix.
-fn field(text: &str, prefix: &str, name: &str) -> u64 {
-    let mut lines = text.lines().filter(|l| l.starts_with(prefix));
-    let (header, values) = (lines.next().expect("header line"), lines.next().expect("value line"));
-    let at = header.split_whitespace().position(|h| h == name).unwrap_or_else(|| panic!("no {name} in {prefix}"));
-    values.split_whitespace().nth(at).expect("value").parse().expect("number")
+    (counter("/proc/net/snmp", "Tcp:", "RetransSegs"), counter("/proc/net/netstat", "TcpExt:", "TCPSynRetrans"))
 }
 
 #[test]

@@ -66,6 +66,14 @@ impl Netns {
         cmd
     }
 
+    /// Counter `name` of a `/proc/net/snmp`-style file (`/proc/net/netstat` too) as this
+    /// namespace sees it: the value under `name` on the `prefix` lines (`Tcp:`, `TcpExt:`).
+    /// None when the file cannot be read or has no such counter.
+    pub fn net_counter(&self, file: &str, prefix: &str, name: &str) -> Option<u64> {
+        let out = self.command("cat").arg(file).output().ok()?;
+        counter_in(&String::from_utf8_lossy(&out.stdout), prefix, name)
+    }
+
     /// A command that enters only this network namespace (setns before exec) and keeps the
     /// host's mounts — unlike `ip netns exec`, which remounts /sys and so hides /sys/fs/bpf,
     /// where the agent pins its data plane.
@@ -113,6 +121,14 @@ pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
     a.ip(&["link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.name]);
     a.ip(&["link", "set", a_if, "up"]);
     b.ip(&["link", "set", b_if, "up"]);
+}
+
+/// A value of `/proc/net/snmp`-style text: per prefix, a line of names, then a line of values.
+fn counter_in(text: &str, prefix: &str, name: &str) -> Option<u64> {
+    let mut lines = text.lines().filter(|l| l.starts_with(prefix));
+    let (names, values) = (lines.next()?, lines.next()?);
+    let at = names.split_whitespace().position(|n| n == name)?;
+    values.split_whitespace().nth(at)?.parse().ok()
 }
 
 /// Path of the `xlb` binary built next to this test binary (`cargo build` puts it in
@@ -197,4 +213,19 @@ pub fn self_signed_certificate(dir: &std::path::Path, name: &str) -> (PathBuf, P
         .unwrap_or_else(|e| panic!("spawning openssl: {e}"));
     assert!(out.status.success(), "openssl req: {}", String::from_utf8_lossy(&out.stderr));
     (cert, key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::counter_in;
+
+    #[test]
+    fn reads_a_counter_of_snmp_style_text() {
+        let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\nTcp: RtoAlgorithm RetransSegs InErrs\nTcp: 1 4321 7\nUdp: InDatagrams\nUdp: 9\n";
+        assert_eq!(counter_in(snmp, "Tcp:", "RetransSegs"), Some(4321));
+        assert_eq!(counter_in(snmp, "Tcp:", "InErrs"), Some(7));
+        assert_eq!(counter_in(snmp, "Udp:", "InDatagrams"), Some(9));
+        assert_eq!(counter_in(snmp, "Tcp:", "OutRsts"), None);
+        assert_eq!(counter_in("Tcp: RetransSegs\n", "Tcp:", "RetransSegs"), None);
+    }
 }

@@ -91,7 +91,12 @@ pub struct Topology {
 /// Frames leaving through XDP carry no checksum-offload state: senders must put real checksums
 /// on the wire, as NICs do.
 fn no_tx_offload(ns: &Netns, dev: &str) {
-    sh("ip", &["netns", "exec", &ns.name, "ethtool", "-K", dev, "tx", "off"]);
+    ethtool(ns, &["-K", dev, "tx", "off"]);
+}
+
+/// `ethtool args` inside `ns`.
+fn ethtool(ns: &Netns, args: &[&str]) {
+    sh("ip", &[&["netns", "exec", &ns.name, "ethtool"][..], args].concat());
 }
 
 /// The pass-everything XDP program on `dev` in `ns` (detached when dropped): the receiving side
@@ -410,17 +415,16 @@ impl Topology {
     /// ring overflowed under bulk transfers (a burst is up to a softirq's budget of 300 frames).
     pub fn spread_node_queues(&self, i: usize) {
         let queues = std::thread::available_parallelism().map_or(1, |n| n.get()).to_string();
-        let channels = ["rx", queues.as_str(), "tx", queues.as_str()];
-        sh("ip", &[&["netns", "exec", &self.switch.name, "ethtool", "-L", &node_port(i)][..], &channels].concat());
-        sh("ip", &[&["netns", "exec", &self.nodes[i].name, "ethtool", "-L", "eth0"][..], &channels].concat());
+        let q = queues.as_str();
+        ethtool(&self.switch, &["-L", &node_port(i), "rx", q, "tx", q]);
+        ethtool(&self.nodes[i], &["-L", "eth0", "rx", q, "tx", q]);
     }
 
     /// Turns node `i`'s transmit offloads back on (checksums, scatter-gather, segmentation), as
     /// a host's NIC has them. Only where nothing forwards the node's own packets through XDP
     /// (see `no_tx_offload`): a bench of what the node itself serves.
     pub fn offload_node_tx(&self, i: usize) {
-        let on = ["-K", "eth0", "tx", "on", "sg", "on", "tso", "on", "gso", "on"];
-        sh("ip", &[&["netns", "exec", &self.nodes[i].name, "ethtool"][..], &on].concat());
+        ethtool(&self.nodes[i], &["-K", "eth0", "tx", "on", "sg", "on", "tso", "on", "gso", "on"]);
     }
 
     /// Where backend `i`'s `xlb decap` logs when [`Topology::logs_to_files`].

@@ -46,8 +46,7 @@ impl Lost {
                 .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
                 .unwrap_or_default();
             lost.frames_dropped += dropped.split_whitespace().filter_map(|n| n.parse::<u64>().ok()).sum::<u64>();
-            let snmp = ns.command("cat").arg("/proc/net/snmp").output().map(|o| o.stdout).unwrap_or_default();
-            lost.segments_retransmitted += tcp_counter(&String::from_utf8_lossy(&snmp), "RetransSegs").unwrap_or(0);
+            lost.segments_retransmitted += ns.net_counter("/proc/net/snmp", "Tcp:", "RetransSegs").unwrap_or(0);
         }
         lost
     }
@@ -58,14 +57,6 @@ impl Lost {
             segments_retransmitted: self.segments_retransmitted.saturating_sub(before.segments_retransmitted),
         }
     }
-}
-
-/// A `Tcp:` counter of /proc/net/snmp (a line of names, then a line of values).
-fn tcp_counter(snmp: &str, name: &str) -> Option<u64> {
-    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
-    let (names, values) = (tcp.next()?, tcp.next()?);
-    let at = names.split_whitespace().position(|n| n == name)?;
-    values.split_whitespace().nth(at)?.parse().ok()
 }
 
 impl Run {
@@ -258,15 +249,6 @@ impl Drop for Nginx {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reads_a_tcp_counter() {
-        let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\nTcp: RtoAlgorithm RetransSegs InErrs\nTcp: 1 4321 7\nUdp: InDatagrams\nUdp: 9\n";
-        assert_eq!(tcp_counter(snmp, "RetransSegs"), Some(4321));
-        assert_eq!(tcp_counter(snmp, "InErrs"), Some(7));
-        assert_eq!(tcp_counter(snmp, "OutRsts"), None);
-        assert_eq!(tcp_counter("Tcp: RetransSegs\n", "RetransSegs"), None);
-    }
 
     #[test]
     fn reads_wrk_output() {
