@@ -99,10 +99,11 @@ fn take<T: TryFrom<Map, Error = MapError>>(ebpf: &mut Ebpf, name: &'static str) 
 
 /// Every element of the plain array `name` (keys `0..count`), in one batched read.
 fn read_array<V: aya::Pod>(
-    fd: impl std::os::fd::AsFd,
+    fd: &std::os::fd::OwnedFd,
     count: u32,
     name: &'static str,
 ) -> Result<Vec<V>, DataplaneError> {
+    use std::os::fd::AsFd as _;
     // A plain array's batch values are packed at the value size (per-CPU ones are not).
     let stride = size_of::<V>();
     let mut raw = vec![0u8; count as usize * stride];
@@ -202,18 +203,14 @@ impl std::fmt::Debug for Maps {
 impl Maps {
     fn take(ebpf: &mut Ebpf) -> Result<Self, DataplaneError> {
         let vips: HashMap<MapData, VipKey, VipMeta> = take(ebpf, maps::VIPS)?;
-        let vip_index = match ebpf.take_map(maps::VIP_INDEX) {
-            Some(map) => {
-                let entries = vips.iter().collect::<Result<Vec<_>, _>>().map_err(map_err(maps::VIPS))?;
-                // What a previous agent left, read in one batch (131 072 lookups took ~0.1 s).
-                let held = match &map {
-                    Map::Array(data) => read_array(data.fd(), lb_common::VIP_INDEX_SIZE, maps::VIP_INDEX)?,
-                    _ => return Err(map_err(maps::VIP_INDEX)(MapError::InvalidMapType { map_type: 0 })),
-                };
-                let map = Array::try_from(map).map_err(map_err(maps::VIP_INDEX))?;
-                Some(vip_index::VipIndex::adopt(map, &held, &entries)?)
-            }
-            None => None,
+        let vip_index = if ebpf.map(maps::VIP_INDEX).is_some() {
+            let entries = vips.iter().collect::<Result<Vec<_>, _>>().map_err(map_err(maps::VIPS))?;
+            let (map, fd) = take_shared(ebpf, maps::VIP_INDEX)?;
+            // What a previous agent left, read in one batch (131 072 lookups took ~0.1 s).
+            let held = read_array(&fd, lb_common::VIP_INDEX_SIZE, maps::VIP_INDEX)?;
+            Some(vip_index::VipIndex::adopt(map, &held, &entries)?)
+        } else {
+            None
         };
         let flows = ebpf.take_map(maps::FLOWS).ok_or(DataplaneError::Missing { kind: "map", name: maps::FLOWS })?;
         let flow_view = match (&flows, Array::<&MapData, FlowSet>::try_from(&flows)) {
@@ -492,9 +489,10 @@ fn new_generation() -> u32 {
     (nanos ^ std::process::id().rotate_left(16)) | 1
 }
 
-/// The balancer's other programs, verified beside it: its tail calls (NAT, RESET) and the drop
-/// log. Builds from before RESET or the drop log (`bench --compare`) lack them.
-const TAILS: &[&str] = &[programs::NAT, programs::RESET, programs::LOG];
+/// The balancer object's other programs, verified beside the balancer: its tail calls (NAT,
+/// RESET) and the drop log. Builds from before RESET or the drop log (`bench --compare`) lack
+/// them.
+const BESIDE_BALANCER: &[&str] = &[programs::NAT, programs::RESET, programs::LOG];
 
 impl Loaded {
     /// Loads the balancer object with tables of the given sizes and verifies its program;
@@ -508,7 +506,7 @@ impl Loaded {
         let sets = flow_sets(sizes.flows);
         let table = FlowTable::of(object);
         let generation = new_generation();
-        let mut loaded = Self::load_with(object, programs::BALANCER, TAILS, |loader| {
+        let mut loaded = Self::load_with(object, programs::BALANCER, BESIDE_BALANCER, |loader| {
             sizes.apply(loader, &sets, table);
             loader.override_global(maps::GENERATION, &generation, false);
         })?;
@@ -531,7 +529,7 @@ impl Loaded {
         let paths: Vec<(&'static str, PathBuf)> = maps::BALANCER.iter().map(|name| (*name, dir.join(name))).collect();
         let sets = flow_sets(sizes.flows);
         let generation = new_generation();
-        let mut loaded = Self::load_with(BALANCER_OBJECT, programs::BALANCER, TAILS, |loader| {
+        let mut loaded = Self::load_with(BALANCER_OBJECT, programs::BALANCER, BESIDE_BALANCER, |loader| {
             sizes.apply(loader, &sets, FlowTable::Sets);
             loader.override_global(maps::GENERATION, &generation, true);
             for (name, path) in &paths {
