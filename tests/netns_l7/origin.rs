@@ -154,7 +154,7 @@ pub(crate) fn serve_http(conn: TcpStream, i: usize, stop: &AtomicBool, alive: &A
                 }
             }
         }
-        // `/big/N`: N bytes that say where they are (large bodies are spliced to plain clients).
+        // `/big/N`: N bytes that say where they are (a large body passes in several reads and writes).
         if let Some(n) = path.strip_prefix("/big/").and_then(|n| n.parse::<usize>().ok()) {
             let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n");
             if writer.write_all(head.as_bytes()).and_then(|()| writer.write_all(&big_body(n))).is_err() {
